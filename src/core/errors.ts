@@ -1,0 +1,32 @@
+/**
+ * Typed errors. `InputError` is bad input from a caller (the CLI maps it to exit code 2 and
+ * prints only its message); anything else is a bug or an environment failure.
+ */
+export class RingAttnError extends Error {
+  override name = 'RingAttnError';
+}
+
+/** Bad input: `arg` names the argument, the message says what was expected. */
+export class InputError extends RingAttnError {
+  override name = 'InputError';
+  constructor(readonly arg: string, message: string) {
+    super(`${arg}: ${message}`);
+  }
+}
+
+/** A rank of the ring failed; `rank` says which, the message carries its error. */
+export class RankError extends RingAttnError {
+  override name = 'RankError';
+  constructor(readonly rank: number, message: string) {
+    super(`rank ${rank}: ${message}`);
+  }
+}
+
+/** Native build or load failure (compiler, koffi, driver). */
+export class BackendError extends RingAttnError {
+  override name = 'BackendError';
+}
+
+export function check(cond: unknown, arg: string, message: string): asserts cond {
+  if (!cond) throw new InputError(arg, message);
+}

@@ -1,0 +1,101 @@
+import { InputError } from './errors.js';
+
+/** Element types a tensor may hold in memory. Compute is always fp32 on the CPU. */
+export type DType = 'float32' | 'float64' | 'float16' | 'bfloat16' | 'int32' | 'int64' | 'uint8';
+
+export type TypedArrayFor<T extends DType> = T extends 'float32'
+  ? Float32Array
+  : T extends 'float64'
+    ? Float64Array
+    : T extends 'float16' | 'bfloat16'
+      ? Uint16Array
+      : T extends 'int32'
+        ? Int32Array
+        : T extends 'int64'
+          ? BigInt64Array
+          : Uint8Array;
+
+/** A dense row-major (C order) tensor: a plain object, no methods, no Proxy. */
+export interface Tensor<T extends DType = DType> {
+  dtype: T;
+  shape: number[];
+  data: TypedArrayFor<T>;
+}
+
+export type F32Tensor = Tensor<'float32'>;
+
+export function numel(shape: readonly number[]): number {
+  let n = 1;
+  for (const s of shape) n *= s;
+  return n;
+}
+
+export function tensor(shape: number[], data?: Float32Array): F32Tensor {
+  const n = numel(shape);
+  if (data && data.length !== n) {
+    throw new InputError('data', `expected ${n} elements for shape [${shape.join(', ')}], got ${data.length}`);
+  }
+  return { dtype: 'float32', shape: [...shape], data: data ?? new Float32Array(n) };
+}
+
+export function shapeStr(shape: readonly number[]): string {
+  return `[${shape.join(', ')}]`;
+}
+
+/** Throws naming `arg` if any element is NaN or ±Infinity. */
+export function assertFinite(arg: string, data: Float32Array | Float64Array): void {
+  for (let i = 0; i < data.length; i++) {
+    if (!Number.isFinite(data[i])) {
+      throw new InputError(arg, `element ${i} is ${data[i]}; expected finite values (pass --allow-nonfinite to accept them)`);
+    }
+  }
+}
+
+/** Round-to-nearest-even fp32 -> bf16 bits. */
+export function f32ToBf16Bits(x: number): number {
+  const f = new Float32Array([x]);
+  const u = new Uint32Array(f.buffer)[0];
+  if ((u & 0x7fffffff) > 0x7f800000) return (u >>> 16) | 0x40; // quiet NaN
+  return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+export function bf16BitsToF32(b: number): number {
+  const u = new Uint32Array([b << 16]);
+  return new Float32Array(u.buffer)[0];
+}
+
+/** IEEE half bits -> number. */
+export function f16BitsToF32(h: number): number {
+  const s = h & 0x8000 ? -1 : 1;
+  const e = (h >> 10) & 0x1f;
+  const m = h & 0x3ff;
+  if (e === 0) return s * m * 2 ** -24;
+  if (e === 31) return m ? NaN : s * Infinity;
+  return s * (1 + m / 1024) * 2 ** (e - 15);
+}
+
+/** number -> IEEE half bits, round to nearest even. */
+export function f32ToF16Bits(x: number): number {
+  const f = new Float32Array([x]);
+  const u = new Uint32Array(f.buffer)[0];
+  const sign = (u >>> 16) & 0x8000;
+  const exp = (u >>> 23) & 0xff;
+  let mant = u & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
+  let e = exp - 127 + 15;
+  if (e >= 31) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign;
+    mant |= 0x800000;
+    const shift = 14 - e;
+    let h = mant >>> shift;
+    const rem = mant & ((1 << shift) - 1);
+    const half = 1 << (shift - 1);
+    if (rem > half || (rem === half && (h & 1))) h++;
+    return sign | h;
+  }
+  let h = (e << 10) | (mant >>> 13);
+  const rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && (h & 1))) h++;
+  return sign | h;
+}

@@ -1,0 +1,49 @@
+import assert from 'node:assert/strict';
+
+/** Seeded PRNG (mulberry32) so failures reproduce; tests pass a fresh seed and print it on failure. */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A fresh seed per run (printed by assertions), unless RINGATTN_SEED fixes it. */
+export function freshSeed(): number {
+  return process.env.RINGATTN_SEED ? Number(process.env.RINGATTN_SEED) : (Math.random() * 2 ** 31) >>> 0;
+}
+
+export function randn(n: number, r: () => number, scale = 1): Float32Array {
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    const u = Math.max(r(), 1e-12);
+    out[i] = scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * r());
+  }
+  return out;
+}
+
+/** max|a - b| / max|b| (with -Infinity entries required to match exactly). */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length, 'length mismatch');
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i], y = b[i];
+    if (!Number.isFinite(y)) {
+      assert.equal(x, y, `element ${i}: expected ${y}, got ${x}`);
+      continue;
+    }
+    assert.ok(Number.isFinite(x), `element ${i} is ${x}, expected ${y}`);
+    num = Math.max(num, Math.abs(x - y));
+    den = Math.max(den, Math.abs(y));
+  }
+  return den === 0 ? num : num / den;
+}
+
+export function assertClose(a: ArrayLike<number>, b: ArrayLike<number>, tol: number, what: string): void {
+  const e = relErr(a, b);
+  assert.ok(e <= tol, `${what}: relative error ${e.toExponential(3)} > ${tol}`);
+}

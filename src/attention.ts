@@ -1,0 +1,234 @@
+import { InputError, check } from './core/errors.js';
+import { assertFinite, shapeStr, type F32Tensor } from './core/tensor.js';
+import { validateMask, type MaskSpec } from './core/mask.js';
+import { shardPositions, gatherRows, scatterRows, type Layout } from './core/layout.js';
+import type { TraceEvent } from './core/trace.js';
+import type { RingSchedule } from './core/schedule.js';
+import { computeDelta, type AttentionKernel } from './core/kernel.js';
+
+export interface AttentionOptions {
+  causal?: boolean;
+  window?: number;
+  sinks?: number;
+  /** Document id per position, `[S]` (packed sequences). */
+  segments?: Int32Array;
+  /** Softmax scale; default 1/sqrt(D). */
+  scale?: number;
+  blockQ?: number;
+  blockK?: number;
+  /** 'auto' (C if a compiler is found, else TypeScript), 'c' or 'ts'. */
+  kernel?: 'auto' | 'c' | 'ts';
+  /** Threads for single-device attention (default: all cores). */
+  threads?: number;
+  /** Gradient of the output: computes dq, dk, dv too. */
+  gradOut?: F32Tensor;
+  /** Accept NaN/Infinity in inputs. */
+  allowNonfinite?: boolean;
+}
+
+export interface RingAttentionOptions extends AttentionOptions {
+  /** Number of ranks in the ring (worker threads on the CPU). */
+  devices?: number;
+  layout?: Layout;
+  backend?: 'cpu';
+  onProgress?: (done: number, total: number) => void;
+  /** Test hook: make one rank fail. */
+  fail?: { rank: number; step: number; mode: 'throw' | 'exit' };
+}
+
+export interface AttentionResult {
+  /** `[S, H, D]` or `[B, S, H, D]` like q. */
+  out: F32Tensor;
+  /** `[S, H]` or `[B, S, H]`, natural log of the softmax denominators; -Infinity where a row sees no key. */
+  lse: F32Tensor;
+  dq?: F32Tensor;
+  dk?: F32Tensor;
+  dv?: F32Tensor;
+}
+
+export interface RingStats {
+  kernel: string;
+  wallMs: number;
+  events: TraceEvent[];
+  schedule: RingSchedule;
+  positions: Int32Array[];
+  bytesHeld: number[];
+  bytesIn: number[];
+}
+
+export interface Dims {
+  B: number;
+  S: number;
+  H: number;
+  Hk: number;
+  D: number;
+  batched: boolean;
+}
+
+/** Validate q, k, v (and dO) shapes and values; returns the dimensions. */
+export function checkInputs(q: F32Tensor, k: F32Tensor, v: F32Tensor, opts: AttentionOptions): Dims {
+  for (const [name, t] of [['q', q], ['k', k], ['v', v]] as const) {
+    check(t && t.shape && (t.shape.length === 3 || t.shape.length === 4), name, `expected shape [S, H, D] or [B, S, H, D], got ${t?.shape ? shapeStr(t.shape) : String(t)}`);
+    check(t.data instanceof Float32Array, name, `expected float32 data`);
+  }
+  check(q.shape.length === k.shape.length && k.shape.length === v.shape.length, 'k', `expected the same rank as q ${shapeStr(q.shape)}, got ${shapeStr(k.shape)}`);
+  const batched = q.shape.length === 4;
+  const [B, S, H, D] = batched ? q.shape : [1, ...q.shape];
+  const [Bk, Sk, Hk, Dk] = batched ? k.shape : [1, ...k.shape];
+  check(B === Bk, 'k', `expected batch ${B} like q, got ${Bk}`);
+  check(S === Sk, 'k', `expected sequence length ${S} like q (self-attention over one sequence), got ${Sk}`);
+  check(D === Dk, 'k', `expected head dim ${D} like q, got ${Dk}`);
+  check(Hk >= 1 && H % Hk === 0, 'k', `expected KV heads dividing the ${H} query heads, got ${Hk}`);
+  check(v.shape.every((s, i) => s === k.shape[i]), 'v', `expected the shape of k ${shapeStr(k.shape)}, got ${shapeStr(v.shape)}`);
+  check(D >= 1 && S >= 1 && H >= 1, 'q', `expected non-empty dimensions, got ${shapeStr(q.shape)}`);
+  if (opts.gradOut) {
+    check(opts.gradOut.shape.every((s, i) => s === q.shape[i]) && opts.gradOut.shape.length === q.shape.length, 'gradOut', `expected the shape of q ${shapeStr(q.shape)}, got ${shapeStr(opts.gradOut.shape)}`);
+  }
+  validateMask(maskOf(opts), S);
+  if (opts.scale !== undefined) check(Number.isFinite(opts.scale), 'scale', `expected a finite number, got ${opts.scale}`);
+  if (!opts.allowNonfinite) {
+    assertFinite('q', q.data);
+    assertFinite('k', k.data);
+    assertFinite('v', v.data);
+    if (opts.gradOut) assertFinite('gradOut', opts.gradOut.data);
+  }
+  return { B, S, H, Hk, D, batched };
+}
+
+export function maskOf(o: AttentionOptions): MaskSpec {
+  return { causal: !!o.causal, window: o.window, sinks: o.sinks, segments: o.segments };
+}
+
+function outputs(d: Dims, grads: boolean): AttentionResult {
+  const lead = d.batched ? [d.B] : [];
+  const t = (shape: number[]): F32Tensor => ({ dtype: 'float32', shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)) });
+  const res: AttentionResult = { out: t([...lead, d.S, d.H, d.D]), lse: t([...lead, d.S, d.H]) };
+  if (grads) {
+    res.dq = t([...lead, d.S, d.H, d.D]);
+    res.dk = t([...lead, d.S, d.Hk, d.D]);
+    res.dv = t([...lead, d.S, d.Hk, d.D]);
+  }
+  return res;
+}
+
+async function kernelFor(kind: AttentionOptions['kernel']): Promise<AttentionKernel> {
+  const { getKernel } = await import('./cpu/attention.js');
+  return getKernel({ kernel: kind ?? 'auto' });
+}
+
+/** Single-device blockwise attention on this thread (and, with the C kernel, all cores). */
+export async function attention(q: F32Tensor, k: F32Tensor, v: F32Tensor, opts: AttentionOptions = {}): Promise<AttentionResult> {
+  const d = checkInputs(q, k, v, opts);
+  const kernel = await kernelFor(opts.kernel);
+  const { cpus } = await import('node:os');
+  const res = outputs(d, !!opts.gradOut);
+  const pos = Int32Array.from({ length: d.S }, (_, i) => i);
+  const n = d.S * d.H * d.D;
+  const nk = d.S * d.Hk * d.D;
+  res.lse.data.fill(-Infinity);
+  for (let b = 0; b < d.B; b++) {
+    const args = {
+      q: q.data.subarray(b * n, (b + 1) * n),
+      k: k.data.subarray(b * nk, (b + 1) * nk),
+      v: v.data.subarray(b * nk, (b + 1) * nk),
+      qPos: pos,
+      kPos: pos,
+      qSeg: opts.segments,
+      kSeg: opts.segments,
+      Sq: d.S,
+      Sk: d.S,
+      H: d.H,
+      Hk: d.Hk,
+      D: d.D,
+      causal: !!opts.causal,
+      window: opts.window ?? 0,
+      sinks: opts.window !== undefined ? (opts.sinks ?? 0) : 0,
+      scale: opts.scale ?? 1 / Math.sqrt(d.D),
+      blockQ: opts.blockQ,
+      blockK: opts.blockK,
+      threads: opts.threads ?? cpus().length,
+    };
+    const o = res.out.data.subarray(b * n, (b + 1) * n);
+    const lse = res.lse.data.subarray(b * d.S * d.H, (b + 1) * d.S * d.H);
+    kernel.forward({ ...args, o, lse });
+    if (opts.gradOut) {
+      const dO = opts.gradOut.data.subarray(b * n, (b + 1) * n);
+      kernel.backward({
+        ...args,
+        dO,
+        lse,
+        delta: computeDelta(o, dO, d.S * d.H, d.D),
+        dq: res.dq!.data.subarray(b * n, (b + 1) * n),
+        dk: res.dk!.data.subarray(b * nk, (b + 1) * nk),
+        dv: res.dv!.data.subarray(b * nk, (b + 1) * nk),
+      });
+    }
+  }
+  return res;
+}
+
+/**
+ * Ring attention on whole tensors: shards q, k, v (and the gradient) over `devices` ranks by
+ * `layout`, runs the ring (forward, and backward when `gradOut` is given) and gathers the
+ * results back into global order.
+ */
+export async function ringAttention(q: F32Tensor, k: F32Tensor, v: F32Tensor, opts: RingAttentionOptions = {}): Promise<AttentionResult & { stats: RingStats }> {
+  const d = checkInputs(q, k, v, opts);
+  const P = opts.devices ?? 4;
+  if (!Number.isInteger(P) || P < 1) throw new InputError('devices', `expected a positive integer, got ${opts.devices}`);
+  if ((opts.backend ?? 'cpu') !== 'cpu') throw new InputError('backend', `expected 'cpu' here, got '${opts.backend}'`);
+  const layout = opts.layout ?? 'zigzag';
+  const positions = shardPositions(d.S, P, layout);
+  const { runCpuRing } = await import('./cpu/ring.js');
+  const res = outputs(d, !!opts.gradOut);
+  const rowQ = d.H * d.D;
+  const rowK = d.Hk * d.D;
+  let stats: RingStats | undefined;
+  for (let b = 0; b < d.B; b++) {
+    const sl = (a: Float32Array, row: number) => a.subarray(b * d.S * row, (b + 1) * d.S * row);
+    const shards = positions.map((pos) => ({
+      q: gatherRows(sl(q.data, rowQ), rowQ, pos),
+      k: gatherRows(sl(k.data, rowK), rowK, pos),
+      v: gatherRows(sl(v.data, rowK), rowK, pos),
+      dO: opts.gradOut ? gatherRows(sl(opts.gradOut.data, rowQ), rowQ, pos) : undefined,
+      pos,
+      seg: opts.segments ? gatherRows(opts.segments, 1, pos) : undefined,
+    }));
+    const run = await runCpuRing(
+      shards,
+      {
+        H: d.H,
+        Hk: d.Hk,
+        D: d.D,
+        scale: opts.scale ?? 1 / Math.sqrt(d.D),
+        causal: !!opts.causal,
+        window: opts.window ?? 0,
+        sinks: opts.window !== undefined ? (opts.sinks ?? 0) : 0,
+        blockQ: opts.blockQ,
+        blockK: opts.blockK,
+        threads: 1,
+      },
+      maskOf(opts),
+      { kernel: opts.kernel, backward: !!opts.gradOut, onProgress: opts.onProgress, fail: opts.fail, moveShards: true },
+    );
+    run.ranks.forEach((r, i) => {
+      scatterRows(sl(res.out.data, rowQ), rowQ, positions[i], r.o);
+      scatterRows(sl(res.lse.data, d.H), d.H, positions[i], r.lse);
+      if (opts.gradOut) {
+        scatterRows(sl(res.dq!.data, rowQ), rowQ, positions[i], r.dq!);
+        scatterRows(sl(res.dk!.data, rowK), rowK, positions[i], r.dk!);
+        scatterRows(sl(res.dv!.data, rowK), rowK, positions[i], r.dv!);
+      }
+    });
+    stats = {
+      kernel: run.kernel,
+      wallMs: (stats?.wallMs ?? 0) + run.wallMs,
+      events: run.events,
+      schedule: run.schedule,
+      positions,
+      bytesHeld: run.ranks.map((r) => r.bytesHeld),
+      bytesIn: run.ranks.map((r) => r.bytesIn),
+    };
+  }
+  return { ...res, stats: stats! };
+}

@@ -1,0 +1,50 @@
+import type { BlockClass } from './mask.js';
+import type { TraceEvent } from './trace.js';
+
+/**
+ * The two small interfaces a backend implements for the ring executor (src/ring/). `B` is the
+ * backend's buffer for one travelling KV block: keys, values, their global positions (and
+ * segment ids), and in the backward the dK/dV accumulators that travel with them.
+ */
+export interface RingDevice<B> {
+  readonly rank: number;
+  /** Two block buffers: [0] starts with this rank's own keys/values, [1] is the spare. */
+  readonly blocks: [B, B];
+  /** Put this rank's own KV shard into `block` (and zero its dK/dV in the backward). */
+  loadOwn(block: B, withGrads: boolean): void;
+  /** Forward: this rank's queries against `block`, merged into the running (O, LSE) in fp32. */
+  forward(block: B, cls: BlockClass): void;
+  /** Before the backward: delta = rowsum(dO * O), dQ = 0. */
+  beginBackward(): void;
+  /** Backward: dQ (stays home) and the block's travelling dK/dV accumulate. */
+  backward(block: B, cls: BlockClass): void;
+}
+
+/** A transfer in progress. */
+export interface Pending {
+  readonly started: number;
+}
+
+export interface RingTransport<B> {
+  readonly rank: number;
+  readonly ranks: number;
+  /**
+   * Start step `step` of a phase: post `hand` for the next rank (send) and start receiving the
+   * previous rank's block into `spare` (recv). `seq` increases over every step of a run.
+   */
+  shift(seq: number, step: number, hand: B, spare: B, send: boolean, recv: boolean): Pending;
+  /** Wait until the receive is complete and the next rank no longer reads `hand`. */
+  wait(p: Pending): void;
+  /** Backward: send the dK/dV of `block` (which started on rank `home`) home. */
+  sendHome(block: B, home: number): void;
+  /** Backward: wait until this rank's own dK/dV have arrived (from another rank or itself). */
+  awaitHome(): void;
+}
+
+/** Records timeline events for the report; a no-op tracer costs nothing. */
+export interface Tracer {
+  now(): number;
+  event(e: TraceEvent): void;
+}
+
+export const NO_TRACE: Tracer = { now: () => 0, event: () => {} };

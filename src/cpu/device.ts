@@ -1,0 +1,109 @@
+import type { RingDevice } from '../core/device.js';
+import { computeDelta, type AttentionKernel, type BlockArgs } from '../core/kernel.js';
+import type { BlockClass } from '../core/mask.js';
+import { CpuBlock, type BlockLayout } from './block.js';
+
+/** What one CPU rank holds: its shards of Q, K, V (and dO), positions and segment ids. */
+export interface RankShard {
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+  dO?: Float32Array;
+  pos: Int32Array;
+  /** Segment id of each local row (packed documents), if any. */
+  seg?: Int32Array;
+}
+
+export interface AttnParams {
+  H: number;
+  Hk: number;
+  D: number;
+  scale: number;
+  causal: boolean;
+  window: number;
+  sinks: number;
+  blockQ?: number;
+  blockK?: number;
+  threads?: number;
+}
+
+/** A CPU rank as a ring device: owns its shard, its two block buffers and its accumulators. */
+export class CpuRankDevice implements RingDevice<CpuBlock> {
+  readonly blocks: [CpuBlock, CpuBlock];
+  readonly o: Float32Array;
+  readonly lse: Float32Array;
+  dq: Float32Array = new Float32Array(0);
+  private delta: Float32Array = new Float32Array(0);
+
+  constructor(
+    readonly rank: number,
+    private readonly shard: RankShard,
+    private readonly p: AttnParams,
+    private readonly kernel: AttentionKernel,
+    layout: BlockLayout,
+    /** This rank's dK/dV outputs (shared: the rank that finishes them writes them here). */
+    readonly dkOut: Float32Array,
+    readonly dvOut: Float32Array,
+  ) {
+    this.blocks = [CpuBlock.alloc(layout), CpuBlock.alloc(layout)];
+    const rows = shard.pos.length * p.H;
+    this.o = new Float32Array(rows * p.D);
+    this.lse = new Float32Array(rows).fill(-Infinity);
+  }
+
+  /** Bytes this rank holds at its peak. */
+  bytesHeld(): number {
+    const s = this.shard;
+    const arrays = [s.q, s.k, s.v, s.dO, s.pos, s.seg, this.o, this.lse, this.dq, this.delta, this.dkOut, this.dvOut];
+    return arrays.reduce((n, a) => n + (a ? a.byteLength : 0), 0) + this.blocks.reduce((n, b) => n + b.sab.byteLength, 0);
+  }
+
+  loadOwn(block: CpuBlock, withGrads: boolean): void {
+    const s = this.shard;
+    const n = s.pos.length;
+    block.count = n;
+    block.pos.set(s.pos);
+    if (s.seg) block.seg.set(s.seg);
+    block.k.set(s.k);
+    block.v.set(s.v);
+    if (withGrads) {
+      const len = n * this.p.Hk * this.p.D;
+      block.dk.fill(0, 0, len);
+      block.dv.fill(0, 0, len);
+    }
+  }
+
+  private args(block: CpuBlock): BlockArgs {
+    const n = block.count;
+    const row = this.p.Hk * this.p.D;
+    const s = this.shard;
+    return {
+      q: s.q,
+      k: block.k.subarray(0, n * row),
+      v: block.v.subarray(0, n * row),
+      qPos: s.pos,
+      kPos: block.pos.subarray(0, n),
+      qSeg: s.seg,
+      kSeg: s.seg ? block.seg.subarray(0, n) : undefined,
+      Sq: s.pos.length,
+      Sk: n,
+      ...this.p,
+    };
+  }
+
+  forward(block: CpuBlock, _cls: BlockClass): void {
+    this.kernel.forward({ ...this.args(block), o: this.o, lse: this.lse });
+  }
+
+  beginBackward(): void {
+    if (!this.shard.dO) throw new Error('backward needs dO');
+    this.delta = computeDelta(this.o, this.shard.dO, this.shard.pos.length * this.p.H, this.p.D);
+    this.dq = new Float32Array(this.o.length);
+  }
+
+  backward(block: CpuBlock, _cls: BlockClass): void {
+    const a = this.args(block);
+    const n = block.count * this.p.Hk * this.p.D;
+    this.kernel.backward({ ...a, dO: this.shard.dO!, lse: this.lse, delta: this.delta, dq: this.dq, dk: block.dk.subarray(0, n), dv: block.dv.subarray(0, n) });
+  }
+}

@@ -1,0 +1,163 @@
+import { Worker } from 'node:worker_threads';
+import { performance } from 'node:perf_hooks';
+import { RankError } from '../core/errors.js';
+import { ringSchedule, type RingSchedule } from '../core/schedule.js';
+import type { MaskSpec } from '../core/mask.js';
+import type { TraceEvent } from '../core/trace.js';
+import type { BlockLayout } from './block.js';
+import type { AttnParams, RankShard } from './device.js';
+import { FLAG_ABORT, flagCount } from './transport.js';
+import type { WorkerDone, WorkerInit, WorkerPeers, WorkerReady } from './worker.js';
+
+export interface CpuRingOptions {
+  kernel?: 'auto' | 'c' | 'ts';
+  backward?: boolean;
+  /** Called as ranks finish compute steps: (done, total). */
+  onProgress?: (done: number, total: number) => void;
+  /** Move the shards' buffers into the workers (the caller's arrays are detached) instead of copying. */
+  moveShards?: boolean;
+  /** Test hook: make one rank fail. */
+  fail?: { rank: number; step: number; mode: 'throw' | 'exit' };
+}
+
+export interface RankResult {
+  o: Float32Array;
+  lse: Float32Array;
+  dq?: Float32Array;
+  dk?: Float32Array;
+  dv?: Float32Array;
+  bytesIn: number;
+  bytesHeld: number;
+}
+
+export interface CpuRingResult {
+  ranks: RankResult[];
+  events: TraceEvent[];
+  schedule: RingSchedule;
+  kernel: string;
+  wallMs: number;
+}
+
+/** Global segment ids gathered from the shards' own ids (for the schedule's boxes). */
+function globalSegments(shards: RankShard[]): Int32Array | undefined {
+  if (!shards.some((s) => s.seg)) return undefined;
+  let max = -1;
+  for (const s of shards) for (const p of s.pos) max = Math.max(max, p);
+  const seg = new Int32Array(max + 1);
+  for (const s of shards) s.pos.forEach((p, i) => (seg[p] = s.seg![i]));
+  return seg;
+}
+
+/**
+ * Runs the ring on P worker threads, one per shard. Each worker owns its shard (moved to it,
+ * not copied) and allocates its own ring buffers. Any failing rank stops every rank: the
+ * shared abort flag wakes them all, and the returned promise rejects with that rank's error.
+ */
+export async function runCpuRing(shards: RankShard[], params: AttnParams, mask: MaskSpec, opts: CpuRingOptions = {}): Promise<CpuRingResult> {
+  const P = shards.length;
+  const segments = globalSegments(shards);
+  const schedule = ringSchedule(
+    shards.map((s) => s.pos),
+    { ...mask, segments },
+  );
+  const counts = shards.map((s) => s.pos.length);
+  const layout: BlockLayout = { cap: Math.max(1, ...counts), row: params.Hk * params.D, grads: !!opts.backward };
+  const flagsSab = new SharedArrayBuffer(flagCount(P) * 4);
+  const flags = new Int32Array(flagsSab);
+  const runStart = performance.timeOrigin + performance.now();
+  const totalSteps = schedule.compute.flat().filter((c) => c !== 'empty').length * (opts.backward ? 2 : 1);
+  let stepsDone = 0;
+  const workers: Worker[] = [];
+  const url = new URL('./worker.js', import.meta.url);
+
+  return await new Promise<CpuRingResult>((resolve, reject) => {
+    let settled = false;
+    const ready: (WorkerReady | undefined)[] = new Array(P);
+    const done: (WorkerDone | undefined)[] = new Array(P);
+    let kernel = '';
+    const stopAll = () => {
+      Atomics.store(flags, FLAG_ABORT, 1);
+      for (let i = 0; i < flags.length; i++) Atomics.notify(flags, i);
+      // A rank inside a long native call notices the flag when it returns; terminate() ends it then.
+      for (const w of workers) void w.terminate();
+    };
+    const fail = (rank: number, message: string) => {
+      if (settled) return;
+      settled = true;
+      stopAll();
+      reject(new RankError(rank, message));
+    };
+    for (let r = 0; r < P; r++) {
+      const s = shards[r];
+      const init: WorkerInit = {
+        rank: r,
+        shard: s,
+        params,
+        layout,
+        schedule,
+        counts,
+        segments: !!segments,
+        flags: flagsSab,
+        backward: !!opts.backward,
+        kernel: opts.kernel ?? 'auto',
+        runStart,
+        fail: opts.fail && opts.fail.rank === r ? { step: opts.fail.step, mode: opts.fail.mode } : undefined,
+      };
+      const w = new Worker(url);
+      workers.push(w);
+      w.on('message', (m: WorkerReady | WorkerDone | { type: 'error'; message: string } | { type: 'progress' }) => {
+        if (m.type === 'error') return fail(r, m.message);
+        if (m.type === 'progress') {
+          opts.onProgress?.(++stepsDone, totalSteps);
+          return;
+        }
+        if (m.type === 'ready') {
+          ready[r] = m;
+          kernel = m.kernel;
+          if (ready.every(Boolean) && ready.length === P && !ready.includes(undefined)) {
+            const peers: WorkerPeers = {
+              type: 'peers',
+              blocks: ready.map((x) => x!.blocks),
+              dk: ready.map((x) => x!.dk),
+              dv: ready.map((x) => x!.dv),
+            };
+            for (const x of workers) x.postMessage(peers);
+          }
+          return;
+        }
+        done[r] = m;
+        if (!done.includes(undefined) && !settled) {
+          settled = true;
+          const wallMs = performance.timeOrigin + performance.now() - runStart;
+          for (const x of workers) void x.terminate();
+          resolve({
+            ranks: done.map((d, i) => ({
+              o: d!.o,
+              lse: d!.lse,
+              dq: d!.dq,
+              dk: opts.backward ? new Float32Array(ready[i]!.dk) : undefined,
+              dv: opts.backward ? new Float32Array(ready[i]!.dv) : undefined,
+              bytesIn: d!.bytesIn,
+              bytesHeld: d!.bytesHeld,
+            })),
+            events: done.flatMap((d) => d!.events).sort((a, b) => a.start - b.start),
+            schedule,
+            kernel,
+            wallMs,
+          });
+        }
+      });
+      w.on('error', (err) => fail(r, err.message));
+      w.on('exit', (code) => {
+        if (!settled && done[r] === undefined) fail(r, `worker exited with code ${code}`);
+      });
+      // Move (not copy) the shard's buffers into the worker when the caller allows it.
+      const transfer = !opts.moveShards ? [] : [s.q, s.k, s.v, s.dO, s.pos, s.seg].filter((a): a is Float32Array | Int32Array => !!a).map((a) => a.buffer);
+      w.postMessage({ type: 'init', ...init }, uniqueBuffers(transfer));
+    }
+  });
+}
+
+function uniqueBuffers(bufs: ArrayBufferLike[]): ArrayBuffer[] {
+  return [...new Set(bufs)].filter((b): b is ArrayBuffer => b instanceof ArrayBuffer);
+}

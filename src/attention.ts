@@ -191,7 +191,7 @@ export async function ringAttention(q: F32Tensor, k: F32Tensor, v: F32Tensor, op
       k: gatherRows(sl(k.data, rowK), rowK, pos),
       v: gatherRows(sl(v.data, rowK), rowK, pos),
       dO: opts.gradOut ? gatherRows(sl(opts.gradOut.data, rowQ), rowQ, pos) : undefined,
-      pos,
+      pos: pos.slice(), // moved into the worker; `positions` stays here for the gather
       seg: opts.segments ? gatherRows(opts.segments, 1, pos) : undefined,
     }));
     const run = await runCpuRing(

@@ -16,7 +16,9 @@ export interface RingDevice<B> {
   forward(block: B, cls: BlockClass): void;
   /** Before the backward: delta = rowsum(dO * O), dQ = 0. */
   beginBackward(): void;
-  /** Backward: dQ (stays home) and the block's travelling dK/dV accumulate. */
+  /** Backward: zero the block's dK/dV partials (this rank's contribution at this step). */
+  zeroGrads(block: B): void;
+  /** Backward: dQ accumulates (it stays home); the block's dK/dV partials receive this rank's share. */
   backward(block: B, cls: BlockClass): void;
 }
 
@@ -35,6 +37,17 @@ export interface RingTransport<B> {
   shift(seq: number, step: number, hand: B, spare: B, send: boolean, recv: boolean): Pending;
   /** Wait until the receive is complete and the next rank no longer reads `hand`. */
   wait(p: Pending): void;
+  /**
+   * Backward: start receiving the accumulated dK/dV of the block now in hand, which the previous
+   * rank posted at the end of step `step - 1`; it travels while this rank computes.
+   */
+  startGrads(seq: number, step: number): Pending;
+  /** Wait for those dK/dV and add them into the partials of `block`. */
+  finishGrads(p: Pending, block: B): void;
+  /** Before a block's dK/dV partials are overwritten: wait until the next rank has read the ones posted from it. */
+  reuseGrads(block: B): void;
+  /** Post the accumulated dK/dV of `block` for the next rank (it pulls them at its next step). */
+  postGrads(seq: number, step: number, block: B): void;
   /** Backward: send the dK/dV of `block` (which started on rank `home`) home. */
   sendHome(block: B, home: number): void;
   /** Backward: wait until this rank's own dK/dV have arrived (from another rank or itself). */

@@ -17,8 +17,9 @@ export class InputError extends RingAttnError {
 /** A rank of the ring failed; `rank` says which, the message carries its error. */
 export class RankError extends RingAttnError {
   override name = 'RankError';
-  constructor(readonly rank: number, message: string) {
-    super(`rank ${rank}: ${message}`);
+  /** `secondary`: this rank only stopped because another one failed. */
+  constructor(readonly rank: number, readonly detail: string, readonly secondary = false) {
+    super(`rank ${rank}: ${detail}`);
   }
 }
 

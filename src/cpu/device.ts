@@ -101,6 +101,12 @@ export class CpuRankDevice implements RingDevice<CpuBlock> {
     this.dq = new Float32Array(this.o.length);
   }
 
+  zeroGrads(block: CpuBlock): void {
+    const n = block.count * this.p.Hk * this.p.D;
+    block.dk.fill(0, 0, n);
+    block.dv.fill(0, 0, n);
+  }
+
   backward(block: CpuBlock, _cls: BlockClass): void {
     const a = this.args(block);
     const n = block.count * this.p.Hk * this.p.D;

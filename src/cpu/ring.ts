@@ -78,11 +78,22 @@ export async function runCpuRing(shards: RankShard[], params: AttnParams, mask: 
     const stopAll = () => {
       Atomics.store(flags, FLAG_ABORT, 1);
       for (let i = 0; i < flags.length; i++) Atomics.notify(flags, i);
-      // A rank inside a long native call notices the flag when it returns; terminate() ends it then.
-      for (const w of workers) void w.terminate();
+      // Every rank notices the flag at its next wait and exits by itself. (terminate() is not
+      // used: ending a thread inside a native call aborts the whole process.)
+      for (const w of workers) w.unref();
     };
-    const fail = (rank: number, message: string) => {
+    const reported: boolean[] = new Array(P).fill(false);
+    let secondary: RankError | null = null;
+    const fail = (rank: number, message: string, isSecondary = false) => {
       if (settled) return;
+      if (isSecondary) {
+        // Give the rank that failed first a moment to report its own error.
+        if (!secondary) {
+          secondary = new RankError(rank, message, true);
+          setTimeout(() => fail(rank, message), 500).unref();
+        }
+        return;
+      }
       settled = true;
       stopAll();
       reject(new RankError(rank, message));
@@ -105,8 +116,11 @@ export async function runCpuRing(shards: RankShard[], params: AttnParams, mask: 
       };
       const w = new Worker(url);
       workers.push(w);
-      w.on('message', (m: WorkerReady | WorkerDone | { type: 'error'; message: string } | { type: 'progress' }) => {
-        if (m.type === 'error') return fail(r, m.message);
+      w.on('message', (m: WorkerReady | WorkerDone | { type: 'error'; message: string; secondary: boolean } | { type: 'progress' }) => {
+        if (m.type === 'error') {
+          reported[r] = true;
+          return fail(r, m.message, m.secondary);
+        }
         if (m.type === 'progress') {
           opts.onProgress?.(++stepsDone, totalSteps);
           return;
@@ -129,7 +143,6 @@ export async function runCpuRing(shards: RankShard[], params: AttnParams, mask: 
         if (!done.includes(undefined) && !settled) {
           settled = true;
           const wallMs = performance.timeOrigin + performance.now() - runStart;
-          for (const x of workers) void x.terminate();
           resolve({
             ranks: done.map((d, i) => ({
               o: d!.o,
@@ -149,7 +162,7 @@ export async function runCpuRing(shards: RankShard[], params: AttnParams, mask: 
       });
       w.on('error', (err) => fail(r, err.message));
       w.on('exit', (code) => {
-        if (!settled && done[r] === undefined) fail(r, `worker exited with code ${code}`);
+        if (!settled && done[r] === undefined && !reported[r]) fail(r, `worker exited with code ${code}`);
       });
       // Move (not copy) the shard's buffers into the worker when the caller allows it.
       const transfer = !opts.moveShards ? [] : [s.q, s.k, s.v, s.dO, s.pos, s.seg].filter((a): a is Float32Array | Int32Array => !!a).map((a) => a.buffer);

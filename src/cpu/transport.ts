@@ -1,20 +1,23 @@
 import type { Pending, RingTransport, Tracer } from '../core/device.js';
 import { RankError } from '../core/errors.js';
-import type { RingSchedule } from '../core/schedule.js';
-import { blockAt } from '../core/schedule.js';
-import { CpuBlock } from './block.js';
+import { blockAt, type RingSchedule } from '../core/schedule.js';
+import { CpuBlock, blockOffsets } from './block.js';
 
 /**
- * The CPU ring transport over shared memory. Every rank's two block buffers are
- * SharedArrayBuffers; a transfer is a pull: the receiving rank copies the previous rank's block
- * into its spare buffer. With the native library the copy runs on its own thread (copy.c), so
- * it is really in flight while the rank computes; without it the copy happens at wait().
+ * The CPU ring transport over shared memory. Every rank's block buffers are SharedArrayBuffers;
+ * a transfer is a pull: the receiving rank copies the previous rank's block into its own
+ * buffer. With the native library the copy runs on its own thread (copy.c), so it is really in
+ * flight while the rank computes; without it the copy happens at wait().
  *
- * Flags (an Int32Array in shared memory), for P ranks:
- *   [0] abort   [1 + r] posted by r (seq)   [1 + P + r] pulled by r (seq)   [1 + 2P + r] home of r
+ * Flags (an Int32Array in shared memory), for P ranks, each holding the seq of a step:
+ *   [0] abort
+ *   [1 + r]      r posted its K/V block         [1 + P + r]  r pulled its previous rank's K/V
+ *   [1 + 2P + r] r's own dK/dV arrived home     [1 + 3P + r] r posted accumulated dK/dV
+ *   [1 + 4P + r] r pulled its previous rank's dK/dV
  */
 export const FLAG_ABORT = 0;
-export const flagCount = (P: number) => 1 + 3 * P;
+export const flagCount = (P: number) => 1 + 5 * P;
+const POSTED = 1, PULLED = 2, HOME = 3, GPOSTED = 4, GPULLED = 5;
 
 /** The native asynchronous copy (copy.c), when the C library is loaded. */
 export interface NativePull {
@@ -39,18 +42,27 @@ interface CpuPending extends Pending {
   seq: number;
   send: boolean;
   recv: boolean;
-  spare: CpuBlock;
+  /** Where the pull lands and where it comes from, with (dstOff, srcOff, bytes) ranges. */
+  dst: Uint8Array;
+  src: Uint8Array;
+  ranges: [number, number, number][];
+  flag: number;
   handle: unknown;
-  grads: boolean;
+  phase: 'forward' | 'backward';
 }
 
-/** Longest any rank waits for a peer before it declares the ring stuck. */
+/** How long a waiting rank sleeps between checks of the abort flag. */
 const WAIT_SLICE_MS = 50;
 
 export class CpuTransport implements RingTransport<CpuBlock> {
   readonly ranks: number;
   private readonly times = new BigInt64Array(2);
   private readonly clockOffsetMs: number;
+  /** Incoming accumulated dK/dV (backward): [dK | dV] of up to cap rows. */
+  private gradIn: Float32Array = new Float32Array(0);
+  /** The seq at which dK/dV were last posted from each of this rank's buffers. */
+  private readonly postedFrom = new Map<CpuBlock, number>();
+  private phase: 'forward' | 'backward' = 'forward';
   /** Bytes this rank received, for the report. */
   bytesIn = 0;
 
@@ -61,15 +73,25 @@ export class CpuTransport implements RingTransport<CpuBlock> {
     private readonly sched: RingSchedule,
     private readonly trace: Tracer,
     private readonly native: NativePull | null,
-    private grads = false,
   ) {
     this.ranks = peers.blocks.length;
     this.clockOffsetMs = native ? trace.now() - Number(native.nowNs()) / 1e6 : 0;
   }
 
-  /** Switch to the backward: blocks carry dK/dV from now on. */
-  setGrads(on: boolean): void {
-    this.grads = on;
+  /** Bytes of transport-owned buffers (counted in the rank's memory). */
+  get bytesHeld(): number {
+    return this.gradIn.byteLength;
+  }
+
+  /** The backward needs a buffer for incoming dK/dV. */
+  beginBackward(): void {
+    this.phase = 'backward';
+    const l = this.peers.blocks[this.rank][0].layout;
+    this.gradIn = new Float32Array(new SharedArrayBuffer(2 * l.cap * l.row * 4));
+  }
+
+  private flag(kind: number, r: number): number {
+    return kind * this.ranks + 1 + r - this.ranks;
   }
 
   private get prev(): number {
@@ -88,7 +110,7 @@ export class CpuTransport implements RingTransport<CpuBlock> {
   }
 
   private checkAbort(): void {
-    if (Atomics.load(this.flags, FLAG_ABORT) !== 0) throw new RankError(this.rank, 'stopped because another rank failed');
+    if (Atomics.load(this.flags, FLAG_ABORT) !== 0) throw new RankError(this.rank, 'stopped because another rank failed', true);
   }
 
   /** Wait until flags[idx] >= want, checking for abort between short sleeps. */
@@ -106,77 +128,111 @@ export class CpuTransport implements RingTransport<CpuBlock> {
     Atomics.notify(this.flags, idx);
   }
 
-  shift(seq: number, step: number, hand: CpuBlock, spare: CpuBlock, send: boolean, recv: boolean): CpuPending {
-    const P = this.ranks;
-    if (send) this.post(1 + this.rank, seq);
-    const p: CpuPending = { started: this.trace.now(), step, seq, send, recv, spare, handle: null, grads: this.grads };
-    if (recv && this.native) {
-      const src = this.upstreamHand(step);
-      const ranges = this.rangesFor(step, src);
-      const flat = new BigInt64Array(ranges.length * 3);
-      ranges.forEach(([off, len], i) => {
-        flat[3 * i] = BigInt(off);
-        flat[3 * i + 1] = BigInt(off);
-        flat[3 * i + 2] = BigInt(len);
-      });
-      p.handle = this.native.start(spare.bytes, src.bytes, flat, ranges.length, this.flags, 1 + this.prev, seq, FLAG_ABORT);
+  /** Start a pull of `ranges` from src to dst once flags[flag] >= seq (on a thread if native). */
+  private startPull(p: CpuPending): CpuPending {
+    if (this.native) {
+      const flat = new BigInt64Array(p.ranges.length * 3);
+      p.ranges.forEach((r, i) => flat.set(r.map(BigInt), 3 * i));
+      p.handle = this.native.start(p.dst, p.src, flat, p.ranges.length, this.flags, p.flag, p.seq, FLAG_ABORT);
       if (!p.handle) throw new RankError(this.rank, 'could not start a transfer thread');
     }
-    void P;
     return p;
   }
 
-  private upstreamHand(step: number): CpuBlock {
-    return this.peers.blocks[this.prev][this.handIndex(this.prev, step)];
+  /** Finish a pull: join the copy thread, or copy now. Records the transfer. */
+  private finishPull(p: CpuPending): void {
+    let start: number;
+    let end: number;
+    if (this.native) {
+      const status = this.native.wait(p.handle, this.times);
+      if (status !== 0) {
+        this.checkAbort();
+        throw new RankError(this.rank, 'transfer aborted');
+      }
+      start = Number(this.times[0]) / 1e6 + this.clockOffsetMs;
+      end = Number(this.times[1]) / 1e6 + this.clockOffsetMs;
+    } else {
+      this.waitFlag(p.flag, p.seq);
+      start = this.trace.now();
+      for (const [d, s, len] of p.ranges) p.dst.set(p.src.subarray(s, s + len), d);
+      end = this.trace.now();
+    }
+    const bytes = p.ranges.reduce((n, r) => n + r[2], 0);
+    this.bytesIn += bytes;
+    this.trace.event({ rank: this.rank, step: p.step, kind: 'transfer', phase: p.phase, start, end, bytes });
   }
 
-  private rangesFor(step: number, src: CpuBlock): [number, number][] {
+  shift(seq: number, step: number, hand: CpuBlock, spare: CpuBlock, send: boolean, recv: boolean): CpuPending {
+    if (send) this.post(this.flag(POSTED, this.rank), seq);
+    const src = this.peers.blocks[this.prev][this.handIndex(this.prev, step)];
     const n = this.peers.counts[blockAt(this.prev, step, this.ranks)];
-    return src.ranges(n, this.peers.segments, this.grads);
+    const p: CpuPending = {
+      started: this.trace.now(), step, seq, send, recv, phase: this.phase,
+      dst: spare.bytes, src: src.bytes,
+      ranges: src.ranges(n, this.peers.segments, false).map(([off, len]) => [off, off, len]),
+      flag: this.flag(POSTED, this.prev), handle: null,
+    };
+    return recv ? this.startPull(p) : p;
   }
 
   wait(pending: Pending): void {
     const p = pending as CpuPending;
     if (p.recv) {
-      let start: number;
-      let end: number;
-      const src = this.upstreamHand(p.step);
-      const ranges = this.rangesFor(p.step, src);
-      if (this.native) {
-        const status = this.native.wait(p.handle, this.times);
-        if (status !== 0) this.checkAbort();
-        if (status !== 0) throw new RankError(this.rank, 'transfer aborted');
-        start = Number(this.times[0]) / 1e6 + this.clockOffsetMs;
-        end = Number(this.times[1]) / 1e6 + this.clockOffsetMs;
-      } else {
-        this.waitFlag(1 + this.prev, p.seq);
-        start = this.trace.now();
-        for (const [off, len] of ranges) p.spare.bytes.set(src.bytes.subarray(off, off + len), off);
-        end = this.trace.now();
-      }
-      const bytes = ranges.reduce((s, [, len]) => s + len, 0);
-      this.bytesIn += bytes;
-      this.trace.event({ rank: this.rank, step: p.step, kind: 'transfer', phase: p.grads ? 'backward' : 'forward', start, end, bytes });
-      this.post(1 + this.ranks + this.rank, p.seq);
+      this.finishPull(p);
+      this.post(this.flag(PULLED, this.rank), p.seq);
     }
     // The next rank reads our hand until it has pulled it: only then may we reuse the buffer.
-    if (p.send) this.waitFlag(1 + this.ranks + this.next, p.seq);
+    if (p.send) this.waitFlag(this.flag(PULLED, this.next), p.seq);
+  }
+
+  startGrads(seq: number, step: number): CpuPending {
+    // The previous rank posted them from the buffer it held at step - 1, with that step's seq.
+    const src = this.peers.blocks[this.prev][this.handIndex(this.prev, step - 1)];
+    const o = blockOffsets(src.layout);
+    const len = this.peers.counts[blockAt(this.rank, step, this.ranks)] * src.layout.row * 4;
+    const dst = new Uint8Array(this.gradIn.buffer);
+    const p: CpuPending = {
+      started: this.trace.now(), step, seq: seq - 1, send: false, recv: true, phase: 'backward',
+      dst, src: src.bytes, ranges: [[0, o.dk, len], [src.layout.cap * src.layout.row * 4, o.dv, len]],
+      flag: this.flag(GPOSTED, this.prev), handle: null,
+    };
+    return this.startPull(p);
+  }
+
+  finishGrads(pending: Pending, block: CpuBlock): void {
+    const p = pending as CpuPending;
+    this.finishPull(p);
+    this.post(this.flag(GPULLED, this.rank), p.seq);
+    const len = p.ranges[0][2] / 4;
+    const off = block.layout.cap * block.layout.row;
+    for (let i = 0; i < len; i++) {
+      block.dk[i] += this.gradIn[i];
+      block.dv[i] += this.gradIn[off + i];
+    }
+  }
+
+  reuseGrads(block: CpuBlock): void {
+    const seq = this.postedFrom.get(block);
+    if (seq !== undefined) this.waitFlag(this.flag(GPULLED, this.next), seq);
+  }
+
+  postGrads(seq: number, _step: number, block: CpuBlock): void {
+    this.postedFrom.set(block, seq);
+    this.post(this.flag(GPOSTED, this.rank), seq);
   }
 
   sendHome(block: CpuBlock, home: number): void {
-    const n = this.peers.counts[home];
-    const len = n * block.layout.row;
+    const len = this.peers.counts[home] * block.layout.row;
     const t0 = this.trace.now();
     this.peers.dk[home].set(block.dk.subarray(0, len));
     this.peers.dv[home].set(block.dv.subarray(0, len));
     if (home !== this.rank) {
-      this.bytesIn += 0;
-      this.trace.event({ rank: this.rank, step: this.ranks, kind: 'transfer', phase: 'backward', start: t0, end: this.trace.now(), bytes: 2 * len * 4 });
+      this.trace.event({ rank: this.rank, step: this.ranks - 1, kind: 'transfer', phase: 'backward', start: t0, end: this.trace.now(), bytes: 2 * len * 4 });
     }
-    this.post(1 + 2 * this.ranks + home, 1);
+    this.post(this.flag(HOME, home), 1);
   }
 
   awaitHome(): void {
-    this.waitFlag(1 + 2 * this.ranks + this.rank, 1);
+    this.waitFlag(this.flag(HOME, this.rank), 1);
   }
 }

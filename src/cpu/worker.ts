@@ -5,6 +5,7 @@
 import { parentPort } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import type { TraceEvent } from '../core/trace.js';
+import { RankError } from '../core/errors.js';
 import type { Tracer } from '../core/device.js';
 import type { RingSchedule } from '../core/schedule.js';
 import { ringForward } from '../ring/forward.js';
@@ -87,7 +88,11 @@ port.on('message', (msg: { type: 'init' } & WorkerInit | WorkerPeers) => {
       Atomics.store(flags, FLAG_ABORT, 1);
       for (let i = 0; i < flags.length; i++) Atomics.notify(flags, i);
     }
-    port.postMessage({ type: 'error', message: err instanceof Error ? err.message : String(err) });
+    // A rank woken by the abort flag reports a secondary error; the failing rank's own error wins.
+    const secondary = err instanceof RankError && err.secondary;
+    const message = err instanceof RankError ? err.detail : err instanceof Error ? err.message : String(err);
+    port.postMessage({ type: 'error', message, secondary });
+    port.close(); // the thread ends once the error is sent
   }
 });
 
@@ -134,7 +139,7 @@ function run(peers: WorkerPeers): void {
   );
   let seq = ringForward(device, transport, init.schedule, trace, 0);
   if (init.backward) {
-    transport.setGrads(true);
+    transport.beginBackward();
     seq = ringBackward(device, transport, init.schedule, trace, seq);
   }
   const done: WorkerDone = {
@@ -144,7 +149,8 @@ function run(peers: WorkerPeers): void {
     dq: init.backward ? device.dq : undefined,
     events,
     bytesIn: transport.bytesIn,
-    bytesHeld: device.bytesHeld(),
+    bytesHeld: device.bytesHeld() + transport.bytesHeld,
   };
   port.postMessage(done, [device.o.buffer, device.lse.buffer, ...(done.dq ? [done.dq.buffer] : [])] as ArrayBuffer[]);
+  port.close();
 }

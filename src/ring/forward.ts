@@ -10,17 +10,16 @@ import type { RingSchedule } from '../core/schedule.js';
  *     wait for the transfer; swap buffers
  *
  * What to compute and what to pass on come from the schedule (Note [transfer reach]).
- * Returns the seq counter after the last step (the backward continues from it).
+ * Every rank numbers step s of this phase seq0 + s + 1; returns seq0 + P for the next phase.
  */
 export function ringForward<B>(dev: RingDevice<B>, net: RingTransport<B>, sched: RingSchedule, trace: Tracer, seq0 = 0): number {
   const r = dev.rank;
   let [hand, spare] = dev.blocks;
   dev.loadOwn(hand, false);
-  let seq = seq0;
   for (let step = 0; step < sched.ranks; step++) {
     const send = sched.send[r][step];
     const recv = sched.recv[r][step];
-    const pending = send || recv ? net.shift(++seq, step, hand, spare, send, recv) : null;
+    const pending = send || recv ? net.shift(seq0 + step + 1, step, hand, spare, send, recv) : null;
     const cls = sched.compute[r][step];
     if (cls !== 'empty') {
       const t0 = trace.now();
@@ -34,5 +33,5 @@ export function ringForward<B>(dev: RingDevice<B>, net: RingTransport<B>, sched:
     }
     if (recv) [hand, spare] = [spare, hand];
   }
-  return seq;
+  return seq0 + sched.ranks;
 }

@@ -1,6 +1,9 @@
 import type { Command } from 'commander';
+import { registerAttend } from './attend.js';
+import { registerPlan } from './plan.js';
 
 /** Each command lives in its own file and registers itself here. */
 export function registerCommands(program: Command): void {
-  void program;
+  registerAttend(program);
+  registerPlan(program);
 }

@@ -1,0 +1,213 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { threadId } from 'node:worker_threads';
+import koffi from 'koffi';
+
+/**
+ * Builds the native CPU kernels: every `.c` file in `kernels/` beside this module is compiled
+ * for this CPU into one shared library, cached on disk and loaded with koffi. Other modules bind
+ * their own symbols from the same handle (`loadNative().lib.func(...)`).
+ *
+ * Flags: -O3 -march=native with OpenMP when it links. -ffp-contract=fast lets the compiler fuse
+ * multiply-adds; -ffast-math is never used because it assumes no infinities, and the kernels
+ * rely on -inf for masked logits and for rows that see no key.
+ */
+
+export type Isa = 'avx512' | 'avx2' | 'neon' | 'scalar';
+export interface NativeLib {
+  lib: koffi.IKoffiLib;
+  isa: Isa;
+  path: string;
+}
+export type NativeLoad = NativeLib | { error: string };
+
+const BASE_FLAGS = ['-O3', '-fPIC', '-shared', '-std=gnu11', '-ffp-contract=fast', '-fno-math-errno', '-pthread'];
+/** Tried in order; the first set that compiles and links a probe wins. */
+const FLAG_SETS: string[][] = [
+  ['-march=native', '-fopenmp'],
+  ['-march=native'],
+  ['-mcpu=native', '-fopenmp'],
+  ['-mcpu=native'],
+  ['-fopenmp'],
+  [],
+];
+
+const PROBE_OMP = '#include <omp.h>\nint ra_probe(void) { return omp_get_max_threads(); }\n';
+const PROBE = 'int ra_probe(void) { return 1; }\n';
+
+/** The directory holding the kernel sources (dist/src/cpu/kernels after copy-assets). */
+export function kernelsDir(): string {
+  return join(dirname(fileURLToPath(import.meta.url)), 'kernels');
+}
+
+export function cacheDir(): string {
+  const candidates = [process.env.RINGATTN_CACHE, join(os.homedir(), '.cache', 'ringattn'), join(os.tmpdir(), 'ringattn-cache')];
+  for (const dir of candidates) {
+    if (!dir) continue;
+    try {
+      mkdirSync(dir, { recursive: true });
+      return dir;
+    } catch {
+      // not writable: try the next
+    }
+  }
+  return os.tmpdir();
+}
+
+interface Compiler {
+  cmd: string;
+  pre: string[];
+  version: string;
+}
+
+function run(cmd: string, args: string[], input?: string): { ok: boolean; out: string; err: string } {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', input, timeout: 120_000, maxBuffer: 16 << 20 });
+  if (r.error) return { ok: false, out: '', err: r.error.message };
+  return { ok: r.status === 0, out: r.stdout ?? '', err: r.stderr ?? '' };
+}
+
+function findCompiler(): Compiler | string {
+  const names: string[] = [];
+  if (process.env.CC) names.push(process.env.CC);
+  names.push('cc', 'gcc', 'clang');
+  for (const name of names) {
+    const [cmd, ...pre] = name.trim().split(/\s+/);
+    if (!cmd) continue;
+    const r = run(cmd, [...pre, '--version']);
+    if (r.ok) return { cmd, pre, version: r.out.trim() };
+  }
+  return `tried ${names.join(', ')}`;
+}
+
+function cpuIdentity(): string {
+  try {
+    const info = readFileSync('/proc/cpuinfo', 'utf8');
+    const model = /^model name\s*:\s*(.*)$/m.exec(info)?.[1] ?? '';
+    const flags = /^(?:flags|Features)\s*:\s*(.*)$/m.exec(info)?.[1] ?? '';
+    if (model || flags) return `${model}|${flags}`;
+  } catch {
+    // not Linux
+  }
+  const cpus = os.cpus();
+  return `${cpus[0]?.model ?? 'unknown'}|${cpus.length}`;
+}
+
+function libExt(): string {
+  return process.platform === 'darwin' ? 'dylib' : process.platform === 'win32' ? 'dll' : 'so';
+}
+
+function sha256(parts: string[]): string {
+  const h = createHash('sha256');
+  for (const p of parts) h.update(p).update('\0');
+  return h.digest('hex');
+}
+
+function tmpName(path: string): string {
+  return `${path}.${process.pid}.${threadId}.${randomBytes(4).toString('hex')}.tmp`;
+}
+
+/** Flags that compile and link on this compiler (cached per compiler and CPU: probes cost a spawn). */
+function detectFlags(cc: Compiler, dir: string): string[] | string {
+  const key = sha256(['flags-v1', cc.cmd, cc.pre.join(' '), cc.version, cpuIdentity(), process.platform, process.arch]).slice(0, 24);
+  const memo = join(dir, `flags-${key}.json`);
+  try {
+    const flags = JSON.parse(readFileSync(memo, 'utf8')) as unknown;
+    if (Array.isArray(flags) && flags.every((f) => typeof f === 'string')) return flags as string[];
+  } catch {
+    // not probed yet
+  }
+  const errors: string[] = [];
+  for (const extra of FLAG_SETS) {
+    const flags = [...BASE_FLAGS, ...extra];
+    const src = tmpName(join(dir, 'probe')) + '.c';
+    const out = tmpName(join(dir, 'probe')) + '.' + libExt();
+    try {
+      writeFileSync(src, extra.includes('-fopenmp') ? PROBE_OMP : PROBE);
+      const r = run(cc.cmd, [...cc.pre, ...flags, '-o', out, src]);
+      if (r.ok) {
+        const tmp = tmpName(memo);
+        writeFileSync(tmp, JSON.stringify(flags));
+        renameSync(tmp, memo);
+        return flags;
+      }
+      errors.push(`${extra.join(' ') || '(base flags)'}: ${r.err.trim().split('\n')[0] ?? ''}`);
+    } finally {
+      rmSync(src, { force: true });
+      rmSync(out, { force: true });
+    }
+  }
+  return `no working flags (${errors.join('; ')})`;
+}
+
+/** The ISA from the compiler's predefined macros under the chosen flags. */
+function detectIsa(cc: Compiler, flags: string[]): Isa {
+  const arch = flags.filter((f) => f.startsWith('-march=') || f.startsWith('-mcpu='));
+  const r = run(cc.cmd, [...cc.pre, ...arch, '-dM', '-E', '-x', 'c', '-'], '');
+  const has = (m: string) => new RegExp(`^#define ${m} `, 'm').test(r.out);
+  if (has('__AVX512F__')) return 'avx512';
+  if (has('__AVX2__') && has('__FMA__')) return 'avx2';
+  if (has('__ARM_NEON') && has('__aarch64__')) return 'neon';
+  return 'scalar';
+}
+
+function build(): NativeLoad {
+  const dir = kernelsDir();
+  let sources: string[];
+  try {
+    sources = readdirSync(dir).filter((f) => f.endsWith('.c')).sort();
+  } catch (e) {
+    return { error: `kernel sources not found in ${dir} (${(e as Error).message})` };
+  }
+  if (sources.length === 0) return { error: `no .c kernel sources in ${dir}` };
+  const cc = findCompiler();
+  if (typeof cc === 'string') return { error: cc };
+  const cache = cacheDir();
+  const flags = detectFlags(cc, cache);
+  if (typeof flags === 'string') return { error: flags };
+  const isa = detectIsa(cc, flags);
+  const parts = ['lib-v1', cc.version, cc.cmd, cc.pre.join(' '), flags.join(' '), cpuIdentity(), process.platform, process.arch];
+  for (const s of sources) parts.push(s, readFileSync(join(dir, s), 'utf8'));
+  const path = join(cache, `ringattn-${sha256(parts).slice(0, 32)}.${libExt()}`);
+  if (!existsSync(path)) {
+    const tmp = tmpName(path);
+    const r = run(cc.cmd, [...cc.pre, ...flags, '-o', tmp, ...sources.map((s) => join(dir, s)), '-lm']);
+    if (!r.ok) {
+      rmSync(tmp, { force: true });
+      return { error: `compiling ${sources.join(', ')} with ${cc.cmd} failed: ${r.err.trim().slice(0, 2000)}` };
+    }
+    try {
+      renameSync(tmp, path); // atomic: a concurrent builder's identical library is simply replaced
+    } catch (e) {
+      rmSync(tmp, { force: true });
+      if (!existsSync(path)) return { error: `cannot store ${path}: ${(e as Error).message}` };
+    }
+  }
+  try {
+    return { lib: koffi.load(path), isa, path };
+  } catch (e) {
+    return { error: `loading ${path} failed: ${(e as Error).message}` };
+  }
+}
+
+let loaded: NativeLoad | undefined;
+
+/**
+ * The native library for this CPU, built on first use (per thread: a worker finds the cached
+ * library on disk and just loads it). Never throws: returns the reason when it is unavailable.
+ * RINGATTN_KERNEL=ts forces the TypeScript fallback.
+ */
+export function loadNative(): NativeLoad {
+  if (process.env.RINGATTN_KERNEL === 'ts') return { error: 'RINGATTN_KERNEL=ts' };
+  if (!loaded) {
+    try {
+      loaded = build();
+    } catch (e) {
+      loaded = { error: (e as Error).message };
+    }
+  }
+  return loaded;
+}

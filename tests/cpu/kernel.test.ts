@@ -1,0 +1,94 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { AttentionKernel } from '../../src/core/kernel.js';
+import { getKernel } from '../../src/cpu/attention.js';
+import { assertClose, freshSeed } from '../helpers/check.js';
+import { refBackward, refForward } from '../ref/attention64.js';
+import { TOL } from '../ref/tolerances.js';
+import { makeProblem, range, runKernel, stripe, type MaskOpts, type Problem, type RunOpts } from './kernel-harness.js';
+
+/**
+ * Both block kernels (C and TypeScript) against the float64 reference: forward O and LSE, backward
+ * dQ, dK, dV, over every mask combination, head groupings, head sizes, tile sizes that do not
+ * divide S, one and two threads, key blocks merged one after another, and striped positions.
+ */
+
+const forcedTs = process.env.RINGATTN_KERNEL === 'ts';
+export const kernels: [string, () => AttentionKernel][] = [
+  ['c', () => getKernel({ kernel: 'c' })],
+  ['ts', () => getKernel({ kernel: 'ts' })],
+];
+
+function check(p: Problem, seed: number, what: string, opts: RunOpts = {}): void {
+  const ref = refForward(p.q, p.k, p.v, p.S, p.H, p.Hk, p.D, p.mask, p.scale);
+  const grads = opts.backward === false ? undefined : refBackward(p.q, p.k, p.v, p.dO, p.S, p.H, p.Hk, p.D, p.mask, p.scale);
+  for (const [name, make] of kernels) {
+    if (name === 'c' && forcedTs) continue;
+    const kernel = make();
+    const got = runKernel(kernel, p, opts);
+    const tag = `${kernel.name} ${what} seed=${seed}`;
+    assertClose(got.lse, ref.lse, TOL.fp32Forward, `${tag}: lse`);
+    assertClose(got.o, ref.o, TOL.fp32Forward, `${tag}: o`);
+    for (const x of [got.o, got.lse, got.dq, got.dk, got.dv]) assert.ok(!x.some(Number.isNaN), `${tag}: NaN`);
+    if (!grads) continue;
+    assertClose(got.dq, grads.dq, TOL.fp32Grad, `${tag}: dq`);
+    assertClose(got.dk, grads.dk, TOL.fp32Grad, `${tag}: dk`);
+    assertClose(got.dv, grads.dv, TOL.fp32Grad, `${tag}: dv`);
+  }
+}
+
+const masks: [string, (S: number, c: number) => MaskOpts][] = [
+  ['none', () => ({})],
+  ['causal', () => ({ causal: true })],
+  ['window', (S, c) => ({ window: 1 + Math.floor(S / 5) + (c % 3) })],
+  ['window+sinks', (S, c) => ({ window: 1 + Math.floor(S / 6), sinks: 1 + (c % 4) })],
+  ['causal+window+sinks', (S, c) => ({ causal: true, window: 1 + Math.floor(S / 4), sinks: 1 + (c % 3) })],
+  ['segments', (S) => ({ docs: 1 + Math.floor(S / 25) })],
+  ['causal+segments+window', (S) => ({ causal: true, docs: 1 + Math.floor(S / 30), window: 2 + Math.floor(S / 7) })],
+];
+const groups: [number, number][] = [[1, 1], [4, 2], [8, 1], [6, 3]];
+const sizes = [1, 2, 17, 37, 61, 97, 131, 113, 53, 150, 73, 29, 89, 5];
+const heads = [16, 24, 64, 128];
+const tiles: [number | undefined, number | undefined][] = [[undefined, undefined], [16, 24], [32, 16], [48, 40], [7, 13], [64, 64]];
+
+let c = 0;
+for (const [mname, mask] of masks) {
+  for (const [H, Hk] of groups) {
+    const cse = c++;
+    const S = sizes[cse % sizes.length];
+    // Keep the float64 reference cheap: big heads on the shorter sequences.
+    const D = S > 100 ? heads[cse % 3] : heads[(cse + Math.floor(cse / 4)) % 4];
+    const [blockQ, blockK] = tiles[cse % tiles.length];
+    const threads = cse % 2 === 1 ? 2 : 1;
+    const what = `S=${S} H=${H}/${Hk} D=${D} ${mname} tiles=${blockQ ?? '-'}x${blockK ?? '-'} threads=${threads}`;
+    test(what, () => {
+      const seed = freshSeed();
+      const p = makeProblem(seed, S, H, Hk, D, mask(S, cse));
+      check(p, seed, what, { blockQ, blockK, threads });
+    });
+  }
+}
+
+test('S=300 H=4/2 D=64 causal+window+sinks, default tiles and 2 threads', () => {
+  const seed = freshSeed();
+  const p = makeProblem(seed, 300, 4, 2, 64, { causal: true, window: 70, sinks: 4 });
+  check(p, seed, 'S=300', { threads: 2 });
+  check(p, seed, 'S=300 tiles 64x48', { blockQ: 64, blockK: 48, threads: 1, backward: false });
+});
+
+test('key blocks merged one after another equal the reference (forward and backward)', () => {
+  const seed = freshSeed();
+  const p = makeProblem(seed, 157, 6, 3, 64, { causal: true, window: 40, sinks: 3 });
+  check(p, seed, 'two blocks', { kBlocks: [range(0, 67), range(67, 157)], blockQ: 32, blockK: 24, threads: 2 });
+  check(p, seed, 'three blocks, reversed', { kBlocks: [range(120, 157), range(50, 120), range(0, 50)], blockQ: 16, blockK: 16 });
+});
+
+test('striped positions (queries and keys): ring of 3 against the reference', () => {
+  const seed = freshSeed();
+  const S = 139;
+  const sets = [0, 1, 2].map((r) => stripe(S, 3, r));
+  for (const [name, m] of [['causal+window+sinks', { causal: true, window: 31, sinks: 2 }], ['causal+segments', { causal: true, docs: 5 }], ['window', { window: 9 }]] as const) {
+    const p = makeProblem(seed, S, 4, 2, 24, m);
+    check(p, seed, `striped ${name}`, { qSets: sets, kBlocks: sets, blockQ: 8, blockK: 16, threads: 2 });
+  }
+});

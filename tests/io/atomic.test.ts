@@ -1,0 +1,139 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { InputError } from '../../src/core/errors.js';
+import { AtomicOutputs, checkOutputPath, readInputFile, writeFileAtomic } from '../../src/io/atomic.js';
+
+function rejects(fn: () => unknown, ...fragments: string[]): void {
+  assert.throws(fn, (err: unknown) => {
+    assert.ok(err instanceof InputError, `expected InputError, got ${String(err)}`);
+    for (const f of fragments) assert.ok(err.message.includes(f), `message ${JSON.stringify(err.message)} lacks ${JSON.stringify(f)}`);
+    return true;
+  });
+}
+
+function withDir(fn: (dir: string) => void): void {
+  const dir = mkdtempSync(join(tmpdir(), 'ringattn-atomic-'));
+  try {
+    fn(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('writeFileAtomic: writes bytes and strings, replaces an old file, leaves no temp', () => {
+  withDir((dir) => {
+    const p = join(dir, 'out.bin');
+    writeFileAtomic(p, Uint8Array.of(1, 2, 3));
+    assert.deepEqual([...readFileSync(p)], [1, 2, 3]);
+    writeFileAtomic(p, 'héllo\n');
+    assert.equal(readFileSync(p, 'utf8'), 'héllo\n');
+    writeFileAtomic(join(dir, 'empty'), new Uint8Array(0));
+    assert.equal(readFileSync(join(dir, 'empty')).length, 0);
+    assert.deepEqual(readdirSync(dir).sort(), ['empty', 'out.bin']);
+    // a view into a larger buffer writes only the view
+    const big = Uint8Array.of(9, 8, 7, 6);
+    writeFileAtomic(p, big.subarray(1, 3));
+    assert.deepEqual([...readFileSync(p)], [8, 7]);
+  });
+});
+
+test('writeFileAtomic: bad destinations are InputErrors naming the arg; nothing is left', () => {
+  withDir((dir) => {
+    rejects(() => writeFileAtomic(join(dir, 'missing', 'o.npy'), 'x', '--out'), '--out', 'does not exist', 'expected an existing directory');
+    writeFileSync(join(dir, 'file'), 'x');
+    rejects(() => writeFileAtomic(join(dir, 'file', 'o.npy'), 'x', '--out'), '--out', 'is not a directory');
+    mkdirSync(join(dir, 'sub'));
+    rejects(() => writeFileAtomic(join(dir, 'sub'), 'x', '--out'), '--out', 'is a directory', 'expected a file path');
+    rejects(() => checkOutputPath(join(dir, 'missing', 'x')), join(dir, 'missing', 'x'), 'does not exist');
+    assert.deepEqual(readdirSync(dir).sort(), ['file', 'sub']);
+    assert.deepEqual(readdirSync(join(dir, 'sub')), []);
+  });
+});
+
+test('readInputFile: reads files; missing files and directories are InputErrors', () => {
+  withDir((dir) => {
+    writeFileSync(join(dir, 'a'), Uint8Array.of(5, 6));
+    assert.deepEqual([...readInputFile(join(dir, 'a'))], [5, 6]);
+    rejects(() => readInputFile(join(dir, 'b'), '--q'), '--q', 'no such file', 'expected an existing file to read');
+    rejects(() => readInputFile(dir, '--q'), '--q', 'is a directory', 'expected a file');
+  });
+});
+
+test('AtomicOutputs: nothing appears before commit, everything after', () => {
+  withDir((dir) => {
+    const out = new AtomicOutputs();
+    out.stage(join(dir, 'a.npy'), 'A');
+    out.stage(join(dir, 'b.npy'), Uint8Array.of(66));
+    assert.deepEqual(out.paths, [join(dir, 'a.npy'), join(dir, 'b.npy')]);
+    assert.ok(!existsSync(join(dir, 'a.npy')) && !existsSync(join(dir, 'b.npy')));
+    assert.equal(readdirSync(dir).length, 2, 'two temps while staged');
+    assert.ok(readdirSync(dir).every((n) => n.startsWith('.') && n.endsWith('.tmp')), 'temps are hidden .tmp files');
+    out.commit();
+    assert.deepEqual(readdirSync(dir).sort(), ['a.npy', 'b.npy']);
+    assert.equal(readFileSync(join(dir, 'a.npy'), 'utf8'), 'A');
+    assert.equal(readFileSync(join(dir, 'b.npy'), 'utf8'), 'B');
+    out.abort(); // harmless after commit
+    assert.deepEqual(readdirSync(dir).sort(), ['a.npy', 'b.npy']);
+    assert.throws(() => out.stage(join(dir, 'c'), 'C'), /after commit/);
+  });
+});
+
+test('AtomicOutputs: abort removes every temp and leaves old files untouched', () => {
+  withDir((dir) => {
+    writeFileSync(join(dir, 'a.npy'), 'old');
+    const out = new AtomicOutputs();
+    out.stage(join(dir, 'a.npy'), 'new');
+    out.stage(join(dir, 'b.npy'), 'B');
+    out.abort();
+    out.abort();
+    assert.deepEqual(readdirSync(dir), ['a.npy']);
+    assert.equal(readFileSync(join(dir, 'a.npy'), 'utf8'), 'old');
+    assert.throws(() => out.commit(), /after abort/);
+  });
+});
+
+test('AtomicOutputs: a failing stage aborts what was staged before it', () => {
+  withDir((dir) => {
+    const out = new AtomicOutputs();
+    out.stage(join(dir, 'a.npy'), 'A', '--out');
+    rejects(() => out.stage(join(dir, 'nodir', 'b.npy'), 'B', '--lse-out'), '--lse-out', 'does not exist');
+    assert.deepEqual(readdirSync(dir), [], 'first temp removed too');
+    assert.throws(() => out.commit(), /after abort/);
+
+    const dup = new AtomicOutputs();
+    dup.stage(join(dir, 'x'), '1', '--out');
+    rejects(() => dup.stage(join(dir, '.', 'x'), '2', '--lse-out'), '--lse-out', 'also the output of --out', 'expected distinct output paths');
+    assert.deepEqual(readdirSync(dir), []);
+  });
+});
+
+test('AtomicOutputs: a commit whose destination turned bad renames nothing and cleans up', () => {
+  withDir((dir) => {
+    const out = new AtomicOutputs();
+    out.stage(join(dir, 'a'), 'A');
+    out.stage(join(dir, 'b'), 'B', '--b');
+    mkdirSync(join(dir, 'b')); // the destination became a directory after staging
+    rejects(() => out.commit(), '--b', 'is a directory');
+    assert.deepEqual(readdirSync(dir), ['b']);
+    assert.deepEqual(readdirSync(join(dir, 'b')), []);
+  });
+});
+
+test('AtomicOutputs: temps still staged when the process exits are removed', () => {
+  withDir((dir) => {
+    const mod = new URL('../../src/io/atomic.js', import.meta.url).href;
+    const code = `
+      const { AtomicOutputs } = await import(${JSON.stringify(mod)});
+      const out = new AtomicOutputs();
+      out.stage(${JSON.stringify(join(dir, 'a'))}, 'A');
+      out.stage(${JSON.stringify(join(dir, 'b'))}, 'B');
+      process.exit(3);`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { encoding: 'utf8' });
+    assert.equal(r.status, 3, r.stderr);
+    assert.deepEqual(readdirSync(dir), []);
+  });
+});

@@ -1,0 +1,121 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { attention, ringAttention, type AttentionOptions } from '../../src/attention.js';
+import { LAYOUTS } from '../../src/core/layout.js';
+import type { F32Tensor } from '../../src/core/tensor.js';
+import { RankError } from '../../src/core/errors.js';
+import { refForward, refBackward } from '../ref/attention64.js';
+import { TOL } from '../ref/tolerances.js';
+import { assertClose, freshSeed, randn, rng } from '../helpers/check.js';
+
+const t3 = (S: number, H: number, D: number, r: () => number, scale = 1): F32Tensor => ({ dtype: 'float32', shape: [S, H, D], data: randn(S * H * D, r, scale) });
+
+const segmentsOf = (S: number) => Int32Array.from({ length: S }, (_, i) => (i < S / 3 ? 0 : i < (2 * S) / 3 ? 1 : 2));
+
+const MASKS: [string, (S: number) => AttentionOptions][] = [
+  ['full', () => ({})],
+  ['causal', () => ({ causal: true })],
+  ['causal window', () => ({ causal: true, window: 23 })],
+  ['window (bidirectional)', () => ({ window: 17 })],
+  ['causal window sinks', () => ({ causal: true, window: 19, sinks: 4 })],
+  ['causal segments', (S) => ({ causal: true, segments: segmentsOf(S) })],
+  ['segments window', (S) => ({ window: 11, segments: segmentsOf(S) })],
+];
+
+/** Ring output, LSE and gradients equal single-device blockwise attention (both fp32). */
+async function compare(S: number, H: number, Hk: number, D: number, P: number, layout: (typeof LAYOUTS)[number], mask: AttentionOptions, seed: number, grads: boolean): Promise<void> {
+  const r = rng(seed);
+  const q = t3(S, H, D, r);
+  const k = t3(S, Hk, D, r);
+  const v = t3(S, Hk, D, r);
+  const gradOut = grads ? t3(S, H, D, r) : undefined;
+  const what = `seed ${seed} S=${S} H=${H}/${Hk} D=${D} P=${P} ${layout} ${JSON.stringify({ ...mask, segments: !!mask.segments })}`;
+  const one = await attention(q, k, v, { ...mask, gradOut, threads: 1 });
+  const ring = await ringAttention(q, k, v, { ...mask, gradOut, devices: P, layout });
+  assertClose(ring.out.data, one.out.data, TOL.ringVsSingle, `${what} out`);
+  assertClose(ring.lse.data, one.lse.data, TOL.ringVsSingle, `${what} lse`);
+  if (grads) {
+    assertClose(ring.dq!.data, one.dq!.data, TOL.ringVsSingle, `${what} dq`);
+    assertClose(ring.dk!.data, one.dk!.data, TOL.ringVsSingle, `${what} dk`);
+    assertClose(ring.dv!.data, one.dv!.data, TOL.ringVsSingle, `${what} dv`);
+  }
+}
+
+test('ring equals single-device for P in {1,2,3,4,7}, every layout and mask, forward and backward', async () => {
+  const seed = freshSeed();
+  for (const P of [1, 2, 3, 4, 7])
+    for (const layout of LAYOUTS)
+      for (const [, m] of MASKS) {
+        const S = 97 + P; // never divisible by P or 2P for these P
+        await compare(S, 4, 2, 16, P, layout, m(S), seed + P, true);
+      }
+});
+
+test('ring with GQA/MQA, head dims 64 and 128, ragged shards', async () => {
+  const seed = freshSeed();
+  await compare(131, 8, 1, 64, 3, 'zigzag', { causal: true }, seed, true);
+  await compare(61, 6, 3, 128, 4, 'striped', { causal: true, window: 9, sinks: 2 }, seed + 1, true);
+  await compare(5, 2, 2, 16, 7, 'zigzag', { causal: true }, seed + 2, true); // ranks with no tokens
+});
+
+test('ring result equals the float64 reference', async () => {
+  const seed = freshSeed();
+  const r = rng(seed);
+  const [S, H, Hk, D] = [83, 4, 2, 32];
+  const q = t3(S, H, D, r);
+  const k = t3(S, Hk, D, r);
+  const v = t3(S, Hk, D, r);
+  const dO = t3(S, H, D, r);
+  const mask = { causal: true, window: 30, sinks: 3 };
+  const ref = refForward(q.data, k.data, v.data, S, H, Hk, D, mask);
+  const g = refBackward(q.data, k.data, v.data, dO.data, S, H, Hk, D, mask);
+  const ring = await ringAttention(q, k, v, { ...mask, gradOut: dO, devices: 4, layout: 'zigzag' });
+  assertClose(ring.out.data, ref.o, TOL.fp32Forward, `seed ${seed} out`);
+  assertClose(ring.lse.data, ref.lse, TOL.fp32Forward, `seed ${seed} lse`);
+  assertClose(ring.dq!.data, g.dq, TOL.fp32Grad, `seed ${seed} dq`);
+  assertClose(ring.dk!.data, g.dk, TOL.fp32Grad, `seed ${seed} dk`);
+  assertClose(ring.dv!.data, g.dv, TOL.fp32Grad, `seed ${seed} dv`);
+});
+
+test('ring with the TypeScript kernel equals the C kernel', async () => {
+  const seed = freshSeed();
+  const r = rng(seed);
+  const [S, H, Hk, D] = [70, 2, 1, 16];
+  const q = t3(S, H, D, r), k = t3(S, Hk, D, r), v = t3(S, Hk, D, r), dO = t3(S, H, D, r);
+  const a = await ringAttention(q, k, v, { causal: true, gradOut: dO, devices: 3, kernel: 'ts' });
+  const b = await ringAttention(q, k, v, { causal: true, gradOut: dO, devices: 3 });
+  assert.equal(a.stats.kernel, 'ts');
+  assertClose(a.out.data, b.out.data, TOL.ringVsSingle, `seed ${seed} out`);
+  assertClose(a.dk!.data, b.dk!.data, TOL.ringVsSingle, `seed ${seed} dk`);
+});
+
+test('transfers follow the schedule: window reach, causal contiguous, bytes per step', async () => {
+  const r = rng(freshSeed());
+  const [S, H, Hk, D, P] = [400, 2, 2, 16, 8];
+  const q = t3(S, H, D, r), k = t3(S, Hk, D, r), v = t3(S, Hk, D, r);
+  const win = await ringAttention(q, k, v, { causal: true, window: 60, devices: P, layout: 'contiguous' });
+  const transfers = win.stats.events.filter((e) => e.kind === 'transfer');
+  // 50 tokens per rank, window 60: block b is seen by ranks b, b+1, b+2 -> 2 hops (fewer at the end).
+  assert.equal(transfers.length, [2, 2, 2, 2, 2, 2, 1, 0].reduce((a, b) => a + b));
+  const row = (50 * Hk * D * 4) * 2 + 50 * 4 + 64; // K + V + positions + header
+  for (const t of transfers) assert.equal(t.bytes, row);
+  const causal = await ringAttention(q, k, v, { causal: true, devices: P, layout: 'contiguous' });
+  assert.equal(causal.stats.events.filter((e) => e.kind === 'transfer').length, (P * (P - 1)) / 2);
+  const full = await ringAttention(q, k, v, { devices: P, layout: 'zigzag' });
+  assert.equal(full.stats.events.filter((e) => e.kind === 'transfer').length, P * (P - 1));
+  assert.equal(full.stats.events.filter((e) => e.kind === 'compute').length, P * P);
+});
+
+test('a rank that throws ends the run with its error, quickly, for every rank position', async () => {
+  const r = rng(1);
+  const [S, H, D] = [200, 2, 16];
+  const q = t3(S, H, D, r), k = t3(S, H, D, r), v = t3(S, H, D, r);
+  for (const [rank, step, mode] of [[0, 0, 'throw'], [2, 1, 'throw'], [3, 3, 'exit'], [1, 2, 'exit']] as const) {
+    const t0 = Date.now();
+    await assert.rejects(
+      ringAttention(q, k, v, { causal: true, devices: 4, fail: { rank, step, mode } }),
+      (e: unknown) => e instanceof RankError && e.rank === rank && (mode === 'throw' ? /injected failure at step/.test(e.message) : /exited with code 3/.test(e.message)),
+    );
+    assert.ok(Date.now() - t0 < 5000, 'stopped promptly');
+  }
+});

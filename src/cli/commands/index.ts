@@ -1,9 +1,11 @@
 import type { Command } from 'commander';
 import { registerAttend } from './attend.js';
+import { registerDemo } from './demo.js';
 import { registerPlan } from './plan.js';
 
 /** Each command lives in its own file and registers itself here. */
 export function registerCommands(program: Command): void {
   registerAttend(program);
+  registerDemo(program);
   registerPlan(program);
 }

@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mergePartial } from '../../src/core/merge.js';
 import { freshSeed, randn, rng, assertClose } from '../helpers/check.js';
+import { TOL } from '../ref/tolerances.js';
 
 /** Attention of one query over keys [a, b), in float64, as (o, lse). */
 function partial(q: Float32Array, k: Float32Array, v: Float32Array, D: number, a: number, b: number): { o: Float32Array; lse: number } {
@@ -36,8 +37,8 @@ test('merging two partials over disjoint keys equals attention over all keys', (
     const o = left.o.slice();
     const lse = new Float32Array([left.lse]);
     mergePartial(o, lse, right.o, new Float32Array([right.lse]), D);
-    assertClose(o, whole.o, 1e-6, `seed ${seed} O`);
-    assertClose(lse, [whole.lse], 1e-6, `seed ${seed} LSE`);
+    assertClose(o, whole.o, TOL.fp32Forward, `seed ${seed} O`);
+    assertClose(lse, [whole.lse], TOL.fp32Forward, `seed ${seed} LSE`);
   }
 });
 

@@ -1,0 +1,122 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { encodeNpy, readNpyFloat32 } from '../../src/io/index.js';
+import type { Tensor } from '../../src/core/tensor.js';
+import { refForward, refBackward } from '../ref/attention64.js';
+import { TOL } from '../ref/tolerances.js';
+import { assertClose, freshSeed, randn, rng } from '../helpers/check.js';
+
+const BIN = join(process.cwd(), 'bin', 'ringattn.js');
+
+function cli(args: string[]): { code: number; stderr: string; stdout: string } {
+  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
+  return { code: r.status ?? -1, stderr: r.stderr, stdout: r.stdout };
+}
+
+function setup(S: number, H: number, Hk: number, D: number, seed: number) {
+  const dir = mkdtempSync(join(tmpdir(), 'ringattn-cli-'));
+  const r = rng(seed);
+  const t = (shape: number[]): Tensor<'float32'> => ({ dtype: 'float32', shape, data: randn(shape.reduce((a, b) => a * b), r) });
+  const x = { q: t([S, H, D]), k: t([S, Hk, D]), v: t([S, Hk, D]), do: t([S, H, D]) };
+  for (const [name, ten] of Object.entries(x)) writeFileSync(join(dir, `${name}.npy`), encodeNpy(ten));
+  return { dir, ...x, p: (n: string) => join(dir, n) };
+}
+
+test('attend: single device and ring write O, LSE and gradients equal to the float64 reference', () => {
+  const seed = freshSeed();
+  const [S, H, Hk, D] = [67, 4, 2, 16];
+  const s = setup(S, H, Hk, D, seed);
+  const mask = { causal: true, window: 20, sinks: 2 };
+  const ref = refForward(s.q.data, s.k.data, s.v.data, S, H, Hk, D, mask);
+  const g = refBackward(s.q.data, s.k.data, s.v.data, s.do.data, S, H, Hk, D, mask);
+  for (const extra of [[], ['--devices', '3', '--layout', 'striped'], ['--kernel', 'ts']]) {
+    const r = cli(['attend', '--q', s.p('q.npy'), '--k', s.p('k.npy'), '--v', s.p('v.npy'), '--out', s.p('o.npy'), '--lse', s.p('lse.npy'), '--causal', '--window', '20', '--sinks', '2', '--grad-out', s.p('do.npy'), '--dq', s.p('dq.npy'), '--dk', s.p('dk.npy'), '--dv', s.p('dv.npy'), '--verify', '8', ...extra]);
+    assert.equal(r.code, 0, r.stderr);
+    const what = `seed ${seed} ${extra.join(' ')}`;
+    assertClose(readNpyFloat32(s.p('o.npy')).data, ref.o, TOL.fp32Forward, `${what} out`);
+    const lse = readNpyFloat32(s.p('lse.npy'));
+    assert.deepEqual(lse.shape, [S, H]);
+    assertClose(lse.data, ref.lse, TOL.fp32Forward, `${what} lse`);
+    assertClose(readNpyFloat32(s.p('dq.npy')).data, g.dq, TOL.fp32Grad, `${what} dq`);
+    assertClose(readNpyFloat32(s.p('dk.npy')).data, g.dk, TOL.fp32Grad, `${what} dk`);
+    assertClose(readNpyFloat32(s.p('dv.npy')).data, g.dv, TOL.fp32Grad, `${what} dv`);
+  }
+});
+
+test('attend: batched [B,S,H,D] input', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ringattn-cli-'));
+  const r = rng(freshSeed());
+  const [B, S, H, D] = [2, 30, 2, 8];
+  const mk = (): Tensor<'float32'> => ({ dtype: 'float32', shape: [B, S, H, D], data: randn(B * S * H * D, r) });
+  const q = mk(), k = mk(), v = mk();
+  for (const [n, t] of [['q', q], ['k', k], ['v', v]] as const) writeFileSync(join(dir, `${n}.npy`), encodeNpy(t));
+  const res = cli(['attend', '--q', join(dir, 'q.npy'), '--k', join(dir, 'k.npy'), '--v', join(dir, 'v.npy'), '--out', join(dir, 'o.npy'), '--causal', '--devices', '2']);
+  assert.equal(res.code, 0, res.stderr);
+  const o = readNpyFloat32(join(dir, 'o.npy'));
+  assert.deepEqual(o.shape, [B, S, H, D]);
+  for (let b = 0; b < B; b++) {
+    const n = S * H * D;
+    const ref = refForward(q.data.subarray(b * n, (b + 1) * n), k.data.subarray(b * n, (b + 1) * n), v.data.subarray(b * n, (b + 1) * n), S, H, H, D, { causal: true });
+    assertClose(o.data.subarray(b * n, (b + 1) * n), ref.o, TOL.fp32Forward, `batch ${b}`);
+  }
+});
+
+test('attend: bad input exits 2 with one line naming the argument, and leaves no output', () => {
+  const s = setup(10, 4, 2, 8, 1);
+  const bad = (name: string, t: Tensor) => {
+    writeFileSync(s.p(name), encodeNpy(t));
+    return s.p(name);
+  };
+  const flat = bad('flat.npy', { dtype: 'float32', shape: [10, 32], data: new Float32Array(320) });
+  const heads3 = bad('k3.npy', { dtype: 'float32', shape: [10, 3, 8], data: new Float32Array(240) });
+  const shortS = bad('k9.npy', { dtype: 'float32', shape: [9, 2, 8], data: new Float32Array(144) });
+  const nanQ = s.q.data.slice();
+  nanQ[5] = NaN;
+  const nan = bad('nan.npy', { dtype: 'float32', shape: [10, 4, 8], data: nanQ });
+  const ints = bad('ints.npy', { dtype: 'int32', shape: [10, 4, 8], data: new Int32Array(320) });
+  writeFileSync(s.p('garbage.npy'), 'not a numpy file at all');
+  const good = readFileSync(s.p('q.npy'));
+  writeFileSync(s.p('trunc.npy'), good.subarray(0, good.length - 10));
+  const base = (q = s.p('q.npy'), k = s.p('k.npy')) => ['attend', '--q', q, '--k', k, '--v', s.p('v.npy'), '--out', s.p('out.npy')];
+  const cases: [string[], RegExp][] = [
+    [base(flat), /^ringattn: --q: .*\[S, H, D\]/],
+    [base(undefined, heads3), /^ringattn: k: expected KV heads dividing the 4 query heads, got 3/],
+    [base(undefined, shortS), /^ringattn: k: expected sequence length 10/],
+    [base(nan), /^ringattn: q: element 5 is NaN/],
+    [base(ints), /^ringattn: --q: /],
+    [base(s.p('garbage.npy')), /^ringattn: --q: /],
+    [base(s.p('trunc.npy')), /^ringattn: --q: .*truncated/],
+    [base(s.p('missing.npy')), /^ringattn: --q: .*(no such file|not found|does not exist)/i],
+    [[...base(), '--window', '0'], /^ringattn: --window: expected an integer >= 1, got '0'/],
+    [[...base(), '--sinks', '2'], /^ringattn: --sinks: expected --window/],
+    [[...base(), '--layout', 'spiral'], /^ringattn: --layout: expected one of contiguous, zigzag, striped/],
+    [[...base(), '--devices', '0'], /^ringattn: --devices: expected an integer >= 1/],
+    [[...base(), '--grad-out', s.p('do.npy')], /^ringattn: --grad-out: expected --dq, --dk and --dv/],
+    [[...base(), '--out', join(s.dir, 'nodir', 'o.npy')], /^ringattn: --out: /],
+  ];
+  for (const [args, re] of cases) {
+    const r = cli(args);
+    assert.equal(r.code, 2, `${args.join(' ')}: exit ${r.code}\n${r.stderr}`);
+    const lines = r.stderr.trim().split('\n');
+    assert.equal(lines.length, 1, `one line, got:\n${r.stderr}`);
+    assert.match(lines[0], re);
+    assert.ok(!/\n\s+at /.test(r.stderr), 'no stack trace');
+    assert.ok(!existsSync(s.p('out.npy')), 'no output file');
+  }
+  assert.deepEqual(readdirSync(s.dir).filter((f) => f.includes('.tmp') || f.startsWith('.')), [], 'no temp files left');
+  // --allow-nonfinite accepts the NaN input.
+  assert.equal(cli([...base(nan), '--allow-nonfinite']).code, 0);
+});
+
+test('--help and --version', () => {
+  const h = cli(['--help']);
+  assert.equal(h.code, 0);
+  for (const c of ['attend', 'demo', 'plan']) assert.match(h.stdout, new RegExp(c));
+  const v = cli(['--version']);
+  assert.equal(v.code, 0);
+  assert.match(v.stdout, /^\d+\.\d+\.\d+/);
+});

@@ -10,8 +10,16 @@ export interface RingDevice<B> {
   readonly rank: number;
   /** Two block buffers: [0] starts with this rank's own keys/values, [1] is the spare. */
   readonly blocks: [B, B];
-  /** Put this rank's own KV shard into `block` (and zero its dK/dV in the backward). */
+  /** Put this rank's own KV shard, less its sink rows, into `block` (and zero its dK/dV in the backward). */
   loadOwn(block: B, withGrads: boolean): void;
+  /**
+   * Attention sinks (window + sinks): [this rank's own sink rows, all sink rows gathered], or
+   * null when there are none. The few sink keys reach every rank once instead of travelling
+   * with the first shard as far as the ring goes.
+   */
+  readonly sinks: [B, B] | null;
+  /** Put this rank's own sink rows into `block`. */
+  loadSinks(block: B): void;
   /** Forward: this rank's queries against `block`, merged into the running (O, LSE) in fp32. */
   forward(block: B, cls: BlockClass): void;
   /** Before the backward: delta = rowsum(dO * O), dQ = 0. */
@@ -50,6 +58,10 @@ export interface RingTransport<B> {
   postGrads(seq: number, step: number, block: B): void;
   /** Backward: send the dK/dV of `block` (which started on rank `home`) home. */
   sendHome(block: B, home: number): void;
+  /** Sinks: publish `own` and gather every rank's sink rows into `into`. */
+  gatherSinks(own: B, into: B): void;
+  /** Sinks, backward: every rank's dK/dV partials for this rank's sink rows, summed into its outputs. */
+  reduceSinkGrads(gathered: B): void;
   /** Backward: wait until this rank's own dK/dV have arrived (from another rank or itself). */
   awaitHome(): void;
 }

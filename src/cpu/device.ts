@@ -30,6 +30,7 @@ export interface AttnParams {
 /** A CPU rank as a ring device: owns its shard, its two block buffers and its accumulators. */
 export class CpuRankDevice implements RingDevice<CpuBlock> {
   readonly blocks: [CpuBlock, CpuBlock];
+  readonly sinks: [CpuBlock, CpuBlock] | null;
   readonly o: Float32Array;
   readonly lse: Float32Array;
   dq: Float32Array = new Float32Array(0);
@@ -41,11 +42,15 @@ export class CpuRankDevice implements RingDevice<CpuBlock> {
     private readonly p: AttnParams,
     private readonly kernel: AttentionKernel,
     layout: BlockLayout,
+    /** Rows of this shard that are attention sinks (a prefix: positions are ascending), and the layout of sink blocks. */
+    private readonly sinkRows: number,
+    sinkLayout: BlockLayout | null,
     /** This rank's dK/dV outputs (shared: the rank that finishes them writes them here). */
     readonly dkOut: Float32Array,
     readonly dvOut: Float32Array,
   ) {
     this.blocks = [CpuBlock.alloc(layout), CpuBlock.alloc(layout)];
+    this.sinks = sinkLayout ? [CpuBlock.alloc(sinkLayout), CpuBlock.alloc(sinkLayout)] : null;
     const rows = shard.pos.length * p.H;
     this.o = new Float32Array(rows * p.D);
     this.lse = new Float32Array(rows).fill(-Infinity);
@@ -55,17 +60,28 @@ export class CpuRankDevice implements RingDevice<CpuBlock> {
   bytesHeld(): number {
     const s = this.shard;
     const arrays = [s.q, s.k, s.v, s.dO, s.pos, s.seg, this.o, this.lse, this.dq, this.delta, this.dkOut, this.dvOut];
-    return arrays.reduce((n, a) => n + (a ? a.byteLength : 0), 0) + this.blocks.reduce((n, b) => n + b.sab.byteLength, 0);
+    const blocks = [...this.blocks, ...(this.sinks ?? [])];
+    return arrays.reduce((n, a) => n + (a ? a.byteLength : 0), 0) + blocks.reduce((n, b) => n + b.sab.byteLength, 0);
+  }
+
+  /** Copy shard rows [from, to) into `block`. */
+  private loadRows(block: CpuBlock, from: number, to: number): void {
+    const s = this.shard;
+    const row = this.p.Hk * this.p.D;
+    block.count = to - from;
+    block.pos.set(s.pos.subarray(from, to));
+    if (s.seg) block.seg.set(s.seg.subarray(from, to));
+    block.k.set(s.k.subarray(from * row, to * row));
+    block.v.set(s.v.subarray(from * row, to * row));
+  }
+
+  loadSinks(block: CpuBlock): void {
+    this.loadRows(block, 0, this.sinkRows);
   }
 
   loadOwn(block: CpuBlock, withGrads: boolean): void {
-    const s = this.shard;
-    const n = s.pos.length;
-    block.count = n;
-    block.pos.set(s.pos);
-    if (s.seg) block.seg.set(s.seg);
-    block.k.set(s.k);
-    block.v.set(s.v);
+    const n = this.shard.pos.length - this.sinkRows;
+    this.loadRows(block, this.sinkRows, this.shard.pos.length);
     if (withGrads) {
       const len = n * this.p.Hk * this.p.D;
       block.dk.fill(0, 0, len);

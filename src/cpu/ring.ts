@@ -1,6 +1,6 @@
 import { Worker } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
-import { RankError } from '../core/errors.js';
+import { InputError, RankError } from '../core/errors.js';
 import { ringSchedule, type RingSchedule } from '../core/schedule.js';
 import type { MaskSpec } from '../core/mask.js';
 import type { TraceEvent } from '../core/trace.js';
@@ -56,12 +56,22 @@ function globalSegments(shards: RankShard[]): Int32Array | undefined {
 export async function runCpuRing(shards: RankShard[], params: AttnParams, mask: MaskSpec, opts: CpuRingOptions = {}): Promise<CpuRingResult> {
   const P = shards.length;
   const segments = globalSegments(shards);
+  // Sink keys (window + sinks) go to every rank once; the ring carries the rest.
+  const sinkPos = params.window > 0 ? params.sinks : 0;
+  const sinkRows = shards.map((s) => {
+    let n = 0;
+    while (n < s.pos.length && s.pos[n] < sinkPos) n++;
+    for (let i = n; i < s.pos.length; i++) if (s.pos[i] < sinkPos) throw new InputError('pos', `rank positions must be ascending (rank ${shards.indexOf(s)})`);
+    return n;
+  });
+  const sinkTotal = sinkRows.reduce((a, b) => a + b, 0);
   const schedule = ringSchedule(
-    shards.map((s) => s.pos),
+    shards.map((s, r) => s.pos.subarray(sinkRows[r])),
     { ...mask, segments },
   );
-  const counts = shards.map((s) => s.pos.length);
+  const counts = shards.map((s, r) => s.pos.length - sinkRows[r]);
   const layout: BlockLayout = { cap: Math.max(1, ...counts), row: params.Hk * params.D, grads: !!opts.backward };
+  const sinkLayout: BlockLayout | null = sinkTotal > 0 ? { cap: sinkTotal, row: params.Hk * params.D, grads: !!opts.backward } : null;
   const flagsSab = new SharedArrayBuffer(flagCount(P) * 4);
   const flags = new Int32Array(flagsSab);
   const runStart = performance.timeOrigin + performance.now();
@@ -105,6 +115,8 @@ export async function runCpuRing(shards: RankShard[], params: AttnParams, mask: 
         shard: s,
         params,
         layout,
+        sinkLayout,
+        sinkRows,
         schedule,
         counts,
         segments: !!segments,
@@ -134,6 +146,7 @@ export async function runCpuRing(shards: RankShard[], params: AttnParams, mask: 
               blocks: ready.map((x) => x!.blocks),
               dk: ready.map((x) => x!.dk),
               dv: ready.map((x) => x!.dv),
+              sinks: sinkLayout ? ready.map((x) => x!.sinks!) : null,
             };
             for (const x of workers) x.postMessage(peers);
           }

@@ -14,10 +14,11 @@ import { CpuBlock, blockOffsets } from './block.js';
  *   [1 + r]      r posted its K/V block         [1 + P + r]  r pulled its previous rank's K/V
  *   [1 + 2P + r] r's own dK/dV arrived home     [1 + 3P + r] r posted accumulated dK/dV
  *   [1 + 4P + r] r pulled its previous rank's dK/dV
+ *   [1 + 5P + r] r published its sink rows      [1 + 6P + r] r posted its dK/dV partials for all sinks
  */
 export const FLAG_ABORT = 0;
-export const flagCount = (P: number) => 1 + 5 * P;
-const POSTED = 1, PULLED = 2, HOME = 3, GPOSTED = 4, GPULLED = 5;
+export const flagCount = (P: number) => 1 + 7 * P;
+const POSTED = 1, PULLED = 2, HOME = 3, GPOSTED = 4, GPULLED = 5, SINKS = 6, SINKGRADS = 7;
 
 /** The native asynchronous copy (copy.c), when the C library is loaded. */
 export interface NativePull {
@@ -32,9 +33,12 @@ export interface Peers {
   /** Each rank's dK/dV outputs (backward), written by the rank that sends them home. */
   dk: Float32Array[];
   dv: Float32Array[];
-  /** Rows held by each rank, and whether blocks carry segment ids. */
+  /** Rows each rank's ring block carries (its shard less its sink rows), and whether blocks carry segment ids. */
   counts: number[];
   segments: boolean;
+  /** Sink rows each rank owns (a prefix of its shard), and every rank's [own sinks, gathered sinks] blocks. */
+  sinkRows: number[];
+  sinks: [CpuBlock, CpuBlock][] | null;
 }
 
 interface CpuPending extends Pending {
@@ -222,10 +226,12 @@ export class CpuTransport implements RingTransport<CpuBlock> {
   }
 
   sendHome(block: CpuBlock, home: number): void {
-    const len = this.peers.counts[home] * block.layout.row;
+    const row = block.layout.row;
+    const len = this.peers.counts[home] * row;
+    const at = this.peers.sinkRows[home] * row; // the home's sink rows come first
     const t0 = this.trace.now();
-    this.peers.dk[home].set(block.dk.subarray(0, len));
-    this.peers.dv[home].set(block.dv.subarray(0, len));
+    this.peers.dk[home].set(block.dk.subarray(0, len), at);
+    this.peers.dv[home].set(block.dv.subarray(0, len), at);
     if (home !== this.rank) {
       this.trace.event({ rank: this.rank, step: this.ranks - 1, kind: 'transfer', phase: 'backward', start: t0, end: this.trace.now(), bytes: 2 * len * 4 });
     }
@@ -234,5 +240,52 @@ export class CpuTransport implements RingTransport<CpuBlock> {
 
   awaitHome(): void {
     this.waitFlag(this.flag(HOME, this.rank), 1);
+  }
+
+  /** Row offset of rank q's sink rows in every gathered sink block (ranks in order). */
+  private sinkOffset(q: number): number {
+    return this.peers.sinkRows.slice(0, q).reduce((a, b) => a + b, 0);
+  }
+
+  gatherSinks(own: CpuBlock, into: CpuBlock): void {
+    this.post(this.flag(SINKS, this.rank), 1);
+    const t0 = this.trace.now();
+    const row = own.layout.row;
+    let bytes = 0;
+    for (let q = 0; q < this.ranks; q++) {
+      const n = this.peers.sinkRows[q];
+      if (n === 0) continue;
+      const src = q === this.rank ? own : this.peers.sinks![q][0];
+      if (q !== this.rank) this.waitFlag(this.flag(SINKS, q), 1);
+      const at = this.sinkOffset(q);
+      into.pos.set(src.pos.subarray(0, n), at);
+      if (this.peers.segments) into.seg.set(src.seg.subarray(0, n), at);
+      into.k.set(src.k.subarray(0, n * row), at * row);
+      into.v.set(src.v.subarray(0, n * row), at * row);
+      if (q !== this.rank) bytes += n * (2 * row + 2) * 4;
+    }
+    into.count = this.sinkOffset(this.ranks);
+    if (bytes > 0) this.trace.event({ rank: this.rank, step: 0, kind: 'transfer', phase: 'forward', start: t0, end: this.trace.now(), bytes });
+    this.bytesIn += bytes;
+  }
+
+  reduceSinkGrads(gathered: CpuBlock): void {
+    this.post(this.flag(SINKGRADS, this.rank), 1);
+    const n = this.peers.sinkRows[this.rank];
+    if (n === 0) return;
+    const row = gathered.layout.row;
+    const at = this.sinkOffset(this.rank) * row;
+    const dk = this.peers.dk[this.rank];
+    const dv = this.peers.dv[this.rank];
+    dk.fill(0, 0, n * row);
+    dv.fill(0, 0, n * row);
+    for (let q = 0; q < this.ranks; q++) {
+      const src = q === this.rank ? gathered : this.peers.sinks![q][1];
+      if (q !== this.rank) this.waitFlag(this.flag(SINKGRADS, q), 1);
+      for (let i = 0; i < n * row; i++) {
+        dk[i] += src.dk[at + i];
+        dv[i] += src.dv[at + i];
+      }
+    }
   }
 }

@@ -21,6 +21,8 @@ export interface WorkerInit {
   shard: RankShard;
   params: AttnParams;
   layout: BlockLayout;
+  sinkLayout: BlockLayout | null;
+  sinkRows: number[];
   schedule: RingSchedule;
   counts: number[];
   segments: boolean;
@@ -38,6 +40,7 @@ export interface WorkerReady {
   blocks: [SharedArrayBuffer, SharedArrayBuffer];
   dk: SharedArrayBuffer;
   dv: SharedArrayBuffer;
+  sinks: [SharedArrayBuffer, SharedArrayBuffer] | null;
   kernel: string;
 }
 
@@ -46,6 +49,7 @@ export interface WorkerPeers {
   blocks: [SharedArrayBuffer, SharedArrayBuffer][];
   dk: SharedArrayBuffer[];
   dv: SharedArrayBuffer[];
+  sinks: [SharedArrayBuffer, SharedArrayBuffer][] | null;
 }
 
 export interface WorkerDone {
@@ -102,8 +106,9 @@ function setup(msg: WorkerInit): void {
   const rows = msg.shard.pos.length * msg.params.Hk * msg.params.D;
   dkSab = new SharedArrayBuffer(rows * 4);
   dvSab = new SharedArrayBuffer(rows * 4);
-  device = new CpuRankDevice(msg.rank, msg.shard, msg.params, kernel, msg.layout, new Float32Array(dkSab), new Float32Array(dvSab));
-  const ready: WorkerReady = { type: 'ready', blocks: [device.blocks[0].sab, device.blocks[1].sab], dk: dkSab, dv: dvSab, kernel: kernel.name };
+  device = new CpuRankDevice(msg.rank, msg.shard, msg.params, kernel, msg.layout, msg.sinkRows[msg.rank], msg.sinkLayout, new Float32Array(dkSab), new Float32Array(dvSab));
+  const sinks = device.sinks ? ([device.sinks[0].sab, device.sinks[1].sab] as [SharedArrayBuffer, SharedArrayBuffer]) : null;
+  const ready: WorkerReady = { type: 'ready', blocks: [device.blocks[0].sab, device.blocks[1].sab], dk: dkSab, dv: dvSab, sinks, kernel: kernel.name };
   port.postMessage(ready);
 }
 
@@ -131,6 +136,8 @@ function run(peers: WorkerPeers): void {
       dk: peers.dk.map((s) => new Float32Array(s)),
       dv: peers.dv.map((s) => new Float32Array(s)),
       counts: init.counts,
+      sinkRows: init.sinkRows,
+      sinks: peers.sinks && init.sinkLayout ? peers.sinks.map(([a, b]) => [new CpuBlock(a, init.sinkLayout!), new CpuBlock(b, init.sinkLayout!)] as [CpuBlock, CpuBlock]) : null,
       segments: init.segments,
     },
     init.schedule,

@@ -19,6 +19,13 @@ export function ringBackward<B>(dev: RingDevice<B>, net: RingTransport<B>, sched
   let [hand, spare] = dev.blocks;
   dev.beginBackward();
   dev.loadOwn(hand, true);
+  if (dev.sinks) {
+    const all = dev.sinks[1];
+    dev.zeroGrads(all);
+    const t0 = trace.now();
+    dev.backward(all, 'partial');
+    trace.event({ rank: r, step: 0, kind: 'compute', phase: 'backward', start: t0, end: trace.now() });
+  }
   for (let step = 0; step < P; step++) {
     const send = sched.send[r][step];
     const recv = sched.recv[r][step];
@@ -44,5 +51,6 @@ export function ringBackward<B>(dev: RingDevice<B>, net: RingTransport<B>, sched
     if (recv) [hand, spare] = [spare, hand];
   }
   net.awaitHome();
+  if (dev.sinks) net.reduceSinkGrads(dev.sinks[1]);
   return seq0 + P;
 }

@@ -16,6 +16,14 @@ export function ringForward<B>(dev: RingDevice<B>, net: RingTransport<B>, sched:
   const r = dev.rank;
   let [hand, spare] = dev.blocks;
   dev.loadOwn(hand, false);
+  if (dev.sinks) {
+    const [own, all] = dev.sinks;
+    dev.loadSinks(own);
+    net.gatherSinks(own, all);
+    const t0 = trace.now();
+    dev.forward(all, 'partial');
+    trace.event({ rank: r, step: 0, kind: 'compute', phase: 'forward', start: t0, end: trace.now() });
+  }
   for (let step = 0; step < sched.ranks; step++) {
     const send = sched.send[r][step];
     const recv = sched.recv[r][step];

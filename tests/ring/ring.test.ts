@@ -106,6 +106,20 @@ test('transfers follow the schedule: window reach, causal contiguous, bytes per 
   assert.equal(full.stats.events.filter((e) => e.kind === 'compute').length, P * P);
 });
 
+test('sink keys reach every rank once; the first shard travels only as far as the window', async () => {
+  const r = rng(freshSeed());
+  const [S, H, Hk, D, P] = [400, 2, 1, 16, 8];
+  const q = t3(S, H, D, r), k = t3(S, Hk, D, r), v = t3(S, Hk, D, r), dO = t3(S, H, D, r);
+  const mask = { causal: true, window: 60, sinks: 4 };
+  const res = await ringAttention(q, k, v, { ...mask, gradOut: dO, devices: P, layout: 'contiguous' });
+  const one = await attention(q, k, v, { ...mask, gradOut: dO, threads: 1 });
+  for (const key of ['out', 'lse', 'dq', 'dk', 'dv'] as const) assertClose(res[key]!.data, one[key]!.data, TOL.ringVsSingle, key);
+  // Ring hops as without sinks: block b is needed 2 hops on (1 for block 6, none for block 7).
+  assert.equal(res.stats.schedule.lastStep.join(','), '2,2,2,2,2,2,1,0');
+  const gathers = res.stats.events.filter((e) => e.kind === 'transfer' && e.phase === 'forward' && e.bytes === 4 * 4 * (2 * Hk * D + 2));
+  assert.equal(gathers.length, P - 1, 'every rank but the owner receives the 4 sink rows once');
+});
+
 test('a rank that throws ends the run with its error, quickly, for every rank position', async () => {
   const r = rng(1);
   const [S, H, D] = [200, 2, 16];

@@ -1,0 +1,213 @@
+// Shared helpers for the attention kernels: storage types, the mask contract on global positions,
+// tile classification, and thin wrappers over the PTX the FA2-style kernels use (mma.sync
+// m16n8k16, ldmatrix, cp.async). Self-contained: no CUDA headers, so NVRTC needs no -I.
+//
+// Tensors are row-major:  q, o, dO, dq : [Sq, H, D]   k, v, dk, dv : [Sk, Hk, D]   lse, delta : [Sq, H]
+// Query head h reads KV head h / (H / Hk). Partial results, O, LSE and gradients are fp32.
+#pragma once
+
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef long long i64;
+typedef unsigned long long u64;
+
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+#define NEG_INF __int_as_float(0xff800000)
+#define POS_INF __int_as_float(0x7f800000)
+
+// Storage tags for 16-bit inputs (bit patterns; compute is fp32 or the tensor cores').
+struct Bf16 { u16 bits; };
+struct F16 { u16 bits; };
+
+__device__ __forceinline__ float toF32(float x) { return x; }
+__device__ __forceinline__ float toF32(Bf16 x) { return __uint_as_float((u32)x.bits << 16); }
+__device__ __forceinline__ float toF32(F16 x) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
+  return f;
+}
+
+// Two fp32 values -> one register of two 16-bit values (lo in bits 0..15), round to nearest even.
+template <typename T> __device__ __forceinline__ u32 pack2(float lo, float hi);
+template <> __device__ __forceinline__ u32 pack2<Bf16>(float lo, float hi) {
+  u32 r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+template <> __device__ __forceinline__ u32 pack2<F16>(float lo, float hi) {
+  u32 r;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+
+// 2^x on the special-function unit (ex2.approx: rel. error ~2^-22); ex2(-inf) = +0, which the
+// online softmax relies on for masked logits. Used only in the 16-bit (tensor-core) kernels; the
+// fp32 path uses the accurate expf. We do not compile with --use_fast_math, so -inf, NaN and
+// the accurate expf/logf used in the merges keep their IEEE meaning everywhere else.
+__device__ __forceinline__ float exp2Fast(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// ---- the mask contract (DESIGN.md), on global positions -------------------------------------
+
+struct Mask {
+  int causal;  // 0 / 1
+  int window;  // 0 = no window
+  int sinks;   // only with a window (the host passes 0 otherwise)
+  int hasSeg;  // segment ids present for queries and keys
+};
+
+// Key at global position kj (segment ks) visible to query qi (segment qs)?
+__device__ __forceinline__ bool visible(const Mask& m, int qi, int kj, int qs, int ks) {
+  if (m.hasSeg && qs != ks) return false;
+  if (m.causal && kj > qi) return false;
+  if (m.window <= 0) return true;
+  if (qi - kj < m.window && (m.causal || kj - qi < m.window)) return true;
+  return kj < m.sinks;
+}
+
+enum { TILE_EMPTY = 0, TILE_PARTIAL = 1, TILE_FULL = 2 };
+
+// Classify the differences d = i - j in [dLo, dHi] against the allowed interval [aLo, aHi].
+__device__ __forceinline__ int classifyDiff(i64 dLo, i64 dHi, i64 aLo, i64 aHi) {
+  if (dHi < aLo || dLo > aHi) return TILE_EMPTY;
+  if (dLo >= aLo && dHi <= aHi) return TILE_FULL;
+  return TILE_PARTIAL;
+}
+
+// A tile as the box of its positions and segment ids: {posLo, posHi, segLo, segHi}; an empty
+// tile has posLo > posHi. Mirrors classifyBlock in src/core/mask.ts (sound for any subset of
+// the box, exact for contiguous positions).
+__device__ __forceinline__ int classifyTile(const Mask& m, int4 q, int4 k) {
+  if (q.x > q.y || k.x > k.y) return TILE_EMPTY;
+  const i64 BIG = (i64)1 << 40;
+  const i64 w = m.window;
+  const i64 sinks = w > 0 ? m.sinks : 0;
+  const i64 aLo = m.causal ? 0 : (w <= 0 ? -BIG : -(w - 1));
+  const i64 aHi = w <= 0 ? BIG : w - 1;
+  const i64 sLo = m.causal ? 0 : -BIG;
+  int sinkPart = -1, restPart = -1;
+  if (k.x < sinks) {
+    const i64 hi = k.y < sinks - 1 ? k.y : sinks - 1;
+    sinkPart = classifyDiff((i64)q.x - hi, (i64)q.y - k.x, sLo, BIG);
+  }
+  if (k.y >= sinks) {
+    const i64 lo = k.x > sinks ? k.x : sinks;
+    restPart = classifyDiff((i64)q.x - k.y, (i64)q.y - lo, aLo, aHi);
+  }
+  int pos = sinkPart < 0 ? restPart : restPart < 0 ? sinkPart : sinkPart == restPart ? sinkPart : TILE_PARTIAL;
+  if (!m.hasSeg) return pos;
+  if (q.w < k.z || k.w < q.z) return TILE_EMPTY;
+  if (pos == TILE_EMPTY) return TILE_EMPTY;
+  if (q.z == q.w && k.z == k.w && q.z == k.z) return pos;
+  return TILE_PARTIAL;
+}
+
+// ---- kernel parameter blocks (packed by src/cuda/attention.ts: pointers first, then 4-byte fields)
+
+struct FwdParams {
+  const void* q;       // [Sq, H, D]  T
+  const void* k;       // [Sk, Hk, D] T
+  const void* v;       // [Sk, Hk, D] T
+  const int* qPos;     // [Sq] global positions
+  const int* kPos;     // [Sk]
+  const int* qSeg;     // [Sq] segment ids, or null
+  const int* kSeg;     // [Sk] or null
+  const int4* qTiles;  // [ceil(Sq / blockQ)] boxes of query tiles
+  const int4* kTiles;  // [ceil(Sk / blockK)] boxes of key tiles
+  float* o;            // [Sq, H, D] running output (fp32), merged in place
+  float* lse;          // [Sq, H]    running LSE (natural log), -inf = nothing seen yet
+  int Sq, Sk, H, Hk, D;
+  int causal, window, sinks;
+  float scale;
+  int pad_;
+};
+
+struct BwdParams {
+  const void* q;       // [Sq, H, D]  T
+  const void* k;       // [Sk, Hk, D] T
+  const void* v;       // [Sk, Hk, D] T
+  const void* dO;      // [Sq, H, D]  T
+  const float* lse;    // [Sq, H] final (global) LSE
+  const float* delta;  // [Sq, H] rowsum(dO * O)
+  const int* qPos;
+  const int* kPos;
+  const int* qSeg;
+  const int* kSeg;
+  const int4* qTiles;
+  const int4* kTiles;
+  float* dq;           // [Sq, H, D]  fp32, added into
+  float* dk;           // [Sk, Hk, D] fp32, added into
+  float* dv;           // [Sk, Hk, D] fp32, added into
+  int Sq, Sk, H, Hk, D;
+  int causal, window, sinks;
+  float scale;
+  int pad_;
+};
+
+template <typename P> __device__ __forceinline__ Mask maskOf(const P& p) {
+  Mask m;
+  m.causal = p.causal;
+  m.window = p.window;
+  m.sinks = p.window > 0 ? p.sinks : 0;
+  m.hasSeg = p.qSeg != 0 && p.kSeg != 0;
+  return m;
+}
+
+// ---- warp-level tensor-core helpers (sm_80+) ----------------------------------------------
+
+__device__ __forceinline__ u32 smemAddr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+// Four 8x8 b16 matrices; lane l supplies the row address of matrix l / 8.
+__device__ __forceinline__ void ldsm4(u32 r[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smemAddr(p)));
+}
+__device__ __forceinline__ void ldsm4T(u32 r[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smemAddr(p)));
+}
+
+// c[16x8] += a[16x16] * b[16x8], fp32 accumulate.
+template <typename T> __device__ __forceinline__ void mma16816(float c[4], const u32 a[4], u32 b0, u32 b1);
+template <> __device__ __forceinline__ void mma16816<Bf16>(float c[4], const u32 a[4], u32 b0, u32 b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma16816<F16>(float c[4], const u32 a[4], u32 b0, u32 b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 16-byte global -> shared copy; `valid` false zero-fills (src-size 0 reads nothing).
+__device__ __forceinline__ void cpAsync16(void* s, const void* g, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smemAddr(s)), "l"(g), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;"); }
+template <int N> __device__ __forceinline__ void cpAsyncWait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+__device__ __forceinline__ float warpSum(float x) {
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// Merge a block result (oB, lseB) into the running (o, lse) of one row, fp32. Returns the new
+// LSE and writes the weights for o: o = o * wOld + oB * wB. lseB must be finite.
+__device__ __forceinline__ float mergeWeights(float lseOld, float lseB, float& wOld, float& wB) {
+  if (lseOld == NEG_INF) {
+    wOld = 0.f;
+    wB = 1.f;
+    return lseB;
+  }
+  const float mx = fmaxf(lseOld, lseB);
+  const float eo = expf(lseOld - mx), eb = expf(lseB - mx);
+  const float sum = eo + eb;
+  wOld = eo / sum;
+  wB = eb / sum;
+  return mx + logf(sum);
+}

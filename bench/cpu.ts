@@ -3,7 +3,7 @@
  * thread counts, the TypeScript fallback's forward beside it, and peer figures from NumPy
  * (sgemm, naive and blockwise attention) measured in the same run when python3 + numpy exist.
  *
- *   node dist/bench/cpu.js [--quick] [--no-peers] [--ts-4096]
+ *   node dist/bench/cpu.js [--quick] [--no-peers] [--ts-4096] [--sizes=1024,4096] [--threads=1,2]
  *
  * FLOP convention: forward 4 * H * D per visible (query, key) pair, S^2 pairs without a mask,
  * S(S+1)/2 causal (skipped work is not counted); backward 2.5x the forward.
@@ -18,6 +18,10 @@ import { getKernel } from '../src/cpu/attention.js';
 import { loadNative } from '../src/cpu/build.js';
 
 const argv = new Set(process.argv.slice(2));
+const listArg = (name: string): number[] | undefined => {
+  const a = process.argv.find((x) => x.startsWith(`--${name}=`));
+  return a ? a.slice(name.length + 3).split(',').map(Number) : undefined;
+};
 const quick = argv.has('--quick');
 const cores = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
 const H = 8;
@@ -132,7 +136,7 @@ function main(): void {
   console.log(`library: ${native.path} (${objdumpCheck(native.path)})`);
   console.log(`H = ${H} (Hk = H), fp32; GFLOP/s with forward = 4*H*D per visible pair (causal: S(S+1)/2 pairs), backward = 2.5x\n`);
 
-  const threadCounts = cores > 1 ? [1, cores] : [1];
+  const threadCounts = listArg('threads') ?? (cores > 1 ? [1, cores] : [1]);
   const peers = new Map<number, Peer>();
   if (!argv.has('--no-peers')) {
     // Two runs per thread count (one with --quick), best of each figure: the box is shared.
@@ -164,7 +168,7 @@ function main(): void {
     }
   }
 
-  const sizes = quick ? [1024, 4096] : [1024, 4096, 16384];
+  const sizes = listArg('sizes') ?? (quick ? [1024, 4096] : [1024, 4096, 16384]);
   const frac = (g: number | undefined, t: number) => {
     const p = peers.get(t);
     return g === undefined || !p ? 'n/a' : `${((100 * g) / p.sgemm_gflops).toFixed(0)}%`;

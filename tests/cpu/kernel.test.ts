@@ -14,7 +14,7 @@ import { makeProblem, range, runKernel, stripe, type MaskOpts, type Problem, typ
  */
 
 const forcedTs = process.env.RINGATTN_KERNEL === 'ts';
-export const kernels: [string, () => AttentionKernel][] = [
+const kernels: [string, () => AttentionKernel][] = [
   ['c', () => getKernel({ kernel: 'c' })],
   ['ts', () => getKernel({ kernel: 'ts' })],
 ];

@@ -19,8 +19,10 @@
  *    and LSE live in log2 units and the LSE is converted back to natural log at the end.
  *  - exp2 is a degree-6 polynomial on [-1/2, 1/2] plus exponent bits (relative error ~1e-7);
  *    inputs are clamped to [-127, 127] so -inf (a masked logit) gives exactly 0.
- * Memory per thread is O(blockQ * group * (blockK + D)); the backward with more than one thread
- * and a KV head count that the threads do not divide keeps one private dQ per extra thread.
+ * Memory per thread is O(rows * D + blockK * D) with rows = max(FWD_ROWS, blockQ * group) in the
+ * forward and BWD_CHUNK in the backward, never O(S^2). The backward with more than one thread and
+ * a KV head count that the threads do not divide keeps one private dQ [Sq, H, D] per extra thread
+ * (otherwise each thread owns whole KV groups, and with them their dQ rows).
  */
 #include <math.h>
 #include <stdint.h>

@@ -92,3 +92,9 @@ test('striped positions (queries and keys): ring of 3 against the reference', ()
     check(p, seed, `striped ${name}`, { qSets: sets, kBlocks: sets, blockQ: 8, blockK: 16, threads: 2 });
   }
 });
+
+test('a few thousand tokens (S=2003, prime): causal window sinks and packed documents, default tiles, 2 threads', () => {
+  const seed = freshSeed();
+  check(makeProblem(seed, 2003, 2, 1, 16, { causal: true, window: 700, sinks: 3 }), seed, 'S=2003 causal+window+sinks', { threads: 2 });
+  check(makeProblem(seed + 1, 2003, 2, 2, 16, { causal: true, docs: 5 }), seed + 1, 'S=2003 causal+docs', { threads: 2 });
+});

@@ -1,0 +1,66 @@
+import { CudaContext } from '../src/cuda/context.js';
+import { cudaKernel } from '../src/cuda/attention.js';
+import { encode, type CudaDType } from '../src/cuda/convert.js';
+
+/**
+ * Times the CUDA block kernels on one GPU: forward and backward (delta + main kernel) at a few
+ * shapes, median of N event-timed runs after warm-up, reported as TFLOP/s with the usual
+ * attention FLOP count (forward 4·S²·H·D, halved for causal; backward 2.5× forward).
+ * Usage: node dist/bench/gpu.js [S=8192] [H=16] [reps=10]
+ */
+
+const S = Number(process.argv[2] ?? 8192);
+const H = Number(process.argv[3] ?? 16);
+const reps = Number(process.argv[4] ?? 10);
+
+function median(x: number[]): number {
+  const s = [...x].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+const ctx = CudaContext.open(0);
+const kern = cudaKernel(ctx);
+console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); S=${S} H=${H} reps=${reps}`);
+console.log('kernel                         D  causal  fwd ms   fwd TF/s  bwd ms   bwd TF/s');
+for (const dtype of ['bfloat16'] as CudaDType[]) {
+  for (const D of [64, 128]) {
+    for (const causal of [false, true]) {
+      const Hk = H;
+      const n = S * H * D;
+      const rnd = () => Float32Array.from({ length: n }, () => Math.random() * 2 - 1);
+      const up = (x: ArrayBufferView) => {
+        const b = ctx.alloc(x.byteLength);
+        ctx.upload(b, x);
+        return b;
+      };
+      const q = up(encode(rnd(), dtype)), k = up(encode(rnd(), dtype)), v = up(encode(rnd(), dtype)), dO = up(encode(rnd(), dtype));
+      const pos = up(Int32Array.from({ length: S }, (_, i) => i));
+      const o = ctx.alloc(n * 4), lse = ctx.alloc(S * H * 4), delta = ctx.alloc(S * H * 4), dq = ctx.alloc(n * 4), dk = ctx.alloc(n * 4), dv = ctx.alloc(n * 4);
+      const a = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: pos.ptr, kPos: pos.ptr, Sq: S, Sk: S, H, Hk, D, dtype, causal, window: 0, sinks: 0, scale: 1 / Math.sqrt(D) };
+      const fwd = () => {
+        ctx.fill32(o, 0, n);
+        ctx.fill32(lse, 0xff800000, S * H);
+        kern.forward({ ...a, o: o.ptr, lse: lse.ptr });
+      };
+      const bwd = () => {
+        kern.delta(dO.ptr, o.ptr, delta.ptr, S * H, D, dtype);
+        kern.backward({ ...a, dO: dO.ptr, lse: lse.ptr, delta: delta.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr });
+      };
+      fwd();
+      bwd();
+      ctx.sync();
+      const tf = [], tb = [];
+      for (let i = 0; i < reps; i++) tf.push(ctx.time(fwd));
+      for (let i = 0; i < reps; i++) tb.push(ctx.time(bwd));
+      const flops = (4 * S * S * H * D) / (causal ? 2 : 1);
+      const mf = median(tf), mb = median(tb);
+      console.log(
+        `${kern.name({ dtype, D }).padEnd(30)} ${String(D).padStart(3)}  ${String(causal).padEnd(6)} ${mf.toFixed(3).padStart(7)}  ${(flops / mf / 1e9).toFixed(1).padStart(8)}  ${mb.toFixed(3).padStart(7)}  ${((2.5 * flops) / mb / 1e9).toFixed(1).padStart(8)}`,
+      );
+      for (const b of [q, k, v, dO, pos, o, lse, delta, dq, dk, dv]) ctx.free(b);
+    }
+  }
+}
+for (const [file, log] of ctx.compileLogs) console.log(`--- NVRTC log ${file} (first lines)\n${log.split('\n').filter((l) => /mma|Used|spill/.test(l)).slice(0, 12).join('\n')}`);
+kern.dispose();
+ctx.dispose();

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Compiles every src/cuda/kernels/*.cu with nvcc to a cubin (sm_90a and sm_80) so that a kernel
+# that does not compile cannot land, even on machines without a GPU or NVRTC. Prints registers,
+# spills and shared memory per entry; exits non-zero on a compile error; exits 0 with a skip
+# message when nvcc is absent.  Usage: scripts/nvcc-check.sh [arch ...]   (default: sm_90a sm_80)
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+nvcc=${NVCC:-nvcc}
+if ! command -v "$nvcc" >/dev/null 2>&1; then
+  for c in /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc; do [ -x "$c" ] && nvcc=$c && break; done
+fi
+if ! command -v "$nvcc" >/dev/null 2>&1; then
+  echo "nvcc-check: skipped (nvcc not found; set NVCC or put the CUDA toolkit on PATH)"
+  exit 0
+fi
+archs=("$@")
+[ ${#archs[@]} -eq 0 ] && archs=(sm_90a sm_80)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+status=0
+shopt -s nullglob
+files=("$root"/src/cuda/kernels/*.cu)
+if [ ${#files[@]} -eq 0 ]; then echo "nvcc-check: no .cu files under src/cuda/kernels"; exit 1; fi
+for f in "${files[@]}"; do
+  for arch in "${archs[@]}"; do
+    name=$(basename "$f" .cu)
+    log="$tmp/$name.$arch.log"
+    if "$nvcc" -arch="$arch" -cubin -std=c++17 -Xptxas -v -o "$tmp/$name.$arch.cubin" "$f" >"$log" 2>&1; then
+      echo "== $name.cu ($arch): ok"
+      # One line per entry: name, registers, spills, shared memory.
+      awk '/Compiling entry function/ { match($0, /'"'"'[^'"'"']+'"'"'/); fn = substr($0, RSTART + 1, RLENGTH - 2) }
+           /bytes stack frame/ { st = $1; ss = $5; sl = $9 }
+           /Used [0-9]+ registers/ { match($0, /Used [0-9]+ registers/); r = substr($0, RSTART + 5, RLENGTH - 15);
+             printf "   %-28s regs %4s  stack %3s  spill st/ld %s/%s\n", fn, r, st, ss, sl }' "$log"
+      if grep -q "warning" "$log"; then grep "warning" "$log" | sed 's/^/   /'; fi
+    else
+      echo "== $name.cu ($arch): FAILED"
+      sed 's/^/   /' "$log"
+      status=1
+    fi
+  done
+done
+exit $status

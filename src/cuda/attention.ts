@@ -1,0 +1,207 @@
+import { InputError } from '../core/errors.js';
+import type { CudaContext, DeviceBuffer, Arg } from './context.js';
+import { argBuffers, packStruct } from './context.js';
+import type { CudaDType } from './convert.js';
+
+/**
+ * The block attention kernels (kernels/attn_fwd.cu, attn_bwd.cu) on device buffers: the CUDA
+ * side of the kernel contract in src/core/kernel.ts. Shapes (row-major, device pointers):
+ *   q, o, dO, dq : [Sq, H, D]      k, v, dk, dv : [Sk, Hk, D]      lse, delta : [Sq, H]
+ *   qPos, qSeg : int32 [Sq]        kPos, kSeg : int32 [Sk]
+ * q, k, v, dO hold `dtype`; o, lse, delta, dq, dk, dv are fp32. Forward merges into the running
+ * (o, lse); backward adds into dq, dk, dv using the final lse and delta = rowsum(dO * O). All
+ * work is enqueued on the context's stream.
+ */
+
+export type KernelTag = 'mma16-d64' | 'mma16-d128' | 'generic';
+
+/** Tensor cores (mma.sync, bf16/fp16, sm_80+) at D 64 and 128; the simple warp-per-row path otherwise. */
+export function chooseKernel(spec: { dtype: CudaDType; D: number }, computeCapability: readonly [number, number]): KernelTag {
+  if (spec.dtype !== 'float32' && computeCapability[0] >= 8) {
+    if (spec.D === 64) return 'mma16-d64';
+    if (spec.D === 128) return 'mma16-d128';
+  }
+  return 'generic';
+}
+
+export interface DeviceBlockArgs {
+  q: number;
+  k: number;
+  v: number;
+  qPos: number;
+  kPos: number;
+  /** Segment ids: both or neither (0 = none). */
+  qSeg?: number;
+  kSeg?: number;
+  Sq: number;
+  Sk: number;
+  H: number;
+  Hk: number;
+  D: number;
+  dtype: CudaDType;
+  causal: boolean;
+  /** 0 = no window. */
+  window: number;
+  /** Only with a window. */
+  sinks: number;
+  scale: number;
+}
+
+export interface DeviceForwardArgs extends DeviceBlockArgs {
+  o: number;
+  lse: number;
+}
+
+export interface DeviceBackwardArgs extends DeviceBlockArgs {
+  dO: number;
+  lse: number;
+  delta: number;
+  dq: number;
+  dk: number;
+  dv: number;
+}
+
+const INT32_MAX = 2 ** 31 - 1;
+export const MAX_D = 256;
+
+/** Why these arguments cannot run on the GPU kernels (null when they can). */
+export function supported(a: Omit<DeviceBlockArgs, 'q' | 'k' | 'v' | 'qPos' | 'kPos' | 'qSeg' | 'kSeg'>): string | null {
+  for (const [name, x] of [['Sq', a.Sq], ['Sk', a.Sk], ['H', a.H], ['Hk', a.Hk], ['D', a.D]] as const) {
+    if (!Number.isInteger(x) || x < 0 || x > INT32_MAX) return `${name}: expected a non-negative int32, got ${x}`;
+  }
+  if (!['bfloat16', 'float16', 'float32'].includes(a.dtype)) return `dtype: expected bfloat16, float16 or float32, got ${a.dtype}`;
+  if (a.D < 1 || a.D > MAX_D) return `D: expected 1..${MAX_D} (head dims above ${MAX_D} have no kernel), got ${a.D}`;
+  if (a.H < 1 || a.Hk < 1 || a.H % a.Hk !== 0) return `H: expected a positive multiple of Hk = ${a.Hk}, got ${a.H}`;
+  if (a.H > 65535) return `H: expected at most 65535 heads (grid y), got ${a.H}`;
+  if (!Number.isInteger(a.window) || a.window < 0 || a.window > INT32_MAX) return `window: expected an int32 >= 0, got ${a.window}`;
+  if (!Number.isInteger(a.sinks) || a.sinks < 0 || a.sinks > INT32_MAX) return `sinks: expected an int32 >= 0, got ${a.sinks}`;
+  if (!Number.isFinite(a.scale)) return `scale: expected a finite number, got ${a.scale}`;
+  return null;
+}
+
+const BK = 64;
+/** Query tile of each path (the tile boxes are computed at this size). */
+function blockQ(tag: KernelTag, pass: 'fwd' | 'bwd'): number {
+  if (tag === 'generic') return 64; // unused by the generic kernels
+  return pass === 'fwd' || tag === 'mma16-d64' ? 64 : 32;
+}
+
+function fwdSmem(D: number): number {
+  const LD = D + 8;
+  return (64 * LD + 4 * BK * LD) * 2 + 4 * BK * 4;
+}
+
+function bwdSmem(D: number, BQ: number): number {
+  const LD = D + 8;
+  return (2 * BK * LD + 2 * BQ * LD + BK * (BQ + 8)) * 2 + 4 * BQ * 4 + 2 * BK * 4;
+}
+
+/** Device workspace (tile boxes) for one call. */
+export function workspaceBytes(Sq: number, Sk: number): number {
+  return (Math.ceil(Sq / 32) + Math.ceil(Sk / BK)) * 16;
+}
+
+const SUFFIX: Record<CudaDType, string> = { bfloat16: 'bf16', float16: 'f16', float32: 'f32' };
+
+export interface CudaAttentionKernel {
+  /** e.g. 'cuda/mma16-d128/bfloat16'. */
+  name(spec: { dtype: CudaDType; D: number }): string;
+  forward(a: DeviceForwardArgs): void;
+  backward(a: DeviceBackwardArgs): void;
+  /** delta[r] = sum_d dO[r, d] * o[r, d] over rows = Sq * H (dO in `dtype`, o fp32). */
+  delta(dO: number, o: number, delta: number, rows: number, D: number, dtype: CudaDType): void;
+  dispose(): void;
+}
+
+function validate(a: DeviceBlockArgs): void {
+  const r = supported(a);
+  if (r) {
+    const i = r.indexOf(': ');
+    throw new InputError(r.slice(0, i), r.slice(i + 2));
+  }
+  if (!!a.qSeg !== !!a.kSeg) throw new InputError(a.qSeg ? 'kSeg' : 'qSeg', 'segments must be given for both queries and keys');
+}
+
+export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
+  let work: DeviceBuffer | undefined;
+  const workspace = (bytes: number): number => {
+    if (!work || work.bytes < bytes) {
+      // The stream may still read the old one.
+      if (work) ctx.sync();
+      ctx.free(work);
+      work = ctx.alloc(Math.max(bytes, 4096));
+    }
+    return work.ptr;
+  };
+  const ranges = (pos: number, seg: number, n: number, tile: number, out: number) => {
+    const tiles = Math.ceil(n / tile);
+    const args: Arg[] = [{ ptr: pos }, { ptr: seg }, { i32: n }, { i32: tile }, { ptr: out }];
+    ctx.launch(ctx.fn('attn_fwd.cu', 'attn_tile_ranges'), 'attn_tile_ranges', [Math.ceil(tiles / 128), 1, 1], 128, 0, argBuffers(args));
+  };
+  const tail = (a: DeviceBlockArgs): Arg[] => [
+    { i32: a.Sq }, { i32: a.Sk }, { i32: a.H }, { i32: a.Hk }, { i32: a.D },
+    { i32: a.causal ? 1 : 0 }, { i32: a.window }, { i32: a.window > 0 ? a.sinks : 0 }, { f32: a.scale }, { i32: 0 },
+  ];
+  const boxes = (a: DeviceBlockArgs, bq: number): [number, number] => {
+    const ws = workspace(workspaceBytes(a.Sq, a.Sk));
+    const qTiles = ws;
+    const kTiles = ws + Math.ceil(a.Sq / 32) * 16;
+    ranges(a.qPos, a.qSeg ?? 0, a.Sq, bq, qTiles);
+    ranges(a.kPos, a.kSeg ?? 0, a.Sk, BK, kTiles);
+    return [qTiles, kTiles];
+  };
+  return {
+    name: (spec) => `cuda/${chooseKernel(spec, ctx.computeCapability)}/${spec.dtype}`,
+
+    forward(a: DeviceForwardArgs): void {
+      validate(a);
+      if (a.Sq === 0 || a.Sk === 0) return;
+      const tag = chooseKernel(a, ctx.computeCapability);
+      const bq = blockQ(tag, 'fwd');
+      const [qTiles, kTiles] = boxes(a, bq);
+      const params = packStruct([
+        { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.qPos }, { ptr: a.kPos }, { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 },
+        { ptr: qTiles }, { ptr: kTiles }, { ptr: a.o }, { ptr: a.lse }, ...tail(a),
+      ]);
+      if (tag === 'generic') {
+        const name = `attn_fwd_generic_${SUFFIX[a.dtype]}`;
+        ctx.launch(ctx.fn('attn_fwd.cu', name), name, [Math.ceil(a.Sq / 4), a.H, 1], 128, 0, [params]);
+      } else {
+        const name = `attn_fwd_mma_${SUFFIX[a.dtype]}_d${a.D}`;
+        const smem = fwdSmem(a.D);
+        ctx.launch(ctx.fn('attn_fwd.cu', name, smem), name, [Math.ceil(a.Sq / bq), a.H, 1], 128, smem, [params]);
+      }
+    },
+
+    backward(a: DeviceBackwardArgs): void {
+      validate(a);
+      if (a.Sq === 0 || a.Sk === 0) return;
+      const tag = chooseKernel(a, ctx.computeCapability);
+      const bq = blockQ(tag, 'bwd');
+      const [qTiles, kTiles] = boxes(a, bq);
+      const params = packStruct([
+        { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.dO }, { ptr: a.lse }, { ptr: a.delta }, { ptr: a.qPos }, { ptr: a.kPos },
+        { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 }, { ptr: qTiles }, { ptr: kTiles }, { ptr: a.dq }, { ptr: a.dk }, { ptr: a.dv }, ...tail(a),
+      ]);
+      if (tag === 'generic') {
+        const name = `attn_bwd_generic_${SUFFIX[a.dtype]}`;
+        ctx.launch(ctx.fn('attn_bwd.cu', name), name, [Math.ceil(a.Sq / 4), a.H, 1], 128, 0, [params]);
+      } else {
+        const name = `attn_bwd_mma_${SUFFIX[a.dtype]}_d${a.D}`;
+        const smem = bwdSmem(a.D, bq);
+        ctx.launch(ctx.fn('attn_bwd.cu', name, smem), name, [Math.ceil(a.Sk / BK), a.Hk, 1], 128, smem, [params]);
+      }
+    },
+
+    delta(dO, o, delta, rows, D, dtype): void {
+      const name = `attn_delta_${SUFFIX[dtype]}`;
+      ctx.launch(ctx.fn('attn_bwd.cu', name), name, [Math.ceil(rows / 4), 1, 1], 128, 0, argBuffers([{ ptr: dO }, { ptr: o }, { ptr: delta }, { i32: rows }, { i32: D }]));
+    },
+
+    dispose(): void {
+      ctx.sync();
+      ctx.free(work);
+      work = undefined;
+    },
+  };
+}

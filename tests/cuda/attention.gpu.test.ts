@@ -1,0 +1,213 @@
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { cudaAvailable } from '../../src/cuda/check.js';
+import { CudaContext, type DeviceBuffer } from '../../src/cuda/context.js';
+import { cudaKernel } from '../../src/cuda/attention.js';
+import { attentionCuda } from '../../src/cuda/index.js';
+import { encode, roundTo, type CudaDType } from '../../src/cuda/convert.js';
+import { refBackward, refForward, type RefMask } from '../ref/attention64.js';
+import { refBlock } from './ref64.js';
+import { assertClose, freshSeed, randn, rng } from '../helpers/check.js';
+
+// The CUDA kernels against the float64 reference, on a GPU; skipped with the reason elsewhere.
+// Inputs are fresh random draws (seed printed on failure); the reference runs on the inputs
+// rounded to the GPU dtype, and device outputs are NaN-poisoned before their initialisation.
+
+const avail = cudaAvailable();
+const skip = avail.ok ? false : `${avail.reason} (GPU tests skipped)`;
+let ctx: CudaContext | undefined;
+const context = () => (ctx ??= CudaContext.open(0));
+after(() => ctx?.dispose());
+
+const TOL: Record<CudaDType, { fwd: number; grad: number }> = {
+  bfloat16: { fwd: 1e-2, grad: 2e-2 },
+  float16: { fwd: 1e-2, grad: 2e-2 },
+  float32: { fwd: 1e-5, grad: 1e-5 },
+};
+
+interface Case {
+  name: string;
+  mask: RefMask;
+}
+
+function masks(S: number, r: () => number): Case[] {
+  // Packed documents: 3-4 segments of random lengths.
+  const segments = new Int32Array(S);
+  let doc = 0;
+  for (let i = 0, next = 1 + Math.floor(r() * S * 0.4); i < S; i++) {
+    if (i === next) {
+      doc++;
+      next = i + 1 + Math.floor(r() * S * 0.4);
+    }
+    segments[i] = doc;
+  }
+  return [
+    { name: 'none', mask: {} },
+    { name: 'causal', mask: { causal: true } },
+    { name: 'window 17 (bidirectional)', mask: { window: 17 } },
+    { name: 'causal window 23 + 3 sinks', mask: { causal: true, window: 23, sinks: 3 } },
+    { name: 'segments', mask: { segments } },
+    { name: 'segments causal window 40 + 2 sinks', mask: { segments, causal: true, window: 40, sinks: 2 } },
+  ];
+}
+
+const HEADS: [number, number][] = [[4, 2], [4, 1], [2, 2], [6, 3]];
+
+async function checkCase(dtype: CudaDType, D: number, H: number, Hk: number, S: number, c: Case, seed: number, B = 1): Promise<string> {
+  const r = rng(seed);
+  const q = randn(B * S * H * D, r), k = randn(B * S * Hk * D, r), v = randn(B * S * Hk * D, r), dO = randn(B * S * H * D, r);
+  const shape = (h: number) => (B === 1 ? [S, h, D] : [B, S, h, D]);
+  const m = c.mask;
+  const res = await attentionCuda({ dtype: 'float32', shape: shape(H), data: q }, { dtype: 'float32', shape: shape(Hk), data: k }, { dtype: 'float32', shape: shape(Hk), data: v }, {
+    dtype, causal: m.causal, window: m.window, sinks: m.sinks, segments: m.segments as Int32Array | undefined,
+    gradOut: { dtype: 'float32', shape: shape(H), data: dO }, context: context(), poison: true,
+  });
+  const what = `${res.stats.kernel} D=${D} H=${H} Hk=${Hk} S=${S} B=${B} mask=${c.name} seed=${seed}`;
+  const tol = TOL[dtype];
+  const [rq, rk, rv, rdO] = [q, k, v, dO].map((x) => roundTo(x, dtype));
+  const nq = S * H * D, nk = S * Hk * D;
+  for (let b = 0; b < B; b++) {
+    const sl = (x: Float32Array, n: number) => x.subarray(b * n, (b + 1) * n);
+    const f = refForward(sl(rq, nq), sl(rk, nk), sl(rv, nk), S, H, Hk, D, m);
+    const g = refBackward(sl(rq, nq), sl(rk, nk), sl(rv, nk), sl(rdO, nq), S, H, Hk, D, m);
+    assertClose(sl(res.out.data, nq), f.o, tol.fwd, `out ${what}`);
+    assertClose(sl(res.lse.data, S * H), f.lse, tol.fwd, `lse ${what}`);
+    assertClose(sl(res.dq!.data, nq), g.dq, tol.grad, `dq ${what}`);
+    assertClose(sl(res.dk!.data, nk), g.dk, tol.grad, `dk ${what}`);
+    assertClose(sl(res.dv!.data, nk), g.dv, tol.grad, `dv ${what}`);
+  }
+  return what;
+}
+
+for (const dtype of ['bfloat16', 'float16', 'float32'] as const) {
+  for (const D of [64, 128]) {
+    test(`attentionCuda ${dtype} D=${D}: every mask, GQA, ragged S, forward and backward vs float64`, { skip }, async () => {
+      const seed = freshSeed();
+      const r = rng(seed);
+      let n = 0;
+      for (const c of masks(200, r)) {
+        const S = c.mask.segments ? 200 : 65 + Math.floor(r() * 120);
+        const [H, Hk] = HEADS[n++ % HEADS.length];
+        await checkCase(dtype, D, H, Hk, S, c, (seed + n * 7919) >>> 0);
+      }
+    });
+  }
+}
+
+test('attentionCuda: other head dims (generic path), a batch, several 64-key tiles with empty ones skipped', { skip }, async () => {
+  const seed = freshSeed();
+  await checkCase('bfloat16', 32, 2, 1, 77, { name: 'causal', mask: { causal: true } }, seed);
+  await checkCase('float16', 96, 4, 2, 90, { name: 'window 9', mask: { window: 9, sinks: 1 } }, seed + 1);
+  await checkCase('float32', 256, 2, 2, 70, { name: 'causal', mask: { causal: true } }, seed + 2);
+  await checkCase('bfloat16', 128, 4, 2, 300, { name: 'causal window 70', mask: { causal: true, window: 70 } }, seed + 3, 2);
+  await checkCase('float16', 64, 2, 1, 333, { name: 'causal', mask: { causal: true } }, seed + 4);
+});
+
+/** Ring-step semantics on device buffers: queries of a shard against two KV blocks elsewhere. */
+test('block kernels on global positions: two KV blocks merge into the full result; rows that see nothing stay 0 / -inf', { skip }, () => {
+  const seed = freshSeed();
+  const r = rng(seed);
+  const c = context();
+  const kern = cudaKernel(c);
+  for (const [dtype, D, causal, window, sinks] of [['bfloat16', 128, true, 0, 0], ['float16', 64, true, 100, 4], ['float32', 64, false, 50, 2]] as const) {
+    const H = 4, Hk = 2, Sq = 90, S1 = 70, S2 = 81, Sk = S1 + S2;
+    // Queries hold positions 60..149 (a shard); keys 0..150 in two blocks, block 2 first in position.
+    const qPos = Int32Array.from({ length: Sq }, (_, i) => 60 + i);
+    const kPos = Int32Array.from({ length: Sk }, (_, j) => (j < S1 ? S2 + j : j - S1));
+    const q = roundTo(randn(Sq * H * D, r), dtype), k = roundTo(randn(Sk * Hk * D, r), dtype), v = roundTo(randn(Sk * Hk * D, r), dtype);
+    const dO = roundTo(randn(Sq * H * D, r), dtype);
+    const scale = 1 / Math.sqrt(D);
+    const m = { causal, window: window || undefined, sinks };
+    const ref = refBlock({ q, k, v, qPos, kPos, Sq, Sk, H, Hk, D, scale }, m, dO);
+    const bufs: DeviceBuffer[] = [];
+    const up = (x: Float32Array | Int32Array, asDtype: boolean) => {
+      const data = asDtype ? encode(x as Float32Array, dtype) : x;
+      const b = c.alloc(data.byteLength);
+      bufs.push(b);
+      c.upload(b, data);
+      return b.ptr;
+    };
+    const zeros = (n: number, bits = 0) => {
+      const b = c.alloc(n * 4);
+      bufs.push(b);
+      c.fill32(b, 0x7fc00000, n); // poison, then the initial value
+      c.fill32(b, bits, n);
+      return b.ptr;
+    };
+    try {
+      const qd = up(q, true), qp = up(qPos, false), o = zeros(Sq * H * D), lse = zeros(Sq * H, 0xff800000);
+      const blocks = [
+        { k: up(k.subarray(0, S1 * Hk * D), true), v: up(v.subarray(0, S1 * Hk * D), true), pos: up(kPos.subarray(0, S1), false), n: S1 },
+        { k: up(k.subarray(S1 * Hk * D), true), v: up(v.subarray(S1 * Hk * D), true), pos: up(kPos.subarray(S1), false), n: S2 },
+      ];
+      const base = { q: qd, qPos: qp, Sq, H, Hk, D, dtype, causal, window, sinks, scale };
+      for (const b of blocks) kern.forward({ ...base, k: b.k, v: b.v, kPos: b.pos, Sk: b.n, o, lse });
+      const out = c.download(new Float32Array(Sq * H * D), o);
+      const outLse = c.download(new Float32Array(Sq * H), lse);
+      const what = `${kern.name({ dtype, D })} causal=${causal} window=${window} seed=${seed}`;
+      assertClose(out, ref.o, TOL[dtype].fwd, `merged out ${what}`);
+      assertClose(outLse, ref.lse, TOL[dtype].fwd, `merged lse ${what}`);
+      // Backward with the final lse and delta; dq accumulates over both blocks, dk/dv per block.
+      const gO = up(dO, true), delta = zeros(Sq * H), gq = zeros(Sq * H * D);
+      kern.delta(gO, o, delta, Sq * H, D, dtype);
+      const dk = new Float32Array(Sk * Hk * D), dv = new Float32Array(Sk * Hk * D);
+      let off = 0;
+      for (const b of blocks) {
+        const gk = zeros(b.n * Hk * D), gv = zeros(b.n * Hk * D);
+        kern.backward({ ...base, k: b.k, v: b.v, kPos: b.pos, Sk: b.n, dO: gO, lse, delta, dq: gq, dk: gk, dv: gv });
+        c.download(dk.subarray(off, off + b.n * Hk * D), gk);
+        c.download(dv.subarray(off, off + b.n * Hk * D), gv);
+        off += b.n * Hk * D;
+      }
+      assertClose(c.download(new Float32Array(Sq * H * D), gq), ref.dq, TOL[dtype].grad, `dq ${what}`);
+      assertClose(dk, ref.dk, TOL[dtype].grad, `dk ${what}`);
+      assertClose(dv, ref.dv, TOL[dtype].grad, `dv ${what}`);
+    } finally {
+      c.sync();
+      for (const b of bufs) c.free(b);
+    }
+  }
+  kern.dispose();
+});
+
+test('rows that see no key: out 0, lse -inf, gradients 0 (never NaN)', { skip }, () => {
+  const seed = freshSeed();
+  const r = rng(seed);
+  const c = context();
+  const kern = cudaKernel(c);
+  for (const dtype of ['bfloat16', 'float32'] as const) {
+    const H = 2, Hk = 1, D = 64, Sq = 80, Sk = 64;
+    // Causal; keys at positions 50..113 and queries at 0..79: rows 0..49 see nothing.
+    const qPos = Int32Array.from({ length: Sq }, (_, i) => i);
+    const kPos = Int32Array.from({ length: Sk }, (_, j) => 50 + j);
+    const q = roundTo(randn(Sq * H * D, r), dtype), k = roundTo(randn(Sk * Hk * D, r), dtype), v = roundTo(randn(Sk * Hk * D, r), dtype), dO = roundTo(randn(Sq * H * D, r), dtype);
+    const ref = refBlock({ q, k, v, qPos, kPos, Sq, Sk, H, Hk, D, scale: 0.125 }, { causal: true }, dO);
+    const bufs: DeviceBuffer[] = [];
+    const up = (x: ArrayBufferView) => { const b = c.alloc(x.byteLength); bufs.push(b); c.upload(b, x); return b.ptr; };
+    const init = (n: number, bits: number) => { const b = c.alloc(n * 4); bufs.push(b); c.fill32(b, 0x7fc00000, n); c.fill32(b, bits, n); return b.ptr; };
+    try {
+      const a = { q: up(encode(q, dtype)), k: up(encode(k, dtype)), v: up(encode(v, dtype)), qPos: up(qPos), kPos: up(kPos), Sq, Sk, H, Hk, D, dtype, causal: true, window: 0, sinks: 0, scale: 0.125 };
+      const o = init(Sq * H * D, 0), lse = init(Sq * H, 0xff800000);
+      kern.forward({ ...a, o, lse });
+      const gO = up(encode(dO, dtype)), delta = init(Sq * H, 0), dq = init(Sq * H * D, 0), dk = init(Sk * Hk * D, 0), dv = init(Sk * Hk * D, 0);
+      kern.delta(gO, o, delta, Sq * H, D, dtype);
+      kern.backward({ ...a, dO: gO, lse, delta, dq, dk, dv });
+      const outLse = c.download(new Float32Array(Sq * H), lse);
+      const out = c.download(new Float32Array(Sq * H * D), o);
+      const gq = c.download(new Float32Array(Sq * H * D), dq);
+      for (let row = 0; row < 50 * H; row++) assert.equal(outLse[row], -Infinity, `lse row ${row} (${dtype}, seed ${seed})`);
+      for (let x = 0; x < 50 * H * D; x++) {
+        assert.equal(out[x], 0, `out element ${x} (${dtype})`);
+        assert.equal(gq[x], 0, `dq element ${x} (${dtype})`);
+      }
+      assertClose(out, ref.o, TOL[dtype].fwd, `out ${dtype} seed ${seed}`);
+      assertClose(gq, ref.dq, TOL[dtype].grad, `dq ${dtype} seed ${seed}`);
+      assertClose(c.download(new Float32Array(Sk * Hk * D), dk), ref.dk, TOL[dtype].grad, `dk ${dtype} seed ${seed}`);
+      assertClose(c.download(new Float32Array(Sk * Hk * D), dv), ref.dv, TOL[dtype].grad, `dv ${dtype} seed ${seed}`);
+    } finally {
+      c.sync();
+      for (const b of bufs) c.free(b);
+    }
+  }
+  kern.dispose();
+});

@@ -1,0 +1,42 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { chooseKernel, supported } from '../../src/cuda/attention.js';
+import { encode, roundTo } from '../../src/cuda/convert.js';
+import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '../../src/core/tensor.js';
+import { freshSeed, randn, rng } from '../helpers/check.js';
+
+// Pure host-side parts of the CUDA backend (no GPU).
+
+test('chooseKernel: tensor cores for 16-bit inputs at D 64/128 on sm_80+, the generic path otherwise', () => {
+  assert.equal(chooseKernel({ dtype: 'bfloat16', D: 128 }, [9, 0]), 'mma16-d128');
+  assert.equal(chooseKernel({ dtype: 'float16', D: 64 }, [8, 0]), 'mma16-d64');
+  assert.equal(chooseKernel({ dtype: 'float32', D: 128 }, [9, 0]), 'generic');
+  assert.equal(chooseKernel({ dtype: 'bfloat16', D: 96 }, [9, 0]), 'generic');
+  assert.equal(chooseKernel({ dtype: 'bfloat16', D: 64 }, [7, 5]), 'generic');
+});
+
+test('supported: null for valid arguments, a reason naming the argument otherwise', () => {
+  const ok = { Sq: 100, Sk: 100, H: 8, Hk: 2, D: 128, dtype: 'bfloat16' as const, causal: true, window: 0, sinks: 0, scale: 0.1 };
+  assert.equal(supported(ok), null);
+  assert.match(supported({ ...ok, D: 512 })!, /^D: /);
+  assert.match(supported({ ...ok, Hk: 3 })!, /^H: /);
+  assert.match(supported({ ...ok, scale: NaN })!, /^scale: /);
+  assert.match(supported({ ...ok, window: -1 })!, /^window: /);
+});
+
+test('encode/roundTo agree with the scalar conversions in core/tensor.ts', () => {
+  const seed = freshSeed();
+  const x = randn(4096, rng(seed), 3);
+  x.set([0, -0, 1e-8, -1e-6, 65504, 70000, -70000, Infinity, -Infinity, 6.1e-5, 5.9e-8], 0);
+  const bf = encode(x, 'bfloat16') as Uint16Array;
+  const hf = encode(x, 'float16') as Uint16Array;
+  const rb = roundTo(x, 'bfloat16');
+  const rh = roundTo(x, 'float16');
+  for (let i = 0; i < x.length; i++) {
+    assert.equal(bf[i], f32ToBf16Bits(x[i]), `bf16 bits of ${x[i]} (seed ${seed})`);
+    assert.equal(hf[i], f32ToF16Bits(x[i]), `f16 bits of ${x[i]} (seed ${seed})`);
+    assert.equal(rb[i], bf16BitsToF32(bf[i]));
+    assert.ok(Object.is(rh[i], f16BitsToF32(hf[i])) || rh[i] === f16BitsToF32(hf[i]));
+  }
+  assert.equal(encode(x, 'float32'), x);
+});

@@ -1,0 +1,42 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { CudaContext, argBuffers, packStruct } from '../../src/cuda/context.js';
+import { BackendError } from '../../src/core/errors.js';
+import { fakeCuda } from '../mock/fakeCuda.js';
+
+test('context over the fake driver: alloc, upload, fill, download, free', () => {
+  const drv = fakeCuda({ name: 'Fake H100' });
+  const ctx = CudaContext.open(0, drv);
+  assert.equal(ctx.name, 'Fake H100');
+  assert.equal(ctx.arch, 'sm_90a');
+  const b = ctx.alloc(64);
+  ctx.upload(b, Float32Array.from({ length: 16 }, (_, i) => i));
+  ctx.fill32(b.ptr + 8 * 4, 0xff800000, 4);
+  const out = ctx.download(new Float32Array(16), b);
+  assert.deepEqual([...out.subarray(6, 13)], [6, 7, -Infinity, -Infinity, -Infinity, -Infinity, 12]);
+  assert.throws(() => ctx.upload(b, new Float32Array(17)), BackendError);
+  ctx.free(b);
+  assert.equal(drv.allocated(), 0);
+  // The stream is created before any copy and every copy goes through it.
+  assert.ok(drv.calls.indexOf('cuStreamCreate') < drv.calls.indexOf('cuMemcpyHtoDAsync_v2'));
+  ctx.dispose();
+});
+
+test('context: a failing driver call throws a BackendError naming the call', () => {
+  const ctx = CudaContext.open(0, fakeCuda({ fail: { cuMemAlloc_v2: 2 } }));
+  assert.throws(() => ctx.alloc(1 << 20), /cuMemAlloc_v2\(1048576 bytes\) failed: CUDA_ERROR_OUT_OF_MEMORY \(out of memory\) \[code 2\]/);
+  assert.throws(() => CudaContext.open(3, fakeCuda()), /cuDeviceGet\(3\) failed/);
+});
+
+test('packStruct lays out a C struct: pointers 8-aligned, 4-byte fields packed, size a multiple of 8', () => {
+  const b = packStruct([{ ptr: 0x1234 }, { i32: -1 }, { f32: 0.5 }, { i32: 7 }]);
+  assert.equal(b.length, 24);
+  assert.equal(b.readBigUInt64LE(0), 0x1234n);
+  assert.equal(b.readInt32LE(8), -1);
+  assert.equal(b.readFloatLE(12), 0.5);
+  assert.equal(b.readInt32LE(16), 7);
+  const mixed = packStruct([{ i32: 1 }, { ptr: 2 }]);
+  assert.equal(mixed.length, 16);
+  assert.equal(mixed.readBigUInt64LE(8), 2n);
+  assert.deepEqual(argBuffers([{ ptr: 5 }, { i32: 3 }]).map((x) => x.length), [8, 4]);
+});

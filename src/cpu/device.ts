@@ -31,15 +31,15 @@ export interface AttnParams {
 export class CpuRankDevice implements RingDevice<CpuBlock> {
   readonly blocks: [CpuBlock, CpuBlock];
   readonly sinks: [CpuBlock, CpuBlock] | null;
-  readonly o: Float32Array;
-  readonly lse: Float32Array;
+  o: Float32Array;
+  lse: Float32Array;
   dq: Float32Array = new Float32Array(0);
   private delta: Float32Array = new Float32Array(0);
 
   constructor(
     readonly rank: number,
-    private readonly shard: RankShard,
-    private readonly p: AttnParams,
+    private shard: RankShard,
+    private p: AttnParams,
     private readonly kernel: AttentionKernel,
     layout: BlockLayout,
     /** Rows of this shard that are attention sinks (a prefix: positions are ascending), and the layout of sink blocks. */
@@ -51,6 +51,15 @@ export class CpuRankDevice implements RingDevice<CpuBlock> {
   ) {
     this.blocks = [CpuBlock.alloc(layout), CpuBlock.alloc(layout)];
     this.sinks = sinkLayout ? [CpuBlock.alloc(sinkLayout), CpuBlock.alloc(sinkLayout)] : null;
+    const rows = shard.pos.length * p.H;
+    this.o = new Float32Array(rows * p.D);
+    this.lse = new Float32Array(rows).fill(-Infinity);
+  }
+
+  /** Work on a new shard (another layer, another call) with the same buffers. */
+  setShard(shard: RankShard, p: AttnParams): void {
+    this.shard = shard;
+    this.p = p;
     const rows = shard.pos.length * p.H;
     this.o = new Float32Array(rows * p.D);
     this.lse = new Float32Array(rows).fill(-Infinity);

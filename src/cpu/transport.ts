@@ -9,6 +9,10 @@ import { CpuBlock, blockOffsets } from './block.js';
  * buffer. With the native library the copy runs on its own thread (copy.c), so it is really in
  * flight while the rank computes; without it the copy happens at wait().
  *
+ * Every ring run of a group has an epoch e (1, 2, ...): its steps are numbered from
+ * (e - 1) * 2P (forward) and (e - 1) * 2P + P (backward), and its one-shot flags are set to e,
+ * so the same buffers and flags serve every layer of a model without being reset.
+ *
  * Flags (an Int32Array in shared memory), for P ranks, each holding the seq of a step:
  *   [0] abort
  *   [1 + r]      r posted its K/V block         [1 + P + r]  r pulled its previous rank's K/V
@@ -18,6 +22,8 @@ import { CpuBlock, blockOffsets } from './block.js';
  */
 export const FLAG_ABORT = 0;
 export const flagCount = (P: number) => 1 + 7 * P;
+/** The first step number of a ring run's forward (its backward follows at + P). */
+export const seqBase = (epoch: number, P: number) => (epoch - 1) * 2 * P;
 const POSTED = 1, PULLED = 2, HOME = 3, GPOSTED = 4, GPULLED = 5, SINKS = 6, SINKGRADS = 7;
 
 /** The native asynchronous copy (copy.c), when the C library is loaded. */
@@ -67,6 +73,8 @@ export class CpuTransport implements RingTransport<CpuBlock> {
   /** The seq at which dK/dV were last posted from each of this rank's buffers. */
   private readonly postedFrom = new Map<CpuBlock, number>();
   private phase: 'forward' | 'backward' = 'forward';
+  private epoch = 0;
+  private sched!: RingSchedule;
   /** Bytes this rank received, for the report. */
   bytesIn = 0;
 
@@ -74,7 +82,6 @@ export class CpuTransport implements RingTransport<CpuBlock> {
     readonly rank: number,
     private readonly flags: Int32Array,
     private readonly peers: Peers,
-    private readonly sched: RingSchedule,
     private readonly trace: Tracer,
     private readonly native: NativePull | null,
   ) {
@@ -87,11 +94,19 @@ export class CpuTransport implements RingTransport<CpuBlock> {
     return this.gradIn.byteLength;
   }
 
+  /** Start a ring run (epoch e) in the forward phase. */
+  begin(epoch: number, sched: RingSchedule): void {
+    this.epoch = epoch;
+    this.sched = sched;
+    this.phase = 'forward';
+    this.postedFrom.clear();
+  }
+
   /** The backward needs a buffer for incoming dK/dV. */
   beginBackward(): void {
     this.phase = 'backward';
     const l = this.peers.blocks[this.rank][0].layout;
-    this.gradIn = new Float32Array(new SharedArrayBuffer(2 * l.cap * l.row * 4));
+    if (this.gradIn.length < 2 * l.cap * l.row) this.gradIn = new Float32Array(new SharedArrayBuffer(2 * l.cap * l.row * 4));
   }
 
   private flag(kind: number, r: number): number {
@@ -235,11 +250,11 @@ export class CpuTransport implements RingTransport<CpuBlock> {
     if (home !== this.rank) {
       this.trace.event({ rank: this.rank, step: this.ranks - 1, kind: 'transfer', phase: 'backward', start: t0, end: this.trace.now(), bytes: 2 * len * 4 });
     }
-    this.post(this.flag(HOME, home), 1);
+    this.post(this.flag(HOME, home), this.epoch);
   }
 
   awaitHome(): void {
-    this.waitFlag(this.flag(HOME, this.rank), 1);
+    this.waitFlag(this.flag(HOME, this.rank), this.epoch);
   }
 
   /** Row offset of rank q's sink rows in every gathered sink block (ranks in order). */
@@ -248,7 +263,7 @@ export class CpuTransport implements RingTransport<CpuBlock> {
   }
 
   gatherSinks(own: CpuBlock, into: CpuBlock): void {
-    this.post(this.flag(SINKS, this.rank), 1);
+    this.post(this.flag(SINKS, this.rank), this.epoch);
     const t0 = this.trace.now();
     const row = own.layout.row;
     let bytes = 0;
@@ -256,7 +271,7 @@ export class CpuTransport implements RingTransport<CpuBlock> {
       const n = this.peers.sinkRows[q];
       if (n === 0) continue;
       const src = q === this.rank ? own : this.peers.sinks![q][0];
-      if (q !== this.rank) this.waitFlag(this.flag(SINKS, q), 1);
+      if (q !== this.rank) this.waitFlag(this.flag(SINKS, q), this.epoch);
       const at = this.sinkOffset(q);
       into.pos.set(src.pos.subarray(0, n), at);
       if (this.peers.segments) into.seg.set(src.seg.subarray(0, n), at);
@@ -270,7 +285,7 @@ export class CpuTransport implements RingTransport<CpuBlock> {
   }
 
   reduceSinkGrads(gathered: CpuBlock): void {
-    this.post(this.flag(SINKGRADS, this.rank), 1);
+    this.post(this.flag(SINKGRADS, this.rank), this.epoch);
     const n = this.peers.sinkRows[this.rank];
     if (n === 0) return;
     const row = gathered.layout.row;
@@ -281,7 +296,7 @@ export class CpuTransport implements RingTransport<CpuBlock> {
     dv.fill(0, 0, n * row);
     for (let q = 0; q < this.ranks; q++) {
       const src = q === this.rank ? gathered : this.peers.sinks![q][1];
-      if (q !== this.rank) this.waitFlag(this.flag(SINKGRADS, q), 1);
+      if (q !== this.rank) this.waitFlag(this.flag(SINKGRADS, q), this.epoch);
       for (let i = 0; i < n * row; i++) {
         dk[i] += src.dk[at + i];
         dv[i] += src.dv[at + i];

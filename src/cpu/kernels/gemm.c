@@ -1,0 +1,416 @@
+/*
+ * ringattn native fp32 GEMM for the linear layers of the model: C = alpha * op(A) * op(B) + beta * C,
+ * row-major, op(X) = X or X^T.
+ *
+ * Structure (the Goto/BLIS layering, written for row-major C with vectors along N):
+ *  - The micro-kernel keeps an MR x NR tile of C in registers (MR rows broadcast from the packed
+ *    A panel, NR = NV vectors of VW columns loaded from the packed B panel) and runs over kc.
+ *  - A is packed in blocks of MC x KC (MR-row panels, k-major: ap[k * MR + r]), shared by all
+ *    threads and read from L3; each A micro-panel (MR x KC) stays in L1 while it sweeps the
+ *    B block.
+ *  - B is packed per thread in blocks of KC x NC (NR-column panels, ap[k * NR + c]) that stay in
+ *    that core's L2 while every MR panel of the A block runs over them.
+ *  - Panels are zero-padded to MR / NR, so the micro-kernel always runs the full tile; edge tiles
+ *    are written through a small buffer.
+ *  - Threads: the (N chunk, M slice) items of one (A block, K block) step are shared out
+ *    statically; N chunks are balanced in whole NR panels so each thread gets the same work.
+ *  - beta is applied by the first K block only (later blocks add), beta = 0 never reads C (NaN
+ *    in C is overwritten), and alpha = 0 or K = 0 reduces to C = beta * C without reading A or B.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define GEMM_API __attribute__((visibility("default")))
+#define GINLINE static inline __attribute__((always_inline))
+
+/* ------------------------------------------------------------------------------------------ */
+/* Vector layer and register block: VW lanes, GMR rows x GNV vectors.                         */
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define VW 16
+#ifndef GMR
+#define GMR 12
+#endif
+#ifndef GNV
+#define GNV 2
+#endif
+typedef __m512 gvf;
+GINLINE gvf g_load(const float* p) { return _mm512_loadu_ps(p); }
+GINLINE void g_store(float* p, gvf a) { _mm512_storeu_ps(p, a); }
+GINLINE gvf g_set1(float x) { return _mm512_set1_ps(x); }
+GINLINE gvf g_zero(void) { return _mm512_setzero_ps(); }
+GINLINE gvf g_fma(gvf a, gvf b, gvf c) { return _mm512_fmadd_ps(a, b, c); }
+GINLINE gvf g_mul(gvf a, gvf b) { return _mm512_mul_ps(a, b); }
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define VW 8
+#ifndef GMR
+#define GMR 6
+#endif
+#ifndef GNV
+#define GNV 2
+#endif
+typedef __m256 gvf;
+GINLINE gvf g_load(const float* p) { return _mm256_loadu_ps(p); }
+GINLINE void g_store(float* p, gvf a) { _mm256_storeu_ps(p, a); }
+GINLINE gvf g_set1(float x) { return _mm256_set1_ps(x); }
+GINLINE gvf g_zero(void) { return _mm256_setzero_ps(); }
+GINLINE gvf g_fma(gvf a, gvf b, gvf c) { return _mm256_fmadd_ps(a, b, c); }
+GINLINE gvf g_mul(gvf a, gvf b) { return _mm256_mul_ps(a, b); }
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+#include <arm_neon.h>
+#define VW 4
+#ifndef GMR
+#define GMR 8
+#endif
+#ifndef GNV
+#define GNV 3
+#endif
+typedef float32x4_t gvf;
+GINLINE gvf g_load(const float* p) { return vld1q_f32(p); }
+GINLINE void g_store(float* p, gvf a) { vst1q_f32(p, a); }
+GINLINE gvf g_set1(float x) { return vdupq_n_f32(x); }
+GINLINE gvf g_zero(void) { return vdupq_n_f32(0.0f); }
+GINLINE gvf g_fma(gvf a, gvf b, gvf c) { return vfmaq_f32(c, a, b); }
+GINLINE gvf g_mul(gvf a, gvf b) { return vmulq_f32(a, b); }
+#else
+#define VW 1
+#ifndef GMR
+#define GMR 4
+#endif
+#ifndef GNV
+#define GNV 4
+#endif
+typedef float gvf;
+GINLINE gvf g_load(const float* p) { return *p; }
+GINLINE void g_store(float* p, gvf a) { *p = a; }
+GINLINE gvf g_set1(float x) { return x; }
+GINLINE gvf g_zero(void) { return 0.0f; }
+GINLINE gvf g_fma(gvf a, gvf b, gvf c) { return a * b + c; }
+GINLINE gvf g_mul(gvf a, gvf b) { return a * b; }
+#endif
+
+#define GNR (GNV * VW)
+
+/* Cache blocking: KC x NC of B in L2 (KC * NC * 4 bytes), MC x KC of A in L3, MR x KC in L1. */
+#ifndef GKC
+#define GKC 384
+#endif
+#ifndef GNC
+#define GNC 512
+#endif
+#ifndef GMC
+#define GMC 1536
+#endif
+
+static inline long g_min(long a, long b) { return a < b ? a : b; }
+static inline long g_cdiv(long a, long b) { return (a + b - 1) / b; }
+
+static float* g_alloc(long n) {
+  size_t bytes = ((size_t)(n > 0 ? n : 1) * sizeof(float) + 63) / 64 * 64;
+  return (float*)aligned_alloc(64, bytes);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Micro-kernel: tile[r][c] = sum_k ap[k * GMR + r] * bp[k * GNR + c], then                    */
+/* C[r][c] = alpha * tile + beta * C for r < mr, c < nr (beta = 0: C is not read).             */
+
+static void ukernel(long kc, const float* restrict ap, const float* restrict bp, float* restrict c, long ldc, int mr,
+                    int nr, float alpha, float beta) {
+  gvf acc[GMR][GNV];
+#pragma GCC unroll 16
+  for (int r = 0; r < GMR; r++)
+#pragma GCC unroll 4
+    for (int v = 0; v < GNV; v++) acc[r][v] = g_zero();
+  for (long k = 0; k < kc; k++) {
+    gvf b[GNV];
+#pragma GCC unroll 4
+    for (int v = 0; v < GNV; v++) b[v] = g_load(bp + v * VW);
+#pragma GCC unroll 16
+    for (int r = 0; r < GMR; r++) {
+      gvf a = g_set1(ap[r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < GNV; v++) acc[r][v] = g_fma(a, b[v], acc[r][v]);
+    }
+    ap += GMR;
+    bp += GNR;
+  }
+  const gvf va = g_set1(alpha);
+  if (mr == GMR && nr == GNR) {
+    if (beta == 0.0f) {
+#pragma GCC unroll 16
+      for (int r = 0; r < GMR; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < GNV; v++) g_store(c + r * ldc + v * VW, g_mul(acc[r][v], va));
+    } else if (beta == 1.0f) {
+#pragma GCC unroll 16
+      for (int r = 0; r < GMR; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < GNV; v++) g_store(c + r * ldc + v * VW, g_fma(acc[r][v], va, g_load(c + r * ldc + v * VW)));
+    } else {
+      const gvf vb = g_set1(beta);
+#pragma GCC unroll 16
+      for (int r = 0; r < GMR; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < GNV; v++)
+          g_store(c + r * ldc + v * VW, g_fma(acc[r][v], va, g_mul(g_load(c + r * ldc + v * VW), vb)));
+    }
+    return;
+  }
+  float tile[GMR * GNR] __attribute__((aligned(64)));
+#pragma GCC unroll 16
+  for (int r = 0; r < GMR; r++)
+#pragma GCC unroll 4
+    for (int v = 0; v < GNV; v++) g_store(tile + r * GNR + v * VW, g_mul(acc[r][v], va));
+  for (int r = 0; r < mr; r++) {
+    float* cr = c + r * ldc;
+    const float* tr = tile + r * GNR;
+    if (beta == 0.0f)
+      for (int j = 0; j < nr; j++) cr[j] = tr[j];
+    else
+      for (int j = 0; j < nr; j++) cr[j] = tr[j] + beta * cr[j];
+  }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Packing.                                                                                   */
+
+/* MR-row panel p of the A block: ap[k * GMR + r] = op(A)[i0 + r][k0 + k], zero for r >= mr. */
+static void pack_a_panel(int transA, const float* A, long lda, long i0, int mr, long k0, long kc, float* restrict ap) {
+  if (transA) {
+    /* op(A)[i][k] = A[k][i]: rows of the panel are contiguous in memory */
+    for (long k = 0; k < kc; k++) {
+      const float* src = A + (k0 + k) * lda + i0;
+      float* dst = ap + k * GMR;
+      int r = 0;
+      for (; r < mr; r++) dst[r] = src[r];
+      for (; r < GMR; r++) dst[r] = 0.0f;
+    }
+  } else {
+    if (mr < GMR)
+      for (long k = 0; k < kc; k++)
+        for (int r = mr; r < GMR; r++) ap[k * GMR + r] = 0.0f;
+    for (int r = 0; r < mr; r++) {
+      const float* src = A + (i0 + r) * lda + k0;
+      for (long k = 0; k < kc; k++) ap[k * GMR + r] = src[k];
+    }
+  }
+}
+
+/* NR-column panel of the B block: bp[k * GNR + c] = op(B)[k0 + k][j0 + c], zero for c >= nr. */
+static void pack_b_panel(int transB, const float* B, long ldb, long k0, long kc, long j0, int nr, float* restrict bp) {
+  if (!transB) {
+    for (long k = 0; k < kc; k++) {
+      const float* src = B + (k0 + k) * ldb + j0;
+      float* dst = bp + k * GNR;
+      if (nr == GNR) {
+        memcpy(dst, src, sizeof(float) * GNR);
+      } else {
+        int c = 0;
+        for (; c < nr; c++) dst[c] = src[c];
+        for (; c < GNR; c++) dst[c] = 0.0f;
+      }
+    }
+  } else {
+    /* op(B)[k][j] = B[j][k]: transpose in strips of k so the writes stay in L1 */
+    if (nr < GNR)
+      for (long k = 0; k < kc; k++)
+        for (int c = nr; c < GNR; c++) bp[k * GNR + c] = 0.0f;
+    for (long kb = 0; kb < kc; kb += 64) {
+      const long ke = g_min(kc, kb + 64);
+      for (int c = 0; c < nr; c++) {
+        const float* src = B + (j0 + c) * ldb + k0;
+        for (long k = kb; k < ke; k++) bp[k * GNR + c] = src[k];
+      }
+    }
+  }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Driver.                                                                                    */
+
+typedef struct {
+  int transA, transB;
+  long M, N, K, lda, ldb, ldc;
+  float alpha, beta;
+  const float *A, *B;
+  float* C;
+  long mcb, kcb;        /* A block rows (multiple of GMR), K block depth */
+  long npan;            /* NR panels across N */
+  long nchunks, mslices; /* work items of one step: N chunks x M slices */
+  float* ap;            /* packed A block: mcb x kcb */
+} Plan;
+
+/* C = beta * C over the whole matrix (beta = 0 writes zeros without reading C). */
+static void scale_c(const Plan* p, long r0, long r1) {
+  for (long i = r0; i < r1; i++) {
+    float* row = p->C + i * p->ldc;
+    if (p->beta == 0.0f)
+      memset(row, 0, sizeof(float) * (size_t)p->N);
+    else if (p->beta != 1.0f)
+      for (long j = 0; j < p->N; j++) row[j] *= p->beta;
+  }
+}
+
+/* Packs MR panels [q0, q1) of the A block starting at row ic, K block pc. */
+static void pack_a_range(const Plan* p, long ic, long mc, long pc, long kc, long q0, long q1) {
+  for (long q = q0; q < q1; q++) {
+    const long i0 = ic + q * GMR;
+    pack_a_panel(p->transA, p->A, p->lda, i0, (int)g_min(GMR, ic + mc - i0), pc, kc, p->ap + q * GMR * kc);
+  }
+}
+
+/* One work item: N chunk `chunk` (whole NR panels) times M slice `slice` of the A block. */
+static void run_item(const Plan* p, long ic, long mc, long pc, long kc, long item, float* bp) {
+  const long chunk = item / p->mslices, slice = item % p->mslices;
+  const long pan0 = chunk * p->npan / p->nchunks, pan1 = (chunk + 1) * p->npan / p->nchunks;
+  const long mpan = g_cdiv(mc, GMR);
+  const long m0 = slice * mpan / p->mslices, m1 = (slice + 1) * mpan / p->mslices;
+  if (pan0 >= pan1 || m0 >= m1) return;
+  const float beta = pc == 0 ? p->beta : 1.0f;
+  /* B chunk in sub-blocks of at most GNC columns: each stays in L2 while the slice sweeps it */
+  const long span = GNC / GNR;
+  for (long b0 = pan0; b0 < pan1; b0 += span) {
+    const long b1 = g_min(pan1, b0 + span);
+    for (long q = b0; q < b1; q++) {
+      const long j0 = q * GNR;
+      pack_b_panel(p->transB, p->B, p->ldb, pc, kc, j0, (int)g_min(GNR, p->N - j0), bp + (q - b0) * GNR * kc);
+    }
+    for (long mq = m0; mq < m1; mq++) {
+      const long i0 = ic + mq * GMR;
+      const int mr = (int)g_min(GMR, ic + mc - i0);
+      const float* ap = p->ap + mq * GMR * kc;
+      for (long q = b0; q < b1; q++) {
+        const long j0 = q * GNR;
+        ukernel(kc, ap, bp + (q - b0) * GNR * kc, p->C + i0 * p->ldc + j0, p->ldc, mr, (int)g_min(GNR, p->N - j0),
+                p->alpha, beta);
+      }
+    }
+  }
+}
+
+/* One thread's (or the only thread's) part of the whole product; tid < nthr. */
+static void run_all(const Plan* p, int tid, int nthr, float* bp) {
+  const long items = p->nchunks * p->mslices;
+  for (long ic = 0; ic < p->M; ic += p->mcb) {
+    const long mc = g_min(p->mcb, p->M - ic), mpan = g_cdiv(mc, GMR);
+    for (long pc = 0; pc < p->K; pc += p->kcb) {
+      const long kc = g_min(p->kcb, p->K - pc);
+      /* every thread packs its share of the A block, then waits for the others */
+      pack_a_range(p, ic, mc, pc, kc, tid * mpan / nthr, (tid + 1) * mpan / nthr);
+#ifdef _OPENMP
+      if (nthr > 1) {
+#pragma omp barrier
+      }
+#endif
+      for (long it = tid; it < items; it += nthr) run_item(p, ic, mc, pc, kc, it, bp);
+#ifdef _OPENMP
+      /* the A block is repacked next step: nobody may still be reading it */
+      if (nthr > 1) {
+#pragma omp barrier
+      }
+#endif
+    }
+  }
+}
+
+/*
+ * C [M x N] = alpha * op(A) [M x K] * op(B) [K x N] + beta * C, all row-major:
+ *   A is stored M x K (lda >= K), or K x M when transA (lda >= M);
+ *   B is stored K x N (ldb >= N), or N x K when transB (ldb >= K);
+ *   C is stored M x N (ldc >= N). Any M, N, K >= 0; K = 0 or alpha = 0 gives C = beta * C
+ *   (A and B unread); beta = 0 overwrites C without reading it.
+ * threads <= 1 runs on the calling thread only.
+ * Returns 0, 1 for invalid arguments, 2 when memory runs out.
+ */
+GEMM_API int ra_gemm(int transA, int transB, int M, int N, int K, float alpha, const float* A, int lda,
+                     const float* B, int ldb, float beta, float* C, int ldc, int threads) {
+  if (M < 0 || N < 0 || K < 0) return 1;
+  const long rowsA = transA ? K : M, colsA = transA ? M : K;
+  const long rowsB = transB ? N : K, colsB = transB ? K : N;
+  if (lda < (colsA > 1 ? colsA : 1) || ldb < (colsB > 1 ? colsB : 1) || ldc < (N > 1 ? N : 1)) return 1;
+  if (M == 0 || N == 0) return 0;
+  if (!C) return 1;
+  Plan p;
+  memset(&p, 0, sizeof p);
+  p.transA = transA != 0, p.transB = transB != 0;
+  p.M = M, p.N = N, p.K = K, p.lda = lda, p.ldb = ldb, p.ldc = ldc;
+  p.alpha = alpha, p.beta = beta, p.A = A, p.B = B, p.C = C;
+  if (K == 0 || alpha == 0.0f) {
+    scale_c(&p, 0, M);
+    return 0;
+  }
+  if ((rowsA > 0 && !A) || (rowsB > 0 && !B)) return 1;
+
+  /* Blocks of equal size rather than full blocks and a sliver. */
+  p.kcb = g_cdiv(K, g_cdiv(K, GKC));
+  const long mpanels = g_cdiv(M, GMR), mblocks = g_cdiv(mpanels, GMC / GMR);
+  p.mcb = g_cdiv(mpanels, mblocks) * GMR;
+  p.npan = g_cdiv(N, GNR);
+
+  int nthr = threads > 1 ? threads : 1;
+#ifndef _OPENMP
+  nthr = 1;
+#endif
+  /* Work of one step: whole L2 chunks of B, as many as there are threads (or a multiple);
+   * when N is too narrow for that, the A block's rows are split as well. */
+  const long span = GNC / GNR;
+  p.nchunks = g_cdiv(p.npan, span);
+  if (nthr > 1) {
+    if (p.nchunks >= nthr) {
+      p.nchunks = g_cdiv(p.nchunks, nthr) * nthr;
+      if (p.nchunks > p.npan) p.nchunks = p.npan;
+      p.mslices = 1;
+    } else {
+      p.nchunks = g_min(p.npan, nthr);
+      p.mslices = g_cdiv(nthr, p.nchunks);
+    }
+    const long mpan = g_cdiv(p.mcb, GMR);
+    if (p.mslices > mpan) p.mslices = mpan;
+    if (p.nchunks * p.mslices < 2) nthr = 1;
+    if (nthr > p.nchunks * p.mslices) nthr = (int)(p.nchunks * p.mslices);
+  } else {
+    p.mslices = 1;
+  }
+
+  p.ap = g_alloc(p.mcb * p.kcb);
+  if (!p.ap) return 2;
+  const long bsize = g_min(span, p.npan) * GNR * p.kcb;
+#ifdef _OPENMP
+  if (nthr > 1) {
+    int failed = 0;
+#pragma omp parallel num_threads(nthr) shared(failed)
+    {
+      const int got = omp_get_num_threads(), tid = omp_get_thread_num();
+      float* bp = g_alloc(bsize);
+      /* every thread must reach the barriers of run_all, so a failed allocation is agreed on first */
+      if (!bp) {
+#pragma omp atomic write
+        failed = 1;
+      }
+#pragma omp barrier
+      int stop;
+#pragma omp atomic read
+      stop = failed;
+      if (!stop) run_all(&p, tid, got, bp);
+      free(bp);
+    }
+    free(p.ap);
+    return failed ? 2 : 0;
+  }
+#endif
+  float* bp = g_alloc(bsize);
+  if (!bp) {
+    free(p.ap);
+    return 2;
+  }
+  run_all(&p, 0, 1, bp);
+  free(bp);
+  free(p.ap);
+  return 0;
+}

@@ -1,0 +1,208 @@
+/**
+ * The worker side of a CPU rank group: what a rank program can do. It owns this rank's ring
+ * buffers (allocated once per plan and shared with the other ranks), runs ring attention on
+ * shards it is given, and offers small collectives over shared memory.
+ */
+import { performance } from 'node:perf_hooks';
+import type { Tracer } from '../core/device.js';
+import { RankError } from '../core/errors.js';
+import type { AttentionKernel } from '../core/kernel.js';
+import type { TraceEvent } from '../core/trace.js';
+import { ringForward } from '../ring/forward.js';
+import { ringBackward } from '../ring/backward.js';
+import { CpuBlock } from './block.js';
+import { CpuRankDevice, type AttnParams, type RankShard } from './device.js';
+import type { RingPlan } from './ring-plan.js';
+import { CpuTransport, FLAG_ABORT, seqBase, type NativePull } from './transport.js';
+import { loadNative } from './build.js';
+
+/** Flags after the transport's: [base + r] collective posted by r, [base + P + r] collective read by r. */
+const COLL = 0, COLL_READ = 1;
+export const groupFlagCount = (P: number, transportFlags: number) => transportFlags + 2 * P;
+
+/** Bytes of each rank's mailbox for collectives; larger messages go in pieces. */
+export const MAILBOX_BYTES = 1 << 20;
+
+function nativePull(): NativePull | null {
+  const n = loadNative();
+  if (!('lib' in n)) return null;
+  const lib = n.lib;
+  const start = lib.func('void* ra_pull_start(uint8_t* dst, const uint8_t* src, const int64_t* ranges, int nseg, int32_t* flags, int readyIdx, int want, int abortIdx)');
+  const wait = lib.func('int ra_pull_wait(void* handle, _Out_ int64_t* times)');
+  const now = lib.func('int64_t ra_now_ns()');
+  return {
+    start: (...a) => start(...a),
+    wait: (h, times) => wait(h, times) as number,
+    nowNs: () => BigInt(now() as number | bigint),
+  };
+}
+
+export interface RingRunResult {
+  o: Float32Array;
+  lse: Float32Array;
+  dq?: Float32Array;
+  dk?: Float32Array;
+  dv?: Float32Array;
+}
+
+interface RingState {
+  plan: RingPlan;
+  device: CpuRankDevice;
+  transport: CpuTransport;
+  dk: Float32Array;
+  dv: Float32Array;
+}
+
+export class CpuRank {
+  readonly events: TraceEvent[] = [];
+  readonly trace: Tracer;
+  private ring: RingState | null = null;
+  private epoch = 0;
+  private collEpoch = 0;
+  private readonly native = nativePull();
+  /** Set by the group worker: every rank's mailbox. */
+  mailboxes: Float32Array[] = [];
+  /** Test hook: fail at this compute step. */
+  fail?: { step: number; mode: 'throw' | 'exit' };
+  private computeSteps = 0;
+
+  constructor(
+    readonly rank: number,
+    readonly ranks: number,
+    readonly flags: Int32Array,
+    private readonly transportFlags: number,
+    readonly kernel: AttentionKernel,
+    runStart: number,
+    /** Share buffers with every rank (through the main thread); resolves to each rank's. */
+    readonly exchange: (name: string, bufs: SharedArrayBuffer[]) => Promise<SharedArrayBuffer[][]>,
+    /** Tell the main thread one compute step is done (progress bars). */
+    progress: () => void,
+  ) {
+    const origin = performance.timeOrigin;
+    this.trace = {
+      now: () => origin + performance.now() - runStart,
+      event: (e) => {
+        this.events.push(e);
+        if (e.kind !== 'compute') return;
+        progress();
+        if (this.fail && e.step === this.fail.step && this.computeSteps++ === 0) {
+          if (this.fail.mode === 'exit') process.exit(3);
+          throw new Error(`injected failure at step ${this.fail.step}`);
+        }
+      },
+    };
+  }
+
+  /** Bytes this rank holds in ring buffers, shards and accumulators. */
+  get bytesHeld(): number {
+    if (!this.ring) return 0;
+    return this.ring.device.bytesHeld() + this.ring.transport.bytesHeld + (this.mailboxes[this.rank]?.byteLength ?? 0);
+  }
+
+  get bytesIn(): number {
+    return this.ring?.transport.bytesIn ?? 0;
+  }
+
+  /** Allocate and share the ring buffers for a plan (once; every rank calls it together). */
+  async prepareRing(plan: RingPlan, params: AttnParams, shardRows: number): Promise<void> {
+    const row = params.Hk * params.D;
+    const dkSab = new SharedArrayBuffer(Math.max(1, shardRows) * row * 4);
+    const dvSab = new SharedArrayBuffer(Math.max(1, shardRows) * row * 4);
+    const empty: RankShard = { q: new Float32Array(0), k: new Float32Array(0), v: new Float32Array(0), pos: new Int32Array(0) };
+    const device = new CpuRankDevice(this.rank, empty, params, this.kernel, plan.layout, plan.sinkRows[this.rank], plan.sinkLayout, new Float32Array(dkSab), new Float32Array(dvSab));
+    const own = [device.blocks[0].sab, device.blocks[1].sab, dkSab, dvSab, ...(device.sinks ? [device.sinks[0].sab, device.sinks[1].sab] : [])];
+    const all = await this.exchange('ring', own);
+    const transport = new CpuTransport(
+      this.rank,
+      this.flags,
+      {
+        blocks: all.map((b) => [new CpuBlock(b[0], plan.layout), new CpuBlock(b[1], plan.layout)] as [CpuBlock, CpuBlock]),
+        dk: all.map((b) => new Float32Array(b[2])),
+        dv: all.map((b) => new Float32Array(b[3])),
+        counts: plan.counts,
+        segments: plan.segments,
+        sinkRows: plan.sinkRows,
+        sinks: plan.sinkLayout ? all.map((b) => [new CpuBlock(b[4], plan.sinkLayout!), new CpuBlock(b[5], plan.sinkLayout!)] as [CpuBlock, CpuBlock]) : null,
+      },
+      this.trace,
+      this.native,
+    );
+    this.ring = { plan, device, transport, dk: new Float32Array(dkSab), dv: new Float32Array(dvSab) };
+  }
+
+  /**
+   * Ring attention of this rank's shard (forward, and backward when the shard has dO). Every
+   * rank calls it together with shards of the prepared plan. Returns this rank's results; dk/dv
+   * are views of shared buffers valid until the next call.
+   */
+  ringAttention(shard: RankShard, params: AttnParams): RingRunResult {
+    const st = this.ring;
+    if (!st) throw new Error('ringAttention before prepareRing');
+    const e = ++this.epoch;
+    st.device.setShard(shard, params);
+    st.transport.begin(e, st.plan.schedule);
+    ringForward(st.device, st.transport, st.plan.schedule, this.trace, seqBase(e, this.ranks));
+    if (!shard.dO) return { o: st.device.o, lse: st.device.lse };
+    st.dk.fill(0);
+    st.dv.fill(0);
+    st.transport.beginBackward();
+    ringBackward(st.device, st.transport, st.plan.schedule, this.trace, seqBase(e, this.ranks) + this.ranks);
+    const n = shard.pos.length * params.Hk * params.D;
+    return { o: st.device.o, lse: st.device.lse, dq: st.device.dq, dk: st.dk.subarray(0, n), dv: st.dv.subarray(0, n) };
+  }
+
+  private checkAbort(): void {
+    if (Atomics.load(this.flags, FLAG_ABORT) !== 0) throw new RankError(this.rank, 'stopped because another rank failed', true);
+  }
+
+  private waitFlag(idx: number, want: number): void {
+    for (;;) {
+      const v = Atomics.load(this.flags, idx);
+      if (v >= want) return;
+      this.checkAbort();
+      Atomics.wait(this.flags, idx, v, 50);
+    }
+  }
+
+  private post(idx: number, value: number): void {
+    Atomics.store(this.flags, idx, value);
+    Atomics.notify(this.flags, idx);
+  }
+
+  private collFlag(kind: number, r: number): number {
+    return this.transportFlags + kind * this.ranks + r;
+  }
+
+  /** Every rank's `data` (same length on every rank), in rank order. */
+  allGather(data: Float32Array): Float32Array[] {
+    const out = Array.from({ length: this.ranks }, () => new Float32Array(data.length));
+    const piece = MAILBOX_BYTES / 4;
+    for (let off = 0; off < data.length || off === 0; off += piece) {
+      const len = Math.min(piece, data.length - off);
+      const e = ++this.collEpoch;
+      // Our mailbox is free once every rank has read the previous collective.
+      for (let q = 0; q < this.ranks; q++) this.waitFlag(this.collFlag(COLL_READ, q), e - 1);
+      this.mailboxes[this.rank].set(data.subarray(off, off + len));
+      this.post(this.collFlag(COLL, this.rank), e);
+      for (let q = 0; q < this.ranks; q++) {
+        this.waitFlag(this.collFlag(COLL, q), e);
+        out[q].set(this.mailboxes[q].subarray(0, len), off);
+      }
+      this.post(this.collFlag(COLL_READ, this.rank), e);
+      if (data.length === 0) break;
+    }
+    return out;
+  }
+
+  /** Sum `data` over all ranks, in place (the same order on every rank, so identical results). */
+  allReduceSum(data: Float32Array): void {
+    const parts = this.allGather(data);
+    data.fill(0);
+    for (const p of parts) for (let i = 0; i < data.length; i++) data[i] += p[i];
+  }
+
+  /** Wait until every rank has reached this point. */
+  barrier(): void {
+    this.allGather(new Float32Array(0));
+  }
+}

@@ -71,3 +71,29 @@ export function computeDelta(o: Float32Array, dO: Float32Array, rows: number, D:
   }
   return delta;
 }
+
+/** What one rank holds for a ring run: its shards of Q, K, V (and dO), positions and segment ids. */
+export interface RankShard {
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+  dO?: Float32Array;
+  pos: Int32Array;
+  /** Segment id of each local row (packed documents), if any. */
+  seg?: Int32Array;
+}
+
+/** Attention dimensions and mask of a ring run (window 0 = none; sinks only with a window). */
+export interface AttnParams {
+  H: number;
+  Hk: number;
+  D: number;
+  scale: number;
+  causal: boolean;
+  window: number;
+  sinks: number;
+  blockQ?: number;
+  blockK?: number;
+  threads?: number;
+}
+

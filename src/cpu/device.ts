@@ -1,31 +1,9 @@
 import type { RingDevice } from '../core/device.js';
-import { computeDelta, type AttentionKernel, type BlockArgs } from '../core/kernel.js';
+import { computeDelta, type AttentionKernel, type AttnParams, type BlockArgs, type RankShard } from '../core/kernel.js';
 import type { BlockClass } from '../core/mask.js';
 import { CpuBlock, type BlockLayout } from './block.js';
 
-/** What one CPU rank holds: its shards of Q, K, V (and dO), positions and segment ids. */
-export interface RankShard {
-  q: Float32Array;
-  k: Float32Array;
-  v: Float32Array;
-  dO?: Float32Array;
-  pos: Int32Array;
-  /** Segment id of each local row (packed documents), if any. */
-  seg?: Int32Array;
-}
-
-export interface AttnParams {
-  H: number;
-  Hk: number;
-  D: number;
-  scale: number;
-  causal: boolean;
-  window: number;
-  sinks: number;
-  blockQ?: number;
-  blockK?: number;
-  threads?: number;
-}
+export type { RankShard, AttnParams } from '../core/kernel.js';
 
 /** A CPU rank as a ring device: owns its shard, its two block buffers and its accumulators. */
 export class CpuRankDevice implements RingDevice<CpuBlock> {

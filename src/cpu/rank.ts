@@ -12,7 +12,10 @@ import { ringForward } from '../ring/forward.js';
 import { ringBackward } from '../ring/backward.js';
 import { CpuBlock } from './block.js';
 import { CpuRankDevice, type AttnParams, type RankShard } from './device.js';
-import type { RingPlan } from './ring-plan.js';
+import { ringPlan, type RingPlan } from './ring-plan.js';
+import type { Linear, RankContext } from '../core/group.js';
+import type { MaskSpec } from '../core/mask.js';
+import type { AttnParams as Params } from '../core/kernel.js';
 import { CpuTransport, FLAG_ABORT, seqBase, type NativePull } from './transport.js';
 import { loadNative } from './build.js';
 
@@ -22,6 +25,19 @@ export const groupFlagCount = (P: number, transportFlags: number) => transportFl
 
 /** Bytes of each rank's mailbox for collectives; larger messages go in pieces. */
 export const MAILBOX_BYTES = 1 << 20;
+
+/** Plain loops: the fallback linear layer. */
+export const naiveLinear: Linear = (x, w, bias, rows, inDim, outDim, y) => {
+  for (let r = 0; r < rows; r++) {
+    for (let o = 0; o < outDim; o++) {
+      let s = bias ? bias[o] : 0;
+      const xo = r * inDim;
+      const wo = o * inDim;
+      for (let i = 0; i < inDim; i++) s += x[xo + i] * w[wo + i];
+      y[r * outDim + o] = s;
+    }
+  }
+};
 
 function nativePull(): NativePull | null {
   const n = loadNative();
@@ -53,10 +69,13 @@ interface RingState {
   dv: Float32Array;
 }
 
-export class CpuRank {
+export class CpuRank implements RankContext {
   readonly events: TraceEvent[] = [];
   readonly trace: Tracer;
-  private ring: RingState | null = null;
+  /** Ring buffers per key (one per distinct plan, e.g. per sliding window of a model's layers). */
+  private rings = new Map<string, RingState>();
+  /** y = x·wᵀ + b; the native GEMM when it is available. */
+  linear: Linear = naiveLinear;
   private epoch = 0;
   private collEpoch = 0;
   private readonly native = nativePull();
@@ -95,23 +114,35 @@ export class CpuRank {
 
   /** Bytes this rank holds in ring buffers, shards and accumulators. */
   get bytesHeld(): number {
-    if (!this.ring) return 0;
-    return this.ring.device.bytesHeld() + this.ring.transport.bytesHeld + (this.mailboxes[this.rank]?.byteLength ?? 0);
+    let n = this.mailboxes[this.rank]?.byteLength ?? 0;
+    for (const st of this.rings.values()) n += st.device.bytesHeld() + st.transport.bytesHeld;
+    return n;
   }
 
   get bytesIn(): number {
-    return this.ring?.transport.bytesIn ?? 0;
+    let n = 0;
+    for (const st of this.rings.values()) n += st.transport.bytesIn;
+    return n;
   }
 
-  /** Allocate and share the ring buffers for a plan (once; every rank calls it together). */
-  async prepareRing(plan: RingPlan, params: AttnParams, shardRows: number): Promise<void> {
+  resetRings(): void {
+    this.rings.clear();
+  }
+
+  async prepareRingFor(key: string, shards: { pos: Int32Array; seg?: Int32Array }[], params: Params, mask: MaskSpec, backward: boolean): Promise<void> {
+    if (this.rings.has(key)) return;
+    await this.prepareRing(ringPlan(shards, params, mask, backward), params, shards[this.rank].pos.length, key);
+  }
+
+  /** Allocate and share the ring buffers for a plan (once per key; every rank calls it together). */
+  async prepareRing(plan: RingPlan, params: AttnParams, shardRows: number, key = 'default'): Promise<void> {
     const row = params.Hk * params.D;
     const dkSab = new SharedArrayBuffer(Math.max(1, shardRows) * row * 4);
     const dvSab = new SharedArrayBuffer(Math.max(1, shardRows) * row * 4);
     const empty: RankShard = { q: new Float32Array(0), k: new Float32Array(0), v: new Float32Array(0), pos: new Int32Array(0) };
     const device = new CpuRankDevice(this.rank, empty, params, this.kernel, plan.layout, plan.sinkRows[this.rank], plan.sinkLayout, new Float32Array(dkSab), new Float32Array(dvSab));
     const own = [device.blocks[0].sab, device.blocks[1].sab, dkSab, dvSab, ...(device.sinks ? [device.sinks[0].sab, device.sinks[1].sab] : [])];
-    const all = await this.exchange('ring', own);
+    const all = await this.exchange(`ring:${key}`, own);
     const transport = new CpuTransport(
       this.rank,
       this.flags,
@@ -127,7 +158,7 @@ export class CpuRank {
       this.trace,
       this.native,
     );
-    this.ring = { plan, device, transport, dk: new Float32Array(dkSab), dv: new Float32Array(dvSab) };
+    this.rings.set(key, { plan, device, transport, dk: new Float32Array(dkSab), dv: new Float32Array(dvSab) });
   }
 
   /**
@@ -135,9 +166,9 @@ export class CpuRank {
    * rank calls it together with shards of the prepared plan. Returns this rank's results; dk/dv
    * are views of shared buffers valid until the next call.
    */
-  ringAttention(shard: RankShard, params: AttnParams): RingRunResult {
-    const st = this.ring;
-    if (!st) throw new Error('ringAttention before prepareRing');
+  ringAttention(shard: RankShard, params: AttnParams, key = 'default'): RingRunResult {
+    const st = this.rings.get(key);
+    if (!st) throw new Error(`ringAttention before prepareRing('${key}')`);
     const e = ++this.epoch;
     st.device.setShard(shard, params);
     st.transport.begin(e, st.plan.schedule);

@@ -1,0 +1,40 @@
+import type { AttentionKernel, AttnParams, RankShard } from './kernel.js';
+import type { MaskSpec } from './mask.js';
+import type { Tracer } from './device.js';
+
+/** y[rows, out] = x[rows, in] · wᵀ (+ bias), w stored [out, in] as in PyTorch's Linear. */
+export type Linear = (x: Float32Array, w: Float32Array, bias: Float32Array | undefined, rows: number, inDim: number, outDim: number, y: Float32Array) => void;
+
+export interface RingResult {
+  o: Float32Array;
+  lse: Float32Array;
+  dq?: Float32Array;
+  dk?: Float32Array;
+  dv?: Float32Array;
+}
+
+/**
+ * What a rank program (a model's prefill, decode, training step) may use on its rank, whatever
+ * the backend: ring attention over the group on this rank's shard, the local block kernel,
+ * small collectives, and a linear layer. Every rank runs the same program (SPMD) and makes the
+ * same collective calls in the same order.
+ */
+export interface RankContext {
+  readonly rank: number;
+  readonly ranks: number;
+  readonly kernel: AttentionKernel;
+  readonly trace: Tracer;
+  readonly linear: Linear;
+  /**
+   * Prepare ring buffers under `key` for shards at these positions (every rank's, in rank
+   * order), once, before ringAttention with that key. All ranks call it together.
+   */
+  prepareRingFor(key: string, shards: { pos: Int32Array; seg?: Int32Array }[], params: AttnParams, mask: MaskSpec, backward: boolean): Promise<void>;
+  /** Ring attention of this rank's shard (the backward too when it has dO). All ranks call it together. */
+  ringAttention(shard: RankShard, params: AttnParams, key: string): RingResult;
+  /** Drop every prepared ring (a new prompt layout follows). All ranks call it together. */
+  resetRings(): void;
+  allGather(data: Float32Array): Float32Array[];
+  allReduceSum(data: Float32Array): void;
+  barrier(): void;
+}

@@ -1,0 +1,170 @@
+/**
+ * A long-context model on a ring of CPU ranks: prefill a long prompt split across the ranks by
+ * layout, then decode with the KV cache sharded across them.
+ *
+ *   const m = await RingModel.create(cfg, weights, { devices: 4 });
+ *   const logits = await m.prefill(ids, 'all');      // [S, vocab]
+ *   const next = await m.generate(ids, { maxNewTokens: 32 });
+ */
+import { InputError } from './core/errors.js';
+import { shardPositions, gatherRows, scatterRows, type Layout } from './core/layout.js';
+import type { ModelConfig } from './model/config.js';
+import { readHfConfig } from './model/config.js';
+import { loadWeights, type ModelWeights, type LayerWeights } from './model/weights.js';
+import { argmax, sampleTopP } from './model/layers.js';
+import type { ModelOptions } from './model/llama.js';
+import type { PrefillArg } from './model/program.js';
+import type { CpuGroup } from './cpu/group.js';
+
+export interface RingModelOptions extends ModelOptions {
+  devices?: number;
+  layout?: Layout;
+  kernel?: 'auto' | 'c' | 'ts';
+}
+
+export interface GenerateOptions {
+  maxNewTokens: number;
+  /** 0 (the default) is greedy. */
+  temperature?: number;
+  topP?: number;
+  seed?: number;
+  /** Stop at any of these token ids (default: the config's eos_token_id). */
+  stop?: number[];
+  onToken?: (token: number) => void;
+  onPrefill?: () => void;
+}
+
+/** Copy the weights into one SharedArrayBuffer so every rank reads them without a copy each. */
+function shareWeights(w: ModelWeights): ModelWeights {
+  const arrays: Float32Array[] = [w.embed, w.finalNorm, ...w.layers.flatMap((l) => Object.values(l).filter(Boolean) as Float32Array[])];
+  if (w.lmHead !== w.embed) arrays.push(w.lmHead);
+  const total = arrays.reduce((n, a) => n + a.length, 0);
+  const sab = new SharedArrayBuffer(total * 4);
+  let off = 0;
+  const share = (a: Float32Array) => {
+    const v = new Float32Array(sab, off * 4, a.length);
+    v.set(a);
+    off += a.length;
+    return v;
+  };
+  const embed = share(w.embed);
+  const layers = w.layers.map((l) => Object.fromEntries(Object.entries(l).filter(([, a]) => a).map(([k, a]) => [k, share(a as Float32Array)])) as unknown as LayerWeights);
+  return { embed, finalNorm: share(w.finalNorm), layers, lmHead: w.lmHead === w.embed ? embed : share(w.lmHead) };
+}
+
+export class RingModel {
+  private cachedPerRank: number[] = [];
+  private nextPos = 0;
+
+  private constructor(
+    readonly cfg: ModelConfig,
+    private readonly group: CpuGroup,
+    readonly layout: Layout,
+  ) {}
+
+  get devices(): number {
+    return this.group.ranks;
+  }
+
+  get kernel(): string {
+    return this.group.kernel;
+  }
+
+  static async create(cfg: ModelConfig, weights: ModelWeights, opts: RingModelOptions = {}): Promise<RingModel> {
+    const P = opts.devices ?? 1;
+    if (!Number.isInteger(P) || P < 1) throw new InputError('devices', `expected a positive integer, got ${opts.devices}`);
+    const { CpuGroup } = await import('./cpu/group.js');
+    const group = await CpuGroup.start(P, { kernel: opts.kernel, program: new URL('./model/program.js', import.meta.url).href });
+    try {
+      const shared = shareWeights(weights);
+      await group.call('setup', Array.from({ length: P }, () => ({ cfg, weights: shared, opts: { sinks: opts.sinks, threads: opts.threads } })));
+    } catch (e) {
+      await group.close();
+      throw e;
+    }
+    return new RingModel(cfg, group, opts.layout ?? 'zigzag');
+  }
+
+  /** Load a Hugging Face style checkpoint directory (config.json + safetensors). */
+  static async load(dir: string, opts: RingModelOptions = {}): Promise<RingModel> {
+    const cfg = readHfConfig(dir);
+    return RingModel.create(cfg, loadWeights(dir, cfg), opts);
+  }
+
+  private checkIds(ids: Int32Array, arg: string): void {
+    if (ids.length === 0) throw new InputError(arg, 'expected at least one token');
+    for (let i = 0; i < ids.length; i++) {
+      if (!Number.isInteger(ids[i]) || ids[i] < 0 || ids[i] >= this.cfg.vocabSize) throw new InputError(arg, `token ${i} is ${ids[i]}; expected an id in [0, ${this.cfg.vocabSize})`);
+    }
+  }
+
+  /**
+   * Run the prompt through the model on the ring; the KV cache is kept for decode. Returns the
+   * logits of every position ([S, vocab], 'all') or of the last one ([vocab], 'last').
+   */
+  async prefill(ids: Int32Array, which: 'all' | 'last' = 'last', reserve = 0): Promise<Float32Array> {
+    this.checkIds(ids, 'tokens');
+    const S = ids.length;
+    const P = this.group.ranks;
+    const positions = shardPositions(S, P, this.layout);
+    const args: PrefillArg[] = positions.map((pos) => ({ ids: gatherRows(ids, 1, pos), pos, positions, reserve: Math.ceil(reserve / P) + 1, logits: which, lastPos: S - 1 }));
+    const res = await this.group.call<{ logits: Float32Array | null; cached: number }>('prefill', args);
+    this.cachedPerRank = res.map((r) => r.cached);
+    this.nextPos = S;
+    const V = this.cfg.vocabSize;
+    if (which === 'last') return res.find((r) => r.logits)!.logits!;
+    const out = new Float32Array(S * V);
+    res.forEach((r, i) => scatterRows(out, V, positions[i], r.logits!));
+    return out;
+  }
+
+  /**
+   * Feed one token (at the next position) and return the logits after it. Its key/value join
+   * the rank holding the fewest cached tokens, so cache memory stays balanced.
+   */
+  async decode(token: number): Promise<Float32Array> {
+    if (this.nextPos === 0) throw new InputError('decode', 'expected a prefill first');
+    this.checkIds(Int32Array.of(token), 'token');
+    const owner = this.cachedPerRank.indexOf(Math.min(...this.cachedPerRank));
+    const pos = this.nextPos++;
+    const res = await this.group.call<{ logits: Float32Array | null; cached: number }>('decode', this.cachedPerRank.map(() => ({ token, pos, owner })));
+    this.cachedPerRank = res.map((r) => r.cached);
+    return res[0].logits!;
+  }
+
+  /** Tokens in each rank's KV cache. */
+  get cacheTokens(): number[] {
+    return [...this.cachedPerRank];
+  }
+
+  async generate(ids: Int32Array, o: GenerateOptions): Promise<Int32Array> {
+    if (!Number.isInteger(o.maxNewTokens) || o.maxNewTokens < 0) throw new InputError('maxNewTokens', `expected a non-negative integer, got ${o.maxNewTokens}`);
+    const temperature = o.temperature ?? 0;
+    const topP = o.topP ?? 1;
+    if (!(temperature >= 0)) throw new InputError('temperature', `expected >= 0, got ${temperature}`);
+    if (!(topP > 0 && topP <= 1)) throw new InputError('topP', `expected 0 < topP <= 1, got ${topP}`);
+    const eos = this.cfg.eosTokenId;
+    const stop = new Set(o.stop ?? (eos === undefined ? [] : Array.isArray(eos) ? eos : [eos]));
+    let s = (o.seed ?? 0) >>> 0 || 0x9e3779b9;
+    const rand = () => {
+      s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+      return s / 4294967296;
+    };
+    const out: number[] = [];
+    if (o.maxNewTokens === 0) return new Int32Array(0);
+    let logits = await this.prefill(ids, 'last', o.maxNewTokens);
+    o.onPrefill?.();
+    for (;;) {
+      const t = temperature === 0 ? argmax(logits) : sampleTopP(logits, temperature, topP, rand);
+      out.push(t);
+      o.onToken?.(t);
+      if (out.length >= o.maxNewTokens || stop.has(t)) break;
+      logits = await this.decode(t);
+    }
+    return Int32Array.from(out);
+  }
+
+  async close(): Promise<void> {
+    await this.group.close();
+  }
+}

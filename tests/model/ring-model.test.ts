@@ -1,0 +1,108 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { RingModel } from '../../src/llm.js';
+import { parseHfConfig, type ModelConfig } from '../../src/model/config.js';
+import { initWeights, type ModelWeights } from '../../src/model/weights.js';
+import { LAYOUTS } from '../../src/core/layout.js';
+import { assertClose, freshSeed, rng } from '../helpers/check.js';
+
+/** A tiny llama (or mistral with a window) with non-trivial norm weights. */
+function tiny(window?: number): { cfg: ModelConfig; weights: ModelWeights } {
+  const cfg = parseHfConfig({
+    model_type: window ? 'mistral' : 'llama',
+    vocab_size: 61,
+    hidden_size: 32,
+    intermediate_size: 48,
+    num_hidden_layers: 2,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000,
+    max_position_embeddings: 4096,
+    tie_word_embeddings: false,
+    ...(window ? { sliding_window: window } : {}),
+  });
+  const weights = initWeights(cfg, 7, 0.2);
+  const r = rng(3);
+  for (const l of weights.layers) for (const n of [l.inputNorm, l.postNorm]) for (let i = 0; i < n.length; i++) n[i] = 0.5 + r();
+  return { cfg, weights };
+}
+
+function tokens(n: number, vocab: number, seed: number): Int32Array {
+  const r = rng(seed);
+  return Int32Array.from({ length: n }, () => Math.floor(r() * vocab));
+}
+
+test('ring prefill logits on P ranks equal one rank (every layout, full and windowed layers)', async () => {
+  const seed = freshSeed();
+  for (const window of [undefined, 13]) {
+    const { cfg, weights } = tiny(window);
+    const ids = tokens(71, cfg.vocabSize, seed);
+    const one = await RingModel.create(cfg, weights, { devices: 1 });
+    const ref = await one.prefill(ids, 'all');
+    await one.close();
+    for (const P of [3, 4])
+      for (const layout of LAYOUTS) {
+        const m = await RingModel.create(cfg, weights, { devices: P, layout });
+        try {
+          const got = await m.prefill(ids, 'all');
+          assertClose(got, ref, 1e-4, `seed ${seed} window ${window} P=${P} ${layout}`);
+          assert.equal(m.cacheTokens.reduce((a, b) => a + b, 0), ids.length);
+        } finally {
+          await m.close();
+        }
+      }
+  }
+});
+
+test('decode after prefill equals recomputing the whole sequence; the cache stays balanced', async () => {
+  const seed = freshSeed();
+  const { cfg, weights } = tiny(9);
+  const prompt = tokens(40, cfg.vocabSize, seed);
+  const more = tokens(7, cfg.vocabSize, seed + 1);
+  const m = await RingModel.create(cfg, weights, { devices: 3, layout: 'zigzag' });
+  const full = await RingModel.create(cfg, weights, { devices: 2, layout: 'striped' });
+  try {
+    await m.prefill(prompt, 'last', more.length);
+    let seq = prompt;
+    for (const t of more) {
+      const got = await m.decode(t);
+      seq = Int32Array.from([...seq, t]);
+      const want = await full.prefill(seq, 'last');
+      assertClose(got, want, 1e-4, `seed ${seed} after ${seq.length} tokens`);
+    }
+    const c = m.cacheTokens;
+    assert.equal(c.reduce((a, b) => a + b, 0), prompt.length + more.length);
+    assert.ok(Math.max(...c) - Math.min(...c) <= 1, `balanced cache: ${c}`);
+  } finally {
+    await m.close();
+    await full.close();
+  }
+});
+
+test('greedy generation is the same on 1 and 4 ranks', async () => {
+  const { cfg, weights } = tiny();
+  const prompt = tokens(33, cfg.vocabSize, 5);
+  const outs: Int32Array[] = [];
+  for (const P of [1, 4]) {
+    const m = await RingModel.create(cfg, weights, { devices: P });
+    try {
+      outs.push(await m.generate(prompt, { maxNewTokens: 6 }));
+    } finally {
+      await m.close();
+    }
+  }
+  assert.deepEqual([...outs[1]], [...outs[0]]);
+  assert.equal(outs[0].length, 6);
+});
+
+test('bad token ids are named', async () => {
+  const { cfg, weights } = tiny();
+  const m = await RingModel.create(cfg, weights, { devices: 2 });
+  try {
+    await assert.rejects(m.prefill(Int32Array.of(1, 2, 999)), /tokens: token 2 is 999; expected an id in \[0, 61\)/);
+    await assert.rejects(m.decode(3), /expected a prefill first/);
+  } finally {
+    await m.close();
+  }
+});

@@ -82,7 +82,9 @@ export class RingModel {
       await group.close();
       throw e;
     }
-    return new RingModel(cfg, group, opts.layout ?? 'zigzag');
+    const m = new RingModel(cfg, group, opts.layout ?? 'zigzag');
+    m.weightBytes = [weights.embed, weights.finalNorm, ...weights.layers.flatMap((l) => Object.values(l).filter(Boolean) as Float32Array[]), ...(weights.lmHead === weights.embed ? [] : [weights.lmHead])].reduce((n, a) => n + a.byteLength, 0);
+    return m;
   }
 
   /** Load a Hugging Face style checkpoint directory (config.json + safetensors). */
@@ -131,6 +133,14 @@ export class RingModel {
     this.cachedPerRank = res.map((r) => r.cached);
     return res[0].logits!;
   }
+
+  /** Per rank: KV cache bytes, ring buffer bytes, cached tokens. */
+  async stats(): Promise<{ cacheBytes: number; ringBytes: number; cached: number }[]> {
+    return this.group.call('stats', this.cachedPerRank.map(() => null));
+  }
+
+  /** Bytes of the weights (one copy shared by the ranks on a CPU). */
+  weightBytes = 0;
 
   /** Tokens in each rank's KV cache. */
   get cacheTokens(): number[] {

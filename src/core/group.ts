@@ -25,6 +25,8 @@ export interface RankContext {
   readonly kernel: AttentionKernel;
   readonly trace: Tracer;
   readonly linear: Linear;
+  /** Bytes this rank holds in ring buffers and accumulators (not counting what the program allocates). */
+  readonly bytesHeld: number;
   /**
    * Prepare ring buffers under `key` for shards at these positions (every rank's, in rank
    * order), once, before ringAttention with that key. All ranks call it together.

@@ -1,4 +1,5 @@
 /** The io layer: `.npy` and safetensors readers/writers, atomic output files. */
+export { readTokens } from './tokens.js';
 export { AtomicOutputs, checkOutputPath, readInputFile, writeFileAtomic } from './atomic.js';
 export {
   type NpyDType,

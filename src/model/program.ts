@@ -45,6 +45,13 @@ export const methods = {
     return { logits: i < 0 ? null : m.logits(h.subarray(i * hid, (i + 1) * hid), 1), cached: m.cached };
   },
 
+  /** Bytes this rank holds: KV cache, ring buffers (the weights are shared, counted apart). */
+  stats(ctx: RankContext) {
+    const m = need();
+    const cache = m.cache.reduce((n, c) => n + c.k.byteLength + c.v.byteLength + c.pos.byteLength, 0);
+    return { cacheBytes: cache, ringBytes: ctx.bytesHeld, cached: m.cached };
+  },
+
   decode(ctx: RankContext, arg: unknown) {
     const { token, pos, owner } = arg as { token: number; pos: number; owner: number };
     const logits = need().decode(token, pos, owner);

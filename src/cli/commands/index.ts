@@ -2,10 +2,12 @@ import type { Command } from 'commander';
 import { registerAttend } from './attend.js';
 import { registerDemo } from './demo.js';
 import { registerPlan } from './plan.js';
+import { registerModelCommands } from './model.js';
 
 /** Each command lives in its own file and registers itself here. */
 export function registerCommands(program: Command): void {
   registerAttend(program);
   registerDemo(program);
   registerPlan(program);
+  registerModelCommands(program);
 }

@@ -1,0 +1,158 @@
+import type { Command } from 'commander';
+import { readFileSync, existsSync } from 'node:fs';
+import { InputError } from '../../core/errors.js';
+import { parseLayout } from '../../core/layout.js';
+import { plan, formatPlan } from '../../core/plan.js';
+import { formatBytes } from '../../core/plan.js';
+import { encodeNpy, readTokens, writeFileAtomic, checkOutputPath } from '../../io/index.js';
+import { readHfConfig } from '../../model/config.js';
+import { hasTokenizer, loadTokenizer } from '../../model/tokenizer.js';
+import { RingModel } from '../../llm.js';
+import { intOpt, numOpt } from '../util.js';
+import { progressBar } from '../progress.js';
+
+interface ModelFlags {
+  model: string;
+  devices: string;
+  layout: string;
+  kernel: string;
+  sinks?: string;
+}
+
+function modelOptions(c: Command): Command {
+  return c
+    .requiredOption('--model <dir>', 'checkpoint directory: config.json, model.safetensors (or an index and shards), tokenizer.json')
+    .option('--devices <P>', 'CPU ranks in the ring', '1')
+    .option('--layout <name>', 'contiguous, zigzag or striped', 'zigzag')
+    .option('--kernel <name>', 'auto, c or ts', 'auto')
+    .option('--sinks <N>', 'attention sinks kept visible in sliding-window layers');
+}
+
+async function open(f: ModelFlags): Promise<RingModel> {
+  if (!existsSync(f.model)) throw new InputError('--model', `${f.model} does not exist; expected a checkpoint directory`);
+  if (!['auto', 'c', 'ts'].includes(f.kernel)) throw new InputError('--kernel', `expected auto, c or ts, got '${f.kernel}'`);
+  return RingModel.load(f.model, {
+    devices: intOpt('--devices', f.devices, { min: 1 }),
+    layout: parseLayout(f.layout, '--layout'),
+    kernel: f.kernel as 'auto',
+    sinks: intOpt('--sinks', f.sinks, { min: 0 }),
+  });
+}
+
+/** Prompt ids from --tokens or --prompt-file/--text (through the model's tokenizer). */
+function promptIds(f: { model: string; tokens?: string; promptFile?: string }): Int32Array {
+  if (f.tokens && f.promptFile) throw new InputError('--tokens', 'expected either --tokens or --prompt-file, not both');
+  if (f.tokens) return readTokens(f.tokens, '--tokens');
+  if (f.promptFile) {
+    if (!existsSync(f.promptFile)) throw new InputError('--prompt-file', `${f.promptFile} does not exist`);
+    return Int32Array.from(loadTokenizer(f.model).encode(readFileSync(f.promptFile, 'utf8')));
+  }
+  throw new InputError('--tokens', 'expected --tokens FILE or --prompt-file FILE');
+}
+
+export function registerModelCommands(program: Command): void {
+  modelOptions(program.command('generate').description('prefill a prompt on a ring of CPU ranks, then decode over the sharded KV cache'))
+    .option('--tokens <file>', 'prompt token ids: .npy (int32/int64), JSON array, or whitespace-separated')
+    .option('--prompt-file <file>', 'prompt text, tokenized with the model\'s tokenizer.json')
+    .option('--max-new-tokens <N>', 'tokens to generate', '32')
+    .option('--temperature <T>', '0 is greedy', '0')
+    .option('--top-p <X>', 'nucleus sampling mass', '1')
+    .option('--seed <n>', 'sampling seed', '0')
+    .option('--out-tokens <file>', 'write the new ids as int32 .npy')
+    .option('--plan', 'print the planner\'s prediction first')
+    .option('--quiet', 'print only the generated text or ids')
+    .action(async (f: ModelFlags & { tokens?: string; promptFile?: string; maxNewTokens: string; temperature: string; topP: string; seed: string; outTokens?: string; plan?: boolean; quiet?: boolean }) => {
+      const maxNew = intOpt('--max-new-tokens', f.maxNewTokens, { min: 0 })!;
+      const temperature = numOpt('--temperature', f.temperature)!;
+      if (temperature < 0) throw new InputError('--temperature', `expected >= 0, got ${f.temperature}`);
+      const topP = numOpt('--top-p', f.topP)!;
+      if (!(topP > 0 && topP <= 1)) throw new InputError('--top-p', `expected 0 < p <= 1, got ${f.topP}`);
+      const seed = intOpt('--seed', f.seed, { min: 0 })!;
+      if (f.outTokens) checkOutputPath(f.outTokens, '--out-tokens');
+      const ids = promptIds(f);
+      const cfg = readHfConfig(f.model);
+      const P = intOpt('--devices', f.devices, { min: 1 })!;
+      if (f.plan) {
+        const p = plan({ seq: ids.length + maxNew, heads: cfg.numHeads, kvHeads: cfg.numKvHeads, headDim: cfg.headDim, devices: P, dtype: 'fp32', device: 'cpu', layers: cfg.numLayers, mode: 'prefill', layout: parseLayout(f.layout, '--layout') });
+        process.stderr.write(formatPlan(p) + '\n\n');
+      }
+      const tok = hasTokenizer(f.model) ? loadTokenizer(f.model) : null;
+      const log = (s: string) => {
+        if (!f.quiet) process.stderr.write(s);
+      };
+      const m = await open(f);
+      try {
+        log(`ringattn generate: ${ids.length} prompt tokens on ${m.devices} CPU rank(s), ${m.layout}, kernel ${m.kernel}\n`);
+        const bar = f.quiet ? null : progressBar('prefill');
+        const t0 = performance.now();
+        let t1 = t0;
+        const out: number[] = [];
+        let printed = '';
+        const res = await m.generate(ids, {
+          maxNewTokens: maxNew,
+          temperature,
+          topP,
+          seed,
+          onPrefill: () => {
+            bar?.stop();
+            t1 = performance.now();
+          },
+          onToken: (t) => {
+            out.push(t);
+            if (tok) {
+              // Print the text as it grows (a token may complete a multi-byte character later).
+              const text = tok.decode(out);
+              if (text.startsWith(printed) && !text.endsWith('\uFFFD')) {
+                process.stdout.write(text.slice(printed.length));
+                printed = text;
+              }
+            } else process.stdout.write(`${out.length > 1 ? ' ' : ''}${t}`);
+          },
+        });
+        if (tok) {
+          const text = tok.decode(out);
+          if (text.startsWith(printed)) process.stdout.write(text.slice(printed.length));
+        }
+        process.stdout.write('\n');
+        const t2 = performance.now();
+        const stats = await m.stats();
+        const peak = Math.max(...stats.map((s) => s.cacheBytes + s.ringBytes));
+        log(
+          `prefill ${((t1 - t0) / 1000).toFixed(2)} s (${(ids.length / ((t1 - t0) / 1000)).toFixed(0)} tokens/s), ` +
+            `decode ${res.length} tokens in ${((t2 - t1) / 1000).toFixed(2)} s (${(res.length / Math.max(1e-9, (t2 - t1) / 1000)).toFixed(1)} tokens/s); ` +
+            `peak per rank ${formatBytes(peak)} (KV cache + ring buffers) + weights ${formatBytes(m.weightBytes)} shared; cache tokens per rank ${m.cacheTokens.join('/')}\n`,
+        );
+        if (f.outTokens) writeFileAtomic(f.outTokens, encodeNpy({ dtype: 'int32', shape: [res.length], data: res }), '--out-tokens');
+      } finally {
+        await m.close();
+      }
+    });
+
+  modelOptions(program.command('logits').description('float32 logits [S, vocab] of every position of a token sequence'))
+    .requiredOption('--tokens <file>', 'token ids: .npy (int32/int64), JSON array, or whitespace-separated')
+    .requiredOption('--out <file>', 'output .npy, float32 [S, vocab]')
+    .action(async (f: ModelFlags & { tokens: string; out: string }) => {
+      checkOutputPath(f.out, '--out');
+      const ids = readTokens(f.tokens, '--tokens');
+      const m = await open(f);
+      try {
+        const logits = await m.prefill(ids, 'all');
+        writeFileAtomic(f.out, encodeNpy({ dtype: 'float32', shape: [ids.length, m.cfg.vocabSize], data: logits }), '--out');
+      } finally {
+        await m.close();
+      }
+    });
+
+  program
+    .command('tokenize')
+    .description('print the token ids of a text as a JSON array')
+    .requiredOption('--model <dir>', 'directory with tokenizer.json')
+    .option('--text <s>', 'the text')
+    .option('--text-file <file>', 'a file holding the text')
+    .action((f: { model: string; text?: string; textFile?: string }) => {
+      if ((f.text === undefined) === (f.textFile === undefined)) throw new InputError('--text', 'expected exactly one of --text or --text-file');
+      if (f.textFile && !existsSync(f.textFile)) throw new InputError('--text-file', `${f.textFile} does not exist`);
+      const text = f.text ?? readFileSync(f.textFile!, 'utf8');
+      process.stdout.write(JSON.stringify(loadTokenizer(f.model).encode(text)) + '\n');
+    });
+}

@@ -1,0 +1,89 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, existsSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseHfConfig } from '../../src/model/config.js';
+import { initWeights, saveWeights } from '../../src/model/weights.js';
+import { readNpy, readNpyFloat32 } from '../../src/io/index.js';
+import { RingModel } from '../../src/llm.js';
+import { assertClose } from '../helpers/check.js';
+
+const BIN = join(process.cwd(), 'bin', 'ringattn.js');
+const cli = (args: string[]) => {
+  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+};
+const WORDS = 'the quick brown fox jumps over lazy dog a b c d e f g h i j k l m n o p q r s t u v w x y z'.split(' ');
+
+/** A tiny checkpoint directory: config.json, model.safetensors, a word-level tokenizer.json. */
+function checkpoint() {
+  const dir = mkdtempSync(join(tmpdir(), 'ringattn-model-'));
+  const vocab = Object.fromEntries([['[UNK]', 0], ...WORDS.map((w, i) => [w, i + 1])]);
+  const cfg = parseHfConfig({ model_type: 'mistral', vocab_size: WORDS.length + 1, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, rms_norm_eps: 1e-6, rope_theta: 10000, sliding_window: 11, tie_word_embeddings: true, max_position_embeddings: 1024 });
+  const weights = initWeights(cfg, 11, 0.3);
+  saveWeights(dir, cfg, weights);
+  writeFileSync(
+    join(dir, 'tokenizer.json'),
+    JSON.stringify({ version: '1.0', truncation: null, padding: null, added_tokens: [], normalizer: null, pre_tokenizer: { type: 'Whitespace' }, post_processor: null, decoder: null, model: { type: 'WordLevel', vocab, unk_token: '[UNK]' } }),
+  );
+  return { dir, cfg, weights };
+}
+
+test('logits, generate and tokenize on a checkpoint directory', async () => {
+  const { dir, cfg, weights } = checkpoint();
+  const ids = Array.from({ length: 45 }, (_, i) => (i * 7 + 3) % cfg.vocabSize);
+  writeFileSync(join(dir, 'ids.json'), JSON.stringify(ids));
+  writeFileSync(join(dir, 'ids.txt'), ids.join(' '));
+  const ref = await RingModel.create(cfg, weights, { devices: 1 });
+  try {
+    const want = await ref.prefill(Int32Array.from(ids), 'all');
+    const r = cli(['logits', '--model', dir, '--tokens', join(dir, 'ids.json'), '--out', join(dir, 'logits.npy'), '--devices', '3', '--layout', 'striped']);
+    assert.equal(r.code, 0, r.stderr);
+    const got = readNpyFloat32(join(dir, 'logits.npy'));
+    assert.deepEqual(got.shape, [45, cfg.vocabSize]);
+    assertClose(got.data, want, 1e-4, 'logits');
+
+    const greedy = await ref.generate(Int32Array.from(ids), { maxNewTokens: 5 });
+    const g = cli(['generate', '--model', dir, '--tokens', join(dir, 'ids.txt'), '--max-new-tokens', '5', '--devices', '2', '--out-tokens', join(dir, 'new.npy')]);
+    assert.equal(g.code, 0, g.stderr);
+    const newIds = readNpy(join(dir, 'new.npy'));
+    assert.equal(newIds.dtype, 'int32');
+    assert.deepEqual([...newIds.data], [...greedy]);
+    assert.match(g.stderr, /tokens\/s/);
+    assert.match(g.stderr, /peak per rank/);
+  } finally {
+    await ref.close();
+  }
+  const t = cli(['tokenize', '--model', dir, '--text', 'the quick brown fox']);
+  assert.equal(t.code, 0, t.stderr);
+  assert.deepEqual(JSON.parse(t.stdout), [1, 2, 3, 4]);
+  writeFileSync(join(dir, 'prompt.txt'), 'the lazy dog jumps over the quick brown fox a b c');
+  const p = cli(['generate', '--model', dir, '--prompt-file', join(dir, 'prompt.txt'), '--max-new-tokens', '4', '--devices', '2', '--quiet']);
+  assert.equal(p.code, 0, p.stderr);
+  assert.equal(p.stdout.trim().split(/\s+/).length, 4, `four words: ${p.stdout}`);
+  for (const w of p.stdout.trim().split(/\s+/)) assert.ok(WORDS.includes(w), w);
+});
+
+test('model commands reject bad input with exit 2 and no output file', () => {
+  const { dir } = checkpoint();
+  writeFileSync(join(dir, 'bad.json'), '[1, 2, 999]');
+  const cases: [string[], RegExp][] = [
+    [['logits', '--model', join(dir, 'nope'), '--tokens', join(dir, 'bad.json'), '--out', join(dir, 'o.npy')], /^ringattn: --model: .*does not exist/],
+    [['logits', '--model', dir, '--tokens', join(dir, 'bad.json'), '--out', join(dir, 'o.npy')], /^ringattn: tokens: token 2 is 999; expected an id in \[0, 35\)/],
+    [['logits', '--model', dir, '--tokens', join(dir, 'missing.json'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: /],
+    [['generate', '--model', dir, '--tokens', join(dir, 'bad.json'), '--top-p', '0'], /^ringattn: --top-p: expected 0 < p <= 1/],
+    [['generate', '--model', dir, '--tokens', join(dir, 'bad.json'), '--out-tokens', join(dir, 'no', 'x.npy')], /^ringattn: --out-tokens: /],
+    [['tokenize', '--model', dir], /^ringattn: --text: expected exactly one of --text or --text-file/],
+  ];
+  mkdirSync(join(dir, 'empty'));
+  cases.push([['tokenize', '--model', join(dir, 'empty'), '--text', 'x'], /^ringattn: --model: .*has no tokenizer.json/]);
+  for (const [args, re] of cases) {
+    const r = cli(args);
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.match(r.stderr, re);
+  }
+  assert.ok(!existsSync(join(dir, 'o.npy')));
+});

@@ -13,7 +13,7 @@ import { readHfConfig } from './model/config.js';
 import { loadWeights, type ModelWeights, type LayerWeights } from './model/weights.js';
 import { argmax, sampleTopP } from './model/layers.js';
 import type { ModelOptions } from './model/llama.js';
-import type { PrefillArg } from './model/program.js';
+import type { PrefillArg, TrainArg } from './model/program.js';
 import type { CpuGroup } from './cpu/group.js';
 
 export interface RingModelOptions extends ModelOptions {
@@ -172,6 +172,21 @@ export class RingModel {
       logits = await this.decode(t);
     }
     return Int32Array.from(out);
+  }
+
+  /**
+   * One training step on a sequence: `targets[t]` is the token expected after position t
+   * (IGNORE_INDEX, -100, to skip). Loss is the mean over counted targets of all ranks; the
+   * ranks' gradients are summed, clipped to `clip` and applied with AdamW.
+   */
+  async trainStep(ids: Int32Array, targets: Int32Array, o: { lr: number; clip?: number; weightDecay?: number; returnGrads?: boolean }): Promise<{ loss: number; count: number; norm: number; grads?: Record<string, Float32Array> }> {
+    this.checkIds(ids, 'tokens');
+    if (targets.length !== ids.length) throw new InputError('targets', `expected ${ids.length} targets (one per token), got ${targets.length}`);
+    const positions = shardPositions(ids.length, this.group.ranks, this.layout);
+    const args: TrainArg[] = positions.map((pos) => ({ ids: gatherRows(ids, 1, pos), pos, targets: gatherRows(targets, 1, pos), positions, lr: o.lr, clip: o.clip ?? 1, weightDecay: o.weightDecay ?? 0.01, returnGrads: o.returnGrads }));
+    const res = await this.group.call<{ loss: number; count: number; norm: number; grads?: Record<string, Float32Array> }>('trainStep', args);
+    this.nextPos = 0; // the KV cache no longer matches the weights
+    return res[0];
   }
 
   async close(): Promise<void> {

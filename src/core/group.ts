@@ -5,6 +5,9 @@ import type { Tracer } from './device.js';
 /** y[rows, out] = x[rows, in] · wᵀ (+ bias), w stored [out, in] as in PyTorch's Linear. */
 export type Linear = (x: Float32Array, w: Float32Array, bias: Float32Array | undefined, rows: number, inDim: number, outDim: number, y: Float32Array) => void;
 
+/** C = op(A)·op(B) + beta·C, row-major, op(A) [M, K], op(B) [K, N]; A stored [K, M] when transA, B stored [N, K] when transB. */
+export type Gemm = (transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, B: Float32Array, beta: 0 | 1, C: Float32Array) => void;
+
 export interface RingResult {
   o: Float32Array;
   lse: Float32Array;
@@ -25,6 +28,7 @@ export interface RankContext {
   readonly kernel: AttentionKernel;
   readonly trace: Tracer;
   readonly linear: Linear;
+  readonly gemm: Gemm;
   /** Bytes this rank holds in ring buffers and accumulators (not counting what the program allocates). */
   readonly bytesHeld: number;
   /**

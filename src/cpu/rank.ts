@@ -13,7 +13,7 @@ import { ringBackward } from '../ring/backward.js';
 import { CpuBlock } from './block.js';
 import { CpuRankDevice, type AttnParams, type RankShard } from './device.js';
 import { ringPlan, type RingPlan } from './ring-plan.js';
-import type { Linear, RankContext } from '../core/group.js';
+import type { Gemm, Linear, RankContext } from '../core/group.js';
 import type { MaskSpec } from '../core/mask.js';
 import type { AttnParams as Params } from '../core/kernel.js';
 import { CpuTransport, FLAG_ABORT, seqBase, type NativePull } from './transport.js';
@@ -35,6 +35,17 @@ export const naiveLinear: Linear = (x, w, bias, rows, inDim, outDim, y) => {
       const wo = o * inDim;
       for (let i = 0; i < inDim; i++) s += x[xo + i] * w[wo + i];
       y[r * outDim + o] = s;
+    }
+  }
+};
+
+/** Plain loops: the fallback GEMM. */
+export const naiveGemm: Gemm = (tA, tB, M, N, K, A, B, beta, C) => {
+  for (let i = 0; i < M; i++) {
+    for (let j = 0; j < N; j++) {
+      let s = 0;
+      for (let p = 0; p < K; p++) s += (tA ? A[p * M + i] : A[i * K + p]) * (tB ? B[j * K + p] : B[p * N + j]);
+      C[i * N + j] = beta ? C[i * N + j] + s : s;
     }
   }
 };
@@ -76,6 +87,8 @@ export class CpuRank implements RankContext {
   private rings = new Map<string, RingState>();
   /** y = x·wᵀ + b; the native GEMM when it is available. */
   linear: Linear = naiveLinear;
+  /** C = op(A)·op(B) + beta·C; the native GEMM when it is available. */
+  gemm: Gemm = naiveGemm;
   private epoch = 0;
   private collEpoch = 0;
   private readonly native = nativePull();

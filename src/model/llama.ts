@@ -63,19 +63,20 @@ export class RankModel {
     return `w${this.cfg.slidingWindow[l] ?? 0}`;
   }
 
-  /** Prepare the ring for a prompt laid out as `positions` (every rank's). */
-  async prepare(positions: Int32Array[]): Promise<void> {
+  /** Prepare the ring for a prompt laid out as `positions` (every rank's); `backward` for training. */
+  async prepare(positions: Int32Array[], backward = false): Promise<void> {
     const seen = new Set<string>();
     for (let l = 0; l < this.cfg.numLayers; l++) {
       const key = this.ringKey(l);
       if (seen.has(key)) continue;
       seen.add(key);
       const p = this.params(l);
-      await this.ctx.prepareRingFor(key, positions.map((pos) => ({ pos })), p, { causal: true, window: p.window || undefined, sinks: p.sinks }, false);
+      await this.ctx.prepareRingFor(key, positions.map((pos) => ({ pos })), p, { causal: true, window: p.window || undefined, sinks: p.sinks }, backward);
     }
   }
 
-  private qkv(lw: LayerWeights, n: Float32Array, rows: number, pos: Int32Array) {
+  /** q, k, v of normed rows n, with RoPE at `pos` applied to q and k. */
+  qkv(lw: LayerWeights, n: Float32Array, rows: number, pos: Int32Array) {
     const c = this.cfg;
     const qd = c.numHeads * c.headDim;
     const kd = c.numKvHeads * c.headDim;
@@ -99,7 +100,7 @@ export class RankModel {
   }
 
   /** h += down(silu(gate(n)) * up(n)), n = rmsNorm(h), over blocks of FFN_BLOCK rows. */
-  private feedForward(lw: LayerWeights, h: Float32Array, rows: number): void {
+  feedForward(lw: LayerWeights, h: Float32Array, rows: number): void {
     const c = this.cfg;
     const hid = c.hiddenSize;
     const f = c.intermediateSize;

@@ -6,6 +6,8 @@ import type { RankContext } from '../core/group.js';
 import type { ModelConfig } from './config.js';
 import { RankModel, type ModelOptions } from './llama.js';
 import type { ModelWeights } from './weights.js';
+import { AdamW, clipGradNorm } from './adamw.js';
+import { paramList, trainStep, zeroGrads } from './train.js';
 
 let model: RankModel | null = null;
 
@@ -26,7 +28,7 @@ export interface PrefillArg {
   lastPos: number;
 }
 
-export const methods = {
+export const methods: Record<string, (ctx: RankContext, arg: unknown) => unknown> = {
   setup(ctx: RankContext, arg: unknown) {
     const { cfg, weights, opts } = arg as { cfg: ModelConfig; weights: ModelWeights; opts: ModelOptions };
     model = new RankModel(ctx, cfg, weights, opts);
@@ -58,3 +60,56 @@ export const methods = {
     return { logits: ctx.rank === 0 ? logits : null, cached: need().cached };
   },
 };
+
+// ---- training ----------------------------------------------------------------------------
+
+let grads: ModelWeights | null = null;
+let optimizer: AdamW | null = null;
+let preparedFor = '';
+
+export interface TrainArg {
+  ids: Int32Array;
+  pos: Int32Array;
+  targets: Int32Array;
+  positions: Int32Array[];
+  lr: number;
+  /** Clip the global gradient norm to this (0: no clipping). */
+  clip: number;
+  weightDecay: number;
+  /** Return the summed gradients (tests). */
+  returnGrads?: boolean;
+}
+
+Object.assign(methods, {
+  /** One optimizer step on every rank together: rank 0 updates the shared weights. */
+  async trainStep(ctx: RankContext, arg: unknown) {
+    const a = arg as TrainArg;
+    const m = need();
+    const layoutKey = a.positions.map((p) => `${p.length}:${p[0]}`).join(',');
+    if (layoutKey !== preparedFor) {
+      ctx.resetRings();
+      await m.prepare(a.positions, true);
+      preparedFor = layoutKey;
+    }
+    grads ??= zeroGrads(m.w);
+    const params = paramList(m.w, grads);
+    for (const p of params) p.grad.fill(0);
+    const { loss, count } = trainStep(m, a.ids, a.pos, a.targets, grads);
+    let norm = 0;
+    const raw = a.returnGrads && ctx.rank === 0 ? Object.fromEntries(params.map((p) => [p.name, p.grad.slice()])) : undefined;
+    if (ctx.rank === 0) {
+      norm = clipGradNorm(params.map((p) => p.grad), a.clip > 0 ? a.clip : Infinity);
+      optimizer ??= new AdamW(params, { lr: a.lr, weightDecay: a.weightDecay });
+      if (a.lr > 0) optimizer.step(a.lr);
+    }
+    ctx.barrier(); // the others wait until rank 0 has updated the shared weights
+    const out: Record<string, unknown> = { loss, count, norm };
+    if (raw) out.grads = raw; // before clipping
+    return out;
+  },
+
+  /** Optimizer state (rank 0) for checkpoints. */
+  optimizerState(ctx: RankContext) {
+    return ctx.rank === 0 && optimizer ? { step: optimizer.stepCount, state: optimizer.stateDict() } : null;
+  },
+});

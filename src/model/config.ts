@@ -188,6 +188,8 @@ function parseRope(r: Reader, modelType: ModelType, maxPos: number): RopeConfig 
   } else {
     rope.originalMaxPositionEmbeddings = origMax();
     // transformers 5: an explicit factor wins; without one, max_position_embeddings / original.
+    // (transformers 4.4x-4.5x replaced an explicit factor by max / original whenever the dict
+    // named original_max_position_embeddings; 5.x only warns when the two disagree.)
     rope.factor = d.has('factor') ? d.num('factor', { positive: true }) : maxPos / rope.originalMaxPositionEmbeddings;
     const opt = (key: string, positive = false) => d.optNum(key, positive);
     const set = <K extends keyof RopeConfig>(k: K, v: RopeConfig[K] | undefined) => {

@@ -145,7 +145,10 @@ function assign(weights: ModelWeights, cfg: ModelConfig, name: string, data: Flo
  * before any is converted: a missing, extra, misshapen or non-float tensor throws an
  * InputError naming the file, the tensor and the shape the config expects. With tied
  * embeddings a stored `lm_head.weight` is accepted and ignored: `lmHead` is the embedding
- * table, as transformers ties it (some exports, e.g. early Qwen1.5 ones, carry a redundant copy).
+ * table, as transformers ties it (the head is the embedding parameter; some exports, e.g. early
+ * Qwen1.5 ones, carry a redundant copy). A stored head that differs from the embedding is
+ * ignored too; vllm-project/vllm#51665 reports that recent transformers keeps such a head
+ * untied instead, which we do not do.
  */
 export function loadWeights(dir: string, cfg: ModelConfig): ModelWeights {
   const index = readSafetensorsIndex(dir);

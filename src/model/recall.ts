@@ -1,0 +1,53 @@
+/**
+ * A synthetic long-range task: key-value recall. A sequence opens with `pairs` tokens, each
+ * binding a key to a value; filler follows up to the sequence length; it closes with queries,
+ * each a key whose target is the value it was bound to at the start. A model sees the answer
+ * only by attending across the whole sequence, so full attention can learn it and a short
+ * sliding window cannot.
+ *
+ * Vocabulary: [0, F) filler, then K query-key tokens, then K·V pair tokens (key k bound to value
+ * v), then V value tokens (the targets).
+ */
+import { IGNORE_INDEX } from './layers.js';
+
+export interface RecallSpec {
+  keys: number;
+  values: number;
+  filler: number;
+  /** Pairs at the start and queries at the end of each sequence. */
+  pairs: number;
+}
+
+export const DEFAULT_RECALL: RecallSpec = { keys: 16, values: 16, filler: 16, pairs: 16 };
+
+export function recallVocab(s: RecallSpec): number {
+  return s.filler + s.keys + s.keys * s.values + s.values;
+}
+
+/** One sequence of length S with its targets (IGNORE_INDEX except at the queries). */
+export function recallSequence(s: RecallSpec, S: number, rand: () => number): { ids: Int32Array; targets: Int32Array } {
+  const n = Math.min(s.pairs, s.keys);
+  if (S < 2 * n + 1) throw new RangeError(`sequence length ${S} too short for ${n} pairs and queries`);
+  const ids = new Int32Array(S);
+  const targets = new Int32Array(S).fill(IGNORE_INDEX);
+  const keyTok = (k: number) => s.filler + k;
+  const pairTok = (k: number, v: number) => s.filler + s.keys + k * s.values + v;
+  const valueTok = (v: number) => s.filler + s.keys + s.keys * s.values + v;
+  // Distinct keys, each bound to a random value.
+  const keys = Array.from({ length: s.keys }, (_, i) => i);
+  for (let i = keys.length - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [keys[i], keys[j]] = [keys[j], keys[i]];
+  }
+  const bound = keys.slice(0, n).map((k) => ({ k, v: Math.floor(rand() * s.values) }));
+  bound.forEach(({ k, v }, i) => (ids[i] = pairTok(k, v)));
+  for (let t = n; t < S - n; t++) ids[t] = Math.floor(rand() * s.filler);
+  // Queries in another order; the target of a query is its value token.
+  const order = bound.map((_, i) => i).sort(() => rand() - 0.5);
+  order.forEach((i, q) => {
+    const t = S - n + q;
+    ids[t] = keyTok(bound[i].k);
+    targets[t] = valueTok(bound[i].v);
+  });
+  return { ids, targets };
+}

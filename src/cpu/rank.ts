@@ -18,6 +18,7 @@ import type { MaskSpec } from '../core/mask.js';
 import type { AttnParams as Params } from '../core/kernel.js';
 import { CpuTransport, FLAG_ABORT, seqBase, type NativePull } from './transport.js';
 import { loadNative } from './build.js';
+import { gemm as cGemm } from './gemm.js';
 
 /** Flags after the transport's: [base + r] collective posted by r, [base + P + r] collective read by r. */
 const COLL = 0, COLL_READ = 1;
@@ -111,6 +112,12 @@ export class CpuRank implements RankContext {
     progress: () => void,
   ) {
     const origin = performance.timeOrigin;
+    // The native GEMM (or its TypeScript fallback) for the model's linear layers.
+    this.gemm = (transA, transB, M, N, K, A, B, beta, C) => cGemm({ transA, transB, M, N, K, A, B, beta, C, kernel: kernel.name === 'ts' ? 'ts' : 'auto' });
+    this.linear = (x, w, bias, rows, inDim, outDim, y) => {
+      if (bias) for (let r = 0; r < rows; r++) y.set(bias, r * outDim);
+      this.gemm(false, true, rows, outDim, inDim, x, w, bias ? 1 : 0, y);
+    };
     this.trace = {
       now: () => origin + performance.now() - runStart,
       event: (e) => {

@@ -102,10 +102,10 @@ GINLINE gvf g_mul(gvf a, gvf b) { return a * b; }
 #define GKC 384
 #endif
 #ifndef GNC
-#define GNC 512
+#define GNC 256
 #endif
 #ifndef GMC
-#define GMC 1536
+#define GMC 2048
 #endif
 
 static inline long g_min(long a, long b) { return a < b ? a : b; }
@@ -240,15 +240,15 @@ typedef struct {
   float alpha, beta;
   const float *A, *B;
   float* C;
-  long mcb, kcb;        /* A block rows (multiple of GMR), K block depth */
-  long npan;            /* NR panels across N */
+  long mcb, kcb;         /* A block rows (multiple of GMR), K block depth */
+  long npan;             /* NR panels across N */
   long nchunks, mslices; /* work items of one step: N chunks x M slices */
-  float* ap;            /* packed A block: mcb x kcb */
+  float* ap[2];          /* packed A blocks (mcb x kcb), alternating between steps */
 } Plan;
 
 /* C = beta * C over the whole matrix (beta = 0 writes zeros without reading C). */
-static void scale_c(const Plan* p, long r0, long r1) {
-  for (long i = r0; i < r1; i++) {
+static void scale_c(const Plan* p) {
+  for (long i = 0; i < p->M; i++) {
     float* row = p->C + i * p->ldc;
     if (p->beta == 0.0f)
       memset(row, 0, sizeof(float) * (size_t)p->N);
@@ -257,16 +257,8 @@ static void scale_c(const Plan* p, long r0, long r1) {
   }
 }
 
-/* Packs MR panels [q0, q1) of the A block starting at row ic, K block pc. */
-static void pack_a_range(const Plan* p, long ic, long mc, long pc, long kc, long q0, long q1) {
-  for (long q = q0; q < q1; q++) {
-    const long i0 = ic + q * GMR;
-    pack_a_panel(p->transA, p->A, p->lda, i0, (int)g_min(GMR, ic + mc - i0), pc, kc, p->ap + q * GMR * kc);
-  }
-}
-
 /* One work item: N chunk `chunk` (whole NR panels) times M slice `slice` of the A block. */
-static void run_item(const Plan* p, long ic, long mc, long pc, long kc, long item, float* bp) {
+static void run_item(const Plan* p, const float* apk, long ic, long mc, long pc, long kc, long item, float* bp) {
   const long chunk = item / p->mslices, slice = item % p->mslices;
   const long pan0 = chunk * p->npan / p->nchunks, pan1 = (chunk + 1) * p->npan / p->nchunks;
   const long mpan = g_cdiv(mc, GMR);
@@ -284,7 +276,7 @@ static void run_item(const Plan* p, long ic, long mc, long pc, long kc, long ite
     for (long mq = m0; mq < m1; mq++) {
       const long i0 = ic + mq * GMR;
       const int mr = (int)g_min(GMR, ic + mc - i0);
-      const float* ap = p->ap + mq * GMR * kc;
+      const float* ap = apk + mq * GMR * kc;
       for (long q = b0; q < b1; q++) {
         const long j0 = q * GNR;
         ukernel(kc, ap, bp + (q - b0) * GNR * kc, p->C + i0 * p->ldc + j0, p->ldc, mr, (int)g_min(GNR, p->N - j0),
@@ -294,27 +286,29 @@ static void run_item(const Plan* p, long ic, long mc, long pc, long kc, long ite
   }
 }
 
-/* One thread's (or the only thread's) part of the whole product; tid < nthr. */
-static void run_all(const Plan* p, int tid, int nthr, float* bp) {
+/*
+ * The whole product, run by every thread of the team (or by the caller alone, where the
+ * worksharing loops below are plain loops). A step is one (A block, K block): the team packs
+ * the A block, waits (the loop's barrier), then takes items dynamically, so a thread that the
+ * OS preempts does less. No barrier ends a step: the next step packs into the other A buffer,
+ * and its barrier is only passed once every thread has finished the step before, which also
+ * orders the updates of the same C tiles by consecutive K blocks.
+ */
+static void run_steps(const Plan* p, float* bp) {
   const long items = p->nchunks * p->mslices;
+  long step = 0;
   for (long ic = 0; ic < p->M; ic += p->mcb) {
     const long mc = g_min(p->mcb, p->M - ic), mpan = g_cdiv(mc, GMR);
-    for (long pc = 0; pc < p->K; pc += p->kcb) {
+    for (long pc = 0; pc < p->K; pc += p->kcb, step++) {
       const long kc = g_min(p->kcb, p->K - pc);
-      /* every thread packs its share of the A block, then waits for the others */
-      pack_a_range(p, ic, mc, pc, kc, tid * mpan / nthr, (tid + 1) * mpan / nthr);
-#ifdef _OPENMP
-      if (nthr > 1) {
-#pragma omp barrier
+      float* apk = p->ap[step & 1] ? p->ap[step & 1] : p->ap[0];
+#pragma omp for schedule(dynamic, 4)
+      for (long q = 0; q < mpan; q++) {
+        const long i0 = ic + q * GMR;
+        pack_a_panel(p->transA, p->A, p->lda, i0, (int)g_min(GMR, ic + mc - i0), pc, kc, apk + q * GMR * kc);
       }
-#endif
-      for (long it = tid; it < items; it += nthr) run_item(p, ic, mc, pc, kc, it, bp);
-#ifdef _OPENMP
-      /* the A block is repacked next step: nobody may still be reading it */
-      if (nthr > 1) {
-#pragma omp barrier
-      }
-#endif
+#pragma omp for schedule(dynamic, 1) nowait
+      for (long it = 0; it < items; it++) run_item(p, apk, ic, mc, pc, kc, it, bp);
     }
   }
 }
@@ -342,7 +336,7 @@ GEMM_API int ra_gemm(int transA, int transB, int M, int N, int K, float alpha, c
   p.M = M, p.N = N, p.K = K, p.lda = lda, p.ldb = ldb, p.ldc = ldc;
   p.alpha = alpha, p.beta = beta, p.A = A, p.B = B, p.C = C;
   if (K == 0 || alpha == 0.0f) {
-    scale_c(&p, 0, M);
+    scale_c(&p);
     return 0;
   }
   if ((rowsA > 0 && !A) || (rowsB > 0 && !B)) return 1;
@@ -357,38 +351,36 @@ GEMM_API int ra_gemm(int transA, int transB, int M, int N, int K, float alpha, c
 #ifndef _OPENMP
   nthr = 1;
 #endif
-  /* Work of one step: whole L2 chunks of B, as many as there are threads (or a multiple);
-   * when N is too narrow for that, the A block's rows are split as well. */
+  /* Items of one step: N chunks of at most GNC columns, at least two items per thread so the
+   * dynamic schedule can even out a preempted thread; where N is too narrow for that, the A
+   * block's rows are split as well (each slice packs its own copy of the chunk of B). */
   const long span = GNC / GNR;
   p.nchunks = g_cdiv(p.npan, span);
+  p.mslices = 1;
   if (nthr > 1) {
-    if (p.nchunks >= nthr) {
-      p.nchunks = g_cdiv(p.nchunks, nthr) * nthr;
-      if (p.nchunks > p.npan) p.nchunks = p.npan;
-      p.mslices = 1;
-    } else {
-      p.nchunks = g_min(p.npan, nthr);
-      p.mslices = g_cdiv(nthr, p.nchunks);
-    }
+    const long want = 2L * nthr;
+    if (p.nchunks < want) p.nchunks = g_min(p.npan, want);
     const long mpan = g_cdiv(p.mcb, GMR);
-    if (p.mslices > mpan) p.mslices = mpan;
+    if (p.nchunks < want) p.mslices = g_min(g_cdiv(want, p.nchunks), g_cdiv(mpan, 4));
+    if (p.mslices < 1) p.mslices = 1;
     if (p.nchunks * p.mslices < 2) nthr = 1;
     if (nthr > p.nchunks * p.mslices) nthr = (int)(p.nchunks * p.mslices);
-  } else {
-    p.mslices = 1;
   }
 
-  p.ap = g_alloc(p.mcb * p.kcb);
-  if (!p.ap) return 2;
+  p.ap[0] = g_alloc(p.mcb * p.kcb);
+  if (nthr > 1) p.ap[1] = g_alloc(p.mcb * p.kcb); /* one thread needs no second buffer */
+  if (!p.ap[0] || (nthr > 1 && !p.ap[1])) {
+    free(p.ap[0]), free(p.ap[1]);
+    return 2;
+  }
   const long bsize = g_min(span, p.npan) * GNR * p.kcb;
+  int failed = 0;
 #ifdef _OPENMP
   if (nthr > 1) {
-    int failed = 0;
 #pragma omp parallel num_threads(nthr) shared(failed)
     {
-      const int got = omp_get_num_threads(), tid = omp_get_thread_num();
       float* bp = g_alloc(bsize);
-      /* every thread must reach the barriers of run_all, so a failed allocation is agreed on first */
+      /* every thread must meet the barriers of run_steps, so a failed allocation is agreed on first */
       if (!bp) {
 #pragma omp atomic write
         failed = 1;
@@ -397,20 +389,19 @@ GEMM_API int ra_gemm(int transA, int transB, int M, int N, int K, float alpha, c
       int stop;
 #pragma omp atomic read
       stop = failed;
-      if (!stop) run_all(&p, tid, got, bp);
+      if (!stop) run_steps(&p, bp);
       free(bp);
     }
-    free(p.ap);
-    return failed ? 2 : 0;
-  }
+  } else
 #endif
-  float* bp = g_alloc(bsize);
-  if (!bp) {
-    free(p.ap);
-    return 2;
+  {
+    float* bp = g_alloc(bsize);
+    if (bp)
+      run_steps(&p, bp);
+    else
+      failed = 1;
+    free(bp);
   }
-  run_all(&p, 0, 1, bp);
-  free(bp);
-  free(p.ap);
-  return 0;
+  free(p.ap[0]), free(p.ap[1]);
+  return failed ? 2 : 0;
 }

@@ -54,6 +54,8 @@ function shareWeights(w: ModelWeights): ModelWeights {
 
 export class RingModel {
   private cachedPerRank: number[] = [];
+  /** The weights the ranks read (shared memory; training updates them in place). */
+  private shared!: ModelWeights;
   private nextPos = 0;
 
   private constructor(
@@ -75,14 +77,15 @@ export class RingModel {
     if (!Number.isInteger(P) || P < 1) throw new InputError('devices', `expected a positive integer, got ${opts.devices}`);
     const { CpuGroup } = await import('./cpu/group.js');
     const group = await CpuGroup.start(P, { kernel: opts.kernel, program: new URL('./model/program.js', import.meta.url).href });
+    const shared = shareWeights(weights);
     try {
-      const shared = shareWeights(weights);
       await group.call('setup', Array.from({ length: P }, () => ({ cfg, weights: shared, opts: { sinks: opts.sinks, threads: opts.threads } })));
     } catch (e) {
       await group.close();
       throw e;
     }
     const m = new RingModel(cfg, group, opts.layout ?? 'zigzag');
+    m.shared = shared;
     m.weightBytes = [weights.embed, weights.finalNorm, ...weights.layers.flatMap((l) => Object.values(l).filter(Boolean) as Float32Array[]), ...(weights.lmHead === weights.embed ? [] : [weights.lmHead])].reduce((n, a) => n + a.byteLength, 0);
     return m;
   }
@@ -136,7 +139,7 @@ export class RingModel {
 
   /** Per rank: KV cache bytes, ring buffer bytes, cached tokens. */
   async stats(): Promise<{ cacheBytes: number; ringBytes: number; cached: number }[]> {
-    return this.group.call('stats', this.cachedPerRank.map(() => null));
+    return this.group.call('stats', Array(this.group.ranks).fill(null));
   }
 
   /** Bytes of the weights (one copy shared by the ranks on a CPU). */
@@ -187,6 +190,20 @@ export class RingModel {
     const res = await this.group.call<{ loss: number; count: number; norm: number; grads?: Record<string, Float32Array> }>('trainStep', args);
     this.nextPos = 0; // the KV cache no longer matches the weights
     return res[0];
+  }
+
+  /** The current weights (as training left them). */
+  get weights(): ModelWeights {
+    return this.shared;
+  }
+
+  /** AdamW state for a checkpoint (null before the first training step). */
+  async optimizerState(): Promise<{ step: number; state: Record<string, Float32Array> } | null> {
+    return (await this.group.call<{ step: number; state: Record<string, Float32Array> } | null>('optimizerState', Array(this.group.ranks).fill(null)))[0];
+  }
+
+  async loadOptimizerState(state: Record<string, Float32Array>, lr: number, weightDecay: number): Promise<void> {
+    await this.group.call('loadOptimizerState', Array(this.group.ranks).fill({ state, lr, weightDecay }));
   }
 
   async close(): Promise<void> {

@@ -112,4 +112,15 @@ Object.assign(methods, {
   optimizerState(ctx: RankContext) {
     return ctx.rank === 0 && optimizer ? { step: optimizer.stepCount, state: optimizer.stateDict() } : null;
   },
+
+  /** Resume: rank 0 takes the optimizer state of a checkpoint. */
+  loadOptimizerState(ctx: RankContext, arg: unknown) {
+    const { state, lr, weightDecay } = arg as { state: Record<string, Float32Array>; lr: number; weightDecay: number };
+    if (ctx.rank !== 0) return null;
+    const m = need();
+    grads ??= zeroGrads(m.w);
+    optimizer = new AdamW(paramList(m.w, grads), { lr, weightDecay });
+    optimizer.loadStateDict(state);
+    return optimizer.stepCount;
+  },
 });

@@ -14,11 +14,13 @@ export interface RecallSpec {
   keys: number;
   values: number;
   filler: number;
-  /** Pairs at the start and queries at the end of each sequence. */
+  /** Pairs at the start of each sequence. */
   pairs: number;
+  /** Queries at the end (each asks one of the pairs' keys; default: as many as pairs). */
+  queries?: number;
 }
 
-export const DEFAULT_RECALL: RecallSpec = { keys: 16, values: 16, filler: 16, pairs: 16 };
+export const DEFAULT_RECALL: RecallSpec = { keys: 4, values: 4, filler: 8, pairs: 4, queries: 32 };
 
 export function recallVocab(s: RecallSpec): number {
   return s.filler + s.keys + s.keys * s.values + s.values;
@@ -27,7 +29,8 @@ export function recallVocab(s: RecallSpec): number {
 /** One sequence of length S with its targets (IGNORE_INDEX except at the queries). */
 export function recallSequence(s: RecallSpec, S: number, rand: () => number): { ids: Int32Array; targets: Int32Array } {
   const n = Math.min(s.pairs, s.keys);
-  if (S < 2 * n + 1) throw new RangeError(`sequence length ${S} too short for ${n} pairs and queries`);
+  const nq = s.queries ?? n;
+  if (S < n + nq + 1) throw new RangeError(`sequence length ${S} too short for ${n} pairs and ${nq} queries`);
   const ids = new Int32Array(S);
   const targets = new Int32Array(S).fill(IGNORE_INDEX);
   const keyTok = (k: number) => s.filler + k;
@@ -41,13 +44,13 @@ export function recallSequence(s: RecallSpec, S: number, rand: () => number): { 
   }
   const bound = keys.slice(0, n).map((k) => ({ k, v: Math.floor(rand() * s.values) }));
   bound.forEach(({ k, v }, i) => (ids[i] = pairTok(k, v)));
-  for (let t = n; t < S - n; t++) ids[t] = Math.floor(rand() * s.filler);
-  // Queries in another order; the target of a query is its value token.
-  const order = bound.map((_, i) => i).sort(() => rand() - 0.5);
-  order.forEach((i, q) => {
-    const t = S - n + q;
+  for (let t = n; t < S - nq; t++) ids[t] = Math.floor(rand() * s.filler);
+  // Queries of random pairs; the target of a query is its value token.
+  for (let q = 0; q < nq; q++) {
+    const i = Math.floor(rand() * n);
+    const t = S - nq + q;
     ids[t] = keyTok(bound[i].k);
     targets[t] = valueTok(bound[i].v);
-  });
+  }
   return { ids, targets };
 }

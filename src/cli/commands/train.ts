@@ -1,0 +1,202 @@
+import type { Command } from 'commander';
+import { existsSync, readFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { InputError } from '../../core/errors.js';
+import { parseLayout } from '../../core/layout.js';
+import { plan, formatPlan } from '../../core/plan.js';
+import type { RunReport } from '../../core/trace.js';
+import { parseHfConfig, readHfConfig, type ModelConfig } from '../../model/config.js';
+import { initWeights, loadWeights, saveWeights } from '../../model/weights.js';
+import { argmax } from '../../model/layers.js';
+import { recallSequence, recallVocab, DEFAULT_RECALL, type RecallSpec } from '../../model/recall.js';
+import { RingModel } from '../../llm.js';
+import { writeReport } from '../../report/html.js';
+import { encodeSafetensors, readSafetensors } from '../../io/safetensors.js';
+import { writeFileAtomic, checkOutputPath } from '../../io/index.js';
+import { intOpt, numOpt } from '../util.js';
+import { formatTable } from '../table.js';
+
+interface TrainFlags {
+  seq: string;
+  devices: string;
+  layout: string;
+  steps: string;
+  lr: string;
+  warmup: string;
+  hidden: string;
+  layers: string;
+  heads: string;
+  window: string;
+  compare: boolean;
+  curriculum: string;
+  seed: string;
+  report: string;
+  checkpoint?: string;
+  resume?: string;
+  evalSeqs: string;
+  kernel: string;
+  plan?: boolean;
+}
+
+/**
+ * Sequence length at a step: `start` for the first half (the model learns the lookup where it
+ * is cheap), then doubling at even intervals, and `end` for the last tenth.
+ */
+export function curriculumLength(step: number, steps: number, start: number, end: number): number {
+  if (start >= end) return end;
+  const stages = Math.ceil(Math.log2(end / start));
+  const a = Math.floor(steps * 0.5);
+  const b = Math.floor(steps * 0.9);
+  if (step < a) return start;
+  if (step >= b) return end;
+  const stage = 1 + Math.floor(((step - a) / Math.max(1, b - a)) * stages);
+  return Math.min(end, start * 2 ** stage);
+}
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0 || 0x9e3779b9;
+  return () => {
+    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+    return s / 4294967296;
+  };
+}
+
+interface RunResult {
+  name: string;
+  curve: [number, number][];
+  finalLoss: number;
+  accuracy: number;
+  seconds: number;
+  model: RingModel;
+}
+
+async function trainOne(name: string, cfg: ModelConfig, f: TrainFlags, spec: RecallSpec, o: { steps: number; seq: number; start: number; lr: number; warmup: number; devices: number; seed: number; resume?: string }): Promise<RunResult> {
+  const weights = o.resume ? loadWeights(o.resume, cfg) : initWeights(cfg, o.seed, 0.02);
+  const model = await RingModel.create(cfg, weights, { devices: o.devices, layout: parseLayout(f.layout, '--layout'), kernel: f.kernel as 'auto' });
+  let first = 0;
+  if (o.resume) {
+    const st = readSafetensors(join(o.resume, 'optimizer.safetensors'));
+    const state = Object.fromEntries(st.names().map((n) => [n, st.getFloat32(n)]));
+    await model.loadOptimizerState(state, o.lr, 0.01);
+    first = (JSON.parse(readFileSync(join(o.resume, 'trainer_state.json'), 'utf8')) as { step: number }).step;
+  }
+  const rand = rng(o.seed * 7919 + 1);
+  const curve: [number, number][] = [];
+  const t0 = performance.now();
+  let avg = NaN;
+  const tty = process.stderr.isTTY;
+  for (let step = first; step < o.steps; step++) {
+    const S = curriculumLength(step, o.steps, o.start, o.seq);
+    const { ids, targets } = recallSequence(spec, S, rand);
+    const lr = o.lr * Math.min(1, (step + 1) / Math.max(1, o.warmup));
+    const r = await model.trainStep(ids, targets, { lr, clip: 1, weightDecay: 0.01 });
+    avg = Number.isNaN(avg) ? r.loss : 0.9 * avg + 0.1 * r.loss;
+    curve.push([step + 1, r.loss]);
+    const line = `${name}: step ${step + 1}/${o.steps}  seq ${S}  loss ${r.loss.toFixed(4)} (avg ${avg.toFixed(4)})  ${((performance.now() - t0) / 1000).toFixed(1)} s`;
+    if (tty) process.stderr.write(`\r${line}\u001b[K`);
+    else if ((step + 1) % 25 === 0 || step + 1 === o.steps) process.stderr.write(line + '\n');
+  }
+  if (tty) process.stderr.write('\n');
+  // Recall accuracy at the full length on fresh sequences.
+  let right = 0;
+  let total = 0;
+  const evalRand = rng(o.seed * 31 + 5);
+  for (let e = 0; e < Number(f.evalSeqs); e++) {
+    const { ids, targets } = recallSequence(spec, o.seq, evalRand);
+    const logits = await model.prefill(ids, 'all');
+    for (let t = 0; t < ids.length; t++) {
+      if (targets[t] < 0) continue;
+      total++;
+      if (argmax(logits.subarray(t * cfg.vocabSize, (t + 1) * cfg.vocabSize)) === targets[t]) right++;
+    }
+  }
+  const tail = curve.slice(-10);
+  return { name, curve, finalLoss: tail.reduce((a, [, l]) => a + l, 0) / Math.max(1, tail.length), accuracy: total ? right / total : 0, seconds: (performance.now() - t0) / 1000, model };
+}
+
+export function registerTrain(program: Command): void {
+  program
+    .command('train')
+    .description('train a small model on key-value recall across a long sequence on a ring of CPU ranks; compare with a sliding-window model')
+    .option('--seq <S>', 'final sequence length', '16384')
+    .option('--devices <P>', 'CPU ranks', '4')
+    .option('--layout <name>', 'contiguous, zigzag or striped', 'zigzag')
+    .option('--steps <n>', 'optimizer steps', '3000')
+    .option('--lr <x>', 'peak learning rate (AdamW)', '3e-3')
+    .option('--warmup <n>', 'warmup steps', '50')
+    .option('--hidden <n>', 'hidden size', '64')
+    .option('--layers <n>', 'decoder layers', '2')
+    .option('--heads <n>', 'attention heads', '4')
+    .option('--window <W>', 'sliding window of the comparison model', '256')
+    .option('--no-compare', 'train only the full-attention model')
+    .option('--curriculum <S0>', 'train at this length for the first half, then double up to --seq (reached for the last tenth)', '64')
+    .option('--seed <n>', 'seed', '1')
+    .option('--eval-seqs <n>', 'fresh sequences of length --seq for the recall accuracy', '2')
+    .option('--report <file>', 'HTML report with both loss curves', 'ringattn-train.html')
+    .option('--checkpoint <dir>', 'save the full-attention model here (config.json, model.safetensors, optimizer state)')
+    .option('--resume <dir>', 'continue from a checkpoint saved by --checkpoint')
+    .option('--kernel <name>', 'auto, c or ts', 'auto')
+    .option('--plan', 'print the planner\'s prediction first')
+    .action(async (f: TrainFlags) => {
+      const seq = intOpt('--seq', f.seq, { min: 64 })!;
+      const devices = intOpt('--devices', f.devices, { min: 1 })!;
+      const steps = intOpt('--steps', f.steps, { min: 1 })!;
+      const lr = numOpt('--lr', f.lr, { positive: true })!;
+      const warmup = intOpt('--warmup', f.warmup, { min: 0 })!;
+      const hidden = intOpt('--hidden', f.hidden, { min: 8 })!;
+      const layers = intOpt('--layers', f.layers, { min: 1 })!;
+      const heads = intOpt('--heads', f.heads, { min: 1 })!;
+      const window = intOpt('--window', f.window, { min: 1 })!;
+      const start = Math.min(seq, intOpt('--curriculum', f.curriculum, { min: 48 })!);
+      const seed = intOpt('--seed', f.seed, { min: 0 })!;
+      intOpt('--eval-seqs', f.evalSeqs, { min: 0 });
+      if (hidden % heads !== 0 || (hidden / heads) % 2 !== 0) throw new InputError('--heads', `expected a divisor of --hidden (${hidden}) leaving an even head size, got ${heads}`);
+      checkOutputPath(f.report, '--report');
+      if (f.resume && !existsSync(join(f.resume, 'trainer_state.json'))) throw new InputError('--resume', `${f.resume} has no trainer_state.json; expected a directory written by --checkpoint`);
+      const spec = DEFAULT_RECALL;
+      const base = {
+        vocab_size: recallVocab(spec), hidden_size: hidden, intermediate_size: 2 * hidden, num_hidden_layers: layers,
+        num_attention_heads: heads, num_key_value_heads: heads, rms_norm_eps: 1e-5, rope_theta: 10000, max_position_embeddings: Math.max(seq, 4096), tie_word_embeddings: false,
+      };
+      const full = f.resume ? readHfConfig(f.resume) : parseHfConfig({ model_type: 'llama', ...base });
+      if (f.plan) process.stderr.write(formatPlan(plan({ seq, heads, kvHeads: heads, headDim: hidden / heads, devices, dtype: 'fp32', device: 'cpu', layers, mode: 'train' })) + '\n\n');
+      process.stderr.write(`ringattn train: key-value recall (${spec.pairs} pairs of ${spec.keys} keys x ${spec.values} values, ${spec.queries} queries) at up to ${seq} tokens on ${devices} CPU ranks\n`);
+      const runs: RunResult[] = [];
+      try {
+        runs.push(await trainOne('full attention', full, f, spec, { steps, seq, start, lr, warmup, devices, seed, resume: f.resume }));
+        if (f.compare) {
+          const win = parseHfConfig({ model_type: 'mistral', ...base, sliding_window: window });
+          runs.push(await trainOne(`window ${window}`, win, f, spec, { steps, seq, start, lr, warmup, devices, seed }));
+        }
+        if (f.checkpoint) {
+          mkdirSync(f.checkpoint, { recursive: true });
+          const m = runs[0].model;
+          saveWeights(f.checkpoint, m.cfg, m.weights);
+          const opt = await m.optimizerState();
+          if (opt) writeFileAtomic(join(f.checkpoint, 'optimizer.safetensors'), encodeSafetensors(Object.fromEntries(Object.entries(opt.state).map(([k, v]) => [k, { dtype: 'float32', shape: [v.length], data: v }]))), '--checkpoint');
+          writeFileAtomic(join(f.checkpoint, 'trainer_state.json'), JSON.stringify({ step: steps, seq, task: spec }, null, 2), '--checkpoint');
+        }
+      } finally {
+        for (const r of runs) await r.model.close();
+      }
+      const chance = Math.log(spec.values);
+      const rows = runs.map((r) => [r.name, r.finalLoss.toFixed(4), `${(100 * r.accuracy).toFixed(1)}%`, r.seconds.toFixed(1)]);
+      process.stdout.write('\n' + formatTable(['model', 'final loss', `recall accuracy at ${seq}`, 'seconds'], rows) + `\n(chance: loss ${chance.toFixed(3)}, accuracy ${(100 / spec.values).toFixed(0)}%)\n`);
+      const report: RunReport = {
+        title: `ringattn train: key-value recall at ${seq} tokens`,
+        config: { seq, devices, layout: f.layout, steps, lr, hidden, layers, heads, window, curriculumStart: start, seed },
+        ranks: devices,
+        steps: 0,
+        events: [],
+        memoryPerRank: [],
+        summary: runs.flatMap((r) => [
+          { label: `${r.name}: final loss`, value: r.finalLoss.toFixed(4) },
+          { label: `${r.name}: recall accuracy at ${seq}`, value: `${(100 * r.accuracy).toFixed(1)}%` },
+        ]).concat([{ label: 'chance level', value: `loss ${chance.toFixed(3)}, accuracy ${(100 / spec.values).toFixed(0)}%` }]),
+        curves: [{ title: 'training loss', xLabel: 'step', yLabel: 'cross-entropy', series: runs.map((r) => ({ name: r.name, points: r.curve })) }],
+      };
+      writeReport(f.report, report);
+      process.stdout.write(`report: ${f.report}\n`);
+      if (runs[0].finalLoss > 0.5 * chance) process.stderr.write(`note: the full-attention model is still far from zero loss (${runs[0].finalLoss.toFixed(3)}); more --steps help\n`);
+    });
+}

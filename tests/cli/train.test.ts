@@ -1,0 +1,61 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { curriculumLength } from '../../src/cli/commands/train.js';
+import { recallSequence, recallVocab, DEFAULT_RECALL } from '../../src/model/recall.js';
+import { IGNORE_INDEX } from '../../src/model/layers.js';
+import { rng } from '../helpers/check.js';
+
+const BIN = join(process.cwd(), 'bin', 'ringattn.js');
+
+test('recall sequences: pairs first, queries last, targets only at queries and equal to the bound value', () => {
+  const s = DEFAULT_RECALL;
+  const { ids, targets } = recallSequence(s, 300, rng(4));
+  const V = recallVocab(s);
+  assert.ok([...ids].every((t) => t >= 0 && t < V));
+  const pairs = new Map<number, number>();
+  for (let i = 0; i < s.pairs; i++) {
+    const p = ids[i] - s.filler - s.keys;
+    pairs.set(Math.floor(p / s.values), p % s.values);
+  }
+  let queries = 0;
+  targets.forEach((t, i) => {
+    if (t === IGNORE_INDEX) return;
+    queries++;
+    const key = ids[i] - s.filler;
+    assert.equal(t - (s.filler + s.keys + s.keys * s.values), pairs.get(key));
+  });
+  assert.equal(queries, s.queries);
+});
+
+test('curriculum: start length for the first half, the full length for the last tenth', () => {
+  assert.equal(curriculumLength(0, 100, 64, 1024), 64);
+  assert.equal(curriculumLength(49, 100, 64, 1024), 64);
+  assert.equal(curriculumLength(95, 100, 64, 1024), 1024);
+  const lens = Array.from({ length: 100 }, (_, i) => curriculumLength(i, 100, 64, 1024));
+  for (let i = 1; i < 100; i++) assert.ok(lens[i] >= lens[i - 1]);
+});
+
+test('train: both models, loss curves in the report, checkpoint and resume', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ringattn-train-'));
+  const run = (args: string[]) => spawnSync(process.execPath, [BIN, 'train', '--seq', '128', '--devices', '2', '--curriculum', '64', '--eval-seqs', '1', ...args], { encoding: 'utf8' });
+  const r = run(['--steps', '6', '--window', '16', '--report', join(dir, 'r.html'), '--checkpoint', join(dir, 'ck')]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /full attention\s+\d/);
+  assert.match(r.stdout, /window 16\s+\d/);
+  const html = readFileSync(join(dir, 'r.html'), 'utf8');
+  const data = JSON.parse(html.match(/id="ringattn-data">([\s\S]*?)<\/script>/)![1].replace(/\\u003c/g, '<'));
+  assert.equal(data.curves[0].series.length, 2);
+  assert.equal(data.curves[0].series[0].points.length, 6);
+  for (const f of ['config.json', 'model.safetensors', 'optimizer.safetensors', 'trainer_state.json']) assert.ok(existsSync(join(dir, 'ck', f)), f);
+  const again = run(['--steps', '9', '--no-compare', '--resume', join(dir, 'ck'), '--report', join(dir, 'r2.html')]);
+  assert.equal(again.status, 0, again.stderr);
+  const d2 = JSON.parse(readFileSync(join(dir, 'r2.html'), 'utf8').match(/id="ringattn-data">([\s\S]*?)<\/script>/)![1].replace(/\\u003c/g, '<'));
+  assert.deepEqual(d2.curves[0].series[0].points.map((p: number[]) => p[0]), [7, 8, 9], 'resumed at step 7');
+  const bad = run(['--resume', join(dir, 'nope')]);
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /^ringattn: --resume: .*trainer_state.json/);
+});

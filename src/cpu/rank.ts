@@ -5,7 +5,6 @@
  */
 import { performance } from 'node:perf_hooks';
 import type { Tracer } from '../core/device.js';
-import { RankError } from '../core/errors.js';
 import type { AttentionKernel } from '../core/kernel.js';
 import type { TraceEvent } from '../core/trace.js';
 import { ringForward } from '../ring/forward.js';
@@ -16,7 +15,8 @@ import { ringPlan, type RingPlan } from './ring-plan.js';
 import type { Gemm, Linear, RankContext } from '../core/group.js';
 import type { MaskSpec } from '../core/mask.js';
 import type { AttnParams as Params } from '../core/kernel.js';
-import { CpuTransport, FLAG_ABORT, seqBase, type NativePull } from './transport.js';
+import { CpuTransport, seqBase, type NativePull } from './transport.js';
+import { SharedFlags } from './flags.js';
 import { loadNative } from './build.js';
 import { gemm as cGemm } from './gemm.js';
 
@@ -98,6 +98,7 @@ export class CpuRank implements RankContext {
   /** Test hook: fail at this compute step. */
   fail?: { step: number; mode: 'throw' | 'exit' };
   private computeSteps = 0;
+  private readonly sig: SharedFlags;
 
   constructor(
     readonly rank: number,
@@ -111,6 +112,7 @@ export class CpuRank implements RankContext {
     /** Tell the main thread one compute step is done (progress bars). */
     progress: () => void,
   ) {
+    this.sig = new SharedFlags(flags, rank);
     const origin = performance.timeOrigin;
     // The native GEMM (or its TypeScript fallback) for the model's linear layers.
     this.gemm = (transA, transB, M, N, K, A, B, beta, C) => cGemm({ transA, transB, M, N, K, A, B, beta, C, kernel: kernel.name === 'ts' ? 'ts' : 'auto' });
@@ -202,22 +204,12 @@ export class CpuRank implements RankContext {
     return { o: st.device.o, lse: st.device.lse, dq: st.device.dq, dk: st.dk.subarray(0, n), dv: st.dv.subarray(0, n) };
   }
 
-  private checkAbort(): void {
-    if (Atomics.load(this.flags, FLAG_ABORT) !== 0) throw new RankError(this.rank, 'stopped because another rank failed', true);
-  }
-
   private waitFlag(idx: number, want: number): void {
-    for (;;) {
-      const v = Atomics.load(this.flags, idx);
-      if (v >= want) return;
-      this.checkAbort();
-      Atomics.wait(this.flags, idx, v, 50);
-    }
+    this.sig.wait(idx, want);
   }
 
   private post(idx: number, value: number): void {
-    Atomics.store(this.flags, idx, value);
-    Atomics.notify(this.flags, idx);
+    this.sig.post(idx, value);
   }
 
   private collFlag(kind: number, r: number): number {

@@ -1,5 +1,6 @@
 import type { Pending, RingTransport, Tracer } from '../core/device.js';
 import { RankError } from '../core/errors.js';
+import { FLAG_ABORT, SharedFlags } from './flags.js';
 import { blockAt, type RingSchedule } from '../core/schedule.js';
 import { CpuBlock, blockOffsets } from './block.js';
 
@@ -20,7 +21,7 @@ import { CpuBlock, blockOffsets } from './block.js';
  *   [1 + 4P + r] r pulled its previous rank's dK/dV
  *   [1 + 5P + r] r published its sink rows      [1 + 6P + r] r posted its dK/dV partials for all sinks
  */
-export const FLAG_ABORT = 0;
+export { FLAG_ABORT };
 export const flagCount = (P: number) => 1 + 7 * P;
 /** The first step number of a ring run's forward (its backward follows at + P). */
 export const seqBase = (epoch: number, P: number) => (epoch - 1) * 2 * P;
@@ -61,8 +62,6 @@ interface CpuPending extends Pending {
   phase: 'forward' | 'backward';
 }
 
-/** How long a waiting rank sleeps between checks of the abort flag. */
-const WAIT_SLICE_MS = 50;
 
 export class CpuTransport implements RingTransport<CpuBlock> {
   readonly ranks: number;
@@ -73,6 +72,7 @@ export class CpuTransport implements RingTransport<CpuBlock> {
   /** The seq at which dK/dV were last posted from each of this rank's buffers. */
   private readonly postedFrom = new Map<CpuBlock, number>();
   private phase: 'forward' | 'backward' = 'forward';
+  private readonly sig: SharedFlags;
   private epoch = 0;
   private sched!: RingSchedule;
   /** Bytes this rank received, for the report. */
@@ -86,6 +86,7 @@ export class CpuTransport implements RingTransport<CpuBlock> {
     private readonly native: NativePull | null,
   ) {
     this.ranks = peers.blocks.length;
+    this.sig = new SharedFlags(flags, rank);
     this.clockOffsetMs = native ? trace.now() - Number(native.nowNs()) / 1e6 : 0;
   }
 
@@ -129,22 +130,15 @@ export class CpuTransport implements RingTransport<CpuBlock> {
   }
 
   private checkAbort(): void {
-    if (Atomics.load(this.flags, FLAG_ABORT) !== 0) throw new RankError(this.rank, 'stopped because another rank failed', true);
+    this.sig.checkAbort();
   }
 
-  /** Wait until flags[idx] >= want, checking for abort between short sleeps. */
   private waitFlag(idx: number, want: number): void {
-    for (;;) {
-      const v = Atomics.load(this.flags, idx);
-      if (v >= want) return;
-      this.checkAbort();
-      Atomics.wait(this.flags, idx, v, WAIT_SLICE_MS);
-    }
+    this.sig.wait(idx, want);
   }
 
   private post(idx: number, value: number): void {
-    Atomics.store(this.flags, idx, value);
-    Atomics.notify(this.flags, idx);
+    this.sig.post(idx, value);
   }
 
   /** Start a pull of `ranges` from src to dst once flags[flag] >= seq (on a thread if native). */

@@ -31,9 +31,9 @@ test('recall sequences: pairs first, queries last, targets only at queries and e
   assert.equal(queries, s.queries);
 });
 
-test('curriculum: start length for the first half, the full length for the last tenth', () => {
+test('curriculum: start length for the first 60%, the full length for the last 5%', () => {
   assert.equal(curriculumLength(0, 100, 64, 1024), 64);
-  assert.equal(curriculumLength(49, 100, 64, 1024), 64);
+  assert.equal(curriculumLength(59, 100, 64, 1024), 64);
   assert.equal(curriculumLength(95, 100, 64, 1024), 1024);
   const lens = Array.from({ length: 100 }, (_, i) => curriculumLength(i, 100, 64, 1024));
   for (let i = 1; i < 100; i++) assert.ok(lens[i] >= lens[i - 1]);

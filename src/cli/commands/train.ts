@@ -39,14 +39,14 @@ interface TrainFlags {
 }
 
 /**
- * Sequence length at a step: `start` for the first half (the model learns the lookup where it
- * is cheap), then doubling at even intervals, and `end` for the last tenth.
+ * Sequence length at a step: `start` for the first 60% (the model learns the lookup where it
+ * is cheap), then doubling at even intervals, and `end` for the last 5%.
  */
 export function curriculumLength(step: number, steps: number, start: number, end: number): number {
   if (start >= end) return end;
   const stages = Math.ceil(Math.log2(end / start));
-  const a = Math.floor(steps * 0.5);
-  const b = Math.floor(steps * 0.9);
+  const a = Math.floor(steps * 0.6);
+  const b = Math.floor(steps * 0.95);
   if (step < a) return start;
   if (step >= b) return end;
   const stage = 1 + Math.floor(((step - a) / Math.max(1, b - a)) * stages);
@@ -121,15 +121,15 @@ export function registerTrain(program: Command): void {
     .option('--seq <S>', 'final sequence length', '16384')
     .option('--devices <P>', 'CPU ranks', '4')
     .option('--layout <name>', 'contiguous, zigzag or striped', 'zigzag')
-    .option('--steps <n>', 'optimizer steps', '3000')
-    .option('--lr <x>', 'peak learning rate (AdamW)', '3e-3')
+    .option('--steps <n>', 'optimizer steps', '1000')
+    .option('--lr <x>', 'peak learning rate (AdamW)', '1e-3')
     .option('--warmup <n>', 'warmup steps', '50')
-    .option('--hidden <n>', 'hidden size', '64')
+    .option('--hidden <n>', 'hidden size', '128')
     .option('--layers <n>', 'decoder layers', '2')
     .option('--heads <n>', 'attention heads', '4')
     .option('--window <W>', 'sliding window of the comparison model', '256')
     .option('--no-compare', 'train only the full-attention model')
-    .option('--curriculum <S0>', 'train at this length for the first half, then double up to --seq (reached for the last tenth)', '64')
+    .option('--curriculum <S0>', 'train at this length for the first 60% of the steps, then double up to --seq (reached for the last 5%)', '64')
     .option('--seed <n>', 'seed', '1')
     .option('--eval-seqs <n>', 'fresh sequences of length --seq for the recall accuracy', '2')
     .option('--report <file>', 'HTML report with both loss curves', 'ringattn-train.html')

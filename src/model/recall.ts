@@ -1,6 +1,6 @@
 /**
- * A synthetic long-range task: key-value recall. A sequence opens with `pairs` tokens, each
- * binding a key to a value; filler follows up to the sequence length; it closes with queries,
+ * A synthetic long-range task: key-value recall. The first quarter of a sequence holds `pairs`
+ * tokens, each binding a key to a value, among filler; filler follows; it closes with queries,
  * each a key whose target is the value it was bound to at the start. A model sees the answer
  * only by attending across the whole sequence, so full attention can learn it and a short
  * sliding window cannot.
@@ -43,8 +43,13 @@ export function recallSequence(s: RecallSpec, S: number, rand: () => number): { 
     [keys[i], keys[j]] = [keys[j], keys[i]];
   }
   const bound = keys.slice(0, n).map((k) => ({ k, v: Math.floor(rand() * s.values) }));
-  bound.forEach(({ k, v }, i) => (ids[i] = pairTok(k, v)));
-  for (let t = n; t < S - nq; t++) ids[t] = Math.floor(rand() * s.filler);
+  // Filler everywhere, then the pairs at random places in the first quarter: the distance to
+  // the queries varies, so only a lookup by content answers them, at any length.
+  for (let t = 0; t < S - nq; t++) ids[t] = Math.floor(rand() * s.filler);
+  const span = Math.max(n, Math.floor((S - nq) / 4));
+  const slots = new Set<number>();
+  while (slots.size < n) slots.add(Math.floor(rand() * span));
+  [...slots].forEach((t, i) => (ids[t] = pairTok(bound[i].k, bound[i].v)));
   // Queries of random pairs; the target of a query is its value token.
   for (let q = 0; q < nq; q++) {
     const i = Math.floor(rand() * n);

@@ -11,16 +11,19 @@ import { rng } from '../helpers/check.js';
 
 const BIN = join(process.cwd(), 'bin', 'ringattn.js');
 
-test('recall sequences: pairs first, queries last, targets only at queries and equal to the bound value', () => {
+test('recall sequences: pairs in the first quarter, queries last, targets only at queries and equal to the bound value', () => {
   const s = DEFAULT_RECALL;
   const { ids, targets } = recallSequence(s, 300, rng(4));
   const V = recallVocab(s);
   assert.ok([...ids].every((t) => t >= 0 && t < V));
   const pairs = new Map<number, number>();
-  for (let i = 0; i < s.pairs; i++) {
-    const p = ids[i] - s.filler - s.keys;
-    pairs.set(Math.floor(p / s.values), p % s.values);
-  }
+  const firstPairToken = s.filler + s.keys;
+  ids.forEach((t, i) => {
+    if (t < firstPairToken || t >= firstPairToken + s.keys * s.values) return;
+    assert.ok(i < 300 / 4, `pair at ${i} lies in the first quarter`);
+    pairs.set(Math.floor((t - firstPairToken) / s.values), (t - firstPairToken) % s.values);
+  });
+  assert.equal(pairs.size, s.pairs);
   let queries = 0;
   targets.forEach((t, i) => {
     if (t === IGNORE_INDEX) return;

@@ -1,4 +1,5 @@
 import { CudaContext } from '../src/cuda/context.js';
+import { ringBench } from './gpu-ring.js';
 import { cudaKernel } from '../src/cuda/attention.js';
 import { encode, type CudaDType } from '../src/cuda/convert.js';
 
@@ -7,7 +8,14 @@ import { encode, type CudaDType } from '../src/cuda/convert.js';
  * shapes, median of N event-timed runs after warm-up, reported as TFLOP/s with the usual
  * attention FLOP count (forward 4·S²·H·D, halved for causal; backward 2.5× forward).
  * Usage: node dist/bench/gpu.js [S=8192] [H=16] [reps=10]
+ *        node dist/bench/gpu.js ring [devices=2] [reps=3] [S,S,...=16384,32768,65536]
+ *          the ring on `devices` GPUs against one GPU on the same work (bench/gpu-ring.ts)
  */
+
+if (process.argv[2] === 'ring') {
+  await ringBench(Number(process.argv[3] ?? 2), Number(process.argv[4] ?? 3), (process.argv[5] ?? '16384,32768,65536').split(',').map(Number));
+  process.exit(0);
+}
 
 const S = Number(process.argv[2] ?? 8192);
 const H = Number(process.argv[3] ?? 16);

@@ -17,11 +17,11 @@ import { progressBar } from '../progress.js';
 import { formatTable } from '../table.js';
 
 interface DemoFlags {
-  seq: string;
-  heads: string;
-  kvHeads: string;
-  headDim: string;
-  devices: string;
+  seq?: string;
+  heads?: string;
+  kvHeads?: string;
+  headDim?: string;
+  devices?: string;
   layout: string;
   causal: boolean;
   window?: string;
@@ -30,18 +30,20 @@ interface DemoFlags {
   seed: string;
   kernel: string;
   report: string;
-  verifyRows: string;
+  verifyRows?: string;
+  backend: string;
+  dtype: string;
 }
 
 export function registerDemo(program: Command): void {
   program
     .command('demo')
     .description('ring attention on a ring of CPU workers with seeded random inputs, verified, with a summary and an HTML report')
-    .option('--seq <S>', 'sequence length', '16384')
-    .option('--heads <H>', 'query heads', '8')
-    .option('--kv-heads <Hk>', 'key/value heads (GQA)', '2')
-    .option('--head-dim <D>', 'head dimension', '64')
-    .option('--devices <P>', 'CPU workers in the ring', '4')
+    .option('--seq <S>', 'sequence length (default: 16384; 65536 with --backend cuda)')
+    .option('--heads <H>', 'query heads (default: 8; 32 with --backend cuda)')
+    .option('--kv-heads <Hk>', 'key/value heads, GQA (default: 2; 8 with --backend cuda)')
+    .option('--head-dim <D>', 'head dimension (default: 64; 128 with --backend cuda)')
+    .option('--devices <P>', 'CPU workers in the ring (default: 4; every visible GPU with --backend cuda)')
     .option('--layout <name>', 'contiguous, zigzag or striped', 'zigzag')
     .option('--no-causal', 'full (bidirectional) attention instead of causal')
     .option('--window <W>', 'sliding window')
@@ -50,7 +52,9 @@ export function registerDemo(program: Command): void {
     .option('--seed <n>', 'random seed', '1')
     .option('--kernel <name>', 'auto, c or ts', 'auto')
     .option('--report <file>', 'HTML report', 'ringattn-demo.html')
-    .option('--verify-rows <n>', 'rows checked against single-device and float64 attention', '32')
+    .option('--verify-rows <n>', 'rows checked against single-device and float64 attention (default: 32; 8 with --backend cuda)')
+    .option('--backend <name>', 'cpu (worker threads) or cuda (one rank per GPU)', 'cpu')
+    .option('--dtype <name>', 'with --backend cuda: bf16, fp16 or fp32', 'bf16')
     .action(async (f: DemoFlags) => demo(f));
 }
 
@@ -72,13 +76,31 @@ function randomTensor(shape: number[], seed: number): F32Tensor {
 }
 
 async function demo(f: DemoFlags): Promise<void> {
-  const S = intOpt('--seq', f.seq, { min: 1 })!;
-  const H = intOpt('--heads', f.heads, { min: 1 })!;
-  const Hk = intOpt('--kv-heads', f.kvHeads, { min: 1 })!;
-  const D = intOpt('--head-dim', f.headDim, { min: 1 })!;
-  const P = intOpt('--devices', f.devices, { min: 1 })!;
+  if (f.backend !== 'cpu' && f.backend !== 'cuda') throw new InputError('--backend', `expected cpu or cuda, got '${f.backend}'`);
+  const gpu = f.backend === 'cuda';
+  const S = intOpt('--seq', f.seq ?? (gpu ? '65536' : '16384'), { min: 1 })!;
+  const H = intOpt('--heads', f.heads ?? (gpu ? '32' : '8'), { min: 1 })!;
+  const Hk = intOpt('--kv-heads', f.kvHeads ?? (gpu ? '8' : '2'), { min: 1 })!;
+  const D = intOpt('--head-dim', f.headDim ?? (gpu ? '128' : '64'), { min: 1 })!;
   const seed = intOpt('--seed', f.seed, { min: 0 })!;
-  const nVerify = intOpt('--verify-rows', f.verifyRows, { min: 1 })!;
+  const nVerify = intOpt('--verify-rows', f.verifyRows ?? (gpu ? '8' : '32'), { min: 1 })!;
+  if (gpu) {
+    if (H % Hk !== 0) throw new InputError('--kv-heads', `expected a divisor of --heads (${H}), got ${Hk}`);
+    checkOutputPath(f.report, '--report');
+    const cuda = await import('../../cuda/demo.js');
+    const { parseDtype } = await import('../../cuda/cli.js');
+    const report = await cuda.demoCuda({
+      S, H, Hk, D, devices: intOpt('--devices', f.devices, { min: 1 }), layout: parseLayout(f.layout, '--layout'), causal: f.causal,
+      window: intOpt('--window', f.window, { min: 1 }), sinks: intOpt('--sinks', f.sinks, { min: 0 }), backward: !!f.backward,
+      dtype: parseDtype(f.dtype), seed, verifyRows: nVerify,
+    });
+    if (report) {
+      writeReport(f.report, report);
+      process.stdout.write(`\nreport: ${f.report}\n`);
+    }
+    return;
+  }
+  const P = intOpt('--devices', f.devices ?? '4', { min: 1 })!;
   const layout: Layout = parseLayout(f.layout, '--layout');
   if (H % Hk !== 0) throw new InputError('--kv-heads', `expected a divisor of --heads (${H}), got ${Hk}`);
   if (!['auto', 'c', 'ts'].includes(f.kernel)) throw new InputError('--kernel', `expected auto, c or ts, got '${f.kernel}'`);

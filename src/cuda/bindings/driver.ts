@@ -45,10 +45,17 @@ export interface DriverApi {
   cuStreamDestroy_v2(stream: Handle): number;
   cuStreamSynchronize(stream: Handle): number;
   cuStreamWaitEvent(stream: Handle, event: Handle, flags: number): number;
+  // The ring's (src/cuda/group.ts): optional so that test fakes of the single-GPU API stay valid.
+  /** 0 when all work on the stream is done, 600 (CUDA_ERROR_NOT_READY) while some is pending. */
+  cuStreamQuery?(stream: Handle): number;
+  cuStreamCreateWithPriority?(out: Out<Handle>, flags: number, priority: number): number;
+  cuCtxGetStreamPriorityRange?(least: Out<number>, greatest: Out<number>): number;
   cuEventCreate(out: Out<Handle>, flags: number): number;
   cuEventDestroy_v2(event: Handle): number;
   cuEventRecord(event: Handle, stream: Handle): number;
   cuEventSynchronize(event: Handle): number;
+  /** 0 when the event has completed, 600 (CUDA_ERROR_NOT_READY) before. */
+  cuEventQuery?(event: Handle): number;
   cuEventElapsedTime(out: Out<number>, start: Handle, end: Handle): number;
   /** Writes a pointer to a static C string into out[0]; decode with `cString`. */
   cuGetErrorName(code: number, out: Out<unknown>): number;
@@ -70,6 +77,7 @@ export const CU_FUNC_ATTRIBUTE = {
 export const CU_STREAM_NON_BLOCKING = 1;
 export const CU_EVENT_DEFAULT = 0;
 export const CU_EVENT_DISABLE_TIMING = 2;
+export const CUDA_ERROR_NOT_READY = 600;
 
 /** Read a `const char *` returned through an out-parameter. */
 export function cString(ptr: unknown): string {
@@ -77,7 +85,7 @@ export function cString(ptr: unknown): string {
   return ptr ? (koffi.decode(ptr, 'char', -1) as string) : '';
 }
 
-const DECLS: Record<keyof Omit<DriverApi, 'path'>, string> = {
+const DECLS: Record<Exclude<keyof DriverApi, 'path'>, string> = {
   cuInit: 'int cuInit(unsigned int flags)',
   cuDriverGetVersion: 'int cuDriverGetVersion(_Out_ int *v)',
   cuDeviceGetCount: 'int cuDeviceGetCount(_Out_ int *n)',
@@ -111,10 +119,14 @@ const DECLS: Record<keyof Omit<DriverApi, 'path'>, string> = {
   cuStreamDestroy_v2: 'int cuStreamDestroy_v2(void *stream)',
   cuStreamSynchronize: 'int cuStreamSynchronize(void *stream)',
   cuStreamWaitEvent: 'int cuStreamWaitEvent(void *stream, void *event, unsigned int flags)',
+  cuStreamQuery: 'int cuStreamQuery(void *stream)',
+  cuStreamCreateWithPriority: 'int cuStreamCreateWithPriority(_Out_ void **stream, unsigned int flags, int priority)',
+  cuCtxGetStreamPriorityRange: 'int cuCtxGetStreamPriorityRange(_Out_ int *least, _Out_ int *greatest)',
   cuEventCreate: 'int cuEventCreate(_Out_ void **event, unsigned int flags)',
   cuEventDestroy_v2: 'int cuEventDestroy_v2(void *event)',
   cuEventRecord: 'int cuEventRecord(void *event, void *stream)',
   cuEventSynchronize: 'int cuEventSynchronize(void *event)',
+  cuEventQuery: 'int cuEventQuery(void *event)',
   cuEventElapsedTime: 'int cuEventElapsedTime(_Out_ float *ms, void *start, void *end)',
   cuGetErrorName: 'int cuGetErrorName(int code, _Out_ void **str)',
   cuGetErrorString: 'int cuGetErrorString(int code, _Out_ void **str)',

@@ -25,6 +25,10 @@ export interface NcclApi {
   ncclSend(buf: number, count: number, dtype: number, peer: number, comm: unknown, stream: unknown): number;
   ncclRecv(buf: number, count: number, dtype: number, peer: number, comm: unknown, stream: unknown): number;
   ncclAllReduce(send: number, recv: number, count: number, dtype: number, op: number, comm: unknown, stream: unknown): number;
+  ncclAllGather(send: number, recv: number, count: number, dtype: number, comm: unknown, stream: unknown): number;
+  ncclBroadcast(send: number, recv: number, count: number, dtype: number, root: number, comm: unknown, stream: unknown): number;
+  /** The communicator's asynchronous error (0 = none, 7 = ncclInProgress). */
+  ncclCommGetAsyncError(comm: unknown, out: Out<number>): number;
   ncclGroupStart(): number;
   ncclGroupEnd(): number;
   ncclCommAbort(comm: unknown): number;
@@ -43,6 +47,9 @@ function declarations(): Record<keyof Omit<NcclApi, 'path'>, string> {
     ncclSend: 'int ncclSend(uint64_t buf, size_t count, int dtype, int peer, void *comm, void *stream)',
     ncclRecv: 'int ncclRecv(uint64_t buf, size_t count, int dtype, int peer, void *comm, void *stream)',
     ncclAllReduce: 'int ncclAllReduce(uint64_t send, uint64_t recv, size_t count, int dtype, int op, void *comm, void *stream)',
+    ncclAllGather: 'int ncclAllGather(uint64_t send, uint64_t recv, size_t count, int dtype, void *comm, void *stream)',
+    ncclBroadcast: 'int ncclBroadcast(uint64_t send, uint64_t recv, size_t count, int dtype, int root, void *comm, void *stream)',
+    ncclCommGetAsyncError: 'int ncclCommGetAsyncError(void *comm, _Out_ int *err)',
     ncclGroupStart: 'int ncclGroupStart()',
     ncclGroupEnd: 'int ncclGroupEnd()',
     ncclCommAbort: 'int ncclCommAbort(void *comm)',

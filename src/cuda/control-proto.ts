@@ -1,0 +1,18 @@
+/** What the main thread and the control thread (control-worker.ts) share. */
+export interface ControlInit {
+  rank: number;
+  world: number;
+  host: string;
+  port: number;
+  timeoutMs: number;
+  graceMs: number;
+  /** Rank 0: the id to hand out (base64). */
+  id?: string;
+  /** Int32 slots (SLOT) shared with the main thread, and the failure text (UTF-8). */
+  flags: SharedArrayBuffer;
+  text: SharedArrayBuffer;
+}
+
+export const SLOT = { state: 0, failedRank: 1, textLen: 2, ack: 3, sent: 4 } as const;
+export const STATE = { rendezvous: 0, ready: 1, aborted: 2, error: 3 } as const;
+

@@ -1,0 +1,222 @@
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { writeSync } from 'node:fs';
+import { parentPort, workerData } from 'node:worker_threads';
+import { SLOT, STATE, type ControlInit } from './control-proto.js';
+
+/**
+ * The control channel of a GPU rank, on its own thread (see control.ts): the TCP rendezvous
+ * that hands out the NCCL unique id, then a watch for failures. It runs beside the rank's main
+ * thread, which may be blocked in a GPU wait or an FFI call, so a failure anywhere reaches
+ * every rank: the main thread sees the abort flag at its next poll; if it does not answer
+ * within `graceMs`, this thread prints the reason and ends the process.
+ *
+ * Star topology through rank 0, newline-delimited JSON:
+ *   q -> 0  {"hello": q, "world": P}        0 -> q  {"id": base64}  (once all P-1 are in)
+ *   any     {"fail": r, "message": m}       0 -> all {"abort": r, "message": m}
+ *   any     {"bye": r}                      (a close without "bye" is a failure of that rank)
+ */
+
+const init = workerData as ControlInit;
+const flags = new Int32Array(init.flags);
+const text = new Uint8Array(init.text);
+const sockets = new Map<number, Socket>();
+const saidBye = new Set<number>();
+let server: Server | null = null;
+let upstream: Socket | null = null;
+let closing = false;
+let watchdog: NodeJS.Timeout | null = null;
+
+function setText(s: string): void {
+  const b = Buffer.from(s, 'utf8').subarray(0, text.length);
+  text.set(b);
+  Atomics.store(flags, SLOT.textLen, b.length);
+}
+
+/** Record a failure for the main thread (first one wins) and arm the watchdog. */
+function abort(rank: number, message: string, state: number = STATE.aborted): void {
+  if (Atomics.load(flags, SLOT.state) >= STATE.aborted) return;
+  setText(message);
+  Atomics.store(flags, SLOT.failedRank, rank);
+  Atomics.store(flags, SLOT.state, state);
+  Atomics.notify(flags, SLOT.state);
+  parentPort?.postMessage({ type: 'abort', rank, message });
+  if (state === STATE.aborted && init.graceMs > 0) {
+    watchdog = setTimeout(() => {
+      if (Atomics.load(flags, SLOT.ack) !== 0) return;
+      const who = rank === init.rank ? '' : `rank ${rank} failed: `;
+      writeSync(2, `ringattn: rank ${init.rank}: stopped because ${who}${message} (the rank did not stop within ${init.graceMs} ms; ending it)\n`);
+      process.kill(process.pid, 'SIGKILL');
+    }, init.graceMs);
+  }
+}
+
+function send(s: Socket | null, msg: object): Promise<void> {
+  return new Promise((resolve) => {
+    if (!s || s.destroyed || !s.writable) return resolve();
+    s.write(JSON.stringify(msg) + '\n', () => resolve());
+  });
+}
+
+/** Split a socket's stream into JSON messages. */
+function onMessages(s: Socket, fn: (m: Record<string, unknown>) => void): void {
+  let buf = '';
+  s.setEncoding('utf8');
+  s.on('data', (chunk: string) => {
+    buf += chunk;
+    for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      if (!line.trim()) continue;
+      try {
+        fn(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        // a malformed line: ignore it
+      }
+    }
+  });
+}
+
+const where = `${init.host}:${init.port}`;
+
+function relay(rank: number, message: string, except?: number): void {
+  for (const [q, s] of sockets) if (q !== except) void send(s, { abort: rank, message });
+}
+
+function serve(): void {
+  const pending = new Set<number>(Array.from({ length: init.world - 1 }, (_, i) => i + 1));
+  const timer = setTimeout(() => {
+    const missing = [...pending].join(', ');
+    const message = `rendezvous timed out after ${init.timeoutMs} ms: rank(s) ${missing} did not connect to ${where}`;
+    relay(0, message);
+    abort(0, message, STATE.error);
+    server?.close();
+  }, init.timeoutMs);
+  server = createServer((s) => {
+    s.setNoDelay(true);
+    let peer = -1;
+    onMessages(s, (m) => {
+      if (typeof m.hello === 'number') {
+        const q = m.hello;
+        if (m.world !== init.world || q < 1 || q >= init.world || sockets.has(q)) {
+          void send(s, { abort: 0, message: `rendezvous: rank ${q} (world ${String(m.world)}) does not fit world ${init.world} or is taken` });
+          s.end();
+          return;
+        }
+        peer = q;
+        sockets.set(q, s);
+        pending.delete(q);
+        if (pending.size === 0) {
+          clearTimeout(timer);
+          for (const c of sockets.values()) void send(c, { id: init.id });
+          Atomics.store(flags, SLOT.state, STATE.ready);
+          Atomics.notify(flags, SLOT.state);
+          parentPort?.postMessage({ type: 'ready' });
+        }
+      } else if (typeof m.fail === 'number') {
+        const message = String(m.message ?? 'failed');
+        relay(m.fail, message, m.fail);
+        abort(m.fail, message);
+      } else if (typeof m.bye === 'number') {
+        saidBye.add(m.bye);
+      }
+    });
+    s.on('error', () => {});
+    s.on('close', () => {
+      if (peer < 0 || saidBye.has(peer) || closing) return;
+      sockets.delete(peer);
+      const message = `rank ${peer} exited or lost its connection without a word`;
+      relay(peer, message);
+      abort(peer, message);
+    });
+  });
+  server.on('error', (e) => {
+    clearTimeout(timer);
+    abort(0, `rendezvous: cannot listen on ${where}: ${(e as Error).message}`, STATE.error);
+  });
+  server.listen(init.port, init.host);
+  if (init.world === 1) {
+    clearTimeout(timer);
+    Atomics.store(flags, SLOT.state, STATE.ready);
+    parentPort?.postMessage({ type: 'ready' });
+  }
+}
+
+function connect(): void {
+  const deadline = Date.now() + init.timeoutMs;
+  let gotId = false;
+  const attempt = () => {
+    const s = createConnection({ host: init.host, port: init.port });
+    s.setNoDelay(true);
+    let connected = false;
+    s.on('connect', () => {
+      connected = true;
+      upstream = s;
+      void send(s, { hello: init.rank, world: init.world });
+    });
+    onMessages(s, (m) => {
+      if (typeof m.id === 'string') {
+        gotId = true;
+        clearTimeout(timer);
+        parentPort?.postMessage({ type: 'id', id: m.id });
+        Atomics.store(flags, SLOT.state, STATE.ready);
+        Atomics.notify(flags, SLOT.state);
+      } else if (typeof m.abort === 'number') {
+        abort(m.abort, String(m.message ?? 'failed'), gotId ? STATE.aborted : STATE.error);
+      } else if (m.bye === 0) {
+        saidBye.add(0);
+      }
+    });
+    s.on('error', () => {});
+    s.on('close', () => {
+      if (closing || saidBye.has(0)) return;
+      if (!connected) {
+        if (Date.now() < deadline) setTimeout(attempt, 100);
+        return;
+      }
+      const message = gotId ? 'rank 0 exited or lost its connection without a word' : `rendezvous: rank 0 at ${where} closed the connection`;
+      abort(0, message, gotId ? STATE.aborted : STATE.error);
+    });
+  };
+  const timer = setTimeout(() => {
+    abort(0, `rendezvous timed out after ${init.timeoutMs} ms: no id from rank 0 at ${where} (MASTER_ADDR:MASTER_PORT)`, STATE.error);
+    upstream?.destroy();
+  }, init.timeoutMs);
+  attempt();
+}
+
+parentPort?.on('message', (m: { type: string; message?: string }) => {
+  if (m.type === 'fail') {
+    // This rank failed: tell the others, then let the main thread go on (it waits on `sent`).
+    const message = m.message ?? 'failed';
+    const done = () => {
+      Atomics.store(flags, SLOT.sent, 1);
+      Atomics.notify(flags, SLOT.sent);
+    };
+    if (Atomics.load(flags, SLOT.state) < STATE.aborted) {
+      setText(message);
+      Atomics.store(flags, SLOT.failedRank, init.rank);
+      Atomics.store(flags, SLOT.state, STATE.aborted);
+      Atomics.store(flags, SLOT.ack, 1);
+    }
+    if (init.rank === 0) {
+      Promise.all([...sockets.values()].map((s) => send(s, { abort: 0, message }))).then(done, done);
+    } else {
+      send(upstream, { fail: init.rank, message }).then(done, done);
+    }
+  } else if (m.type === 'close') {
+    closing = true;
+    if (watchdog) clearTimeout(watchdog);
+    const finish = () => {
+      for (const s of sockets.values()) s.destroy();
+      upstream?.destroy();
+      server?.close();
+      parentPort?.postMessage({ type: 'closed' });
+      parentPort?.close();
+    };
+    const byes = init.rank === 0 ? [...sockets.values()].map((s) => send(s, { bye: 0 })) : [send(upstream, { bye: init.rank })];
+    Promise.all(byes).then(finish, finish);
+  }
+});
+
+if (init.rank === 0) serve();
+else connect();

@@ -1,0 +1,136 @@
+import { Worker } from 'node:worker_threads';
+import { InputError, RankError } from '../core/errors.js';
+import { SLOT, STATE, type ControlInit } from './control-proto.js';
+
+/**
+ * A GPU rank's place in a job started by `ringattn launch` (or torchrun): torchrun's variables,
+ * RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT.
+ */
+export interface RankEnv {
+  rank: number;
+  world: number;
+  localRank: number;
+  masterAddr: string;
+  masterPort: number;
+}
+
+const VARS = ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'] as const;
+
+/** This process's rank, from the environment; null when no launcher set WORLD_SIZE. */
+export function rankEnv(env: NodeJS.ProcessEnv = process.env): RankEnv | null {
+  if (env.WORLD_SIZE === undefined && env.RANK === undefined) return null;
+  const int = (name: (typeof VARS)[number], min: number, max: number, fallback?: string): number => {
+    const raw = env[name] ?? fallback;
+    if (raw === undefined) throw new InputError(name, `expected the environment variable to be set (with ${VARS.join(', ')})`);
+    const n = Number(raw);
+    if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(n) || n < min || n > max) throw new InputError(name, `expected an integer in ${min}..${max}, got '${raw}'`);
+    return n;
+  };
+  const world = int('WORLD_SIZE', 1, 65536);
+  const rank = int('RANK', 0, world - 1);
+  const localRank = int('LOCAL_RANK', 0, 1023, String(rank));
+  const masterAddr = env.MASTER_ADDR ?? (world === 1 ? '127.0.0.1' : undefined);
+  if (!masterAddr) throw new InputError('MASTER_ADDR', 'expected the address of rank 0 (set by the launcher)');
+  const masterPort = int('MASTER_PORT', 1, 65535, world === 1 ? '29500' : undefined);
+  return { rank, world, localRank, masterAddr, masterPort };
+}
+
+export interface ControlOptions {
+  /** Rank 0: makes the id handed to every rank (the NCCL unique id). */
+  makeId?: () => Uint8Array;
+  /** Rendezvous deadline (default RINGATTN_RENDEZVOUS_TIMEOUT ms or 60 s). */
+  timeoutMs?: number;
+  /** After an abort, how long the main thread has to stop before the process is ended (default 5 s; 0: never). */
+  graceMs?: number;
+}
+
+export interface Failure {
+  rank: number;
+  message: string;
+}
+
+/**
+ * The control channel of one rank (its TCP side runs on a worker thread, control-worker.ts):
+ * rendezvous, then failure propagation. `failure()` is cheap and is polled by every GPU wait.
+ */
+export class Control {
+  private readonly flags: Int32Array;
+  private readonly text: Uint8Array;
+  private closed = false;
+
+  private constructor(readonly env: RankEnv, readonly id: Uint8Array, private readonly worker: Worker, flagsBuf: SharedArrayBuffer, textBuf: SharedArrayBuffer) {
+    this.flags = new Int32Array(flagsBuf);
+    this.text = new Uint8Array(textBuf);
+  }
+
+  static async start(env: RankEnv, opts: ControlOptions = {}): Promise<Control> {
+    const envTimeout = Number(process.env.RINGATTN_RENDEZVOUS_TIMEOUT);
+    const timeoutMs = opts.timeoutMs ?? (Number.isFinite(envTimeout) && envTimeout > 0 ? envTimeout : 60_000);
+    const flags = new SharedArrayBuffer(8 * 4);
+    const text = new SharedArrayBuffer(4096);
+    let id: Uint8Array | undefined;
+    if (env.rank === 0) id = opts.makeId ? opts.makeId() : new Uint8Array(128);
+    const init: ControlInit = {
+      rank: env.rank, world: env.world, host: env.masterAddr, port: env.masterPort, timeoutMs,
+      graceMs: opts.graceMs ?? 5000, id: id ? Buffer.from(id).toString('base64') : undefined, flags, text,
+    };
+    const worker = new Worker(new URL('./control-worker.js', import.meta.url), { workerData: init });
+    const got = await new Promise<Uint8Array>((resolve, reject) => {
+      worker.on('message', (m: { type: string; id?: string; rank?: number; message?: string }) => {
+        if (m.type === 'ready' && id) resolve(id);
+        else if (m.type === 'id' && m.id) resolve(new Uint8Array(Buffer.from(m.id, 'base64')));
+        else if (m.type === 'abort') reject(new RankError(env.rank, m.rank === env.rank || m.rank === undefined ? m.message ?? 'rendezvous failed' : `rank ${m.rank}: ${m.message}`, m.rank !== env.rank));
+      });
+      worker.on('error', (e) => reject(new RankError(env.rank, `control thread failed: ${e.message}`)));
+      worker.on('exit', () => reject(new RankError(env.rank, 'control thread ended during the rendezvous')));
+    });
+    // Past the rendezvous the channel must not keep the process alive.
+    worker.unref();
+    return new Control(env, got, worker, flags, text);
+  }
+
+  /** The first failure of any rank (this one included), or null. */
+  failure(): Failure | null {
+    if (Atomics.load(this.flags, SLOT.state) < STATE.aborted) return null;
+    const n = Atomics.load(this.flags, SLOT.textLen);
+    return { rank: Atomics.load(this.flags, SLOT.failedRank), message: Buffer.from(this.text.subarray(0, n)).toString('utf8') };
+  }
+
+  /** Throw the RankError for a failure elsewhere (disarming the watchdog: this thread is stopping). */
+  throwIfFailed(): void {
+    const f = this.failure();
+    if (!f) return;
+    Atomics.store(this.flags, SLOT.ack, 1);
+    if (f.rank === this.env.rank) throw new RankError(f.rank, f.message);
+    throw new RankError(this.env.rank, `stopped because rank ${f.rank} failed: ${f.message}`, true);
+  }
+
+  /**
+   * This rank failed: tell every rank (waits up to `waitMs` for the message to leave). A no-op
+   * when another rank's failure is what stopped this one.
+   */
+  fail(message: string, waitMs = 2000): void {
+    if (this.closed) return;
+    const f = this.failure();
+    Atomics.store(this.flags, SLOT.ack, 1);
+    if (f && f.rank !== this.env.rank) return;
+    this.worker.postMessage({ type: 'fail', message });
+    Atomics.wait(this.flags, SLOT.sent, 0, waitMs);
+  }
+
+  /** Normal end: say goodbye so that no rank takes the closing socket for a failure. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    Atomics.store(this.flags, SLOT.ack, 1);
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, 2000);
+      this.worker.once('exit', () => {
+        clearTimeout(t);
+        resolve();
+      });
+      this.worker.postMessage({ type: 'close' });
+    });
+    await this.worker.terminate();
+  }
+}

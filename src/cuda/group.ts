@@ -1,0 +1,219 @@
+import { BackendError, RankError, RingAttnError } from '../core/errors.js';
+import { CUDA_ERROR_NOT_READY, CU_STREAM_NON_BLOCKING, type Handle } from './bindings/driver.js';
+import { loadNccl, NCCL_DTYPE, NCCL_OP, NCCL_UNIQUE_ID_BYTES, type NcclApi } from './bindings/nccl.js';
+import { CudaContext, type DeviceBuffer } from './context.js';
+import { Control, rankEnv, type ControlOptions, type RankEnv } from './control.js';
+import { EXIT_SECONDARY } from './launch.js';
+
+/**
+ * One GPU rank of a job: the control channel (rendezvous, failure propagation), this process's
+ * GPU (LOCAL_RANK), an NCCL communicator over all ranks and a communication stream beside the
+ * compute stream. Every host wait polls (cuStreamQuery) and checks the control channel and
+ * NCCL's asynchronous error between polls, so that a failure anywhere ends every rank with its
+ * error instead of a hang.
+ */
+
+const NCCL_IN_PROGRESS = 7;
+
+export interface GroupOptions extends ControlOptions {
+  env?: RankEnv;
+  /** Longest host wait on the GPU before giving up (ms; default RINGATTN_GPU_TIMEOUT or 10 min). */
+  waitTimeoutMs?: number;
+}
+
+export class CudaGroup {
+  readonly rank: number;
+  readonly world: number;
+  /** Streams: compute is ctx.stream; comm carries every NCCL call (higher priority). */
+  readonly comm: Handle;
+  private aborted = false;
+  private readonly sleeper = new Int32Array(new SharedArrayBuffer(4));
+  private scratch: DeviceBuffer | null = null;
+  private readonly waitTimeoutMs: number;
+
+  private constructor(readonly env: RankEnv, readonly control: Control | null, readonly ctx: CudaContext, readonly nccl: NcclApi, readonly ncclComm: unknown, waitTimeoutMs: number) {
+    this.rank = env.rank;
+    this.world = env.world;
+    const least: [number] = [0];
+    const greatest: [number] = [0];
+    ctx.check('cuCtxGetStreamPriorityRange', ctx.drv.cuCtxGetStreamPriorityRange!(least, greatest));
+    const s: [Handle] = [null];
+    ctx.check('cuStreamCreateWithPriority', ctx.drv.cuStreamCreateWithPriority!(s, CU_STREAM_NON_BLOCKING, greatest[0]));
+    this.comm = s[0];
+    this.waitTimeoutMs = waitTimeoutMs;
+  }
+
+  /**
+   * Join the job: rendezvous (rank 0 makes the NCCL unique id and hands it out over TCP), open
+   * GPU LOCAL_RANK, then ncclCommInitRank. Without launcher variables: a group of one.
+   */
+  static async init(opts: GroupOptions = {}): Promise<CudaGroup> {
+    const env = opts.env ?? rankEnv() ?? { rank: 0, world: 1, localRank: 0, masterAddr: '127.0.0.1', masterPort: 0 };
+    const loaded = loadNccl();
+    if ('error' in loaded) throw new BackendError(loaded.error);
+    const nccl = loaded;
+    const ncclCheck = (call: string, rc: number) => {
+      if (rc !== 0) throw new BackendError(`${call} failed: ${nccl.ncclGetErrorString(rc)} [ncclResult ${rc}]`);
+    };
+    let control: Control | null = null;
+    let id: Uint8Array;
+    const makeId = () => {
+      const b = Buffer.alloc(NCCL_UNIQUE_ID_BYTES);
+      ncclCheck('ncclGetUniqueId', nccl.ncclGetUniqueId(b));
+      return new Uint8Array(b);
+    };
+    if (env.world > 1) {
+      control = await Control.start(env, { ...opts, makeId });
+      id = control.id;
+    } else {
+      id = makeId();
+    }
+    try {
+      const ctx = CudaContext.open(env.localRank);
+      const out: [unknown] = [null];
+      ncclCheck(`ncclCommInitRank(rank ${env.rank} of ${env.world}, GPU ${env.localRank})`, nccl.ncclCommInitRank(out, env.world, { internal: id }, env.rank));
+      const t = Number(process.env.RINGATTN_GPU_TIMEOUT);
+      return new CudaGroup(env, control, ctx, nccl, out[0], opts.waitTimeoutMs ?? (Number.isFinite(t) && t > 0 ? t * 1000 : 600_000));
+    } catch (e) {
+      control?.fail(e instanceof Error ? e.message : String(e));
+      throw e;
+    }
+  }
+
+  ncclCheck(call: string, rc: number): void {
+    if (rc !== 0) {
+      this.control?.throwIfFailed();
+      throw new BackendError(`${call} failed: ${this.nccl.ncclGetErrorString(rc)} [ncclResult ${rc}]`);
+    }
+  }
+
+  /** Throw if another rank failed or NCCL reports an asynchronous error. */
+  poll(): void {
+    this.control?.throwIfFailed();
+    const err: [number] = [0];
+    const rc = this.nccl.ncclCommGetAsyncError(this.ncclComm, err);
+    if (rc === 0 && err[0] !== 0 && err[0] !== NCCL_IN_PROGRESS) {
+      throw new BackendError(`NCCL asynchronous error: ${this.nccl.ncclGetErrorString(err[0])} [ncclResult ${err[0]}]`);
+    }
+  }
+
+  private waitUntil(what: string, query: () => number): void {
+    const t0 = Date.now();
+    let spins = 0;
+    for (;;) {
+      const rc = query();
+      if (rc === 0) return;
+      if (rc !== CUDA_ERROR_NOT_READY) this.ctx.check(what, rc);
+      this.poll();
+      if (Date.now() - t0 > this.waitTimeoutMs) throw new RankError(this.rank, `${what}: still waiting after ${this.waitTimeoutMs} ms (set RINGATTN_GPU_TIMEOUT, seconds, to wait longer)`);
+      // Spin briefly (a step is often milliseconds), then sleep in small slices.
+      if (++spins > 200) Atomics.wait(this.sleeper, 0, 0, 0.2);
+    }
+  }
+
+  /** Wait for everything enqueued on a stream (default: compute), polling for failures. */
+  syncStream(stream: Handle = this.ctx.stream): void {
+    this.waitUntil('cuStreamQuery', () => this.ctx.drv.cuStreamQuery!(stream));
+  }
+
+  syncEvent(ev: Handle): void {
+    this.waitUntil('cuEventQuery', () => this.ctx.drv.cuEventQuery!(ev));
+  }
+
+  /** Both streams idle. */
+  syncAll(): void {
+    this.syncStream(this.ctx.stream);
+    this.syncStream(this.comm);
+  }
+
+  private word(): DeviceBuffer {
+    return (this.scratch ??= this.ctx.alloc(8 * Math.max(1, this.world) * 8));
+  }
+
+  /** Every rank's `values` (the same count on each), through the GPU. */
+  allGatherF64(values: number[]): number[][] {
+    if (this.world === 1) return [values.slice()];
+    const n = values.length;
+    const send = this.ctx.alloc(n * 8);
+    const recv = this.ctx.alloc(n * 8 * this.world);
+    try {
+      this.ctx.upload(send, Float64Array.from(values));
+      this.syncStream();
+      this.ncclCheck('ncclAllGather', this.nccl.ncclAllGather(send.ptr, recv.ptr, n, NCCL_DTYPE.float64, this.ncclComm, this.comm));
+      this.syncStream(this.comm);
+      const all = this.ctx.download(new Float64Array(n * this.world), recv);
+      return Array.from({ length: this.world }, (_, r) => Array.from(all.subarray(r * n, (r + 1) * n)));
+    } finally {
+      this.ctx.free(send);
+      this.ctx.free(recv);
+    }
+  }
+
+  /** Every rank waits here (an all-reduce of one word on the comm stream, then both streams idle). */
+  barrier(): void {
+    this.syncStream();
+    if (this.world === 1) return;
+    const w = this.word();
+    this.ncclCheck('ncclAllReduce(barrier)', this.nccl.ncclAllReduce(w.ptr, w.ptr, 1, NCCL_DTYPE.float32, NCCL_OP.sum, this.ncclComm, this.comm));
+    this.syncStream(this.comm);
+  }
+
+  /** Max of one number over the ranks. */
+  max(x: number): number {
+    return Math.max(...this.allGatherF64([x]).map((v) => v[0]));
+  }
+
+  /** After a failure: stop NCCL's kernels and threads so that this process can exit. */
+  abort(): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    try {
+      this.nccl.ncclCommAbort(this.ncclComm);
+    } catch {
+      // nothing more to do
+    }
+  }
+
+  async close(): Promise<void> {
+    if (!this.aborted) {
+      this.syncAll();
+      this.ctx.free(this.scratch ?? undefined);
+      this.nccl.ncclCommDestroy(this.ncclComm);
+      this.ctx.drv.cuStreamDestroy_v2(this.comm);
+    }
+    await this.control?.close();
+  }
+}
+
+/**
+ * Run `body` as this process's rank and exit: 0 on success; on an error, tell the other ranks
+ * (so they stop within seconds), abort NCCL, print `ringattn: rank r: ...` and exit 1 (or
+ * EXIT_SECONDARY when this rank only stopped because another failed).
+ */
+export async function rankMain(body: (g: CudaGroup) => Promise<void>, opts: GroupOptions = {}): Promise<never> {
+  let group: CudaGroup | null = null;
+  let code = 0;
+  try {
+    group = await CudaGroup.init(opts);
+    await body(group);
+    await group.close();
+  } catch (e) {
+    const secondary = e instanceof RankError && e.secondary;
+    const msg = e instanceof Error ? e.message : String(e);
+    let rank = group?.rank ?? opts.env?.rank ?? 0;
+    try {
+      rank = e instanceof RankError ? e.rank : (group?.rank ?? opts.env?.rank ?? rankEnv()?.rank ?? 0);
+    } catch {
+      // a bad environment is the error being reported
+    }
+    const detail = e instanceof RankError ? e.detail : msg;
+    group?.control?.fail(detail);
+    group?.abort();
+    // A bug's stack first; the last line is the one the launcher reports.
+    if (!(e instanceof RingAttnError) && e instanceof Error && e.stack) process.stderr.write(`${e.stack}\n`);
+    process.stderr.write(`ringattn: rank ${rank}: ${detail}\n`);
+    code = secondary ? EXIT_SECONDARY : 1;
+  }
+  // Exit explicitly: NCCL's threads (after an abort) must not keep the process alive.
+  process.exit(code);
+}

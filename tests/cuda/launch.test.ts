@@ -1,0 +1,134 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { rankEnv } from '../../src/cuda/control.js';
+import { errorLine, freePort, launch, EXIT_SECONDARY } from '../../src/cuda/launch.js';
+import { InputError } from '../../src/core/errors.js';
+
+// No GPU needed: the launcher, torchrun's variables, the TCP rendezvous with a fake NCCL id and
+// the failure path (tests/cuda/rdv-rank.ts is the rank program).
+
+const rankJs = fileURLToPath(new URL('./rdv-rank.js', import.meta.url));
+const cliJs = fileURLToPath(new URL('../../../bin/ringattn.js', import.meta.url));
+
+function collect() {
+  const out: string[] = [];
+  const err: string[] = [];
+  return { out, err, stdout: (l: string) => out.push(l), stderr: (l: string) => err.push(l) };
+}
+
+test('rankEnv reads torchrun variables and names the bad one', () => {
+  assert.equal(rankEnv({}), null);
+  assert.deepEqual(rankEnv({ RANK: '1', WORLD_SIZE: '2', LOCAL_RANK: '1', MASTER_ADDR: '10.0.0.1', MASTER_PORT: '29500' }), { rank: 1, world: 2, localRank: 1, masterAddr: '10.0.0.1', masterPort: 29500 });
+  assert.equal(rankEnv({ RANK: '0', WORLD_SIZE: '1' })?.localRank, 0);
+  assert.throws(() => rankEnv({ RANK: '2', WORLD_SIZE: '2', MASTER_ADDR: 'h', MASTER_PORT: '1' }), (e: unknown) => e instanceof InputError && /RANK: expected an integer in 0..1/.test(e.message));
+  assert.throws(() => rankEnv({ RANK: '0', WORLD_SIZE: '2', MASTER_PORT: '1' }), /MASTER_ADDR/);
+  assert.throws(() => rankEnv({ RANK: '0', WORLD_SIZE: '2', MASTER_ADDR: 'h', MASTER_PORT: 'x' }), /MASTER_PORT/);
+  assert.throws(() => rankEnv({ RANK: 'one', WORLD_SIZE: '2' }), /RANK/);
+});
+
+test('errorLine picks the last ringattn: line', () => {
+  assert.equal(errorLine(['a', 'ringattn: rank 1: boom', 'at x', '']), 'rank 1: boom');
+  assert.equal(errorLine(['plain failure', '']), 'plain failure');
+});
+
+test('launch: 3 ranks rendezvous over TCP and share rank 0\'s id', async () => {
+  const c = collect();
+  const r = await launch({ nproc: 3, command: [process.execPath, rankJs, 'ok'], stdout: c.stdout, stderr: c.stderr });
+  assert.equal(r.code, 0, c.err.join('\n'));
+  const ids = c.out.filter((l) => / id /.test(` ${l}`));
+  assert.equal(ids.length, 3, c.out.join('\n'));
+  for (let rank = 0; rank < 3; rank++) {
+    const line = c.out.find((l) => l.startsWith(`[rank ${rank}] id `));
+    assert.ok(line, `rank ${rank} printed its id: ${c.out.join('\n')}`);
+    assert.match(line!, new RegExp(`rank ${rank} of 3 local ${rank} master 127\\.0\\.0\\.1:\\d+`));
+    assert.ok(line!.includes('id 030a11181f262d34'), line);
+  }
+});
+
+test('launch: a failing rank ends every rank with its error, within seconds', async () => {
+  const c = collect();
+  const t0 = Date.now();
+  const r = await launch({ nproc: 3, command: [process.execPath, rankJs, 'fail', '1'], stdout: c.stdout, stderr: c.stderr });
+  const ms = Date.now() - t0;
+  assert.equal(r.failedRank, 1, JSON.stringify(r));
+  assert.equal(r.code, 1);
+  assert.match(r.message ?? '', /boom from the test/);
+  assert.ok(ms < 10000, `took ${ms} ms`);
+  for (const rank of [0, 2]) {
+    assert.equal(r.ranks[rank].code, EXIT_SECONDARY, JSON.stringify(r.ranks[rank]));
+    assert.ok(c.err.some((l) => l.startsWith(`[rank ${rank}] ringattn: rank ${rank}: stopped because rank 1 failed: boom from the test`)), c.err.join('\n'));
+  }
+});
+
+test('launch: the failing rank 0 reaches the others too', async () => {
+  const c = collect();
+  const r = await launch({ nproc: 2, command: [process.execPath, rankJs, 'fail', '0'], stdout: c.stdout, stderr: c.stderr });
+  assert.equal(r.failedRank, 0, JSON.stringify(r));
+  assert.match(r.message ?? '', /boom/);
+  assert.equal(r.ranks[1].code, EXIT_SECONDARY);
+});
+
+test('launch: ranks stuck in a native call are ended by their watchdog', async () => {
+  const c = collect();
+  const t0 = Date.now();
+  const r = await launch({ nproc: 3, command: [process.execPath, rankJs, 'spin', '2'], env: { ...process.env, RDV_GRACE: '1000' }, stdout: c.stdout, stderr: c.stderr, graceMs: 8000 });
+  const ms = Date.now() - t0;
+  assert.equal(r.failedRank, 2, JSON.stringify(r));
+  assert.match(r.message ?? '', /boom/);
+  assert.ok(ms < 8000, `took ${ms} ms (the watchdog should end ranks 0 and 1 after 1 s)`);
+  assert.ok(c.err.some((l) => /\[rank 0\] ringattn: rank 0: stopped because rank 2 failed: boom from the test \(the rank did not stop/.test(l)), c.err.join('\n'));
+});
+
+test('launch: the launcher ends ranks that do not stop by themselves', async () => {
+  const c = collect();
+  const t0 = Date.now();
+  const script = 'if (process.env.RANK === "1") { console.error("ringattn: rank 1: gave up"); process.exit(4); } setTimeout(() => {}, 60000);';
+  const r = await launch({ nproc: 2, command: [process.execPath, '-e', script], stdout: c.stdout, stderr: c.stderr, graceMs: 300 });
+  assert.equal(r.failedRank, 1);
+  assert.equal(r.code, 4);
+  assert.equal(r.message, 'rank 1: gave up');
+  assert.equal(r.ranks[0].signal, 'SIGTERM');
+  assert.ok(Date.now() - t0 < 5000);
+});
+
+test('rendezvous: a missing rank or rank 0 times out with a clear error', async () => {
+  const port = await freePort();
+  const run = (rank: number) =>
+    new Promise<{ code: number | null; err: string }>((resolve) => {
+      const p = spawn(process.execPath, [rankJs, 'ok'], { env: { ...process.env, RANK: String(rank), WORLD_SIZE: '2', MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), RDV_TIMEOUT: '700' } });
+      let err = '';
+      p.stderr.on('data', (d) => (err += d));
+      p.on('close', (code) => resolve({ code, err }));
+    });
+  const r0 = await run(0);
+  assert.equal(r0.code, 1);
+  assert.match(r0.err, /rendezvous timed out after 700 ms: rank\(s\) 1 did not connect to 127\.0\.0\.1:\d+/);
+  const r1 = await run(1);
+  assert.equal(r1.code, 1);
+  assert.match(r1.err, /rendezvous timed out after 700 ms: no id from rank 0 at 127\.0\.0\.1:\d+/);
+});
+
+test('launch: a command that cannot start is an error of its rank', async () => {
+  const c = collect();
+  const r = await launch({ nproc: 2, command: ['/nonexistent/ringattn-test-binary'], stdout: c.stdout, stderr: c.stderr, graceMs: 100 });
+  assert.notEqual(r.code, 0);
+  assert.match(r.message ?? '', /cannot start|ENOENT/);
+});
+
+test('ringattn launch: the CLI forwards output and exits non-zero with the failing rank', async () => {
+  const script = 'console.log("hello from", process.env.RANK, process.env.WORLD_SIZE); if (process.env.RANK === "1") { console.error("ringattn: rank 1: broken"); process.exit(1); }';
+  const res = await new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+    const p = spawn(process.execPath, [cliJs, 'launch', '--nproc', '2', '--', process.execPath, '-e', script]);
+    let out = '', err = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (err += d));
+    p.on('close', (code) => resolve({ code, out, err }));
+  });
+  assert.equal(res.code, 1, res.err);
+  assert.match(res.out, /\[rank 0\] hello from 0 2/);
+  assert.match(res.out, /\[rank 1\] hello from 1 2/);
+  assert.match(res.err, /ringattn: launch: rank 1 failed .*: broken/);
+  assert.throws(() => { throw new InputError('x', 'y'); });
+});

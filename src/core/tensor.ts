@@ -51,17 +51,24 @@ export function assertFinite(arg: string, data: Float32Array | Float64Array): vo
   }
 }
 
-/** Round-to-nearest-even fp32 -> bf16 bits. */
-export function f32ToBf16Bits(x: number): number {
-  const f = new Float32Array([x]);
-  const u = new Uint32Array(f.buffer)[0];
-  if ((u & 0x7fffffff) > 0x7f800000) return (u >>> 16) | 0x40; // quiet NaN
+/** fp32 bit pattern -> bf16 bits, round to nearest even, NaN kept quiet. */
+export function f32BitsToBf16Bits(u: number): number {
+  if ((u & 0x7fffffff) > 0x7f800000) return (u >>> 16) | 0x40;
   return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
+const f32Scratch = new Float32Array(1);
+const u32Scratch = new Uint32Array(f32Scratch.buffer);
+
+/** Round-to-nearest-even fp32 -> bf16 bits. */
+export function f32ToBf16Bits(x: number): number {
+  f32Scratch[0] = x;
+  return f32BitsToBf16Bits(u32Scratch[0]);
+}
+
 export function bf16BitsToF32(b: number): number {
-  const u = new Uint32Array([b << 16]);
-  return new Float32Array(u.buffer)[0];
+  u32Scratch[0] = b << 16;
+  return f32Scratch[0];
 }
 
 /** IEEE half bits -> number. */
@@ -74,15 +81,13 @@ export function f16BitsToF32(h: number): number {
   return s * (1 + m / 1024) * 2 ** (e - 15);
 }
 
-/** number -> IEEE half bits, round to nearest even. */
-export function f32ToF16Bits(x: number): number {
-  const f = new Float32Array([x]);
-  const u = new Uint32Array(f.buffer)[0];
+/** fp32 bit pattern -> IEEE half bits, round to nearest even (overflow to ±inf, subnormals kept). */
+export function f32BitsToF16Bits(u: number): number {
   const sign = (u >>> 16) & 0x8000;
   const exp = (u >>> 23) & 0xff;
   let mant = u & 0x7fffff;
   if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  let e = exp - 127 + 15;
+  const e = exp - 127 + 15;
   if (e >= 31) return sign | 0x7c00;
   if (e <= 0) {
     if (e < -10) return sign;
@@ -91,11 +96,17 @@ export function f32ToF16Bits(x: number): number {
     let h = mant >>> shift;
     const rem = mant & ((1 << shift) - 1);
     const half = 1 << (shift - 1);
-    if (rem > half || (rem === half && (h & 1))) h++;
+    if (rem > half || (rem === half && h & 1)) h++;
     return sign | h;
   }
   let h = (e << 10) | (mant >>> 13);
   const rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem === 0x1000 && (h & 1))) h++;
+  if (rem > 0x1000 || (rem === 0x1000 && h & 1)) h++;
   return sign | h;
+}
+
+/** number -> IEEE half bits, round to nearest even. */
+export function f32ToF16Bits(x: number): number {
+  f32Scratch[0] = x;
+  return f32BitsToF16Bits(u32Scratch[0]);
 }

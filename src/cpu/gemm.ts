@@ -51,9 +51,9 @@ interface Bound {
 let bound: Bound | { error: string } | undefined;
 
 function bindC(): Bound | { error: string } {
+  const n = loadNative(); // cached by build.ts; asked each time so that RINGATTN_KERNEL=ts always wins
+  if ('error' in n) return n;
   if (bound) return bound;
-  const n = loadNative();
-  if ('error' in n) return n; // not cached: RINGATTN_KERNEL may change between calls
   try {
     const fn = n.lib.func(
       'int ra_gemm(int transA, int transB, int M, int N, int K, float alpha, const float* A, int lda, ' +
@@ -90,6 +90,16 @@ function checkInt(name: string, x: unknown, min: number): number {
   return x;
 }
 
+/** A row stride: at least the stored row length (and 1), default exactly that. */
+function checkStride(name: string, ld: unknown, cols: number, rule: string): number {
+  const min = Math.max(1, cols);
+  if (ld === undefined) return min;
+  if (typeof ld !== 'number' || !Number.isInteger(ld) || ld < min || ld > INT32_MAX) {
+    throw new InputError(name, `expected an integer >= ${min} (${rule}), got ${String(ld)}`);
+  }
+  return ld;
+}
+
 function checkMatrix(name: string, arr: unknown, rows: number, cols: number, ld: number, what: string): void {
   if (!(arr instanceof Float32Array)) throw new InputError(name, `expected a Float32Array (${what}), got ${typeof arr}`);
   const need = rows > 0 && cols > 0 ? (rows - 1) * ld + cols : 0;
@@ -121,9 +131,9 @@ function validate(o: GemmOptions): Resolved {
   if (typeof beta !== 'number' || !Number.isFinite(beta)) throw new InputError('beta', `expected a finite number, got ${String(beta)}`);
   const [rA, cA] = tA ? [K, M] : [M, K];
   const [rB, cB] = tB ? [N, K] : [K, N];
-  const lda = checkInt('lda', o.lda ?? Math.max(1, cA), Math.max(1, cA));
-  const ldb = checkInt('ldb', o.ldb ?? Math.max(1, cB), Math.max(1, cB));
-  const ldc = checkInt('ldc', o.ldc ?? Math.max(1, N), Math.max(1, N));
+  const lda = checkStride('lda', o.lda, cA, tA ? 'A stored K x M: lda >= M' : 'A stored M x K: lda >= K');
+  const ldb = checkStride('ldb', o.ldb, cB, tB ? 'B stored N x K: ldb >= K' : 'B stored K x N: ldb >= N');
+  const ldc = checkStride('ldc', o.ldc, N, 'C stored M x N: ldc >= N');
   const threads = checkInt('threads', o.threads ?? 1, 1);
   checkMatrix('A', o.A, rA, cA, lda, tA ? 'A stored K x M' : 'A, M x K');
   checkMatrix('B', o.B, rB, cB, ldb, tB ? 'B stored N x K' : 'B, K x N');

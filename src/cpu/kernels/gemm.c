@@ -1,21 +1,25 @@
 /*
  * ringattn native fp32 GEMM for the linear layers of the model: C = alpha * op(A) * op(B) + beta * C,
- * row-major, op(X) = X or X^T.
+ * row-major, op(X) = X or X^T (entry point and shapes: ra_gemm at the end of this file).
  *
  * Structure (the Goto/BLIS layering, written for row-major C with vectors along N):
  *  - The micro-kernel keeps an MR x NR tile of C in registers (MR rows broadcast from the packed
  *    A panel, NR = NV vectors of VW columns loaded from the packed B panel) and runs over kc.
- *  - A is packed in blocks of MC x KC (MR-row panels, k-major: ap[k * MR + r]), shared by all
- *    threads and read from L3; each A micro-panel (MR x KC) stays in L1 while it sweeps the
- *    B block.
- *  - B is packed per thread in blocks of KC x NC (NR-column panels, ap[k * NR + c]) that stay in
- *    that core's L2 while every MR panel of the A block runs over them.
+ *    AVX-512: 12 x 32 (24 accumulators of the 32 zmm registers); AVX2: 6 x 16; NEON: 8 x 12.
+ *  - A is packed in blocks of MC x KC (MR-row panels, k-major: ap[k * MR + r]) shared by all
+ *    threads and read from L3; each A micro-panel (MR x KC, 18 KB) stays in L1 while it sweeps
+ *    a chunk of B.
+ *  - B is packed per thread in chunks of KC x NC (NR-column panels, bp[k * NR + c], 384 KB) that
+ *    stay in that core's L2 while every MR panel of the A block runs over them.
+ *  - Both packings of a transposed operand go through 16 x 16 in-register transposes on AVX-512.
  *  - Panels are zero-padded to MR / NR, so the micro-kernel always runs the full tile; edge tiles
  *    are written through a small buffer.
- *  - Threads: the (N chunk, M slice) items of one (A block, K block) step are shared out
- *    statically; N chunks are balanced in whole NR panels so each thread gets the same work.
+ *  - Threads: one parallel region for the whole call. Per (A block, K block) step the team packs
+ *    the A block, meets at one barrier, then takes (N chunk, M slice) items dynamically; the A
+ *    block alternates between two buffers so no barrier is needed at the end of a step.
  *  - beta is applied by the first K block only (later blocks add), beta = 0 never reads C (NaN
  *    in C is overwritten), and alpha = 0 or K = 0 reduces to C = beta * C without reading A or B.
+ * Sums run in fp32 in K order within a K block, so results do not depend on the thread count.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -127,6 +131,11 @@ static void ukernel(long kc, const float* restrict ap, const float* restrict bp,
   for (int r = 0; r < GMR; r++)
 #pragma GCC unroll 4
     for (int v = 0; v < GNV; v++) acc[r][v] = g_zero();
+  /* the C tile is needed only at the end: start fetching it now */
+  for (int r = 0; r < mr; r++) {
+    __builtin_prefetch(c + r * ldc, 1, 3);
+    __builtin_prefetch(c + r * ldc + GNR - 1, 1, 3);
+  }
   for (long k = 0; k < kc; k++) {
     gvf b[GNV];
 #pragma GCC unroll 4
@@ -180,10 +189,48 @@ static void ukernel(long kc, const float* restrict ap, const float* restrict bp,
 /* ------------------------------------------------------------------------------------------ */
 /* Packing.                                                                                   */
 
+#if defined(__AVX512F__) && VW == 16 && GMR <= 16 && GNR % 16 == 0
+#define G_TR16 1
+/* In-register 16 x 16 transpose: r[i] holds row i on entry, column i on return. */
+GINLINE void tr16(__m512 r[16]) {
+  __m512 t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  /* r[4g + j], 128-bit lane L: rows 4g..4g+3 of column 4L + j */
+#pragma GCC unroll 4
+  for (int g = 0; g < 4; g++) {
+    r[4 * g] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+    r[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+    r[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+    r[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+  }
+  /* then a 4 x 4 transpose of 128-bit lanes across the four row groups */
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; j++) {
+    const __m512 y0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x44), y1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xEE);
+    const __m512 y2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x44), y3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xEE);
+    t[j] = _mm512_shuffle_f32x4(y0, y2, 0x88);
+    t[4 + j] = _mm512_shuffle_f32x4(y0, y2, 0xDD);
+    t[8 + j] = _mm512_shuffle_f32x4(y1, y3, 0x88);
+    t[12 + j] = _mm512_shuffle_f32x4(y1, y3, 0xDD);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+#endif
+
 /* MR-row panel p of the A block: ap[k * GMR + r] = op(A)[i0 + r][k0 + k], zero for r >= mr. */
 static void pack_a_panel(int transA, const float* A, long lda, long i0, int mr, long k0, long kc, float* restrict ap) {
   if (transA) {
     /* op(A)[i][k] = A[k][i]: rows of the panel are contiguous in memory */
+#ifdef G_TR16
+    const __mmask16 have = (__mmask16)((1u << mr) - 1), keep = (__mmask16)((1u << GMR) - 1);
+    for (long k = 0; k < kc; k++)
+      _mm512_mask_storeu_ps(ap + k * GMR, keep, _mm512_maskz_loadu_ps(have, A + (k0 + k) * lda + i0));
+#else
     for (long k = 0; k < kc; k++) {
       const float* src = A + (k0 + k) * lda + i0;
       float* dst = ap + k * GMR;
@@ -191,13 +238,27 @@ static void pack_a_panel(int transA, const float* A, long lda, long i0, int mr, 
       for (; r < mr; r++) dst[r] = src[r];
       for (; r < GMR; r++) dst[r] = 0.0f;
     }
+#endif
   } else {
     if (mr < GMR)
       for (long k = 0; k < kc; k++)
         for (int r = mr; r < GMR; r++) ap[k * GMR + r] = 0.0f;
+    long k = 0;
+#ifdef G_TR16
+    /* 16 k at a time: GMR rows (zero rows above) transposed, the first GMR lanes of each stored */
+    const __mmask16 keep = (__mmask16)((1u << GMR) - 1);
+    for (; mr == GMR && k + 16 <= kc; k += 16) {
+      __m512 v[16];
+#pragma GCC unroll 16
+      for (int r = 0; r < 16; r++) v[r] = r < GMR ? _mm512_loadu_ps(A + (i0 + r) * lda + k0 + k) : _mm512_setzero_ps();
+      tr16(v);
+#pragma GCC unroll 16
+      for (int t = 0; t < 16; t++) _mm512_mask_storeu_ps(ap + (k + t) * GMR, keep, v[t]);
+    }
+#endif
     for (int r = 0; r < mr; r++) {
       const float* src = A + (i0 + r) * lda + k0;
-      for (long k = 0; k < kc; k++) ap[k * GMR + r] = src[k];
+      for (long kk = k; kk < kc; kk++) ap[kk * GMR + r] = src[kk];
     }
   }
 }
@@ -217,11 +278,27 @@ static void pack_b_panel(int transB, const float* B, long ldb, long k0, long kc,
       }
     }
   } else {
-    /* op(B)[k][j] = B[j][k]: transpose in strips of k so the writes stay in L1 */
+    /* op(B)[k][j] = B[j][k] */
     if (nr < GNR)
       for (long k = 0; k < kc; k++)
         for (int c = nr; c < GNR; c++) bp[k * GNR + c] = 0.0f;
-    for (long kb = 0; kb < kc; kb += 64) {
+    long k0v = 0;
+#ifdef G_TR16
+    /* 16 x 16 tiles: 16 columns of op(B) (rows of B) by 16 k, transposed in registers */
+    for (; nr == GNR && k0v + 16 <= kc; k0v += 16) {
+#pragma GCC unroll 4
+      for (int h = 0; h < GNR / 16; h++) {
+        __m512 v[16];
+#pragma GCC unroll 16
+        for (int c = 0; c < 16; c++) v[c] = _mm512_loadu_ps(B + (j0 + h * 16 + c) * ldb + k0 + k0v);
+        tr16(v);
+#pragma GCC unroll 16
+        for (int t = 0; t < 16; t++) _mm512_storeu_ps(bp + (k0v + t) * GNR + h * 16, v[t]);
+      }
+    }
+#endif
+    /* the rest in strips of k, so the strided writes stay in L1 */
+    for (long kb = k0v; kb < kc; kb += 64) {
       const long ke = g_min(kc, kb + 64);
       for (int c = 0; c < nr; c++) {
         const float* src = B + (j0 + c) * ldb + k0;

@@ -9,6 +9,7 @@
  * S(S+1)/2 causal (skipped work is not counted); backward 2.5x the forward.
  */
 import { spawnSync } from 'node:child_process';
+import { bestTime } from './timing.js';
 import { existsSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
@@ -37,19 +38,6 @@ function fill(n: number, seed: number): Float32Array {
 }
 
 /** Best time over repetitions: at least `min`, then more until `budget` seconds are spent or `reps` reached. */
-function time(fn: () => void, reps: number, budget: number, min: number): number {
-  let best = Infinity;
-  let total = 0;
-  for (let r = 0; r < reps && (r < min || total < budget); r++) {
-    const t = performance.now();
-    fn();
-    const dt = (performance.now() - t) / 1e3;
-    best = Math.min(best, dt);
-    total += dt;
-  }
-  return best;
-}
-
 interface Peer {
   threads: string;
   blas: string;
@@ -99,16 +87,16 @@ function bench(kernel: AttentionKernel, S: number, D: number, causal: boolean, t
   const reps = big ? 1 : quick ? 2 : 5;
   const min = big ? 1 : 2;
   const budget = quick ? 0.3 : 1.5;
-  const fwd = time(() => {
+  const fwd = bestTime(() => {
     o.fill(0);
     lse.fill(-Infinity);
     kernel.forward(args);
-  }, reps, budget, min);
+  }, { min, max: reps, budget });
   const row: Row = { S, D, causal, threads, fwd: flop / fwd / 1e9 };
   if (withBackward) {
     const delta = computeDelta(o, dO, S * H, D);
     const dq = new Float32Array(S * H * D), dk = new Float32Array(S * H * D), dv = new Float32Array(S * H * D);
-    const bwd = time(() => kernel.backward({ ...args, dO, lse, delta, dq, dk, dv }), reps, budget, min);
+    const bwd = bestTime(() => kernel.backward({ ...args, dO, lse, delta, dq, dk, dv }), { min, max: reps, budget });
     row.bwd = (2.5 * flop) / bwd / 1e9;
   }
   return row;

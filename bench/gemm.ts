@@ -11,6 +11,7 @@
  * should not decide the ratio).
  */
 import { spawnSync } from 'node:child_process';
+import { bestTime } from './timing.js';
 import { existsSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
@@ -51,20 +52,6 @@ function fill(n: number, seed: number): Float32Array {
     x[i] = s / 2 ** 31 - 1;
   }
   return x;
-}
-
-/** Best time: a warm-up, then at least `reps` runs, more while under `budget` seconds (at most 20). */
-function best(fn: () => void, reps: number, budget: number): number {
-  fn();
-  let b = Infinity, total = 0;
-  for (let r = 0; r < 20 && (r < reps || total < budget); r++) {
-    const t = performance.now();
-    fn();
-    const dt = (performance.now() - t) / 1e3;
-    b = Math.min(b, dt);
-    total += dt;
-  }
-  return b;
 }
 
 interface PeerOut {
@@ -109,7 +96,7 @@ const buf: Buffers = { A: fill(maxA, 1), B: fill(maxB, 2), C: new Float32Array(m
 function ours(s: Shape, threads: number, kernel: 'c' | 'ts' = 'c'): number {
   const A = buf.A.subarray(0, s.M * s.K), B = buf.B.subarray(0, s.K * s.N), C = buf.C.subarray(0, s.M * s.N);
   const run = () => gemm({ transA: s.op[0] === 'T', transB: s.op[1] === 'T', M: s.M, N: s.N, K: s.K, A, B, C, threads, kernel });
-  const t = kernel === 'ts' ? best(run, 1, 0) : best(run, quick ? 2 : 3, quick ? 0.5 : 1.5);
+  const t = kernel === 'ts' ? bestTime(run, { warmup: 1, min: 1, budget: 0 }) : bestTime(run, { warmup: 1, min: quick ? 2 : 3, budget: quick ? 0.5 : 1.5 });
   return (2 * s.M * s.N * s.K) / t / 1e9;
 }
 

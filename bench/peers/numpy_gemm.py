@@ -14,9 +14,13 @@ be set before NumPy loads its BLAS), so the caller runs this script once per thr
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peer_common import blas_info  # noqa: E402
 
 
 def best_time(fn, reps, budget):
@@ -28,25 +32,6 @@ def best_time(fn, reps, budget):
         dt = time.perf_counter() - t
         best, total, n = min(best, dt), total + dt, n + 1
     return best
-
-
-def blas_info():
-    try:
-        from threadpoolctl import threadpool_info
-
-        return "; ".join(
-            f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')}, {i.get('num_threads')} threads)"
-            for i in threadpool_info()
-            if i.get("user_api") == "blas"
-        )
-    except ImportError:
-        pass
-    try:
-        cfg = np.show_config(mode="dicts")
-        blas = cfg.get("Build Dependencies", {}).get("blas", {})
-        return f"{blas.get('name')} {blas.get('version')} ({blas.get('openblas configuration', '').strip()})"
-    except TypeError:  # NumPy < 1.25: show_config prints only
-        return "unknown"
 
 
 def blas_core():

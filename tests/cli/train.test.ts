@@ -34,10 +34,10 @@ test('recall sequences: pairs in the first quarter, queries last, targets only a
   assert.equal(queries, s.queries);
 });
 
-test('curriculum: start length for the first 60%, the full length for the last 5%', () => {
+test('curriculum: start length for the first 40%, the full length for the last 10%', () => {
   assert.equal(curriculumLength(0, 100, 64, 1024), 64);
-  assert.equal(curriculumLength(59, 100, 64, 1024), 64);
-  assert.equal(curriculumLength(95, 100, 64, 1024), 1024);
+  assert.equal(curriculumLength(39, 100, 64, 1024), 64);
+  assert.equal(curriculumLength(90, 100, 64, 1024), 1024);
   const lens = Array.from({ length: 100 }, (_, i) => curriculumLength(i, 100, 64, 1024));
   for (let i = 1; i < 100; i++) assert.ok(lens[i] >= lens[i - 1]);
 });

@@ -39,14 +39,15 @@ interface TrainFlags {
 }
 
 /**
- * Sequence length at a step: `start` for the first 60% (the model learns the lookup where it
- * is cheap), then doubling at even intervals, and `end` for the last 5%.
+ * Sequence length at a step: `start` for the first 40% (the model learns the lookup where it
+ * is cheap), then doubling in stages of equal length over the next half (each stage sharpens
+ * the attention a little more against the longer filler), and `end` for the last 10%.
  */
 export function curriculumLength(step: number, steps: number, start: number, end: number): number {
   if (start >= end) return end;
   const stages = Math.ceil(Math.log2(end / start));
-  const a = Math.floor(steps * 0.6);
-  const b = Math.floor(steps * 0.95);
+  const a = Math.floor(steps * 0.4);
+  const b = Math.floor(steps * 0.9);
   if (step < a) return start;
   if (step >= b) return end;
   const stage = 1 + Math.floor(((step - a) / Math.max(1, b - a)) * stages);
@@ -129,7 +130,7 @@ export function registerTrain(program: Command): void {
     .option('--heads <n>', 'attention heads', '4')
     .option('--window <W>', 'sliding window of the comparison model', '256')
     .option('--no-compare', 'train only the full-attention model')
-    .option('--curriculum <S0>', 'train at this length for the first 60% of the steps, then double up to --seq (reached for the last 5%)', '64')
+    .option('--curriculum <S0>', 'train at this length for the first 40% of the steps, then double in stages up to --seq (held for the last 10%)', '64')
     .option('--seed <n>', 'seed', '1')
     .option('--eval-seqs <n>', 'fresh sequences of length --seq for the recall accuracy', '2')
     .option('--report <file>', 'HTML report with both loss curves', 'ringattn-train.html')

@@ -39,6 +39,9 @@ export function loadTokenizer(dir: string): TextTokenizer {
   }
   return {
     encode: (text) => tok.encode(text).ids,
-    decode: (ids) => tok.decode(ids, { skip_special_tokens: false } as never),
+    // @huggingface/tokenizers 0.2 throws on an empty array ("token_ids must be a non-empty array of
+    // integers"); Python tokenizers' Tokenizer.decode([]) and transformers' decode return '' (pinned by
+    // tests/fixtures/tokenizers/*/encodings.json, the empty text), so do the same.
+    decode: (ids) => (ids.length === 0 ? '' : tok.decode(ids, { skip_special_tokens: false } as never)),
   };
 }

@@ -87,3 +87,34 @@ test('model commands reject bad input with exit 2 and no output file', () => {
   }
   assert.ok(!existsSync(join(dir, 'o.npy')));
 });
+
+test('bad checkpoints: exit 2 with one line naming the file or tensor, no output file', async () => {
+  const { readFileSync, writeFileSync: write, rmSync } = await import('node:fs');
+  const cases: [string, (dir: string) => void, RegExp][] = [
+    ['unknown architecture', (d) => {
+      const c = JSON.parse(readFileSync(join(d, 'config.json'), 'utf8'));
+      c.model_type = 'gpt_neox';
+      write(join(d, 'config.json'), JSON.stringify(c));
+    }, /config\.json.*model_type/],
+    ['truncated weights', (d) => {
+      const b = readFileSync(join(d, 'model.safetensors'));
+      write(join(d, 'model.safetensors'), b.subarray(0, b.length - 100));
+    }, /model\.safetensors/],
+    ['missing weights file', (d) => rmSync(join(d, 'model.safetensors')), /safetensors/],
+    ['wrong shape in config', (d) => {
+      const c = JSON.parse(readFileSync(join(d, 'config.json'), 'utf8'));
+      c.intermediate_size = 65;
+      write(join(d, 'config.json'), JSON.stringify(c));
+    }, /mlp\.(gate|up|down)_proj\.weight.*\[/],
+  ];
+  for (const [what, breakIt, re] of cases) {
+    const { dir } = checkpoint();
+    breakIt(dir);
+    writeFileSync(join(dir, 'ids.json'), '[1, 2, 3]');
+    const r = cli(['logits', '--model', dir, '--tokens', join(dir, 'ids.json'), '--out', join(dir, 'o.npy')]);
+    assert.equal(r.code, 2, `${what}: ${r.stderr}`);
+    assert.equal(r.stderr.trim().split('\n').length, 1, `${what}: ${r.stderr}`);
+    assert.match(r.stderr, re, what);
+    assert.ok(!existsSync(join(dir, 'o.npy')), what);
+  }
+});

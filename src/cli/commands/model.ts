@@ -13,6 +13,7 @@ import { progressBar } from '../progress.js';
 
 interface ModelFlags {
   model: string;
+  backend: string;
   devices: string;
   layout: string;
   kernel: string;
@@ -25,10 +26,16 @@ function modelOptions(c: Command): Command {
     .option('--devices <P>', 'CPU ranks in the ring', '1')
     .option('--layout <name>', 'contiguous, zigzag or striped', 'zigzag')
     .option('--kernel <name>', 'auto, c or ts', 'auto')
+    .option('--backend <name>', 'cpu (the model does not run on the CUDA backend yet)', 'cpu')
     .option('--sinks <N>', 'attention sinks kept visible in sliding-window layers');
 }
 
+function checkBackend(f: ModelFlags): void {
+  if (f.backend !== 'cpu') throw new InputError('--backend', `expected cpu: the model runs on CPU ranks for now (got '${f.backend}')`);
+}
+
 async function open(f: ModelFlags): Promise<RingModel> {
+  checkBackend(f);
   if (!existsSync(f.model)) throw new InputError('--model', `${f.model} does not exist; expected a checkpoint directory`);
   if (!['auto', 'c', 'ts'].includes(f.kernel)) throw new InputError('--kernel', `expected auto, c or ts, got '${f.kernel}'`);
   return RingModel.load(f.model, {
@@ -62,6 +69,7 @@ export function registerModelCommands(program: Command): void {
     .option('--plan', 'print the planner\'s prediction first')
     .option('--quiet', 'print only the generated text or ids')
     .action(async (f: ModelFlags & { tokens?: string; promptFile?: string; maxNewTokens: string; temperature: string; topP: string; seed: string; outTokens?: string; plan?: boolean; quiet?: boolean }) => {
+      checkBackend(f);
       const maxNew = intOpt('--max-new-tokens', f.maxNewTokens, { min: 0 })!;
       const temperature = numOpt('--temperature', f.temperature)!;
       if (temperature < 0) throw new InputError('--temperature', `expected >= 0, got ${f.temperature}`);
@@ -132,6 +140,7 @@ export function registerModelCommands(program: Command): void {
     .requiredOption('--tokens <file>', 'token ids: .npy (int32/int64), JSON array, or whitespace-separated')
     .requiredOption('--out <file>', 'output .npy, float32 [S, vocab]')
     .action(async (f: ModelFlags & { tokens: string; out: string }) => {
+      checkBackend(f);
       checkOutputPath(f.out, '--out');
       const ids = readTokens(f.tokens, '--tokens');
       const m = await open(f);

@@ -36,6 +36,7 @@ interface TrainFlags {
   evalSeqs: string;
   kernel: string;
   plan?: boolean;
+  ropeTheta: string;
 }
 
 /**
@@ -128,6 +129,7 @@ export function registerTrain(program: Command): void {
     .option('--hidden <n>', 'hidden size', '128')
     .option('--layers <n>', 'decoder layers', '2')
     .option('--heads <n>', 'attention heads', '4')
+    .option('--rope-theta <x>', 'RoPE base: a large one keeps low frequencies nearly still over long distances, so a lookup by content works at any distance', '1000000')
     .option('--window <W>', 'sliding window of the comparison model', '256')
     .option('--no-compare', 'train only the full-attention model')
     .option('--curriculum <S0>', 'train at this length for the first 40% of the steps, then double in stages up to --seq (held for the last 10%)', '64')
@@ -150,6 +152,7 @@ export function registerTrain(program: Command): void {
       const window = intOpt('--window', f.window, { min: 1 })!;
       const start = Math.min(seq, intOpt('--curriculum', f.curriculum, { min: 48 })!);
       const seed = intOpt('--seed', f.seed, { min: 0 })!;
+      const ropeTheta = numOpt('--rope-theta', f.ropeTheta, { positive: true })!;
       intOpt('--eval-seqs', f.evalSeqs, { min: 0 });
       if (hidden % heads !== 0 || (hidden / heads) % 2 !== 0) throw new InputError('--heads', `expected a divisor of --hidden (${hidden}) leaving an even head size, got ${heads}`);
       checkOutputPath(f.report, '--report');
@@ -157,7 +160,7 @@ export function registerTrain(program: Command): void {
       const spec = DEFAULT_RECALL;
       const base = {
         vocab_size: recallVocab(spec), hidden_size: hidden, intermediate_size: 2 * hidden, num_hidden_layers: layers,
-        num_attention_heads: heads, num_key_value_heads: heads, rms_norm_eps: 1e-5, rope_theta: 10000, max_position_embeddings: Math.max(seq, 4096), tie_word_embeddings: false,
+        num_attention_heads: heads, num_key_value_heads: heads, rms_norm_eps: 1e-5, rope_theta: ropeTheta, max_position_embeddings: Math.max(seq, 4096), tie_word_embeddings: false,
       };
       const full = f.resume ? readHfConfig(f.resume) : parseHfConfig({ model_type: 'llama', ...base });
       if (f.plan) process.stderr.write(formatPlan(plan({ seq, heads, kvHeads: heads, headDim: hidden / heads, devices, dtype: 'fp32', device: 'cpu', layers, mode: 'train' })) + '\n\n');
@@ -185,7 +188,7 @@ export function registerTrain(program: Command): void {
       process.stdout.write('\n' + formatTable(['model', 'final loss', `recall accuracy at ${seq}`, 'seconds'], rows) + `\n(chance: loss ${chance.toFixed(3)}, accuracy ${(100 / spec.values).toFixed(0)}%)\n`);
       const report: RunReport = {
         title: `ringattn train: key-value recall at ${seq} tokens`,
-        config: { seq, devices, layout: f.layout, steps, lr, hidden, layers, heads, window, curriculumStart: start, seed },
+        config: { seq, devices, layout: f.layout, steps, lr, hidden, layers, heads, ropeTheta, window, curriculumStart: start, seed },
         ranks: devices,
         steps: 0,
         events: [],

@@ -1,0 +1,245 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { InputError } from '../../src/core/errors.js';
+import { mergeRow } from '../../src/core/merge.js';
+import { decodeAttention, decodeKernelName, type DecodeArgs, type DecodeCache } from '../../src/cpu/decode.js';
+import { assertClose, freshSeed, randn, rng } from '../helpers/check.js';
+import { refVisible, type RefMask } from '../ref/attention64.js';
+import { TOL } from '../ref/tolerances.js';
+
+/**
+ * Decode attention (kernels/decode.c and the TypeScript fallback) against a float64 reference of
+ * full attention on each whole sequence: every mask, GQA groupings, head sizes (an odd one too),
+ * one and four query tokens, batches of sequences of different lengths (0 and 1 included), the
+ * cache split over P = 1, 2, 3 ragged shards merged with mergeRow or in place, threads 1 and 2,
+ * chunk sizes that force many split-KV partials, unsorted caches.
+ */
+
+interface Mask {
+  causal: boolean;
+  window?: number;
+  sinks?: number;
+  docs?: number;
+}
+
+interface Seq {
+  T: number; // tokens of the whole sequence (positions 0..T-1), all in the cache
+  k: Float32Array;
+  v: Float32Array;
+  seg?: Int32Array; // per global position
+}
+
+interface Problem {
+  H: number;
+  Hk: number;
+  D: number;
+  Sq: number;
+  mask: Mask;
+  seqs: Seq[];
+  q: Float32Array; // [B, Sq, H, D]
+  qPos: Int32Array; // [B, Sq]
+  qSeg?: Int32Array;
+}
+
+function makeProblem(seed: number, lens: number[], H: number, Hk: number, D: number, Sq: number, mask: Mask): Problem {
+  const r = rng(seed);
+  const seqs = lens.map((T): Seq => {
+    const s: Seq = { T, k: randn(T * Hk * D, r), v: randn(T * Hk * D, r) };
+    if (mask.docs) {
+      // documents of random lengths; the query tokens past T continue the last one
+      s.seg = new Int32Array(T + Sq);
+      for (let i = 1, id = 0; i < T + Sq; i++) s.seg[i] = i < T && r() < mask.docs / Math.max(T, 1) ? ++id : id;
+    }
+    return s;
+  });
+  const B = lens.length;
+  const qPos = new Int32Array(B * Sq);
+  // queries are the last Sq tokens (or positions T.. when the cache is shorter than Sq)
+  lens.forEach((T, b) => { for (let i = 0; i < Sq; i++) qPos[b * Sq + i] = Math.max(T - Sq, 0) + i; });
+  const qSeg = mask.docs ? Int32Array.from(qPos, (p, x) => seqs[Math.floor(x / Sq)].seg![p]) : undefined;
+  return { H, Hk, D, Sq, mask, seqs, q: randn(B * Sq * H * D, r), qPos, qSeg };
+}
+
+/** Float64 reference for the query rows: full attention of each sequence restricted to its queries. */
+function reference(p: Problem): { o: Float64Array; lse: Float64Array } {
+  const { H, Hk, D, Sq } = p;
+  const B = p.seqs.length;
+  const o = new Float64Array(B * Sq * H * D);
+  const lse = new Float64Array(B * Sq * H).fill(-Infinity);
+  const scale = 1 / Math.sqrt(D);
+  p.seqs.forEach((s, b) => {
+    const m: RefMask = { causal: p.mask.causal, window: p.mask.window, sinks: p.mask.sinks, segments: s.seg };
+    const sc = new Float64Array(s.T);
+    for (let i = 0; i < Sq; i++) {
+      const qi = p.qPos[b * Sq + i];
+      for (let h = 0; h < H; h++) {
+        const kh = Math.floor(h / (H / Hk)), row = (b * Sq + i) * H + h;
+        let mx = -Infinity;
+        for (let j = 0; j < s.T; j++) {
+          sc[j] = -Infinity;
+          if (!refVisible(m, qi, j)) continue;
+          let dot = 0;
+          for (let d = 0; d < D; d++) dot += p.q[row * D + d] * s.k[(j * Hk + kh) * D + d];
+          sc[j] = dot * scale;
+          mx = Math.max(mx, sc[j]);
+        }
+        if (mx === -Infinity) continue;
+        let sum = 0;
+        for (let j = 0; j < s.T; j++) if (sc[j] > -Infinity) sum += Math.exp(sc[j] - mx);
+        lse[row] = mx + Math.log(sum);
+        for (let j = 0; j < s.T; j++) {
+          if (sc[j] === -Infinity) continue;
+          const w = Math.exp(sc[j] - mx) / sum;
+          for (let d = 0; d < D; d++) o[row * D + d] += w * s.v[(j * Hk + kh) * D + d];
+        }
+      }
+    }
+  });
+  return { o, lse };
+}
+
+/** Rows `idx` of a sequence's cache as a shard (positions idx, in the order given). */
+function shardOf(s: Seq, idx: number[], Hk: number, D: number, padRows = 0): DecodeCache {
+  const w = Hk * D;
+  const k = new Float32Array((idx.length + padRows) * w), v = new Float32Array((idx.length + padRows) * w);
+  idx.forEach((j, t) => { k.set(s.k.subarray(j * w, (j + 1) * w), t * w); v.set(s.v.subarray(j * w, (j + 1) * w), t * w); });
+  const c: DecodeCache = { k, v, pos: Int32Array.from([...idx, ...Array<number>(padRows).fill(0)]), n: idx.length };
+  if (s.seg) c.seg = Int32Array.from([...idx.map((j) => s.seg![j]), ...Array<number>(padRows).fill(0)]);
+  return c;
+}
+
+interface Run {
+  P?: number;
+  threads?: number;
+  chunk?: number;
+  kernel?: 'c' | 'ts';
+  /** merge shards in place (running o/lse) instead of with mergeRow */
+  inPlace?: boolean;
+  shuffle?: boolean;
+  kvSorted?: boolean;
+}
+
+/** Every token of each sequence goes to a random one of P shards (ragged, possibly empty). */
+function runDecode(p: Problem, seed: number, o: Run): { o: Float32Array; lse: Float32Array } {
+  const { H, Hk, D, Sq } = p;
+  const P = o.P ?? 1, B = p.seqs.length, r = rng(seed ^ 0x5bd1e995);
+  const shards: number[][][] = p.seqs.map((s) => {
+    const sh: number[][] = Array.from({ length: P }, () => []);
+    for (let j = 0; j < s.T; j++) sh[Math.floor(r() * P)].push(j);
+    if (o.shuffle) for (const x of sh) x.sort(() => r() - 0.5);
+    return sh;
+  });
+  const out = new Float32Array(B * Sq * H * D), lse = new Float32Array(B * Sq * H).fill(-Infinity);
+  for (let rank = 0; rank < P; rank++) {
+    const args: DecodeArgs = {
+      q: p.q, qPos: p.qPos, qSeg: p.qSeg, H, Hk, D, causal: p.mask.causal, window: p.mask.window, sinks: p.mask.sinks,
+      caches: p.seqs.map((s, b) => shardOf(s, shards[b][rank], Hk, D, rank % 2)),
+      threads: o.threads, chunk: o.chunk, kernel: o.kernel ?? 'c', kvSorted: o.kvSorted,
+    };
+    if (o.inPlace) {
+      decodeAttention({ ...args, o: out, lse });
+      continue;
+    }
+    const part = decodeAttention(args);
+    for (let row = 0; row < B * Sq * H; row++) lse[row] = mergeRow(out, row * D, D, lse[row], part.o, row * D, part.lse[row]);
+  }
+  return { o: out, lse };
+}
+
+function check(p: Problem, seed: number, run: Run, what: string): void {
+  const ref = reference(p);
+  const got = runDecode(p, seed, run);
+  const tag = `${what} ${JSON.stringify(run)} seed=${seed}`;
+  assert.ok(!got.o.some(Number.isNaN) && !got.lse.some(Number.isNaN), `${tag}: NaN`);
+  assertClose(got.lse, ref.lse, TOL.fp32Forward, `${tag}: lse`);
+  assertClose(got.o, ref.o, TOL.fp32Forward, `${tag}: o`);
+}
+
+const masks: [string, Mask][] = [
+  ['none', { causal: false }],
+  ['causal', { causal: true }],
+  ['window', { causal: true, window: 37 }],
+  ['window+sinks', { causal: true, window: 29, sinks: 5 }],
+  ['bidirectional window+sinks', { causal: false, window: 23, sinks: 3 }],
+  ['segments', { causal: true, docs: 3 }],
+  ['segments+window+sinks', { causal: true, window: 31, sinks: 4, docs: 2 }],
+];
+const lens = [0, 1, 3, 150, 97, 260];
+
+test(`decode kernel is ${decodeKernelName()}`, () => {
+  assert.match(decodeKernelName(), /^(c\/(avx512|avx2|neon|scalar)|ts)$/);
+});
+
+test('decode equals full attention: every mask, GQA groupings, Sq 1 and 4, P 1-3, threads 1-2', () => {
+  const groupings: [number, number][] = [[4, 4], [8, 2], [8, 1], [32, 8]];
+  let c = 0;
+  for (const [name, mask] of masks) {
+    for (const [H, Hk] of groupings) {
+      for (const Sq of [1, 4]) {
+        const seed = freshSeed();
+        const D = H === 32 ? 64 : [64, 128, 67][c % 3];
+        const p = makeProblem(seed, H === 32 ? [0, 1, 150] : lens, H, Hk, D, Sq, mask);
+        const P = 1 + (c % 3), threads = 1 + ((c >> 1) % 2);
+        check(p, seed, { P, threads, chunk: c % 4 === 0 ? 16 : c % 4 === 1 ? 48 : undefined, inPlace: c % 5 === 0 }, `${name} H=${H} Hk=${Hk} D=${D} Sq=${Sq}`);
+        c++;
+      }
+    }
+  }
+});
+
+test('decode: D 128 and odd D, P 1-3 merged both ways, threads 1 and 2', () => {
+  for (const D of [128, 33]) {
+    for (const P of [1, 2, 3]) {
+      for (const threads of [1, 2]) {
+        const seed = freshSeed();
+        const p = makeProblem(seed, [200, 1, 0, 64], 8, 2, D, 4, masks[3][1]);
+        check(p, seed, { P, threads, chunk: 32, inPlace: threads === 2 }, `D=${D}`);
+      }
+    }
+  }
+});
+
+test('decode reads only the window of a long cache, and chunks of it merge exactly', () => {
+  const seed = freshSeed();
+  const p = makeProblem(seed, [5000, 4100], 8, 2, 64, 3, { causal: true, window: 300, sinks: 7 });
+  for (const chunk of [16, 64, undefined]) check(p, seed, { P: 2, threads: 2, chunk }, 'long window');
+  const q = makeProblem(seed, [3000], 4, 1, 64, 1, { causal: true });
+  check(q, seed, { P: 3, threads: 2, chunk: 64 }, 'long causal');
+});
+
+test('decode with unsorted cache rows: mask fallback (kvSorted false or checked)', () => {
+  for (const kvSorted of [false, undefined]) {
+    for (const mask of [masks[3][1], masks[6][1]]) {
+      const seed = freshSeed();
+      const p = makeProblem(seed, [180, 0, 77], 8, 4, 64, 2, mask);
+      check(p, seed, { P: 2, threads: 2, chunk: 16, shuffle: true, kvSorted }, 'unsorted');
+    }
+  }
+});
+
+test('TypeScript fallback equals the reference', () => {
+  for (const [name, mask] of [masks[1], masks[3], masks[4], masks[6]]) {
+    const seed = freshSeed();
+    const p = makeProblem(seed, [0, 1, 70], 8, 2, 16, 2, mask);
+    check(p, seed, { P: 2, kernel: 'ts', inPlace: true }, `ts ${name}`);
+  }
+});
+
+test('decode validates its arguments and names them', () => {
+  const c = { k: new Float32Array(4 * 2 * 8), v: new Float32Array(4 * 2 * 8), pos: Int32Array.of(0, 1, 2, 3) };
+  const base: DecodeArgs = { q: new Float32Array(4 * 8), qPos: Int32Array.of(3), caches: [c], H: 4, Hk: 2, D: 8, causal: true };
+  const bad = (patch: Partial<DecodeArgs>, arg: string) =>
+    assert.throws(() => decodeAttention({ ...base, ...patch }), (e: unknown) => e instanceof InputError && e.arg === arg);
+  decodeAttention(base);
+  bad({ H: 3 }, 'H');
+  bad({ Hk: 0 }, 'Hk');
+  bad({ q: new Float32Array(8) }, 'q');
+  bad({ qPos: new Int32Array(0) }, 'qPos');
+  bad({ caches: [{ ...c, k: new Float32Array(3) }] }, 'caches[0].k');
+  bad({ caches: [{ ...c, n: 5 }] }, 'caches[0].n');
+  bad({ qSeg: Int32Array.of(0) }, 'caches[0].seg');
+  bad({ window: -1 }, 'window');
+  bad({ lse: new Float32Array(1) }, 'lse');
+  bad({ threads: 0 }, 'threads');
+  bad({ scale: NaN }, 'scale');
+});

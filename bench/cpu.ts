@@ -9,7 +9,7 @@
  * S(S+1)/2 causal (skipped work is not counted); backward 2.5x the forward.
  */
 import { spawnSync } from 'node:child_process';
-import { bestTime } from './timing.js';
+import { bestTime, fill } from './common.js';
 import { existsSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
@@ -27,17 +27,6 @@ const quick = argv.has('--quick');
 const cores = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
 const H = 8;
 
-function fill(n: number, seed: number): Float32Array {
-  const x = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    x[i] = s / 2 ** 31 - 1;
-  }
-  return x;
-}
-
-/** Best time over repetitions: at least `min`, then more until `budget` seconds are spent or `reps` reached. */
 interface Peer {
   threads: string;
   blas: string;

@@ -11,7 +11,7 @@
  * should not decide the ratio).
  */
 import { spawnSync } from 'node:child_process';
-import { bestTime } from './timing.js';
+import { bestTime, fill } from './common.js';
 import { existsSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
@@ -43,16 +43,6 @@ for (const [M, N, K] of model) {
   shapes.push({ op: 'TN', M, N, K, label: 'backward dw = dyᵀ·x' });
 }
 const key = (s: Shape) => `${s.op}:${s.M}x${s.N}x${s.K}`;
-
-function fill(n: number, seed: number): Float32Array {
-  const x = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    x[i] = s / 2 ** 31 - 1;
-  }
-  return x;
-}
 
 interface PeerOut {
   threads: string;

@@ -15,3 +15,14 @@ export function bestTime(fn: () => void, o: { min: number; budget: number; max?:
   }
   return best;
 }
+
+/** Deterministic inputs in [-1, 1) (an LCG): the same data for every run and peer. */
+export function fill(n: number, seed: number): Float32Array {
+  const x = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    x[i] = s / 2 ** 31 - 1;
+  }
+  return x;
+}

@@ -4,7 +4,7 @@ Backends: FLASH_ATTENTION (FA2) and CUDNN_ATTENTION, bf16, [B=1, H, S, D] with G
 to H heads (the flash backend takes equal heads). Forward and backward (backward = the
 fwd+bwd time less the forward), median of `reps` CUDA-event-timed runs. FLOPs as bench/gpu.ts:
 forward 4*S^2*H*D (halved for causal), backward 2.5x. One JSON line per row.
-Usage: python3 bench/peers/torch_sdpa.py [reps=5] [S,S,...=16384,32768,65536]
+Usage: [SDPA_H=32 SDPA_HK=8 SDPA_D=128] python3 bench/peers/torch_sdpa.py [reps=5] [S,S,...=16384,32768,65536]
 """
 import json
 import sys
@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-H, HK, D = 32, 8, 128
+import os
+
+H, HK, D = (int(os.environ.get(k, v)) for k, v in (("SDPA_H", 32), ("SDPA_HK", 8), ("SDPA_D", 128)))
 reps = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 sizes = [int(s) for s in (sys.argv[2] if len(sys.argv) > 2 else "16384,32768,65536").split(",")]
 

@@ -57,8 +57,12 @@ export function renderReport(report: RunReport): string {
   parts.push(keyValueTable('Configuration', 'config', Object.entries(report.config ?? {}).map(([k, v]) => [k, String(v)])));
   parts.push(keyValueTable('Summary', 'summary', (report.summary ?? []).map((r) => [r.label, r.value])));
   parts.push('</div>');
-  parts.push(section('timeline', 'Timeline', timeline(report)));
-  parts.push(section('memory', 'Memory per rank', memoryChart(report.memoryPerRank ?? [])));
+  // A report of curves alone (training) has no timeline or memory to show.
+  const curvesOnly = report.events.length === 0 && (report.memoryPerRank ?? []).length === 0 && (report.curves?.length ?? 0) > 0;
+  if (!curvesOnly) {
+    parts.push(section('timeline', 'Timeline', timeline(report)));
+    parts.push(section('memory', 'Memory per rank', memoryChart(report.memoryPerRank ?? [])));
+  }
   if (report.blockMap) parts.push(section('blockmap', 'Block map of the mask', blockMap(report.blockMap, report.ranks)));
   if (report.plan && report.plan.length > 0) parts.push(section('plan', 'Planner vs measured', planTable(report.plan)));
   if (report.curves && report.curves.length > 0) {

@@ -228,6 +228,13 @@ test('text is escaped; the embedded JSON cannot close its script element', () =>
   assert.equal(escapeHtml(`<a href="x">'&'</a>`), '&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;');
 });
 
+test('a report of curves alone shows no empty timeline or memory section', () => {
+  const html = renderReport({ title: 't', config: {}, ranks: 2, steps: 0, events: [], memoryPerRank: [], summary: [], curves: [{ title: 'loss', xLabel: 'step', yLabel: 'loss', series: [{ name: 'a', points: [[1, 2], [2, 1]] }] }] });
+  assert.ok(!html.includes('id="timeline"'));
+  assert.ok(!html.includes('id="memory"'));
+  assert.ok(html.includes('id="curves"'));
+});
+
 test('an empty events list (and no optional sections) still renders', () => {
   const report: RunReport = { title: 'empty', config: {}, ranks: 2, steps: 0, events: [], memoryPerRank: [], summary: [] };
   const html = renderReport(report);

@@ -8,6 +8,28 @@ export type Linear = (x: Float32Array, w: Float32Array, bias: Float32Array | und
 /** C = op(A)·op(B) + beta·C, row-major, op(A) [M, K], op(B) [K, N]; A stored [K, M] when transA, B stored [N, K] when transB. */
 export type Gemm = (transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, B: Float32Array, beta: 0 | 1, C: Float32Array) => void;
 
+/** One decode step on this rank: queries [Sq, H, D] at qPos against a cache of n rows [n, Hk, D] whose positions ascend. */
+export interface DecodeCall {
+  q: Float32Array;
+  qPos: Int32Array;
+  k: Float32Array;
+  v: Float32Array;
+  kPos: Int32Array;
+  n: number;
+  H: number;
+  Hk: number;
+  D: number;
+  causal: boolean;
+  /** 0 = none. */
+  window: number;
+  sinks: number;
+  scale: number;
+  /** Running (O, LSE), merged in place. */
+  o: Float32Array;
+  lse: Float32Array;
+  threads?: number;
+}
+
 export interface RingResult {
   o: Float32Array;
   lse: Float32Array;
@@ -38,6 +60,8 @@ export interface RankContext {
   prepareRingFor(key: string, shards: { pos: Int32Array; seg?: Int32Array }[], params: AttnParams, mask: MaskSpec, backward: boolean): Promise<void>;
   /** Ring attention of this rank's shard (the backward too when it has dO). All ranks call it together. */
   ringAttention(shard: RankShard, params: AttnParams, key: string): RingResult;
+  /** Attention of a few query tokens against this rank's KV cache shard (split-KV, reads only visible rows). */
+  decodeAttend(a: DecodeCall): void;
   /** Drop every prepared ring (a new prompt layout follows). All ranks call it together. */
   resetRings(): void;
   allGather(data: Float32Array): Float32Array[];

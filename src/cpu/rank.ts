@@ -12,13 +12,14 @@ import { ringBackward } from '../ring/backward.js';
 import { CpuBlock } from './block.js';
 import { CpuRankDevice, type AttnParams, type RankShard } from './device.js';
 import { ringPlan, type RingPlan } from './ring-plan.js';
-import type { Gemm, Linear, RankContext } from '../core/group.js';
+import type { DecodeCall, Gemm, Linear, RankContext } from '../core/group.js';
 import type { MaskSpec } from '../core/mask.js';
 import type { AttnParams as Params } from '../core/kernel.js';
 import { CpuTransport, seqBase, type NativePull } from './transport.js';
 import { SharedFlags } from './flags.js';
 import { loadNative } from './build.js';
 import { gemm as cGemm } from './gemm.js';
+import { decodeAttention } from './decode.js';
 
 /** Flags after the transport's: [base + r] collective posted by r, [base + P + r] collective read by r. */
 const COLL = 0, COLL_READ = 1;
@@ -145,6 +146,14 @@ export class CpuRank implements RankContext {
     let n = 0;
     for (const st of this.rings.values()) n += st.transport.bytesIn;
     return n;
+  }
+
+  decodeAttend(a: DecodeCall): void {
+    decodeAttention({
+      q: a.q, qPos: a.qPos, caches: [{ k: a.k, v: a.v, pos: a.kPos, n: a.n }], H: a.H, Hk: a.Hk, D: a.D, causal: a.causal,
+      window: a.window, sinks: a.sinks, scale: a.scale, o: a.o, lse: a.lse, kvSorted: true, threads: a.threads ?? 1,
+      kernel: this.kernel.name === 'ts' ? 'ts' : 'auto',
+    });
   }
 
   resetRings(): void {

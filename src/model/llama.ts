@@ -214,11 +214,12 @@ export class RankModel {
       const part = new Float32Array(H * D + H);
       const o = part.subarray(0, H * D);
       const lse = part.subarray(H * D).fill(-Infinity);
-      const kd = c.numKvHeads * D;
       if (cache.n > 0) {
-        ctx.kernel.forward({
-          q, k: cache.k.subarray(0, cache.n * kd), v: cache.v.subarray(0, cache.n * kd), qPos: posArr, kPos: cache.pos.subarray(0, cache.n),
-          Sq: 1, Sk: cache.n, H, Hk: c.numKvHeads, D, causal: true, window: p.window, sinks: p.sinks, scale: p.scale, threads: this.opts.threads ?? 1, o, lse,
+        // The cache's positions ascend (prompt shard, then appended tokens): the split-KV decode
+        // kernel reads only the rows the window and sinks leave visible.
+        ctx.decodeAttend({
+          q, qPos: posArr, k: cache.k, v: cache.v, kPos: cache.pos, n: cache.n,
+          H, Hk: c.numKvHeads, D, causal: true, window: p.window, sinks: p.sinks, scale: p.scale, o, lse, threads: this.opts.threads ?? 1,
         });
       }
       const parts = ctx.allGather(part);

@@ -1,4 +1,5 @@
 import { RingAttnError } from '../core/errors.js';
+import { sampleRows } from '../core/verify.js';
 import { attentionFlops, visiblePairs } from '../core/flops.js';
 import { shardPositions, type Layout } from '../core/layout.js';
 import { visible, type MaskSpec } from '../core/mask.js';
@@ -245,14 +246,4 @@ export async function demoCuda(cfg: DemoCudaConfig): Promise<RunReport | null> {
     g.abort();
     throw e;
   }
-}
-
-function sampleRows(S: number, n: number, seed: number): number[] {
-  const rows = new Set<number>([0, S - 1]);
-  let x = seed >>> 0 || 1;
-  while (rows.size < Math.min(n, S)) {
-    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
-    rows.add(x % S);
-  }
-  return [...rows].sort((a, b) => a - b);
 }

@@ -1,6 +1,6 @@
+import type { F32Tensor } from '../core/tensor.js';
+import { checkInputs } from '../core/inputs.js';
 import { check as argCheck } from '../core/errors.js';
-import { assertFinite, shapeStr, type F32Tensor } from '../core/tensor.js';
-import { validateMask } from '../core/mask.js';
 import { cudaKernel, supported, type CudaAttentionKernel } from './attention.js';
 import { CudaContext, type DeviceBuffer } from './context.js';
 import { bytesOf, encode, type CudaDType } from './convert.js';
@@ -47,33 +47,8 @@ export interface CudaAttentionResult {
 const NEG_INF_BITS = 0xff800000;
 const NAN_BITS = 0x7fc00000;
 
-function dims(q: F32Tensor, k: F32Tensor, v: F32Tensor, opts: CudaAttentionOptions) {
-  for (const [name, t] of [['q', q], ['k', k], ['v', v]] as const) {
-    argCheck(t && t.shape && (t.shape.length === 3 || t.shape.length === 4), name, `expected shape [S, H, D] or [B, S, H, D], got ${t?.shape ? shapeStr(t.shape) : String(t)}`);
-    argCheck(t.data instanceof Float32Array, name, 'expected float32 data');
-  }
-  argCheck(q.shape.length === k.shape.length && k.shape.length === v.shape.length, 'k', `expected the same rank as q ${shapeStr(q.shape)}, got ${shapeStr(k.shape)}`);
-  const batched = q.shape.length === 4;
-  const [B, S, H, D] = batched ? q.shape : [1, ...q.shape];
-  const [Bk, Sk, Hk, Dk] = batched ? k.shape : [1, ...k.shape];
-  argCheck(B === Bk && S === Sk && D === Dk, 'k', `expected [${batched ? `${B}, ` : ''}${S}, Hk, ${D}] like q ${shapeStr(q.shape)}, got ${shapeStr(k.shape)}`);
-  argCheck(v.shape.length === k.shape.length && v.shape.every((s, i) => s === k.shape[i]), 'v', `expected the shape of k ${shapeStr(k.shape)}, got ${shapeStr(v.shape)}`);
-  argCheck(Hk >= 1 && H % Hk === 0, 'k', `expected KV heads dividing the ${H} query heads, got ${Hk}`);
-  argCheck(S >= 1 && D >= 1 && B >= 1, 'q', `expected non-empty dimensions, got ${shapeStr(q.shape)}`);
-  if (opts.gradOut) argCheck(opts.gradOut.shape.length === q.shape.length && opts.gradOut.shape.every((s, i) => s === q.shape[i]), 'gradOut', `expected the shape of q ${shapeStr(q.shape)}, got ${shapeStr(opts.gradOut.shape)}`);
-  validateMask({ causal: opts.causal, window: opts.window, sinks: opts.sinks, segments: opts.segments }, S);
-  if (opts.scale !== undefined) argCheck(Number.isFinite(opts.scale), 'scale', `expected a finite number, got ${opts.scale}`);
-  if (!opts.allowNonfinite) {
-    assertFinite('q', q.data);
-    assertFinite('k', k.data);
-    assertFinite('v', v.data);
-    if (opts.gradOut) assertFinite('gradOut', opts.gradOut.data);
-  }
-  return { B, S, H, Hk, D, batched };
-}
-
 export async function attentionCuda(q: F32Tensor, k: F32Tensor, v: F32Tensor, opts: CudaAttentionOptions = {}): Promise<CudaAttentionResult> {
-  const { B, S, H, Hk, D, batched } = dims(q, k, v, opts);
+  const { B, S, H, Hk, D, batched } = checkInputs(q, k, v, opts);
   const dtype = opts.dtype ?? 'bfloat16';
   const base = { Sq: S, Sk: S, H, Hk, D, dtype, causal: !!opts.causal, window: opts.window ?? 0, sinks: opts.window !== undefined ? (opts.sinks ?? 0) : 0, scale: opts.scale ?? 1 / Math.sqrt(D) };
   const why = supported(base);

@@ -37,3 +37,11 @@ export function numOpt(name: string, v: string | undefined, opts: { positive?: b
   }
   return n;
 }
+
+export type KernelOpt = 'auto' | 'c' | 'ts';
+
+/** The --kernel option: auto, c or ts. */
+export function kernelOpt(v: string): KernelOpt {
+  if (v === 'auto' || v === 'c' || v === 'ts') return v;
+  throw new InputError('--kernel', `expected auto, c or ts, got '${v}'`);
+}

@@ -5,7 +5,7 @@ import type { F32Tensor } from '../../core/tensor.js';
 import { sampleRows, verifyRows } from '../../core/verify.js';
 import { AtomicOutputs, encodeNpy, readNpyFloat32, readNpyInt32, checkOutputPath } from '../../io/index.js';
 import { attention, ringAttention, maskOf, type AttentionOptions } from '../../attention.js';
-import { intOpt, numOpt } from '../util.js';
+import { intOpt, kernelOpt, numOpt } from '../util.js';
 import { progressBar } from '../progress.js';
 
 interface AttendFlags {
@@ -75,7 +75,7 @@ async function attend(f: AttendFlags): Promise<void> {
   const dtype = cuda?.parseDtype(f.dtype);
   if (cuda && (await cuda.launchSelfIfNeeded(intOpt('--devices', f.devices, { min: 1 }) ?? 1))) return;
   const layout = parseLayout(f.layout, '--layout');
-  if (!['auto', 'c', 'ts'].includes(f.kernel)) throw new InputError('--kernel', `expected auto, c or ts, got '${f.kernel}'`);
+  const kernel = kernelOpt(f.kernel);
   const grads = [f.dq, f.dk, f.dv];
   if (f.gradOut && grads.some((g) => !g)) throw new InputError('--grad-out', 'expected --dq, --dk and --dv output files with it');
   if (!f.gradOut && grads.some((g) => g)) throw new InputError('--dq', 'expected --grad-out (the gradient of the output) with --dq/--dk/--dv');
@@ -93,7 +93,7 @@ async function attend(f: AttendFlags): Promise<void> {
     scale: numOpt('--scale', f.scale),
     blockQ: block,
     blockK: block,
-    kernel: f.kernel as AttentionOptions['kernel'],
+    kernel,
     threads: intOpt('--threads', f.threads, { min: 1 }),
     allowNonfinite: !!f.allowNonfinite,
   };

@@ -12,7 +12,7 @@ import { getKernel } from '../../cpu/attention.js';
 import { summarize, blockMapOf } from '../../report/summary.js';
 import { writeReport } from '../../report/html.js';
 import { checkOutputPath } from '../../io/index.js';
-import { intOpt } from '../util.js';
+import { intOpt, kernelOpt } from '../util.js';
 import { progressBar } from '../progress.js';
 import { formatTable } from '../table.js';
 
@@ -103,7 +103,7 @@ async function demo(f: DemoFlags): Promise<void> {
   const P = intOpt('--devices', f.devices ?? '4', { min: 1 })!;
   const layout: Layout = parseLayout(f.layout, '--layout');
   if (H % Hk !== 0) throw new InputError('--kv-heads', `expected a divisor of --heads (${H}), got ${Hk}`);
-  if (!['auto', 'c', 'ts'].includes(f.kernel)) throw new InputError('--kernel', `expected auto, c or ts, got '${f.kernel}'`);
+  const kernelChoice = kernelOpt(f.kernel);
   checkOutputPath(f.report, '--report');
   const opts: RingAttentionOptions = {
     causal: f.causal,
@@ -111,7 +111,7 @@ async function demo(f: DemoFlags): Promise<void> {
     sinks: intOpt('--sinks', f.sinks, { min: 0 }),
     devices: P,
     layout,
-    kernel: f.kernel as RingAttentionOptions['kernel'],
+    kernel: kernelChoice,
   };
   if (opts.sinks !== undefined && opts.window === undefined) throw new InputError('--sinks', 'expected --window with it');
   const q = randomTensor([S, H, D], seed * 3 + 1);

@@ -8,7 +8,7 @@ import { encodeNpy, readTokens, writeFileAtomic, checkOutputPath } from '../../i
 import { readHfConfig } from '../../model/config.js';
 import { hasTokenizer, loadTokenizer } from '../../model/tokenizer.js';
 import { RingModel } from '../../llm.js';
-import { intOpt, numOpt } from '../util.js';
+import { intOpt, kernelOpt, numOpt } from '../util.js';
 import { progressBar } from '../progress.js';
 
 interface ModelFlags {
@@ -37,11 +37,11 @@ function checkBackend(f: ModelFlags): void {
 async function open(f: ModelFlags): Promise<RingModel> {
   checkBackend(f);
   if (!existsSync(f.model)) throw new InputError('--model', `${f.model} does not exist; expected a checkpoint directory`);
-  if (!['auto', 'c', 'ts'].includes(f.kernel)) throw new InputError('--kernel', `expected auto, c or ts, got '${f.kernel}'`);
+  const kernel = kernelOpt(f.kernel);
   return RingModel.load(f.model, {
     devices: intOpt('--devices', f.devices, { min: 1 }),
     layout: parseLayout(f.layout, '--layout'),
-    kernel: f.kernel as 'auto',
+    kernel,
     sinks: intOpt('--sinks', f.sinks, { min: 0 }),
   });
 }

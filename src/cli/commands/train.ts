@@ -13,7 +13,7 @@ import { RingModel } from '../../llm.js';
 import { writeReport } from '../../report/html.js';
 import { encodeSafetensors, readSafetensors } from '../../io/safetensors.js';
 import { writeFileAtomic, checkOutputPath } from '../../io/index.js';
-import { intOpt, numOpt } from '../util.js';
+import { intOpt, kernelOpt, numOpt } from '../util.js';
 import { formatTable } from '../table.js';
 
 interface TrainFlags {
@@ -74,7 +74,7 @@ interface RunResult {
 
 async function trainOne(name: string, cfg: ModelConfig, f: TrainFlags, spec: RecallSpec, o: { steps: number; seq: number; start: number; lr: number; warmup: number; devices: number; seed: number; resume?: string }): Promise<RunResult> {
   const weights = o.resume ? loadWeights(o.resume, cfg) : initWeights(cfg, o.seed, 0.02);
-  const model = await RingModel.create(cfg, weights, { devices: o.devices, layout: parseLayout(f.layout, '--layout'), kernel: f.kernel as 'auto' });
+  const model = await RingModel.create(cfg, weights, { devices: o.devices, layout: parseLayout(f.layout, '--layout'), kernel: kernelOpt(f.kernel) });
   let first = 0;
   if (o.resume) {
     const st = readSafetensors(join(o.resume, 'optimizer.safetensors'));
@@ -141,6 +141,7 @@ export function registerTrain(program: Command): void {
     .option('--kernel <name>', 'auto, c or ts', 'auto')
     .option('--plan', 'print the planner\'s prediction first')
     .action(async (f: TrainFlags) => {
+      kernelOpt(f.kernel);
       const seq = intOpt('--seq', f.seq, { min: 64 })!;
       const devices = intOpt('--devices', f.devices, { min: 1 })!;
       const steps = intOpt('--steps', f.steps, { min: 1 })!;

@@ -149,6 +149,23 @@ export class CudaGroup {
     }
   }
 
+  /**
+   * NCCL all-gather of device memory on the comm stream, ordered after the compute stream's work
+   * so far; returns when `recv` holds every rank's `count` elements in rank order.
+   */
+  allGatherDevice(send: number, recv: number, count: number, dtype: keyof typeof NCCL_DTYPE = 'float32'): void {
+    this.syncStream();
+    this.ncclCheck('ncclAllGather', this.nccl.ncclAllGather(send, recv, count, NCCL_DTYPE[dtype], this.ncclComm, this.comm));
+    this.syncStream(this.comm);
+  }
+
+  /** NCCL all-reduce (sum) of device memory, in place when send === recv; returns when done. */
+  allReduceSumDevice(send: number, recv: number, count: number, dtype: keyof typeof NCCL_DTYPE = 'float32'): void {
+    this.syncStream();
+    this.ncclCheck('ncclAllReduce', this.nccl.ncclAllReduce(send, recv, count, NCCL_DTYPE[dtype], NCCL_OP.sum, this.ncclComm, this.comm));
+    this.syncStream(this.comm);
+  }
+
   /** Every rank waits here (an all-reduce of one word on the comm stream, then both streams idle). */
   barrier(): void {
     this.syncStream();

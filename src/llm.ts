@@ -14,10 +14,24 @@ import { loadWeights, type ModelWeights, type LayerWeights } from './model/weigh
 import { argmax, sampleTopP } from './model/layers.js';
 import type { ModelOptions } from './model/llama.js';
 import type { PrefillArg, TrainArg } from './model/program.js';
-import type { CpuGroup } from './cpu/group.js';
+
+/** What RingModel drives: a CPU group of worker ranks, or (each process one rank) a GPU group. */
+interface ProgramGroup {
+  readonly ranks: number;
+  readonly kernel: string;
+  call<T>(method: string, args: unknown[]): Promise<T[]>;
+  close(): Promise<void>;
+}
 
 export interface RingModelOptions extends ModelOptions {
   devices?: number;
+  /**
+   * 'cpu' (default): worker threads of this process. 'cuda': this process is one GPU rank of a
+   * launched job (or the only one), and every rank runs the same RingModel calls.
+   */
+  backend?: 'cpu' | 'cuda';
+  /** With backend 'cuda': float32 (exact, default) or bfloat16 GPU work. */
+  dtype?: 'float32' | 'bfloat16';
   layout?: Layout;
   kernel?: 'auto' | 'c' | 'ts';
 }
@@ -60,7 +74,7 @@ export class RingModel {
 
   private constructor(
     readonly cfg: ModelConfig,
-    private readonly group: CpuGroup,
+    private readonly group: ProgramGroup,
     readonly layout: Layout,
   ) {}
 
@@ -75,17 +89,36 @@ export class RingModel {
   static async create(cfg: ModelConfig, weights: ModelWeights, opts: RingModelOptions = {}): Promise<RingModel> {
     const P = opts.devices ?? 1;
     if (!Number.isInteger(P) || P < 1) throw new InputError('devices', `expected a positive integer, got ${opts.devices}`);
-    const { CpuGroup } = await import('./cpu/group.js');
-    const group = await CpuGroup.start(P, { kernel: opts.kernel, program: new URL('./model/program.js', import.meta.url).href });
-    const shared = shareWeights(weights);
+    const backend = opts.backend ?? 'cpu';
+    if (backend !== 'cpu' && backend !== 'cuda') throw new InputError('backend', `expected cpu or cuda, got '${backend}'`);
+    const program = new URL('./model/program.js', import.meta.url).href;
+    let group: ProgramGroup;
+    let shared: ModelWeights;
+    let rank = 0;
+    if (backend === 'cuda') {
+      const { CudaProgramGroup } = await import('./cuda/program-group.js');
+      const g = await CudaProgramGroup.start(program, { dtype: opts.dtype });
+      if (g.ranks !== P) {
+        await g.close();
+        throw new InputError('devices', `expected ${g.ranks} (the GPU ranks launched), got ${P}`);
+      }
+      group = g;
+      rank = g.rank;
+      shared = weights; // each GPU process holds its own copy
+    } else {
+      const { CpuGroup } = await import('./cpu/group.js');
+      group = await CpuGroup.start(P, { kernel: opts.kernel, program });
+      shared = shareWeights(weights);
+    }
     try {
       await group.call('setup', Array.from({ length: P }, () => ({ cfg, weights: shared, opts: { sinks: opts.sinks, threads: opts.threads } })));
     } catch (e) {
-      await group.close();
+      await group.close().catch(() => {});
       throw e;
     }
     const m = new RingModel(cfg, group, opts.layout ?? 'zigzag');
     m.shared = shared;
+    m.rank = rank;
     m.weightBytes = [weights.embed, weights.finalNorm, ...weights.layers.flatMap((l) => Object.values(l).filter(Boolean) as Float32Array[]), ...(weights.lmHead === weights.embed ? [] : [weights.lmHead])].reduce((n, a) => n + a.byteLength, 0);
     return m;
   }
@@ -142,7 +175,10 @@ export class RingModel {
     return this.group.call('stats', Array(this.group.ranks).fill(null));
   }
 
-  /** Bytes of the weights (one copy shared by the ranks on a CPU). */
+  /** This process's rank: 0 on the CPU backend; the GPU rank with backend 'cuda' (rank 0 reports). */
+  rank = 0;
+
+  /** Bytes of the weights (one copy shared by the ranks on a CPU; one per GPU). */
   weightBytes = 0;
 
   /** Tokens in each rank's KV cache. */

@@ -65,6 +65,16 @@ export interface RankContext {
   /** Drop every prepared ring (a new prompt layout follows). All ranks call it together. */
   resetRings(): void;
   allGather(data: Float32Array): Float32Array[];
+  /**
+   * true (the default): one copy of the weights serves every rank (CPU workers share memory), so
+   * rank 0 alone applies an optimizer step; false: each rank holds its own copy (one process per
+   * GPU) and every rank applies the same step.
+   */
+  readonly sharedWeights?: boolean;
+  /** The host weights changed in place (an optimizer step): drop any copy made of them. */
+  weightsChanged?(): void;
+  /** Rows of the feed-forward per call (the blockwise feed-forward); default FFN_BLOCK. */
+  readonly ffnBlock?: number;
   allReduceSum(data: Float32Array): void;
   barrier(): void;
 }

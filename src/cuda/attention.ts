@@ -122,6 +122,19 @@ function validate(a: DeviceBlockArgs): void {
   if (!!a.qSeg !== !!a.kSeg) throw new InputError(a.qSeg ? 'kSeg' : 'qSeg', 'segments must be given for both queries and keys');
 }
 
+/**
+ * CTAs per key tile in the tensor-core backward: the GQA group's query heads are shared out
+ * (their dK/dV then meet by atomics) while the launch would be under 8 CTAs per SM, so that a
+ * ring step's smaller block still runs in many short waves. RINGATTN_BWD_SPLIT overrides it.
+ */
+export function bwdSplit(ctas: number, group: number, smCount: number): number {
+  const forced = Number(process.env.RINGATTN_BWD_SPLIT);
+  if (Number.isInteger(forced) && forced >= 1) return group % forced === 0 ? forced : 1;
+  let split = 1;
+  while (ctas * split < 8 * smCount && group % (split * 2) === 0) split *= 2;
+  return split;
+}
+
 export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
   let work: DeviceBuffer | undefined;
   const workspace = (bytes: number): number => {
@@ -179,9 +192,10 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       const tag = chooseKernel(a, ctx.computeCapability);
       const bq = blockQ(tag, 'bwd');
       const [qTiles, kTiles] = boxes(a, bq);
+      const split = tag === 'generic' ? 1 : bwdSplit(Math.ceil(a.Sk / BK) * a.Hk, a.H / a.Hk, ctx.smCount);
       const params = packStruct([
         { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.dO }, { ptr: a.lse }, { ptr: a.delta }, { ptr: a.qPos }, { ptr: a.kPos },
-        { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 }, { ptr: qTiles }, { ptr: kTiles }, { ptr: a.dq }, { ptr: a.dk }, { ptr: a.dv }, ...tail(a),
+        { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 }, { ptr: qTiles }, { ptr: kTiles }, { ptr: a.dq }, { ptr: a.dk }, { ptr: a.dv }, ...tail(a).slice(0, -1), { i32: split },
       ]);
       if (tag === 'generic') {
         const name = `attn_bwd_generic_${SUFFIX[a.dtype]}`;
@@ -189,7 +203,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       } else {
         const name = `attn_bwd_mma_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = bwdSmem(a.D, bq);
-        ctx.launch(ctx.fn('attn_bwd.cu', name, smem), name, [Math.ceil(a.Sk / BK), a.Hk, 1], 128, smem, [params]);
+        ctx.launch(ctx.fn('attn_bwd.cu', name, smem), name, [Math.ceil(a.Sk / BK), a.Hk * split, 1], 128, smem, [params]);
       }
     },
 

@@ -143,6 +143,36 @@ export class CudaRankDevice implements RingDevice<CudaBlock> {
     this.resetForward();
   }
 
+  /**
+   * New inputs for the same rows (a model's next layer, or the backward after a forward): q, k,
+   * v (and dO) are copied into this device's buffers; positions and segments stay.
+   */
+  setInputs(shard: Pick<CudaRankShard, 'q' | 'k' | 'v' | 'dO'>): void {
+    const { H, Hk, D, dtype } = this.p;
+    const n = this.rows;
+    const put = (name: string, dst: DeviceBuffer | null, x: Float32Array | Uint16Array | undefined, len: number) => {
+      if (!x) return;
+      if (!dst) throw new InputError(name, 'this ring was prepared without a backward: no dO buffer');
+      if (x.length !== len) throw new InputError(name, `expected ${len} values (${n} rows x ${len / Math.max(1, n)}), got ${x.length}`);
+      this.ctx.upload(dst, x instanceof Uint16Array ? x : encode(x, dtype));
+    };
+    put('q', this.q, shard.q, n * H * D);
+    put('k', this.k, shard.k, n * Hk * D);
+    put('v', this.v, shard.v, n * Hk * D);
+    put('dO', this.dO, shard.dO, n * H * D);
+  }
+
+  /**
+   * New inputs already on this GPU, fp32 (the model's projections): converted into this
+   * device's q, k, v buffers in its dtype, on the compute stream.
+   */
+  setInputsDevice(q: number, k: number, v: number, convert: (src: number, dst: number, n: number) => void): void {
+    const { H, Hk, D } = this.p;
+    convert(q, this.q.ptr, this.rows * H * D);
+    convert(k, this.k.ptr, this.rows * Hk * D);
+    convert(v, this.v.ptr, this.rows * Hk * D);
+  }
+
   private alloc(bytes: number): DeviceBuffer {
     const b = this.ctx.alloc(bytes);
     this.bufs.push(b);

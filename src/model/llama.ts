@@ -38,6 +38,13 @@ export interface LayerCache {
   n: number;
 }
 
+/** A backend's own implementation of RankModel.prefill (same result; e.g. every activation on a GPU). */
+export interface DevicePrefill {
+  prefillModel(m: RankModel, ids: Int32Array, pos: Int32Array, reserve: number): Float32Array;
+  /** Bring the KV cache that prefillModel left on the device into `cache` (before a decode). */
+  materializeCache(): void;
+}
+
 export class RankModel {
   readonly rope: Rope;
   cache: LayerCache[] = [];
@@ -104,7 +111,7 @@ export class RankModel {
     const c = this.cfg;
     const hid = c.hiddenSize;
     const f = c.intermediateSize;
-    const b = Math.min(FFN_BLOCK, Math.max(1, rows));
+    const b = Math.min(this.ctx.ffnBlock ?? FFN_BLOCK, Math.max(1, rows));
     const n = new Float32Array(b * hid);
     const g = new Float32Array(b * f);
     const u = new Float32Array(b * f);
@@ -137,6 +144,9 @@ export class RankModel {
    * the final hidden states [rows, hidden].
    */
   prefill(ids: Int32Array, pos: Int32Array, reserve: number): Float32Array {
+    // A backend that keeps activations on its device runs this same forward there.
+    const dev = this.ctx as RankContext & Partial<DevicePrefill>;
+    if (dev.prefillModel) return dev.prefillModel(this, ids, pos, reserve);
     const c = this.cfg;
     const rows = ids.length;
     const hid = c.hiddenSize;
@@ -194,6 +204,7 @@ export class RankModel {
    * every rank computes the same hidden state. Returns the logits [vocab].
    */
   decode(token: number, pos: number, owner: number): Float32Array {
+    (this.ctx as RankContext & Partial<DevicePrefill>).materializeCache?.();
     const c = this.cfg;
     const ctx = this.ctx;
     const hid = c.hiddenSize;

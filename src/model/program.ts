@@ -10,6 +10,15 @@ import { AdamW, clipGradNorm } from './adamw.js';
 import { paramList, trainStep, zeroGrads } from './train.js';
 
 let model: RankModel | null = null;
+/** The layout (and direction) the rings of this rank are prepared for. */
+let preparedFor = '';
+
+const layoutKey = (positions: Int32Array[]) =>
+  positions.map((p) => {
+    let h = 0;
+    for (let i = 0; i < p.length; i++) h = (Math.imul(h, 31) + p[i]) | 0;
+    return `${p.length}:${h}`;
+  }).join(',');
 
 function need(): RankModel {
   if (!model) throw new Error('model not set up on this rank');
@@ -32,14 +41,21 @@ export const methods: Record<string, (ctx: RankContext, arg: unknown) => unknown
   setup(ctx: RankContext, arg: unknown) {
     const { cfg, weights, opts } = arg as { cfg: ModelConfig; weights: ModelWeights; opts: ModelOptions };
     model = new RankModel(ctx, cfg, weights, opts);
+    ctx.resetRings();
+    preparedFor = '';
     return null;
   },
 
   async prefill(ctx: RankContext, arg: unknown) {
     const a = arg as PrefillArg;
     const m = need();
-    ctx.resetRings();
-    await m.prepare(a.positions);
+    // Ring buffers stay while the layout does (a training ring serves a prefill too).
+    const layout = layoutKey(a.positions);
+    if (preparedFor !== `${layout}/fwd` && preparedFor !== `${layout}/bwd`) {
+      ctx.resetRings();
+      await m.prepare(a.positions);
+      preparedFor = `${layout}/fwd`;
+    }
     const h = m.prefill(a.ids, a.pos, a.reserve);
     const hid = m.cfg.hiddenSize;
     if (a.logits === 'all') return { logits: m.logits(h, a.ids.length), cached: m.cached };
@@ -65,7 +81,6 @@ export const methods: Record<string, (ctx: RankContext, arg: unknown) => unknown
 
 let grads: ModelWeights | null = null;
 let optimizer: AdamW | null = null;
-let preparedFor = '';
 
 export interface TrainArg {
   ids: Int32Array;
@@ -85,11 +100,11 @@ Object.assign(methods, {
   async trainStep(ctx: RankContext, arg: unknown) {
     const a = arg as TrainArg;
     const m = need();
-    const layoutKey = a.positions.map((p) => `${p.length}:${p[0]}`).join(',');
-    if (layoutKey !== preparedFor) {
+    const layout = `${layoutKey(a.positions)}/bwd`;
+    if (layout !== preparedFor) {
       ctx.resetRings();
       await m.prepare(a.positions, true);
-      preparedFor = layoutKey;
+      preparedFor = layout;
     }
     grads ??= zeroGrads(m.w);
     const params = paramList(m.w, grads);
@@ -97,12 +112,15 @@ Object.assign(methods, {
     const { loss, count } = trainStep(m, a.ids, a.pos, a.targets, grads);
     let norm = 0;
     const raw = a.returnGrads && ctx.rank === 0 ? Object.fromEntries(params.map((p) => [p.name, p.grad.slice()])) : undefined;
-    if (ctx.rank === 0) {
+    // Shared weights (CPU workers): rank 0 updates the one copy. Own copies (GPU processes): every
+    // rank applies the same step to identical gradients, so the copies stay identical.
+    if (ctx.rank === 0 || ctx.sharedWeights === false) {
       norm = clipGradNorm(params.map((p) => p.grad), a.clip > 0 ? a.clip : Infinity);
       optimizer ??= new AdamW(params, { lr: a.lr, weightDecay: a.weightDecay });
       if (a.lr > 0) optimizer.step(a.lr);
     }
     ctx.barrier(); // the others wait until rank 0 has updated the shared weights
+    ctx.weightsChanged?.();
     const out: Record<string, unknown> = { loss, count, norm };
     if (raw) out.grads = raw; // before clipping
     return out;
@@ -116,7 +134,7 @@ Object.assign(methods, {
   /** Resume: rank 0 takes the optimizer state of a checkpoint. */
   loadOptimizerState(ctx: RankContext, arg: unknown) {
     const { state, lr, weightDecay } = arg as { state: Record<string, Float32Array>; lr: number; weightDecay: number };
-    if (ctx.rank !== 0) return null;
+    if (ctx.rank !== 0 && ctx.sharedWeights !== false) return null;
     const m = need();
     grads ??= zeroGrads(m.w);
     optimizer = new AdamW(paramList(m.w, grads), { lr, weightDecay });

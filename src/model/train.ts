@@ -144,7 +144,7 @@ export function trainStep(m: RankModel, ids: Int32Array, pos: Int32Array, target
 /** Backward of h_out = h + ffn(h): dh (in place) becomes the gradient at h; weights' grads accumulate. */
 function ffnBackward(ctx: RankContext, c: ModelConfig, lw: LayerWeights, gw: LayerWeights, hMid: Float32Array, dh: Float32Array, rows: number): void {
   const hid = c.hiddenSize, f = c.intermediateSize;
-  const b = Math.min(FFN_BLOCK, Math.max(1, rows));
+  const b = Math.min(ctx.ffnBlock ?? FFN_BLOCK, Math.max(1, rows));
   const n = new Float32Array(b * hid), inv = new Float32Array(b), g = new Float32Array(b * f), u = new Float32Array(b * f), a = new Float32Array(b * f);
   const da = new Float32Array(b * f), dg = new Float32Array(b * f), du = new Float32Array(b * f), dn = new Float32Array(b * hid), dx = new Float32Array(b * hid);
   for (let r0 = 0; r0 < rows; r0 += b) {

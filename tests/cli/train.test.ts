@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { curriculumLength } from '../../src/cli/commands/train.js';
+import { curriculumLength, learningRate } from '../../src/cli/commands/train.js';
 import { recallSequence, recallVocab, DEFAULT_RECALL } from '../../src/model/recall.js';
 import { IGNORE_INDEX } from '../../src/model/layers.js';
 import { rng } from '../helpers/check.js';
@@ -61,4 +61,14 @@ test('train: both models, loss curves in the report, checkpoint and resume', () 
   const bad = run(['--resume', join(dir, 'nope')]);
   assert.equal(bad.status, 2);
   assert.match(bad.stderr, /^ringattn: --resume: .*trainer_state.json/);
+});
+
+test('learning rate: linear warmup, then cosine down to 10% of the peak at the last step (or constant)', () => {
+  const steps = 100, peak = 2e-3, warmup = 10;
+  assert.ok(Math.abs(learningRate(0, steps, peak, warmup, true) - peak / 10) < 1e-15);
+  assert.ok(Math.abs(learningRate(9, steps, peak, warmup, true) - peak) < 1e-15);
+  assert.ok(Math.abs(learningRate(10, steps, peak, warmup, true) - peak) < 1e-15);
+  assert.ok(Math.abs(learningRate(99, steps, peak, warmup, true) - 0.1 * peak) < 1e-12);
+  for (let s = 11; s < steps; s++) assert.ok(learningRate(s, steps, peak, warmup, true) < learningRate(s - 1, steps, peak, warmup, true), `step ${s}`);
+  assert.equal(learningRate(99, steps, peak, warmup, false), peak);
 });

@@ -103,6 +103,20 @@ test('attentionCuda: other head dims (generic path), a batch, several 64-key til
   await checkCase('float16', 64, 2, 1, 333, { name: 'causal', mask: { causal: true } }, seed + 4);
 });
 
+test('tensor-core backward with the GQA group split over CTAs (dK/dV by atomics) and without', { skip }, async () => {
+  const seed = freshSeed();
+  const before = process.env.RINGATTN_BWD_SPLIT;
+  try {
+    for (const split of ['1', '2', '4', '']) {
+      process.env.RINGATTN_BWD_SPLIT = split;
+      for (const D of [64, 128]) await checkCase('bfloat16', D, 8, 2, 190, { name: `causal, split ${split || 'auto'}`, mask: { causal: true } }, seed + D);
+    }
+  } finally {
+    if (before === undefined) delete process.env.RINGATTN_BWD_SPLIT;
+    else process.env.RINGATTN_BWD_SPLIT = before;
+  }
+});
+
 /** Ring-step semantics on device buffers: queries of a shard against two KV blocks elsewhere. */
 test('block kernels on global positions: two KV blocks merge into the full result; rows that see nothing stay 0 / -inf', { skip }, () => {
   const seed = freshSeed();

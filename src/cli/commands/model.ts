@@ -18,20 +18,42 @@ interface ModelFlags {
   layout: string;
   kernel: string;
   sinks?: string;
+  dtype?: string;
 }
 
 function modelOptions(c: Command): Command {
   return c
     .requiredOption('--model <dir>', 'checkpoint directory: config.json, model.safetensors (or an index and shards), tokenizer.json')
-    .option('--devices <P>', 'CPU ranks in the ring', '1')
+    .option('--devices <P>', 'ranks in the ring: CPU workers, or GPUs with --backend cuda', '1')
     .option('--layout <name>', 'contiguous, zigzag or striped', 'zigzag')
     .option('--kernel <name>', 'auto, c or ts', 'auto')
-    .option('--backend <name>', 'cpu (the model does not run on the CUDA backend yet)', 'cpu')
+    .option('--backend <name>', 'cpu (worker threads) or cuda (one rank per GPU)', 'cpu')
+    .option('--dtype <name>', 'with --backend cuda: fp32 (exact, default) or bf16 (tensor cores)', 'fp32')
     .option('--sinks <N>', 'attention sinks kept visible in sliding-window layers');
 }
 
 function checkBackend(f: ModelFlags): void {
-  if (f.backend !== 'cpu') throw new InputError('--backend', `expected cpu: the model runs on CPU ranks for now (got '${f.backend}')`);
+  if (f.backend !== 'cpu' && f.backend !== 'cuda') throw new InputError('--backend', `expected cpu or cuda, got '${f.backend}'`);
+}
+
+/** The GPU dtype of --dtype (fp32 or bf16). */
+function modelDtype(f: ModelFlags): 'float32' | 'bfloat16' {
+  const d = (f.dtype ?? 'fp32').toLowerCase();
+  if (d === 'fp32' || d === 'float32') return 'float32';
+  if (d === 'bf16' || d === 'bfloat16') return 'bfloat16';
+  throw new InputError('--dtype', `expected fp32 or bf16, got '${f.dtype}'`);
+}
+
+/**
+ * With --backend cuda and --devices N > 1 outside a launched job, run this very command as N
+ * GPU ranks and return true (the ranks did the work); false: do the work in this process.
+ */
+async function launchedElsewhere(f: ModelFlags): Promise<boolean> {
+  checkBackend(f);
+  if (f.backend !== 'cuda') return false;
+  modelDtype(f);
+  const { launchSelfIfNeeded } = await import('../../cuda/cli.js');
+  return launchSelfIfNeeded(intOpt('--devices', f.devices, { min: 1 }) ?? 1);
 }
 
 async function open(f: ModelFlags): Promise<RingModel> {
@@ -43,6 +65,8 @@ async function open(f: ModelFlags): Promise<RingModel> {
     layout: parseLayout(f.layout, '--layout'),
     kernel,
     sinks: intOpt('--sinks', f.sinks, { min: 0 }),
+    backend: f.backend as 'cpu' | 'cuda',
+    dtype: modelDtype(f),
   });
 }
 
@@ -80,18 +104,26 @@ export function registerModelCommands(program: Command): void {
       const ids = promptIds(f);
       const cfg = readHfConfig(f.model);
       const P = intOpt('--devices', f.devices, { min: 1 })!;
-      if (f.plan) {
-        const p = plan({ seq: ids.length + maxNew, heads: cfg.numHeads, kvHeads: cfg.numKvHeads, headDim: cfg.headDim, devices: P, dtype: 'fp32', device: 'cpu', layers: cfg.numLayers, mode: 'prefill', layout: parseLayout(f.layout, '--layout') });
+      if (f.plan && (process.env.RANK ?? '0') === '0' && !process.env.RINGATTN_PLAN_PRINTED) {
+        const gpu = f.backend === 'cuda';
+        const p = plan({ seq: ids.length + maxNew, heads: cfg.numHeads, kvHeads: cfg.numKvHeads, headDim: cfg.headDim, devices: P, dtype: gpu && modelDtype(f) === 'bfloat16' ? 'bf16' : 'fp32', device: gpu ? 'h100' : 'cpu', layers: cfg.numLayers, mode: 'prefill', layout: parseLayout(f.layout, '--layout') });
         process.stderr.write(formatPlan(p) + '\n\n');
+        process.env.RINGATTN_PLAN_PRINTED = '1'; // the launched ranks inherit it
       }
+      if (await launchedElsewhere(f)) return;
       const tok = hasTokenizer(f.model) ? loadTokenizer(f.model) : null;
-      const log = (s: string) => {
-        if (!f.quiet) process.stderr.write(s);
-      };
       const m = await open(f);
+      // On GPUs every rank runs this; rank 0 alone prints and writes.
+      const lead = m.rank === 0;
+      const log = (s: string) => {
+        if (!f.quiet && lead) process.stderr.write(s);
+      };
+      const stdout = (s: string) => {
+        if (lead) process.stdout.write(s);
+      };
       try {
-        log(`ringattn generate: ${ids.length} prompt tokens on ${m.devices} CPU rank(s), ${m.layout}, kernel ${m.kernel}\n`);
-        const bar = f.quiet ? null : progressBar('prefill');
+        log(`ringattn generate: ${ids.length} prompt tokens on ${m.devices} ${f.backend === 'cuda' ? 'GPU' : 'CPU'} rank(s), ${m.layout}, kernel ${m.kernel}\n`);
+        const bar = f.quiet || !lead ? null : progressBar('prefill');
         const t0 = performance.now();
         let t1 = t0;
         const out: number[] = [];
@@ -111,26 +143,26 @@ export function registerModelCommands(program: Command): void {
               // Print the text as it grows (a token may complete a multi-byte character later).
               const text = tok.decode(out);
               if (text.startsWith(printed) && !text.endsWith('\uFFFD')) {
-                process.stdout.write(text.slice(printed.length));
+                stdout(text.slice(printed.length));
                 printed = text;
               }
-            } else process.stdout.write(`${out.length > 1 ? ' ' : ''}${t}`);
+            } else stdout(`${out.length > 1 ? ' ' : ''}${t}`);
           },
         });
         if (tok) {
           const text = tok.decode(out);
-          if (text.startsWith(printed)) process.stdout.write(text.slice(printed.length));
+          if (text.startsWith(printed)) stdout(text.slice(printed.length));
         }
-        process.stdout.write('\n');
+        stdout('\n');
         const t2 = performance.now();
         const stats = await m.stats();
         const peak = Math.max(...stats.map((s) => s.cacheBytes + s.ringBytes));
         log(
           `prefill ${((t1 - t0) / 1000).toFixed(2)} s (${(ids.length / ((t1 - t0) / 1000)).toFixed(0)} tokens/s), ` +
             `decode ${res.length} tokens in ${((t2 - t1) / 1000).toFixed(2)} s (${(res.length / Math.max(1e-9, (t2 - t1) / 1000)).toFixed(1)} tokens/s); ` +
-            `peak per rank ${formatBytes(peak)} (KV cache + ring buffers) + weights ${formatBytes(m.weightBytes)} shared; cache tokens per rank ${m.cacheTokens.join('/')}\n`,
+            `peak per rank ${formatBytes(peak)} (KV cache + ${f.backend === 'cuda' ? 'GPU memory' : 'ring buffers'}) + weights ${formatBytes(m.weightBytes)} ${f.backend === 'cuda' ? 'per GPU' : 'shared'}; cache tokens per rank ${m.cacheTokens.join('/')}\n`,
         );
-        if (f.outTokens) writeFileAtomic(f.outTokens, encodeNpy({ dtype: 'int32', shape: [res.length], data: res }), '--out-tokens');
+        if (f.outTokens && lead) writeFileAtomic(f.outTokens, encodeNpy({ dtype: 'int32', shape: [res.length], data: res }), '--out-tokens');
       } finally {
         await m.close();
       }
@@ -143,10 +175,11 @@ export function registerModelCommands(program: Command): void {
       checkBackend(f);
       checkOutputPath(f.out, '--out');
       const ids = readTokens(f.tokens, '--tokens');
+      if (await launchedElsewhere(f)) return;
       const m = await open(f);
       try {
         const logits = await m.prefill(ids, 'all');
-        writeFileAtomic(f.out, encodeNpy({ dtype: 'float32', shape: [ids.length, m.cfg.vocabSize], data: logits }), '--out');
+        if (m.rank === 0) writeFileAtomic(f.out, encodeNpy({ dtype: 'float32', shape: [ids.length, m.cfg.vocabSize], data: logits }), '--out');
       } finally {
         await m.close();
       }

@@ -23,6 +23,7 @@ interface TrainFlags {
   steps: string;
   lr: string;
   warmup: string;
+  schedule: string;
   hidden: string;
   layers: string;
   heads: string;
@@ -37,6 +38,8 @@ interface TrainFlags {
   kernel: string;
   plan?: boolean;
   ropeTheta: string;
+  backend: string;
+  dtype?: string;
 }
 
 /**
@@ -72,9 +75,27 @@ interface RunResult {
   model: RingModel;
 }
 
+/** Linear warmup over `warmup` steps, then constant or a cosine decay to 10% at the last step. */
+export function learningRate(step: number, steps: number, peak: number, warmup: number, cosine: boolean): number {
+  if (step < warmup) return (peak * (step + 1)) / Math.max(1, warmup);
+  if (!cosine) return peak;
+  const t = Math.min(1, (step - warmup) / Math.max(1, steps - 1 - warmup));
+  return peak * (0.1 + 0.45 * (1 + Math.cos(Math.PI * t)));
+}
+
+/** The GPU dtype of --dtype (fp32 or bf16). */
+function trainDtype(f: TrainFlags): 'float32' | 'bfloat16' {
+  const d = (f.dtype ?? 'fp32').toLowerCase();
+  if (d === 'fp32' || d === 'float32') return 'float32';
+  if (d === 'bf16' || d === 'bfloat16') return 'bfloat16';
+  throw new InputError('--dtype', `expected fp32 or bf16, got '${f.dtype}'`);
+}
+
 async function trainOne(name: string, cfg: ModelConfig, f: TrainFlags, spec: RecallSpec, o: { steps: number; seq: number; start: number; lr: number; warmup: number; devices: number; seed: number; resume?: string }): Promise<RunResult> {
   const weights = o.resume ? loadWeights(o.resume, cfg) : initWeights(cfg, o.seed, 0.02);
-  const model = await RingModel.create(cfg, weights, { devices: o.devices, layout: parseLayout(f.layout, '--layout'), kernel: kernelOpt(f.kernel) });
+  const gpu = f.backend === 'cuda';
+  const model = await RingModel.create(cfg, weights, { devices: o.devices, layout: parseLayout(f.layout, '--layout'), kernel: kernelOpt(f.kernel), backend: gpu ? 'cuda' : 'cpu', dtype: gpu ? trainDtype(f) : undefined });
+  const lead = model.rank === 0;
   let first = 0;
   if (o.resume) {
     const st = readSafetensors(join(o.resume, 'optimizer.safetensors'));
@@ -90,15 +111,16 @@ async function trainOne(name: string, cfg: ModelConfig, f: TrainFlags, spec: Rec
   for (let step = first; step < o.steps; step++) {
     const S = curriculumLength(step, o.steps, o.start, o.seq);
     const { ids, targets } = recallSequence(spec, S, rand);
-    const lr = o.lr * Math.min(1, (step + 1) / Math.max(1, o.warmup));
+    const lr = learningRate(step, o.steps, o.lr, o.warmup, f.schedule === 'cosine');
     const r = await model.trainStep(ids, targets, { lr, clip: 1, weightDecay: 0.01 });
     avg = Number.isNaN(avg) ? r.loss : 0.9 * avg + 0.1 * r.loss;
     curve.push([step + 1, r.loss]);
     const line = `${name}: step ${step + 1}/${o.steps}  seq ${S}  loss ${r.loss.toFixed(4)} (avg ${avg.toFixed(4)})  ${((performance.now() - t0) / 1000).toFixed(1)} s`;
+    if (!lead) continue;
     if (tty) process.stderr.write(`\r${line}\u001b[K`);
     else if ((step + 1) % 25 === 0 || step + 1 === o.steps) process.stderr.write(line + '\n');
   }
-  if (tty) process.stderr.write('\n');
+  if (tty && lead) process.stderr.write('\n');
   // Recall accuracy at the full length on fresh sequences.
   let right = 0;
   let total = 0;
@@ -121,11 +143,14 @@ export function registerTrain(program: Command): void {
     .command('train')
     .description('train a small model on key-value recall across a long sequence on a ring of CPU ranks; compare with a sliding-window model')
     .option('--seq <S>', 'final sequence length', '16384')
-    .option('--devices <P>', 'CPU ranks', '4')
+    .option('--devices <P>', 'ranks: CPU workers, or GPUs with --backend cuda', '4')
+    .option('--backend <name>', 'cpu (worker threads) or cuda (one rank per GPU)', 'cpu')
+    .option('--dtype <name>', 'with --backend cuda: fp32 (default) or bf16 (tensor cores)', 'fp32')
     .option('--layout <name>', 'contiguous, zigzag or striped', 'zigzag')
     .option('--steps <n>', 'optimizer steps', '1000')
     .option('--lr <x>', 'peak learning rate (AdamW)', '1e-3')
     .option('--warmup <n>', 'warmup steps', '50')
+    .option('--schedule <name>', 'after the warmup: cosine (decay to 10% of --lr at the last step) or constant', 'cosine')
     .option('--hidden <n>', 'hidden size', '128')
     .option('--layers <n>', 'decoder layers', '2')
     .option('--heads <n>', 'attention heads', '4')
@@ -142,11 +167,14 @@ export function registerTrain(program: Command): void {
     .option('--plan', 'print the planner\'s prediction first')
     .action(async (f: TrainFlags) => {
       kernelOpt(f.kernel);
+      if (f.backend !== 'cpu' && f.backend !== 'cuda') throw new InputError('--backend', `expected cpu or cuda, got '${f.backend}'`);
+      if (f.backend === 'cuda') trainDtype(f);
       const seq = intOpt('--seq', f.seq, { min: 64 })!;
       const devices = intOpt('--devices', f.devices, { min: 1 })!;
       const steps = intOpt('--steps', f.steps, { min: 1 })!;
       const lr = numOpt('--lr', f.lr, { positive: true })!;
       const warmup = intOpt('--warmup', f.warmup, { min: 0 })!;
+      if (f.schedule !== 'cosine' && f.schedule !== 'constant') throw new InputError('--schedule', `expected cosine or constant, got '${f.schedule}'`);
       const hidden = intOpt('--hidden', f.hidden, { min: 8 })!;
       const layers = intOpt('--layers', f.layers, { min: 1 })!;
       const heads = intOpt('--heads', f.heads, { min: 1 })!;
@@ -164,8 +192,18 @@ export function registerTrain(program: Command): void {
         num_attention_heads: heads, num_key_value_heads: heads, rms_norm_eps: 1e-5, rope_theta: ropeTheta, max_position_embeddings: Math.max(seq, 4096), tie_word_embeddings: false,
       };
       const full = f.resume ? readHfConfig(f.resume) : parseHfConfig({ model_type: 'llama', ...base });
-      if (f.plan) process.stderr.write(formatPlan(plan({ seq, heads, kvHeads: heads, headDim: hidden / heads, devices, dtype: 'fp32', device: 'cpu', layers, mode: 'train' })) + '\n\n');
-      process.stderr.write(`ringattn train: key-value recall (${spec.pairs} pairs of ${spec.keys} keys x ${spec.values} values, ${spec.queries} queries) at up to ${seq} tokens on ${devices} CPU ranks\n`);
+      const gpu = f.backend === 'cuda';
+      if (f.plan && (process.env.RANK ?? '0') === '0' && !process.env.RINGATTN_PLAN_PRINTED) {
+        process.stderr.write(formatPlan(plan({ seq, heads, kvHeads: heads, headDim: hidden / heads, devices, dtype: gpu && trainDtype(f) === 'bfloat16' ? 'bf16' : 'fp32', device: gpu ? 'h100' : 'cpu', layers, mode: 'train' })) + '\n\n');
+        process.env.RINGATTN_PLAN_PRINTED = '1';
+      }
+      if (gpu) {
+        // --devices N GPUs outside a launched job: this command runs again as N ranks.
+        const { launchSelfIfNeeded } = await import('../../cuda/cli.js');
+        if (await launchSelfIfNeeded(devices)) return;
+      }
+      const lead = (process.env.RANK ?? '0') === '0';
+      if (lead) process.stderr.write(`ringattn train: key-value recall (${spec.pairs} pairs of ${spec.keys} keys x ${spec.values} values, ${spec.queries} queries) at up to ${seq} tokens on ${devices} ${gpu ? 'GPU' : 'CPU'} ranks\n`);
       const runs: RunResult[] = [];
       try {
         runs.push(await trainOne('full attention', full, f, spec, { steps, seq, start, lr, warmup, devices, seed, resume: f.resume }));
@@ -174,16 +212,17 @@ export function registerTrain(program: Command): void {
           runs.push(await trainOne(`window ${window}`, win, f, spec, { steps, seq, start, lr, warmup, devices, seed }));
         }
         if (f.checkpoint) {
-          mkdirSync(f.checkpoint, { recursive: true });
           const m = runs[0].model;
-          saveWeights(f.checkpoint, m.cfg, m.weights);
-          const opt = await m.optimizerState();
-          if (opt) writeFileAtomic(join(f.checkpoint, 'optimizer.safetensors'), encodeSafetensors(Object.fromEntries(Object.entries(opt.state).map(([k, v]) => [k, { dtype: 'float32', shape: [v.length], data: v }]))), '--checkpoint');
-          writeFileAtomic(join(f.checkpoint, 'trainer_state.json'), JSON.stringify({ step: steps, seq, task: spec }, null, 2), '--checkpoint');
+          const opt = await m.optimizerState(); // every rank takes part
+          if (lead) mkdirSync(f.checkpoint, { recursive: true });
+          if (lead) saveWeights(f.checkpoint, m.cfg, m.weights);
+          if (opt && lead) writeFileAtomic(join(f.checkpoint, 'optimizer.safetensors'), encodeSafetensors(Object.fromEntries(Object.entries(opt.state).map(([k, v]) => [k, { dtype: 'float32', shape: [v.length], data: v }]))), '--checkpoint');
+          if (lead) writeFileAtomic(join(f.checkpoint, 'trainer_state.json'), JSON.stringify({ step: steps, seq, task: spec }, null, 2), '--checkpoint');
         }
       } finally {
         for (const r of runs) await r.model.close();
       }
+      if (!lead) return;
       const chance = Math.log(spec.values);
       const rows = runs.map((r) => [r.name, r.finalLoss.toFixed(4), `${(100 * r.accuracy).toFixed(1)}%`, r.seconds.toFixed(1)]);
       process.stdout.write('\n' + formatTable(['model', 'final loss', `recall accuracy at ${seq}`, 'seconds'], rows) + `\n(chance: loss ${chance.toFixed(3)}, accuracy ${(100 / spec.values).toFixed(0)}%)\n`);

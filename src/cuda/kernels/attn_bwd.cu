@@ -4,7 +4,10 @@
 //   attn_bwd_mma_{bf16,f16}_d{64,128}: FA2-style on mma.sync. A CTA owns 64 keys of one KV head
 //     (grid (ceil(Sk/64), Hk), 128 threads; warp w owns keys 16w..16w+15) and loops over the
 //     GQA group's query heads and the query tiles, so dK/dV sum the group in registers (no KV
-//     copies, no atomics). Per query tile (BQ = 64 at d64, 32 at d128):
+//     copies, no atomics). With p.split = s > 1 (grid (ceil(Sk/64), Hk * s)) the group's query
+//     heads are shared out over s CTAs per key tile, which then add their dK/dV with fp32
+//     atomics: more, shorter CTAs when a ring step's block is too small to fill the GPU for
+//     several waves. Per query tile (BQ = 64 at d64, 32 at d128):
 //       S^T = K Q^T, P^T = exp2(S^T scale log2e - LSE log2e), dP^T = V dO^T,
 //       dS^T = P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q, dQ += dS K (fp32 atomics).
 //   attn_bwd_generic_{f32,bf16,f16}: one warp per (query row, head); dq in registers, dk/dv by
@@ -56,7 +59,9 @@ __device__ __forceinline__ void run(const BwdParams& p) {
   int* sKPos = sQSeg + BQ;
   int* sKSeg = sKPos + BK;
 
-  const int kt = blockIdx.x, kh = blockIdx.y, group = p.H / p.Hk, k0 = kt * BK;
+  const int split = p.split > 1 ? p.split : 1;
+  const int kt = blockIdx.x, kh = blockIdx.y / split, group = p.H / p.Hk, k0 = kt * BK;
+  const int hLo = (blockIdx.y % split) * (group / split), hHi = hLo + group / split;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const Mask m = maskOf(p);
   const int4 kBox = p.kTiles[kt];
@@ -88,7 +93,7 @@ __device__ __forceinline__ void run(const BwdParams& p) {
   for (int n = 0; n < ND; n++)
     for (int e = 0; e < 4; e++) dK[n][e] = dV[n][e] = 0.f;
 
-  for (int hh = 0; hh < group; hh++) {
+  for (int hh = hLo; hh < hHi; hh++) {
     const int h = kh * group + hh;
     for (int qt = 0; qt < nqt; qt++) {
       int cls = classifyTile(m, p.qTiles[qt], kBox);
@@ -216,12 +221,22 @@ __device__ __forceinline__ void run(const BwdParams& p) {
   }
 
   cpAsyncWait<0>();  // a CTA that found no visible tile still drains its K/V copies
-  // This CTA alone owns keys [k0, k0 + 64) of head kh: plain read-add-write.
+  // Without a split this CTA alone owns keys [k0, k0 + 64) of head kh: plain read-add-write.
 #pragma unroll
   for (int r = 0; r < 2; r++) {
     const int j = k0 + warp * 16 + (lane >> 2) + 8 * r;
     if (j >= p.Sk) continue;
     const u64 base = ((u64)j * p.Hk + kh) * D + 2 * (lane & 3);
+    if (split > 1) {
+#pragma unroll
+      for (int n = 0; n < ND; n++) {
+        atomicAdd(p.dk + base + n * 8, dK[n][2 * r] * p.scale);
+        atomicAdd(p.dk + base + n * 8 + 1, dK[n][2 * r + 1] * p.scale);
+        atomicAdd(p.dv + base + n * 8, dV[n][2 * r]);
+        atomicAdd(p.dv + base + n * 8 + 1, dV[n][2 * r + 1]);
+      }
+      continue;
+    }
 #pragma unroll
     for (int n = 0; n < ND; n++) {
       float2* pk = (float2*)(p.dk + base + n * 8);

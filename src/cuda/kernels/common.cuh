@@ -145,7 +145,7 @@ struct BwdParams {
   int Sq, Sk, H, Hk, D;
   int causal, window, sinks;
   float scale;
-  int pad_;
+  int split;           // tensor-core path: CTAs sharing one key tile's query heads (0 or 1: one)
 };
 
 template <typename P> __device__ __forceinline__ Mask maskOf(const P& p) {

@@ -1,0 +1,345 @@
+import { NO_TRACE } from '../core/device.js';
+import { InputError } from '../core/errors.js';
+import type { DecodeCall, Gemm, Linear, RankContext, RingResult } from '../core/group.js';
+import type { AttnParams, RankShard } from '../core/kernel.js';
+import type { MaskSpec } from '../core/mask.js';
+import { getKernel } from '../cpu/attention.js';
+import { decodeAttention } from '../cpu/decode.js';
+import type { DeviceBuffer } from './context.js';
+import type { CudaDType } from './convert.js';
+import { gemm } from './gemm.js';
+import { addDevice, convertDevice, rmsNormDevice, ropeDevice, swigluDevice } from './model-ops.js';
+import type { LayerCache, RankModel } from '../model/llama.js';
+import { embed } from '../model/layers.js';
+import type { CudaGroup } from './group.js';
+import { CudaRing } from './ring.js';
+
+/**
+ * A GPU rank as a `RankContext`: what the model (src/model/) needs to run on the CUDA backend.
+ * The model keeps its activations in host Float32Arrays; here its linear layers and GEMMs run
+ * on the GPU (weights uploaded once and kept on the device), its attention runs through the
+ * NCCL ring (src/cuda/ring.ts, buffers kept per ring key), and its collectives are NCCL calls.
+ *
+ * `dtype` sets the precision of the GPU work: 'float32' computes exactly what the CPU backend
+ * computes (to rounding; the tests compare them), 'bfloat16' runs the tensor-core kernels with
+ * bf16 inputs and fp32 accumulation (for speed).
+ */
+
+export interface CudaRankOptions {
+  dtype?: CudaDType;
+}
+
+interface PreparedRing {
+  shards: { pos: Int32Array; seg?: Int32Array }[];
+  params: AttnParams;
+  mask: MaskSpec;
+  backward: boolean;
+  ring: CudaRing | null;
+}
+
+/** Grow-only device scratch buffers, one per slot. */
+class Scratch {
+  private bufs = new Map<string, DeviceBuffer>();
+  constructor(private readonly g: CudaGroup) {}
+
+  get(slot: string, bytes: number): DeviceBuffer {
+    let b = this.bufs.get(slot);
+    if (!b || b.bytes < bytes) {
+      if (b) {
+        this.g.syncStream();
+        this.g.ctx.free(b);
+      }
+      b = this.g.ctx.alloc(Math.max(256, bytes));
+      this.bufs.set(slot, b);
+    }
+    return b;
+  }
+
+  get bytes(): number {
+    let n = 0;
+    for (const b of this.bufs.values()) n += b.bytes;
+    return n;
+  }
+
+  dispose(): void {
+    for (const b of this.bufs.values()) this.g.ctx.free(b);
+    this.bufs.clear();
+  }
+}
+
+export class CudaRank implements RankContext {
+  readonly rank: number;
+  readonly ranks: number;
+  /** The local block kernel is the CPU's: the model only reaches attention through the ring here. */
+  readonly kernel = getKernel();
+  readonly trace = NO_TRACE;
+  readonly dtype: CudaDType;
+  /** Each GPU process holds its own copy of the weights: every rank applies the same update. */
+  readonly sharedWeights = false;
+  /** Rows of the feed-forward per GPU call: large, so each GEMM fills the GPU. */
+  readonly ffnBlock = 8192;
+  readonly linear: Linear;
+  readonly gemm: Gemm;
+  private readonly rings = new Map<string, PreparedRing>();
+  private readonly scratch: Scratch;
+  /** Weights on the device, by host array (uploaded once; dropped by weightsChanged). */
+  private weights = new Map<Float32Array, { f32?: DeviceBuffer; bf16?: DeviceBuffer }>();
+  private weightBytes = 0;
+  /** The KV cache of the last device prefill, still on the GPU (row: floats per cache row). */
+  private deferred: { cache: LayerCache; k: DeviceBuffer; v: DeviceBuffer; row: number }[] = [];
+
+  constructor(readonly g: CudaGroup, opts: CudaRankOptions = {}) {
+    this.rank = g.rank;
+    this.ranks = g.world;
+    this.dtype = opts.dtype ?? 'float32';
+    if (this.dtype === 'float16') throw new InputError('dtype', 'expected float32 or bfloat16 for the model on the GPU');
+    this.scratch = new Scratch(g);
+    this.linear = (x, w, bias, rows, inDim, outDim, y) => this.linearGpu(x, w, bias, rows, inDim, outDim, y);
+    this.gemm = (tA, tB, M, N, K, A, B, beta, C) => this.gemmGpu(tA, tB, M, N, K, A, B, beta, C);
+  }
+
+  get bytesHeld(): number {
+    let n = this.scratch.bytes + this.weightBytes;
+    for (const d of this.deferred) n += d.k.bytes + d.v.bytes;
+    for (const r of this.rings.values()) n += r.ring ? r.ring.dev.bytesHeld() : 0;
+    return n;
+  }
+
+  /** A weight array on the device in `dtype` (uploaded, and converted, on first use). */
+  private weight(w: Float32Array, dtype: 'float32' | 'bfloat16' = 'float32'): DeviceBuffer {
+    let e = this.weights.get(w);
+    if (!e) this.weights.set(w, (e = {}));
+    const have = dtype === 'float32' ? e.f32 : e.bf16;
+    if (have) return have;
+    const ctx = this.g.ctx;
+    let b: DeviceBuffer;
+    if (dtype === 'float32') {
+      b = e.f32 = ctx.alloc(w.byteLength);
+      ctx.upload(b, w);
+    } else {
+      const tmp = this.scratch.get('w32', w.byteLength);
+      ctx.upload(tmp, w);
+      b = e.bf16 = ctx.alloc(w.length * 2);
+      convertDevice(ctx, { src: tmp.ptr, dst: b.ptr, n: w.length, from: 'float32', to: 'bfloat16' });
+    }
+    this.weightBytes += b.bytes;
+    return b;
+  }
+
+  /** The host weights changed (an optimizer step): upload them again when next used. */
+  weightsChanged(): void {
+    this.g.syncStream();
+    for (const e of this.weights.values()) {
+      this.g.ctx.free(e.f32);
+      this.g.ctx.free(e.bf16);
+    }
+    this.weights.clear();
+    this.weightBytes = 0;
+  }
+
+  private linearGpu(x: Float32Array, w: Float32Array, bias: Float32Array | undefined, rows: number, inDim: number, outDim: number, y: Float32Array): void {
+    if (rows === 0) return;
+    const ctx = this.g.ctx;
+    const xb = this.scratch.get('x', rows * inDim * 4);
+    const yb = this.scratch.get('y', rows * outDim * 4);
+    ctx.upload(xb, x.subarray(0, rows * inDim));
+    let a = xb.ptr;
+    if (this.dtype === 'bfloat16') {
+      const xh = this.scratch.get('x16', rows * inDim * 2);
+      convertDevice(ctx, { src: xb.ptr, dst: xh.ptr, n: rows * inDim, from: 'float32', to: 'bfloat16' });
+      a = xh.ptr;
+    }
+    const wd = this.dtype === 'bfloat16' ? 'bfloat16' : 'float32';
+    gemm(ctx, { transA: false, transB: true, M: rows, N: outDim, K: inDim, a, b: this.weight(w, wd).ptr, c: yb.ptr, bias: bias ? this.weight(bias).ptr : undefined, dtype: wd });
+    ctx.download(y.subarray(0, rows * outDim), yb);
+  }
+
+  private gemmGpu(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, B: Float32Array, beta: 0 | 1, C: Float32Array): void {
+    if (M === 0 || N === 0) return;
+    const ctx = this.g.ctx;
+    const ab = this.scratch.get('a', M * K * 4);
+    const bb = this.scratch.get('b', K * N * 4);
+    const cb = this.scratch.get('c', M * N * 4);
+    ctx.upload(ab, A.subarray(0, M * K));
+    ctx.upload(bb, B.subarray(0, K * N));
+    if (beta) ctx.upload(cb, C.subarray(0, M * N));
+    // Gradients are computed in fp32 whatever the model's dtype.
+    gemm(ctx, { transA, transB, M, N, K, a: ab.ptr, b: bb.ptr, c: cb.ptr, beta, dtype: 'float32' });
+    ctx.download(C.subarray(0, M * N), cb);
+  }
+
+  async prepareRingFor(key: string, shards: { pos: Int32Array; seg?: Int32Array }[], params: AttnParams, mask: MaskSpec, backward: boolean): Promise<void> {
+    if (this.rings.has(key)) return;
+    if (shards.length !== this.ranks) throw new InputError('shards', `expected one per rank (${this.ranks}), got ${shards.length}`);
+    this.rings.set(key, { shards, params, mask, backward, ring: null });
+  }
+
+  /** The ring of `key`, built on first use with these inputs (every rank reaches this together). */
+  private ringOf(key: string, given: RankShard | { pos: Int32Array }, p: AttnParams): { ring: CudaRing; fresh: boolean; backward: boolean } {
+    const st = this.rings.get(key);
+    if (!st) throw new Error(`ringAttention before prepareRingFor('${key}')`);
+    if (st.ring) return { ring: st.ring, fresh: false, backward: st.backward };
+    const n = given.pos.length;
+    // Without data (the device-resident prefill fills the buffers itself): zeros to start from.
+    const shard: RankShard = 'q' in given ? given : { pos: given.pos, q: new Float32Array(n * p.H * p.D), k: new Float32Array(n * p.Hk * p.D), v: new Float32Array(n * p.Hk * p.D) };
+    st.ring = new CudaRing(this.g, { ...shard, dO: st.backward ? (shard.dO ?? new Float32Array(n * p.H * p.D)) : undefined }, {
+      positions: st.shards.map((s) => s.pos), causal: st.mask.causal, window: st.mask.window, sinks: st.mask.sinks,
+      segments: st.mask.segments, scale: p.scale, dtype: this.dtype, H: p.H, Hk: p.Hk, D: p.D, backward: st.backward,
+    });
+    return { ring: st.ring, fresh: true, backward: st.backward };
+  }
+
+  ringAttention(shard: RankShard, params: AttnParams, key: string): RingResult {
+    const got = this.ringOf(key, shard, params);
+    const st = { ring: got.ring, backward: got.backward };
+    if (!got.fresh) st.ring.dev.setInputs(shard);
+    if (shard.dO && !st.backward) throw new InputError('dO', `ring '${key}' was prepared without a backward`);
+    st.ring.forward();
+    if (shard.dO) st.ring.backward();
+    const out = st.ring.download();
+    if (!shard.dO) return { o: out.o, lse: out.lse };
+    return out;
+  }
+
+  /**
+   * The model's prefill with every activation on this GPU (the forward of src/model/llama.ts,
+   * same math): one upload of the embeddings, then per layer RMSNorm, the q/k/v projections,
+   * RoPE, the ring, the output projection and the blockwise feed-forward as GPU kernels; the
+   * keys and values come back to the host KV cache, and the final hidden states at the end.
+   */
+  prefillModel(m: RankModel, ids: Int32Array, pos: Int32Array, reserve: number): Float32Array {
+    const c = m.cfg;
+    const ctx = this.g.ctx;
+    const n = ids.length;
+    const hid = c.hiddenSize, H = c.numHeads, Hk = c.numKvHeads, D = c.headDim, f = c.intermediateSize;
+    const qd = H * D, kd = Hk * D;
+    const dt = this.dtype === 'bfloat16' ? 'bfloat16' : 'float32';
+    const el = dt === 'bfloat16' ? 2 : 4;
+    const S = this.scratch;
+    this.dropDeferred();
+    const hostH = new Float32Array(n * hid);
+    embed(ids, m.w.embed, hid, hostH);
+    const h = S.get('p.h', n * hid * 4);
+    ctx.upload(h, hostH);
+    const posB = S.get('p.pos', n * 4);
+    ctx.upload(posB, pos);
+    const inv = S.get('p.inv', m.rope.invFreq.byteLength);
+    ctx.upload(inv, m.rope.invFreq);
+    const nrm = S.get('p.n', n * hid * el);
+    const q = S.get('p.q', n * qd * 4), k = S.get('p.k', n * kd * 4), v = S.get('p.v', n * kd * 4);
+    const y = S.get('p.y', n * hid * 4);
+    const o16 = dt === 'bfloat16' ? S.get('p.o16', n * qd * 2) : null;
+    const rowsFf = Math.min(n, this.ffnBlock);
+    const g = S.get('p.g', rowsFf * f * 4), u = S.get('p.u', rowsFf * f * 4);
+    const a = S.get('p.a', rowsFf * f * el);
+    const toDt = (src: number, dst: number, count: number) => convertDevice(ctx, { src, dst, n: count, from: 'float32', to: dt });
+    const lin = (x: number, w: Float32Array, bias: Float32Array | undefined, rows: number, inDim: number, outDim: number, out: number) =>
+      gemm(ctx, { transA: false, transB: true, M: rows, N: outDim, K: inDim, a: x, b: this.weight(w, dt).ptr, c: out, bias: bias ? this.weight(bias).ptr : undefined, dtype: dt });
+    m.cache = [];
+    for (let l = 0; l < c.numLayers; l++) {
+      const lw = m.w.layers[l];
+      rmsNormDevice(ctx, { x: h.ptr, weight: this.weight(lw.inputNorm).ptr, out: nrm.ptr, rows: n, dim: hid, eps: c.rmsNormEps, outDtype: dt });
+      lin(nrm.ptr, lw.q, lw.qBias, n, hid, qd, q.ptr);
+      lin(nrm.ptr, lw.k, lw.kBias, n, hid, kd, k.ptr);
+      lin(nrm.ptr, lw.v, lw.vBias, n, hid, kd, v.ptr);
+      ropeDevice(ctx, { x: q.ptr, rows: n, heads: H, headDim: D, positions: posB.ptr, invFreq: inv.ptr, attentionScaling: m.rope.attentionScaling });
+      ropeDevice(ctx, { x: k.ptr, rows: n, heads: Hk, headDim: D, positions: posB.ptr, invFreq: inv.ptr, attentionScaling: m.rope.attentionScaling });
+      // The KV cache stays on the GPU until a decode needs it on the host (materializeCache).
+      const cap = n + reserve;
+      const cache: LayerCache = { k: new Float32Array(0), v: new Float32Array(0), pos: new Int32Array(cap), n };
+      cache.pos.set(pos);
+      m.cache.push(cache);
+      const kc = ctx.alloc(n * kd * 4), vc = ctx.alloc(n * kd * 4);
+      this.deferred.push({ cache, k: kc, v: vc, row: kd });
+      ctx.check('cuMemcpyDtoDAsync_v2', ctx.drv.cuMemcpyDtoDAsync_v2(kc.ptr, k.ptr, n * kd * 4, ctx.stream));
+      ctx.check('cuMemcpyDtoDAsync_v2', ctx.drv.cuMemcpyDtoDAsync_v2(vc.ptr, v.ptr, n * kd * 4, ctx.stream));
+      const p = m.params(l);
+      const { ring } = this.ringOf(m.ringKey(l), { pos }, p);
+      ring.dev.setInputsDevice(q.ptr, k.ptr, v.ptr, (src, dst, count) => toDt(src, dst, count));
+      ring.forward();
+      let oPtr = ring.dev.o.ptr;
+      if (o16) {
+        toDt(oPtr, o16.ptr, n * qd);
+        oPtr = o16.ptr;
+      }
+      lin(oPtr, lw.o, lw.oBias, n, qd, hid, y.ptr);
+      addDevice(ctx, { h: h.ptr, y: y.ptr, n: n * hid });
+      for (let r0 = 0; r0 < n; r0 += rowsFf) {
+        const rows = Math.min(rowsFf, n - r0);
+        const hb = h.ptr + r0 * hid * 4;
+        rmsNormDevice(ctx, { x: hb, weight: this.weight(lw.postNorm).ptr, out: nrm.ptr, rows, dim: hid, eps: c.rmsNormEps, outDtype: dt });
+        lin(nrm.ptr, lw.gate, lw.gateBias, rows, hid, f, g.ptr);
+        lin(nrm.ptr, lw.up, lw.upBias, rows, hid, f, u.ptr);
+        swigluDevice(ctx, { gate: g.ptr, up: u.ptr, out: a.ptr, n: rows * f, dtype: 'float32', outDtype: dt });
+        lin(a.ptr, lw.down, lw.downBias, rows, f, hid, y.ptr);
+        addDevice(ctx, { h: hb, y: y.ptr, n: rows * hid });
+      }
+    }
+    return ctx.download(hostH, h);
+  }
+
+  /** Move the KV cache a device prefill left on the GPU into the model's host cache (before decode). */
+  materializeCache(): void {
+    for (const d of this.deferred) {
+      const used = d.cache.n * d.row;
+      d.cache.k = new Float32Array(d.cache.pos.length * d.row);
+      d.cache.v = new Float32Array(d.cache.pos.length * d.row);
+      this.g.ctx.download(d.cache.k.subarray(0, used), d.k);
+      this.g.ctx.download(d.cache.v.subarray(0, used), d.v);
+    }
+    this.dropDeferred();
+  }
+
+  private dropDeferred(): void {
+    if (!this.deferred.length) return;
+    this.g.syncStream();
+    for (const d of this.deferred) {
+      this.g.ctx.free(d.k);
+      this.g.ctx.free(d.v);
+    }
+    this.deferred = [];
+  }
+
+  decodeAttend(a: DecodeCall): void {
+    // The model's KV cache lives in host memory on this backend: the CPU split-KV kernel reads it.
+    decodeAttention({
+      q: a.q, qPos: a.qPos, caches: [{ k: a.k, v: a.v, pos: a.kPos, n: a.n }], H: a.H, Hk: a.Hk, D: a.D, causal: a.causal,
+      window: a.window, sinks: a.sinks, scale: a.scale, o: a.o, lse: a.lse, kvSorted: true, threads: a.threads ?? 1,
+    });
+  }
+
+  resetRings(): void {
+    for (const r of this.rings.values()) r.ring?.dispose();
+    this.rings.clear();
+  }
+
+  allGather(data: Float32Array): Float32Array[] {
+    const n = data.length;
+    if (this.ranks === 1) return [data.slice()];
+    const send = this.scratch.get('gs', n * 4);
+    const recv = this.scratch.get('gr', n * 4 * this.ranks);
+    this.g.ctx.upload(send, data);
+    this.g.allGatherDevice(send.ptr, recv.ptr, n);
+    const all = this.g.ctx.download(new Float32Array(n * this.ranks), recv);
+    return Array.from({ length: this.ranks }, (_, r) => all.slice(r * n, (r + 1) * n));
+  }
+
+  allReduceSum(data: Float32Array): void {
+    if (this.ranks === 1 || data.length === 0) return;
+    const b = this.scratch.get('ar', data.byteLength);
+    this.g.ctx.upload(b, data);
+    this.g.allReduceSumDevice(b.ptr, b.ptr, data.length);
+    this.g.ctx.download(data, b);
+  }
+
+  barrier(): void {
+    this.g.barrier();
+  }
+
+  dispose(): void {
+    this.dropDeferred();
+    this.resetRings();
+    this.weightsChanged();
+    this.scratch.dispose();
+  }
+}

@@ -1,0 +1,119 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { cudaAvailable } from '../../src/cuda/check.js';
+import { loadNccl } from '../../src/cuda/bindings/nccl.js';
+import { launch } from '../../src/cuda/launch.js';
+import { readNpyFloat32 } from '../../src/io/index.js';
+import { RingModel } from '../../src/llm.js';
+import { freshSeed } from '../helpers/check.js';
+
+// The model on the CUDA backend: Hugging Face fixtures (transformers' fp32 logits and greedy
+// continuations) on 1 GPU in fp32 and bf16; the CLI's logits and generate on 2 GPU ranks (1 where
+// only one is visible); a training step's loss and gradients on as many GPU ranks against the CPU
+// backend. Skipped with the reason where there is no GPU.
+
+const avail = cudaAvailable();
+const nccl = avail.ok ? loadNccl() : null;
+const skip1 = !avail.ok ? `${avail.reason} (GPU model tests skipped)` : nccl && 'error' in nccl ? `${nccl.error} (GPU model tests skipped)` : false;
+
+const ROOT = fileURLToPath(new URL('../../../tests/fixtures/hf/', import.meta.url));
+const FIXTURES = existsSync(ROOT) ? ROOT : fileURLToPath(new URL('../fixtures/hf/', import.meta.url));
+const cliJs = fileURLToPath(new URL('../../../bin/ringattn.js', import.meta.url));
+const rankJs = fileURLToPath(new URL('./model-rank.js', import.meta.url));
+const CASES = existsSync(join(FIXTURES, 'meta.json')) ? (JSON.parse(readFileSync(join(FIXTURES, 'meta.json'), 'utf8')) as { cases: { name: string }[] }).cases.map((c) => c.name) : [];
+
+const TOL = 2e-4;
+
+function maxAbs(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i] - b[i]);
+    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
+  }
+  return m;
+}
+
+function fixture(name: string) {
+  const dir = join(FIXTURES, name);
+  const ids = Int32Array.from((JSON.parse(readFileSync(join(dir, 'ids.json'), 'utf8')) as { ids: number[] }).ids);
+  const greedy = JSON.parse(readFileSync(join(dir, 'greedy.json'), 'utf8')) as { new_tokens: number[]; max_abs_logit: number };
+  return { dir, ids, greedy, logits: () => readNpyFloat32(join(dir, 'logits.npy'), 'logits').data };
+}
+
+test('1 GPU, fp32: logits within 2e-4 of transformers and the same greedy tokens, every fixture', { skip: skip1, timeout: 300_000 }, async () => {
+  for (const name of CASES) {
+    const f = fixture(name);
+    const m = await RingModel.load(f.dir, { backend: 'cuda', dtype: 'float32' });
+    try {
+      const got = await m.prefill(f.ids, 'all');
+      const err = maxAbs(got, f.logits());
+      assert.ok(err <= TOL, `${name}: logits differ by ${err} > ${TOL}`);
+      const out = await m.generate(f.ids, { maxNewTokens: f.greedy.new_tokens.length, stop: [] });
+      assert.deepEqual([...out], f.greedy.new_tokens, `${name}: greedy tokens differ`);
+      console.log(`${name}: max |logit - transformers| ${err.toExponential(2)}, greedy identical`);
+    } finally {
+      await m.close();
+    }
+  }
+});
+
+test('1 GPU, bf16: logits within 2% (of the largest logit) of transformers', { skip: skip1, timeout: 300_000 }, async () => {
+  for (const name of CASES) {
+    const f = fixture(name);
+    const m = await RingModel.load(f.dir, { backend: 'cuda', dtype: 'bfloat16' });
+    try {
+      const want = f.logits();
+      const err = maxAbs(await m.prefill(f.ids, 'all'), want);
+      const scale = want.reduce((a, x) => Math.max(a, Math.abs(x)), 0);
+      assert.ok(err <= 2e-2 * scale, `${name}: bf16 logits differ by ${err} (largest logit ${scale})`);
+      console.log(`${name}: bf16 max |logit - transformers| ${err.toExponential(2)} (largest ${scale.toFixed(2)})`);
+    } finally {
+      await m.close();
+    }
+  }
+});
+
+const cliDevices = avail.ok ? Math.min(2, avail.devices) : 1;
+
+test(`ringattn logits and generate --backend cuda --devices ${cliDevices} equal transformers`, { skip: skip1, timeout: 300_000 }, () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'ringattn-gpu-model-'));
+  try {
+    for (const name of ['llama-bf16-sharded', 'mistral-window', 'qwen2-biases'].filter((n) => CASES.includes(n))) {
+      const f = fixture(name);
+      const tokens = join(tmp, `${name}.json`);
+      writeFileSync(tokens, JSON.stringify([...f.ids]));
+      const out = join(tmp, `${name}.npy`);
+      const p = spawnSync(process.execPath, [cliJs, 'logits', '--backend', 'cuda', '--devices', String(cliDevices), '--layout', 'zigzag', '--model', f.dir, '--tokens', tokens, '--out', out], { encoding: 'utf8' });
+      assert.equal(p.status, 0, `${name}: ${p.stdout}\n${p.stderr}`);
+      const err = maxAbs(readNpyFloat32(out, 'out').data, f.logits());
+      assert.ok(err <= TOL, `${name}: ${cliDevices}-GPU logits differ by ${err}`);
+      const newIds = join(tmp, `${name}-new.npy`);
+      const gen = spawnSync(process.execPath, [cliJs, 'generate', '--backend', 'cuda', '--devices', String(cliDevices), '--model', f.dir, '--tokens', tokens, '--max-new-tokens', String(f.greedy.new_tokens.length), '--out-tokens', newIds, '--quiet'], { encoding: 'utf8' });
+      assert.equal(gen.status, 0, `${name}: ${gen.stdout}\n${gen.stderr}`);
+      const buf = readFileSync(newIds);
+      const got = [...new Int32Array(buf.buffer.slice(buf.byteOffset + buf.length - 4 * f.greedy.new_tokens.length, buf.byteOffset + buf.length))];
+      assert.deepEqual(got, f.greedy.new_tokens, `${name}: ${cliDevices}-GPU greedy tokens differ`);
+      console.log(`${name}: ${cliDevices} GPU(s) via the CLI, max |logit - transformers| ${err.toExponential(2)}, greedy identical`);
+    }
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});
+
+test(`training step on ${cliDevices} GPU rank(s): loss, logits and every gradient equal the CPU backend`, { skip: skip1, timeout: 300_000 }, async () => {
+  const seed = freshSeed();
+  const out: string[] = [], err: string[] = [];
+  const r = await launch({ nproc: cliDevices, command: [process.execPath, rankJs, 'grads', String(seed)], stdout: (l) => out.push(l), stderr: (l) => err.push(l) });
+  assert.equal(r.code, 0, `seed ${seed}: ${r.message}\n${err.join('\n')}`);
+  const line = out.find((l) => l.includes('RESULT '));
+  assert.ok(line, out.join('\n'));
+  const res = JSON.parse(line.slice(line.indexOf('RESULT ') + 7)) as { errs: Record<string, number> };
+  for (const [k, e] of Object.entries(res.errs)) assert.ok(e <= 1e-4, `seed ${seed}: ${k} relative error ${e} > 1e-4`);
+  console.log(`seed ${seed}: worst ${Object.entries(res.errs).sort((a, b) => b[1] - a[1]).slice(0, 3).map(([k, v]) => `${k} ${v.toExponential(1)}`).join(', ')}`);
+});

@@ -210,3 +210,39 @@ export class CudaContext {
     this.drv.cuDevicePrimaryCtxRelease_v2(this.device);
   }
 }
+
+/**
+ * Device buffers for one host-side call (upload inputs, run, download): made as needed and
+ * freed together once the stream has drained.
+ */
+export class Staging {
+  private readonly bufs: DeviceBuffer[] = [];
+  constructor(private readonly ctx: CudaContext) {}
+
+  /** A device copy of `x`; its pointer. */
+  up(x: ArrayBufferView): number {
+    const b = this.alloc(x.byteLength);
+    this.ctx.upload(b, x);
+    return b.ptr;
+  }
+
+  /** `bytes` (at least 16, rounded up to whole words), uninitialised. */
+  alloc(bytes: number): DeviceBuffer {
+    const b = this.ctx.alloc(Math.max(Math.ceil(bytes / 4) * 4, 16));
+    this.bufs.push(b);
+    return b;
+  }
+
+  /** `bytes` filled with `bits` per 32-bit word (default 0x7fc07fc0: NaN as fp32 and as two bf16). */
+  poisoned(bytes: number, bits = 0x7fc07fc0): number {
+    const b = this.alloc(bytes);
+    this.ctx.fill32(b, bits, b.bytes / 4);
+    return b.ptr;
+  }
+
+  free(): void {
+    this.ctx.sync();
+    for (const b of this.bufs) this.ctx.free(b);
+    this.bufs.length = 0;
+  }
+}

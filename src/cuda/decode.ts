@@ -1,6 +1,6 @@
 import { BackendError, InputError } from '../core/errors.js';
 import { CU_FUNC_ATTRIBUTE } from './bindings/driver.js';
-import { argBuffers, CudaContext, packStruct, type Arg, type DeviceBuffer } from './context.js';
+import { argBuffers, CudaContext, packStruct, Staging, type Arg, type DeviceBuffer } from './context.js';
 import { bytesOf, encode, type CudaDType } from './convert.js';
 import type { CudaGroup } from './group.js';
 
@@ -522,13 +522,8 @@ export function decodeAttentionCuda(a: CudaDecodeArgs): CudaDecodeResult {
 
   const ctx = a.context ?? CudaContext.open(a.device ?? 0);
   const dec = a.decoder ?? new CudaDecode(ctx, a.tuning);
-  const bufs: DeviceBuffer[] = [];
-  const up = (x: ArrayBufferView): number => {
-    const b = ctx.alloc(Math.max(x.byteLength, 16));
-    bufs.push(b);
-    ctx.upload(b, x);
-    return b.ptr;
-  };
+  const st = new Staging(ctx);
+  const up = (x: ArrayBufferView) => st.up(x);
   try {
     const rows = B * Sq * H;
     const caches: DeviceDecodeCache[] = a.caches.map((c, b) => {
@@ -552,8 +547,7 @@ export function decodeAttentionCuda(a: CudaDecodeArgs): CudaDecodeResult {
     ctx.download(lse.subarray(0, rows), dL);
     return { o, lse, info: plan.info };
   } finally {
-    ctx.sync();
-    for (const b of bufs) ctx.free(b);
+    st.free();
     if (!a.decoder) dec.dispose();
     if (!a.context) ctx.dispose();
   }

@@ -1,7 +1,7 @@
 import { InputError } from '../core/errors.js';
 import type { Gemm, Linear } from '../core/group.js';
 import type { CudaContext, DeviceBuffer } from './context.js';
-import { packStruct } from './context.js';
+import { packStruct, Staging } from './context.js';
 import { toBf16 } from './convert.js';
 
 /**
@@ -228,13 +228,8 @@ export function gemmHost(ctx: CudaContext, h: HostGemmArgs): Float32Array {
   if (h.bias) hostLen('bias', h.bias, N, `[N=${N}]`);
   const dtype = h.dtype ?? 'float32';
   const out = h.outDtype ?? 'float32';
-  const bufs: DeviceBuffer[] = [];
-  const up = (x: ArrayBufferView): number => {
-    const b = ctx.alloc(Math.max(x.byteLength, 16));
-    bufs.push(b);
-    ctx.upload(b, x);
-    return b.ptr;
-  };
+  const st = new Staging(ctx);
+  const up = (x: ArrayBufferView) => st.up(x);
   const enc = (x: Float32Array, t: GemmDType) => (t === 'float32' ? x : toBf16(x));
   try {
     const a = up(enc(h.A, dtype));
@@ -245,10 +240,7 @@ export function gemmHost(ctx: CudaContext, h: HostGemmArgs): Float32Array {
     if (beta !== 0) {
       c = up(enc(h.C!, out));
     } else {
-      const cb = ctx.alloc(Math.max(Math.ceil(cBytes / 4) * 4, 16));
-      bufs.push(cb);
-      c = cb.ptr;
-      if (h.poison) ctx.fill32(cb, out === 'float32' ? 0x7fc00000 : 0x7fc07fc0, Math.ceil(cBytes / 4));
+      c = h.poison ? st.poisoned(cBytes, out === 'float32' ? 0x7fc00000 : 0x7fc07fc0) : st.alloc(cBytes).ptr;
     }
     gemm(ctx, { transA: h.transA, transB: h.transB, M, N, K, a, b, c, bias, beta, dtype, outDtype: out, tile: h.tile });
     if (out === 'float32') return ctx.download(h.C ?? new Float32Array(M * N), c);
@@ -258,8 +250,7 @@ export function gemmHost(ctx: CudaContext, h: HostGemmArgs): Float32Array {
     for (let i = 0; i < bits.length; i++) u[i] = bits[i] << 16;
     return res;
   } finally {
-    ctx.sync();
-    for (const x of bufs) ctx.free(x);
+    st.free();
   }
 }
 

@@ -1,7 +1,7 @@
 import { InputError } from '../core/errors.js';
 import type { Rope } from '../model/rope.js';
 import type { Arg, CudaContext, DeviceBuffer } from './context.js';
-import { argBuffers } from './context.js';
+import { argBuffers, Staging } from './context.js';
 import { toBf16 } from './convert.js';
 
 /**
@@ -166,29 +166,6 @@ export function embedDevice(ctx: CudaContext, a: { ids: number; table: number; o
 
 // ---- host wrappers (upload, run, download; they wait) -------------------------------------------
 
-/** Device scratch for one host call, freed after the stream drains. */
-class Scratch {
-  private readonly bufs: DeviceBuffer[] = [];
-  constructor(private readonly ctx: CudaContext) {}
-  up(x: ArrayBufferView): number {
-    const b = this.ctx.alloc(Math.max(x.byteLength, 16));
-    this.bufs.push(b);
-    this.ctx.upload(b, x);
-    return b.ptr;
-  }
-  /** `bytes` (rounded up to whole words) filled with NaN: 0x7fc07fc0 is NaN as fp32 and as two bf16. */
-  poisoned(bytes: number): number {
-    const b = this.ctx.alloc(Math.max(Math.ceil(bytes / 4) * 4, 16));
-    this.bufs.push(b);
-    this.ctx.fill32(b, 0x7fc07fc0, Math.ceil(b.bytes / 4));
-    return b.ptr;
-  }
-  free(): void {
-    this.ctx.sync();
-    for (const b of this.bufs) this.ctx.free(b);
-  }
-}
-
 function widen(bits: Uint16Array): Float32Array {
   const out = new Float32Array(bits.length);
   const u = new Uint32Array(out.buffer);
@@ -206,7 +183,7 @@ function download(ctx: CudaContext, p: number, n: number, t: OpDType): Float32Ar
 
 /** x converted to `to` on the device and back as fp32 values (bf16 results widened). */
 export function convertHost(ctx: CudaContext, x: Float32Array | Uint16Array, from: OpDType, to: OpDType): Float32Array {
-  const s = new Scratch(ctx);
+  const s = new Staging(ctx);
   try {
     const n = x.length;
     const src = s.up(x), dst = s.poisoned(n * BYTES[to]);
@@ -220,7 +197,7 @@ export function convertHost(ctx: CudaContext, x: Float32Array | Uint16Array, fro
 /** silu(gate)·up; inputs rounded to `dtype` on upload. */
 export function swigluHost(ctx: CudaContext, gate: Float32Array, up: Float32Array, dtype: OpDType = 'float32', outDtype: OpDType = 'float32'): Float32Array {
   if (up.length !== gate.length) throw new InputError('up', `has ${up.length} elements; expected ${gate.length} (the shape of gate)`);
-  const s = new Scratch(ctx);
+  const s = new Staging(ctx);
   try {
     const n = gate.length;
     const g = s.up(enc(gate, dtype)), u = s.up(enc(up, dtype)), out = s.poisoned(n * BYTES[outDtype]);
@@ -234,7 +211,7 @@ export function swigluHost(ctx: CudaContext, gate: Float32Array, up: Float32Arra
 /** h + y (y rounded to `dtype` on upload). */
 export function addHost(ctx: CudaContext, h: Float32Array, y: Float32Array, dtype: OpDType = 'float32'): Float32Array {
   if (y.length !== h.length) throw new InputError('y', `has ${y.length} elements; expected ${h.length} (the shape of h)`);
-  const s = new Scratch(ctx);
+  const s = new Staging(ctx);
   try {
     const hp = s.up(h), yp = s.up(enc(y, dtype));
     addDevice(ctx, { h: hp, y: yp, n: h.length, dtype });
@@ -257,7 +234,7 @@ export function rmsNormHost(
   positive('dim', dim);
   if (x.length !== rows * dim) throw new InputError('x', `has ${x.length} elements; expected ${rows * dim} for [${rows}, ${dim}]`);
   if (weight.length !== dim) throw new InputError('weight', `has ${weight.length} elements; expected ${dim}`);
-  const s = new Scratch(ctx);
+  const s = new Staging(ctx);
   try {
     const xp = s.up(x), wp = s.up(weight), out = s.poisoned(rows * dim * BYTES[outDtype]), inv = s.poisoned(rows * 4);
     rmsNormDevice(ctx, { x: xp, weight: wp, out, rows, dim, eps, outDtype, invRms: inv });
@@ -272,7 +249,7 @@ export function ropeHost(ctx: CudaContext, x: Float32Array, rows: number, heads:
   if (x.length !== rows * heads * headDim) throw new InputError('x', `has ${x.length} elements; expected ${rows * heads * headDim} for [${rows}, ${heads}, ${headDim}]`);
   if (positions.length !== rows) throw new InputError('positions', `has ${positions.length} entries; expected ${rows} (one per row)`);
   if (rope.invFreq.length !== headDim / 2) throw new InputError('rope.invFreq', `has ${rope.invFreq.length} entries; expected ${headDim / 2} (headDim / 2)`);
-  const s = new Scratch(ctx);
+  const s = new Staging(ctx);
   try {
     const xp = s.up(x), pp = s.up(positions), fp = s.up(Float64Array.from(rope.invFreq));
     ropeDevice(ctx, { x: xp, rows, heads, headDim, positions: pp, invFreq: fp, attentionScaling: rope.attentionScaling, inverse });
@@ -287,7 +264,7 @@ export function embedHost(ctx: CudaContext, ids: Int32Array, table: Float32Array
   positive('hidden', hidden);
   if (table.length % hidden !== 0 || table.length === 0) throw new InputError('hidden', `is ${hidden}; expected a positive divisor of the table size ${table.length}`);
   const vocab = table.length / hidden;
-  const s = new Scratch(ctx);
+  const s = new Staging(ctx);
   try {
     const n = ids.length;
     const ip = s.up(ids), tp = s.up(table), out = s.poisoned(n * hidden * 4), bad = s.up(Int32Array.of(INT32_MAX));

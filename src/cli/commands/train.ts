@@ -150,7 +150,7 @@ export function registerTrain(program: Command): void {
     .option('--steps <n>', 'optimizer steps', '1000')
     .option('--lr <x>', 'peak learning rate (AdamW)', '1e-3')
     .option('--warmup <n>', 'warmup steps', '50')
-    .option('--schedule <name>', 'after the warmup: cosine (decay to 10% of --lr at the last step) or constant', 'cosine')
+    .option('--schedule <name>', 'after the warmup: constant, or cosine (decay to 10% of --lr at the last step)', 'constant')
     .option('--hidden <n>', 'hidden size', '128')
     .option('--layers <n>', 'decoder layers', '2')
     .option('--heads <n>', 'attention heads', '4')

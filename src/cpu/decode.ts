@@ -1,4 +1,5 @@
 import { BackendError, InputError } from '../core/errors.js';
+import { bf16BitsToF32, f16BitsToF32 } from '../core/tensor.js';
 import { loadNative } from './build.js';
 
 /**
@@ -11,9 +12,12 @@ import { loadNative } from './build.js';
  * their partials with mergeRow; a row that sees no key keeps its (o, lse) (fresh: 0, -Infinity).
  */
 export interface DecodeCache {
-  /** [n, Hk, D] (at least n * Hk * D elements; a larger, growing buffer is fine). */
-  k: Float32Array;
-  v: Float32Array;
+  /**
+   * [n, Hk, D] (at least n * Hk * D elements; a larger, growing buffer is fine): Float32Array for
+   * kvDtype 'float32', Uint16Array of bf16 or IEEE half bits for 'bfloat16' / 'float16'.
+   */
+  k: Float32Array | Uint16Array;
+  v: Float32Array | Uint16Array;
   /** Global position of each cache row [n]. */
   pos: Int32Array;
   /** Segment id of each cache row (packed documents); with qSeg, both or neither. */
@@ -33,6 +37,11 @@ export interface DecodeArgs {
   H: number;
   Hk: number;
   D: number;
+  /**
+   * Element type of every cache's k and v (default 'float32'). The 16-bit types halve the bytes a
+   * step reads; they are widened to fp32 on load and all arithmetic stays fp32 (q, o, lse are fp32).
+   */
+  kvDtype?: DecodeKvDtype;
   causal: boolean;
   /** 0 or absent: no window. */
   window?: number;
@@ -56,6 +65,9 @@ export interface DecodeArgs {
   kernel?: 'auto' | 'c' | 'ts';
 }
 
+export type DecodeKvDtype = 'float32' | 'bfloat16' | 'float16';
+const DTYPE_CODE: Record<DecodeKvDtype, number> = { float32: 0, bfloat16: 1, float16: 2 };
+
 export interface DecodeResult {
   o: Float32Array;
   lse: Float32Array;
@@ -73,8 +85,8 @@ function bind(): { fn: Fn; name: string } | { error: string } {
   if ('error' in n) return (bound = { error: n.error });
   try {
     const fn = n.lib.func(
-      'int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, const float** k, const float** v, ' +
-        'const int32_t** kpos, const int32_t** kseg, const int64_t* len, int B, int Sq, int H, int Hk, int D, ' +
+      'int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, const void** k, const void** v, ' +
+        'const int32_t** kpos, const int32_t** kseg, const int64_t* len, int B, int Sq, int H, int Hk, int D, int dtype, ' +
         'int causal, int window, int sinks, float scale, int sorted, int chunk, int threads, float* o, float* lse)',
     ) as Fn;
     bound = { fn, name: `c/${n.isa}` };
@@ -103,6 +115,7 @@ function atLeast(name: string, arr: ArrayLike<number> | undefined, n: number, wh
 }
 
 interface Checked {
+  dtype: DecodeKvDtype;
   B: number;
   Sq: number;
   n: number[];
@@ -133,11 +146,18 @@ function validate(a: DecodeArgs): Checked {
   atLeast('q', a.q, B * Sq * H * D, `[B = ${B}, Sq = ${Sq}, H = ${H}, D = ${D}]`);
   const segs = a.qSeg !== undefined;
   if (segs) atLeast('qSeg', a.qSeg, B * Sq, `[B = ${B}, Sq = ${Sq}]`);
+  const dtype = a.kvDtype ?? 'float32';
+  if (!Object.prototype.hasOwnProperty.call(DTYPE_CODE, dtype)) {
+    throw new InputError('kvDtype', `expected 'float32', 'bfloat16' or 'float16', got ${String(dtype)}`);
+  }
+  const Arr = dtype === 'float32' ? Float32Array : Uint16Array;
+  const arr = dtype === 'float32' ? 'Float32Array' : `Uint16Array (${dtype} bits)`;
   const n: number[] = [];
   a.caches.forEach((c, b) => {
     const tag = `caches[${b}]`;
-    if (!c || !(c.k instanceof Float32Array) || !(c.v instanceof Float32Array) || !(c.pos instanceof Int32Array)) {
-      throw new InputError(tag, 'expected { k: Float32Array, v: Float32Array, pos: Int32Array }');
+    if (!c || !(c.pos instanceof Int32Array)) throw new InputError(tag, `expected { k: ${arr}, v: ${arr}, pos: Int32Array }`);
+    for (const kv of ['k', 'v'] as const) {
+      if (!(c[kv] instanceof Arr)) throw new InputError(`${tag}.${kv}`, `expected a ${arr} for kvDtype '${dtype}'`);
     }
     const rows = int(`${tag}.n`, c.n ?? c.pos.length, 0, Math.min(c.pos.length, INT32_MAX));
     atLeast(`${tag}.k`, c.k, rows * Hk * D, `[n = ${rows}, Hk = ${Hk}, D = ${D}]`);
@@ -150,7 +170,7 @@ function validate(a: DecodeArgs): Checked {
   const lse = a.lse ?? new Float32Array(B * Sq * H).fill(-Infinity);
   atLeast('o', o, B * Sq * H * D, `[B = ${B}, Sq = ${Sq}, H = ${H}, D = ${D}]`);
   atLeast('lse', lse, B * Sq * H, `[B = ${B}, Sq = ${Sq}, H = ${H}]`);
-  return { B, Sq, n, window, sinks: window > 0 ? sinks : 0, scale, o, lse };
+  return { dtype, B, Sq, n, window, sinks: window > 0 ? sinks : 0, scale, o, lse };
 }
 
 /** Decode attention of `q` against each sequence's cache, merged into (o, lse); returns them. */
@@ -164,7 +184,7 @@ export function decodeAttention(a: DecodeArgs): DecodeResult {
     return { o: c.o, lse: c.lse };
   }
   if (c.B === 0) return { o: c.o, lse: c.lse };
-  const empty = new Float32Array(0);
+  const empty = c.dtype === 'float32' ? new Float32Array(0) : new Uint16Array(0);
   const emptyI = new Int32Array(0);
   // koffi passes the typed arrays of these lists as pointers to their memory, without copies.
   const ks = a.caches.map((x, i) => (c.n[i] > 0 ? x.k : empty));
@@ -173,11 +193,29 @@ export function decodeAttention(a: DecodeArgs): DecodeResult {
   const ss = a.qSeg ? a.caches.map((x, i) => (c.n[i] > 0 ? (x.seg as Int32Array) : emptyI)) : null;
   const rc = b.fn(
     a.q, a.qPos, a.qSeg ?? null, ks, vs, ps, ss, BigInt64Array.from(c.n, (x) => BigInt(x)), c.B, c.Sq, a.H, a.Hk, a.D,
-    a.causal ? 1 : 0, c.window, c.sinks, c.scale, a.kvSorted === undefined ? -1 : a.kvSorted ? 1 : 0, a.chunk ?? 0,
-    a.threads ?? 1, c.o, c.lse,
+    DTYPE_CODE[c.dtype], a.causal ? 1 : 0, c.window, c.sinks, c.scale, a.kvSorted === undefined ? -1 : a.kvSorted ? 1 : 0,
+    a.chunk ?? 0, a.threads ?? 1, c.o, c.lse,
   );
   if (rc !== 0) throw new BackendError(`ra_decode returned ${rc} (${rc === 1 ? 'invalid arguments' : rc === 2 ? 'out of memory' : 'error'})`);
   return { o: c.o, lse: c.lse };
+}
+
+let f16Lut: Float32Array | undefined;
+
+/** The cache's elements as numbers: the array itself for fp32, a widened copy of the rows in use otherwise. */
+function widen(x: Float32Array | Uint16Array, count: number, dtype: DecodeKvDtype): ArrayLike<number> {
+  if (dtype === 'float32') return x;
+  const out = new Float32Array(count);
+  if (dtype === 'bfloat16') {
+    for (let i = 0; i < count; i++) out[i] = bf16BitsToF32(x[i]);
+  } else {
+    if (!f16Lut) {
+      f16Lut = new Float32Array(65536);
+      for (let h = 0; h < 65536; h++) f16Lut[h] = f16BitsToF32(h);
+    }
+    for (let i = 0; i < count; i++) out[i] = f16Lut[x[i]];
+  }
+  return out;
 }
 
 /** The fallback: per (sequence, query, head) a two-pass softmax in float64 over the visible rows. */
@@ -187,8 +225,9 @@ function decodeTs(a: DecodeArgs, c: Checked): void {
   const G = H / Hk;
   const acc = new Float64Array(D);
   for (let b = 0; b < c.B; b++) {
-    const cache = a.caches[b];
     const n = c.n[b];
+    const src = a.caches[b];
+    const cache = { ...src, k: widen(src.k, n * Hk * D, c.dtype), v: widen(src.v, n * Hk * D, c.dtype) };
     const s = new Float64Array(n);
     for (let i = 0; i < Sq; i++) {
       const qi = a.qPos[b * Sq + i];

@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { InputError } from '../../src/core/errors.js';
 import { mergeRow } from '../../src/core/merge.js';
-import { decodeAttention, decodeKernelName, type DecodeArgs, type DecodeCache } from '../../src/cpu/decode.js';
+import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '../../src/core/tensor.js';
+import { decodeAttention, decodeKernelName, type DecodeArgs, type DecodeCache, type DecodeKvDtype } from '../../src/cpu/decode.js';
 import { assertClose, freshSeed, randn, rng } from '../helpers/check.js';
 import { refVisible, type RefMask } from '../ref/attention64.js';
 import { TOL } from '../ref/tolerances.js';
@@ -12,7 +13,9 @@ import { TOL } from '../ref/tolerances.js';
  * full attention on each whole sequence: every mask, GQA groupings, head sizes (an odd one too),
  * one and four query tokens, batches of sequences of different lengths (0 and 1 included), the
  * cache split over P = 1, 2, 3 ragged shards merged with mergeRow or in place, threads 1 and 2,
- * chunk sizes that force many split-KV partials, unsorted caches.
+ * chunk sizes that force many split-KV partials, unsorted caches; and the same with bf16 and fp16
+ * caches (Uint16Array bits): against the reference on the rounded cache at the fp32 tolerance (the
+ * kernel's arithmetic) and on the fp32 cache at the bf16 tolerance (what the rounding costs).
  */
 
 interface Mask {
@@ -98,12 +101,26 @@ function reference(p: Problem): { o: Float64Array; lse: Float64Array } {
   return { o, lse };
 }
 
+/** fp32 values -> the cache's storage (bits for the 16-bit types, round to nearest even). */
+function encode(x: Float32Array, dtype: DecodeKvDtype): Float32Array | Uint16Array {
+  if (dtype === 'float32') return x;
+  return Uint16Array.from(x, dtype === 'bfloat16' ? f32ToBf16Bits : f32ToF16Bits);
+}
+
+/** The problem with its caches rounded to `dtype` (the values a 16-bit cache holds). */
+function rounded(p: Problem, dtype: DecodeKvDtype): Problem {
+  if (dtype === 'float32') return p;
+  const back = dtype === 'bfloat16' ? bf16BitsToF32 : f16BitsToF32;
+  const r = (x: Float32Array) => Float32Array.from(encode(x, dtype), back);
+  return { ...p, seqs: p.seqs.map((s) => ({ ...s, k: r(s.k), v: r(s.v) })) };
+}
+
 /** Rows `idx` of a sequence's cache as a shard (positions idx, in the order given). */
-function shardOf(s: Seq, idx: number[], Hk: number, D: number, padRows = 0): DecodeCache {
+function shardOf(s: Seq, idx: number[], Hk: number, D: number, padRows = 0, dtype: DecodeKvDtype = 'float32'): DecodeCache {
   const w = Hk * D;
   const k = new Float32Array((idx.length + padRows) * w), v = new Float32Array((idx.length + padRows) * w);
   idx.forEach((j, t) => { k.set(s.k.subarray(j * w, (j + 1) * w), t * w); v.set(s.v.subarray(j * w, (j + 1) * w), t * w); });
-  const c: DecodeCache = { k, v, pos: Int32Array.from([...idx, ...Array<number>(padRows).fill(0)]), n: idx.length };
+  const c: DecodeCache = { k: encode(k, dtype), v: encode(v, dtype), pos: Int32Array.from([...idx, ...Array<number>(padRows).fill(0)]), n: idx.length };
   if (s.seg) c.seg = Int32Array.from([...idx.map((j) => s.seg![j]), ...Array<number>(padRows).fill(0)]);
   return c;
 }
@@ -117,6 +134,7 @@ interface Run {
   inPlace?: boolean;
   shuffle?: boolean;
   kvSorted?: boolean;
+  dtype?: DecodeKvDtype;
 }
 
 /** Every token of each sequence goes to a random one of P shards (ragged, possibly empty). */
@@ -133,7 +151,7 @@ function runDecode(p: Problem, seed: number, o: Run): { o: Float32Array; lse: Fl
   for (let rank = 0; rank < P; rank++) {
     const args: DecodeArgs = {
       q: p.q, qPos: p.qPos, qSeg: p.qSeg, H, Hk, D, causal: p.mask.causal, window: p.mask.window, sinks: p.mask.sinks,
-      caches: p.seqs.map((s, b) => shardOf(s, shards[b][rank], Hk, D, rank % 2)),
+      caches: p.seqs.map((s, b) => shardOf(s, shards[b][rank], Hk, D, rank % 2, o.dtype)), kvDtype: o.dtype,
       threads: o.threads, chunk: o.chunk, kernel: o.kernel ?? 'c', kvSorted: o.kvSorted,
     };
     if (o.inPlace) {
@@ -147,12 +165,18 @@ function runDecode(p: Problem, seed: number, o: Run): { o: Float32Array; lse: Fl
 }
 
 function check(p: Problem, seed: number, run: Run, what: string): void {
-  const ref = reference(p);
+  const dtype = run.dtype ?? 'float32';
   const got = runDecode(p, seed, run);
   const tag = `${what} ${JSON.stringify(run)} seed=${seed}`;
   assert.ok(!got.o.some(Number.isNaN) && !got.lse.some(Number.isNaN), `${tag}: NaN`);
+  const ref = reference(rounded(p, dtype));
   assertClose(got.lse, ref.lse, TOL.fp32Forward, `${tag}: lse`);
   assertClose(got.o, ref.o, TOL.fp32Forward, `${tag}: o`);
+  if (dtype !== 'float32') {
+    const exact = reference(p);
+    assertClose(got.lse, exact.lse, TOL.bf16Forward, `${tag}: lse vs the fp32 cache`);
+    assertClose(got.o, exact.o, TOL.bf16Forward, `${tag}: o vs the fp32 cache`);
+  }
 }
 
 const masks: [string, Mask][] = [
@@ -217,11 +241,67 @@ test('decode with unsorted cache rows: mask fallback (kvSorted false or checked)
   }
 });
 
+const dtypes: DecodeKvDtype[] = ['bfloat16', 'float16'];
+
+test('decode with bf16 and fp16 caches: every mask, GQA groupings, Sq 1 and 4, P 1-3, threads 1-2', () => {
+  const groupings: [number, number][] = [[4, 4], [8, 2], [8, 1], [32, 8]];
+  let c = 0;
+  for (const dtype of dtypes) {
+    for (const [name, mask] of masks) {
+      const [H, Hk] = groupings[c % groupings.length];
+      const Sq = c % 3 === 0 ? 4 : 1;
+      const seed = freshSeed();
+      const D = H === 32 ? 64 : [64, 128, 67][c % 3];
+      const p = makeProblem(seed, H === 32 ? [0, 1, 150] : lens, H, Hk, D, Sq, mask);
+      const P = 1 + (c % 3), threads = 1 + ((c >> 1) % 2);
+      check(p, seed, { P, threads, chunk: c % 4 === 0 ? 16 : c % 4 === 1 ? 48 : undefined, inPlace: c % 5 === 0, dtype }, `${dtype} ${name} H=${H} Hk=${Hk} D=${D} Sq=${Sq}`);
+      c++;
+    }
+  }
+});
+
+test('decode with 16-bit caches: odd D, D 128, unsorted rows, long window, batches with empty caches', () => {
+  for (const dtype of dtypes) {
+    for (const D of [128, 33]) {
+      const seed = freshSeed();
+      const p = makeProblem(seed, [200, 1, 0, 64], 8, 2, D, 4, masks[3][1]);
+      check(p, seed, { P: 3, threads: 2, chunk: 32, inPlace: D === 33, dtype }, `${dtype} D=${D}`);
+    }
+    const seed = freshSeed();
+    const u = makeProblem(seed, [180, 0, 77], 8, 4, 64, 2, masks[6][1]);
+    check(u, seed, { P: 2, threads: 2, chunk: 16, shuffle: true, kvSorted: false, dtype }, `${dtype} unsorted`);
+    const w = makeProblem(seed, [5000, 0, 4100], 8, 2, 64, 3, { causal: true, window: 300, sinks: 7 });
+    check(w, seed, { P: 2, threads: 2, dtype }, `${dtype} long window`);
+  }
+});
+
+test('decode: wide cache rows, many query tokens (Sq 8 and 64), a long causal cache split many ways', () => {
+  // Hk * D = 16 * 256: 16 KiB rows (fp32), so the prefetch distance is a few rows
+  const seed = freshSeed();
+  const wide = makeProblem(seed, [70, 0, 33], 16, 16, 256, 2, { causal: true });
+  check(wide, seed, { P: 2, threads: 2 }, 'wide rows');
+  check(wide, seed, { P: 1, threads: 1, dtype: 'bfloat16' }, 'wide rows');
+  for (const Sq of [8, 64]) {
+    const s2 = freshSeed();
+    const p = makeProblem(s2, [0, 90, 7], 8, 2, 64, Sq, Sq === 8 ? masks[5][1] : masks[2][1]);
+    check(p, s2, { P: 2, threads: 2, chunk: 32 }, `Sq=${Sq}`);
+  }
+  const s3 = freshSeed();
+  const long = makeProblem(s3, [4099, 1, 2500], 32, 8, 128, 1, { causal: true });
+  check(long, s3, { P: 3, threads: 2, chunk: 96, inPlace: true }, 'long causal GQA');
+  check(long, s3, { P: 1, threads: 2, dtype: 'float16' }, 'long causal GQA');
+});
+
 test('TypeScript fallback equals the reference', () => {
   for (const [name, mask] of [masks[1], masks[3], masks[4], masks[6]]) {
     const seed = freshSeed();
     const p = makeProblem(seed, [0, 1, 70], 8, 2, 16, 2, mask);
     check(p, seed, { P: 2, kernel: 'ts', inPlace: true }, `ts ${name}`);
+  }
+  for (const dtype of dtypes) {
+    const seed = freshSeed();
+    const p = makeProblem(seed, [0, 1, 70], 8, 2, 16, 2, masks[3][1]);
+    check(p, seed, { P: 2, kernel: 'ts', dtype }, `ts ${dtype}`);
   }
 });
 
@@ -242,4 +322,10 @@ test('decode validates its arguments and names them', () => {
   bad({ lse: new Float32Array(1) }, 'lse');
   bad({ threads: 0 }, 'threads');
   bad({ scale: NaN }, 'scale');
+  bad({ kvDtype: 'bfloat16' }, 'caches[0].k');
+  bad({ kvDtype: 'int8' as DecodeKvDtype }, 'kvDtype');
+  bad({ caches: [{ ...c, v: new Uint16Array(4 * 2 * 8) }] }, 'caches[0].v');
+  const c16 = { k: new Uint16Array(4 * 2 * 8), v: new Uint16Array(4 * 2 * 8), pos: c.pos };
+  decodeAttention({ ...base, caches: [c16], kvDtype: 'float16' });
+  bad({ caches: [c16], kvDtype: 'float32' }, 'caches[0].k');
 });

@@ -1,15 +1,23 @@
 /*
- * ringattn native CPU decode attention: a few query tokens per sequence (Sq = 1..8: one token, or
- * a speculative/batched draft) against a long fp32 KV cache, split-KV (flash-decoding) over
- * OpenMP threads. Decode reads every visible cache byte once and does little arithmetic per
- * byte, so the kernel is shaped to stream memory:
+ * ringattn native CPU decode attention: a few query tokens per sequence (Sq = 1..64: one token, or
+ * a speculative/batched draft) against a long KV cache (fp32, or bf16 / fp16 bits widened to fp32
+ * on load), split-KV (flash-decoding) over OpenMP threads. Decode reads every visible cache byte
+ * once and does little arithmetic per byte (G = H / Hk FMAs per K element and as many per V
+ * element), so the kernel is shaped to keep memory streaming while it computes:
  *
  *  - Work items are chunks of cache rows of one sequence. A chunk covers all KV heads of its rows,
- *    so its K and V bytes are one contiguous stretch of memory ([rows, Hk, D]) read front to
- *    back: a tile of TK rows is copied once into packed per-head panels, and KV head kh's panel
- *    is reused from L1 by all G = H / Hk query heads of its group and all Sq query tokens (GQA
- *    read once per KV head), in register blocks of 4 rows x 4 keys (logits) and 4 rows x 4
- *    vectors (P V).
+ *    so its K and V bytes are one contiguous stretch of memory ([rows, Hk, D]). It is processed in
+ *    tiles of TK rows, each in three passes (run_chunk): all logits of the tile (K read in place,
+ *    row after row, each K vector loaded once for the 4 query rows of its register block: GQA
+ *    reads each KV head once for all G heads of its group and all Sq tokens), one max / exp pass
+ *    per query row over the tile's logits (the online-softmax rescale of O once per tile, only
+ *    when the max grows, instead of once per cache row), and O += P V (V read in place, row after
+ *    row). Nothing is copied: every cache byte is loaded into a register exactly once.
+ *  - Why the previous version was slow (36-50% of copy): each 16-row tile was first copied into
+ *    packed per-head panels (a load and a store per element, 30% of the time), and on AVX2 its
+ *    4 x 4 logits block spilled accumulators and reloaded each K vector for every FMA; it was
+ *    compute-bound in cache, and its page-by-page stalls on memory added to that instead of
+ *    overlapping. See pf_pages / pf_seg for the memory side, BENCHMARKS.md for measurements.
  *  - Each chunk keeps an online softmax per (query, head) row (max and sum in log2 units, O
  *    unnormalised in the chunk's partial buffer) and ends with a partial (O, LSE); the partials of
  *    a sequence are merged in fp32 with the log-sum-exp rule and then merged in place into the
@@ -26,7 +34,8 @@
  *   int ra_decode(q [B,Sq,H,D], qpos [B,Sq], qseg [B,Sq] | NULL,
  *                 k[b], v[b] [len[b], Hk, D], kpos[b] [len[b]], kseg NULL | kseg[b] [len[b]],
  *                 len [B]   (one pointer per sequence: B caches of different lengths, anywhere),
- *                 B, Sq, H, Hk, D, causal, window (0 = none), sinks, scale,
+ *                 B, Sq, H, Hk, D, dtype (of every k[b] and v[b]: 0 fp32, 1 bf16, 2 fp16),
+ *                 causal, window (0 = none), sinks, scale,
  *                 sorted (1, 0 or -1 = check), chunk (rows per work item, 0 = auto), threads,
  *                 o [B,Sq,H,D], lse [B,Sq,H])   -> 0 ok, 1 invalid arguments, 2 out of memory
  *
@@ -71,6 +80,10 @@ DI float v_hsum(vf a) { return _mm512_reduce_add_ps(a); }
 DI __m256 fold256(vf a) {
   return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
 }
+DI vf v_ld_bf16(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+DI vf v_ld_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
 #define HAVE_M256 1
 #define DK_ISA "avx512"
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -106,6 +119,14 @@ DI float v_hsum(vf a) {
   return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
 }
 DI __m256 fold256(vf a) { return a; }
+DI vf v_ld_bf16(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+#if defined(__F16C__)
+DI vf v_ld_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+#else
+#define NEED_F16_LOOP 1
+#endif
 #define HAVE_M256 1
 #define DK_ISA "avx2"
 #elif defined(__ARM_NEON) && defined(__aarch64__)
@@ -131,6 +152,8 @@ DI vf v_round(vf a) { return vrndnq_f32(a); }
 DI vf v_pow2i(vf n) { return vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)), 23)); }
 DI float v_hmax(vf a) { return vmaxvq_f32(a); }
 DI float v_hsum(vf a) { return vaddvq_f32(a); }
+DI vf v_ld_bf16(const uint16_t* p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
+DI vf v_ld_f16(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
 #define DK_ISA "neon"
 #else
 #define VW 1
@@ -155,8 +178,53 @@ DI vf v_pow2i(vf n) {
 }
 DI float v_hmax(vf a) { return a; }
 DI float v_hsum(vf a) { return a; }
+DI vf v_ld_bf16(const uint16_t* p) {
+  const uint32_t u = (uint32_t)*p << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+#define NEED_F16_LOOP 1
 #define DK_ISA "scalar"
 #endif
+
+/* IEEE half bits -> float, exact (subnormals, infinities and NaN included). */
+static inline float h2f(uint16_t h) {
+  const uint32_t s = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  if (e == 0) {
+    const float f = (float)m * 5.9604644775390625e-8f; /* m * 2^-24 */
+    return s ? -f : f;
+  }
+  const uint32_t u = s | (e == 31 ? 0x7f800000u | (m << 13) : ((e + 112) << 23) | (m << 13));
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+#if defined(NEED_F16_LOOP)
+DI vf v_ld_f16(const uint16_t* p) {
+  float t[VW];
+  for (int i = 0; i < VW; i++) t[i] = h2f(p[i]);
+  return v_ld(t);
+}
+#endif
+
+/*
+ * Cache element types: 0 fp32, 1 bf16, 2 fp16 (16-bit ones widened to fp32 on load; all
+ * arithmetic is fp32). E is a compile-time constant wherever these are inlined.
+ */
+DI vf ld_e(const int E, const void* p, long i) {
+  if (E == 0) return v_ld((const float*)p + i);
+  if (E == 1) return v_ld_bf16((const uint16_t*)p + i);
+  return v_ld_f16((const uint16_t*)p + i);
+}
+/* The first n (< VW) elements from p + i, the rest zero. */
+DI vf ldn_e(const int E, const void* p, long i, int n) {
+  if (E == 0) return v_ldn((const float*)p + i, n);
+  uint16_t t[VW];
+  memset(t, 0, sizeof t);
+  memcpy(t, (const uint16_t*)p + i, sizeof(uint16_t) * (size_t)n);
+  return E == 1 ? v_ld_bf16(t) : v_ld_f16(t);
+}
 
 /* 2^x: exactly 0 for x <= -127 (so a masked logit, -inf, gives 0). */
 DI vf v_exp2(vf x) {
@@ -195,20 +263,30 @@ DI void dk_sum8(const vf a[8], float* out) {
 /* Problem, visible ranges, chunks.                                                           */
 
 #ifndef TK
-#define TK 16          /* cache rows per tile (a multiple of 8 and of VW) */
+#define TK 32          /* cache rows per tile (a multiple of 4 and of VW) */
+#endif
+#define TKS (TK + 4)   /* stride of a row of logits (pass 1 writes NK keys at a time) */
+#ifndef NK
+#define NK 3           /* cache rows per logits register block (4 x NK accumulators: 12 of AVX2's 16) */
+#endif
+#ifndef PF_BYTES
+#define PF_BYTES 65536     /* page-start prefetch distance (bytes of cache rows ahead) */
+#endif
+#ifndef PF_SEG_BYTES
+#define PF_SEG_BYTES 8192  /* paced segment prefetch distance, 16-bit caches only (at most 8 rows) */
 #endif
 #define MAX_SQ 64      /* query tokens per sequence the kernel accepts */
 #define BIGPOS ((int64_t)1 << 40)
 
 typedef struct {
   const float* q;
-  const float* const* k;
-  const float* const* v;
+  const void* const* k; /* element type E: 0 fp32, 1 bf16, 2 fp16 */
+  const void* const* v;
   const int32_t *qpos, *qseg;
   const int32_t* const* kpos;
   const int32_t* const* kseg;
   const int64_t* len;
-  int B, Sq, H, Hk, D, G, Dp, nfull, tail;
+  int B, Sq, H, Hk, D, G, Dp, nfull, tail, E, esz;
   int causal, window, sinks;
   float cs; /* scale * log2(e) */
   float* qs; /* [B, Sq, H, Dp] queries pre-scaled by cs, zero-padded */
@@ -274,104 +352,146 @@ typedef struct {
   float* l;   /* [Sq*H] running sum */
 } Part;
 
+/* Per-thread scratch of run_chunk. */
+typedef struct {
+  float* S;   /* [Sq*H][TKS] logits of a tile, then its probabilities */
+  float* ok;  /* [TK] 0 or -inf: visibility of the tile's rows for one query (mixed tiles) */
+  int* qrows; /* [Sq*G] rows i*H + g (KV head 0) of the tile's live queries */
+  int* prow;  /* [Hk][Sq*G] per KV head, the rows i*H + h that see a key of the tile */
+  int* np;    /* [Hk] */
+} Scratch;
+
+/* Keeps a loaded vector in a register: stops the compiler from folding the load into each FMA
+   that uses it (which would load it again, and widen it again, for every query row). */
+#if defined(__GNUC__) && defined(__AVX512F__)
+#define V_REG(x) __asm__("" : "+v"(x))
+#elif defined(__GNUC__) && defined(__AVX2__)
+#define V_REG(x) __asm__("" : "+x"(x))
+#elif defined(__GNUC__) && defined(__aarch64__)
+#define V_REG(x) __asm__("" : "+w"(x))
+#else
+#define V_REG(x) (void)0
+#endif
+
 /*
- * Register blocks. Logits: R (<= 4) query rows x 4 packed key rows, 16 accumulators; each K
- * vector loaded once serves R rows and each Q vector 4 keys. P V: R rows x NV (<= 4) vectors of
- * the output, each V vector loaded once serves R rows. Several independent accumulator chains
- * keep both FMA pipes busy despite the FMA latency.
+ * Software prefetch. Decode reads each cache page slowly (compute between the loads), and the
+ * hardware prefetchers stop at 4 KiB page boundaries and need a few misses on a new page before
+ * they run ahead again, so without help every page start exposes a full memory latency. Two kinds,
+ * chosen by measurement (Zen 3, 2 cores: against none, other distances, and prefetching whole rows
+ * ahead, which ties up the L1 miss buffers the hardware streams need and was slower):
+ *  - pf_pages: the first line of every 4 KiB page of a row PF_BYTES ahead (starts the page's
+ *    translation and stream early), for every cache;
+ *  - pf_seg: the lines of the KV-head segment that will be used about PF_SEG_BYTES later, paced one
+ *    segment per compute step, non-temporal (used once, soon). Only for 16-bit caches, where it
+ *    gained 15-25%; on fp32 caches it cost 5-10% (the hardware streams keep up there).
  */
-DI void qk_impl(const int R, int Dp, const float* const* qr, const float* kp, float* const* out) {
-  vf a[4][4];
-  for (int r = 0; r < R; r++)
-    for (int k = 0; k < 4; k++) a[r][k] = v_zero();
-  for (int x = 0; x < Dp; x += VW) {
-    vf kv[4];
+DI void pf_pages(const char* p, long n) {
+  __builtin_prefetch(p, 0, 3);
+  const uintptr_t a = (uintptr_t)p, e = a + (uintptr_t)n;
+  for (uintptr_t x = (a + 4095) & ~(uintptr_t)4095; x < e; x += 4096) __builtin_prefetch((const void*)x, 0, 3);
+}
+
+DI void pf_seg(const char* p, long n) {
+  for (long x = 0; x < n; x += 64) __builtin_prefetch(p + x, 0, 0);
+}
+
+/*
+ * Logits of NQ (<= 4) query rows against NK cache rows of one KV head, read in place (D elements
+ * each; the last partial vector is a masked load). Each K vector loaded (and widened) serves NQ
+ * rows and each Q vector NK keys: NQ * NK independent FMA chains, enough to hide the FMA latency
+ * at NQ = 4. The query rows are pre-scaled and zero-padded to Dp. out[r][k] = logit (row r, key k).
+ */
+DI void qk_core(const int E, const int NQ, const int TAIL, int nf, int tail, const float* const* qr,
+                const void* const* kr, float* const* out) {
+  vf a[4][NK];
 #pragma GCC unroll 4
-    for (int k = 0; k < 4; k++) kv[k] = v_ld(kp + (long)k * Dp + x);
+  for (int r = 0; r < NQ; r++)
 #pragma GCC unroll 4
-    for (int r = 0; r < R; r++) {
-      const vf qv = v_ld(qr[r] + x);
+    for (int k = 0; k < NK; k++) a[r][k] = v_zero();
+  for (int u = 0; u < nf + TAIL; u++) {
+    vf kv[NK];
 #pragma GCC unroll 4
-      for (int k = 0; k < 4; k++) a[r][k] = v_fma(qv, kv[k], a[r][k]);
+    for (int k = 0; k < NK; k++) {
+      kv[k] = TAIL && u == nf ? ldn_e(E, kr[k], (long)u * VW, tail) : ld_e(E, kr[k], (long)u * VW);
+      V_REG(kv[k]);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NQ; r++) {
+      vf qv = v_ld(qr[r] + u * VW);
+      if (NK > 2) V_REG(qv); /* (with 12 accumulators GCC would reload q for every key) */
+#pragma GCC unroll 4
+      for (int k = 0; k < NK; k++) a[r][k] = v_fma(qv, kv[k], a[r][k]);
     }
   }
   float tmp[8];
-  for (int r = 0; r < R; r += 2) {
+#pragma GCC unroll 2
+  for (int j0 = 0; j0 < NQ * NK; j0 += 8) {
     vf s8[8];
-    for (int k = 0; k < 4; k++) s8[k] = a[r][k], s8[4 + k] = r + 1 < R ? a[r + 1][k] : v_zero();
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) s8[j] = j0 + j < NQ * NK ? a[(j0 + j) / NK][(j0 + j) % NK] : v_zero();
     dk_sum8(s8, tmp);
-    memcpy(out[r], tmp, 4 * sizeof(float));
-    if (r + 1 < R) memcpy(out[r + 1], tmp + 4, 4 * sizeof(float));
+    for (int j = 0; j < 8 && j0 + j < NQ * NK; j++) out[(j0 + j) / NK][(j0 + j) % NK] = tmp[j];
   }
 }
 
-typedef void (*qk_fn)(int, const float* const*, const float*, float* const*);
-#define QK_DEF(R) \
-  static void qk_##R(int Dp, const float* const* qr, const float* kp, float* const* out) { qk_impl(R, Dp, qr, kp, out); }
-QK_DEF(1)
-QK_DEF(2)
-QK_DEF(3)
-QK_DEF(4)
-static const qk_fn QK[4] = {qk_1, qk_2, qk_3, qk_4};
-
-/* acc[r][off..] = acc * alpha[r] + sum_{t<nt} p[r][t] * vp[t][off..], NV vectors from off. */
-DI void pv_impl(const int R, const int NV, float* const* acc, const float* alpha, const float* const* p, int nt,
-                const float* vp, int Dp, int off) {
-  vf o[4][4];
-  for (int r = 0; r < R; r++) {
-    const vf al = v_set(alpha[r]);
-    for (int w = 0; w < NV; w++) o[r][w] = v_mul(v_ld(acc[r] + off + w * VW), al);
+typedef void (*qk_fn)(int, int, const float* const*, const void* const*, float* const*);
+#define QK_DEF(E, R, T)                                                                                          \
+  static void qk_##E##_##R##_##T(int nf, int tail, const float* const* qr, const void* const* kr, float* const* out) { \
+    qk_core(E, R, T, nf, tail, qr, kr, out);                                                                     \
   }
-  const float* v = vp + off;
-  for (int t = 0; t < nt; t++, v += Dp) {
-    vf vv[4];
-#pragma GCC unroll 4
-    for (int w = 0; w < NV; w++) vv[w] = v_ld(v + w * VW);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++) {
-      const vf pb = v_set(p[r][t]);
-#pragma GCC unroll 4
-      for (int w = 0; w < NV; w++) o[r][w] = v_fma(pb, vv[w], o[r][w]);
-    }
-  }
-  for (int r = 0; r < R; r++)
-    for (int w = 0; w < NV; w++) v_st(acc[r] + off + w * VW, o[r][w]);
-}
-
-typedef void (*pv_fn)(float* const*, const float*, const float* const*, int, const float*, int, int);
-#define PV_DEF(R, NV)                                                                                            \
-  static void pv_##R##_##NV(float* const* acc, const float* alpha, const float* const* p, int nt, const float* vp, \
-                            int Dp, int off) {                                                                   \
-    pv_impl(R, NV, acc, alpha, p, nt, vp, Dp, off);                                                              \
-  }
-#define PV_ROW(R) PV_DEF(R, 1) PV_DEF(R, 2) PV_DEF(R, 3) PV_DEF(R, 4)
-PV_ROW(1)
-PV_ROW(2)
-PV_ROW(3)
-PV_ROW(4)
-#define PV_ENT(R) {pv_##R##_1, pv_##R##_2, pv_##R##_3, pv_##R##_4}
-static const pv_fn PV[4][4] = {PV_ENT(1), PV_ENT(2), PV_ENT(3), PV_ENT(4)};
+#define QK_SET(E) QK_DEF(E, 1, 0) QK_DEF(E, 2, 0) QK_DEF(E, 3, 0) QK_DEF(E, 4, 0) \
+                  QK_DEF(E, 1, 1) QK_DEF(E, 2, 1) QK_DEF(E, 3, 1) QK_DEF(E, 4, 1)
+QK_SET(0)
+QK_SET(1)
+QK_SET(2)
+#define QK_ENT(E) {{qk_##E##_1_0, qk_##E##_2_0, qk_##E##_3_0, qk_##E##_4_0}, {qk_##E##_1_1, qk_##E##_2_1, qk_##E##_3_1, qk_##E##_4_1}}
+static const qk_fn QKT[3][2][4] = {QK_ENT(0), QK_ENT(1), QK_ENT(2)};
 
 /*
- * Copies the nt cache rows [nt, Hk, D] of a tile into packed [Hk][TK][Dp] (tail and missing
- * rows zero). Reading the tile front to back keeps the loads sequential, so the hardware
- * prefetchers stream it; the packed rows of one head are contiguous, where in place they sit
- * Hk * D floats apart (4 KiB for Hk = 8, D = 128), fall into the same L1 sets and evict each
- * other while the G query heads of the group reuse them.
+ * acc[q] += sum_{r < 4} p[q][r] * V row r, for NQ (<= 2) query rows and 4 cache rows of one KV
+ * head read in place: each V vector loaded (and widened) serves NQ rows, each accumulator vector
+ * is loaded and stored once per 4 cache rows, in two short FMA chains.
  */
-static void pack_tile(const Dec* d, const float* src, int nt, float* dst) {
-  const int D = d->D, Dp = d->Dp, Hk = d->Hk, nf = d->nfull;
-  for (int t = 0; t < nt; t++) {
-    for (int kh = 0; kh < Hk; kh++) {
-      const float* s = src + ((long)t * Hk + kh) * D;
-      float* o = dst + ((long)kh * TK + t) * Dp;
-      for (int u = 0; u < nf; u++) v_st(o + u * VW, v_ld(s + u * VW));
-      if (d->tail) v_st(o + nf * VW, v_ldn(s + nf * VW, d->tail));
+DI void pv_core(const int E, const int NQ, const int TAIL, int nf, int tail, float* const* accp, const float* const* p,
+                const void* const* vrp) {
+  vf pb[2][4];
+  float* acc[2];
+  const void* vr[4];
+#pragma GCC unroll 2
+  for (int q = 0; q < NQ; q++) {
+    acc[q] = accp[q];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) pb[q][r] = v_set(p[q][r]);
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; r++) vr[r] = vrp[r];
+  for (int u = 0; u < nf + TAIL; u++) {
+    vf vv[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+      vv[r] = TAIL && u == nf ? ldn_e(E, vr[r], (long)u * VW, tail) : ld_e(E, vr[r], (long)u * VW);
+      if (NQ > 1 || E != 0) V_REG(vv[r]);
+    }
+#pragma GCC unroll 2
+    for (int q = 0; q < NQ; q++) {
+      const vf c1 = v_fma(pb[q][1], vv[1], v_fma(pb[q][0], vv[0], v_ld(acc[q] + u * VW)));
+      const vf c2 = v_fma(pb[q][3], vv[3], v_mul(pb[q][2], vv[2]));
+      v_st(acc[q] + u * VW, v_add(c1, c2));
     }
   }
-  if (nt < TK)
-    for (int kh = 0; kh < Hk; kh++) memset(dst + ((long)kh * TK + nt) * Dp, 0, sizeof(float) * (size_t)(TK - nt) * Dp);
 }
+
+typedef void (*pv_fn)(int, int, float* const*, const float* const*, const void* const*);
+#define PV_DEF(E, R, T)                                                                                          \
+  static void pv_##E##_##R##_##T(int nf, int tail, float* const* acc, const float* const* p, const void* const* vr) { \
+    pv_core(E, R, T, nf, tail, acc, p, vr);                                                                      \
+  }
+#define PV_SET(E) PV_DEF(E, 1, 0) PV_DEF(E, 2, 0) PV_DEF(E, 1, 1) PV_DEF(E, 2, 1)
+PV_SET(0)
+PV_SET(1)
+PV_SET(2)
+#define PV_ENT(E) {{pv_##E##_1_0, pv_##E##_2_0}, {pv_##E##_1_1, pv_##E##_2_1}}
+static const pv_fn PVT[3][2][2] = {PV_ENT(0), PV_ENT(1), PV_ENT(2)};
 
 /* Mask state of query i for a tile: 0 nothing visible, 1 all visible, 2 mixed. */
 static int tile_class(const Vis* vi, int64_t t0, int64_t t1, int sorted, int segs) {
@@ -400,122 +520,154 @@ static inline float s_exp2(float x) {
 }
 
 /*
- * Per tile (TK rows, all KV heads packed once) and KV head, three passes over the group's rows
- * (query token i, head g): scores, softmax statistics, P V. Separate passes put independent rows
- * side by side, so the out-of-order core overlaps one row's reductions and exponentials with the
- * next row's dot products instead of waiting on each row's dependency chain.
+ * A tile of TK cache rows in three passes. Passes 1 and 3 read the cache in memory order (row
+ * after row, every KV head of a row before the next row: NK rows side by side in pass 1, 4 in
+ * pass 3), which keeps the hardware prefetchers streaming, helped by pf_pages PF_BYTES ahead and
+ * pf_seg PF_SEG_BYTES ahead (what the next passes read: pass 1 ends prefetching the tile's first V
+ * rows, pass 3 the next tile's first K rows):
+ *  (1) the logits of all the tile's rows for every live query row, in register blocks of 4 query
+ *      rows of one KV group x NK keys: each K byte is read from memory once for all G heads of its
+ *      group and all Sq tokens;
+ *  (2) per query row, the mask and one max / exp pass over the tile's TK logits: the online-softmax
+ *      correction of O happens once per tile (and only when the max grows), not once per row;
+ *  (3) O += P V in blocks of 2 query rows x 4 cache rows, each V byte read from memory once.
+ * Nothing is copied: K and V are read in place, so every byte is loaded into a register once.
  */
-static void run_chunk(const Dec* d, const Chunk* c, int sorted, const Vis* vis, Part* pt, float* kp, float* vp, float* S) {
-  const int b = c->b, Sq = d->Sq, H = d->H, Hk = d->Hk, D = d->D, G = d->G, Dp = d->Dp;
-  const long rs = (long)Hk * D; /* stride between cache rows */
+static void run_chunk(const Dec* d, const Chunk* c, int sorted, const Vis* vis, Part* pt, const Scratch* sc) {
+  const int b = c->b, Sq = d->Sq, H = d->H, Hk = d->Hk, D = d->D, G = d->G, Dp = d->Dp, nf = d->nfull, tail = d->tail;
+  const long rs = (long)Hk * D;          /* elements between cache rows */
+  const long rb = rs * d->esz;           /* bytes between cache rows */
+  const long hb = (long)D * d->esz;      /* bytes between KV heads of a row */
   const int32_t* kpos = d->kpos[b];
   const int32_t* kseg = d->kseg ? d->kseg[b] : NULL;
   const float* qs = d->qs + (long)b * Sq * H * Dp;
+  const char* K = (const char*)d->k[b];
+  const char* V = (const char*)d->v[b];
   const int nrow = Sq * H;
+  const qk_fn* QK = QKT[d->E][tail != 0];
+  const pv_fn* PV = PVT[d->E][tail != 0];
+  long pfr = PF_BYTES / rb, psr = PF_SEG_BYTES / rb; /* prefetch distances in rows (psr 0: off) */
+  pfr = pfr < 1 ? 1 : pfr > 64 ? 64 : pfr;
+  psr = d->esz == 4 ? 0 : psr < 1 ? 1 : psr > 8 ? 8 : psr;
+  float* S = sc->S;
   memset(pt->acc, 0, sizeof(float) * (size_t)nrow * Dp);
   for (int r = 0; r < nrow; r++) pt->m[r] = -INFINITY, pt->l[r] = 0.0f;
   int cls[MAX_SQ];
-  float* alph = S + (size_t)Sq * G * TK; /* per group row x = i * G + g: correction, or -1 = skip */
-  int* xs = (int*)(alph + (size_t)Sq * G); /* the group rows a pass works on */
 
   for (int64_t t0 = c->r0; t0 < c->r1; t0 += TK) {
     const int nt = (int)(c->r1 - t0 < TK ? c->r1 - t0 : TK);
-    int any = 0;
+    int any = 0, nq = 0;
     for (int i = 0; i < Sq; i++) {
       cls[i] = tile_class(&vis[i], t0, t0 + nt, sorted, kseg != NULL);
       any |= cls[i];
+      if (cls[i])
+        for (int g = 0; g < G; g++) sc->qrows[nq++] = i * H + g;
     }
     if (!any) continue;
-    const float* kt = d->k[b] + t0 * rs;
-    const float* vt = d->v[b] + t0 * rs;
-    /* No software prefetch: the packing reads each tile front to back, which the hardware
-       prefetchers stream; prefetching the next tile (whole or in per-head slices, into L1 or
-       L2) measured slower on Zen 5. */
-    pack_tile(d, kt, nt, kp);
-    pack_tile(d, vt, nt, vp);
-    for (int kh = 0; kh < Hk; kh++) {
-      const float* kh_k = kp + (long)kh * TK * Dp;
-      const float* kh_v = vp + (long)kh * TK * Dp;
-      /* pass 1: scaled logits (log2 units), -inf where masked or past nt */
-      int nx = 0;
-      for (int i = 0; i < Sq; i++)
-        if (cls[i])
-          for (int g = 0; g < G; g++) xs[nx++] = i * G + g;
-      for (int x0 = 0; x0 < nx; x0 += 4) {
-        const int R = nx - x0 < 4 ? nx - x0 : 4;
-        const float* qr[4];
-        float* out[4];
-        for (int r = 0; r < R; r++) {
-          const int x = xs[x0 + r], i = x / G, g = x % G;
-          qr[r] = qs + (long)(i * H + kh * G + g) * Dp;
-          out[r] = S + (long)x * TK;
+    const char* kt = K + t0 * rb;
+    const char* vt = V + t0 * rb;
+
+    /* pass 1: scaled logits (log2 units) of the live query rows */
+    for (int t = 0; t < nt; t += NK) {
+      const char* k0[NK];
+      for (int k = 0; k < NK; k++) k0[k] = kt + (t + k < nt ? t + k : t) * rb;
+      for (int k = 0; k < NK; k++)
+        if (t0 + t + k + pfr < c->r1) pf_pages(K + (t0 + t + k + pfr) * rb, rb);
+      for (int kh = 0; kh < Hk; kh++) {
+        const void* kr[NK];
+        for (int k = 0; k < NK; k++) kr[k] = k0[k] + kh * hb;
+        for (int k = 0; k < NK && psr; k++) { /* K rows of this tile, then its first V rows (pass 3 is next) */
+          const long j = t + k + psr;
+          if (j < nt) pf_seg(kt + j * rb + kh * hb, hb);
+          else if (j - nt < nt) pf_seg(vt + (j - nt) * rb + kh * hb, hb);
         }
-        for (int t = 0; t < nt; t += 4) {
-          QK[R - 1](Dp, qr, kh_k + (long)t * Dp, out);
-          for (int r = 0; r < R; r++) out[r] += 4;
-        }
-        for (int r = 0; r < R; r++)
-          for (int t = nt; t < TK; t++) S[(long)xs[x0 + r] * TK + t] = -INFINITY;
-      }
-      for (int i = 0; i < Sq; i++) {
-        if (!cls[i]) continue;
-        if (cls[i] == 2) {
-          const int64_t qp = d->qpos[(long)b * Sq + i];
-          const int32_t qg = d->qseg ? d->qseg[(long)b * Sq + i] : 0;
-          for (int t = 0; t < nt; t++) {
-            const int64_t j = t0 + t;
-            int ok = sorted ? (j >= vis[i].a && j < vis[i].e) || j < vis[i].s : visible_pos(d, qp, kpos[j]);
-            if (kseg && kseg[j] != qg) ok = 0;
-            if (!ok)
-              for (int g = 0; g < G; g++) S[(long)(i * G + g) * TK + t] = -INFINITY;
+        const int hoff = kh * G;
+        for (int x0 = 0; x0 < nq; x0 += 4) {
+          const int R = nq - x0 < 4 ? nq - x0 : 4;
+          const float* qr[4];
+          float* out[4];
+          for (int r = 0; r < R; r++) {
+            const int row = sc->qrows[x0 + r] + hoff;
+            qr[r] = qs + (long)row * Dp;
+            out[r] = S + (long)row * TKS + t;
           }
+          QK[R - 1](nf, tail, qr, kr, out);
         }
       }
-      /* pass 2: online softmax statistics; S becomes P */
-      for (int i = 0; i < Sq; i++) {
-        for (int g = 0; g < G; g++) {
-          const int x = i * G + g, row = i * H + kh * G + g;
-          alph[x] = -1.0f;
-          if (!cls[i]) continue;
-          float* s = S + (long)x * TK;
-          vf mx = v_ld(s);
-          for (int t = VW; t < TK; t += VW) mx = v_max(mx, v_ld(s + t));
-          const float tmax = v_hmax(mx);
-          if (tmax == -INFINITY) continue;
-          const float mold = pt->m[row];
-          const float mnew = mold > tmax ? mold : tmax;
-          const vf mn = v_set(mnew);
-          vf sum = v_zero();
-          for (int t = 0; t < TK; t += VW) {
-            const vf e = v_exp2(v_sub(v_ld(s + t), mn));
-            v_st(s + t, e);
-            sum = v_add(sum, e);
+    }
+
+    /* pass 2: mask, online-softmax statistics per tile; S becomes P */
+    for (int kh = 0; kh < Hk; kh++) sc->np[kh] = 0;
+    for (int i = 0; i < Sq; i++) {
+      if (!cls[i]) continue;
+      if (cls[i] == 2) {
+        const int64_t qp = d->qpos[(long)b * Sq + i];
+        const int32_t qg = d->qseg ? d->qseg[(long)b * Sq + i] : 0;
+        for (int t = 0; t < nt; t++) {
+          const int64_t j = t0 + t;
+          int ok = sorted ? (j >= vis[i].a && j < vis[i].e) || j < vis[i].s : visible_pos(d, qp, kpos[j]);
+          if (kseg && kseg[j] != qg) ok = 0;
+          sc->ok[t] = ok ? 0.0f : -INFINITY;
+        }
+      }
+      for (int h = 0; h < H; h++) {
+        const int row = i * H + h;
+        float* s = S + (long)row * TKS;
+        for (int t = nt; t < TK; t++) s[t] = -INFINITY;
+        if (cls[i] == 2)
+          for (int t = 0; t < nt; t++) s[t] += sc->ok[t];
+        vf mx = v_ld(s);
+        for (int t = VW; t < TK; t += VW) mx = v_max(mx, v_ld(s + t));
+        const float tmax = v_hmax(mx);
+        if (tmax == -INFINITY) continue; /* no key of this tile is visible to the row */
+        const float mold = pt->m[row];
+        const float mnew = mold > tmax ? mold : tmax;
+        const vf mn = v_set(mnew);
+        vf sum = v_zero();
+        for (int t = 0; t < TK; t += VW) {
+          const vf e = v_exp2(v_sub(v_ld(s + t), mn));
+          v_st(s + t, e);
+          sum = v_add(sum, e);
+        }
+        if (mold != -INFINITY && mnew > mold) { /* (with mold = -inf, O and l are still 0) */
+          const float a = s_exp2(mold - mnew);
+          const vf av = v_set(a);
+          float* acc = pt->acc + (long)row * Dp;
+          for (int x = 0; x < Dp; x += VW) v_st(acc + x, v_mul(v_ld(acc + x), av));
+          pt->l[row] *= a;
+        }
+        pt->l[row] += v_hsum(sum);
+        pt->m[row] = mnew;
+        const int kh = h / G;
+        sc->prow[kh * Sq * G + sc->np[kh]++] = row;
+      }
+    }
+
+    /* pass 3: O += P V (rows past nt have p = 0 and read row t0 instead) */
+    for (int t = 0; t < nt; t += 4) {
+      const char* v0[4];
+      for (int r = 0; r < 4; r++) v0[r] = vt + (t + r < nt ? t + r : t) * rb;
+      for (int r = 0; r < 4; r++)
+        if (t0 + t + r + pfr < c->r1) pf_pages(V + (t0 + t + r + pfr) * rb, rb);
+      for (int kh = 0; kh < Hk; kh++) {
+        for (int r = 0; r < 4 && psr; r++) { /* V rows of this tile, then the next tile's first K rows */
+          const long j = t + r + psr;
+          if (j < nt) pf_seg(vt + j * rb + kh * hb, hb);
+          else if (t0 + j < c->r1) pf_seg(kt + j * rb + kh * hb, hb);
+        }
+        const int n = sc->np[kh];
+        const int* rows = sc->prow + kh * Sq * G;
+        const void* vr[4];
+        for (int r = 0; r < 4; r++) vr[r] = v0[r] + kh * hb;
+        for (int x0 = 0; x0 < n; x0 += 2) {
+          const int R = n - x0 < 2 ? n - x0 : 2;
+          float* acc[2];
+          const float* p[2];
+          for (int q = 0; q < R; q++) {
+            acc[q] = pt->acc + (long)rows[x0 + q] * Dp;
+            p[q] = S + (long)rows[x0 + q] * TKS + t;
           }
-          const float a = mold == -INFINITY ? 0.0f : s_exp2(mold - mnew);
-          pt->l[row] = pt->l[row] * a + v_hsum(sum);
-          pt->m[row] = mnew;
-          alph[x] = a;
-        }
-      }
-      /* pass 3: O = O * alpha + P V */
-      nx = 0;
-      for (int x = 0; x < Sq * G; x++)
-        if (alph[x] >= 0.0f) xs[nx++] = x;
-      const int nv = Dp / VW;
-      for (int x0 = 0; x0 < nx; x0 += 4) {
-        const int R = nx - x0 < 4 ? nx - x0 : 4;
-        float* acc[4];
-        const float* pr[4];
-        float al[4];
-        for (int r = 0; r < R; r++) {
-          const int x = xs[x0 + r], i = x / G, g = x % G;
-          acc[r] = pt->acc + (long)(i * H + kh * G + g) * Dp;
-          pr[r] = S + (long)x * TK;
-          al[r] = alph[x];
-        }
-        for (int u = 0; u < nv; u += 4) {
-          const int NV = nv - u < 4 ? nv - u : 4;
-          PV[R - 1][NV - 1](acc, al, pr, nt, kh_v, Dp, u * VW);
+          PV[R - 1](nf, tail, acc, p, vr);
         }
       }
     }
@@ -525,11 +677,12 @@ static void run_chunk(const Dec* d, const Chunk* c, int sorted, const Vis* vis, 
 /* ------------------------------------------------------------------------------------------ */
 /* Entry point.                                                                               */
 
-RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, const float* const* k,
-                     const float* const* v, const int32_t* const* kpos, const int32_t* const* kseg, const int64_t* len, int B, int Sq,
-                     int H, int Hk, int D, int causal, int window, int sinks, float scale, int sorted, int chunk,
-                     int threads, float* o, float* lse) {
+RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, const void* const* k,
+                     const void* const* v, const int32_t* const* kpos, const int32_t* const* kseg, const int64_t* len, int B,
+                     int Sq, int H, int Hk, int D, int dtype, int causal, int window, int sinks, float scale, int sorted,
+                     int chunk, int threads, float* o, float* lse) {
   if (B < 0 || Sq < 1 || Sq > MAX_SQ || H < 1 || Hk < 1 || D < 1 || H % Hk != 0 || window < 0 || sinks < 0) return 1;
+  if (dtype < 0 || dtype > 2) return 1;
   if (chunk < 0 || threads < 0) return 1;
   if (B == 0) return 0;
   if (!q || !qpos || !o || !lse || !len || !k || !v || !kpos || (!qseg != !kseg)) return 1;
@@ -537,7 +690,7 @@ RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, c
     if (len[b] < 0 || (len[b] > 0 && (!k[b] || !v[b] || !kpos[b] || (kseg && !kseg[b])))) return 1;
   if (threads < 1) threads = 1;
 
-  Dec d = {q, k, v, qpos, qseg, kpos, kseg, len, B, Sq, H, Hk, D, H / Hk, 0, D / VW, D % VW,
+  Dec d = {q, k, v, qpos, qseg, kpos, kseg, len, B, Sq, H, Hk, D, H / Hk, 0, D / VW, D % VW, dtype, dtype ? 2 : 4,
            causal, window, window > 0 ? sinks : 0, (float)(scale * 1.4426950408889634), NULL};
   d.Dp = (D + VW - 1) / VW * VW;
   const int nrow = Sq * H;
@@ -617,26 +770,29 @@ RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, c
     for (int x = D; x < d.Dp; x++) dst[x] = 0.0f;
   }
 
-  /* per thread: packed K and V tiles, the group's logits [Sq * G][TK], corrections and row list [Sq * G] */
-  const size_t tileFloats = 2 * TK * (size_t)Hk * d.Dp + (size_t)Sq * d.G * (TK + 2) + 16;
-  float* tileMem = (float*)aligned_alloc(64, (tileFloats * threads * sizeof(float) + 63) / 64 * 64);
-  if (!tileMem) {
+  /* per thread: a tile's logits [Sq * H][TKS], its mask [TK], row lists [Sq * G], [Hk][Sq * G], [Hk] */
+  const size_t sFloats = ((size_t)nrow * TKS + TK + 15) / 16 * 16;
+  const size_t sInts = ((size_t)Sq * d.G * (Hk + 1) + Hk + 15) / 16 * 16;
+  const size_t scrFloats = sFloats + sInts;
+  float* scrMem = (float*)aligned_alloc(64, (scrFloats * threads * sizeof(float) + 63) / 64 * 64);
+  if (!scrMem) {
     free(srt), free(vis), free(rng), free(ch), free(first), free(parts), free(d.qs);
     return 2;
   }
 #pragma omp parallel num_threads(threads)
   {
 #ifdef _OPENMP
-    float* tiles = tileMem + tileFloats * (size_t)omp_get_thread_num();
+    float* mem = scrMem + scrFloats * (size_t)omp_get_thread_num();
 #else
-    float* tiles = tileMem;
+    float* mem = scrMem;
 #endif
+    int* im = (int*)(mem + sFloats);
+    const Scratch sc = {mem, mem + (size_t)nrow * TKS, im, im + Sq * d.G, im + Sq * d.G * (Hk + 1)};
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < nchunk; c++) {
       float* base = parts + (size_t)c * partFloats;
       Part pt = {base, base + (size_t)nrow * d.Dp, base + (size_t)nrow * d.Dp + nrow};
-      run_chunk(&d, &ch[c], srt[ch[c].b], vis + (long)ch[c].b * Sq, &pt, tiles, tiles + TK * (size_t)Hk * d.Dp,
-                tiles + 2 * TK * (size_t)Hk * d.Dp);
+      run_chunk(&d, &ch[c], srt[ch[c].b], vis + (long)ch[c].b * Sq, &pt, &sc);
     }
     /* Merge the chunks of each (sequence, query, head) row, then into the running (o, lse). */
 #pragma omp for schedule(static)
@@ -679,7 +835,7 @@ RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, c
       }
     }
   }
-  free(srt), free(vis), free(rng), free(ch), free(first), free(parts), free(d.qs), free(tileMem);
+  free(srt), free(vis), free(rng), free(ch), free(first), free(parts), free(d.qs), free(scrMem);
   return 0;
 }
 

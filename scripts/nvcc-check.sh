@@ -21,11 +21,23 @@ status=0
 shopt -s nullglob
 files=("$root"/src/cuda/kernels/*.cu)
 if [ ${#files[@]} -eq 0 ]; then echo "nvcc-check: no .cu files under src/cuda/kernels"; exit 1; fi
+# Compile every (file, arch) pair, as many at once as there are cores, then report in order.
+compile() {  # file arch
+  local name; name=$(basename "$1" .cu)
+  if "$nvcc" -arch="$2" -cubin -std=c++17 -Xptxas -v -o "$tmp/$name.$2.cubin" "$1" >"$tmp/$name.$2.log" 2>&1; then
+    touch "$tmp/$name.$2.ok"
+  fi
+}
+export -f compile
+export nvcc tmp
+jobs=$(nproc 2>/dev/null || echo 2)
+for f in "${files[@]}"; do for arch in "${archs[@]}"; do printf '%s\0%s\0' "$f" "$arch"; done; done |
+  xargs -0 -n 2 -P "$jobs" bash -c 'compile "$0" "$1"'
 for f in "${files[@]}"; do
   for arch in "${archs[@]}"; do
     name=$(basename "$f" .cu)
     log="$tmp/$name.$arch.log"
-    if "$nvcc" -arch="$arch" -cubin -std=c++17 -Xptxas -v -o "$tmp/$name.$arch.cubin" "$f" >"$log" 2>&1; then
+    if [ -e "$tmp/$name.$arch.ok" ]; then
       echo "== $name.cu ($arch): ok"
       # One line per entry: name, registers, spills, shared memory.
       awk '/Compiling entry function/ { match($0, /'"'"'[^'"'"']+'"'"'/); fn = substr($0, RSTART + 1, RLENGTH - 2) }

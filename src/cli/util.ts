@@ -45,3 +45,29 @@ export function kernelOpt(v: string): KernelOpt {
   if (v === 'auto' || v === 'c' || v === 'ts') return v;
   throw new InputError('--kernel', `expected auto, c or ts, got '${v}'`);
 }
+
+export type BackendOpt = 'cpu' | 'cuda';
+
+/** The --backend option: cpu or cuda. */
+export function backendOpt(v: string): BackendOpt {
+  if (v === 'cpu' || v === 'cuda') return v;
+  throw new InputError('--backend', `expected cpu or cuda, got '${v}'`);
+}
+
+/** The model's --dtype on GPUs: fp32 (float32) or bf16 (bfloat16). */
+export function modelDtypeOpt(v: string | undefined): 'float32' | 'bfloat16' {
+  const d = (v ?? 'fp32').toLowerCase();
+  if (d === 'fp32' || d === 'float32') return 'float32';
+  if (d === 'bf16' || d === 'bfloat16') return 'bfloat16';
+  throw new InputError('--dtype', `expected fp32 or bf16, got '${v}'`);
+}
+
+/**
+ * Print the planner's text once per job: not on ranks other than 0, and not again in the ranks
+ * a command launches for itself (they inherit RINGATTN_PLAN_PRINTED).
+ */
+export function printPlanOnce(text: () => string): void {
+  if ((process.env.RANK ?? '0') !== '0' || process.env.RINGATTN_PLAN_PRINTED) return;
+  process.stderr.write(text() + '\n\n');
+  process.env.RINGATTN_PLAN_PRINTED = '1';
+}

@@ -5,7 +5,7 @@ import type { F32Tensor } from '../../core/tensor.js';
 import { sampleRows, verifyRows } from '../../core/verify.js';
 import { AtomicOutputs, encodeNpy, readNpyFloat32, readNpyInt32, checkOutputPath } from '../../io/index.js';
 import { attention, ringAttention, maskOf, type AttentionOptions } from '../../attention.js';
-import { intOpt, kernelOpt, numOpt } from '../util.js';
+import { backendOpt, intOpt, kernelOpt, numOpt } from '../util.js';
 import { progressBar } from '../progress.js';
 
 interface AttendFlags {
@@ -69,7 +69,7 @@ export function registerAttend(program: Command): void {
 }
 
 async function attend(f: AttendFlags): Promise<void> {
-  if (f.backend !== 'cpu' && f.backend !== 'cuda') throw new InputError('--backend', `expected cpu or cuda, got '${f.backend}'`);
+  backendOpt(f.backend);
   // --backend cuda with --devices N: this command runs again as N ranks (one per GPU).
   const cuda = f.backend === 'cuda' ? await import('../../cuda/cli.js') : null;
   const dtype = cuda?.parseDtype(f.dtype);

@@ -12,7 +12,7 @@ import { getKernel } from '../../cpu/attention.js';
 import { summarize, blockMapOf } from '../../report/summary.js';
 import { writeReport } from '../../report/html.js';
 import { checkOutputPath } from '../../io/index.js';
-import { intOpt, kernelOpt } from '../util.js';
+import { backendOpt, intOpt, kernelOpt } from '../util.js';
 import { progressBar } from '../progress.js';
 import { formatTable } from '../table.js';
 
@@ -76,7 +76,7 @@ function randomTensor(shape: number[], seed: number): F32Tensor {
 }
 
 async function demo(f: DemoFlags): Promise<void> {
-  if (f.backend !== 'cpu' && f.backend !== 'cuda') throw new InputError('--backend', `expected cpu or cuda, got '${f.backend}'`);
+  backendOpt(f.backend);
   const gpu = f.backend === 'cuda';
   const S = intOpt('--seq', f.seq ?? (gpu ? '65536' : '16384'), { min: 1 })!;
   const H = intOpt('--heads', f.heads ?? (gpu ? '32' : '8'), { min: 1 })!;

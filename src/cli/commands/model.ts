@@ -8,7 +8,7 @@ import { encodeNpy, readTokens, writeFileAtomic, checkOutputPath } from '../../i
 import { readHfConfig } from '../../model/config.js';
 import { hasTokenizer, loadTokenizer } from '../../model/tokenizer.js';
 import { RingModel } from '../../llm.js';
-import { intOpt, kernelOpt, numOpt } from '../util.js';
+import { backendOpt, intOpt, kernelOpt, modelDtypeOpt, numOpt, printPlanOnce } from '../util.js';
 import { progressBar } from '../progress.js';
 
 interface ModelFlags {
@@ -33,15 +33,7 @@ function modelOptions(c: Command): Command {
 }
 
 function checkBackend(f: ModelFlags): void {
-  if (f.backend !== 'cpu' && f.backend !== 'cuda') throw new InputError('--backend', `expected cpu or cuda, got '${f.backend}'`);
-}
-
-/** The GPU dtype of --dtype (fp32 or bf16). */
-function modelDtype(f: ModelFlags): 'float32' | 'bfloat16' {
-  const d = (f.dtype ?? 'fp32').toLowerCase();
-  if (d === 'fp32' || d === 'float32') return 'float32';
-  if (d === 'bf16' || d === 'bfloat16') return 'bfloat16';
-  throw new InputError('--dtype', `expected fp32 or bf16, got '${f.dtype}'`);
+  backendOpt(f.backend);
 }
 
 /**
@@ -51,7 +43,7 @@ function modelDtype(f: ModelFlags): 'float32' | 'bfloat16' {
 async function launchedElsewhere(f: ModelFlags): Promise<boolean> {
   checkBackend(f);
   if (f.backend !== 'cuda') return false;
-  modelDtype(f);
+  modelDtypeOpt(f.dtype);
   const { launchSelfIfNeeded } = await import('../../cuda/cli.js');
   return launchSelfIfNeeded(intOpt('--devices', f.devices, { min: 1 }) ?? 1);
 }
@@ -65,8 +57,8 @@ async function open(f: ModelFlags): Promise<RingModel> {
     layout: parseLayout(f.layout, '--layout'),
     kernel,
     sinks: intOpt('--sinks', f.sinks, { min: 0 }),
-    backend: f.backend as 'cpu' | 'cuda',
-    dtype: modelDtype(f),
+    backend: backendOpt(f.backend),
+    dtype: modelDtypeOpt(f.dtype),
   });
 }
 
@@ -104,11 +96,9 @@ export function registerModelCommands(program: Command): void {
       const ids = promptIds(f);
       const cfg = readHfConfig(f.model);
       const P = intOpt('--devices', f.devices, { min: 1 })!;
-      if (f.plan && (process.env.RANK ?? '0') === '0' && !process.env.RINGATTN_PLAN_PRINTED) {
+      if (f.plan) {
         const gpu = f.backend === 'cuda';
-        const p = plan({ seq: ids.length + maxNew, heads: cfg.numHeads, kvHeads: cfg.numKvHeads, headDim: cfg.headDim, devices: P, dtype: gpu && modelDtype(f) === 'bfloat16' ? 'bf16' : 'fp32', device: gpu ? 'h100' : 'cpu', layers: cfg.numLayers, mode: 'prefill', layout: parseLayout(f.layout, '--layout') });
-        process.stderr.write(formatPlan(p) + '\n\n');
-        process.env.RINGATTN_PLAN_PRINTED = '1'; // the launched ranks inherit it
+        printPlanOnce(() => formatPlan(plan({ seq: ids.length + maxNew, heads: cfg.numHeads, kvHeads: cfg.numKvHeads, headDim: cfg.headDim, devices: P, dtype: gpu && modelDtypeOpt(f.dtype) === 'bfloat16' ? 'bf16' : 'fp32', device: gpu ? 'h100' : 'cpu', layers: cfg.numLayers, mode: 'prefill', layout: parseLayout(f.layout, '--layout') })));
       }
       if (await launchedElsewhere(f)) return;
       const tok = hasTokenizer(f.model) ? loadTokenizer(f.model) : null;

@@ -13,7 +13,7 @@ import { RingModel } from '../../llm.js';
 import { writeReport } from '../../report/html.js';
 import { encodeSafetensors, readSafetensors } from '../../io/safetensors.js';
 import { writeFileAtomic, checkOutputPath } from '../../io/index.js';
-import { intOpt, kernelOpt, numOpt } from '../util.js';
+import { backendOpt, intOpt, kernelOpt, modelDtypeOpt, numOpt, printPlanOnce } from '../util.js';
 import { formatTable } from '../table.js';
 
 interface TrainFlags {
@@ -83,18 +83,10 @@ export function learningRate(step: number, steps: number, peak: number, warmup: 
   return peak * (0.1 + 0.45 * (1 + Math.cos(Math.PI * t)));
 }
 
-/** The GPU dtype of --dtype (fp32 or bf16). */
-function trainDtype(f: TrainFlags): 'float32' | 'bfloat16' {
-  const d = (f.dtype ?? 'fp32').toLowerCase();
-  if (d === 'fp32' || d === 'float32') return 'float32';
-  if (d === 'bf16' || d === 'bfloat16') return 'bfloat16';
-  throw new InputError('--dtype', `expected fp32 or bf16, got '${f.dtype}'`);
-}
-
 async function trainOne(name: string, cfg: ModelConfig, f: TrainFlags, spec: RecallSpec, o: { steps: number; seq: number; start: number; lr: number; warmup: number; devices: number; seed: number; resume?: string }): Promise<RunResult> {
   const weights = o.resume ? loadWeights(o.resume, cfg) : initWeights(cfg, o.seed, 0.02);
   const gpu = f.backend === 'cuda';
-  const model = await RingModel.create(cfg, weights, { devices: o.devices, layout: parseLayout(f.layout, '--layout'), kernel: kernelOpt(f.kernel), backend: gpu ? 'cuda' : 'cpu', dtype: gpu ? trainDtype(f) : undefined });
+  const model = await RingModel.create(cfg, weights, { devices: o.devices, layout: parseLayout(f.layout, '--layout'), kernel: kernelOpt(f.kernel), backend: gpu ? 'cuda' : 'cpu', dtype: gpu ? modelDtypeOpt(f.dtype) : undefined });
   const lead = model.rank === 0;
   let first = 0;
   if (o.resume) {
@@ -167,8 +159,7 @@ export function registerTrain(program: Command): void {
     .option('--plan', 'print the planner\'s prediction first')
     .action(async (f: TrainFlags) => {
       kernelOpt(f.kernel);
-      if (f.backend !== 'cpu' && f.backend !== 'cuda') throw new InputError('--backend', `expected cpu or cuda, got '${f.backend}'`);
-      if (f.backend === 'cuda') trainDtype(f);
+      if (backendOpt(f.backend) === 'cuda') modelDtypeOpt(f.dtype);
       const seq = intOpt('--seq', f.seq, { min: 64 })!;
       const devices = intOpt('--devices', f.devices, { min: 1 })!;
       const steps = intOpt('--steps', f.steps, { min: 1 })!;
@@ -193,10 +184,7 @@ export function registerTrain(program: Command): void {
       };
       const full = f.resume ? readHfConfig(f.resume) : parseHfConfig({ model_type: 'llama', ...base });
       const gpu = f.backend === 'cuda';
-      if (f.plan && (process.env.RANK ?? '0') === '0' && !process.env.RINGATTN_PLAN_PRINTED) {
-        process.stderr.write(formatPlan(plan({ seq, heads, kvHeads: heads, headDim: hidden / heads, devices, dtype: gpu && trainDtype(f) === 'bfloat16' ? 'bf16' : 'fp32', device: gpu ? 'h100' : 'cpu', layers, mode: 'train' })) + '\n\n');
-        process.env.RINGATTN_PLAN_PRINTED = '1';
-      }
+      if (f.plan) printPlanOnce(() => formatPlan(plan({ seq, heads, kvHeads: heads, headDim: hidden / heads, devices, dtype: gpu && modelDtypeOpt(f.dtype) === 'bfloat16' ? 'bf16' : 'fp32', device: gpu ? 'h100' : 'cpu', layers, mode: 'train' })));
       if (gpu) {
         // --devices N GPUs outside a launched job: this command runs again as N ranks.
         const { launchSelfIfNeeded } = await import('../../cuda/cli.js');

@@ -16,9 +16,10 @@ import { CudaRing } from './ring.js';
 
 /**
  * A GPU rank as a `RankContext`: what the model (src/model/) needs to run on the CUDA backend.
- * The model keeps its activations in host Float32Arrays; here its linear layers and GEMMs run
- * on the GPU (weights uploaded once and kept on the device), its attention runs through the
- * NCCL ring (src/cuda/ring.ts, buffers kept per ring key), and its collectives are NCCL calls.
+ * Prefill runs with every activation on the GPU (prefillModel). Decode and training run the
+ * model's own code on host Float32Arrays; their linear layers and GEMMs run on the GPU (weights
+ * uploaded once and kept on the device), attention runs through the NCCL ring
+ * (src/cuda/ring.ts, buffers kept per ring key), and the collectives are NCCL calls.
  *
  * `dtype` sets the precision of the GPU work: 'float32' computes exactly what the CPU backend
  * computes (to rounding; the tests compare them), 'bfloat16' runs the tensor-core kernels with
@@ -31,7 +32,6 @@ export interface CudaRankOptions {
 
 interface PreparedRing {
   shards: { pos: Int32Array; seg?: Int32Array }[];
-  params: AttnParams;
   mask: MaskSpec;
   backward: boolean;
   ring: CudaRing | null;
@@ -168,10 +168,11 @@ export class CudaRank implements RankContext {
     ctx.download(C.subarray(0, M * N), cb);
   }
 
-  async prepareRingFor(key: string, shards: { pos: Int32Array; seg?: Int32Array }[], params: AttnParams, mask: MaskSpec, backward: boolean): Promise<void> {
+  async prepareRingFor(key: string, shards: { pos: Int32Array; seg?: Int32Array }[], _params: AttnParams, mask: MaskSpec, backward: boolean): Promise<void> {
     if (this.rings.has(key)) return;
     if (shards.length !== this.ranks) throw new InputError('shards', `expected one per rank (${this.ranks}), got ${shards.length}`);
-    this.rings.set(key, { shards, params, mask, backward, ring: null });
+    // The ring itself is built on first use, when this rank's rows are at hand (ringOf).
+    this.rings.set(key, { shards, mask, backward, ring: null });
   }
 
   /** The ring of `key`, built on first use with these inputs (every rank reaches this together). */
@@ -190,22 +191,21 @@ export class CudaRank implements RankContext {
   }
 
   ringAttention(shard: RankShard, params: AttnParams, key: string): RingResult {
-    const got = this.ringOf(key, shard, params);
-    const st = { ring: got.ring, backward: got.backward };
-    if (!got.fresh) st.ring.dev.setInputs(shard);
-    if (shard.dO && !st.backward) throw new InputError('dO', `ring '${key}' was prepared without a backward`);
-    st.ring.forward();
-    if (shard.dO) st.ring.backward();
-    const out = st.ring.download();
-    if (!shard.dO) return { o: out.o, lse: out.lse };
-    return out;
+    const { ring, fresh, backward } = this.ringOf(key, shard, params);
+    if (shard.dO && !backward) throw new InputError('dO', `ring '${key}' was prepared without a backward`);
+    if (!fresh) ring.dev.setInputs(shard);
+    ring.forward();
+    if (shard.dO) ring.backward();
+    const out = ring.download();
+    return shard.dO ? out : { o: out.o, lse: out.lse };
   }
 
   /**
    * The model's prefill with every activation on this GPU (the forward of src/model/llama.ts,
    * same math): one upload of the embeddings, then per layer RMSNorm, the q/k/v projections,
    * RoPE, the ring, the output projection and the blockwise feed-forward as GPU kernels; the
-   * keys and values come back to the host KV cache, and the final hidden states at the end.
+   * keys and values stay on the GPU until a decode asks for them (materializeCache), and the
+   * final hidden states come back at the end.
    */
   prefillModel(m: RankModel, ids: Int32Array, pos: Int32Array, reserve: number): Float32Array {
     const c = m.cfg;
@@ -255,7 +255,7 @@ export class CudaRank implements RankContext {
       ctx.check('cuMemcpyDtoDAsync_v2', ctx.drv.cuMemcpyDtoDAsync_v2(vc.ptr, v.ptr, n * kd * 4, ctx.stream));
       const p = m.params(l);
       const { ring } = this.ringOf(m.ringKey(l), { pos }, p);
-      ring.dev.setInputsDevice(q.ptr, k.ptr, v.ptr, (src, dst, count) => toDt(src, dst, count));
+      ring.dev.setInputsDevice(q.ptr, k.ptr, v.ptr, toDt);
       ring.forward();
       let oPtr = ring.dev.o.ptr;
       if (o16) {

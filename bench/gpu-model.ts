@@ -17,6 +17,7 @@ import type { ModelWeights } from '../src/model/weights.js';
 import { countParams, expectedTensors } from '../src/model/weights.js';
 import { attentionFlops, visiblePairs } from '../src/core/flops.js';
 import { formatTable } from '../src/cli/table.js';
+import { fill } from './common.js';
 
 const PEAK = 989e12;
 const sizes = process.argv.slice(2).map(Number).filter((n) => n > 0);
@@ -29,16 +30,13 @@ const cfg = parseHfConfig({
   num_attention_heads: 32, num_key_value_heads: 8, head_dim: 64, rms_norm_eps: 1e-5, rope_theta: 500000, max_position_embeddings: 1 << 20, tie_word_embeddings: true,
 });
 
-/** Random weights, quickly: uniform with std 0.02 from an LCG; norms 1. */
+/** Random weights, quickly: uniform with std 0.02 (bench/common.ts's LCG); norms 1. */
 function weights(): ModelWeights {
-  let s = 12345;
+  let seed = 12345;
   const a = 0.02 * Math.sqrt(3);
   const rand = (n: number) => {
-    const x = new Float32Array(n);
-    for (let i = 0; i < n; i++) {
-      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-      x[i] = (s / 2 ** 31 - 1) * a;
-    }
+    const x = fill(n, seed++);
+    for (let i = 0; i < n; i++) x[i] *= a;
     return x;
   };
   const shapes = expectedTensors(cfg);

@@ -40,20 +40,7 @@ def main():
         flush=True,
     )
 
-    def timed(fn, reps):
-        fn()
-        fn()
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(reps):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            ts.append(s.elapsed_time(e))
-        ts.sort()
-        return ts[len(ts) // 2]
+    from torch_common import timed
 
     for shape in a.shapes.split(","):
         M, N, K = (int(v) for v in shape.split("x"))
@@ -65,7 +52,7 @@ def main():
                 x = torch.randn(M, K, device=dev, dtype=dtype, generator=g)
                 w = torch.randn(N, K, device=dev, dtype=dtype, generator=g) * (K ** -0.5)
                 y = torch.empty(M, N, device=dev, dtype=dtype)
-                ms = timed(lambda: torch.matmul(x, w.t(), out=y), a.reps)
+                ms = timed(lambda: torch.matmul(x, w.t(), out=y), a.reps, warmup=2)
                 row.update(ms=ms, tflops=2 * M * N * K / ms / 1e9)
                 del x, w, y
             except Exception as e:  # out of memory, unsupported dtype: report and go on

@@ -15,24 +15,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import os
 
+from torch_common import timed
+
 H, HK, D = (int(os.environ.get(k, v)) for k, v in (("SDPA_H", 32), ("SDPA_HK", 8), ("SDPA_D", 128)))
 reps = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 sizes = [int(s) for s in (sys.argv[2] if len(sys.argv) > 2 else "16384,32768,65536").split(",")]
-
-
-def timed(fn, reps):
-    fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    ts.sort()
-    return ts[len(ts) // 2]
 
 
 print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, cuDNN {torch.backends.cudnn.version()}; bf16 H={H} Hk={HK} D={D}")

@@ -24,6 +24,19 @@ export function chooseKernel(spec: { dtype: CudaDType; D: number }, computeCapab
   return 'generic';
 }
 
+/**
+ * Whether a tensor-core tag's forward runs on Hopper's warpgroup MMA (kernels/attn_fwd_h.cu)
+ * rather than mma.sync (attn_fwd.cu). sm_90a only, and for now opt-in with
+ * RINGATTN_WGMMA_ATTN=1: the kernel compiles (nvcc, sm_90a) but has not yet run on a GPU, so it
+ * becomes the default only once tests/cuda/attention.gpu.test.ts has passed on an H100/H200
+ * (bench/gpu-wgmma-check.sh). RINGATTN_NO_WGMMA=1 turns it off with the wgmma GEMM. Read at each
+ * call, so tests can run both paths on one GPU.
+ */
+export function forwardOnWgmma(tag: KernelTag, computeCapability: readonly [number, number]): boolean {
+  if (tag === 'generic' || computeCapability[0] !== 9 || computeCapability[1] !== 0) return false;
+  return process.env.RINGATTN_WGMMA_ATTN === '1' && process.env.RINGATTN_NO_WGMMA !== '1';
+}
+
 export interface DeviceBlockArgs {
   q: number;
   k: number;
@@ -80,10 +93,18 @@ export function supported(a: Omit<DeviceBlockArgs, 'q' | 'k' | 'v' | 'qPos' | 'k
 }
 
 const BK = 64;
-/** Query tile of each path (the tile boxes are computed at this size). */
-function blockQ(tag: KernelTag, pass: 'fwd' | 'bwd'): number {
-  if (tag === 'generic') return 64; // unused by the generic kernels
-  return pass === 'fwd' || tag === 'mma16-d64' ? 64 : 32;
+/** Query and key tiles of each path (the tile boxes are computed at these sizes). */
+function tiles(tag: KernelTag, pass: 'fwd' | 'bwd', wgmma: boolean): [number, number] {
+  if (tag === 'generic') return [64, BK]; // query boxes unused by the generic kernels
+  if (pass === 'fwd') return wgmma ? [WG_TILE, WG_TILE] : [64, BK];
+  return [tag === 'mma16-d64' ? 64 : 32, BK];
+}
+
+/** attn_fwd_h.cu: 128 query rows and 128-key tiles, 384 threads, K/V stages by head dim. */
+const WG_TILE = 128;
+function wgFwdSmem(D: number): number {
+  const stages = D === 64 ? 4 : 2;
+  return 1024 + WG_TILE * D * 2 + stages * 2 * WG_TILE * D * 2 + (2 * stages + 1) * 8;
 }
 
 function fwdSmem(D: number): number {
@@ -155,23 +176,27 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
     { i32: a.Sq }, { i32: a.Sk }, { i32: a.H }, { i32: a.Hk }, { i32: a.D },
     { i32: a.causal ? 1 : 0 }, { i32: a.window }, { i32: a.window > 0 ? a.sinks : 0 }, { f32: a.scale }, { i32: 0 },
   ];
-  const boxes = (a: DeviceBlockArgs, bq: number): [number, number] => {
+  const boxes = (a: DeviceBlockArgs, [bq, bk]: [number, number]): [number, number] => {
     const ws = workspace(workspaceBytes(a.Sq, a.Sk));
     const qTiles = ws;
     const kTiles = ws + Math.ceil(a.Sq / 32) * 16;
     ranges(a.qPos, a.qSeg ?? 0, a.Sq, bq, qTiles);
-    ranges(a.kPos, a.kSeg ?? 0, a.Sk, BK, kTiles);
+    ranges(a.kPos, a.kSeg ?? 0, a.Sk, bk, kTiles);
     return [qTiles, kTiles];
   };
   return {
-    name: (spec) => `cuda/${chooseKernel(spec, ctx.computeCapability)}/${spec.dtype}`,
+    name: (spec) => {
+      const tag = chooseKernel(spec, ctx.computeCapability);
+      return `cuda/${tag}${forwardOnWgmma(tag, ctx.computeCapability) ? '+wgmma-fwd' : ''}/${spec.dtype}`;
+    },
 
     forward(a: DeviceForwardArgs): void {
       validate(a);
       if (a.Sq === 0 || a.Sk === 0) return;
       const tag = chooseKernel(a, ctx.computeCapability);
-      const bq = blockQ(tag, 'fwd');
-      const [qTiles, kTiles] = boxes(a, bq);
+      const wg = forwardOnWgmma(tag, ctx.computeCapability);
+      const [bq] = tiles(tag, 'fwd', wg);
+      const [qTiles, kTiles] = boxes(a, tiles(tag, 'fwd', wg));
       const params = packStruct([
         { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.qPos }, { ptr: a.kPos }, { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 },
         { ptr: qTiles }, { ptr: kTiles }, { ptr: a.o }, { ptr: a.lse }, ...tail(a),
@@ -179,6 +204,10 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       if (tag === 'generic') {
         const name = `attn_fwd_generic_${SUFFIX[a.dtype]}`;
         ctx.launch(ctx.fn('attn_fwd.cu', name), name, [Math.ceil(a.Sq / 4), a.H, 1], 128, 0, [params]);
+      } else if (wg) {
+        const name = `attn_fwd_h_${SUFFIX[a.dtype]}_d${a.D}`;
+        const smem = wgFwdSmem(a.D);
+        ctx.launch(ctx.fn('attn_fwd_h.cu', name, smem), name, [Math.ceil(a.Sq / bq), a.H, 1], 384, smem, [params]);
       } else {
         const name = `attn_fwd_mma_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = fwdSmem(a.D);
@@ -190,8 +219,8 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       validate(a);
       if (a.Sq === 0 || a.Sk === 0) return;
       const tag = chooseKernel(a, ctx.computeCapability);
-      const bq = blockQ(tag, 'bwd');
-      const [qTiles, kTiles] = boxes(a, bq);
+      const [bq] = tiles(tag, 'bwd', false);
+      const [qTiles, kTiles] = boxes(a, tiles(tag, 'bwd', false));
       const split = tag === 'generic' ? 1 : bwdSplit(Math.ceil(a.Sk / BK) * a.Hk, a.H / a.Hk, ctx.smCount);
       const params = packStruct([
         { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.dO }, { ptr: a.lse }, { ptr: a.delta }, { ptr: a.qPos }, { ptr: a.kPos },

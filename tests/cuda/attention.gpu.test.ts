@@ -94,6 +94,46 @@ for (const dtype of ['bfloat16', 'float16', 'float32'] as const) {
   }
 }
 
+/** Runs `body` with RINGATTN_WGMMA_ATTN set to `value` (undefined: unset), restoring it after. */
+async function withWgmmaAttn<R>(value: string | undefined, body: () => Promise<R>): Promise<R> {
+  const before = process.env.RINGATTN_WGMMA_ATTN;
+  if (value === undefined) delete process.env.RINGATTN_WGMMA_ATTN;
+  else process.env.RINGATTN_WGMMA_ATTN = value;
+  try {
+    return await body();
+  } finally {
+    if (before === undefined) delete process.env.RINGATTN_WGMMA_ATTN;
+    else process.env.RINGATTN_WGMMA_ATTN = before;
+  }
+}
+
+// The 16-bit forward on both kernels: mma.sync (attn_fwd.cu) and, on Hopper, wgmma
+// (attn_fwd_h.cu, RINGATTN_WGMMA_ATTN=1), across many 128-key tiles (the stage ring wraps several
+// times), empty tiles skipped and partial ones masked.
+for (const wgmma of [undefined, '1']) {
+  test(`attentionCuda 16-bit forward${wgmma ? ' on wgmma (RINGATTN_WGMMA_ATTN=1; the same as mma.sync off Hopper)' : ''}: every mask at D 64/128, then long sequences of many tiles`, { skip }, async () => {
+    const seed = freshSeed();
+    const r = rng(seed);
+    await withWgmmaAttn(wgmma, async () => {
+      let n = 0;
+      for (const dtype of ['bfloat16', 'float16'] as const) {
+        for (const D of [64, 128]) {
+          for (const c of masks(200, r)) {
+            const S = c.mask.segments ? 200 : 65 + Math.floor(r() * 200);
+            const [H, Hk] = HEADS[n++ % HEADS.length];
+            await checkCase(dtype, D, H, Hk, S, c, (seed + n * 7919) >>> 0);
+          }
+        }
+      }
+      for (const [D, S, name, mask] of [
+        [128, 1300, 'causal', { causal: true }],
+        [64, 1100, 'causal window 300 + 4 sinks', { causal: true, window: 300, sinks: 4 }],
+        [128, 777, 'none', {}],
+      ] as const) await checkCase('bfloat16', D, 4, 2, S, { name, mask }, (seed + D + S) >>> 0);
+    });
+  });
+}
+
 test('attentionCuda: other head dims (generic path), a batch, several 64-key tiles with empty ones skipped', { skip }, async () => {
   const seed = freshSeed();
   await checkCase('bfloat16', 32, 2, 1, 77, { name: 'causal', mask: { causal: true } }, seed);
@@ -118,12 +158,14 @@ test('tensor-core backward with the GQA group split over CTAs (dK/dV by atomics)
 });
 
 /** Ring-step semantics on device buffers: queries of a shard against two KV blocks elsewhere. */
-test('block kernels on global positions: two KV blocks merge into the full result; rows that see nothing stay 0 / -inf', { skip }, () => {
+test('block kernels on global positions: two KV blocks merge into the full result; rows that see nothing stay 0 / -inf', { skip }, async () => {
   const seed = freshSeed();
   const r = rng(seed);
   const c = context();
   const kern = cudaKernel(c);
-  for (const [dtype, D, causal, window, sinks] of [['bfloat16', 128, true, 0, 0], ['float16', 64, true, 100, 4], ['float32', 64, false, 50, 2]] as const) {
+  const cases = [['bfloat16', 128, true, 0, 0, undefined], ['float16', 64, true, 100, 4, undefined], ['float32', 64, false, 50, 2, undefined],
+    ['bfloat16', 128, true, 0, 0, '1'], ['float16', 64, true, 100, 4, '1']] as const;
+  for (const [dtype, D, causal, window, sinks, wgmma] of cases) await withWgmmaAttn(wgmma, async () => {
     const H = 4, Hk = 2, Sq = 90, S1 = 70, S2 = 81, Sk = S1 + S2;
     // Queries hold positions 60..149 (a shard); keys 0..150 in two blocks, block 2 first in position.
     const qPos = Int32Array.from({ length: Sq }, (_, i) => 60 + i);
@@ -180,7 +222,7 @@ test('block kernels on global positions: two KV blocks merge into the full resul
       c.sync();
       for (const b of bufs) c.free(b);
     }
-  }
+  });
   kern.dispose();
 });
 

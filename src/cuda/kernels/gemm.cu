@@ -444,59 +444,14 @@ HG_FAMILY(gemm_bf16_u, 64, 64, 32, 32, 4, false)
 // consumers fit in the 168 registers a thread that 384 threads leave. Needs 16-byte rows as
 // the _l/_m/_s families.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#include "hopper.cuh"
 namespace hw {
 constexpr int BM = 128, BN = 256, BK = 64, STAGES = 4;
 constexpr int A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2, STAGE_BYTES = A_BYTES + B_BYTES;
 constexpr int SMEM = STAGES * STAGE_BYTES + 1024 /* alignment slack */ + 2 * STAGES * 8;  // 197696: src/cuda/gemm.ts
 static_assert(SMEM <= 227 * 1024, "shared memory");
 
-__device__ __forceinline__ void mbarInit(u32 bar, u32 count) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count)); }
-__device__ __forceinline__ void mbarArrive(u32 bar) { asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}" ::"r"(bar) : "memory"); }
-__device__ __forceinline__ bool mbarTry(u32 bar, u32 parity) {
-  u32 done;
-  asm volatile(
-      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}"
-      : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-  return done != 0;
-}
-__device__ __forceinline__ u64 globalTimer() {
-  u64 t;
-  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
-  return t;
-}
-// Waits for the phase of parity `parity` to complete. A wait of more than 4 s is a pipeline bug,
-// not a slow GPU: trap (the launch fails with an error) rather than hang the process.
-__device__ __forceinline__ void mbarWait(u32 bar, u32 parity) {
-  if (mbarTry(bar, parity)) return;
-  const u64 t0 = globalTimer();
-  while (!mbarTry(bar, parity)) {
-    if (globalTimer() - t0 > 4000000000ull) __trap();
-  }
-}
-// Arrives on `bar` once every cp.async this thread issued so far has landed (no count increment).
-__device__ __forceinline__ void cpAsyncArrive(u32 bar) { asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory"); }
-
-// Shared-memory matrix descriptor, 128-byte swizzle: start >> 4, LBO >> 4 (bits 16..29),
-// SBO >> 4 (bits 32..45), swizzle mode 1 (bits 62..63).
-__device__ __forceinline__ u64 desc(u32 addr, u32 lbo, u32 sbo) {
-  return (u64)((addr & 0x3ffff) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32) | (1ull << 62);
-}
-
-// d[64x256] += A[64x16] · B[16x256]; TA / TB: the operand is MN-major in shared memory.
-template <int TA, int TB> __device__ __forceinline__ void wgmma256(float (&d)[128], u64 da, u64 db) {
-#define D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
-  asm volatile(
-      "{\n"
-      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, 1, 1, 1, %130, %131;\n"
-      "}\n"
-      : D8(0), D8(8), D8(16), D8(24), D8(32), D8(40), D8(48), D8(56), D8(64), D8(72), D8(80), D8(88), D8(96), D8(104), D8(112), D8(120)
-      : "l"(da), "l"(db), "n"(TA), "n"(TB));
-#undef D8
-}
-__device__ __forceinline__ void wgmmaFence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmmaCommit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void wgmmaWait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
+using namespace hop;  // mbarriers, descriptors, wgmma (hopper.cuh)
 
 // Producer: one stage. K-major tile (rows x 64 k): row r, chunk c at r*128 + ((c ^ r%8) * 16).
 // MN-major tile (64 k x cols, cols/64 panels of 8 KB): row k, chunk c at (c/8)*8192 + k*128 +
@@ -564,13 +519,13 @@ __device__ __forceinline__ void run(const GemmParams& p) {
   for (int kt = 0; kt < nk; kt++) {
     const int s = kt % STAGES;
     mbarWait(full(s), (kt / STAGES) & 1);
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async wrote through the generic proxy
+    fenceAsyncShared();
     wgmmaFence();
 #pragma unroll
     for (int j = 0; j < BK / 16; j++) {
       const u64 da = TA ? desc(stA(s) + c * 8192 + j * 2048, 8192, 1024) : desc(stA(s) + c * 64 * 128 + j * 32, 16, 1024);
       const u64 db = TB ? desc(stB(s) + j * 32, 16, 1024) : desc(stB(s) + j * 2048, 8192, 1024);
-      wgmma256<TA ? 1 : 0, TB ? 0 : 1>(d, da, db);
+      ssBf16N256<TA ? 1 : 0, TB ? 0 : 1>(d, da, db);
     }
     wgmmaCommit();
     wgmmaWait<1>();  // the previous stage's products are done: release it

@@ -1,0 +1,241 @@
+// Blockwise attention forward on Hopper (sm_90a only): attn_fwd_h_{bf16,f16}_d{64,128}.
+//
+// The same contract as attn_fwd.cu's kernels (queries of one shard against one KV block, merged
+// into the running fp32 (O, LSE); tiles classified on global positions: empty tiles skipped,
+// full tiles without mask arithmetic), on Hopper's warpgroup MMA:
+//   - a CTA owns 128 query rows of one head: two consumer warpgroups of 64 rows each and one
+//     producer warpgroup (384 threads); the producer gives registers back (setmaxnreg: 40 a
+//     thread) so that the consumers can hold S, P and O (232 a thread: 40 + 2 x 232 = 3 x 168);
+//   - the producer copies Q once, then 128-key tiles of K and V into a ring of STAGES stages with
+//     16-byte cp.async in the 128-byte-swizzled layout wgmma reads ([D/64 panels][rows][128 B]
+//     for all three: K-major for Q and K, and the same bytes read MN-major for V), signalling
+//     each stage's `full` mbarrier when its copies land; consumers release a stage through its
+//     `empty` mbarrier after their P·V has read it;
+//   - per tile a consumer issues S = Q·K^T (wgmma m64n128k16, both operands in shared memory,
+//     fp32 accumulators), masks partial tiles, runs the online softmax in registers (exp2 with
+//     the scale folded in), and issues O += P·V with P taken from registers (the accumulator
+//     layout of S is the A-fragment layout of the next wgmma) and V from shared memory.
+// The two warpgroups run independently, so one's softmax overlaps the other's matrix products.
+// Launch: grid (ceil(Sq / 128), H), 288 threads, dynamic shared memory fwdh::Cfg<D>::SMEM
+// (src/cuda/attention.ts); tile boxes at 128 rows for queries and keys.
+#include "common.cuh"
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#include "hopper.cuh"
+
+namespace fwdh {
+using namespace hop;
+constexpr int BQ = 128, BK = 128, CONSUMERS = 256, PRODUCERS = 128, THREADS = CONSUMERS + PRODUCERS;
+
+template <int D> struct Cfg {
+  static constexpr int Q_BYTES = BQ * D * 2;
+  static constexpr int KV_BYTES = BK * D * 2;  // K or V of one stage
+  static constexpr int STAGES = D == 64 ? 4 : 2;
+  static constexpr int SMEM = 1024 /* alignment slack */ + Q_BYTES + STAGES * 2 * KV_BYTES + (2 * STAGES + 1) * 8;
+  static_assert(SMEM <= 227 * 1024, "shared memory");
+};
+template <typename T, int TA, int TB> __device__ __forceinline__ void ss128(float (&d)[64], u64 da, u64 db);
+template <> __device__ __forceinline__ void ss128<Bf16, 0, 0>(float (&d)[64], u64 da, u64 db) { ssBf16N128<0, 0>(d, da, db); }
+template <> __device__ __forceinline__ void ss128<F16, 0, 0>(float (&d)[64], u64 da, u64 db) { ssF16N128<0, 0>(d, da, db); }
+template <typename T, int N> struct Rs;
+template <> struct Rs<Bf16, 128> { __device__ __forceinline__ static void run(float (&d)[64], const u32 (&a)[4], u64 db) { rsBf16N128<1>(d, a, db); } };
+template <> struct Rs<F16, 128> { __device__ __forceinline__ static void run(float (&d)[64], const u32 (&a)[4], u64 db) { rsF16N128<1>(d, a, db); } };
+template <> struct Rs<Bf16, 64> { __device__ __forceinline__ static void run(float (&d)[32], const u32 (&a)[4], u64 db) { rsBf16N64<1>(d, a, db); } };
+template <> struct Rs<F16, 64> { __device__ __forceinline__ static void run(float (&d)[32], const u32 (&a)[4], u64 db) { rsF16N64<1>(d, a, db); } };
+
+// Rows [0, n) of a [rows, H or Hk, D] tensor's head `head` starting at row r0 into a swizzled tile
+// ([D/64 panels][ROWS][128 B]); rows past `avail` are zero-filled. The producer warpgroup.
+template <int ROWS, int D>
+__device__ __forceinline__ void loadTile(u32 dst, const u16* g, int r0, int avail, int heads, int head, int lane) {
+  constexpr int CPR = D / 8;  // 16-byte chunks per row
+#pragma unroll 4
+  for (int idx = lane; idx < ROWS * CPR; idx += PRODUCERS) {
+    const int r = idx / CPR, c = idx % CPR;
+    const bool ok = r < avail;
+    const u16* src = g + ((u64)(ok ? r0 + r : 0) * heads + head) * D + c * 8;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst + (c >> 3) * ROWS * 128 + swz(r, c & 7)), "l"(src), "r"(ok ? 16 : 0));
+  }
+}
+
+template <typename T, int D>
+__device__ __forceinline__ void run(const FwdParams& p) {
+  using C = Cfg<D>;
+  constexpr int STAGES = C::STAGES;
+  extern __shared__ __align__(1024) unsigned char smemRaw[];
+  const u32 sQ = (smemAddr(smemRaw) + 1023) & ~1023u;  // swizzle atoms are 1024-byte aligned
+  auto stK = [&](int s) { return sQ + C::Q_BYTES + s * 2 * C::KV_BYTES; };
+  auto stV = [&](int s) { return stK(s) + C::KV_BYTES; };
+  const u32 bars = sQ + C::Q_BYTES + STAGES * 2 * C::KV_BYTES;
+  auto full = [&](int s) { return bars + s * 8; };
+  auto empty = [&](int s) { return bars + (STAGES + s) * 8; };
+  const u32 qBar = bars + 2 * STAGES * 8;
+
+  const int qt = gridDim.x - 1 - blockIdx.x;  // the last query tiles see the most keys under a causal mask: start them first
+  const int h = blockIdx.y, kh = h / (p.H / p.Hk), q0 = qt * BQ;
+  const int nkt = (p.Sk + BK - 1) / BK;
+  const Mask m = maskOf(p);
+  const int4 qBox = p.qTiles[qt];
+  // A ragged last tile is never 'full': its missing keys must read as -inf.
+  auto tileClass = [&](int t) {
+    const int c = classifyTile(m, qBox, p.kTiles[t]);
+    return (c == TILE_FULL && (t + 1) * BK > p.Sk) ? TILE_PARTIAL : c;
+  };
+  auto nextTile = [&](int t) {
+    while (t < nkt && tileClass(t) == TILE_EMPTY) t++;
+    return t;
+  };
+  const int first = nextTile(0);
+  if (first == nkt) return;  // this query tile sees nothing in this block
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < STAGES; s++) {
+      mbarInit(full(s), PRODUCERS);   // one cp.async arrival per producer thread
+      mbarInit(empty(s), CONSUMERS);  // every consumer thread
+    }
+    mbarInit(qBar, PRODUCERS);
+  }
+  __syncthreads();
+
+  if (threadIdx.x >= CONSUMERS) {  // the producer warpgroup
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+    const int lane = threadIdx.x - CONSUMERS;
+    loadTile<BQ, D>(sQ, (const u16*)p.q, q0, p.Sq - q0, p.H, h, lane);
+    cpAsyncArrive(qBar);
+    int i = 0;
+    for (int t = first; t < nkt; t = nextTile(t + 1), i++) {
+      const int s = i % STAGES;
+      mbarWait(empty(s), ((i / STAGES) & 1) ^ 1);  // the first pass finds every stage free
+      loadTile<BK, D>(stK(s), (const u16*)p.k, t * BK, p.Sk - t * BK, p.Hk, kh, lane);
+      loadTile<BK, D>(stV(s), (const u16*)p.v, t * BK, p.Sk - t * BK, p.Hk, kh, lane);
+      cpAsyncArrive(full(s));
+    }
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+  // Consumers. Accumulator layout (m64nN): warp w of the group holds rows 16w + lane/4 (+8);
+  // register 4q + e holds column 8q + 2·(lane%4) + (e & 1), row + 8·(e >> 1).
+  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const int rowBase = q0 + wg * 64 + warp * 16 + (lane >> 2);
+  int qPos[2], qSeg[2];
+  for (int r = 0; r < 2; r++) {
+    const int i = rowBase + 8 * r;
+    qPos[r] = i < p.Sq ? p.qPos[i] : 0;
+    qSeg[r] = (i < p.Sq && m.hasSeg) ? p.qSeg[i] : 0;
+  }
+  const float scaleLog2 = p.scale * LOG2E;
+  float o[D / 2];
+#pragma unroll
+  for (int x = 0; x < D / 2; x++) o[x] = 0.f;
+  float rowMax[2] = {NEG_INF, NEG_INF}, rowSum[2] = {0.f, 0.f};  // max in log2 units
+  const u32 qRows = sQ + wg * 64 * 128;
+
+  mbarWait(qBar, 0);
+  int i = 0;
+  for (int t = first; t < nkt; t = nextTile(t + 1), i++) {
+    const int cls = tileClass(t), s = i % STAGES;
+    mbarWait(full(s), (i / STAGES) & 1);
+    fenceAsyncShared();
+
+    // S = Q K^T (64 x 128 per warpgroup).
+    float sc[64];
+#pragma unroll
+    for (int x = 0; x < 64; x++) sc[x] = 0.f;
+    wgmmaFence();
+#pragma unroll
+    for (int j = 0; j < D / 16; j++) {
+      const u32 kOff = (j >> 2) * 128 * 128 + (j & 3) * 32;  // 64-wide panel, 16-element step inside it
+      ss128<T, 0, 0>(sc, desc(qRows + (j >> 2) * BQ * 128 + (j & 3) * 32, 16, 1024), desc(stK(s) + kOff, 16, 1024));
+    }
+    wgmmaCommit();
+    wgmmaWait<0>();
+
+#pragma unroll
+    for (int x = 0; x < 64; x++) sc[x] *= scaleLog2;
+    if (cls == TILE_PARTIAL) {
+#pragma unroll
+      for (int q = 0; q < 16; q++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int kj = t * BK + q * 8 + 2 * (lane & 3) + (e & 1), r = e >> 1;
+          if (kj >= p.Sk || !visible(m, qPos[r], __ldg(p.kPos + kj), qSeg[r], m.hasSeg ? __ldg(p.kSeg + kj) : 0)) sc[4 * q + e] = NEG_INF;
+        }
+    }
+    // Online softmax: a row's 128 columns live in the 4 lanes of a quad.
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      float mx = NEG_INF;
+#pragma unroll
+      for (int q = 0; q < 16; q++) mx = fmaxf(mx, fmaxf(sc[4 * q + 2 * r], sc[4 * q + 2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float mNew = fmaxf(rowMax[r], mx);
+      const float mUse = mNew == NEG_INF ? 0.f : mNew;  // a row with nothing visible yet: exponents of -inf give 0
+      const float corr = exp2Fast(rowMax[r] - mUse);
+      rowMax[r] = mNew;
+      float sum = 0.f;
+#pragma unroll
+      for (int q = 0; q < 16; q++) {
+        sc[4 * q + 2 * r] = exp2Fast(sc[4 * q + 2 * r] - mUse);
+        sc[4 * q + 2 * r + 1] = exp2Fast(sc[4 * q + 2 * r + 1] - mUse);
+        sum += sc[4 * q + 2 * r] + sc[4 * q + 2 * r + 1];
+      }
+      rowSum[r] = rowSum[r] * corr + sum;
+#pragma unroll
+      for (int n = 0; n < D / 8; n++) {
+        o[4 * n + 2 * r] *= corr;
+        o[4 * n + 2 * r + 1] *= corr;
+      }
+    }
+    // O += P V, P from registers: keys 16kk..16kk+15 are S columns q = 2kk, 2kk + 1.
+    u32 a[BK / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; kk++) {
+      a[kk][0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
+      a[kk][1] = pack2<T>(sc[8 * kk + 2], sc[8 * kk + 3]);
+      a[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
+      a[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
+    }
+    wgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; kk++) Rs<T, D>::run(o, a[kk], desc(stV(s) + kk * 16 * 128, BK * 128, 1024));
+    wgmmaCommit();
+    wgmmaWait<0>();
+    mbarArrive(empty(s));
+  }
+
+  // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32.
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    float l = rowSum[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int i = rowBase + 8 * r;
+    const bool live = i < p.Sq && l > 0.f;
+    const u64 row = (u64)i * p.H + h;
+    const float lseOld = live ? p.lse[row] : 0.f;
+    __syncwarp();  // all four lanes read lse before lane 0 of the quad writes it
+    if (!live) continue;
+    const float lseB = (rowMax[r] + log2f(l)) * LN2;
+    float wOld, wB;
+    const float lseNew = mergeWeights(lseOld, lseB, wOld, wB);
+    const float inv = wB / l;
+    float* out = p.o + row * D;
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+      const int col = n * 8 + 2 * (lane & 3);
+      float2 cur = wOld == 0.f ? make_float2(0.f, 0.f) : *(float2*)(out + col);
+      cur.x = cur.x * wOld + o[4 * n + 2 * r] * inv;
+      cur.y = cur.y * wOld + o[4 * n + 2 * r + 1] * inv;
+      *(float2*)(out + col) = cur;
+    }
+    if ((lane & 3) == 0) p.lse[row] = lseNew;
+  }
+}
+}  // namespace fwdh
+
+extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_h_bf16_d64(const FwdParams p) { fwdh::run<Bf16, 64>(p); }
+extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_h_bf16_d128(const FwdParams p) { fwdh::run<Bf16, 128>(p); }
+extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_h_f16_d64(const FwdParams p) { fwdh::run<F16, 64>(p); }
+extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_h_f16_d128(const FwdParams p) { fwdh::run<F16, 128>(p); }
+#endif  // sm_90a

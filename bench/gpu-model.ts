@@ -71,7 +71,7 @@ try {
     if (!logits.every(Number.isFinite)) throw new Error(`non-finite logits at S=${S}`);
     const flops = 2 * inner * S + cfg.numLayers * attentionFlops(visiblePairs(S, { causal: true }), cfg.numHeads, cfg.headDim);
     const stats = await m.stats();
-    const mem = Math.max(...stats.map((x) => x.ringBytes)) / 2 ** 30;
+    const mem = Math.max(...stats.map((x) => x.cacheBytes + x.ringBytes)) / 2 ** 30;
     rows.push([S, P, coldS.toFixed(2), sec.toFixed(2), (S / sec).toFixed(0), (flops / sec / 1e12).toFixed(1), (flops / sec / P / 1e12).toFixed(1), `${((100 * flops) / sec / (P * PEAK)).toFixed(1)}%`, mem.toFixed(1)]);
   }
 } finally {

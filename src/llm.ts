@@ -170,8 +170,11 @@ export class RingModel {
     return res[0].logits!;
   }
 
-  /** Per rank: KV cache bytes, ring buffer bytes, cached tokens. */
-  async stats(): Promise<{ cacheBytes: number; ringBytes: number; cached: number }[]> {
+  /**
+   * Per rank: KV cache bytes, ring (and other backend) buffer bytes, cached tokens, decode layer
+   * steps attended on a device, and why a device backend's decode attends on the host (or null).
+   */
+  async stats(): Promise<{ cacheBytes: number; ringBytes: number; cached: number; deviceDecodes: number; hostDecode: string | null }[]> {
     return this.group.call('stats', Array(this.group.ranks).fill(null));
   }
 

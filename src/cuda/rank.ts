@@ -7,19 +7,26 @@ import { getKernel } from '../cpu/attention.js';
 import { decodeAttention } from '../cpu/decode.js';
 import type { DeviceBuffer } from './context.js';
 import type { CudaDType } from './convert.js';
+import { CudaDecode, DecodeCombiner, decodeSupported } from './decode.js';
 import { gemm } from './gemm.js';
+import { DeviceKvCache } from './kv-cache.js';
 import { addDevice, convertDevice, rmsNormDevice, ropeDevice, swigluDevice } from './model-ops.js';
-import type { LayerCache, RankModel } from '../model/llama.js';
+import type { DeviceModel, RankModel } from '../model/llama.js';
 import { embed } from '../model/layers.js';
 import type { CudaGroup } from './group.js';
 import { CudaRing } from './ring.js';
 
 /**
  * A GPU rank as a `RankContext`: what the model (src/model/) needs to run on the CUDA backend.
- * Prefill runs with every activation on the GPU (prefillModel). Decode and training run the
- * model's own code on host Float32Arrays; their linear layers and GEMMs run on the GPU (weights
- * uploaded once and kept on the device), attention runs through the NCCL ring
- * (src/cuda/ring.ts, buffers kept per ring key), and the collectives are NCCL calls.
+ * Prefill runs with every activation on the GPU (prefillModel) and leaves each layer's KV cache
+ * shard there (DeviceKvCache, in the model's dtype). Decode runs the model's own code on host
+ * Float32Arrays for the one new row, except its attention (decodeLayer): the token's key/value
+ * are appended to the owner's device cache, the split-KV decode kernel (src/cuda/decode.ts)
+ * attends each rank's shard, and the ranks' partial (O, LSE) are combined exactly on the GPUs
+ * (DecodeCombiner: one NCCL all-gather and a merge kernel). Training runs the model's own code
+ * on the host. Linear layers and GEMMs run on the GPU (weights uploaded once and kept on the
+ * device), ring attention runs through the NCCL ring (src/cuda/ring.ts, buffers kept per ring
+ * key), and the collectives are NCCL calls.
  *
  * `dtype` sets the precision of the GPU work: 'float32' computes exactly what the CPU backend
  * computes (to rounding; the tests compare them), 'bfloat16' runs the tensor-core kernels with
@@ -67,7 +74,7 @@ class Scratch {
   }
 }
 
-export class CudaRank implements RankContext {
+export class CudaRank implements RankContext, DeviceModel {
   readonly rank: number;
   readonly ranks: number;
   /** The local block kernel is the CPU's: the model only reaches attention through the ring here. */
@@ -85,8 +92,13 @@ export class CudaRank implements RankContext {
   /** Weights on the device, by host array (uploaded once; dropped by weightsChanged). */
   private weights = new Map<Float32Array, { f32?: DeviceBuffer; bf16?: DeviceBuffer }>();
   private weightBytes = 0;
-  /** The KV cache of the last device prefill, still on the GPU (row: floats per cache row). */
-  private deferred: { cache: LayerCache; k: DeviceBuffer; v: DeviceBuffer; row: number }[] = [];
+  /** Each layer's KV cache shard of the last prefill, on the GPU (empty once brought to the host). */
+  private kv: DeviceKvCache[] = [];
+  /** Why this model's decode attends on the host (decodeSupported: no GPU kernel for its dtype and head dim), or null. Set by the prefill. */
+  private hostReason: string | null = null;
+  private decodes = 0;
+  private decoder: CudaDecode | undefined;
+  private combiner: DecodeCombiner | undefined;
 
   constructor(readonly g: CudaGroup, opts: CudaRankOptions = {}) {
     this.rank = g.rank;
@@ -100,9 +112,20 @@ export class CudaRank implements RankContext {
 
   get bytesHeld(): number {
     let n = this.scratch.bytes + this.weightBytes;
-    for (const d of this.deferred) n += d.k.bytes + d.v.bytes;
     for (const r of this.rings.values()) n += r.ring ? r.ring.dev.bytesHeld() : 0;
     return n;
+  }
+
+  get deviceCacheBytes(): number {
+    return this.kv.reduce((n, c) => n + c.bytes, 0);
+  }
+
+  get deviceDecodes(): number {
+    return this.decodes;
+  }
+
+  get hostDecodeReason(): string | null {
+    return this.hostReason;
   }
 
   /** A weight array on the device in `dtype` (uploaded, and converted, on first use). */
@@ -204,8 +227,8 @@ export class CudaRank implements RankContext {
    * The model's prefill with every activation on this GPU (the forward of src/model/llama.ts,
    * same math): one upload of the embeddings, then per layer RMSNorm, the q/k/v projections,
    * RoPE, the ring, the output projection and the blockwise feed-forward as GPU kernels; the
-   * keys and values stay on the GPU until a decode asks for them (materializeCache), and the
-   * final hidden states come back at the end.
+   * keys and values stay on the GPU as the decode's cache (in fp32 where the decode falls back to
+   * the host), and the final hidden states come back at the end.
    */
   prefillModel(m: RankModel, ids: Int32Array, pos: Int32Array, reserve: number): Float32Array {
     const c = m.cfg;
@@ -216,7 +239,13 @@ export class CudaRank implements RankContext {
     const dt = this.dtype === 'bfloat16' ? 'bfloat16' : 'float32';
     const el = dt === 'bfloat16' ? 2 : 4;
     const S = this.scratch;
-    this.dropDeferred();
+    this.dropKv();
+    const why = decodeSupported(dt, D);
+    this.hostReason = why
+      ? `the GPU decode kernel does not support ${dt} with head dim ${D} (${why}): decode attends on the host`
+      : process.env.RINGATTN_GPU_DECODE === '1'
+        ? null
+        : 'decode attends on the host: the model\'s GPU decode is opt-in (RINGATTN_GPU_DECODE=1) until it has run on a GPU';
     const hostH = new Float32Array(n * hid);
     embed(ids, m.w.embed, hid, hostH);
     const h = S.get('p.h', n * hid * 4);
@@ -244,15 +273,11 @@ export class CudaRank implements RankContext {
       lin(nrm.ptr, lw.v, lw.vBias, n, hid, kd, v.ptr);
       ropeDevice(ctx, { x: q.ptr, rows: n, heads: H, headDim: D, positions: posB.ptr, invFreq: inv.ptr, attentionScaling: m.rope.attentionScaling });
       ropeDevice(ctx, { x: k.ptr, rows: n, heads: Hk, headDim: D, positions: posB.ptr, invFreq: inv.ptr, attentionScaling: m.rope.attentionScaling });
-      // The KV cache stays on the GPU until a decode needs it on the host (materializeCache).
-      const cap = n + reserve;
-      const cache: LayerCache = { k: new Float32Array(0), v: new Float32Array(0), pos: new Int32Array(cap), n };
-      cache.pos.set(pos);
-      m.cache.push(cache);
-      const kc = ctx.alloc(n * kd * 4), vc = ctx.alloc(n * kd * 4);
-      this.deferred.push({ cache, k: kc, v: vc, row: kd });
-      ctx.check('cuMemcpyDtoDAsync_v2', ctx.drv.cuMemcpyDtoDAsync_v2(kc.ptr, k.ptr, n * kd * 4, ctx.stream));
-      ctx.check('cuMemcpyDtoDAsync_v2', ctx.drv.cuMemcpyDtoDAsync_v2(vc.ptr, v.ptr, n * kd * 4, ctx.stream));
+      // The KV cache stays on the GPU (decodeLayer); the model's host cache only counts its rows.
+      const kv = new DeviceKvCache(this.g, this.hostReason ? 'float32' : dt, kd, n + reserve);
+      kv.append(k.ptr, v.ptr, pos);
+      this.kv.push(kv);
+      m.cache.push({ k: new Float32Array(0), v: new Float32Array(0), pos: new Int32Array(0), n });
       const p = m.params(l);
       const { ring } = this.ringOf(m.ringKey(l), { pos }, p);
       ring.dev.setInputsDevice(q.ptr, k.ptr, v.ptr, toDt);
@@ -278,30 +303,67 @@ export class CudaRank implements RankContext {
     return ctx.download(hostH, h);
   }
 
-  /** Move the KV cache a device prefill left on the GPU into the model's host cache (before decode). */
-  materializeCache(): void {
-    for (const d of this.deferred) {
-      const used = d.cache.n * d.row;
-      d.cache.k = new Float32Array(d.cache.pos.length * d.row);
-      d.cache.v = new Float32Array(d.cache.pos.length * d.row);
-      this.g.ctx.download(d.cache.k.subarray(0, used), d.k);
-      this.g.ctx.download(d.cache.v.subarray(0, used), d.v);
+  /**
+   * Layer l's decode attention on the GPU (DeviceModel.decodeLayer): one upload of the token's
+   * q, k, v (fp32); when this rank owns the token, k and v join the layer's device cache
+   * (converted to its dtype, growing on demand); the split-KV decode kernel attends this rank's
+   * shard with the layer's mask (causal, window, sinks) into a fresh (O, LSE); the ranks' partials
+   * are combined exactly on the GPUs; O comes back. Where the kernel cannot run this model
+   * (hostDecodeReason) the cache moves to the host once and null sends the model down its own path.
+   */
+  decodeLayer(m: RankModel, l: number, q: Float32Array, k: Float32Array, v: Float32Array, pos: number, own: boolean): Float32Array | null {
+    if (this.hostReason !== null) {
+      this.materializeCache(m);
+      return null;
     }
-    this.dropDeferred();
+    const kv = this.kv[l];
+    if (!kv || this.kv.length !== m.cache.length) throw new Error(`decode of layer ${l} without its KV cache on the GPU (prefill first)`);
+    const ctx = this.g.ctx;
+    const { H, Hk, D, window, sinks, scale, causal } = m.params(l);
+    const qd = H * D, kd = Hk * D;
+    const S = this.scratch;
+    const x = S.get('d.qkv', (qd + 2 * kd) * 4);
+    const host = new Float32Array(qd + 2 * kd);
+    host.set(q);
+    host.set(k, qd);
+    host.set(v, qd + kd);
+    ctx.upload(x, host);
+    if (own) {
+      kv.append(x.ptr + qd * 4, x.ptr + (qd + kd) * 4, Int32Array.of(pos));
+      m.cache[l].n = kv.n;
+    }
+    let qPtr = x.ptr;
+    if (kv.dtype !== 'float32') {
+      qPtr = S.get('d.q16', qd * 2).ptr;
+      convertDevice(ctx, { src: x.ptr, dst: qPtr, n: qd, from: 'float32', to: kv.dtype });
+    }
+    const qPos = S.get('d.qpos', 4);
+    ctx.upload(qPos, Int32Array.of(pos));
+    const o = S.get('d.o', qd * 4), lse = S.get('d.lse', H * 4);
+    ctx.fill32(o, 0, qd);
+    ctx.fill32(lse, 0xff800000, H); // -inf: this rank has seen nothing yet
+    this.decoder ??= new CudaDecode(ctx);
+    this.decoder.forward({ q: qPtr, qPos: qPos.ptr, caches: [kv.view()], Sq: 1, H, Hk, D, dtype: kv.dtype, causal, window, sinks, scale, o: o.ptr, lse: lse.ptr });
+    (this.combiner ??= new DecodeCombiner(this.g)).combine(o.ptr, lse.ptr, H, D);
+    this.decodes++;
+    return ctx.download(new Float32Array(qd), o);
   }
 
-  private dropDeferred(): void {
-    if (!this.deferred.length) return;
+  /** The host fallback: move the device KV cache (fp32) into the model's host cache, once. */
+  private materializeCache(m: RankModel): void {
+    this.kv.forEach((kv, l) => Object.assign(m.cache[l], kv.toHost()));
+    this.dropKv();
+  }
+
+  private dropKv(): void {
+    if (!this.kv.length) return;
     this.g.syncStream();
-    for (const d of this.deferred) {
-      this.g.ctx.free(d.k);
-      this.g.ctx.free(d.v);
-    }
-    this.deferred = [];
+    for (const kv of this.kv) kv.dispose();
+    this.kv = [];
   }
 
   decodeAttend(a: DecodeCall): void {
-    // The model's KV cache lives in host memory on this backend: the CPU split-KV kernel reads it.
+    // Only the host fallback (hostDecodeReason) gets here: the CPU split-KV kernel on the host cache.
     decodeAttention({
       q: a.q, qPos: a.qPos, caches: [{ k: a.k, v: a.v, pos: a.kPos, n: a.n }], H: a.H, Hk: a.Hk, D: a.D, causal: a.causal,
       window: a.window, sinks: a.sinks, scale: a.scale, o: a.o, lse: a.lse, kvSorted: true, threads: a.threads ?? 1,
@@ -337,7 +399,9 @@ export class CudaRank implements RankContext {
   }
 
   dispose(): void {
-    this.dropDeferred();
+    this.dropKv();
+    this.decoder?.dispose();
+    this.combiner?.dispose();
     this.resetRings();
     this.weightsChanged();
     this.scratch.dispose();

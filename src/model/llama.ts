@@ -30,7 +30,11 @@ export interface ModelOptions {
   threads?: number;
 }
 
-/** The KV cache of one layer on this rank: its rows of keys (after RoPE) and values. */
+/**
+ * The KV cache of one layer on this rank: its rows of keys (after RoPE) and values, `n` of them.
+ * A backend that keeps the cache on its device (DeviceModel) leaves k, v and pos empty and
+ * keeps `n` current.
+ */
 export interface LayerCache {
   k: Float32Array;
   v: Float32Array;
@@ -38,11 +42,27 @@ export interface LayerCache {
   n: number;
 }
 
-/** A backend's own implementation of RankModel.prefill (same result; e.g. every activation on a GPU). */
-export interface DevicePrefill {
+/**
+ * A backend's own implementation of the model's prefill and of the decode's attention (same
+ * results), e.g. with every activation and the KV cache on a GPU.
+ */
+export interface DeviceModel {
+  /** RankModel.prefill on the device, the KV cache kept there with room for `reserve` more tokens. */
   prefillModel(m: RankModel, ids: Int32Array, pos: Int32Array, reserve: number): Float32Array;
-  /** Bring the KV cache that prefillModel left on the device into `cache` (before a decode). */
-  materializeCache(): void;
+  /**
+   * Layer l's attention for a decoded token at global position `pos` (RankModel.attendCache on
+   * the device): when `own`, its key and value [Hk·D] join this rank's cache of the layer (and
+   * m.cache[l].n counts them); its query [H·D] attends every rank's cache and the partial
+   * (O, LSE) merge exactly. Returns O [H·D], identical on every rank. null where the device
+   * cannot: the cache is then in m.cache on the host and the model's own path runs.
+   */
+  decodeLayer(m: RankModel, l: number, q: Float32Array, k: Float32Array, v: Float32Array, pos: number, own: boolean): Float32Array | null;
+  /** Bytes of KV cache held on the device. */
+  readonly deviceCacheBytes: number;
+  /** Layer steps of decode whose attention ran on the device (tests check the path taken). */
+  readonly deviceDecodes: number;
+  /** Why decodeLayer returns null for this model (the device has no kernel for it), or null. */
+  readonly hostDecodeReason: string | null;
 }
 
 export class RankModel {
@@ -145,7 +165,7 @@ export class RankModel {
    */
   prefill(ids: Int32Array, pos: Int32Array, reserve: number): Float32Array {
     // A backend that keeps activations on its device runs this same forward there.
-    const dev = this.ctx as RankContext & Partial<DevicePrefill>;
+    const dev = this.ctx as RankContext & Partial<DeviceModel>;
     if (dev.prefillModel) return dev.prefillModel(this, ids, pos, reserve);
     const c = this.cfg;
     const rows = ids.length;
@@ -198,18 +218,47 @@ export class RankModel {
   }
 
   /**
-   * One decode step, run identically on every rank: the new token (at global position `pos`)
-   * goes through every layer; its key/value join the cache of rank `owner`; its query attends
-   * each rank's cache shard and the partial (O, LSE) are merged exactly, in rank order, so
-   * every rank computes the same hidden state. Returns the logits [vocab].
+   * Layer l's attention for a decoded token on the host cache: its key/value join the cache when
+   * this rank owns the token; its query attends this rank's cache shard and every rank's partial
+   * (O, LSE) is merged exactly, in rank order, so every rank gets the same O [H·D].
    */
-  decode(token: number, pos: number, owner: number): Float32Array {
-    (this.ctx as RankContext & Partial<DevicePrefill>).materializeCache?.();
+  private attendCache(l: number, q: Float32Array, k: Float32Array, v: Float32Array, pos: number, own: boolean): Float32Array {
     const c = this.cfg;
-    const ctx = this.ctx;
-    const hid = c.hiddenSize;
     const H = c.numHeads;
     const D = c.headDim;
+    const cache = this.cache[l];
+    if (own) this.append(cache, k, v, pos);
+    const p = this.params(l);
+    // Partial attention over this rank's cache: [H*D outputs | H LSEs].
+    const part = new Float32Array(H * D + H);
+    const o = part.subarray(0, H * D);
+    const lse = part.subarray(H * D).fill(-Infinity);
+    if (cache.n > 0) {
+      // The cache's positions ascend (prompt shard, then appended tokens): the split-KV decode
+      // kernel reads only the rows the window and sinks leave visible.
+      this.ctx.decodeAttend({
+        q, qPos: Int32Array.of(pos), k: cache.k, v: cache.v, kPos: cache.pos, n: cache.n,
+        H, Hk: c.numKvHeads, D, causal: true, window: p.window, sinks: p.sinks, scale: p.scale, o, lse, threads: this.opts.threads ?? 1,
+      });
+    }
+    const merged = new Float32Array(H * D);
+    const mLse = new Float32Array(H).fill(-Infinity);
+    for (const x of this.ctx.allGather(part)) for (let hh = 0; hh < H; hh++) mLse[hh] = mergeRow(merged, hh * D, D, mLse[hh], x, hh * D, x[H * D + hh]);
+    return merged;
+  }
+
+  /**
+   * One decode step, run identically on every rank: the new token (at global position `pos`)
+   * goes through every layer; its key/value join the cache of rank `owner`; its query attends
+   * each rank's cache shard and the partial (O, LSE) are merged exactly, so every rank computes
+   * the same hidden state (on the device where the backend keeps the cache there). Returns the
+   * logits [vocab].
+   */
+  decode(token: number, pos: number, owner: number): Float32Array {
+    const c = this.cfg;
+    const dev = this.ctx as RankContext & Partial<DeviceModel>;
+    const own = this.ctx.rank === owner;
+    const hid = c.hiddenSize;
     const posArr = Int32Array.of(pos);
     const h = new Float32Array(hid);
     embed(Int32Array.of(token), this.w.embed, hid, h);
@@ -218,26 +267,8 @@ export class RankModel {
       const lw = this.w.layers[l];
       rmsNorm(h, 1, hid, lw.inputNorm, c.rmsNormEps, n);
       const { q, k, v } = this.qkv(lw, n, 1, posArr);
-      const cache = this.cache[l];
-      if (ctx.rank === owner) this.append(cache, k, v, pos);
-      const p = this.params(l);
-      // Partial attention over this rank's cache: [H*D outputs | H LSEs].
-      const part = new Float32Array(H * D + H);
-      const o = part.subarray(0, H * D);
-      const lse = part.subarray(H * D).fill(-Infinity);
-      if (cache.n > 0) {
-        // The cache's positions ascend (prompt shard, then appended tokens): the split-KV decode
-        // kernel reads only the rows the window and sinks leave visible.
-        ctx.decodeAttend({
-          q, qPos: posArr, k: cache.k, v: cache.v, kPos: cache.pos, n: cache.n,
-          H, Hk: c.numKvHeads, D, causal: true, window: p.window, sinks: p.sinks, scale: p.scale, o, lse, threads: this.opts.threads ?? 1,
-        });
-      }
-      const parts = ctx.allGather(part);
-      const merged = new Float32Array(H * D);
-      const mLse = new Float32Array(H).fill(-Infinity);
-      for (const x of parts) for (let hh = 0; hh < H; hh++) mLse[hh] = mergeRow(merged, hh * D, D, mLse[hh], x, hh * D, x[H * D + hh]);
-      this.addProjection(lw, merged, 1, h);
+      const o = dev.decodeLayer?.(this, l, q, k, v, pos, own) ?? this.attendCache(l, q, k, v, pos, own);
+      this.addProjection(lw, o, 1, h);
       this.feedForward(lw, h, 1);
     }
     return this.logits(h, 1);

@@ -4,7 +4,7 @@
  */
 import type { RankContext } from '../core/group.js';
 import type { ModelConfig } from './config.js';
-import { RankModel, type ModelOptions } from './llama.js';
+import { RankModel, type DeviceModel, type ModelOptions } from './llama.js';
 import type { ModelWeights } from './weights.js';
 import { AdamW, clipGradNorm } from './adamw.js';
 import { paramList, trainStep, zeroGrads } from './train.js';
@@ -63,11 +63,16 @@ export const methods: Record<string, (ctx: RankContext, arg: unknown) => unknown
     return { logits: i < 0 ? null : m.logits(h.subarray(i * hid, (i + 1) * hid), 1), cached: m.cached };
   },
 
-  /** Bytes this rank holds: KV cache, ring buffers (the weights are shared, counted apart). */
+  /**
+   * Bytes this rank holds: KV cache (host or device), ring buffers and other backend buffers (the
+   * weights are counted apart); decode layer steps whose attention ran on a device, and why the
+   * decode attends on the host where a device backend cannot.
+   */
   stats(ctx: RankContext) {
     const m = need();
-    const cache = m.cache.reduce((n, c) => n + c.k.byteLength + c.v.byteLength + c.pos.byteLength, 0);
-    return { cacheBytes: cache, ringBytes: ctx.bytesHeld, cached: m.cached };
+    const dev = ctx as RankContext & Partial<DeviceModel>;
+    const cache = m.cache.reduce((n, c) => n + c.k.byteLength + c.v.byteLength + c.pos.byteLength, 0) + (dev.deviceCacheBytes ?? 0);
+    return { cacheBytes: cache, ringBytes: ctx.bytesHeld, cached: m.cached, deviceDecodes: dev.deviceDecodes ?? 0, hostDecode: dev.hostDecodeReason ?? null };
   },
 
   decode(ctx: RankContext, arg: unknown) {

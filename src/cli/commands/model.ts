@@ -152,6 +152,7 @@ export function registerModelCommands(program: Command): void {
             `decode ${res.length} tokens in ${((t2 - t1) / 1000).toFixed(2)} s (${(res.length / Math.max(1e-9, (t2 - t1) / 1000)).toFixed(1)} tokens/s); ` +
             `peak per rank ${formatBytes(peak)} (KV cache + ${f.backend === 'cuda' ? 'GPU memory' : 'ring buffers'}) + weights ${formatBytes(m.weightBytes)} ${f.backend === 'cuda' ? 'per GPU' : 'shared'}; cache tokens per rank ${m.cacheTokens.join('/')}\n`,
         );
+        if (stats[0].hostDecode) log(`note: ${stats[0].hostDecode}\n`);
         if (f.outTokens && lead) writeFileAtomic(f.outTokens, encodeNpy({ dtype: 'int32', shape: [res.length], data: res }), '--out-tokens');
       } finally {
         await m.close();

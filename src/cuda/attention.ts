@@ -103,7 +103,7 @@ function tiles(tag: KernelTag, pass: 'fwd' | 'bwd', wgmma: boolean): [number, nu
 /** attn_fwd_h.cu: 128 query rows and 128-key tiles, 384 threads, K/V stages by head dim. */
 const WG_TILE = 128;
 function wgFwdSmem(D: number): number {
-  const stages = D === 64 ? 4 : 2;
+  const stages = D === 64 ? 4 : 3;
   return 1024 + WG_TILE * D * 2 + stages * 2 * WG_TILE * D * 2 + (2 * stages + 1) * 8;
 }
 

@@ -29,7 +29,7 @@ constexpr int BQ = 128, BK = 128, CONSUMERS = 256, PRODUCERS = 128, THREADS = CO
 template <int D> struct Cfg {
   static constexpr int Q_BYTES = BQ * D * 2;
   static constexpr int KV_BYTES = BK * D * 2;  // K or V of one stage
-  static constexpr int STAGES = D == 64 ? 4 : 2;
+  static constexpr int STAGES = D == 64 ? 4 : 3;  // D=128: 1 KB + 32 KB + 3 x 64 KB, just under 227 KB
   static constexpr int SMEM = 1024 /* alignment slack */ + Q_BYTES + STAGES * 2 * KV_BYTES + (2 * STAGES + 1) * 8;
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device run that checks and times the Hopper (wgmma) attention forward, attn_fwd_h.cu:
 # the GPU attention tests (both forward kernels against float64, the GEMM tests since gemm.cu
-# shares hopper.cuh), then bench/gpu.js at S 8k/32k, H=32, with RINGATTN_WGMMA_ATTN=1 and
-# without, and PyTorch SDPA (flash, cuDNN) at the same shapes. Every step has a hard time limit
+# shares hopper.cuh), then bench/gpu.js at S 8k/32k, H=32, with RINGATTN_WGMMA_ATTN=1 (attn_fwd_h),
+# =2 (attn_fwd_hp at D=64) and unset (mma.sync), and PyTorch SDPA (flash, cuDNN) at the same shapes. Every step has a hard time limit
 # (a pipeline bug traps after 4 s, but a wrong setmaxnreg could still stall a launch).
 # Carry .devkit, .devrun and dist.   bash bench/gpu-wgmma-check.sh [reps=5]
 set -uo pipefail
@@ -17,8 +17,10 @@ timeout -s KILL 300 bash .devkit/env.sh node --test dist/tests/cuda/attention.gp
 echo "tests exit $?" | tee -a "$log"
 grep -E "^# (pass|fail|skipped)|^not ok" "$OUT/tests.log" | tee -a "$log"
 for S in 8192 32768; do
-  RINGATTN_WGMMA_ATTN=1 timeout -s KILL 120 bash .devkit/env.sh node dist/bench/gpu.js "$S" 32 "$reps" 2>&1 | tee -a "$log"
-  timeout -s KILL 120 bash .devkit/env.sh node dist/bench/gpu.js "$S" 32 "$reps" 2>&1 | tee -a "$log"
+  for v in 1 2 0; do
+    echo "== RINGATTN_WGMMA_ATTN=$v" | tee -a "$log"
+    RINGATTN_WGMMA_ATTN=$v timeout -s KILL 120 bash .devkit/env.sh node dist/bench/gpu.js "$S" 32 "$reps" 2>&1 | tee -a "$log"
+  done
 done
 echo "== torch sdpa H=32 Hk=32 D=128" | tee -a "$log"
 SDPA_H=32 SDPA_HK=32 SDPA_D=128 timeout -s KILL 120 python3 bench/peers/torch_sdpa.py 5 8192,32768 2>&1 | grep -v JSON | tee -a "$log"

@@ -25,16 +25,20 @@ export function chooseKernel(spec: { dtype: CudaDType; D: number }, computeCapab
 }
 
 /**
- * Whether a tensor-core tag's forward runs on Hopper's warpgroup MMA (kernels/attn_fwd_h.cu)
- * rather than mma.sync (attn_fwd.cu). sm_90a only, and for now opt-in with
- * RINGATTN_WGMMA_ATTN=1: the kernel compiles (nvcc, sm_90a) but has not yet run on a GPU, so it
- * becomes the default only once tests/cuda/attention.gpu.test.ts has passed on an H100/H200
- * (bench/gpu-wgmma-check.sh). RINGATTN_NO_WGMMA=1 turns it off with the wgmma GEMM. Read at each
- * call, so tests can run both paths on one GPU.
+ * Which Hopper warpgroup-MMA forward (kernels/attn_fwd_h.cu) a tensor-core tag runs, or null for
+ * mma.sync (attn_fwd.cu). sm_90a only, and for now opt-in: RINGATTN_WGMMA_ATTN=1 picks
+ * attn_fwd_h (one tile at a time per warpgroup), =2 the software-pipelined attn_fwd_hp at D=64
+ * (attn_fwd_h at D=128, where the pipelined one has too few registers). The kernels compile
+ * (nvcc, sm_90a) but have not yet run on a GPU: they become the default once
+ * tests/cuda/attention.gpu.test.ts has passed on an H100/H200 (bench/gpu-wgmma-check.sh).
+ * RINGATTN_NO_WGMMA=1 turns them off with the wgmma GEMM. Read at each call, so tests can run
+ * every path on one GPU.
  */
-export function forwardOnWgmma(tag: KernelTag, computeCapability: readonly [number, number]): boolean {
-  if (tag === 'generic' || computeCapability[0] !== 9 || computeCapability[1] !== 0) return false;
-  return process.env.RINGATTN_WGMMA_ATTN === '1' && process.env.RINGATTN_NO_WGMMA !== '1';
+export function wgmmaForward(tag: KernelTag, computeCapability: readonly [number, number]): 'h' | 'hp' | null {
+  if (tag === 'generic' || computeCapability[0] !== 9 || computeCapability[1] !== 0) return null;
+  const v = process.env.RINGATTN_WGMMA_ATTN;
+  if (process.env.RINGATTN_NO_WGMMA === '1' || (v !== '1' && v !== '2')) return null;
+  return v === '2' && tag === 'mma16-d64' ? 'hp' : 'h';
 }
 
 export interface DeviceBlockArgs {
@@ -187,16 +191,17 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
   return {
     name: (spec) => {
       const tag = chooseKernel(spec, ctx.computeCapability);
-      return `cuda/${tag}${forwardOnWgmma(tag, ctx.computeCapability) ? '+wgmma-fwd' : ''}/${spec.dtype}`;
+      const wg = wgmmaForward(tag, ctx.computeCapability);
+      return `cuda/${tag}${wg ? `+wgmma-fwd-${wg}` : ''}/${spec.dtype}`;
     },
 
     forward(a: DeviceForwardArgs): void {
       validate(a);
       if (a.Sq === 0 || a.Sk === 0) return;
       const tag = chooseKernel(a, ctx.computeCapability);
-      const wg = forwardOnWgmma(tag, ctx.computeCapability);
-      const [bq] = tiles(tag, 'fwd', wg);
-      const [qTiles, kTiles] = boxes(a, tiles(tag, 'fwd', wg));
+      const wg = wgmmaForward(tag, ctx.computeCapability);
+      const [bq] = tiles(tag, 'fwd', wg !== null);
+      const [qTiles, kTiles] = boxes(a, tiles(tag, 'fwd', wg !== null));
       const params = packStruct([
         { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.qPos }, { ptr: a.kPos }, { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 },
         { ptr: qTiles }, { ptr: kTiles }, { ptr: a.o }, { ptr: a.lse }, ...tail(a),
@@ -205,7 +210,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
         const name = `attn_fwd_generic_${SUFFIX[a.dtype]}`;
         ctx.launch(ctx.fn('attn_fwd.cu', name), name, [Math.ceil(a.Sq / 4), a.H, 1], 128, 0, [params]);
       } else if (wg) {
-        const name = `attn_fwd_h_${SUFFIX[a.dtype]}_d${a.D}`;
+        const name = `attn_fwd_${wg}_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = wgFwdSmem(a.D);
         ctx.launch(ctx.fn('attn_fwd_h.cu', name, smem), name, [Math.ceil(a.Sq / bq), a.H, 1], 384, smem, [params]);
       } else {

@@ -107,11 +107,12 @@ async function withWgmmaAttn<R>(value: string | undefined, body: () => Promise<R
   }
 }
 
-// The 16-bit forward on both kernels: mma.sync (attn_fwd.cu) and, on Hopper, wgmma
-// (attn_fwd_h.cu, RINGATTN_WGMMA_ATTN=1), across many 128-key tiles (the stage ring wraps several
-// times), empty tiles skipped and partial ones masked.
-for (const wgmma of [undefined, '1']) {
-  test(`attentionCuda 16-bit forward${wgmma ? ' on wgmma (RINGATTN_WGMMA_ATTN=1; the same as mma.sync off Hopper)' : ''}: every mask at D 64/128, then long sequences of many tiles`, { skip }, async () => {
+// The 16-bit forward on every kernel: mma.sync (attn_fwd.cu) and, on Hopper, wgmma
+// (attn_fwd_h.cu: RINGATTN_WGMMA_ATTN=1 one tile at a time, =2 pipelined at D=64), across many
+// 128-key tiles (the stage ring wraps several times), empty tiles skipped and partial ones
+// masked, and a shard of fewer than 64 queries (the second consumer warpgroup has no live row).
+for (const wgmma of [undefined, '1', '2']) {
+  test(`attentionCuda 16-bit forward${wgmma ? ` with RINGATTN_WGMMA_ATTN=${wgmma} (wgmma on Hopper, mma.sync elsewhere)` : ''}: every mask at D 64/128, then long sequences of many tiles`, { skip }, async () => {
     const seed = freshSeed();
     const r = rng(seed);
     await withWgmmaAttn(wgmma, async () => {
@@ -129,6 +130,9 @@ for (const wgmma of [undefined, '1']) {
         [128, 1300, 'causal', { causal: true }],
         [64, 1100, 'causal window 300 + 4 sinks', { causal: true, window: 300, sinks: 4 }],
         [128, 777, 'none', {}],
+        [64, 1500, 'causal', { causal: true }],
+        [128, 40, 'causal', { causal: true }],
+        [64, 40, 'none', {}],
       ] as const) await checkCase('bfloat16', D, 4, 2, S, { name, mask }, (seed + D + S) >>> 0);
     });
   });
@@ -164,7 +168,7 @@ test('block kernels on global positions: two KV blocks merge into the full resul
   const c = context();
   const kern = cudaKernel(c);
   const cases = [['bfloat16', 128, true, 0, 0, undefined], ['float16', 64, true, 100, 4, undefined], ['float32', 64, false, 50, 2, undefined],
-    ['bfloat16', 128, true, 0, 0, '1'], ['float16', 64, true, 100, 4, '1']] as const;
+    ['bfloat16', 128, true, 0, 0, '1'], ['float16', 64, true, 100, 4, '1'], ['bfloat16', 64, true, 0, 0, '2'], ['float16', 64, false, 60, 3, '2']] as const;
   for (const [dtype, D, causal, window, sinks, wgmma] of cases) await withWgmmaAttn(wgmma, async () => {
     const H = 4, Hk = 2, Sq = 90, S1 = 70, S2 = 81, Sk = S1 + S2;
     // Queries hold positions 60..149 (a shard); keys 0..150 in two blocks, block 2 first in position.

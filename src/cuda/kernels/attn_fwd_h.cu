@@ -16,7 +16,12 @@
 //     the scale folded in), and issues O += P·V with P taken from registers (the accumulator
 //     layout of S is the A-fragment layout of the next wgmma) and V from shared memory.
 // The two warpgroups run independently, so one's softmax overlaps the other's matrix products.
-// Launch: grid (ceil(Sq / 128), H), 288 threads, dynamic shared memory fwdh::Cfg<D>::SMEM
+// attn_fwd_hp_*_d64: the same, software-pipelined inside each warpgroup (S of tile n+1 is issued
+// before P·V of tile n, so the softmax of n+1 overlaps that P·V), as FlashAttention-3 does. D=64
+// only: at D=128, S and P of one tile with O of 128 columns in flight need more than the 232
+// registers a consumer has (ptxas serialises the wgmma, C7512), where FA3 has 240 by loading
+// with TMA from a 24-register producer.
+// Launch: grid (ceil(Sq / 128), H), 384 threads, dynamic shared memory fwdh::Cfg<D>::SMEM
 // (src/cuda/attention.ts); tile boxes at 128 rows for queries and keys.
 #include "common.cuh"
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -33,9 +38,11 @@ template <int D> struct Cfg {
   static constexpr int SMEM = 1024 /* alignment slack */ + Q_BYTES + STAGES * 2 * KV_BYTES + (2 * STAGES + 1) * 8;
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
-template <typename T, int TA, int TB> __device__ __forceinline__ void ss128(float (&d)[64], u64 da, u64 db);
-template <> __device__ __forceinline__ void ss128<Bf16, 0, 0>(float (&d)[64], u64 da, u64 db) { ssBf16N128<0, 0>(d, da, db); }
-template <> __device__ __forceinline__ void ss128<F16, 0, 0>(float (&d)[64], u64 da, u64 db) { ssF16N128<0, 0>(d, da, db); }
+template <typename T, int SD> __device__ __forceinline__ void ss128(float (&d)[64], u64 da, u64 db);
+template <> __device__ __forceinline__ void ss128<Bf16, 0>(float (&d)[64], u64 da, u64 db) { ssBf16N128<0, 0, 0>(d, da, db); }
+template <> __device__ __forceinline__ void ss128<Bf16, 1>(float (&d)[64], u64 da, u64 db) { ssBf16N128<0, 0, 1>(d, da, db); }
+template <> __device__ __forceinline__ void ss128<F16, 0>(float (&d)[64], u64 da, u64 db) { ssF16N128<0, 0, 0>(d, da, db); }
+template <> __device__ __forceinline__ void ss128<F16, 1>(float (&d)[64], u64 da, u64 db) { ssF16N128<0, 0, 1>(d, da, db); }
 template <typename T, int N> struct Rs;
 template <> struct Rs<Bf16, 128> { __device__ __forceinline__ static void run(float (&d)[64], const u32 (&a)[4], u64 db) { rsBf16N128<1>(d, a, db); } };
 template <> struct Rs<F16, 128> { __device__ __forceinline__ static void run(float (&d)[64], const u32 (&a)[4], u64 db) { rsF16N128<1>(d, a, db); } };
@@ -56,7 +63,7 @@ __device__ __forceinline__ void loadTile(u32 dst, const u16* g, int r0, int avai
   }
 }
 
-template <typename T, int D>
+template <typename T, int D, bool PIPE>
 __device__ __forceinline__ void run(const FwdParams& p) {
   using C = Cfg<D>;
   constexpr int STAGES = C::STAGES;
@@ -129,27 +136,26 @@ __device__ __forceinline__ void run(const FwdParams& p) {
   for (int x = 0; x < D / 2; x++) o[x] = 0.f;
   float rowMax[2] = {NEG_INF, NEG_INF}, rowSum[2] = {0.f, 0.f};  // max in log2 units
   const u32 qRows = sQ + wg * 64 * 128;
+  float sc[64];    // S of one tile (64 x 128 per warpgroup), then its exponentials
+  u32 a[BK / 16][4];  // P of one tile, 16-bit, in the A-fragment layout
+  float corr[2];
 
-  mbarWait(qBar, 0);
-  int i = 0;
-  for (int t = first; t < nkt; t = nextTile(t + 1), i++) {
-    const int cls = tileClass(t), s = i % STAGES;
-    mbarWait(full(s), (i / STAGES) & 1);
-    fenceAsyncShared();
-
-    // S = Q K^T (64 x 128 per warpgroup).
-    float sc[64];
-#pragma unroll
-    for (int x = 0; x < 64; x++) sc[x] = 0.f;
+  // S = Q K^T from stage s, issued (not waited for).
+  auto issueQK = [&](int s) {
     wgmmaFence();
 #pragma unroll
     for (int j = 0; j < D / 16; j++) {
-      const u32 kOff = (j >> 2) * 128 * 128 + (j & 3) * 32;  // 64-wide panel, 16-element step inside it
-      ss128<T, 0, 0>(sc, desc(qRows + (j >> 2) * BQ * 128 + (j & 3) * 32, 16, 1024), desc(stK(s) + kOff, 16, 1024));
+      const u64 dq = desc(qRows + (j >> 2) * BQ * 128 + (j & 3) * 32, 16, 1024);
+      const u64 dk = desc(stK(s) + (j >> 2) * BK * 128 + (j & 3) * 32, 16, 1024);  // 64-wide panel, 16-element step inside it
+      if (j == 0) ss128<T, 0>(sc, dq, dk);  // scale-d 0: S starts from this product, no zeroing
+      else ss128<T, 1>(sc, dq, dk);
     }
     wgmmaCommit();
-    wgmmaWait<0>();
-
+  };
+  // Mask (partial tiles), online softmax statistics and exponentials of tile t in sc; corr[r]
+  // is the factor the running O of row r must take.
+  auto softmax = [&](int t) {
+    const int cls = tileClass(t);
 #pragma unroll
     for (int x = 0; x < 64; x++) sc[x] *= scaleLog2;
     if (cls == TILE_PARTIAL) {
@@ -161,7 +167,7 @@ __device__ __forceinline__ void run(const FwdParams& p) {
           if (kj >= p.Sk || !visible(m, qPos[r], __ldg(p.kPos + kj), qSeg[r], m.hasSeg ? __ldg(p.kSeg + kj) : 0)) sc[4 * q + e] = NEG_INF;
         }
     }
-    // Online softmax: a row's 128 columns live in the 4 lanes of a quad.
+    // A row's 128 columns live in the 4 lanes of a quad.
 #pragma unroll
     for (int r = 0; r < 2; r++) {
       float mx = NEG_INF;
@@ -171,7 +177,7 @@ __device__ __forceinline__ void run(const FwdParams& p) {
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float mNew = fmaxf(rowMax[r], mx);
       const float mUse = mNew == NEG_INF ? 0.f : mNew;  // a row with nothing visible yet: exponents of -inf give 0
-      const float corr = exp2Fast(rowMax[r] - mUse);
+      corr[r] = exp2Fast(rowMax[r] - mUse);
       rowMax[r] = mNew;
       float sum = 0.f;
 #pragma unroll
@@ -180,15 +186,18 @@ __device__ __forceinline__ void run(const FwdParams& p) {
         sc[4 * q + 2 * r + 1] = exp2Fast(sc[4 * q + 2 * r + 1] - mUse);
         sum += sc[4 * q + 2 * r] + sc[4 * q + 2 * r + 1];
       }
-      rowSum[r] = rowSum[r] * corr + sum;
-#pragma unroll
-      for (int n = 0; n < D / 8; n++) {
-        o[4 * n + 2 * r] *= corr;
-        o[4 * n + 2 * r + 1] *= corr;
-      }
+      rowSum[r] = rowSum[r] * corr[r] + sum;
     }
-    // O += P V, P from registers: keys 16kk..16kk+15 are S columns q = 2kk, 2kk + 1.
-    u32 a[BK / 16][4];
+  };
+  // Rescale O, then P to 16 bits: keys 16kk..16kk+15 are S columns q = 2kk, 2kk + 1.
+  auto rescaleAndPack = [&]() {
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+      o[4 * n] *= corr[0];
+      o[4 * n + 1] *= corr[0];
+      o[4 * n + 2] *= corr[1];
+      o[4 * n + 3] *= corr[1];
+    }
 #pragma unroll
     for (int kk = 0; kk < BK / 16; kk++) {
       a[kk][0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
@@ -196,12 +205,62 @@ __device__ __forceinline__ void run(const FwdParams& p) {
       a[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
       a[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
     }
+  };
+  // O += P V from stage s, issued (not waited for).
+  auto issuePV = [&](int s) {
     wgmmaFence();
 #pragma unroll
     for (int kk = 0; kk < BK / 16; kk++) Rs<T, D>::run(o, a[kk], desc(stV(s) + kk * 16 * 128, BK * 128, 1024));
     wgmmaCommit();
+  };
+  auto waitFull = [&](int i) {
+    mbarWait(full(i % STAGES), (i / STAGES) & 1);
+    fenceAsyncShared();
+  };
+
+  mbarWait(qBar, 0);
+  if (!PIPE) {
+    // One tile at a time: the other warpgroup's products overlap this one's softmax.
+    int i = 0;
+    for (int t = first; t < nkt; t = nextTile(t + 1), i++) {
+      waitFull(i);
+      issueQK(i % STAGES);
+      wgmmaWait<0>();
+      fenceRegs(sc);
+      softmax(t);
+      rescaleAndPack();
+      issuePV(i % STAGES);
+      wgmmaWait<0>();
+      fenceRegs(o);
+      mbarArrive(empty(i % STAGES));
+    }
+  } else {
+    // Software-pipelined (FlashAttention-3's intra-warpgroup overlap): S of the next tile is
+    // issued before P·V of this one, so this warpgroup's softmax of tile n+1 runs while the
+    // tensor cores do its P·V of tile n.
+    int t = first, i = 0;
+    waitFull(0);
+    issueQK(0);
     wgmmaWait<0>();
-    mbarArrive(empty(s));
+    fenceRegs(sc);
+    softmax(t);
+    rescaleAndPack();
+    for (int tn = nextTile(t + 1); tn < nkt; t = tn, tn = nextTile(t + 1), i++) {
+      waitFull(i + 1);
+      issueQK((i + 1) % STAGES);
+      issuePV(i % STAGES);
+      wgmmaWait<1>();  // S of tile tn (committed first) is done; P·V of tile t may still run
+      fenceRegs(sc);
+      softmax(tn);
+      wgmmaWait<0>();
+      fenceRegs(o);
+      mbarArrive(empty(i % STAGES));
+      rescaleAndPack();
+    }
+    issuePV(i % STAGES);
+    wgmmaWait<0>();
+    fenceRegs(o);
+    mbarArrive(empty(i % STAGES));
   }
 
   // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32.
@@ -234,8 +293,10 @@ __device__ __forceinline__ void run(const FwdParams& p) {
 }
 }  // namespace fwdh
 
-extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_h_bf16_d64(const FwdParams p) { fwdh::run<Bf16, 64>(p); }
-extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_h_bf16_d128(const FwdParams p) { fwdh::run<Bf16, 128>(p); }
-extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_h_f16_d64(const FwdParams p) { fwdh::run<F16, 64>(p); }
-extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_h_f16_d128(const FwdParams p) { fwdh::run<F16, 128>(p); }
+extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_h_bf16_d64(const FwdParams p) { fwdh::run<Bf16, 64, false>(p); }
+extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_h_bf16_d128(const FwdParams p) { fwdh::run<Bf16, 128, false>(p); }
+extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_h_f16_d64(const FwdParams p) { fwdh::run<F16, 64, false>(p); }
+extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_h_f16_d128(const FwdParams p) { fwdh::run<F16, 128, false>(p); }
+extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_hp_bf16_d64(const FwdParams p) { fwdh::run<Bf16, 64, true>(p); }
+extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_hp_f16_d64(const FwdParams p) { fwdh::run<F16, 64, true>(p); }
 #endif  // sm_90a

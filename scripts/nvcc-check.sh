@@ -45,6 +45,8 @@ for f in "${files[@]}"; do
            /Used [0-9]+ registers/ { match($0, /Used [0-9]+ registers/); r = substr($0, RSTART + 5, RLENGTH - 15);
              printf "   %-28s regs %4s  stack %3s  spill st/ld %s/%s\n", fn, r, st, ss, sl }' "$log"
       if grep -q "warning" "$log"; then grep "warning" "$log" | sed 's/^/   /'; fi
+      # ptxas's notes that it serialised wgmma (C7510-C7520): a silent loss of the overlap.
+      if grep -q "Potential Performance Loss" "$log"; then grep "Potential Performance Loss" "$log" | sed 's/^ptxas info *: /   /'; fi
     else
       echo "== $name.cu ($arch): FAILED"
       sed 's/^/   /' "$log"

@@ -1,4 +1,4 @@
-import { check } from './errors.js';
+import { check, InputError } from './errors.js';
 import { validateMask } from './mask.js';
 import { assertFinite, shapeStr, type F32Tensor } from './tensor.js';
 
@@ -52,3 +52,106 @@ export function checkInputs(q: F32Tensor, k: F32Tensor, v: F32Tensor, opts: Inpu
   return { B, S, H, Hk, D, batched };
 }
 
+
+// ---- decode arguments (src/cpu/decode.ts, src/cuda/decode.ts) -----------------------------------
+
+const INT32_MAX = 2 ** 31 - 1;
+
+/** `x` as an integer in [min, max]; an InputError naming `name` otherwise. */
+export function checkInt(name: string, x: unknown, min: number, max = INT32_MAX): number {
+  if (typeof x !== 'number' || !Number.isInteger(x) || x < min || x > max) {
+    throw new InputError(name, `expected an integer in [${min}, ${max}], got ${String(x)}`);
+  }
+  return x;
+}
+
+/** An InputError naming `name` unless `arr` is given and holds at least `n` elements (`what`: their shape). */
+export function checkAtLeast(name: string, arr: ArrayLike<number> | undefined, n: number, what: string): void {
+  if (!arr) throw new InputError(name, `missing (expected ${what})`);
+  if (arr.length < n) throw new InputError(name, `expected at least ${n} elements (${what}), got ${arr.length}`);
+}
+
+/** The decode arguments that every decode entry point checks first, the same way. */
+export interface DecodeHeadArgs {
+  caches: readonly unknown[];
+  H: number;
+  Hk: number;
+  D: number;
+  window?: number;
+  sinks?: number;
+  scale?: number;
+}
+
+export interface DecodeHeads {
+  /** Sequences: caches.length. */
+  B: number;
+  H: number;
+  Hk: number;
+  D: number;
+  /** 0: no window. */
+  window: number;
+  /** 0 without a window (sinks only matter with one). */
+  sinks: number;
+  /** The given scale or 1 / sqrt(D). */
+  scale: number;
+}
+
+/**
+ * The first checks of the CPU and GPU decode entry points, in this order: an argument object
+ * with an array of per-sequence caches; H and Hk integers in [1, maxHeads]; D (a positive integer,
+ * or what `checkD` requires: it throws or returns D); Hk dividing H; window and sinks non-negative
+ * integers (absent: 0); a finite scale (absent: 1 / sqrt(D)).
+ */
+export function checkDecodeHeads(a: DecodeHeadArgs, maxHeads = INT32_MAX, checkD: (D: unknown) => number = (D) => checkInt('D', D, 1)): DecodeHeads {
+  if (!a || typeof a !== 'object') throw new InputError('args', 'expected an object');
+  if (!Array.isArray(a.caches)) throw new InputError('caches', 'expected an array of per-sequence caches');
+  const H = checkInt('H', a.H, 1, maxHeads), Hk = checkInt('Hk', a.Hk, 1, maxHeads), D = checkD(a.D);
+  if (H % Hk !== 0) throw new InputError('H', `expected a multiple of Hk = ${Hk}, got ${H}`);
+  const window = checkInt('window', a.window ?? 0, 0), sinks = checkInt('sinks', a.sinks ?? 0, 0);
+  const scale = a.scale ?? 1 / Math.sqrt(D);
+  if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new InputError('scale', `expected a finite number, got ${String(scale)}`);
+  return { B: a.caches.length, H, Hk, D, window, sinks: window > 0 ? sinks : 0, scale };
+}
+
+/**
+ * The queries of a decode call on host arrays: qPos an Int32Array [B, Sq] with 1 <= Sq <= maxSq
+ * (Sq = 1 when B = 0), q a Float32Array of at least B * Sq * H * D. Returns Sq.
+ */
+export function checkDecodeQueries(a: { q: unknown; qPos: unknown }, h: DecodeHeads, maxSq: number): number {
+  const { B, H, D } = h;
+  if (!(a.qPos instanceof Int32Array)) throw new InputError('qPos', 'expected an Int32Array [B, Sq]');
+  if (!(a.q instanceof Float32Array)) throw new InputError('q', 'expected a Float32Array [B, Sq, H, D]');
+  const Sq = B === 0 ? 1 : a.qPos.length / B;
+  if (B > 0 && (!Number.isInteger(Sq) || Sq < 1 || Sq > maxSq)) {
+    throw new InputError('qPos', `expected [B = ${B}, Sq] with 1 <= Sq <= ${maxSq}, got ${a.qPos.length} elements`);
+  }
+  checkAtLeast('q', a.q, B * Sq * H * D, `[B = ${B}, Sq = ${Sq}, H = ${H}, D = ${D}]`);
+  return Sq;
+}
+
+/**
+ * The rows of cache `b` on host arrays (its k, v and pos types checked by the caller): n (default
+ * pos.length) within pos, k and v of at least n * Hk * D elements, seg of at least n exactly when
+ * the queries have segments (`segs`). Returns n.
+ */
+export function checkDecodeCacheRows(
+  b: number,
+  c: { k: ArrayLike<number>; v: ArrayLike<number>; pos: Int32Array; seg?: ArrayLike<number>; n?: number },
+  h: DecodeHeads,
+  segs: boolean,
+): number {
+  const tag = `caches[${b}]`, { Hk, D } = h;
+  const n = checkInt(`${tag}.n`, c.n ?? c.pos.length, 0, Math.min(c.pos.length, INT32_MAX));
+  checkAtLeast(`${tag}.k`, c.k, n * Hk * D, `[n = ${n}, Hk = ${Hk}, D = ${D}]`);
+  checkAtLeast(`${tag}.v`, c.v, n * Hk * D, `[n = ${n}, Hk = ${Hk}, D = ${D}]`);
+  if (segs !== (c.seg !== undefined)) throw new InputError(segs ? `${tag}.seg` : 'qSeg', 'segments must be given for the queries and every cache, or for none');
+  if (c.seg) checkAtLeast(`${tag}.seg`, c.seg, n, `[n = ${n}]`);
+  return n;
+}
+
+/** The running (o, lse) of a decode call: at least [B, Sq, H, D] and [B, Sq, H] elements. */
+export function checkDecodeOut(o: ArrayLike<number>, lse: ArrayLike<number>, h: DecodeHeads, Sq: number): void {
+  const { B, H, D } = h;
+  checkAtLeast('o', o, B * Sq * H * D, `[B = ${B}, Sq = ${Sq}, H = ${H}, D = ${D}]`);
+  checkAtLeast('lse', lse, B * Sq * H, `[B = ${B}, Sq = ${Sq}, H = ${H}]`);
+}

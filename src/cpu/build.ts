@@ -9,8 +9,9 @@ import koffi from 'koffi';
 
 /**
  * Builds the native CPU kernels: every `.c` file in `kernels/` beside this module is compiled
- * for this CPU into one shared library, cached on disk and loaded with koffi. Other modules bind
- * their own symbols from the same handle (`loadNative().lib.func(...)`).
+ * for this CPU into one shared library, cached on disk (keyed by the text of every `.c` and `.h`
+ * file there: the kernels include simd.h) and loaded with koffi. Other modules bind their own
+ * symbols from the same handle (`loadNative().lib.func(...)`).
  *
  * Flags: -O3 -march=native with OpenMP when it links. -ffp-contract=fast lets the compiler fuse
  * multiply-adds; -ffast-math is never used because it assumes no infinities, and the kernels
@@ -156,9 +157,11 @@ function detectIsa(cc: Compiler, flags: string[]): Isa {
 
 function build(): NativeLoad {
   const dir = kernelsDir();
-  let sources: string[];
+  let sources: string[], headers: string[];
   try {
-    sources = readdirSync(dir).filter((f) => f.endsWith('.c')).sort();
+    const files = readdirSync(dir).sort();
+    sources = files.filter((f) => f.endsWith('.c'));
+    headers = files.filter((f) => f.endsWith('.h'));
   } catch (e) {
     return { error: `kernel sources not found in ${dir} (${(e as Error).message})` };
   }
@@ -170,7 +173,8 @@ function build(): NativeLoad {
   if (typeof flags === 'string') return { error: flags };
   const isa = detectIsa(cc, flags);
   const parts = ['lib-v1', cc.version, cc.cmd, cc.pre.join(' '), flags.join(' '), cpuIdentity(), process.platform, process.arch];
-  for (const s of sources) parts.push(s, readFileSync(join(dir, s), 'utf8'));
+  // the headers the kernels include (simd.h) are part of what is compiled: a change to one rebuilds
+  for (const s of [...sources, ...headers]) parts.push(s, readFileSync(join(dir, s), 'utf8'));
   const path = join(cache, `ringattn-${sha256(parts).slice(0, 32)}.${libExt()}`);
   if (!existsSync(path)) {
     const tmp = tmpName(path);

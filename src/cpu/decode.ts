@@ -1,4 +1,5 @@
 import { BackendError, InputError } from '../core/errors.js';
+import { checkAtLeast, checkDecodeCacheRows, checkDecodeHeads, checkDecodeOut, checkDecodeQueries, checkInt } from '../core/inputs.js';
 import { bf16BitsToF32, f16BitsToF32 } from '../core/tensor.js';
 import { loadNative } from './build.js';
 
@@ -74,7 +75,6 @@ export interface DecodeResult {
 }
 
 const MAX_SQ = 64;
-const INT32_MAX = 2 ** 31 - 1;
 
 type Fn = (...args: unknown[]) => number;
 let bound: { fn: Fn; name: string } | { error: string } | undefined;
@@ -102,18 +102,6 @@ export function decodeKernelName(): string {
   return 'error' in b ? 'ts' : b.name;
 }
 
-function int(name: string, x: unknown, min: number, max = INT32_MAX): number {
-  if (typeof x !== 'number' || !Number.isInteger(x) || x < min || x > max) {
-    throw new InputError(name, `expected an integer in [${min}, ${max}], got ${String(x)}`);
-  }
-  return x;
-}
-
-function atLeast(name: string, arr: ArrayLike<number> | undefined, n: number, what: string): void {
-  if (!arr) throw new InputError(name, `missing (expected ${what})`);
-  if (arr.length < n) throw new InputError(name, `expected at least ${n} elements (${what}), got ${arr.length}`);
-}
-
 interface Checked {
   dtype: DecodeKvDtype;
   B: number;
@@ -127,50 +115,31 @@ interface Checked {
 }
 
 function validate(a: DecodeArgs): Checked {
-  if (!a || typeof a !== 'object') throw new InputError('args', 'expected an object');
-  if (!Array.isArray(a.caches)) throw new InputError('caches', 'expected an array of per-sequence caches');
-  const B = a.caches.length;
-  const H = int('H', a.H, 1), Hk = int('Hk', a.Hk, 1), D = int('D', a.D, 1);
-  if (H % Hk !== 0) throw new InputError('H', `expected a multiple of Hk = ${Hk}, got ${H}`);
-  const window = int('window', a.window ?? 0, 0), sinks = int('sinks', a.sinks ?? 0, 0);
-  const scale = a.scale ?? 1 / Math.sqrt(D);
-  if (!Number.isFinite(scale)) throw new InputError('scale', `expected a finite number, got ${scale}`);
-  if (a.chunk !== undefined) int('chunk', a.chunk, 0);
-  if (a.threads !== undefined) int('threads', a.threads, 1, 1024);
-  if (!(a.qPos instanceof Int32Array)) throw new InputError('qPos', 'expected an Int32Array [B, Sq]');
-  if (!(a.q instanceof Float32Array)) throw new InputError('q', 'expected a Float32Array [B, Sq, H, D]');
-  const Sq = B === 0 ? 1 : a.qPos.length / B;
-  if (B > 0 && (!Number.isInteger(Sq) || Sq < 1 || Sq > MAX_SQ)) {
-    throw new InputError('qPos', `expected [B = ${B}, Sq] with 1 <= Sq <= ${MAX_SQ}, got ${a.qPos.length} elements`);
-  }
-  atLeast('q', a.q, B * Sq * H * D, `[B = ${B}, Sq = ${Sq}, H = ${H}, D = ${D}]`);
+  const h = checkDecodeHeads(a);
+  const { B, H, D, window, sinks, scale } = h;
+  if (a.chunk !== undefined) checkInt('chunk', a.chunk, 0);
+  if (a.threads !== undefined) checkInt('threads', a.threads, 1, 1024);
+  const Sq = checkDecodeQueries(a, h, MAX_SQ);
   const segs = a.qSeg !== undefined;
-  if (segs) atLeast('qSeg', a.qSeg, B * Sq, `[B = ${B}, Sq = ${Sq}]`);
+  if (segs) checkAtLeast('qSeg', a.qSeg, B * Sq, `[B = ${B}, Sq = ${Sq}]`);
   const dtype = a.kvDtype ?? 'float32';
   if (!Object.prototype.hasOwnProperty.call(DTYPE_CODE, dtype)) {
     throw new InputError('kvDtype', `expected 'float32', 'bfloat16' or 'float16', got ${String(dtype)}`);
   }
   const Arr = dtype === 'float32' ? Float32Array : Uint16Array;
   const arr = dtype === 'float32' ? 'Float32Array' : `Uint16Array (${dtype} bits)`;
-  const n: number[] = [];
-  a.caches.forEach((c, b) => {
+  const n = a.caches.map((c, b) => {
     const tag = `caches[${b}]`;
     if (!c || !(c.pos instanceof Int32Array)) throw new InputError(tag, `expected { k: ${arr}, v: ${arr}, pos: Int32Array }`);
     for (const kv of ['k', 'v'] as const) {
       if (!(c[kv] instanceof Arr)) throw new InputError(`${tag}.${kv}`, `expected a ${arr} for kvDtype '${dtype}'`);
     }
-    const rows = int(`${tag}.n`, c.n ?? c.pos.length, 0, Math.min(c.pos.length, INT32_MAX));
-    atLeast(`${tag}.k`, c.k, rows * Hk * D, `[n = ${rows}, Hk = ${Hk}, D = ${D}]`);
-    atLeast(`${tag}.v`, c.v, rows * Hk * D, `[n = ${rows}, Hk = ${Hk}, D = ${D}]`);
-    if (segs !== (c.seg !== undefined)) throw new InputError(segs ? `${tag}.seg` : 'qSeg', 'segments must be given for the queries and every cache, or for none');
-    if (c.seg) atLeast(`${tag}.seg`, c.seg, rows, `[n = ${rows}]`);
-    n.push(rows);
+    return checkDecodeCacheRows(b, c, h, segs);
   });
   const o = a.o ?? new Float32Array(B * Sq * H * D);
   const lse = a.lse ?? new Float32Array(B * Sq * H).fill(-Infinity);
-  atLeast('o', o, B * Sq * H * D, `[B = ${B}, Sq = ${Sq}, H = ${H}, D = ${D}]`);
-  atLeast('lse', lse, B * Sq * H, `[B = ${B}, Sq = ${Sq}, H = ${H}]`);
-  return { dtype, B, Sq, n, window, sinks: window > 0 ? sinks : 0, scale, o, lse };
+  checkDecodeOut(o, lse, h, Sq);
+  return { dtype, B, Sq, n, window, sinks, scale, o, lse };
 }
 
 /** Decode attention of `q` against each sequence's cache, merged into (o, lse); returns them. */

@@ -1,4 +1,5 @@
 import { BackendError, InputError } from '../core/errors.js';
+import { checkAtLeast, checkDecodeCacheRows, checkDecodeHeads, checkDecodeOut, checkDecodeQueries, checkInt } from '../core/inputs.js';
 import { CU_FUNC_ATTRIBUTE } from './bindings/driver.js';
 import { argBuffers, CudaContext, packStruct, Staging, type Arg, type DeviceBuffer } from './context.js';
 import { bytesOf, encode, type CudaDType } from './convert.js';
@@ -25,7 +26,6 @@ import type { CudaGroup } from './group.js';
 export const DECODE_MAX_SQ = 16;
 /** Sequences per launch (their pointers travel in the kernel's parameter block); more are split. */
 export const DECODE_MAX_SEQ = 64;
-const INT32_MAX = 2 ** 31 - 1;
 const SUFFIX: Record<CudaDType, string> = { bfloat16: 'bf16', float16: 'f16', float32: 'f32' };
 
 /** One sequence's cache on the device. */
@@ -160,6 +160,16 @@ export function decodeSupported(dtype: CudaDType, D: number): string | null {
   return null;
 }
 
+/** decodeSupported as a check: D, or an InputError naming the argument at fault. */
+function supported(dtype: CudaDType, D: unknown): number {
+  const why = decodeSupported(dtype, D as number);
+  if (why) {
+    const i = why.indexOf(': ');
+    throw new InputError(why.slice(0, i), why.slice(i + 2));
+  }
+  return D as number;
+}
+
 function choosePath(dtype: CudaDType, D: number, R: number, cc: readonly [number, number]): Path {
   if (dtype !== 'float32' && (D === 64 || D === 128) && cc[0] >= 8) {
     const tiles = Math.ceil(Math.min(R, 128) / 16);
@@ -180,11 +190,6 @@ function genericSmem(D: number, bytes: number): number {
   return stages * (2 * BK * (D * bytes + 16) + 2 * BK * 4) + RG * D * 4;
 }
 
-function int(name: string, x: unknown, min: number, max = INT32_MAX): number {
-  if (typeof x !== 'number' || !Number.isInteger(x) || x < min || x > max) throw new InputError(name, `expected an integer in [${min}, ${max}], got ${String(x)}`);
-  return x;
-}
-
 function ptr(name: string, x: unknown, align: number, optional = false): number {
   if (optional && (x === undefined || x === 0)) return 0;
   if (typeof x !== 'number' || !Number.isSafeInteger(x) || x <= 0) throw new InputError(name, `expected a device pointer (a positive integer), got ${String(x)}`);
@@ -203,19 +208,8 @@ interface Checked {
 }
 
 function validateDevice(a: DeviceDecodeArgs): Checked {
-  if (!a || typeof a !== 'object') throw new InputError('args', 'expected an object');
-  if (!Array.isArray(a.caches)) throw new InputError('caches', 'expected an array of per-sequence caches');
-  const why = decodeSupported(a.dtype, a.D);
-  if (why) {
-    const i = why.indexOf(': ');
-    throw new InputError(why.slice(0, i), why.slice(i + 2));
-  }
-  const H = int('H', a.H, 1, 65535), Hk = int('Hk', a.Hk, 1, 65535), D = a.D;
-  if (H % Hk !== 0) throw new InputError('H', `expected a multiple of Hk = ${Hk}, got ${H}`);
-  const Sq = int('Sq', a.Sq, 1, DECODE_MAX_SQ);
-  const window = int('window', a.window ?? 0, 0), sinks = int('sinks', a.sinks ?? 0, 0);
-  const scale = a.scale ?? 1 / Math.sqrt(D);
-  if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new InputError('scale', `expected a finite number, got ${scale}`);
+  const { H, Hk, D, window, sinks, scale } = checkDecodeHeads(a, 65535, (D) => supported(a.dtype, D));
+  const Sq = checkInt('Sq', a.Sq, 1, DECODE_MAX_SQ);
   if (typeof a.causal !== 'boolean') throw new InputError('causal', `expected a boolean, got ${String(a.causal)}`);
   const el = bytesOf(a.dtype);
   ptr('q', a.q, 4);
@@ -227,7 +221,7 @@ function validateDevice(a: DeviceDecodeArgs): Checked {
   a.caches.forEach((c, b) => {
     const tag = `caches[${b}]`;
     if (!c || typeof c !== 'object') throw new InputError(tag, 'expected { k, v, pos, n } device pointers and a row count');
-    const n = int(`${tag}.n`, c.n, 0);
+    const n = checkInt(`${tag}.n`, c.n, 0);
     if (n === 0) return;
     ptr(`${tag}.k`, c.k, 16);
     ptr(`${tag}.v`, c.v, 16);
@@ -238,7 +232,7 @@ function validateDevice(a: DeviceDecodeArgs): Checked {
     if ((n * Hk * D * el) > Number.MAX_SAFE_INTEGER) throw new InputError(`${tag}.n`, `cache of ${n} rows is too large`);
   });
   const G = H / Hk;
-  return { B: a.caches.length, Sq, G, R: Sq * G, window, sinks: window > 0 ? sinks : 0, scale };
+  return { B: a.caches.length, Sq, G, R: Sq * G, window, sinks, scale };
 }
 
 /**
@@ -258,9 +252,9 @@ export class CudaDecode {
     const env = Number(process.env.RINGATTN_DECODE_WAVES);
     this.maxWaves = tuning.maxWaves ?? (Number.isFinite(env) && env > 0 ? env : 3);
     if (!Number.isInteger(this.maxWaves) || this.maxWaves < 1) throw new InputError('maxWaves', `expected a positive integer, got ${this.maxWaves}`);
-    if (tuning.minChunkRows !== undefined) int('minChunkRows', tuning.minChunkRows, 1);
-    if (tuning.chunkRows !== undefined) int('chunkRows', tuning.chunkRows, 1);
-    if (tuning.waves !== undefined) int('waves', tuning.waves, 1, 1024);
+    if (tuning.minChunkRows !== undefined) checkInt('minChunkRows', tuning.minChunkRows, 1);
+    if (tuning.chunkRows !== undefined) checkInt('chunkRows', tuning.chunkRows, 1);
+    if (tuning.waves !== undefined) checkInt('waves', tuning.waves, 1, 1024);
     this.minChunkRows = tuning.minChunkRows;
     this.chunkRowsOverride = tuning.chunkRows;
     this.waves = tuning.waves;
@@ -457,60 +451,32 @@ function isSorted(pos: Int32Array, n: number): boolean {
   return true;
 }
 
-function atLeast(name: string, arr: ArrayLike<number> | undefined, n: number, what: string): void {
-  if (!arr) throw new InputError(name, `missing (expected ${what})`);
-  if (arr.length < n) throw new InputError(name, `expected at least ${n} elements (${what}), got ${arr.length}`);
-}
-
 /**
  * Decode attention of host arrays on the GPU: q and the caches are encoded to `dtype` on upload;
  * the fp32 (o, lse) are uploaded, merged into on the GPU and downloaded in place. Returns them.
  */
 export function decodeAttentionCuda(a: CudaDecodeArgs): CudaDecodeResult {
-  if (!a || typeof a !== 'object') throw new InputError('args', 'expected an object');
-  if (!Array.isArray(a.caches)) throw new InputError('caches', 'expected an array of per-sequence caches');
+  const h = checkDecodeHeads(a, 65535);
+  const { B, H, Hk, D } = h;
   const dtype = a.dtype ?? 'bfloat16';
-  const B = a.caches.length;
-  const H = int('H', a.H, 1, 65535), Hk = int('Hk', a.Hk, 1, 65535), D = int('D', a.D, 1);
-  if (H % Hk !== 0) throw new InputError('H', `expected a multiple of Hk = ${Hk}, got ${H}`);
-  if (!(a.qPos instanceof Int32Array)) throw new InputError('qPos', 'expected an Int32Array [B, Sq]');
-  if (!(a.q instanceof Float32Array)) throw new InputError('q', 'expected a Float32Array [B, Sq, H, D]');
-  const Sq = B === 0 ? 1 : a.qPos.length / B;
-  if (B > 0 && (!Number.isInteger(Sq) || Sq < 1 || Sq > DECODE_MAX_SQ)) {
-    throw new InputError('qPos', `expected [B = ${B}, Sq] with 1 <= Sq <= ${DECODE_MAX_SQ}, got ${a.qPos.length} elements`);
-  }
-  atLeast('q', a.q, B * Sq * H * D, `[B = ${B}, Sq = ${Sq}, H = ${H}, D = ${D}]`);
+  const Sq = checkDecodeQueries(a, h, DECODE_MAX_SQ);
   const segs = a.qSeg !== undefined;
   if (segs) {
     if (!(a.qSeg instanceof Int32Array)) throw new InputError('qSeg', 'expected an Int32Array [B, Sq]');
-    atLeast('qSeg', a.qSeg, B * Sq, `[B = ${B}, Sq = ${Sq}]`);
+    checkAtLeast('qSeg', a.qSeg, B * Sq, `[B = ${B}, Sq = ${Sq}]`);
   }
   const ns = a.caches.map((c, b) => {
-    const tag = `caches[${b}]`;
     if (!c || !(c.k instanceof Float32Array) || !(c.v instanceof Float32Array) || !(c.pos instanceof Int32Array)) {
-      throw new InputError(tag, 'expected { k: Float32Array, v: Float32Array, pos: Int32Array }');
+      throw new InputError(`caches[${b}]`, 'expected { k: Float32Array, v: Float32Array, pos: Int32Array }');
     }
-    const n = int(`${tag}.n`, c.n ?? c.pos.length, 0, Math.min(c.pos.length, INT32_MAX));
-    atLeast(`${tag}.k`, c.k, n * Hk * D, `[n = ${n}, Hk = ${Hk}, D = ${D}]`);
-    atLeast(`${tag}.v`, c.v, n * Hk * D, `[n = ${n}, Hk = ${Hk}, D = ${D}]`);
-    if (segs !== (c.seg !== undefined)) throw new InputError(segs ? `${tag}.seg` : 'qSeg', 'segments must be given for the queries and every cache, or for none');
-    if (c.seg) atLeast(`${tag}.seg`, c.seg, n, `[n = ${n}]`);
-    return n;
+    return checkDecodeCacheRows(b, c, h, segs);
   });
-  int('window', a.window ?? 0, 0);
-  int('sinks', a.sinks ?? 0, 0);
-  if (a.scale !== undefined && (typeof a.scale !== 'number' || !Number.isFinite(a.scale))) throw new InputError('scale', `expected a finite number, got ${String(a.scale)}`);
   if (typeof a.causal !== 'boolean') throw new InputError('causal', `expected a boolean, got ${String(a.causal)}`);
   const o = a.o ?? new Float32Array(B * Sq * H * D);
   const lse = a.lse ?? new Float32Array(B * Sq * H).fill(-Infinity);
   if (!(o instanceof Float32Array) || !(lse instanceof Float32Array)) throw new InputError(o instanceof Float32Array ? 'lse' : 'o', 'expected a Float32Array');
-  atLeast('o', o, B * Sq * H * D, `[B = ${B}, Sq = ${Sq}, H = ${H}, D = ${D}]`);
-  atLeast('lse', lse, B * Sq * H, `[B = ${B}, Sq = ${Sq}, H = ${H}]`);
-  const why = decodeSupported(dtype, D);
-  if (why) {
-    const i = why.indexOf(': ');
-    throw new InputError(why.slice(0, i), why.slice(i + 2));
-  }
+  checkDecodeOut(o, lse, h, Sq);
+  supported(dtype, D);
   if (a.kvSorted === false) {
     // the kernel reads and masks every row
   } else if (a.kvSorted === true) {
@@ -561,9 +527,9 @@ export function decodeAttentionCuda(a: CudaDecodeArgs): CudaDecodeResult {
  * partial saw keeps its (o, lse). Enqueued on the context's stream.
  */
 export function mergeGatheredDevice(ctx: CudaContext, gathered: number, P: number, rows: number, D: number, o: number, lse: number): void {
-  int('P', P, 1);
-  int('rows', rows, 0);
-  int('D', D, 1, 4096);
+  checkInt('P', P, 1);
+  checkInt('rows', rows, 0);
+  checkInt('D', D, 1, 4096);
   if (rows === 0) return;
   const args: Arg[] = [{ ptr: gathered }, { i32: P }, { i32: rows }, { i32: D }, { ptr: o }, { ptr: lse }];
   ctx.launch(ctx.fn('decode.cu', 'decode_merge_ranks'), 'decode_merge_ranks', [Math.ceil(rows / 4), 1, 1], 128, 0, argBuffers(args));
@@ -585,8 +551,8 @@ export class DecodeCombiner {
    */
   combine(o: number, lse: number, rows: number, D: number): void {
     const g = this.group;
-    int('rows', rows, 0);
-    int('D', D, 1, 4096);
+    checkInt('rows', rows, 0);
+    checkInt('D', D, 1, 4096);
     ptr('o', o, 4);
     ptr('lse', lse, 4);
     if (rows === 0 || g.world === 1) return;

@@ -5,7 +5,7 @@ import { mergeRow } from '../../src/core/merge.js';
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '../../src/core/tensor.js';
 import { decodeAttention, decodeKernelName, type DecodeArgs, type DecodeCache, type DecodeKvDtype } from '../../src/cpu/decode.js';
 import { assertClose, freshSeed, randn, rng } from '../helpers/check.js';
-import { refVisible, type RefMask } from '../ref/attention64.js';
+import { refDecode, type RefDecodeCache } from '../ref/decode64.js';
 import { TOL } from '../ref/tolerances.js';
 
 /**
@@ -63,42 +63,13 @@ function makeProblem(seed: number, lens: number[], H: number, Hk: number, D: num
   return { H, Hk, D, Sq, mask, seqs, q: randn(B * Sq * H * D, r), qPos, qSeg };
 }
 
-/** Float64 reference for the query rows: full attention of each sequence restricted to its queries. */
+/**
+ * Float64 reference for the query rows: full attention of each sequence restricted to its queries
+ * (refDecode on the whole sequence as one cache, positions 0..T-1).
+ */
 function reference(p: Problem): { o: Float64Array; lse: Float64Array } {
-  const { H, Hk, D, Sq } = p;
-  const B = p.seqs.length;
-  const o = new Float64Array(B * Sq * H * D);
-  const lse = new Float64Array(B * Sq * H).fill(-Infinity);
-  const scale = 1 / Math.sqrt(D);
-  p.seqs.forEach((s, b) => {
-    const m: RefMask = { causal: p.mask.causal, window: p.mask.window, sinks: p.mask.sinks, segments: s.seg };
-    const sc = new Float64Array(s.T);
-    for (let i = 0; i < Sq; i++) {
-      const qi = p.qPos[b * Sq + i];
-      for (let h = 0; h < H; h++) {
-        const kh = Math.floor(h / (H / Hk)), row = (b * Sq + i) * H + h;
-        let mx = -Infinity;
-        for (let j = 0; j < s.T; j++) {
-          sc[j] = -Infinity;
-          if (!refVisible(m, qi, j)) continue;
-          let dot = 0;
-          for (let d = 0; d < D; d++) dot += p.q[row * D + d] * s.k[(j * Hk + kh) * D + d];
-          sc[j] = dot * scale;
-          mx = Math.max(mx, sc[j]);
-        }
-        if (mx === -Infinity) continue;
-        let sum = 0;
-        for (let j = 0; j < s.T; j++) if (sc[j] > -Infinity) sum += Math.exp(sc[j] - mx);
-        lse[row] = mx + Math.log(sum);
-        for (let j = 0; j < s.T; j++) {
-          if (sc[j] === -Infinity) continue;
-          const w = Math.exp(sc[j] - mx) / sum;
-          for (let d = 0; d < D; d++) o[row * D + d] += w * s.v[(j * Hk + kh) * D + d];
-        }
-      }
-    }
-  });
-  return { o, lse };
+  const caches = p.seqs.map((s): RefDecodeCache => ({ k: s.k, v: s.v, pos: Int32Array.from({ length: s.T }, (_, j) => j), seg: s.seg?.subarray(0, s.T) }));
+  return refDecode({ ...p, B: p.seqs.length, caches, scale: 1 / Math.sqrt(p.D) });
 }
 
 /** fp32 values -> the cache's storage (bits for the 16-bit types, round to nearest even). */

@@ -11,7 +11,8 @@ import type { DeviceBuffer } from '../../src/cuda/context.js';
 import { CudaDecode, DecodeCombiner, type DeviceDecodeCache } from '../../src/cuda/decode.js';
 import { rankMain } from '../../src/cuda/group.js';
 import { relErr, rng } from '../helpers/check.js';
-import { makeProblem, reference, running, type Mask } from './decode-ref64.js';
+import { refDecode } from '../ref/decode64.js';
+import { makeProblem, running, type Mask } from './decode-problems.js';
 
 const seed = Number(process.argv[2] ?? 1);
 
@@ -29,7 +30,7 @@ await rankMain(async (g) => {
     const r = rng(seed + c.D);
     const p = makeProblem({ lens: c.lens, Sq: c.Sq, H: 8, Hk: 2, D: c.D, mask: c.mask }, c.dtype, r);
     const fresh = running(p, true, r);
-    const ref = reference(p, fresh.o, fresh.lse);
+    const ref = refDecode(p, fresh.o, fresh.lse);
     const bufs: DeviceBuffer[] = [];
     const up = (x: ArrayBufferView) => {
       const b = ctx.alloc(Math.max(16, x.byteLength));

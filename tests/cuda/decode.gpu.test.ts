@@ -9,11 +9,12 @@ import { CudaDecode, decodeAttentionCuda, mergeGatheredDevice } from '../../src/
 import { launch } from '../../src/cuda/launch.js';
 import { loadNccl } from '../../src/cuda/bindings/nccl.js';
 import { assertClose, freshSeed, rng } from '../helpers/check.js';
-import { makeProblem, reference, running, type Mask, type Problem, type QueryPlace } from './decode-ref64.js';
+import { refDecode } from '../ref/decode64.js';
+import { makeProblem, running, type Mask, type Problem, type QueryPlace } from './decode-problems.js';
 
-// GPU split-KV decode (kernels/decode.cu via src/cuda/decode.ts) against a float64 reference
-// (decode-ref64.ts): every mask, GQA 1:1, 4:1, 8:1, Sq 1 and 4 (and 16), batches of ragged
-// caches (length 0 included), long caches split into many chunks, merging into a running
+// GPU split-KV decode (kernels/decode.cu via src/cuda/decode.ts) against the float64 reference
+// refDecode (tests/ref/decode64.ts): every mask, GQA 1:1, 4:1, 8:1, Sq 1 and 4 (and 16), batches
+// of ragged caches (length 0 included), long caches split into many chunks, merging into a running
 // (o, lse), one cache split into P = 2 and 3 shards whose partials merge into the whole, unsorted
 // caches, and the 2-GPU rank combine. Inputs are fresh random draws (the seed is in every
 // message); the reference runs on the inputs rounded to the GPU dtype; the partials workspace is
@@ -41,7 +42,7 @@ function runGpu(p: Problem, dtype: CudaDType, o: Float32Array, lse: Float32Array
 
 function check(p: Problem, dtype: CudaDType, what: string, opts: { fresh?: boolean; kvSorted?: boolean; r: () => number }): string {
   const init = running(p, opts.fresh ?? true, opts.r);
-  const ref = reference(p, init.o, init.lse);
+  const ref = refDecode(p, init.o, init.lse);
   const res = runGpu(p, dtype, init.o.slice(), init.lse.slice(), opts.kvSorted);
   const tag = `${res.info.kernel} chunks=${res.info.chunks} ${what}`;
   assertClose(res.o, ref.o, TOL[dtype], `o ${tag}`);
@@ -126,7 +127,7 @@ test('decode: one cache in P = 2 and 3 shards; partials merged (merge kernel, an
   for (const [dtype, P, mask] of [['bfloat16', 2, { causal: true }], ['bfloat16', 3, { causal: true, window: 900, sinks: 3 }], ['float32', 3, { causal: false }], ['float16', 2, { causal: true, window: 64 }]] as [CudaDType, number, Mask][]) {
     const p = makeProblem({ lens: [3000, 1200], Sq: 4, H: 8, Hk: 2, D: 128, mask }, dtype, r);
     const fresh = running(p, true, r);
-    const whole = reference(p, fresh.o, fresh.lse);
+    const whole = refDecode(p, fresh.o, fresh.lse);
     // Shards: contiguous for P = 2, strided (row j on shard j mod 3) for P = 3; positions still ascend.
     const shardOf = (j: number, n: number) => (P === 2 ? (j < n / 2 ? 0 : 1) : j % 3);
     const shards = Array.from({ length: P }, (_, s): Problem => ({
@@ -207,7 +208,7 @@ test('decode: forced 64-row chunks (queries behind the end and windows leave man
   for (const [dtype, mask, place] of [['bfloat16', { causal: true }, 'behind'], ['float32', { causal: true, window: 90, sinks: 5 }, 'end'], ['float16', { causal: false, window: 70 }, 'behind']] as [CudaDType, Mask, QueryPlace][]) {
     const p = makeProblem({ lens: [3000, 130, 0, 777], Sq: 2, H: 8, Hk: 2, D: 64, mask, place }, dtype, r);
     const init = running(p, false, r);
-    const ref = reference(p, init.o, init.lse);
+    const ref = refDecode(p, init.o, init.lse);
     const res = decodeAttentionCuda({
       q: p.q, qPos: p.qPos, caches: p.caches, H: p.H, Hk: p.Hk, D: p.D, causal: mask.causal, window: mask.window, sinks: mask.sinks,
       o: init.o.slice(), lse: init.lse.slice(), dtype, context: context(), tuning: { chunkRows: 64 }, poison: true,
@@ -250,7 +251,7 @@ test('decodeAttentionCuda: clear InputErrors for bad shapes and arguments', () =
     B: 1, Sq: 1, H: 1, Hk: 1, D: 2, mask: { causal: true }, q: Float32Array.of(1, 2), qPos: Int32Array.of(5),
     caches: [{ k: Float32Array.of(3, 4, 9, 9), v: Float32Array.of(5, 6, 7, 7), pos: Int32Array.of(5, 6) }], scale: 0.5,
   };
-  const ref = reference(p, new Float32Array(2), Float32Array.of(-Infinity));
+  const ref = refDecode(p, new Float32Array(2), Float32Array.of(-Infinity));
   assert.deepEqual(Array.from(ref.o), [5, 6]);
   assert.equal(ref.lse[0], 5.5);
 });

@@ -32,126 +32,52 @@
 #include <omp.h>
 #endif
 
-#define RA_API __attribute__((visibility("default")))
-#define INLINE static inline __attribute__((always_inline))
+#include "simd.h"
 
 /* ------------------------------------------------------------------------------------------ */
-/* Vector layer: VW lanes, MR x NVR register block (MR rows, NVR vectors of VW columns).        */
+/* Vector layer (simd.h) and, here, integer lanes for exp2 and the MR x NVR register block     */
+/* (MR rows, NVR vectors of VW columns).                                                        */
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#define VW 16
+#if defined(RA_AVX512)
 #define MR 6
 #define NVR 4
-typedef __m512 vf;
 typedef __m512i vi;
-INLINE vf v_load(const float* p) { return _mm512_loadu_ps(p); }
-INLINE void v_store(float* p, vf a) { _mm512_storeu_ps(p, a); }
-INLINE vf v_set1(float x) { return _mm512_set1_ps(x); }
-INLINE vf v_zero(void) { return _mm512_setzero_ps(); }
-INLINE vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
-INLINE vf v_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
-INLINE vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
-INLINE vf v_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
-INLINE vf v_max(vf a, vf b) { return _mm512_max_ps(a, b); }
-INLINE vf v_min(vf a, vf b) { return _mm512_min_ps(a, b); }
-INLINE float v_hmax(vf a) { return _mm512_reduce_max_ps(a); }
-INLINE float v_hsum(vf a) { return _mm512_reduce_add_ps(a); }
 INLINE vi v_asi(vf a) { return _mm512_castps_si512(a); }
 INLINE vf v_asf(vi a) { return _mm512_castsi512_ps(a); }
 INLINE vi vi_sub(vi a, vi b) { return _mm512_sub_epi32(a, b); }
 INLINE vi vi_add(vi a, vi b) { return _mm512_add_epi32(a, b); }
 INLINE vi vi_set1(int x) { return _mm512_set1_epi32(x); }
 INLINE vi vi_shl23(vi a) { return _mm512_slli_epi32(a, 23); }
-#define RA_ISA "avx512"
-#elif defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define VW 8
+#elif defined(RA_AVX2)
 #define MR 6
 #define NVR 2
-typedef __m256 vf;
 typedef __m256i vi;
-INLINE vf v_load(const float* p) { return _mm256_loadu_ps(p); }
-INLINE void v_store(float* p, vf a) { _mm256_storeu_ps(p, a); }
-INLINE vf v_set1(float x) { return _mm256_set1_ps(x); }
-INLINE vf v_zero(void) { return _mm256_setzero_ps(); }
-INLINE vf v_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-INLINE vf v_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
-INLINE vf v_add(vf a, vf b) { return _mm256_add_ps(a, b); }
-INLINE vf v_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
-INLINE vf v_max(vf a, vf b) { return _mm256_max_ps(a, b); }
-INLINE vf v_min(vf a, vf b) { return _mm256_min_ps(a, b); }
-INLINE float v_hmax(vf a) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
-  return _mm_cvtss_f32(m);
-}
-INLINE float v_hsum(vf a) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
-}
 INLINE vi v_asi(vf a) { return _mm256_castps_si256(a); }
 INLINE vf v_asf(vi a) { return _mm256_castsi256_ps(a); }
 INLINE vi vi_sub(vi a, vi b) { return _mm256_sub_epi32(a, b); }
 INLINE vi vi_add(vi a, vi b) { return _mm256_add_epi32(a, b); }
 INLINE vi vi_set1(int x) { return _mm256_set1_epi32(x); }
 INLINE vi vi_shl23(vi a) { return _mm256_slli_epi32(a, 23); }
-#define RA_ISA "avx2"
-#elif defined(__ARM_NEON) && defined(__aarch64__)
-#include <arm_neon.h>
-#define VW 4
+#elif defined(RA_NEON)
 #define MR 6
 #define NVR 4
-typedef float32x4_t vf;
 typedef int32x4_t vi;
-INLINE vf v_load(const float* p) { return vld1q_f32(p); }
-INLINE void v_store(float* p, vf a) { vst1q_f32(p, a); }
-INLINE vf v_set1(float x) { return vdupq_n_f32(x); }
-INLINE vf v_zero(void) { return vdupq_n_f32(0.0f); }
-INLINE vf v_fma(vf a, vf b, vf c) { return vfmaq_f32(c, a, b); }
-INLINE vf v_mul(vf a, vf b) { return vmulq_f32(a, b); }
-INLINE vf v_add(vf a, vf b) { return vaddq_f32(a, b); }
-INLINE vf v_sub(vf a, vf b) { return vsubq_f32(a, b); }
-INLINE vf v_max(vf a, vf b) { return vmaxq_f32(a, b); }
-INLINE vf v_min(vf a, vf b) { return vminq_f32(a, b); }
-INLINE float v_hmax(vf a) { return vmaxvq_f32(a); }
-INLINE float v_hsum(vf a) { return vaddvq_f32(a); }
 INLINE vi v_asi(vf a) { return vreinterpretq_s32_f32(a); }
 INLINE vf v_asf(vi a) { return vreinterpretq_f32_s32(a); }
 INLINE vi vi_sub(vi a, vi b) { return vsubq_s32(a, b); }
 INLINE vi vi_add(vi a, vi b) { return vaddq_s32(a, b); }
 INLINE vi vi_set1(int x) { return vdupq_n_s32(x); }
 INLINE vi vi_shl23(vi a) { return vshlq_n_s32(a, 23); }
-#define RA_ISA "neon"
 #else
-#define VW 1
 #define MR 4
 #define NVR 4
-typedef float vf;
 typedef int32_t vi;
-INLINE vf v_load(const float* p) { return *p; }
-INLINE void v_store(float* p, vf a) { *p = a; }
-INLINE vf v_set1(float x) { return x; }
-INLINE vf v_zero(void) { return 0.0f; }
-INLINE vf v_fma(vf a, vf b, vf c) { return a * b + c; }
-INLINE vf v_mul(vf a, vf b) { return a * b; }
-INLINE vf v_add(vf a, vf b) { return a + b; }
-INLINE vf v_sub(vf a, vf b) { return a - b; }
-/* NaN-free inputs only (masked logits are -inf, never NaN). */
-INLINE vf v_max(vf a, vf b) { return a > b ? a : b; }
-INLINE vf v_min(vf a, vf b) { return a < b ? a : b; }
-INLINE float v_hmax(vf a) { return a; }
-INLINE float v_hsum(vf a) { return a; }
 INLINE vi v_asi(vf a) { vi r; memcpy(&r, &a, 4); return r; }
 INLINE vf v_asf(vi a) { vf r; memcpy(&r, &a, 4); return r; }
 INLINE vi vi_sub(vi a, vi b) { return (vi)((uint32_t)a - (uint32_t)b); }
 INLINE vi vi_add(vi a, vi b) { return (vi)((uint32_t)a + (uint32_t)b); }
 INLINE vi vi_set1(int x) { return x; }
 INLINE vi vi_shl23(vi a) { return (vi)((uint32_t)a << 23); }
-#define RA_ISA "scalar"
 #endif
 
 /* 2^x, relative error about 1e-7; exactly 0 for x <= -127 (so -inf -> 0). */
@@ -161,13 +87,7 @@ INLINE vf v_exp2(vf x) {
   vf t = v_add(x, magic);
   vi n = vi_sub(v_asi(t), v_asi(magic));
   vf f = v_sub(x, v_sub(t, magic)); /* in [-1/2, 1/2] */
-  vf p = v_set1(1.5345811e-4f);
-  p = v_fma(p, f, v_set1(1.3399931e-3f));
-  p = v_fma(p, f, v_set1(9.618489e-3f));
-  p = v_fma(p, f, v_set1(5.5503286e-2f));
-  p = v_fma(p, f, v_set1(2.4022646e-1f));
-  p = v_fma(p, f, v_set1(6.931472e-1f));
-  p = v_fma(p, f, v_set1(1.0f));
+  vf p = v_exp2_frac(f);
   /* n = -127 gives exponent bits 0: the product is exactly +0. */
   return v_mul(p, v_asf(vi_shl23(vi_add(n, vi_set1(127)))));
 }

@@ -50,142 +50,73 @@
 #include <omp.h>
 #endif
 
-#define RA_API __attribute__((visibility("default")))
-#define DI static inline __attribute__((always_inline))
+#include "simd.h"
 
 /* ------------------------------------------------------------------------------------------ */
-/* Vectors: VW lanes. dk_sum8 turns 8 accumulators into the 8 dot products they hold.          */
+/* Vectors (simd.h) and, here: partial loads, round / 2^n for exp2, bf16 / fp16 widening loads. */
+/* dk_sum8 turns 8 accumulators into the 8 dot products they hold.                            */
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#define VW 16
-typedef __m512 vf;
-DI vf v_ld(const float* p) { return _mm512_loadu_ps(p); }
-DI vf v_ldn(const float* p, int n) { return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p); }
-DI void v_st(float* p, vf a) { _mm512_storeu_ps(p, a); }
-DI vf v_set(float x) { return _mm512_set1_ps(x); }
-DI vf v_zero(void) { return _mm512_setzero_ps(); }
-DI vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
-DI vf v_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
-DI vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
-DI vf v_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
-DI vf v_max(vf a, vf b) { return _mm512_max_ps(a, b); }
-DI vf v_min(vf a, vf b) { return _mm512_min_ps(a, b); }
-DI vf v_round(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-DI vf v_pow2i(vf n) { /* 2^n for integral n in [-127, 127]; n = -127 gives +0 */
+#if defined(RA_AVX512)
+INLINE vf v_ldn(const float* p, int n) { return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p); }
+INLINE vf v_round(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+INLINE vf v_pow2i(vf n) { /* 2^n for integral n in [-127, 127]; n = -127 gives +0 */
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
 }
-DI float v_hmax(vf a) { return _mm512_reduce_max_ps(a); }
-DI float v_hsum(vf a) { return _mm512_reduce_add_ps(a); }
-DI __m256 fold256(vf a) {
+INLINE __m256 fold256(vf a) {
   return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
 }
-DI vf v_ld_bf16(const uint16_t* p) {
+INLINE vf v_ld_bf16(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }
-DI vf v_ld_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
+INLINE vf v_ld_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
 #define HAVE_M256 1
-#define DK_ISA "avx512"
-#elif defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define VW 8
-typedef __m256 vf;
-DI vf v_ld(const float* p) { return _mm256_loadu_ps(p); }
-DI vf v_ldn(const float* p, int n) {
+#elif defined(RA_AVX2)
+INLINE vf v_ldn(const float* p, int n) {
   const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx));
 }
-DI void v_st(float* p, vf a) { _mm256_storeu_ps(p, a); }
-DI vf v_set(float x) { return _mm256_set1_ps(x); }
-DI vf v_zero(void) { return _mm256_setzero_ps(); }
-DI vf v_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-DI vf v_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
-DI vf v_add(vf a, vf b) { return _mm256_add_ps(a, b); }
-DI vf v_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
-DI vf v_max(vf a, vf b) { return _mm256_max_ps(a, b); }
-DI vf v_min(vf a, vf b) { return _mm256_min_ps(a, b); }
-DI vf v_round(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-DI vf v_pow2i(vf n) {
+INLINE vf v_round(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+INLINE vf v_pow2i(vf n) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
 }
-DI float v_hmax(vf a) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
-}
-DI float v_hsum(vf a) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
-}
-DI __m256 fold256(vf a) { return a; }
-DI vf v_ld_bf16(const uint16_t* p) {
+INLINE __m256 fold256(vf a) { return a; }
+INLINE vf v_ld_bf16(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
 #if defined(__F16C__)
-DI vf v_ld_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+INLINE vf v_ld_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
 #else
 #define NEED_F16_LOOP 1
 #endif
 #define HAVE_M256 1
-#define DK_ISA "avx2"
-#elif defined(__ARM_NEON) && defined(__aarch64__)
-#include <arm_neon.h>
-#define VW 4
-typedef float32x4_t vf;
-DI vf v_ld(const float* p) { return vld1q_f32(p); }
-DI vf v_ldn(const float* p, int n) {
+#elif defined(RA_NEON)
+INLINE vf v_ldn(const float* p, int n) {
   float t[4] = {0, 0, 0, 0};
   for (int i = 0; i < n; i++) t[i] = p[i];
   return vld1q_f32(t);
 }
-DI void v_st(float* p, vf a) { vst1q_f32(p, a); }
-DI vf v_set(float x) { return vdupq_n_f32(x); }
-DI vf v_zero(void) { return vdupq_n_f32(0.0f); }
-DI vf v_fma(vf a, vf b, vf c) { return vfmaq_f32(c, a, b); }
-DI vf v_mul(vf a, vf b) { return vmulq_f32(a, b); }
-DI vf v_add(vf a, vf b) { return vaddq_f32(a, b); }
-DI vf v_sub(vf a, vf b) { return vsubq_f32(a, b); }
-DI vf v_max(vf a, vf b) { return vmaxq_f32(a, b); }
-DI vf v_min(vf a, vf b) { return vminq_f32(a, b); }
-DI vf v_round(vf a) { return vrndnq_f32(a); }
-DI vf v_pow2i(vf n) { return vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)), 23)); }
-DI float v_hmax(vf a) { return vmaxvq_f32(a); }
-DI float v_hsum(vf a) { return vaddvq_f32(a); }
-DI vf v_ld_bf16(const uint16_t* p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
-DI vf v_ld_f16(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
-#define DK_ISA "neon"
+INLINE vf v_round(vf a) { return vrndnq_f32(a); }
+INLINE vf v_pow2i(vf n) {
+  return vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)), 23));
+}
+INLINE vf v_ld_bf16(const uint16_t* p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
+INLINE vf v_ld_f16(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
 #else
-#define VW 1
-typedef float vf;
-DI vf v_ld(const float* p) { return *p; }
-DI vf v_ldn(const float* p, int n) { return n > 0 ? *p : 0.0f; }
-DI void v_st(float* p, vf a) { *p = a; }
-DI vf v_set(float x) { return x; }
-DI vf v_zero(void) { return 0.0f; }
-DI vf v_fma(vf a, vf b, vf c) { return a * b + c; }
-DI vf v_mul(vf a, vf b) { return a * b; }
-DI vf v_add(vf a, vf b) { return a + b; }
-DI vf v_sub(vf a, vf b) { return a - b; }
-DI vf v_max(vf a, vf b) { return a > b ? a : b; }
-DI vf v_min(vf a, vf b) { return a < b ? a : b; }
-DI vf v_round(vf a) { return nearbyintf(a); }
-DI vf v_pow2i(vf n) {
+INLINE vf v_ldn(const float* p, int n) { return n > 0 ? *p : 0.0f; }
+INLINE vf v_round(vf a) { return nearbyintf(a); }
+INLINE vf v_pow2i(vf n) {
   int32_t e = ((int32_t)n + 127) << 23;
   float r;
   memcpy(&r, &e, 4);
   return r;
 }
-DI float v_hmax(vf a) { return a; }
-DI float v_hsum(vf a) { return a; }
-DI vf v_ld_bf16(const uint16_t* p) {
+INLINE vf v_ld_bf16(const uint16_t* p) {
   const uint32_t u = (uint32_t)*p << 16;
   float f;
   memcpy(&f, &u, 4);
   return f;
 }
 #define NEED_F16_LOOP 1
-#define DK_ISA "scalar"
 #endif
 
 /* IEEE half bits -> float, exact (subnormals, infinities and NaN included). */
@@ -201,10 +132,10 @@ static inline float h2f(uint16_t h) {
   return f;
 }
 #if defined(NEED_F16_LOOP)
-DI vf v_ld_f16(const uint16_t* p) {
+INLINE vf v_ld_f16(const uint16_t* p) {
   float t[VW];
   for (int i = 0; i < VW; i++) t[i] = h2f(p[i]);
-  return v_ld(t);
+  return v_load(t);
 }
 #endif
 
@@ -212,13 +143,13 @@ DI vf v_ld_f16(const uint16_t* p) {
  * Cache element types: 0 fp32, 1 bf16, 2 fp16 (16-bit ones widened to fp32 on load; all
  * arithmetic is fp32). E is a compile-time constant wherever these are inlined.
  */
-DI vf ld_e(const int E, const void* p, long i) {
-  if (E == 0) return v_ld((const float*)p + i);
+INLINE vf ld_e(const int E, const void* p, long i) {
+  if (E == 0) return v_load((const float*)p + i);
   if (E == 1) return v_ld_bf16((const uint16_t*)p + i);
   return v_ld_f16((const uint16_t*)p + i);
 }
 /* The first n (< VW) elements from p + i, the rest zero. */
-DI vf ldn_e(const int E, const void* p, long i, int n) {
+INLINE vf ldn_e(const int E, const void* p, long i, int n) {
   if (E == 0) return v_ldn((const float*)p + i, n);
   uint16_t t[VW];
   memset(t, 0, sizeof t);
@@ -226,23 +157,18 @@ DI vf ldn_e(const int E, const void* p, long i, int n) {
   return E == 1 ? v_ld_bf16(t) : v_ld_f16(t);
 }
 
-/* 2^x: exactly 0 for x <= -127 (so a masked logit, -inf, gives 0). */
-DI vf v_exp2(vf x) {
-  x = v_min(v_max(x, v_set(-127.0f)), v_set(127.0f));
+/* 2^x, relative error about 1e-7: 2^round(x) * 2^frac; exactly 0 for x <= -127 (so a masked
+   logit, -inf, gives 0). */
+INLINE vf v_exp2(vf x) {
+  x = v_min(v_max(x, v_set1(-127.0f)), v_set1(127.0f));
   const vf n = v_round(x);
   const vf f = v_sub(x, n); /* [-1/2, 1/2] */
-  vf p = v_set(1.5345811e-4f);
-  p = v_fma(p, f, v_set(1.3399931e-3f));
-  p = v_fma(p, f, v_set(9.618489e-3f));
-  p = v_fma(p, f, v_set(5.5503286e-2f));
-  p = v_fma(p, f, v_set(2.4022646e-1f));
-  p = v_fma(p, f, v_set(6.931472e-1f));
-  p = v_fma(p, f, v_set(1.0f));
+  const vf p = v_exp2_frac(f);
   return v_mul(p, v_pow2i(n));
 }
 
 /* out[t] = sum over lanes of a[t], t < 8. */
-DI void dk_sum8(const vf a[8], float* out) {
+INLINE void dk_sum8(const vf a[8], float* out) {
 #if defined(HAVE_M256)
   __m256 b[8];
   for (int t = 0; t < 8; t++) b[t] = fold256(a[t]);
@@ -330,7 +256,7 @@ static Vis vis_sorted(const Dec* d, const int32_t* pos, int64_t n, int64_t p) {
   return r;
 }
 
-DI int visible_pos(const Dec* d, int64_t qi, int64_t kj) {
+INLINE int visible_pos(const Dec* d, int64_t qi, int64_t kj) {
   if (d->causal && kj > qi) return 0;
   if (d->window <= 0) return 1;
   if (qi - kj < d->window && (d->causal || kj - qi < d->window)) return 1;
@@ -385,13 +311,13 @@ typedef struct {
  *    segment per compute step, non-temporal (used once, soon). Only for 16-bit caches, where it
  *    gained 15-25%; on fp32 caches it cost 5-10% (the hardware streams keep up there).
  */
-DI void pf_pages(const char* p, long n) {
+INLINE void pf_pages(const char* p, long n) {
   __builtin_prefetch(p, 0, 3);
   const uintptr_t a = (uintptr_t)p, e = a + (uintptr_t)n;
   for (uintptr_t x = (a + 4095) & ~(uintptr_t)4095; x < e; x += 4096) __builtin_prefetch((const void*)x, 0, 3);
 }
 
-DI void pf_seg(const char* p, long n) {
+INLINE void pf_seg(const char* p, long n) {
   for (long x = 0; x < n; x += 64) __builtin_prefetch(p + x, 0, 0);
 }
 
@@ -401,8 +327,8 @@ DI void pf_seg(const char* p, long n) {
  * rows and each Q vector NK keys: NQ * NK independent FMA chains, enough to hide the FMA latency
  * at NQ = 4. The query rows are pre-scaled and zero-padded to Dp. out[r][k] = logit (row r, key k).
  */
-DI void qk_core(const int E, const int NQ, const int TAIL, int nf, int tail, const float* const* qr,
-                const void* const* kr, float* const* out) {
+INLINE void qk_core(const int E, const int NQ, const int TAIL, int nf, int tail, const float* const* qr,
+                    const void* const* kr, float* const* out) {
   vf a[4][NK];
 #pragma GCC unroll 4
   for (int r = 0; r < NQ; r++)
@@ -417,7 +343,7 @@ DI void qk_core(const int E, const int NQ, const int TAIL, int nf, int tail, con
     }
 #pragma GCC unroll 4
     for (int r = 0; r < NQ; r++) {
-      vf qv = v_ld(qr[r] + u * VW);
+      vf qv = v_load(qr[r] + u * VW);
       if (NK > 2) V_REG(qv); /* (with 12 accumulators GCC would reload q for every key) */
 #pragma GCC unroll 4
       for (int k = 0; k < NK; k++) a[r][k] = v_fma(qv, kv[k], a[r][k]);
@@ -452,8 +378,8 @@ static const qk_fn QKT[3][2][4] = {QK_ENT(0), QK_ENT(1), QK_ENT(2)};
  * head read in place: each V vector loaded (and widened) serves NQ rows, each accumulator vector
  * is loaded and stored once per 4 cache rows, in two short FMA chains.
  */
-DI void pv_core(const int E, const int NQ, const int TAIL, int nf, int tail, float* const* accp, const float* const* p,
-                const void* const* vrp) {
+INLINE void pv_core(const int E, const int NQ, const int TAIL, int nf, int tail, float* const* accp,
+                    const float* const* p, const void* const* vrp) {
   vf pb[2][4];
   float* acc[2];
   const void* vr[4];
@@ -461,7 +387,7 @@ DI void pv_core(const int E, const int NQ, const int TAIL, int nf, int tail, flo
   for (int q = 0; q < NQ; q++) {
     acc[q] = accp[q];
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; r++) pb[q][r] = v_set(p[q][r]);
+    for (int r = 0; r < 4; r++) pb[q][r] = v_set1(p[q][r]);
   }
 #pragma GCC unroll 4
   for (int r = 0; r < 4; r++) vr[r] = vrp[r];
@@ -474,9 +400,9 @@ DI void pv_core(const int E, const int NQ, const int TAIL, int nf, int tail, flo
     }
 #pragma GCC unroll 2
     for (int q = 0; q < NQ; q++) {
-      const vf c1 = v_fma(pb[q][1], vv[1], v_fma(pb[q][0], vv[0], v_ld(acc[q] + u * VW)));
+      const vf c1 = v_fma(pb[q][1], vv[1], v_fma(pb[q][0], vv[0], v_load(acc[q] + u * VW)));
       const vf c2 = v_fma(pb[q][3], vv[3], v_mul(pb[q][2], vv[2]));
-      v_st(acc[q] + u * VW, v_add(c1, c2));
+      v_store(acc[q] + u * VW, v_add(c1, c2));
     }
   }
 }
@@ -616,24 +542,24 @@ static void run_chunk(const Dec* d, const Chunk* c, int sorted, const Vis* vis, 
         for (int t = nt; t < TK; t++) s[t] = -INFINITY;
         if (cls[i] == 2)
           for (int t = 0; t < nt; t++) s[t] += sc->ok[t];
-        vf mx = v_ld(s);
-        for (int t = VW; t < TK; t += VW) mx = v_max(mx, v_ld(s + t));
+        vf mx = v_load(s);
+        for (int t = VW; t < TK; t += VW) mx = v_max(mx, v_load(s + t));
         const float tmax = v_hmax(mx);
         if (tmax == -INFINITY) continue; /* no key of this tile is visible to the row */
         const float mold = pt->m[row];
         const float mnew = mold > tmax ? mold : tmax;
-        const vf mn = v_set(mnew);
+        const vf mn = v_set1(mnew);
         vf sum = v_zero();
         for (int t = 0; t < TK; t += VW) {
-          const vf e = v_exp2(v_sub(v_ld(s + t), mn));
-          v_st(s + t, e);
+          const vf e = v_exp2(v_sub(v_load(s + t), mn));
+          v_store(s + t, e);
           sum = v_add(sum, e);
         }
         if (mold != -INFINITY && mnew > mold) { /* (with mold = -inf, O and l are still 0) */
           const float a = s_exp2(mold - mnew);
-          const vf av = v_set(a);
+          const vf av = v_set1(a);
           float* acc = pt->acc + (long)row * Dp;
-          for (int x = 0; x < Dp; x += VW) v_st(acc + x, v_mul(v_ld(acc + x), av));
+          for (int x = 0; x < Dp; x += VW) v_store(acc + x, v_mul(v_load(acc + x), av));
           pt->l[row] *= a;
         }
         pt->l[row] += v_hsum(sum);
@@ -840,7 +766,7 @@ RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, c
 }
 
 /* The instruction set this part of the library was compiled for. */
-RA_API const char* ra_decode_isa(void) { return DK_ISA; }
+RA_API const char* ra_decode_isa(void) { return RA_ISA; }
 
 /*
  * Memory bandwidth probes for the decode benchmark (STREAM-like, same compiler and flags as the
@@ -867,10 +793,10 @@ RA_API double ra_stream_sum(const float* src, int64_t n, int threads) {
 #endif
     int64_t i = lo;
     for (; i + 4 * VW <= hi; i += 4 * VW) {
-      a0 = v_add(a0, v_ld(src + i));
-      a1 = v_add(a1, v_ld(src + i + VW));
-      a2 = v_add(a2, v_ld(src + i + 2 * VW));
-      a3 = v_add(a3, v_ld(src + i + 3 * VW));
+      a0 = v_add(a0, v_load(src + i));
+      a1 = v_add(a1, v_load(src + i + VW));
+      a2 = v_add(a2, v_load(src + i + 2 * VW));
+      a3 = v_add(a3, v_load(src + i + 3 * VW));
     }
     double s = v_hsum(v_add(v_add(a0, a1), v_add(a2, a3)));
     for (; i < hi; i++) s += src[i];

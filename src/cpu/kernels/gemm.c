@@ -28,75 +28,39 @@
 #include <omp.h>
 #endif
 
-#define GEMM_API __attribute__((visibility("default")))
-#define GINLINE static inline __attribute__((always_inline))
+#include "simd.h"
 
 /* ------------------------------------------------------------------------------------------ */
-/* Vector layer and register block: VW lanes, GMR rows x GNV vectors.                         */
+/* Vector layer (simd.h) and the register block: GMR rows x GNV vectors of VW columns.          */
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#define VW 16
+#if defined(RA_AVX512)
 #ifndef GMR
 #define GMR 12
 #endif
 #ifndef GNV
 #define GNV 2
 #endif
-typedef __m512 gvf;
-GINLINE gvf g_load(const float* p) { return _mm512_loadu_ps(p); }
-GINLINE void g_store(float* p, gvf a) { _mm512_storeu_ps(p, a); }
-GINLINE gvf g_set1(float x) { return _mm512_set1_ps(x); }
-GINLINE gvf g_zero(void) { return _mm512_setzero_ps(); }
-GINLINE gvf g_fma(gvf a, gvf b, gvf c) { return _mm512_fmadd_ps(a, b, c); }
-GINLINE gvf g_mul(gvf a, gvf b) { return _mm512_mul_ps(a, b); }
-#elif defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define VW 8
+#elif defined(RA_AVX2)
 #ifndef GMR
 #define GMR 6
 #endif
 #ifndef GNV
 #define GNV 2
 #endif
-typedef __m256 gvf;
-GINLINE gvf g_load(const float* p) { return _mm256_loadu_ps(p); }
-GINLINE void g_store(float* p, gvf a) { _mm256_storeu_ps(p, a); }
-GINLINE gvf g_set1(float x) { return _mm256_set1_ps(x); }
-GINLINE gvf g_zero(void) { return _mm256_setzero_ps(); }
-GINLINE gvf g_fma(gvf a, gvf b, gvf c) { return _mm256_fmadd_ps(a, b, c); }
-GINLINE gvf g_mul(gvf a, gvf b) { return _mm256_mul_ps(a, b); }
-#elif defined(__ARM_NEON) && defined(__aarch64__)
-#include <arm_neon.h>
-#define VW 4
+#elif defined(RA_NEON)
 #ifndef GMR
 #define GMR 8
 #endif
 #ifndef GNV
 #define GNV 3
 #endif
-typedef float32x4_t gvf;
-GINLINE gvf g_load(const float* p) { return vld1q_f32(p); }
-GINLINE void g_store(float* p, gvf a) { vst1q_f32(p, a); }
-GINLINE gvf g_set1(float x) { return vdupq_n_f32(x); }
-GINLINE gvf g_zero(void) { return vdupq_n_f32(0.0f); }
-GINLINE gvf g_fma(gvf a, gvf b, gvf c) { return vfmaq_f32(c, a, b); }
-GINLINE gvf g_mul(gvf a, gvf b) { return vmulq_f32(a, b); }
 #else
-#define VW 1
 #ifndef GMR
 #define GMR 4
 #endif
 #ifndef GNV
 #define GNV 4
 #endif
-typedef float gvf;
-GINLINE gvf g_load(const float* p) { return *p; }
-GINLINE void g_store(float* p, gvf a) { *p = a; }
-GINLINE gvf g_set1(float x) { return x; }
-GINLINE gvf g_zero(void) { return 0.0f; }
-GINLINE gvf g_fma(gvf a, gvf b, gvf c) { return a * b + c; }
-GINLINE gvf g_mul(gvf a, gvf b) { return a * b; }
 #endif
 
 #define GNR (GNV * VW)
@@ -126,48 +90,48 @@ static float* g_alloc(long n) {
 
 static void ukernel(long kc, const float* restrict ap, const float* restrict bp, float* restrict c, long ldc, int mr,
                     int nr, float alpha, float beta) {
-  gvf acc[GMR][GNV];
+  vf acc[GMR][GNV];
 #pragma GCC unroll 16
   for (int r = 0; r < GMR; r++)
 #pragma GCC unroll 4
-    for (int v = 0; v < GNV; v++) acc[r][v] = g_zero();
+    for (int v = 0; v < GNV; v++) acc[r][v] = v_zero();
   /* the C tile is needed only at the end: start fetching it now */
   for (int r = 0; r < mr; r++) {
     __builtin_prefetch(c + r * ldc, 1, 3);
     __builtin_prefetch(c + r * ldc + GNR - 1, 1, 3);
   }
   for (long k = 0; k < kc; k++) {
-    gvf b[GNV];
+    vf b[GNV];
 #pragma GCC unroll 4
-    for (int v = 0; v < GNV; v++) b[v] = g_load(bp + v * VW);
+    for (int v = 0; v < GNV; v++) b[v] = v_load(bp + v * VW);
 #pragma GCC unroll 16
     for (int r = 0; r < GMR; r++) {
-      gvf a = g_set1(ap[r]);
+      vf a = v_set1(ap[r]);
 #pragma GCC unroll 4
-      for (int v = 0; v < GNV; v++) acc[r][v] = g_fma(a, b[v], acc[r][v]);
+      for (int v = 0; v < GNV; v++) acc[r][v] = v_fma(a, b[v], acc[r][v]);
     }
     ap += GMR;
     bp += GNR;
   }
-  const gvf va = g_set1(alpha);
+  const vf va = v_set1(alpha);
   if (mr == GMR && nr == GNR) {
     if (beta == 0.0f) {
 #pragma GCC unroll 16
       for (int r = 0; r < GMR; r++)
 #pragma GCC unroll 4
-        for (int v = 0; v < GNV; v++) g_store(c + r * ldc + v * VW, g_mul(acc[r][v], va));
+        for (int v = 0; v < GNV; v++) v_store(c + r * ldc + v * VW, v_mul(acc[r][v], va));
     } else if (beta == 1.0f) {
 #pragma GCC unroll 16
       for (int r = 0; r < GMR; r++)
 #pragma GCC unroll 4
-        for (int v = 0; v < GNV; v++) g_store(c + r * ldc + v * VW, g_fma(acc[r][v], va, g_load(c + r * ldc + v * VW)));
+        for (int v = 0; v < GNV; v++) v_store(c + r * ldc + v * VW, v_fma(acc[r][v], va, v_load(c + r * ldc + v * VW)));
     } else {
-      const gvf vb = g_set1(beta);
+      const vf vb = v_set1(beta);
 #pragma GCC unroll 16
       for (int r = 0; r < GMR; r++)
 #pragma GCC unroll 4
         for (int v = 0; v < GNV; v++)
-          g_store(c + r * ldc + v * VW, g_fma(acc[r][v], va, g_mul(g_load(c + r * ldc + v * VW), vb)));
+          v_store(c + r * ldc + v * VW, v_fma(acc[r][v], va, v_mul(v_load(c + r * ldc + v * VW), vb)));
     }
     return;
   }
@@ -175,7 +139,7 @@ static void ukernel(long kc, const float* restrict ap, const float* restrict bp,
 #pragma GCC unroll 16
   for (int r = 0; r < GMR; r++)
 #pragma GCC unroll 4
-    for (int v = 0; v < GNV; v++) g_store(tile + r * GNR + v * VW, g_mul(acc[r][v], va));
+    for (int v = 0; v < GNV; v++) v_store(tile + r * GNR + v * VW, v_mul(acc[r][v], va));
   for (int r = 0; r < mr; r++) {
     float* cr = c + r * ldc;
     const float* tr = tile + r * GNR;
@@ -192,7 +156,7 @@ static void ukernel(long kc, const float* restrict ap, const float* restrict bp,
 #if defined(__AVX512F__) && VW == 16 && GMR <= 16 && GNR % 16 == 0
 #define G_TR16 1
 /* In-register 16 x 16 transpose: r[i] holds row i on entry, column i on return. */
-GINLINE void tr16(__m512 r[16]) {
+INLINE void tr16(__m512 r[16]) {
   __m512 t[16];
 #pragma GCC unroll 8
   for (int i = 0; i < 8; i++) {
@@ -399,7 +363,7 @@ static void run_steps(const Plan* p, float* bp) {
  * threads <= 1 runs on the calling thread only.
  * Returns 0, 1 for invalid arguments, 2 when memory runs out.
  */
-GEMM_API int ra_gemm(int transA, int transB, int M, int N, int K, float alpha, const float* A, int lda,
+RA_API int ra_gemm(int transA, int transB, int M, int N, int K, float alpha, const float* A, int lda,
                      const float* B, int ldb, float beta, float* C, int ldc, int threads) {
   if (M < 0 || N < 0 || K < 0) return 1;
   const long rowsA = transA ? K : M, colsA = transA ? M : K;

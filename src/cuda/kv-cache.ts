@@ -48,9 +48,17 @@ export class DeviceKvCache {
     return this.k.bytes + this.v.bytes + this.pos.bytes;
   }
 
+  /** Three buffers or none: a failed allocation (out of memory) frees the ones already made. */
   private allocate(cap: number): [DeviceBuffer, DeviceBuffer, DeviceBuffer] {
     const ctx = this.g.ctx;
-    return [ctx.alloc(cap * this.row * this.el), ctx.alloc(cap * this.row * this.el), ctx.alloc(cap * 4)];
+    const made: DeviceBuffer[] = [];
+    try {
+      for (const bytes of [cap * this.row * this.el, cap * this.row * this.el, cap * 4]) made.push(ctx.alloc(bytes));
+    } catch (e) {
+      for (const b of made) ctx.free(b);
+      throw e;
+    }
+    return made as [DeviceBuffer, DeviceBuffer, DeviceBuffer];
   }
 
   /** Room for `rows` more rows: a larger allocation (double, at least 16 rows) holding the rows in use. */
@@ -72,7 +80,9 @@ export class DeviceKvCache {
 
   /**
    * Append rows: keys and values fp32 [rows, Hk·D] on the device (converted on the stream) at
-   * ascending positions (host), each after the last cached.
+   * ascending positions (host), each after the last cached. The model's shard positions and
+   * decode positions always ascend (the decode kernel runs with `sorted`); the check guards that
+   * invariant, it is not input validation (it fails on one rank only).
    */
   append(k: number, v: number, pos: Int32Array): void {
     const rows = pos.length;

@@ -5,6 +5,7 @@ import type { AttnParams, RankShard } from '../core/kernel.js';
 import type { MaskSpec } from '../core/mask.js';
 import { getKernel } from '../cpu/attention.js';
 import { decodeAttention } from '../cpu/decode.js';
+import { BackendError } from '../core/errors.js';
 import type { DeviceBuffer } from './context.js';
 import type { CudaDType } from './convert.js';
 import { CudaDecode, DecodeCombiner, decodeSupported } from './decode.js';
@@ -312,12 +313,14 @@ export class CudaRank implements RankContext, DeviceModel {
    * (hostDecodeReason) the cache moves to the host once and null sends the model down its own path.
    */
   decodeLayer(m: RankModel, l: number, q: Float32Array, k: Float32Array, v: Float32Array, pos: number, own: boolean): Float32Array | null {
+    if (this.hostReason === null ? !this.kv[l] || this.kv.length !== m.cache.length : this.kv.length !== 0 && this.kv.length !== m.cache.length) {
+      throw new BackendError(`decode of layer ${l} without its KV cache on the GPU (prefill first)`);
+    }
     if (this.hostReason !== null) {
       this.materializeCache(m);
       return null;
     }
     const kv = this.kv[l];
-    if (!kv || this.kv.length !== m.cache.length) throw new Error(`decode of layer ${l} without its KV cache on the GPU (prefill first)`);
     const ctx = this.g.ctx;
     const { H, Hk, D, window, sinks, scale, causal } = m.params(l);
     const qd = H * D, kd = Hk * D;
@@ -352,6 +355,10 @@ export class CudaRank implements RankContext, DeviceModel {
   /** The host fallback: move the device KV cache (fp32) into the model's host cache, once. */
   private materializeCache(m: RankModel): void {
     this.kv.forEach((kv, l) => Object.assign(m.cache[l], kv.toHost()));
+    this.dropKv();
+  }
+
+  dropDeviceCache(): void {
     this.dropKv();
   }
 
@@ -402,6 +409,7 @@ export class CudaRank implements RankContext, DeviceModel {
     this.dropKv();
     this.decoder?.dispose();
     this.combiner?.dispose();
+    this.decoder = this.combiner = undefined;
     this.resetRings();
     this.weightsChanged();
     this.scratch.dispose();

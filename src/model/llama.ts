@@ -57,6 +57,8 @@ export interface DeviceModel {
    * cannot: the cache is then in m.cache on the host and the model's own path runs.
    */
   decodeLayer(m: RankModel, l: number, q: Float32Array, k: Float32Array, v: Float32Array, pos: number, own: boolean): Float32Array | null;
+  /** Free the KV cache held on the device (training makes it stale; a prefill makes a new one). */
+  dropDeviceCache(): void;
   /** Bytes of KV cache held on the device. */
   readonly deviceCacheBytes: number;
   /** Layer steps of decode whose attention ran on the device (tests check the path taken). */

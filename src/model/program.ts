@@ -105,6 +105,8 @@ Object.assign(methods, {
   async trainStep(ctx: RankContext, arg: unknown) {
     const a = arg as TrainArg;
     const m = need();
+    // A KV cache on the device no longer matches the weights after this step: free it now.
+    (ctx as RankContext & Partial<DeviceModel>).dropDeviceCache?.();
     const layout = `${layoutKey(a.positions)}/bwd`;
     if (layout !== preparedFor) {
       ctx.resetRings();

@@ -227,7 +227,7 @@ export function registerTrain(program: Command): void {
       process.stdout.write('\n' + formatTable(['model', 'final loss', `recall accuracy at ${seq}`, 'seconds'], rows) + `\n(chance: loss ${chance.toFixed(3)}, accuracy ${(100 / spec.values).toFixed(0)}%)\n`);
       const report: RunReport = {
         title: `ringattn train: key-value recall at ${seq} tokens`,
-        config: { seq, devices, layout: f.layout, steps, lr, hidden, layers, heads, ropeTheta, window, curriculumStart: start, seed, initStd: Number(initStd(hidden).toPrecision(4)) },
+        config: { seq, devices, layout: f.layout, steps, lr, hidden, layers, heads, ropeTheta, window, curriculumStart: start, seed, ...(f.resume ? {} : { initStd: Number(initStd(hidden).toPrecision(4)) }) },
         ranks: devices,
         steps: 0,
         events: [],

@@ -265,31 +265,7 @@ __device__ __forceinline__ void run(const FwdParams& p) {
 
   // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32.
 #pragma unroll
-  for (int r = 0; r < 2; r++) {
-    float l = rowSum[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const int i = rowBase + 8 * r;
-    const bool live = i < p.Sq && l > 0.f;
-    const u64 row = (u64)i * p.H + h;
-    const float lseOld = live ? p.lse[row] : 0.f;
-    __syncwarp();  // all four lanes read lse before lane 0 of the quad writes it
-    if (!live) continue;
-    const float lseB = (rowMax[r] + log2f(l)) * LN2;
-    float wOld, wB;
-    const float lseNew = mergeWeights(lseOld, lseB, wOld, wB);
-    const float inv = wB / l;
-    float* out = p.o + row * D;
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) {
-      const int col = n * 8 + 2 * (lane & 3);
-      float2 cur = wOld == 0.f ? make_float2(0.f, 0.f) : *(float2*)(out + col);
-      cur.x = cur.x * wOld + o[4 * n + 2 * r] * inv;
-      cur.y = cur.y * wOld + o[4 * n + 2 * r + 1] * inv;
-      *(float2*)(out + col) = cur;
-    }
-    if ((lane & 3) == 0) p.lse[row] = lseNew;
-  }
+  for (int r = 0; r < 2; r++) mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
 }
 }  // namespace fwdh
 

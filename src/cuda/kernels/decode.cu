@@ -213,6 +213,29 @@ __device__ __forceinline__ void cpAsync4(void* sm, const void* g, bool valid) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smemAddr(sm)), "l"(g), "r"(valid ? 4 : 0));
 }
 
+// Before the search (early: no window, so every row is a candidate): the sequence's rows as one
+// slice with the identity row map, whether it needs masking at all, and this split's tiles; with
+// a window the tiles come from dec::locate. Returns `early`.
+__device__ __forceinline__ bool initView(const DecodeParams& p, const Mask& m, int b, int s, int S, int bk, SeqView& sv, int& t0, int& t1) {
+  const bool early = p.window <= 0;
+  sv.a1 = sv.b0 = sv.V = p.n[b];
+  sv.mask = !(!p.causal && !m.hasSeg) && !((p.flags[b] & 1) && !m.hasSeg && p.Sq == 1);
+  t0 = t1 = 0;
+  if (early) split(s, S, (sv.V + bk - 1) / bk, t0, t1);
+  return early;
+}
+
+// Positions (and segment ids) of tile `tile`'s rows into sp[0, bk) (and sp[bk, 2 bk)) when the
+// slice is masked: one row per thread of the first bk.
+__device__ __forceinline__ void loadTilePos(const SeqView& sv, bool hasSeg, const int* posB, const int* segB, int* sp, int tile, int bk) {
+  if (!sv.mask || threadIdx.x >= bk) return;
+  const int u = tile * bk + threadIdx.x;
+  const bool ok = u < sv.V;
+  const i64 j = ok ? rowOf(sv, u) : 0;
+  cpAsync4(sp + threadIdx.x, posB + j, ok);
+  if (hasSeg) cpAsync4(sp + bk + threadIdx.x, segB + j, ok);
+}
+
 }  // namespace dec
 
 // ---- tensor-core path (bf16 / fp16, D = 64 or 128) --------------------------------------------
@@ -256,12 +279,9 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
   const int mt = warp % MT, slice = warp / MT;
   const int G = p.H / p.Hk, R = p.R, r0 = z * MAXR, Rz = min(MAXR, R - r0);
   const Mask m = {p.causal, p.window, p.window > 0 ? p.sinks : 0, p.qSeg != nullptr};
-  const bool early = p.window <= 0;
-  dec::SeqView sv;  // before the search (early): every row a candidate, identity row map
-  sv.a1 = sv.b0 = sv.V = p.n[b];
-  sv.mask = !(!p.causal && !m.hasSeg) && !((p.flags[b] & 1) && !m.hasSeg && p.Sq == 1);
-  int t0 = 0, t1 = 0;
-  if (early) dec::split(s, S, (sv.V + BK - 1) / BK, t0, t1);
+  dec::SeqView sv;
+  int t0, t1;
+  const bool early = dec::initView(p, m, b, s, S, BK, sv, t0, t1);
 
   const T* kBase = (const T*)p.k[b] + (i64)kh * D;
   const T* vBase = (const T*)p.v[b] + (i64)kh * D;
@@ -292,14 +312,7 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
       const int r = cidx / CH, cc = (cidx % CH) * 8;
       cpAsync16(sV + r * LD + cc, vBase + off[i], ok[i]);
     }
-    if (sv.mask && threadIdx.x < BK) {
-      const int u = tile * BK + threadIdx.x;
-      const bool ok = u < sv.V;
-      const i64 j = ok ? dec::rowOf(sv, u) : 0;
-      int* sp = stagePos(st);
-      dec::cpAsync4(sp + threadIdx.x, posB + j, ok);
-      if (m.hasSeg) dec::cpAsync4(sp + BK + threadIdx.x, segB + j, ok);
-    }
+    dec::loadTilePos(sv, m.hasSeg, posB, segB, stagePos(st), tile, BK);
   };
 
   // Start the pipeline before the search (early) or right after it, and before the query
@@ -512,13 +525,10 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int G = p.H / p.Hk, R = p.R, r0 = z * RG, Rz = min(RG, R - r0);
   const Mask m = {p.causal, p.window, p.window > 0 ? p.sinks : 0, p.qSeg != nullptr};
-  const bool early = p.window <= 0;
   dec::SeqView sv;
-  sv.a1 = sv.b0 = sv.V = p.n[b];
-  sv.mask = !(!p.causal && !m.hasSeg) && !((p.flags[b] & 1) && !m.hasSeg && p.Sq == 1);
-  int t0 = 0, t1 = 0;
-  if (early) dec::split(s, S, (sv.V + BK - 1) / BK, t0, t1);
-  else dec::locate<THREADS>(p, b, s, S, BK, shInt, sv, t0, t1, false);
+  int t0, t1;
+  const bool early = dec::initView(p, m, b, s, S, BK, sv, t0, t1);
+  if (!early) dec::locate<THREADS>(p, b, s, S, BK, shInt, sv, t0, t1, false);
 
   const char* kBase = (const char*)p.k[b] + (i64)kh * D * E;
   const char* vBase = (const char*)p.v[b] + (i64)kh * D * E;
@@ -541,14 +551,7 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
       cpAsync16(sK + r * LB + cc, kBase + off, ok);
       cpAsync16(sV + r * LB + cc, vBase + off, ok);
     }
-    if (sv.mask && threadIdx.x < BK) {
-      const int u = tile * BK + threadIdx.x;
-      const bool ok = u < sv.V;
-      const i64 j = ok ? dec::rowOf(sv, u) : 0;
-      int* sp = stagePos(st);
-      dec::cpAsync4(sp + threadIdx.x, posB + j, ok);
-      if (m.hasSeg) dec::cpAsync4(sp + BK + threadIdx.x, segB + j, ok);
-    }
+    dec::loadTilePos(sv, m.hasSeg, posB, segB, stagePos(st), tile, BK);
   };
 #pragma unroll
   for (int st = 0; st < STAGES - 1; st++) {

@@ -77,9 +77,35 @@ export interface DecodeHeadArgs {
   H: number;
   Hk: number;
   D: number;
+  /** 0 or absent: no window. */
   window?: number;
+  /** Only meaningful with a window. */
   sinks?: number;
+  /** Default 1/sqrt(D). */
   scale?: number;
+}
+
+/**
+ * A decode call's arguments as the CPU (src/cpu/decode.ts) and GPU (src/cuda/decode.ts) entry
+ * points share them; `C` is the entry point's cache type.
+ */
+export interface DecodeCallArgs<C> extends DecodeHeadArgs {
+  /** [B, Sq, H, D] fp32. */
+  q: Float32Array;
+  /** [B, Sq] global positions of the query tokens. */
+  qPos: Int32Array;
+  qSeg?: Int32Array;
+  /** One cache per sequence (B = caches.length); lengths may differ, 0 included. */
+  caches: C[];
+  causal: boolean;
+  /** Running results [B, Sq, H, D] and [B, Sq, H], merged in place; fresh (0, -Infinity) when absent. */
+  o?: Float32Array;
+  lse?: Float32Array;
+  /**
+   * true: every cache's positions are non-decreasing (a cache appended in token order), so only the
+   * visible rows are read; false: every row is read and masked; absent: checked per sequence.
+   */
+  kvSorted?: boolean;
 }
 
 export interface DecodeHeads {

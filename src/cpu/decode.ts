@@ -1,5 +1,5 @@
 import { BackendError, InputError } from '../core/errors.js';
-import { checkAtLeast, checkDecodeCacheRows, checkDecodeHeads, checkDecodeOut, checkDecodeQueries, checkInt } from '../core/inputs.js';
+import { checkAtLeast, checkDecodeCacheRows, checkDecodeHeads, checkDecodeOut, checkDecodeQueries, checkInt, type DecodeCallArgs } from '../core/inputs.js';
 import { bf16BitsToF32, f16BitsToF32 } from '../core/tensor.js';
 import { loadNative } from './build.js';
 
@@ -27,37 +27,12 @@ export interface DecodeCache {
   n?: number;
 }
 
-export interface DecodeArgs {
-  /** [B, Sq, H, D] */
-  q: Float32Array;
-  /** [B, Sq] global positions of the query tokens. */
-  qPos: Int32Array;
-  qSeg?: Int32Array;
-  /** One cache per sequence (B = caches.length); lengths may differ, 0 included. */
-  caches: DecodeCache[];
-  H: number;
-  Hk: number;
-  D: number;
+export interface DecodeArgs extends DecodeCallArgs<DecodeCache> {
   /**
    * Element type of every cache's k and v (default 'float32'). The 16-bit types halve the bytes a
    * step reads; they are widened to fp32 on load and all arithmetic stays fp32 (q, o, lse are fp32).
    */
   kvDtype?: DecodeKvDtype;
-  causal: boolean;
-  /** 0 or absent: no window. */
-  window?: number;
-  /** Only meaningful with a window. */
-  sinks?: number;
-  /** Default 1/sqrt(D). */
-  scale?: number;
-  /** Running results [B, Sq, H, D] and [B, Sq, H], merged in place; fresh (0, -Infinity) when absent. */
-  o?: Float32Array;
-  lse?: Float32Array;
-  /**
-   * true: every cache's positions are non-decreasing (a cache appended in token order), so only the
-   * visible rows are read; false: every row is read and masked; absent: checked per sequence.
-   */
-  kvSorted?: boolean;
   /** Cache rows per split-KV work item (0 or absent: chosen from the work and the threads). */
   chunk?: number;
   /** Threads the C kernel may use (default 1). */

@@ -1,5 +1,6 @@
 import { BackendError, InputError } from '../core/errors.js';
-import { checkAtLeast, checkDecodeCacheRows, checkDecodeHeads, checkDecodeOut, checkDecodeQueries, checkInt } from '../core/inputs.js';
+import { checkAtLeast, checkDecodeCacheRows, checkDecodeHeads, checkDecodeOut, checkDecodeQueries, checkInt, type DecodeCallArgs } from '../core/inputs.js';
+import type { DecodeCache } from '../cpu/decode.js';
 import { CU_FUNC_ATTRIBUTE } from './bindings/driver.js';
 import { argBuffers, CudaContext, packStruct, Staging, type Arg, type DeviceBuffer } from './context.js';
 import { bytesOf, encode, type CudaDType } from './convert.js';
@@ -399,35 +400,13 @@ export class CudaDecode {
 
 // ---- host arrays ------------------------------------------------------------------------------
 
-export interface HostDecodeCache {
-  /** [n, Hk, D] fp32 (at least n * Hk * D elements). */
+/** The CPU decode's cache (src/cpu/decode.ts) with fp32 keys and values [n, Hk, D]. */
+export interface HostDecodeCache extends DecodeCache {
   k: Float32Array;
   v: Float32Array;
-  pos: Int32Array;
-  seg?: Int32Array;
-  /** Rows in use (default pos.length). */
-  n?: number;
 }
 
-export interface CudaDecodeArgs {
-  /** [B, Sq, H, D] fp32. */
-  q: Float32Array;
-  /** [B, Sq]. */
-  qPos: Int32Array;
-  qSeg?: Int32Array;
-  caches: HostDecodeCache[];
-  H: number;
-  Hk: number;
-  D: number;
-  causal: boolean;
-  window?: number;
-  sinks?: number;
-  scale?: number;
-  /** Running results [B, Sq, H, D] and [B, Sq, H], merged in place; fresh (0, -Infinity) when absent. */
-  o?: Float32Array;
-  lse?: Float32Array;
-  /** As the CPU API: true / false for every cache, absent: checked per sequence. */
-  kvSorted?: boolean;
+export interface CudaDecodeArgs extends DecodeCallArgs<HostDecodeCache> {
   /** Cache and query precision on the GPU (default bfloat16). o and lse are fp32. */
   dtype?: CudaDType;
   /** An open context (else GPU `device` is opened and released). */

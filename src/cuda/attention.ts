@@ -200,8 +200,9 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       if (a.Sq === 0 || a.Sk === 0) return;
       const tag = chooseKernel(a, ctx.computeCapability);
       const wg = wgmmaForward(tag, ctx.computeCapability);
-      const [bq] = tiles(tag, 'fwd', wg !== null);
-      const [qTiles, kTiles] = boxes(a, tiles(tag, 'fwd', wg !== null));
+      const tile = tiles(tag, 'fwd', wg !== null);
+      const [qTiles, kTiles] = boxes(a, tile);
+      const bq = tile[0];
       const params = packStruct([
         { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.qPos }, { ptr: a.kPos }, { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 },
         { ptr: qTiles }, { ptr: kTiles }, { ptr: a.o }, { ptr: a.lse }, ...tail(a),
@@ -224,8 +225,9 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       validate(a);
       if (a.Sq === 0 || a.Sk === 0) return;
       const tag = chooseKernel(a, ctx.computeCapability);
-      const [bq] = tiles(tag, 'bwd', false);
-      const [qTiles, kTiles] = boxes(a, tiles(tag, 'bwd', false));
+      const tile = tiles(tag, 'bwd', false);
+      const [qTiles, kTiles] = boxes(a, tile);
+      const bq = tile[0];
       const split = tag === 'generic' ? 1 : bwdSplit(Math.ceil(a.Sk / BK) * a.Hk, a.H / a.Hk, ctx.smCount);
       const params = packStruct([
         { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.dO }, { ptr: a.lse }, { ptr: a.delta }, { ptr: a.qPos }, { ptr: a.kPos },

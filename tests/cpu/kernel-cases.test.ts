@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import { BackendError, InputError } from '../../src/core/errors.js';
 import { computeDelta, type AttentionKernel, type ForwardArgs } from '../../src/core/kernel.js';
 import { getKernel, supported } from '../../src/cpu/attention.js';
-import { assertClose, freshSeed, randn, rng } from '../helpers/check.js';
+import { assertClose, freshSeed, randn, rng, withEnv } from '../helpers/check.js';
 import { refBackward, refForward, refVisible, type RefMask } from '../ref/attention64.js';
 import { TOL } from '../ref/tolerances.js';
 import { gather, makeProblem, range, runKernel } from './kernel-harness.js';
@@ -173,15 +173,10 @@ test('kernel selection and argument checks', () => {
     assert.match(getKernel().name, /^c\/(avx512|avx2|neon|scalar)$/);
     assert.match(getKernel({ kernel: 'c' }).name, /^c\//);
   }
-  const saved = process.env.RINGATTN_KERNEL;
-  process.env.RINGATTN_KERNEL = 'ts';
-  try {
+  withEnv({ RINGATTN_KERNEL: 'ts' }, () => {
     assert.equal(getKernel().name, 'ts');
     assert.throws(() => getKernel({ kernel: 'c' }), BackendError);
-  } finally {
-    if (saved === undefined) delete process.env.RINGATTN_KERNEL;
-    else process.env.RINGATTN_KERNEL = saved;
-  }
+  });
   const r = rng(1);
   const good: ForwardArgs = { q: randn(8 * 4 * 16, r), k: randn(8 * 2 * 16, r), v: randn(8 * 2 * 16, r), qPos: range(0, 8), kPos: range(0, 8), Sq: 8, Sk: 8, H: 4, Hk: 2, D: 16, causal: false, window: 0, sinks: 0, scale: 0.25, o: new Float32Array(8 * 4 * 16), lse: new Float32Array(32).fill(-Infinity) };
   assert.equal(supported(good), null);

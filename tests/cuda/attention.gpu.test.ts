@@ -7,7 +7,7 @@ import { attentionCuda } from '../../src/cuda/index.js';
 import { encode, roundTo, type CudaDType } from '../../src/cuda/convert.js';
 import { refBackward, refForward, type RefMask } from '../ref/attention64.js';
 import { refBlock } from './ref64.js';
-import { assertClose, freshSeed, randn, rng } from '../helpers/check.js';
+import { assertClose, freshSeed, randn, rng, withEnv } from '../helpers/check.js';
 
 // The CUDA kernels against the float64 reference, on a GPU; skipped with the reason elsewhere.
 // Inputs are fresh random draws (seed printed on failure); the reference runs on the inputs
@@ -94,19 +94,6 @@ for (const dtype of ['bfloat16', 'float16', 'float32'] as const) {
   }
 }
 
-/** Runs `body` with RINGATTN_WGMMA_ATTN set to `value` (undefined: unset), restoring it after. */
-async function withWgmmaAttn<R>(value: string | undefined, body: () => Promise<R>): Promise<R> {
-  const before = process.env.RINGATTN_WGMMA_ATTN;
-  if (value === undefined) delete process.env.RINGATTN_WGMMA_ATTN;
-  else process.env.RINGATTN_WGMMA_ATTN = value;
-  try {
-    return await body();
-  } finally {
-    if (before === undefined) delete process.env.RINGATTN_WGMMA_ATTN;
-    else process.env.RINGATTN_WGMMA_ATTN = before;
-  }
-}
-
 // The 16-bit forward on every kernel: mma.sync (attn_fwd.cu) and, on Hopper, wgmma
 // (attn_fwd_h.cu: RINGATTN_WGMMA_ATTN=1 one tile at a time, =2 pipelined at D=64), across many
 // 128-key tiles (the stage ring wraps several times), empty tiles skipped and partial ones
@@ -115,7 +102,7 @@ for (const wgmma of [undefined, '1', '2']) {
   test(`attentionCuda 16-bit forward${wgmma ? ` with RINGATTN_WGMMA_ATTN=${wgmma} (wgmma on Hopper, mma.sync elsewhere)` : ''}: every mask at D 64/128, then long sequences of many tiles`, { skip }, async () => {
     const seed = freshSeed();
     const r = rng(seed);
-    await withWgmmaAttn(wgmma, async () => {
+    await withEnv({ RINGATTN_WGMMA_ATTN: wgmma }, async () => {
       let n = 0;
       for (const dtype of ['bfloat16', 'float16'] as const) {
         for (const D of [64, 128]) {
@@ -149,15 +136,10 @@ test('attentionCuda: other head dims (generic path), a batch, several 64-key til
 
 test('tensor-core backward with the GQA group split over CTAs (dK/dV by atomics) and without', { skip }, async () => {
   const seed = freshSeed();
-  const before = process.env.RINGATTN_BWD_SPLIT;
-  try {
-    for (const split of ['1', '2', '4', '']) {
-      process.env.RINGATTN_BWD_SPLIT = split;
+  for (const split of ['1', '2', '4', '']) {
+    await withEnv({ RINGATTN_BWD_SPLIT: split }, async () => {
       for (const D of [64, 128]) await checkCase('bfloat16', D, 8, 2, 190, { name: `causal, split ${split || 'auto'}`, mask: { causal: true } }, seed + D);
-    }
-  } finally {
-    if (before === undefined) delete process.env.RINGATTN_BWD_SPLIT;
-    else process.env.RINGATTN_BWD_SPLIT = before;
+    });
   }
 });
 
@@ -169,7 +151,7 @@ test('block kernels on global positions: two KV blocks merge into the full resul
   const kern = cudaKernel(c);
   const cases = [['bfloat16', 128, true, 0, 0, undefined], ['float16', 64, true, 100, 4, undefined], ['float32', 64, false, 50, 2, undefined],
     ['bfloat16', 128, true, 0, 0, '1'], ['float16', 64, true, 100, 4, '1'], ['bfloat16', 64, true, 0, 0, '2'], ['float16', 64, false, 60, 3, '2']] as const;
-  for (const [dtype, D, causal, window, sinks, wgmma] of cases) await withWgmmaAttn(wgmma, async () => {
+  for (const [dtype, D, causal, window, sinks, wgmma] of cases) await withEnv({ RINGATTN_WGMMA_ATTN: wgmma }, async () => {
     const H = 4, Hk = 2, Sq = 90, S1 = 70, S2 = 81, Sk = S1 + S2;
     // Queries hold positions 60..149 (a shard); keys 0..150 in two blocks, block 2 first in position.
     const qPos = Int32Array.from({ length: Sq }, (_, i) => 60 + i);

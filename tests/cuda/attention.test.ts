@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { chooseKernel, supported, wgmmaForward } from '../../src/cuda/attention.js';
 import { encode, roundTo } from '../../src/cuda/convert.js';
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '../../src/core/tensor.js';
-import { freshSeed, randn, rng } from '../helpers/check.js';
+import { freshSeed, randn, rng, withEnv } from '../helpers/check.js';
 
 // Pure host-side parts of the CUDA backend (no GPU).
 
@@ -16,29 +16,21 @@ test('chooseKernel: tensor cores for 16-bit inputs at D 64/128 on sm_80+, the ge
 });
 
 test('wgmmaForward: the Hopper forward for tensor-core tags on sm_90 when RINGATTN_WGMMA_ATTN is 1 or 2, never with RINGATTN_NO_WGMMA=1', () => {
-  const saved = [process.env.RINGATTN_WGMMA_ATTN, process.env.RINGATTN_NO_WGMMA];
-  const set = (name: string, v: string | undefined) => (v === undefined ? delete process.env[name] : (process.env[name] = v));
-  try {
-    set('RINGATTN_NO_WGMMA', undefined);
-    set('RINGATTN_WGMMA_ATTN', undefined);
-    assert.equal(wgmmaForward('mma16-d128', [9, 0]), null, 'opt-in until it has run on a GPU');
-    set('RINGATTN_WGMMA_ATTN', 'yes');
-    assert.equal(wgmmaForward('mma16-d128', [9, 0]), null);
-    set('RINGATTN_WGMMA_ATTN', '1');
+  const env = (attn: string | undefined, no?: string) => ({ RINGATTN_WGMMA_ATTN: attn, RINGATTN_NO_WGMMA: no });
+  withEnv(env(undefined), () => assert.equal(wgmmaForward('mma16-d128', [9, 0]), null, 'opt-in until it has run on a GPU'));
+  withEnv(env('yes'), () => assert.equal(wgmmaForward('mma16-d128', [9, 0]), null));
+  withEnv(env('1'), () => {
     assert.equal(wgmmaForward('mma16-d128', [9, 0]), 'h');
     assert.equal(wgmmaForward('mma16-d64', [9, 0]), 'h');
     assert.equal(wgmmaForward('generic', [9, 0]), null);
     assert.equal(wgmmaForward('mma16-d128', [8, 0]), null);
     assert.equal(wgmmaForward('mma16-d128', [10, 0]), null);
-    set('RINGATTN_WGMMA_ATTN', '2');
+  });
+  withEnv(env('2'), () => {
     assert.equal(wgmmaForward('mma16-d64', [9, 0]), 'hp');
     assert.equal(wgmmaForward('mma16-d128', [9, 0]), 'h', 'no pipelined kernel at D=128');
-    set('RINGATTN_NO_WGMMA', '1');
-    assert.equal(wgmmaForward('mma16-d64', [9, 0]), null);
-  } finally {
-    set('RINGATTN_WGMMA_ATTN', saved[0]);
-    set('RINGATTN_NO_WGMMA', saved[1]);
-  }
+  });
+  withEnv(env('2', '1'), () => assert.equal(wgmmaForward('mma16-d64', [9, 0]), null));
 });
 
 test('supported: null for valid arguments, a reason naming the argument otherwise', () => {

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { check, cudaAvailable, describeFromTable } from '../../src/cuda/check.js';
 import { BackendError } from '../../src/core/errors.js';
 import { fakeCuda } from '../mock/fakeCuda.js';
+import { withEnv } from '../helpers/check.js';
 
 // No GPU needed: the error paths and the "no driver" message.
 
@@ -17,19 +18,14 @@ test('check() passes on 0 and names the call and the code otherwise', () => {
 });
 
 test('cudaAvailable: no driver library gives one clear line, never a throw', () => {
-  const saved = process.env.RINGATTN_LIBCUDA;
-  process.env.RINGATTN_LIBCUDA = '/nonexistent/libcuda.so.1';
-  try {
+  withEnv({ RINGATTN_LIBCUDA: '/nonexistent/libcuda.so.1' }, () => {
     const r = cudaAvailable();
     assert.equal(r.ok, false);
     if (!r.ok) {
       assert.match(r.reason, /^CUDA unavailable: CUDA driver library not found: RINGATTN_LIBCUDA=\/nonexistent\/libcuda.so.1 could not be loaded/);
       assert.ok(!r.reason.includes('\n'), 'one line');
     }
-  } finally {
-    if (saved === undefined) delete process.env.RINGATTN_LIBCUDA;
-    else process.env.RINGATTN_LIBCUDA = saved;
-  }
+  });
 });
 
 test('cudaAvailable: a driver without a device names the failing call and the code', () => {

@@ -47,3 +47,28 @@ export function assertClose(a: ArrayLike<number>, b: ArrayLike<number>, tol: num
   const e = relErr(a, b);
   assert.ok(e <= tol, `${what}: relative error ${e.toExponential(3)} > ${tol}`);
 }
+
+/**
+ * Runs `body` with the environment variables `vars` set (undefined: unset) and restores their
+ * previous values afterwards, also when `body` throws or its promise rejects.
+ */
+export function withEnv<R>(vars: Record<string, string | undefined>, body: () => R): R {
+  const set = (vs: Record<string, string | undefined>) => {
+    for (const [k, v] of Object.entries(vs)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  };
+  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
+  set(vars);
+  let r: R;
+  try {
+    r = body();
+  } catch (e) {
+    set(saved);
+    throw e;
+  }
+  if (r instanceof Promise) return r.finally(() => set(saved)) as R;
+  set(saved);
+  return r;
+}

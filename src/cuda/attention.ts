@@ -26,18 +26,17 @@ export function chooseKernel(spec: { dtype: CudaDType; D: number }, computeCapab
 
 /**
  * Which Hopper warpgroup-MMA forward (kernels/attn_fwd_h.cu) a tensor-core tag runs, or null for
- * mma.sync (attn_fwd.cu). sm_90a only, and for now opt-in: RINGATTN_WGMMA_ATTN=1 picks
- * attn_fwd_h (one tile at a time per warpgroup), =2 the software-pipelined attn_fwd_hp at D=64
- * (attn_fwd_h at D=128, where the pipelined one has too few registers). The kernels compile
- * (nvcc, sm_90a) but have not yet run on a GPU: they become the default once
- * tests/cuda/attention.gpu.test.ts has passed on an H100/H200 (bench/gpu-wgmma-check.sh).
- * RINGATTN_NO_WGMMA=1 turns them off with the wgmma GEMM. Read at each call, so tests can run
- * every path on one GPU.
+ * mma.sync (attn_fwd.cu). On sm_90a it is the default: attn_fwd_h (one tile at a time per
+ * warpgroup; 338-383 TFLOP/s at D=128 on an H200 against 172 for mma.sync, BENCHMARKS.md).
+ * RINGATTN_WGMMA_ATTN=0 picks mma.sync, =2 the software-pipelined attn_fwd_hp at D=64 (attn_fwd_h
+ * at D=128, where the pipelined one has too few registers; it measured no faster, so it is not
+ * the default). RINGATTN_NO_WGMMA=1 turns them off with the wgmma GEMM. Read at each call, so
+ * tests can run every path on one GPU.
  */
 export function wgmmaForward(tag: KernelTag, computeCapability: readonly [number, number]): 'h' | 'hp' | null {
   if (tag === 'generic' || computeCapability[0] !== 9 || computeCapability[1] !== 0) return null;
   const v = process.env.RINGATTN_WGMMA_ATTN;
-  if (process.env.RINGATTN_NO_WGMMA === '1' || (v !== '1' && v !== '2')) return null;
+  if (process.env.RINGATTN_NO_WGMMA === '1' || v === '0') return null;
   return v === '2' && tag === 'mma16-d64' ? 'hp' : 'h';
 }
 

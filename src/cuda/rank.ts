@@ -244,9 +244,9 @@ export class CudaRank implements RankContext, DeviceModel {
     const why = decodeSupported(dt, D);
     this.hostReason = why
       ? `the GPU decode kernel does not support ${dt} with head dim ${D} (${why}): decode attends on the host`
-      : process.env.RINGATTN_GPU_DECODE === '1'
-        ? null
-        : 'decode attends on the host: the model\'s GPU decode is opt-in (RINGATTN_GPU_DECODE=1) until it has run on a GPU';
+      : process.env.RINGATTN_GPU_DECODE === '0'
+        ? 'decode attends on the host: RINGATTN_GPU_DECODE=0'
+        : null;
     const hostH = new Float32Array(n * hid);
     embed(ids, m.w.embed, hid, hostH);
     const h = S.get('p.h', n * hid * 4);

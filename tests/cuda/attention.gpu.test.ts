@@ -95,11 +95,12 @@ for (const dtype of ['bfloat16', 'float16', 'float32'] as const) {
 }
 
 // The 16-bit forward on every kernel: mma.sync (attn_fwd.cu) and, on Hopper, wgmma
-// (attn_fwd_h.cu: RINGATTN_WGMMA_ATTN=1 one tile at a time, =2 pipelined at D=64), across many
+// (attn_fwd_h.cu, the default on sm_90a: one tile at a time; RINGATTN_WGMMA_ATTN=2 pipelined at D=64;
+// =0 mma.sync), across many
 // 128-key tiles (the stage ring wraps several times), empty tiles skipped and partial ones
 // masked, and a shard of fewer than 64 queries (the second consumer warpgroup has no live row).
-for (const wgmma of [undefined, '1', '2']) {
-  test(`attentionCuda 16-bit forward${wgmma ? ` with RINGATTN_WGMMA_ATTN=${wgmma} (wgmma on Hopper, mma.sync elsewhere)` : ''}: every mask at D 64/128, then long sequences of many tiles`, { skip }, async () => {
+for (const wgmma of ['0', '1', '2']) {
+  test(`attentionCuda 16-bit forward with RINGATTN_WGMMA_ATTN=${wgmma} (${wgmma === '0' ? 'mma.sync' : 'wgmma on Hopper, mma.sync elsewhere'}): every mask at D 64/128, then long sequences of many tiles`, { skip }, async () => {
     const seed = freshSeed();
     const r = rng(seed);
     await withEnv({ RINGATTN_WGMMA_ATTN: wgmma }, async () => {
@@ -149,7 +150,7 @@ test('block kernels on global positions: two KV blocks merge into the full resul
   const r = rng(seed);
   const c = context();
   const kern = cudaKernel(c);
-  const cases = [['bfloat16', 128, true, 0, 0, undefined], ['float16', 64, true, 100, 4, undefined], ['float32', 64, false, 50, 2, undefined],
+  const cases = [['bfloat16', 128, true, 0, 0, '0'], ['float16', 64, true, 100, 4, '0'], ['float32', 64, false, 50, 2, undefined],
     ['bfloat16', 128, true, 0, 0, '1'], ['float16', 64, true, 100, 4, '1'], ['bfloat16', 64, true, 0, 0, '2'], ['float16', 64, false, 60, 3, '2']] as const;
   for (const [dtype, D, causal, window, sinks, wgmma] of cases) await withEnv({ RINGATTN_WGMMA_ATTN: wgmma }, async () => {
     const H = 4, Hk = 2, Sq = 90, S1 = 70, S2 = 81, Sk = S1 + S2;

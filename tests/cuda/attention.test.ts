@@ -15,22 +15,24 @@ test('chooseKernel: tensor cores for 16-bit inputs at D 64/128 on sm_80+, the ge
   assert.equal(chooseKernel({ dtype: 'bfloat16', D: 64 }, [7, 5]), 'generic');
 });
 
-test('wgmmaForward: the Hopper forward for tensor-core tags on sm_90 when RINGATTN_WGMMA_ATTN is 1 or 2, never with RINGATTN_NO_WGMMA=1', () => {
+test('wgmmaForward: the Hopper forward for tensor-core tags on sm_90 by default, mma.sync with RINGATTN_WGMMA_ATTN=0 or RINGATTN_NO_WGMMA=1', () => {
   const env = (attn: string | undefined, no?: string) => ({ RINGATTN_WGMMA_ATTN: attn, RINGATTN_NO_WGMMA: no });
-  withEnv(env(undefined), () => assert.equal(wgmmaForward('mma16-d128', [9, 0]), null, 'opt-in until it has run on a GPU'));
-  withEnv(env('yes'), () => assert.equal(wgmmaForward('mma16-d128', [9, 0]), null));
-  withEnv(env('1'), () => {
-    assert.equal(wgmmaForward('mma16-d128', [9, 0]), 'h');
-    assert.equal(wgmmaForward('mma16-d64', [9, 0]), 'h');
-    assert.equal(wgmmaForward('generic', [9, 0]), null);
-    assert.equal(wgmmaForward('mma16-d128', [8, 0]), null);
-    assert.equal(wgmmaForward('mma16-d128', [10, 0]), null);
-  });
+  for (const v of [undefined, '1']) {
+    withEnv(env(v), () => {
+      assert.equal(wgmmaForward('mma16-d128', [9, 0]), 'h');
+      assert.equal(wgmmaForward('mma16-d64', [9, 0]), 'h');
+      assert.equal(wgmmaForward('generic', [9, 0]), null);
+      assert.equal(wgmmaForward('mma16-d128', [8, 0]), null);
+      assert.equal(wgmmaForward('mma16-d128', [10, 0]), null);
+    });
+  }
+  withEnv(env('0'), () => assert.equal(wgmmaForward('mma16-d128', [9, 0]), null));
   withEnv(env('2'), () => {
     assert.equal(wgmmaForward('mma16-d64', [9, 0]), 'hp');
     assert.equal(wgmmaForward('mma16-d128', [9, 0]), 'h', 'no pipelined kernel at D=128');
   });
   withEnv(env('2', '1'), () => assert.equal(wgmmaForward('mma16-d64', [9, 0]), null));
+  withEnv(env(undefined, '1'), () => assert.equal(wgmmaForward('mma16-d128', [9, 0]), null));
 });
 
 test('supported: null for valid arguments, a reason naming the argument otherwise', () => {

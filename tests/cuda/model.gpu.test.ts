@@ -22,9 +22,10 @@ import { freshSeed, relErr, rng } from '../helpers/check.js';
 // where only one is visible); a training step's loss and gradients on as many GPU ranks against
 // the CPU backend. Skipped with the reason where there is no GPU.
 
-// The model's GPU decode (CudaRank.decodeLayer) is opt-in until these tests have passed on a GPU;
-// they test it (and, at head dim 6, the host fallback). Ranks and CLI runs inherit the setting.
-process.env.RINGATTN_GPU_DECODE = '1';
+// The model's GPU decode (CudaRank.decodeLayer) is the default; these tests check it (and, at head
+// dim 6, the host fallback). A RINGATTN_GPU_DECODE=0 in the caller's environment is cleared so
+// that ranks and CLI runs, which inherit it, decode on the GPU.
+delete process.env.RINGATTN_GPU_DECODE;
 
 const avail = cudaAvailable();
 const nccl = avail.ok ? loadNccl() : null;

@@ -2,12 +2,13 @@ import { CudaContext } from '../src/cuda/context.js';
 import { ringBench } from './gpu-ring.js';
 import { cudaKernel } from '../src/cuda/attention.js';
 import { encode, type CudaDType } from '../src/cuda/convert.js';
+import { fill } from './common.js';
 
 /**
  * Times the CUDA block kernels on one GPU: forward and backward (delta + main kernel) at a few
  * shapes, median of N event-timed runs after warm-up, reported as TFLOP/s with the usual
  * attention FLOP count (forward 4·S²·H·D, halved for causal; backward 2.5× forward).
- * Usage: node dist/bench/gpu.js [S=8192] [H=16] [reps=10]
+ * Usage: node dist/bench/gpu.js [S=8192] [H=16] [reps=10] [--d=64,128] [--fwd-only]
  *        node dist/bench/gpu.js ring [devices=2] [reps=3] [S,S,...=16384,32768,65536]
  *          the ring on `devices` GPUs against one GPU on the same work (bench/gpu-ring.ts)
  */
@@ -17,9 +18,14 @@ if (process.argv[2] === 'ring') {
   process.exit(0);
 }
 
-const S = Number(process.argv[2] ?? 8192);
-const H = Number(process.argv[3] ?? 16);
-const reps = Number(process.argv[4] ?? 10);
+const flags = process.argv.slice(2).filter((x) => x.startsWith('--'));
+const pos = process.argv.slice(2).filter((x) => !x.startsWith('--'));
+const S = Number(pos[0] ?? 8192);
+const H = Number(pos[1] ?? 16);
+const reps = Number(pos[2] ?? 10);
+const dList = (flags.find((f) => f.startsWith('--d='))?.slice(4) ?? '64,128').split(',').map(Number);
+const fwdOnly = flags.includes('--fwd-only');
+for (const f of flags) if (!f.startsWith('--d=') && f !== '--fwd-only') throw new Error(`unknown flag ${f}: expected --d=64,128 or --fwd-only`);
 
 function median(x: number[]): number {
   const s = [...x].sort((a, b) => a - b);
@@ -31,11 +37,12 @@ const kern = cudaKernel(ctx);
 console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); S=${S} H=${H} reps=${reps}`);
 console.log('kernel                         D  causal  fwd ms   fwd TF/s  bwd ms   bwd TF/s');
 for (const dtype of ['bfloat16'] as CudaDType[]) {
-  for (const D of [64, 128]) {
+  for (const D of dList) {
     for (const causal of [false, true]) {
       const Hk = H;
       const n = S * H * D;
-      const rnd = () => Float32Array.from({ length: n }, () => Math.random() * 2 - 1);
+      let seed = 1;
+      const rnd = () => fill(n, seed++);
       const up = (x: ArrayBufferView) => {
         const b = ctx.alloc(x.byteLength);
         ctx.upload(b, x);
@@ -55,11 +62,11 @@ for (const dtype of ['bfloat16'] as CudaDType[]) {
         kern.backward({ ...a, dO: dO.ptr, lse: lse.ptr, delta: delta.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr });
       };
       fwd();
-      bwd();
+      if (!fwdOnly) bwd();
       ctx.sync();
-      const tf = [], tb = [];
+      const tf = [], tb = [NaN];
       for (let i = 0; i < reps; i++) tf.push(ctx.time(fwd));
-      for (let i = 0; i < reps; i++) tb.push(ctx.time(bwd));
+      if (!fwdOnly) for (let i = 0; i < reps; i++) tb[i] = ctx.time(bwd);
       const flops = (4 * S * S * H * D) / (causal ? 2 : 1);
       const mf = median(tf), mb = median(tb);
       console.log(

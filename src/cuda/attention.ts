@@ -24,20 +24,25 @@ export function chooseKernel(spec: { dtype: CudaDType; D: number }, computeCapab
   return 'generic';
 }
 
+/** The Hopper forward's consumer schedules (kernels/attn_fwd_h.cu), by RINGATTN_WGMMA_ATTN value. */
+export const WGMMA_FORWARDS = { '1': 'h', '2': 'hp', '3': 'hs', '4': 'hq' } as const;
+export type WgmmaForward = (typeof WGMMA_FORWARDS)[keyof typeof WGMMA_FORWARDS];
+
 /**
  * Which Hopper warpgroup-MMA forward (kernels/attn_fwd_h.cu) a tensor-core tag runs, or null for
  * mma.sync (attn_fwd.cu). On sm_90a it is the default: attn_fwd_h (one tile at a time per
  * warpgroup; 338-383 TFLOP/s at D=128 on an H200 against 172 for mma.sync, BENCHMARKS.md).
- * RINGATTN_WGMMA_ATTN=0 picks mma.sync, =2 the software-pipelined attn_fwd_hp at D=64 (attn_fwd_h
- * at D=128, where the pipelined one has too few registers; it measured no faster, so it is not
- * the default). RINGATTN_NO_WGMMA=1 turns them off with the wgmma GEMM. Read at each call, so
+ * RINGATTN_WGMMA_ATTN=0 picks mma.sync; 1..4 pick a schedule: 1 h (one tile at a time), 2 hp
+ * (software-pipelined), 3 hs (ping-pong turns between the warpgroups), 4 hq (both). A scale <= 0
+ * runs mma.sync. RINGATTN_NO_WGMMA=1 turns them off with the wgmma GEMM. Read at each call, so
  * tests can run every path on one GPU.
  */
-export function wgmmaForward(tag: KernelTag, computeCapability: readonly [number, number]): 'h' | 'hp' | null {
-  if (tag === 'generic' || computeCapability[0] !== 9 || computeCapability[1] !== 0) return null;
+export function wgmmaForward(tag: KernelTag, computeCapability: readonly [number, number], scale = 1): WgmmaForward | null {
+  // The wgmma kernels fold the scale into the exponent after taking the raw row maximum: scale > 0.
+  if (tag === 'generic' || !(scale > 0) || computeCapability[0] !== 9 || computeCapability[1] !== 0) return null;
   const v = process.env.RINGATTN_WGMMA_ATTN;
   if (process.env.RINGATTN_NO_WGMMA === '1' || v === '0') return null;
-  return v === '2' && tag === 'mma16-d64' ? 'hp' : 'h';
+  return (v !== undefined && v in WGMMA_FORWARDS ? WGMMA_FORWARDS[v as keyof typeof WGMMA_FORWARDS] : 'h');
 }
 
 export interface DeviceBlockArgs {
@@ -198,7 +203,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       validate(a);
       if (a.Sq === 0 || a.Sk === 0) return;
       const tag = chooseKernel(a, ctx.computeCapability);
-      const wg = wgmmaForward(tag, ctx.computeCapability);
+      const wg = wgmmaForward(tag, ctx.computeCapability, a.scale);
       const tile = tiles(tag, 'fwd', wg !== null);
       const [qTiles, kTiles] = boxes(a, tile);
       const bq = tile[0];

@@ -95,11 +95,11 @@ for (const dtype of ['bfloat16', 'float16', 'float32'] as const) {
 }
 
 // The 16-bit forward on every kernel: mma.sync (attn_fwd.cu) and, on Hopper, wgmma
-// (attn_fwd_h.cu, the default on sm_90a: one tile at a time; RINGATTN_WGMMA_ATTN=2 pipelined at D=64;
-// =0 mma.sync), across many
+// (attn_fwd_h.cu, the default on sm_90a: one tile at a time; RINGATTN_WGMMA_ATTN=2 pipelined,
+// 3 ping-pong, 4 both; =0 mma.sync), across many
 // 128-key tiles (the stage ring wraps several times), empty tiles skipped and partial ones
 // masked, and a shard of fewer than 64 queries (the second consumer warpgroup has no live row).
-for (const wgmma of ['0', '1', '2']) {
+for (const wgmma of ['0', '1', '2', '3', '4']) {
   test(`attentionCuda 16-bit forward with RINGATTN_WGMMA_ATTN=${wgmma} (${wgmma === '0' ? 'mma.sync' : 'wgmma on Hopper, mma.sync elsewhere'}): every mask at D 64/128, then long sequences of many tiles`, { skip }, async () => {
     const seed = freshSeed();
     const r = rng(seed);
@@ -151,15 +151,17 @@ test('block kernels on global positions: two KV blocks merge into the full resul
   const c = context();
   const kern = cudaKernel(c);
   const cases = [['bfloat16', 128, true, 0, 0, '0'], ['float16', 64, true, 100, 4, '0'], ['float32', 64, false, 50, 2, undefined],
-    ['bfloat16', 128, true, 0, 0, '1'], ['float16', 64, true, 100, 4, '1'], ['bfloat16', 64, true, 0, 0, '2'], ['float16', 64, false, 60, 3, '2']] as const;
-  for (const [dtype, D, causal, window, sinks, wgmma] of cases) await withEnv({ RINGATTN_WGMMA_ATTN: wgmma }, async () => {
+    ['bfloat16', 128, true, 0, 0, '1'], ['float16', 64, true, 100, 4, '1'], ['bfloat16', 64, true, 0, 0, '2'], ['float16', 64, false, 60, 3, '2'],
+    ['bfloat16', 128, true, 0, 0, '2'], ['float16', 128, false, 60, 3, '3'], ['bfloat16', 64, true, 100, 4, '3'], ['bfloat16', 128, true, 100, 4, '4'], ['float16', 64, false, 0, 0, '4'],
+    ['bfloat16', 128, false, 0, 0, undefined, -0.07]] as const; // a negative scale (mma.sync: wgmma takes scale > 0 only)
+  for (const [dtype, D, causal, window, sinks, wgmma, scaleGiven] of cases.map((x) => [...x, undefined] as const)) await withEnv({ RINGATTN_WGMMA_ATTN: wgmma }, async () => {
     const H = 4, Hk = 2, Sq = 90, S1 = 70, S2 = 81, Sk = S1 + S2;
     // Queries hold positions 60..149 (a shard); keys 0..150 in two blocks, block 2 first in position.
     const qPos = Int32Array.from({ length: Sq }, (_, i) => 60 + i);
     const kPos = Int32Array.from({ length: Sk }, (_, j) => (j < S1 ? S2 + j : j - S1));
     const q = roundTo(randn(Sq * H * D, r), dtype), k = roundTo(randn(Sk * Hk * D, r), dtype), v = roundTo(randn(Sk * Hk * D, r), dtype);
     const dO = roundTo(randn(Sq * H * D, r), dtype);
-    const scale = 1 / Math.sqrt(D);
+    const scale = scaleGiven ?? 1 / Math.sqrt(D);
     const m = { causal, window: window || undefined, sinks };
     const ref = refBlock({ q, k, v, qPos, kPos, Sq, Sk, H, Hk, D, scale }, m, dO);
     const bufs: DeviceBuffer[] = [];
@@ -187,7 +189,7 @@ test('block kernels on global positions: two KV blocks merge into the full resul
       for (const b of blocks) kern.forward({ ...base, k: b.k, v: b.v, kPos: b.pos, Sk: b.n, o, lse });
       const out = c.download(new Float32Array(Sq * H * D), o);
       const outLse = c.download(new Float32Array(Sq * H), lse);
-      const what = `${kern.name({ dtype, D })} causal=${causal} window=${window} seed=${seed}`;
+      const what = `${kern.name({ dtype, D })} causal=${causal} window=${window} scale=${scale} seed=${seed}`;
       assertClose(out, ref.o, TOL[dtype].fwd, `merged out ${what}`);
       assertClose(outLse, ref.lse, TOL[dtype].fwd, `merged lse ${what}`);
       // Backward with the final lse and delta; dq accumulates over both blocks, dk/dv per block.

@@ -27,10 +27,17 @@ test('wgmmaForward: the Hopper forward for tensor-core tags on sm_90 by default,
     });
   }
   withEnv(env('0'), () => assert.equal(wgmmaForward('mma16-d128', [9, 0]), null));
-  withEnv(env('2'), () => {
-    assert.equal(wgmmaForward('mma16-d64', [9, 0]), 'hp');
-    assert.equal(wgmmaForward('mma16-d128', [9, 0]), 'h', 'no pipelined kernel at D=128');
+  withEnv(env(undefined), () => {
+    assert.equal(wgmmaForward('mma16-d128', [9, 0], 0.088), 'h');
+    assert.equal(wgmmaForward('mma16-d128', [9, 0], -0.088), null, 'the scale is folded after the raw maximum: scale > 0 only');
+    assert.equal(wgmmaForward('mma16-d128', [9, 0], 0), null);
   });
+  for (const [v, want] of [['2', 'hp'], ['3', 'hs'], ['4', 'hq'], ['9', 'h']] as const) {
+    withEnv(env(v), () => {
+      assert.equal(wgmmaForward('mma16-d64', [9, 0]), want);
+      assert.equal(wgmmaForward('mma16-d128', [9, 0]), want);
+    });
+  }
   withEnv(env('2', '1'), () => assert.equal(wgmmaForward('mma16-d64', [9, 0]), null));
   withEnv(env(undefined, '1'), () => assert.equal(wgmmaForward('mma16-d128', [9, 0]), null));
 });

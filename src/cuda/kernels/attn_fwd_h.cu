@@ -63,7 +63,15 @@ __device__ __forceinline__ void loadTile(u32 dst, const u16* g, int r0, int avai
   }
 }
 
-template <typename T, int D, bool PIPE>
+// Consumer schedules: ONE_TILE (attn_fwd_h), PIPELINED (attn_fwd_hp), PING_PONG (attn_fwd_hs: P·V
+// of the last tile and S of this one issued back to back, in turns), PIPE_PONG (attn_fwd_hq: both).
+enum Mode { ONE_TILE, PIPELINED, PING_PONG, PIPE_PONG };
+// Named barriers 1 and 2 (0 is __syncthreads): warpgroup w waits on 1 + w for its turn at the
+// tensor cores and, once its products are issued, hands the turn to the other.
+__device__ __forceinline__ void turnWait(int wg) { asm volatile("bar.sync %0, 256;" ::"r"(1 + wg) : "memory"); }
+__device__ __forceinline__ void turnPass(int wg) { asm volatile("bar.arrive %0, 256;" ::"r"(2 - wg) : "memory"); }
+
+template <typename T, int D, int MODE>
 __device__ __forceinline__ void run(const FwdParams& p) {
   using C = Cfg<D>;
   constexpr int STAGES = C::STAGES;
@@ -153,11 +161,11 @@ __device__ __forceinline__ void run(const FwdParams& p) {
     wgmmaCommit();
   };
   // Mask (partial tiles), online softmax statistics and exponentials of tile t in sc; corr[r]
-  // is the factor the running O of row r must take.
+  // is the factor the running O of row r must take. The scale is folded into the exponent (one
+  // FFMA a score: exp2(s·scale·log2e − max)); the host sends only scale > 0 here, so the raw
+  // maximum is the scaled one's. Max and sum run as four independent chains, not one of 32.
   auto softmax = [&](int t) {
     const int cls = tileClass(t);
-#pragma unroll
-    for (int x = 0; x < 64; x++) sc[x] *= scaleLog2;
     if (cls == TILE_PARTIAL) {
 #pragma unroll
       for (int q = 0; q < 16; q++)
@@ -170,23 +178,26 @@ __device__ __forceinline__ void run(const FwdParams& p) {
     // A row's 128 columns live in the 4 lanes of a quad.
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-      float mx = NEG_INF;
+      float m4[4];
 #pragma unroll
-      for (int q = 0; q < 16; q++) mx = fmaxf(mx, fmaxf(sc[4 * q + 2 * r], sc[4 * q + 2 * r + 1]));
+      for (int c = 0; c < 4; c++) m4[c] = fmaxf(sc[4 * c + 2 * r], sc[4 * c + 2 * r + 1]);
+#pragma unroll
+      for (int q = 4; q < 16; q++) m4[q & 3] = fmaxf(m4[q & 3], fmaxf(sc[4 * q + 2 * r], sc[4 * q + 2 * r + 1]));
+      float mx = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float mNew = fmaxf(rowMax[r], mx);
+      const float mNew = fmaxf(rowMax[r], mx * scaleLog2);
       const float mUse = mNew == NEG_INF ? 0.f : mNew;  // a row with nothing visible yet: exponents of -inf give 0
       corr[r] = exp2Fast(rowMax[r] - mUse);
       rowMax[r] = mNew;
-      float sum = 0.f;
+      float s4[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int q = 0; q < 16; q++) {
-        sc[4 * q + 2 * r] = exp2Fast(sc[4 * q + 2 * r] - mUse);
-        sc[4 * q + 2 * r + 1] = exp2Fast(sc[4 * q + 2 * r + 1] - mUse);
-        sum += sc[4 * q + 2 * r] + sc[4 * q + 2 * r + 1];
+        sc[4 * q + 2 * r] = exp2Fast(fmaf(sc[4 * q + 2 * r], scaleLog2, -mUse));
+        sc[4 * q + 2 * r + 1] = exp2Fast(fmaf(sc[4 * q + 2 * r + 1], scaleLog2, -mUse));
+        s4[q & 3] += sc[4 * q + 2 * r] + sc[4 * q + 2 * r + 1];
       }
-      rowSum[r] = rowSum[r] * corr[r] + sum;
+      rowSum[r] = rowSum[r] * corr[r] + ((s4[0] + s4[1]) + (s4[2] + s4[3]));
     }
   };
   // Rescale O, then P to 16 bits: keys 16kk..16kk+15 are S columns q = 2kk, 2kk + 1.
@@ -214,12 +225,47 @@ __device__ __forceinline__ void run(const FwdParams& p) {
     wgmmaCommit();
   };
   auto waitFull = [&](int i) {
-    mbarWait(full(i % STAGES), (i / STAGES) & 1);
+    mbarSpin(full(i % STAGES), (i / STAGES) & 1);
     fenceAsyncShared();
   };
 
   mbarWait(qBar, 0);
-  if (!PIPE) {
+  if (MODE == PING_PONG) {
+    // Per tile, a warpgroup issues P·V of the last tile and S of this one back to back, waits for
+    // both, then runs this tile's softmax; the two warpgroups take turns at issuing (named
+    // barriers), so that one's softmax runs while the other's products keep the tensor cores
+    // busy (FlashAttention-3's ping-pong). Both warpgroups see the same tiles, so their turns
+    // pair up; warpgroup 1 starts by handing warpgroup 0 the first turn and skips its last pass.
+    if (wg == 1) turnPass(1);
+    int t = first, i = 0;
+    waitFull(0);
+    turnWait(wg);
+    issueQK(0);
+    turnPass(wg);
+    wgmmaWait<0>();
+    fenceRegs(sc);
+    softmax(t);
+    rescaleAndPack();
+    for (int tn = nextTile(t + 1); tn < nkt; t = tn, tn = nextTile(t + 1), i++) {
+      waitFull(i + 1);
+      turnWait(wg);
+      issuePV(i % STAGES);
+      issueQK((i + 1) % STAGES);
+      turnPass(wg);
+      wgmmaWait<0>();
+      fenceRegs(sc);
+      fenceRegs(o);
+      mbarArrive(empty(i % STAGES));
+      softmax(tn);
+      rescaleAndPack();
+    }
+    turnWait(wg);
+    issuePV(i % STAGES);
+    if (wg == 0) turnPass(0);
+    wgmmaWait<0>();
+    fenceRegs(o);
+    mbarArrive(empty(i % STAGES));
+  } else if (MODE == ONE_TILE) {
     // One tile at a time: the other warpgroup's products overlap this one's softmax.
     int i = 0;
     for (int t = first; t < nkt; t = nextTile(t + 1), i++) {
@@ -237,18 +283,24 @@ __device__ __forceinline__ void run(const FwdParams& p) {
   } else {
     // Software-pipelined (FlashAttention-3's intra-warpgroup overlap): S of the next tile is
     // issued before P·V of this one, so this warpgroup's softmax of tile n+1 runs while the
-    // tensor cores do its P·V of tile n.
+    // tensor cores do its P·V of tile n. PIPE_PONG adds the ping-pong turns around the issues.
+    constexpr bool pong = MODE == PIPE_PONG;
+    if (pong && wg == 1) turnPass(1);
     int t = first, i = 0;
     waitFull(0);
+    if (pong) turnWait(wg);
     issueQK(0);
+    if (pong) turnPass(wg);
     wgmmaWait<0>();
     fenceRegs(sc);
     softmax(t);
     rescaleAndPack();
     for (int tn = nextTile(t + 1); tn < nkt; t = tn, tn = nextTile(t + 1), i++) {
       waitFull(i + 1);
+      if (pong) turnWait(wg);
       issueQK((i + 1) % STAGES);
       issuePV(i % STAGES);
+      if (pong) turnPass(wg);
       wgmmaWait<1>();  // S of tile tn (committed first) is done; P·V of tile t may still run
       fenceRegs(sc);
       softmax(tn);
@@ -257,7 +309,9 @@ __device__ __forceinline__ void run(const FwdParams& p) {
       mbarArrive(empty(i % STAGES));
       rescaleAndPack();
     }
+    if (pong) turnWait(wg);
     issuePV(i % STAGES);
+    if (pong && wg == 0) turnPass(0);
     wgmmaWait<0>();
     fenceRegs(o);
     mbarArrive(empty(i % STAGES));
@@ -269,10 +323,22 @@ __device__ __forceinline__ void run(const FwdParams& p) {
 }
 }  // namespace fwdh
 
-extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_h_bf16_d64(const FwdParams p) { fwdh::run<Bf16, 64, false>(p); }
-extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_h_bf16_d128(const FwdParams p) { fwdh::run<Bf16, 128, false>(p); }
-extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_h_f16_d64(const FwdParams p) { fwdh::run<F16, 64, false>(p); }
-extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_h_f16_d128(const FwdParams p) { fwdh::run<F16, 128, false>(p); }
-extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_hp_bf16_d64(const FwdParams p) { fwdh::run<Bf16, 64, true>(p); }
-extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) attn_fwd_hp_f16_d64(const FwdParams p) { fwdh::run<F16, 64, true>(p); }
+#define FWDH_ENTRY(name, T, D, MODE) \
+  extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) name(const FwdParams p) { fwdh::run<T, D, fwdh::MODE>(p); }
+FWDH_ENTRY(attn_fwd_h_bf16_d64, Bf16, 64, ONE_TILE)
+FWDH_ENTRY(attn_fwd_h_f16_d64, F16, 64, ONE_TILE)
+FWDH_ENTRY(attn_fwd_h_bf16_d128, Bf16, 128, ONE_TILE)
+FWDH_ENTRY(attn_fwd_h_f16_d128, F16, 128, ONE_TILE)
+FWDH_ENTRY(attn_fwd_hp_bf16_d64, Bf16, 64, PIPELINED)
+FWDH_ENTRY(attn_fwd_hp_f16_d64, F16, 64, PIPELINED)
+FWDH_ENTRY(attn_fwd_hp_bf16_d128, Bf16, 128, PIPELINED)
+FWDH_ENTRY(attn_fwd_hp_f16_d128, F16, 128, PIPELINED)
+FWDH_ENTRY(attn_fwd_hs_bf16_d64, Bf16, 64, PING_PONG)
+FWDH_ENTRY(attn_fwd_hs_f16_d64, F16, 64, PING_PONG)
+FWDH_ENTRY(attn_fwd_hs_bf16_d128, Bf16, 128, PING_PONG)
+FWDH_ENTRY(attn_fwd_hs_f16_d128, F16, 128, PING_PONG)
+FWDH_ENTRY(attn_fwd_hq_bf16_d64, Bf16, 64, PIPE_PONG)
+FWDH_ENTRY(attn_fwd_hq_f16_d64, F16, 64, PIPE_PONG)
+FWDH_ENTRY(attn_fwd_hq_bf16_d128, Bf16, 128, PIPE_PONG)
+FWDH_ENTRY(attn_fwd_hq_f16_d128, F16, 128, PIPE_PONG)
 #endif  // sm_90a

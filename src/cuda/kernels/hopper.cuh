@@ -28,6 +28,14 @@ __device__ __forceinline__ void mbarWait(u32 bar, u32 parity) {
     if (globalTimer() - t0 > 4000000000ull) __trap();
   }
 }
+// The same wait without the timer, for code that holds in-flight wgmma accumulators: the timer's
+// registers were enough to make ptxas serialise the attention forward's wgmma at D=128 (C7512).
+// A pipeline bug there still ends in an error: the producer's waits trap, and the host's wait on
+// the launch is bounded (RINGATTN_GPU_TIMEOUT).
+__device__ __forceinline__ void mbarSpin(u32 bar, u32 parity) {
+  while (!mbarTry(bar, parity)) {
+  }
+}
 // Arrives on `bar` once every cp.async this thread issued so far has landed (no count increment).
 __device__ __forceinline__ void cpAsyncArrive(u32 bar) { asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory"); }
 // cp.async wrote through the generic proxy; wgmma reads through the async proxy.

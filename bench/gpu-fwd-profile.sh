@@ -4,7 +4,7 @@
 # RINGATTN_WGMMA_ATTN=1..4 and 0 (mma.sync), PyTorch SDPA at the same shapes, the SASS of the
 # forward (cuobjdump), and Nsight Compute profiles (full set, SASS with stall samples) of the
 # forward at 8k D=128 (schedules named in PROFILE, default "1 4") and of the split-KV decode at
-# 1M x 1. Every step has a hard time limit. Carry .devkit, .devrun and dist. Results in $OUT
+# 1M x 1 (SKIP_TESTS, SKIP_DECODE, SKIP_TORCH leave parts out). Every step has a hard time limit. Carry .devkit, .devrun and dist. Results in $OUT
 # (logs, and prof.tar.gz with the reports).   bash bench/gpu-fwd-profile.sh [reps=5]
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -40,7 +40,7 @@ if [ -n "$NCU" ]; then
     "$NCU" -i /tmp/prof/fwd$v.ncu-rep --page source --print-source sass --csv >/tmp/prof/fwd$v-sass.csv 2>&1
     grep -E "Duration|Compute \(SM\) Throughput|Tensor|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Stall" /tmp/prof/fwd$v-details.txt | head -30 | tee -a "$log"
   done
-  timeout -s KILL 120 "$NCU" --clock-control none --target-processes all -k regex:decode_mma --launch-skip 3 --launch-count 1 --set full \
+  [ -n "${SKIP_DECODE:-}" ] || timeout -s KILL 120 "$NCU" --clock-control none --target-processes all -k regex:decode_mma --launch-skip 3 --launch-count 1 --set full \
     -f -o /tmp/prof/dec $N dist/bench/gpu-decode.js --contexts=1048576 --batches=1 --reps=3 >/tmp/prof/ncu-dec.log 2>&1
   echo "ncu decode exit $?" | tee -a "$log"
   "$NCU" -i /tmp/prof/dec.ncu-rep --page details >/tmp/prof/dec-details.txt 2>&1
@@ -50,7 +50,7 @@ else
 fi
 (cd /tmp/prof && tar czf "$OUT/prof.tar.gz" --exclude='*.cubin' .)
 echo "== torch sdpa H=32 D=128 and D=64" | tee -a "$log"
-for D in 128 64; do
+for D in $([ -n "${SKIP_TORCH:-}" ] || echo 128 64); do
   SDPA_H=32 SDPA_HK=32 SDPA_D=$D timeout -s KILL 100 python3 bench/peers/torch_sdpa.py 5 8192,32768 2>&1 | grep -v JSON | tee -a "$log"
 done
 (cd /tmp/prof && tar czf "$OUT/prof.tar.gz" --exclude='*.cubin' .)

@@ -49,17 +49,27 @@ template <> struct Rs<F16, 128> { __device__ __forceinline__ static void run(flo
 template <> struct Rs<Bf16, 64> { __device__ __forceinline__ static void run(float (&d)[32], const u32 (&a)[4], u64 db) { rsBf16N64<1>(d, a, db); } };
 template <> struct Rs<F16, 64> { __device__ __forceinline__ static void run(float (&d)[32], const u32 (&a)[4], u64 db) { rsF16N64<1>(d, a, db); } };
 
-// Rows [0, n) of a [rows, H or Hk, D] tensor's head `head` starting at row r0 into a swizzled tile
-// ([D/64 panels][ROWS][128 B]); rows past `avail` are zero-filled. The producer warpgroup.
+// Rows [0, ROWS) of a [rows, H or Hk, D] tensor's head `head` starting at row r0 into a swizzled
+// tile ([D/64 panels][ROWS][128 B]); rows at or past `avail` are zero-filled. The producer
+// warpgroup: thread `lane` always copies 16-byte chunk lane % (D/8) of rows lane / (D/8) + k·STEP,
+// so its swizzled column and its source offset are fixed and each copy costs a pointer step, a
+// compare and the cp.async (a generic index loop cost ~45 instructions a copy, more issue slots
+// than both consumers' softmax: ncu, kernels/NOTES.md).
 template <int ROWS, int D>
 __device__ __forceinline__ void loadTile(u32 dst, const u16* g, int r0, int avail, int heads, int head, int lane) {
-  constexpr int CPR = D / 8;  // 16-byte chunks per row
+  constexpr int CPR = D / 8;                // 16-byte chunks per row
+  constexpr int STEP = PRODUCERS / CPR;     // rows per pass: 16 (D=64) or 8 (D=128)
+  static_assert(STEP % 8 == 0 && ROWS % STEP == 0, "a thread's swizzle phase must not change between passes");
+  const int c = lane % CPR, rr = lane / CPR;
+  const u64 stride = (u64)heads * D;        // elements from one row to the next
+  const u16* src = g + ((u64)r0 + rr) * stride + (u64)head * D + c * 8;
+  const u16* fallback = g + (u64)head * D;  // a valid address for zero-filled rows
+  u32 d = dst + (c >> 3) * ROWS * 128 + swz(rr, c & 7);
+  // Unrolled by 4, not 16: the producer has 40 registers (16 pointers live at once spilled).
 #pragma unroll 4
-  for (int idx = lane; idx < ROWS * CPR; idx += PRODUCERS) {
-    const int r = idx / CPR, c = idx % CPR;
+  for (int r = rr; r < ROWS; r += STEP, src += STEP * stride, d += STEP * 128) {
     const bool ok = r < avail;
-    const u16* src = g + ((u64)(ok ? r0 + r : 0) * heads + head) * D + c * 8;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst + (c >> 3) * ROWS * 128 + swz(r, c & 7)), "l"(src), "r"(ok ? 16 : 0));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(ok ? src : fallback), "r"(ok ? 16 : 0));
   }
 }
 
@@ -148,13 +158,17 @@ __device__ __forceinline__ void run(const FwdParams& p) {
   u32 a[BK / 16][4];  // P of one tile, 16-bit, in the A-fragment layout
   float corr[2];
 
+  // Descriptors step by adding the byte offset >> 4 to the start-address field (bits 0..13): every
+  // address stays inside shared memory, so the field cannot carry into the next.
+  const u64 dq0 = desc(qRows, 16, 1024);
   // S = Q K^T from stage s, issued (not waited for).
   auto issueQK = [&](int s) {
+    const u64 dk0 = desc(stK(s), 16, 1024);
     wgmmaFence();
 #pragma unroll
     for (int j = 0; j < D / 16; j++) {
-      const u64 dq = desc(qRows + (j >> 2) * BQ * 128 + (j & 3) * 32, 16, 1024);
-      const u64 dk = desc(stK(s) + (j >> 2) * BK * 128 + (j & 3) * 32, 16, 1024);  // 64-wide panel, 16-element step inside it
+      const u64 dq = dq0 + (((j >> 2) * BQ * 128 + (j & 3) * 32) >> 4);
+      const u64 dk = dk0 + (((j >> 2) * BK * 128 + (j & 3) * 32) >> 4);  // 64-wide panel, 16-element step inside it
       if (j == 0) ss128<T, 0>(sc, dq, dk);  // scale-d 0: S starts from this product, no zeroing
       else ss128<T, 1>(sc, dq, dk);
     }
@@ -219,9 +233,10 @@ __device__ __forceinline__ void run(const FwdParams& p) {
   };
   // O += P V from stage s, issued (not waited for).
   auto issuePV = [&](int s) {
+    const u64 dv0 = desc(stV(s), BK * 128, 1024);
     wgmmaFence();
 #pragma unroll
-    for (int kk = 0; kk < BK / 16; kk++) Rs<T, D>::run(o, a[kk], desc(stV(s) + kk * 16 * 128, BK * 128, 1024));
+    for (int kk = 0; kk < BK / 16; kk++) Rs<T, D>::run(o, a[kk], dv0 + ((kk * 16 * 128) >> 4));
     wgmmaCommit();
   };
   auto waitFull = [&](int i) {

@@ -1,3 +1,4 @@
+import koffi from 'koffi';
 import { InputError } from '../core/errors.js';
 import type { CudaContext, DeviceBuffer, Arg } from './context.js';
 import { argBuffers, packStruct } from './context.js';
@@ -25,7 +26,7 @@ export function chooseKernel(spec: { dtype: CudaDType; D: number }, computeCapab
 }
 
 /** The Hopper forward's consumer schedules (kernels/attn_fwd_h.cu), by RINGATTN_WGMMA_ATTN value. */
-export const WGMMA_FORWARDS = { '1': 'h', '2': 'hp', '3': 'hs', '4': 'hq' } as const;
+export const WGMMA_FORWARDS = { '1': 'h', '2': 'hp', '3': 'hs', '4': 'hq', '5': 'ht' } as const;
 export type WgmmaForward = (typeof WGMMA_FORWARDS)[keyof typeof WGMMA_FORWARDS];
 
 /**
@@ -34,7 +35,8 @@ export type WgmmaForward = (typeof WGMMA_FORWARDS)[keyof typeof WGMMA_FORWARDS];
  * inside each warpgroup, ping-pong turns between the two): on an H200, D=128 bf16 H=32, 505-516
  * TFLOP/s non-causal and 414-496 causal against 172 for mma.sync; the fastest or within 2% of
  * it in every cell of kernels/NOTES.md run 11. RINGATTN_WGMMA_ATTN=0 picks mma.sync; 1..4 pick a
- * schedule: 1 h (one tile at a time), 2 hp (pipelined), 3 hs (ping-pong), 4 hq (both). A scale
+ * schedule: 1 h (one tile at a time), 2 hp (pipelined), 3 hs (ping-pong), 4 hq (both), 5 ht (hq
+ * loading with TMA: falls back to hq where the driver or the pointers do not allow it). A scale
  * <= 0 runs mma.sync. RINGATTN_NO_WGMMA=1 turns them off with the wgmma GEMM. Read at each call,
  * so tests can run every path on one GPU.
  */
@@ -114,6 +116,32 @@ const WG_TILE = 128;
 function wgFwdSmem(D: number): number {
   const stages = D === 64 ? 4 : 3;
   return 1024 + WG_TILE * D * 2 + stages * 2 * WG_TILE * D * 2 + (2 * stages + 1) * 8;
+}
+
+/**
+ * TMA descriptors (3 x 128 bytes, each 64-byte aligned, as attn_fwd_h.cu's TmaMaps) of q [Sq, H, D],
+ * k and v [Sk, Hk, D] for the ht forward: 16-bit elements as uint16, boxes of 64 elements x 1 head
+ * x 128 rows in the 128-byte swizzle, rows past the end read as zeros. Null where the driver has no
+ * cuTensorMapEncodeTiled or an address is not 16-byte aligned (TMA's rule): the caller then runs hq.
+ */
+export function fwdTensorMaps(ctx: CudaContext, a: DeviceBlockArgs): Buffer | null {
+  const encode = ctx.drv.cuTensorMapEncodeTiled;
+  if (!encode || a.q % 16 !== 0 || a.k % 16 !== 0 || a.v % 16 !== 0) return null;
+  const raw = Buffer.alloc(3 * 128 + 64);
+  const skew = Number(koffi.address(raw) % 64n);
+  const maps = raw.subarray(skew === 0 ? 0 : 64 - skew, (skew === 0 ? 0 : 64 - skew) + 3 * 128);
+  const u64 = (...x: number[]) => Buffer.from(BigUint64Array.from(x.map(BigInt)).buffer);
+  const u32 = (...x: number[]) => Buffer.from(Uint32Array.from(x).buffer);
+  const UINT16 = 1, INTERLEAVE_NONE = 0, SWIZZLE_128B = 3, L2_256B = 3, OOB_ZERO = 0;
+  const one = (i: number, ptr: number, rows: number, heads: number, what: string) => {
+    const code = encode(maps.subarray(i * 128, i * 128 + 128), UINT16, 3, ptr, u64(a.D, heads, rows), u64(a.D * 2, heads * a.D * 2),
+      u32(64, 1, WG_TILE), u32(1, 1, 1), INTERLEAVE_NONE, SWIZZLE_128B, L2_256B, OOB_ZERO);
+    ctx.check(`cuTensorMapEncodeTiled(${what} [${rows}, ${heads}, ${a.D}])`, code);
+  };
+  one(0, a.q, a.Sq, a.H, 'q');
+  one(1, a.k, a.Sk, a.Hk, 'k');
+  one(2, a.v, a.Sk, a.Hk, 'v');
+  return maps;
 }
 
 function fwdSmem(D: number): number {
@@ -216,9 +244,10 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
         const name = `attn_fwd_generic_${SUFFIX[a.dtype]}`;
         ctx.launch(ctx.fn('attn_fwd.cu', name), name, [Math.ceil(a.Sq / 4), a.H, 1], 128, 0, [params]);
       } else if (wg) {
-        const name = `attn_fwd_${wg}_${SUFFIX[a.dtype]}_d${a.D}`;
+        const maps = wg === 'ht' ? fwdTensorMaps(ctx, a) : null;
+        const name = `attn_fwd_${wg === 'ht' && !maps ? 'hq' : wg}_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = wgFwdSmem(a.D);
-        ctx.launch(ctx.fn('attn_fwd_h.cu', name, smem), name, [Math.ceil(a.Sq / bq), a.H, 1], 384, smem, [params]);
+        ctx.launch(ctx.fn('attn_fwd_h.cu', name, smem), name, [Math.ceil(a.Sq / bq), a.H, 1], 384, smem, maps ? [params, maps] : [params]);
       } else {
         const name = `attn_fwd_mma_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = fwdSmem(a.D);

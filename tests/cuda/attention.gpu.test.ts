@@ -95,11 +95,11 @@ for (const dtype of ['bfloat16', 'float16', 'float32'] as const) {
 }
 
 // The 16-bit forward on every kernel: mma.sync (attn_fwd.cu) and, on Hopper, wgmma
-// (attn_fwd_h.cu, the default on sm_90a: one tile at a time; RINGATTN_WGMMA_ATTN=2 pipelined,
-// 3 ping-pong, 4 both; =0 mma.sync), across many
+// (attn_fwd_h.cu on sm_90a: RINGATTN_WGMMA_ATTN=1 one tile at a time, 2 pipelined, 3 ping-pong,
+// 4 both (the default), 5 both loading with TMA; =0 mma.sync), across many
 // 128-key tiles (the stage ring wraps several times), empty tiles skipped and partial ones
 // masked, and a shard of fewer than 64 queries (the second consumer warpgroup has no live row).
-for (const wgmma of ['0', '1', '2', '3', '4']) {
+for (const wgmma of ['0', '1', '2', '3', '4', '5']) {
   test(`attentionCuda 16-bit forward with RINGATTN_WGMMA_ATTN=${wgmma} (${wgmma === '0' ? 'mma.sync' : 'wgmma on Hopper, mma.sync elsewhere'}): every mask at D 64/128, then long sequences of many tiles`, { skip }, async () => {
     const seed = freshSeed();
     const r = rng(seed);
@@ -153,6 +153,7 @@ test('block kernels on global positions: two KV blocks merge into the full resul
   const cases = [['bfloat16', 128, true, 0, 0, '0'], ['float16', 64, true, 100, 4, '0'], ['float32', 64, false, 50, 2, undefined],
     ['bfloat16', 128, true, 0, 0, '1'], ['float16', 64, true, 100, 4, '1'], ['bfloat16', 64, true, 0, 0, '2'], ['float16', 64, false, 60, 3, '2'],
     ['bfloat16', 128, true, 0, 0, '2'], ['float16', 128, false, 60, 3, '3'], ['bfloat16', 64, true, 100, 4, '3'], ['bfloat16', 128, true, 100, 4, '4'], ['float16', 64, false, 0, 0, '4'],
+    ['bfloat16', 128, true, 0, 0, '5'], ['float16', 64, true, 100, 4, '5'], ['float16', 128, false, 60, 3, '5'],
     ['bfloat16', 128, false, 0, 0, undefined, -0.07]] as const; // a negative scale (mma.sync: wgmma takes scale > 0 only)
   for (const [dtype, D, causal, window, sinks, wgmma, scaleGiven] of cases.map((x) => [...x, undefined] as const)) await withEnv({ RINGATTN_WGMMA_ATTN: wgmma }, async () => {
     const H = 4, Hk = 2, Sq = 90, S1 = 70, S2 = 81, Sk = S1 + S2;

@@ -32,7 +32,7 @@ test('wgmmaForward: the Hopper forward for tensor-core tags on sm_90 by default,
     assert.equal(wgmmaForward('mma16-d128', [9, 0], -0.088), null, 'the scale is folded after the raw maximum: scale > 0 only');
     assert.equal(wgmmaForward('mma16-d128', [9, 0], 0), null);
   });
-  for (const [v, want] of [['2', 'hp'], ['3', 'hs'], ['4', 'hq'], ['9', 'hq']] as const) {
+  for (const [v, want] of [['2', 'hp'], ['3', 'hs'], ['4', 'hq'], ['5', 'ht'], ['9', 'hq']] as const) {
     withEnv(env(v), () => {
       assert.equal(wgmmaForward('mma16-d64', [9, 0]), want);
       assert.equal(wgmmaForward('mma16-d128', [9, 0]), want);

@@ -57,6 +57,14 @@ export interface DriverApi {
   /** 0 when the event has completed, 600 (CUDA_ERROR_NOT_READY) before. */
   cuEventQuery?(event: Handle): number;
   cuEventElapsedTime(out: Out<number>, start: Handle, end: Handle): number;
+  /**
+   * Writes a 128-byte TMA descriptor into `map` (64-byte aligned). Optional: test fakes and
+   * drivers before CUDA 12 lack it (the attention forward then copies with cp.async).
+   */
+  cuTensorMapEncodeTiled?(
+    map: Buffer, dtype: number, rank: number, address: number, dims: Buffer, strides: Buffer,
+    box: Buffer, elementStrides: Buffer, interleave: number, swizzle: number, l2Promotion: number, oobFill: number,
+  ): number;
   /** Writes a pointer to a static C string into out[0]; decode with `cString`. */
   cuGetErrorName(code: number, out: Out<unknown>): number;
   cuGetErrorString(code: number, out: Out<unknown>): number;
@@ -128,9 +136,15 @@ const DECLS: Record<Exclude<keyof DriverApi, 'path'>, string> = {
   cuEventSynchronize: 'int cuEventSynchronize(void *event)',
   cuEventQuery: 'int cuEventQuery(void *event)',
   cuEventElapsedTime: 'int cuEventElapsedTime(_Out_ float *ms, void *start, void *end)',
+  cuTensorMapEncodeTiled:
+    'int cuTensorMapEncodeTiled(void *map, int dtype, unsigned int rank, uint64_t address, const void *dims, ' +
+    'const void *strides, const void *box, const void *elementStrides, int interleave, int swizzle, int l2Promotion, int oobFill)',
   cuGetErrorName: 'int cuGetErrorName(int code, _Out_ void **str)',
   cuGetErrorString: 'int cuGetErrorString(int code, _Out_ void **str)',
 };
+
+/** Functions a driver may lack (older CUDA): the callers check for them. */
+const OPTIONAL = new Set(['cuTensorMapEncodeTiled']);
 
 /** Load libcuda and declare the functions above; `{ error }` (one line) where it cannot. */
 export function loadDriver(): DriverApi | { error: string } {
@@ -138,7 +152,13 @@ export function loadDriver(): DriverApi | { error: string } {
   if ('error' in l) return { error: `CUDA driver library not found: ${l.error}` };
   const api: Record<string, unknown> = { path: l.path };
   try {
-    for (const [name, decl] of Object.entries(DECLS)) api[name] = l.lib.func(decl);
+    for (const [name, decl] of Object.entries(DECLS)) {
+      try {
+        api[name] = l.lib.func(decl);
+      } catch (e) {
+        if (!OPTIONAL.has(name)) throw e;
+      }
+    }
   } catch (e) {
     return { error: `${l.path} lacks a driver function: ${(e as Error).message}` };
   }

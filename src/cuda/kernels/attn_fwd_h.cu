@@ -81,8 +81,20 @@ enum Mode { ONE_TILE, PIPELINED, PING_PONG, PIPE_PONG };
 __device__ __forceinline__ void turnWait(int wg) { asm volatile("bar.sync %0, 256;" ::"r"(1 + wg) : "memory"); }
 __device__ __forceinline__ void turnPass(int wg) { asm volatile("bar.arrive %0, 256;" ::"r"(2 - wg) : "memory"); }
 
-template <typename T, int D, int MODE>
-__device__ __forceinline__ void run(const FwdParams& p) {
+// TMA tensor maps of q [Sq, H, D], k and v [Sk, Hk, D] (16-bit elements as uint16; box 64
+// elements x 1 head x 128 rows, 128-byte swizzle), written by cuTensorMapEncodeTiled on the host
+// (src/cuda/attention.ts) and passed by value.
+struct TmaMaps {
+  alignas(64) unsigned char q[128];
+  alignas(64) unsigned char k[128];
+  alignas(64) unsigned char v[128];
+};
+
+// TMA: the producer is one thread issuing bulk tensor copies (D/64 boxes per tile and operand)
+// that complete on the stage's mbarrier by transaction count; it keeps 24 registers and the
+// consumers get 240. Otherwise 128 producer threads copy with 16-byte cp.async (40 / 232).
+template <typename T, int D, int MODE, bool TMA>
+__device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   using C = Cfg<D>;
   constexpr int STAGES = C::STAGES;
   extern __shared__ __align__(1024) unsigned char smemRaw[];
@@ -111,16 +123,36 @@ __device__ __forceinline__ void run(const FwdParams& p) {
   const int first = nextTile(0);
   if (first == nkt) return;  // this query tile sees nothing in this block
 
+  constexpr u32 ARRIVALS = TMA ? 1 : PRODUCERS;  // one expect_tx arrival, or one cp.async arrival per producer thread
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; s++) {
-      mbarInit(full(s), PRODUCERS);   // one cp.async arrival per producer thread
+      mbarInit(full(s), ARRIVALS);
       mbarInit(empty(s), CONSUMERS);  // every consumer thread
     }
-    mbarInit(qBar, PRODUCERS);
+    mbarInit(qBar, ARRIVALS);
   }
   __syncthreads();
 
-  if (threadIdx.x >= CONSUMERS) {  // the producer warpgroup
+  if (TMA && threadIdx.x >= CONSUMERS) {  // the producer warpgroup, one thread of it
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
+    if (threadIdx.x != CONSUMERS) return;
+    mbarExpectTx(qBar, C::Q_BYTES);
+#pragma unroll
+    for (int z = 0; z < D / 64; z++) tmaLoad3d(sQ + z * BQ * 128, maps->q, qBar, z * 64, h, q0);
+    int i = 0;
+    for (int t = first; t < nkt; t = nextTile(t + 1), i++) {
+      const int s = i % STAGES;
+      mbarWait(empty(s), ((i / STAGES) & 1) ^ 1);  // the first pass finds every stage free
+      mbarExpectTx(full(s), 2 * C::KV_BYTES);
+#pragma unroll
+      for (int z = 0; z < D / 64; z++) {
+        tmaLoad3d(stK(s) + z * BK * 128, maps->k, full(s), z * 64, kh, t * BK);
+        tmaLoad3d(stV(s) + z * BK * 128, maps->v, full(s), z * 64, kh, t * BK);
+      }
+    }
+    return;
+  }
+  if (!TMA && threadIdx.x >= CONSUMERS) {  // the producer warpgroup
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
     const int lane = threadIdx.x - CONSUMERS;
     loadTile<BQ, D>(sQ, (const u16*)p.q, q0, p.Sq - q0, p.H, h, lane);
@@ -137,7 +169,8 @@ __device__ __forceinline__ void run(const FwdParams& p) {
     return;
   }
 
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+  if (TMA) asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
+  else asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
   // Consumers. Accumulator layout (m64nN): warp w of the group holds rows 16w + lane/4 (+8);
   // register 4q + e holds column 8q + 2·(lane%4) + (e & 1), row + 8·(e >> 1).
   const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
@@ -241,7 +274,7 @@ __device__ __forceinline__ void run(const FwdParams& p) {
   };
   auto waitFull = [&](int i) {
     mbarSpin(full(i % STAGES), (i / STAGES) & 1);
-    fenceAsyncShared();
+    if (!TMA) fenceAsyncShared();  // cp.async wrote through the generic proxy; TMA through the async one
   };
 
   mbarWait(qBar, 0);
@@ -339,7 +372,11 @@ __device__ __forceinline__ void run(const FwdParams& p) {
 }  // namespace fwdh
 
 #define FWDH_ENTRY(name, T, D, MODE) \
-  extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) name(const FwdParams p) { fwdh::run<T, D, fwdh::MODE>(p); }
+  extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) name(const FwdParams p) { fwdh::run<T, D, fwdh::MODE, false>(p, nullptr); }
+#define FWDH_TMA_ENTRY(name, T, D, MODE)                                                                                  \
+  extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) name(const FwdParams p, const __grid_constant__ fwdh::TmaMaps maps) { \
+    fwdh::run<T, D, fwdh::MODE, true>(p, &maps);                                                                          \
+  }
 FWDH_ENTRY(attn_fwd_h_bf16_d64, Bf16, 64, ONE_TILE)
 FWDH_ENTRY(attn_fwd_h_f16_d64, F16, 64, ONE_TILE)
 FWDH_ENTRY(attn_fwd_h_bf16_d128, Bf16, 128, ONE_TILE)
@@ -356,4 +393,8 @@ FWDH_ENTRY(attn_fwd_hq_bf16_d64, Bf16, 64, PIPE_PONG)
 FWDH_ENTRY(attn_fwd_hq_f16_d64, F16, 64, PIPE_PONG)
 FWDH_ENTRY(attn_fwd_hq_bf16_d128, Bf16, 128, PIPE_PONG)
 FWDH_ENTRY(attn_fwd_hq_f16_d128, F16, 128, PIPE_PONG)
+FWDH_TMA_ENTRY(attn_fwd_ht_bf16_d64, Bf16, 64, PIPE_PONG)
+FWDH_TMA_ENTRY(attn_fwd_ht_f16_d64, F16, 64, PIPE_PONG)
+FWDH_TMA_ENTRY(attn_fwd_ht_bf16_d128, Bf16, 128, PIPE_PONG)
+FWDH_TMA_ENTRY(attn_fwd_ht_f16_d128, F16, 128, PIPE_PONG)
 #endif  // sm_90a

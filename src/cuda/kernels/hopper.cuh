@@ -41,6 +41,19 @@ __device__ __forceinline__ void cpAsyncArrive(u32 bar) { asm volatile("cp.async.
 // cp.async wrote through the generic proxy; wgmma reads through the async proxy.
 __device__ __forceinline__ void fenceAsyncShared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 
+// Arrives on `bar` and adds `bytes` to the transaction count its phase waits for (TMA copies).
+__device__ __forceinline__ void mbarExpectTx(u32 bar, u32 bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+// TMA: the box at coordinates (c0, c1, c2) of the 3-D tensor map `map` (a __grid_constant__
+// kernel parameter) into shared memory at `dst`, completing `bytes` of `bar`'s transaction count.
+// Elements outside the tensor arrive as zeros.
+__device__ __forceinline__ void tmaLoad3d(u32 dst, const void* map, u32 bar, int c0, int c1, int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];"
+      ::"r"(dst), "l"((u64)map), "r"(bar), "r"(c0), "r"(c1), "r"(c2) : "memory");
+}
+
 // Shared-memory matrix descriptor, 128-byte swizzle: start >> 4, LBO >> 4 (bits 16..29),
 // SBO >> 4 (bits 32..45), swizzle mode 1 (bits 62..63).
 __device__ __forceinline__ u64 desc(u32 addr, u32 lbo, u32 sbo) {

@@ -31,21 +31,21 @@ export type WgmmaForward = (typeof WGMMA_FORWARDS)[keyof typeof WGMMA_FORWARDS];
 
 /**
  * Which Hopper warpgroup-MMA forward (kernels/attn_fwd_h.cu) a tensor-core tag runs, or null for
- * mma.sync (attn_fwd.cu). On sm_90a it is the default, with the hq schedule (software-pipelined
- * inside each warpgroup, ping-pong turns between the two): on an H200, D=128 bf16 H=32, 505-516
- * TFLOP/s non-causal and 414-496 causal against 172 for mma.sync; the fastest or within 2% of
- * it in every cell of kernels/NOTES.md run 11. RINGATTN_WGMMA_ATTN=0 picks mma.sync; 1..4 pick a
+ * mma.sync (attn_fwd.cu). On sm_90a it is the default, with the ht schedule (TMA loads from one
+ * producer thread; software-pipelined inside each consumer warpgroup, ping-pong turns between
+ * the two): on an H200, D=128 bf16 H=32, 543-576 TFLOP/s non-causal and 456-535 causal against
+ * 172 for mma.sync (kernels/NOTES.md run 12). RINGATTN_WGMMA_ATTN=0 picks mma.sync; 1..5 pick a
  * schedule: 1 h (one tile at a time), 2 hp (pipelined), 3 hs (ping-pong), 4 hq (both), 5 ht (hq
- * loading with TMA: falls back to hq where the driver or the pointers do not allow it). A scale
- * <= 0 runs mma.sync. RINGATTN_NO_WGMMA=1 turns them off with the wgmma GEMM. Read at each call,
- * so tests can run every path on one GPU.
+ * loading with TMA; hq where the driver or the pointers do not allow TMA). A scale <= 0 runs
+ * mma.sync. RINGATTN_NO_WGMMA=1 turns them off with the wgmma GEMM. Read at each call, so tests
+ * can run every path on one GPU.
  */
 export function wgmmaForward(tag: KernelTag, computeCapability: readonly [number, number], scale = 1): WgmmaForward | null {
   // The wgmma kernels fold the scale into the exponent after taking the raw row maximum: scale > 0.
   if (tag === 'generic' || !(scale > 0) || computeCapability[0] !== 9 || computeCapability[1] !== 0) return null;
   const v = process.env.RINGATTN_WGMMA_ATTN;
   if (process.env.RINGATTN_NO_WGMMA === '1' || v === '0') return null;
-  return v !== undefined && v in WGMMA_FORWARDS ? WGMMA_FORWARDS[v as keyof typeof WGMMA_FORWARDS] : 'hq';
+  return v !== undefined && v in WGMMA_FORWARDS ? WGMMA_FORWARDS[v as keyof typeof WGMMA_FORWARDS] : 'ht';
 }
 
 export interface DeviceBlockArgs {

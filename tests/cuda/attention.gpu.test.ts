@@ -96,7 +96,7 @@ for (const dtype of ['bfloat16', 'float16', 'float32'] as const) {
 
 // The 16-bit forward on every kernel: mma.sync (attn_fwd.cu) and, on Hopper, wgmma
 // (attn_fwd_h.cu on sm_90a: RINGATTN_WGMMA_ATTN=1 one tile at a time, 2 pipelined, 3 ping-pong,
-// 4 both (the default), 5 both loading with TMA; =0 mma.sync), across many
+// 4 both, 5 both loading with TMA (the default); =0 mma.sync), across many
 // 128-key tiles (the stage ring wraps several times), empty tiles skipped and partial ones
 // masked, and a shard of fewer than 64 queries (the second consumer warpgroup has no live row).
 for (const wgmma of ['0', '1', '2', '3', '4', '5']) {

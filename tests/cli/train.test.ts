@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { curriculumLength, initStd, learningRate } from '../../src/cli/commands/train.js';
 import { recallSequence, recallVocab, DEFAULT_RECALL } from '../../src/model/recall.js';
@@ -86,4 +86,11 @@ test('train: the default model learns the lookup at short lengths within a few h
   assert.ok(m, r.stdout);
   assert.ok(Number(m[1]) < 0.1, `final loss ${m[1]}`);
   assert.ok(Number(m[2]) >= 95, `recall accuracy ${m[2]}%`);
+});
+
+test('train: --devices defaults to the CPU cores, at least 2 and at most 4', () => {
+  const r = spawnSync(process.execPath, [BIN, 'train', '--seq', '64', '--curriculum', '64', '--steps', '1', '--no-compare', '--eval-seqs', '1', '--report', join(mkdtempSync(join(tmpdir(), 'ringattn-train-')), 'r.html')], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  const want = Math.min(4, Math.max(2, cpus().length));
+  assert.match(r.stderr, new RegExp(`on ${want} CPU ranks`));
 });

@@ -277,23 +277,38 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     if (!TMA) fenceAsyncShared();  // cp.async wrote through the generic proxy; TMA through the async one
   };
 
+  // The two-product schedules' first tile (its S alone, then its softmax) and last (its P·V
+  // alone). With turns, warpgroup 1 hands warpgroup 0 the first turn and skips its last pass, so
+  // that every bar.sync of one warpgroup meets one bar.arrive of the other.
+  auto firstTile = [&](bool pong) {
+    if (pong && wg == 1) turnPass(1);
+    waitFull(0);
+    if (pong) turnWait(wg);
+    issueQK(0);
+    if (pong) turnPass(wg);
+    wgmmaWait<0>();
+    fenceRegs(sc);
+    softmax(first);
+    rescaleAndPack();
+  };
+  auto lastTile = [&](bool pong, int s) {
+    if (pong) turnWait(wg);
+    issuePV(s);
+    if (pong && wg == 0) turnPass(0);
+    wgmmaWait<0>();
+    fenceRegs(o);
+    mbarArrive(empty(s));
+  };
+
   mbarWait(qBar, 0);
   if (MODE == PING_PONG) {
     // Per tile, a warpgroup issues P·V of the last tile and S of this one back to back, waits for
     // both, then runs this tile's softmax; the two warpgroups take turns at issuing (named
     // barriers), so that one's softmax runs while the other's products keep the tensor cores
     // busy (FlashAttention-3's ping-pong). Both warpgroups see the same tiles, so their turns
-    // pair up; warpgroup 1 starts by handing warpgroup 0 the first turn and skips its last pass.
-    if (wg == 1) turnPass(1);
+    // pair up.
+    firstTile(true);
     int t = first, i = 0;
-    waitFull(0);
-    turnWait(wg);
-    issueQK(0);
-    turnPass(wg);
-    wgmmaWait<0>();
-    fenceRegs(sc);
-    softmax(t);
-    rescaleAndPack();
     for (int tn = nextTile(t + 1); tn < nkt; t = tn, tn = nextTile(t + 1), i++) {
       waitFull(i + 1);
       turnWait(wg);
@@ -307,12 +322,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       softmax(tn);
       rescaleAndPack();
     }
-    turnWait(wg);
-    issuePV(i % STAGES);
-    if (wg == 0) turnPass(0);
-    wgmmaWait<0>();
-    fenceRegs(o);
-    mbarArrive(empty(i % STAGES));
+    lastTile(true, i % STAGES);
   } else if (MODE == ONE_TILE) {
     // One tile at a time: the other warpgroup's products overlap this one's softmax.
     int i = 0;
@@ -333,16 +343,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     // issued before P·V of this one, so this warpgroup's softmax of tile n+1 runs while the
     // tensor cores do its P·V of tile n. PIPE_PONG adds the ping-pong turns around the issues.
     constexpr bool pong = MODE == PIPE_PONG;
-    if (pong && wg == 1) turnPass(1);
+    firstTile(pong);
     int t = first, i = 0;
-    waitFull(0);
-    if (pong) turnWait(wg);
-    issueQK(0);
-    if (pong) turnPass(wg);
-    wgmmaWait<0>();
-    fenceRegs(sc);
-    softmax(t);
-    rescaleAndPack();
     for (int tn = nextTile(t + 1); tn < nkt; t = tn, tn = nextTile(t + 1), i++) {
       waitFull(i + 1);
       if (pong) turnWait(wg);
@@ -357,12 +359,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       mbarArrive(empty(i % STAGES));
       rescaleAndPack();
     }
-    if (pong) turnWait(wg);
-    issuePV(i % STAGES);
-    if (pong && wg == 0) turnPass(0);
-    wgmmaWait<0>();
-    fenceRegs(o);
-    mbarArrive(empty(i % STAGES));
+    lastTile(pong, i % STAGES);
   }
 
   // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32.

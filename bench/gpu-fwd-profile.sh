@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One device run for the Hopper attention forward's schedules (kernels/attn_fwd_h.cu): the GPU
 # attention tests (every schedule against float64), forward-only timings at S 8k/32k, H=32 for
-# RINGATTN_WGMMA_ATTN=1..4 and 0 (mma.sync), PyTorch SDPA at the same shapes, the SASS of the
+# RINGATTN_WGMMA_ATTN=1..5 and 0 (mma.sync), PyTorch SDPA at the same shapes, the SASS of the
 # forward (cuobjdump), and Nsight Compute profiles (full set, SASS with stall samples) of the
-# forward at 8k D=128 (schedules named in PROFILE, default "1 4") and of the split-KV decode at
+# forward at 8k D=128 (schedules named in PROFILE, default "5") and of the split-KV decode at
 # 1M x 1 (SKIP_TESTS, SKIP_DECODE, SKIP_TORCH leave parts out). Every step has a hard time limit. Carry .devkit, .devrun and dist. Results in $OUT
 # (logs, and prof.tar.gz with the reports).   bash bench/gpu-fwd-profile.sh [reps=5]
 set -uo pipefail
@@ -21,18 +21,18 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   grep -E "^# (pass|fail|skipped)|^not ok" "$OUT/tests.log" | tee -a "$log"
 fi
 for S in 8192 32768; do
-  for v in 1 2 3 4 0; do
+  for v in 5 4 3 2 1 0; do
     echo "== S=$S RINGATTN_WGMMA_ATTN=$v" | tee -a "$log"
     RINGATTN_WGMMA_ATTN=$v timeout -s KILL 90 $N dist/bench/gpu.js "$S" 32 "$reps" --fwd-only 2>&1 | grep -v "^kernel\|^device" | tee -a "$log"
   done
 done
 if command -v cuobjdump >/dev/null; then
   nvcc -arch=sm_90a -cubin -std=c++17 -o /tmp/prof/fwdh.cubin src/cuda/kernels/attn_fwd_h.cu 2>&1 | tail -2
-  for k in attn_fwd_h_bf16_d128 attn_fwd_hq_bf16_d128; do cuobjdump -sass -fun $k /tmp/prof/fwdh.cubin >/tmp/prof/$k.sass; done
+  for k in attn_fwd_ht_bf16_d128 attn_fwd_hq_bf16_d128; do cuobjdump -sass -fun $k /tmp/prof/fwdh.cubin >/tmp/prof/$k.sass; done
 fi
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -n "$NCU" ]; then
-  for v in ${PROFILE:-1 4}; do
+  for v in ${PROFILE:-5}; do
     RINGATTN_WGMMA_ATTN=$v timeout -s KILL 120 "$NCU" --clock-control none --target-processes all -k regex:attn_fwd_h --launch-count 1 --set full \
       --import-source no -f -o /tmp/prof/fwd$v $N dist/bench/gpu.js 8192 32 1 --d=128 --fwd-only >/tmp/prof/ncu$v.log 2>&1
     echo "ncu fwd $v exit $?" | tee -a "$log"

@@ -70,7 +70,7 @@ for (const dtype of ['bfloat16'] as CudaDType[]) {
       const flops = (4 * S * S * H * D) / (causal ? 2 : 1);
       const mf = median(tf), mb = median(tb);
       console.log(
-        `${kern.name({ dtype, D }).padEnd(30)} ${String(D).padStart(3)}  ${String(causal).padEnd(6)} ${mf.toFixed(3).padStart(7)}  ${(flops / mf / 1e9).toFixed(1).padStart(8)}  ${mb.toFixed(3).padStart(7)}  ${((2.5 * flops) / mb / 1e9).toFixed(1).padStart(8)}`,
+        `${kern.name({ dtype, D }).padEnd(30)} ${String(D).padStart(3)}  ${String(causal).padEnd(6)} ${mf.toFixed(3).padStart(7)}  ${(flops / mf / 1e9).toFixed(1).padStart(8)}  ${(fwdOnly ? '-' : mb.toFixed(3)).padStart(7)}  ${(fwdOnly ? '-' : ((2.5 * flops) / mb / 1e9).toFixed(1)).padStart(8)}`,
       );
       for (const b of [q, k, v, dO, pos, o, lse, delta, dq, dk, dv]) ctx.free(b);
     }

@@ -26,6 +26,7 @@ const reps = Number(pos[2] ?? 10);
 const dList = (flags.find((f) => f.startsWith('--d='))?.slice(4) ?? '64,128').split(',').map(Number);
 const fwdOnly = flags.includes('--fwd-only');
 for (const f of flags) if (!f.startsWith('--d=') && f !== '--fwd-only') throw new Error(`unknown flag ${f}: expected --d=64,128 or --fwd-only`);
+if (dList.some((d) => d !== 64 && d !== 128)) throw new Error(`--d: expected head dims 64 and/or 128, got '${dList.join(',')}'`);
 
 function median(x: number[]): number {
   const s = [...x].sort((a, b) => a - b);

@@ -44,8 +44,29 @@ export function wgmmaForward(tag: KernelTag, computeCapability: readonly [number
   // The wgmma kernels fold the scale into the exponent after taking the raw row maximum: scale > 0.
   if (tag === 'generic' || !(scale > 0) || computeCapability[0] !== 9 || computeCapability[1] !== 0) return null;
   const v = process.env.RINGATTN_WGMMA_ATTN;
+  if (v !== undefined && v !== '' && v !== '0' && !Object.hasOwn(WGMMA_FORWARDS, v)) {
+    throw new InputError('RINGATTN_WGMMA_ATTN', `expected 0 (mma.sync) or 1-5 (h, hp, hs, hq, ht), got '${v}'`);
+  }
   if (process.env.RINGATTN_NO_WGMMA === '1' || v === '0') return null;
-  return v !== undefined && v in WGMMA_FORWARDS ? WGMMA_FORWARDS[v as keyof typeof WGMMA_FORWARDS] : 'ht';
+  return v ? WGMMA_FORWARDS[v as keyof typeof WGMMA_FORWARDS] : 'ht';
+}
+
+/**
+ * The tensor-core kernels (cp.async, TMA) load q, k, v (and dO) in 16-byte pieces: why these
+ * device addresses cannot run there, or null.
+ */
+export function misaligned(ptrs: Record<string, number>): string | null {
+  for (const [name, p] of Object.entries(ptrs)) {
+    if (p % 16 !== 0) return `${name}: expected a 16-byte-aligned device address for the tensor-core kernels, got 0x${p.toString(16)}`;
+  }
+  return null;
+}
+function checkAligned(ptrs: Record<string, number>): void {
+  const r = misaligned(ptrs);
+  if (r) {
+    const i = r.indexOf(': ');
+    throw new InputError(r.slice(0, i), r.slice(i + 2));
+  }
 }
 
 export interface DeviceBlockArgs {
@@ -122,11 +143,12 @@ function wgFwdSmem(D: number): number {
  * TMA descriptors (3 x 128 bytes, each 64-byte aligned, as attn_fwd_h.cu's TmaMaps) of q [Sq, H, D],
  * k and v [Sk, Hk, D] for the ht forward: 16-bit elements as uint16, boxes of 64 elements x 1 head
  * x 128 rows in the 128-byte swizzle, rows past the end read as zeros. Null where the driver has no
- * cuTensorMapEncodeTiled or an address is not 16-byte aligned (TMA's rule): the caller then runs hq.
+ * cuTensorMapEncodeTiled (before CUDA 12): the caller then runs hq. Addresses are 16-byte aligned
+ * (checkAligned, before any tensor-core kernel).
  */
 export function fwdTensorMaps(ctx: CudaContext, a: DeviceBlockArgs): Buffer | null {
   const encode = ctx.drv.cuTensorMapEncodeTiled;
-  if (!encode || a.q % 16 !== 0 || a.k % 16 !== 0 || a.v % 16 !== 0) return null;
+  if (!encode) return null;
   const raw = Buffer.alloc(3 * 128 + 64);
   const skew = Number(koffi.address(raw) % 64n);
   const maps = raw.subarray(skew === 0 ? 0 : 64 - skew, (skew === 0 ? 0 : 64 - skew) + 3 * 128);
@@ -163,7 +185,8 @@ const SUFFIX: Record<CudaDType, string> = { bfloat16: 'bf16', float16: 'f16', fl
 
 export interface CudaAttentionKernel {
   /** e.g. 'cuda/mma16-d128/bfloat16'. */
-  name(spec: { dtype: CudaDType; D: number }): string;
+  /** The kernels a call with this spec runs (the forward's depends on the scale's sign: default 1 / sqrt(D) > 0). */
+  name(spec: { dtype: CudaDType; D: number; scale?: number }): string;
   forward(a: DeviceForwardArgs): void;
   backward(a: DeviceBackwardArgs): void;
   /** delta[r] = sum_d dO[r, d] * o[r, d] over rows = Sq * H (dO in `dtype`, o fp32). */
@@ -224,14 +247,15 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
   return {
     name: (spec) => {
       const tag = chooseKernel(spec, ctx.computeCapability);
-      const wg = wgmmaForward(tag, ctx.computeCapability);
-      return `cuda/${tag}${wg ? `+wgmma-fwd-${wg}` : ''}/${spec.dtype}`;
+      const wg = wgmmaForward(tag, ctx.computeCapability, spec.scale);
+      return `cuda/${tag}${wg ? `+wgmma-fwd-${wg === 'ht' && !ctx.drv.cuTensorMapEncodeTiled ? 'hq' : wg}` : ''}/${spec.dtype}`;
     },
 
     forward(a: DeviceForwardArgs): void {
       validate(a);
       if (a.Sq === 0 || a.Sk === 0) return;
       const tag = chooseKernel(a, ctx.computeCapability);
+      if (tag !== 'generic') checkAligned({ q: a.q, k: a.k, v: a.v });
       const wg = wgmmaForward(tag, ctx.computeCapability, a.scale);
       const tile = tiles(tag, 'fwd', wg !== null);
       const [qTiles, kTiles] = boxes(a, tile);
@@ -259,6 +283,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       validate(a);
       if (a.Sq === 0 || a.Sk === 0) return;
       const tag = chooseKernel(a, ctx.computeCapability);
+      if (tag !== 'generic') checkAligned({ q: a.q, k: a.k, v: a.v, dO: a.dO });
       const tile = tiles(tag, 'bwd', false);
       const [qTiles, kTiles] = boxes(a, tile);
       const bq = tile[0];

@@ -103,6 +103,9 @@ for (const wgmma of ['0', '1', '2', '3', '4', '5']) {
   test(`attentionCuda 16-bit forward with RINGATTN_WGMMA_ATTN=${wgmma} (${wgmma === '0' ? 'mma.sync' : 'wgmma on Hopper, mma.sync elsewhere'}): every mask at D 64/128, then long sequences of many tiles`, { skip }, async () => {
     const seed = freshSeed();
     const r = rng(seed);
+    const cc = context().computeCapability;
+    // ht must really load with TMA on Hopper, not fall back to hq unseen.
+    if (wgmma === '5' && cc[0] === 9 && cc[1] === 0) assert.equal(typeof context().drv.cuTensorMapEncodeTiled, 'function', 'cuTensorMapEncodeTiled missing: ht would run hq');
     await withEnv({ RINGATTN_WGMMA_ATTN: wgmma }, async () => {
       let n = 0;
       for (const dtype of ['bfloat16', 'float16'] as const) {

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chooseKernel, supported, wgmmaForward } from '../../src/cuda/attention.js';
+import { chooseKernel, misaligned, supported, wgmmaForward } from '../../src/cuda/attention.js';
+import { InputError } from '../../src/core/errors.js';
 import { encode, roundTo } from '../../src/cuda/convert.js';
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '../../src/core/tensor.js';
 import { freshSeed, randn, rng, withEnv } from '../helpers/check.js';
@@ -32,7 +33,7 @@ test('wgmmaForward: the Hopper forward for tensor-core tags on sm_90 by default,
     assert.equal(wgmmaForward('mma16-d128', [9, 0], -0.088), null, 'the scale is folded after the raw maximum: scale > 0 only');
     assert.equal(wgmmaForward('mma16-d128', [9, 0], 0), null);
   });
-  for (const [v, want] of [['2', 'hp'], ['3', 'hs'], ['4', 'hq'], ['5', 'ht'], ['9', 'ht']] as const) {
+  for (const [v, want] of [['2', 'hp'], ['3', 'hs'], ['4', 'hq'], ['5', 'ht'], ['', 'ht']] as const) {
     withEnv(env(v), () => {
       assert.equal(wgmmaForward('mma16-d64', [9, 0]), want);
       assert.equal(wgmmaForward('mma16-d128', [9, 0]), want);
@@ -40,6 +41,14 @@ test('wgmmaForward: the Hopper forward for tensor-core tags on sm_90 by default,
   }
   withEnv(env('2', '1'), () => assert.equal(wgmmaForward('mma16-d64', [9, 0]), null));
   withEnv(env(undefined, '1'), () => assert.equal(wgmmaForward('mma16-d128', [9, 0]), null));
+  for (const bad of ['9', 'yes', 'constructor', ' 4']) {
+    withEnv(env(bad), () => assert.throws(() => wgmmaForward('mma16-d128', [9, 0]), (e: Error) => e instanceof InputError && /RINGATTN_WGMMA_ATTN/.test(e.message) && e.message.includes(`'${bad}'`)));
+  }
+});
+
+test('misaligned: null for 16-byte-aligned addresses, else the argument named', () => {
+  assert.equal(misaligned({ q: 0x7f0000000000, k: 0x7f0000000100, v: 16 }), null);
+  assert.match(misaligned({ q: 0x7f0000000000, k: 0x7f0000000108, v: 16 })!, /^k: expected a 16-byte-aligned device address .* got 0x7f0000000108$/);
 });
 
 test('supported: null for valid arguments, a reason naming the argument otherwise', () => {

@@ -156,7 +156,8 @@ export function loadDriver(): DriverApi | { error: string } {
       try {
         api[name] = l.lib.func(decl);
       } catch (e) {
-        if (!OPTIONAL.has(name)) throw e;
+        // Only a missing symbol is forgiven (an old driver), never a bad declaration.
+        if (!OPTIONAL.has(name) || !/Cannot find function/.test((e as Error).message)) throw e;
       }
     }
   } catch (e) {

@@ -1,28 +1,30 @@
-// Blockwise attention forward on Hopper (sm_90a only): attn_fwd_h_{bf16,f16}_d{64,128}.
+// Blockwise attention forward on Hopper (sm_90a only): attn_fwd_{h,hp,hs,hq,ht}_{bf16,f16}_d{64,128}.
 //
 // The same contract as attn_fwd.cu's kernels (queries of one shard against one KV block, merged
 // into the running fp32 (O, LSE); tiles classified on global positions: empty tiles skipped,
 // full tiles without mask arithmetic), on Hopper's warpgroup MMA:
 //   - a CTA owns 128 query rows of one head: two consumer warpgroups of 64 rows each and one
-//     producer warpgroup (384 threads); the producer gives registers back (setmaxnreg: 40 a
-//     thread) so that the consumers can hold S, P and O (232 a thread: 40 + 2 x 232 = 3 x 168);
-//   - the producer copies Q once, then 128-key tiles of K and V into a ring of STAGES stages with
-//     16-byte cp.async in the 128-byte-swizzled layout wgmma reads ([D/64 panels][rows][128 B]
-//     for all three: K-major for Q and K, and the same bytes read MN-major for V), signalling
-//     each stage's `full` mbarrier when its copies land; consumers release a stage through its
+//     producer warpgroup (384 threads); the producer gives registers back (setmaxnreg) so that
+//     the consumers can hold S, P and O: 40 / 232 a thread with cp.async, 24 / 240 with TMA
+//     (either way 128 x p + 256 x c = 384 x 168);
+//   - the producer loads Q once, then 128-key tiles of K and V into a ring of STAGES stages in the
+//     128-byte-swizzled layout wgmma reads ([D/64 panels][rows][128 B] for all three: K-major
+//     for Q and K, and the same bytes read MN-major for V): ht with TMA (one thread, bulk tensor
+//     copies completing the stage's `full` mbarrier by transaction count), the others with
+//     16-byte cp.async from all 128 producer threads; consumers release a stage through its
 //     `empty` mbarrier after their P·V has read it;
 //   - per tile a consumer issues S = Q·K^T (wgmma m64n128k16, both operands in shared memory,
 //     fp32 accumulators), masks partial tiles, runs the online softmax in registers (exp2 with
 //     the scale folded in), and issues O += P·V with P taken from registers (the accumulator
 //     layout of S is the A-fragment layout of the next wgmma) and V from shared memory.
-// The two warpgroups run independently, so one's softmax overlaps the other's matrix products.
-// attn_fwd_hp_*_d64: the same, software-pipelined inside each warpgroup (S of tile n+1 is issued
-// before P·V of tile n, so the softmax of n+1 overlaps that P·V), as FlashAttention-3 does. D=64
-// only: at D=128, S and P of one tile with O of 128 columns in flight need more than the 232
-// registers a consumer has (ptxas serialises the wgmma, C7512), where FA3 has 240 by loading
-// with TMA from a 24-register producer.
+// Consumer schedules (the Mode enum below): h one tile at a time, the two warpgroups running
+// independently; hp software-pipelined inside each warpgroup (S of tile n+1 issued before P·V of
+// tile n, so the softmax of n+1 overlaps that P·V, as FlashAttention-3 does); hs ping-pong turns
+// between the warpgroups (named barriers), each issuing P·V of one tile and S of the next back to
+// back; hq and ht both (ht loading with TMA, the default: kernels/NOTES.md runs 9-12).
 // Launch: grid (ceil(Sq / 128), H), 384 threads, dynamic shared memory fwdh::Cfg<D>::SMEM
-// (src/cuda/attention.ts); tile boxes at 128 rows for queries and keys.
+// (src/cuda/attention.ts); tile boxes at 128 rows for queries and keys; ht takes the tensor maps
+// as a second parameter.
 #include "common.cuh"
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #include "hopper.cuh"
@@ -130,6 +132,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       mbarInit(empty(s), CONSUMERS);  // every consumer thread
     }
     mbarInit(qBar, ARRIVALS);
+    // TMA completes the barriers through the async proxy: make their initialisation visible to it.
+    if (TMA) asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
 

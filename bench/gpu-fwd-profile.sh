@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device run for the Hopper attention forward's schedules (kernels/attn_fwd_h.cu): the GPU
 # attention tests (every schedule against float64), forward-only timings at S 8k/32k, H=32 for
-# RINGATTN_WGMMA_ATTN=1..5 and 0 (mma.sync), PyTorch SDPA at the same shapes, the SASS of the
+# RINGATTN_WGMMA_ATTN=1..5 and 0 (mma.sync) and GQA (Hk=8) on the default, PyTorch SDPA at the same shapes, the SASS of the
 # forward (cuobjdump), and Nsight Compute profiles (full set, SASS with stall samples) of the
 # forward at 8k D=128 (schedules named in PROFILE, default "5") and of the split-KV decode at
 # 1M x 1 (SKIP_TESTS, SKIP_DECODE, SKIP_TORCH leave parts out). Every step has a hard time limit. Carry .devkit, .devrun and dist. Results in $OUT
@@ -25,6 +25,10 @@ for S in 8192 32768; do
     echo "== S=$S RINGATTN_WGMMA_ATTN=$v" | tee -a "$log"
     RINGATTN_WGMMA_ATTN=$v timeout -s KILL 90 $N dist/bench/gpu.js "$S" 32 "$reps" --fwd-only 2>&1 | grep -v "^kernel\|^device" | tee -a "$log"
   done
+done
+echo "== GQA H=32 Hk=8, default schedule" | tee -a "$log"
+for S in 8192 32768; do
+  timeout -s KILL 90 $N dist/bench/gpu.js "$S" 32 "$reps" --hk=8 --fwd-only 2>&1 | grep -v "^kernel\|^device" | tee -a "$log"
 done
 if command -v cuobjdump >/dev/null; then
   nvcc -arch=sm_90a -cubin -std=c++17 -o /tmp/prof/fwdh.cubin src/cuda/kernels/attn_fwd_h.cu 2>&1 | tail -2
@@ -51,6 +55,8 @@ fi
 (cd /tmp/prof && tar czf "$OUT/prof.tar.gz" --exclude='*.cubin' .)
 echo "== torch sdpa H=32 D=128 and D=64" | tee -a "$log"
 for D in $([ -n "${SKIP_TORCH:-}" ] || echo 128 64); do
-  SDPA_H=32 SDPA_HK=32 SDPA_D=$D timeout -s KILL 100 python3 bench/peers/torch_sdpa.py 5 8192,32768 2>&1 | grep -v JSON | tee -a "$log"
+  for HK in 32 8; do
+    SDPA_H=32 SDPA_HK=$HK SDPA_D=$D timeout -s KILL 100 python3 bench/peers/torch_sdpa.py 5 8192,32768 2>&1 | grep -v JSON | tee -a "$log"
+  done
 done
 (cd /tmp/prof && tar czf "$OUT/prof.tar.gz" --exclude='*.cubin' .)

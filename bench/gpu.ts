@@ -8,7 +8,7 @@ import { fill } from './common.js';
  * Times the CUDA block kernels on one GPU: forward and backward (delta + main kernel) at a few
  * shapes, median of N event-timed runs after warm-up, reported as TFLOP/s with the usual
  * attention FLOP count (forward 4·S²·H·D, halved for causal; backward 2.5× forward).
- * Usage: node dist/bench/gpu.js [S=8192] [H=16] [reps=10] [--d=64,128] [--fwd-only]
+ * Usage: node dist/bench/gpu.js [S=8192] [H=16] [reps=10] [--d=64,128] [--hk=H] [--fwd-only]
  *        node dist/bench/gpu.js ring [devices=2] [reps=3] [S,S,...=16384,32768,65536]
  *          the ring on `devices` GPUs against one GPU on the same work (bench/gpu-ring.ts)
  */
@@ -25,7 +25,9 @@ const H = Number(pos[1] ?? 16);
 const reps = Number(pos[2] ?? 10);
 const dList = (flags.find((f) => f.startsWith('--d='))?.slice(4) ?? '64,128').split(',').map(Number);
 const fwdOnly = flags.includes('--fwd-only');
-for (const f of flags) if (!f.startsWith('--d=') && f !== '--fwd-only') throw new Error(`unknown flag ${f}: expected --d=64,128 or --fwd-only`);
+const Hk = Number(flags.find((f) => f.startsWith('--hk='))?.slice(5) ?? H);
+for (const f of flags) if (!f.startsWith('--d=') && !f.startsWith('--hk=') && f !== '--fwd-only') throw new Error(`unknown flag ${f}: expected --d=64,128, --hk=N or --fwd-only`);
+if (!Number.isInteger(Hk) || Hk < 1 || H % Hk !== 0) throw new Error(`--hk: expected a divisor of H = ${H}, got ${Hk}`);
 if (dList.some((d) => d !== 64 && d !== 128)) throw new Error(`--d: expected head dims 64 and/or 128, got '${dList.join(',')}'`);
 
 function median(x: number[]): number {
@@ -35,23 +37,22 @@ function median(x: number[]): number {
 
 const ctx = CudaContext.open(0);
 const kern = cudaKernel(ctx);
-console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); S=${S} H=${H} reps=${reps}`);
+console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); S=${S} H=${H} Hk=${Hk} reps=${reps}`);
 console.log('kernel                         D  causal  fwd ms   fwd TF/s  bwd ms   bwd TF/s');
 for (const dtype of ['bfloat16'] as CudaDType[]) {
   for (const D of dList) {
     for (const causal of [false, true]) {
-      const Hk = H;
-      const n = S * H * D;
+      const n = S * H * D, nk = S * Hk * D;
       let seed = 1;
-      const rnd = () => fill(n, seed++);
+      const rnd = (len = n) => fill(len, seed++);
       const up = (x: ArrayBufferView) => {
         const b = ctx.alloc(x.byteLength);
         ctx.upload(b, x);
         return b;
       };
-      const q = up(encode(rnd(), dtype)), k = up(encode(rnd(), dtype)), v = up(encode(rnd(), dtype)), dO = up(encode(rnd(), dtype));
+      const q = up(encode(rnd(), dtype)), k = up(encode(rnd(nk), dtype)), v = up(encode(rnd(nk), dtype)), dO = up(encode(rnd(), dtype));
       const pos = up(Int32Array.from({ length: S }, (_, i) => i));
-      const o = ctx.alloc(n * 4), lse = ctx.alloc(S * H * 4), delta = ctx.alloc(S * H * 4), dq = ctx.alloc(n * 4), dk = ctx.alloc(n * 4), dv = ctx.alloc(n * 4);
+      const o = ctx.alloc(n * 4), lse = ctx.alloc(S * H * 4), delta = ctx.alloc(S * H * 4), dq = ctx.alloc(n * 4), dk = ctx.alloc(nk * 4), dv = ctx.alloc(nk * 4);
       const a = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: pos.ptr, kPos: pos.ptr, Sq: S, Sk: S, H, Hk, D, dtype, causal, window: 0, sinks: 0, scale: 1 / Math.sqrt(D) };
       const fwd = () => {
         ctx.fill32(o, 0, n);

@@ -1,6 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chooseKernel, misaligned, supported, wgmmaForward } from '../../src/cuda/attention.js';
+import koffi from 'koffi';
+import { chooseKernel, fwdTensorMaps, misaligned, supported, wgmmaForward } from '../../src/cuda/attention.js';
+import type { CudaContext } from '../../src/cuda/context.js';
 import { InputError } from '../../src/core/errors.js';
 import { encode, roundTo } from '../../src/cuda/convert.js';
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '../../src/core/tensor.js';
@@ -75,4 +77,38 @@ test('encode/roundTo agree with the scalar conversions in core/tensor.ts', () =>
     assert.ok(Object.is(rh[i], f16BitsToF32(hf[i])) || rh[i] === f16BitsToF32(hf[i]));
   }
   assert.equal(encode(x, 'float32'), x);
+});
+
+test('fwdTensorMaps: three 64-byte-aligned 128-byte maps of q [Sq, H, D], k and v [Sk, Hk, D] for TMA (uint16, box 64 x 1 x 128, 128-byte swizzle, zero fill); null without the driver function', () => {
+  const calls: { map: Buffer; args: unknown[] }[] = [];
+  const drv = {
+    cuTensorMapEncodeTiled: (map: Buffer, ...args: unknown[]) => {
+      calls.push({ map, args });
+      map.fill(calls.length); // what the driver would write
+      return 0;
+    },
+  };
+  const checked: string[] = [];
+  const ctx = { drv, check: (what: string, code: number) => { checked.push(what); if (code !== 0) throw new Error(what); } } as unknown as CudaContext;
+  const a = { q: 0x10000, k: 0x20000, v: 0x30000, qPos: 0, kPos: 0, Sq: 300, Sk: 500, H: 32, Hk: 8, D: 128, dtype: 'bfloat16' as const, causal: true, window: 0, sinks: 0, scale: 0.1 };
+  const maps = fwdTensorMaps(ctx, a)!;
+  assert.equal(maps.length, 3 * 128);
+  assert.equal(koffi.address(maps) % 64n, 0n, 'the maps start 64-byte aligned');
+  assert.equal(calls.length, 3);
+  const u64 = (b: unknown) => Array.from(new BigUint64Array((b as Buffer).buffer, (b as Buffer).byteOffset, (b as Buffer).byteLength / 8)).map(Number);
+  const u32 = (b: unknown) => Array.from(new Uint32Array((b as Buffer).buffer, (b as Buffer).byteOffset, (b as Buffer).byteLength / 4));
+  const want = [[a.q, a.Sq, a.H], [a.k, a.Sk, a.Hk], [a.v, a.Sk, a.Hk]];
+  calls.forEach(({ map, args }, i) => {
+    const [dtype, rank, ptr, dims, strides, box, elem, interleave, swizzle, l2, oob] = args;
+    assert.equal(koffi.address(map) - koffi.address(maps), BigInt(i * 128), `map ${i} in its slot`);
+    assert.deepEqual([dtype, rank, ptr, interleave, swizzle, l2, oob], [1, 3, want[i][0], 0, 3, 3, 0]);
+    assert.deepEqual(u64(dims), [a.D, want[i][2], want[i][1]]);
+    assert.deepEqual(u64(strides), [a.D * 2, want[i][2] * a.D * 2], 'rank - 1 strides in bytes');
+    assert.deepEqual(u32(box), [64, 1, 128]);
+    assert.deepEqual(u32(elem), [1, 1, 1]);
+    assert.equal(maps[i * 128], i + 1, 'the driver wrote into the slot passed');
+  });
+  assert.deepEqual(checked.map((c) => c.split('(')[0]), ['cuTensorMapEncodeTiled', 'cuTensorMapEncodeTiled', 'cuTensorMapEncodeTiled']);
+  assert.match(checked[1], /k \[500, 8, 128\]/);
+  assert.equal(fwdTensorMaps({ drv: {}, check: () => {} } as unknown as CudaContext, a), null);
 });

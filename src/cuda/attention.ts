@@ -52,6 +52,18 @@ export function wgmmaForward(tag: KernelTag, computeCapability: readonly [number
 }
 
 /**
+ * Whether the backward of a tensor-core tag runs the Hopper warpgroup-MMA kernel
+ * (kernels/attn_bwd_h.cu): sm_90a, and for now opt-in with RINGATTN_WGMMA_BWD=1, since it is
+ * written and compiled but has not yet run on a GPU (it becomes the default once
+ * tests/cuda/attention.gpu.test.ts has passed with it). RINGATTN_NO_WGMMA=1 turns it off.
+ */
+export function wgmmaBackward(tag: KernelTag, computeCapability: readonly [number, number]): boolean {
+  const v = process.env.RINGATTN_WGMMA_BWD;
+  if (v !== undefined && v !== '' && v !== '0' && v !== '1') throw new InputError('RINGATTN_WGMMA_BWD', `expected 0 or 1, got '${v}'`);
+  return tag !== 'generic' && computeCapability[0] === 9 && computeCapability[1] === 0 && v === '1' && process.env.RINGATTN_NO_WGMMA !== '1';
+}
+
+/**
  * The tensor-core kernels (cp.async, TMA) load q, k, v (and dO) in 16-byte pieces: why these
  * device addresses cannot run there, or null.
  */
@@ -129,6 +141,7 @@ const BK = 64;
 function tiles(tag: KernelTag, pass: 'fwd' | 'bwd', wgmma: boolean): [number, number] {
   if (tag === 'generic') return [64, BK]; // query boxes unused by the generic kernels
   if (pass === 'fwd') return wgmma ? [WG_TILE, WG_TILE] : [64, BK];
+  if (wgmma) return [WG_BWD_BQ, WG_TILE];
   return [tag === 'mma16-d64' ? 64 : 32, BK];
 }
 
@@ -164,6 +177,12 @@ export function fwdTensorMaps(ctx: CudaContext, a: DeviceBlockArgs): Buffer | nu
   one(1, a.k, a.Sk, a.Hk, 'k');
   one(2, a.v, a.Sk, a.Hk, 'v');
   return maps;
+}
+
+/** attn_bwd_h.cu: 128 keys a CTA (256 threads), 64-query tiles double-buffered, dS^T, row arrays. */
+const WG_BWD_BQ = 64;
+function wgBwdSmem(D: number): number {
+  return 1024 + 2 * WG_TILE * D * 2 + 4 * WG_BWD_BQ * D * 2 + WG_TILE * WG_BWD_BQ * 2 + 2 * 4 * WG_BWD_BQ * 4 + 2 * WG_TILE * 4;
 }
 
 function fwdSmem(D: number): number {
@@ -248,7 +267,8 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
     name: (spec) => {
       const tag = chooseKernel(spec, ctx.computeCapability);
       const wg = wgmmaForward(tag, ctx.computeCapability, spec.scale);
-      return `cuda/${tag}${wg ? `+wgmma-fwd-${wg === 'ht' && !ctx.drv.cuTensorMapEncodeTiled ? 'hq' : wg}` : ''}/${spec.dtype}`;
+      const bwd = wgmmaBackward(tag, ctx.computeCapability) ? '+wgmma-bwd' : '';
+      return `cuda/${tag}${wg ? `+wgmma-fwd-${wg === 'ht' && !ctx.drv.cuTensorMapEncodeTiled ? 'hq' : wg}` : ''}${bwd}/${spec.dtype}`;
     },
 
     forward(a: DeviceForwardArgs): void {
@@ -284,10 +304,11 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       if (a.Sq === 0 || a.Sk === 0) return;
       const tag = chooseKernel(a, ctx.computeCapability);
       if (tag !== 'generic') checkAligned({ q: a.q, k: a.k, v: a.v, dO: a.dO });
-      const tile = tiles(tag, 'bwd', false);
+      const wg = wgmmaBackward(tag, ctx.computeCapability);
+      const tile = tiles(tag, 'bwd', wg);
       const [qTiles, kTiles] = boxes(a, tile);
-      const bq = tile[0];
-      const split = tag === 'generic' ? 1 : bwdSplit(Math.ceil(a.Sk / BK) * a.Hk, a.H / a.Hk, ctx.smCount);
+      const bq = tile[0], bk = tile[1];
+      const split = tag === 'generic' ? 1 : bwdSplit(Math.ceil(a.Sk / bk) * a.Hk, a.H / a.Hk, ctx.smCount);
       const params = packStruct([
         { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.dO }, { ptr: a.lse }, { ptr: a.delta }, { ptr: a.qPos }, { ptr: a.kPos },
         { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 }, { ptr: qTiles }, { ptr: kTiles }, { ptr: a.dq }, { ptr: a.dk }, { ptr: a.dv }, ...tail(a).slice(0, -1), { i32: split },
@@ -295,6 +316,10 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       if (tag === 'generic') {
         const name = `attn_bwd_generic_${SUFFIX[a.dtype]}`;
         ctx.launch(ctx.fn('attn_bwd.cu', name), name, [Math.ceil(a.Sq / 4), a.H, 1], 128, 0, [params]);
+      } else if (wg) {
+        const name = `attn_bwd_h_${SUFFIX[a.dtype]}_d${a.D}`;
+        const smem = wgBwdSmem(a.D);
+        ctx.launch(ctx.fn('attn_bwd_h.cu', name, smem), name, [Math.ceil(a.Sk / bk), a.Hk * split, 1], 256, smem, [params]);
       } else {
         const name = `attn_bwd_mma_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = bwdSmem(a.D, bq);

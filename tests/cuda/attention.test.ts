@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import koffi from 'koffi';
-import { chooseKernel, fwdTensorMaps, misaligned, supported, wgmmaForward } from '../../src/cuda/attention.js';
+import { chooseKernel, fwdTensorMaps, misaligned, supported, wgmmaBackward, wgmmaForward } from '../../src/cuda/attention.js';
 import type { CudaContext } from '../../src/cuda/context.js';
 import { InputError } from '../../src/core/errors.js';
 import { encode, roundTo } from '../../src/cuda/convert.js';
@@ -111,4 +111,18 @@ test('fwdTensorMaps: three 64-byte-aligned 128-byte maps of q [Sq, H, D], k and 
   assert.deepEqual(checked.map((c) => c.split('(')[0]), ['cuTensorMapEncodeTiled', 'cuTensorMapEncodeTiled', 'cuTensorMapEncodeTiled']);
   assert.match(checked[1], /k \[500, 8, 128\]/);
   assert.equal(fwdTensorMaps({ drv: {}, check: () => {} } as unknown as CudaContext, a), null);
+});
+
+test('wgmmaBackward: opt-in with RINGATTN_WGMMA_BWD=1 on sm_90 for tensor-core tags; unknown values rejected', () => {
+  const env = (v: string | undefined, no?: string) => ({ RINGATTN_WGMMA_BWD: v, RINGATTN_NO_WGMMA: no });
+  withEnv(env(undefined), () => assert.equal(wgmmaBackward('mma16-d128', [9, 0]), false, 'opt-in until it has run on a GPU'));
+  withEnv(env('0'), () => assert.equal(wgmmaBackward('mma16-d128', [9, 0]), false));
+  withEnv(env('1'), () => {
+    assert.equal(wgmmaBackward('mma16-d128', [9, 0]), true);
+    assert.equal(wgmmaBackward('mma16-d64', [9, 0]), true);
+    assert.equal(wgmmaBackward('generic', [9, 0]), false);
+    assert.equal(wgmmaBackward('mma16-d128', [8, 0]), false);
+  });
+  withEnv(env('1', '1'), () => assert.equal(wgmmaBackward('mma16-d128', [9, 0]), false));
+  withEnv(env('yes'), () => assert.throws(() => wgmmaBackward('mma16-d128', [9, 0]), /RINGATTN_WGMMA_BWD: expected 0 or 1, got 'yes'/));
 });

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device run for the Hopper attention forward's schedules (kernels/attn_fwd_h.cu): the GPU
 # attention tests (every schedule against float64), forward-only timings at S 8k/32k, H=32 for
-# RINGATTN_WGMMA_ATTN=1..5 and 0 (mma.sync) and GQA (Hk=8) on the default, PyTorch SDPA at the same shapes, the SASS of the
+# RINGATTN_WGMMA_ATTN=1..5 and 0 (mma.sync) and GQA (Hk=8) on the default, the backward with
+# RINGATTN_WGMMA_BWD=0 and 1, PyTorch SDPA at the same shapes, the SASS of the
 # forward (cuobjdump), and Nsight Compute profiles (full set, SASS with stall samples) of the
 # forward at 8k D=128 (schedules named in PROFILE, default "5") and of the split-KV decode at
 # 1M x 1 (SKIP_TESTS, SKIP_DECODE, SKIP_TORCH leave parts out). Every step has a hard time limit. Carry .devkit, .devrun and dist. Results in $OUT
@@ -24,6 +25,12 @@ for S in 8192 32768; do
   for v in 5 4 3 2 1 0; do
     echo "== S=$S RINGATTN_WGMMA_ATTN=$v" | tee -a "$log"
     RINGATTN_WGMMA_ATTN=$v timeout -s KILL 90 $N dist/bench/gpu.js "$S" 32 "$reps" --fwd-only 2>&1 | grep -v "^kernel\|^device" | tee -a "$log"
+  done
+done
+echo "== backward: mma.sync (RINGATTN_WGMMA_BWD=0) and wgmma (=1)" | tee -a "$log"
+for S in 8192 32768; do
+  for b in 0 1; do
+    RINGATTN_WGMMA_BWD=$b timeout -s KILL 120 $N dist/bench/gpu.js "$S" 32 3 2>&1 | grep -v "^kernel\|^device" | tee -a "$log"
   done
 done
 echo "== GQA H=32 Hk=8, default schedule" | tee -a "$log"

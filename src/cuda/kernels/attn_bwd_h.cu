@@ -219,6 +219,7 @@ __device__ __forceinline__ void run(const BwdParams& p) {
     constexpr int KEYS = D == 128 ? BK : 64;
     const int keyLo = D == 128 ? 0 : wg * 64, colPanel = D == 128 ? wg : 0;
     float dq[32];
+    wgmmaFence();
 #pragma unroll
     for (int kk = 0; kk < KEYS / 16; kk++) {
       const u32 key = keyLo + kk * 16;

@@ -51,25 +51,6 @@ template <> struct Mma<F16> {
   }
 };
 
-// Rows [0, ROWS) of head `head` of a [rows, heads, D] tensor from row r0 into a swizzled tile
-// ([D/64 panels][ROWS][128 B]), rows at or past `avail` zero-filled; all THREADS threads, each
-// copying one fixed 16-byte column of every STEP-th row.
-template <int ROWS, int D>
-__device__ __forceinline__ void loadTile(u32 dst, const u16* g, int r0, int avail, int heads, int head) {
-  constexpr int CPR = D / 8, STEP = THREADS / CPR;
-  static_assert(STEP % 8 == 0 && ROWS % STEP == 0, "a thread's swizzle phase must not change between passes");
-  const int c = threadIdx.x % CPR, rr = threadIdx.x / CPR;
-  const u64 stride = (u64)heads * D;
-  const u16* src = g + ((u64)r0 + rr) * stride + (u64)head * D + c * 8;
-  const u16* fallback = g + (u64)head * D;
-  u32 d = dst + (c >> 3) * ROWS * 128 + swz(rr, c & 7);
-#pragma unroll
-  for (int r = rr; r < ROWS; r += STEP, src += STEP * stride, d += STEP * 128) {
-    const bool ok = r < avail;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(ok ? src : fallback), "r"(ok ? 16 : 0));
-  }
-}
-
 template <typename T, int D>
 __device__ __forceinline__ void run(const BwdParams& p) {
   using C = Cfg<D>;
@@ -109,8 +90,8 @@ __device__ __forceinline__ void run(const BwdParams& p) {
   };
   auto loadPair = [&](int x, int st) {
     const int h = kh * group + hLo + x / nqt, q0 = (x % nqt) * BQ;
-    loadTile<BQ, D>(sQ(st), (const u16*)p.q, q0, p.Sq - q0, p.H, h);
-    loadTile<BQ, D>(sdO(st), (const u16*)p.dO, q0, p.Sq - q0, p.H, h);
+    loadSwizzled<BQ, D, THREADS>(sQ(st), (const u16*)p.q, q0, p.Sq - q0, p.H, h, threadIdx.x);
+    loadSwizzled<BQ, D, THREADS>(sdO(st), (const u16*)p.dO, q0, p.Sq - q0, p.H, h, threadIdx.x);
     for (int r = threadIdx.x; r < BQ; r += THREADS) {
       const int i = q0 + r;
       const bool ok = i < p.Sq;
@@ -122,8 +103,8 @@ __device__ __forceinline__ void run(const BwdParams& p) {
     }
   };
 
-  loadTile<BK, D>(sK, (const u16*)p.k, k0, p.Sk - k0, p.Hk, kh);
-  loadTile<BK, D>(sV, (const u16*)p.v, k0, p.Sk - k0, p.Hk, kh);
+  loadSwizzled<BK, D, THREADS>(sK, (const u16*)p.k, k0, p.Sk - k0, p.Hk, kh, threadIdx.x);
+  loadSwizzled<BK, D, THREADS>(sV, (const u16*)p.v, k0, p.Sk - k0, p.Hk, kh, threadIdx.x);
   for (int r = threadIdx.x; r < BK; r += THREADS) {
     const int j = k0 + r;
     sKPos[r] = j < p.Sk ? p.kPos[j] : 0;

@@ -51,30 +51,6 @@ template <> struct Rs<F16, 128> { __device__ __forceinline__ static void run(flo
 template <> struct Rs<Bf16, 64> { __device__ __forceinline__ static void run(float (&d)[32], const u32 (&a)[4], u64 db) { rsBf16N64<1>(d, a, db); } };
 template <> struct Rs<F16, 64> { __device__ __forceinline__ static void run(float (&d)[32], const u32 (&a)[4], u64 db) { rsF16N64<1>(d, a, db); } };
 
-// Rows [0, ROWS) of a [rows, H or Hk, D] tensor's head `head` starting at row r0 into a swizzled
-// tile ([D/64 panels][ROWS][128 B]); rows at or past `avail` are zero-filled. The producer
-// warpgroup: thread `lane` always copies 16-byte chunk lane % (D/8) of rows lane / (D/8) + k·STEP,
-// so its swizzled column and its source offset are fixed and each copy costs a pointer step, a
-// compare and the cp.async (a generic index loop cost ~45 instructions a copy, more issue slots
-// than both consumers' softmax: ncu, kernels/NOTES.md).
-template <int ROWS, int D>
-__device__ __forceinline__ void loadTile(u32 dst, const u16* g, int r0, int avail, int heads, int head, int lane) {
-  constexpr int CPR = D / 8;                // 16-byte chunks per row
-  constexpr int STEP = PRODUCERS / CPR;     // rows per pass: 16 (D=64) or 8 (D=128)
-  static_assert(STEP % 8 == 0 && ROWS % STEP == 0, "a thread's swizzle phase must not change between passes");
-  const int c = lane % CPR, rr = lane / CPR;
-  const u64 stride = (u64)heads * D;        // elements from one row to the next
-  const u16* src = g + ((u64)r0 + rr) * stride + (u64)head * D + c * 8;
-  const u16* fallback = g + (u64)head * D;  // a valid address for zero-filled rows
-  u32 d = dst + (c >> 3) * ROWS * 128 + swz(rr, c & 7);
-  // Unrolled by 4, not 16: the producer has 40 registers (16 pointers live at once spilled).
-#pragma unroll 4
-  for (int r = rr; r < ROWS; r += STEP, src += STEP * stride, d += STEP * 128) {
-    const bool ok = r < avail;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(ok ? src : fallback), "r"(ok ? 16 : 0));
-  }
-}
-
 // Consumer schedules: ONE_TILE (attn_fwd_h), PIPELINED (attn_fwd_hp), PING_PONG (attn_fwd_hs: P·V
 // of the last tile and S of this one issued back to back, in turns), PIPE_PONG (attn_fwd_hq: both).
 enum Mode { ONE_TILE, PIPELINED, PING_PONG, PIPE_PONG };
@@ -159,14 +135,14 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   if (!TMA && threadIdx.x >= CONSUMERS) {  // the producer warpgroup
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
     const int lane = threadIdx.x - CONSUMERS;
-    loadTile<BQ, D>(sQ, (const u16*)p.q, q0, p.Sq - q0, p.H, h, lane);
+    loadSwizzled<BQ, D, PRODUCERS>(sQ, (const u16*)p.q, q0, p.Sq - q0, p.H, h, lane);
     cpAsyncArrive(qBar);
     int i = 0;
     for (int t = first; t < nkt; t = nextTile(t + 1), i++) {
       const int s = i % STAGES;
       mbarWait(empty(s), ((i / STAGES) & 1) ^ 1);  // the first pass finds every stage free
-      loadTile<BK, D>(stK(s), (const u16*)p.k, t * BK, p.Sk - t * BK, p.Hk, kh, lane);
-      loadTile<BK, D>(stV(s), (const u16*)p.v, t * BK, p.Sk - t * BK, p.Hk, kh, lane);
+      loadSwizzled<BK, D, PRODUCERS>(stK(s), (const u16*)p.k, t * BK, p.Sk - t * BK, p.Hk, kh, lane);
+      loadSwizzled<BK, D, PRODUCERS>(stV(s), (const u16*)p.v, t * BK, p.Sk - t * BK, p.Hk, kh, lane);
       cpAsyncArrive(full(s));
     }
     asm volatile("cp.async.wait_all;" ::: "memory");

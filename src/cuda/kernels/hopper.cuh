@@ -62,6 +62,30 @@ __device__ __forceinline__ u64 desc(u32 addr, u32 lbo, u32 sbo) {
 // Byte offset of 16-byte chunk `c` (0..7) of row `r` in a 128-byte-swizzled panel of 128-byte rows.
 __device__ __forceinline__ u32 swz(int r, int c) { return (u32)(r * 128 + ((c ^ (r & 7)) << 4)); }
 
+// Rows [0, ROWS) of head `head` of a [rows, heads, D] 16-bit tensor, from row r0, into a tile in
+// the 128-byte swizzle ([D/64 panels][ROWS][128 B], 1024-byte aligned) by 16-byte cp.async from
+// NT threads (t = 0..NT-1); rows at or past `avail` are zero-filled. Thread t always copies chunk
+// t % (D/8) of rows t / (D/8) + k·STEP, so its swizzled column and source offset never change and
+// a copy costs a pointer step, a compare and the cp.async (a generic index loop cost ~45
+// instructions a copy: kernels/NOTES.md run 10). Unrolled by 4: a 40-register producer spilled
+// with 16 pointers live. The caller commits / arrives.
+template <int ROWS, int D, int NT>
+__device__ __forceinline__ void loadSwizzled(u32 dst, const u16* g, int r0, int avail, int heads, int head, int t) {
+  constexpr int CPR = D / 8;             // 16-byte chunks per row
+  constexpr int STEP = NT / CPR;         // rows per pass
+  static_assert(STEP % 8 == 0 && ROWS % STEP == 0, "a thread's swizzle phase must not change between passes");
+  const int c = t % CPR, rr = t / CPR;
+  const u64 stride = (u64)heads * D;     // elements from one row to the next
+  const u16* src = g + ((u64)r0 + rr) * stride + (u64)head * D + c * 8;
+  const u16* fallback = g + (u64)head * D;  // a valid address for zero-filled rows
+  u32 d = dst + (c >> 3) * ROWS * 128 + swz(rr, c & 7);
+#pragma unroll 4
+  for (int r = rr; r < ROWS; r += STEP, src += STEP * stride, d += STEP * 128) {
+    const bool ok = r < avail;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(ok ? src : fallback), "r"(ok ? 16 : 0));
+  }
+}
+
 __device__ __forceinline__ void wgmmaFence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmmaCommit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void wgmmaWait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }

@@ -35,26 +35,10 @@ template <int D> struct Cfg {
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
 
-template <typename T> struct Mma;
-template <> struct Mma<Bf16> {
-  template <int TA, int TB, int SD> __device__ __forceinline__ static void ss64(float (&d)[32], u64 a, u64 b) { ssBf16N64<TA, TB, SD>(d, a, b); }
-  template <int N> __device__ __forceinline__ static void rs(float (&d)[N / 2], const u32 (&a)[4], u64 b) {
-    if constexpr (N == 128) rsBf16N128<1>(d, a, b);
-    else rsBf16N64<1>(d, a, b);
-  }
-};
-template <> struct Mma<F16> {
-  template <int TA, int TB, int SD> __device__ __forceinline__ static void ss64(float (&d)[32], u64 a, u64 b) { ssF16N64<TA, TB, SD>(d, a, b); }
-  template <int N> __device__ __forceinline__ static void rs(float (&d)[N / 2], const u32 (&a)[4], u64 b) {
-    if constexpr (N == 128) rsF16N128<1>(d, a, b);
-    else rsF16N64<1>(d, a, b);
-  }
-};
-
 template <typename T, int D>
 __device__ __forceinline__ void run(const BwdParams& p) {
   using C = Cfg<D>;
-  using M = Mma<T>;
+  using M = Wg<T>;
   extern __shared__ __align__(1024) unsigned char smemRaw[];
   const u32 base = (smemAddr(smemRaw) + 1023) & ~1023u;
   unsigned char* const gbase = smemRaw + (base - smemAddr(smemRaw));
@@ -189,8 +173,8 @@ __device__ __forceinline__ void run(const BwdParams& p) {
     wgmmaFence();
 #pragma unroll
     for (int kk = 0; kk < 4; kk++) {
-      M::template rs<D>(dV, ap[kk], desc(sdO(st) + kk * 16 * 128, BQ * 128, 1024));
-      M::template rs<D>(dK, ad[kk], desc(sQ(st) + kk * 16 * 128, BQ * 128, 1024));
+      M::template rs<D, 1>(dV, ap[kk], desc(sdO(st) + kk * 16 * 128, BQ * 128, 1024));
+      M::template rs<D, 1>(dK, ad[kk], desc(sQ(st) + kk * 16 * 128, BQ * 128, 1024));
     }
     wgmmaCommit();
     fenceAsyncShared();  // dS^T was written through the generic proxy; wgmma reads it through the async one

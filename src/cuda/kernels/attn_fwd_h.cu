@@ -40,17 +40,6 @@ template <int D> struct Cfg {
   static constexpr int SMEM = 1024 /* alignment slack */ + Q_BYTES + STAGES * 2 * KV_BYTES + (2 * STAGES + 1) * 8;
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
-template <typename T, int SD> __device__ __forceinline__ void ss128(float (&d)[64], u64 da, u64 db);
-template <> __device__ __forceinline__ void ss128<Bf16, 0>(float (&d)[64], u64 da, u64 db) { ssBf16N128<0, 0, 0>(d, da, db); }
-template <> __device__ __forceinline__ void ss128<Bf16, 1>(float (&d)[64], u64 da, u64 db) { ssBf16N128<0, 0, 1>(d, da, db); }
-template <> __device__ __forceinline__ void ss128<F16, 0>(float (&d)[64], u64 da, u64 db) { ssF16N128<0, 0, 0>(d, da, db); }
-template <> __device__ __forceinline__ void ss128<F16, 1>(float (&d)[64], u64 da, u64 db) { ssF16N128<0, 0, 1>(d, da, db); }
-template <typename T, int N> struct Rs;
-template <> struct Rs<Bf16, 128> { __device__ __forceinline__ static void run(float (&d)[64], const u32 (&a)[4], u64 db) { rsBf16N128<1>(d, a, db); } };
-template <> struct Rs<F16, 128> { __device__ __forceinline__ static void run(float (&d)[64], const u32 (&a)[4], u64 db) { rsF16N128<1>(d, a, db); } };
-template <> struct Rs<Bf16, 64> { __device__ __forceinline__ static void run(float (&d)[32], const u32 (&a)[4], u64 db) { rsBf16N64<1>(d, a, db); } };
-template <> struct Rs<F16, 64> { __device__ __forceinline__ static void run(float (&d)[32], const u32 (&a)[4], u64 db) { rsF16N64<1>(d, a, db); } };
-
 // Consumer schedules: ONE_TILE (attn_fwd_h), PIPELINED (attn_fwd_hp), PING_PONG (attn_fwd_hs: P·V
 // of the last tile and S of this one issued back to back, in turns), PIPE_PONG (attn_fwd_hq: both).
 enum Mode { ONE_TILE, PIPELINED, PING_PONG, PIPE_PONG };
@@ -182,8 +171,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     for (int j = 0; j < D / 16; j++) {
       const u64 dq = dq0 + (((j >> 2) * BQ * 128 + (j & 3) * 32) >> 4);
       const u64 dk = dk0 + (((j >> 2) * BK * 128 + (j & 3) * 32) >> 4);  // 64-wide panel, 16-element step inside it
-      if (j == 0) ss128<T, 0>(sc, dq, dk);  // scale-d 0: S starts from this product, no zeroing
-      else ss128<T, 1>(sc, dq, dk);
+      if (j == 0) Wg<T>::template ss128<0, 0, 0>(sc, dq, dk);  // scale-d 0: S starts from this product, no zeroing
+      else Wg<T>::template ss128<0, 0, 1>(sc, dq, dk);
     }
     wgmmaCommit();
   };
@@ -249,7 +238,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     const u64 dv0 = desc(stV(s), BK * 128, 1024);
     wgmmaFence();
 #pragma unroll
-    for (int kk = 0; kk < BK / 16; kk++) Rs<T, D>::run(o, a[kk], dv0 + ((kk * 16 * 128) >> 4));
+    for (int kk = 0; kk < BK / 16; kk++) Wg<T>::template rs<D, 1>(o, a[kk], dv0 + ((kk * 16 * 128) >> 4));
     wgmmaCommit();
   };
   auto waitFull = [&](int i) {

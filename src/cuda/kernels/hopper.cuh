@@ -1,8 +1,12 @@
-// Hopper (sm_90a) helpers shared by the wgmma kernels (gemm.cu, attn_fwd_h.cu): mbarriers with a
-// trap instead of a hang, cp.async completion on an mbarrier, shared-memory matrix descriptors
-// for the 128-byte swizzle, and the wgmma instructions the kernels issue. Include after
-// the u32/u64 typedefs, inside `#if defined(__CUDA_ARCH_FEAT_SM90_ALL)`.
+// Hopper (sm_90a) helpers shared by the wgmma kernels (gemm.cu, attn_fwd_h.cu, attn_bwd_h.cu):
+// mbarriers with a trap instead of a hang, cp.async and TMA loads into the 128-byte swizzle,
+// shared-memory matrix descriptors, and the wgmma instructions the kernels issue (with Wg<T>
+// choosing the bf16 or fp16 form). Include after the u32/u64 typedefs, inside
+// `#if defined(__CUDA_ARCH_FEAT_SM90_ALL)`.
 #pragma once
+
+struct Bf16;  // 16-bit element types (common.cuh), as tags for Wg<T>
+struct F16;
 
 namespace hop {
 __device__ __forceinline__ void mbarInit(u32 bar, u32 count) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count)); }
@@ -177,5 +181,25 @@ template <int TA, int TB, int SD = 1> __device__ __forceinline__ void ssF16N64(f
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "l"(da), "l"(db), "n"(TA), "n"(TB), "n"(SD));
 }
+
+// The wgmma forms for element type T (Bf16 or F16): ss* both operands from shared memory, rs the
+// A operand from registers; TA / TB: the operand is MN-major; SD = 0 ignores d's old value.
+template <typename T> struct Wg;
+template <> struct Wg<Bf16> {
+  template <int TA, int TB, int SD> __device__ __forceinline__ static void ss128(float (&d)[64], u64 a, u64 b) { ssBf16N128<TA, TB, SD>(d, a, b); }
+  template <int TA, int TB, int SD> __device__ __forceinline__ static void ss64(float (&d)[32], u64 a, u64 b) { ssBf16N64<TA, TB, SD>(d, a, b); }
+  template <int N, int TB> __device__ __forceinline__ static void rs(float (&d)[N / 2], const u32 (&a)[4], u64 b) {
+    if constexpr (N == 128) rsBf16N128<TB>(d, a, b);
+    else rsBf16N64<TB>(d, a, b);
+  }
+};
+template <> struct Wg<F16> {
+  template <int TA, int TB, int SD> __device__ __forceinline__ static void ss128(float (&d)[64], u64 a, u64 b) { ssF16N128<TA, TB, SD>(d, a, b); }
+  template <int TA, int TB, int SD> __device__ __forceinline__ static void ss64(float (&d)[32], u64 a, u64 b) { ssF16N64<TA, TB, SD>(d, a, b); }
+  template <int N, int TB> __device__ __forceinline__ static void rs(float (&d)[N / 2], const u32 (&a)[4], u64 b) {
+    if constexpr (N == 128) rsF16N128<TB>(d, a, b);
+    else rsF16N64<TB>(d, a, b);
+  }
+};
 
 }  // namespace hop

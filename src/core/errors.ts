@@ -14,6 +14,17 @@ export class InputError extends RingAttnError {
   }
 }
 
+/**
+ * The argument checks return a reason 'argument: what was expected, got ...' or null; this
+ * throws it as the InputError naming that argument.
+ */
+export function throwReason(reason: string | null): void {
+  if (reason) {
+    const i = reason.indexOf(': ');
+    throw new InputError(reason.slice(0, i), reason.slice(i + 2));
+  }
+}
+
 /** A rank of the ring failed; `rank` says which, the message carries its error. */
 export class RankError extends RingAttnError {
   override name = 'RankError';

@@ -1,4 +1,4 @@
-import { BackendError, InputError } from '../core/errors.js';
+import { BackendError, InputError, throwReason } from '../core/errors.js';
 import type { AttentionKernel, BackwardArgs, BlockArgs, ForwardArgs } from '../core/kernel.js';
 import { loadNative } from './build.js';
 
@@ -85,11 +85,7 @@ export function checkArgs(a: BlockArgs): string | null {
 }
 
 function validate(a: BlockArgs): void {
-  const r = checkArgs(a);
-  if (r) {
-    const i = r.indexOf(': ');
-    throw new InputError(r.slice(0, i), r.slice(i + 2));
-  }
+  throwReason(checkArgs(a));
 }
 
 function status(what: string, rc: number): void {

@@ -1,5 +1,5 @@
 import koffi from 'koffi';
-import { InputError } from '../core/errors.js';
+import { InputError, throwReason } from '../core/errors.js';
 import type { CudaContext, DeviceBuffer, Arg } from './context.js';
 import { argBuffers, packStruct } from './context.js';
 import type { CudaDType } from './convert.js';
@@ -36,7 +36,7 @@ export type WgmmaForward = (typeof WGMMA_FORWARDS)[keyof typeof WGMMA_FORWARDS];
  * the two): on an H200, D=128 bf16 H=32, 543-576 TFLOP/s non-causal and 456-535 causal against
  * 172 for mma.sync (kernels/NOTES.md run 12). RINGATTN_WGMMA_ATTN=0 picks mma.sync; 1..5 pick a
  * schedule: 1 h (one tile at a time), 2 hp (pipelined), 3 hs (ping-pong), 4 hq (both), 5 ht (hq
- * loading with TMA; hq where the driver or the pointers do not allow TMA). A scale <= 0 runs
+ * loading with TMA; the kernel object runs hq where the driver lacks TMA). A scale <= 0 runs
  * mma.sync. RINGATTN_NO_WGMMA=1 turns them off with the wgmma GEMM. Read at each call, so tests
  * can run every path on one GPU.
  */
@@ -72,13 +72,6 @@ export function misaligned(ptrs: Record<string, number>): string | null {
     if (p % 16 !== 0) return `${name}: expected a 16-byte-aligned device address for the tensor-core kernels, got 0x${p.toString(16)}`;
   }
   return null;
-}
-function checkAligned(ptrs: Record<string, number>): void {
-  const r = misaligned(ptrs);
-  if (r) {
-    const i = r.indexOf(': ');
-    throw new InputError(r.slice(0, i), r.slice(i + 2));
-  }
 }
 
 export interface DeviceBlockArgs {
@@ -157,14 +150,14 @@ function wgFwdSmem(D: number): number {
  * k and v [Sk, Hk, D] for the ht forward: 16-bit elements as uint16, boxes of 64 elements x 1 head
  * x 128 rows in the 128-byte swizzle, rows past the end read as zeros. Null where the driver has no
  * cuTensorMapEncodeTiled (before CUDA 12): the caller then runs hq. Addresses are 16-byte aligned
- * (checkAligned, before any tensor-core kernel).
+ * (misaligned, checked before any tensor-core kernel).
  */
 export function fwdTensorMaps(ctx: CudaContext, a: DeviceBlockArgs): Buffer | null {
   const encode = ctx.drv.cuTensorMapEncodeTiled;
   if (!encode) return null;
   const raw = Buffer.alloc(3 * 128 + 64);
-  const skew = Number(koffi.address(raw) % 64n);
-  const maps = raw.subarray(skew === 0 ? 0 : 64 - skew, (skew === 0 ? 0 : 64 - skew) + 3 * 128);
+  const at = (64 - Number(koffi.address(raw) % 64n)) % 64;  // the first 64-byte-aligned byte
+  const maps = raw.subarray(at, at + 3 * 128);
   const u64 = (...x: number[]) => Buffer.from(BigUint64Array.from(x.map(BigInt)).buffer);
   const u32 = (...x: number[]) => Buffer.from(Uint32Array.from(x).buffer);
   const UINT16 = 1, INTERLEAVE_NONE = 0, SWIZZLE_128B = 3, L2_256B = 3, OOB_ZERO = 0;
@@ -214,11 +207,7 @@ export interface CudaAttentionKernel {
 }
 
 function validate(a: DeviceBlockArgs): void {
-  const r = supported(a);
-  if (r) {
-    const i = r.indexOf(': ');
-    throw new InputError(r.slice(0, i), r.slice(i + 2));
-  }
+  throwReason(supported(a));
   if (!!a.qSeg !== !!a.kSeg) throw new InputError(a.qSeg ? 'kSeg' : 'qSeg', 'segments must be given for both queries and keys');
 }
 
@@ -255,6 +244,11 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
     { i32: a.Sq }, { i32: a.Sk }, { i32: a.H }, { i32: a.Hk }, { i32: a.D },
     { i32: a.causal ? 1 : 0 }, { i32: a.window }, { i32: a.window > 0 ? a.sinks : 0 }, { f32: a.scale }, { i32: 0 },
   ];
+  // The forward's schedule on this device: ht needs cuTensorMapEncodeTiled, else hq.
+  const forwardSchedule = (tag: KernelTag, scale?: number): WgmmaForward | null => {
+    const wg = wgmmaForward(tag, ctx.computeCapability, scale);
+    return wg === 'ht' && !ctx.drv.cuTensorMapEncodeTiled ? 'hq' : wg;
+  };
   const boxes = (a: DeviceBlockArgs, [bq, bk]: [number, number]): [number, number] => {
     const ws = workspace(workspaceBytes(a.Sq, a.Sk));
     const qTiles = ws;
@@ -266,17 +260,17 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
   return {
     name: (spec) => {
       const tag = chooseKernel(spec, ctx.computeCapability);
-      const wg = wgmmaForward(tag, ctx.computeCapability, spec.scale);
+      const wg = forwardSchedule(tag, spec.scale);
       const bwd = wgmmaBackward(tag, ctx.computeCapability) ? '+wgmma-bwd' : '';
-      return `cuda/${tag}${wg ? `+wgmma-fwd-${wg === 'ht' && !ctx.drv.cuTensorMapEncodeTiled ? 'hq' : wg}` : ''}${bwd}/${spec.dtype}`;
+      return `cuda/${tag}${wg ? `+wgmma-fwd-${wg}` : ''}${bwd}/${spec.dtype}`;
     },
 
     forward(a: DeviceForwardArgs): void {
       validate(a);
       if (a.Sq === 0 || a.Sk === 0) return;
       const tag = chooseKernel(a, ctx.computeCapability);
-      if (tag !== 'generic') checkAligned({ q: a.q, k: a.k, v: a.v });
-      const wg = wgmmaForward(tag, ctx.computeCapability, a.scale);
+      if (tag !== 'generic') throwReason(misaligned({ q: a.q, k: a.k, v: a.v }));
+      const wg = forwardSchedule(tag, a.scale);
       const tile = tiles(tag, 'fwd', wg !== null);
       const [qTiles, kTiles] = boxes(a, tile);
       const bq = tile[0];
@@ -289,7 +283,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
         ctx.launch(ctx.fn('attn_fwd.cu', name), name, [Math.ceil(a.Sq / 4), a.H, 1], 128, 0, [params]);
       } else if (wg) {
         const maps = wg === 'ht' ? fwdTensorMaps(ctx, a) : null;
-        const name = `attn_fwd_${wg === 'ht' && !maps ? 'hq' : wg}_${SUFFIX[a.dtype]}_d${a.D}`;
+        const name = `attn_fwd_${wg}_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = wgFwdSmem(a.D);
         ctx.launch(ctx.fn('attn_fwd_h.cu', name, smem), name, [Math.ceil(a.Sq / bq), a.H, 1], 384, smem, maps ? [params, maps] : [params]);
       } else {
@@ -303,7 +297,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       validate(a);
       if (a.Sq === 0 || a.Sk === 0) return;
       const tag = chooseKernel(a, ctx.computeCapability);
-      if (tag !== 'generic') checkAligned({ q: a.q, k: a.k, v: a.v, dO: a.dO });
+      if (tag !== 'generic') throwReason(misaligned({ q: a.q, k: a.k, v: a.v, dO: a.dO }));
       const wg = wgmmaBackward(tag, ctx.computeCapability);
       const tile = tiles(tag, 'bwd', wg);
       const [qTiles, kTiles] = boxes(a, tile);

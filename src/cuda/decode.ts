@@ -1,4 +1,4 @@
-import { BackendError, InputError } from '../core/errors.js';
+import { BackendError, InputError, throwReason } from '../core/errors.js';
 import { checkAtLeast, checkDecodeCacheRows, checkDecodeHeads, checkDecodeOut, checkDecodeQueries, checkInt, type DecodeCallArgs } from '../core/inputs.js';
 import type { DecodeCache } from '../cpu/decode.js';
 import { CU_FUNC_ATTRIBUTE } from './bindings/driver.js';
@@ -163,11 +163,7 @@ export function decodeSupported(dtype: CudaDType, D: number): string | null {
 
 /** decodeSupported as a check: D, or an InputError naming the argument at fault. */
 function supported(dtype: CudaDType, D: unknown): number {
-  const why = decodeSupported(dtype, D as number);
-  if (why) {
-    const i = why.indexOf(': ');
-    throw new InputError(why.slice(0, i), why.slice(i + 2));
-  }
+  throwReason(decodeSupported(dtype, D as number));
   return D as number;
 }
 

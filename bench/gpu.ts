@@ -66,11 +66,11 @@ for (const dtype of ['bfloat16'] as CudaDType[]) {
       fwd();
       if (!fwdOnly) bwd();
       ctx.sync();
-      const tf = [], tb = [NaN];
+      const tf = [], tb = [];
       for (let i = 0; i < reps; i++) tf.push(ctx.time(fwd));
-      if (!fwdOnly) for (let i = 0; i < reps; i++) tb[i] = ctx.time(bwd);
+      if (!fwdOnly) for (let i = 0; i < reps; i++) tb.push(ctx.time(bwd));
       const flops = (4 * S * S * H * D) / (causal ? 2 : 1);
-      const mf = median(tf), mb = median(tb);
+      const mf = median(tf), mb = fwdOnly ? NaN : median(tb);
       console.log(
         `${kern.name({ dtype, D }).padEnd(30)} ${String(D).padStart(3)}  ${String(causal).padEnd(6)} ${mf.toFixed(3).padStart(7)}  ${(flops / mf / 1e9).toFixed(1).padStart(8)}  ${(fwdOnly ? '-' : mb.toFixed(3)).padStart(7)}  ${(fwdOnly ? '-' : ((2.5 * flops) / mb / 1e9).toFixed(1)).padStart(8)}`,
       );

@@ -171,10 +171,11 @@ export function registerTrain(program: Command): void {
     .option('--plan', 'print the planner\'s prediction first')
     .action(async (f: TrainFlags) => {
       kernelOpt(f.kernel);
-      if (backendOpt(f.backend) === 'cuda') modelDtypeOpt(f.dtype);
+      const gpu = backendOpt(f.backend) === 'cuda';
+      if (gpu) modelDtypeOpt(f.dtype);
       const seq = intOpt('--seq', f.seq, { min: 64 })!;
       // More CPU workers than cores only time-slice the same cores (4 on 2 cores: 1.8x slower than 2).
-      const devices = intOpt('--devices', f.devices ?? String(backendOpt(f.backend) === 'cuda' ? 4 : Math.min(4, Math.max(2, cpus().length))), { min: 1 })!;
+      const devices = intOpt('--devices', f.devices ?? String(gpu ? 4 : Math.min(4, Math.max(2, cpus().length))), { min: 1 })!;
       const steps = intOpt('--steps', f.steps, { min: 1 })!;
       const lr = numOpt('--lr', f.lr, { positive: true })!;
       const warmup = intOpt('--warmup', f.warmup, { min: 0 })!;
@@ -196,7 +197,6 @@ export function registerTrain(program: Command): void {
         num_attention_heads: heads, num_key_value_heads: heads, rms_norm_eps: 1e-5, rope_theta: ropeTheta, max_position_embeddings: Math.max(seq, 4096), tie_word_embeddings: false,
       };
       const full = f.resume ? readHfConfig(f.resume) : parseHfConfig({ model_type: 'llama', ...base });
-      const gpu = f.backend === 'cuda';
       if (f.plan) printPlanOnce(() => formatPlan(plan({ seq, heads, kvHeads: heads, headDim: hidden / heads, devices, dtype: gpu && modelDtypeOpt(f.dtype) === 'bfloat16' ? 'bf16' : 'fp32', device: gpu ? 'h100' : 'cpu', layers, mode: 'train' })));
       if (gpu) {
         // --devices N GPUs outside a launched job: this command runs again as N ranks.

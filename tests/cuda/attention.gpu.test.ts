@@ -79,17 +79,28 @@ async function checkCase(dtype: CudaDType, D: number, H: number, Hk: number, S: 
   return what;
 }
 
-for (const dtype of ['bfloat16', 'float16', 'float32'] as const) {
-  for (const D of [64, 128]) {
-    test(`attentionCuda ${dtype} D=${D}: every mask, GQA, ragged S, forward and backward vs float64`, { skip }, async () => {
-      const seed = freshSeed();
-      const r = rng(seed);
-      let n = 0;
-      for (const c of masks(200, r)) {
-        const S = c.mask.segments ? 200 : 65 + Math.floor(r() * 120);
+/**
+ * checkCase over every mask for each dtype and head dim, the GQA groupings in turn, S ragged in
+ * [65, 65 + spread) (segmented masks at `len`).
+ */
+async function maskSweep(dtypes: readonly CudaDType[], Ds: readonly number[], seed: number, len: number, spread: number): Promise<void> {
+  const r = rng(seed);
+  let n = 0;
+  for (const dtype of dtypes) {
+    for (const D of Ds) {
+      for (const c of masks(len, r)) {
+        const S = c.mask.segments ? len : 65 + Math.floor(r() * spread);
         const [H, Hk] = HEADS[n++ % HEADS.length];
         await checkCase(dtype, D, H, Hk, S, c, (seed + n * 7919) >>> 0);
       }
+    }
+  }
+}
+
+for (const dtype of ['bfloat16', 'float16', 'float32'] as const) {
+  for (const D of [64, 128]) {
+    test(`attentionCuda ${dtype} D=${D}: every mask, GQA, ragged S, forward and backward vs float64`, { skip }, async () => {
+      await maskSweep([dtype], [D], freshSeed(), 200, 120);
     });
   }
 }
@@ -102,21 +113,11 @@ for (const dtype of ['bfloat16', 'float16', 'float32'] as const) {
 for (const wgmma of ['0', '1', '2', '3', '4', '5']) {
   test(`attentionCuda 16-bit forward with RINGATTN_WGMMA_ATTN=${wgmma} (${wgmma === '0' ? 'mma.sync' : 'wgmma on Hopper, mma.sync elsewhere'}): every mask at D 64/128, then long sequences of many tiles`, { skip }, async () => {
     const seed = freshSeed();
-    const r = rng(seed);
     const cc = context().computeCapability;
     // ht must really load with TMA on Hopper, not fall back to hq unseen.
     if (wgmma === '5' && cc[0] === 9 && cc[1] === 0) assert.equal(typeof context().drv.cuTensorMapEncodeTiled, 'function', 'cuTensorMapEncodeTiled missing: ht would run hq');
     await withEnv({ RINGATTN_WGMMA_ATTN: wgmma }, async () => {
-      let n = 0;
-      for (const dtype of ['bfloat16', 'float16'] as const) {
-        for (const D of [64, 128]) {
-          for (const c of masks(200, r)) {
-            const S = c.mask.segments ? 200 : 65 + Math.floor(r() * 200);
-            const [H, Hk] = HEADS[n++ % HEADS.length];
-            await checkCase(dtype, D, H, Hk, S, c, (seed + n * 7919) >>> 0);
-          }
-        }
-      }
+      await maskSweep(['bfloat16', 'float16'], [64, 128], seed, 200, 200);
       for (const [D, S, name, mask] of [
         [128, 1300, 'causal', { causal: true }],
         [64, 1100, 'causal window 300 + 4 sinks', { causal: true, window: 300, sinks: 4 }],
@@ -152,18 +153,8 @@ test('tensor-core backward with the GQA group split over CTAs (dK/dV by atomics)
 // the GQA group split over CTAs and not, and a batch.
 test('attentionCuda 16-bit backward with RINGATTN_WGMMA_BWD=1 (wgmma on Hopper): every mask, GQA, ragged S, split and not, vs float64', { skip }, async () => {
   const seed = freshSeed();
-  const r = rng(seed);
   await withEnv({ RINGATTN_WGMMA_BWD: '1' }, async () => {
-    let n = 0;
-    for (const dtype of ['bfloat16', 'float16'] as const) {
-      for (const D of [64, 128]) {
-        for (const c of masks(300, r)) {
-          const S = c.mask.segments ? 300 : 65 + Math.floor(r() * 300);
-          const [H, Hk] = HEADS[n++ % HEADS.length];
-          await checkCase(dtype, D, H, Hk, S, c, (seed + n * 7919) >>> 0);
-        }
-      }
-    }
+    await maskSweep(['bfloat16', 'float16'], [64, 128], seed, 300, 300);
     for (const split of ['1', '2', '4']) {
       await withEnv({ RINGATTN_BWD_SPLIT: split }, async () => {
         for (const D of [64, 128]) await checkCase('bfloat16', D, 8, 2, 333, { name: `causal, split ${split}`, mask: { causal: true } }, seed + D + 1);

@@ -53,14 +53,13 @@ export function wgmmaForward(tag: KernelTag, computeCapability: readonly [number
 
 /**
  * Whether the backward of a tensor-core tag runs the Hopper warpgroup-MMA kernel
- * (kernels/attn_bwd_h.cu): sm_90a, and for now opt-in with RINGATTN_WGMMA_BWD=1, since it is
- * written and compiled but has not yet run on a GPU (it becomes the default once
- * tests/cuda/attention.gpu.test.ts has passed with it). RINGATTN_NO_WGMMA=1 turns it off.
+ * (kernels/attn_bwd_h.cu): the default on sm_90a (1.6-2.6x the mma.sync backward: kernels/NOTES.md
+ * run 14). RINGATTN_WGMMA_BWD=0 (or RINGATTN_NO_WGMMA=1) selects attn_bwd.cu's mma.sync kernel.
  */
 export function wgmmaBackward(tag: KernelTag, computeCapability: readonly [number, number]): boolean {
   const v = process.env.RINGATTN_WGMMA_BWD;
   if (v !== undefined && v !== '' && v !== '0' && v !== '1') throw new InputError('RINGATTN_WGMMA_BWD', `expected 0 or 1, got '${v}'`);
-  return tag !== 'generic' && computeCapability[0] === 9 && computeCapability[1] === 0 && v === '1' && process.env.RINGATTN_NO_WGMMA !== '1';
+  return tag !== 'generic' && computeCapability[0] === 9 && computeCapability[1] === 0 && v !== '0' && process.env.RINGATTN_NO_WGMMA !== '1';
 }
 
 /**
@@ -172,10 +171,14 @@ export function fwdTensorMaps(ctx: CudaContext, a: DeviceBlockArgs): Buffer | nu
   return maps;
 }
 
-/** attn_bwd_h.cu: 128 keys a CTA (256 threads), 64-query tiles double-buffered, dS^T, row arrays. */
+/**
+ * attn_bwd_h.cu: 128 keys a CTA (256 threads), 64-query tiles double-buffered, dS^T, row arrays,
+ * dQ staging (16 rows of 288 bytes a warp) and two bits a query tile (at most WG_BWD_MAX_QTILES).
+ */
 const WG_BWD_BQ = 64;
+const WG_BWD_MAX_QTILES = 16384;
 function wgBwdSmem(D: number): number {
-  return 1024 + 2 * WG_TILE * D * 2 + 4 * WG_BWD_BQ * D * 2 + WG_TILE * WG_BWD_BQ * 2 + 2 * 4 * WG_BWD_BQ * 4 + 2 * WG_TILE * 4;
+  return 1024 + 2 * WG_TILE * D * 2 + 4 * WG_BWD_BQ * D * 2 + WG_TILE * WG_BWD_BQ * 2 + 2 * 4 * WG_BWD_BQ * 4 + 2 * WG_TILE * 4 + 8 * 16 * 288 + (2 * WG_BWD_MAX_QTILES) / 8;
 }
 
 function fwdSmem(D: number): number {
@@ -298,7 +301,8 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       if (a.Sq === 0 || a.Sk === 0) return;
       const tag = chooseKernel(a, ctx.computeCapability);
       if (tag !== 'generic') throwReason(misaligned({ q: a.q, k: a.k, v: a.v, dO: a.dO }));
-      const wg = wgmmaBackward(tag, ctx.computeCapability);
+      // attn_bwd_h keeps a bit per query tile in shared memory: longer query blocks go to attn_bwd.cu.
+      const wg = wgmmaBackward(tag, ctx.computeCapability) && Math.ceil(a.Sq / WG_BWD_BQ) <= WG_BWD_MAX_QTILES;
       const tile = tiles(tag, 'bwd', wg);
       const [qTiles, kTiles] = boxes(a, tile);
       const bq = tile[0], bk = tile[1];

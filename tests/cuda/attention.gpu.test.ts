@@ -139,16 +139,16 @@ test('attentionCuda: other head dims (generic path), a batch, several 64-key til
   await checkCase('float16', 64, 2, 1, 333, { name: 'causal', mask: { causal: true } }, seed + 4);
 });
 
-test('tensor-core backward with the GQA group split over CTAs (dK/dV by atomics) and without', { skip }, async () => {
+test('mma.sync backward (RINGATTN_WGMMA_BWD=0) with the GQA group split over CTAs (dK/dV by atomics) and without', { skip }, async () => {
   const seed = freshSeed();
   for (const split of ['1', '2', '4', '']) {
-    await withEnv({ RINGATTN_BWD_SPLIT: split }, async () => {
+    await withEnv({ RINGATTN_BWD_SPLIT: split, RINGATTN_WGMMA_BWD: '0' }, async () => {
       for (const D of [64, 128]) await checkCase('bfloat16', D, 8, 2, 190, { name: `causal, split ${split || 'auto'}`, mask: { causal: true } }, seed + D);
     });
   }
 });
 
-// The Hopper backward (attn_bwd_h.cu, opt-in with RINGATTN_WGMMA_BWD=1; mma.sync elsewhere):
+// The Hopper backward (attn_bwd_h.cu, the default on sm_90a; mma.sync elsewhere):
 // every mask, GQA, ragged S (several 128-key tiles and 64-query tiles), 16-bit at D 64/128,
 // the GQA group split over CTAs and not, and a batch.
 test('attentionCuda 16-bit backward with RINGATTN_WGMMA_BWD=1 (wgmma on Hopper): every mask, GQA, ragged S, split and not, vs float64', { skip }, async () => {
@@ -161,6 +161,9 @@ test('attentionCuda 16-bit backward with RINGATTN_WGMMA_BWD=1 (wgmma on Hopper):
       });
     }
     await checkCase('bfloat16', 128, 4, 2, 300, { name: 'causal window 70', mask: { causal: true, window: 70 } }, seed + 3, 2);
+    // 66 query tiles: the per-tile class bits span three words, and the last key tiles see
+    // nothing in the first two (the search skips whole words), for each of the group's 2 heads.
+    await checkCase('bfloat16', 64, 2, 1, 4200, { name: 'causal, 66 query tiles', mask: { causal: true } }, seed + 5);
   });
 });
 
@@ -175,7 +178,7 @@ test('block kernels on global positions: two KV blocks merge into the full resul
     ['bfloat16', 128, true, 0, 0, '2'], ['float16', 128, false, 60, 3, '3'], ['bfloat16', 64, true, 100, 4, '3'], ['bfloat16', 128, true, 100, 4, '4'], ['float16', 64, false, 0, 0, '4'],
     ['bfloat16', 128, true, 0, 0, '5'], ['float16', 64, true, 100, 4, '5'], ['float16', 128, false, 60, 3, '5'],
     ['bfloat16', 128, false, 0, 0, undefined, -0.07]] as const; // a negative scale (mma.sync: wgmma takes scale > 0 only)
-  for (const [dtype, D, causal, window, sinks, wgmma, scaleGiven] of cases.map((x) => [...x, undefined] as const)) await withEnv({ RINGATTN_WGMMA_ATTN: wgmma, RINGATTN_WGMMA_BWD: wgmma === '5' ? '1' : undefined }, async () => {
+  for (const [dtype, D, causal, window, sinks, wgmma, scaleGiven] of cases.map((x) => [...x, undefined] as const)) await withEnv({ RINGATTN_WGMMA_ATTN: wgmma, RINGATTN_WGMMA_BWD: wgmma === '5' ? '1' : '0' }, async () => {
     const H = 4, Hk = 2, Sq = 90, S1 = 70, S2 = 81, Sk = S1 + S2;
     // Queries hold positions 60..149 (a shard); keys 0..150 in two blocks, block 2 first in position.
     const qPos = Int32Array.from({ length: Sq }, (_, i) => 60 + i);

@@ -113,10 +113,11 @@ test('fwdTensorMaps: three 64-byte-aligned 128-byte maps of q [Sq, H, D], k and 
   assert.equal(fwdTensorMaps({ drv: {}, check: () => {} } as unknown as CudaContext, a), null);
 });
 
-test('wgmmaBackward: opt-in with RINGATTN_WGMMA_BWD=1 on sm_90 for tensor-core tags; unknown values rejected', () => {
+test('wgmmaBackward: the default on sm_90 for tensor-core tags, off with RINGATTN_WGMMA_BWD=0; unknown values rejected', () => {
   const env = (v: string | undefined, no?: string) => ({ RINGATTN_WGMMA_BWD: v, RINGATTN_NO_WGMMA: no });
-  withEnv(env(undefined), () => assert.equal(wgmmaBackward('mma16-d128', [9, 0]), false, 'opt-in until it has run on a GPU'));
+  withEnv(env(undefined), () => assert.equal(wgmmaBackward('mma16-d128', [9, 0]), true, 'the default on Hopper'));
   withEnv(env('0'), () => assert.equal(wgmmaBackward('mma16-d128', [9, 0]), false));
+  withEnv(env(undefined), () => assert.equal(wgmmaBackward('mma16-d64', [8, 9]), false, 'sm_90a only'));
   withEnv(env('1'), () => {
     assert.equal(wgmmaBackward('mma16-d128', [9, 0]), true);
     assert.equal(wgmmaBackward('mma16-d64', [9, 0]), true);

@@ -6,18 +6,20 @@
 //   - a CTA owns 128 keys of one KV head (grid (ceil(Sk / 128), Hk * split), 256 threads): two
 //     warpgroups of 64 keys each, holding dK and dV (m64 x D fp32) in registers for the whole
 //     loop over the group's query heads and 64-query tiles;
-//   - K and V are loaded once, Q and dO tiles (with LSE, delta, positions) double-buffered by
-//     16-byte cp.async from all threads, in the 128-byte swizzle ([D/64 panels][rows][128 B]);
+//   - K and V are loaded once; every query tile's class against this key tile is kept as two
+//     bits in shared memory, so the loop finds the next visible (head, query tile) there; Q and dO
+//     tiles (with LSE, delta, positions) are double-buffered by cp.async from all threads, the
+//     tiles in the 128-byte swizzle ([D/64 panels][rows][128 B]);
 //   - per query tile each warpgroup issues S^T = K Q^T and dP^T = V dO^T (m64n64k16, both
 //     operands in shared memory), forms P^T = exp2(S^T·scale·log2e − LSE·log2e) and
 //     dS^T = P^T (dP^T − delta) in registers (masked on partial tiles), issues dV += P^T dO and
 //     dK += dS^T Q with the 16-bit P^T / dS^T as register A operands and dO / Q read MN-major,
 //     and writes dS^T to shared memory; after a barrier the two warpgroups compute dQ = dS K
 //     (A = dS^T read transposed, B = K read MN-major): at D=128 warpgroup w takes columns
-//     64w..64w+63 over all 128 keys, at D=64 its own 64 keys over all columns; dQ goes to
-//     global memory by fp32 atomics, scaled.
-// Written and compiled (nvcc sm_90a) but not yet run on a GPU: opt-in (RINGATTN_WGMMA_BWD=1,
-// src/cuda/attention.ts) until tests/cuda/attention.gpu.test.ts has passed with it.
+//     64w..64w+63 over all 128 keys, at D=64 its own 64 keys over all columns; each warp stages
+//     its 16 dQ rows (scaled, fp32) in shared memory and adds them to global dq with one bulk
+//     reduce (cp.reduce.async.bulk .add.f32) a row, 32 atomics a thread before (NOTES.md run 14).
+// The default backward on sm_90a (src/cuda/attention.ts, RINGATTN_WGMMA_BWD=0 turns it off).
 #include "common.cuh"
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #include "hopper.cuh"
@@ -25,15 +27,33 @@
 namespace bwdh {
 using namespace hop;
 constexpr int BK = 128, BQ = 64, THREADS = 256;
+constexpr int MAX_QTILES = 16384;        // query tiles (of 64) a call may have: 1M queries; the host checks
+constexpr int STG_ROW = 64 * 4 + 32;     // a dQ staging row: 64 fp32 columns + 32 bytes against bank conflicts
+constexpr int STG_WARP = 16 * STG_ROW;   // one warp's 16 rows
 
 template <int D> struct Cfg {
   static constexpr int KV_BYTES = BK * D * 2;  // K or V
   static constexpr int Q_BYTES = BQ * D * 2;   // Q or dO of one stage
   static constexpr int DS_BYTES = BK * BQ * 2;  // dS^T [128 keys][64 queries], 16-bit
-  static constexpr int ROW_BYTES = 4 * BQ * 4;  // LSE·log2e, delta, qPos, qSeg of one stage
-  static constexpr int SMEM = 1024 + 2 * KV_BYTES + 2 * 2 * Q_BYTES + DS_BYTES + 2 * ROW_BYTES + 2 * BK * 4;
+  static constexpr int ROW_BYTES = 4 * BQ * 4;  // LSE, delta, qPos, qSeg of one stage
+  static constexpr int STG_BYTES = 8 * STG_WARP;  // dQ staging, a region per warp
+  static constexpr int BITS_BYTES = 2 * MAX_QTILES / 8;  // visible / partial bit per query tile
+  static constexpr int SMEM = 1024 + 2 * KV_BYTES + 2 * 2 * Q_BYTES + DS_BYTES + 2 * ROW_BYTES + 2 * BK * 4 + STG_BYTES + BITS_BYTES;
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
+
+// 4-byte global -> shared copy, zero-filled when !ok (g must still be a valid address).
+__device__ __forceinline__ void cpAsync4(u32 s, const void* g, bool ok) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(s), "l"(g), "r"(ok ? 4 : 0) : "memory");
+}
+// Bulk fp32 add of `bytes` (a multiple of 16) from shared to global memory (atomic per element),
+// in this thread's bulk group.
+__device__ __forceinline__ void bulkReduceAdd(float* g, u32 s, u32 bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;" ::"l"(g), "r"(s), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulkCommit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void bulkWaitRead() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+__device__ __forceinline__ void bulkWait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 
 template <typename T, int D>
 __device__ __forceinline__ void run(const BwdParams& p) {
@@ -46,75 +66,108 @@ __device__ __forceinline__ void run(const BwdParams& p) {
   auto sQ = [&](int st) { return sV + C::KV_BYTES + st * 2 * C::Q_BYTES; };
   auto sdO = [&](int st) { return sQ(st) + C::Q_BYTES; };
   const u32 sdS = sV + C::KV_BYTES + 4 * C::Q_BYTES;
-  float* const rowsBase = (float*)(gbase + (sdS - base) + C::DS_BYTES);
+  const u32 sRows = sdS + C::DS_BYTES;  // per stage: LSE, delta, qPos, qSeg (64 each)
+  float* const rowsBase = (float*)(gbase + (sRows - base));
   auto sLse = [&](int st) { return rowsBase + st * 4 * BQ; };
   auto sDelta = [&](int st) { return sLse(st) + BQ; };
   auto sQPos = [&](int st) { return (int*)(sLse(st) + 2 * BQ); };
   auto sQSeg = [&](int st) { return (int*)(sLse(st) + 3 * BQ); };
   int* const sKPos = (int*)(rowsBase + 8 * BQ);
   int* const sKSeg = sKPos + BK;
+  const u32 sStg = sRows + 2 * C::ROW_BYTES + 2 * BK * 4;
+  u32* const sVis = (u32*)(gbase + (sStg - base) + C::STG_BYTES);
+  u32* const sPart = sVis + MAX_QTILES / 32;
   u16* const dsPtr = (u16*)(gbase + (sdS - base));
 
   const int split = p.split > 1 ? p.split : 1;
   const int kt = blockIdx.x, kh = blockIdx.y / split, group = p.H / p.Hk, k0 = kt * BK;
-  const int hLo = (blockIdx.y % split) * (group / split), hHi = hLo + group / split;
-  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const int hLo = kh * group + (blockIdx.y % split) * (group / split), nh = group / split;
+  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, warpId = threadIdx.x >> 5;
   const Mask m = maskOf(p);
-  const int4 kBox = p.kTiles[kt];
   const bool kRagged = k0 + BK > p.Sk;
-  const int nqt = (p.Sq + BQ - 1) / BQ;
+  const int nqt = (p.Sq + BQ - 1) / BQ, nw = (nqt + 31) >> 5;
+  if (nqt > MAX_QTILES) __trap();  // the host sends longer query blocks to attn_bwd.cu
   const float scaleLog2 = p.scale * LOG2E;
 
-  // The visible (head, query tile) pairs in order, as one index h·nqt + qt; -1 past the end.
-  auto nextPair = [&](int x) {
-    for (; x < (hHi - hLo) * nqt; x++) {
-      if (classifyTile(m, p.qTiles[x % nqt], kBox) != TILE_EMPTY) return x;
-    }
-    return -1;
-  };
-  auto loadPair = [&](int x, int st) {
-    const int h = kh * group + hLo + x / nqt, q0 = (x % nqt) * BQ;
-    loadSwizzled<BQ, D, THREADS>(sQ(st), (const u16*)p.q, q0, p.Sq - q0, p.H, h, threadIdx.x);
-    loadSwizzled<BQ, D, THREADS>(sdO(st), (const u16*)p.dO, q0, p.Sq - q0, p.H, h, threadIdx.x);
-    for (int r = threadIdx.x; r < BQ; r += THREADS) {
-      const int i = q0 + r;
-      const bool ok = i < p.Sq;
-      const float L = ok ? p.lse[(u64)i * p.H + h] : NEG_INF;
-      sLse(st)[r] = L == NEG_INF ? POS_INF : L * LOG2E;  // exp2(s - inf) = 0: rows that saw nothing, padding
-      sDelta(st)[r] = ok ? p.delta[(u64)i * p.H + h] : 0.f;
-      sQPos(st)[r] = ok ? p.qPos[i] : 0;
-      sQSeg(st)[r] = (ok && m.hasSeg) ? p.qSeg[i] : 0;
-    }
-  };
-
+  // K, V and their positions, once.
   loadSwizzled<BK, D, THREADS>(sK, (const u16*)p.k, k0, p.Sk - k0, p.Hk, kh, threadIdx.x);
   loadSwizzled<BK, D, THREADS>(sV, (const u16*)p.v, k0, p.Sk - k0, p.Hk, kh, threadIdx.x);
   for (int r = threadIdx.x; r < BK; r += THREADS) {
     const int j = k0 + r;
-    sKPos[r] = j < p.Sk ? p.kPos[j] : 0;
-    sKSeg[r] = (j < p.Sk && m.hasSeg) ? p.kSeg[j] : 0;
+    cpAsync4(smemAddr(sKPos + r), p.kPos + (j < p.Sk ? j : 0), j < p.Sk);
+    cpAsync4(smemAddr(sKSeg + r), (m.hasSeg ? p.kSeg : p.kPos) + (j < p.Sk ? j : 0), j < p.Sk && m.hasSeg);
   }
-  int x = nextPair(0);
-  if (x >= 0) loadPair(x, 0);
+  cpAsyncCommit();
+  // Every query tile's class against this key tile, as two bits per tile (visible, partial), so
+  // the loop below finds the next visible tile in shared memory (a class read from global memory
+  // at each step stalled every warp: kernels/NOTES.md run 13).
+  {
+    const int4 kBox = p.kTiles[kt];
+    for (int w = warpId; w < nw; w += THREADS / 32) {
+      const int qt = w * 32 + lane;
+      int c = qt < nqt ? classifyTile(m, p.qTiles[qt], kBox) : TILE_EMPTY;
+      if (kRagged && c != TILE_EMPTY) c = TILE_PARTIAL;  // missing keys must get P = 0
+      const u32 vis = __ballot_sync(0xffffffffu, c != TILE_EMPTY), part = __ballot_sync(0xffffffffu, c == TILE_PARTIAL);
+      if (lane == 0) {
+        sVis[w] = vis;
+        sPart[w] = part;
+      }
+    }
+  }
+  __syncthreads();
+  // The first visible query tile at or after qt, or -1.
+  auto nextQt = [&](int qt) {
+    int w = qt >> 5;
+    if (w >= nw) return -1;
+    u32 b = sVis[w] & (0xffffffffu << (qt & 31));
+    while (b == 0) {
+      if (++w >= nw) return -1;
+      b = sVis[w];
+    }
+    return (w << 5) + __ffs(b) - 1;
+  };
+  // Q, dO, LSE, delta and positions of (head hLo + hi, query tile qt) into stage st: 16-byte
+  // copies for the tiles, one 4-byte copy a thread for the rows (zero past Sq: Q = dO = 0 there,
+  // so those rows add nothing).
+  auto loadPair = [&](int hi, int qt, int st) {
+    const int h = hLo + hi, q0 = qt * BQ;
+    loadSwizzled<BQ, D, THREADS>(sQ(st), (const u16*)p.q, q0, p.Sq - q0, p.H, h, threadIdx.x);
+    loadSwizzled<BQ, D, THREADS>(sdO(st), (const u16*)p.dO, q0, p.Sq - q0, p.H, h, threadIdx.x);
+    const int a = threadIdx.x >> 6, r = threadIdx.x & 63, i = q0 + r;
+    const bool ok = i < p.Sq;
+    const int ic = ok ? i : 0;
+    const void* g = a == 0 ? (const void*)(p.lse + (u64)ic * p.H + h)
+                  : a == 1 ? (const void*)(p.delta + (u64)ic * p.H + h)
+                  : a == 2 ? (const void*)(p.qPos + ic)
+                           : (const void*)((m.hasSeg ? p.qSeg : p.qPos) + ic);
+    cpAsync4(sRows + st * C::ROW_BYTES + threadIdx.x * 4, g, ok && (a != 3 || m.hasSeg));
+  };
+
+  const int firstQt = nextQt(0);
+  int hi = 0, qt = firstQt;
+  if (qt >= 0) loadPair(hi, qt, 0);
   cpAsyncCommit();
 
   float dK[D / 2], dV[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; i++) dK[i] = dV[i] = 0.f;
   const u32 kRows = sK + wg * 64 * 128, vRows = sV + wg * 64 * 128;  // this warpgroup's 64 keys
+  const u32 stg = sStg + warpId * STG_WARP;                         // this warp's dQ staging rows
+  constexpr int KEYS = D == 128 ? BK : 64;  // dQ: D=128, warpgroup w takes columns 64w.. over all 128 keys; D=64, its own keys
+  const int keyLo = D == 128 ? 0 : wg * 64, colPanel = D == 128 ? wg : 0;
 
-  for (int it = 0; x >= 0; it++) {
-    const int st = it & 1;
-    const int xn = nextPair(x + 1);
-    if (xn >= 0) loadPair(xn, st ^ 1);  // that stage was released by the barrier ending the last tile
-    cpAsyncCommit();
-    cpAsyncWait<1>();  // this tile's copies (and K/V) have landed
+  for (int st = 0; qt >= 0; st ^= 1) {
+    cpAsyncWait<0>();  // this tile's copies (and K/V) have landed
     fenceAsyncShared();
-    __syncthreads();
+    __syncthreads();   // ... for every thread; and every warp is done with the other stage and dS^T
+    // The next visible pair, loaded into the other stage while this one is computed.
+    int hn = hi, qtn = nextQt(qt + 1);
+    if (qtn < 0 && ++hn < nh) qtn = firstQt;
+    if (qtn >= 0) loadPair(hn, qtn, st ^ 1);
+    cpAsyncCommit();
 
-    const int h = kh * group + hLo + x / nqt, q0 = (x % nqt) * BQ;
-    int cls = classifyTile(m, p.qTiles[x % nqt], kBox);
-    if (kRagged) cls = TILE_PARTIAL;  // missing keys must get P = 0
+    const int h = hLo + hi, q0 = qt * BQ;
+    const bool partial = (sPart[qt >> 5] >> (qt & 31)) & 1;
 
     // S^T = K Q^T and dP^T = V dO^T: 64 keys x 64 queries per warpgroup.
     float s[32], dp[32];
@@ -131,24 +184,35 @@ __device__ __forceinline__ void run(const BwdParams& p) {
       }
     }
     wgmmaCommit();
+    // This thread's 16 query columns' LSE (log2 units; +inf for a row that saw nothing, so its
+    // P is 0) and delta, read while the MMAs run.
+    float lseC[16], dlC[16];
+#pragma unroll
+    for (int c = 0; c < 16; c++) {
+      const int col = (c >> 1) * 8 + 2 * (lane & 3) + (c & 1);
+      const float L = sLse(st)[col];
+      lseC[c] = L == NEG_INF ? POS_INF : L * LOG2E;
+      dlC[c] = sDelta(st)[col];
+    }
     wgmmaWait<0>();
     fenceRegs(s);
     fenceRegs(dp);
 
     // P^T (into s) and dS^T (into dp). Register 4n + e: key row (CTA) 64wg + 16warp + lane/4 +
     // 8(e >> 1), query column 8n + 2(lane % 4) + (e & 1).
-    const float* lse = sLse(st);
-    const float* dl = sDelta(st);
 #pragma unroll
     for (int n = 0; n < 8; n++)
 #pragma unroll
       for (int e = 0; e < 4; e++) {
-        const int col = n * 8 + 2 * (lane & 3) + (e & 1);
-        const int kr = wg * 64 + warp * 16 + (lane >> 2) + 8 * (e >> 1);
-        float pv = exp2Fast(s[4 * n + e] * scaleLog2 - lse[col]);
-        if (cls == TILE_PARTIAL && (k0 + kr >= p.Sk || !visible(m, sQPos(st)[col], sKPos[kr], sQSeg(st)[col], sKSeg[kr]))) pv = 0.f;
+        const int c = 2 * n + (e & 1);
+        float pv = exp2Fast(s[4 * n + e] * scaleLog2 - lseC[c]);
+        if (partial) {
+          const int col = n * 8 + 2 * (lane & 3) + (e & 1);
+          const int kr = wg * 64 + warp * 16 + (lane >> 2) + 8 * (e >> 1);
+          if (k0 + kr >= p.Sk || !visible(m, sQPos(st)[col], sKPos[kr], sQSeg(st)[col], sKSeg[kr])) pv = 0.f;
+        }
         s[4 * n + e] = pv;
-        dp[4 * n + e] = pv * (dp[4 * n + e] - dl[col]);
+        dp[4 * n + e] = pv * (dp[4 * n + e] - dlC[c]);
       }
     // 16-bit A fragments (queries 16kk..16kk+15 are registers 8kk..8kk+7), and dS^T to shared
     // memory ([key][query] rows of 128 B, 128-byte swizzle) for dQ.
@@ -180,39 +244,46 @@ __device__ __forceinline__ void run(const BwdParams& p) {
     fenceAsyncShared();  // dS^T was written through the generic proxy; wgmma reads it through the async one
     __syncthreads();     // both warpgroups' dS^T
 
-    // dQ = dS K: D=128, warpgroup w takes columns 64w.. over all 128 keys; D=64, its own keys.
-    constexpr int KEYS = D == 128 ? BK : 64;
-    const int keyLo = D == 128 ? 0 : wg * 64, colPanel = D == 128 ? wg : 0;
+    // dQ = dS K (A = dS^T [key][query] read MN-major, B = K [key][d] read MN-major).
     float dq[32];
     wgmmaFence();
 #pragma unroll
     for (int kk = 0; kk < KEYS / 16; kk++) {
       const u32 key = keyLo + kk * 16;
-      const u64 da = desc(sdS + key * 128, BK * 128, 1024);                    // dS^T [key][query]: A = dS, MN-major
-      const u64 db = desc(sK + colPanel * BK * 128 + key * 128, BK * 128, 1024);  // K [key][d]: B, MN-major
+      const u64 da = desc(sdS + key * 128, BK * 128, 1024);
+      const u64 db = desc(sK + colPanel * BK * 128 + key * 128, BK * 128, 1024);
       if (kk == 0) M::template ss64<1, 1, 0>(dq, da, db);
       else M::template ss64<1, 1, 1>(dq, da, db);
     }
     wgmmaCommit();
+    // This warp's staging rows are free once its last bulk reduce has read them.
+    if (lane < 16) bulkWaitRead();
+    __syncwarp();
     wgmmaWait<0>();
     fenceRegs(dq);
     fenceRegs(dK);
     fenceRegs(dV);
+    // dQ (scaled) to this warp's 16 staging rows, then one bulk fp32 add per row into global dq
+    // (a 64-column panel: 256 contiguous bytes), instead of 32 atomics a thread.
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-      const int i = q0 + warp * 16 + (lane >> 2) + 8 * r;
-      if (i >= p.Sq) continue;
-      float* dst = p.dq + ((u64)i * p.H + h) * D + colPanel * 64 + 2 * (lane & 3);
+    for (int n = 0; n < 8; n++)
 #pragma unroll
-      for (int n = 0; n < 8; n++) {
-        atomicAdd(dst + n * 8, dq[4 * n + 2 * r] * p.scale);
-        atomicAdd(dst + n * 8 + 1, dq[4 * n + 2 * r + 1] * p.scale);
+      for (int r = 0; r < 2; r++) {
+        const u32 a = stg + ((lane >> 2) + 8 * r) * STG_ROW + n * 32 + 8 * (lane & 3);
+        asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(a), "f"(dq[4 * n + 2 * r] * p.scale), "f"(dq[4 * n + 2 * r + 1] * p.scale) : "memory");
       }
+    fenceAsyncShared();
+    __syncwarp();
+    if (lane < 16) {
+      const int i = q0 + warp * 16 + lane;
+      if (i < p.Sq) bulkReduceAdd(p.dq + ((u64)i * p.H + h) * D + colPanel * 64, stg + lane * STG_ROW, 64 * 4);
+      bulkCommit();
     }
-    __syncthreads();  // this tile's stage and dS^T are free
-    x = xn;
+    hi = hn;
+    qt = qtn;
   }
   cpAsyncWait<0>();  // a CTA that found no visible tile still drains its K/V copies
+  if (lane < 16) bulkWait();
 
   // dK, dV rows of this warpgroup; without a split this CTA alone owns them: read-add-write.
 #pragma unroll

@@ -144,41 +144,70 @@ function wgFwdSmem(D: number): number {
   return 1024 + WG_TILE * D * 2 + stages * 2 * WG_TILE * D * 2 + (2 * stages + 1) * 8;
 }
 
+/** One 3-D TMA map to encode: a [rows, heads, D] tensor, `elem` bytes an element, box 32/64 x 1 x boxRows. */
+interface MapSpec {
+  what: string;
+  ptr: number;
+  rows: number;
+  heads: number;
+  boxRows: number;
+  /** 2: 16-bit (uint16 maps), 4: fp32. */
+  elem: 2 | 4;
+}
+
 /**
- * TMA descriptors (3 x 128 bytes, each 64-byte aligned, as attn_fwd_h.cu's TmaMaps) of q [Sq, H, D],
- * k and v [Sk, Hk, D] for the ht forward: 16-bit elements as uint16, boxes of 64 elements x 1 head
- * x 128 rows in the 128-byte swizzle, rows past the end read as zeros. Null where the driver has no
- * cuTensorMapEncodeTiled (before CUDA 12): the caller then runs hq. Addresses are 16-byte aligned
- * (misaligned, checked before any tensor-core kernel).
+ * TMA descriptors, one 128-byte slot each, 64-byte aligned (the kernels' map structs), in the
+ * 128-byte swizzle with boxes of 128 bytes x 1 head x boxRows rows; out-of-range elements read as
+ * zeros (and are skipped by reduces). Null where the driver has no cuTensorMapEncodeTiled (before
+ * CUDA 12). Addresses are 16-byte aligned (misaligned, checked before any tensor-core kernel).
  */
-export function fwdTensorMaps(ctx: CudaContext, a: DeviceBlockArgs): Buffer | null {
+function encodeMaps(ctx: CudaContext, D: number, specs: readonly MapSpec[]): Buffer | null {
   const encode = ctx.drv.cuTensorMapEncodeTiled;
   if (!encode) return null;
-  const raw = Buffer.alloc(3 * 128 + 64);
+  const raw = Buffer.alloc(specs.length * 128 + 64);
   const at = (64 - Number(koffi.address(raw) % 64n)) % 64;  // the first 64-byte-aligned byte
-  const maps = raw.subarray(at, at + 3 * 128);
+  const maps = raw.subarray(at, at + specs.length * 128);
   const u64 = (...x: number[]) => Buffer.from(BigUint64Array.from(x.map(BigInt)).buffer);
   const u32 = (...x: number[]) => Buffer.from(Uint32Array.from(x).buffer);
-  const UINT16 = 1, INTERLEAVE_NONE = 0, SWIZZLE_128B = 3, L2_256B = 3, OOB_ZERO = 0;
-  const one = (i: number, ptr: number, rows: number, heads: number, what: string) => {
-    const code = encode(maps.subarray(i * 128, i * 128 + 128), UINT16, 3, ptr, u64(a.D, heads, rows), u64(a.D * 2, heads * a.D * 2),
-      u32(64, 1, WG_TILE), u32(1, 1, 1), INTERLEAVE_NONE, SWIZZLE_128B, L2_256B, OOB_ZERO);
-    ctx.check(`cuTensorMapEncodeTiled(${what} [${rows}, ${heads}, ${a.D}])`, code);
-  };
-  one(0, a.q, a.Sq, a.H, 'q');
-  one(1, a.k, a.Sk, a.Hk, 'k');
-  one(2, a.v, a.Sk, a.Hk, 'v');
+  const UINT16 = 1, FLOAT32 = 7, INTERLEAVE_NONE = 0, SWIZZLE_128B = 3, L2_256B = 3, OOB_ZERO = 0;
+  specs.forEach((m, i) => {
+    const code = encode(maps.subarray(i * 128, i * 128 + 128), m.elem === 2 ? UINT16 : FLOAT32, 3, m.ptr, u64(D, m.heads, m.rows), u64(D * m.elem, m.heads * D * m.elem),
+      u32(128 / m.elem, 1, m.boxRows), u32(1, 1, 1), INTERLEAVE_NONE, SWIZZLE_128B, L2_256B, OOB_ZERO);
+    ctx.check(`cuTensorMapEncodeTiled(${m.what} [${m.rows}, ${m.heads}, ${D}])`, code);
+  });
   return maps;
 }
 
 /**
+ * TMA descriptors of q [Sq, H, D], k and v [Sk, Hk, D] for the ht forward (attn_fwd_h.cu's
+ * TmaMaps): uint16, boxes of 64 elements x 1 head x 128 rows. Null without the driver function:
+ * the caller then runs hq.
+ */
+export function fwdTensorMaps(ctx: CudaContext, a: DeviceBlockArgs): Buffer | null {
+  return encodeMaps(ctx, a.D, [
+    { what: 'q', ptr: a.q, rows: a.Sq, heads: a.H, boxRows: WG_TILE, elem: 2 },
+    { what: 'k', ptr: a.k, rows: a.Sk, heads: a.Hk, boxRows: WG_TILE, elem: 2 },
+    { what: 'v', ptr: a.v, rows: a.Sk, heads: a.Hk, boxRows: WG_TILE, elem: 2 },
+  ]);
+}
+
+/**
+ * The TMA descriptor of dq [Sq, H, D] fp32 for attn_bwd_h.cu's dQ reduce-adds (its DqMap): boxes of
+ * 32 floats x 1 head x 16 rows (one warp's staging). Null without the driver function: the caller
+ * then runs the mma.sync backward.
+ */
+export function bwdDqMap(ctx: CudaContext, a: { dq: number; Sq: number; H: number; D: number }): Buffer | null {
+  return encodeMaps(ctx, a.D, [{ what: 'dq', ptr: a.dq, rows: a.Sq, heads: a.H, boxRows: 16, elem: 4 }]);
+}
+
+/**
  * attn_bwd_h.cu: 128 keys a CTA (256 threads), 64-query tiles double-buffered, dS^T, row arrays,
- * dQ staging (16 rows of 288 bytes a warp) and two bits a query tile (at most WG_BWD_MAX_QTILES).
+ * dQ staging (16 rows of 256 bytes a warp) and two bits a query tile (at most WG_BWD_MAX_QTILES).
  */
 const WG_BWD_BQ = 64;
 const WG_BWD_MAX_QTILES = 16384;
 function wgBwdSmem(D: number): number {
-  return 1024 + 2 * WG_TILE * D * 2 + 4 * WG_BWD_BQ * D * 2 + WG_TILE * WG_BWD_BQ * 2 + 2 * 4 * WG_BWD_BQ * 4 + 2 * WG_TILE * 4 + 8 * 16 * 288 + (2 * WG_BWD_MAX_QTILES) / 8;
+  return 1024 + 2 * WG_TILE * D * 2 + 4 * WG_BWD_BQ * D * 2 + WG_TILE * WG_BWD_BQ * 2 + 2 * 4 * WG_BWD_BQ * 4 + 2 * WG_TILE * 4 + 8 * 16 * 256 + (2 * WG_BWD_MAX_QTILES) / 8;
 }
 
 function fwdSmem(D: number): number {
@@ -301,8 +330,10 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       if (a.Sq === 0 || a.Sk === 0) return;
       const tag = chooseKernel(a, ctx.computeCapability);
       if (tag !== 'generic') throwReason(misaligned({ q: a.q, k: a.k, v: a.v, dO: a.dO }));
-      // attn_bwd_h keeps a bit per query tile in shared memory: longer query blocks go to attn_bwd.cu.
-      const wg = wgmmaBackward(tag, ctx.computeCapability) && Math.ceil(a.Sq / WG_BWD_BQ) <= WG_BWD_MAX_QTILES;
+      // attn_bwd_h keeps a bit per query tile in shared memory (longer query blocks go to
+      // attn_bwd.cu) and adds dQ by TMA (a driver without tensor maps runs attn_bwd.cu too).
+      const dqMap = wgmmaBackward(tag, ctx.computeCapability) && Math.ceil(a.Sq / WG_BWD_BQ) <= WG_BWD_MAX_QTILES ? bwdDqMap(ctx, a) : null;
+      const wg = dqMap !== null;
       const tile = tiles(tag, 'bwd', wg);
       const [qTiles, kTiles] = boxes(a, tile);
       const bq = tile[0], bk = tile[1];
@@ -317,7 +348,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       } else if (wg) {
         const name = `attn_bwd_h_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = wgBwdSmem(a.D);
-        ctx.launch(ctx.fn('attn_bwd_h.cu', name, smem), name, [Math.ceil(a.Sk / bk), a.Hk * split, 1], 256, smem, [params]);
+        ctx.launch(ctx.fn('attn_bwd_h.cu', name, smem), name, [Math.ceil(a.Sk / bk), a.Hk * split, 1], 256, smem, [params, dqMap]);
       } else {
         const name = `attn_bwd_mma_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = bwdSmem(a.D, bq);

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import koffi from 'koffi';
-import { chooseKernel, fwdTensorMaps, misaligned, supported, wgmmaBackward, wgmmaForward } from '../../src/cuda/attention.js';
+import { bwdDqMap, chooseKernel, fwdTensorMaps, misaligned, supported, wgmmaBackward, wgmmaForward } from '../../src/cuda/attention.js';
 import type { CudaContext } from '../../src/cuda/context.js';
 import { InputError } from '../../src/core/errors.js';
 import { encode, roundTo } from '../../src/cuda/convert.js';
@@ -111,6 +111,24 @@ test('fwdTensorMaps: three 64-byte-aligned 128-byte maps of q [Sq, H, D], k and 
   assert.deepEqual(checked.map((c) => c.split('(')[0]), ['cuTensorMapEncodeTiled', 'cuTensorMapEncodeTiled', 'cuTensorMapEncodeTiled']);
   assert.match(checked[1], /k \[500, 8, 128\]/);
   assert.equal(fwdTensorMaps({ drv: {}, check: () => {} } as unknown as CudaContext, a), null);
+});
+
+test('bwdDqMap: one 64-byte-aligned map of dq [Sq, H, D] fp32 for the backward\'s TMA reduce-adds (float32, box 32 x 1 x 16, 128-byte swizzle); null without the driver function', () => {
+  const calls: unknown[][] = [];
+  const drv = { cuTensorMapEncodeTiled: (_map: Buffer, ...args: unknown[]) => (calls.push(args), 0) };
+  const ctx = { drv, check: (what: string, code: number) => assert.equal(code, 0, what) } as unknown as CudaContext;
+  const map = bwdDqMap(ctx, { dq: 0x40000, Sq: 333, H: 8, D: 64 })!;
+  assert.equal(map.length, 128);
+  assert.equal(koffi.address(map) % 64n, 0n);
+  const [dtype, rank, ptr, dims, strides, box, elem, interleave, swizzle] = calls[0];
+  const u64 = (b: unknown) => Array.from(new BigUint64Array((b as Buffer).buffer, (b as Buffer).byteOffset, (b as Buffer).byteLength / 8)).map(Number);
+  const u32 = (b: unknown) => Array.from(new Uint32Array((b as Buffer).buffer, (b as Buffer).byteOffset, (b as Buffer).byteLength / 4));
+  assert.deepEqual([dtype, rank, ptr, interleave, swizzle], [7, 3, 0x40000, 0, 3]);
+  assert.deepEqual(u64(dims), [64, 8, 333]);
+  assert.deepEqual(u64(strides), [64 * 4, 8 * 64 * 4]);
+  assert.deepEqual(u32(box), [32, 1, 16]);
+  assert.deepEqual(u32(elem), [1, 1, 1]);
+  assert.equal(bwdDqMap({ drv: {}, check: () => {} } as unknown as CudaContext, { dq: 0x40000, Sq: 333, H: 8, D: 64 }), null);
 });
 
 test('wgmmaBackward: the default on sm_90 for tensor-core tags, off with RINGATTN_WGMMA_BWD=0; unknown values rejected', () => {

@@ -28,8 +28,11 @@ namespace bwdh {
 using namespace hop;
 constexpr int BK = 128, BQ = 64, THREADS = 256;
 constexpr int MAX_QTILES = 16384;        // query tiles (of 64) a call may have: 1M queries; the host checks
-constexpr int STG_ROW = 64 * 4 + 32;     // a dQ staging row: 64 fp32 columns + 32 bytes against bank conflicts
-constexpr int STG_WARP = 16 * STG_ROW;   // one warp's 16 rows
+constexpr int STG_WARP = 2 * 16 * 128;   // a warp's dQ staging: 16 rows x 64 fp32 as two TMA boxes of 32 columns
+// The TMA map of dq ([Sq, H, D] fp32, box 32 x 1 x 16, 128-byte swizzle), built per call on the host.
+struct DqMap {
+  alignas(64) unsigned char map[128];
+};
 
 template <int D> struct Cfg {
   static constexpr int KV_BYTES = BK * D * 2;  // K or V
@@ -46,17 +49,8 @@ template <int D> struct Cfg {
 __device__ __forceinline__ void cpAsync4(u32 s, const void* g, bool ok) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(s), "l"(g), "r"(ok ? 4 : 0) : "memory");
 }
-// Bulk fp32 add of `bytes` (a multiple of 16) from shared to global memory (atomic per element),
-// in this thread's bulk group.
-__device__ __forceinline__ void bulkReduceAdd(float* g, u32 s, u32 bytes) {
-  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;" ::"l"(g), "r"(s), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void bulkCommit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
-__device__ __forceinline__ void bulkWaitRead() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
-__device__ __forceinline__ void bulkWait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
-
 template <typename T, int D>
-__device__ __forceinline__ void run(const BwdParams& p) {
+__device__ __forceinline__ void run(const BwdParams& p, const DqMap& dqMap) {
   using C = Cfg<D>;
   using M = Wg<T>;
   extern __shared__ __align__(1024) unsigned char smemRaw[];
@@ -199,18 +193,24 @@ __device__ __forceinline__ void run(const BwdParams& p) {
     fenceRegs(dp);
 
     // P^T (into s) and dS^T (into dp). Register 4n + e: key row (CTA) 64wg + 16warp + lane/4 +
-    // 8(e >> 1), query column 8n + 2(lane % 4) + (e & 1).
+    // 8(e >> 1), query column 8n + 2(lane % 4) + (e & 1). Masked scores become -inf first, so
+    // the exponentials below are one branch-free pass (exp2(-inf) = 0).
+    if (partial) {
+#pragma unroll
+      for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int col = n * 8 + 2 * (lane & 3) + (e & 1);
+          const int kr = wg * 64 + warp * 16 + (lane >> 2) + 8 * (e >> 1);
+          if (k0 + kr >= p.Sk || !visible(m, sQPos(st)[col], sKPos[kr], sQSeg(st)[col], sKSeg[kr])) s[4 * n + e] = NEG_INF;
+        }
+    }
 #pragma unroll
     for (int n = 0; n < 8; n++)
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         const int c = 2 * n + (e & 1);
-        float pv = exp2Fast(s[4 * n + e] * scaleLog2 - lseC[c]);
-        if (partial) {
-          const int col = n * 8 + 2 * (lane & 3) + (e & 1);
-          const int kr = wg * 64 + warp * 16 + (lane >> 2) + 8 * (e >> 1);
-          if (k0 + kr >= p.Sk || !visible(m, sQPos(st)[col], sKPos[kr], sQSeg(st)[col], sKSeg[kr])) pv = 0.f;
-        }
+        const float pv = exp2Fast(s[4 * n + e] * scaleLog2 - lseC[c]);
         s[4 * n + e] = pv;
         dp[4 * n + e] = pv * (dp[4 * n + e] - dlC[c]);
       }
@@ -256,34 +256,37 @@ __device__ __forceinline__ void run(const BwdParams& p) {
       else M::template ss64<1, 1, 1>(dq, da, db);
     }
     wgmmaCommit();
-    // This warp's staging rows are free once its last bulk reduce has read them.
-    if (lane < 16) bulkWaitRead();
+    // This warp's staging rows are free once its last TMA reduce has read them.
+    if (lane == 0) bulkWaitRead();
     __syncwarp();
     wgmmaWait<0>();
     fenceRegs(dq);
     fenceRegs(dK);
     fenceRegs(dV);
-    // dQ (scaled) to this warp's 16 staging rows, then one bulk fp32 add per row into global dq
-    // (a 64-column panel: 256 contiguous bytes), instead of 32 atomics a thread.
+    // dQ (scaled) to this warp's staging (two boxes of 16 rows x 32 columns, 128-byte rows,
+    // 128-byte swizzle: the float2 stores are conflict-free), then two TMA reduce-adds into
+    // global dq (rows past Sq are skipped by the hardware). 32 atomics a thread in v1, 16 bulk
+    // reduces a warp (issued one lane at a time) in v2: kernels/NOTES.md runs 13-15.
 #pragma unroll
     for (int n = 0; n < 8; n++)
 #pragma unroll
       for (int r = 0; r < 2; r++) {
-        const u32 a = stg + ((lane >> 2) + 8 * r) * STG_ROW + n * 32 + 8 * (lane & 3);
+        const int row = (lane >> 2) + 8 * r, chunk = 2 * (n & 3) + ((lane >> 1) & 1);
+        const u32 a = stg + (n >> 2) * 2048 + row * 128 + ((chunk ^ (row & 7)) << 4) + 8 * (lane & 1);
         asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(a), "f"(dq[4 * n + 2 * r] * p.scale), "f"(dq[4 * n + 2 * r + 1] * p.scale) : "memory");
       }
     fenceAsyncShared();
     __syncwarp();
-    if (lane < 16) {
-      const int i = q0 + warp * 16 + lane;
-      if (i < p.Sq) bulkReduceAdd(p.dq + ((u64)i * p.H + h) * D + colPanel * 64, stg + lane * STG_ROW, 64 * 4);
+    if (lane == 0) {
+      tmaReduceAdd3d(dqMap.map, stg, colPanel * 64, h, q0 + warp * 16);
+      tmaReduceAdd3d(dqMap.map, stg + 2048, colPanel * 64 + 32, h, q0 + warp * 16);
       bulkCommit();
     }
     hi = hn;
     qt = qtn;
   }
   cpAsyncWait<0>();  // a CTA that found no visible tile still drains its K/V copies
-  if (lane < 16) bulkWait();
+  if (lane == 0) bulkWait();
 
   // dK, dV rows of this warpgroup; without a split this CTA alone owns them: read-add-write.
 #pragma unroll
@@ -317,7 +320,9 @@ __device__ __forceinline__ void run(const BwdParams& p) {
 }  // namespace bwdh
 
 #define BWDH_ENTRY(name, T, D) \
-  extern "C" __global__ void __launch_bounds__(bwdh::THREADS, 1) name(const BwdParams p) { bwdh::run<T, D>(p); }
+  extern "C" __global__ void __launch_bounds__(bwdh::THREADS, 1) name(const BwdParams p, const __grid_constant__ bwdh::DqMap dqMap) { \
+    bwdh::run<T, D>(p, dqMap);                                                                                                        \
+  }
 BWDH_ENTRY(attn_bwd_h_bf16_d64, Bf16, 64)
 BWDH_ENTRY(attn_bwd_h_bf16_d128, Bf16, 128)
 BWDH_ENTRY(attn_bwd_h_f16_d64, F16, 64)

@@ -58,6 +58,18 @@ __device__ __forceinline__ void tmaLoad3d(u32 dst, const void* map, u32 bar, int
       ::"r"(dst), "l"((u64)map), "r"(bar), "r"(c0), "r"(c1), "r"(c2) : "memory");
 }
 
+// TMA reduce: adds the shared-memory box at `src` (laid out as the map's box and swizzle) into
+// the box at (c0, c1, c2) of the 3-D fp32 tensor map `map` (a __grid_constant__ parameter),
+// element-wise atomically, in this thread's bulk group; elements outside the tensor are skipped.
+__device__ __forceinline__ void tmaReduceAdd3d(const void* map, u32 src, int c0, int c1, int c2) {
+  asm volatile("cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4}], [%1];"
+               ::"l"((u64)map), "r"(src), "r"(c0), "r"(c1), "r"(c2) : "memory");
+}
+__device__ __forceinline__ void bulkCommit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+// This thread's bulk groups have finished reading shared memory (.read) / have completed.
+__device__ __forceinline__ void bulkWaitRead() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+__device__ __forceinline__ void bulkWait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
+
 // Shared-memory matrix descriptor, 128-byte swizzle: start >> 4, LBO >> 4 (bits 16..29),
 // SBO >> 4 (bits 32..45), swizzle mode 1 (bits 62..63).
 __device__ __forceinline__ u64 desc(u32 addr, u32 lbo, u32 sbo) {

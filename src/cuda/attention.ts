@@ -201,13 +201,13 @@ export function bwdDqMap(ctx: CudaContext, a: { dq: number; Sq: number; H: numbe
 }
 
 /**
- * attn_bwd_h.cu: 128 keys a CTA (256 threads), 64-query tiles double-buffered, dS^T, row arrays,
+ * attn_bwd_h.cu: 128 keys a CTA (256 threads), 64-query tiles in 3 stages, dS^T, row arrays,
  * dQ staging (16 rows of 256 bytes a warp) and two bits a query tile (at most WG_BWD_MAX_QTILES).
  */
 const WG_BWD_BQ = 64;
 const WG_BWD_MAX_QTILES = 16384;
 function wgBwdSmem(D: number): number {
-  return 1024 + 2 * WG_TILE * D * 2 + 4 * WG_BWD_BQ * D * 2 + WG_TILE * WG_BWD_BQ * 2 + 2 * 4 * WG_BWD_BQ * 4 + 2 * WG_TILE * 4 + 8 * 16 * 256 + (2 * WG_BWD_MAX_QTILES) / 8;
+  return 1024 + 2 * WG_TILE * D * 2 + 3 * 2 * WG_BWD_BQ * D * 2 + WG_TILE * WG_BWD_BQ * 2 + 3 * 4 * WG_BWD_BQ * 4 + 2 * WG_TILE * 4 + 8 * 16 * 256 + (2 * WG_BWD_MAX_QTILES) / 8;
 }
 
 function fwdSmem(D: number): number {

@@ -8,7 +8,7 @@
 //     loop over the group's query heads and 64-query tiles;
 //   - K and V are loaded once; every query tile's class against this key tile is kept as two
 //     bits in shared memory, so the loop finds the next visible (head, query tile) there; Q and dO
-//     tiles (with LSE, delta, positions) are double-buffered by cp.async from all threads, the
+//     tiles (with LSE, delta, positions) go through three stages by cp.async from all threads, the
 //     tiles in the 128-byte swizzle ([D/64 panels][rows][128 B]);
 //   - per query tile each warpgroup issues S^T = K Q^T and dP^T = V dO^T (m64n64k16, both
 //     operands in shared memory), forms P^T = exp2(S^T·scale·log2e − LSE·log2e) and
@@ -26,7 +26,7 @@
 
 namespace bwdh {
 using namespace hop;
-constexpr int BK = 128, BQ = 64, THREADS = 256;
+constexpr int BK = 128, BQ = 64, THREADS = 256, STAGES = 3;  // Q/dO stages: loads run two tiles ahead
 constexpr int MAX_QTILES = 16384;        // query tiles (of 64) a call may have: 1M queries; the host checks
 constexpr int STG_WARP = 2 * 16 * 128;   // a warp's dQ staging: 16 rows x 64 fp32 as two TMA boxes of 32 columns
 // The TMA map of dq ([Sq, H, D] fp32, box 32 x 1 x 16, 128-byte swizzle), built per call on the host.
@@ -41,7 +41,7 @@ template <int D> struct Cfg {
   static constexpr int ROW_BYTES = 4 * BQ * 4;  // LSE, delta, qPos, qSeg of one stage
   static constexpr int STG_BYTES = 8 * STG_WARP;  // dQ staging, a region per warp
   static constexpr int BITS_BYTES = 2 * MAX_QTILES / 8;  // visible / partial bit per query tile
-  static constexpr int SMEM = 1024 + 2 * KV_BYTES + 2 * 2 * Q_BYTES + DS_BYTES + 2 * ROW_BYTES + 2 * BK * 4 + STG_BYTES + BITS_BYTES;
+  static constexpr int SMEM = 1024 + 2 * KV_BYTES + STAGES * 2 * Q_BYTES + DS_BYTES + STAGES * ROW_BYTES + 2 * BK * 4 + STG_BYTES + BITS_BYTES;
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
 
@@ -59,16 +59,16 @@ __device__ __forceinline__ void run(const BwdParams& p, const DqMap& dqMap) {
   const u32 sK = base, sV = sK + C::KV_BYTES;
   auto sQ = [&](int st) { return sV + C::KV_BYTES + st * 2 * C::Q_BYTES; };
   auto sdO = [&](int st) { return sQ(st) + C::Q_BYTES; };
-  const u32 sdS = sV + C::KV_BYTES + 4 * C::Q_BYTES;
+  const u32 sdS = sV + C::KV_BYTES + STAGES * 2 * C::Q_BYTES;
   const u32 sRows = sdS + C::DS_BYTES;  // per stage: LSE, delta, qPos, qSeg (64 each)
   float* const rowsBase = (float*)(gbase + (sRows - base));
   auto sLse = [&](int st) { return rowsBase + st * 4 * BQ; };
   auto sDelta = [&](int st) { return sLse(st) + BQ; };
   auto sQPos = [&](int st) { return (int*)(sLse(st) + 2 * BQ); };
   auto sQSeg = [&](int st) { return (int*)(sLse(st) + 3 * BQ); };
-  int* const sKPos = (int*)(rowsBase + 8 * BQ);
+  int* const sKPos = (int*)(rowsBase + STAGES * 4 * BQ);
   int* const sKSeg = sKPos + BK;
-  const u32 sStg = sRows + 2 * C::ROW_BYTES + 2 * BK * 4;
+  const u32 sStg = sRows + STAGES * C::ROW_BYTES + 2 * BK * 4;  // 1024-aligned (TMA boxes)
   u32* const sVis = (u32*)(gbase + (sStg - base) + C::STG_BYTES);
   u32* const sPart = sVis + MAX_QTILES / 32;
   u16* const dsPtr = (u16*)(gbase + (sdS - base));
@@ -137,9 +137,19 @@ __device__ __forceinline__ void run(const BwdParams& p, const DqMap& dqMap) {
     cpAsync4(sRows + st * C::ROW_BYTES + threadIdx.x * 4, g, ok && (a != 3 || m.hasSeg));
   };
 
+  // The (head, query tile) pair after (h, q) in the loop's order, or q = -1 at the end.
   const int firstQt = nextQt(0);
-  int hi = 0, qt = firstQt;
+  auto advance = [&](int& h, int& q) {
+    if (q < 0) return;
+    q = nextQt(q + 1);
+    if (q < 0 && ++h < nh) q = firstQt;
+  };
+  int hi = 0, qt = firstQt;  // this tile
   if (qt >= 0) loadPair(hi, qt, 0);
+  cpAsyncCommit();
+  int h1 = hi, q1 = qt;      // the next one
+  advance(h1, q1);
+  if (q1 >= 0) loadPair(h1, q1, 1);
   cpAsyncCommit();
 
   float dK[D / 2], dV[D / 2];
@@ -150,14 +160,14 @@ __device__ __forceinline__ void run(const BwdParams& p, const DqMap& dqMap) {
   constexpr int KEYS = D == 128 ? BK : 64;  // dQ: D=128, warpgroup w takes columns 64w.. over all 128 keys; D=64, its own keys
   const int keyLo = D == 128 ? 0 : wg * 64, colPanel = D == 128 ? wg : 0;
 
-  for (int st = 0; qt >= 0; st ^= 1) {
-    cpAsyncWait<0>();  // this tile's copies (and K/V) have landed
+  for (int st = 0; qt >= 0; st = st == STAGES - 1 ? 0 : st + 1) {
+    cpAsyncWait<STAGES - 2>();  // this tile's copies (and K/V) have landed; the next tile's may be in flight
     fenceAsyncShared();
-    __syncthreads();   // ... for every thread; and every warp is done with the other stage and dS^T
-    // The next visible pair, loaded into the other stage while this one is computed.
-    int hn = hi, qtn = nextQt(qt + 1);
-    if (qtn < 0 && ++hn < nh) qtn = firstQt;
-    if (qtn >= 0) loadPair(hn, qtn, st ^ 1);
+    __syncthreads();   // ... for every thread; and every warp is done with the last tile's stage and dS^T
+    // The pair after next, loaded into the last tile's stage while this one is computed.
+    int h2 = h1, q2 = q1;
+    advance(h2, q2);
+    if (q2 >= 0) loadPair(h2, q2, st == 0 ? STAGES - 1 : st - 1);
     cpAsyncCommit();
 
     const int h = hLo + hi, q0 = qt * BQ;
@@ -282,8 +292,10 @@ __device__ __forceinline__ void run(const BwdParams& p, const DqMap& dqMap) {
       tmaReduceAdd3d(dqMap.map, stg + 2048, colPanel * 64 + 32, h, q0 + warp * 16);
       bulkCommit();
     }
-    hi = hn;
-    qt = qtn;
+    hi = h1;
+    qt = q1;
+    h1 = h2;
+    q1 = q2;
   }
   cpAsyncWait<0>();  // a CTA that found no visible tile still drains its K/V copies
   if (lane == 0) bulkWait();

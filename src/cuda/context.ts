@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { BackendError } from '../core/errors.js';
 import { CU_DEVICE_ATTRIBUTE, CU_EVENT_DEFAULT, CU_FUNC_ATTRIBUTE, loadDriver, type DriverApi, type Handle } from './bindings/driver.js';
 import { check, driverDescribe, type Describe } from './check.js';
-import { archFor, compileCuda, type Source } from './compile.js';
+import { archFor, compileCuda, entrySource, type Source } from './compile.js';
 
 /**
  * One GPU: the driver, its primary context, a compute stream, and the kernel modules compiled
@@ -144,7 +144,7 @@ export class CudaContext {
     const key = `${file}:${name}`;
     let f = this.functions.get(key);
     if (!f) {
-      const mod = this.module(file);
+      const mod = this.module(file, name);
       const out: [Handle] = [null];
       this.check(`cuModuleGetFunction(${name})`, this.drv.cuModuleGetFunction(out, mod, name));
       f = { fn: out[0], smem: 0 };
@@ -158,19 +158,25 @@ export class CudaContext {
     return f.fn;
   }
 
-  private module(file: string): Handle {
-    let mod = this.modules.get(file);
-    if (mod) return mod;
+  /**
+   * The module holding `name`: a kernel declared by an entry macro is compiled alone (entrySource),
+   * so a process compiles only the kernels it launches; other files are compiled whole.
+   */
+  private module(file: string, name: string): Handle {
     const dir = kernelsDir();
-    const read = (name: string): Source => ({ name, text: readFileSync(join(dir, name), 'utf8') });
+    const read = (n: string): Source => ({ name: n, text: readFileSync(join(dir, n), 'utf8') });
     const src = read(file);
+    const one = entrySource(src.text, name);
+    const key = one === null ? file : `${file}#${name}`;
+    let mod = this.modules.get(key);
+    if (mod) return mod;
     const headers = [...src.text.matchAll(/#include\s+"([^"]+)"/g)].map((m) => read(m[1]));
-    const compiled = compileCuda(src, headers, this.arch);
-    if (compiled.log) this.compileLogs.set(file, compiled.log);
+    const compiled = compileCuda(one === null ? src : { name: file, text: one }, headers, this.arch);  // the cache key hashes the text
+    if (compiled.log) this.compileLogs.set(key, compiled.log);
     const out: [Handle] = [null];
-    this.check(`cuModuleLoadData(${file}, ${this.arch})`, this.drv.cuModuleLoadData(out, compiled.cubin));
+    this.check(`cuModuleLoadData(${key}, ${this.arch})`, this.drv.cuModuleLoadData(out, compiled.cubin));
     mod = out[0];
-    this.modules.set(file, mod);
+    this.modules.set(key, mod);
     return mod;
   }
 

@@ -43,6 +43,9 @@ test('entrySource on the kernel files: one entry line left for every declared ke
     }
   }
   assert.ok(entrySource(readFileSync(join(kernels, 'attn_fwd_h.cu'), 'utf8'), 'attn_fwd_ht_bf16_d128'), 'the default Hopper forward is an entry');
+  // No kernel hides behind a family macro that the filter would keep whole.
+  const gemm = entrySource(readFileSync(join(kernels, 'gemm.cu'), 'utf8'), 'gemm_bf16_h_nn')!;
+  assert.deepEqual(gemm.replace(/\/\/.*$/gm, '').match(/\bgemm_(bf16|f32)_\w+/g), ['gemm_bf16_h_nn']);
 });
 
 const nvcc = spawnSync('bash', ['-c', 'command -v nvcc || ls /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc 2>/dev/null | head -1'], { encoding: 'utf8' }).stdout.trim().split('\n')[0];

@@ -420,16 +420,24 @@ __device__ __forceinline__ void run(const GemmParams& p) {
   extern "C" __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, 1) name(const GemmParams p) { \
     hg::run<ta, tb, BM, BN, WM, WN, ST, AL>(p);                                                 \
   }
-#define HG_FAMILY(pre, BM, BN, WM, WN, ST, AL)    \
-  HG_ENTRY(pre##_nn, false, false, BM, BN, WM, WN, ST, AL) \
-  HG_ENTRY(pre##_nt, false, true, BM, BN, WM, WN, ST, AL)  \
-  HG_ENTRY(pre##_tn, true, false, BM, BN, WM, WN, ST, AL)  \
-  HG_ENTRY(pre##_tt, true, true, BM, BN, WM, WN, ST, AL)
-
-HG_FAMILY(gemm_bf16_l, 128, 256, 64, 64, 3, true)
-HG_FAMILY(gemm_bf16_m, 128, 128, 64, 64, 3, true)
-HG_FAMILY(gemm_bf16_s, 64, 64, 32, 32, 4, true)
-HG_FAMILY(gemm_bf16_u, 64, 64, 32, 32, 4, false)
+// One line per entry: the host compiles a kernel alone by blanking the other entry lines
+// (src/cuda/compile.ts entrySource).
+HG_ENTRY(gemm_bf16_l_nn, false, false, 128, 256, 64, 64, 3, true)
+HG_ENTRY(gemm_bf16_l_nt, false, true, 128, 256, 64, 64, 3, true)
+HG_ENTRY(gemm_bf16_l_tn, true, false, 128, 256, 64, 64, 3, true)
+HG_ENTRY(gemm_bf16_l_tt, true, true, 128, 256, 64, 64, 3, true)
+HG_ENTRY(gemm_bf16_m_nn, false, false, 128, 128, 64, 64, 3, true)
+HG_ENTRY(gemm_bf16_m_nt, false, true, 128, 128, 64, 64, 3, true)
+HG_ENTRY(gemm_bf16_m_tn, true, false, 128, 128, 64, 64, 3, true)
+HG_ENTRY(gemm_bf16_m_tt, true, true, 128, 128, 64, 64, 3, true)
+HG_ENTRY(gemm_bf16_s_nn, false, false, 64, 64, 32, 32, 4, true)
+HG_ENTRY(gemm_bf16_s_nt, false, true, 64, 64, 32, 32, 4, true)
+HG_ENTRY(gemm_bf16_s_tn, true, false, 64, 64, 32, 32, 4, true)
+HG_ENTRY(gemm_bf16_s_tt, true, true, 64, 64, 32, 32, 4, true)
+HG_ENTRY(gemm_bf16_u_nn, false, false, 64, 64, 32, 32, 4, false)
+HG_ENTRY(gemm_bf16_u_nt, false, true, 64, 64, 32, 32, 4, false)
+HG_ENTRY(gemm_bf16_u_tn, true, false, 64, 64, 32, 32, 4, false)
+HG_ENTRY(gemm_bf16_u_tt, true, true, 64, 64, 32, 32, 4, false)
 
 // ---- bf16 on Hopper (sm_90a): wgmma, warp-specialised ---------------------------------------
 //

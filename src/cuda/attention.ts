@@ -52,14 +52,17 @@ export function wgmmaForward(tag: KernelTag, computeCapability: readonly [number
 }
 
 /**
- * Whether the backward of a tensor-core tag runs the Hopper warpgroup-MMA kernel
- * (kernels/attn_bwd_h.cu): the default on sm_90a (1.6-2.6x the mma.sync backward: kernels/NOTES.md
- * run 14). RINGATTN_WGMMA_BWD=0 (or RINGATTN_NO_WGMMA=1) selects attn_bwd.cu's mma.sync kernel.
+ * Which Hopper warpgroup-MMA backward (kernels/attn_bwd_h.cu) a tensor-core tag runs, or null for
+ * attn_bwd.cu's mma.sync kernel: on sm_90a 'h' by default (Q/dO by cp.async from every thread;
+ * about 3x mma.sync: kernels/NOTES.md runs 13-17); RINGATTN_WGMMA_BWD=2 selects 'ht' (Q/dO by TMA
+ * from one thread: written and compiled, not yet run on a GPU, so opt-in); =0 (or
+ * RINGATTN_NO_WGMMA=1) selects mma.sync.
  */
-export function wgmmaBackward(tag: KernelTag, computeCapability: readonly [number, number]): boolean {
+export function wgmmaBackward(tag: KernelTag, computeCapability: readonly [number, number]): 'h' | 'ht' | null {
   const v = process.env.RINGATTN_WGMMA_BWD;
-  if (v !== undefined && v !== '' && v !== '0' && v !== '1') throw new InputError('RINGATTN_WGMMA_BWD', `expected 0 or 1, got '${v}'`);
-  return tag !== 'generic' && computeCapability[0] === 9 && computeCapability[1] === 0 && v !== '0' && process.env.RINGATTN_NO_WGMMA !== '1';
+  if (v !== undefined && v !== '' && v !== '0' && v !== '1' && v !== '2') throw new InputError('RINGATTN_WGMMA_BWD', `expected 0 (mma.sync), 1 (h) or 2 (ht), got '${v}'`);
+  if (tag === 'generic' || computeCapability[0] !== 9 || computeCapability[1] !== 0 || v === '0' || process.env.RINGATTN_NO_WGMMA === '1') return null;
+  return v === '2' ? 'ht' : 'h';
 }
 
 /**
@@ -192,22 +195,28 @@ export function fwdTensorMaps(ctx: CudaContext, a: DeviceBlockArgs): Buffer | nu
 }
 
 /**
- * The TMA descriptor of dq [Sq, H, D] fp32 for attn_bwd_h.cu's dQ reduce-adds (its DqMap): boxes of
- * 32 floats x 1 head x 16 rows (one warp's staging). Null without the driver function: the caller
- * then runs the mma.sync backward.
+ * TMA descriptors for attn_bwd_h.cu (its BwdMaps): dq [Sq, H, D] fp32 for the dQ reduce-adds, boxes
+ * of 32 floats x 1 head x 16 rows (one warp's staging); q and dO [Sq, H, D] 16-bit for the ht
+ * variant's loads, boxes of 64 elements x 1 head x 64 rows. Null without the driver function: the
+ * caller then runs the mma.sync backward.
  */
-export function bwdDqMap(ctx: CudaContext, a: { dq: number; Sq: number; H: number; D: number }): Buffer | null {
-  return encodeMaps(ctx, a.D, [{ what: 'dq', ptr: a.dq, rows: a.Sq, heads: a.H, boxRows: 16, elem: 4 }]);
+export function bwdTensorMaps(ctx: CudaContext, a: { dq: number; q: number; dO: number; Sq: number; H: number; D: number }): Buffer | null {
+  return encodeMaps(ctx, a.D, [
+    { what: 'dq', ptr: a.dq, rows: a.Sq, heads: a.H, boxRows: 16, elem: 4 },
+    { what: 'q', ptr: a.q, rows: a.Sq, heads: a.H, boxRows: WG_BWD_BQ, elem: 2 },
+    { what: 'dO', ptr: a.dO, rows: a.Sq, heads: a.H, boxRows: WG_BWD_BQ, elem: 2 },
+  ]);
 }
 
 /**
  * attn_bwd_h.cu: 128 keys a CTA (256 threads), 64-query tiles in 3 stages, dS^T, row arrays,
- * dQ staging (16 rows of 256 bytes a warp) and two bits a query tile (at most WG_BWD_MAX_QTILES).
+ * dQ staging (16 rows of 256 bytes a warp), two bits a query tile (at most WG_BWD_MAX_QTILES) and
+ * three mbarriers.
  */
 const WG_BWD_BQ = 64;
 const WG_BWD_MAX_QTILES = 16384;
 function wgBwdSmem(D: number): number {
-  return 1024 + 2 * WG_TILE * D * 2 + 3 * 2 * WG_BWD_BQ * D * 2 + WG_TILE * WG_BWD_BQ * 2 + 3 * 4 * WG_BWD_BQ * 4 + 2 * WG_TILE * 4 + 8 * 16 * 256 + (2 * WG_BWD_MAX_QTILES) / 8;
+  return 1024 + 2 * WG_TILE * D * 2 + 3 * 2 * WG_BWD_BQ * D * 2 + WG_TILE * WG_BWD_BQ * 2 + 3 * 4 * WG_BWD_BQ * 4 + 2 * WG_TILE * 4 + 8 * 16 * 256 + (2 * WG_BWD_MAX_QTILES) / 8 + 3 * 8;
 }
 
 function fwdSmem(D: number): number {
@@ -293,7 +302,8 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
     name: (spec) => {
       const tag = chooseKernel(spec, ctx.computeCapability);
       const wg = forwardSchedule(tag, spec.scale);
-      const bwd = wgmmaBackward(tag, ctx.computeCapability) ? '+wgmma-bwd' : '';
+      const wgb = wgmmaBackward(tag, ctx.computeCapability);
+      const bwd = wgb ? `+wgmma-bwd${wgb === 'ht' ? '-ht' : ''}` : '';
       return `cuda/${tag}${wg ? `+wgmma-fwd-${wg}` : ''}${bwd}/${spec.dtype}`;
     },
 
@@ -332,8 +342,9 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       if (tag !== 'generic') throwReason(misaligned({ q: a.q, k: a.k, v: a.v, dO: a.dO }));
       // attn_bwd_h keeps a bit per query tile in shared memory (longer query blocks go to
       // attn_bwd.cu) and adds dQ by TMA (a driver without tensor maps runs attn_bwd.cu too).
-      const dqMap = wgmmaBackward(tag, ctx.computeCapability) && Math.ceil(a.Sq / WG_BWD_BQ) <= WG_BWD_MAX_QTILES ? bwdDqMap(ctx, a) : null;
-      const wg = dqMap !== null;
+      const wgb = Math.ceil(a.Sq / WG_BWD_BQ) <= WG_BWD_MAX_QTILES ? wgmmaBackward(tag, ctx.computeCapability) : null;
+      const maps = wgb ? bwdTensorMaps(ctx, a) : null;
+      const wg = maps !== null;
       const tile = tiles(tag, 'bwd', wg);
       const [qTiles, kTiles] = boxes(a, tile);
       const bq = tile[0], bk = tile[1];
@@ -346,9 +357,9 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
         const name = `attn_bwd_generic_${SUFFIX[a.dtype]}`;
         ctx.launch(ctx.fn('attn_bwd.cu', name), name, [Math.ceil(a.Sq / 4), a.H, 1], 128, 0, [params]);
       } else if (wg) {
-        const name = `attn_bwd_h_${SUFFIX[a.dtype]}_d${a.D}`;
+        const name = `attn_bwd_${wgb}_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = wgBwdSmem(a.D);
-        ctx.launch(ctx.fn('attn_bwd_h.cu', name, smem), name, [Math.ceil(a.Sk / bk), a.Hk * split, 1], 256, smem, [params, dqMap]);
+        ctx.launch(ctx.fn('attn_bwd_h.cu', name, smem), name, [Math.ceil(a.Sk / bk), a.Hk * split, 1], 256, smem, [params, maps]);
       } else {
         const name = `attn_bwd_mma_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = bwdSmem(a.D, bq);

@@ -167,6 +167,18 @@ test('attentionCuda 16-bit backward with RINGATTN_WGMMA_BWD=1 (wgmma on Hopper):
   });
 });
 
+// The TMA-load variant (attn_bwd_ht_*, opt-in with RINGATTN_WGMMA_BWD=2): the same contract, the
+// Q/dO tiles by TMA onto mbarriers (rows past Sq zero-filled by the hardware).
+test('attentionCuda 16-bit backward with RINGATTN_WGMMA_BWD=2 (wgmma, TMA loads, on Hopper): every mask, GQA, ragged S, split, many query tiles, vs float64', { skip }, async () => {
+  const seed = freshSeed();
+  await withEnv({ RINGATTN_WGMMA_BWD: '2' }, async () => {
+    await maskSweep(['bfloat16'], [64, 128], seed, 300, 300);
+    await checkCase('float16', 128, 4, 2, 333, { name: 'causal window 70', mask: { causal: true, window: 70 } }, seed + 1);
+    await withEnv({ RINGATTN_BWD_SPLIT: '2' }, () => checkCase('bfloat16', 128, 8, 2, 333, { name: 'causal, split 2', mask: { causal: true } }, seed + 2));
+    await checkCase('bfloat16', 64, 2, 1, 4200, { name: 'causal, 66 query tiles', mask: { causal: true } }, seed + 5);
+  });
+});
+
 /** Ring-step semantics on device buffers: queries of a shard against two KV blocks elsewhere. */
 test('block kernels on global positions: two KV blocks merge into the full result; rows that see nothing stay 0 / -inf', { skip }, async () => {
   const seed = freshSeed();

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import koffi from 'koffi';
-import { bwdDqMap, chooseKernel, fwdTensorMaps, misaligned, supported, wgmmaBackward, wgmmaForward } from '../../src/cuda/attention.js';
+import { bwdTensorMaps, chooseKernel, fwdTensorMaps, misaligned, supported, wgmmaBackward, wgmmaForward } from '../../src/cuda/attention.js';
 import type { CudaContext } from '../../src/cuda/context.js';
 import { InputError } from '../../src/core/errors.js';
 import { encode, roundTo } from '../../src/cuda/convert.js';
@@ -113,35 +113,40 @@ test('fwdTensorMaps: three 64-byte-aligned 128-byte maps of q [Sq, H, D], k and 
   assert.equal(fwdTensorMaps({ drv: {}, check: () => {} } as unknown as CudaContext, a), null);
 });
 
-test('bwdDqMap: one 64-byte-aligned map of dq [Sq, H, D] fp32 for the backward\'s TMA reduce-adds (float32, box 32 x 1 x 16, 128-byte swizzle); null without the driver function', () => {
+test('bwdTensorMaps: dq [Sq, H, D] fp32 (box 32 x 1 x 16) for the backward\'s TMA reduce-adds, q and dO 16-bit (box 64 x 1 x 64) for its TMA loads; 128-byte swizzle, 64-byte aligned; null without the driver function', () => {
   const calls: unknown[][] = [];
   const drv = { cuTensorMapEncodeTiled: (_map: Buffer, ...args: unknown[]) => (calls.push(args), 0) };
   const ctx = { drv, check: (what: string, code: number) => assert.equal(code, 0, what) } as unknown as CudaContext;
-  const map = bwdDqMap(ctx, { dq: 0x40000, Sq: 333, H: 8, D: 64 })!;
-  assert.equal(map.length, 128);
-  assert.equal(koffi.address(map) % 64n, 0n);
-  const [dtype, rank, ptr, dims, strides, box, elem, interleave, swizzle] = calls[0];
+  const a = { dq: 0x40000, q: 0x50000, dO: 0x60000, Sq: 333, H: 8, D: 64 };
+  const maps = bwdTensorMaps(ctx, a)!;
+  assert.equal(maps.length, 3 * 128);
+  assert.equal(koffi.address(maps) % 64n, 0n);
   const u64 = (b: unknown) => Array.from(new BigUint64Array((b as Buffer).buffer, (b as Buffer).byteOffset, (b as Buffer).byteLength / 8)).map(Number);
   const u32 = (b: unknown) => Array.from(new Uint32Array((b as Buffer).buffer, (b as Buffer).byteOffset, (b as Buffer).byteLength / 4));
-  assert.deepEqual([dtype, rank, ptr, interleave, swizzle], [7, 3, 0x40000, 0, 3]);
-  assert.deepEqual(u64(dims), [64, 8, 333]);
-  assert.deepEqual(u64(strides), [64 * 4, 8 * 64 * 4]);
-  assert.deepEqual(u32(box), [32, 1, 16]);
-  assert.deepEqual(u32(elem), [1, 1, 1]);
-  assert.equal(bwdDqMap({ drv: {}, check: () => {} } as unknown as CudaContext, { dq: 0x40000, Sq: 333, H: 8, D: 64 }), null);
+  const want = [[7, a.dq, 4, [32, 1, 16]], [1, a.q, 2, [64, 1, 64]], [1, a.dO, 2, [64, 1, 64]]] as const;
+  calls.forEach(([dtype, rank, ptr, dims, strides, box, elem, interleave, swizzle], i) => {
+    const [wantType, wantPtr, bytes, wantBox] = want[i];
+    assert.deepEqual([dtype, rank, ptr, interleave, swizzle], [wantType, 3, wantPtr, 0, 3], `map ${i}`);
+    assert.deepEqual(u64(dims), [64, 8, 333]);
+    assert.deepEqual(u64(strides), [64 * bytes, 8 * 64 * bytes]);
+    assert.deepEqual(u32(box), wantBox);
+    assert.deepEqual(u32(elem), [1, 1, 1]);
+  });
+  assert.equal(bwdTensorMaps({ drv: {}, check: () => {} } as unknown as CudaContext, a), null);
 });
 
-test('wgmmaBackward: the default on sm_90 for tensor-core tags, off with RINGATTN_WGMMA_BWD=0; unknown values rejected', () => {
+test('wgmmaBackward: h by default on sm_90 for tensor-core tags, ht with RINGATTN_WGMMA_BWD=2, mma.sync with =0; unknown values rejected', () => {
   const env = (v: string | undefined, no?: string) => ({ RINGATTN_WGMMA_BWD: v, RINGATTN_NO_WGMMA: no });
-  withEnv(env(undefined), () => assert.equal(wgmmaBackward('mma16-d128', [9, 0]), true, 'the default on Hopper'));
-  withEnv(env('0'), () => assert.equal(wgmmaBackward('mma16-d128', [9, 0]), false));
-  withEnv(env(undefined), () => assert.equal(wgmmaBackward('mma16-d64', [8, 9]), false, 'sm_90a only'));
+  withEnv(env(undefined), () => assert.equal(wgmmaBackward('mma16-d128', [9, 0]), 'h', 'the default on Hopper'));
+  withEnv(env('0'), () => assert.equal(wgmmaBackward('mma16-d128', [9, 0]), null));
+  withEnv(env(undefined), () => assert.equal(wgmmaBackward('mma16-d64', [8, 9]), null, 'sm_90a only'));
+  withEnv(env('2'), () => assert.equal(wgmmaBackward('mma16-d64', [9, 0]), 'ht'));
   withEnv(env('1'), () => {
-    assert.equal(wgmmaBackward('mma16-d128', [9, 0]), true);
-    assert.equal(wgmmaBackward('mma16-d64', [9, 0]), true);
-    assert.equal(wgmmaBackward('generic', [9, 0]), false);
-    assert.equal(wgmmaBackward('mma16-d128', [8, 0]), false);
+    assert.equal(wgmmaBackward('mma16-d128', [9, 0]), 'h');
+    assert.equal(wgmmaBackward('mma16-d64', [9, 0]), 'h');
+    assert.equal(wgmmaBackward('generic', [9, 0]), null);
+    assert.equal(wgmmaBackward('mma16-d128', [8, 0]), null);
   });
-  withEnv(env('1', '1'), () => assert.equal(wgmmaBackward('mma16-d128', [9, 0]), false));
-  withEnv(env('yes'), () => assert.throws(() => wgmmaBackward('mma16-d128', [9, 0]), /RINGATTN_WGMMA_BWD: expected 0 or 1, got 'yes'/));
+  withEnv(env('1', '1'), () => assert.equal(wgmmaBackward('mma16-d128', [9, 0]), null));
+  withEnv(env('yes'), () => assert.throws(() => wgmmaBackward('mma16-d128', [9, 0]), /RINGATTN_WGMMA_BWD: expected 0 \(mma.sync\), 1 \(h\) or 2 \(ht\), got 'yes'/));
 });

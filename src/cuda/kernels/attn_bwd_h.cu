@@ -20,6 +20,9 @@
 //     its 16 dQ rows (scaled, fp32) in shared memory and adds them to global dq with one bulk
 //     reduce (cp.reduce.async.bulk .add.f32) a row, 32 atomics a thread before (NOTES.md run 14).
 // The default backward on sm_90a (src/cuda/attention.ts, RINGATTN_WGMMA_BWD=0 turns it off).
+// attn_bwd_ht_* load the Q/dO tiles by TMA from thread 0 onto a per-stage mbarrier instead (the
+// other threads' cp.async then carry only the LSE/delta/position rows): written and compiled, not
+// yet run on a GPU, so opt-in with RINGATTN_WGMMA_BWD=2 (kernels/NOTES.md, after run 17).
 #include "common.cuh"
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #include "hopper.cuh"
@@ -29,9 +32,13 @@ using namespace hop;
 constexpr int BK = 128, BQ = 64, THREADS = 256, STAGES = 3;  // Q/dO stages: loads run two tiles ahead
 constexpr int MAX_QTILES = 16384;        // query tiles (of 64) a call may have: 1M queries; the host checks
 constexpr int STG_WARP = 2 * 16 * 128;   // a warp's dQ staging: 16 rows x 64 fp32 as two TMA boxes of 32 columns
-// The TMA map of dq ([Sq, H, D] fp32, box 32 x 1 x 16, 128-byte swizzle), built per call on the host.
-struct DqMap {
-  alignas(64) unsigned char map[128];
+// TMA maps built per call on the host (src/cuda/attention.ts bwdTensorMaps): dq ([Sq, H, D] fp32,
+// box 32 x 1 x 16, 128-byte swizzle) for the reduce-adds; q and dO ([Sq, H, D] 16-bit, box 64 x 1
+// x 64) for the loads of the TMA variant (attn_bwd_ht_*).
+struct BwdMaps {
+  alignas(64) unsigned char dq[128];
+  alignas(64) unsigned char q[128];
+  alignas(64) unsigned char dO[128];
 };
 
 template <int D> struct Cfg {
@@ -41,7 +48,7 @@ template <int D> struct Cfg {
   static constexpr int ROW_BYTES = 4 * BQ * 4;  // LSE, delta, qPos, qSeg of one stage
   static constexpr int STG_BYTES = 8 * STG_WARP;  // dQ staging, a region per warp
   static constexpr int BITS_BYTES = 2 * MAX_QTILES / 8;  // visible / partial bit per query tile
-  static constexpr int SMEM = 1024 + 2 * KV_BYTES + STAGES * 2 * Q_BYTES + DS_BYTES + STAGES * ROW_BYTES + 2 * BK * 4 + STG_BYTES + BITS_BYTES;
+  static constexpr int SMEM = 1024 + 2 * KV_BYTES + STAGES * 2 * Q_BYTES + DS_BYTES + STAGES * ROW_BYTES + 2 * BK * 4 + STG_BYTES + BITS_BYTES + STAGES * 8;
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
 
@@ -49,8 +56,10 @@ template <int D> struct Cfg {
 __device__ __forceinline__ void cpAsync4(u32 s, const void* g, bool ok) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(s), "l"(g), "r"(ok ? 4 : 0) : "memory");
 }
-template <typename T, int D>
-__device__ __forceinline__ void run(const BwdParams& p, const DqMap& dqMap) {
+// TMA: Q and dO tiles come by TMA from one thread, completing the stage's mbarrier (attn_bwd_ht_*,
+// opt-in, RINGATTN_WGMMA_BWD=2); otherwise by 16-byte cp.async from every thread (attn_bwd_h_*).
+template <typename T, int D, bool TMA>
+__device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   using C = Cfg<D>;
   using M = Wg<T>;
   extern __shared__ __align__(1024) unsigned char smemRaw[];
@@ -71,6 +80,8 @@ __device__ __forceinline__ void run(const BwdParams& p, const DqMap& dqMap) {
   const u32 sStg = sRows + STAGES * C::ROW_BYTES + 2 * BK * 4;  // 1024-aligned (TMA boxes)
   u32* const sVis = (u32*)(gbase + (sStg - base) + C::STG_BYTES);
   u32* const sPart = sVis + MAX_QTILES / 32;
+  const u32 sBar = sStg + C::STG_BYTES + C::BITS_BYTES;  // STAGES mbarriers (TMA: Q and dO of a stage landed)
+  auto bar = [&](int st) { return sBar + st * 8; };
   u16* const dsPtr = (u16*)(gbase + (sdS - base));
 
   const int split = p.split > 1 ? p.split : 1;
@@ -95,6 +106,10 @@ __device__ __forceinline__ void run(const BwdParams& p, const DqMap& dqMap) {
   // Every query tile's class against this key tile, as two bits per tile (visible, partial), so
   // the loop below finds the next visible tile in shared memory (a class read from global memory
   // at each step stalled every warp: kernels/NOTES.md run 13).
+  if (TMA && threadIdx.x == 0) {
+    for (int st = 0; st < STAGES; st++) mbarInit(bar(st), 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");  // TMA completes them through the async proxy
+  }
   {
     const int4 kBox = p.kTiles[kt];
     for (int w = warpId; w < nw; w += THREADS / 32) {
@@ -123,10 +138,23 @@ __device__ __forceinline__ void run(const BwdParams& p, const DqMap& dqMap) {
   // Q, dO, LSE, delta and positions of (head hLo + hi, query tile qt) into stage st: 16-byte
   // copies for the tiles, one 4-byte copy a thread for the rows (zero past Sq: Q = dO = 0 there,
   // so those rows add nothing).
+  // TMA: thread 0 loads the tiles (rows past Sq arrive as zeros, and count) onto the stage's
+  // mbarrier.
   auto loadPair = [&](int hi, int qt, int st) {
     const int h = hLo + hi, q0 = qt * BQ;
-    loadSwizzled<BQ, D, THREADS>(sQ(st), (const u16*)p.q, q0, p.Sq - q0, p.H, h, threadIdx.x);
-    loadSwizzled<BQ, D, THREADS>(sdO(st), (const u16*)p.dO, q0, p.Sq - q0, p.H, h, threadIdx.x);
+    if (TMA) {
+      if (threadIdx.x == 0) {
+        mbarExpectTx(bar(st), 2 * C::Q_BYTES);
+#pragma unroll
+        for (int z = 0; z < D / 64; z++) {
+          tmaLoad3d(sQ(st) + z * BQ * 128, maps.q, bar(st), z * 64, h, q0);
+          tmaLoad3d(sdO(st) + z * BQ * 128, maps.dO, bar(st), z * 64, h, q0);
+        }
+      }
+    } else {
+      loadSwizzled<BQ, D, THREADS>(sQ(st), (const u16*)p.q, q0, p.Sq - q0, p.H, h, threadIdx.x);
+      loadSwizzled<BQ, D, THREADS>(sdO(st), (const u16*)p.dO, q0, p.Sq - q0, p.H, h, threadIdx.x);
+    }
     const int a = threadIdx.x >> 6, r = threadIdx.x & 63, i = q0 + r;
     const bool ok = i < p.Sq;
     const int ic = ok ? i : 0;
@@ -160,8 +188,9 @@ __device__ __forceinline__ void run(const BwdParams& p, const DqMap& dqMap) {
   constexpr int KEYS = D == 128 ? BK : 64;  // dQ: D=128, warpgroup w takes columns 64w.. over all 128 keys; D=64, its own keys
   const int keyLo = D == 128 ? 0 : wg * 64, colPanel = D == 128 ? wg : 0;
 
-  for (int st = 0; qt >= 0; st = st == STAGES - 1 ? 0 : st + 1) {
+  for (int st = 0, it = 0; qt >= 0; st = st == STAGES - 1 ? 0 : st + 1, it++) {
     cpAsyncWait<STAGES - 2>();  // this tile's copies (and K/V) have landed; the next tile's may be in flight
+    if (TMA) mbarSpin(bar(st), (it / STAGES) & 1);  // (a stuck TMA ends at the host's bounded wait)
     fenceAsyncShared();
     __syncthreads();   // ... for every thread; and every warp is done with the last tile's stage and dS^T
     // The pair after next, loaded into the last tile's stage while this one is computed.
@@ -288,8 +317,8 @@ __device__ __forceinline__ void run(const BwdParams& p, const DqMap& dqMap) {
     fenceAsyncShared();
     __syncwarp();
     if (lane == 0) {
-      tmaReduceAdd3d(dqMap.map, stg, colPanel * 64, h, q0 + warp * 16);
-      tmaReduceAdd3d(dqMap.map, stg + 2048, colPanel * 64 + 32, h, q0 + warp * 16);
+      tmaReduceAdd3d(maps.dq, stg, colPanel * 64, h, q0 + warp * 16);
+      tmaReduceAdd3d(maps.dq, stg + 2048, colPanel * 64 + 32, h, q0 + warp * 16);
       bulkCommit();
     }
     hi = h1;
@@ -331,12 +360,16 @@ __device__ __forceinline__ void run(const BwdParams& p, const DqMap& dqMap) {
 }
 }  // namespace bwdh
 
-#define BWDH_ENTRY(name, T, D) \
-  extern "C" __global__ void __launch_bounds__(bwdh::THREADS, 1) name(const BwdParams p, const __grid_constant__ bwdh::DqMap dqMap) { \
-    bwdh::run<T, D>(p, dqMap);                                                                                                        \
+#define BWDH_ENTRY(name, T, D, TMA)                                                                                   \
+  extern "C" __global__ void __launch_bounds__(bwdh::THREADS, 1) name(const BwdParams p, const __grid_constant__ bwdh::BwdMaps maps) { \
+    bwdh::run<T, D, TMA>(p, maps);                                                                                              \
   }
-BWDH_ENTRY(attn_bwd_h_bf16_d64, Bf16, 64)
-BWDH_ENTRY(attn_bwd_h_bf16_d128, Bf16, 128)
-BWDH_ENTRY(attn_bwd_h_f16_d64, F16, 64)
-BWDH_ENTRY(attn_bwd_h_f16_d128, F16, 128)
+BWDH_ENTRY(attn_bwd_h_bf16_d64, Bf16, 64, false)
+BWDH_ENTRY(attn_bwd_h_bf16_d128, Bf16, 128, false)
+BWDH_ENTRY(attn_bwd_h_f16_d64, F16, 64, false)
+BWDH_ENTRY(attn_bwd_h_f16_d128, F16, 128, false)
+BWDH_ENTRY(attn_bwd_ht_bf16_d64, Bf16, 64, true)
+BWDH_ENTRY(attn_bwd_ht_bf16_d128, Bf16, 128, true)
+BWDH_ENTRY(attn_bwd_ht_f16_d64, F16, 64, true)
+BWDH_ENTRY(attn_bwd_ht_f16_d128, F16, 128, true)
 #endif  // sm_90a

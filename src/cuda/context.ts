@@ -5,6 +5,7 @@ import { BackendError } from '../core/errors.js';
 import { CU_DEVICE_ATTRIBUTE, CU_EVENT_DEFAULT, CU_FUNC_ATTRIBUTE, loadDriver, type DriverApi, type Handle } from './bindings/driver.js';
 import { check, driverDescribe, type Describe } from './check.js';
 import { archFor, compileCuda, entrySource, type Source } from './compile.js';
+import type { NvrtcApi } from './bindings/nvrtc.js';
 
 /**
  * One GPU: the driver, its primary context, a compute stream, and the kernel modules compiled
@@ -60,6 +61,8 @@ export class CudaContext {
   readonly maxSharedOptin: number;
   readonly stream: Handle;
   private readonly modules = new Map<string, Handle>();
+  /** NVRTC to compile with (tests pass a fake one); the system's library when unset. */
+  private nvrtc?: NvrtcApi;
   private readonly functions = new Map<string, { fn: Handle; smem: number }>();
   /** NVRTC logs of the modules compiled in this process (ptxas register reports). */
   readonly compileLogs = new Map<string, string>();
@@ -85,7 +88,7 @@ export class CudaContext {
   }
 
   /** Open GPU `ordinal` (its primary context, made current on this thread). */
-  static open(ordinal = 0, driver?: DriverApi): CudaContext {
+  static open(ordinal = 0, driver?: DriverApi, nvrtc?: NvrtcApi): CudaContext {
     const loaded = driver ?? loadDriver();
     if ('error' in loaded) throw new BackendError(loaded.error);
     const drv = loaded;
@@ -96,7 +99,9 @@ export class CudaContext {
     const ctx: [Handle] = [null];
     check('cuDevicePrimaryCtxRetain', drv.cuDevicePrimaryCtxRetain(ctx, dev[0]), describe);
     check('cuCtxSetCurrent', drv.cuCtxSetCurrent(ctx[0]), describe);
-    return new CudaContext(drv, dev[0], ctx[0]);
+    const c = new CudaContext(drv, dev[0], ctx[0]);
+    c.nvrtc = nvrtc;
+    return c;
   }
 
   check(call: string, rc: number): void {
@@ -171,7 +176,7 @@ export class CudaContext {
     let mod = this.modules.get(key);
     if (mod) return mod;
     const headers = [...src.text.matchAll(/#include\s+"([^"]+)"/g)].map((m) => read(m[1]));
-    const compiled = compileCuda(one === null ? src : { name: file, text: one }, headers, this.arch);  // the cache key hashes the text
+    const compiled = compileCuda(one === null ? src : { name: file, text: one }, headers, this.arch, [], this.nvrtc);  // the cache key hashes the text
     if (compiled.log) this.compileLogs.set(key, compiled.log);
     const out: [Handle] = [null];
     this.check(`cuModuleLoadData(${key}, ${this.arch})`, this.drv.cuModuleLoadData(out, compiled.cubin));

@@ -3,6 +3,10 @@ import assert from 'node:assert/strict';
 import { CudaContext, argBuffers, packStruct } from '../../src/cuda/context.js';
 import { BackendError } from '../../src/core/errors.js';
 import { fakeCuda } from '../mock/fakeCuda.js';
+import type { NvrtcApi } from '../../src/cuda/bindings/nvrtc.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 test('context over the fake driver: alloc, upload, fill, download, free', () => {
   const drv = fakeCuda({ name: 'Fake H100' });
@@ -39,4 +43,42 @@ test('packStruct lays out a C struct: pointers 8-aligned, 4-byte fields packed, 
   assert.equal(mixed.length, 16);
   assert.equal(mixed.readBigUInt64LE(8), 2n);
   assert.deepEqual(argBuffers([{ ptr: 5 }, { i32: 3 }]).map((x) => x.length), [8, 4]);
+});
+
+test('context.fn compiles an entry-macro kernel alone (one module per kernel, each NVRTC program holding that entry only) and other files whole, once each', () => {
+  const programs: { name: string; src: string }[] = [];
+  const nvrtc = {
+    path: 'fake',
+    nvrtcVersion: (major: [number], minor: [number]) => ((major[0] = 13), (minor[0] = 0), 0),
+    nvrtcCreateProgram: (out: [unknown], src: string, name: string) => ((out[0] = programs.push({ name, src })), 0),
+    nvrtcCompileProgram: () => 0,
+    nvrtcGetProgramLogSize: (_p: unknown, out: [number]) => ((out[0] = 1), 0),
+    nvrtcGetProgramLog: () => 0,
+    nvrtcGetCUBINSize: (_p: unknown, out: [number]) => ((out[0] = 16), 0),
+    nvrtcGetCUBIN: () => 0,
+    nvrtcDestroyProgram: () => 0,
+    nvrtcGetErrorString: () => 'fake',
+  } as unknown as NvrtcApi;
+  const dir = mkdtempSync(join(tmpdir(), 'ra-nvrtc-'));
+  const saved = process.env.RINGATTN_CACHE;
+  process.env.RINGATTN_CACHE = dir;
+  try {
+    const ctx = CudaContext.open(0, fakeCuda({ name: 'Fake H100' }), nvrtc);
+    const entries = (src: string) => src.split('\n').filter((l) => /^[A-Z][A-Z0-9_]*ENTRY[A-Z0-9_]*\(/.test(l)).map((l) => /\(\s*(\w+)/.exec(l)![1]);
+    ctx.fn('attn_fwd_h.cu', 'attn_fwd_ht_bf16_d128');
+    ctx.fn('attn_fwd_h.cu', 'attn_fwd_ht_bf16_d128', 200_000);
+    ctx.fn('attn_fwd_h.cu', 'attn_fwd_hq_f16_d64');
+    ctx.fn('attn_fwd.cu', 'attn_fwd_mma_bf16_d64');
+    ctx.fn('attn_fwd.cu', 'attn_fwd_generic_f32');
+    assert.equal(programs.length, 3, programs.map((p) => p.name).join(', '));
+    assert.deepEqual(entries(programs[0].src), ['attn_fwd_ht_bf16_d128']);
+    assert.deepEqual(entries(programs[1].src), ['attn_fwd_hq_f16_d64']);
+    assert.match(programs[2].src, /attn_fwd_mma_bf16_d64[\s\S]*attn_fwd_generic_f32/, 'a file without entry macros is one program');
+    assert.deepEqual(programs.map((p) => p.name), ['attn_fwd_h.cu', 'attn_fwd_h.cu', 'attn_fwd.cu']);
+    ctx.dispose();
+  } finally {
+    if (saved === undefined) delete process.env.RINGATTN_CACHE;
+    else process.env.RINGATTN_CACHE = saved;
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -176,6 +176,12 @@ test('attentionCuda 16-bit backward with RINGATTN_WGMMA_BWD=2 (wgmma, TMA loads,
     await checkCase('float16', 128, 4, 2, 333, { name: 'causal window 70', mask: { causal: true, window: 70 } }, seed + 1);
     await withEnv({ RINGATTN_BWD_SPLIT: '2' }, () => checkCase('bfloat16', 128, 8, 2, 333, { name: 'causal, split 2', mask: { causal: true } }, seed + 2));
     await checkCase('bfloat16', 64, 2, 1, 4200, { name: 'causal, 66 query tiles', mask: { causal: true } }, seed + 5);
+    // One and two query tiles a head over a group of 4: the three stages and their phases cycle
+    // across head boundaries.
+    await withEnv({ RINGATTN_BWD_SPLIT: '1' }, async () => {
+      await checkCase('bfloat16', 128, 4, 1, 50, { name: 'one query tile a head', mask: { causal: true } }, seed + 6);
+      await checkCase('float16', 64, 4, 1, 100, { name: 'two query tiles a head', mask: {} }, seed + 7);
+    });
   });
 });
 

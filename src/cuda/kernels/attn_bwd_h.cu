@@ -190,7 +190,7 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
 
   for (int st = 0, it = 0; qt >= 0; st = st == STAGES - 1 ? 0 : st + 1, it++) {
     cpAsyncWait<STAGES - 2>();  // this tile's copies (and K/V) have landed; the next tile's may be in flight
-    if (TMA) mbarSpin(bar(st), (it / STAGES) & 1);  // (a stuck TMA ends at the host's bounded wait)
+    if (TMA) mbarWait(bar(st), (it / STAGES) & 1);  // no accumulators in flight here: the wait may trap after 4 s
     fenceAsyncShared();
     __syncthreads();   // ... for every thread; and every warp is done with the last tile's stage and dS^T
     // The pair after next, loaded into the last tile's stage while this one is computed.

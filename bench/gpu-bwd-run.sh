@@ -6,11 +6,7 @@
 # Each step is time-limited. Carry .devkit, .devrun and dist. Results in $OUT.
 #   bash bench/gpu-bwd-run.sh [reps=3]
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-[ -e node_modules ] || ln -s .devrun/node_modules node_modules
-export RINGATTN_CACHE=${RINGATTN_CACHE:-/tmp/ringattn-cache} RINGATTN_GPU_TIMEOUT=${RINGATTN_GPU_TIMEOUT:-90} PYTHONUNBUFFERED=1
-N="bash .devkit/env.sh node"
+source bench/device-env.sh
 reps=${1:-3}
 log="$OUT/bwd.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$log"

@@ -8,11 +8,8 @@
 # 1M x 1 (SKIP_TESTS, SKIP_DECODE, SKIP_TORCH leave parts out). Every step has a hard time limit. Carry .devkit, .devrun and dist. Results in $OUT
 # (logs, and prof.tar.gz with the reports).   bash bench/gpu-fwd-profile.sh [reps=5]
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT" /tmp/prof
-[ -e node_modules ] || ln -s .devrun/node_modules node_modules
-export RINGATTN_CACHE=${RINGATTN_CACHE:-/tmp/ringattn-cache} RINGATTN_GPU_TIMEOUT=${RINGATTN_GPU_TIMEOUT:-90} PYTHONUNBUFFERED=1
-N="bash .devkit/env.sh node"
+source bench/device-env.sh
+mkdir -p /tmp/prof
 reps=${1:-5}
 log="$OUT/fwd.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$log"

@@ -1,0 +1,8 @@
+# Sourced by the device run scripts (bench/gpu-*-run.sh, gpu-fwd-profile.sh) from the project
+# root: $OUT (results), the node_modules link to the carried .devrun, the kernel cache and GPU-wait
+# settings, and $N, node through the carried .devkit.
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+[ -e node_modules ] || ln -s .devrun/node_modules node_modules
+export RINGATTN_CACHE=${RINGATTN_CACHE:-/tmp/ringattn-cache} RINGATTN_GPU_TIMEOUT=${RINGATTN_GPU_TIMEOUT:-90} PYTHONUNBUFFERED=1
+N="bash .devkit/env.sh node"

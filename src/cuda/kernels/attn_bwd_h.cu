@@ -52,10 +52,6 @@ template <int D> struct Cfg {
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
 
-// 4-byte global -> shared copy, zero-filled when !ok (g must still be a valid address).
-__device__ __forceinline__ void cpAsync4(u32 s, const void* g, bool ok) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(s), "l"(g), "r"(ok ? 4 : 0) : "memory");
-}
 // TMA: Q and dO tiles come by TMA from one thread, completing the stage's mbarrier (attn_bwd_ht_*,
 // opt-in, RINGATTN_WGMMA_BWD=2); otherwise by 16-byte cp.async from every thread (attn_bwd_h_*).
 template <typename T, int D, bool TMA>

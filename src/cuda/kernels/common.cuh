@@ -188,6 +188,12 @@ template <> __device__ __forceinline__ void mma16816<F16>(float c[4], const u32 
 __device__ __forceinline__ void cpAsync16(void* s, const void* g, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smemAddr(s)), "l"(g), "r"(valid ? 16 : 0));
 }
+// 4-byte global -> shared copy (positions, segment ids, row statistics) to a shared-memory address
+// or pointer; `valid` false zero-fills (g must still be a valid address).
+__device__ __forceinline__ void cpAsync4(u32 s, const void* g, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(s), "l"(g), "r"(valid ? 4 : 0) : "memory");
+}
+__device__ __forceinline__ void cpAsync4(void* s, const void* g, bool valid) { cpAsync4(smemAddr(s), g, valid); }
 __device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cpAsyncWait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 

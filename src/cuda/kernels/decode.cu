@@ -208,11 +208,6 @@ __device__ __forceinline__ void locate(const DecodeParams& p, int b, int s, int 
   }
 }
 
-// 4-byte copy (positions, segment ids); `valid` false zero-fills.
-__device__ __forceinline__ void cpAsync4(void* sm, const void* g, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smemAddr(sm)), "l"(g), "r"(valid ? 4 : 0));
-}
-
 // Before the search (early: no window, so every row is a candidate): the sequence's rows as one
 // slice with the identity row map, whether it needs masking at all, and this split's tiles; with
 // a window the tiles come from dec::locate. Returns `early`.

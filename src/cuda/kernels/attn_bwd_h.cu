@@ -99,13 +99,13 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
     cpAsync4(smemAddr(sKSeg + r), (m.hasSeg ? p.kSeg : p.kPos) + (j < p.Sk ? j : 0), j < p.Sk && m.hasSeg);
   }
   cpAsyncCommit();
+  if (TMA && threadIdx.x == 0) {  // the stages' barriers, ready after the __syncthreads below
+    for (int st = 0; st < STAGES; st++) mbarInit(bar(st), 1);
+    fenceMbarInit();
+  }
   // Every query tile's class against this key tile, as two bits per tile (visible, partial), so
   // the loop below finds the next visible tile in shared memory (a class read from global memory
   // at each step stalled every warp: kernels/NOTES.md run 13).
-  if (TMA && threadIdx.x == 0) {
-    for (int st = 0; st < STAGES; st++) mbarInit(bar(st), 1);
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");  // TMA completes them through the async proxy
-  }
   {
     const int4 kBox = p.kTiles[kt];
     for (int w = warpId; w < nw; w += THREADS / 32) {

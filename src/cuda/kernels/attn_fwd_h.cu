@@ -97,8 +97,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       mbarInit(empty(s), CONSUMERS);  // every consumer thread
     }
     mbarInit(qBar, ARRIVALS);
-    // TMA completes the barriers through the async proxy: make their initialisation visible to it.
-    if (TMA) asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    if (TMA) fenceMbarInit();
   }
   __syncthreads();
 

@@ -45,6 +45,9 @@ __device__ __forceinline__ void cpAsyncArrive(u32 bar) { asm volatile("cp.async.
 // cp.async wrote through the generic proxy; wgmma reads through the async proxy.
 __device__ __forceinline__ void fenceAsyncShared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 
+// After mbarInit of barriers that TMA will complete (through the async proxy): makes the
+// initialisation visible to it.
+__device__ __forceinline__ void fenceMbarInit() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
 // Arrives on `bar` and adds `bytes` to the transaction count its phase waits for (TMA copies).
 __device__ __forceinline__ void mbarExpectTx(u32 bar, u32 bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");

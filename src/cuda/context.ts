@@ -61,6 +61,7 @@ export class CudaContext {
   readonly maxSharedOptin: number;
   readonly stream: Handle;
   private readonly modules = new Map<string, Handle>();
+  private readonly sources = new Map<string, string>();
   /** NVRTC to compile with (tests pass a fake one); the system's library when unset. */
   private nvrtc?: NvrtcApi;
   private readonly functions = new Map<string, { fn: Handle; smem: number }>();
@@ -168,21 +169,29 @@ export class CudaContext {
    * so a process compiles only the kernels it launches; other files are compiled whole.
    */
   private module(file: string, name: string): Handle {
-    const dir = kernelsDir();
-    const read = (n: string): Source => ({ name: n, text: readFileSync(join(dir, n), 'utf8') });
-    const src = read(file);
-    const one = entrySource(src.text, name);
+    const text = this.source(file);
+    const one = entrySource(text, name);
     const key = one === null ? file : `${file}#${name}`;
     let mod = this.modules.get(key);
     if (mod) return mod;
-    const headers = [...src.text.matchAll(/#include\s+"([^"]+)"/g)].map((m) => read(m[1]));
-    const compiled = compileCuda(one === null ? src : { name: file, text: one }, headers, this.arch, [], this.nvrtc);  // the cache key hashes the text
+    const headers: Source[] = [...text.matchAll(/#include\s+"([^"]+)"/g)].map((m) => ({ name: m[1], text: this.source(m[1]) }));
+    const compiled = compileCuda({ name: file, text: one ?? text }, headers, this.arch, [], this.nvrtc);  // the cache key hashes the text
     if (compiled.log) this.compileLogs.set(key, compiled.log);
     const out: [Handle] = [null];
     this.check(`cuModuleLoadData(${key}, ${this.arch})`, this.drv.cuModuleLoadData(out, compiled.cubin));
     mod = out[0];
     this.modules.set(key, mod);
     return mod;
+  }
+
+  /** A kernel source file's text, read once per context (every kernel of a file looks it up). */
+  private source(file: string): string {
+    let text = this.sources.get(file);
+    if (text === undefined) {
+      text = readFileSync(join(kernelsDir(), file), 'utf8');
+      this.sources.set(file, text);
+    }
+    return text;
   }
 
   launch(fn: Handle, name: string, grid: [number, number, number], block: number, smem: number, params: Buffer[]): void {

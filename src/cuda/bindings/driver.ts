@@ -59,7 +59,8 @@ export interface DriverApi {
   cuEventElapsedTime(out: Out<number>, start: Handle, end: Handle): number;
   /**
    * Writes a 128-byte TMA descriptor into `map` (64-byte aligned). Optional: test fakes and
-   * drivers before CUDA 12 lack it (the attention forward then copies with cp.async).
+   * drivers before CUDA 12 lack it (the attention forward then copies with cp.async, and the
+   * backward runs the mma.sync kernel).
    */
   cuTensorMapEncodeTiled?(
     map: Buffer, dtype: number, rank: number, address: number, dims: Buffer, strides: Buffer,

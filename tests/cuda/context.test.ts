@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { CudaContext, argBuffers, packStruct } from '../../src/cuda/context.js';
 import { BackendError } from '../../src/core/errors.js';
 import { fakeCuda } from '../mock/fakeCuda.js';
+import { withEnv } from '../helpers/check.js';
 import type { NvrtcApi } from '../../src/cuda/bindings/nvrtc.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -60,25 +61,23 @@ test('context.fn compiles an entry-macro kernel alone (one module per kernel, ea
     nvrtcGetErrorString: () => 'fake',
   } as unknown as NvrtcApi;
   const dir = mkdtempSync(join(tmpdir(), 'ra-nvrtc-'));
-  const saved = process.env.RINGATTN_CACHE;
-  process.env.RINGATTN_CACHE = dir;
   try {
-    const ctx = CudaContext.open(0, fakeCuda({ name: 'Fake H100' }), nvrtc);
-    const entries = (src: string) => src.split('\n').filter((l) => /^[A-Z][A-Z0-9_]*ENTRY[A-Z0-9_]*\(/.test(l)).map((l) => /\(\s*(\w+)/.exec(l)![1]);
-    ctx.fn('attn_fwd_h.cu', 'attn_fwd_ht_bf16_d128');
-    ctx.fn('attn_fwd_h.cu', 'attn_fwd_ht_bf16_d128', 200_000);
-    ctx.fn('attn_fwd_h.cu', 'attn_fwd_hq_f16_d64');
-    ctx.fn('attn_fwd.cu', 'attn_fwd_mma_bf16_d64');
-    ctx.fn('attn_fwd.cu', 'attn_fwd_generic_f32');
-    assert.equal(programs.length, 3, programs.map((p) => p.name).join(', '));
-    assert.deepEqual(entries(programs[0].src), ['attn_fwd_ht_bf16_d128']);
-    assert.deepEqual(entries(programs[1].src), ['attn_fwd_hq_f16_d64']);
-    assert.match(programs[2].src, /attn_fwd_mma_bf16_d64[\s\S]*attn_fwd_generic_f32/, 'a file without entry macros is one program');
-    assert.deepEqual(programs.map((p) => p.name), ['attn_fwd_h.cu', 'attn_fwd_h.cu', 'attn_fwd.cu']);
-    ctx.dispose();
+    withEnv({ RINGATTN_CACHE: dir }, () => {
+      const ctx = CudaContext.open(0, fakeCuda({ name: 'Fake H100' }), nvrtc);
+      const entries = (src: string) => src.split('\n').filter((l) => /^[A-Z][A-Z0-9_]*ENTRY[A-Z0-9_]*\(/.test(l)).map((l) => /\(\s*(\w+)/.exec(l)![1]);
+      ctx.fn('attn_fwd_h.cu', 'attn_fwd_ht_bf16_d128');
+      ctx.fn('attn_fwd_h.cu', 'attn_fwd_ht_bf16_d128', 200_000);
+      ctx.fn('attn_fwd_h.cu', 'attn_fwd_hq_f16_d64');
+      ctx.fn('attn_fwd.cu', 'attn_fwd_mma_bf16_d64');
+      ctx.fn('attn_fwd.cu', 'attn_fwd_generic_f32');
+      assert.equal(programs.length, 3, programs.map((p) => p.name).join(', '));
+      assert.deepEqual(entries(programs[0].src), ['attn_fwd_ht_bf16_d128']);
+      assert.deepEqual(entries(programs[1].src), ['attn_fwd_hq_f16_d64']);
+      assert.match(programs[2].src, /attn_fwd_mma_bf16_d64[\s\S]*attn_fwd_generic_f32/, 'a file without entry macros is one program');
+      assert.deepEqual(programs.map((p) => p.name), ['attn_fwd_h.cu', 'attn_fwd_h.cu', 'attn_fwd.cu']);
+      ctx.dispose();
+    });
   } finally {
-    if (saved === undefined) delete process.env.RINGATTN_CACHE;
-    else process.env.RINGATTN_CACHE = saved;
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -520,9 +520,9 @@ export class DecodeCombiner {
   /**
    * Every rank holds the partial (o [rows, D], lse [rows]) fp32 of the same query rows over its
    * own shard of the cache; afterwards every rank holds the merged result, identical bits on
-   * every rank. One all-gather of O and LSE packed into one buffer, then decode_merge_ranks.
-   * The host waits for the collective (CudaGroup.allGatherDevice); the merge kernel is enqueued
-   * on the compute stream, so later work there sees the merged (o, lse).
+   * every rank. The copies into one packed buffer, one all-gather of it and decode_merge_ranks
+   * all run on the compute stream behind the decode that made (o, lse); the host then waits
+   * once, polling for a failed rank (CudaGroup.syncStream), so a step costs one host round trip.
    */
   combine(o: number, lse: number, rows: number, D: number): void {
     const g = this.group;
@@ -547,8 +547,9 @@ export class DecodeCombiner {
       ctx.check('cuMemcpyDtoDAsync_v2', ctx.drv.cuMemcpyDtoDAsync_v2(dst, src, bytes, ctx.stream));
     copy(send, o, rows * D * 4);
     copy(send + rows * D * 4, lse, rows * 4);
-    g.allGatherDevice(send, recv, per);
+    g.allGatherOnStream(send, recv, per);
     mergeGatheredDevice(ctx, recv, g.world, rows, D, o, lse);
+    g.syncStream();
   }
 
   dispose(): void {

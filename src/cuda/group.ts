@@ -98,16 +98,17 @@ export class CudaGroup {
   }
 
   private waitUntil(what: string, query: () => number): void {
-    const t0 = Date.now();
-    let spins = 0;
+    const t0 = performance.now();
     for (;;) {
       const rc = query();
       if (rc === 0) return;
       if (rc !== CUDA_ERROR_NOT_READY) this.ctx.check(what, rc);
       this.poll();
-      if (Date.now() - t0 > this.waitTimeoutMs) throw new RankError(this.rank, `${what}: still waiting after ${this.waitTimeoutMs} ms (set RINGATTN_GPU_TIMEOUT, seconds, to wait longer)`);
-      // Spin briefly (a step is often milliseconds), then sleep in small slices.
-      if (++spins > 200) Atomics.wait(this.sleeper, 0, 0, 0.2);
+      const waited = performance.now() - t0;
+      if (waited > this.waitTimeoutMs) throw new RankError(this.rank, `${what}: still waiting after ${this.waitTimeoutMs} ms (set RINGATTN_GPU_TIMEOUT, seconds, to wait longer)`);
+      // Spin for the first 5 ms (a decode step or a ring step ends within it, and a sleep would
+      // add its own granularity to the step), then sleep in small slices.
+      if (waited > 5) Atomics.wait(this.sleeper, 0, 0, 0.1);
     }
   }
 
@@ -157,6 +158,15 @@ export class CudaGroup {
     this.syncStream();
     this.ncclCheck('ncclAllGather', this.nccl.ncclAllGather(send, recv, count, NCCL_DTYPE[dtype], this.ncclComm, this.comm));
     this.syncStream(this.comm);
+  }
+
+  /**
+   * NCCL all-gather enqueued on the compute stream behind its work so far, with no host wait:
+   * work enqueued after it sees `recv` filled. The caller ends with syncStream(), which polls for
+   * a failed rank (a bare stream synchronize would wait forever on a dead peer's collective).
+   */
+  allGatherOnStream(send: number, recv: number, count: number, dtype: keyof typeof NCCL_DTYPE = 'float32'): void {
+    this.ncclCheck('ncclAllGather', this.nccl.ncclAllGather(send, recv, count, NCCL_DTYPE[dtype], this.ncclComm, this.ctx.stream));
   }
 
   /** NCCL all-reduce (sum) of device memory, in place when send === recv; returns when done. */

@@ -53,16 +53,15 @@ export function wgmmaForward(tag: KernelTag, computeCapability: readonly [number
 
 /**
  * Which Hopper warpgroup-MMA backward (kernels/attn_bwd_h.cu) a tensor-core tag runs, or null for
- * attn_bwd.cu's mma.sync kernel: on sm_90a 'h' by default (Q/dO by cp.async from every thread;
- * about 3x mma.sync: kernels/NOTES.md runs 13-17); RINGATTN_WGMMA_BWD=2 selects 'ht' (Q/dO by TMA
- * from one thread: written and compiled, not yet run on a GPU, so opt-in); =0 (or
- * RINGATTN_NO_WGMMA=1) selects mma.sync.
+ * attn_bwd.cu's mma.sync kernel: on sm_90a 'ht' by default (Q/dO by TMA from one thread; 5-9%
+ * faster than 'h': kernels/NOTES.md run 19); RINGATTN_WGMMA_BWD=1 selects 'h' (Q/dO by cp.async
+ * from every thread); =0 (or RINGATTN_NO_WGMMA=1) selects mma.sync.
  */
 export function wgmmaBackward(tag: KernelTag, computeCapability: readonly [number, number]): 'h' | 'ht' | null {
   const v = process.env.RINGATTN_WGMMA_BWD;
   if (v !== undefined && v !== '' && v !== '0' && v !== '1' && v !== '2') throw new InputError('RINGATTN_WGMMA_BWD', `expected 0 (mma.sync), 1 (h) or 2 (ht), got '${v}'`);
   if (tag === 'generic' || computeCapability[0] !== 9 || computeCapability[1] !== 0 || v === '0' || process.env.RINGATTN_NO_WGMMA === '1') return null;
-  return v === '2' ? 'ht' : 'h';
+  return v === '1' ? 'h' : 'ht';
 }
 
 /**

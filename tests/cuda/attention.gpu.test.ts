@@ -167,7 +167,7 @@ test('attentionCuda 16-bit backward with RINGATTN_WGMMA_BWD=1 (wgmma on Hopper):
   });
 });
 
-// The TMA-load variant (attn_bwd_ht_*, opt-in with RINGATTN_WGMMA_BWD=2): the same contract, the
+// The TMA-load variant (attn_bwd_ht_*, the default on Hopper; RINGATTN_WGMMA_BWD=2 names it): the same contract, the
 // Q/dO tiles by TMA onto mbarriers (rows past Sq zero-filled by the hardware).
 test('attentionCuda 16-bit backward with RINGATTN_WGMMA_BWD=2 (wgmma, TMA loads, on Hopper): every mask, GQA, ragged S, split, many query tiles, vs float64', { skip }, async () => {
   const seed = freshSeed();

@@ -135,9 +135,10 @@ test('bwdTensorMaps: dq [Sq, H, D] fp32 (box 32 x 1 x 16) for the backward\'s TM
   assert.equal(bwdTensorMaps({ drv: {}, check: () => {} } as unknown as CudaContext, a), null);
 });
 
-test('wgmmaBackward: h by default on sm_90 for tensor-core tags, ht with RINGATTN_WGMMA_BWD=2, mma.sync with =0; unknown values rejected', () => {
+test('wgmmaBackward: ht by default on sm_90 for tensor-core tags, h with RINGATTN_WGMMA_BWD=1, mma.sync with =0; unknown values rejected', () => {
   const env = (v: string | undefined, no?: string) => ({ RINGATTN_WGMMA_BWD: v, RINGATTN_NO_WGMMA: no });
-  withEnv(env(undefined), () => assert.equal(wgmmaBackward('mma16-d128', [9, 0]), 'h', 'the default on Hopper'));
+  withEnv(env(undefined), () => assert.equal(wgmmaBackward('mma16-d128', [9, 0]), 'ht', 'the default on Hopper'));
+  withEnv(env(''), () => assert.equal(wgmmaBackward('mma16-d64', [9, 0]), 'ht', 'empty is the default'));
   withEnv(env('0'), () => assert.equal(wgmmaBackward('mma16-d128', [9, 0]), null));
   withEnv(env(undefined), () => assert.equal(wgmmaBackward('mma16-d64', [8, 9]), null, 'sm_90a only'));
   withEnv(env('2'), () => assert.equal(wgmmaBackward('mma16-d64', [9, 0]), 'ht'));

@@ -9,8 +9,11 @@ Time per step: median over `reps` blocks of back-to-back calls, CUDA events, aft
 Bandwidth counts the Hk-head cache bytes (what a GQA-aware kernel must read).
 One "JSON {...}" line per row (bench/gpu-decode.ts --torch=<file> reads them).
 Usage: python3 bench/peers/torch_decode.py [reps=30] [contexts=32768,131072,1048576] [batches=1,8]
+With DECODE_PROFILE=<backend> (flash or cudnn), each shape runs that backend once more, after its
+timing, between cudaProfilerStart/Stop (for `ncu --profile-from-start off`).
 """
 import json
+import os
 import sys
 
 import torch
@@ -21,6 +24,7 @@ H, HK, D = 32, 8, 128
 reps = int(sys.argv[1]) if len(sys.argv) > 1 else 30
 contexts = [int(s) for s in (sys.argv[2] if len(sys.argv) > 2 else "32768,131072,1048576").split(",")]
 batches = [int(s) for s in (sys.argv[3] if len(sys.argv) > 3 else "1,8").split(",")]
+profile = os.environ.get("DECODE_PROFILE", "")
 
 
 def timed(fn):
@@ -80,6 +84,12 @@ for n in contexts:
                         ms = timed(lambda: F.scaled_dot_product_attention(q, ke, ve))
                         row["gqa"] = "expanded to H heads (4x bytes)"
                         del ke, ve
+                if profile == name and row["gqa"] == "enable_gqa":
+                    torch.cuda.synchronize()
+                    torch.cuda.profiler.start()
+                    F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+                    torch.cuda.synchronize()
+                    torch.cuda.profiler.stop()
                 row.update(ms=ms, tbs=kv_bytes / (ms * 1e-3) / 1e12)
                 print(f"{name:8} {n:<8} {B:<6} {ms:8.4f}  {row['tbs']:5.2f}  {row['gqa']}")
             except RuntimeError as e:

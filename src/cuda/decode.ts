@@ -153,17 +153,6 @@ export interface DecodePlan {
 
 type Path = { kind: 'mma'; mt: number } | { kind: 'generic' };
 
-/**
- * Whether the tensor-core decode loads K/V rows by bulk copy (cp.async.bulk onto mbarriers, one
- * instruction a row) instead of 16-byte cp.async from every lane: sm_90a only, opt-in with
- * RINGATTN_DECODE_BULK=1 until measured (kernels/NOTES.md run 21).
- */
-export function decodeBulk(cc: readonly [number, number]): boolean {
-  const v = process.env.RINGATTN_DECODE_BULK;
-  if (v !== undefined && v !== '' && v !== '0' && v !== '1') throw new InputError('RINGATTN_DECODE_BULK', `expected 0 or 1, got '${v}'`);
-  return cc[0] === 9 && cc[1] === 0 && v === '1';
-}
-
 /** Why (dtype, D) has no decode kernel, or null. */
 export function decodeSupported(dtype: CudaDType, D: number): string | null {
   if (!['bfloat16', 'float16', 'float32'].includes(dtype)) return `dtype: expected bfloat16, float16 or float32, got ${dtype}`;
@@ -342,7 +331,6 @@ export class CudaDecode {
     const ws = this.workspace(wsBytes);
     const gen = this.generation;
     const scaleLog2 = c.scale * Math.LOG2E;
-    const bulk = path.kind === 'mma' && decodeBulk(this.ctx.computeCapability);
     const launches: { params: Buffer; chunks: number; rows: number }[] = [];
     let off = 0;
     for (const g of groups) {
@@ -367,13 +355,12 @@ export class CudaDecode {
         ...pad(seqs.map((x) => (x.sorted === false ? 0 : 1)), 0).map((i) => ({ i32: i })),
         { i32: nb }, { i32: Sq }, { i32: H }, { i32: Hk }, { i32: D },
         { i32: a.causal ? 1 : 0 }, { i32: c.window }, { i32: c.sinks }, { i32: R }, { f32: scaleLog2 },
-        { i32: bulk ? 1 : 0 },
       ];
       launches.push({ params: packStruct(fields), chunks: g.chunks, rows: nb * Sq * H });
     }
     const ctx = this.ctx;
     const info: DecodePlanInfo = {
-      kernel: this.kernelName(dtype, D, Sq, G) + (bulk ? '+bulk' : ''), chunks: allChunks, ctas: allChunks * Hk * zGroups, chunkRows, launches: groups.length, ctasPerSm: perSm,
+      kernel: this.kernelName(dtype, D, Sq, G), chunks: allChunks, ctas: allChunks * Hk * zGroups, chunkRows, launches: groups.length, ctasPerSm: perSm,
     };
     return {
       info,

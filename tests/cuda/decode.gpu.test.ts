@@ -8,7 +8,7 @@ import type { CudaDType } from '../../src/cuda/convert.js';
 import { CudaDecode, decodeAttentionCuda, mergeGatheredDevice } from '../../src/cuda/decode.js';
 import { launch } from '../../src/cuda/launch.js';
 import { loadNccl } from '../../src/cuda/bindings/nccl.js';
-import { assertClose, freshSeed, rng, withEnv } from '../helpers/check.js';
+import { assertClose, freshSeed, rng } from '../helpers/check.js';
 import { refDecode } from '../ref/decode64.js';
 import { makeProblem, running, type Mask, type Problem, type QueryPlace } from './decode-problems.js';
 
@@ -84,38 +84,6 @@ for (const dtype of ['bfloat16', 'float16', 'float32'] as const) {
     });
   }
 }
-
-// The bulk-copy loads of the tensor-core path (sm_90a, RINGATTN_DECODE_BULK=1): the same contract.
-// Every mask with GQA up to 8:1 and Sq up to 16 (m1 to m8 tiles: 128 and 256 threads), rows past
-// the visible end zero-filled by the threads, unsorted caches, and a long cache of many chunks.
-test('decode with bulk-copy K/V loads (RINGATTN_DECODE_BULK=1, sm_90a): every mask x GQA x Sq 1, 4, 16; unsorted; long caches vs float64', { skip }, (t) => {
-  const cc = context().computeCapability;
-  if (cc[0] !== 9 || cc[1] !== 0) {
-    t.skip(`bulk loads are sm_90a only (this GPU is sm_${cc[0]}${cc[1]})`);
-    return;
-  }
-  withEnv({ RINGATTN_DECODE_BULK: '1' }, () => {
-    const seed = freshSeed();
-    const r = rng(seed);
-    let n = 0;
-    for (const dtype of ['bfloat16', 'float16'] as const) {
-      for (const D of [64, 128]) {
-        for (const m of MASKS) {
-          for (const [H, Hk, Sq] of [[4, 4, 1], [8, 2, 4], [16, 2, 16]]) {
-            const lens = [0, 40 + Math.floor(r() * 200), 300 + Math.floor(r() * 900)];
-            if (n++ % 2) lens.reverse();
-            const p = makeProblem({ lens, Sq, H, Hk, D, mask: m.mask, place: m.place, segs: m.segs, gaps: n % 3 === 0 }, dtype, r);
-            const tag = check(p, dtype, `${m.name} H=${H} Hk=${Hk} Sq=${Sq} lens=${lens} seed=${seed}`, { r, kvSorted: n % 5 === 0 ? false : undefined });
-            assert.match(tag, /\+bulk/, `the bulk path ran: ${tag}`);
-          }
-        }
-      }
-    }
-    const p = makeProblem({ lens: [20000, 7000], Sq: 4, H: 8, Hk: 2, D: 128, mask: { causal: true, window: 3000, sinks: 4 } }, 'bfloat16', r);
-    const tag = check(p, 'bfloat16', `long, window + sinks seed=${seed}`, { r });
-    assert.match(tag, /\+bulk chunks=(\d{2,})/, `expected the bulk path over many chunks: ${tag}`);
-  });
-});
 
 test('decode: long caches (20000 rows, many chunks), bf16 and fp32, causal and window + sinks', { skip }, () => {
   const seed = freshSeed();

@@ -30,12 +30,6 @@
 // tile (4 warps, or 8 when m = 8). decode_generic_{f32,bf16,f16}: CUDA cores, exact exp2f, any
 // D <= 256 with 16-byte rows; 8 query rows a pass (grid z over row groups).
 #include "common.cuh"
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#include "hopper.cuh"
-#define DEC_BULK 1  // sm_90a: the mma path may load K/V rows by bulk copy (DecodeParams.bulk)
-#else
-#define DEC_BULK 0
-#endif
 
 #define DEC_MAXB 64
 
@@ -58,7 +52,6 @@ struct DecodeParams {
   int causal, window, sinks;  // window 0 = none; sinks only with a window
   int R;                      // Sq * H / Hk query rows per (sequence, KV head)
   float scaleLog2;            // softmax scale * log2(e)
-  int bulk;                   // mma path on sm_90a: K/V rows by cp.async.bulk onto mbarriers
 };
 
 namespace dec {
@@ -294,51 +287,7 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
   auto stageK = [&](int st) { return (u16*)(smem + st * Cfg<D>::STAGE_BYTES); };
   auto stageV = [&](int st) { return stageK(st) + BK * LD; };
   auto stagePos = [&](int st) { return (int*)(stageV(st) + BK * LD); };
-#if DEC_BULK
-  // Bulk path: thread t < 2 * BK copies one row of one head (K for t < BK, V above) with one
-  // cp.async.bulk (the copy engine, not 16 lanes of 16-byte cp.async); every thread arrives on the
-  // stage's mbarrier, announcing the bytes it started. Rows past the visible end are zeroed here.
-  __shared__ __align__(8) u64 sBar[STAGES];
-  const bool bulk = p.bulk != 0;
-  if (bulk) {
-    if (threadIdx.x == 0) {
-      for (int st = 0; st < STAGES; st++) hop::mbarInit(smemAddr(&sBar[st]), THREADS);
-      hop::fenceMbarInit();
-    }
-    __syncthreads();
-  }
-  auto loadBulk = [&](int st, int tile) {
-    const u32 bar = smemAddr(&sBar[st]);
-    if (threadIdx.x >= 2 * BK) {
-      hop::mbarArrive(bar);
-      return;
-    }
-    const int r = threadIdx.x % BK;
-    const int u = tile * BK + r;
-    u16* dst = (threadIdx.x < BK ? stageK(st) : stageV(st)) + r * LD;
-    if (u < sv.V) {
-      const T* src = (threadIdx.x < BK ? kBase : vBase) + dec::rowOf(sv, u) * rowStride;
-      hop::mbarExpectTx(bar, D * 2);
-      asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                   ::"r"(smemAddr(dst)), "l"(src), "n"(D * 2), "r"(bar) : "memory");
-    } else {
-#pragma unroll
-      for (int c = 0; c < D / 8; c++) ((uint4*)dst)[c] = make_uint4(0, 0, 0, 0);
-      hop::fenceAsyncShared();
-      hop::mbarArrive(bar);
-    }
-  };
-#else
-  constexpr bool bulk = false;
-#endif
   auto load = [&](int st, int tile) {
-#if DEC_BULK
-    if (bulk) {
-      loadBulk(st, tile);
-      dec::loadTilePos(sv, m.hasSeg, posB, segB, stagePos(st), tile, BK);
-      return;
-    }
-#endif
     u16* sK = stageK(st);
     u16* sV = stageV(st);
     i64 off[BK * CH / THREADS];
@@ -364,13 +313,9 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
   // Start the pipeline before the search (early) or right after it, and before the query
   // fragments: their loads overlap the first tiles'.
   if (!early) dec::locate<THREADS>(p, b, s, S, BK, shInt, sv, t0, t1, false);
-  int started = 0;  // stages the prologue loaded (bit st): the bulk path waits for all it started
 #pragma unroll
   for (int st = 0; st < STAGES - 1; st++) {
-    if (t0 + st < t1) {
-      load(st, t0 + st);
-      started |= 1 << st;
-    }
+    if (t0 + st < t1) load(st, t0 + st);
     cpAsyncCommit();
   }
   if (early) dec::locate<THREADS>(p, b, s, S, BK, shInt, sv, t0, t1, true);
@@ -405,10 +350,6 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
   for (int tile = t0; tile < t1; tile++) {
     const int it = tile - t0;
     cpAsyncWait<STAGES - 2>();
-#if DEC_BULK
-    // The k-th load of a stage (k = it / STAGES) completes phase k of its mbarrier.
-    if (bulk) hop::mbarWait(smemAddr(&sBar[it % STAGES]), (it / STAGES) & 1);
-#endif
     __syncthreads();
     if (tile + STAGES - 1 < t1) load((it + STAGES - 1) % STAGES, tile + STAGES - 1);
     cpAsyncCommit();
@@ -491,12 +432,6 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
     }
   }
   cpAsyncWait<0>();
-#if DEC_BULK
-  // Prologue loads of tiles that the search then cut off (t1 moved down) are still landing.
-  if (bulk)
-    for (int st = 0; st < STAGES - 1; st++)
-      if ((started >> st & 1) && t0 + st >= t1) hop::mbarWait(smemAddr(&sBar[st]), 0);
-#endif
   __syncthreads();  // the pipeline's shared memory becomes the epilogue's
 
   // Epilogue: the slices of each m16 tile merge through shared memory; one partial per row.

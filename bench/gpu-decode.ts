@@ -21,11 +21,13 @@ import { rankMain, type CudaGroup } from '../src/cuda/group.js';
  *     plus decodeCombineRanks (all-gather + merge); speedup against one GPU with the whole cache.
  */
 
-const H = 32, Hk = 8, D = 128;
 const args = new Map(process.argv.slice(2).map((a) => {
   const i = a.indexOf('=');
   return i < 0 ? [a.replace(/^--/, ''), 'true'] : [a.slice(2, i), a.slice(i + 1)];
 }));
+// --h / --hk change the head counts (e.g. --h=4 --hk=1 with 8x the context: the same bytes, each
+// KV head's rows contiguous instead of 256-byte pieces at a 2 KB stride).
+const H = Number(args.get('h') ?? 32), Hk = Number(args.get('hk') ?? 8), D = 128;
 const list = (k: string, d: string) => (args.get(k) ?? d).split(',').filter(Boolean).map(Number);
 const contexts = list('contexts', '32768,131072,1048576');
 const batches = list('batches', '1,8');

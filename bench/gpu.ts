@@ -1,4 +1,5 @@
 import { CudaContext } from '../src/cuda/context.js';
+import { maskBench } from './gpu-masks.js';
 import { ringBench } from './gpu-ring.js';
 import { cudaKernel } from '../src/cuda/attention.js';
 import { encode, type CudaDType } from '../src/cuda/convert.js';
@@ -11,8 +12,14 @@ import { fill } from './common.js';
  * Usage: node dist/bench/gpu.js [S=8192] [H=16] [reps=10] [--d=64,128] [--hk=H] [--fwd-only]
  *        node dist/bench/gpu.js ring [devices=2] [reps=3] [S,S,...=16384,32768,65536]
  *          the ring on `devices` GPUs against one GPU on the same work (bench/gpu-ring.ts)
+ *        node dist/bench/gpu.js masks [S=16384] [reps=5]
+ *          one block under each mask a ring step gives it, against no mask (bench/gpu-masks.ts)
  */
 
+if (process.argv[2] === 'masks') {
+  maskBench(Number(process.argv[3] ?? 16384), Number(process.argv[4] ?? 5));
+  process.exit(0);
+}
 if (process.argv[2] === 'ring') {
   await ringBench(Number(process.argv[3] ?? 2), Number(process.argv[4] ?? 3), (process.argv[5] ?? '16384,32768,65536').split(',').map(Number));
   process.exit(0);

@@ -1,0 +1,105 @@
+import { cudaKernel } from '../src/cuda/attention.js';
+import { CudaContext } from '../src/cuda/context.js';
+import { encode } from '../src/cuda/convert.js';
+import { fill } from './common.js';
+
+/**
+ * The mask path of the block kernels on one GPU (issue 5: full blocks inside a ring step lose
+ * nothing to the mask path; partial blocks cost at most their share). One S x S block at the
+ * ring's head shape (bf16, H=32, Hk=8, D=128) with the positions a ring step gives it:
+ *   none              no mask (the reference rate)
+ *   causal, all seen  causal, every key before every query (an earlier rank's block)
+ *   causal, diagonal  causal, the same positions on both sides (the rank's own block)
+ *   zigzag step       causal, queries = chunks 0 and 3 of 4, keys = chunks 1 and 2 (2-rank zigzag)
+ *   window edge       causal window S/2, keys one block behind the queries
+ *   causal, none seen every key after every query (skipped: launch cost only)
+ * Visible pairs are counted on the host; TFLOP/s = 4·pairs·H·D / time (backward 2.5x), and "of
+ * none" is that rate over the unmasked block's: 1.00 means the mask path costs nothing beyond the
+ * work it leaves out.
+ *   node dist/bench/gpu.js masks [S=16384] [reps=5]
+ */
+
+const H = 32, Hk = 8, D = 128;
+
+const range = (a: number, n: number) => Array.from({ length: n }, (_, i) => a + i);
+
+/** Keys (sorted positions) that query position x sees: k <= x and x - k < window (0 = none). */
+function seen(kPos: Int32Array, x: number, window: number): number {
+  const upTo = (v: number) => { // keys with position <= v
+    let lo = 0, hi = kPos.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (kPos[mid] <= v) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  };
+  return upTo(x) - (window > 0 ? upTo(x - window) : 0);
+}
+
+export function maskBench(S: number, reps: number): void {
+  if (!Number.isInteger(S) || S < 256 || S % 4 !== 0) throw new Error(`S: expected a multiple of 4 of at least 256, got ${S}`);
+  if (!Number.isInteger(reps) || reps < 1) throw new Error(`reps: expected a positive integer, got ${reps}`);
+  const ctx = CudaContext.open(0);
+  const kern = cudaKernel(ctx);
+  const q4 = S / 4;
+  const cases: { name: string; causal: boolean; window: number; qPos: number[]; kPos: number[] }[] = [
+    { name: 'none', causal: false, window: 0, qPos: range(0, S), kPos: range(0, S) },
+    { name: 'causal, all seen', causal: true, window: 0, qPos: range(S, S), kPos: range(0, S) },
+    { name: 'causal, diagonal', causal: true, window: 0, qPos: range(0, S), kPos: range(0, S) },
+    { name: 'zigzag step', causal: true, window: 0, qPos: [...range(0, 2 * q4), ...range(6 * q4, 2 * q4)], kPos: range(2 * q4, 4 * q4) },
+    { name: 'window edge', causal: true, window: S / 2, qPos: range(S, S), kPos: range(0, S) },
+    { name: 'causal, none seen', causal: true, window: 0, qPos: range(0, S), kPos: range(S, S) },
+  ];
+  const n = S * H * D, nk = S * Hk * D;
+  const up = (x: ArrayBufferView) => {
+    const b = ctx.alloc(x.byteLength);
+    ctx.upload(b, x);
+    return b;
+  };
+  const q = up(encode(fill(n, 1), 'bfloat16')), k = up(encode(fill(nk, 2), 'bfloat16')), v = up(encode(fill(nk, 3), 'bfloat16')), dO = up(encode(fill(n, 4), 'bfloat16'));
+  const o = ctx.alloc(n * 4), lse = ctx.alloc(S * H * 4), delta = ctx.alloc(S * H * 4), dq = ctx.alloc(n * 4), dk = ctx.alloc(nk * 4), dv = ctx.alloc(nk * 4);
+  const qp = ctx.alloc(S * 4), kp = ctx.alloc(S * 4);
+  const median = (x: number[]) => [...x].sort((a, b) => a - b)[Math.floor(x.length / 2)];
+  console.log(`device: ${ctx.name} (${ctx.arch}); one ${S} x ${S} block, bf16 H=${H} Hk=${Hk} D=${D}; ${kern.name({ dtype: 'bfloat16', D })}; median of ${reps}`);
+  console.log('case                visible  | fwd ms   TF/s  of none | bwd ms   TF/s  of none');
+  let ref = { f: 0, b: 0 };
+  for (const c of cases) {
+    const kPos = Int32Array.from(c.kPos), qPos = Int32Array.from(c.qPos);
+    ctx.upload(qp, qPos);
+    ctx.upload(kp, kPos);
+    let pairs = 0;
+    for (const x of qPos) pairs += c.causal ? seen(kPos, x, c.window) : S;
+    const a = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: qp.ptr, kPos: kp.ptr, Sq: S, Sk: S, H, Hk, D, dtype: 'bfloat16' as const, causal: c.causal, window: c.window, sinks: 0, scale: 1 / Math.sqrt(D) };
+    const fwd = () => {
+      ctx.fill32(o, 0, n);
+      ctx.fill32(lse, 0xff800000, S * H);
+      kern.forward({ ...a, o: o.ptr, lse: lse.ptr });
+    };
+    const bwd = () => {
+      ctx.fill32(dq, 0, n);
+      ctx.fill32(dk, 0, nk);
+      ctx.fill32(dv, 0, nk);
+      kern.delta(dO.ptr, o.ptr, delta.ptr, S * H, D, 'bfloat16');
+      kern.backward({ ...a, dO: dO.ptr, lse: lse.ptr, delta: delta.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr });
+    };
+    fwd();
+    bwd();
+    ctx.sync();
+    const tf: number[] = [], tb: number[] = [];
+    for (let i = 0; i < reps; i++) tf.push(ctx.time(fwd));
+    for (let i = 0; i < reps; i++) tb.push(ctx.time(bwd));
+    const f = median(tf), b = median(tb);
+    const flops = 4 * pairs * H * D;
+    const rf = flops / f / 1e9, rb = (2.5 * flops) / b / 1e9;
+    if (c.name === 'none') ref = { f: rf, b: rb };
+    const share = (x: number, r: number) => (pairs > 0 ? (x / r).toFixed(2) : '-');
+    console.log(
+      `${c.name.padEnd(18)} ${(pairs / (S * S)).toFixed(3).padStart(7)}  | ${f.toFixed(3).padStart(7)} ${rf.toFixed(0).padStart(5)} ${share(rf, ref.f).padStart(8)} | ${b.toFixed(3).padStart(7)} ${rb.toFixed(0).padStart(5)} ${share(rb, ref.b).padStart(8)}`,
+    );
+    console.log(`JSON ${JSON.stringify({ case: c.name, S, visible: pairs / (S * S), fwdMs: f, fwdTflops: rf, bwdMs: b, bwdTflops: rb, fwdOfNone: rf / ref.f, bwdOfNone: rb / ref.b })}`);
+  }
+  for (const x of [q, k, v, dO, o, lse, delta, dq, dk, dv, qp, kp]) ctx.free(x);
+  kern.dispose();
+  ctx.dispose();
+}

@@ -228,9 +228,9 @@ function bwdSmem(D: number, BQ: number): number {
   return (2 * BK * LD + 2 * BQ * LD + BK * (BQ + 8)) * 2 + 4 * BQ * 4 + 2 * BK * 4;
 }
 
-/** Device workspace (tile boxes) for one call. */
+/** Device workspace for one call: tile boxes (16 bytes a tile), then query tiles' key-tile spans (8). */
 export function workspaceBytes(Sq: number, Sk: number): number {
-  return (Math.ceil(Sq / 32) + Math.ceil(Sk / BK)) * 16;
+  return (Math.ceil(Sq / 32) + Math.ceil(Sk / BK)) * 16 + Math.ceil(Sq / 32) * 8;
 }
 
 const SUFFIX: Record<CudaDType, string> = { bfloat16: 'bf16', float16: 'f16', float32: 'f32' };
@@ -297,6 +297,17 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
     ranges(a.kPos, a.kSeg ?? 0, a.Sk, bk, kTiles);
     return [qTiles, kTiles];
   };
+  // {first, one past the last} key tile each query tile sees anything of (attn_tile_spans), after
+  // the boxes, for the Hopper forward: a CTA no longer reads every key tile's box to find them.
+  const spans = (a: DeviceBlockArgs, [bq, bk]: [number, number], qTiles: number, kTiles: number): number => {
+    const out = qTiles + workspaceBytes(a.Sq, a.Sk) - Math.ceil(a.Sq / 32) * 8;
+    const args: Arg[] = [
+      { ptr: qTiles }, { ptr: kTiles }, { i32: Math.ceil(a.Sk / bk) }, { i32: a.causal ? 1 : 0 }, { i32: a.window },
+      { i32: a.window > 0 ? a.sinks : 0 }, { i32: a.qSeg && a.kSeg ? 1 : 0 }, { ptr: out },
+    ];
+    ctx.launch(ctx.fn('attn_fwd.cu', 'attn_tile_spans'), 'attn_tile_spans', [Math.ceil(a.Sq / bq), 1, 1], 128, 0, argBuffers(args));
+    return out;
+  };
   return {
     name: (spec) => {
       const tag = chooseKernel(spec, ctx.computeCapability);
@@ -317,7 +328,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       const bq = tile[0];
       const params = packStruct([
         { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.qPos }, { ptr: a.kPos }, { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 },
-        { ptr: qTiles }, { ptr: kTiles }, { ptr: a.o }, { ptr: a.lse }, ...tail(a),
+        { ptr: qTiles }, { ptr: kTiles }, { ptr: a.o }, { ptr: a.lse }, ...tail(a), { ptr: wg ? spans(a, tile, qTiles, kTiles) : 0 },
       ]);
       if (tag === 'generic') {
         const name = `attn_fwd_generic_${SUFFIX[a.dtype]}`;

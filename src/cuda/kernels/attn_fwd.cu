@@ -29,6 +29,35 @@ extern "C" __global__ void attn_tile_ranges(const int* pos, const int* seg, int 
   out[t] = make_int4(lo, hi, sLo, sHi);
 }
 
+// For each query tile, the key tiles it sees anything of lie in [lo, hi): out[qt] = {lo, hi}, or
+// {nkt, nkt} when it sees none (the Hopper forward's CTA then returns at once). Each CTA of the
+// forward used to find these itself, one box read from global memory per key tile, before its
+// first tile and after its last: ~45 us a CTA for a query tile that sees nothing of a 32k block
+// (kernels/NOTES.md run 24). Grid nqt CTAs of 128 threads, the key tiles shared out.
+extern "C" __global__ void __launch_bounds__(128) attn_tile_spans(const int4* qTiles, const int4* kTiles, int nkt, int causal, int window, int sinks, int hasSeg, int2* out) {
+  __shared__ int sLo, sHi;
+  if (threadIdx.x == 0) {
+    sLo = nkt;
+    sHi = -1;
+  }
+  __syncthreads();
+  const Mask m = {causal, window, window > 0 ? sinks : 0, hasSeg};
+  const int4 q = qTiles[blockIdx.x];
+  int lo = nkt, hi = -1;
+  for (int t = threadIdx.x; t < nkt; t += blockDim.x) {
+    if (classifyTile(m, q, kTiles[t]) != TILE_EMPTY) {
+      lo = min(lo, t);
+      hi = max(hi, t);
+    }
+  }
+  if (hi >= 0) {
+    atomicMin(&sLo, lo);
+    atomicMax(&sHi, hi);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) out[blockIdx.x] = sHi >= 0 ? make_int2(sLo, sHi + 1) : make_int2(nkt, nkt);
+}
+
 // ---- tensor-core path ----------------------------------------------------------------------
 
 namespace fwd {

@@ -75,7 +75,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 
   const int qt = gridDim.x - 1 - blockIdx.x;  // the last query tiles see the most keys under a causal mask: start them first
   const int h = blockIdx.y, kh = h / (p.H / p.Hk), q0 = qt * BQ;
-  const int nkt = (p.Sk + BK - 1) / BK;
   const Mask m = maskOf(p);
   const int4 qBox = p.qTiles[qt];
   // A ragged last tile is never 'full': its missing keys must read as -inf.
@@ -83,12 +82,15 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     const int c = classifyTile(m, qBox, p.kTiles[t]);
     return (c == TILE_FULL && (t + 1) * BK > p.Sk) ? TILE_PARTIAL : c;
   };
+  // Key tiles at or past `end` (and before span.x) are empty for this query tile (attn_tile_spans).
+  const int2 span = p.qSpans[qt];
+  const int end = span.y;
   auto nextTile = [&](int t) {
-    while (t < nkt && tileClass(t) == TILE_EMPTY) t++;
+    while (t < end && tileClass(t) == TILE_EMPTY) t++;
     return t;
   };
-  const int first = nextTile(0);
-  if (first == nkt) return;  // this query tile sees nothing in this block
+  const int first = nextTile(span.x);
+  if (first >= end) return;  // this query tile sees nothing in this block
 
   constexpr u32 ARRIVALS = TMA ? 1 : PRODUCERS;  // one expect_tx arrival, or one cp.async arrival per producer thread
   if (threadIdx.x == 0) {
@@ -108,7 +110,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 #pragma unroll
     for (int z = 0; z < D / 64; z++) tmaLoad3d(sQ + z * BQ * 128, maps->q, qBar, z * 64, h, q0);
     int i = 0;
-    for (int t = first; t < nkt; t = nextTile(t + 1), i++) {
+    for (int t = first; t < end; t = nextTile(t + 1), i++) {
       const int s = i % STAGES;
       mbarWait(empty(s), ((i / STAGES) & 1) ^ 1);  // the first pass finds every stage free
       mbarExpectTx(full(s), 2 * C::KV_BYTES);
@@ -126,7 +128,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     loadSwizzled<BQ, D, PRODUCERS>(sQ, (const u16*)p.q, q0, p.Sq - q0, p.H, h, lane);
     cpAsyncArrive(qBar);
     int i = 0;
-    for (int t = first; t < nkt; t = nextTile(t + 1), i++) {
+    for (int t = first; t < end; t = nextTile(t + 1), i++) {
       const int s = i % STAGES;
       mbarWait(empty(s), ((i / STAGES) & 1) ^ 1);  // the first pass finds every stage free
       loadSwizzled<BK, D, PRODUCERS>(stK(s), (const u16*)p.k, t * BK, p.Sk - t * BK, p.Hk, kh, lane);
@@ -277,7 +279,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     // pair up.
     firstTile(true);
     int t = first, i = 0;
-    for (int tn = nextTile(t + 1); tn < nkt; t = tn, tn = nextTile(t + 1), i++) {
+    for (int tn = nextTile(t + 1); tn < end; t = tn, tn = nextTile(t + 1), i++) {
       waitFull(i + 1);
       turnWait(wg);
       issuePV(i % STAGES);
@@ -294,7 +296,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   } else if (MODE == ONE_TILE) {
     // One tile at a time: the other warpgroup's products overlap this one's softmax.
     int i = 0;
-    for (int t = first; t < nkt; t = nextTile(t + 1), i++) {
+    for (int t = first; t < end; t = nextTile(t + 1), i++) {
       waitFull(i);
       issueQK(i % STAGES);
       wgmmaWait<0>();
@@ -313,7 +315,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     constexpr bool pong = MODE == PIPE_PONG;
     firstTile(pong);
     int t = first, i = 0;
-    for (int tn = nextTile(t + 1); tn < nkt; t = tn, tn = nextTile(t + 1), i++) {
+    for (int tn = nextTile(t + 1); tn < end; t = tn, tn = nextTile(t + 1), i++) {
       waitFull(i + 1);
       if (pong) turnWait(wg);
       issueQK((i + 1) % STAGES);

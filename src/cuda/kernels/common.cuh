@@ -124,6 +124,8 @@ struct FwdParams {
   int causal, window, sinks;
   float scale;
   int pad_;
+  const int2* qSpans;  // [ceil(Sq / blockQ)] {first, one past the last} key tile a query tile sees
+                       // anything of (attn_tile_spans; the Hopper forward); null for the others
 };
 
 struct BwdParams {

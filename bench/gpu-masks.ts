@@ -2,6 +2,7 @@ import { cudaKernel } from '../src/cuda/attention.js';
 import { CudaContext } from '../src/cuda/context.js';
 import { encode } from '../src/cuda/convert.js';
 import { fill } from './common.js';
+import { timeBlock } from './gpu-block.js';
 
 /**
  * The mask path of the block kernels on one GPU (issue 5: full blocks inside a ring step lose
@@ -58,9 +59,7 @@ export function maskBench(S: number, reps: number): void {
     return b;
   };
   const q = up(encode(fill(n, 1), 'bfloat16')), k = up(encode(fill(nk, 2), 'bfloat16')), v = up(encode(fill(nk, 3), 'bfloat16')), dO = up(encode(fill(n, 4), 'bfloat16'));
-  const o = ctx.alloc(n * 4), lse = ctx.alloc(S * H * 4), delta = ctx.alloc(S * H * 4), dq = ctx.alloc(n * 4), dk = ctx.alloc(nk * 4), dv = ctx.alloc(nk * 4);
   const qp = ctx.alloc(S * 4), kp = ctx.alloc(S * 4);
-  const median = (x: number[]) => [...x].sort((a, b) => a - b)[Math.floor(x.length / 2)];
   console.log(`device: ${ctx.name} (${ctx.arch}); one ${S} x ${S} block, bf16 H=${H} Hk=${Hk} D=${D}; ${kern.name({ dtype: 'bfloat16', D })}; median of ${reps}`);
   console.log('case                visible  | fwd ms   TF/s  of none | bwd ms   TF/s  of none');
   let ref = { f: 0, b: 0 };
@@ -71,25 +70,7 @@ export function maskBench(S: number, reps: number): void {
     let pairs = 0;
     for (const x of qPos) pairs += c.causal ? seen(kPos, x, c.window) : S;
     const a = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: qp.ptr, kPos: kp.ptr, Sq: S, Sk: S, H, Hk, D, dtype: 'bfloat16' as const, causal: c.causal, window: c.window, sinks: 0, scale: 1 / Math.sqrt(D) };
-    const fwd = () => {
-      ctx.fill32(o, 0, n);
-      ctx.fill32(lse, 0xff800000, S * H);
-      kern.forward({ ...a, o: o.ptr, lse: lse.ptr });
-    };
-    const bwd = () => {
-      ctx.fill32(dq, 0, n);
-      ctx.fill32(dk, 0, nk);
-      ctx.fill32(dv, 0, nk);
-      kern.delta(dO.ptr, o.ptr, delta.ptr, S * H, D, 'bfloat16');
-      kern.backward({ ...a, dO: dO.ptr, lse: lse.ptr, delta: delta.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr });
-    };
-    fwd();
-    bwd();
-    ctx.sync();
-    const tf: number[] = [], tb: number[] = [];
-    for (let i = 0; i < reps; i++) tf.push(ctx.time(fwd));
-    for (let i = 0; i < reps; i++) tb.push(ctx.time(bwd));
-    const f = median(tf), b = median(tb);
+    const { f, b } = timeBlock(ctx, kern, a, dO.ptr, reps);
     const flops = 4 * pairs * H * D;
     const rf = flops / f / 1e9, rb = (2.5 * flops) / b / 1e9;
     if (c.name === 'none') ref = { f: rf, b: rb };
@@ -99,7 +80,7 @@ export function maskBench(S: number, reps: number): void {
     );
     console.log(`JSON ${JSON.stringify({ case: c.name, S, visible: pairs / (S * S), fwdMs: f, fwdTflops: rf, bwdMs: b, bwdTflops: rb, fwdOfNone: rf / ref.f, bwdOfNone: rb / ref.b })}`);
   }
-  for (const x of [q, k, v, dO, o, lse, delta, dq, dk, dv, qp, kp]) ctx.free(x);
+  for (const x of [q, k, v, dO, qp, kp]) ctx.free(x);
   kern.dispose();
   ctx.dispose();
 }

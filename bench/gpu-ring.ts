@@ -4,6 +4,7 @@ import { launchSelfIfNeeded } from '../src/cuda/cli.js';
 import { toBf16 } from '../src/cuda/convert.js';
 import { rankMain, type CudaGroup } from '../src/cuda/group.js';
 import { CudaRing } from '../src/cuda/ring.js';
+import { median, timeBlock } from './gpu-block.js';
 
 /**
  * The ring on P GPUs against one GPU on the same total work (bench/gpu.ts ring): bf16, D=128,
@@ -14,11 +15,6 @@ import { CudaRing } from '../src/cuda/ring.js';
  */
 
 const H = 32, Hk = 8, D = 128;
-
-function median(x: number[]): number {
-  const s = [...x].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
 
 /** Cheap bf16 inputs: a random pattern tiled (timing does not depend on the values). */
 function bf16Rows(n: number, salt: number): Uint16Array {
@@ -46,29 +42,13 @@ function oneGpu(g: CudaGroup, S: number, causal: boolean, reps: number): { f: nu
   const n = S * H * D, nk = S * Hk * D;
   const q = up(bf16Rows(n, 1)), k = up(bf16Rows(nk, 2)), v = up(bf16Rows(nk, 3)), dO = up(bf16Rows(n, 4));
   const pos = up(Int32Array.from({ length: S }, (_, i) => i));
-  const o = ctx.alloc(n * 4), lse = ctx.alloc(S * H * 4), delta = ctx.alloc(S * H * 4), dq = ctx.alloc(n * 4), dk = ctx.alloc(nk * 4), dv = ctx.alloc(nk * 4);
-  const a = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: pos.ptr, kPos: pos.ptr, Sq: S, Sk: S, H, Hk, D, dtype: 'bfloat16' as const, causal, window: 0, sinks: 0, scale: 1 / Math.sqrt(D) };
-  const fwd = () => {
-    ctx.fill32(o, 0, n);
-    ctx.fill32(lse, 0xff800000, S * H);
-    kern.forward({ ...a, o: o.ptr, lse: lse.ptr });
-  };
-  const bwd = () => {
-    ctx.fill32(dq, 0, n);
-    ctx.fill32(dk, 0, nk);
-    ctx.fill32(dv, 0, nk);
-    kern.delta(dO.ptr, o.ptr, delta.ptr, S * H, D, 'bfloat16');
-    kern.backward({ ...a, dO: dO.ptr, lse: lse.ptr, delta: delta.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr });
-  };
-  fwd();
-  bwd();
-  ctx.sync();
-  const tf: number[] = [], tb: number[] = [];
-  for (let i = 0; i < reps; i++) tf.push(ctx.time(fwd));
-  for (let i = 0; i < reps; i++) tb.push(ctx.time(bwd));
-  for (const b of [q, k, v, dO, pos, o, lse, delta, dq, dk, dv]) ctx.free(b);
-  kern.dispose();
-  return { f: median(tf), b: median(tb) };
+  try {
+    const a = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: pos.ptr, kPos: pos.ptr, Sq: S, Sk: S, H, Hk, D, dtype: 'bfloat16' as const, causal, window: 0, sinks: 0, scale: 1 / Math.sqrt(D) };
+    return timeBlock(ctx, kern, a, dO.ptr, reps);
+  } finally {
+    for (const b of [q, k, v, dO, pos]) ctx.free(b);
+    kern.dispose();
+  }
 }
 
 function overlap(events: { kind: string; start: number; end: number }[]): { transfer: number; hidden: number } {

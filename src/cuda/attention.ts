@@ -289,18 +289,19 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
     const wg = wgmmaForward(tag, ctx.computeCapability, scale);
     return wg === 'ht' && !ctx.drv.cuTensorMapEncodeTiled ? 'hq' : wg;
   };
-  const boxes = (a: DeviceBlockArgs, [bq, bk]: [number, number]): [number, number] => {
+  // The workspace (workspaceBytes): query tiles' boxes, key tiles' boxes, then the query tiles'
+  // key-tile spans (written only for the Hopper forward, by spans()).
+  const boxes = (a: DeviceBlockArgs, [bq, bk]: [number, number]): [number, number, number] => {
     const ws = workspace(workspaceBytes(a.Sq, a.Sk));
     const qTiles = ws;
     const kTiles = ws + Math.ceil(a.Sq / 32) * 16;
     ranges(a.qPos, a.qSeg ?? 0, a.Sq, bq, qTiles);
     ranges(a.kPos, a.kSeg ?? 0, a.Sk, bk, kTiles);
-    return [qTiles, kTiles];
+    return [qTiles, kTiles, kTiles + Math.ceil(a.Sk / BK) * 16];
   };
-  // {first, one past the last} key tile each query tile sees anything of (attn_tile_spans), after
-  // the boxes, for the Hopper forward: a CTA no longer reads every key tile's box to find them.
-  const spans = (a: DeviceBlockArgs, [bq, bk]: [number, number], qTiles: number, kTiles: number): number => {
-    const out = qTiles + workspaceBytes(a.Sq, a.Sk) - Math.ceil(a.Sq / 32) * 8;
+  // {first, one past the last} key tile each query tile sees anything of (attn_tile_spans), for
+  // the Hopper forward: a CTA no longer reads every key tile's box to find them.
+  const spans = (a: DeviceBlockArgs, [bq, bk]: [number, number], qTiles: number, kTiles: number, out: number): number => {
     const args: Arg[] = [
       { ptr: qTiles }, { ptr: kTiles }, { i32: Math.ceil(a.Sk / bk) }, { i32: a.causal ? 1 : 0 }, { i32: a.window },
       { i32: a.window > 0 ? a.sinks : 0 }, { i32: a.qSeg && a.kSeg ? 1 : 0 }, { ptr: out },
@@ -324,11 +325,11 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       if (tag !== 'generic') throwReason(misaligned({ q: a.q, k: a.k, v: a.v }));
       const wg = forwardSchedule(tag, a.scale);
       const tile = tiles(tag, 'fwd', wg !== null);
-      const [qTiles, kTiles] = boxes(a, tile);
+      const [qTiles, kTiles, spanOut] = boxes(a, tile);
       const bq = tile[0];
       const params = packStruct([
         { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.qPos }, { ptr: a.kPos }, { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 },
-        { ptr: qTiles }, { ptr: kTiles }, { ptr: a.o }, { ptr: a.lse }, ...tail(a), { ptr: wg ? spans(a, tile, qTiles, kTiles) : 0 },
+        { ptr: qTiles }, { ptr: kTiles }, { ptr: a.o }, { ptr: a.lse }, ...tail(a), { ptr: wg ? spans(a, tile, qTiles, kTiles, spanOut) : 0 },
       ]);
       if (tag === 'generic') {
         const name = `attn_fwd_generic_${SUFFIX[a.dtype]}`;

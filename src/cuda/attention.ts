@@ -26,7 +26,7 @@ export function chooseKernel(spec: { dtype: CudaDType; D: number }, computeCapab
 }
 
 /** The Hopper forward's consumer schedules (kernels/attn_fwd_h.cu), by RINGATTN_WGMMA_ATTN value. */
-export const WGMMA_FORWARDS = { '1': 'h', '2': 'hp', '3': 'hs', '4': 'hq', '5': 'ht' } as const;
+export const WGMMA_FORWARDS = { '1': 'h', '2': 'hp', '3': 'hs', '4': 'hq', '5': 'ht', '6': 'hw' } as const;
 export type WgmmaForward = (typeof WGMMA_FORWARDS)[keyof typeof WGMMA_FORWARDS];
 
 /**
@@ -36,7 +36,8 @@ export type WgmmaForward = (typeof WGMMA_FORWARDS)[keyof typeof WGMMA_FORWARDS];
  * the two): on an H200, D=128 bf16 H=32, 543-576 TFLOP/s non-causal and 456-535 causal against
  * 172 for mma.sync (kernels/NOTES.md run 12). RINGATTN_WGMMA_ATTN=0 picks mma.sync; 1..5 pick a
  * schedule: 1 h (one tile at a time), 2 hp (pipelined), 3 hs (ping-pong), 4 hq (both), 5 ht (hq
- * loading with TMA; the kernel object runs hq where the driver lacks TMA). A scale <= 0 runs
+ * loading with TMA; the kernel object runs hq where the driver lacks TMA), 6 hw (ht with three
+ * consumer warpgroups and 192-row query tiles; D=64 only, ht at D=128). A scale <= 0 runs
  * mma.sync. RINGATTN_NO_WGMMA=1 turns them off with the wgmma GEMM. Read at each call, so tests
  * can run every path on one GPU.
  */
@@ -45,10 +46,11 @@ export function wgmmaForward(tag: KernelTag, computeCapability: readonly [number
   if (tag === 'generic' || !(scale > 0) || computeCapability[0] !== 9 || computeCapability[1] !== 0) return null;
   const v = process.env.RINGATTN_WGMMA_ATTN;
   if (v !== undefined && v !== '' && v !== '0' && !Object.hasOwn(WGMMA_FORWARDS, v)) {
-    throw new InputError('RINGATTN_WGMMA_ATTN', `expected 0 (mma.sync) or 1-5 (h, hp, hs, hq, ht), got '${v}'`);
+    throw new InputError('RINGATTN_WGMMA_ATTN', `expected 0 (mma.sync) or 1-6 (h, hp, hs, hq, ht, hw), got '${v}'`);
   }
   if (process.env.RINGATTN_NO_WGMMA === '1' || v === '0') return null;
-  return v ? WGMMA_FORWARDS[v as keyof typeof WGMMA_FORWARDS] : 'ht';
+  const wg = v ? WGMMA_FORWARDS[v as keyof typeof WGMMA_FORWARDS] : 'ht';
+  return wg === 'hw' && tag !== 'mma16-d64' ? 'ht' : wg;
 }
 
 /**
@@ -132,18 +134,22 @@ export function supported(a: Omit<DeviceBlockArgs, 'q' | 'k' | 'v' | 'qPos' | 'k
 
 const BK = 64;
 /** Query and key tiles of each path (the tile boxes are computed at these sizes). */
-function tiles(tag: KernelTag, pass: 'fwd' | 'bwd', wgmma: boolean): [number, number] {
+function tiles(tag: KernelTag, pass: 'fwd' | 'bwd', wgmma: boolean, wide = false): [number, number] {
   if (tag === 'generic') return [64, BK]; // query boxes unused by the generic kernels
-  if (pass === 'fwd') return wgmma ? [WG_TILE, WG_TILE] : [64, BK];
+  if (pass === 'fwd') return wgmma ? [wide ? WG_WIDE_BQ : WG_TILE, WG_TILE] : [64, BK];
   if (wgmma) return [WG_BWD_BQ, WG_TILE];
   return [tag === 'mma16-d64' ? 64 : 32, BK];
 }
 
-/** attn_fwd_h.cu: 128 query rows and 128-key tiles, 384 threads, K/V stages by head dim. */
+/**
+ * attn_fwd_h.cu: 128-key tiles, K/V stages by head dim; 128 query rows (two consumer warpgroups,
+ * 384 threads), or 192 for hw (three, 512 threads).
+ */
 const WG_TILE = 128;
-function wgFwdSmem(D: number): number {
+const WG_WIDE_BQ = 192;
+function wgFwdSmem(D: number, bq: number): number {
   const stages = D === 64 ? 4 : 3;
-  return 1024 + WG_TILE * D * 2 + stages * 2 * WG_TILE * D * 2 + (2 * stages + 1) * 8;
+  return 1024 + bq * D * 2 + stages * 2 * WG_TILE * D * 2 + (2 * stages + 1) * 8;
 }
 
 /** One 3-D TMA map to encode: a [rows, heads, D] tensor, `elem` bytes an element, box 32/64 x 1 x boxRows. */
@@ -181,13 +187,13 @@ function encodeMaps(ctx: CudaContext, D: number, specs: readonly MapSpec[]): Buf
 }
 
 /**
- * TMA descriptors of q [Sq, H, D], k and v [Sk, Hk, D] for the ht forward (attn_fwd_h.cu's
- * TmaMaps): uint16, boxes of 64 elements x 1 head x 128 rows. Null without the driver function:
- * the caller then runs hq.
+ * TMA descriptors of q [Sq, H, D], k and v [Sk, Hk, D] for the ht and hw forwards (attn_fwd_h.cu's
+ * TmaMaps): uint16, boxes of 64 elements x 1 head x 128 rows (q: x `qRows`, the query tile).
+ * Null without the driver function: the caller then runs hq.
  */
-export function fwdTensorMaps(ctx: CudaContext, a: DeviceBlockArgs): Buffer | null {
+export function fwdTensorMaps(ctx: CudaContext, a: DeviceBlockArgs, qRows = WG_TILE): Buffer | null {
   return encodeMaps(ctx, a.D, [
-    { what: 'q', ptr: a.q, rows: a.Sq, heads: a.H, boxRows: WG_TILE, elem: 2 },
+    { what: 'q', ptr: a.q, rows: a.Sq, heads: a.H, boxRows: qRows, elem: 2 },
     { what: 'k', ptr: a.k, rows: a.Sk, heads: a.Hk, boxRows: WG_TILE, elem: 2 },
     { what: 'v', ptr: a.v, rows: a.Sk, heads: a.Hk, boxRows: WG_TILE, elem: 2 },
   ]);
@@ -284,10 +290,10 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
     { i32: a.Sq }, { i32: a.Sk }, { i32: a.H }, { i32: a.Hk }, { i32: a.D },
     { i32: a.causal ? 1 : 0 }, { i32: a.window }, { i32: a.window > 0 ? a.sinks : 0 }, { f32: a.scale }, { i32: 0 },
   ];
-  // The forward's schedule on this device: ht needs cuTensorMapEncodeTiled, else hq.
+  // The forward's schedule on this device: ht and hw need cuTensorMapEncodeTiled, else hq.
   const forwardSchedule = (tag: KernelTag, scale?: number): WgmmaForward | null => {
     const wg = wgmmaForward(tag, ctx.computeCapability, scale);
-    return wg === 'ht' && !ctx.drv.cuTensorMapEncodeTiled ? 'hq' : wg;
+    return (wg === 'ht' || wg === 'hw') && !ctx.drv.cuTensorMapEncodeTiled ? 'hq' : wg;
   };
   // The workspace (workspaceBytes): query tiles' boxes, key tiles' boxes, then the query tiles'
   // key-tile spans (written only for the Hopper forward, by spans()).
@@ -324,7 +330,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       const tag = chooseKernel(a, ctx.computeCapability);
       if (tag !== 'generic') throwReason(misaligned({ q: a.q, k: a.k, v: a.v }));
       const wg = forwardSchedule(tag, a.scale);
-      const tile = tiles(tag, 'fwd', wg !== null);
+      const tile = tiles(tag, 'fwd', wg !== null, wg === 'hw');
       const [qTiles, kTiles, spanOut] = boxes(a, tile);
       const bq = tile[0];
       const params = packStruct([
@@ -335,10 +341,11 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
         const name = `attn_fwd_generic_${SUFFIX[a.dtype]}`;
         ctx.launch(ctx.fn('attn_fwd.cu', name), name, [Math.ceil(a.Sq / 4), a.H, 1], 128, 0, [params]);
       } else if (wg) {
-        const maps = wg === 'ht' ? fwdTensorMaps(ctx, a) : null;
+        const maps = wg === 'ht' || wg === 'hw' ? fwdTensorMaps(ctx, a, bq) : null;
         const name = `attn_fwd_${wg}_${SUFFIX[a.dtype]}_d${a.D}`;
-        const smem = wgFwdSmem(a.D);
-        ctx.launch(ctx.fn('attn_fwd_h.cu', name, smem), name, [Math.ceil(a.Sq / bq), a.H, 1], 384, smem, maps ? [params, maps] : [params]);
+        const smem = wgFwdSmem(a.D, bq);
+        // 64 query rows a consumer warpgroup, and the producer warpgroup.
+        ctx.launch(ctx.fn('attn_fwd_h.cu', name, smem), name, [Math.ceil(a.Sq / bq), a.H, 1], 2 * bq + 128, smem, maps ? [params, maps] : [params]);
       } else {
         const name = `attn_fwd_mma_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = fwdSmem(a.D);

@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import { BackendError } from '../core/errors.js';
+import { BackendError, InputError } from '../core/errors.js';
 import { loadNvrtc, type NvrtcApi } from './bindings/nvrtc.js';
 
 /**
@@ -87,6 +87,19 @@ export function entrySource(text: string, name: string): string | null {
   const lines = text.split('\n');
   if (!lines.some((l) => entry.exec(l)?.[1] === name)) return null;
   return lines.map((l) => { const m = entry.exec(l); return m && m[1] !== name ? '' : l; }).join('\n');
+}
+
+/**
+ * Extra preprocessor definitions for every kernel compile, from RINGATTN_NVRTC_DEFINES (space
+ * separated, each `-DNAME` or `-DNAME=value`): a kernel-development switch, so that a benchmark can
+ * time two builds of one kernel (e.g. `-DFWDH_LAZY=1`) in one process. They enter the cache key.
+ */
+export function nvrtcDefines(env: string | undefined = process.env.RINGATTN_NVRTC_DEFINES): string[] {
+  const parts = (env ?? '').split(/\s+/).filter((x) => x !== '');
+  for (const d of parts) {
+    if (!/^-D[A-Za-z_]\w*(=[\w.+-]+)?$/.test(d)) throw new InputError('RINGATTN_NVRTC_DEFINES', `expected space-separated -DNAME or -DNAME=value, got '${d}'`);
+  }
+  return parts;
 }
 
 /** Compile `src` (which may #include the `headers` by name) for `arch`; cached on disk. */

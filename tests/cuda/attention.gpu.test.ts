@@ -107,15 +107,16 @@ for (const dtype of ['bfloat16', 'float16', 'float32'] as const) {
 
 // The 16-bit forward on every kernel: mma.sync (attn_fwd.cu) and, on Hopper, wgmma
 // (attn_fwd_h.cu on sm_90a: RINGATTN_WGMMA_ATTN=1 one tile at a time, 2 pipelined, 3 ping-pong,
-// 4 both, 5 both loading with TMA (the default); =0 mma.sync), across many
+// 4 both, 5 both loading with TMA (the default), 6 that with three consumer warpgroups at D=64;
+// =0 mma.sync), across many
 // 128-key tiles (the stage ring wraps several times), empty tiles skipped and partial ones
 // masked, and a shard of fewer than 64 queries (the second consumer warpgroup has no live row).
-for (const wgmma of ['0', '1', '2', '3', '4', '5']) {
+for (const wgmma of ['0', '1', '2', '3', '4', '5', '6']) {
   test(`attentionCuda 16-bit forward with RINGATTN_WGMMA_ATTN=${wgmma} (${wgmma === '0' ? 'mma.sync' : 'wgmma on Hopper, mma.sync elsewhere'}): every mask at D 64/128, then long sequences of many tiles`, { skip }, async () => {
     const seed = freshSeed();
     const cc = context().computeCapability;
     // ht must really load with TMA on Hopper, not fall back to hq unseen.
-    if (wgmma === '5' && cc[0] === 9 && cc[1] === 0) assert.equal(typeof context().drv.cuTensorMapEncodeTiled, 'function', 'cuTensorMapEncodeTiled missing: ht would run hq');
+    if ((wgmma === '5' || wgmma === '6') && cc[0] === 9 && cc[1] === 0) assert.equal(typeof context().drv.cuTensorMapEncodeTiled, 'function', 'cuTensorMapEncodeTiled missing: ht would run hq');
     await withEnv({ RINGATTN_WGMMA_ATTN: wgmma }, async () => {
       await maskSweep(['bfloat16', 'float16'], [64, 128], seed, 200, 200);
       for (const [D, S, name, mask] of [
@@ -195,6 +196,7 @@ test('block kernels on global positions: two KV blocks merge into the full resul
     ['bfloat16', 128, true, 0, 0, '1'], ['float16', 64, true, 100, 4, '1'], ['bfloat16', 64, true, 0, 0, '2'], ['float16', 64, false, 60, 3, '2'],
     ['bfloat16', 128, true, 0, 0, '2'], ['float16', 128, false, 60, 3, '3'], ['bfloat16', 64, true, 100, 4, '3'], ['bfloat16', 128, true, 100, 4, '4'], ['float16', 64, false, 0, 0, '4'],
     ['bfloat16', 128, true, 0, 0, '5'], ['float16', 64, true, 100, 4, '5'], ['float16', 128, false, 60, 3, '5'],
+    ['bfloat16', 64, true, 0, 0, '6'], ['float16', 64, true, 100, 4, '6'], ['bfloat16', 64, false, 60, 3, '6'],
     ['bfloat16', 128, false, 0, 0, undefined, -0.07]] as const; // a negative scale (mma.sync: wgmma takes scale > 0 only)
   for (const [dtype, D, causal, window, sinks, wgmma, scaleGiven] of cases.map((x) => [...x, undefined] as const)) await withEnv({ RINGATTN_WGMMA_ATTN: wgmma, RINGATTN_WGMMA_BWD: wgmma === '5' ? '1' : '0' }, async () => {
     const H = 4, Hk = 2, Sq = 90, S1 = 70, S2 = 81, Sk = S1 + S2;

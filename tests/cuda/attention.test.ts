@@ -41,6 +41,10 @@ test('wgmmaForward: the Hopper forward for tensor-core tags on sm_90 by default,
       assert.equal(wgmmaForward('mma16-d128', [9, 0]), want);
     });
   }
+  withEnv(env('6'), () => {
+    assert.equal(wgmmaForward('mma16-d64', [9, 0]), 'hw', 'three consumer warpgroups at D=64');
+    assert.equal(wgmmaForward('mma16-d128', [9, 0]), 'ht', 'no hw kernel at D=128 (its consumers would need 240 registers)');
+  });
   withEnv(env('2', '1'), () => assert.equal(wgmmaForward('mma16-d64', [9, 0]), null));
   withEnv(env(undefined, '1'), () => assert.equal(wgmmaForward('mma16-d128', [9, 0]), null));
   for (const bad of ['9', 'yes', 'constructor', ' 4']) {
@@ -111,6 +115,10 @@ test('fwdTensorMaps: three 64-byte-aligned 128-byte maps of q [Sq, H, D], k and 
   assert.deepEqual(checked.map((c) => c.split('(')[0]), ['cuTensorMapEncodeTiled', 'cuTensorMapEncodeTiled', 'cuTensorMapEncodeTiled']);
   assert.match(checked[1], /k \[500, 8, 128\]/);
   assert.equal(fwdTensorMaps({ drv: {}, check: () => {} } as unknown as CudaContext, a), null);
+  // hw's 192-row query tiles: only q's box changes.
+  calls.length = 0;
+  fwdTensorMaps(ctx, { ...a, D: 64 }, 192);
+  assert.deepEqual(calls.map(({ args }) => u32(args[5])), [[64, 1, 192], [64, 1, 128], [64, 1, 128]]);
 });
 
 test('bwdTensorMaps: dq [Sq, H, D] fp32 (box 32 x 1 x 16) for the backward\'s TMA reduce-adds, q and dO 16-bit (box 64 x 1 x 64) for its TMA loads; 128-byte swizzle, 64-byte aligned; null without the driver function', () => {

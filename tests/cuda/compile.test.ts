@@ -5,7 +5,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, copyFileSync } from '
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { entrySource } from '../../src/cuda/compile.js';
+import { entrySource, nvrtcDefines } from '../../src/cuda/compile.js';
+import { InputError } from '../../src/core/errors.js';
 
 // Per-entry NVRTC sources (CudaContext compiles only the kernels a process launches).
 
@@ -60,5 +61,14 @@ test('a one-entry source compiles to a cubin holding that kernel alone (nvcc, sm
     assert.deepEqual(compiled, ['attn_bwd_h_bf16_d128']);
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('nvrtcDefines: RINGATTN_NVRTC_DEFINES as -D options (none when unset); anything else is an InputError naming the variable', () => {
+  assert.deepEqual(nvrtcDefines(undefined), []);
+  assert.deepEqual(nvrtcDefines('  '), []);
+  assert.deepEqual(nvrtcDefines('-DFWDH_LAZY=1  -DX -DY=2.5'), ['-DFWDH_LAZY=1', '-DX', '-DY=2.5']);
+  for (const bad of ['FWDH_LAZY=1', '-I/tmp', '-DX;rm', '--use_fast_math', '-D1X']) {
+    assert.throws(() => nvrtcDefines(bad), (e: Error) => e instanceof InputError && /RINGATTN_NVRTC_DEFINES/.test(e.message) && e.message.includes(bad));
   }
 });

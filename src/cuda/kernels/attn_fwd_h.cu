@@ -29,11 +29,21 @@
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #include "hopper.cuh"
 
+// Lazy O rescale (FWDH_LAZY=1): see softmax below. A compile-time switch while it is measured.
+#ifndef FWDH_LAZY
+#define FWDH_LAZY 0
+#endif
+
 namespace fwdh {
 using namespace hop;
-constexpr int BQ = 128, BK = 128, CONSUMERS = 256, PRODUCERS = 128, THREADS = CONSUMERS + PRODUCERS;
+constexpr bool LAZY = FWDH_LAZY != 0;
+constexpr float LAZY_LOG2 = 8.f;
+constexpr int BK = 128, PRODUCERS = 128;
 
-template <int D> struct Cfg {
+// WGS consumer warpgroups of 64 query rows each: 2 (BQ = 128, 384 threads), or 3 at D=64 (hw:
+// BQ = 192, 512 threads, 160 registers a consumer thread).
+template <int D, int WGS = 2> struct Cfg {
+  static constexpr int BQ = 64 * WGS, CONSUMERS = 128 * WGS, THREADS = CONSUMERS + PRODUCERS;
   static constexpr int Q_BYTES = BQ * D * 2;
   static constexpr int KV_BYTES = BK * D * 2;  // K or V of one stage
   static constexpr int STAGES = D == 64 ? 4 : 3;  // D=128: 1 KB + 32 KB + 3 x 64 KB, just under 227 KB
@@ -43,10 +53,11 @@ template <int D> struct Cfg {
 // Consumer schedules: ONE_TILE (attn_fwd_h), PIPELINED (attn_fwd_hp), PING_PONG (attn_fwd_hs: P·V
 // of the last tile and S of this one issued back to back, in turns), PIPE_PONG (attn_fwd_hq: both).
 enum Mode { ONE_TILE, PIPELINED, PING_PONG, PIPE_PONG };
-// Named barriers 1 and 2 (0 is __syncthreads): warpgroup w waits on 1 + w for its turn at the
-// tensor cores and, once its products are issued, hands the turn to the other.
+// Named barriers 1..WGS (0 is __syncthreads): warpgroup w waits on 1 + w for its turn at the
+// tensor cores and, once its products are issued, hands the turn to the next one, round robin.
 __device__ __forceinline__ void turnWait(int wg) { asm volatile("bar.sync %0, 256;" ::"r"(1 + wg) : "memory"); }
-__device__ __forceinline__ void turnPass(int wg) { asm volatile("bar.arrive %0, 256;" ::"r"(2 - wg) : "memory"); }
+template <int WGS>
+__device__ __forceinline__ void turnPass(int wg) { asm volatile("bar.arrive %0, 256;" ::"r"(1 + (wg + 1) % WGS) : "memory"); }
 
 // TMA tensor maps of q [Sq, H, D], k and v [Sk, Hk, D] (16-bit elements as uint16; box 64
 // elements x 1 head x 128 rows, 128-byte swizzle), written by cuTensorMapEncodeTiled on the host
@@ -60,10 +71,11 @@ struct TmaMaps {
 // TMA: the producer is one thread issuing bulk tensor copies (D/64 boxes per tile and operand)
 // that complete on the stage's mbarrier by transaction count; it keeps 24 registers and the
 // consumers get 240. Otherwise 128 producer threads copy with 16-byte cp.async (40 / 232).
-template <typename T, int D, int MODE, bool TMA>
+template <typename T, int D, int MODE, bool TMA, int WGS = 2>
 __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
-  using C = Cfg<D>;
-  constexpr int STAGES = C::STAGES;
+  using C = Cfg<D, WGS>;
+  constexpr int STAGES = C::STAGES, BQ = C::BQ, CONSUMERS = C::CONSUMERS;
+  static_assert(WGS == 2 || (WGS == 3 && TMA && MODE == PIPE_PONG && D == 64), "three consumer warpgroups: hw only");
   extern __shared__ __align__(1024) unsigned char smemRaw[];
   const u32 sQ = (smemAddr(smemRaw) + 1023) & ~1023u;  // swizzle atoms are 1024-byte aligned
   auto stK = [&](int s) { return sQ + C::Q_BYTES + s * 2 * C::KV_BYTES; };
@@ -139,7 +151,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     return;
   }
 
-  if (TMA) asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
+  // 128 x 24 + 256 x 240 = 128 x 40 + 256 x 232 = 128 x 24 + 384 x 160 (<=) = the 64 K registers.
+  if (WGS == 3) asm volatile("setmaxnreg.inc.sync.aligned.u32 160;");
+  else if (TMA) asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
   else asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
   // Consumers. Accumulator layout (m64nN): warp w of the group holds rows 16w + lane/4 (+8);
   // register 4q + e holds column 8q + 2·(lane%4) + (e & 1), row + 8·(e >> 1).
@@ -160,6 +174,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   float sc[64];    // S of one tile (64 x 128 per warpgroup), then its exponentials
   u32 a[BK / 16][4];  // P of one tile, 16-bit, in the A-fragment layout
   float corr[2];
+  bool rescale = true;  // warp-uniform: O must take corr (always, unless LAZY)
 
   // Descriptors step by adding the byte offset >> 4 to the start-address field (bits 0..13): every
   // address stays inside shared memory, so the field cannot carry into the next.
@@ -193,6 +208,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
         }
     }
     // A row's 128 columns live in the 4 lanes of a quad.
+    float mx[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
       float m4[4];
@@ -200,13 +216,25 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       for (int c = 0; c < 4; c++) m4[c] = fmaxf(sc[4 * c + 2 * r], sc[4 * c + 2 * r + 1]);
 #pragma unroll
       for (int q = 4; q < 16; q++) m4[q & 3] = fmaxf(m4[q & 3], fmaxf(sc[4 * q + 2 * r], sc[4 * q + 2 * r + 1]));
-      float mx = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float mNew = fmaxf(rowMax[r], mx * scaleLog2);
-      const float mUse = mNew == NEG_INF ? 0.f : mNew;  // a row with nothing visible yet: exponents of -inf give 0
-      corr[r] = exp2Fast(rowMax[r] - mUse);
-      rowMax[r] = mNew;
+      mx[r] = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      mx[r] *= scaleLog2;
+    }
+    // Lazy rescale: the running maximum of the warp's 16 rows moves only when one of them grows by
+    // more than LAZY_LOG2 (or starts); otherwise exponents stay under 2^LAZY_LOG2, exact in fp32
+    // and as a 16-bit P (same relative rounding), and O and the sums keep their scale (corr = 1,
+    // no multiply). Warp-uniform, so the O rescale is skipped as a branch.
+    rescale = !LAZY || __any_sync(0xffffffffu, mx[0] > rowMax[0] + LAZY_LOG2 || mx[1] > rowMax[1] + LAZY_LOG2);
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      corr[r] = 1.f;
+      if (rescale) {
+        const float mNew = fmaxf(rowMax[r], mx[r]);
+        corr[r] = exp2Fast(rowMax[r] - (mNew == NEG_INF ? 0.f : mNew));
+        rowMax[r] = mNew;
+      }
+      const float mUse = rowMax[r] == NEG_INF ? 0.f : rowMax[r];  // a row with nothing visible yet: exponents of -inf give 0
       float s4[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int q = 0; q < 16; q++) {
@@ -219,6 +247,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   };
   // Rescale O, then P to 16 bits: keys 16kk..16kk+15 are S columns q = 2kk, 2kk + 1.
   auto rescaleAndPack = [&]() {
+    if (rescale)
 #pragma unroll
     for (int n = 0; n < D / 8; n++) {
       o[4 * n] *= corr[0];
@@ -251,11 +280,11 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // alone). With turns, warpgroup 1 hands warpgroup 0 the first turn and skips its last pass, so
   // that every bar.sync of one warpgroup meets one bar.arrive of the other.
   auto firstTile = [&](bool pong) {
-    if (pong && wg == 1) turnPass(1);
+    if (pong && wg == WGS - 1) turnPass<WGS>(wg);
     waitFull(0);
     if (pong) turnWait(wg);
     issueQK(0);
-    if (pong) turnPass(wg);
+    if (pong) turnPass<WGS>(wg);
     wgmmaWait<0>();
     fenceRegs(sc);
     softmax(first);
@@ -264,7 +293,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   auto lastTile = [&](bool pong, int s) {
     if (pong) turnWait(wg);
     issuePV(s);
-    if (pong && wg == 0) turnPass(0);
+    if (pong && wg != WGS - 1) turnPass<WGS>(wg);
     wgmmaWait<0>();
     fenceRegs(o);
     mbarArrive(empty(s));
@@ -284,7 +313,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       turnWait(wg);
       issuePV(i % STAGES);
       issueQK((i + 1) % STAGES);
-      turnPass(wg);
+      turnPass<WGS>(wg);
       wgmmaWait<0>();
       fenceRegs(sc);
       fenceRegs(o);
@@ -320,7 +349,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       if (pong) turnWait(wg);
       issueQK((i + 1) % STAGES);
       issuePV(i % STAGES);
-      if (pong) turnPass(wg);
+      if (pong) turnPass<WGS>(wg);
       wgmmaWait<1>();  // S of tile tn (committed first) is done; P·V of tile t may still run
       fenceRegs(sc);
       softmax(tn);
@@ -339,10 +368,10 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 }  // namespace fwdh
 
 #define FWDH_ENTRY(name, T, D, MODE) \
-  extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) name(const FwdParams p) { fwdh::run<T, D, fwdh::MODE, false>(p, nullptr); }
-#define FWDH_TMA_ENTRY(name, T, D, MODE)                                                                                  \
-  extern "C" __global__ void __launch_bounds__(fwdh::THREADS, 1) name(const FwdParams p, const __grid_constant__ fwdh::TmaMaps maps) { \
-    fwdh::run<T, D, fwdh::MODE, true>(p, &maps);                                                                          \
+  extern "C" __global__ void __launch_bounds__(fwdh::Cfg<D>::THREADS, 1) name(const FwdParams p) { fwdh::run<T, D, fwdh::MODE, false>(p, nullptr); }
+#define FWDH_TMA_ENTRY(name, T, D, MODE, WGS)                                                                                             \
+  extern "C" __global__ void __launch_bounds__(fwdh::Cfg<D, WGS>::THREADS, 1) name(const FwdParams p, const __grid_constant__ fwdh::TmaMaps maps) { \
+    fwdh::run<T, D, fwdh::MODE, true, WGS>(p, &maps);                                                                                     \
   }
 FWDH_ENTRY(attn_fwd_h_bf16_d64, Bf16, 64, ONE_TILE)
 FWDH_ENTRY(attn_fwd_h_f16_d64, F16, 64, ONE_TILE)
@@ -360,8 +389,10 @@ FWDH_ENTRY(attn_fwd_hq_bf16_d64, Bf16, 64, PIPE_PONG)
 FWDH_ENTRY(attn_fwd_hq_f16_d64, F16, 64, PIPE_PONG)
 FWDH_ENTRY(attn_fwd_hq_bf16_d128, Bf16, 128, PIPE_PONG)
 FWDH_ENTRY(attn_fwd_hq_f16_d128, F16, 128, PIPE_PONG)
-FWDH_TMA_ENTRY(attn_fwd_ht_bf16_d64, Bf16, 64, PIPE_PONG)
-FWDH_TMA_ENTRY(attn_fwd_ht_f16_d64, F16, 64, PIPE_PONG)
-FWDH_TMA_ENTRY(attn_fwd_ht_bf16_d128, Bf16, 128, PIPE_PONG)
-FWDH_TMA_ENTRY(attn_fwd_ht_f16_d128, F16, 128, PIPE_PONG)
+FWDH_TMA_ENTRY(attn_fwd_ht_bf16_d64, Bf16, 64, PIPE_PONG, 2)
+FWDH_TMA_ENTRY(attn_fwd_ht_f16_d64, F16, 64, PIPE_PONG, 2)
+FWDH_TMA_ENTRY(attn_fwd_ht_bf16_d128, Bf16, 128, PIPE_PONG, 2)
+FWDH_TMA_ENTRY(attn_fwd_ht_f16_d128, F16, 128, PIPE_PONG, 2)
+FWDH_TMA_ENTRY(attn_fwd_hw_bf16_d64, Bf16, 64, PIPE_PONG, 3)
+FWDH_TMA_ENTRY(attn_fwd_hw_f16_d64, F16, 64, PIPE_PONG, 3)
 #endif  // sm_90a

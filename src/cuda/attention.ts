@@ -31,10 +31,11 @@ export type WgmmaForward = (typeof WGMMA_FORWARDS)[keyof typeof WGMMA_FORWARDS];
 
 /**
  * Which Hopper warpgroup-MMA forward (kernels/attn_fwd_h.cu) a tensor-core tag runs, or null for
- * mma.sync (attn_fwd.cu). On sm_90a it is the default, with the ht schedule (TMA loads from one
- * producer thread; software-pipelined inside each consumer warpgroup, ping-pong turns between
- * the two): on an H200, D=128 bf16 H=32, 543-576 TFLOP/s non-causal and 456-535 causal against
- * 172 for mma.sync (kernels/NOTES.md run 12). RINGATTN_WGMMA_ATTN=0 picks mma.sync; 1..5 pick a
+ * mma.sync (attn_fwd.cu). On sm_90a it is the default, with the ht schedule at D=128 (TMA loads
+ * from one producer thread; software-pipelined inside each consumer warpgroup, ping-pong turns
+ * between the two): on an H200, D=128 bf16 H=32, 543-576 TFLOP/s non-causal and 456-535 causal
+ * against 172 for mma.sync (kernels/NOTES.md run 12); and hw at D=64 (the same with three consumer
+ * warpgroups: 7-17% faster than ht there, run 26). RINGATTN_WGMMA_ATTN=0 picks mma.sync; 1..6 pick a
  * schedule: 1 h (one tile at a time), 2 hp (pipelined), 3 hs (ping-pong), 4 hq (both), 5 ht (hq
  * loading with TMA; the kernel object runs hq where the driver lacks TMA), 6 hw (ht with three
  * consumer warpgroups and 192-row query tiles; D=64 only, ht at D=128). A scale <= 0 runs
@@ -49,7 +50,7 @@ export function wgmmaForward(tag: KernelTag, computeCapability: readonly [number
     throw new InputError('RINGATTN_WGMMA_ATTN', `expected 0 (mma.sync) or 1-6 (h, hp, hs, hq, ht, hw), got '${v}'`);
   }
   if (process.env.RINGATTN_NO_WGMMA === '1' || v === '0') return null;
-  const wg = v ? WGMMA_FORWARDS[v as keyof typeof WGMMA_FORWARDS] : 'ht';
+  const wg = v ? WGMMA_FORWARDS[v as keyof typeof WGMMA_FORWARDS] : 'hw';
   return wg === 'hw' && tag !== 'mma16-d64' ? 'ht' : wg;
 }
 

@@ -20,10 +20,10 @@ test('chooseKernel: tensor cores for 16-bit inputs at D 64/128 on sm_80+, the ge
 
 test('wgmmaForward: the Hopper forward for tensor-core tags on sm_90 by default, mma.sync with RINGATTN_WGMMA_ATTN=0 or RINGATTN_NO_WGMMA=1', () => {
   const env = (attn: string | undefined, no?: string) => ({ RINGATTN_WGMMA_ATTN: attn, RINGATTN_NO_WGMMA: no });
-  for (const [v, want] of [[undefined, 'ht'], ['1', 'h']] as const) {
+  for (const [v, want, want64] of [[undefined, 'ht', 'hw'], ['', 'ht', 'hw'], ['1', 'h', 'h']] as const) {
     withEnv(env(v), () => {
       assert.equal(wgmmaForward('mma16-d128', [9, 0]), want);
-      assert.equal(wgmmaForward('mma16-d64', [9, 0]), want);
+      assert.equal(wgmmaForward('mma16-d64', [9, 0]), want64);
       assert.equal(wgmmaForward('generic', [9, 0]), null);
       assert.equal(wgmmaForward('mma16-d128', [8, 0]), null);
       assert.equal(wgmmaForward('mma16-d128', [10, 0]), null);
@@ -35,7 +35,7 @@ test('wgmmaForward: the Hopper forward for tensor-core tags on sm_90 by default,
     assert.equal(wgmmaForward('mma16-d128', [9, 0], -0.088), null, 'the scale is folded after the raw maximum: scale > 0 only');
     assert.equal(wgmmaForward('mma16-d128', [9, 0], 0), null);
   });
-  for (const [v, want] of [['2', 'hp'], ['3', 'hs'], ['4', 'hq'], ['5', 'ht'], ['', 'ht']] as const) {
+  for (const [v, want] of [['2', 'hp'], ['3', 'hs'], ['4', 'hq'], ['5', 'ht']] as const) {
     withEnv(env(v), () => {
       assert.equal(wgmmaForward('mma16-d64', [9, 0]), want);
       assert.equal(wgmmaForward('mma16-d128', [9, 0]), want);

@@ -1,12 +1,13 @@
-// Blockwise attention forward on Hopper (sm_90a only): attn_fwd_{h,hp,hs,hq,ht}_{bf16,f16}_d{64,128}.
+// Blockwise attention forward on Hopper (sm_90a only): attn_fwd_{h,hp,hs,hq,ht}_{bf16,f16}_d{64,128}
+// and attn_fwd_hw_{bf16,f16}_d64.
 //
 // The same contract as attn_fwd.cu's kernels (queries of one shard against one KV block, merged
 // into the running fp32 (O, LSE); tiles classified on global positions: empty tiles skipped,
 // full tiles without mask arithmetic), on Hopper's warpgroup MMA:
-//   - a CTA owns 128 query rows of one head: two consumer warpgroups of 64 rows each and one
-//     producer warpgroup (384 threads); the producer gives registers back (setmaxnreg) so that
-//     the consumers can hold S, P and O: 40 / 232 a thread with cp.async, 24 / 240 with TMA
-//     (either way 128 x p + 256 x c = 384 x 168);
+//   - a CTA owns BQ = 128 query rows of one head (192 in hw): consumer warpgroups of 64 rows each
+//     and one producer warpgroup (384 threads; 512 in hw); the producer gives registers back
+//     (setmaxnreg) so that the consumers can hold S, P and O: 40 / 232 a thread with cp.async,
+//     24 / 240 with TMA (either way 128 x p + 256 x c = 384 x 168), 24 / 160 in hw;
 //   - the producer loads Q once, then 128-key tiles of K and V into a ring of STAGES stages in the
 //     128-byte-swizzled layout wgmma reads ([D/64 panels][rows][128 B] for all three: K-major
 //     for Q and K, and the same bytes read MN-major for V): ht with TMA (one thread, bulk tensor
@@ -21,23 +22,21 @@
 // independently; hp software-pipelined inside each warpgroup (S of tile n+1 issued before P·V of
 // tile n, so the softmax of n+1 overlaps that P·V, as FlashAttention-3 does); hs ping-pong turns
 // between the warpgroups (named barriers), each issuing P·V of one tile and S of the next back to
-// back; hq and ht both (ht loading with TMA, the default: kernels/NOTES.md runs 9-12).
-// Launch: grid (ceil(Sq / 128), H), 384 threads, dynamic shared memory fwdh::Cfg<D>::SMEM
-// (src/cuda/attention.ts); tile boxes at 128 rows for queries and keys; ht takes the tensor maps
-// as a second parameter.
+// back; hq and ht both (ht loading with TMA, the default at D=128: kernels/NOTES.md runs 9-12).
+// hw is ht with three consumer warpgroups (192 query rows, 512 threads, 160 registers a consumer
+// thread, the turns passed round robin): at D=64 a warpgroup's products are half as long as at
+// D=128 while its softmax is not, so two warpgroups could not keep the tensor cores fed; hw is
+// 7-17% faster than ht there and the default at D=64 (NOTES.md run 26). At D=128 a consumer needs
+// 240 registers: two warpgroups only.
+// Launch: grid (ceil(Sq / BQ), H), 2 BQ + 128 threads, dynamic shared memory fwdh::Cfg<D, WGS>::SMEM
+// (src/cuda/attention.ts); tile boxes at BQ rows for queries and 128 for keys; ht and hw take the
+// tensor maps as a second parameter.
 #include "common.cuh"
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #include "hopper.cuh"
 
-// Lazy O rescale (FWDH_LAZY=1): see softmax below. A compile-time switch while it is measured.
-#ifndef FWDH_LAZY
-#define FWDH_LAZY 0
-#endif
-
 namespace fwdh {
 using namespace hop;
-constexpr bool LAZY = FWDH_LAZY != 0;
-constexpr float LAZY_LOG2 = 8.f;
 constexpr int BK = 128, PRODUCERS = 128;
 
 // WGS consumer warpgroups of 64 query rows each: 2 (BQ = 128, 384 threads), or 3 at D=64 (hw:
@@ -174,7 +173,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   float sc[64];    // S of one tile (64 x 128 per warpgroup), then its exponentials
   u32 a[BK / 16][4];  // P of one tile, 16-bit, in the A-fragment layout
   float corr[2];
-  bool rescale = true;  // warp-uniform: O must take corr (always, unless LAZY)
 
   // Descriptors step by adding the byte offset >> 4 to the start-address field (bits 0..13): every
   // address stays inside shared memory, so the field cannot carry into the next.
@@ -208,7 +206,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
         }
     }
     // A row's 128 columns live in the 4 lanes of a quad.
-    float mx[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
       float m4[4];
@@ -216,25 +213,13 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       for (int c = 0; c < 4; c++) m4[c] = fmaxf(sc[4 * c + 2 * r], sc[4 * c + 2 * r + 1]);
 #pragma unroll
       for (int q = 4; q < 16; q++) m4[q & 3] = fmaxf(m4[q & 3], fmaxf(sc[4 * q + 2 * r], sc[4 * q + 2 * r + 1]));
-      mx[r] = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      mx[r] *= scaleLog2;
-    }
-    // Lazy rescale: the running maximum of the warp's 16 rows moves only when one of them grows by
-    // more than LAZY_LOG2 (or starts); otherwise exponents stay under 2^LAZY_LOG2, exact in fp32
-    // and as a 16-bit P (same relative rounding), and O and the sums keep their scale (corr = 1,
-    // no multiply). Warp-uniform, so the O rescale is skipped as a branch.
-    rescale = !LAZY || __any_sync(0xffffffffu, mx[0] > rowMax[0] + LAZY_LOG2 || mx[1] > rowMax[1] + LAZY_LOG2);
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-      corr[r] = 1.f;
-      if (rescale) {
-        const float mNew = fmaxf(rowMax[r], mx[r]);
-        corr[r] = exp2Fast(rowMax[r] - (mNew == NEG_INF ? 0.f : mNew));
-        rowMax[r] = mNew;
-      }
-      const float mUse = rowMax[r] == NEG_INF ? 0.f : rowMax[r];  // a row with nothing visible yet: exponents of -inf give 0
+      float mx = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float mNew = fmaxf(rowMax[r], mx * scaleLog2);
+      const float mUse = mNew == NEG_INF ? 0.f : mNew;  // a row with nothing visible yet: exponents of -inf give 0
+      corr[r] = exp2Fast(rowMax[r] - mUse);
+      rowMax[r] = mNew;
       float s4[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int q = 0; q < 16; q++) {
@@ -247,7 +232,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   };
   // Rescale O, then P to 16 bits: keys 16kk..16kk+15 are S columns q = 2kk, 2kk + 1.
   auto rescaleAndPack = [&]() {
-    if (rescale)
 #pragma unroll
     for (int n = 0; n < D / 8; n++) {
       o[4 * n] *= corr[0];

@@ -235,13 +235,24 @@ __device__ __forceinline__ void loadTilePos(const SeqView& sv, bool hasSeg, cons
 
 // ---- tensor-core path (bf16 / fp16, D = 64 or 128) --------------------------------------------
 
+// Build switches under measurement (RINGATTN_NVRTC_DEFINES): DEC_STAGES128, the pipeline's stages
+// at D=128 (2 or 3: the host sizes shared memory for 3); DEC_EVICT_FIRST=1, the cache loads with
+// an L2 evict-first policy.
+#ifndef DEC_STAGES128
+#define DEC_STAGES128 3
+#endif
+#ifndef DEC_EVICT_FIRST
+#define DEC_EVICT_FIRST 0
+#endif
+static_assert(DEC_STAGES128 == 2 || DEC_STAGES128 == 3, "DEC_STAGES128: 2 or 3");
+
 namespace decm {
 constexpr int BK = 64;       // cache rows per pipeline stage
 constexpr int MAXR = 128;    // query rows per CTA pass
 
 template <int D> struct Cfg {
   static constexpr int LD = D + 8;                                // smem row stride (elements): ldmatrix without conflicts
-  static constexpr int STAGES = D == 64 ? 4 : 3;
+  static constexpr int STAGES = D == 64 ? 4 : DEC_STAGES128;
   static constexpr int STAGE_BYTES = 2 * BK * LD * 2 + 2 * BK * 4;  // K, V tiles + positions, segment ids
   static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
 };
@@ -287,6 +298,14 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
   auto stageK = [&](int st) { return (u16*)(smem + st * Cfg<D>::STAGE_BYTES); };
   auto stageV = [&](int st) { return stageK(st) + BK * LD; };
   auto stagePos = [&](int st) { return (int*)(stageV(st) + BK * LD); };
+  u64 policy = 0;
+  if (DEC_EVICT_FIRST) asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  auto copy = [&](u16* dst, const T* src, bool ok) {
+    if (DEC_EVICT_FIRST)
+      asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;" ::"r"(smemAddr(dst)), "l"(src), "r"(ok ? 16 : 0), "l"(policy));
+    else
+      cpAsync16(dst, src, ok);
+  };
   auto load = [&](int st, int tile) {
     u16* sK = stageK(st);
     u16* sV = stageV(st);
@@ -299,13 +318,13 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
       const int u = tile * BK + r;
       ok[i] = u < sv.V;
       off[i] = (ok[i] ? dec::rowOf(sv, u) : 0) * rowStride + cc;
-      cpAsync16(sK + r * LD + cc, kBase + off[i], ok[i]);
+      copy(sK + r * LD + cc, kBase + off[i], ok[i]);
     }
 #pragma unroll
     for (int i = 0; i < BK * CH / THREADS; i++) {
       const int cidx = threadIdx.x + i * THREADS;
       const int r = cidx / CH, cc = (cidx % CH) * 8;
-      cpAsync16(sV + r * LD + cc, vBase + off[i], ok[i]);
+      copy(sV + r * LD + cc, vBase + off[i], ok[i]);
     }
     dec::loadTilePos(sv, m.hasSeg, posB, segB, stagePos(st), tile, BK);
   };

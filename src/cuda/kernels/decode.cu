@@ -236,15 +236,15 @@ __device__ __forceinline__ void loadTilePos(const SeqView& sv, bool hasSeg, cons
 // ---- tensor-core path (bf16 / fp16, D = 64 or 128) --------------------------------------------
 
 // Build switches under measurement (RINGATTN_NVRTC_DEFINES): DEC_STAGES128, the pipeline's stages
-// at D=128 (2 or 3: the host sizes shared memory for 3); DEC_EVICT_FIRST=1, the cache loads with
-// an L2 evict-first policy.
+// at D=128 (2-4; the host reads the same define to size shared memory, src/cuda/decode.ts);
+// DEC_EVICT_FIRST=1, the cache loads with an L2 evict-first policy.
 #ifndef DEC_STAGES128
 #define DEC_STAGES128 3
 #endif
 #ifndef DEC_EVICT_FIRST
 #define DEC_EVICT_FIRST 0
 #endif
-static_assert(DEC_STAGES128 == 2 || DEC_STAGES128 == 3, "DEC_STAGES128: 2 or 3");
+static_assert(DEC_STAGES128 >= 2 && DEC_STAGES128 <= 4, "DEC_STAGES128: 2 to 4");
 
 namespace decm {
 constexpr int BK = 64;       // cache rows per pipeline stage

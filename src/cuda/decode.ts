@@ -3,7 +3,6 @@ import { checkAtLeast, checkDecodeCacheRows, checkDecodeHeads, checkDecodeOut, c
 import type { DecodeCache } from '../cpu/decode.js';
 import { CU_FUNC_ATTRIBUTE } from './bindings/driver.js';
 import { argBuffers, CudaContext, packStruct, Staging, type Arg, type DeviceBuffer } from './context.js';
-import { nvrtcDefines } from './compile.js';
 import { bytesOf, encode, type CudaDType } from './convert.js';
 import type { CudaGroup } from './group.js';
 
@@ -177,13 +176,8 @@ function choosePath(dtype: CudaDType, D: number, R: number, cc: readonly [number
 }
 
 // Shared memory: mirrors decm::Smem<D, WARPS>::BYTES and the generic path's layout in decode.cu.
-/** decode.cu's pipeline stages at D=128: 3, or DEC_STAGES128 from RINGATTN_NVRTC_DEFINES (measurements). */
-function stages128(): number {
-  const d = nvrtcDefines().find((x) => x.startsWith('-DDEC_STAGES128='));
-  return d ? Number(d.split('=')[1]) : 3;
-}
 function mmaSmem(D: number, mt: number): number {
-  const BK = 64, LD = D + 8, stages = D === 64 ? 4 : stages128(), warps = Math.max(4, mt);
+  const BK = 64, LD = D + 8, stages = D === 64 ? 4 : 2, warps = Math.max(4, mt);
   const pipe = stages * (2 * BK * LD * 2 + 2 * BK * 4);
   const epi = warps * 16 * (D + 4) * 4 + 2 * warps * 16 * 4 + 128 * 4 * 4;
   return Math.max(pipe, epi);

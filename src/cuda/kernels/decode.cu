@@ -16,14 +16,15 @@
 // sinks prefix and the window / causal range), found by a CTA-wide k-ary search of the positions,
 // and only their union is ever read. Without a window the union starts at row 0, so the CTA
 // issues its first loads before the search ends (which then only trims the end). It takes its
-// share of whole 64-row tiles, streams them through a 3-4 stage cp.async pipeline of 16-byte
-// loads into shared memory (two CTAs an SM: up to 128 KB in flight an SM), and keeps an online
+// share of whole 64-row tiles, streams them through a cp.async pipeline of 16-byte loads into
+// shared memory (D=128: two stages, three CTAs an SM, up to 96 KB in flight an SM), and keeps an online
 // softmax per query row. It ends with an fp32 partial per row (O normalised, LSE in log2 units of
 // the scaled logits); decode_merge folds a sequence's partials into the running (o, lse).
 //
-// Measured on an H200 (bf16, H=32, Hk=8, D=128, one token, 1M cache): ~4.25 TB/s; cuDNN SDPA
-// ~4.6. The cp.async L2::256B prefetch hint cost ~6% of read bandwidth there and is not used;
-// reading a head's 256-byte rows at a 2 KB stride costs ~1% against contiguous rows.
+// Measured on an H200 (bf16, H=32, Hk=8, D=128, one token, 1M cache): ~4.2 TB/s; cuDNN SDPA
+// ~4.35-4.6. The cp.async L2::256B prefetch hint cost ~6% of read bandwidth there and is not
+// used, an L2 evict-first policy on the loads changed nothing; reading a head's 256-byte rows at
+// a 2 KB stride costs ~1% against contiguous rows.
 //
 // Paths: decode_mma_{bf16,f16}_d{64,128}_m{1,2,4,8}: mma.sync m16n8k16; M = query rows in m16
 // tiles (m = tiles rounded up to a power of two), the warps beyond the tiles split each 64-key
@@ -235,24 +236,16 @@ __device__ __forceinline__ void loadTilePos(const SeqView& sv, bool hasSeg, cons
 
 // ---- tensor-core path (bf16 / fp16, D = 64 or 128) --------------------------------------------
 
-// Build switches under measurement (RINGATTN_NVRTC_DEFINES): DEC_STAGES128, the pipeline's stages
-// at D=128 (2-4; the host reads the same define to size shared memory, src/cuda/decode.ts);
-// DEC_EVICT_FIRST=1, the cache loads with an L2 evict-first policy.
-#ifndef DEC_STAGES128
-#define DEC_STAGES128 3
-#endif
-#ifndef DEC_EVICT_FIRST
-#define DEC_EVICT_FIRST 0
-#endif
-static_assert(DEC_STAGES128 >= 2 && DEC_STAGES128 <= 4, "DEC_STAGES128: 2 to 4");
-
 namespace decm {
 constexpr int BK = 64;       // cache rows per pipeline stage
 constexpr int MAXR = 128;    // query rows per CTA pass
 
 template <int D> struct Cfg {
   static constexpr int LD = D + 8;                                // smem row stride (elements): ldmatrix without conflicts
-  static constexpr int STAGES = D == 64 ? 4 : DEC_STAGES128;
+  // D=128: two stages (one tile in flight while one is computed), so three CTAs fit an SM: 0.5-2.5%
+  // faster than three stages at two CTAs an SM, most at batch 8; four stages (one CTA) slower
+  // (kernels/NOTES.md runs 27-28).
+  static constexpr int STAGES = D == 64 ? 4 : 2;
   static constexpr int STAGE_BYTES = 2 * BK * LD * 2 + 2 * BK * 4;  // K, V tiles + positions, segment ids
   static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
 };
@@ -298,14 +291,6 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
   auto stageK = [&](int st) { return (u16*)(smem + st * Cfg<D>::STAGE_BYTES); };
   auto stageV = [&](int st) { return stageK(st) + BK * LD; };
   auto stagePos = [&](int st) { return (int*)(stageV(st) + BK * LD); };
-  u64 policy = 0;
-  if (DEC_EVICT_FIRST) asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
-  auto copy = [&](u16* dst, const T* src, bool ok) {
-    if (DEC_EVICT_FIRST)
-      asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;" ::"r"(smemAddr(dst)), "l"(src), "r"(ok ? 16 : 0), "l"(policy));
-    else
-      cpAsync16(dst, src, ok);
-  };
   auto load = [&](int st, int tile) {
     u16* sK = stageK(st);
     u16* sV = stageV(st);
@@ -318,13 +303,13 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
       const int u = tile * BK + r;
       ok[i] = u < sv.V;
       off[i] = (ok[i] ? dec::rowOf(sv, u) : 0) * rowStride + cc;
-      copy(sK + r * LD + cc, kBase + off[i], ok[i]);
+      cpAsync16(sK + r * LD + cc, kBase + off[i], ok[i]);
     }
 #pragma unroll
     for (int i = 0; i < BK * CH / THREADS; i++) {
       const int cidx = threadIdx.x + i * THREADS;
       const int r = cidx / CH, cc = (cidx % CH) * 8;
-      copy(sV + r * LD + cc, vBase + off[i], ok[i]);
+      cpAsync16(sV + r * LD + cc, vBase + off[i], ok[i]);
     }
     dec::loadTilePos(sv, m.hasSeg, posB, segB, stagePos(st), tile, BK);
   };

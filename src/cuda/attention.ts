@@ -138,7 +138,7 @@ const BK = 64;
 function tiles(tag: KernelTag, pass: 'fwd' | 'bwd', wgmma: boolean, wide = false): [number, number] {
   if (tag === 'generic') return [64, BK]; // query boxes unused by the generic kernels
   if (pass === 'fwd') return wgmma ? [wide ? WG_WIDE_BQ : WG_TILE, WG_TILE] : [64, BK];
-  if (wgmma) return [WG_BWD_BQ, WG_TILE];
+  if (wgmma) return [wgBwdBq(tag === 'mma16-d64' ? 64 : 128), WG_TILE];
   return [tag === 'mma16-d64' ? 64 : 32, BK];
 }
 
@@ -203,26 +203,30 @@ export function fwdTensorMaps(ctx: CudaContext, a: DeviceBlockArgs, qRows = WG_T
 /**
  * TMA descriptors for attn_bwd_h.cu (its BwdMaps): dq [Sq, H, D] fp32 for the dQ reduce-adds, boxes
  * of 32 floats x 1 head x 16 rows (one warp's staging); q and dO [Sq, H, D] 16-bit for the ht
- * variant's loads, boxes of 64 elements x 1 head x 64 rows. Null without the driver function: the
- * caller then runs the mma.sync backward.
+ * variant's loads, boxes of 64 elements x 1 head x the query tile's rows (wgBwdBq). Null without
+ * the driver function: the caller then runs the mma.sync backward.
  */
 export function bwdTensorMaps(ctx: CudaContext, a: { dq: number; q: number; dO: number; Sq: number; H: number; D: number }): Buffer | null {
   return encodeMaps(ctx, a.D, [
     { what: 'dq', ptr: a.dq, rows: a.Sq, heads: a.H, boxRows: 16, elem: 4 },
-    { what: 'q', ptr: a.q, rows: a.Sq, heads: a.H, boxRows: WG_BWD_BQ, elem: 2 },
-    { what: 'dO', ptr: a.dO, rows: a.Sq, heads: a.H, boxRows: WG_BWD_BQ, elem: 2 },
+    { what: 'q', ptr: a.q, rows: a.Sq, heads: a.H, boxRows: wgBwdBq(a.D), elem: 2 },
+    { what: 'dO', ptr: a.dO, rows: a.Sq, heads: a.H, boxRows: wgBwdBq(a.D), elem: 2 },
   ]);
 }
 
 /**
- * attn_bwd_h.cu: 128 keys a CTA (256 threads), 64-query tiles in 3 stages, dS^T, row arrays,
- * dQ staging (16 rows of 256 bytes a warp), two bits a query tile (at most WG_BWD_MAX_QTILES) and
- * three mbarriers.
+ * attn_bwd_h.cu: 128 keys a CTA (256 threads), query tiles of wgBwdBq(D) rows in 3 stages, dS^T,
+ * row arrays, dQ staging (16 rows of 256 bytes a warp), two bits a query tile (at most
+ * WG_BWD_MAX_QTILES) and three mbarriers.
  */
-const WG_BWD_BQ = 64;
 const WG_BWD_MAX_QTILES = 16384;
+/** attn_bwd_h.cu's query tile: 128 rows at D=64 (kernels/NOTES.md run 29), 64 at D=128. */
+export function wgBwdBq(D: number): number {
+  return D === 64 ? 128 : 64;
+}
 function wgBwdSmem(D: number): number {
-  return 1024 + 2 * WG_TILE * D * 2 + 3 * 2 * WG_BWD_BQ * D * 2 + WG_TILE * WG_BWD_BQ * 2 + 3 * 4 * WG_BWD_BQ * 4 + 2 * WG_TILE * 4 + 8 * 16 * 256 + (2 * WG_BWD_MAX_QTILES) / 8 + 3 * 8;
+  const bq = wgBwdBq(D);
+  return 1024 + 2 * WG_TILE * D * 2 + 3 * 2 * bq * D * 2 + WG_TILE * bq * 2 + 3 * 4 * bq * 4 + 2 * WG_TILE * 4 + 8 * 16 * 256 + (2 * WG_BWD_MAX_QTILES) / 8 + 3 * 8;
 }
 
 function fwdSmem(D: number): number {
@@ -361,7 +365,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       if (tag !== 'generic') throwReason(misaligned({ q: a.q, k: a.k, v: a.v, dO: a.dO }));
       // attn_bwd_h keeps a bit per query tile in shared memory (longer query blocks go to
       // attn_bwd.cu) and adds dQ by TMA (a driver without tensor maps runs attn_bwd.cu too).
-      const wgb = Math.ceil(a.Sq / WG_BWD_BQ) <= WG_BWD_MAX_QTILES ? wgmmaBackward(tag, ctx.computeCapability) : null;
+      const wgb = Math.ceil(a.Sq / wgBwdBq(a.D)) <= WG_BWD_MAX_QTILES ? wgmmaBackward(tag, ctx.computeCapability) : null;
       const maps = wgb ? bwdTensorMaps(ctx, a) : null;
       const wg = maps !== null;
       const tile = tiles(tag, 'bwd', wg);

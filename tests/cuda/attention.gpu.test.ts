@@ -150,7 +150,7 @@ test('mma.sync backward (RINGATTN_WGMMA_BWD=0) with the GQA group split over CTA
 });
 
 // The Hopper backward (attn_bwd_h.cu, the default on sm_90a; mma.sync elsewhere):
-// every mask, GQA, ragged S (several 128-key tiles and 64-query tiles), 16-bit at D 64/128,
+// every mask, GQA, ragged S (several 128-key tiles and query tiles: 128 rows at D=64, 64 at 128), 16-bit at D 64/128,
 // the GQA group split over CTAs and not, and a batch.
 test('attentionCuda 16-bit backward with RINGATTN_WGMMA_BWD=1 (wgmma on Hopper): every mask, GQA, ragged S, split and not, vs float64', { skip }, async () => {
   const seed = freshSeed();
@@ -162,9 +162,9 @@ test('attentionCuda 16-bit backward with RINGATTN_WGMMA_BWD=1 (wgmma on Hopper):
       });
     }
     await checkCase('bfloat16', 128, 4, 2, 300, { name: 'causal window 70', mask: { causal: true, window: 70 } }, seed + 3, 2);
-    // 66 query tiles: the per-tile class bits span three words, and the last key tiles see
-    // nothing in the first two (the search skips whole words), for each of the group's 2 heads.
-    await checkCase('bfloat16', 64, 2, 1, 4200, { name: 'causal, 66 query tiles', mask: { causal: true } }, seed + 5);
+    // 33 query tiles of 128 (D=64): the per-tile class bits span two words, and the last key
+    // tiles see nothing in the first (the search skips whole words), for each of the group's 2 heads.
+    await checkCase('bfloat16', 64, 2, 1, 4200, { name: 'causal, 33 query tiles', mask: { causal: true } }, seed + 5);
   });
 });
 
@@ -176,12 +176,14 @@ test('attentionCuda 16-bit backward with RINGATTN_WGMMA_BWD=2 (wgmma, TMA loads,
     await maskSweep(['bfloat16'], [64, 128], seed, 300, 300);
     await checkCase('float16', 128, 4, 2, 333, { name: 'causal window 70', mask: { causal: true, window: 70 } }, seed + 1);
     await withEnv({ RINGATTN_BWD_SPLIT: '2' }, () => checkCase('bfloat16', 128, 8, 2, 333, { name: 'causal, split 2', mask: { causal: true } }, seed + 2));
-    await checkCase('bfloat16', 64, 2, 1, 4200, { name: 'causal, 66 query tiles', mask: { causal: true } }, seed + 5);
+    // 66 query tiles of 64 (D=128): the per-tile class bits span three words, and the last key
+    // tiles see nothing in the first two (the search skips whole words).
+    await checkCase('bfloat16', 128, 2, 1, 4200, { name: 'causal, 66 query tiles', mask: { causal: true } }, seed + 5);
     // One and two query tiles a head over a group of 4: the three stages and their phases cycle
     // across head boundaries.
     await withEnv({ RINGATTN_BWD_SPLIT: '1' }, async () => {
       await checkCase('bfloat16', 128, 4, 1, 50, { name: 'one query tile a head', mask: { causal: true } }, seed + 6);
-      await checkCase('float16', 64, 4, 1, 100, { name: 'two query tiles a head', mask: {} }, seed + 7);
+      await checkCase('float16', 64, 4, 1, 200, { name: 'two query tiles a head', mask: {} }, seed + 7);
     });
   });
 });

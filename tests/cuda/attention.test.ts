@@ -121,7 +121,7 @@ test('fwdTensorMaps: three 64-byte-aligned 128-byte maps of q [Sq, H, D], k and 
   assert.deepEqual(calls.map(({ args }) => u32(args[5])), [[64, 1, 192], [64, 1, 128], [64, 1, 128]]);
 });
 
-test('bwdTensorMaps: dq [Sq, H, D] fp32 (box 32 x 1 x 16) for the backward\'s TMA reduce-adds, q and dO 16-bit (box 64 x 1 x 64) for its TMA loads; 128-byte swizzle, 64-byte aligned; null without the driver function', () => {
+test('bwdTensorMaps: dq [Sq, H, D] fp32 (box 32 x 1 x 16) for the backward\'s TMA reduce-adds, q and dO 16-bit (box 64 x 1 x the query tile: 128 rows at D=64, 64 at D=128) for its TMA loads; 128-byte swizzle, 64-byte aligned; null without the driver function', () => {
   const calls: unknown[][] = [];
   const drv = { cuTensorMapEncodeTiled: (_map: Buffer, ...args: unknown[]) => (calls.push(args), 0) };
   const ctx = { drv, check: (what: string, code: number) => assert.equal(code, 0, what) } as unknown as CudaContext;
@@ -131,7 +131,7 @@ test('bwdTensorMaps: dq [Sq, H, D] fp32 (box 32 x 1 x 16) for the backward\'s TM
   assert.equal(koffi.address(maps) % 64n, 0n);
   const u64 = (b: unknown) => Array.from(new BigUint64Array((b as Buffer).buffer, (b as Buffer).byteOffset, (b as Buffer).byteLength / 8)).map(Number);
   const u32 = (b: unknown) => Array.from(new Uint32Array((b as Buffer).buffer, (b as Buffer).byteOffset, (b as Buffer).byteLength / 4));
-  const want = [[7, a.dq, 4, [32, 1, 16]], [1, a.q, 2, [64, 1, 64]], [1, a.dO, 2, [64, 1, 64]]] as const;
+  const want = [[7, a.dq, 4, [32, 1, 16]], [1, a.q, 2, [64, 1, 128]], [1, a.dO, 2, [64, 1, 128]]] as const;
   calls.forEach(([dtype, rank, ptr, dims, strides, box, elem, interleave, swizzle], i) => {
     const [wantType, wantPtr, bytes, wantBox] = want[i];
     assert.deepEqual([dtype, rank, ptr, interleave, swizzle], [wantType, 3, wantPtr, 0, 3], `map ${i}`);
@@ -141,6 +141,9 @@ test('bwdTensorMaps: dq [Sq, H, D] fp32 (box 32 x 1 x 16) for the backward\'s TM
     assert.deepEqual(u32(elem), [1, 1, 1]);
   });
   assert.equal(bwdTensorMaps({ drv: {}, check: () => {} } as unknown as CudaContext, a), null);
+  calls.length = 0;
+  bwdTensorMaps(ctx, { ...a, D: 128 });
+  assert.deepEqual(calls.map((c) => u32(c[5])), [[32, 1, 16], [64, 1, 64], [64, 1, 64]]);
 });
 
 test('wgmmaBackward: ht by default on sm_90 for tensor-core tags, h with RINGATTN_WGMMA_BWD=1, mma.sync with =0; unknown values rejected', () => {

@@ -29,8 +29,8 @@
 
 namespace bwdh {
 using namespace hop;
-constexpr int BK = 128, BQ = 64, THREADS = 256, STAGES = 3;  // Q/dO stages: loads run two tiles ahead
-constexpr int MAX_QTILES = 16384;        // query tiles (of 64) a call may have: 1M queries; the host checks
+constexpr int BK = 128, THREADS = 256, STAGES = 3;  // Q/dO stages: loads run two tiles ahead
+constexpr int MAX_QTILES = 16384;        // query tiles a call may have (1M queries at D=128); the host checks
 constexpr int STG_WARP = 2 * 16 * 128;   // a warp's dQ staging: 16 rows x 64 fp32 as two TMA boxes of 32 columns
 // TMA maps built per call on the host (src/cuda/attention.ts bwdTensorMaps): dq ([Sq, H, D] fp32,
 // box 32 x 1 x 16, 128-byte swizzle) for the reduce-adds; q and dO ([Sq, H, D] 16-bit, box 64 x 1
@@ -41,10 +41,13 @@ struct BwdMaps {
   alignas(64) unsigned char dO[128];
 };
 
+// Query tiles: 64 rows at D=128; 128 at D=64, where a 64-query step's products were too short
+// to cover the loop's fixed costs (two barriers, the waits, the dQ reduces): kernels/NOTES.md run 29.
 template <int D> struct Cfg {
+  static constexpr int BQ = D == 64 ? 128 : 64;
   static constexpr int KV_BYTES = BK * D * 2;  // K or V
   static constexpr int Q_BYTES = BQ * D * 2;   // Q or dO of one stage
-  static constexpr int DS_BYTES = BK * BQ * 2;  // dS^T [128 keys][64 queries], 16-bit
+  static constexpr int DS_BYTES = BK * BQ * 2;  // dS^T [128 keys][BQ queries], 16-bit, in 64-query panels
   static constexpr int ROW_BYTES = 4 * BQ * 4;  // LSE, delta, qPos, qSeg of one stage
   static constexpr int STG_BYTES = 8 * STG_WARP;  // dQ staging, a region per warp
   static constexpr int BITS_BYTES = 2 * MAX_QTILES / 8;  // visible / partial bit per query tile
@@ -58,6 +61,7 @@ template <typename T, int D, bool TMA>
 __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   using C = Cfg<D>;
   using M = Wg<T>;
+  constexpr int BQ = C::BQ, NQ = BQ / 8;  // NQ: S^T accumulator column groups a thread holds
   extern __shared__ __align__(1024) unsigned char smemRaw[];
   const u32 base = (smemAddr(smemRaw) + 1023) & ~1023u;
   unsigned char* const gbase = smemRaw + (base - smemAddr(smemRaw));
@@ -151,14 +155,18 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       loadSwizzled<BQ, D, THREADS>(sQ(st), (const u16*)p.q, q0, p.Sq - q0, p.H, h, threadIdx.x);
       loadSwizzled<BQ, D, THREADS>(sdO(st), (const u16*)p.dO, q0, p.Sq - q0, p.H, h, threadIdx.x);
     }
-    const int a = threadIdx.x >> 6, r = threadIdx.x & 63, i = q0 + r;
-    const bool ok = i < p.Sq;
-    const int ic = ok ? i : 0;
-    const void* g = a == 0 ? (const void*)(p.lse + (u64)ic * p.H + h)
-                  : a == 1 ? (const void*)(p.delta + (u64)ic * p.H + h)
-                  : a == 2 ? (const void*)(p.qPos + ic)
-                           : (const void*)((m.hasSeg ? p.qSeg : p.qPos) + ic);
-    cpAsync4(sRows + st * C::ROW_BYTES + threadIdx.x * 4, g, ok && (a != 3 || m.hasSeg));
+#pragma unroll
+    for (int x = 0; x < 4 * BQ / THREADS; x++) {
+      const unsigned e = threadIdx.x + x * THREADS;
+      const int a = e / BQ, r = e % BQ, i = q0 + r;
+      const bool ok = i < p.Sq;
+      const int ic = ok ? i : 0;
+      const void* g = a == 0 ? (const void*)(p.lse + (u64)ic * p.H + h)
+                    : a == 1 ? (const void*)(p.delta + (u64)ic * p.H + h)
+                    : a == 2 ? (const void*)(p.qPos + ic)
+                             : (const void*)((m.hasSeg ? p.qSeg : p.qPos) + ic);
+      cpAsync4(sRows + st * C::ROW_BYTES + e * 4, g, ok && (a != 3 || m.hasSeg));
+    }
   };
 
   // The (head, query tile) pair after (h, q) in the loop's order, or q = -1 at the end.
@@ -181,8 +189,9 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   for (int i = 0; i < D / 2; i++) dK[i] = dV[i] = 0.f;
   const u32 kRows = sK + wg * 64 * 128, vRows = sV + wg * 64 * 128;  // this warpgroup's 64 keys
   const u32 stg = sStg + warpId * STG_WARP;                         // this warp's dQ staging rows
-  constexpr int KEYS = D == 128 ? BK : 64;  // dQ: D=128, warpgroup w takes columns 64w.. over all 128 keys; D=64, its own keys
-  const int keyLo = D == 128 ? 0 : wg * 64, colPanel = D == 128 ? wg : 0;
+  // dQ over all 128 keys: at D=128 warpgroup w takes columns 64w.. of the 64 queries; at D=64 (128
+  // queries) all 64 columns of queries 64w..64w+63.
+  const int colPanel = D == 128 ? wg : 0, qLo = D == 128 ? 0 : wg * 64;
 
   for (int st = 0, it = 0; qt >= 0; st = st == STAGES - 1 ? 0 : st + 1, it++) {
     cpAsyncWait<STAGES - 2>();  // this tile's copies (and K/V) have landed; the next tile's may be in flight
@@ -198,30 +207,41 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
     const int h = hLo + hi, q0 = qt * BQ;
     const bool partial = (sPart[qt >> 5] >> (qt & 31)) & 1;
 
-    // S^T = K Q^T and dP^T = V dO^T: 64 keys x 64 queries per warpgroup.
-    float s[32], dp[32];
+    // S^T = K Q^T and dP^T = V dO^T: 64 keys x BQ queries per warpgroup.
+    float s[BQ / 2], dp[BQ / 2];
+    auto ssQ = [&](float (&d)[BQ / 2], u64 da, u64 db, bool first) {
+      if constexpr (BQ == 128) {
+        if (first) M::template ss128<0, 0, 0>(d, da, db);
+        else M::template ss128<0, 0, 1>(d, da, db);
+      } else {
+        if (first) M::template ss64<0, 0, 0>(d, da, db);
+        else M::template ss64<0, 0, 1>(d, da, db);
+      }
+    };
     wgmmaFence();
 #pragma unroll
     for (int j = 0; j < D / 16; j++) {
       const u32 off = (j >> 2) * BK * 128 + (j & 3) * 32, offQ = (j >> 2) * BQ * 128 + (j & 3) * 32;
-      if (j == 0) {
-        M::template ss64<0, 0, 0>(s, desc(kRows + off, 16, 1024), desc(sQ(st) + offQ, 16, 1024));
-        M::template ss64<0, 0, 0>(dp, desc(vRows + off, 16, 1024), desc(sdO(st) + offQ, 16, 1024));
-      } else {
-        M::template ss64<0, 0, 1>(s, desc(kRows + off, 16, 1024), desc(sQ(st) + offQ, 16, 1024));
-        M::template ss64<0, 0, 1>(dp, desc(vRows + off, 16, 1024), desc(sdO(st) + offQ, 16, 1024));
-      }
+      ssQ(s, desc(kRows + off, 16, 1024), desc(sQ(st) + offQ, 16, 1024), j == 0);
+      ssQ(dp, desc(vRows + off, 16, 1024), desc(sdO(st) + offQ, 16, 1024), j == 0);
     }
     wgmmaCommit();
-    // This thread's 16 query columns' LSE (log2 units; +inf for a row that saw nothing, so its
-    // P is 0) and delta, read while the MMAs run.
-    float lseC[16], dlC[16];
+    // This thread's query columns' LSE (log2 units; +inf for a row that saw nothing, so its P is
+    // 0) and delta: at BQ = 64 read into registers while the MMAs run; at 128 (64 more registers
+    // beside S^T and dP^T's 128) read from shared memory where they are used.
+    constexpr int NC = BQ == 64 ? 2 * NQ : 1;
+    float lseC[NC], dlC[NC];
+    auto lseOf = [&](int c) {
+      const float L = sLse(st)[(c >> 1) * 8 + 2 * (lane & 3) + (c & 1)];
+      return L == NEG_INF ? POS_INF : L * LOG2E;
+    };
+    auto deltaOf = [&](int c) { return sDelta(st)[(c >> 1) * 8 + 2 * (lane & 3) + (c & 1)]; };
+    if constexpr (BQ == 64) {
 #pragma unroll
-    for (int c = 0; c < 16; c++) {
-      const int col = (c >> 1) * 8 + 2 * (lane & 3) + (c & 1);
-      const float L = sLse(st)[col];
-      lseC[c] = L == NEG_INF ? POS_INF : L * LOG2E;
-      dlC[c] = sDelta(st)[col];
+      for (int c = 0; c < NC; c++) {
+        lseC[c] = lseOf(c);
+        dlC[c] = deltaOf(c);
+      }
     }
     wgmmaWait<0>();
     fenceRegs(s);
@@ -232,7 +252,7 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
     // the exponentials below are one branch-free pass (exp2(-inf) = 0).
     if (partial) {
 #pragma unroll
-      for (int n = 0; n < 8; n++)
+      for (int n = 0; n < NQ; n++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
           const int col = n * 8 + 2 * (lane & 3) + (e & 1);
@@ -241,37 +261,37 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
         }
     }
 #pragma unroll
-    for (int n = 0; n < 8; n++)
+    for (int n = 0; n < NQ; n++)
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         const int c = 2 * n + (e & 1);
-        const float pv = exp2Fast(s[4 * n + e] * scaleLog2 - lseC[c]);
+        const float pv = exp2Fast(s[4 * n + e] * scaleLog2 - (BQ == 64 ? lseC[c % NC] : lseOf(c)));
         s[4 * n + e] = pv;
-        dp[4 * n + e] = pv * (dp[4 * n + e] - dlC[c]);
+        dp[4 * n + e] = pv * (dp[4 * n + e] - (BQ == 64 ? dlC[c % NC] : deltaOf(c)));
       }
     // 16-bit A fragments (queries 16kk..16kk+15 are registers 8kk..8kk+7), and dS^T to shared
-    // memory ([key][query] rows of 128 B, 128-byte swizzle) for dQ.
-    u32 ap[4][4], ad[4][4];
+    // memory for dQ: panels of 64 queries, each [128 keys][128 B] in the 128-byte swizzle.
+    u32 ap[BQ / 16][4], ad[BQ / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < 4; kk++)
+    for (int kk = 0; kk < BQ / 16; kk++)
 #pragma unroll
       for (int c = 0; c < 4; c++) {
         ap[kk][c] = pack2<T>(s[8 * kk + 2 * c], s[8 * kk + 2 * c + 1]);
         ad[kk][c] = pack2<T>(dp[8 * kk + 2 * c], dp[8 * kk + 2 * c + 1]);
       }
 #pragma unroll
-    for (int n = 0; n < 8; n++)
+    for (int n = 0; n < NQ; n++)
 #pragma unroll
       for (int r = 0; r < 2; r++) {
         const int kr = wg * 64 + warp * 16 + (lane >> 2) + 8 * r;
         // registers 4n + 2r, 4n + 2r + 1: columns 8n + 2(lane % 4) + {0, 1} of row kr
         const u32 v2 = ad[n >> 1][(n & 1) * 2 + r];
-        *(u32*)((unsigned char*)dsPtr + kr * 128 + ((n ^ (kr & 7)) << 4) + 4 * (lane & 3)) = v2;
+        *(u32*)((unsigned char*)dsPtr + (n >> 3) * BK * 128 + kr * 128 + (((n & 7) ^ (kr & 7)) << 4) + 4 * (lane & 3)) = v2;
       }
     // dV += P^T dO, dK += dS^T Q: A from registers, B (dO, Q: [query][d]) read MN-major.
     wgmmaFence();
 #pragma unroll
-    for (int kk = 0; kk < 4; kk++) {
+    for (int kk = 0; kk < BQ / 16; kk++) {
       M::template rs<D, 1>(dV, ap[kk], desc(sdO(st) + kk * 16 * 128, BQ * 128, 1024));
       M::template rs<D, 1>(dK, ad[kk], desc(sQ(st) + kk * 16 * 128, BQ * 128, 1024));
     }
@@ -283,9 +303,9 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
     float dq[32];
     wgmmaFence();
 #pragma unroll
-    for (int kk = 0; kk < KEYS / 16; kk++) {
-      const u32 key = keyLo + kk * 16;
-      const u64 da = desc(sdS + key * 128, BK * 128, 1024);
+    for (int kk = 0; kk < BK / 16; kk++) {
+      const u32 key = kk * 16;
+      const u64 da = desc(sdS + (qLo / 64) * BK * 128 + key * 128, BK * 128, 1024);
       const u64 db = desc(sK + colPanel * BK * 128 + key * 128, BK * 128, 1024);
       if (kk == 0) M::template ss64<1, 1, 0>(dq, da, db);
       else M::template ss64<1, 1, 1>(dq, da, db);
@@ -313,8 +333,8 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
     fenceAsyncShared();
     __syncwarp();
     if (lane == 0) {
-      tmaReduceAdd3d(maps.dq, stg, colPanel * 64, h, q0 + warp * 16);
-      tmaReduceAdd3d(maps.dq, stg + 2048, colPanel * 64 + 32, h, q0 + warp * 16);
+      tmaReduceAdd3d(maps.dq, stg, colPanel * 64, h, q0 + qLo + warp * 16);
+      tmaReduceAdd3d(maps.dq, stg + 2048, colPanel * 64 + 32, h, q0 + qLo + warp * 16);
       bulkCommit();
     }
     hi = h1;

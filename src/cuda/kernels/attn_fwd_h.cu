@@ -102,6 +102,15 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   };
   const int first = nextTile(span.x);
   if (first >= end) return;  // this query tile sees nothing in this block
+  // The consumers' form: the next visible tile and its class (read once, before the wait that
+  // precedes its softmax, not after).
+  auto nextTileC = [&](int t, int& cls) {
+    for (; t < end; t++) {
+      cls = tileClass(t);
+      if (cls != TILE_EMPTY) break;
+    }
+    return t;
+  };
 
   constexpr u32 ARRIVALS = TMA ? 1 : PRODUCERS;  // one expect_tx arrival, or one cp.async arrival per producer thread
   if (threadIdx.x == 0) {
@@ -194,8 +203,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // is the factor the running O of row r must take. The scale is folded into the exponent (one
   // FFMA a score: exp2(s·scale·log2e − max)); the host sends only scale > 0 here, so the raw
   // maximum is the scaled one's. Max and sum run as four independent chains, not one of 32.
-  auto softmax = [&](int t) {
-    const int cls = tileClass(t);
+  auto softmax = [&](int t, int cls) {
     if (cls == TILE_PARTIAL) {
 #pragma unroll
       for (int q = 0; q < 16; q++)
@@ -230,8 +238,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       rowSum[r] = rowSum[r] * corr[r] + ((s4[0] + s4[1]) + (s4[2] + s4[3]));
     }
   };
-  // Rescale O, then P to 16 bits: keys 16kk..16kk+15 are S columns q = 2kk, 2kk + 1.
-  auto rescaleAndPack = [&]() {
+  // Rescale O; P to 16 bits (keys 16kk..16kk+15 are S columns q = 2kk, 2kk + 1).
+  auto rescale = [&]() {
 #pragma unroll
     for (int n = 0; n < D / 8; n++) {
       o[4 * n] *= corr[0];
@@ -239,6 +247,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       o[4 * n + 2] *= corr[1];
       o[4 * n + 3] *= corr[1];
     }
+  };
+  auto pack = [&]() {
 #pragma unroll
     for (int kk = 0; kk < BK / 16; kk++) {
       a[kk][0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
@@ -247,6 +257,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       a[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
     }
   };
+  // The pipelined schedules rescale O between issuing the next tile's S and this tile's P·V, while
+  // the tensor cores run the first, as FlashAttention-3 does; the others right after the softmax.
+  constexpr bool LATE_RESCALE = MODE == PIPELINED || MODE == PIPE_PONG;
   // O += P V from stage s, issued (not waited for).
   auto issuePV = [&](int s) {
     const u64 dv0 = desc(stV(s), BK * 128, 1024);
@@ -269,13 +282,16 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     if (pong) turnWait(wg);
     issueQK(0);
     if (pong) turnPass<WGS>(wg);
+    const int cls = tileClass(first);
     wgmmaWait<0>();
     fenceRegs(sc);
-    softmax(first);
-    rescaleAndPack();
+    softmax(first, cls);
+    if (!LATE_RESCALE) rescale();
+    pack();
   };
   auto lastTile = [&](bool pong, int s) {
     if (pong) turnWait(wg);
+    if (LATE_RESCALE) rescale();
     issuePV(s);
     if (pong && wg != WGS - 1) turnPass<WGS>(wg);
     wgmmaWait<0>();
@@ -291,8 +307,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     // busy (FlashAttention-3's ping-pong). Both warpgroups see the same tiles, so their turns
     // pair up.
     firstTile(true);
-    int t = first, i = 0;
-    for (int tn = nextTile(t + 1); tn < end; t = tn, tn = nextTile(t + 1), i++) {
+    int t = first, i = 0, cls;
+    for (int tn = nextTileC(t + 1, cls); tn < end; t = tn, tn = nextTileC(t + 1, cls), i++) {
       waitFull(i + 1);
       turnWait(wg);
       issuePV(i % STAGES);
@@ -302,20 +318,22 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       fenceRegs(sc);
       fenceRegs(o);
       mbarArrive(empty(i % STAGES));
-      softmax(tn);
-      rescaleAndPack();
+      softmax(tn, cls);
+      rescale();
+      pack();
     }
     lastTile(true, i % STAGES);
   } else if (MODE == ONE_TILE) {
     // One tile at a time: the other warpgroup's products overlap this one's softmax.
-    int i = 0;
-    for (int t = first; t < end; t = nextTile(t + 1), i++) {
+    int i = 0, cls = tileClass(first);
+    for (int t = first; t < end; t = nextTileC(t + 1, cls), i++) {
       waitFull(i);
       issueQK(i % STAGES);
       wgmmaWait<0>();
       fenceRegs(sc);
-      softmax(t);
-      rescaleAndPack();
+      softmax(t, cls);
+      rescale();
+      pack();
       issuePV(i % STAGES);
       wgmmaWait<0>();
       fenceRegs(o);
@@ -327,20 +345,21 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     // tensor cores do its P·V of tile n. PIPE_PONG adds the ping-pong turns around the issues.
     constexpr bool pong = MODE == PIPE_PONG;
     firstTile(pong);
-    int t = first, i = 0;
-    for (int tn = nextTile(t + 1); tn < end; t = tn, tn = nextTile(t + 1), i++) {
+    int t = first, i = 0, cls;
+    for (int tn = nextTileC(t + 1, cls); tn < end; t = tn, tn = nextTileC(t + 1, cls), i++) {
       waitFull(i + 1);
       if (pong) turnWait(wg);
       issueQK((i + 1) % STAGES);
+      rescale();  // by tile t's factors, before its P·V
       issuePV(i % STAGES);
       if (pong) turnPass<WGS>(wg);
       wgmmaWait<1>();  // S of tile tn (committed first) is done; P·V of tile t may still run
       fenceRegs(sc);
-      softmax(tn);
+      softmax(tn, cls);
       wgmmaWait<0>();
       fenceRegs(o);
       mbarArrive(empty(i % STAGES));
-      rescaleAndPack();
+      pack();
     }
     lastTile(pong, i % STAGES);
   }

@@ -17,7 +17,7 @@
 // and only their union is ever read. Without a window the union starts at row 0, so the CTA
 // issues its first loads before the search ends (which then only trims the end). It takes its
 // share of whole 64-row tiles, streams them through a cp.async pipeline of 16-byte loads into
-// shared memory (D=128: two stages, three CTAs an SM, up to 96 KB in flight an SM), and keeps an online
+// shared memory (D=128: two stages, two CTAs an SM, up to 64 KB in flight an SM), and keeps an online
 // softmax per query row. It ends with an fp32 partial per row (O normalised, LSE in log2 units of
 // the scaled logits); decode_merge folds a sequence's partials into the running (o, lse).
 //
@@ -242,9 +242,9 @@ constexpr int MAXR = 128;    // query rows per CTA pass
 
 template <int D> struct Cfg {
   static constexpr int LD = D + 8;                                // smem row stride (elements): ldmatrix without conflicts
-  // D=128: two stages (one tile in flight while one is computed), so three CTAs fit an SM: 0.5-2.5%
-  // faster than three stages at two CTAs an SM, most at batch 8; four stages (one CTA) slower
-  // (kernels/NOTES.md runs 27-28).
+  // D=128: two stages (one tile loading while one is computed): 0.5-2.5% faster than three, most
+  // at batch 8, at the same two CTAs an SM (registers, ~220 a thread, allow two; forcing three
+  // with 168 spilled and was 1-3% slower); four stages (one CTA an SM) slower (NOTES.md runs 27-28, 34).
   static constexpr int STAGES = D == 64 ? 4 : 2;
   static constexpr int STAGE_BYTES = 2 * BK * LD * 2 + 2 * BK * 4;  // K, V tiles + positions, segment ids
   static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;

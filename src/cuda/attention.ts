@@ -301,7 +301,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
     return (wg === 'ht' || wg === 'hw') && !ctx.drv.cuTensorMapEncodeTiled ? 'hq' : wg;
   };
   // The workspace (workspaceBytes): query tiles' boxes, key tiles' boxes, then the query tiles'
-  // key-tile spans (written only for the Hopper forward, by spans()).
+  // key-tile spans (written for the tensor-core forwards, by spans()).
   const boxes = (a: DeviceBlockArgs, [bq, bk]: [number, number]): [number, number, number] => {
     const ws = workspace(workspaceBytes(a.Sq, a.Sk));
     const qTiles = ws;
@@ -311,7 +311,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
     return [qTiles, kTiles, kTiles + Math.ceil(a.Sk / BK) * 16];
   };
   // {first, one past the last} key tile each query tile sees anything of (attn_tile_spans), for
-  // the Hopper forward: a CTA no longer reads every key tile's box to find them.
+  // the tensor-core forwards (Hopper and mma.sync): a CTA no longer reads every key tile's box to find them.
   const spans = (a: DeviceBlockArgs, [bq, bk]: [number, number], qTiles: number, kTiles: number, out: number): number => {
     const args: Arg[] = [
       { ptr: qTiles }, { ptr: kTiles }, { i32: Math.ceil(a.Sk / bk) }, { i32: a.causal ? 1 : 0 }, { i32: a.window },
@@ -340,7 +340,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       const bq = tile[0];
       const params = packStruct([
         { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.qPos }, { ptr: a.kPos }, { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 },
-        { ptr: qTiles }, { ptr: kTiles }, { ptr: a.o }, { ptr: a.lse }, ...tail(a), { ptr: wg ? spans(a, tile, qTiles, kTiles, spanOut) : 0 },
+        { ptr: qTiles }, { ptr: kTiles }, { ptr: a.o }, { ptr: a.lse }, ...tail(a), { ptr: tag !== 'generic' ? spans(a, tile, qTiles, kTiles, spanOut) : 0 },
       ]);
       if (tag === 'generic') {
         const name = `attn_fwd_generic_${SUFFIX[a.dtype]}`;

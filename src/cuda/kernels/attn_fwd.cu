@@ -109,9 +109,13 @@ __device__ __forceinline__ void run(const FwdParams& p) {
     int c = classifyTile(m, qBox, p.kTiles[t]);
     return (c == TILE_FULL && (t + 1) * BK > p.Sk) ? TILE_PARTIAL : c;
   };
-  int t = 0;
-  while (t < nkt && tileClass(t) == TILE_EMPTY) t++;
-  if (t == nkt) return;  // this query tile sees nothing in this block
+  // Key tiles outside this query tile's span (attn_tile_spans, when the host sends spans) are
+  // empty: the scans start at its first and stop at its end instead of reading every box.
+  const int2 span = p.qSpans ? p.qSpans[qt] : make_int2(0, nkt);
+  const int kEnd = span.y;
+  int t = span.x;
+  while (t < kEnd && tileClass(t) == TILE_EMPTY) t++;
+  if (t >= kEnd) return;  // this query tile sees nothing in this block
 
   const T* q = (const T*)p.q;
   for (int c = threadIdx.x; c < BQ * (D / 8); c += THREADS) {
@@ -137,11 +141,11 @@ __device__ __forceinline__ void run(const FwdParams& p) {
 
   int buf = 0;
   bool first = true;
-  while (t < nkt) {
+  while (t < kEnd) {
     const int cls = tileClass(t);
     int next = t + 1;
-    while (next < nkt && tileClass(next) == TILE_EMPTY) next++;
-    if (next < nkt) loadKV<T, D>(p, sK + (buf ^ 1) * BK * LD, sV + (buf ^ 1) * BK * LD, sKPos + (buf ^ 1) * BK, sKSeg + (buf ^ 1) * BK, next, kh);
+    while (next < kEnd && tileClass(next) == TILE_EMPTY) next++;
+    if (next < kEnd) loadKV<T, D>(p, sK + (buf ^ 1) * BK * LD, sV + (buf ^ 1) * BK * LD, sKPos + (buf ^ 1) * BK, sKSeg + (buf ^ 1) * BK, next, kh);
     cpAsyncCommit();
     cpAsyncWait<1>();
     __syncthreads();

@@ -125,7 +125,7 @@ struct FwdParams {
   float scale;
   int pad_;
   const int2* qSpans;  // [ceil(Sq / blockQ)] {first, one past the last} key tile a query tile sees
-                       // anything of (attn_tile_spans; the Hopper forward); null for the others
+                       // anything of (attn_tile_spans; the tensor-core forwards); null for the generic one
 };
 
 struct BwdParams {

@@ -4,8 +4,8 @@ import type { CudaContext, DeviceBuffer } from '../src/cuda/context.js';
 /**
  * One block's forward and backward on one GPU, timed as the GPU benches time them (bench/gpu-ring.ts
  * oneGpu, bench/gpu-masks.ts): the forward includes resetting (o, lse), the backward zeroing
- * dq/dk/dv and delta = rowsum(dO·O). One warm-up of each, then `reps` event-timed runs of each;
- * returns the median ms of both. Allocates its fp32 outputs and frees them before returning.
+ * dq/dk/dv and delta = rowsum(dO·O). Warm-up (warmUp) of each, then `reps` event-timed runs of
+ * each; returns the median ms of both. Allocates its fp32 outputs and frees them before returning.
  */
 export function timeBlock(ctx: CudaContext, kern: CudaAttentionKernel, a: DeviceBlockArgs, dO: number, reps: number): { f: number; b: number } {
   const n = a.Sq * a.H * a.D, nk = a.Sk * a.Hk * a.D, rows = a.Sq * a.H;
@@ -29,17 +29,50 @@ export function timeBlock(ctx: CudaContext, kern: CudaAttentionKernel, a: Device
       kern.delta(dO, o.ptr, delta.ptr, rows, a.D, a.dtype);
       kern.backward({ ...a, dO, lse: lse.ptr, delta: delta.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr });
     };
-    fwd();
-    bwd();
-    ctx.sync();
-    const tf: number[] = [], tb: number[] = [];
-    for (let i = 0; i < reps; i++) tf.push(ctx.time(fwd));
-    for (let i = 0; i < reps; i++) tb.push(ctx.time(bwd));
-    return { f: median(tf), b: median(tb) };
+    warmUp(ctx, () => {
+      fwd();
+      bwd();
+    });
+    return { f: timeCalls(ctx, fwd, reps), b: timeCalls(ctx, bwd, reps) };
   } finally {
     ctx.sync();
     for (const b of bufs) ctx.free(b);
   }
+}
+
+/**
+ * Calls `fn` until the host code behind it runs compiled, then waits for the GPU: at least 3
+ * calls, then until `calls` calls or `ms` of wall time. V8 runs a function's first calls in its
+ * interpreter: a forward's host work (tile boxes, tensor maps, launches) took ~200 us a call over
+ * its first five calls, ~30 us after 50 and ~15 us after a few hundred (bench/host-overhead.ts),
+ * and an event-timed call pays for the part of it that the GPU waits through. A single warm-up
+ * call, as these benches made before, left 8k-token blocks (1-2 ms) timed 5-12% slow.
+ */
+export function warmUp(ctx: CudaContext, fn: () => void, calls = 50, ms = 3000): void {
+  const t0 = performance.now();
+  for (let i = 0; i < calls && (i < 3 || performance.now() - t0 < ms); i++) {
+    fn();
+    if (i % 8 === 7) ctx.sync();  // keep the queue short
+  }
+  ctx.sync();
+}
+
+/**
+ * Median ms a call of `fn` takes over `reps` event-timed intervals of `queue` calls enqueued back to
+ * back (the interval's time / queue). queue = 1 times a call alone (the host's gaps before its
+ * launches included, as a peer's single call is timed); queue > 1 as a ring's steps follow one
+ * another, the host preparing one call while the GPU runs the last.
+ */
+export function timeCalls(ctx: CudaContext, fn: () => void, reps: number, queue = 1): number {
+  const t: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    t.push(
+      ctx.time(() => {
+        for (let j = 0; j < queue; j++) fn();
+      }) / queue,
+    );
+  }
+  return median(t);
 }
 
 export function median(x: number[]): number {

@@ -4,12 +4,19 @@ import { ringBench } from './gpu-ring.js';
 import { cudaKernel } from '../src/cuda/attention.js';
 import { encode, type CudaDType } from '../src/cuda/convert.js';
 import { fill } from './common.js';
+import { timeCalls, warmUp } from './gpu-block.js';
 
 /**
  * Times the CUDA block kernels on one GPU: forward and backward (delta + main kernel) at a few
- * shapes, median of N event-timed runs after warm-up, reported as TFLOP/s with the usual
- * attention FLOP count (forward 4·S²·H·D, halved for causal; backward 2.5× forward).
- * Usage: node dist/bench/gpu.js [S=8192] [H=16] [reps=10] [--d=64,128] [--hk=H] [--fwd-only]
+ * shapes, median of N event-timed runs after warm-up (warmUp: until the host code runs
+ * compiled), reported as TFLOP/s with the usual attention FLOP count (forward 4·S²·H·D, halved
+ * for causal; backward 2.5× forward).
+ * With --queue=K each timed interval holds K calls enqueued back to back (the time reported is
+ * a call's share), as a ring's steps follow one another: the host's work for a call (tile
+ * boxes, tensor maps, launches) then overlaps the GPU's work on the last one instead of
+ * leaving the GPU idle between a call's small kernels and its main one. K = 1 (the default)
+ * times one call alone, host gaps included.
+ * Usage: node dist/bench/gpu.js [S=8192] [H=16] [reps=10] [--d=64,128] [--hk=H] [--fwd-only] [--queue=1]
  *        node dist/bench/gpu.js ring [devices=2] [reps=3] [S,S,...=16384,32768,65536]
  *          the ring on `devices` GPUs against one GPU on the same work (bench/gpu-ring.ts)
  *        node dist/bench/gpu.js masks [S=16384] [reps=5]
@@ -33,18 +40,16 @@ const reps = Number(pos[2] ?? 10);
 const dList = (flags.find((f) => f.startsWith('--d='))?.slice(4) ?? '64,128').split(',').map(Number);
 const fwdOnly = flags.includes('--fwd-only');
 const Hk = Number(flags.find((f) => f.startsWith('--hk='))?.slice(5) ?? H);
-for (const f of flags) if (!f.startsWith('--d=') && !f.startsWith('--hk=') && f !== '--fwd-only') throw new Error(`unknown flag ${f}: expected --d=64,128, --hk=N or --fwd-only`);
+const queue = Number(flags.find((f) => f.startsWith('--queue='))?.slice(8) ?? 1);
+for (const f of flags) if (!f.startsWith('--d=') && !f.startsWith('--hk=') && !f.startsWith('--queue=') && f !== '--fwd-only') throw new Error(`unknown flag ${f}: expected --d=64,128, --hk=N, --queue=K or --fwd-only`);
+if (!Number.isInteger(queue) || queue < 1) throw new Error(`--queue: expected a positive integer, got ${queue}`);
 if (!Number.isInteger(Hk) || Hk < 1 || H % Hk !== 0) throw new Error(`--hk: expected a divisor of H = ${H}, got ${Hk}`);
 if (dList.some((d) => d !== 64 && d !== 128)) throw new Error(`--d: expected head dims 64 and/or 128, got '${dList.join(',')}'`);
 
-function median(x: number[]): number {
-  const s = [...x].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
 
 const ctx = CudaContext.open(0);
 const kern = cudaKernel(ctx);
-console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); S=${S} H=${H} Hk=${Hk} reps=${reps}`);
+console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); S=${S} H=${H} Hk=${Hk} reps=${reps} queue=${queue}`);
 console.log('kernel                         D  causal  fwd ms   fwd TF/s  bwd ms   bwd TF/s');
 for (const dtype of ['bfloat16'] as CudaDType[]) {
   for (const D of dList) {
@@ -70,14 +75,12 @@ for (const dtype of ['bfloat16'] as CudaDType[]) {
         kern.delta(dO.ptr, o.ptr, delta.ptr, S * H, D, dtype);
         kern.backward({ ...a, dO: dO.ptr, lse: lse.ptr, delta: delta.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr });
       };
-      fwd();
-      if (!fwdOnly) bwd();
-      ctx.sync();
-      const tf = [], tb = [];
-      for (let i = 0; i < reps; i++) tf.push(ctx.time(fwd));
-      if (!fwdOnly) for (let i = 0; i < reps; i++) tb.push(ctx.time(bwd));
+      warmUp(ctx, () => {
+        fwd();
+        if (!fwdOnly) bwd();
+      });
       const flops = (4 * S * S * H * D) / (causal ? 2 : 1);
-      const mf = median(tf), mb = fwdOnly ? NaN : median(tb);
+      const mf = timeCalls(ctx, fwd, reps, queue), mb = fwdOnly ? NaN : timeCalls(ctx, bwd, reps, queue);
       console.log(
         `${kern.name({ dtype, D }).padEnd(30)} ${String(D).padStart(3)}  ${String(causal).padEnd(6)} ${mf.toFixed(3).padStart(7)}  ${(flops / mf / 1e9).toFixed(1).padStart(8)}  ${(fwdOnly ? '-' : mb.toFixed(3)).padStart(7)}  ${(fwdOnly ? '-' : ((2.5 * flops) / mb / 1e9).toFixed(1)).padStart(8)}`,
       );

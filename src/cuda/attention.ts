@@ -55,6 +55,18 @@ export function wgmmaForward(tag: KernelTag, computeCapability: readonly [number
   return wg;
 }
 
+/**
+ * CTAs of a persistent forward (htp, hwp): one an SM (their shared memory allows no more), or
+ * RINGATTN_FWD_CTAS (a positive integer; a count past the work items gives one CTA an item, as
+ * the plain kernels do).
+ */
+export function persistentCtas(smCount: number): number {
+  const v = process.env.RINGATTN_FWD_CTAS;
+  if (v === undefined || v === '') return smCount;
+  if (!/^[1-9][0-9]*$/.test(v)) throw new InputError('RINGATTN_FWD_CTAS', `expected a positive integer, got '${v}'`);
+  return Number(v);
+}
+
 /** The forwards that load with TMA (they need cuTensorMapEncodeTiled), and the persistent ones among them. */
 const TMA_FORWARDS: ReadonlySet<WgmmaForward> = new Set(['ht', 'hw', 'htp', 'hwp']);
 const PERSISTENT_FORWARDS: ReadonlySet<WgmmaForward> = new Set(['htp', 'hwp']);
@@ -175,10 +187,24 @@ interface MapSpec {
  * 128-byte swizzle with boxes of 128 bytes x 1 head x boxRows rows; out-of-range elements read as
  * zeros (and are skipped by reduces). Null where the driver has no cuTensorMapEncodeTiled (before
  * CUDA 12). Addresses are 16-byte aligned (misaligned, checked before any tensor-core kernel).
+ * A descriptor is plain data, a function of these arguments alone, so the last MAP_CACHE sets are
+ * kept and reused: a ring's steps cycle through a few K/V buffers, and encoding was most of a
+ * forward call's host time (~50 us of ~60 with the driver stubbed: bench/host-overhead.ts).
+ * The launch copies the bytes, so one buffer can serve every call.
  */
+const MAP_CACHE = 64;
+const mapCache = new Map<string, Buffer>();
 function encodeMaps(ctx: CudaContext, D: number, specs: readonly MapSpec[]): Buffer | null {
   const encode = ctx.drv.cuTensorMapEncodeTiled;
   if (!encode) return null;
+  let key = String(D);
+  for (const m of specs) key += `|${m.ptr},${m.rows},${m.heads},${m.boxRows},${m.elem}`;
+  const hit = mapCache.get(key);
+  if (hit) {
+    mapCache.delete(key);  // most recently used last
+    mapCache.set(key, hit);
+    return hit;
+  }
   const raw = Buffer.alloc(specs.length * 128 + 64);
   const at = (64 - Number(koffi.address(raw) % 64n)) % 64;  // the first 64-byte-aligned byte
   const maps = raw.subarray(at, at + specs.length * 128);
@@ -190,6 +216,8 @@ function encodeMaps(ctx: CudaContext, D: number, specs: readonly MapSpec[]): Buf
       u32(128 / m.elem, 1, m.boxRows), u32(1, 1, 1), INTERLEAVE_NONE, SWIZZLE_128B, L2_256B, OOB_ZERO);
     ctx.check(`cuTensorMapEncodeTiled(${m.what} [${m.rows}, ${m.heads}, ${D}])`, code);
   });
+  mapCache.set(key, maps);
+  if (mapCache.size > MAP_CACHE) mapCache.delete(mapCache.keys().next().value as string);
   return maps;
 }
 
@@ -367,7 +395,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
         const smem = wgFwdSmem(a.D, bq);
         // One CTA a query tile and head; the persistent ones, one an SM (at most one a work item).
         const items = Math.ceil(a.Sq / bq) * a.H;
-        const grid: [number, number, number] = PERSISTENT_FORWARDS.has(wg) ? [Math.min(items, ctx.smCount), 1, 1] : [Math.ceil(a.Sq / bq), a.H, 1];
+        const grid: [number, number, number] = PERSISTENT_FORWARDS.has(wg) ? [Math.min(items, persistentCtas(ctx.smCount)), 1, 1] : [Math.ceil(a.Sq / bq), a.H, 1];
         // 64 query rows a consumer warpgroup, and the producer warpgroup.
         ctx.launch(ctx.fn('attn_fwd_h.cu', name, smem), name, grid, 2 * bq + 128, smem, maps ? [params, maps] : [params]);
       } else {

@@ -125,6 +125,37 @@ test('fwdTensorMaps: three 64-byte-aligned 128-byte maps of q [Sq, H, D], k and 
   assert.deepEqual(calls.map(({ args }) => u32(args[5])), [[64, 1, 192], [64, 1, 128], [64, 1, 128]]);
 });
 
+test('fwdTensorMaps: a set of arguments is encoded once and its maps reused (the last 64 sets kept); a driver error is not kept', () => {
+  let encodes = 0, fail = false;
+  const drv = { cuTensorMapEncodeTiled: (map: Buffer) => (encodes++, map.fill(encodes & 0xff), fail ? 1 : 0) };
+  const ctx = { drv, check: (what: string, code: number) => { if (code !== 0) throw new Error(what); } } as unknown as CudaContext;
+  const base = 0x7000_0000_0000; // addresses no other test uses
+  const a = { q: base, k: base + 0x100000, v: base + 0x200000, qPos: 0, kPos: 0, Sq: 4096, Sk: 4096, H: 32, Hk: 8, D: 128, dtype: 'bfloat16' as const, causal: true, window: 0, sinks: 0, scale: 0.1 };
+  const first = fwdTensorMaps(ctx, a)!;
+  assert.equal(encodes, 3);
+  const bytes = Buffer.from(first);
+  assert.equal(fwdTensorMaps(ctx, a), first, 'the same arguments: the same maps, not encoded again');
+  assert.equal(encodes, 3);
+  for (const change of [{ v: a.v + 0x1000 }, { Sk: 4097 }, { Hk: 4 }, { D: 64 }]) {
+    const before: number = encodes;
+    assert.notEqual(fwdTensorMaps(ctx, { ...a, ...change }), first, `${JSON.stringify(change)}: other maps`);
+    assert.equal(encodes, before + 3, `${JSON.stringify(change)}: encoded`);
+  }
+  assert.notEqual(fwdTensorMaps(ctx, a, 192), first, 'another query tile: another q map');
+  // 64 other sets push the first out.
+  for (let i = 1; i <= 64; i++) fwdTensorMaps(ctx, { ...a, k: a.k + i * 0x10000 });
+  const beforeAgain: number = encodes;
+  const again = fwdTensorMaps(ctx, a)!;
+  assert.equal(encodes, beforeAgain + 3, 'evicted after 64 newer sets: encoded again');
+  assert.equal(again.length, bytes.length);
+  fail = true;
+  assert.throws(() => fwdTensorMaps(ctx, { ...a, q: base + 0x900000 }));
+  fail = false;
+  const n = encodes;
+  fwdTensorMaps(ctx, { ...a, q: base + 0x900000 });
+  assert.ok(encodes > n, 'a failed encode is not cached');
+});
+
 test('bwdTensorMaps: dq [Sq, H, D] fp32 (box 32 x 1 x 16) for the backward\'s TMA reduce-adds, q and dO 16-bit (box 64 x 1 x the query tile: 128 rows at D=64, 64 at D=128) for its TMA loads; 128-byte swizzle, 64-byte aligned; null without the driver function', () => {
   const calls: unknown[][] = [];
   const drv = { cuTensorMapEncodeTiled: (_map: Buffer, ...args: unknown[]) => (calls.push(args), 0) };

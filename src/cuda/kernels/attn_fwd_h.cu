@@ -144,9 +144,11 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   __syncthreads();
 
   if (TMA && threadIdx.x >= CONSUMERS) {  // the producer warpgroup, one thread of it
-    // The persistent producer's item loop needs 32 registers (128 x 32 + 256 x 240 = 128 x 32 +
-    // 384 x 160 = 64 K); at 24 it spilled.
-    if (PERSIST) asm volatile("setmaxnreg.dec.sync.aligned.u32 32;");
+    // The registers a CTA holds are fixed at launch (168 x 384, or 128 x 512 in hw) and only move
+    // between its warpgroups: 24 here lets two consumer warpgroups rise to 240 (168 + 72 x 2 =
+    // 24 + 144), while in hw 32 is enough for three to rise to 160 (the persistent producer's item
+    // loop spilled at 24).
+    if (PERSIST && WGS == 3) asm volatile("setmaxnreg.dec.sync.aligned.u32 32;");
     else asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
     if (threadIdx.x != CONSUMERS) return;
     // Persistent: the next item is fetched one ahead (the atomic's latency hides behind a tile's
@@ -159,7 +161,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       return v;
     };
     int x = blockIdx.x, next = PERSIST ? fetch() : items;
-    int i = 0;
+    int s = 0;    // the stage of the next tile (carried across items)
+    u32 ph = 1;   // the parity its `empty` wait takes: the first pass finds every stage free
     for (int n = 0;; n++) {
       if (PERSIST) {
         // Items that see nothing in this block are skipped here: the consumers never hear of them.
@@ -179,15 +182,15 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       mbarExpectTx(qBar, C::Q_BYTES);
 #pragma unroll
       for (int z = 0; z < D / 64; z++) tmaLoad3d(sQ + z * BQ * 128, maps->q, qBar, z * 64, h, q0);
-      for (int t = first; t < end; t = nextTile(t + 1), i++) {
-        const int s = i % STAGES;
-        mbarWait(empty(s), ((i / STAGES) & 1) ^ 1);  // the first pass finds every stage free
+      for (int t = first; t < end; t = nextTile(t + 1)) {
+        mbarWait(empty(s), ph);
         mbarExpectTx(full(s), 2 * C::KV_BYTES);
 #pragma unroll
         for (int z = 0; z < D / 64; z++) {
           tmaLoad3d(stK(s) + z * BK * 128, maps->k, full(s), z * 64, kh, t * BK);
           tmaLoad3d(stV(s) + z * BK * 128, maps->v, full(s), z * 64, kh, t * BK);
         }
+        if (++s == STAGES) s = 0, ph ^= 1;
       }
       if (PERSIST) {
         x = next;

@@ -26,7 +26,7 @@ export function chooseKernel(spec: { dtype: CudaDType; D: number }, computeCapab
 }
 
 /** The Hopper forward's consumer schedules (kernels/attn_fwd_h.cu), by RINGATTN_WGMMA_ATTN value. */
-export const WGMMA_FORWARDS = { '1': 'h', '2': 'hp', '3': 'hs', '4': 'hq', '5': 'ht', '6': 'hw', '7': 'htp', '8': 'hwp' } as const;
+export const WGMMA_FORWARDS = { '1': 'h', '2': 'hp', '3': 'hs', '4': 'hq', '5': 'ht', '6': 'hw' } as const;
 export type WgmmaForward = (typeof WGMMA_FORWARDS)[keyof typeof WGMMA_FORWARDS];
 
 /**
@@ -47,30 +47,15 @@ export function wgmmaForward(tag: KernelTag, computeCapability: readonly [number
   if (tag === 'generic' || !(scale > 0) || computeCapability[0] !== 9 || computeCapability[1] !== 0) return null;
   const v = process.env.RINGATTN_WGMMA_ATTN;
   if (v !== undefined && v !== '' && v !== '0' && !Object.hasOwn(WGMMA_FORWARDS, v)) {
-    throw new InputError('RINGATTN_WGMMA_ATTN', `expected 0 (mma.sync) or 1-8 (h, hp, hs, hq, ht, hw, htp, hwp), got '${v}'`);
+    throw new InputError('RINGATTN_WGMMA_ATTN', `expected 0 (mma.sync) or 1-6 (h, hp, hs, hq, ht, hw), got '${v}'`);
   }
   if (process.env.RINGATTN_NO_WGMMA === '1' || v === '0') return null;
   const wg = v ? WGMMA_FORWARDS[v as keyof typeof WGMMA_FORWARDS] : 'hw';
-  if (tag !== 'mma16-d64') return wg === 'hw' ? 'ht' : wg === 'hwp' ? 'htp' : wg;
-  return wg;
+  return wg === 'hw' && tag !== 'mma16-d64' ? 'ht' : wg;
 }
 
-/**
- * CTAs of a persistent forward (htp, hwp): one an SM (their shared memory allows no more), or
- * RINGATTN_FWD_CTAS (a positive integer; a count past the work items gives one CTA an item, as
- * the plain kernels do).
- */
-export function persistentCtas(smCount: number): number {
-  const v = process.env.RINGATTN_FWD_CTAS;
-  if (v === undefined || v === '') return smCount;
-  if (!/^[1-9][0-9]*$/.test(v)) throw new InputError('RINGATTN_FWD_CTAS', `expected a positive integer, got '${v}'`);
-  return Number(v);
-}
-
-/** The forwards that load with TMA (they need cuTensorMapEncodeTiled), and the persistent ones among them. */
-const TMA_FORWARDS: ReadonlySet<WgmmaForward> = new Set(['ht', 'hw', 'htp', 'hwp']);
-const PERSISTENT_FORWARDS: ReadonlySet<WgmmaForward> = new Set(['htp', 'hwp']);
-const WIDE_FORWARDS: ReadonlySet<WgmmaForward> = new Set(['hw', 'hwp']);
+/** The forwards that load with TMA (they need cuTensorMapEncodeTiled). */
+const TMA_FORWARDS: ReadonlySet<WgmmaForward> = new Set(['ht', 'hw']);
 
 /**
  * Which Hopper warpgroup-MMA backward (kernels/attn_bwd_h.cu) a tensor-core tag runs, or null for
@@ -168,7 +153,7 @@ const WG_TILE = 128;
 const WG_WIDE_BQ = 192;
 function wgFwdSmem(D: number, bq: number): number {
   const stages = D === 64 ? 4 : 3;
-  return 1024 + bq * D * 2 + stages * 2 * WG_TILE * D * 2 + (2 * stages + 3) * 8;
+  return 1024 + bq * D * 2 + stages * 2 * WG_TILE * D * 2 + (2 * stages + 1) * 8;
 }
 
 /** One 3-D TMA map to encode: a [rows, heads, D] tensor, `elem` bytes an element, box 32/64 x 1 x boxRows. */
@@ -311,15 +296,6 @@ export function bwdSplit(ctas: number, group: number, smCount: number): number {
 
 export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
   let work: DeviceBuffer | undefined;
-  // The persistent forwards' work counter (FwdParams.counter): zeroed once; every launch leaves it at 0.
-  let count: DeviceBuffer | undefined;
-  const counter = (): DeviceBuffer => {
-    if (!count) {
-      count = ctx.alloc(16);
-      ctx.fill32(count, 0, 4);
-    }
-    return count;
-  };
   const workspace = (bytes: number): number => {
     if (!work || work.bytes < bytes) {
       // The stream may still read the old one.
@@ -378,13 +354,12 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       const tag = chooseKernel(a, ctx.computeCapability);
       if (tag !== 'generic') throwReason(misaligned({ q: a.q, k: a.k, v: a.v }));
       const wg = forwardSchedule(tag, a.scale);
-      const tile = tiles(tag, 'fwd', wg !== null, wg !== null && WIDE_FORWARDS.has(wg));
+      const tile = tiles(tag, 'fwd', wg !== null, wg === 'hw');
       const [qTiles, kTiles, spanOut] = boxes(a, tile);
       const bq = tile[0];
       const params = packStruct([
         { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.qPos }, { ptr: a.kPos }, { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 },
         { ptr: qTiles }, { ptr: kTiles }, { ptr: a.o }, { ptr: a.lse }, ...tail(a), { ptr: tag !== 'generic' ? spans(a, tile, qTiles, kTiles, spanOut) : 0 },
-        { ptr: counter().ptr },
       ]);
       if (tag === 'generic') {
         const name = `attn_fwd_generic_${SUFFIX[a.dtype]}`;
@@ -393,11 +368,8 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
         const maps = TMA_FORWARDS.has(wg) ? fwdTensorMaps(ctx, a, bq) : null;
         const name = `attn_fwd_${wg}_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = wgFwdSmem(a.D, bq);
-        // One CTA a query tile and head; the persistent ones, one an SM (at most one a work item).
-        const items = Math.ceil(a.Sq / bq) * a.H;
-        const grid: [number, number, number] = PERSISTENT_FORWARDS.has(wg) ? [Math.min(items, persistentCtas(ctx.smCount)), 1, 1] : [Math.ceil(a.Sq / bq), a.H, 1];
         // 64 query rows a consumer warpgroup, and the producer warpgroup.
-        ctx.launch(ctx.fn('attn_fwd_h.cu', name, smem), name, grid, 2 * bq + 128, smem, maps ? [params, maps] : [params]);
+        ctx.launch(ctx.fn('attn_fwd_h.cu', name, smem), name, [Math.ceil(a.Sq / bq), a.H, 1], 2 * bq + 128, smem, maps ? [params, maps] : [params]);
       } else {
         const name = `attn_fwd_mma_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = fwdSmem(a.D);
@@ -445,8 +417,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
     dispose(): void {
       ctx.sync();
       ctx.free(work);
-      ctx.free(count);
-      work = count = undefined;
+      work = undefined;
     },
   };
 }

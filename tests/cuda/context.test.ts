@@ -44,6 +44,15 @@ test('packStruct lays out a C struct: pointers 8-aligned, 4-byte fields packed, 
   assert.equal(mixed.length, 16);
   assert.equal(mixed.readBigUInt64LE(8), 2n);
   assert.deepEqual(argBuffers([{ ptr: 5 }, { i32: 3 }]).map((x) => x.length), [8, 4]);
+  // Device addresses past 32 bits (as real ones are), up to 2^53 - 1.
+  for (const p of [0x7f12_3456_7890, 2 ** 32, 2 ** 53 - 1]) {
+    assert.equal(packStruct([{ i32: 0 }, { ptr: p }]).readBigUInt64LE(8), BigInt(p));
+    const [ptr, i32, f32] = argBuffers([{ ptr: p }, { i32: -7 }, { f32: -2.5 }]);
+    assert.equal(ptr.readBigUInt64LE(0), BigInt(p));
+    assert.equal(i32.readInt32LE(0), -7);
+    assert.equal(f32.readFloatLE(0), -2.5);
+  }
+  assert.throws(() => packStruct([{ ptr: -16 }]), RangeError, 'a negative address is refused');
 });
 
 test('context.fn compiles an entry-macro kernel alone (one module per kernel, each NVRTC program holding that entry only) and other files whole, once each', () => {

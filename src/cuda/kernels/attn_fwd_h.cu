@@ -46,7 +46,7 @@ template <int D, int WGS = 2> struct Cfg {
   static constexpr int Q_BYTES = BQ * D * 2;
   static constexpr int KV_BYTES = BK * D * 2;  // K or V of one stage
   static constexpr int STAGES = D == 64 ? 4 : 3;  // D=128: 1 KB + 32 KB + 3 x 64 KB, just under 227 KB
-  static constexpr int SMEM = 1024 /* alignment slack */ + Q_BYTES + STAGES * 2 * KV_BYTES + (2 * STAGES + 3) * 8;
+  static constexpr int SMEM = 1024 /* alignment slack */ + Q_BYTES + STAGES * 2 * KV_BYTES + (2 * STAGES + 1) * 8;
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
 // Consumer schedules: ONE_TILE (attn_fwd_h), PIPELINED (attn_fwd_hp), PING_PONG (attn_fwd_hs: P·V
@@ -70,12 +70,11 @@ struct TmaMaps {
 // TMA: the producer is one thread issuing bulk tensor copies (D/64 boxes per tile and operand)
 // that complete on the stage's mbarrier by transaction count; it keeps 24 registers and the
 // consumers get 240. Otherwise 128 producer threads copy with 16-byte cp.async (40 / 232).
-template <typename T, int D, int MODE, bool TMA, int WGS = 2, bool PERSIST = false>
+template <typename T, int D, int MODE, bool TMA, int WGS = 2>
 __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   using C = Cfg<D, WGS>;
   constexpr int STAGES = C::STAGES, BQ = C::BQ, CONSUMERS = C::CONSUMERS;
   static_assert(WGS == 2 || (WGS == 3 && TMA && MODE == PIPE_PONG && D == 64), "three consumer warpgroups: hw only");
-  static_assert(!PERSIST || (TMA && MODE == PIPE_PONG), "persistent: htp and hwp only");
   extern __shared__ __align__(1024) unsigned char smemRaw[];
   const u32 sQ = (smemAddr(smemRaw) + 1023) & ~1023u;  // swizzle atoms are 1024-byte aligned
   auto stK = [&](int s) { return sQ + C::Q_BYTES + s * 2 * C::KV_BYTES; };
@@ -84,43 +83,25 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   auto full = [&](int s) { return bars + s * 8; };
   auto empty = [&](int s) { return bars + (STAGES + s) * 8; };
   const u32 qBar = bars + 2 * STAGES * 8;
-  // Persistent only: the consumers are done reading Q (qEmpty), and the work item the producer
-  // sends with each Q (written before its qBar arrival, whose release makes it visible).
-  const u32 qEmpty = qBar + 8, itemSlot = qBar + 16;  // slot: {qt, h, first, end}
 
-  // A work item is one query tile of one head: x = h · nQT + (nQT − 1 − qt), heads in order and,
-  // inside a head, the last query tiles first (under a causal mask they see the most keys). The
-  // plain kernels take x from the grid (ceil(Sq / BQ), H); the persistent ones loop over items
-  // handed out by an atomic counter, in the same order.
-  const int nQT = (p.Sq + BQ - 1) / BQ, items = nQT * p.H;
-  int qt, h, kh, q0, end, first;
-  int4 qBox;
+  const int qt = gridDim.x - 1 - blockIdx.x;  // the last query tiles see the most keys under a causal mask: start them first
+  const int h = blockIdx.y, kh = h / (p.H / p.Hk), q0 = qt * BQ;
   const Mask m = maskOf(p);
+  const int4 qBox = p.qTiles[qt];
   // A ragged last tile is never 'full': its missing keys must read as -inf.
   auto tileClass = [&](int t) {
     const int c = classifyTile(m, qBox, p.kTiles[t]);
     return (c == TILE_FULL && (t + 1) * BK > p.Sk) ? TILE_PARTIAL : c;
   };
   // Key tiles at or past `end` (and before span.x) are empty for this query tile (attn_tile_spans).
+  const int2 span = p.qSpans[qt];
+  const int end = span.y;
   auto nextTile = [&](int t) {
     while (t < end && tileClass(t) == TILE_EMPTY) t++;
     return t;
   };
-  // Sets the item's tile and head, its boxes and its first visible key tile (first >= end: none).
-  auto setItem = [&](int x) {
-    qt = nQT - 1 - x % nQT;
-    h = x / nQT;
-    kh = h / (p.H / p.Hk);
-    q0 = qt * BQ;
-    qBox = p.qTiles[qt];
-    const int2 span = p.qSpans[qt];
-    end = span.y;
-    first = nextTile(span.x);
-  };
-  if (!PERSIST) {
-    setItem(blockIdx.y * nQT + gridDim.x - 1 - blockIdx.x);
-    if (first >= end) return;  // this query tile sees nothing in this block
-  }
+  const int first = nextTile(span.x);
+  if (first >= end) return;  // this query tile sees nothing in this block
   // The consumers' form: the next visible tile and its class (read once, before the wait that
   // precedes its softmax, not after).
   auto nextTileC = [&](int t, int& cls) {
@@ -138,65 +119,28 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       mbarInit(empty(s), CONSUMERS);  // every consumer thread
     }
     mbarInit(qBar, ARRIVALS);
-    if (PERSIST) mbarInit(qEmpty, CONSUMERS);
     if (TMA) fenceMbarInit();
   }
   __syncthreads();
 
   if (TMA && threadIdx.x >= CONSUMERS) {  // the producer warpgroup, one thread of it
-    // The registers a CTA holds are fixed at launch (168 x 384, or 128 x 512 in hw) and only move
-    // between its warpgroups: 24 here lets two consumer warpgroups rise to 240 (168 + 72 x 2 =
-    // 24 + 144), while in hw 32 is enough for three to rise to 160 (the persistent producer's item
-    // loop spilled at 24).
-    if (PERSIST && WGS == 3) asm volatile("setmaxnreg.dec.sync.aligned.u32 32;");
-    else asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
     if (threadIdx.x != CONSUMERS) return;
-    // Persistent: the next item is fetched one ahead (the atomic's latency hides behind a tile's
-    // loads). Every CTA fetches until it draws a value past the items, so the fetches number
-    // exactly `items` and the one that draws the last value (items + grid − 1) is the last of the
-    // launch: it sets the counter back to 0 for the next launch.
-    auto fetch = [&]() {
-      const int v = atomicAdd(p.counter, 1) + (int)gridDim.x;
-      if (v == items + (int)gridDim.x - 1) atomicExch(p.counter, 0);
-      return v;
-    };
-    int x = blockIdx.x, next = PERSIST ? fetch() : items;
-    int s = 0;    // the stage of the next tile (carried across items)
-    u32 ph = 1;   // the parity its `empty` wait takes: the first pass finds every stage free
-    for (int n = 0;; n++) {
-      if (PERSIST) {
-        // Items that see nothing in this block are skipped here: the consumers never hear of them.
-        for (; x < items; x = next, next = next < items ? fetch() : next) {
-          setItem(x);
-          if (first < end) break;
-        }
-        mbarSpin(qEmpty, (n & 1) ^ 1);  // the consumers have read the last item's Q (and slot); the timed wait spilled
-        asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(itemSlot), "r"(x < items ? qt : -1), "r"(h), "r"(first), "r"(end) : "memory");
-        if (x >= items) {
-          mbarArrive(qBar);  // no more items
-          return;
-        }
-      } else if (n > 0) {
-        return;
-      }
-      mbarExpectTx(qBar, C::Q_BYTES);
+    mbarExpectTx(qBar, C::Q_BYTES);
 #pragma unroll
-      for (int z = 0; z < D / 64; z++) tmaLoad3d(sQ + z * BQ * 128, maps->q, qBar, z * 64, h, q0);
-      for (int t = first; t < end; t = nextTile(t + 1)) {
-        mbarWait(empty(s), ph);
-        mbarExpectTx(full(s), 2 * C::KV_BYTES);
+    for (int z = 0; z < D / 64; z++) tmaLoad3d(sQ + z * BQ * 128, maps->q, qBar, z * 64, h, q0);
+    int i = 0;
+    for (int t = first; t < end; t = nextTile(t + 1), i++) {
+      const int s = i % STAGES;
+      mbarWait(empty(s), ((i / STAGES) & 1) ^ 1);  // the first pass finds every stage free
+      mbarExpectTx(full(s), 2 * C::KV_BYTES);
 #pragma unroll
-        for (int z = 0; z < D / 64; z++) {
-          tmaLoad3d(stK(s) + z * BK * 128, maps->k, full(s), z * 64, kh, t * BK);
-          tmaLoad3d(stV(s) + z * BK * 128, maps->v, full(s), z * 64, kh, t * BK);
-        }
-        if (++s == STAGES) s = 0, ph ^= 1;
-      }
-      if (PERSIST) {
-        x = next;
-        if (next < items) next = fetch();
+      for (int z = 0; z < D / 64; z++) {
+        tmaLoad3d(stK(s) + z * BK * 128, maps->k, full(s), z * 64, kh, t * BK);
+        tmaLoad3d(stV(s) + z * BK * 128, maps->v, full(s), z * 64, kh, t * BK);
       }
     }
+    return;
   }
   if (!TMA && threadIdx.x >= CONSUMERS) {  // the producer warpgroup
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
@@ -222,232 +166,215 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // Consumers. Accumulator layout (m64nN): warp w of the group holds rows 16w + lane/4 (+8);
   // register 4q + e holds column 8q + 2·(lane%4) + (e & 1), row + 8·(e >> 1).
   const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const int rowBase = q0 + wg * 64 + warp * 16 + (lane >> 2);
+  int qPos[2], qSeg[2];
+  for (int r = 0; r < 2; r++) {
+    const int i = rowBase + 8 * r;
+    qPos[r] = i < p.Sq ? p.qPos[i] : 0;
+    qSeg[r] = (i < p.Sq && m.hasSeg) ? p.qSeg[i] : 0;
+  }
   const float scaleLog2 = p.scale * LOG2E;
+  float o[D / 2];
+#pragma unroll
+  for (int x = 0; x < D / 2; x++) o[x] = 0.f;
+  float rowMax[2] = {NEG_INF, NEG_INF}, rowSum[2] = {0.f, 0.f};  // max in log2 units
   const u32 qRows = sQ + wg * 64 * 128;
+  float sc[64];    // S of one tile (64 x 128 per warpgroup), then its exponentials
+  u32 a[BK / 16][4];  // P of one tile, 16-bit, in the A-fragment layout
+  float corr[2];
+
   // Descriptors step by adding the byte offset >> 4 to the start-address field (bits 0..13): every
   // address stays inside shared memory, so the field cannot carry into the next.
   const u64 dq0 = desc(qRows, 16, 1024);
-  // Tiles taken from the stage ring by earlier items (persistent): tile i of this item is in
-  // stage (base + i) % STAGES.
-  int base = 0;
-  for (int n = 0;; n++) {
-    if (PERSIST) {
-      mbarSpin(qBar, n & 1);  // this item's Q has landed (and its number is in the slot)
-      asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(qt), "=r"(h), "=r"(first), "=r"(end) : "r"(itemSlot) : "memory");
-      if (qt < 0) break;
-      q0 = qt * BQ;
-      qBox = p.qTiles[qt];
-    } else {
-      if (n > 0) break;
-      mbarWait(qBar, 0);
+  // S = Q K^T from stage s, issued (not waited for).
+  auto issueQK = [&](int s) {
+    const u64 dk0 = desc(stK(s), 16, 1024);
+    wgmmaFence();
+#pragma unroll
+    for (int j = 0; j < D / 16; j++) {
+      const u64 dq = dq0 + (((j >> 2) * BQ * 128 + (j & 3) * 32) >> 4);
+      const u64 dk = dk0 + (((j >> 2) * BK * 128 + (j & 3) * 32) >> 4);  // 64-wide panel, 16-element step inside it
+      if (j == 0) Wg<T>::template ss128<0, 0, 0>(sc, dq, dk);  // scale-d 0: S starts from this product, no zeroing
+      else Wg<T>::template ss128<0, 0, 1>(sc, dq, dk);
     }
-    const int rowBase = q0 + wg * 64 + warp * 16 + (lane >> 2);
-    int qPos[2], qSeg[2];
-    for (int r = 0; r < 2; r++) {
-      const int i = rowBase + 8 * r;
-      qPos[r] = i < p.Sq ? p.qPos[i] : 0;
-      qSeg[r] = (i < p.Sq && m.hasSeg) ? p.qSeg[i] : 0;
-    }
-    float o[D / 2];
+    wgmmaCommit();
+  };
+  // Mask (partial tiles), online softmax statistics and exponentials of tile t in sc; corr[r]
+  // is the factor the running O of row r must take. The scale is folded into the exponent (one
+  // FFMA a score: exp2(s·scale·log2e − max)); the host sends only scale > 0 here, so the raw
+  // maximum is the scaled one's. Max and sum run as four independent chains, not one of 32.
+  auto softmax = [&](int t, int cls) {
+    if (cls == TILE_PARTIAL) {
 #pragma unroll
-    for (int x = 0; x < D / 2; x++) o[x] = 0.f;
-    float rowMax[2] = {NEG_INF, NEG_INF}, rowSum[2] = {0.f, 0.f};  // max in log2 units
-    float sc[64];    // S of one tile (64 x 128 per warpgroup), then its exponentials
-    u32 a[BK / 16][4];  // P of one tile, 16-bit, in the A-fragment layout
-    float corr[2];
-
-    // S = Q K^T from stage s, issued (not waited for).
-    auto issueQK = [&](int s) {
-      const u64 dk0 = desc(stK(s), 16, 1024);
-      wgmmaFence();
+      for (int q = 0; q < 16; q++)
 #pragma unroll
-      for (int j = 0; j < D / 16; j++) {
-        const u64 dq = dq0 + (((j >> 2) * BQ * 128 + (j & 3) * 32) >> 4);
-        const u64 dk = dk0 + (((j >> 2) * BK * 128 + (j & 3) * 32) >> 4);  // 64-wide panel, 16-element step inside it
-        if (j == 0) Wg<T>::template ss128<0, 0, 0>(sc, dq, dk);  // scale-d 0: S starts from this product, no zeroing
-        else Wg<T>::template ss128<0, 0, 1>(sc, dq, dk);
-      }
-      wgmmaCommit();
-    };
-    // Mask (partial tiles), online softmax statistics and exponentials of tile t in sc; corr[r]
-    // is the factor the running O of row r must take. The scale is folded into the exponent (one
-    // FFMA a score: exp2(s·scale·log2e − max)); the host sends only scale > 0 here, so the raw
-    // maximum is the scaled one's. Max and sum run as four independent chains, not one of 32.
-    auto softmax = [&](int t, int cls) {
-      if (cls == TILE_PARTIAL) {
-#pragma unroll
-        for (int q = 0; q < 16; q++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) {
-            const int kj = t * BK + q * 8 + 2 * (lane & 3) + (e & 1), r = e >> 1;
-            if (kj >= p.Sk || !visible(m, qPos[r], __ldg(p.kPos + kj), qSeg[r], m.hasSeg ? __ldg(p.kSeg + kj) : 0)) sc[4 * q + e] = NEG_INF;
-          }
-      }
-      // A row's 128 columns live in the 4 lanes of a quad.
-#pragma unroll
-      for (int r = 0; r < 2; r++) {
-        float m4[4];
-#pragma unroll
-        for (int c = 0; c < 4; c++) m4[c] = fmaxf(sc[4 * c + 2 * r], sc[4 * c + 2 * r + 1]);
-#pragma unroll
-        for (int q = 4; q < 16; q++) m4[q & 3] = fmaxf(m4[q & 3], fmaxf(sc[4 * q + 2 * r], sc[4 * q + 2 * r + 1]));
-        float mx = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float mNew = fmaxf(rowMax[r], mx * scaleLog2);
-        const float mUse = mNew == NEG_INF ? 0.f : mNew;  // a row with nothing visible yet: exponents of -inf give 0
-        corr[r] = exp2Fast(rowMax[r] - mUse);
-        rowMax[r] = mNew;
-        float s4[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int q = 0; q < 16; q++) {
-          sc[4 * q + 2 * r] = exp2Fast(fmaf(sc[4 * q + 2 * r], scaleLog2, -mUse));
-          sc[4 * q + 2 * r + 1] = exp2Fast(fmaf(sc[4 * q + 2 * r + 1], scaleLog2, -mUse));
-          s4[q & 3] += sc[4 * q + 2 * r] + sc[4 * q + 2 * r + 1];
+        for (int e = 0; e < 4; e++) {
+          const int kj = t * BK + q * 8 + 2 * (lane & 3) + (e & 1), r = e >> 1;
+          if (kj >= p.Sk || !visible(m, qPos[r], __ldg(p.kPos + kj), qSeg[r], m.hasSeg ? __ldg(p.kSeg + kj) : 0)) sc[4 * q + e] = NEG_INF;
         }
-        rowSum[r] = rowSum[r] * corr[r] + ((s4[0] + s4[1]) + (s4[2] + s4[3]));
-      }
-    };
-    // Rescale O; P to 16 bits (keys 16kk..16kk+15 are S columns q = 2kk, 2kk + 1).
-    auto rescale = [&]() {
+    }
+    // A row's 128 columns live in the 4 lanes of a quad.
 #pragma unroll
-      for (int n = 0; n < D / 8; n++) {
-        o[4 * n] *= corr[0];
-        o[4 * n + 1] *= corr[0];
-        o[4 * n + 2] *= corr[1];
-        o[4 * n + 3] *= corr[1];
-      }
-    };
-    auto pack = [&]() {
+    for (int r = 0; r < 2; r++) {
+      float m4[4];
 #pragma unroll
-      for (int kk = 0; kk < BK / 16; kk++) {
-        a[kk][0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
-        a[kk][1] = pack2<T>(sc[8 * kk + 2], sc[8 * kk + 3]);
-        a[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
-        a[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
-      }
-    };
-    // The pipelined schedules rescale O between issuing the next tile's S and this tile's P·V, while
-    // the tensor cores run the first, as FlashAttention-3 does; the others right after the softmax.
-    constexpr bool LATE_RESCALE = MODE == PIPELINED || MODE == PIPE_PONG;
-    // O += P V from stage s, issued (not waited for).
-    auto issuePV = [&](int s) {
-      const u64 dv0 = desc(stV(s), BK * 128, 1024);
-      wgmmaFence();
+      for (int c = 0; c < 4; c++) m4[c] = fmaxf(sc[4 * c + 2 * r], sc[4 * c + 2 * r + 1]);
 #pragma unroll
-      for (int kk = 0; kk < BK / 16; kk++) Wg<T>::template rs<D, 1>(o, a[kk], dv0 + ((kk * 16 * 128) >> 4));
-      wgmmaCommit();
-    };
-    auto sg = [&](int i) { return (base + i) % STAGES; };
-    auto waitFull = [&](int i) {
-      mbarSpin(full(sg(i)), ((base + i) / STAGES) & 1);
-      if (!TMA) fenceAsyncShared();  // cp.async wrote through the generic proxy; TMA through the async one
-    };
+      for (int q = 4; q < 16; q++) m4[q & 3] = fmaxf(m4[q & 3], fmaxf(sc[4 * q + 2 * r], sc[4 * q + 2 * r + 1]));
+      float mx = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float mNew = fmaxf(rowMax[r], mx * scaleLog2);
+      const float mUse = mNew == NEG_INF ? 0.f : mNew;  // a row with nothing visible yet: exponents of -inf give 0
+      corr[r] = exp2Fast(rowMax[r] - mUse);
+      rowMax[r] = mNew;
+      float s4[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int q = 0; q < 16; q++) {
+        sc[4 * q + 2 * r] = exp2Fast(fmaf(sc[4 * q + 2 * r], scaleLog2, -mUse));
+        sc[4 * q + 2 * r + 1] = exp2Fast(fmaf(sc[4 * q + 2 * r + 1], scaleLog2, -mUse));
+        s4[q & 3] += sc[4 * q + 2 * r] + sc[4 * q + 2 * r + 1];
+      }
+      rowSum[r] = rowSum[r] * corr[r] + ((s4[0] + s4[1]) + (s4[2] + s4[3]));
+    }
+  };
+  // Rescale O; P to 16 bits (keys 16kk..16kk+15 are S columns q = 2kk, 2kk + 1).
+  auto rescale = [&]() {
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+      o[4 * n] *= corr[0];
+      o[4 * n + 1] *= corr[0];
+      o[4 * n + 2] *= corr[1];
+      o[4 * n + 3] *= corr[1];
+    }
+  };
+  auto pack = [&]() {
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; kk++) {
+      a[kk][0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
+      a[kk][1] = pack2<T>(sc[8 * kk + 2], sc[8 * kk + 3]);
+      a[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
+      a[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
+    }
+  };
+  // The pipelined schedules rescale O between issuing the next tile's S and this tile's P·V, while
+  // the tensor cores run the first, as FlashAttention-3 does; the others right after the softmax.
+  constexpr bool LATE_RESCALE = MODE == PIPELINED || MODE == PIPE_PONG;
+  // O += P V from stage s, issued (not waited for).
+  auto issuePV = [&](int s) {
+    const u64 dv0 = desc(stV(s), BK * 128, 1024);
+    wgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; kk++) Wg<T>::template rs<D, 1>(o, a[kk], dv0 + ((kk * 16 * 128) >> 4));
+    wgmmaCommit();
+  };
+  auto waitFull = [&](int i) {
+    mbarSpin(full(i % STAGES), (i / STAGES) & 1);
+    if (!TMA) fenceAsyncShared();  // cp.async wrote through the generic proxy; TMA through the async one
+  };
 
-    // The two-product schedules' first tile (its S alone, then its softmax) and last (its P·V
-    // alone). With turns, warpgroup 1 hands warpgroup 0 the first turn and skips its last pass, so
-    // that every bar.sync of one warpgroup meets one bar.arrive of the other.
-    auto firstTile = [&](bool pong) {
-      if (pong && wg == WGS - 1) turnPass<WGS>(wg);
-      waitFull(0);
-      if (pong) turnWait(wg);
-      issueQK(sg(0));
-      if (pong) turnPass<WGS>(wg);
-      const int cls = tileClass(first);
+  // The two-product schedules' first tile (its S alone, then its softmax) and last (its P·V
+  // alone). With turns, warpgroup 1 hands warpgroup 0 the first turn and skips its last pass, so
+  // that every bar.sync of one warpgroup meets one bar.arrive of the other.
+  auto firstTile = [&](bool pong) {
+    if (pong && wg == WGS - 1) turnPass<WGS>(wg);
+    waitFull(0);
+    if (pong) turnWait(wg);
+    issueQK(0);
+    if (pong) turnPass<WGS>(wg);
+    const int cls = tileClass(first);
+    wgmmaWait<0>();
+    fenceRegs(sc);
+    softmax(first, cls);
+    if (!LATE_RESCALE) rescale();
+    pack();
+  };
+  auto lastTile = [&](bool pong, int s) {
+    if (pong) turnWait(wg);
+    if (LATE_RESCALE) rescale();
+    issuePV(s);
+    if (pong && wg != WGS - 1) turnPass<WGS>(wg);
+    wgmmaWait<0>();
+    fenceRegs(o);
+    mbarArrive(empty(s));
+  };
+
+  mbarWait(qBar, 0);
+  if (MODE == PING_PONG) {
+    // Per tile, a warpgroup issues P·V of the last tile and S of this one back to back, waits for
+    // both, then runs this tile's softmax; the two warpgroups take turns at issuing (named
+    // barriers), so that one's softmax runs while the other's products keep the tensor cores
+    // busy (FlashAttention-3's ping-pong). Both warpgroups see the same tiles, so their turns
+    // pair up.
+    firstTile(true);
+    int t = first, i = 0, cls;
+    for (int tn = nextTileC(t + 1, cls); tn < end; t = tn, tn = nextTileC(t + 1, cls), i++) {
+      waitFull(i + 1);
+      turnWait(wg);
+      issuePV(i % STAGES);
+      issueQK((i + 1) % STAGES);
+      turnPass<WGS>(wg);
       wgmmaWait<0>();
       fenceRegs(sc);
-      softmax(first, cls);
-      if (!LATE_RESCALE) rescale();
+      fenceRegs(o);
+      mbarArrive(empty(i % STAGES));
+      softmax(tn, cls);
+      rescale();
       pack();
-    };
-    auto lastTile = [&](bool pong, int s) {
-      if (pong) turnWait(wg);
-      if (PERSIST) mbarArrive(qEmpty);  // every S of this item is done: Q may be replaced
-      if (LATE_RESCALE) rescale();
-      issuePV(s);
-      if (pong && wg != WGS - 1) turnPass<WGS>(wg);
+    }
+    lastTile(true, i % STAGES);
+  } else if (MODE == ONE_TILE) {
+    // One tile at a time: the other warpgroup's products overlap this one's softmax.
+    int i = 0, cls = tileClass(first);
+    for (int t = first; t < end; t = nextTileC(t + 1, cls), i++) {
+      waitFull(i);
+      issueQK(i % STAGES);
+      wgmmaWait<0>();
+      fenceRegs(sc);
+      softmax(t, cls);
+      rescale();
+      pack();
+      issuePV(i % STAGES);
       wgmmaWait<0>();
       fenceRegs(o);
-      mbarArrive(empty(s));
-    };
-
-    if (MODE == PING_PONG) {
-      // Per tile, a warpgroup issues P·V of the last tile and S of this one back to back, waits for
-      // both, then runs this tile's softmax; the two warpgroups take turns at issuing (named
-      // barriers), so that one's softmax runs while the other's products keep the tensor cores
-      // busy (FlashAttention-3's ping-pong). Both warpgroups see the same tiles, so their turns
-      // pair up.
-      firstTile(true);
-      int t = first, i = 0, cls;
-      for (int tn = nextTileC(t + 1, cls); tn < end; t = tn, tn = nextTileC(t + 1, cls), i++) {
-        waitFull(i + 1);
-        turnWait(wg);
-        issuePV(sg(i));
-        issueQK(sg(i + 1));
-        turnPass<WGS>(wg);
-        wgmmaWait<0>();
-        fenceRegs(sc);
-        fenceRegs(o);
-        mbarArrive(empty(sg(i)));
-        softmax(tn, cls);
-        rescale();
-        pack();
-      }
-      lastTile(true, sg(i));
-    } else if (MODE == ONE_TILE) {
-      // One tile at a time: the other warpgroup's products overlap this one's softmax.
-      int i = 0, cls = tileClass(first);
-      for (int t = first; t < end; t = nextTileC(t + 1, cls), i++) {
-        waitFull(i);
-        issueQK(sg(i));
-        wgmmaWait<0>();
-        fenceRegs(sc);
-        softmax(t, cls);
-        rescale();
-        pack();
-        issuePV(sg(i));
-        wgmmaWait<0>();
-        fenceRegs(o);
-        mbarArrive(empty(sg(i)));
-      }
-    } else {
-      // Software-pipelined (FlashAttention-3's intra-warpgroup overlap): S of the next tile is
-      // issued before P·V of this one, so this warpgroup's softmax of tile n+1 runs while the
-      // tensor cores do its P·V of tile n. PIPE_PONG adds the ping-pong turns around the issues.
-      constexpr bool pong = MODE == PIPE_PONG;
-      firstTile(pong);
-      int t = first, i = 0, cls;
-      for (int tn = nextTileC(t + 1, cls); tn < end; t = tn, tn = nextTileC(t + 1, cls), i++) {
-        waitFull(i + 1);
-        if (pong) turnWait(wg);
-        issueQK(sg(i + 1));
-        rescale();  // by tile t's factors, before its P·V
-        issuePV(sg(i));
-        if (pong) turnPass<WGS>(wg);
-        wgmmaWait<1>();  // S of tile tn (committed first) is done; P·V of tile t may still run
-        fenceRegs(sc);
-        softmax(tn, cls);
-        wgmmaWait<0>();
-        fenceRegs(o);
-        mbarArrive(empty(sg(i)));
-        pack();
-      }
-      lastTile(pong, sg(i));
-      base += i + 1;
+      mbarArrive(empty(i % STAGES));
     }
+  } else {
+    // Software-pipelined (FlashAttention-3's intra-warpgroup overlap): S of the next tile is
+    // issued before P·V of this one, so this warpgroup's softmax of tile n+1 runs while the
+    // tensor cores do its P·V of tile n. PIPE_PONG adds the ping-pong turns around the issues.
+    constexpr bool pong = MODE == PIPE_PONG;
+    firstTile(pong);
+    int t = first, i = 0, cls;
+    for (int tn = nextTileC(t + 1, cls); tn < end; t = tn, tn = nextTileC(t + 1, cls), i++) {
+      waitFull(i + 1);
+      if (pong) turnWait(wg);
+      issueQK((i + 1) % STAGES);
+      rescale();  // by tile t's factors, before its P·V
+      issuePV(i % STAGES);
+      if (pong) turnPass<WGS>(wg);
+      wgmmaWait<1>();  // S of tile tn (committed first) is done; P·V of tile t may still run
+      fenceRegs(sc);
+      softmax(tn, cls);
+      wgmmaWait<0>();
+      fenceRegs(o);
+      mbarArrive(empty(i % STAGES));
+      pack();
+    }
+    lastTile(pong, i % STAGES);
+  }
 
-    // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32.
+  // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32.
 #pragma unroll
-    for (int r = 0; r < 2; r++) mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
-  }  // items
+  for (int r = 0; r < 2; r++) mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
 }
 }  // namespace fwdh
 
 #define FWDH_ENTRY(name, T, D, MODE) \
   extern "C" __global__ void __launch_bounds__(fwdh::Cfg<D>::THREADS, 1) name(const FwdParams p) { fwdh::run<T, D, fwdh::MODE, false>(p, nullptr); }
-#define FWDH_TMA_ENTRY(name, T, D, MODE, WGS, PERSIST)                                                                                    \
+#define FWDH_TMA_ENTRY(name, T, D, MODE, WGS)                                                                                             \
   extern "C" __global__ void __launch_bounds__(fwdh::Cfg<D, WGS>::THREADS, 1) name(const FwdParams p, const __grid_constant__ fwdh::TmaMaps maps) { \
-    fwdh::run<T, D, fwdh::MODE, true, WGS, PERSIST>(p, &maps);                                                                            \
+    fwdh::run<T, D, fwdh::MODE, true, WGS>(p, &maps);                                                                                     \
   }
 FWDH_ENTRY(attn_fwd_h_bf16_d64, Bf16, 64, ONE_TILE)
 FWDH_ENTRY(attn_fwd_h_f16_d64, F16, 64, ONE_TILE)
@@ -465,16 +392,10 @@ FWDH_ENTRY(attn_fwd_hq_bf16_d64, Bf16, 64, PIPE_PONG)
 FWDH_ENTRY(attn_fwd_hq_f16_d64, F16, 64, PIPE_PONG)
 FWDH_ENTRY(attn_fwd_hq_bf16_d128, Bf16, 128, PIPE_PONG)
 FWDH_ENTRY(attn_fwd_hq_f16_d128, F16, 128, PIPE_PONG)
-FWDH_TMA_ENTRY(attn_fwd_ht_bf16_d64, Bf16, 64, PIPE_PONG, 2, false)
-FWDH_TMA_ENTRY(attn_fwd_ht_f16_d64, F16, 64, PIPE_PONG, 2, false)
-FWDH_TMA_ENTRY(attn_fwd_ht_bf16_d128, Bf16, 128, PIPE_PONG, 2, false)
-FWDH_TMA_ENTRY(attn_fwd_ht_f16_d128, F16, 128, PIPE_PONG, 2, false)
-FWDH_TMA_ENTRY(attn_fwd_hw_bf16_d64, Bf16, 64, PIPE_PONG, 3, false)
-FWDH_TMA_ENTRY(attn_fwd_hw_f16_d64, F16, 64, PIPE_PONG, 3, false)
-FWDH_TMA_ENTRY(attn_fwd_htp_bf16_d64, Bf16, 64, PIPE_PONG, 2, true)
-FWDH_TMA_ENTRY(attn_fwd_htp_f16_d64, F16, 64, PIPE_PONG, 2, true)
-FWDH_TMA_ENTRY(attn_fwd_htp_bf16_d128, Bf16, 128, PIPE_PONG, 2, true)
-FWDH_TMA_ENTRY(attn_fwd_htp_f16_d128, F16, 128, PIPE_PONG, 2, true)
-FWDH_TMA_ENTRY(attn_fwd_hwp_bf16_d64, Bf16, 64, PIPE_PONG, 3, true)
-FWDH_TMA_ENTRY(attn_fwd_hwp_f16_d64, F16, 64, PIPE_PONG, 3, true)
+FWDH_TMA_ENTRY(attn_fwd_ht_bf16_d64, Bf16, 64, PIPE_PONG, 2)
+FWDH_TMA_ENTRY(attn_fwd_ht_f16_d64, F16, 64, PIPE_PONG, 2)
+FWDH_TMA_ENTRY(attn_fwd_ht_bf16_d128, Bf16, 128, PIPE_PONG, 2)
+FWDH_TMA_ENTRY(attn_fwd_ht_f16_d128, F16, 128, PIPE_PONG, 2)
+FWDH_TMA_ENTRY(attn_fwd_hw_bf16_d64, Bf16, 64, PIPE_PONG, 3)
+FWDH_TMA_ENTRY(attn_fwd_hw_f16_d64, F16, 64, PIPE_PONG, 3)
 #endif  // sm_90a

@@ -126,7 +126,6 @@ struct FwdParams {
   int pad_;
   const int2* qSpans;  // [ceil(Sq / blockQ)] {first, one past the last} key tile a query tile sees
                        // anything of (attn_tile_spans; the tensor-core forwards); null for the generic one
-  int* counter;        // the persistent Hopper forwards' work counter: 0 at launch, left at 0
 };
 
 struct BwdParams {

@@ -198,8 +198,15 @@ INLINE void dk_sum8(const vf a[8], float* out) {
 #ifndef PF_BYTES
 #define PF_BYTES 65536     /* page-start prefetch distance (bytes of cache rows ahead) */
 #endif
-#ifndef PF_SEG_BYTES
-#define PF_SEG_BYTES 8192  /* paced segment prefetch distance, 16-bit caches only (at most 8 rows) */
+#ifndef PF_SEG_ROWS
+#define PF_SEG_ROWS 4      /* paced segment prefetch distance: cache rows ahead (and at least 8 KiB, at most 8 rows) */
+#endif
+#ifndef PF_SEG_FP32
+#if defined(RA_AVX512)
+#define PF_SEG_FP32 1      /* fp32 caches too: +25-55% on a 2-core Zen 5 (AVX-512) */
+#else
+#define PF_SEG_FP32 0      /* 16-bit caches only: on fp32 it cost 5-10% on a 2-core Zen 3 (AVX2) */
+#endif
 #endif
 #define MAX_SQ 64      /* query tokens per sequence the kernel accepts */
 #define BIGPOS ((int64_t)1 << 40)
@@ -307,9 +314,12 @@ typedef struct {
  * ahead, which ties up the L1 miss buffers the hardware streams need and was slower):
  *  - pf_pages: the first line of every 4 KiB page of a row PF_BYTES ahead (starts the page's
  *    translation and stream early), for every cache;
- *  - pf_seg: the lines of the KV-head segment that will be used about PF_SEG_BYTES later, paced one
- *    segment per compute step, non-temporal (used once, soon). Only for 16-bit caches, where it
- *    gained 15-25%; on fp32 caches it cost 5-10% (the hardware streams keep up there).
+ *  - pf_seg: the lines of the KV-head segment that will be used PF_SEG_ROWS cache rows later (and
+ *    at least 8 KiB), paced one segment per compute step, non-temporal (used once, soon). On Zen 3
+ *    it gained 15-25% on 16-bit caches and cost 5-10% on fp32 ones (the hardware streams kept up
+ *    there); on a Zen 5 with AVX-512 it gained 25-55% on fp32 as well (4 rows ahead: 2 rows lost
+ *    20%, 6 rows 5-10%; the non-temporal hint at least as fast as T0-T2), so AVX-512 builds use it
+ *    for every cache (PF_SEG_FP32).
  */
 INLINE void pf_pages(const char* p, long n) {
   __builtin_prefetch(p, 0, 3);
@@ -449,7 +459,7 @@ static inline float s_exp2(float x) {
  * A tile of TK cache rows in three passes. Passes 1 and 3 read the cache in memory order (row
  * after row, every KV head of a row before the next row: NK rows side by side in pass 1, 4 in
  * pass 3), which keeps the hardware prefetchers streaming, helped by pf_pages PF_BYTES ahead and
- * pf_seg PF_SEG_BYTES ahead (what the next passes read: pass 1 ends prefetching the tile's first V
+ * pf_seg PF_SEG_ROWS ahead (what the next passes read: pass 1 ends prefetching the tile's first V
  * rows, pass 3 the next tile's first K rows):
  *  (1) the logits of all the tile's rows for every live query row, in register blocks of 4 query
  *      rows of one KV group x NK keys: each K byte is read from memory once for all G heads of its
@@ -472,9 +482,9 @@ static void run_chunk(const Dec* d, const Chunk* c, int sorted, const Vis* vis, 
   const int nrow = Sq * H;
   const qk_fn* QK = QKT[d->E][tail != 0];
   const pv_fn* PV = PVT[d->E][tail != 0];
-  long pfr = PF_BYTES / rb, psr = PF_SEG_BYTES / rb; /* prefetch distances in rows (psr 0: off) */
+  long pfr = PF_BYTES / rb, psr = 8192 / rb; /* prefetch distances in rows (psr 0: off) */
   pfr = pfr < 1 ? 1 : pfr > 64 ? 64 : pfr;
-  psr = d->esz == 4 ? 0 : psr < 1 ? 1 : psr > 8 ? 8 : psr;
+  psr = d->esz == 4 && !PF_SEG_FP32 ? 0 : psr < PF_SEG_ROWS ? PF_SEG_ROWS : psr > 8 ? 8 : psr;
   float* S = sc->S;
   memset(pt->acc, 0, sizeof(float) * (size_t)nrow * Dp);
   for (int r = 0; r < nrow; r++) pt->m[r] = -INFINITY, pt->l[r] = 0.0f;

@@ -78,8 +78,13 @@ export async function ringBench(devices: number, reps: number, sizes: number[]):
         const mine = positions[g.rank];
         const shard = { q: bf16Rows(mine.length * H * D, 1), k: bf16Rows(mine.length * Hk * D, 2), v: bf16Rows(mine.length * Hk * D, 3), dO: bf16Rows(mine.length * H * D, 4), pos: mine };
         const ring = new CudaRing(g, shard, { positions, causal, dtype: 'bfloat16', H, Hk, D, backward: true });
-        ring.forward();
-        ring.backward();
+        // Warm-up (the same count on every rank: the calls are collective): enough calls for the
+        // host code to run compiled, as the 1-GPU side's warmUp gives it, where a call is short
+        // enough for the host's share to matter (bench/gpu-block.ts).
+        for (let i = 0, n = S <= 32768 ? 8 : S <= 65536 ? 4 : 2; i < n; i++) {
+          ring.forward();
+          ring.backward();
+        }
         const tf: number[] = [], tb: number[] = [];
         let of = { transfer: 0, hidden: 0 }, ob = { transfer: 0, hidden: 0 };
         for (let i = 0; i < reps; i++) {

@@ -199,7 +199,11 @@ INLINE void dk_sum8(const vf a[8], float* out) {
 #define PF_BYTES 65536     /* page-start prefetch distance (bytes of cache rows ahead) */
 #endif
 #ifndef PF_SEG_ROWS
-#define PF_SEG_ROWS 4      /* paced segment prefetch distance: cache rows ahead (and at least 8 KiB, at most 8 rows) */
+#if defined(RA_AVX512)
+#define PF_SEG_ROWS 4      /* paced segment prefetch distance: at least this many cache rows ahead */
+#else
+#define PF_SEG_ROWS 1      /* (AVX2 keeps its Zen 3 tuning: 8 KiB ahead, at least 1 row) */
+#endif
 #endif
 #ifndef PF_SEG_FP32
 #if defined(RA_AVX512)
@@ -314,8 +318,8 @@ typedef struct {
  * ahead, which ties up the L1 miss buffers the hardware streams need and was slower):
  *  - pf_pages: the first line of every 4 KiB page of a row PF_BYTES ahead (starts the page's
  *    translation and stream early), for every cache;
- *  - pf_seg: the lines of the KV-head segment that will be used PF_SEG_ROWS cache rows later (and
- *    at least 8 KiB), paced one segment per compute step, non-temporal (used once, soon). On Zen 3
+ *  - pf_seg: the lines of the KV-head segment that will be used 8 KiB later (at least PF_SEG_ROWS
+ *    cache rows, at most 8), paced one segment per compute step, non-temporal (used once, soon). On Zen 3
  *    it gained 15-25% on 16-bit caches and cost 5-10% on fp32 ones (the hardware streams kept up
  *    there); on a Zen 5 with AVX-512 it gained 25-55% on fp32 as well (4 rows ahead: 2 rows lost
  *    20%, 6 rows 5-10%; the non-temporal hint at least as fast as T0-T2), so AVX-512 builds use it
@@ -484,7 +488,8 @@ static void run_chunk(const Dec* d, const Chunk* c, int sorted, const Vis* vis, 
   const pv_fn* PV = PVT[d->E][tail != 0];
   long pfr = PF_BYTES / rb, psr = 8192 / rb; /* prefetch distances in rows (psr 0: off) */
   pfr = pfr < 1 ? 1 : pfr > 64 ? 64 : pfr;
-  psr = d->esz == 4 && !PF_SEG_FP32 ? 0 : psr < PF_SEG_ROWS ? PF_SEG_ROWS : psr > 8 ? 8 : psr;
+  psr = d->esz == 4 && !PF_SEG_FP32 ? 0 : psr < PF_SEG_ROWS ? PF_SEG_ROWS : psr;
+  psr = psr > 8 ? 8 : psr; /* 8 KiB ahead (at least PF_SEG_ROWS rows), at most 8 rows */
   float* S = sc->S;
   memset(pt->acc, 0, sizeof(float) * (size_t)nrow * Dp);
   for (int r = 0; r < nrow; r++) pt->m[r] = -INFINITY, pt->l[r] = 0.0f;

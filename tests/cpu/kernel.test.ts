@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { AttentionKernel } from '../../src/core/kernel.js';
 import { getKernel } from '../../src/cpu/attention.js';
-import { assertClose, freshSeed } from '../helpers/check.js';
+import { assertClose, assertCloseLse, freshSeed } from '../helpers/check.js';
 import { refBackward, refForward } from '../ref/attention64.js';
 import { TOL } from '../ref/tolerances.js';
 import { makeProblem, range, runKernel, stripe, type MaskOpts, type Problem, type RunOpts } from './kernel-harness.js';
@@ -27,7 +27,7 @@ function check(p: Problem, seed: number, what: string, opts: RunOpts = {}): void
     const kernel = make();
     const got = runKernel(kernel, p, opts);
     const tag = `${kernel.name} ${what} seed=${seed}`;
-    assertClose(got.lse, ref.lse, TOL.fp32Forward, `${tag}: lse`);
+    assertCloseLse(got.lse, ref.lse, TOL.fp32Forward, `${tag}: lse`);
     assertClose(got.o, ref.o, TOL.fp32Forward, `${tag}: o`);
     for (const x of [got.o, got.lse, got.dq, got.dk, got.dv]) assert.ok(!x.some(Number.isNaN), `${tag}: NaN`);
     if (!grads) continue;

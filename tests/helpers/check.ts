@@ -49,6 +49,19 @@ export function assertClose(a: ArrayLike<number>, b: ArrayLike<number>, tol: num
 }
 
 /**
+ * LSEs: max|a - b| / max(max|b|, 1). An LSE's error matters through exp(lse), so below 1 it is
+ * held to the same tolerance absolutely; relative to itself a near-zero LSE is ill-conditioned
+ * (one key: lse = q·k·scale, and an fp32 dot product of terms summing to 2.5 in magnitude that
+ * cancel to 0.004 is off by 1.4e-5 of that: seed 766240496, S=1, D=16).
+ */
+export function assertCloseLse(a: ArrayLike<number>, b: ArrayLike<number>, tol: number, what: string): void {
+  let big = 0;
+  for (let i = 0; i < b.length; i++) if (Number.isFinite(b[i])) big = Math.max(big, Math.abs(b[i]));
+  const e = relErr(a, b) * (big === 0 ? 1 : big / Math.max(big, 1));
+  assert.ok(e <= tol, `${what}: error ${e.toExponential(3)} (relative to max(max|lse|, 1)) > ${tol}`);
+}
+
+/**
  * Runs `body` with the environment variables `vars` set (undefined: unset) and restores their
  * previous values afterwards, also when `body` throws or its promise rejects.
  */

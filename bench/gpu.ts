@@ -46,7 +46,6 @@ if (!Number.isInteger(queue) || queue < 1) throw new Error(`--queue: expected a 
 if (!Number.isInteger(Hk) || Hk < 1 || H % Hk !== 0) throw new Error(`--hk: expected a divisor of H = ${H}, got ${Hk}`);
 if (dList.some((d) => d !== 64 && d !== 128)) throw new Error(`--d: expected head dims 64 and/or 128, got '${dList.join(',')}'`);
 
-
 const ctx = CudaContext.open(0);
 const kern = cudaKernel(ctx);
 console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); S=${S} H=${H} Hk=${Hk} reps=${reps} queue=${queue}`);

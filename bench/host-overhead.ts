@@ -1,6 +1,7 @@
 import { cudaKernel } from '../src/cuda/attention.js';
 import type { CudaContext, DeviceBuffer } from '../src/cuda/context.js';
 import { formatTable } from '../src/cli/table.js';
+import { median } from './gpu-block.js';
 
 /**
  * The host's share of a GPU block call, with no GPU: the CUDA attention kernel object's forward
@@ -40,11 +41,6 @@ function fakeContext(): { ctx: CudaContext; launches: () => number } {
   return { ctx: fake as unknown as CudaContext, launches: () => launches };
 }
 
-function med(x: number[]): number {
-  const s = [...x].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
 const rows: (string | number)[][] = [];
 for (const pass of ['forward', 'backward'] as const) {
   for (const D of [64, 128]) {
@@ -60,7 +56,7 @@ for (const pass of ['forward', 'backward'] as const) {
       else kern.backward({ ...a, ...out });
       us.push(Number(process.hrtime.bigint() - t0) / 1000);
     }
-    rows.push([pass, D, us[0].toFixed(0), med(us.slice(1, 6)).toFixed(1), med(us.slice(6, 50)).toFixed(1), med(us.slice(50, 500)).toFixed(1), med(us.slice(-500)).toFixed(1), launches() / calls]);
+    rows.push([pass, D, us[0].toFixed(0), median(us.slice(1, 6)).toFixed(1), median(us.slice(6, 50)).toFixed(1), median(us.slice(50, 500)).toFixed(1), median(us.slice(-500)).toFixed(1), launches() / calls]);
   }
 }
 console.log(`host work of one block call (S=8192 H=32 Hk=8 causal bf16, driver stubbed), microseconds, median of each range of calls; node ${process.version}`);

@@ -25,13 +25,6 @@ sizes = [int(s) for s in (sys.argv[2] if len(sys.argv) > 2 else "16384,32768,655
 
 
 print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, cuDNN {torch.backends.cudnn.version()}; bf16 H={H} Hk={HK} D={D} queue={QUEUE}")
-
-
-def queued(fn):
-    def run():
-        for _ in range(QUEUE):
-            fn()
-    return run
 print("backend  S      causal  fwd ms   TF/s   bwd ms   TF/s")
 for name, backend in [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)]:
     for S in sizes:
@@ -44,13 +37,13 @@ for name, backend in [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBacken
             flops = 4 * S * S * H * D / (2 if causal else 1)
             try:
                 with sdpa_kernel([backend]):
-                    fwd = timed(queued(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)), reps) / QUEUE
+                    fwd = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal), reps, queue=QUEUE)
 
                     def both():
                         o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
                         torch.autograd.grad(o, (q, k, v), do)
 
-                    bwd = timed(queued(both), reps) / QUEUE - fwd
+                    bwd = timed(both, reps, queue=QUEUE) - fwd
                 row = dict(backend=name, S=S, causal=causal, fwdMs=fwd, fwdTflops=flops / fwd / 1e9, bwdMs=bwd, bwdTflops=2.5 * flops / bwd / 1e9)
                 print(f"{name:8} {S:<6} {str(causal):6}  {fwd:7.2f}  {row['fwdTflops']:5.0f}  {bwd:7.2f}  {row['bwdTflops']:5.0f}")
             except RuntimeError as e:

@@ -54,9 +54,6 @@ export function wgmmaForward(tag: KernelTag, computeCapability: readonly [number
   return wg === 'hw' && tag !== 'mma16-d64' ? 'ht' : wg;
 }
 
-/** The forwards that load with TMA (they need cuTensorMapEncodeTiled). */
-const TMA_FORWARDS: ReadonlySet<WgmmaForward> = new Set(['ht', 'hw']);
-
 /**
  * Which Hopper warpgroup-MMA backward (kernels/attn_bwd_h.cu) a tensor-core tag runs, or null for
  * attn_bwd.cu's mma.sync kernel: on sm_90a 'ht' by default (Q/dO by TMA from one thread; 5-9%
@@ -317,7 +314,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
   // The forward's schedule on this device: ht and hw need cuTensorMapEncodeTiled, else hq.
   const forwardSchedule = (tag: KernelTag, scale?: number): WgmmaForward | null => {
     const wg = wgmmaForward(tag, ctx.computeCapability, scale);
-    return wg && TMA_FORWARDS.has(wg) && !ctx.drv.cuTensorMapEncodeTiled ? 'hq' : wg;
+    return (wg === 'ht' || wg === 'hw') && !ctx.drv.cuTensorMapEncodeTiled ? 'hq' : wg;
   };
   // The workspace (workspaceBytes): query tiles' boxes, key tiles' boxes, then the query tiles'
   // key-tile spans (written for the tensor-core forwards, by spans()).
@@ -365,7 +362,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
         const name = `attn_fwd_generic_${SUFFIX[a.dtype]}`;
         ctx.launch(ctx.fn('attn_fwd.cu', name), name, [Math.ceil(a.Sq / 4), a.H, 1], 128, 0, [params]);
       } else if (wg) {
-        const maps = TMA_FORWARDS.has(wg) ? fwdTensorMaps(ctx, a, bq) : null;
+        const maps = wg === 'ht' || wg === 'hw' ? fwdTensorMaps(ctx, a, bq) : null;
         const name = `attn_fwd_${wg}_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = wgFwdSmem(a.D, bq);
         // 64 query rows a consumer warpgroup, and the producer warpgroup.

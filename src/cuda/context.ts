@@ -25,10 +25,13 @@ export function kernelsDir(): string {
   return join(dirname(fileURLToPath(import.meta.url)), 'kernels');
 }
 
-/** Writes a device address (an integer below 2^53) as a little-endian u64 at `off`. */
-function writePtr(buf: Buffer, ptr: number, off: number): void {
-  buf.writeUInt32LE(ptr % 0x100000000, off);
-  buf.writeUInt32LE(Math.floor(ptr / 0x100000000), off + 4);
+/** Writes one field at `off`: a device address (an integer below 2^53) as a little-endian u64, or an i32 / f32. */
+function writeArg(buf: Buffer, f: Arg, off: number): void {
+  if ('ptr' in f) {
+    buf.writeUInt32LE(f.ptr % 0x100000000, off);
+    buf.writeUInt32LE(Math.floor(f.ptr / 0x100000000), off + 4);
+  } else if ('i32' in f) buf.writeInt32LE(f.i32, off);
+  else buf.writeFloatLE(f.f32, off);
 }
 
 /** Pack fields as a C struct (pointers 8-aligned, 4-byte fields 4-aligned, size a multiple of 8). */
@@ -38,17 +41,9 @@ export function packStruct(fields: Arg[]): Buffer {
   const buf = Buffer.alloc(Math.ceil(size / 8) * 8);
   let off = 0;
   for (const f of fields) {
-    if ('ptr' in f) {
-      off = Math.ceil(off / 8) * 8;
-      writePtr(buf, f.ptr, off);
-      off += 8;
-    } else if ('i32' in f) {
-      buf.writeInt32LE(f.i32, off);
-      off += 4;
-    } else {
-      buf.writeFloatLE(f.f32, off);
-      off += 4;
-    }
+    if ('ptr' in f) off = Math.ceil(off / 8) * 8;
+    writeArg(buf, f, off);
+    off += 'ptr' in f ? 8 : 4;
   }
   return buf;
 }
@@ -59,14 +54,8 @@ export function packStruct(fields: Arg[]): Buffer {
  */
 export function argBuffers(args: Arg[]): Buffer[] {
   return args.map((a) => {
-    if ('ptr' in a) {
-      const b = Buffer.allocUnsafe(8);
-      writePtr(b, a.ptr, 0);
-      return b;
-    }
-    const b = Buffer.allocUnsafe(4);
-    if ('i32' in a) b.writeInt32LE(a.i32, 0);
-    else b.writeFloatLE(a.f32, 0);
+    const b = Buffer.allocUnsafe('ptr' in a ? 8 : 4);
+    writeArg(b, a, 0);
     return b;
   });
 }

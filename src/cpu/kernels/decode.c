@@ -223,7 +223,7 @@ typedef struct {
   const int32_t* const* kpos;
   const int32_t* const* kseg;
   const int64_t* len;
-  int B, Sq, H, Hk, D, G, Dp, nfull, tail, E, esz;
+  int B, Sq, H, Hk, D, G, Dp, nfull, tail, E;
   int causal, window, sinks;
   float cs; /* scale * log2(e) */
   float* qs; /* [B, Sq, H, Dp] queries pre-scaled by cs, zero-padded */
@@ -374,18 +374,6 @@ INLINE void qk_core(const int E, const int NQ, const int TAIL, int nf, int tail,
   }
 }
 
-typedef void (*qk_fn)(int, int, const float* const*, const void* const*, float* const*);
-#define QK_DEF(E, R, T)                                                                                          \
-  static void qk_##E##_##R##_##T(int nf, int tail, const float* const* qr, const void* const* kr, float* const* out) { \
-    qk_core(E, R, T, nf, tail, qr, kr, out);                                                                     \
-  }
-#define QK_SET(E) QK_DEF(E, 1, 0) QK_DEF(E, 2, 0) QK_DEF(E, 3, 0) QK_DEF(E, 4, 0) \
-                  QK_DEF(E, 1, 1) QK_DEF(E, 2, 1) QK_DEF(E, 3, 1) QK_DEF(E, 4, 1)
-QK_SET(0)
-QK_SET(1)
-QK_SET(2)
-#define QK_ENT(E) {{qk_##E##_1_0, qk_##E##_2_0, qk_##E##_3_0, qk_##E##_4_0}, {qk_##E##_1_1, qk_##E##_2_1, qk_##E##_3_1, qk_##E##_4_1}}
-static const qk_fn QKT[3][2][4] = {QK_ENT(0), QK_ENT(1), QK_ENT(2)};
 
 /*
  * acc[q] += sum_{r < 4} p[q][r] * V row r, for NQ (<= 2) query rows and 4 cache rows of one KV
@@ -421,17 +409,6 @@ INLINE void pv_core(const int E, const int NQ, const int TAIL, int nf, int tail,
   }
 }
 
-typedef void (*pv_fn)(int, int, float* const*, const float* const*, const void* const*);
-#define PV_DEF(E, R, T)                                                                                          \
-  static void pv_##E##_##R##_##T(int nf, int tail, float* const* acc, const float* const* p, const void* const* vr) { \
-    pv_core(E, R, T, nf, tail, acc, p, vr);                                                                      \
-  }
-#define PV_SET(E) PV_DEF(E, 1, 0) PV_DEF(E, 2, 0) PV_DEF(E, 1, 1) PV_DEF(E, 2, 1)
-PV_SET(0)
-PV_SET(1)
-PV_SET(2)
-#define PV_ENT(E) {{pv_##E##_1_0, pv_##E##_2_0}, {pv_##E##_1_1, pv_##E##_2_1}}
-static const pv_fn PVT[3][2][2] = {PV_ENT(0), PV_ENT(1), PV_ENT(2)};
 
 /* Mask state of query i for a tile: 0 nothing visible, 1 all visible, 2 mixed. */
 static int tile_class(const Vis* vi, int64_t t0, int64_t t1, int sorted, int segs) {
@@ -473,22 +450,22 @@ static inline float s_exp2(float x) {
  *  (3) O += P V in blocks of 2 query rows x 4 cache rows, each V byte read from memory once.
  * Nothing is copied: K and V are read in place, so every byte is loaded into a register once.
  */
-static void run_chunk(const Dec* d, const Chunk* c, int sorted, const Vis* vis, Part* pt, const Scratch* sc) {
-  const int b = c->b, Sq = d->Sq, H = d->H, Hk = d->Hk, D = d->D, G = d->G, Dp = d->Dp, nf = d->nfull, tail = d->tail;
+INLINE void chunk_t(const int E, const int T, const Dec* d, const Chunk* c, int sorted, const Vis* vis, Part* pt,
+                    const Scratch* sc) {
+  const int b = c->b, Sq = d->Sq, H = d->H, Hk = d->Hk, D = d->D, G = d->G, Dp = d->Dp, nf = d->nfull;
+  const int tail = T ? d->tail : 0, esz = E ? 2 : 4;
   const long rs = (long)Hk * D;          /* elements between cache rows */
-  const long rb = rs * d->esz;           /* bytes between cache rows */
-  const long hb = (long)D * d->esz;      /* bytes between KV heads of a row */
+  const long rb = rs * esz;              /* bytes between cache rows */
+  const long hb = (long)D * esz;         /* bytes between KV heads of a row */
   const int32_t* kpos = d->kpos[b];
   const int32_t* kseg = d->kseg ? d->kseg[b] : NULL;
   const float* qs = d->qs + (long)b * Sq * H * Dp;
   const char* K = (const char*)d->k[b];
   const char* V = (const char*)d->v[b];
   const int nrow = Sq * H;
-  const qk_fn* QK = QKT[d->E][tail != 0];
-  const pv_fn* PV = PVT[d->E][tail != 0];
   long pfr = PF_BYTES / rb, psr = 8192 / rb; /* prefetch distances in rows (psr 0: off) */
   pfr = pfr < 1 ? 1 : pfr > 64 ? 64 : pfr;
-  psr = d->esz == 4 && !PF_SEG_FP32 ? 0 : psr < PF_SEG_ROWS ? PF_SEG_ROWS : psr;
+  psr = esz == 4 && !PF_SEG_FP32 ? 0 : psr < PF_SEG_ROWS ? PF_SEG_ROWS : psr;
   psr = psr > 8 ? 8 : psr; /* 8 KiB ahead (at least PF_SEG_ROWS rows), at most 8 rows */
   float* S = sc->S;
   memset(pt->acc, 0, sizeof(float) * (size_t)nrow * Dp);
@@ -532,7 +509,12 @@ static void run_chunk(const Dec* d, const Chunk* c, int sorted, const Vis* vis, 
             qr[r] = qs + (long)row * Dp;
             out[r] = S + (long)row * TKS + t;
           }
-          QK[R - 1](nf, tail, qr, kr, out);
+          switch (R) { /* (R is 4 except for the last block of a row list) */
+          case 4: qk_core(E, 4, T, nf, tail, qr, kr, out); break;
+          case 3: qk_core(E, 3, T, nf, tail, qr, kr, out); break;
+          case 2: qk_core(E, 2, T, nf, tail, qr, kr, out); break;
+          default: qk_core(E, 1, T, nf, tail, qr, kr, out);
+          }
         }
       }
     }
@@ -608,12 +590,27 @@ static void run_chunk(const Dec* d, const Chunk* c, int sorted, const Vis* vis, 
             acc[q] = pt->acc + (long)rows[x0 + q] * Dp;
             p[q] = S + (long)rows[x0 + q] * TKS + t;
           }
-          PV[R - 1](nf, tail, acc, p, vr);
+          if (R == 2) pv_core(E, 2, T, nf, tail, acc, p, vr);
+          else pv_core(E, 1, T, nf, tail, acc, p, vr);
         }
       }
     }
   }
 }
+
+/* chunk_t for each cache type E and with or without a partial last vector of D (T). */
+typedef void (*chunk_fn)(const Dec*, const Chunk*, int, const Vis*, Part*, const Scratch*);
+#define CHUNK_DEF(E, T)                                                                                       \
+  static void chunk_##E##_##T(const Dec* d, const Chunk* c, int sorted, const Vis* vis, Part* pt, const Scratch* sc) { \
+    chunk_t(E, T, d, c, sorted, vis, pt, sc);                                                                 \
+  }
+CHUNK_DEF(0, 0)
+CHUNK_DEF(0, 1)
+CHUNK_DEF(1, 0)
+CHUNK_DEF(1, 1)
+CHUNK_DEF(2, 0)
+CHUNK_DEF(2, 1)
+static const chunk_fn CHUNKS[3][2] = {{chunk_0_0, chunk_0_1}, {chunk_1_0, chunk_1_1}, {chunk_2_0, chunk_2_1}};
 
 /* ------------------------------------------------------------------------------------------ */
 /* Entry point.                                                                               */
@@ -631,7 +628,7 @@ RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, c
     if (len[b] < 0 || (len[b] > 0 && (!k[b] || !v[b] || !kpos[b] || (kseg && !kseg[b])))) return 1;
   if (threads < 1) threads = 1;
 
-  Dec d = {q, k, v, qpos, qseg, kpos, kseg, len, B, Sq, H, Hk, D, H / Hk, 0, D / VW, D % VW, dtype, dtype ? 2 : 4,
+  Dec d = {q, k, v, qpos, qseg, kpos, kseg, len, B, Sq, H, Hk, D, H / Hk, 0, D / VW, D % VW, dtype,
            causal, window, window > 0 ? sinks : 0, (float)(scale * 1.4426950408889634), NULL};
   d.Dp = (D + VW - 1) / VW * VW;
   const int nrow = Sq * H;
@@ -720,6 +717,7 @@ RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, c
     free(srt), free(vis), free(rng), free(ch), free(first), free(parts), free(d.qs);
     return 2;
   }
+  const chunk_fn run = CHUNKS[d.E][d.tail != 0];
 #pragma omp parallel num_threads(threads)
   {
 #ifdef _OPENMP
@@ -733,7 +731,7 @@ RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, c
     for (int64_t c = 0; c < nchunk; c++) {
       float* base = parts + (size_t)c * partFloats;
       Part pt = {base, base + (size_t)nrow * d.Dp, base + (size_t)nrow * d.Dp + nrow};
-      run_chunk(&d, &ch[c], srt[ch[c].b], vis + (long)ch[c].b * Sq, &pt, &sc);
+      run(&d, &ch[c], srt[ch[c].b], vis + (long)ch[c].b * Sq, &pt, &sc);
     }
     /* Merge the chunks of each (sequence, query, head) row, then into the running (o, lse). */
 #pragma omp for schedule(static)

@@ -7,7 +7,7 @@
  *
  *  - Work items are chunks of cache rows of one sequence. A chunk covers all KV heads of its rows,
  *    so its K and V bytes are one contiguous stretch of memory ([rows, Hk, D]). It is processed in
- *    tiles of TK rows, each in three passes (run_chunk): all logits of the tile (K read in place,
+ *    tiles of TK rows, each in three passes (chunk_t): all logits of the tile (K read in place,
  *    row after row, each K vector loaded once for the 4 query rows of its register block: GQA
  *    reads each KV head once for all G heads of its group and all Sq tokens), one max / exp pass
  *    per query row over the tile's logits (the online-softmax rescale of O once per tile, only
@@ -289,7 +289,7 @@ typedef struct {
   float* l;   /* [Sq*H] running sum */
 } Part;
 
-/* Per-thread scratch of run_chunk. */
+/* Per-thread scratch of chunk_t. */
 typedef struct {
   float* S;   /* [Sq*H][TKS] logits of a tile, then its probabilities */
   float* ok;  /* [TK] 0 or -inf: visibility of the tile's rows for one query (mixed tiles) */
@@ -449,6 +449,9 @@ static inline float s_exp2(float x) {
  *      correction of O happens once per tile (and only when the max grows), not once per row;
  *  (3) O += P V in blocks of 2 query rows x 4 cache rows, each V byte read from memory once.
  * Nothing is copied: K and V are read in place, so every byte is loaded into a register once.
+ * The micro-kernels are inlined (E: cache type, T: a partial last vector of D, both compile-time
+ * via CHUNK_DEF): an indirect call per register block made the loads and prefetches issue less
+ * evenly, and DRAM-bound decode ran 10-15% slower with it (BENCHMARKS.md, session 9).
  */
 INLINE void chunk_t(const int E, const int T, const Dec* d, const Chunk* c, int sorted, const Vis* vis, Part* pt,
                     const Scratch* sc) {

@@ -7,8 +7,9 @@ import { fill } from './common.js';
 import { timeCalls, warmUp } from './gpu-block.js';
 
 /**
- * Times the CUDA block kernels on one GPU: forward and backward (delta + main kernel) at a few
- * shapes, median of N event-timed runs after warm-up (warmUp: until the host code runs
+ * Times the CUDA block kernels on one GPU: forward (with resetting o and lse) and backward (with
+ * zeroing dq/dk/dv, then delta and the main kernel: what a ring step's block costs, and what
+ * bench/gpu-block.ts's timeBlock times) at a few shapes, median of N event-timed runs after warm-up (warmUp: until the host code runs
  * compiled), reported as TFLOP/s with the usual attention FLOP count (forward 4·S²·H·D, halved
  * for causal; backward 2.5× forward).
  * With --queue=K each timed interval holds K calls enqueued back to back (the time reported is
@@ -71,6 +72,9 @@ for (const dtype of ['bfloat16'] as CudaDType[]) {
         kern.forward({ ...a, o: o.ptr, lse: lse.ptr });
       };
       const bwd = () => {
+        ctx.fill32(dq, 0, n);
+        ctx.fill32(dk, 0, nk);
+        ctx.fill32(dv, 0, nk);
         kern.delta(dO.ptr, o.ptr, delta.ptr, S * H, D, dtype);
         kern.backward({ ...a, dO: dO.ptr, lse: lse.ptr, delta: delta.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr });
       };

@@ -1,5 +1,5 @@
 import { BackendError, InputError, throwReason } from '../core/errors.js';
-import type { AttentionKernel, BackwardArgs, BlockArgs, ForwardArgs } from '../core/kernel.js';
+import { checkBlockArgs, type AttentionKernel, type BackwardArgs, type BlockArgs, type ForwardArgs } from '../core/kernel.js';
 import { loadNative } from './build.js';
 
 /**
@@ -40,49 +40,8 @@ function bind(): Bound {
   }
 }
 
-const INT32_MAX = 2 ** 31 - 1;
-
-/** Why these arguments cannot run (null when they can): names the argument and the expected shape. */
-export function checkArgs(a: BlockArgs): string | null {
-  const { Sq, Sk, H, Hk, D } = a;
-  for (const [name, x] of [['Sq', Sq], ['Sk', Sk], ['H', H], ['Hk', Hk], ['D', D]] as const) {
-    if (!Number.isInteger(x) || x < 0 || x > INT32_MAX) return `${name}: expected a non-negative int32, got ${x}`;
-  }
-  if (H < 1 || Hk < 1 || D < 1) return `H, Hk, D: expected positive, got ${H}, ${Hk}, ${D}`;
-  if (H % Hk !== 0) return `H: expected a multiple of Hk = ${Hk}, got ${H}`;
-  if (!Number.isInteger(a.window) || a.window < 0 || a.window > INT32_MAX) return `window: expected an int32 >= 0, got ${a.window}`;
-  if (!Number.isInteger(a.sinks) || a.sinks < 0 || a.sinks > INT32_MAX) return `sinks: expected an int32 >= 0, got ${a.sinks}`;
-  if (!Number.isFinite(a.scale)) return `scale: expected a finite number, got ${a.scale}`;
-  for (const [name, x] of [['blockQ', a.blockQ], ['blockK', a.blockK], ['threads', a.threads]] as const) {
-    if (x !== undefined && (!Number.isInteger(x) || x < 1 || x > INT32_MAX)) return `${name}: expected a positive integer, got ${x}`;
-  }
-  const len = (name: string, arr: ArrayLike<number> | undefined, n: number): string | null =>
-    !arr ? `${name}: missing` : arr.length < n ? `${name}: expected at least ${n} elements, got ${arr.length}` : null;
-  const checks: [string, ArrayLike<number> | undefined, number][] = [
-    ['q', a.q, Sq * H * D],
-    ['k', a.k, Sk * Hk * D],
-    ['v', a.v, Sk * Hk * D],
-    ['qPos', a.qPos, Sq],
-    ['kPos', a.kPos, Sk],
-  ];
-  if (a.qSeg || a.kSeg) {
-    if (!a.qSeg || !a.kSeg) return `${a.qSeg ? 'kSeg' : 'qSeg'}: segments must be given for both queries and keys`;
-    checks.push(['qSeg', a.qSeg, Sq], ['kSeg', a.kSeg, Sk]);
-  }
-  const fa = a as Partial<ForwardArgs & BackwardArgs>;
-  if (fa.o) checks.push(['o', fa.o, Sq * H * D]);
-  if (fa.dO) {
-    checks.push(['dO', fa.dO, Sq * H * D], ['lse', fa.lse, Sq * H], ['delta', fa.delta, Sq * H]);
-    checks.push(['dq', fa.dq, Sq * H * D], ['dk', fa.dk, Sk * Hk * D], ['dv', fa.dv, Sk * Hk * D]);
-  } else if (fa.o) {
-    checks.push(['lse', fa.lse, Sq * H]);
-  }
-  for (const [name, arr, n] of checks) {
-    const r = len(name, arr, n);
-    if (r) return r;
-  }
-  return null;
-}
+/** Why these arguments cannot run (null when they can); shared with the TypeScript kernel. */
+export const checkArgs = checkBlockArgs;
 
 function validate(a: BlockArgs): void {
   throwReason(checkArgs(a));

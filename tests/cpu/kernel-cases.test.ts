@@ -184,9 +184,16 @@ test('kernel selection and argument checks', () => {
   assert.match(supported({ ...good, k: good.k.subarray(1) }) ?? '', /^k:/);
   assert.match(supported({ ...good, qSeg: new Int32Array(8) }) ?? '', /^kSeg:/);
   assert.match(supported({ ...good, window: -1 }) ?? '', /^window:/);
-  for (const kernel of kernels.filter((k) => k.name !== 'ts')) {
-    assert.throws(() => kernel.forward({ ...good, lse: new Float32Array(3) }), InputError);
-    assert.throws(() => kernel.forward({ ...good, Hk: 3 }), InputError);
+  const named = (arg: string) => (e: unknown) => e instanceof InputError && e.arg === arg;
+  const dO = new Float32Array(8 * 4 * 16), lse = new Float32Array(32), delta = new Float32Array(32);
+  const bwd = { ...good, dO, lse, delta, dq: new Float32Array(8 * 4 * 16), dk: new Float32Array(8 * 2 * 16), dv: new Float32Array(8 * 2 * 16) };
+  for (const kernel of kernels) { // the TypeScript fallback checks exactly what the C kernel does
+    assert.throws(() => kernel.forward({ ...good, lse: new Float32Array(3) }), named('lse'), kernel.name);
+    assert.throws(() => kernel.forward({ ...good, Hk: 3 }), named('H'), kernel.name);
+    assert.throws(() => kernel.forward({ ...good, k: good.k.subarray(1) }), named('k'), kernel.name);
+    assert.throws(() => kernel.forward({ ...good, window: -1 }), named('window'), kernel.name);
+    assert.throws(() => kernel.backward({ ...bwd, dk: new Float32Array(5) }), named('dk'), kernel.name);
+    assert.throws(() => kernel.backward({ ...bwd, delta: undefined as unknown as Float32Array }), named('delta'), kernel.name);
   }
   // Gather sanity for the harness itself.
   assert.deepEqual(Array.from(gather(Float32Array.from([1, 2, 3, 4, 5, 6]), Int32Array.from([2, 0]), 2)), [5, 6, 1, 2]);

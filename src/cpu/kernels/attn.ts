@@ -1,6 +1,7 @@
 import { classifyBlock, type BlockClass, type MaskSpec } from '../../core/mask.js';
+import { throwReason } from '../../core/errors.js';
 import { mergeRow } from '../../core/merge.js';
-import { DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, type AttentionKernel, type BackwardArgs, type BlockArgs, type ForwardArgs } from '../../core/kernel.js';
+import { checkBlockArgs, DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, type AttentionKernel, type BackwardArgs, type BlockArgs, type ForwardArgs } from '../../core/kernel.js';
 
 /**
  * The TypeScript kernel: the plain definition of block semantics, and the fallback where no C
@@ -42,6 +43,7 @@ export function classifyTile(a: BlockArgs, q0: number, q1: number, k0: number, k
 }
 
 function forward(a: ForwardArgs): void {
+  throwReason(checkBlockArgs(a));
   const { Sq, Sk, H, Hk, D, scale } = a;
   const bq = a.blockQ ?? DEFAULT_BLOCK_Q;
   const bk = a.blockK ?? DEFAULT_BLOCK_K;
@@ -112,6 +114,7 @@ function forward(a: ForwardArgs): void {
 }
 
 function backward(a: BackwardArgs): void {
+  throwReason(checkBlockArgs(a));
   const { Sq, Sk, H, Hk, D, scale } = a;
   const bq = a.blockQ ?? DEFAULT_BLOCK_Q;
   const bk = a.blockK ?? DEFAULT_BLOCK_K;

@@ -14,7 +14,7 @@ function notice(reason: string): void {
   if (warned || process.env[WARNED_ENV] === '1') return;
   warned = true;
   process.env[WARNED_ENV] = '1';
-  process.stderr.write(`ringattn: no C compiler found (${reason}); using the TypeScript kernel (slower)\n`);
+  process.stderr.write(`ringattn: the C kernel is unavailable (${reason}); using the TypeScript kernel (slower)\n`);
 }
 
 /**

@@ -16,6 +16,10 @@ import koffi from 'koffi';
  * Flags: -O3 -march=native with OpenMP when it links. -ffp-contract=fast lets the compiler fuse
  * multiply-adds; -ffast-math is never used because it assumes no infinities, and the kernels
  * rely on -inf for masked logits and for rows that see no key.
+ *
+ * RINGATTN_CPU_ISA=avx2 or scalar (x86-64 only) builds a lower instruction set than this CPU's
+ * (-mno-avx512f, -mno-avx): the tests run every SIMD path the machine can execute, and users can
+ * rule out a miscompiled wide path. Unset or `native`: the CPU's own.
  */
 
 export type Isa = 'avx512' | 'avx2' | 'neon' | 'scalar';
@@ -144,9 +148,18 @@ function detectFlags(cc: Compiler, dir: string): string[] | string {
   return `no working flags (${errors.join('; ')})`;
 }
 
+/** Flags that lower the ISA to RINGATTN_CPU_ISA's, or the reason it cannot be (an error). */
+function isaFlags(): string[] | string {
+  const want = process.env.RINGATTN_CPU_ISA;
+  if (want === undefined || want === '' || want === 'native') return [];
+  if (want !== 'avx2' && want !== 'scalar') return `RINGATTN_CPU_ISA: expected native, avx2 or scalar, got '${want}'`;
+  if (process.arch !== 'x64') return `RINGATTN_CPU_ISA: ${want} can only be chosen on x86-64 (this is ${process.arch}); use native`;
+  return want === 'avx2' ? ['-mno-avx512f'] : ['-mno-avx'];
+}
+
 /** The ISA from the compiler's predefined macros under the chosen flags. */
 function detectIsa(cc: Compiler, flags: string[]): Isa {
-  const arch = flags.filter((f) => f.startsWith('-march=') || f.startsWith('-mcpu='));
+  const arch = flags.filter((f) => f.startsWith('-march=') || f.startsWith('-mcpu=') || f.startsWith('-mno-'));
   const r = run(cc.cmd, [...cc.pre, ...arch, '-dM', '-E', '-x', 'c', '-'], '');
   const has = (m: string) => new RegExp(`^#define ${m} `, 'm').test(r.out);
   if (has('__AVX512F__')) return 'avx512';
@@ -169,9 +182,14 @@ function build(): NativeLoad {
   const cc = findCompiler();
   if (typeof cc === 'string') return { error: cc };
   const cache = cacheDir();
-  const flags = detectFlags(cc, cache);
-  if (typeof flags === 'string') return { error: flags };
+  const found = detectFlags(cc, cache);
+  if (typeof found === 'string') return { error: found };
+  const lower = isaFlags();
+  if (typeof lower === 'string') return { error: lower };
+  const flags = [...found, ...lower];
   const isa = detectIsa(cc, flags);
+  const want = process.env.RINGATTN_CPU_ISA;
+  if ((want === 'avx2' || want === 'scalar') && isa !== want) return { error: `RINGATTN_CPU_ISA=${want}: this CPU and compiler give ${isa} (a lower ISA can be chosen, not a higher one)` };
   const parts = ['lib-v1', cc.version, cc.cmd, cc.pre.join(' '), flags.join(' '), cpuIdentity(), process.platform, process.arch];
   // the headers the kernels include (simd.h) are part of what is compiled: a change to one rebuilds
   for (const s of [...sources, ...headers]) parts.push(s, readFileSync(join(dir, s), 'utf8'));

@@ -34,7 +34,7 @@ export interface RingAttentionOptions extends AttentionOptions {
   backend?: 'cpu';
   onProgress?: (done: number, total: number) => void;
   /** Test hook: make one rank fail. */
-  fail?: { rank: number; step: number; mode: 'throw' | 'exit' };
+  fail?: { rank: number; step: number; mode: 'throw' | 'exit'; phase?: 'forward' | 'backward' };
 }
 
 export interface AttentionResult {

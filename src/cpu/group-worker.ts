@@ -23,7 +23,7 @@ export interface GroupInit {
   runStart: number;
   /** URL of a program module exporting `methods: Record<string, (rank: CpuRank, arg: unknown) => unknown>`. */
   program?: string;
-  fail?: { step: number; mode: 'throw' | 'exit' };
+  fail?: { step: number; mode: 'throw' | 'exit'; phase?: 'forward' | 'backward' };
 }
 
 export interface AttendArg {

@@ -10,7 +10,7 @@ export interface CpuGroupOptions {
   /** URL of a program module whose `methods` the ranks can run (see group-worker.ts). */
   program?: string;
   /** Test hook: make one rank fail at a compute step. */
-  fail?: { rank: number; step: number; mode: 'throw' | 'exit' };
+  fail?: { rank: number; step: number; mode: 'throw' | 'exit'; phase?: 'forward' | 'backward' };
 }
 
 type FromWorker =
@@ -133,7 +133,7 @@ export class CpuGroup {
           kernel: opts.kernel ?? 'auto',
           runStart,
           program: opts.program,
-          fail: opts.fail && opts.fail.rank === r ? { step: opts.fail.step, mode: opts.fail.mode } : undefined,
+          fail: opts.fail && opts.fail.rank === r ? { step: opts.fail.step, mode: opts.fail.mode, phase: opts.fail.phase } : undefined,
         };
         w.postMessage(init);
       });

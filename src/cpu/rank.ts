@@ -97,7 +97,7 @@ export class CpuRank implements RankContext {
   /** Set by the group worker: every rank's mailbox. */
   mailboxes: Float32Array[] = [];
   /** Test hook: fail at this compute step. */
-  fail?: { step: number; mode: 'throw' | 'exit' };
+  fail?: { step: number; mode: 'throw' | 'exit'; phase?: 'forward' | 'backward' };
   private computeSteps = 0;
   private readonly sig: SharedFlags;
 
@@ -127,9 +127,9 @@ export class CpuRank implements RankContext {
         this.events.push(e);
         if (e.kind !== 'compute') return;
         progress();
-        if (this.fail && e.step === this.fail.step && this.computeSteps++ === 0) {
+        if (this.fail && e.step === this.fail.step && (!this.fail.phase || e.phase === this.fail.phase) && this.computeSteps++ === 0) {
           if (this.fail.mode === 'exit') process.exit(3);
-          throw new Error(`injected failure at step ${this.fail.step}`);
+          throw new Error(`injected failure at ${e.phase} step ${this.fail.step}`);
         }
       },
     };

@@ -15,7 +15,7 @@ export interface CpuRingOptions {
   /** Move the shards' buffers into the workers (the caller's arrays are detached) instead of copying. */
   moveShards?: boolean;
   /** Test hook: make one rank fail. */
-  fail?: { rank: number; step: number; mode: 'throw' | 'exit' };
+  fail?: { rank: number; step: number; mode: 'throw' | 'exit'; phase?: 'forward' | 'backward' };
 }
 
 export interface RankResult {

@@ -26,4 +26,17 @@ export const methods = {
     rank.barrier();
     return { all, sum };
   },
+  /** Rank `rank` fails (throws, or its worker exits with code 3) just before `where`; the others enter it. */
+  dieIn(rank: CpuRank, arg: unknown) {
+    const { rank: who, where, mode } = arg as { rank: number; where: 'allGather' | 'allReduceSum' | 'barrier'; mode: 'throw' | 'exit' };
+    const x = new Float32Array(8).fill(rank.rank);
+    if (rank.rank === who) {
+      if (mode === 'exit') process.exit(3);
+      throw new Error(`injected failure before ${where}`);
+    }
+    if (where === 'allGather') rank.allGather(x);
+    else if (where === 'allReduceSum') rank.allReduceSum(x);
+    else rank.barrier();
+    return null;
+  },
 };

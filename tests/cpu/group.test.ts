@@ -7,6 +7,7 @@ import { shardPositions, gatherRows } from '../../src/core/layout.js';
 import { attention } from '../../src/attention.js';
 import type { AttnParams } from '../../src/cpu/device.js';
 import { assertClose, freshSeed, randn, rng } from '../helpers/check.js';
+import { RankError } from '../../src/core/errors.js';
 import { TOL } from '../ref/tolerances.js';
 
 const program = new URL('./group-program.js', import.meta.url).href;
@@ -49,11 +50,33 @@ test('collectives: allGather, allReduceSum and barrier, across mailbox-sized pie
       const res = await group.call<{ all: Float32Array[]; sum: Float32Array }>('collectives', [n, n, n]);
       for (const { all, sum } of res) {
         assert.equal(all.length, P);
-        for (let q = 0; q < P; q++) for (const i of [0, n - 1].filter((i) => i >= 0 && i < n)) assert.equal(all[q][i], q * 1000 + i);
-        for (const i of [0, n - 1].filter((i) => i >= 0 && i < n)) assert.equal(sum[i], 3000 + 3 * i);
+        // Every element (a wrong piece boundary would show in the middle, not at the ends).
+        for (let q = 0; q < P; q++) assert.deepEqual(all[q], Float32Array.from({ length: n }, (_, i) => q * 1000 + i), `rank ${q}'s part, n = ${n}`);
+        assert.deepEqual(sum, Float32Array.from({ length: n }, (_, i) => 3000 + 3 * i), `sum, n = ${n}`);
       }
     }
   } finally {
     await group.close();
+  }
+});
+
+test('a rank that fails inside a collective of a long-lived group ends that call with its error, quickly', async () => {
+  // Each case on a group that has already run a call (as the model's group has): the other ranks
+  // are blocked in the collective and must be woken, not left waiting.
+  for (const [rank, where, mode] of [[1, 'allGather', 'throw'], [2, 'barrier', 'throw'], [0, 'allReduceSum', 'exit'], [2, 'allGather', 'exit']] as const) {
+    const group = await CpuGroup.start(3, { program });
+    try {
+      const ok = await group.call<{ sum: Float32Array }>('collectives', [4, 4, 4]);
+      assert.deepEqual(ok[0].sum, Float32Array.from([3000, 3003, 3006, 3009]));
+      const t0 = Date.now();
+      await assert.rejects(
+        group.call('dieIn', [0, 1, 2].map(() => ({ rank, where, mode }))),
+        (e: unknown) => e instanceof RankError && e.rank === rank && (mode === 'throw' ? new RegExp(`injected failure before ${where}`).test(e.message) : /exited with code 3/.test(e.message)),
+        `rank ${rank} ${mode} before ${where}`,
+      );
+      assert.ok(Date.now() - t0 < 5000, 'stopped promptly');
+    } finally {
+      await group.close();
+    }
   }
 });

@@ -128,7 +128,21 @@ test('a rank that throws ends the run with its error, quickly, for every rank po
     const t0 = Date.now();
     await assert.rejects(
       ringAttention(q, k, v, { causal: true, devices: 4, fail: { rank, step, mode } }),
-      (e: unknown) => e instanceof RankError && e.rank === rank && (mode === 'throw' ? /injected failure at step/.test(e.message) : /exited with code 3/.test(e.message)),
+      (e: unknown) => e instanceof RankError && e.rank === rank && (mode === 'throw' ? /injected failure at forward step/.test(e.message) : /exited with code 3/.test(e.message)),
+    );
+    assert.ok(Date.now() - t0 < 5000, 'stopped promptly');
+  }
+});
+
+test('a rank that fails in the backward (while dK/dV travel) ends the run with its error, quickly', async () => {
+  const r = rng(freshSeed());
+  const [S, H, D] = [200, 2, 16];
+  const q = t3(S, H, D, r), k = t3(S, H, D, r), v = t3(S, H, D, r), dO = t3(S, H, D, r);
+  for (const [rank, step, mode, layout] of [[1, 0, 'throw', 'zigzag'], [3, 2, 'throw', 'contiguous'], [0, 3, 'exit', 'zigzag'], [2, 1, 'exit', 'striped']] as const) {
+    const t0 = Date.now();
+    await assert.rejects(
+      ringAttention(q, k, v, { causal: rank !== 2, gradOut: dO, devices: 4, layout, fail: { rank, step, mode, phase: 'backward' } }),
+      (e: unknown) => e instanceof RankError && e.rank === rank && (mode === 'throw' ? /injected failure at backward step/.test(e.message) : /exited with code 3/.test(e.message)),
     );
     assert.ok(Date.now() - t0 < 5000, 'stopped promptly');
   }

@@ -67,6 +67,8 @@ function fail(err: unknown): void {
     Atomics.store(flags, FLAG_ABORT, 1);
     for (let i = 0; i < flags.length; i++) Atomics.notify(flags, i);
   }
+  // Before this worker can end: its copy threads write into its buffers (see CpuTransport.drain).
+  rank?.abortAndDrain();
   // A rank woken by the abort flag reports a secondary error; the failing rank's own error wins.
   const secondary = err instanceof RankError && err.secondary;
   const message = err instanceof RankError ? err.detail : err instanceof Error ? err.message : String(err);

@@ -12,6 +12,7 @@ import { ringBackward } from '../ring/backward.js';
 import { CpuBlock } from './block.js';
 import { CpuRankDevice, type AttnParams, type RankShard } from './device.js';
 import { ringPlan, type RingPlan } from './ring-plan.js';
+import { FLAG_ABORT } from './flags.js';
 import type { DecodeCall, Gemm, Linear, RankContext } from '../core/group.js';
 import type { MaskSpec } from '../core/mask.js';
 import type { AttnParams as Params } from '../core/kernel.js';
@@ -128,11 +129,26 @@ export class CpuRank implements RankContext {
         if (e.kind !== 'compute') return;
         progress();
         if (this.fail && e.step === this.fail.step && (!this.fail.phase || e.phase === this.fail.phase) && this.computeSteps++ === 0) {
-          if (this.fail.mode === 'exit') process.exit(3);
+          if (this.fail.mode === 'exit') {
+            // A worker that dies: the others must notice. (Its copy threads are joined first, as
+            // a failing rank's are: they write into this worker's buffers.)
+            this.abortAndDrain();
+            process.exit(3);
+          }
           throw new Error(`injected failure at ${e.phase} step ${this.fail.step}`);
         }
       },
     };
+  }
+
+  /**
+   * After a failure: raise the group's abort flag (waking every rank) and join this rank's copy
+   * threads still in flight, so that none outlives the buffers it writes into.
+   */
+  abortAndDrain(): void {
+    Atomics.store(this.flags, FLAG_ABORT, 1);
+    for (let i = 0; i < this.flags.length; i++) Atomics.notify(this.flags, i);
+    for (const st of this.rings.values()) st.transport.drain();
   }
 
   /** Bytes this rank holds in ring buffers, shards and accumulators. */

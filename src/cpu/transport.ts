@@ -78,6 +78,9 @@ export class CpuTransport implements RingTransport<CpuBlock> {
   /** Bytes this rank received, for the report. */
   bytesIn = 0;
 
+  /** Native copy threads started and not yet joined. */
+  private readonly inFlight = new Set<unknown>();
+
   constructor(
     readonly rank: number,
     private readonly flags: Int32Array,
@@ -148,8 +151,21 @@ export class CpuTransport implements RingTransport<CpuBlock> {
       p.ranges.forEach((r, i) => flat.set(r.map(BigInt), 3 * i));
       p.handle = this.native.start(p.dst, p.src, flat, p.ranges.length, this.flags, p.flag, p.seq, FLAG_ABORT);
       if (!p.handle) throw new RankError(this.rank, 'could not start a transfer thread');
+      this.inFlight.add(p.handle);
     }
     return p;
+  }
+
+  /**
+   * Join every copy thread still running (after a failure: the abort flag must already be set,
+   * so each ends at its next look at the flags). A copy thread writes through raw pointers into
+   * this rank's buffers; a worker that ended with one still running would free them under it
+   * (the incoming dK/dV buffer is this rank's alone) and corrupt the process's heap.
+   */
+  drain(): void {
+    if (!this.native) return;
+    for (const h of this.inFlight) this.native.wait(h, this.times);
+    this.inFlight.clear();
   }
 
   /** Finish a pull: join the copy thread, or copy now. Records the transfer. */
@@ -157,6 +173,7 @@ export class CpuTransport implements RingTransport<CpuBlock> {
     let start: number;
     let end: number;
     if (this.native) {
+      this.inFlight.delete(p.handle);
       const status = this.native.wait(p.handle, this.times);
       if (status !== 0) {
         this.checkAbort();

@@ -105,7 +105,13 @@ function transferables(v: unknown, out: Set<ArrayBuffer> = new Set(), depth = 0)
   return out;
 }
 
-port.on('message', (m: GroupInit | { type: 'call'; id: number; method: string; arg: unknown } | { type: 'exchanged'; name: string; bufs: SharedArrayBuffer[][] }) => {
+port.on('message', (m: GroupInit | { type: 'call'; id: number; method: string; arg: unknown } | { type: 'exchanged'; name: string; bufs: SharedArrayBuffer[][] } | { type: 'stop' }) => {
+  if (m.type === 'stop') {
+    // Another rank failed: end this worker (its copy threads joined first).
+    rank?.abortAndDrain();
+    port.close();
+    return;
+  }
   if (m.type === 'exchanged') {
     exchanges.get(m.name)?.(m.bufs);
     exchanges.delete(m.name);

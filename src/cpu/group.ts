@@ -37,9 +37,13 @@ export class CpuGroup {
   private pending = new Map<number, { results: unknown[]; left: number; resolve: (v: unknown[]) => void; reject: (e: Error) => void }>();
   private nextId = 1;
 
-  private constructor(private readonly workers: Worker[], private readonly flags: Int32Array, kernel: string, runStart: number) {
+  /** Resolve as each worker's thread ends. */
+  private readonly exited: Promise<void>[];
+
+  private constructor(private readonly workers: Worker[], private readonly flags: Int32Array, kernel: string, runStart: number, exited: Promise<void>[]) {
     this.kernel = kernel;
     this.runStart = runStart;
+    this.exited = exited;
   }
 
   get ranks(): number {
@@ -53,6 +57,7 @@ export class CpuGroup {
     const runStart = performance.timeOrigin + performance.now();
     const url = new URL('./group-worker.js', import.meta.url);
     const workers = Array.from({ length: ranks }, () => new Worker(url));
+    const exited = workers.map((w) => new Promise<void>((resolve) => w.once('exit', () => resolve())));
     let group: CpuGroup | null = null;
     const exchanges = new Map<string, SharedArrayBuffer[][]>();
     const reported = new Array<boolean>(ranks).fill(false);
@@ -74,9 +79,13 @@ export class CpuGroup {
         const err = new RankError(rank, message);
         Atomics.store(flags, 0, 1);
         for (let i = 0; i < flags.length; i++) Atomics.notify(flags, i);
-        // Every rank notices the flag at its next wait and exits by itself. (terminate() is not
-        // used: ending a thread inside a native call aborts the whole process.)
-        for (const w of workers) w.unref();
+        // Every rank notices the flag at its next wait and exits by itself; an idle one is told to
+        // (it reads the message once any call it is in returns). terminate() is not used: ending
+        // a thread inside a native call aborts the whole process.
+        for (const w of workers) {
+          w.postMessage({ type: 'stop' });
+          w.unref();
+        }
         if (g) {
           if (g.error) return;
           g.error = err;
@@ -95,7 +104,7 @@ export class CpuGroup {
             case 'ready':
               kernel = m.kernel;
               if (++ready === ranks) {
-                group = new CpuGroup(workers, flags, kernel, runStart);
+                group = new CpuGroup(workers, flags, kernel, runStart, exited);
                 resolve(group);
               }
               return;
@@ -157,11 +166,23 @@ export class CpuGroup {
     });
   }
 
-  /** End the workers (after the calls in flight). */
-  async close(): Promise<void> {
+  /**
+   * End the workers (after the calls in flight). After a failure the ranks end by themselves
+   * (see fail) once the call they are in returns; close waits for that, up to `afterFailureMs`,
+   * so that a caller that exits right after the error does not end a worker inside a native call
+   * (which aborts the whole process).
+   */
+  async close(afterFailureMs = 30_000): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    // After a failure the ranks end by themselves (see fail); otherwise they are idle.
-    if (!this.error) await Promise.all(this.workers.map((w) => w.terminate()));
+    if (!this.error) {
+      await Promise.all(this.workers.map((w) => w.terminate()));
+      return;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    // (a referenced timer: it keeps the process alive while the workers wind down)
+    const deadline = new Promise<void>((resolve) => (timer = setTimeout(resolve, afterFailureMs)));
+    await Promise.race([Promise.all(this.exited), deadline]);
+    clearTimeout(timer);
   }
 }

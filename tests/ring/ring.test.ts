@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { attention, ringAttention, type AttentionOptions } from '../../src/attention.js';
 import { LAYOUTS } from '../../src/core/layout.js';
 import type { F32Tensor } from '../../src/core/tensor.js';
@@ -147,3 +148,27 @@ test('a rank that fails in the backward (while dK/dV travel) ends the run with i
     assert.ok(Date.now() - t0 < 5000, 'stopped promptly');
   }
 });
+
+test('a process that exits right after a rank failure exits cleanly (no worker ended inside a native call)', () => {
+  // Each run in a fresh process that catches the RankError and returns: the process must end on
+  // its own, status 0, without a heap-corruption abort or a fatal error.
+  const script = `
+    import { ringAttention } from ${JSON.stringify(new URL('../../src/attention.js', import.meta.url).href)};
+    const [rank, step, mode, phase] = process.argv.slice(1);
+    const S = 240, H = 2, D = 16;
+    let x = ${freshSeed()};
+    const t = () => ({ dtype: 'float32', shape: [S, H, D], data: Float32Array.from({ length: S * H * D }, () => ((x = (Math.imul(x, 1664525) + 1013904223) >>> 0) / 2 ** 32 - 0.5)) });
+    try {
+      await ringAttention(t(), t(), t(), { causal: true, gradOut: t(), devices: 4, fail: { rank: +rank, step: +step, mode, phase } });
+      console.log('no error');
+    } catch (e) {
+      console.log(e.name);
+    }`;
+  for (const args of [['1', '0', 'throw', 'backward'], ['0', '3', 'exit', 'backward'], ['2', '1', 'exit', 'forward'], ['3', '2', 'throw', 'backward']]) {
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script, ...args], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(r.status, 0, `${args.join(' ')}: status ${r.status} signal ${r.signal}\n${r.stderr}`);
+    assert.equal(r.stdout.trim(), 'RankError', args.join(' '));
+    assert.doesNotMatch(r.stderr, /corrupted|FATAL|Aborted/, args.join(' '));
+  }
+});
+

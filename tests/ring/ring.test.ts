@@ -7,7 +7,7 @@ import type { F32Tensor } from '../../src/core/tensor.js';
 import { RankError } from '../../src/core/errors.js';
 import { refForward, refBackward } from '../ref/attention64.js';
 import { TOL } from '../ref/tolerances.js';
-import { assertClose, freshSeed, randn, rng } from '../helpers/check.js';
+import { assertClose, assertCloseLse, freshSeed, randn, rng } from '../helpers/check.js';
 
 const t3 = (S: number, H: number, D: number, r: () => number, scale = 1): F32Tensor => ({ dtype: 'float32', shape: [S, H, D], data: randn(S * H * D, r, scale) });
 
@@ -59,35 +59,52 @@ test('ring with GQA/MQA, head dims 64 and 128, ragged shards', async () => {
   await compare(5, 2, 2, 16, 7, 'zigzag', { causal: true }, seed + 2, true); // ranks with no tokens
 });
 
-test('ring result equals the float64 reference', async () => {
-  const seed = freshSeed();
-  const r = rng(seed);
-  const [S, H, Hk, D] = [83, 4, 2, 32];
-  const q = t3(S, H, D, r);
-  const k = t3(S, Hk, D, r);
-  const v = t3(S, Hk, D, r);
-  const dO = t3(S, H, D, r);
-  const mask = { causal: true, window: 30, sinks: 3 };
-  const ref = refForward(q.data, k.data, v.data, S, H, Hk, D, mask);
-  const g = refBackward(q.data, k.data, v.data, dO.data, S, H, Hk, D, mask);
-  const ring = await ringAttention(q, k, v, { ...mask, gradOut: dO, devices: 4, layout: 'zigzag' });
-  assertClose(ring.out.data, ref.o, TOL.fp32Forward, `seed ${seed} out`);
-  assertClose(ring.lse.data, ref.lse, TOL.fp32Forward, `seed ${seed} lse`);
-  assertClose(ring.dq!.data, g.dq, TOL.fp32Grad, `seed ${seed} dq`);
-  assertClose(ring.dk!.data, g.dk, TOL.fp32Grad, `seed ${seed} dk`);
-  assertClose(ring.dv!.data, g.dv, TOL.fp32Grad, `seed ${seed} dv`);
-});
+/** Random document boundaries: 1-4 segments of random lengths (some possibly a single token). */
+function randomSegments(S: number, r: () => number): Int32Array {
+  const cuts = new Set<number>();
+  const n = Math.floor(r() * 4);
+  for (let i = 0; i < n; i++) cuts.add(1 + Math.floor(r() * (S - 1)));
+  const seg = new Int32Array(S);
+  let id = 0;
+  for (let i = 0; i < S; i++) {
+    if (cuts.has(i)) id++;
+    seg[i] = id;
+  }
+  return seg;
+}
 
-test('ring with the TypeScript kernel equals the C kernel', async () => {
+test('ring results equal the float64 reference: random masks, scales, segment boundaries, ring sizes, layouts, batches, both kernels', async () => {
   const seed = freshSeed();
   const r = rng(seed);
-  const [S, H, Hk, D] = [70, 2, 1, 16];
-  const q = t3(S, H, D, r), k = t3(S, Hk, D, r), v = t3(S, Hk, D, r), dO = t3(S, H, D, r);
-  const a = await ringAttention(q, k, v, { causal: true, gradOut: dO, devices: 3, kernel: 'ts' });
-  const b = await ringAttention(q, k, v, { causal: true, gradOut: dO, devices: 3 });
-  assert.equal(a.stats.kernel, 'ts');
-  assertClose(a.out.data, b.out.data, TOL.ringVsSingle, `seed ${seed} out`);
-  assertClose(a.dk!.data, b.dk!.data, TOL.ringVsSingle, `seed ${seed} dk`);
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)];
+  for (let c = 0; c < 10; c++) {
+    const S = 20 + Math.floor(r() * 90), [H, Hk] = pick([[4, 2], [3, 1], [2, 2], [6, 3]] as const), D = pick([8, 16, 32]);
+    const B = c % 4 === 3 ? 2 : 1, P = pick([1, 2, 3, 5]), layout = pick(LAYOUTS), kernel = c % 2 === 0 ? 'auto' : 'ts';
+    const causal = r() < 0.6, window = r() < 0.5 ? 1 + Math.floor(r() * 30) : undefined;
+    const sinks = window !== undefined && r() < 0.6 ? Math.floor(r() * 5) : undefined;
+    const segments = r() < 0.4 ? randomSegments(S, r) : undefined;
+    const scale = r() < 0.5 ? 0.05 + r() * 0.5 : undefined;
+    const mask = { causal, window, sinks, segments };
+    const what = `seed ${seed} case ${c}: B=${B} S=${S} H=${H}/${Hk} D=${D} P=${P} ${layout} ${kernel} scale=${scale} ${JSON.stringify({ ...mask, segments: segments ? new Set(segments).size : undefined })}`;
+    const lead = B === 2 ? [B] : [];
+    const mk = (h: number): F32Tensor => ({ dtype: 'float32', shape: [...lead, S, h, D], data: randn(B * S * h * D, r) });
+    const q = mk(H), k = mk(Hk), v = mk(Hk), dO = mk(H);
+    const ring = await ringAttention(q, k, v, { ...mask, scale, gradOut: dO, devices: P, layout, kernel });
+    if (kernel === 'ts') assert.equal(ring.stats.kernel, 'ts', what);
+    assert.deepEqual(ring.out.shape, q.shape, what);
+    const at = (x: Float32Array, b: number, h: number) => x.subarray(b * S * h * D, (b + 1) * S * h * D);
+    for (let b = 0; b < B; b++) {
+      const sc = scale ?? 1 / Math.sqrt(D);
+      const ref = refForward(at(q.data, b, H), at(k.data, b, Hk), at(v.data, b, Hk), S, H, Hk, D, mask, sc);
+      const g = refBackward(at(q.data, b, H), at(k.data, b, Hk), at(v.data, b, Hk), at(dO.data, b, H), S, H, Hk, D, mask, sc);
+      const w = `${what} batch ${b}`;
+      assertClose(at(ring.out.data, b, H), ref.o, TOL.fp32Forward, `${w} out`);
+      assertCloseLse(ring.lse.data.subarray(b * S * H, (b + 1) * S * H), ref.lse, TOL.fp32Forward, `${w} lse`);
+      assertClose(at(ring.dq!.data, b, H), g.dq, TOL.fp32Grad, `${w} dq`);
+      assertClose(at(ring.dk!.data, b, Hk), g.dk, TOL.fp32Grad, `${w} dk`);
+      assertClose(at(ring.dv!.data, b, Hk), g.dv, TOL.fp32Grad, `${w} dv`);
+    }
+  }
 });
 
 test('transfers follow the schedule: window reach, causal contiguous, bytes per step', async () => {

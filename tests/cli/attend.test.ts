@@ -47,6 +47,31 @@ test('attend: single device and ring write O, LSE and gradients equal to the flo
   }
 });
 
+test('attend: --segments, --scale, --block and --threads give the float64 reference; a bad --segments is named and writes nothing', () => {
+  const seed = freshSeed();
+  const [S, H, Hk, D] = [75, 4, 1, 16];
+  const s = setup(S, H, Hk, D, seed);
+  const r = rng(seed + 1);
+  const segments = Int32Array.from({ length: S }, (_, i) => (i < 20 ? 0 : i < 21 ? 1 : i < 58 ? 2 : 3)); // one 1-token document
+  writeFileSync(s.p('seg.npy'), encodeNpy({ dtype: 'int32', shape: [S], data: segments }));
+  const scale = 0.05 + r() * 0.4;
+  const mask = { causal: true, window: 12, sinks: 3, segments };
+  const ref = refForward(s.q.data, s.k.data, s.v.data, S, H, Hk, D, mask, scale);
+  const base = ['attend', '--q', s.p('q.npy'), '--k', s.p('k.npy'), '--v', s.p('v.npy'), '--lse', s.p('lse.npy'), '--causal', '--window', '12', '--sinks', '3', '--scale', String(scale)];
+  for (const extra of [['--block', '16', '--threads', '1'], ['--block', '40', '--threads', '2'], ['--devices', '2', '--block', '8']]) {
+    const what = `seed ${seed} scale ${scale} ${extra.join(' ')}`;
+    const res = cli([...base, '--out', s.p('o.npy'), '--segments', s.p('seg.npy'), ...extra]);
+    assert.equal(res.code, 0, `${what}: ${res.stderr}`);
+    assertClose(readNpyFloat32(s.p('o.npy')).data, ref.o, TOL.fp32Forward, `${what} out`);
+    assertClose(readNpyFloat32(s.p('lse.npy')).data, ref.lse, TOL.fp32Forward, `${what} lse`);
+  }
+  writeFileSync(s.p('seg-short.npy'), encodeNpy({ dtype: 'int32', shape: [S - 1], data: segments.subarray(1) }));
+  const bad = cli([...base, '--out', s.p('o-bad.npy'), '--segments', s.p('seg-short.npy')]);
+  assert.equal(bad.code, 2, bad.stderr);
+  assert.match(bad.stderr, /segments/);
+  assert.ok(!existsSync(s.p('o-bad.npy')), 'no partial output file');
+});
+
 test('attend: batched [B,S,H,D] input', () => {
   const dir = mkdtempSync(join(tmpdir(), 'ringattn-cli-'));
   const r = rng(freshSeed());

@@ -35,7 +35,14 @@ const ROOT = fileURLToPath(new URL('../../../tests/fixtures/hf/', import.meta.ur
 const FIXTURES = existsSync(ROOT) ? ROOT : fileURLToPath(new URL('../fixtures/hf/', import.meta.url));
 const cliJs = fileURLToPath(new URL('../../../bin/ringattn.js', import.meta.url));
 const rankJs = fileURLToPath(new URL('./model-rank.js', import.meta.url));
-const CASES = existsSync(join(FIXTURES, 'meta.json')) ? (JSON.parse(readFileSync(join(FIXTURES, 'meta.json'), 'utf8')) as { cases: { name: string }[] }).cases.map((c) => c.name) : [];
+// The fixtures are committed: a missing meta.json is a broken checkout, not a reason to pass with no cases.
+const CASES = (JSON.parse(readFileSync(join(FIXTURES, 'meta.json'), 'utf8')) as { cases: { name: string }[] }).cases.map((c) => c.name);
+const NAMED = ['llama-bf16-sharded', 'mistral-window', 'qwen2-biases'];
+
+test('the transformers fixtures are present (every GPU model test below reads them)', () => {
+  assert.ok(CASES.length >= 6, `expected the committed fixtures in ${FIXTURES}, found ${CASES.length} cases`);
+  for (const n of NAMED) assert.ok(CASES.includes(n), `fixture ${n} missing from ${FIXTURES}meta.json`);
+});
 
 const TOL = 2e-4;
 
@@ -186,7 +193,7 @@ test(`decode on ${cliDevices} GPU rank(s): the KV cache on the GPUs, partials co
 test(`ringattn logits and generate --backend cuda --devices ${cliDevices} equal transformers`, { skip: skip1, timeout: 300_000 }, () => {
   const tmp = mkdtempSync(join(tmpdir(), 'ringattn-gpu-model-'));
   try {
-    for (const name of ['llama-bf16-sharded', 'mistral-window', 'qwen2-biases'].filter((n) => CASES.includes(n))) {
+    for (const name of NAMED) {
       const f = fixture(name);
       const tokens = join(tmp, `${name}.json`);
       writeFileSync(tokens, JSON.stringify([...f.ids]));

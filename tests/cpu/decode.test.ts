@@ -276,6 +276,35 @@ test('TypeScript fallback equals the reference', () => {
   }
 });
 
+test('decode with a custom scale and repeated cache positions (kvSorted given, checked and false), C and TypeScript kernels', () => {
+  // Positions that repeat (a cache where a position was written twice, e.g. a re-fed token) and
+  // skip: sorted but not strictly; the reference is defined on positions, whatever they are.
+  const seed = freshSeed();
+  const r = rng(seed);
+  const [H, Hk, D, Sq, n] = [8, 2, 32, 2, 300];
+  const pos = new Int32Array(n);
+  for (let j = 1; j < n; j++) pos[j] = pos[j - 1] + (r() < 0.2 ? 0 : r() < 0.9 ? 1 : 3);
+  const cache = { k: randn(n * Hk * D, r), v: randn(n * Hk * D, r), pos };
+  const q = randn(Sq * H * D, r);
+  const top = pos[n - 1];
+  for (const mask of [{ causal: true }, { causal: true, window: 40, sinks: 3 }, { causal: false, window: 25 }]) {
+    const scale = 0.05 + r() * 0.3;
+    const qPos = Int32Array.of(top - 7, top); // one query inside the cache's span, one at its end
+    const ref = refDecode({ B: 1, Sq, H, Hk, D, mask, q, qPos, caches: [{ ...cache }], scale });
+    for (const [kernel, kvSorted] of [['c', true], ['c', undefined], ['c', false], ['ts', true], ['ts', undefined]] as const) {
+      const tag = `seed ${seed} ${JSON.stringify(mask)} scale ${scale} ${kernel} kvSorted=${kvSorted}`;
+      const got = decodeAttention({ q, qPos, caches: [{ ...cache }], H, Hk, D, ...mask, scale, kernel, kvSorted, chunk: 64, threads: 2 });
+      assertCloseLse(got.lse, ref.lse, TOL.fp32Forward, `${tag}: lse`);
+      assertClose(got.o, ref.o, TOL.fp32Forward, `${tag}: o`);
+    }
+  }
+  // More query tokens than the kernel takes: named.
+  assert.throws(
+    () => decodeAttention({ q: new Float32Array(65 * H * D), qPos: Int32Array.from({ length: 65 }, (_, i) => top + i), caches: [cache], H, Hk, D, causal: true }),
+    (e: unknown) => e instanceof InputError && e.arg === 'qPos' && /Sq <= 64/.test(e.message),
+  );
+});
+
 test('decode validates its arguments and names them', () => {
   const c = { k: new Float32Array(4 * 2 * 8), v: new Float32Array(4 * 2 * 8), pos: Int32Array.of(0, 1, 2, 3) };
   const base: DecodeArgs = { q: new Float32Array(4 * 8), qPos: Int32Array.of(3), caches: [c], H: 4, Hk: 2, D: 8, causal: true };

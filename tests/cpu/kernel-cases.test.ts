@@ -102,7 +102,7 @@ test('a block that no query sees is skipped: nothing changes', () => {
   }
 });
 
-test('logits scaled by 1e3: no overflow, forward exact, gradients finite', () => {
+test('logits scaled by 1e3: no overflow, forward exact, gradients finite and close', () => {
   const seed = freshSeed();
   // Inputs on a 1/4 grid so the logits are exact in fp32 and ties are exact ties.
   const p = makeProblem(seed, 97, 4, 2, 16, { causal: true, window: 30, sinks: 2 });
@@ -116,8 +116,11 @@ test('logits scaled by 1e3: no overflow, forward exact, gradients finite', () =>
     assertCloseLse(got.lse, ref.lse, TOL.fp32Forward, `${tag}: lse`);
     assertClose(got.o, ref.o, TOL.fp32Forward, `${tag}: o`);
     for (const x of [got.dq, got.dk, got.dv]) assert.ok(x.every(Number.isFinite), `${tag}: non-finite gradient`);
-    // P = exp(s - lse) with |s| ~ 1e4 and lse stored in fp32 carries ~1e-3 relative error.
+    // P = exp(s - lse) with |s| ~ 1e4 and lse stored in fp32 carries ~1e-3 relative error; the
+    // worst seen over 30 fresh problems (both kernels) was 1.7e-4 for dq and dk, 1.1e-4 for dv.
     assertClose(got.dv, grads.dv, 1e-2, `${tag}: dv`);
+    assertClose(got.dq, grads.dq, 1e-2, `${tag}: dq`);
+    assertClose(got.dk, grads.dk, 1e-2, `${tag}: dk`);
   }
 });
 

@@ -38,7 +38,10 @@ test('naiveMatmul: out = x · wᵀ', () => {
   const out = new Float32Array(4);
   naiveMatmul(Float32Array.of(1, 2, 3, 4, 5, 6), Float32Array.of(1, 0, -1, 2, 1, 0), 2, 3, 2, out);
   assert.deepEqual([...out], [1 - 3, 2 + 2, 4 - 6, 8 + 5]);
-  assert.throws(() => naiveMatmul(new Float32Array(5), new Float32Array(6), 2, 3, 2, out), InputError);
+  const named = (arg: string) => (e: unknown) => e instanceof InputError && e.arg === arg;
+  assert.throws(() => naiveMatmul(new Float32Array(5), new Float32Array(6), 2, 3, 2, out), named('x'));
+  assert.throws(() => naiveMatmul(new Float32Array(6), new Float32Array(7), 2, 3, 2, out), named('w'));
+  assert.throws(() => naiveMatmul(new Float32Array(6), new Float32Array(6), 2, 3, 2, new Float32Array(3)), named('out'));
 });
 
 test('rmsNorm forward against float64, in place, and the saved 1/rms', () => {

@@ -23,6 +23,10 @@ export function validateMask(spec: MaskSpec, seqLen?: number): void {
   if (spec.sinks !== undefined && (!Number.isInteger(spec.sinks) || spec.sinks < 0)) {
     throw new InputError('sinks', `expected a non-negative integer, got ${spec.sinks}`);
   }
+  if (spec.sinks !== undefined && spec.sinks > 0 && spec.window === undefined) {
+    // (DESIGN.md: sinks are the keys a sliding window keeps; without a window every key is visible)
+    throw new InputError('sinks', `expected together with a window (sinks are the first keys a sliding window keeps visible), got sinks = ${spec.sinks} and no window`);
+  }
   if (spec.segments !== undefined && seqLen !== undefined && spec.segments.length !== seqLen) {
     throw new InputError('segments', `expected ${seqLen} ids (one per position), got ${spec.segments.length}`);
   }

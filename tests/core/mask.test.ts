@@ -75,5 +75,8 @@ test('classifyBlock examples', () => {
 test('validateMask names the bad argument', () => {
   assert.throws(() => validateMask({ window: 0 }), (e: unknown) => e instanceof InputError && e.arg === 'window' && /positive integer/.test(e.message));
   assert.throws(() => validateMask({ sinks: -1 }), (e: unknown) => e instanceof InputError && e.arg === 'sinks');
+  assert.throws(() => validateMask({ causal: true, sinks: 4 }), (e: unknown) => e instanceof InputError && e.arg === 'sinks' && /window/.test(e.message));
+  validateMask({ causal: true, sinks: 0 });
+  validateMask({ window: 8, sinks: 4 });
   assert.throws(() => validateMask({ segments: new Int32Array(3) }, 4), (e: unknown) => e instanceof InputError && e.arg === 'segments' && /4/.test(e.message));
 });

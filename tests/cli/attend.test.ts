@@ -133,8 +133,11 @@ test('attend: bad input exits 2 with one line naming the argument, and leaves no
     assert.ok(!existsSync(s.p('out.npy')), 'no output file');
   }
   assert.deepEqual(readdirSync(s.dir).filter((f) => f.includes('.tmp') || f.startsWith('.')), [], 'no temp files left');
-  // --allow-nonfinite accepts the NaN input.
+  // --allow-nonfinite accepts the NaN input; it reaches only the row of its query (token 0, head 0).
   assert.equal(cli([...base(nan), '--allow-nonfinite']).code, 0);
+  const o = readNpyFloat32(s.p('out.npy')).data;
+  assert.ok(o.subarray(0, 8).some(Number.isNaN), 'the NaN query row is NaN');
+  assert.ok(o.subarray(8).every(Number.isFinite), 'every other row is finite');
 });
 
 test('--help and --version', () => {

@@ -6,6 +6,7 @@ import { shardPositions, gatherRows, scatterRows, type Layout } from './core/lay
 import type { TraceEvent } from './core/trace.js';
 import type { RingSchedule } from './core/schedule.js';
 import { computeDelta, type AttentionKernel } from './core/kernel.js';
+import type { InjectedFailure } from './cpu/flags.js';
 
 export interface AttentionOptions {
   causal?: boolean;
@@ -34,7 +35,7 @@ export interface RingAttentionOptions extends AttentionOptions {
   backend?: 'cpu';
   onProgress?: (done: number, total: number) => void;
   /** Test hook: make one rank fail. */
-  fail?: { rank: number; step: number; mode: 'throw' | 'exit'; phase?: 'forward' | 'backward' };
+  fail?: InjectedFailure;
 }
 
 export interface AttentionResult {

@@ -2,7 +2,8 @@ import { BackendError } from '../core/errors.js';
 import type { AttentionKernel, BlockArgs } from '../core/kernel.js';
 import { loadNative } from './build.js';
 import { tsKernel } from './kernels/attn.js';
-import { cKernel, checkArgs } from './native.js';
+import { cKernel } from './native.js';
+import { checkBlockArgs } from '../core/kernel.js';
 
 export type KernelChoice = 'auto' | 'c' | 'ts';
 
@@ -43,5 +44,5 @@ export function getKernel(opts: { kernel?: KernelChoice } = {}): AttentionKernel
 
 /** Null when the kernels can run these arguments, else the reason (naming the argument). */
 export function supported(args: BlockArgs): string | null {
-  return checkArgs(args);
+  return checkBlockArgs(args);
 }

@@ -148,13 +148,16 @@ function detectFlags(cc: Compiler, dir: string): string[] | string {
   return `no working flags (${errors.join('; ')})`;
 }
 
-/** Flags that lower the ISA to RINGATTN_CPU_ISA's, or the reason it cannot be (an error). */
-function isaFlags(): string[] | string {
+/**
+ * RINGATTN_CPU_ISA: the lower ISA asked for and the flags that give it (none for the CPU's own),
+ * or the reason it cannot be (an error).
+ */
+function isaChoice(): { want: Isa | null; flags: string[] } | string {
   const want = process.env.RINGATTN_CPU_ISA;
-  if (want === undefined || want === '' || want === 'native') return [];
+  if (want === undefined || want === '' || want === 'native') return { want: null, flags: [] };
   if (want !== 'avx2' && want !== 'scalar') return `RINGATTN_CPU_ISA: expected native, avx2 or scalar, got '${want}'`;
   if (process.arch !== 'x64') return `RINGATTN_CPU_ISA: ${want} can only be chosen on x86-64 (this is ${process.arch}); use native`;
-  return want === 'avx2' ? ['-mno-avx512f'] : ['-mno-avx'];
+  return { want, flags: want === 'avx2' ? ['-mno-avx512f'] : ['-mno-avx'] };
 }
 
 /** The ISA from the compiler's predefined macros under the chosen flags. */
@@ -184,12 +187,11 @@ function build(): NativeLoad {
   const cache = cacheDir();
   const found = detectFlags(cc, cache);
   if (typeof found === 'string') return { error: found };
-  const lower = isaFlags();
+  const lower = isaChoice();
   if (typeof lower === 'string') return { error: lower };
-  const flags = [...found, ...lower];
+  const flags = [...found, ...lower.flags];
   const isa = detectIsa(cc, flags);
-  const want = process.env.RINGATTN_CPU_ISA;
-  if ((want === 'avx2' || want === 'scalar') && isa !== want) return { error: `RINGATTN_CPU_ISA=${want}: this CPU and compiler give ${isa} (a lower ISA can be chosen, not a higher one)` };
+  if (lower.want && isa !== lower.want) return { error: `RINGATTN_CPU_ISA=${lower.want}: this CPU and compiler give ${isa} (a lower ISA can be chosen, not a higher one)` };
   const parts = ['lib-v1', cc.version, cc.cmd, cc.pre.join(' '), flags.join(' '), cpuIdentity(), process.platform, process.arch];
   // the headers the kernels include (simd.h) are part of what is compiled: a change to one rebuilds
   for (const s of [...sources, ...headers]) parts.push(s, readFileSync(join(dir, s), 'utf8'));

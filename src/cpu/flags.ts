@@ -3,6 +3,20 @@ import { RankError } from '../core/errors.js';
 /** Index of the abort flag: any rank that fails sets it and wakes every waiting rank. */
 export const FLAG_ABORT = 0;
 
+/** Raise the abort flag and wake every rank waiting on any flag. */
+export function raiseAbort(flags: Int32Array): void {
+  Atomics.store(flags, FLAG_ABORT, 1);
+  for (let i = 0; i < flags.length; i++) Atomics.notify(flags, i);
+}
+
+/** Test hook: make one rank fail at its first compute step `step` (of `phase`, or of either). */
+export interface InjectedFailure {
+  rank: number;
+  step: number;
+  mode: 'throw' | 'exit';
+  phase?: 'forward' | 'backward';
+}
+
 /** How long a waiting rank sleeps between checks of the abort flag. */
 const WAIT_SLICE_MS = 50;
 

@@ -11,7 +11,7 @@ import { getKernel } from './attention.js';
 import type { AttnParams, RankShard } from './device.js';
 import type { RingPlan } from './ring-plan.js';
 import { CpuRank, MAILBOX_BYTES } from './rank.js';
-import { FLAG_ABORT } from './transport.js';
+import { raiseAbort, type InjectedFailure } from './flags.js';
 
 export interface GroupInit {
   type: 'init';
@@ -23,7 +23,7 @@ export interface GroupInit {
   runStart: number;
   /** URL of a program module exporting `methods: Record<string, (rank: CpuRank, arg: unknown) => unknown>`. */
   program?: string;
-  fail?: { step: number; mode: 'throw' | 'exit'; phase?: 'forward' | 'backward' };
+  fail?: InjectedFailure;
 }
 
 export interface AttendArg {
@@ -63,12 +63,10 @@ let methods: Record<string, RankMethod> = builtins;
 const exchanges = new Map<string, (bufs: SharedArrayBuffer[][]) => void>();
 
 function fail(err: unknown): void {
-  if (flags) {
-    Atomics.store(flags, FLAG_ABORT, 1);
-    for (let i = 0; i < flags.length; i++) Atomics.notify(flags, i);
-  }
-  // Before this worker can end: its copy threads write into its buffers (see CpuTransport.drain).
-  rank?.abortAndDrain();
+  // Stop every rank; and before this worker can end, join its copy threads (they write into its
+  // buffers: see CpuTransport.drain).
+  if (rank) rank.abortAndDrain();
+  else if (flags) raiseAbort(flags);
   // A rank woken by the abort flag reports a secondary error; the failing rank's own error wins.
   const secondary = err instanceof RankError && err.secondary;
   const message = err instanceof RankError ? err.detail : err instanceof Error ? err.message : String(err);

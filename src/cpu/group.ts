@@ -2,6 +2,7 @@ import { Worker } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { RankError } from '../core/errors.js';
 import { flagCount } from './transport.js';
+import { raiseAbort, type InjectedFailure } from './flags.js';
 import { groupFlagCount } from './rank.js';
 import type { GroupInit } from './group-worker.js';
 
@@ -10,7 +11,7 @@ export interface CpuGroupOptions {
   /** URL of a program module whose `methods` the ranks can run (see group-worker.ts). */
   program?: string;
   /** Test hook: make one rank fail at a compute step. */
-  fail?: { rank: number; step: number; mode: 'throw' | 'exit'; phase?: 'forward' | 'backward' };
+  fail?: InjectedFailure;
 }
 
 type FromWorker =
@@ -77,8 +78,7 @@ export class CpuGroup {
           return;
         }
         const err = new RankError(rank, message);
-        Atomics.store(flags, 0, 1);
-        for (let i = 0; i < flags.length; i++) Atomics.notify(flags, i);
+        raiseAbort(flags);
         // Every rank notices the flag at its next wait and exits by itself; an idle one is told to
         // (it reads the message once any call it is in returns). terminate() is not used: ending
         // a thread inside a native call aborts the whole process.
@@ -142,7 +142,7 @@ export class CpuGroup {
           kernel: opts.kernel ?? 'auto',
           runStart,
           program: opts.program,
-          fail: opts.fail && opts.fail.rank === r ? { step: opts.fail.step, mode: opts.fail.mode, phase: opts.fail.phase } : undefined,
+          fail: opts.fail?.rank === r ? opts.fail : undefined,
         };
         w.postMessage(init);
       });

@@ -40,11 +40,8 @@ function bind(): Bound {
   }
 }
 
-/** Why these arguments cannot run (null when they can); shared with the TypeScript kernel. */
-export const checkArgs = checkBlockArgs;
-
 function validate(a: BlockArgs): void {
-  throwReason(checkArgs(a));
+  throwReason(checkBlockArgs(a));
 }
 
 function status(what: string, rc: number): void {

@@ -12,7 +12,7 @@ import { ringBackward } from '../ring/backward.js';
 import { CpuBlock } from './block.js';
 import { CpuRankDevice, type AttnParams, type RankShard } from './device.js';
 import { ringPlan, type RingPlan } from './ring-plan.js';
-import { FLAG_ABORT } from './flags.js';
+import { raiseAbort, type InjectedFailure } from './flags.js';
 import type { DecodeCall, Gemm, Linear, RankContext } from '../core/group.js';
 import type { MaskSpec } from '../core/mask.js';
 import type { AttnParams as Params } from '../core/kernel.js';
@@ -98,7 +98,7 @@ export class CpuRank implements RankContext {
   /** Set by the group worker: every rank's mailbox. */
   mailboxes: Float32Array[] = [];
   /** Test hook: fail at this compute step. */
-  fail?: { step: number; mode: 'throw' | 'exit'; phase?: 'forward' | 'backward' };
+  fail?: InjectedFailure;
   private computeSteps = 0;
   private readonly sig: SharedFlags;
 
@@ -146,8 +146,7 @@ export class CpuRank implements RankContext {
    * threads still in flight, so that none outlives the buffers it writes into.
    */
   abortAndDrain(): void {
-    Atomics.store(this.flags, FLAG_ABORT, 1);
-    for (let i = 0; i < this.flags.length; i++) Atomics.notify(this.flags, i);
+    raiseAbort(this.flags);
     for (const st of this.rings.values()) st.transport.drain();
   }
 

@@ -6,6 +6,7 @@ import type { AttnParams, RankShard } from './device.js';
 import { CpuGroup } from './group.js';
 import type { AttendArg, AttendResult } from './group-worker.js';
 import { ringPlan } from './ring-plan.js';
+import type { InjectedFailure } from './flags.js';
 
 export interface CpuRingOptions {
   kernel?: 'auto' | 'c' | 'ts';
@@ -15,7 +16,7 @@ export interface CpuRingOptions {
   /** Move the shards' buffers into the workers (the caller's arrays are detached) instead of copying. */
   moveShards?: boolean;
   /** Test hook: make one rank fail. */
-  fail?: { rank: number; step: number; mode: 'throw' | 'exit'; phase?: 'forward' | 'backward' };
+  fail?: InjectedFailure;
 }
 
 export interface RankResult {

@@ -21,7 +21,6 @@ import { CpuBlock, blockOffsets } from './block.js';
  *   [1 + 4P + r] r pulled its previous rank's dK/dV
  *   [1 + 5P + r] r published its sink rows      [1 + 6P + r] r posted its dK/dV partials for all sinks
  */
-export { FLAG_ABORT };
 export const flagCount = (P: number) => 1 + 7 * P;
 /** The first step number of a ring run's forward (its backward follows at + P). */
 export const seqBase = (epoch: number, P: number) => (epoch - 1) * 2 * P;

@@ -374,7 +374,6 @@ INLINE void qk_core(const int E, const int NQ, const int TAIL, int nf, int tail,
   }
 }
 
-
 /*
  * acc[q] += sum_{r < 4} p[q][r] * V row r, for NQ (<= 2) query rows and 4 cache rows of one KV
  * head read in place: each V vector loaded (and widened) serves NQ rows, each accumulator vector
@@ -408,7 +407,6 @@ INLINE void pv_core(const int E, const int NQ, const int TAIL, int nf, int tail,
     }
   }
 }
-
 
 /* Mask state of query i for a tile: 0 nothing visible, 1 all visible, 2 mixed. */
 static int tile_class(const Vis* vi, int64_t t0, int64_t t1, int sorted, int segs) {

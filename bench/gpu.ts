@@ -9,9 +9,9 @@ import { timeCalls, warmUp } from './gpu-block.js';
 /**
  * Times the CUDA block kernels on one GPU: forward (with resetting o and lse) and backward (with
  * zeroing dq/dk/dv, then delta and the main kernel: what a ring step's block costs, and what
- * bench/gpu-block.ts's timeBlock times) at a few shapes, median of N event-timed runs after warm-up (warmUp: until the host code runs
- * compiled), reported as TFLOP/s with the usual attention FLOP count (forward 4·S²·H·D, halved
- * for causal; backward 2.5× forward).
+ * bench/gpu-block.ts's timeBlock times) at a few shapes, median of N event-timed runs after
+ * warm-up (warmUp: until the host code runs compiled), reported as TFLOP/s with the usual
+ * attention FLOP count (forward 4·S²·H·D, halved for causal; backward 2.5× forward).
  * With --queue=K each timed interval holds K calls enqueued back to back (the time reported is
  * a call's share), as a ring's steps follow one another: the host's work for a call (tile
  * boxes, tensor maps, launches) then overlaps the GPU's work on the last one instead of

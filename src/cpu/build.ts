@@ -30,8 +30,8 @@ export interface NativeLib {
 }
 export type NativeLoad = NativeLib | { error: string };
 
-const BASE_FLAGS = ['-O3', '-fPIC', '-shared', '-std=gnu11', '-ffp-contract=fast', '-fno-math-errno', '-pthread'];
-/** Tried in order; the first set that compiles and links a probe wins. */
+export const BASE_FLAGS = ['-O3', '-fPIC', '-shared', '-std=gnu11', '-ffp-contract=fast', '-fno-math-errno', '-pthread'];
+/** Tried in order after BASE_FLAGS; the first set that compiles and links a probe wins. */
 const FLAG_SETS: string[][] = [
   ['-march=native', '-fopenmp'],
   ['-march=native'],

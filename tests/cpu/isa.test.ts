@@ -2,12 +2,17 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { loadNative } from '../../src/cpu/build.js';
+import { neonDriver } from './emul/driver-build.js';
 
 /**
  * The C kernels have a SIMD path per ISA (simd.h: avx512, avx2, neon, scalar) and a build runs
- * only this CPU's own. On x86-64, RINGATTN_CPU_ISA builds the lower ones this CPU can also
- * execute; this file runs the CPU kernel, decode and GEMM test files again under each of them
- * (fresh random inputs, the same float64 references and tolerances). NEON cannot run here.
+ * only this CPU's own. This file runs the CPU kernel, decode and GEMM test files again on the
+ * others (fresh random inputs, the same float64 references and tolerances):
+ * - on x86-64, RINGATTN_CPU_ISA builds the lower ones this CPU also executes;
+ * - AArch64 NEON runs emulated: the kernels cross-compiled for ARMv8-A with a small call driver
+ *   (emul/driver.c) that qemu-user runs, and the test files' kernel modules bound to it instead
+ *   of the native library (emul/register.js swaps src/cpu/build.js for emul/build.js). Needs an
+ *   AArch64 cross compiler and qemu-user (.ci/run installs them); skipped, saying so, without.
  */
 const native = loadNative();
 const order = ['scalar', 'avx2', 'avx512'] as const;
@@ -18,46 +23,74 @@ const files = ['kernel', 'kernel-cases', 'gemm'].map((f) => `dist/tests/cpu/${f}
  *  long cache, stays with the native run). */
 const DECODE = 'dist/tests/cpu/decode.test.js';
 const DECODE_PATTERN = 'every mask, GQA groupings|D 128 and odd D|unsorted cache rows|only the window|custom scale';
+/** A path that hangs (an emulator that never answers) fails the test instead of stalling the suite. */
+const CHILD_TIMEOUT_MS = 300_000;
+
+interface Path {
+  /** the ISA the path's build reports */
+  isa: string;
+  label: string;
+  env: NodeJS.ProcessEnv;
+  /** node options before the test files */
+  node: string[];
+}
+
+const paths: Path[] = lower.map((isa) => ({ isa, label: `RINGATTN_CPU_ISA=${isa}`, env: { RINGATTN_CPU_ISA: isa }, node: [] }));
+const neon = 'error' in native ? { unavailable: `no C kernel: ${native.error}` } : neonDriver();
+if ('command' in neon) {
+  paths.push({
+    isa: 'neon',
+    label: `neon (${neon.command.join(' ')})`,
+    env: { RINGATTN_EMUL_COMMAND: JSON.stringify(neon.command), RINGATTN_EMUL_ISA: 'neon' },
+    node: ['--import', './dist/tests/cpu/emul/register.js'],
+  });
+}
 
 if (lower.length === 0) {
-  test('the lower SIMD paths (skipped)', { skip: 'error' in native ? `no C kernel: ${native.error}` : `no lower ISA to build on ${process.arch} ${native.isa}` }, () => {});
+  test('the lower x86-64 SIMD paths (skipped)', { skip: 'error' in native ? `no C kernel: ${native.error}` : `no lower ISA to build on ${process.arch} ${native.isa}` }, () => {});
 }
-/** Runs a command to its end; resolves with its status and output. */
+if ('unavailable' in neon) test('the AArch64 NEON path, emulated (skipped)', { skip: neon.unavailable }, () => {});
+
+/** Runs a command to its end (killed after CHILD_TIMEOUT_MS); resolves with its status and output. */
 function run(args: string[], env: NodeJS.ProcessEnv): Promise<{ status: number | null; out: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'], timeout: CHILD_TIMEOUT_MS, killSignal: 'SIGKILL' });
     let out = '';
     child.stdout.on('data', (d) => (out += d));
     child.stderr.on('data', (d) => (out += d));
     child.on('error', (e) => resolve({ status: null, out: `${out}\n${e.message}` }));
-    child.on('close', (status) => resolve({ status, out }));
+    child.on('close', (status, signal) => resolve({ status, out: signal ? `${out}\nkilled by ${signal} (timeout ${CHILD_TIMEOUT_MS} ms?)` : out }));
   });
 }
 
 const PROBE = 'import("./dist/src/cpu/build.js").then((m) => { const r = m.loadNative(); console.log("error" in r ? r.error : r.isa); })';
 
-if (lower.length > 0) {
-  // The ISAs run side by side (each is one test process of the files above): on the 2-core CI
+if (paths.length > 0) {
+  // The paths run side by side (each is one test process of the files above): on the 2-core CI
   // machine this overlaps the rest of the suite instead of adding to it.
-  test(`the CPU kernel, decode and GEMM tests pass on the ${lower.join(' and ')} paths`, async () => {
+  test(`the CPU kernel, decode and GEMM tests pass on the ${paths.map((p) => p.isa).join(', ')} paths`, async () => {
+    if ('command' in neon) {
+      const r = spawnSync(neon.command[0], [...neon.command.slice(1), '--isa'], { encoding: 'utf8' });
+      assert.equal(r.stdout.trim(), 'neon', `${neon.command.join(' ')} --isa: ${r.stdout}${r.stderr}`);
+    }
     const results = await Promise.all(
-      lower.map(async (isa) => {
-        const env: NodeJS.ProcessEnv = { ...process.env, RINGATTN_CPU_ISA: isa };
+      paths.map(async (p) => {
+        const env: NodeJS.ProcessEnv = { ...process.env, ...p.env };
         delete env.NODE_TEST_CONTEXT; // a test runner of its own, not a child reporting to this one
-        const probe = await run(['-e', PROBE], env);
-        if (probe.out.trim() !== isa) return { isa, probe, tests: undefined, decodePassed: 0 };
-        const a = await run(['--test', '--test-reporter=spec', ...files], env);
-        const b = await run(['--test', '--test-reporter=spec', `--test-name-pattern=${DECODE_PATTERN}`, DECODE], env);
-        return { isa, probe, tests: { status: a.status || b.status, out: a.out + b.out }, decodePassed: Number(/ℹ pass (\d+)/.exec(b.out)?.[1] ?? 0) };
+        const probe = await run([...p.node, '-e', PROBE], env);
+        if (probe.out.trim() !== p.isa) return { p, probe, tests: undefined, decodePassed: 0 };
+        const a = await run([...p.node, '--test', '--test-reporter=spec', ...files], env);
+        const b = await run([...p.node, '--test', '--test-reporter=spec', `--test-name-pattern=${DECODE_PATTERN}`, DECODE], env);
+        return { p, probe, tests: { status: a.status || b.status, out: a.out + b.out }, decodePassed: Number(/ℹ pass (\d+)/.exec(b.out)?.[1] ?? 0) };
       }),
     );
-    for (const { isa, probe, tests, decodePassed } of results) {
-      assert.equal(probe.out.trim(), isa, `RINGATTN_CPU_ISA=${isa} built: ${probe.out}`);
+    for (const { p, probe, tests, decodePassed } of results) {
+      assert.equal(probe.out.trim(), p.isa, `${p.label} built: ${probe.out}`);
       const tail = tests!.out.split('\n').filter((l) => /✖|not ok|Error|ℹ (tests|pass|fail)/.test(l)).slice(0, 40).join('\n');
-      assert.equal(tests!.status, 0, `RINGATTN_CPU_ISA=${isa}:\n${tail}`);
-      assert.equal((tests!.out.match(/ℹ fail 0/g) ?? []).length, 2, isa);
-      assert.doesNotMatch(tests!.out, /ℹ pass 0\b/, isa);
-      assert.equal(decodePassed, 6, `${isa}: the six decode tests of the subset ran`);
+      assert.equal(tests!.status, 0, `${p.label}:\n${tail}`);
+      assert.equal((tests!.out.match(/ℹ fail 0/g) ?? []).length, 2, p.label);
+      assert.doesNotMatch(tests!.out, /ℹ pass 0\b/, p.label);
+      assert.equal(decodePassed, 6, `${p.label}: the six decode tests of the subset ran`);
     }
   });
 }

@@ -50,7 +50,10 @@ export interface AttentionResult {
 
 export interface RingStats {
   kernel: string;
+  /** From the call to the last rank's result (summed over a batch's sequences), worker start-up included when not warm. */
   wallMs: number;
+  /** Every run of the call found the ranks' workers warm (kept from an earlier call for IDLE_GROUP_MS). */
+  warm: boolean;
   events: TraceEvent[];
   schedule: RingSchedule;
   positions: Int32Array[];
@@ -188,6 +191,7 @@ export async function ringAttention(q: F32Tensor, k: F32Tensor, v: F32Tensor, op
     stats = {
       kernel: run.kernel,
       wallMs: (stats?.wallMs ?? 0) + run.wallMs,
+      warm: (stats?.warm ?? true) && run.warm,
       events: run.events,
       schedule: run.schedule,
       positions,

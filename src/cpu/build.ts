@@ -1,8 +1,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
-import { dirname, join } from 'node:path';
+import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { threadId } from 'node:worker_threads';
 import koffi from 'koffi';
@@ -75,6 +75,41 @@ function run(cmd: string, args: string[], input?: string): { ok: boolean; out: s
   return { ok: r.status === 0, out: r.stdout ?? '', err: r.stderr ?? '' };
 }
 
+/** The file a command runs (PATH searched, links resolved) and its identity, or null. */
+function commandIdentity(cmd: string): string | null {
+  const dirs = cmd.includes('/') ? [''] : (process.env.PATH ?? '').split(delimiter).filter(Boolean);
+  for (const dir of dirs) {
+    try {
+      const file = realpathSync(dir ? join(dir, cmd) : cmd);
+      const st = statSync(file);
+      if (st.isFile()) return `${file}|${st.size}|${st.mtimeMs}`;
+    } catch {
+      // not there
+    }
+  }
+  return null;
+}
+
+/** A small JSON memo in the cache folder (probes cost a process spawn each: every worker thread asks). */
+function readMemo<T>(name: string): T | undefined {
+  try {
+    return JSON.parse(readFileSync(join(cacheDir(), name), 'utf8')) as T;
+  } catch {
+    return undefined;
+  }
+}
+
+function writeMemo(name: string, value: unknown): void {
+  try {
+    const path = join(cacheDir(), name);
+    const tmp = tmpName(path);
+    writeFileSync(tmp, JSON.stringify(value));
+    renameSync(tmp, path);
+  } catch {
+    // a memo is only a shortcut
+  }
+}
+
 function findCompiler(): Compiler | string {
   const names: string[] = [];
   if (process.env.CC) names.push(process.env.CC);
@@ -82,8 +117,17 @@ function findCompiler(): Compiler | string {
   for (const name of names) {
     const [cmd, ...pre] = name.trim().split(/\s+/);
     if (!cmd) continue;
+    // A plain compiler's --version is remembered per executable (path, size, mtime: an upgrade
+    // changes them); a wrapper with arguments (CC="ccache gcc") is asked every time.
+    const id = pre.length === 0 ? commandIdentity(cmd) : null;
+    const memo = id ? `cc-${sha256(['cc-v1', cmd, id]).slice(0, 24)}.json` : '';
+    const known = memo ? readMemo<{ version?: unknown }>(memo) : undefined;
+    if (typeof known?.version === 'string') return { cmd, pre, version: known.version };
     const r = run(cmd, [...pre, '--version']);
-    if (r.ok) return { cmd, pre, version: r.out.trim() };
+    if (r.ok) {
+      if (memo) writeMemo(memo, { version: r.out.trim() });
+      return { cmd, pre, version: r.out.trim() };
+    }
   }
   return `tried ${names.join(', ')}`;
 }
@@ -160,15 +204,17 @@ function isaChoice(): { want: Isa | null; flags: string[] } | string {
   return { want, flags: want === 'avx2' ? ['-mno-avx512f'] : ['-mno-avx'] };
 }
 
-/** The ISA from the compiler's predefined macros under the chosen flags. */
+/** The ISA from the compiler's predefined macros under the chosen flags (remembered per compiler, flags and CPU). */
 function detectIsa(cc: Compiler, flags: string[]): Isa {
   const arch = flags.filter((f) => f.startsWith('-march=') || f.startsWith('-mcpu=') || f.startsWith('-mno-'));
+  const memo = `isa-${sha256(['isa-v1', cc.cmd, cc.pre.join(' '), cc.version, arch.join(' '), cpuIdentity(), process.platform, process.arch]).slice(0, 24)}.json`;
+  const known = readMemo<{ isa?: unknown }>(memo)?.isa;
+  if (known === 'avx512' || known === 'avx2' || known === 'neon' || known === 'scalar') return known;
   const r = run(cc.cmd, [...cc.pre, ...arch, '-dM', '-E', '-x', 'c', '-'], '');
   const has = (m: string) => new RegExp(`^#define ${m} `, 'm').test(r.out);
-  if (has('__AVX512F__')) return 'avx512';
-  if (has('__AVX2__') && has('__FMA__')) return 'avx2';
-  if (has('__ARM_NEON') && has('__aarch64__')) return 'neon';
-  return 'scalar';
+  const isa: Isa = has('__AVX512F__') ? 'avx512' : has('__AVX2__') && has('__FMA__') ? 'avx2' : has('__ARM_NEON') && has('__aarch64__') ? 'neon' : 'scalar';
+  if (r.ok) writeMemo(memo, { isa });
+  return isa;
 }
 
 function build(): NativeLoad {

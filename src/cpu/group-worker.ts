@@ -30,6 +30,8 @@ export interface AttendArg {
   plan: RingPlan;
   params: AttnParams;
   shard: RankShard;
+  /** The run's time zero, ms after the group's: its events are reported from it (a group serves many runs). */
+  zero: number;
 }
 
 export interface AttendResult {
@@ -47,11 +49,16 @@ export type RankMethod = (rank: CpuRank, arg: unknown) => unknown;
 
 const builtins: Record<string, RankMethod> = {
   async attend(rank, a) {
-    const { plan, params, shard } = a as AttendArg;
+    const { plan, params, shard, zero } = a as AttendArg;
+    rank.events.length = 0;
     await rank.prepareRing(plan, params, shard.pos.length);
     const r = rank.ringAttention(shard, params);
     // dk/dv are views of shared buffers: copy them out with the result.
-    const res: AttendResult = { ...r, dk: r.dk?.slice(), dv: r.dv?.slice(), events: rank.events, bytesIn: rank.bytesIn, bytesHeld: rank.bytesHeld };
+    const events = rank.events.map((e) => ({ ...e, start: e.start - zero, end: e.end - zero }));
+    const res: AttendResult = { ...r, dk: r.dk?.slice(), dv: r.dv?.slice(), events, bytesIn: rank.bytesIn, bytesHeld: rank.bytesHeld };
+    // The group may be kept for another run: hold no buffers of this one.
+    rank.releaseRing();
+    rank.events.length = 0;
     return res;
   },
 };

@@ -1,6 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { RankError } from '../core/errors.js';
+import { workerExecArgv } from '../core/worker.js';
 import { flagCount } from './transport.js';
 import { raiseAbort, type InjectedFailure } from './flags.js';
 import { groupFlagCount } from './rank.js';
@@ -51,13 +52,29 @@ export class CpuGroup {
     return this.workers.length;
   }
 
+  /** Neither failed nor closed: calls can still run. */
+  get usable(): boolean {
+    return !this.error && !this.closed;
+  }
+
+  /**
+   * Whether the workers keep the process alive (they do from start): an idle group kept for
+   * later calls is unreferenced so that a program can end while it waits.
+   */
+  setReferenced(on: boolean): void {
+    for (const w of this.workers) {
+      if (on) w.ref();
+      else w.unref();
+    }
+  }
+
   static async start(ranks: number, opts: CpuGroupOptions = {}): Promise<CpuGroup> {
     const transportFlags = flagCount(ranks);
     const flagsSab = new SharedArrayBuffer(groupFlagCount(ranks, transportFlags) * 4);
     const flags = new Int32Array(flagsSab);
     const runStart = performance.timeOrigin + performance.now();
     const url = new URL('./group-worker.js', import.meta.url);
-    const workers = Array.from({ length: ranks }, () => new Worker(url));
+    const workers = Array.from({ length: ranks }, () => new Worker(url, { execArgv: workerExecArgv() }));
     const exited = workers.map((w) => new Promise<void>((resolve) => w.once('exit', () => resolve())));
     let group: CpuGroup | null = null;
     const exchanges = new Map<string, SharedArrayBuffer[][]>();

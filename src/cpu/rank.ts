@@ -175,6 +175,11 @@ export class CpuRank implements RankContext {
     this.rings.clear();
   }
 
+  /** Drop one plan's ring buffers (after its last run: a worker kept for later calls holds none). */
+  releaseRing(key = 'default'): void {
+    this.rings.delete(key);
+  }
+
   async prepareRingFor(key: string, shards: { pos: Int32Array; seg?: Int32Array }[], params: Params, mask: MaskSpec, backward: boolean): Promise<void> {
     if (this.rings.has(key)) return;
     await this.prepareRing(ringPlan(shards, params, mask, backward), params, shards[this.rank].pos.length, key);

@@ -1,8 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import { join } from 'node:path';
 import { loadNative } from '../../src/cpu/build.js';
-import { neonDriver } from './emul/driver-build.js';
+import { neonDriver, sanitizedDriver } from './emul/driver-build.js';
 
 /**
  * The C kernels have a SIMD path per ISA (simd.h: avx512, avx2, neon, scalar) and a build runs
@@ -12,7 +15,10 @@ import { neonDriver } from './emul/driver-build.js';
  * - AArch64 NEON runs emulated: the kernels cross-compiled for ARMv8-A with a small call driver
  *   (emul/driver.c) that qemu-user runs, and the test files' kernel modules bound to it instead
  *   of the native library (emul/register.js swaps src/cpu/build.js for emul/build.js). Needs an
- *   AArch64 cross compiler and qemu-user (.ci/run installs them); skipped, saying so, without.
+ *   AArch64 cross compiler and qemu-user (.ci/run installs them); skipped, saying so, without;
+ * - this CPU's own path once more, built with AddressSanitizer and UBSan into the same driver
+ *   (run directly): every array in a heap block of exactly its size, so a kernel that touches
+ *   one element past an argument, or leaks, is reported (the reports go to files, checked here).
  */
 const native = loadNative();
 const order = ['scalar', 'avx2', 'avx512'] as const;
@@ -36,7 +42,10 @@ interface Path {
 }
 
 const paths: Path[] = lower.map((isa) => ({ isa, label: `RINGATTN_CPU_ISA=${isa}`, env: { RINGATTN_CPU_ISA: isa }, node: [] }));
-const neon = 'error' in native ? { unavailable: `no C kernel: ${native.error}` } : neonDriver();
+// the two test builds compile side by side
+const [neon, sanitized] = 'error' in native
+  ? [{ unavailable: `no C kernel: ${native.error}` }, { unavailable: `no C kernel: ${native.error}` }]
+  : await Promise.all([neonDriver(), sanitizedDriver(process.arch === 'arm64' ? ['-mcpu=native'] : ['-march=native'])]);
 if ('command' in neon) {
   paths.push({
     isa: 'neon',
@@ -46,9 +55,26 @@ if ('command' in neon) {
   });
 }
 
+const sanLogs = mkdtempSync(join(os.tmpdir(), 'ringattn-san-'));
+process.on('exit', () => rmSync(sanLogs, { recursive: true, force: true }));
+if ('command' in sanitized && !('error' in native)) {
+  paths.push({
+    isa: native.isa,
+    label: `${native.isa} with ASan and UBSan (${sanitized.command[0]})`,
+    env: {
+      RINGATTN_EMUL_COMMAND: JSON.stringify(sanitized.command),
+      RINGATTN_EMUL_ISA: native.isa,
+      ASAN_OPTIONS: `log_path=${join(sanLogs, 'asan')}:detect_leaks=1`,
+      UBSAN_OPTIONS: `log_path=${join(sanLogs, 'ubsan')}:print_stacktrace=1`,
+    },
+    node: ['--import', './dist/tests/cpu/emul/register.js'],
+  });
+}
+
 if (lower.length === 0) {
   test('the lower x86-64 SIMD paths (skipped)', { skip: 'error' in native ? `no C kernel: ${native.error}` : `no lower ISA to build on ${process.arch} ${native.isa}` }, () => {});
 }
+if ('unavailable' in sanitized) test('the kernels under AddressSanitizer and UBSan (skipped)', { skip: sanitized.unavailable }, () => {});
 if ('unavailable' in neon) test('the AArch64 NEON path, emulated (skipped)', { skip: neon.unavailable }, () => {});
 
 /** Runs a command to its end (killed after CHILD_TIMEOUT_MS); resolves with its status and output. */
@@ -84,6 +110,9 @@ if (paths.length > 0) {
         return { p, probe, tests: { status: a.status || b.status, out: a.out + b.out }, decodePassed: Number(/ℹ pass (\d+)/.exec(b.out)?.[1] ?? 0) };
       }),
     );
+    // first: a sanitizer's report says more than the failures it caused
+    const reports = readdirSync(sanLogs).map((f) => readFileSync(join(sanLogs, f), 'utf8'));
+    assert.equal(reports.length, 0, `sanitizer reports:\n${reports.join('\n').slice(0, 4000)}`);
     for (const { p, probe, tests, decodePassed } of results) {
       assert.equal(probe.out.trim(), p.isa, `${p.label} built: ${probe.out}`);
       const tail = tests!.out.split('\n').filter((l) => /✖|not ok|Error|ℹ (tests|pass|fail)/.test(l)).slice(0, 40).join('\n');
@@ -92,6 +121,7 @@ if (paths.length > 0) {
       assert.doesNotMatch(tests!.out, /ℹ pass 0\b/, p.label);
       assert.equal(decodePassed, 6, `${p.label}: the six decode tests of the subset ran`);
     }
+
   });
 }
 

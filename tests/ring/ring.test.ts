@@ -179,13 +179,81 @@ test('a process that exits right after a rank failure exits cleanly (no worker e
       await ringAttention(t(), t(), t(), { causal: true, gradOut: t(), devices: 4, fail: { rank: +rank, step: +step, mode, phase } });
       console.log('no error');
     } catch (e) {
-      console.log(e.name);
+      console.log(e.name, e.message);
     }`;
   for (const args of [['1', '0', 'throw', 'backward'], ['0', '3', 'exit', 'backward'], ['2', '1', 'exit', 'forward'], ['3', '2', 'throw', 'backward']]) {
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', script, ...args], { encoding: 'utf8', timeout: 60_000 });
     assert.equal(r.status, 0, `${args.join(' ')}: status ${r.status} signal ${r.signal}\n${r.stderr}`);
-    assert.equal(r.stdout.trim(), 'RankError', args.join(' '));
+    // the injected failure itself (not, say, workers that could not start)
+    const expected = args[2] === 'throw' ? `rank ${args[0]}: injected failure at ${args[3]} step ${args[1]}` : `rank ${args[0]}: worker exited with code 3`;
+    assert.equal(r.stdout.trim(), `RankError ${expected}`, args.join(' '));
     assert.doesNotMatch(r.stderr, /corrupted|FATAL|Aborted/, args.join(' '));
   }
 });
 
+
+test('warm workers: later runs of a ring size reuse its workers, exactly, with events from the call; a failed run leaves them usable; closeIdleRingWorkers ends them', async () => {
+  const { closeIdleRingWorkers } = await import('../../src/cpu/ring.js');
+  await closeIdleRingWorkers();
+  const seed = freshSeed();
+  const r = rng(seed);
+  // Different shapes, masks, passes and batches one after another on the same 3 workers.
+  const runs: [number, number, number, number, AttentionOptions, boolean, number][] = [
+    [50, 4, 2, 16, { causal: true }, false, 1],
+    [77, 2, 1, 32, { causal: true, window: 9, sinks: 2 }, true, 1],
+    [40, 6, 3, 8, { window: 7 }, true, 2],
+    [61, 4, 4, 16, { causal: true, segments: segmentsOf(61) }, true, 1],
+  ];
+  for (const [i, [S, H, Hk, D, mask, grads, B]] of runs.entries()) {
+    const what = `seed ${seed} run ${i}: B=${B} S=${S} H=${H}/${Hk} D=${D} ${JSON.stringify({ ...mask, segments: !!mask.segments })}`;
+    const lead = B > 1 ? [B] : [];
+    const mk = (h: number): F32Tensor => ({ dtype: 'float32', shape: [...lead, S, h, D], data: randn(B * S * h * D, r) });
+    const q = mk(H), k = mk(Hk), v = mk(Hk), dO = grads ? mk(H) : undefined;
+    const ring = await ringAttention(q, k, v, { ...mask, gradOut: dO, devices: 3, layout: 'zigzag' });
+    assert.equal(ring.stats.warm, i > 0, `${what}: warm`);
+    // the events of this call only, timed from it
+    const starts = ring.stats.events.map((e) => e.start), ends = ring.stats.events.map((e) => e.end);
+    assert.ok(ring.stats.events.length > 0 && Math.min(...starts) >= 0 && Math.max(...ends) <= ring.stats.wallMs + 1, `${what}: event times ${Math.min(...starts)}..${Math.max(...ends)} ms, wall ${ring.stats.wallMs} ms`);
+    assert.ok(ring.stats.events.every((e) => e.phase === 'forward') === !grads, `${what}: phases`);
+    const sc = 1 / Math.sqrt(D);
+    const at = (x: Float32Array, b: number, h: number) => x.subarray(b * S * h * D, (b + 1) * S * h * D);
+    for (let b = 0; b < B; b++) {
+      const ref = refForward(at(q.data, b, H), at(k.data, b, Hk), at(v.data, b, Hk), S, H, Hk, D, mask, sc);
+      assertClose(at(ring.out.data, b, H), ref.o, TOL.fp32Forward, `${what} out`);
+      if (!dO) continue;
+      const g = refBackward(at(q.data, b, H), at(k.data, b, Hk), at(v.data, b, Hk), at(dO.data, b, H), S, H, Hk, D, mask, sc);
+      assertClose(at(ring.dq!.data, b, H), g.dq, TOL.fp32Grad, `${what} dq`);
+      assertClose(at(ring.dk!.data, b, Hk), g.dk, TOL.fp32Grad, `${what} dk`);
+      assertClose(at(ring.dv!.data, b, Hk), g.dv, TOL.fp32Grad, `${what} dv`);
+    }
+  }
+  // Another ring size, a run that fails (on workers of its own), then the warm 3 again.
+  const t = (S: number, h: number) => t3(S, h, 8, r);
+  assert.equal((await ringAttention(t(30, 2), t(30, 2), t(30, 2), { devices: 2 })).stats.warm, false);
+  await assert.rejects(ringAttention(t(30, 2), t(30, 2), t(30, 2), { devices: 3, fail: { rank: 1, step: 0, mode: 'throw' } }), RankError);
+  const q = t(45, 2), k = t(45, 1), v = t(45, 1);
+  const again = await ringAttention(q, k, v, { devices: 3, causal: true });
+  assert.equal(again.stats.warm, true, 'the warm workers survive a failed run of the same size');
+  assertClose(again.out.data, refForward(q.data, k.data, v.data, 45, 2, 1, 8, { causal: true }, 1 / Math.sqrt(8)).o, TOL.fp32Forward, `seed ${seed} after a failure`);
+  assert.equal((await ringAttention(q, k, v, { devices: 2 })).stats.warm, true, 'both sizes kept');
+  await closeIdleRingWorkers();
+  assert.equal((await ringAttention(q, k, v, { devices: 3 })).stats.warm, false, 'closeIdleRingWorkers ended them');
+  await closeIdleRingWorkers();
+});
+
+test('warm workers never keep a program from ending', async () => {
+  const { IDLE_GROUP_MS } = await import('../../src/cpu/ring.js');
+  const script = `
+    import { ringAttention } from ${JSON.stringify(new URL('../../src/attention.js', import.meta.url).href)};
+    const t = (h) => ({ dtype: 'float32', shape: [64, h, 16], data: Float32Array.from({ length: 64 * h * 16 }, (_, i) => Math.sin(i)) });
+    const a = await ringAttention(t(2), t(1), t(1), { devices: 3, causal: true });
+    const b = await ringAttention(t(2), t(1), t(1), { devices: 3, causal: true });
+    console.log(a.stats.warm, b.stats.warm);`;
+  const t0 = Date.now();
+  const res = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+  const ms = Date.now() - t0;
+  assert.equal(res.status, 0, res.stderr);
+  assert.equal(res.stdout.trim(), 'false true');
+  // Referenced idle workers would hold it for IDLE_GROUP_MS after the last run.
+  assert.ok(ms < IDLE_GROUP_MS * 0.8, `the program ended ${ms} ms after it started (idle workers are kept for ${IDLE_GROUP_MS} ms)`);
+});

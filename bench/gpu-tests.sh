@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The single-GPU test files, each under its own time limit, each file's whole output in
+# $OUT/<file>.log (written directly: a file killed at its limit keeps what it printed) and a
+# summary in $OUT/tests.log. On a fresh machine attention.gpu compiles every forward and backward
+# variant first and takes ~410 s (session 10), so it runs alone by default; the others together
+# take ~2 minutes. Carry .devkit, .devrun and dist.
+#   bash bench/gpu-tests.sh [files=attention.gpu]      e.g. "decode.gpu model.gpu gemm.gpu"
+set -uo pipefail
+source bench/device-env.sh
+files=${1:-attention.gpu}
+: > "$OUT/tests.log"
+for f in $files; do
+  limit=150
+  [ "$f" = attention.gpu ] && limit=500
+  echo "== $f (limit ${limit} s)" | tee -a "$OUT/tests.log"
+  timeout -s KILL "$limit" $N --test --test-reporter=spec "dist/tests/cuda/$f.test.js" > "$OUT/$f.log" 2>&1
+  echo "   exit $?" | tee -a "$OUT/tests.log"
+  grep -E "^\s*(✖|ℹ (tests|pass|fail|skipped))|rror" "$OUT/$f.log" | tail -40 | tee -a "$OUT/tests.log"
+done

@@ -118,7 +118,9 @@ function findCompiler(): Compiler | string {
     const [cmd, ...pre] = name.trim().split(/\s+/);
     if (!cmd) continue;
     // A plain compiler's --version is remembered per executable (path, size, mtime: an upgrade
-    // changes them); a wrapper with arguments (CC="ccache gcc") is asked every time.
+    // changes them); a wrapper with arguments (CC="ccache gcc") is asked every time. A wrapper
+    // script or a ccache link named as the compiler hides an upgrade behind it: clear the cache
+    // folder (RINGATTN_CACHE) after one.
     const id = pre.length === 0 ? commandIdentity(cmd) : null;
     const memo = id ? `cc-${sha256(['cc-v1', cmd, id]).slice(0, 24)}.json` : '';
     const known = memo ? readMemo<{ version?: unknown }>(memo) : undefined;

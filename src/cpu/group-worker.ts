@@ -56,7 +56,8 @@ const builtins: Record<string, RankMethod> = {
     // dk/dv are views of shared buffers: copy them out with the result.
     const events = rank.events.map((e) => ({ ...e, start: e.start - zero, end: e.end - zero }));
     const res: AttendResult = { ...r, dk: r.dk?.slice(), dv: r.dv?.slice(), events, bytesIn: rank.bytesIn, bytesHeld: rank.bytesHeld };
-    // The group may be kept for another run: hold no buffers of this one.
+    // The group may be kept for another run: keep no references to this one's buffers (they are
+    // freed at the worker's next collection; runCpuRing keeps only groups of small runs).
     rank.releaseRing();
     rank.events.length = 0;
     return res;

@@ -1,7 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { RankError } from '../core/errors.js';
-import { workerExecArgv } from '../core/worker.js';
+import { startWorker } from '../core/worker.js';
 import { flagCount } from './transport.js';
 import { raiseAbort, type InjectedFailure } from './flags.js';
 import { groupFlagCount } from './rank.js';
@@ -74,7 +74,7 @@ export class CpuGroup {
     const flags = new Int32Array(flagsSab);
     const runStart = performance.timeOrigin + performance.now();
     const url = new URL('./group-worker.js', import.meta.url);
-    const workers = Array.from({ length: ranks }, () => new Worker(url, { execArgv: workerExecArgv() }));
+    const workers = Array.from({ length: ranks }, () => startWorker(url));
     const exited = workers.map((w) => new Promise<void>((resolve) => w.once('exit', () => resolve())));
     let group: CpuGroup | null = null;
     const exchanges = new Map<string, SharedArrayBuffer[][]>();

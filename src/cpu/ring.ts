@@ -42,11 +42,18 @@ export interface CpuRingResult {
 /** How long a group of ranks stays warm after a run, for the next run of the same size. */
 export const IDLE_GROUP_MS = 10_000;
 
+/**
+ * Runs whose ranks held more than this (ring buffers, shards, accumulators) close their workers
+ * instead: an idle worker frees a run's buffers only when its heap is next collected, which may
+ * not happen while it waits, and start-up (~0.1 s) is small beside such a run anyway.
+ */
+export const WARM_MAX_BYTES = 32 * 2 ** 20;
+
 /** Idle groups by what their workers were started with (ranks, kernel choice, the environment they read). */
 const idle = new Map<string, { group: CpuGroup; timer: NodeJS.Timeout }>();
 
 function groupKey(ranks: number, kernel: CpuRingOptions['kernel']): string {
-  const env = ['RINGATTN_KERNEL', 'RINGATTN_CPU_ISA', 'RINGATTN_CACHE', 'CC'].map((n) => process.env[n] ?? '');
+  const env = ['RINGATTN_KERNEL', 'RINGATTN_CPU_ISA', 'RINGATTN_CACHE', 'CC', 'PATH', 'HOME', 'TMPDIR'].map((n) => process.env[n] ?? '');
   return JSON.stringify([ranks, kernel ?? 'auto', ...env]);
 }
 
@@ -68,13 +75,13 @@ async function acquire(ranks: number, opts: CpuRingOptions): Promise<{ group: Cp
 }
 
 /** After a run: keep the group warm (unreferenced: the program may end meanwhile) or close it. */
-async function release(group: CpuGroup, key: string | null): Promise<void> {
-  if (key === null || !group.usable || idle.has(key)) return group.close();
+async function release(group: CpuGroup, key: string | null, keep: boolean): Promise<void> {
+  if (!keep || key === null || !group.usable || idle.has(key)) return group.close();
   group.onProgress = null;
   group.setReferenced(false);
   const timer = setTimeout(() => {
     if (idle.get(key)?.group === group) idle.delete(key);
-    void group.close();
+    group.close().catch(() => {}); // nothing waits for it: the workers end regardless
   }, IDLE_GROUP_MS);
   timer.unref();
   idle.set(key, { group, timer });
@@ -82,7 +89,8 @@ async function release(group: CpuGroup, key: string | null): Promise<void> {
 
 /**
  * End the worker threads kept warm between runs now (they end by themselves after IDLE_GROUP_MS
- * idle, and never keep a program from exiting).
+ * idle, and never keep a program from exiting). Runs in flight keep theirs, and may leave them
+ * warm when they end.
  */
 export async function closeIdleRingWorkers(): Promise<void> {
   const groups = [...idle.values()];
@@ -95,9 +103,10 @@ export async function closeIdleRingWorkers(): Promise<void> {
  * The per-rank API: ring attention over P worker threads, one per shard (`shard.pos` are the
  * global positions of its rows, ascending; `shard.dO` present on every rank runs the backward
  * too). Each worker owns its shard and allocates its own ring buffers, released when the run
- * ends. The workers stay warm for IDLE_GROUP_MS for the next run of the same ring size (start-up
- * is ~0.1 s a worker). Any failing rank stops every rank, and the promise rejects with that
- * rank's error. `wallMs` and the events' times count from the call.
+ * ends. After a run whose ranks held at most WARM_MAX_BYTES each, the workers stay warm for
+ * IDLE_GROUP_MS for the next run of the same ring size (start-up is ~0.1 s a worker). Any failing
+ * rank stops every rank, and the promise rejects with that rank's error. `wallMs` and the events'
+ * times count from the call.
  */
 export async function runCpuRing(shards: RankShard[], params: AttnParams, mask: MaskSpec, opts: CpuRingOptions = {}): Promise<CpuRingResult> {
   const callStart = performance.timeOrigin + performance.now();
@@ -106,6 +115,7 @@ export async function runCpuRing(shards: RankShard[], params: AttnParams, mask: 
   if (backward && shards.some((s) => !s.dO)) throw new RankError(shards.findIndex((s) => !s.dO), 'backward needs dO on every rank');
   const plan = ringPlan(shards, params, mask, backward);
   const { group, key, warm } = await acquire(P, opts);
+  let keep = false;
   let ok = false;
   try {
     const sinkSteps = plan.sinkLayout ? 1 : 0;
@@ -118,6 +128,7 @@ export async function runCpuRing(shards: RankShard[], params: AttnParams, mask: 
     const results = await group.call<AttendResult>('attend', args, transfer);
     const wallMs = performance.timeOrigin + performance.now() - callStart;
     ok = true;
+    keep = results.every((r) => r.bytesHeld <= WARM_MAX_BYTES);
     return {
       ranks: results.map((r) => ({ o: r.o, lse: r.lse, dq: r.dq, dk: r.dk, dv: r.dv, bytesIn: r.bytesIn, bytesHeld: r.bytesHeld })),
       events: results.flatMap((r) => r.events).sort((a, b) => a.start - b.start),
@@ -127,7 +138,7 @@ export async function runCpuRing(shards: RankShard[], params: AttnParams, mask: 
       warm,
     };
   } finally {
-    await (ok ? release(group, key) : group.close());
+    await (ok ? release(group, key, keep) : group.close());
   }
 }
 

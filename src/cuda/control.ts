@@ -1,6 +1,6 @@
 import { Worker } from 'node:worker_threads';
 import { InputError, RankError } from '../core/errors.js';
-import { workerExecArgv } from '../core/worker.js';
+import { startWorker } from '../core/worker.js';
 import { SLOT, STATE, type ControlInit } from './control-proto.js';
 
 /**
@@ -75,7 +75,7 @@ export class Control {
       rank: env.rank, world: env.world, host: env.masterAddr, port: env.masterPort, timeoutMs,
       graceMs: opts.graceMs ?? 5000, id: id ? Buffer.from(id).toString('base64') : undefined, flags, text,
     };
-    const worker = new Worker(new URL('./control-worker.js', import.meta.url), { workerData: init, execArgv: workerExecArgv() });
+    const worker = startWorker(new URL('./control-worker.js', import.meta.url), { workerData: init });
     const got = await new Promise<Uint8Array>((resolve, reject) => {
       worker.on('message', (m: { type: string; id?: string; rank?: number; message?: string }) => {
         if (m.type === 'ready' && id) resolve(id);

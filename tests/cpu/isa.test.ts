@@ -35,6 +35,8 @@ const CHILD_TIMEOUT_MS = 300_000;
 interface Path {
   /** the ISA the path's build reports */
   isa: string;
+  /** the call driver the path's stand-in library must forward to (emulated and sanitized paths) */
+  driver?: string;
   label: string;
   env: NodeJS.ProcessEnv;
   /** node options before the test files */
@@ -49,6 +51,7 @@ const [neon, sanitized] = 'error' in native
 if ('command' in neon) {
   paths.push({
     isa: 'neon',
+    driver: neon.command[neon.command.length - 1],
     label: `neon (${neon.command.join(' ')})`,
     env: { RINGATTN_EMUL_COMMAND: JSON.stringify(neon.command), RINGATTN_EMUL_ISA: 'neon' },
     node: ['--import', './dist/tests/cpu/emul/register.js'],
@@ -60,6 +63,7 @@ process.on('exit', () => rmSync(sanLogs, { recursive: true, force: true }));
 if ('command' in sanitized && !('error' in native)) {
   paths.push({
     isa: native.isa,
+    driver: sanitized.command[sanitized.command.length - 1],
     label: `${native.isa} with ASan and UBSan (${sanitized.command[0]})`,
     env: {
       RINGATTN_EMUL_COMMAND: JSON.stringify(sanitized.command),
@@ -89,7 +93,8 @@ function run(args: string[], env: NodeJS.ProcessEnv): Promise<{ status: number |
   });
 }
 
-const PROBE = 'import("./dist/src/cpu/build.js").then((m) => { const r = m.loadNative(); console.log("error" in r ? r.error : r.isa); })';
+/** Prints the ISA of the library the kernel modules get, and where it is (the driver, for the stand-in). */
+const PROBE = 'import("./dist/src/cpu/build.js").then((m) => { const r = m.loadNative(); console.log("error" in r ? r.error : `${r.isa} ${r.path}`); })';
 
 if (paths.length > 0) {
   // The paths run side by side (each is one test process of the files above): on the 2-core CI
@@ -104,7 +109,8 @@ if (paths.length > 0) {
         const env: NodeJS.ProcessEnv = { ...process.env, ...p.env };
         delete env.NODE_TEST_CONTEXT; // a test runner of its own, not a child reporting to this one
         const probe = await run([...p.node, '-e', PROBE], env);
-        if (probe.out.trim() !== p.isa) return { p, probe, tests: undefined, decodePassed: 0 };
+        const [isa, where] = probe.out.trim().split(' ');
+        if (isa !== p.isa || (p.driver && where !== p.driver)) return { p, probe, tests: undefined, decodePassed: 0 };
         const a = await run([...p.node, '--test', '--test-reporter=spec', ...files], env);
         const b = await run([...p.node, '--test', '--test-reporter=spec', `--test-name-pattern=${DECODE_PATTERN}`, DECODE], env);
         return { p, probe, tests: { status: a.status || b.status, out: a.out + b.out }, decodePassed: Number(/ℹ pass (\d+)/.exec(b.out)?.[1] ?? 0) };
@@ -114,7 +120,10 @@ if (paths.length > 0) {
     const reports = readdirSync(sanLogs).map((f) => readFileSync(join(sanLogs, f), 'utf8'));
     assert.equal(reports.length, 0, `sanitizer reports:\n${reports.join('\n').slice(0, 4000)}`);
     for (const { p, probe, tests, decodePassed } of results) {
-      assert.equal(probe.out.trim(), p.isa, `${p.label} built: ${probe.out}`);
+      const [isa, where] = probe.out.trim().split(' ');
+      assert.equal(isa, p.isa, `${p.label} built: ${probe.out}`);
+      // the kernel modules were given the stand-in (the module hook took), bound to this driver
+      if (p.driver) assert.equal(where, p.driver, `${p.label}: the kernels come from ${where}`);
       const tail = tests!.out.split('\n').filter((l) => /✖|not ok|Error|ℹ (tests|pass|fail)/.test(l)).slice(0, 40).join('\n');
       assert.equal(tests!.status, 0, `${p.label}:\n${tail}`);
       assert.equal((tests!.out.match(/ℹ fail 0/g) ?? []).length, 2, p.label);

@@ -193,7 +193,7 @@ test('a process that exits right after a rank failure exits cleanly (no worker e
 
 
 test('warm workers: later runs of a ring size reuse its workers, exactly, with events from the call; a failed run leaves them usable; closeIdleRingWorkers ends them', async () => {
-  const { closeIdleRingWorkers } = await import('../../src/cpu/ring.js');
+  const { closeIdleRingWorkers, WARM_MAX_BYTES } = await import('../../src/cpu/ring.js');
   await closeIdleRingWorkers();
   const seed = freshSeed();
   const r = rng(seed);
@@ -238,10 +238,17 @@ test('warm workers: later runs of a ring size reuse its workers, exactly, with e
   assert.equal((await ringAttention(q, k, v, { devices: 2 })).stats.warm, true, 'both sizes kept');
   await closeIdleRingWorkers();
   assert.equal((await ringAttention(q, k, v, { devices: 3 })).stats.warm, false, 'closeIdleRingWorkers ended them');
+  assert.equal((await ringAttention(q, k, v, { devices: 3 })).stats.warm, true);
+  // A run whose ranks held more than WARM_MAX_BYTES closes its workers (their buffers go with them).
+  const big = (h: number) => t3(6144, h, 128, r);
+  const large = await ringAttention(big(8), big(8), big(8), { devices: 3 });
+  assert.equal(large.stats.warm, true);
+  assert.ok(Math.max(...large.stats.bytesHeld) > WARM_MAX_BYTES, `bytes held ${large.stats.bytesHeld}`);
+  assert.equal((await ringAttention(q, k, v, { devices: 3 })).stats.warm, false, 'the large run closed its workers');
   await closeIdleRingWorkers();
 });
 
-test('warm workers never keep a program from ending', async () => {
+test('warm workers never keep a program from ending; Node options (process-wide ones, --input-type) do not stop workers starting', async () => {
   const { IDLE_GROUP_MS } = await import('../../src/cpu/ring.js');
   const script = `
     import { ringAttention } from ${JSON.stringify(new URL('../../src/attention.js', import.meta.url).href)};
@@ -250,7 +257,8 @@ test('warm workers never keep a program from ending', async () => {
     const b = await ringAttention(t(2), t(1), t(1), { devices: 3, causal: true });
     console.log(a.stats.warm, b.stats.warm);`;
   const t0 = Date.now();
-  const res = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+  // --max-old-space-size is refused in a worker's explicit options; --input-type in a module worker's
+  const res = spawnSync(process.execPath, ['--max-old-space-size=1024', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
   const ms = Date.now() - t0;
   assert.equal(res.status, 0, res.stderr);
   assert.equal(res.stdout.trim(), 'false true');

@@ -74,7 +74,9 @@ export async function neonDriver(): Promise<Driver> {
 
 /** The kernels for this CPU (its own ISA, as the library), with AddressSanitizer and UBSan. */
 export async function sanitizedDriver(archFlags: string[]): Promise<Driver> {
-  const cc = process.env.CC?.trim().split(/\s+/)[0] || 'cc';
+  // a plain compiler only: build.ts's CC may be a wrapper with arguments (CC="ccache gcc")
+  const [cc, ...pre] = (process.env.CC?.trim() || 'cc').split(/\s+/);
+  if (pre.length > 0) return { unavailable: `CC='${process.env.CC}' has arguments: set CC to a plain compiler for the sanitizer build` };
   const v = version(cc);
   if (!v) return { unavailable: `no C compiler '${cc}'` };
   // -O1 (after the base -O3): the usual level for sanitizers, and decode.c compiles 3x faster

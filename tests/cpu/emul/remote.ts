@@ -65,7 +65,12 @@ export class RemoteLibrary {
 
   private start(): void {
     if (this.req >= 0) return;
+    // The opens below wait for the driver to open its ends; a driver that cannot run would leave
+    // them waiting for ever (this thread blocked, no 'error' event delivered): try it first.
+    const probe = spawnSync(this.command[0], [...this.command.slice(1), '--isa'], { encoding: 'utf8', timeout: 60_000 });
+    if (probe.status !== 0) throw new Error(`remote library: ${this.command.join(' ')} --isa failed: ${probe.error?.message ?? `status ${probe.status}`} ${probe.stderr ?? ''}`);
     this.dir = mkdtempSync(join(os.tmpdir(), 'ringattn-emul-'));
+    process.once('exit', () => this.close());
     const req = join(this.dir, 'req'), resp = join(this.dir, 'resp');
     const mk = spawnSync('mkfifo', [req, resp], { encoding: 'utf8' });
     if (mk.status !== 0) throw new Error(`remote library: mkfifo failed: ${mk.stderr || mk.error?.message}`);
@@ -74,7 +79,6 @@ export class RemoteLibrary {
     // Each open waits for the driver to open the other end, in the same order as it does.
     this.req = openSync(req, 'w');
     this.resp = openSync(resp, 'r');
-    process.once('exit', () => this.close());
   }
 
   close(): void {
@@ -138,16 +142,17 @@ export class RemoteLibrary {
       });
       this.write(w.done());
       const rc = Number(this.read(8).readBigInt64LE(0));
+      const changed: string[] = [];
+      // the whole answer is read before any error, so that the next call starts in step
       for (const s of sent) {
         const n = Number(this.read(8).readBigInt64LE(0));
         if (n < 0) continue;
         const got = this.read(n);
         const mine = bytesOf(s.view!);
         if (!s.isConst) mine.set(got);
-        else if (Buffer.compare(got, Buffer.from(mine.buffer, mine.byteOffset, mine.byteLength)) !== 0) {
-          throw new Error(`${name} wrote to ${s.what}, declared const`);
-        }
+        else if (Buffer.compare(got, Buffer.from(mine.buffer, mine.byteOffset, mine.byteLength)) !== 0) changed.push(s.what);
       }
+      if (changed.length > 0) throw new Error(`${name} wrote to ${changed.join(', ')}, declared const`);
       return rc;
     };
   }

@@ -75,6 +75,11 @@ export class CudaContext {
   private readonly functions = new Map<string, { fn: Handle; smem: number }>();
   /** NVRTC logs of the modules compiled in this process (ptxas register reports). */
   readonly compileLogs = new Map<string, string>();
+  /**
+   * Set when the rank's group has failed and the process is ending: free() does nothing from then
+   * on (a free waits for the device, which may be stuck behind a collective with a dead peer).
+   */
+  abandoned = false;
 
   private constructor(readonly drv: DriverApi, readonly device: number, private readonly ctx: Handle) {
     this.describe = driverDescribe(drv);
@@ -125,7 +130,7 @@ export class CudaContext {
   }
 
   free(b: DeviceBuffer | undefined): void {
-    if (b) this.check('cuMemFree_v2', this.drv.cuMemFree_v2(b.ptr));
+    if (b && !this.abandoned) this.check('cuMemFree_v2', this.drv.cuMemFree_v2(b.ptr));
   }
 
   /** Host -> device on the compute stream (pageable source: staged before the call returns). */

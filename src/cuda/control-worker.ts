@@ -40,14 +40,21 @@ function abort(rank: number, message: string, state: number = STATE.aborted): vo
   Atomics.store(flags, SLOT.state, state);
   Atomics.notify(flags, SLOT.state);
   parentPort?.postMessage({ type: 'abort', rank, message });
-  if (state === STATE.aborted && init.graceMs > 0) {
-    watchdog = setTimeout(() => {
-      if (Atomics.load(flags, SLOT.ack) !== 0) return;
-      const who = rank === init.rank ? '' : `rank ${rank} failed: `;
-      writeSync(2, `ringattn: rank ${init.rank}: stopped because ${who}${message} (the rank did not stop within ${init.graceMs} ms; ending it)\n`);
-      process.kill(process.pid, 'SIGKILL');
-    }, init.graceMs);
-  }
+  if (state === STATE.aborted) armWatchdog(rank, message);
+}
+
+/**
+ * After a failure (another rank's or this one's) the process must end within graceMs, or say it
+ * has stopped (Control.acknowledge): else this thread prints the reason and ends it.
+ */
+function armWatchdog(rank: number, message: string): void {
+  if (watchdog || init.graceMs <= 0) return;
+  watchdog = setTimeout(() => {
+    if (Atomics.load(flags, SLOT.ack) !== 0) return;
+    const what = rank === init.rank ? message : `stopped because rank ${rank} failed: ${message}`;
+    writeSync(2, `ringattn: rank ${init.rank}: ${what} (the rank did not stop within ${init.graceMs} ms; ending it)\n`);
+    process.kill(process.pid, 'SIGKILL');
+  }, init.graceMs);
 }
 
 function send(s: Socket | null, msg: object): Promise<void> {
@@ -196,7 +203,7 @@ parentPort?.on('message', (m: { type: string; message?: string }) => {
       setText(message);
       Atomics.store(flags, SLOT.failedRank, init.rank);
       Atomics.store(flags, SLOT.state, STATE.aborted);
-      Atomics.store(flags, SLOT.ack, 1);
+      armWatchdog(init.rank, message); // its cleanup may block on the GPU too
     }
     if (init.rank === 0) {
       Promise.all([...sockets.values()].map((s) => send(s, { abort: 0, message }))).then(done, done);

@@ -97,11 +97,14 @@ export class Control {
     return { rank: Atomics.load(this.flags, SLOT.failedRank), message: Buffer.from(this.text.subarray(0, n)).toString('utf8') };
   }
 
-  /** Throw the RankError for a failure elsewhere (disarming the watchdog: this thread is stopping). */
+  /**
+   * Throw the RankError for a failure (another rank's or this one's). The watchdog stays armed:
+   * the process has `graceMs` to end (rankMain exits) or to call acknowledge(), so that cleanup
+   * which blocks on the GPU (a free behind a collective that waits for a dead peer) cannot hang it.
+   */
   throwIfFailed(): void {
     const f = this.failure();
     if (!f) return;
-    Atomics.store(this.flags, SLOT.ack, 1);
     if (f.rank === this.env.rank) throw new RankError(f.rank, f.message);
     throw new RankError(this.env.rank, `stopped because rank ${f.rank} failed: ${f.message}`, true);
   }
@@ -113,10 +116,18 @@ export class Control {
   fail(message: string, waitMs = 2000): void {
     if (this.closed) return;
     const f = this.failure();
-    Atomics.store(this.flags, SLOT.ack, 1);
     if (f && f.rank !== this.env.rank) return;
     this.worker.postMessage({ type: 'fail', message });
     Atomics.wait(this.flags, SLOT.sent, 0, waitMs);
+  }
+
+  /**
+   * After a failure: this process has finished stopping and stays (or is about to exit), so the
+   * watchdog must not end it. Without this, a process that outlives a failure by `graceMs` is
+   * ended with the failure's message.
+   */
+  acknowledge(): void {
+    Atomics.store(this.flags, SLOT.ack, 1);
   }
 
   /** Normal end: say goodbye so that no rank takes the closing socket for a failure. */

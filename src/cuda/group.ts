@@ -27,6 +27,8 @@ export class CudaGroup {
   /** Streams: compute is ctx.stream; comm carries every NCCL call (higher priority). */
   readonly comm: Handle;
   private aborted = false;
+  /** The failure this group stopped on: every later wait throws it at once. */
+  private failed: Error | null = null;
   private readonly sleeper = new Int32Array(new SharedArrayBuffer(4));
   private scratch: DeviceBuffer | null = null;
   private readonly waitTimeoutMs: number;
@@ -82,22 +84,42 @@ export class CudaGroup {
 
   ncclCheck(call: string, rc: number): void {
     if (rc !== 0) {
-      this.control?.throwIfFailed();
-      throw new BackendError(`${call} failed: ${this.nccl.ncclGetErrorString(rc)} [ncclResult ${rc}]`);
+      this.poll();
+      this.stop(new BackendError(`${call} failed: ${this.nccl.ncclGetErrorString(rc)} [ncclResult ${rc}]`));
     }
   }
 
-  /** Throw if another rank failed or NCCL reports an asynchronous error. */
+  /**
+   * The group cannot go on: abort NCCL at once (its kernels may be waiting for a dead peer, and
+   * a free or a synchronize behind them would wait for ever), free no more device memory, and
+   * throw `e`, as every later wait will.
+   */
+  private stop(e: Error): never {
+    if (!this.failed) {
+      this.failed = e;
+      this.ctx.abandoned = true;
+      this.abort();
+    }
+    throw e;
+  }
+
+  /** Throw if any rank failed (this one included) or NCCL reports an asynchronous error. */
   poll(): void {
-    this.control?.throwIfFailed();
+    if (this.failed) throw this.failed;
+    try {
+      this.control?.throwIfFailed();
+    } catch (e) {
+      this.stop(e as Error);
+    }
     const err: [number] = [0];
     const rc = this.nccl.ncclCommGetAsyncError(this.ncclComm, err);
     if (rc === 0 && err[0] !== 0 && err[0] !== NCCL_IN_PROGRESS) {
-      throw new BackendError(`NCCL asynchronous error: ${this.nccl.ncclGetErrorString(err[0])} [ncclResult ${err[0]}]`);
+      this.stop(new BackendError(`NCCL asynchronous error: ${this.nccl.ncclGetErrorString(err[0])} [ncclResult ${err[0]}]`));
     }
   }
 
   private waitUntil(what: string, query: () => number): void {
+    if (this.failed) throw this.failed;
     const t0 = performance.now();
     for (;;) {
       const rc = query();
@@ -105,7 +127,12 @@ export class CudaGroup {
       if (rc !== CUDA_ERROR_NOT_READY) this.ctx.check(what, rc);
       this.poll();
       const waited = performance.now() - t0;
-      if (waited > this.waitTimeoutMs) throw new RankError(this.rank, `${what}: still waiting after ${this.waitTimeoutMs} ms (set RINGATTN_GPU_TIMEOUT, seconds, to wait longer)`);
+      if (waited > this.waitTimeoutMs) {
+        // This rank's failure: the others stop now, not at their own timeouts.
+        const e = new RankError(this.rank, `${what}: still waiting after ${this.waitTimeoutMs} ms (set RINGATTN_GPU_TIMEOUT, seconds, to wait longer)`);
+        this.control?.fail(e.detail);
+        this.stop(e);
+      }
       // Spin for the first 5 ms (a decode step or a ring step ends within it, and a sleep would
       // add its own granularity to the step), then sleep in small slices.
       if (waited > 5) Atomics.wait(this.sleeper, 0, 0, 0.1);
@@ -241,6 +268,7 @@ export async function rankMain(body: (g: CudaGroup) => Promise<void>, opts: Grou
     process.stderr.write(`ringattn: rank ${rank}: ${detail}\n`);
     code = secondary ? EXIT_SECONDARY : 1;
   }
+  group?.control?.acknowledge(); // stopped: the watchdog need not end it
   // Exit explicitly: NCCL's threads (after an abort) must not keep the process alive.
   process.exit(code);
 }

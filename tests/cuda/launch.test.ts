@@ -132,3 +132,55 @@ test('ringattn launch: the CLI forwards output and exits non-zero with the faili
   assert.match(res.err, /ringattn: launch: rank 1 failed .*: broken/);
   assert.throws(() => { throw new InputError('x', 'y'); });
 });
+
+const stuckJs = fileURLToPath(new URL('./stuck-rank.js', import.meta.url));
+
+/** Starts `world` ranks of stuck-rank.js by hand (no launcher to end them); per rank: exit code, ms from its "in allGatherF64" line to its exit, stderr. */
+async function stuckRanks(mode: string, world: number, extra: NodeJS.ProcessEnv = {}) {
+  const port = await freePort();
+  return Promise.all(
+    Array.from({ length: world }, (_, rank) =>
+      new Promise<{ rank: number; code: number | null; signal: string | null; afterWait: number; err: string }>((resolve) => {
+        const p = spawn(process.execPath, [stuckJs, mode], {
+          env: { ...process.env, ...extra, RANK: String(rank), WORLD_SIZE: String(world), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) },
+          stdio: ['ignore', 'ignore', 'pipe'],
+        });
+        let err = '';
+        let waitAt = NaN;
+        p.stderr.on('data', (d) => {
+          err += d;
+          if (Number.isNaN(waitAt) && err.includes('in allGatherF64')) waitAt = Date.now();
+        });
+        const kill = setTimeout(() => p.kill('SIGKILL'), 30_000);
+        p.on('close', (code, signal) => {
+          clearTimeout(kill);
+          resolve({ rank, code, signal, afterWait: Date.now() - waitAt, err });
+        });
+      }),
+    ),
+  );
+}
+
+test('a rank killed while the others are in a collective: they abort NCCL and end at once, though a free would block behind the collective', async () => {
+  const ranks = await stuckRanks('peer-dies', 3);
+  assert.equal(ranks[1].signal, 'SIGKILL');
+  for (const r of [ranks[0], ranks[2]]) {
+    assert.equal(r.code, EXIT_SECONDARY, `rank ${r.rank}: ${r.err}`);
+    assert.match(r.err, new RegExp(`ringattn: rank ${r.rank}: stopped because rank 1 `), r.err);
+    assert.match(r.err, /ncclCommAbort/, r.err);
+    assert.doesNotMatch(r.err, /cuMemFree_v2 blocks|did not stop within/, r.err);
+    assert.ok(r.afterWait < 3000, `rank ${r.rank} ended ${r.afterWait} ms after entering the collective:\n${r.err}`);
+  }
+});
+
+test('a collective that never completes: RINGATTN_GPU_TIMEOUT ends every rank once, not once per wait', async () => {
+  const timeout = 1500;
+  const ranks = await stuckRanks('timeout', 2, { STUCK_TIMEOUT_MS: String(timeout) });
+  for (const r of ranks) {
+    assert.ok(r.code === 1 || r.code === EXIT_SECONDARY, `rank ${r.rank}: code ${r.code} ${r.signal}\n${r.err}`);
+    assert.match(r.err, /still waiting after 1500 ms/, r.err);
+    // a second wait in cleanup (syncAll in a finally) throws the same failure at once
+    assert.ok(r.afterWait < 1.8 * timeout, `rank ${r.rank} ended ${r.afterWait} ms after entering the collective (timeout ${timeout} ms):\n${r.err}`);
+  }
+  assert.ok(ranks.some((r) => r.code === 1), 'a rank reports its own timeout');
+});

@@ -1,0 +1,67 @@
+// A rank for the failure tests in tests/cuda/launch.test.ts: the real Control (TCP, worker,
+// watchdog), CudaGroup and rankMain over a fake driver and a fake NCCL, where the device can get
+// stuck as a real one does. No GPU. argv: mode, then RANK/WORLD_SIZE/MASTER_* in the environment.
+//   peer-dies: rank 1 dies (SIGKILL) after the rendezvous; the others are in allGatherF64, whose
+//              collective never completes, and a free blocks for 60 s (cuMemFree waits for the
+//              device, which is stuck behind that collective) until NCCL is aborted.
+//   timeout:   every rank's collective never completes; RINGATTN_GPU_TIMEOUT bounds the wait, and
+//              cleanup waits once more (a synchronize in a finally).
+// Every stderr line carries the ms since start ("t=<ms> ...") for the test to read.
+import { writeSync } from 'node:fs';
+import { Control, rankEnv } from '../../src/cuda/control.js';
+import { CudaContext } from '../../src/cuda/context.js';
+import { CudaGroup, rankMain } from '../../src/cuda/group.js';
+import type { DriverApi } from '../../src/cuda/bindings/driver.js';
+import type { NcclApi } from '../../src/cuda/bindings/nccl.js';
+import { fakeCuda } from '../mock/fakeCuda.js';
+
+const mode = process.argv[2] ?? 'peer-dies';
+const env = rankEnv()!;
+const t0 = Date.now();
+const log = (s: string) => writeSync(2, `t=${Date.now() - t0} ${s}\n`);
+const fakeId = () => Uint8Array.from({ length: 128 }, (_, i) => (i * 5 + 1) & 255);
+const graceMs = 4000;
+
+if (mode === 'peer-dies' && env.rank === 1) {
+  await Control.start(env, { makeId: fakeId, graceMs });
+  setTimeout(() => process.kill(process.pid, 'SIGKILL'), 300);
+  setInterval(() => {}, 1000);
+} else {
+  let ncclAborted = false;
+  const drv = fakeCuda() as unknown as Record<string, unknown>;
+  drv.cuCtxGetStreamPriorityRange = (a: number[], b: number[]) => ((a[0] = 0), (b[0] = -5), 0);
+  drv.cuStreamCreateWithPriority = (out: unknown[]) => ((out[0] = { stream: 'comm' }), 0);
+  // the comm stream (the collective) never completes until NCCL is aborted
+  drv.cuStreamQuery = (s: { stream?: string } | null) => (s?.stream === 'comm' && !ncclAborted ? 600 : 0);
+  const free = drv.cuMemFree_v2 as (p: number) => number;
+  drv.cuMemFree_v2 = (p: number) => {
+    if (!ncclAborted) {
+      log('cuMemFree_v2 blocks behind the stuck collective');
+      const end = Date.now() + 60_000;
+      while (Date.now() < end) { /* the device never gets there */ }
+    }
+    return free(p);
+  };
+  const nccl = {
+    ncclAllGather: () => 0,
+    ncclCommGetAsyncError: (_c: unknown, e: number[]) => ((e[0] = 0), 0),
+    ncclCommAbort: () => { log('ncclCommAbort'); ncclAborted = true; return 0; },
+    ncclCommDestroy: () => 0,
+    ncclGetErrorString: (c: number) => `nccl error ${c}`,
+  } as unknown as NcclApi;
+  const timeoutMs = Number(process.env.STUCK_TIMEOUT_MS ?? 600_000);
+  (CudaGroup as unknown as { init: () => Promise<CudaGroup> }).init = async () => {
+    const control = await Control.start(env, { makeId: fakeId, graceMs });
+    const ctx = CudaContext.open(0, drv as unknown as DriverApi);
+    const G = CudaGroup as unknown as new (...a: unknown[]) => CudaGroup;
+    return new G(env, control, ctx, nccl, { comm: true }, timeoutMs);
+  };
+  await rankMain(async (g) => {
+    log('in allGatherF64');
+    try {
+      g.allGatherF64([env.rank]);
+    } finally {
+      if (mode === 'timeout') g.syncAll(); // cleanup that waits on the device again
+    }
+  });
+}

@@ -165,6 +165,9 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   const byTime = [...failed].sort((a, b) => a.at - b.at);
   const primary = byTime.find((e) => e.code !== EXIT_SECONDARY && e.signal === null) ?? byTime.find((e) => e.code !== EXIT_SECONDARY) ?? byTime[0];
   const why = primary.signal ? `killed by ${primary.signal}` : `exit code ${primary.code}`;
-  const message = errorLine(primary.tail) || why;
+  // A rank killed by a signal says nothing of it: its last line (progress, say) is only context.
+  const reported = primary.tail.some((l) => /^ringattn: /.test(l.trim()));
+  const last = errorLine(primary.tail);
+  const message = primary.signal && !reported ? (last ? `${why} (its last line: ${last})` : why) : last || why;
   return { code: primary.code && primary.code !== EXIT_SECONDARY ? primary.code : 1, failedRank: primary.rank, message, ranks };
 }

@@ -163,14 +163,9 @@ function tmpName(path: string): string {
 
 /** Flags that compile and link on this compiler (cached per compiler and CPU: probes cost a spawn). */
 function detectFlags(cc: Compiler, dir: string): string[] | string {
-  const key = sha256(['flags-v1', cc.cmd, cc.pre.join(' '), cc.version, cpuIdentity(), process.platform, process.arch]).slice(0, 24);
-  const memo = join(dir, `flags-${key}.json`);
-  try {
-    const flags = JSON.parse(readFileSync(memo, 'utf8')) as unknown;
-    if (Array.isArray(flags) && flags.every((f) => typeof f === 'string')) return flags as string[];
-  } catch {
-    // not probed yet
-  }
+  const memo = `flags-${sha256(['flags-v1', cc.cmd, cc.pre.join(' '), cc.version, cpuIdentity(), process.platform, process.arch]).slice(0, 24)}.json`;
+  const known = readMemo<unknown>(memo);
+  if (Array.isArray(known) && known.every((f) => typeof f === 'string')) return known as string[];
   const errors: string[] = [];
   for (const extra of FLAG_SETS) {
     const flags = [...BASE_FLAGS, ...extra];
@@ -180,9 +175,7 @@ function detectFlags(cc: Compiler, dir: string): string[] | string {
       writeFileSync(src, extra.includes('-fopenmp') ? PROBE_OMP : PROBE);
       const r = run(cc.cmd, [...cc.pre, ...flags, '-o', out, src]);
       if (r.ok) {
-        const tmp = tmpName(memo);
-        writeFileSync(tmp, JSON.stringify(flags));
-        renameSync(tmp, memo);
+        writeMemo(memo, flags);
         return flags;
       }
       errors.push(`${extra.join(' ') || '(base flags)'}: ${r.err.trim().split('\n')[0] ?? ''}`);

@@ -59,7 +59,6 @@ const builtins: Record<string, RankMethod> = {
     // The group may be kept for another run: keep no references to this one's buffers (they are
     // freed at the worker's next collection; runCpuRing keeps only groups of small runs).
     rank.releaseRing();
-    rank.events.length = 0;
     return res;
   },
 };

@@ -115,8 +115,7 @@ export async function runCpuRing(shards: RankShard[], params: AttnParams, mask: 
   if (backward && shards.some((s) => !s.dO)) throw new RankError(shards.findIndex((s) => !s.dO), 'backward needs dO on every rank');
   const plan = ringPlan(shards, params, mask, backward);
   const { group, key, warm } = await acquire(P, opts);
-  let keep = false;
-  let ok = false;
+  let keep = false; // a failed run closes its group
   try {
     const sinkSteps = plan.sinkLayout ? 1 : 0;
     const total = (plan.schedule.compute.flat().filter((c) => c !== 'empty').length + P * sinkSteps) * (backward ? 2 : 1);
@@ -127,7 +126,6 @@ export async function runCpuRing(shards: RankShard[], params: AttnParams, mask: 
     const transfer = opts.moveShards ? shards.map((s) => uniqueBuffers([s.q, s.k, s.v, s.dO, s.pos, s.seg])) : undefined;
     const results = await group.call<AttendResult>('attend', args, transfer);
     const wallMs = performance.timeOrigin + performance.now() - callStart;
-    ok = true;
     keep = results.every((r) => r.bytesHeld <= WARM_MAX_BYTES);
     return {
       ranks: results.map((r) => ({ o: r.o, lse: r.lse, dq: r.dq, dk: r.dk, dv: r.dv, bytesIn: r.bytesIn, bytesHeld: r.bytesHeld })),
@@ -138,7 +136,7 @@ export async function runCpuRing(shards: RankShard[], params: AttnParams, mask: 
       warm,
     };
   } finally {
-    await (ok ? release(group, key, keep) : group.close());
+    await release(group, key, keep);
   }
 }
 

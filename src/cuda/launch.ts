@@ -82,11 +82,14 @@ function lines(stream: NodeJS.ReadableStream | null, each: (line: string) => voi
   });
 }
 
+/** The last `ringattn:` line a rank printed (its own report of its error), without the prefix. */
+function reportedLine(tail: string[]): string | undefined {
+  return [...tail].reverse().find((l) => /^ringattn: /.test(l.trim()))?.trim().replace(/^ringattn: /, '');
+}
+
 /** The error line a failed rank left: its last `ringattn:` line, else its last non-empty one. */
 export function errorLine(tail: string[]): string {
-  const marked = [...tail].reverse().find((l) => /^ringattn: /.test(l.trim()));
-  const line = marked ?? [...tail].reverse().find((l) => l.trim() !== '') ?? '';
-  return line.trim().replace(/^ringattn: /, '');
+  return reportedLine(tail) ?? ([...tail].reverse().find((l) => l.trim() !== '') ?? '').trim();
 }
 
 export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
@@ -166,8 +169,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   const primary = byTime.find((e) => e.code !== EXIT_SECONDARY && e.signal === null) ?? byTime.find((e) => e.code !== EXIT_SECONDARY) ?? byTime[0];
   const why = primary.signal ? `killed by ${primary.signal}` : `exit code ${primary.code}`;
   // A rank killed by a signal says nothing of it: its last line (progress, say) is only context.
-  const reported = primary.tail.some((l) => /^ringattn: /.test(l.trim()));
   const last = errorLine(primary.tail);
-  const message = primary.signal && !reported ? (last ? `${why} (its last line: ${last})` : why) : last || why;
+  const message = primary.signal && reportedLine(primary.tail) === undefined ? (last ? `${why} (its last line: ${last})` : why) : last || why;
   return { code: primary.code && primary.code !== EXIT_SECONDARY ? primary.code : 1, failedRank: primary.rank, message, ranks };
 }

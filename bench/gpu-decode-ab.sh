@@ -2,6 +2,8 @@
 # One device run comparing builds of the GPU decode kernel (kernels/decode.cu) against PyTorch SDPA
 # in the same run: torch's decode once, then ours for each RINGATTN_NVRTC_DEFINES variant given
 # (an empty argument is the default build), ROUNDS rounds of all variants so drift hits all alike.
+# A variant "VAR=x VAR2=y|DEFINES" also sets those environment variables (e.g.
+# "RINGATTN_DECODE_MERGE=kernel|" is the default build with the separate merge launch).
 # Carry .devkit, .devrun and dist. Results in $OUT/decode-ab.log.
 #   bash bench/gpu-decode-ab.sh [reps=30] [contexts=131072,1048576] [batches=1,8] VARIANT...
 set -uo pipefail
@@ -16,8 +18,11 @@ timeout -s KILL 300 python3 bench/peers/torch_decode.py "$REPS" "$CTX" "$BAT" >"
 grep -v '^JSON' "$OUT/torch_decode.log" | tee -a "$log"
 for round in $(seq 1 "${ROUNDS:-2}"); do
   for v in "$@"; do
-    echo "== round $round defines='$v'" | tee -a "$log"
-    RINGATTN_NVRTC_DEFINES="$v" timeout -s KILL 200 $N dist/bench/gpu-decode.js --reps="$REPS" --contexts="$CTX" --batches="$BAT" --torch="$OUT/torch_decode.log" 2>&1 |
+    envs=""
+    defs="$v"
+    if [[ "$v" == *"|"* ]]; then envs="${v%%|*}"; defs="${v#*|}"; fi
+    echo "== round $round env='$envs' defines='$defs'" | tee -a "$log"
+    env $envs RINGATTN_NVRTC_DEFINES="$defs" timeout -s KILL 200 $N dist/bench/gpu-decode.js --reps="$REPS" --contexts="$CTX" --batches="$BAT" --torch="$OUT/torch_decode.log" 2>&1 |
       grep -v '^JSON' | tee -a "$log"
   done
 done

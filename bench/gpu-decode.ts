@@ -187,7 +187,7 @@ function oneGpu(): void {
     const ratio = cu?.ms ? (t.ms / cu.ms).toFixed(3) : '-';
     const note = c.window ? `  window ${c.window} + ${c.sinks} sinks: bytes of visible rows` : '';
     console.log(
-      `${label} | ${t.ms.toFixed(3).padStart(7)} ${tbs.toFixed(2).padStart(6)} ${(100 * tbs / pk.read).toFixed(0).padStart(5)} ${(100 * tbs / pk.copy).toFixed(0).padStart(5)} | ${tms(fl).padStart(8)} ${tms(cu).padStart(9)} ${cuTbs.padStart(5)} | ${ratio.padStart(10)} | ${s.plan.info.kernel} (${s.plan.info.chunks})${note}`,
+      `${label} | ${t.ms.toFixed(3).padStart(7)} ${tbs.toFixed(2).padStart(6)} ${(100 * tbs / pk.read).toFixed(0).padStart(5)} ${(100 * tbs / pk.copy).toFixed(0).padStart(5)} | ${tms(fl).padStart(8)} ${tms(cu).padStart(9)} ${cuTbs.padStart(5)} | ${ratio.padStart(10)} | ${s.plan.info.kernel} (${s.plan.info.chunks}${s.plan.info.fusedMerge ? ', merge fused' : ''})${note}`,
     );
     const row = { context: c.n, batch: c.B, window: c.window, ms: t.ms, tbs, readPeak: pk.read, copyPeak: pk.copy, inner: t.inner, flashMs: fl?.ms, cudnnMs: cu?.ms, ...s.plan.info };
     rowsOut.push(row);

@@ -82,6 +82,15 @@ export interface DecodeTuning {
   chunkRows?: number;
   /** Aim at this many waves of CTAs instead of planning (benchmarks). */
   waves?: number;
+  /**
+   * Where a sequence's chunk partials are merged (default 'kernel' until measured on a GPU, or
+   * RINGATTN_DECODE_MERGE):
+   * 'fused', by the last of its CTAs to finish, in the decode kernel; 'kernel', by a second
+   * launch (decode_merge) parallel over rows and chunks; 'auto' fuses when each of those CTAs'
+   * rows x D / 4 is at most 2 per thread (one decode token of a GQA group: the merge is a few
+   * loads a thread, less than a launch costs).
+   */
+  merge?: 'auto' | 'fused' | 'kernel';
 }
 
 /** Per-CTA start and finish (the position search, the pipeline's first tiles, the epilogue) in cache rows. */
@@ -143,6 +152,8 @@ export interface DecodePlanInfo {
   launches: number;
   /** CTAs of the main kernel an SM holds at once (the occupancy the split assumed). */
   ctasPerSm: number;
+  /** Whether the partials are merged in the decode kernel (else by decode_merge). */
+  fusedMerge: boolean;
 }
 
 export interface DecodePlan {
@@ -244,6 +255,9 @@ export class CudaDecode {
   private readonly minChunkRows?: number;
   private readonly chunkRowsOverride?: number;
   private readonly waves?: number;
+  private readonly merge: 'auto' | 'fused' | 'kernel';
+  /** The fused merge's arrival counters (int32, zero between launches). */
+  private counters: DeviceBuffer | undefined;
 
   constructor(readonly ctx: CudaContext, tuning: DecodeTuning = {}) {
     const env = Number(process.env.RINGATTN_DECODE_WAVES);
@@ -255,6 +269,23 @@ export class CudaDecode {
     this.minChunkRows = tuning.minChunkRows;
     this.chunkRowsOverride = tuning.chunkRows;
     this.waves = tuning.waves;
+    const merge = tuning.merge ?? (process.env.RINGATTN_DECODE_MERGE || 'kernel');
+    if (merge !== 'auto' && merge !== 'fused' && merge !== 'kernel') {
+      throw new InputError(tuning.merge !== undefined ? 'merge' : 'RINGATTN_DECODE_MERGE', `expected 'auto', 'fused' or 'kernel', got ${JSON.stringify(merge)}`);
+    }
+    this.merge = merge;
+  }
+
+  /** Arrival counters for `count` (CTA groups of one launch), zeroed when (re)allocated. */
+  private countersFor(count: number): number {
+    if (!this.counters || this.counters.bytes < count * 4) {
+      if (this.counters) this.ctx.sync();
+      this.ctx.free(this.counters);
+      this.counters = undefined;
+      this.counters = this.ctx.alloc(Math.max(count * 4, 4096));
+      this.ctx.fill32(this.counters, 0, this.counters.bytes / 4);
+    }
+    return this.counters.ptr;
   }
 
   /** The kernel a call of this shape runs, e.g. 'cuda-decode/mma-d128-m1/bfloat16'. */
@@ -329,6 +360,8 @@ export class CudaDecode {
     const partRows = (ch: number) => ch * Hk * R;
     const wsBytes = groups.reduce((s, g) => s + Math.ceil((partRows(g.chunks) * (D + 1) * 4) / 256) * 256, 0);
     const ws = this.workspace(wsBytes);
+    const fused = this.merge === 'fused' || (this.merge === 'auto' && zGroups === 1 && (R * D) / 4 <= 2 * threads);
+    const counters = fused ? this.countersFor(Math.min(B, DECODE_MAX_SEQ) * Hk * zGroups) : 0;
     const gen = this.generation;
     const scaleLog2 = c.scale * Math.LOG2E;
     const launches: { params: Buffer; chunks: number; rows: number }[] = [];
@@ -345,7 +378,7 @@ export class CudaDecode {
       const rowQ = Sq * H * D;
       const fields: Arg[] = [
         { ptr: a.q + g.b0 * rowQ * el }, { ptr: a.qPos + g.b0 * Sq * 4 }, { ptr: a.qSeg ? a.qSeg + g.b0 * Sq * 4 : 0 },
-        { ptr: a.o + g.b0 * rowQ * 4 }, { ptr: a.lse + g.b0 * Sq * H * 4 }, { ptr: partO }, { ptr: partL },
+        { ptr: a.o + g.b0 * rowQ * 4 }, { ptr: a.lse + g.b0 * Sq * H * 4 }, { ptr: partO }, { ptr: partL }, { ptr: counters },
         ...pad(seqs.map((x) => (x.n > 0 ? x.k : 0)), 0).map((p) => ({ ptr: p })),
         ...pad(seqs.map((x) => (x.n > 0 ? x.v : 0)), 0).map((p) => ({ ptr: p })),
         ...pad(seqs.map((x) => (x.n > 0 ? x.pos : 0)), 0).map((p) => ({ ptr: p })),
@@ -360,7 +393,7 @@ export class CudaDecode {
     }
     const ctx = this.ctx;
     const info: DecodePlanInfo = {
-      kernel: this.kernelName(dtype, D, Sq, G), chunks: allChunks, ctas: allChunks * Hk * zGroups, chunkRows, launches: groups.length, ctasPerSm: perSm,
+      kernel: this.kernelName(dtype, D, Sq, G), chunks: allChunks, ctas: allChunks * Hk * zGroups, chunkRows, launches: groups.length, ctasPerSm: perSm, fusedMerge: fused,
     };
     return {
       info,
@@ -368,7 +401,7 @@ export class CudaDecode {
         if (this.generation !== gen || !this.work) throw new BackendError('decode plan is stale: its workspace was replaced by a larger plan (plan again)');
         for (const l of launches) {
           if (l.chunks > 0) ctx.launch(fn, name, [l.chunks, Hk, zGroups], threads, smem, [l.params]);
-          if (l.chunks > 0) ctx.launch(merge, 'decode_merge', [l.rows, 1, 1], 256, 0, [l.params]);
+          if (l.chunks > 0 && !fused) ctx.launch(merge, 'decode_merge', [l.rows, 1, 1], 256, 0, [l.params]);
         }
       },
     };
@@ -389,7 +422,9 @@ export class CudaDecode {
   dispose(): void {
     this.ctx.sync();
     this.ctx.free(this.work);
+    this.ctx.free(this.counters);
     this.work = undefined;
+    this.counters = undefined;
     this.generation++;
   }
 }
@@ -459,7 +494,7 @@ export function decodeAttentionCuda(a: CudaDecodeArgs): CudaDecodeResult {
       if (!isSorted(c.pos, ns[b])) throw new InputError(`caches[${b}].pos`, 'kvSorted is true but the positions do not ascend');
     });
   }
-  if (B === 0) return { o, lse, info: { kernel: 'none', chunks: 0, ctas: 0, chunkRows: 0, launches: 0, ctasPerSm: 0 } };
+  if (B === 0) return { o, lse, info: { kernel: 'none', chunks: 0, ctas: 0, chunkRows: 0, launches: 0, ctasPerSm: 0, fusedMerge: false } };
 
   const ctx = a.context ?? CudaContext.open(a.device ?? 0);
   const dec = a.decoder ?? new CudaDecode(ctx, a.tuning);

@@ -227,6 +227,49 @@ test('decode: a batch of 70 sequences (two launches) and many sequences of lengt
   check(makeProblem({ lens, Sq: 1, H: 8, Hk: 2, D: 128, mask: { causal: true, window: 200, sinks: 2 } }, 'bfloat16', r), 'bfloat16', `B=70 seed=${seed}`, { r });
 });
 
+test('decode: the fused merge (last CTA of a sequence) and the merge kernel, each forced, on every mask; many chunks, two row groups, two launches', { skip }, () => {
+  const seed = freshSeed();
+  const r = rng(seed);
+  for (const merge of ['fused', 'kernel'] as const) {
+    const d = new CudaDecode(context(), { merge });
+    const forced = new CudaDecode(context(), { merge, chunkRows: 64 });
+    try {
+      const run = (p: Problem, dtype: CudaDType, what: string, decoder: CudaDecode, fresh: boolean) => {
+        const init = running(p, fresh, r);
+        const ref = refDecode(p, init.o, init.lse);
+        const res = decodeAttentionCuda({
+          q: p.q, qPos: p.qPos, qSeg: p.qSeg, caches: p.caches, H: p.H, Hk: p.Hk, D: p.D, causal: p.mask.causal, window: p.mask.window,
+          sinks: p.mask.sinks, scale: p.scale, o: init.o.slice(), lse: init.lse.slice(), dtype, context: context(), decoder, poison: true,
+        });
+        const tag = `${merge} ${res.info.kernel} chunks=${res.info.chunks} ${what} seed=${seed}`;
+        assert.equal(res.info.fusedMerge, merge === 'fused', tag);
+        assertClose(res.o, ref.o, TOL[dtype], `o ${tag}`);
+        assertClose(res.lse, ref.lse, TOL[dtype], `lse ${tag}`);
+        return res.info;
+      };
+      for (const m of MASKS) {
+        for (const [dtype, D] of [['bfloat16', 128], ['float32', 64]] as [CudaDType, number][]) {
+          const p = makeProblem({ lens: [0, 40 + Math.floor(r() * 300), 900 + Math.floor(r() * 900)], Sq: 1, H: 8, Hk: 2, D, mask: m.mask, place: m.place, segs: m.segs }, dtype, r);
+          run(p, dtype, `${dtype} D=${D} ${m.name}`, forced, m.name.length % 2 === 0);
+        }
+      }
+      // Long caches (the planner's split), a running (o, lse) to merge into.
+      const long = makeProblem({ lens: [20000, 7000], Sq: 1, H: 8, Hk: 2, D: 128, mask: { causal: true, window: 3000, sinks: 4 } }, 'bfloat16', r);
+      assert.ok(run(long, 'bfloat16', 'long', d, false).chunks >= 10);
+      // 16 queries x 16 heads per KV head = 256 rows: two row groups (grid z), each with its own counters.
+      const z2 = makeProblem({ lens: [1500, 333], Sq: 16, H: 16, Hk: 1, D: 128, mask: { causal: true } }, 'bfloat16', r);
+      run(z2, 'bfloat16', 'two row groups', forced, true);
+      // 70 sequences: two launches reuse the counters, which each launch leaves at zero.
+      const lens = Array.from({ length: 70 }, (_, b) => (b % 7 === 0 ? 0 : 1 + Math.floor(r() * 500)));
+      const many = makeProblem({ lens, Sq: 1, H: 8, Hk: 2, D: 128, mask: { causal: true } }, 'bfloat16', r);
+      for (let rep = 0; rep < 2; rep++) assert.equal(run(many, 'bfloat16', `B=70 run ${rep}`, forced, rep === 0).launches, 2);
+    } finally {
+      d.dispose();
+      forced.dispose();
+    }
+  }
+});
+
 // ---- argument errors (no GPU needed: checked before any device work) ----------------------------
 
 test('decodeAttentionCuda: clear InputErrors for bad shapes and arguments', () => {
@@ -246,6 +289,9 @@ test('decodeAttentionCuda: clear InputErrors for bad shapes and arguments', () =
   for (const [name, patch, msg] of bad) {
     assert.throws(() => decodeAttentionCuda({ ...base, ...patch } as never), (e: unknown) => e instanceof InputError && msg.test(e.message), name);
   }
+  // Tuning is checked when a decoder is made (before it touches the device).
+  assert.throws(() => new CudaDecode({} as never, { merge: 'last' as never }), (e: unknown) => e instanceof InputError && /merge: expected 'auto', 'fused' or 'kernel', got "last"/.test(e.message));
+  assert.throws(() => new CudaDecode({} as never, { waves: 0 }), (e: unknown) => e instanceof InputError && /waves/.test(e.message));
   // The reference itself: one key, one query, any head: o = v, lse = q.k * scale.
   const p: Problem = {
     B: 1, Sq: 1, H: 1, Hk: 1, D: 2, mask: { causal: true }, q: Float32Array.of(1, 2), qPos: Int32Array.of(5),

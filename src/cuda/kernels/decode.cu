@@ -42,6 +42,7 @@ struct DecodeParams {
   float* lse;        // [B, Sq, H]    running LSE (natural log), -inf = nothing seen yet
   float* partO;      // [chunks, Hk, R, D] chunk partials, normalised
   float* partL;      // [chunks, Hk, R]    chunk LSE in log2 units of the scaled logits (-inf: empty)
+  int* count;        // [B, Hk, gridDim.z] arrival counters, zero between launches; null: decode_merge merges
   const void* k[DEC_MAXB];
   const void* v[DEC_MAXB];
   const int* pos[DEC_MAXB];
@@ -232,20 +233,98 @@ __device__ __forceinline__ void loadTilePos(const SeqView& sv, bool hasSeg, cons
   if (hasSeg) cpAsync4(sp + bk + threadIdx.x, segB + j, ok);
 }
 
+// One chunk partial folded into a running log-sum-exp merge (m, l in log2 units; acc unnormalised).
+__device__ __forceinline__ void foldPartial(float L, float4 x, float& m, float& l, float4& acc) {
+  const float mNew = fmaxf(m, L);  // L = -inf: an empty chunk (its O is 0)
+  const float mUse = mNew == NEG_INF ? 0.f : mNew;
+  const float a = exp2f(m - mUse), w = exp2f(L - mUse);
+  l = l * a + w;
+  acc.x = acc.x * a + w * x.x;
+  acc.y = acc.y * a + w * x.y;
+  acc.z = acc.z * a + w * x.z;
+  acc.w = acc.w * a + w * x.w;
+  m = mNew;
+}
+
+// Four columns of output row `orow`: the folded partials (max M and weight W in log2 units, sum
+// the W-weighted normalised outputs) merged into the running (o, lse) read before (cur, lseOld).
+// A row whose partials saw nothing (M = -inf) keeps its (o, lse). `lse` is written by writeLse.
+__device__ __forceinline__ void mergeOut(const DecodeParams& p, i64 orow, int d, float M, float W, float4 sum, float lseOld, float4 cur, bool writeLse) {
+  if (M == NEG_INF) return;
+  const float lseB = (M + log2f(W)) * LN2;  // natural log
+  float wOld, wB;
+  const float lseNew = mergeWeights(lseOld, lseB, wOld, wB);
+  const float inv = wB / W;
+  float4 out;
+  out.x = (wOld == 0.f ? 0.f : cur.x * wOld) + sum.x * inv;
+  out.y = (wOld == 0.f ? 0.f : cur.y * wOld) + sum.y * inv;
+  out.z = (wOld == 0.f ? 0.f : cur.z * wOld) + sum.z * inv;
+  out.w = (wOld == 0.f ? 0.f : cur.w * wOld) + sum.w * inv;
+  *(float4*)(p.o + orow * p.D + d) = out;
+  if (writeLse) p.lse[orow] = lseNew;
+}
+
+// The fused merge (p.count set): the CTAs of (sequence b, KV head kh, row group z) count
+// themselves in after writing their partials; the last of the S resets the counter for the next
+// launch and folds all S partials of its Rz rows into the running (o, lse), a thread per (row,
+// four columns), the loads of several chunks in flight. This saves decode_merge's launch, which
+// costs a few microseconds a step (a short context's step is ~40-150 us). All threads must call it.
+__device__ __forceinline__ void mergeIfLast(const DecodeParams& p, int b, int S, int kh, int r0, int Rz, int* shFlag) {
+  if (p.count == nullptr) return;
+  __threadfence();  // this thread's partials, before the count says they are there
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int* ctr = p.count + ((i64)b * p.Hk + kh) * gridDim.z + blockIdx.z;
+    const bool last = atomicAdd(ctr, 1) == S - 1;
+    if (last) *ctr = 0;
+    *shFlag = last;
+  }
+  __syncthreads();
+  if (!*shFlag) return;
+  __threadfence();
+  const int D4 = p.D / 4, G = p.H / p.Hk;
+  const int c0 = p.chunk0[b], c1 = p.chunk0[b + 1];
+  const i64 stride = (i64)p.Hk * p.R;  // partial rows per chunk
+  for (int e = threadIdx.x; e < Rz * D4; e += blockDim.x) {
+    const int r = r0 + e / D4, d = (e % D4) * 4;
+    const i64 orow = ((i64)b * p.Sq + r / G) * p.H + (i64)kh * G + r % G;
+    const float lseOld = p.lse[orow];
+    const float4 cur = *(const float4*)(p.o + orow * p.D + d);
+    const i64 base = (i64)kh * p.R + r;
+    float m = NEG_INF, l = 0.f;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+    for (int c = c0; c < c1; c++) {
+      const i64 pr = c * stride + base;  // other CTAs wrote these: L2, not this SM's L1
+      foldPartial(__ldcg(p.partL + pr), __ldcg((const float4*)(p.partO + pr * p.D + d)), m, l, acc);
+    }
+    mergeOut(p, orow, d, m, l, acc, lseOld, cur, d == 0);
+  }
+}
+
 }  // namespace dec
 
 // ---- tensor-core path (bf16 / fp16, D = 64 or 128) --------------------------------------------
 
+#ifndef DEC_SPLIT
+#define DEC_SPLIT 0     // D=128: K and V tiles in single buffers, loaded alternately (see run)
+#endif
+#ifndef DEC_SPLIT_BK
+#define DEC_SPLIT_BK 128
+#endif
+
 namespace decm {
-constexpr int BK = 64;       // cache rows per pipeline stage
 constexpr int MAXR = 128;    // query rows per CTA pass
 
 template <int D> struct Cfg {
+  static constexpr bool SPLIT = D == 128 && DEC_SPLIT != 0;
+  static constexpr int BK = SPLIT ? DEC_SPLIT_BK : 64;           // cache rows per tile
   static constexpr int LD = D + 8;                                // smem row stride (elements): ldmatrix without conflicts
   // D=128: two stages (one tile loading while one is computed): 0.5-2.5% faster than three, most
   // at batch 8, at the same two CTAs an SM (registers, ~220 a thread, allow two; forcing three
   // with 168 spilled and was 1-3% slower); four stages (one CTA an SM) slower (NOTES.md runs 27-28, 34).
-  static constexpr int STAGES = D == 64 ? 4 : 2;
+  // SPLIT: one K and one V buffer (the K + positions group and the V group alternate).
+  static constexpr int STAGES = SPLIT ? 1 : D == 64 ? 4 : 2;
   static constexpr int STAGE_BYTES = 2 * BK * LD * 2 + 2 * BK * 4;  // K, V tiles + positions, segment ids
   static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
 };
@@ -263,10 +342,11 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
   constexpr int WARPS = MT < 4 ? 4 : MT;
   constexpr int THREADS = WARPS * 32;
   constexpr int SLICES = WARPS / MT;
-  constexpr int KW = BK / SLICES;  // keys per warp per stage: 16, 32 or 64
+  constexpr int LD = Cfg<D>::LD, STAGES = Cfg<D>::STAGES, BK = Cfg<D>::BK;
+  constexpr bool SPLIT = Cfg<D>::SPLIT;
+  constexpr int KW = BK / SLICES;  // keys per warp per tile: 16, 32, 64 (or 128 with SPLIT's 128-row tiles)
   constexpr int NT = KW / 8;
   constexpr int ND = D / 8;
-  constexpr int LD = Cfg<D>::LD, STAGES = Cfg<D>::STAGES;
   constexpr int CH = D / 8;  // 16-byte chunks per row
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int shInt[4];
@@ -313,14 +393,35 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
     }
     dec::loadTilePos(sv, m.hasSeg, posB, segB, stagePos(st), tile, BK);
   };
+  // SPLIT: one tensor's tile (K with the positions, or V) into its single buffer.
+  auto loadOne = [&](bool isK, int tile) {
+    u16* dst = isK ? stageK(0) : stageV(0);
+    const T* base = isK ? kBase : vBase;
+#pragma unroll
+    for (int i = 0; i < BK * CH / THREADS; i++) {
+      const int cidx = threadIdx.x + i * THREADS;
+      const int r = cidx / CH, cc = (cidx % CH) * 8;
+      const int u = tile * BK + r;
+      const bool ok = u < sv.V;
+      cpAsync16(dst + r * LD + cc, base + (ok ? dec::rowOf(sv, u) : 0) * rowStride + cc, ok);
+    }
+    if (isK) dec::loadTilePos(sv, m.hasSeg, posB, segB, stagePos(0), tile, BK);
+  };
 
   // Start the pipeline before the search (early) or right after it, and before the query
   // fragments: their loads overlap the first tiles'.
   if (!early) dec::locate<THREADS>(p, b, s, S, BK, shInt, sv, t0, t1, false);
-#pragma unroll
-  for (int st = 0; st < STAGES - 1; st++) {
-    if (t0 + st < t1) load(st, t0 + st);
+  if constexpr (SPLIT) {
+    if (t0 < t1) loadOne(true, t0);
     cpAsyncCommit();
+    if (t0 < t1) loadOne(false, t0);
+    cpAsyncCommit();
+  } else {
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; st++) {
+      if (t0 + st < t1) load(st, t0 + st);
+      cpAsyncCommit();
+    }
   }
   if (early) dec::locate<THREADS>(p, b, s, S, BK, shInt, sv, t0, t1, true);
 
@@ -353,11 +454,18 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
 
   for (int tile = t0; tile < t1; tile++) {
     const int it = tile - t0;
-    cpAsyncWait<STAGES - 2>();
-    __syncthreads();
-    if (tile + STAGES - 1 < t1) load((it + STAGES - 1) % STAGES, tile + STAGES - 1);
-    cpAsyncCommit();
-    const int st = it % STAGES;
+    int st = 0;
+    if constexpr (SPLIT) {
+      // Groups in flight: K(tile), V(tile). Wait for K only: V keeps loading during Q K^T.
+      cpAsyncWait<1>();
+      __syncthreads();
+    } else {
+      cpAsyncWait<STAGES - 2>();
+      __syncthreads();
+      if (tile + STAGES - 1 < t1) load((it + STAGES - 1) % STAGES, tile + STAGES - 1);
+      cpAsyncCommit();
+      st = it % STAGES;
+    }
     const u16* Kb = stageK(st) + slice * KW * LD;
     const u16* Vb = stageV(st) + slice * KW * LD;
 
@@ -418,6 +526,14 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
         acc[n][2 * h + 1] *= corr;
       }
     }
+    if constexpr (SPLIT) {
+      // Every warp is done with the K tile and its positions: load the next K while V lands.
+      __syncthreads();
+      if (tile + 1 < t1) loadOne(true, tile + 1);
+      cpAsyncCommit();
+      cpAsyncWait<1>();
+      __syncthreads();
+    }
     // O += P V: the S accumulators are already in the A-fragment layout.
 #pragma unroll
     for (int kk = 0; kk < KW / 16; kk++) {
@@ -433,6 +549,12 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
         mma16816<T>(acc[2 * nd], a, bf[0], bf[1]);
         mma16816<T>(acc[2 * nd + 1], a, bf[2], bf[3]);
       }
+    }
+    if constexpr (SPLIT) {
+      // Every warp is done with the V tile: load the next V while the next K lands.
+      __syncthreads();
+      if (tile + 1 < t1) loadOne(false, tile + 1);
+      cpAsyncCommit();
     }
   }
   cpAsyncWait<0>();
@@ -491,6 +613,7 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
     }
     *(float4*)(p.partO + (part + rr) * D + d) = out;
   }
+  dec::mergeIfLast(p, b, S, kh, r0, Rz, &shInt[3]);
 }
 }  // namespace decm
 
@@ -683,10 +806,14 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
       p.partO[(part + rr) * D + d] = l > 0.f ? acc[rr][x] / l : 0.f;
     }
   }
+  dec::mergeIfLast(p, b, S, kh, r0, Rz, &shInt[3]);
 }
 }  // namespace decg
 
 // ---- merges ---------------------------------------------------------------------------------
+
+using dec::foldPartial;
+using dec::mergeOut;
 
 // Fold sequence b's chunk partials of one output row (b, i, h) into the running (o, lse): one
 // CTA of 8 warps per row. Warp w keeps an online log-sum-exp merge of chunks w, w + 8, ... (lanes
@@ -706,7 +833,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) decode_merge(const __grid_c
   const i64 base = (i64)kh * p.R + r;
   const int d0 = lane * 4, d1 = 128 + lane * 4;
   const i64 orow = (i64)bi * p.H + h;
-  float* o = p.o + orow * D;
+  const float* o = p.o + orow * D;
   float lseOld = 0.f;
   float4 old[2] = {make_float4(0.f, 0.f, 0.f, 0.f), make_float4(0.f, 0.f, 0.f, 0.f)};
   if (warp == 0) {  // in flight while the partials load
@@ -714,48 +841,33 @@ extern "C" __global__ void __launch_bounds__(256, 1) decode_merge(const __grid_c
     if (d0 < D) old[0] = *(const float4*)(o + d0);
     if (d1 < D) old[1] = *(const float4*)(o + d1);
   }
-  float m = NEG_INF, l = 0.f;
+  float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
   float4 acc[2] = {make_float4(0.f, 0.f, 0.f, 0.f), make_float4(0.f, 0.f, 0.f, 0.f)};
 #pragma unroll 4
   for (int c = c0 + warp; c < c1; c += WARPS) {
     const i64 pr = c * stride + base;
-    const float L = p.partL[pr];  // log2 units; -inf: an empty chunk (its O is 0)
+    const float L = p.partL[pr];
     const float* po = p.partO + pr * D;
-    float4 x0 = make_float4(0.f, 0.f, 0.f, 0.f), x1 = x0;
-    if (d0 < D) x0 = *(const float4*)(po + d0);
-    if (d1 < D) x1 = *(const float4*)(po + d1);
-    const float mNew = fmaxf(m, L);
-    const float mUse = mNew == NEG_INF ? 0.f : mNew;
-    const float a = exp2f(m - mUse), w = exp2f(L - mUse);
-    l = l * a + w;
-    acc[0].x = acc[0].x * a + w * x0.x; acc[0].y = acc[0].y * a + w * x0.y;
-    acc[0].z = acc[0].z * a + w * x0.z; acc[0].w = acc[0].w * a + w * x0.w;
-    acc[1].x = acc[1].x * a + w * x1.x; acc[1].y = acc[1].y * a + w * x1.y;
-    acc[1].z = acc[1].z * a + w * x1.z; acc[1].w = acc[1].w * a + w * x1.w;
-    m = mNew;
+    foldPartial(L, d0 < D ? *(const float4*)(po + d0) : make_float4(0.f, 0.f, 0.f, 0.f), m[0], l[0], acc[0]);
+    foldPartial(L, d1 < D ? *(const float4*)(po + d1) : make_float4(0.f, 0.f, 0.f, 0.f), m[1], l[1], acc[1]);
   }
   sAcc[warp][lane] = acc[0];
   sAcc[warp][32 + lane] = acc[1];
   if (lane == 0) {
-    sM[warp] = m;
-    sL[warp] = l;
+    sM[warp] = m[0];
+    sL[warp] = l[0];
   }
   __syncthreads();
   if (warp != 0) return;
   float M = NEG_INF;
 #pragma unroll
   for (int w = 0; w < WARPS; w++) M = fmaxf(M, sM[w]);
-  if (M == NEG_INF) return;  // no key of this sequence is visible to the row: keep (o, lse)
   float wt[WARPS], W = 0.f;
 #pragma unroll
   for (int w = 0; w < WARPS; w++) {
-    wt[w] = exp2f(sM[w] - M);  // a warp that saw nothing: exp2(-inf) = 0
+    wt[w] = M == NEG_INF ? 0.f : exp2f(sM[w] - M);  // a warp that saw nothing: exp2(-inf) = 0
     W += wt[w] * sL[w];
   }
-  const float lseB = (M + log2f(W)) * LN2;  // natural log
-  float wOld, wB;
-  const float lseNew = mergeWeights(lseOld, lseB, wOld, wB);
-  const float inv = wB / W;
 #pragma unroll
   for (int x = 0; x < 2; x++) {
     const int d = x == 0 ? d0 : d1;
@@ -766,15 +878,8 @@ extern "C" __global__ void __launch_bounds__(256, 1) decode_merge(const __grid_c
       const float4 a = sAcc[w][x * 32 + lane];
       sum.x += wt[w] * a.x; sum.y += wt[w] * a.y; sum.z += wt[w] * a.z; sum.w += wt[w] * a.w;
     }
-    const float4 cur = old[x];
-    float4 out;
-    out.x = (wOld == 0.f ? 0.f : cur.x * wOld) + sum.x * inv;
-    out.y = (wOld == 0.f ? 0.f : cur.y * wOld) + sum.y * inv;
-    out.z = (wOld == 0.f ? 0.f : cur.z * wOld) + sum.z * inv;
-    out.w = (wOld == 0.f ? 0.f : cur.w * wOld) + sum.w * inv;
-    *(float4*)(o + d) = out;
+    mergeOut(p, orow, d, M, W, sum, lseOld, old[x], x == 0 && lane == 0);
   }
-  if (lane == 0) p.lse[orow] = lseNew;
 }
 
 // The multi-rank combine: `gathered` holds P ranks' [rows * D outputs | rows LSEs] (fp32, natural

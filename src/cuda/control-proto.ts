@@ -11,8 +11,11 @@ export interface ControlInit {
   /** Int32 slots (SLOT) shared with the main thread, and the failure text (UTF-8). */
   flags: SharedArrayBuffer;
   text: SharedArrayBuffer;
+  /** Int32 per rank: 1 once that rank has ended normally (said goodbye). */
+  left: SharedArrayBuffer;
 }
 
-export const SLOT = { state: 0, failedRank: 1, textLen: 2, ack: 3, sent: 4 } as const;
+/** left: how many other ranks have ended normally (said goodbye); ControlInit.left says which. */
+export const SLOT = { state: 0, failedRank: 1, textLen: 2, ack: 3, sent: 4, left: 5 } as const;
 export const STATE = { rendezvous: 0, ready: 1, aborted: 2, error: 3 } as const;
 

@@ -14,11 +14,14 @@ import { SLOT, STATE, type ControlInit } from './control-proto.js';
  *   q -> 0  {"hello": q, "world": P}        0 -> q  {"id": base64}  (once all P-1 are in)
  *   any     {"fail": r, "message": m}       0 -> all {"abort": r, "message": m}
  *   any     {"bye": r}                      (a close without "bye" is a failure of that rank)
+ *   0 -> all {"left": r}                     (rank r said goodbye: a rank still waiting on a
+ *                                            collective with it can tell it will not come)
  */
 
 const init = workerData as ControlInit;
 const flags = new Int32Array(init.flags);
 const text = new Uint8Array(init.text);
+const left = new Int32Array(init.left);
 const sockets = new Map<number, Socket>();
 const saidBye = new Set<number>();
 let server: Server | null = null;
@@ -55,6 +58,12 @@ function armWatchdog(rank: number, message: string): void {
     writeSync(2, `ringattn: rank ${init.rank}: ${what} (the rank did not stop within ${init.graceMs} ms; ending it)\n`);
     process.kill(process.pid, 'SIGKILL');
   }, init.graceMs);
+}
+
+/** A rank ended normally: the main thread's GPU waits check whether they wait on it (CudaGroup). */
+function peerLeft(rank: number): void {
+  if (rank < 0 || rank >= init.world || rank === init.rank) return;
+  if (Atomics.compareExchange(left, rank, 0, 1) === 0) Atomics.add(flags, SLOT.left, 1);
 }
 
 function send(s: Socket | null, msg: object): Promise<void> {
@@ -125,6 +134,8 @@ function serve(): void {
         abort(m.fail, message);
       } else if (typeof m.bye === 'number') {
         saidBye.add(m.bye);
+        peerLeft(m.bye);
+        for (const [q, c] of sockets) if (q !== m.bye) void send(c, { left: m.bye });
       }
     });
     s.on('error', () => {});
@@ -171,6 +182,9 @@ function connect(): void {
         abort(m.abort, String(m.message ?? 'failed'), gotId ? STATE.aborted : STATE.error);
       } else if (m.bye === 0) {
         saidBye.add(0);
+        peerLeft(0);
+      } else if (typeof m.left === 'number') {
+        peerLeft(m.left);
       }
     });
     s.on('error', () => {});

@@ -57,11 +57,13 @@ export interface Failure {
 export class Control {
   private readonly flags: Int32Array;
   private readonly text: Uint8Array;
+  private readonly leftFlags: Int32Array;
   private closed = false;
 
-  private constructor(readonly env: RankEnv, readonly id: Uint8Array, private readonly worker: Worker, flagsBuf: SharedArrayBuffer, textBuf: SharedArrayBuffer) {
+  private constructor(readonly env: RankEnv, readonly id: Uint8Array, private readonly worker: Worker, flagsBuf: SharedArrayBuffer, textBuf: SharedArrayBuffer, leftBuf: SharedArrayBuffer) {
     this.flags = new Int32Array(flagsBuf);
     this.text = new Uint8Array(textBuf);
+    this.leftFlags = new Int32Array(leftBuf);
   }
 
   static async start(env: RankEnv, opts: ControlOptions = {}): Promise<Control> {
@@ -69,11 +71,12 @@ export class Control {
     const timeoutMs = opts.timeoutMs ?? (Number.isFinite(envTimeout) && envTimeout > 0 ? envTimeout : 60_000);
     const flags = new SharedArrayBuffer(8 * 4);
     const text = new SharedArrayBuffer(4096);
+    const left = new SharedArrayBuffer(4 * env.world);
     let id: Uint8Array | undefined;
     if (env.rank === 0) id = opts.makeId ? opts.makeId() : new Uint8Array(128);
     const init: ControlInit = {
       rank: env.rank, world: env.world, host: env.masterAddr, port: env.masterPort, timeoutMs,
-      graceMs: opts.graceMs ?? 5000, id: id ? Buffer.from(id).toString('base64') : undefined, flags, text,
+      graceMs: opts.graceMs ?? 5000, id: id ? Buffer.from(id).toString('base64') : undefined, flags, text, left,
     };
     const worker = startWorker(new URL('./control-worker.js', import.meta.url), { workerData: init });
     const got = await new Promise<Uint8Array>((resolve, reject) => {
@@ -87,7 +90,7 @@ export class Control {
     });
     // Past the rendezvous the channel must not keep the process alive.
     worker.unref();
-    return new Control(env, got, worker, flags, text);
+    return new Control(env, got, worker, flags, text, left);
   }
 
   /** The first failure of any rank (this one included), or null. */
@@ -95,6 +98,16 @@ export class Control {
     if (Atomics.load(this.flags, SLOT.state) < STATE.aborted) return null;
     const n = Atomics.load(this.flags, SLOT.textLen);
     return { rank: Atomics.load(this.flags, SLOT.failedRank), message: Buffer.from(this.text.subarray(0, n)).toString('utf8') };
+  }
+
+  /** How many other ranks have ended normally (said goodbye) while this one runs. */
+  leftCount(): number {
+    return Atomics.load(this.flags, SLOT.left);
+  }
+
+  /** Whether rank `q` has ended normally. */
+  hasLeft(q: number): boolean {
+    return q >= 0 && q < this.leftFlags.length && Atomics.load(this.leftFlags, q) !== 0;
   }
 
   /**

@@ -1,5 +1,5 @@
 import { BackendError, RankError, RingAttnError } from '../core/errors.js';
-import { CUDA_ERROR_NOT_READY, CU_STREAM_NON_BLOCKING, type Handle } from './bindings/driver.js';
+import { CUDA_ERROR_NOT_READY, CU_EVENT_DISABLE_TIMING, CU_STREAM_NON_BLOCKING, type Handle } from './bindings/driver.js';
 import { loadNccl, NCCL_DTYPE, NCCL_OP, NCCL_UNIQUE_ID_BYTES, type NcclApi } from './bindings/nccl.js';
 import { CudaContext, type DeviceBuffer } from './context.js';
 import { Control, rankEnv, type ControlOptions, type RankEnv } from './control.js';
@@ -19,6 +19,26 @@ export interface GroupOptions extends ControlOptions {
   env?: RankEnv;
   /** Longest host wait on the GPU before giving up (ms; default RINGATTN_GPU_TIMEOUT or 10 min). */
   waitTimeoutMs?: number;
+  /**
+   * After another rank has ended normally, how long a collective of this rank that has started
+   * (the work queued ahead of it is done) may still wait before the run ends with an error
+   * naming that rank (ms; default 5000). A collective that the departed rank took part in ends
+   * within milliseconds of its start; one it never called would wait for ever.
+   */
+  leftGraceMs?: number;
+}
+
+/** The last NCCL call enqueued on a stream, between two events (see CudaGroup.checkLeft). */
+interface CollectiveMark {
+  before: Handle;
+  after: Handle;
+  what: string;
+  /** The ranks it exchanges with (null: all). */
+  peers: readonly number[] | null;
+  /** Its end not yet seen. */
+  pending: boolean;
+  /** When a wait first saw the work ahead of it done (performance.now()), or 0. */
+  startedAt: number;
 }
 
 export class CudaGroup {
@@ -32,6 +52,10 @@ export class CudaGroup {
   private readonly sleeper = new Int32Array(new SharedArrayBuffer(4));
   private scratch: DeviceBuffer | null = null;
   private readonly waitTimeoutMs: number;
+  private readonly marks = new Map<Handle, CollectiveMark>();
+  /** When a wait first saw that another rank had ended (performance.now()), or 0. */
+  private leftSeenAt = 0;
+  leftGraceMs = 5000;
 
   private constructor(readonly env: RankEnv, readonly control: Control | null, readonly ctx: CudaContext, readonly nccl: NcclApi, readonly ncclComm: unknown, waitTimeoutMs: number) {
     this.rank = env.rank;
@@ -75,7 +99,9 @@ export class CudaGroup {
       const out: [unknown] = [null];
       ncclCheck(`ncclCommInitRank(rank ${env.rank} of ${env.world}, GPU ${env.localRank})`, nccl.ncclCommInitRank(out, env.world, { internal: id }, env.rank));
       const t = Number(process.env.RINGATTN_GPU_TIMEOUT);
-      return new CudaGroup(env, control, ctx, nccl, out[0], opts.waitTimeoutMs ?? (Number.isFinite(t) && t > 0 ? t * 1000 : 600_000));
+      const g = new CudaGroup(env, control, ctx, nccl, out[0], opts.waitTimeoutMs ?? (Number.isFinite(t) && t > 0 ? t * 1000 : 600_000));
+      if (opts.leftGraceMs !== undefined) g.leftGraceMs = opts.leftGraceMs;
+      return g;
     } catch (e) {
       control?.fail(e instanceof Error ? e.message : String(e));
       throw e;
@@ -118,6 +144,70 @@ export class CudaGroup {
     }
   }
 
+  /**
+   * Enqueue NCCL call(s) on `stream` between two events: `call` makes them (a single call, or a
+   * ncclGroupStart ... ncclGroupEnd) with `peers` (default: every rank). A later wait can then
+   * tell a collective that has started and waits for a rank that has ended (checkLeft) from work
+   * queued ahead of it.
+   */
+  collective(what: string, stream: Handle, call: () => void, peers: readonly number[] | null = null): void {
+    let mk = this.marks.get(stream);
+    if (!mk) {
+      const a: [Handle] = [null];
+      const b: [Handle] = [null];
+      this.ctx.check('cuEventCreate', this.ctx.drv.cuEventCreate(a, CU_EVENT_DISABLE_TIMING));
+      this.ctx.check('cuEventCreate', this.ctx.drv.cuEventCreate(b, CU_EVENT_DISABLE_TIMING));
+      mk = { before: a[0], after: b[0], what, peers, pending: false, startedAt: 0 };
+      this.marks.set(stream, mk);
+    }
+    this.ctx.check('cuEventRecord', this.ctx.drv.cuEventRecord(mk.before, stream));
+    call();
+    this.ctx.check('cuEventRecord', this.ctx.drv.cuEventRecord(mk.after, stream));
+    mk.what = what;
+    mk.peers = peers;
+    mk.pending = true;
+    mk.startedAt = 0;
+  }
+
+  /** One NCCL call on `stream` (see collective). */
+  ncclOn(what: string, stream: Handle, call: () => number, peers: readonly number[] | null = null): void {
+    this.collective(what, stream, () => this.ncclCheck(what, call()), peers);
+  }
+
+  /**
+   * Another rank has ended normally (it said goodbye): a collective of this rank with it that has
+   * started and is still not done `leftGraceMs` later waits for a rank that is gone, so the run
+   * ends with an error that says so instead of waiting out RINGATTN_GPU_TIMEOUT. (A collective it
+   * took part in ends within milliseconds of starting here: its side is done.)
+   */
+  private checkLeft(what: string): void {
+    const control = this.control;
+    if (!control || this.marks.size === 0 || control.leftCount() === 0) return;
+    const now = performance.now();
+    if (!this.leftSeenAt) this.leftSeenAt = now;
+    const query = this.ctx.drv.cuEventQuery!;
+    for (const mk of this.marks.values()) {
+      if (!mk.pending) continue;
+      let gone = -1;
+      if (mk.peers) gone = mk.peers.find((r) => control.hasLeft(r)) ?? -1;
+      else for (let r = 0; r < this.world && gone < 0; r++) if (control.hasLeft(r)) gone = r;
+      if (gone < 0) continue;
+      if (query(mk.after) === 0) {
+        mk.pending = false;
+        continue;
+      }
+      if (!mk.startedAt) {
+        if (query(mk.before) !== 0) continue; // the work ahead of it is still running
+        mk.startedAt = now;
+      }
+      if (now - Math.max(mk.startedAt, this.leftSeenAt) > this.leftGraceMs) {
+        const e = new RankError(this.rank, `${what}: rank ${gone} has ended while this rank's ${mk.what} still waits for it ${(this.leftGraceMs / 1000).toFixed(1)} s later (the ranks did not make the same collective calls)`);
+        this.control?.fail(e.detail);
+        this.stop(e);
+      }
+    }
+  }
+
   private waitUntil(what: string, query: () => number): void {
     if (this.failed) throw this.failed;
     const t0 = performance.now();
@@ -126,6 +216,7 @@ export class CudaGroup {
       if (rc === 0) return;
       if (rc !== CUDA_ERROR_NOT_READY) this.ctx.check(what, rc);
       this.poll();
+      this.checkLeft(what);
       const waited = performance.now() - t0;
       if (waited > this.waitTimeoutMs) {
         // This rank's failure: the others stop now, not at their own timeouts.
@@ -167,7 +258,7 @@ export class CudaGroup {
     try {
       this.ctx.upload(send, Float64Array.from(values));
       this.syncStream();
-      this.ncclCheck('ncclAllGather', this.nccl.ncclAllGather(send.ptr, recv.ptr, n, NCCL_DTYPE.float64, this.ncclComm, this.comm));
+      this.ncclOn('ncclAllGather', this.comm, () => this.nccl.ncclAllGather(send.ptr, recv.ptr, n, NCCL_DTYPE.float64, this.ncclComm, this.comm));
       this.syncStream(this.comm);
       const all = this.ctx.download(new Float64Array(n * this.world), recv);
       return Array.from({ length: this.world }, (_, r) => Array.from(all.subarray(r * n, (r + 1) * n)));
@@ -183,7 +274,7 @@ export class CudaGroup {
    */
   allGatherDevice(send: number, recv: number, count: number, dtype: keyof typeof NCCL_DTYPE = 'float32'): void {
     this.syncStream();
-    this.ncclCheck('ncclAllGather', this.nccl.ncclAllGather(send, recv, count, NCCL_DTYPE[dtype], this.ncclComm, this.comm));
+    this.ncclOn('ncclAllGather', this.comm, () => this.nccl.ncclAllGather(send, recv, count, NCCL_DTYPE[dtype], this.ncclComm, this.comm));
     this.syncStream(this.comm);
   }
 
@@ -193,13 +284,13 @@ export class CudaGroup {
    * a failed rank (a bare stream synchronize would wait forever on a dead peer's collective).
    */
   allGatherOnStream(send: number, recv: number, count: number, dtype: keyof typeof NCCL_DTYPE = 'float32'): void {
-    this.ncclCheck('ncclAllGather', this.nccl.ncclAllGather(send, recv, count, NCCL_DTYPE[dtype], this.ncclComm, this.ctx.stream));
+    this.ncclOn('ncclAllGather', this.ctx.stream, () => this.nccl.ncclAllGather(send, recv, count, NCCL_DTYPE[dtype], this.ncclComm, this.ctx.stream));
   }
 
   /** NCCL all-reduce (sum) of device memory, in place when send === recv; returns when done. */
   allReduceSumDevice(send: number, recv: number, count: number, dtype: keyof typeof NCCL_DTYPE = 'float32'): void {
     this.syncStream();
-    this.ncclCheck('ncclAllReduce', this.nccl.ncclAllReduce(send, recv, count, NCCL_DTYPE[dtype], NCCL_OP.sum, this.ncclComm, this.comm));
+    this.ncclOn('ncclAllReduce', this.comm, () => this.nccl.ncclAllReduce(send, recv, count, NCCL_DTYPE[dtype], NCCL_OP.sum, this.ncclComm, this.comm));
     this.syncStream(this.comm);
   }
 
@@ -208,7 +299,7 @@ export class CudaGroup {
     this.syncStream();
     if (this.world === 1) return;
     const w = this.word();
-    this.ncclCheck('ncclAllReduce(barrier)', this.nccl.ncclAllReduce(w.ptr, w.ptr, 1, NCCL_DTYPE.float32, NCCL_OP.sum, this.ncclComm, this.comm));
+    this.ncclOn('ncclAllReduce(barrier)', this.comm, () => this.nccl.ncclAllReduce(w.ptr, w.ptr, 1, NCCL_DTYPE.float32, NCCL_OP.sum, this.ncclComm, this.comm));
     this.syncStream(this.comm);
   }
 
@@ -231,6 +322,11 @@ export class CudaGroup {
   async close(): Promise<void> {
     if (!this.aborted) {
       this.syncAll();
+      for (const mk of this.marks.values()) {
+        this.ctx.drv.cuEventDestroy_v2(mk.before);
+        this.ctx.drv.cuEventDestroy_v2(mk.after);
+      }
+      this.marks.clear();
       this.ctx.free(this.scratch ?? undefined);
       this.nccl.ncclCommDestroy(this.ncclComm);
       this.ctx.drv.cuStreamDestroy_v2(this.comm);

@@ -196,7 +196,7 @@ export function gatherToRoot(g: CudaGroup, buf: DeviceBuffer, rows: number[], wi
   if (g.rank !== 0) {
     const bytes = rows[g.rank] * width * 4;
     if (bytes > 0) {
-      g.ncclCheck('ncclSend(gather)', g.nccl.ncclSend(buf.ptr, bytes, NCCL_DTYPE.uint8, 0, g.ncclComm, g.comm));
+      g.ncclOn('ncclSend(gather)', g.comm, () => g.nccl.ncclSend(buf.ptr, bytes, NCCL_DTYPE.uint8, 0, g.ncclComm, g.comm), [0]);
       g.syncStream(g.comm);
     }
     return null;
@@ -207,7 +207,7 @@ export function gatherToRoot(g: CudaGroup, buf: DeviceBuffer, rows: number[], wi
     for (let q = 1; q < g.world; q++) {
       const bytes = rows[q] * width * 4;
       if (bytes > 0) {
-        g.ncclCheck('ncclRecv(gather)', g.nccl.ncclRecv(tmp.ptr, bytes, NCCL_DTYPE.uint8, q, g.ncclComm, g.comm));
+        g.ncclOn('ncclRecv(gather)', g.comm, () => g.nccl.ncclRecv(tmp.ptr, bytes, NCCL_DTYPE.uint8, q, g.ncclComm, g.comm), [q]);
         g.syncStream(g.comm);
       }
       out.push(g.ctx.download(new Float32Array(rows[q] * width), tmp));

@@ -133,20 +133,22 @@ export class CudaTransport implements RingTransport<CudaBlock> {
     this.commWaitsCompute();
     const start = this.timeline.record(this.g.comm);
     const { nccl, ncclComm, comm } = this.g;
-    this.g.ncclCheck('ncclGroupStart', nccl.ncclGroupStart());
     let bytes = 0;
-    try {
-      for (const op of ops) {
-        if (op.bytes <= 0) continue;
-        if (op.send) this.g.ncclCheck(`ncclSend(${op.bytes} bytes to rank ${op.peer})`, nccl.ncclSend(op.ptr, op.bytes, NCCL_DTYPE.uint8, op.peer, ncclComm, comm));
-        else {
-          this.g.ncclCheck(`ncclRecv(${op.bytes} bytes from rank ${op.peer})`, nccl.ncclRecv(op.ptr, op.bytes, NCCL_DTYPE.uint8, op.peer, ncclComm, comm));
-          bytes += op.bytes;
+    this.g.collective(`ring step ${step} sends / receives`, comm, () => {
+      this.g.ncclCheck('ncclGroupStart', nccl.ncclGroupStart());
+      try {
+        for (const op of ops) {
+          if (op.bytes <= 0) continue;
+          if (op.send) this.g.ncclCheck(`ncclSend(${op.bytes} bytes to rank ${op.peer})`, nccl.ncclSend(op.ptr, op.bytes, NCCL_DTYPE.uint8, op.peer, ncclComm, comm));
+          else {
+            this.g.ncclCheck(`ncclRecv(${op.bytes} bytes from rank ${op.peer})`, nccl.ncclRecv(op.ptr, op.bytes, NCCL_DTYPE.uint8, op.peer, ncclComm, comm));
+            bytes += op.bytes;
+          }
         }
+      } finally {
+        this.g.ncclCheck('ncclGroupEnd', nccl.ncclGroupEnd());
       }
-    } finally {
-      this.g.ncclCheck('ncclGroupEnd', nccl.ncclGroupEnd());
-    }
+    }, [...new Set(ops.filter((op) => op.bytes > 0).map((op) => op.peer))]);
     const end = this.timeline.record(this.g.comm);
     this.timeline.transfer(step, this.phase, bytes, start, end);
     this.bytesIn += bytes;
@@ -314,7 +316,7 @@ export class CudaTransport implements RingTransport<CudaBlock> {
     if (this.ranks > 1 && total > 0) {
       this.commWaitsCompute();
       const start = this.timeline.record(g.comm);
-      g.ncclCheck('ncclAllReduce(sink dK/dV)', g.nccl.ncclAllReduce(gathered.grads!.ptr, gathered.grads!.ptr, 2 * total * row, NCCL_DTYPE.float32, NCCL_OP.sum, g.ncclComm, g.comm));
+      g.ncclOn('ncclAllReduce(sink dK/dV)', g.comm, () => g.nccl.ncclAllReduce(gathered.grads!.ptr, gathered.grads!.ptr, 2 * total * row, NCCL_DTYPE.float32, NCCL_OP.sum, g.ncclComm, g.comm));
       const end = this.timeline.record(g.comm);
       this.timeline.transfer(this.ranks - 1, 'backward', 2 * total * row * 4, start, end);
       this.computeWaits(end);

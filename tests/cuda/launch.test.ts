@@ -181,6 +181,26 @@ test('a rank killed while the others are in a collective: they abort NCCL and en
   }
 });
 
+test('a rank that ends normally without a collective the others wait in: they end within the grace, naming it, not at RINGATTN_GPU_TIMEOUT', async () => {
+  const grace = 1000;
+  const ranks = await stuckRanks('peer-leaves', 3, { STUCK_LEFT_GRACE_MS: String(grace) });
+  assert.equal(ranks[1].code, 0, `rank 1 ends normally:\n${ranks[1].err}`);
+  for (const r of [ranks[0], ranks[2]]) {
+    assert.ok(r.code === 1 || r.code === EXIT_SECONDARY, `rank ${r.rank}: code ${r.code} ${r.signal}\n${r.err}`);
+    assert.match(r.err, /rank 1 has ended while this rank's ncclAllGather still waits for it 1\.0 s later \(the ranks did not make the same collective calls\)/, r.err);
+    assert.match(r.err, /ncclCommAbort/, r.err);
+    assert.ok(r.afterWait < grace + 2500, `rank ${r.rank} ended ${r.afterWait} ms after entering the collective:\n${r.err}`);
+  }
+  assert.ok(ranks.some((r) => r.code === 1), 'a waiting rank reports it');
+});
+
+test('a rank that ends normally is no failure for a wait on other ranks (a receive from a live, busy rank)', async () => {
+  const ranks = await stuckRanks('other-leaves', 3, { STUCK_LEFT_GRACE_MS: '500' });
+  for (const r of ranks) assert.equal(r.code, 0, `rank ${r.rank}: code ${r.code}\n${r.err}`);
+  assert.match(ranks[0].err, /received/, ranks[0].err);
+  assert.ok(ranks[0].afterWait >= 2000, `rank 0 waited for rank 1 (${ranks[0].afterWait} ms)`);
+});
+
 test('a collective that never completes: RINGATTN_GPU_TIMEOUT ends every rank once, not once per wait', async () => {
   const timeout = 2000;
   const ranks = await stuckRanks('timeout', 2, { STUCK_TIMEOUT_MS: String(timeout) });

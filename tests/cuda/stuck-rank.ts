@@ -6,6 +6,10 @@
 //              device, which is stuck behind that collective) until NCCL is aborted.
 //   timeout:   every rank's collective never completes; RINGATTN_GPU_TIMEOUT bounds the wait, and
 //              cleanup waits once more (a synchronize in a finally).
+//   peer-leaves: rank 1 ends normally (says goodbye) without calling the collective the others
+//              wait in; they must notice within leftGraceMs (STUCK_LEFT_GRACE_MS), not at the timeout.
+//   other-leaves: rank 2 ends at once; rank 0 waits 2.5 s on a receive from rank 1 (alive, busy):
+//              not a failure, since the departed rank is not a peer of that receive.
 // Every stderr line carries the ms since start ("t=<ms> ...") for the test to read.
 import { writeSync } from 'node:fs';
 import { Control, rankEnv } from '../../src/cuda/control.js';
@@ -32,7 +36,14 @@ if (mode === 'peer-dies' && env.rank === 1) {
   drv.cuCtxGetStreamPriorityRange = (a: number[], b: number[]) => ((a[0] = 0), (b[0] = -5), 0);
   drv.cuStreamCreateWithPriority = (out: unknown[]) => ((out[0] = { stream: 'comm' }), 0);
   // the comm stream (the collective) never completes until NCCL is aborted
-  drv.cuStreamQuery = (s: { stream?: string } | null) => (s?.stream === 'comm' && !ncclAborted ? 600 : 0);
+  // A collective on the comm stream completes at releaseAt (never, unless set) or when NCCL is aborted.
+  let enqueued = false;
+  let releaseAt = Infinity;
+  const stuck = () => enqueued && !ncclAborted && Date.now() < releaseAt;
+  drv.cuStreamQuery = (s: { stream?: string } | null) => (s?.stream === 'comm' && stuck() ? 600 : 0);
+  drv.cuEventCreate = (out: unknown[]) => ((out[0] = { event: true, after: false }), 0);
+  drv.cuEventRecord = (ev: { after: boolean }, s: { stream?: string } | null) => ((ev.after = s?.stream === 'comm' && enqueued), 0);
+  drv.cuEventQuery = (ev: { after: boolean }) => (ev.after && stuck() ? 600 : 0);
   const free = drv.cuMemFree_v2 as (p: number) => number;
   drv.cuMemFree_v2 = (p: number) => {
     if (!ncclAborted) {
@@ -43,7 +54,7 @@ if (mode === 'peer-dies' && env.rank === 1) {
     return free(p);
   };
   const nccl = {
-    ncclAllGather: () => 0,
+    ncclAllGather: () => ((enqueued = true), 0),
     ncclCommGetAsyncError: (_c: unknown, e: number[]) => ((e[0] = 0), 0),
     ncclCommAbort: () => { log('ncclCommAbort'); ncclAborted = true; return 0; },
     ncclCommDestroy: () => 0,
@@ -54,9 +65,27 @@ if (mode === 'peer-dies' && env.rank === 1) {
     const control = await Control.start(env, { makeId: fakeId, graceMs });
     const ctx = CudaContext.open(0, drv as unknown as DriverApi);
     const G = CudaGroup as unknown as new (...a: unknown[]) => CudaGroup;
-    return new G(env, control, ctx, nccl, { comm: true }, timeoutMs);
+    const g = new G(env, control, ctx, nccl, { comm: true }, timeoutMs);
+    g.leftGraceMs = Number(process.env.STUCK_LEFT_GRACE_MS ?? 5000);
+    return g;
   };
   await rankMain(async (g) => {
+    if ((mode === 'peer-leaves' && env.rank === 1) || (mode === 'other-leaves' && env.rank === 2)) {
+      log('leaving without the collective');
+      return;
+    }
+    if (mode === 'other-leaves') {
+      if (env.rank === 1) {
+        await new Promise((r) => setTimeout(r, 2500));
+        log('rank 1 done');
+        return;
+      }
+      log('in allGatherF64'); // (the test's clock starts here)
+      g.ncclOn('ncclRecv(from rank 1)', g.comm, () => ((enqueued = true), (releaseAt = Date.now() + 2500), 0), [1]);
+      g.syncStream(g.comm);
+      log('received');
+      return;
+    }
     log('in allGatherF64');
     try {
       g.allGatherF64([env.rank]);

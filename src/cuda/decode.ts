@@ -162,7 +162,7 @@ export interface DecodePlan {
   run(): void;
 }
 
-type Path = { kind: 'mma'; mt: number } | { kind: 'generic' };
+type Path = { kind: 'ldg' } | { kind: 'mma'; mt: number } | { kind: 'generic' };
 
 /** Why (dtype, D) has no decode kernel, or null. */
 export function decodeSupported(dtype: CudaDType, D: number): string | null {
@@ -179,6 +179,10 @@ function supported(dtype: CudaDType, D: unknown): number {
 }
 
 function choosePath(dtype: CudaDType, D: number, R: number, cc: readonly [number, number]): Path {
+  // At most 8 query rows a KV head (one token of a GQA group up to 8:1, or a few tokens of a
+  // smaller one) at D = 128: the register-staged kernel (decl in decode.cu) with
+  // RINGATTN_DECODE_LDG=1 (off by default until it has run on a GPU).
+  if (dtype !== 'float32' && D === 128 && R <= 8 && cc[0] >= 8 && process.env.RINGATTN_DECODE_LDG === '1') return { kind: 'ldg' };
   if (dtype !== 'float32' && (D === 64 || D === 128) && cc[0] >= 8) {
     const tiles = Math.ceil(Math.min(R, 128) / 16);
     return { kind: 'mma', mt: tiles <= 1 ? 1 : tiles <= 2 ? 2 : tiles <= 4 ? 4 : 8 };
@@ -193,6 +197,8 @@ function mmaSmem(D: number, mt: number): number {
   const epi = warps * 16 * (D + 4) * 4 + 2 * warps * 16 * 4 + 128 * 4 * 4;
   return Math.max(pipe, epi);
 }
+/** Mirrors decl::BYTES: 8 warps' 16-row K and V tiles (the epilogue fits in them). */
+const LDG_SMEM = 8 * 2 * 16 * (128 + 8) * 2;
 function genericSmem(D: number, bytes: number): number {
   const BK = 32, stages = 3, RG = 8;
   return stages * (2 * BK * (D * bytes + 16) + 2 * BK * 4) + RG * D * 4;
@@ -291,7 +297,7 @@ export class CudaDecode {
   /** The kernel a call of this shape runs, e.g. 'cuda-decode/mma-d128-m1/bfloat16'. */
   kernelName(dtype: CudaDType, D: number, Sq = 1, G = 1): string {
     const p = choosePath(dtype, D, Sq * G, this.ctx.computeCapability);
-    return `cuda-decode/${p.kind === 'mma' ? `mma-d${D}-m${p.mt}` : 'generic'}/${dtype}`;
+    return `cuda-decode/${p.kind === 'ldg' ? `ldg-d${D}` : p.kind === 'mma' ? `mma-d${D}-m${p.mt}` : 'generic'}/${dtype}`;
   }
 
   private workspace(bytes: number): number {
@@ -324,12 +330,12 @@ export class CudaDecode {
     const { H, Hk, D, dtype } = a;
     const el = bytesOf(dtype);
     const path = choosePath(dtype, D, R, this.ctx.computeCapability);
-    const rowsPerPass = path.kind === 'mma' ? 128 : 8;
+    const rowsPerPass = path.kind === 'mma' ? 128 : 8;  // ldg: R <= 8
     const zGroups = Math.ceil(R / rowsPerPass);
     if (zGroups > 65535) throw new InputError('Sq', `too many query rows (Sq * H / Hk = ${R})`);
-    const name = path.kind === 'mma' ? `decode_mma_${SUFFIX[dtype]}_d${D}_m${path.mt}` : `decode_generic_${SUFFIX[dtype]}`;
-    const threads = path.kind === 'mma' ? Math.max(4, path.mt) * 32 : 128;
-    const smem = path.kind === 'mma' ? mmaSmem(D, path.mt) : genericSmem(D, el);
+    const name = path.kind === 'ldg' ? `decode_ldg_${SUFFIX[dtype]}_d${D}` : path.kind === 'mma' ? `decode_mma_${SUFFIX[dtype]}_d${D}_m${path.mt}` : `decode_generic_${SUFFIX[dtype]}`;
+    const threads = path.kind === 'ldg' ? 256 : path.kind === 'mma' ? Math.max(4, path.mt) * 32 : 128;
+    const smem = path.kind === 'ldg' ? LDG_SMEM : path.kind === 'mma' ? mmaSmem(D, path.mt) : genericSmem(D, el);
     const fn = this.ctx.fn('decode.cu', name, smem);
     const merge = this.ctx.fn('decode.cu', 'decode_merge');
     // CTAs an SM holds: shared memory (228 KB an SM, 1 KB reserved a CTA), registers, threads.
@@ -342,7 +348,7 @@ export class CudaDecode {
       if (c.window > 0 && x.sorted !== false) return Math.min(x.n, c.sinks + (a.causal ? 1 : 2) * c.window + Sq + 64);
       return x.n;
     });
-    const minRows = this.minChunkRows ?? (path.kind === 'mma' ? 256 : 128);
+    const minRows = this.minChunkRows ?? (path.kind === 'generic' ? 128 : 256);
     const slots = this.ctx.smCount * perSm;
     const chunkRows = this.chunkRowsOverride ??
       (this.waves ? Math.max(minRows, Math.ceil(bound.reduce((x, y) => x + y, 0) / Math.max(1, Math.floor((this.waves * slots) / (Hk * zGroups))))) : planChunkRows(bound, Hk * zGroups, slots, this.maxWaves, minRows));

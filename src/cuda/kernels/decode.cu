@@ -306,25 +306,17 @@ __device__ __forceinline__ void mergeIfLast(const DecodeParams& p, int b, int S,
 
 // ---- tensor-core path (bf16 / fp16, D = 64 or 128) --------------------------------------------
 
-#ifndef DEC_SPLIT
-#define DEC_SPLIT 0     // D=128: K and V tiles in single buffers, loaded alternately (see run)
-#endif
-#ifndef DEC_SPLIT_BK
-#define DEC_SPLIT_BK 128
-#endif
-
 namespace decm {
+constexpr int BK = 64;       // cache rows per pipeline stage
 constexpr int MAXR = 128;    // query rows per CTA pass
 
 template <int D> struct Cfg {
-  static constexpr bool SPLIT = D == 128 && DEC_SPLIT != 0;
-  static constexpr int BK = SPLIT ? DEC_SPLIT_BK : 64;           // cache rows per tile
   static constexpr int LD = D + 8;                                // smem row stride (elements): ldmatrix without conflicts
   // D=128: two stages (one tile loading while one is computed): 0.5-2.5% faster than three, most
   // at batch 8, at the same two CTAs an SM (registers, ~220 a thread, allow two; forcing three
-  // with 168 spilled and was 1-3% slower); four stages (one CTA an SM) slower (NOTES.md runs 27-28, 34).
-  // SPLIT: one K and one V buffer (the K + positions group and the V group alternate).
-  static constexpr int STAGES = SPLIT ? 1 : D == 64 ? 4 : 2;
+  // with 168 spilled and was 1-3% slower); four stages (one CTA an SM) slower (NOTES.md runs 27-28,
+  // 34); single K and V buffers loaded alternately no faster (run 41).
+  static constexpr int STAGES = D == 64 ? 4 : 2;
   static constexpr int STAGE_BYTES = 2 * BK * LD * 2 + 2 * BK * 4;  // K, V tiles + positions, segment ids
   static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
 };
@@ -342,9 +334,8 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
   constexpr int WARPS = MT < 4 ? 4 : MT;
   constexpr int THREADS = WARPS * 32;
   constexpr int SLICES = WARPS / MT;
-  constexpr int LD = Cfg<D>::LD, STAGES = Cfg<D>::STAGES, BK = Cfg<D>::BK;
-  constexpr bool SPLIT = Cfg<D>::SPLIT;
-  constexpr int KW = BK / SLICES;  // keys per warp per tile: 16, 32, 64 (or 128 with SPLIT's 128-row tiles)
+  constexpr int LD = Cfg<D>::LD, STAGES = Cfg<D>::STAGES;
+  constexpr int KW = BK / SLICES;  // keys per warp per stage: 16, 32 or 64
   constexpr int NT = KW / 8;
   constexpr int ND = D / 8;
   constexpr int CH = D / 8;  // 16-byte chunks per row
@@ -393,35 +384,13 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
     }
     dec::loadTilePos(sv, m.hasSeg, posB, segB, stagePos(st), tile, BK);
   };
-  // SPLIT: one tensor's tile (K with the positions, or V) into its single buffer.
-  auto loadOne = [&](bool isK, int tile) {
-    u16* dst = isK ? stageK(0) : stageV(0);
-    const T* base = isK ? kBase : vBase;
-#pragma unroll
-    for (int i = 0; i < BK * CH / THREADS; i++) {
-      const int cidx = threadIdx.x + i * THREADS;
-      const int r = cidx / CH, cc = (cidx % CH) * 8;
-      const int u = tile * BK + r;
-      const bool ok = u < sv.V;
-      cpAsync16(dst + r * LD + cc, base + (ok ? dec::rowOf(sv, u) : 0) * rowStride + cc, ok);
-    }
-    if (isK) dec::loadTilePos(sv, m.hasSeg, posB, segB, stagePos(0), tile, BK);
-  };
-
   // Start the pipeline before the search (early) or right after it, and before the query
   // fragments: their loads overlap the first tiles'.
   if (!early) dec::locate<THREADS>(p, b, s, S, BK, shInt, sv, t0, t1, false);
-  if constexpr (SPLIT) {
-    if (t0 < t1) loadOne(true, t0);
-    cpAsyncCommit();
-    if (t0 < t1) loadOne(false, t0);
-    cpAsyncCommit();
-  } else {
 #pragma unroll
-    for (int st = 0; st < STAGES - 1; st++) {
-      if (t0 + st < t1) load(st, t0 + st);
-      cpAsyncCommit();
-    }
+  for (int st = 0; st < STAGES - 1; st++) {
+    if (t0 + st < t1) load(st, t0 + st);
+    cpAsyncCommit();
   }
   if (early) dec::locate<THREADS>(p, b, s, S, BK, shInt, sv, t0, t1, true);
 
@@ -454,18 +423,11 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
 
   for (int tile = t0; tile < t1; tile++) {
     const int it = tile - t0;
-    int st = 0;
-    if constexpr (SPLIT) {
-      // Groups in flight: K(tile), V(tile). Wait for K only: V keeps loading during Q K^T.
-      cpAsyncWait<1>();
-      __syncthreads();
-    } else {
-      cpAsyncWait<STAGES - 2>();
-      __syncthreads();
-      if (tile + STAGES - 1 < t1) load((it + STAGES - 1) % STAGES, tile + STAGES - 1);
-      cpAsyncCommit();
-      st = it % STAGES;
-    }
+    cpAsyncWait<STAGES - 2>();
+    __syncthreads();
+    if (tile + STAGES - 1 < t1) load((it + STAGES - 1) % STAGES, tile + STAGES - 1);
+    cpAsyncCommit();
+    const int st = it % STAGES;
     const u16* Kb = stageK(st) + slice * KW * LD;
     const u16* Vb = stageV(st) + slice * KW * LD;
 
@@ -526,14 +488,6 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
         acc[n][2 * h + 1] *= corr;
       }
     }
-    if constexpr (SPLIT) {
-      // Every warp is done with the K tile and its positions: load the next K while V lands.
-      __syncthreads();
-      if (tile + 1 < t1) loadOne(true, tile + 1);
-      cpAsyncCommit();
-      cpAsyncWait<1>();
-      __syncthreads();
-    }
     // O += P V: the S accumulators are already in the A-fragment layout.
 #pragma unroll
     for (int kk = 0; kk < KW / 16; kk++) {
@@ -549,12 +503,6 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
         mma16816<T>(acc[2 * nd], a, bf[0], bf[1]);
         mma16816<T>(acc[2 * nd + 1], a, bf[2], bf[3]);
       }
-    }
-    if constexpr (SPLIT) {
-      // Every warp is done with the V tile: load the next V while the next K lands.
-      __syncthreads();
-      if (tile + 1 < t1) loadOne(false, tile + 1);
-      cpAsyncCommit();
     }
   }
   cpAsyncWait<0>();
@@ -616,6 +564,242 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
   dec::mergeIfLast(p, b, S, kh, r0, Rz, &shInt[3]);
 }
 }  // namespace decm
+
+// ---- register-staged path (bf16 / fp16, D = 128, at most 8 query rows a KV head) -----------------
+//
+// Why (NOTES.md run 42): on an H200 a cp.async read of the cache into shared memory stops at
+// ~4.3 TB/s whatever its stages, tile sizes or bytes in flight, while plain 16-byte loads into
+// registers reach ~4.6 with >= 64 KB in flight an SM spread over >= 512 threads. So: 8 warps a
+// CTA, two CTAs an SM (<= 128 registers a thread); each warp streams its own 16-row tiles (warp w
+// takes tiles t0 + w, t0 + w + 8, ...) with no CTA barrier until the epilogue. A tile's K and V
+// arrive in registers (8 x 16 bytes a thread each), are stored to the warp's shared tile and read
+// back by ldmatrix; one is in flight while the other is computed:
+//   st.shared K(j); load V(j); S^T = K Q^T, softmax; st.shared V(j); load K(next); O^T += V^T P^T.
+// The products are transposed (keys and head dims are the mma's M, query rows its N = 8): the
+// accumulator holds only the <= 8 query rows there are (32 registers where the mma path keeps a
+// 16-row tile in 64), P^T's B fragment comes from the scores' C fragment by two movmatrix.trans,
+// and a thread's two query columns are the same in S^T and O^T (the rescale needs no shuffles).
+namespace decl {
+constexpr int WARPS = 8, THREADS = WARPS * 32;
+constexpr int D = 128, BK = 16;                 // head dim; cache rows a warp tile
+constexpr int LD = D + 8;                       // shared row stride (elements): no bank conflicts
+constexpr int TILE = BK * LD;                   // elements of one K or V tile
+constexpr int PIPE_BYTES = WARPS * 2 * TILE * 2;
+constexpr int EPI_BYTES = WARPS * 8 * D * 4 + 2 * WARPS * 8 * 4;
+constexpr int BYTES = PIPE_BYTES > EPI_BYTES ? PIPE_BYTES : EPI_BYTES;  // host mirror: ldgSmem in decode.ts
+static_assert(BYTES == PIPE_BYTES, "the epilogue fits in the tiles' shared memory");
+
+__device__ __forceinline__ u32 movT(u32 x) {
+  u32 y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(y) : "r"(x));
+  return y;
+}
+__device__ __forceinline__ uint4 ldgNc(const void* g) {
+  uint4 v;
+  asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(g));
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ void run(const DecodeParams& p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ int shInt[4];
+  __shared__ int sQpos[2][8];  // query rows' positions and segment ids (the mask reads them; registers are short)
+  const int c = blockIdx.x, kh = blockIdx.y;
+  int b, s, S;
+  dec::chunkOf(p, c, b, s, S);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g8 = lane >> 2, q0 = 2 * (lane & 3);  // C fragments: rows g8, g8 + 8; columns q0, q0 + 1
+  const int G = p.H / p.Hk, R = p.R;
+  const Mask m = {p.causal, p.window, p.window > 0 ? p.sinks : 0, p.qSeg != nullptr};
+  dec::SeqView sv;
+  int t0, t1;
+  const bool early = dec::initView(p, m, b, s, S, BK, sv, t0, t1);
+  if (!early) dec::locate<THREADS>(p, b, s, S, BK, shInt, sv, t0, t1, false);
+
+  const i64 rowStride = (i64)p.Hk * D;
+  const T* kBase = (const T*)p.k[b] + (i64)kh * D + (lane & 15) * 8;
+  const T* vBase = (const T*)p.v[b] + (i64)kh * D + (lane & 15) * 8;
+  const int* posB = p.pos[b];
+  const int* segB = p.seg[b];
+  u16* sK = (u16*)smem + warp * 2 * TILE;
+  u16* sV = sK + TILE;
+  u16* sMine = sK + (lane >> 4) * LD + (lane & 15) * 8;  // this lane's first piece of a tile
+  const int vOff = TILE;
+
+  // Rows i * 2 + lane / 16 (i < 8) of tile `tile`, 16 bytes at column (lane % 16) * 8; rows past
+  // the visible ones read as zeros (their scores are masked, and 0 * V must not be NaN). A whole
+  // tile inside one interval of visible rows (all but at most two a sequence) is one pointer and
+  // a stride.
+  uint4 stg[8];
+  auto load = [&](const T* base, int tile) {
+    const int u0 = tile * BK;
+    if (u0 + BK <= sv.V && (u0 + BK <= sv.a1 || u0 >= sv.a1)) {
+      const T* g = base + (dec::rowOf(sv, u0) + (lane >> 4)) * rowStride;
+#pragma unroll
+      for (int i = 0; i < 8; i++) stg[i] = ldgNc(g + i * 2 * rowStride);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; i++) {
+        const int u = u0 + i * 2 + (lane >> 4);
+        stg[i] = u < sv.V ? ldgNc(base + dec::rowOf(sv, u) * rowStride) : make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+  };
+  auto store = [&](int off) {
+#pragma unroll
+    for (int i = 0; i < 8; i++) *(uint4*)(sMine + off + i * 2 * LD) = stg[i];
+  };
+  // Positions (and segment ids) of this thread's two keys, rows g8 and g8 + 8 of the tile.
+  int kp[2] = {0, 0}, ks[2] = {0, 0};
+  auto loadPos = [&](int tile) {
+    if (!sv.mask) return;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int u = tile * BK + g8 + 8 * h;
+      const i64 j = u < sv.V ? dec::rowOf(sv, u) : 0;
+      kp[h] = posB[j];
+      if (m.hasSeg) ks[h] = segB[j];
+    }
+  };
+
+  int tile = t0 + warp;
+  if (tile < t1) load(kBase, tile);  // in flight during the search (early) and the query loads
+  if (early) dec::locate<THREADS>(p, b, s, S, BK, shInt, sv, t0, t1, true);
+  if (tile < t1) loadPos(tile);
+
+  // Q^T as the B operand: column n = g8 is query row g8 (zero past R); k = head dims.
+  u32 qf[D / 16][2];
+  {
+    const T* q = (const T*)p.q;
+    const bool ok = g8 < R;
+    const int i = ok ? g8 / G : 0, g = ok ? g8 % G : 0;
+    const u32* qrow = (const u32*)(q + (((i64)b * p.Sq + i) * p.H + (i64)kh * G + g) * D);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+      qf[kk][0] = ok ? qrow[(kk * 16 + q0) / 2] : 0u;
+      qf[kk][1] = ok ? qrow[(kk * 16 + 8 + q0) / 2] : 0u;
+    }
+    if (threadIdx.x < 8) {
+      const int r = threadIdx.x;
+      const i64 qi = (i64)b * p.Sq + (r < R ? r / G : 0);
+      sQpos[0][r] = r < R ? p.qPos[qi] : 0;
+      sQpos[1][r] = r < R && m.hasSeg ? p.qSeg[qi] : 0;
+    }
+  }
+  __syncthreads();
+
+  float acc[D / 16][4];  // O^T: rows md * 16 + g8 (+ 8), columns q0, q0 + 1
+#pragma unroll
+  for (int md = 0; md < D / 16; md++) acc[md][0] = acc[md][1] = acc[md][2] = acc[md][3] = 0.f;
+  float rowMax[2] = {NEG_INF, NEG_INF}, rowSum[2] = {0.f, 0.f};  // columns q0, q0 + 1; log2 units
+  const float scaleLog2 = p.scaleLog2;
+
+  for (; tile < t1; tile += WARPS) {
+    __syncwarp();
+    store(0);  // K(tile)
+    __syncwarp();
+    load(vBase, tile);  // V(tile) in flight during S^T and the softmax
+
+    float sc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+      u32 a[4];
+      ldsm4(a, sK + (lane & 15) * LD + kk * 16 + (lane >> 4) * 8);
+      mma16816<T>(sc, a, qf[kk][0], qf[kk][1]);
+    }
+#pragma unroll
+    for (int e = 0; e < 4; e++) sc[e] *= scaleLog2;
+    const int u0 = tile * BK;
+    if (sv.mask || u0 + BK > sv.V) {
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int key = e >> 1, h = e & 1;
+        bool ok = u0 + g8 + 8 * key < sv.V;
+        if (ok && sv.mask) ok = visible(m, sQpos[0][q0 + h], kp[key], sQpos[1][q0 + h], ks[key]);  // kp: loaded with K(tile)
+        if (!ok) sc[e] = NEG_INF;
+      }
+    }
+    // Online softmax per query column; a column's 16 keys are spread over the 8 lanes of equal lane % 4.
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      float mx = fmaxf(sc[h], sc[2 + h]);
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+      const float mNew = fmaxf(rowMax[h], mx);
+      const float mUse = mNew == NEG_INF ? 0.f : mNew;
+      const float corr = exp2Fast(rowMax[h] - mUse);
+      rowMax[h] = mNew;
+      sc[h] = exp2Fast(sc[h] - mUse);
+      sc[2 + h] = exp2Fast(sc[2 + h] - mUse);
+      rowSum[h] = rowSum[h] * corr + sc[h] + sc[2 + h];
+#pragma unroll
+      for (int md = 0; md < D / 16; md++) {
+        acc[md][h] *= corr;
+        acc[md][2 + h] *= corr;
+      }
+    }
+    const u32 pb0 = movT(pack2<T>(sc[0], sc[1])), pb1 = movT(pack2<T>(sc[2], sc[3]));  // P^T, keys 0-7 / 8-15
+
+    __syncwarp();
+    store(vOff);  // V(tile)
+    __syncwarp();
+    if (tile + WARPS < t1) {
+      load(kBase, tile + WARPS);  // K(next) in flight during O^T += V^T P^T
+      loadPos(tile + WARPS);
+    }
+#pragma unroll
+    for (int md = 0; md < D / 16; md++) {
+      u32 a[4];
+      const int j = lane >> 3;
+      ldsm4T(a, sV + ((j >> 1) * 8 + (lane & 7)) * LD + md * 16 + (j & 1) * 8);
+      mma16816<T>(acc[md], a, pb0, pb1);
+    }
+  }
+
+  // Epilogue: the warps' (O^T, max, sum) meet in shared memory; one partial per query row.
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    rowSum[h] += __shfl_xor_sync(0xffffffffu, rowSum[h], 4);
+    rowSum[h] += __shfl_xor_sync(0xffffffffu, rowSum[h], 8);
+    rowSum[h] += __shfl_xor_sync(0xffffffffu, rowSum[h], 16);
+  }
+  __syncthreads();  // every warp is done with its tiles: the shared memory becomes the epilogue's
+  float* sAcc = (float*)smem;             // [WARPS][8][D]
+  float* sM = sAcc + WARPS * 8 * D;       // [WARPS][8]
+  float* sL = sM + WARPS * 8;             // [WARPS][8]
+#pragma unroll
+  for (int md = 0; md < D / 16; md++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) sAcc[(warp * 8 + q0 + (e & 1)) * D + md * 16 + g8 + 8 * (e >> 1)] = acc[md][e];
+  if (g8 == 0) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      sM[warp * 8 + q0 + h] = rowMax[h];
+      sL[warp * 8 + q0 + h] = rowSum[h];
+    }
+  }
+  __syncthreads();
+  const i64 part = ((i64)c * p.Hk + kh) * R;
+  for (int e = threadIdx.x; e < R * D; e += THREADS) {
+    const int r = e / D, d = e % D;
+    float M = NEG_INF;
+#pragma unroll
+    for (int w = 0; w < WARPS; w++) M = fmaxf(M, sM[w * 8 + r]);
+    float L = 0.f, o = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; w++) {
+      const float wt = M == NEG_INF ? 0.f : exp2f(sM[w * 8 + r] - M);
+      L += wt * sL[w * 8 + r];
+      o += wt * sAcc[(w * 8 + r) * D + d];
+    }
+    p.partO[(part + r) * D + d] = L > 0.f ? o / L : 0.f;
+    if (d == 0) p.partL[part + r] = L > 0.f ? M + log2f(L) : NEG_INF;
+  }
+  dec::mergeIfLast(p, b, S, kh, 0, R, &shInt[3]);
+}
+}  // namespace decl
 
 // ---- generic path (CUDA cores; fp32, bf16, fp16; D <= 256 with 16-byte rows) -------------------
 
@@ -948,6 +1132,8 @@ DEC_MMA(F16, f16, 128, 1)
 DEC_MMA(F16, f16, 128, 2)
 DEC_MMA(F16, f16, 128, 4)
 DEC_MMA(F16, f16, 128, 8)
+extern "C" __global__ void __launch_bounds__(decl::THREADS, 2) decode_ldg_bf16_d128(const __grid_constant__ DecodeParams p) { decl::run<Bf16>(p); }
+extern "C" __global__ void __launch_bounds__(decl::THREADS, 2) decode_ldg_f16_d128(const __grid_constant__ DecodeParams p) { decl::run<F16>(p); }
 extern "C" __global__ void __launch_bounds__(128) decode_generic_f32(const __grid_constant__ DecodeParams p) { decg::run<float>(p); }
 extern "C" __global__ void __launch_bounds__(128) decode_generic_bf16(const __grid_constant__ DecodeParams p) { decg::run<Bf16>(p); }
 extern "C" __global__ void __launch_bounds__(128) decode_generic_f16(const __grid_constant__ DecodeParams p) { decg::run<F16>(p); }

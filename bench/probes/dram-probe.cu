@@ -122,6 +122,50 @@ __global__ void __launch_bounds__(THREADS) direct(const uint16_t* K, const uint1
   if (acc == 0x9e3779b9u) sink[0] = acc;
 }
 
+// decode_ldg's load path without its arithmetic: 8 warps a CTA, each streaming its own 16-row
+// tiles (warp w: tiles w, w + 8, ...); a tile's K then V arrive in registers (8 x 16 bytes a
+// thread), go to the warp's shared tile, and one is in flight while the other is "used".
+__global__ void __launch_bounds__(256, 2) staged(const uint16_t* K, const uint16_t* V, long rows, long rowsPerChunk, unsigned* sink) {
+  constexpr int LD = D + 8, BK = 16;
+  extern __shared__ __align__(16) uint16_t sm[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const long r0 = blockIdx.x * rowsPerChunk, r1 = min(rows, r0 + rowsPerChunk);
+  const int kh = blockIdx.y;
+  const int tiles = (int)((r1 - r0 + BK - 1) / BK);
+  uint16_t* sK = sm + warp * 2 * BK * LD;
+  uint16_t* mine = sK + (lane >> 4) * LD + (lane & 15) * 8;
+  uint4 stg[8];
+  auto load = [&](const uint16_t* src, int t) {
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      long row = r0 + (long)t * BK + i * 2 + (lane >> 4);
+      if (row >= r1) row = r1 - 1;
+      const uint4* g = (const uint4*)(src + (row * HK + kh) * D + (lane & 15) * 8);
+      asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(stg[i].x), "=r"(stg[i].y), "=r"(stg[i].z), "=r"(stg[i].w) : "l"(g));
+    }
+  };
+  auto store = [&](int off) {
+#pragma unroll
+    for (int i = 0; i < 8; i++) *(uint4*)(mine + off + i * 2 * LD) = stg[i];
+  };
+  unsigned acc = 0;
+  int t = warp;
+  if (t < tiles) load(K, t);
+  for (; t < tiles; t += 8) {
+    __syncwarp();
+    store(0);
+    __syncwarp();
+    load(V, t);
+    acc ^= *(const unsigned*)(sK + (lane & 15) * LD + 2 * (lane >> 4));
+    __syncwarp();
+    store(BK * LD);
+    __syncwarp();
+    if (t + 8 < tiles) load(K, t + 8);
+    acc ^= *(const unsigned*)(sK + BK * LD + (lane & 15) * LD + 2 * (lane >> 4));
+  }
+  if (acc == 0x9e3779b9u) sink[0] = acc;
+}
+
 // Grid-stride read of both buffers as one array each (decode_read_bw's pattern).
 __global__ void __launch_bounds__(256) linear(const uint4* a, const uint4* b, long n, unsigned* sink) {
   const long stride = (long)gridDim.x * blockDim.x;
@@ -213,6 +257,14 @@ int main(int argc, char** argv) {
     printf("%-34s grid %d x 256  %8.3f ms  %5.2f TB/s\n", "linear (grid-stride, ld.cs)", sms * g * 4, ms, bytes / ms / 1e9);
   }
   for (int w : {1, 3}) {
+    const int smem = 100 * 1024;  // more than the tiles need: two CTAs an SM, as decode_ldg
+    CK(cudaFuncSetAttribute(staged, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    int perSm = 0;
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, staged, 256, smem));
+    const long chunks = std::max(1L, (long)w * sms * perSm / HK);
+    const long per = (rows + chunks - 1) / chunks;
+    const double ms = timeIt([&] { staged<<<dim3((unsigned)chunks, HK), 256, smem>>>(K, V, rows, per, sink); }, reps);
+    printf("%-34s waves %d  %d CTA/SM  %5ld CTAs  %6.1f KB/SM in flight  %8.3f ms  %5.2f TB/s\n", "ld.nc -> st.shared (decode_ldg)", w, perSm, chunks * HK, perSm * 256 * 128 / 1024.0, ms, bytes / ms / 1e9);
     runSkeleton<2, 64, 128, false>("cp.async 2 stages x 64 rows", K, V, rows, bytes, reps, sink, w);
     runSkeleton<3, 64, 128, false>("cp.async 3 stages x 64 rows", K, V, rows, bytes, reps, sink, w);
     runSkeleton<2, 32, 128, false>("cp.async 2 stages x 32 rows", K, V, rows, bytes, reps, sink, w);

@@ -16,6 +16,8 @@ export interface ControlInit {
 }
 
 /** left: how many other ranks have ended normally (said goodbye); ControlInit.left says which. */
-export const SLOT = { state: 0, failedRank: 1, textLen: 2, ack: 3, sent: 4, left: 5 } as const;
+/** beat: counted up by the control thread every HEARTBEAT_MS while it runs. */
+export const SLOT = { state: 0, failedRank: 1, textLen: 2, ack: 3, sent: 4, left: 5, beat: 6 } as const;
+export const HEARTBEAT_MS = 500;
 export const STATE = { rendezvous: 0, ready: 1, aborted: 2, error: 3 } as const;
 

@@ -1,7 +1,7 @@
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { writeSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import { SLOT, STATE, type ControlInit } from './control-proto.js';
+import { HEARTBEAT_MS, SLOT, STATE, type ControlInit } from './control-proto.js';
 
 /**
  * The control channel of a GPU rank, on its own thread (see control.ts): the TCP rendezvous
@@ -28,6 +28,9 @@ let server: Server | null = null;
 let upstream: Socket | null = null;
 let closing = false;
 let watchdog: NodeJS.Timeout | null = null;
+// The main thread checks that this thread is alive (Control.throwIfFailed): without it, no other
+// rank's failure would reach this one.
+const heartbeat = setInterval(() => Atomics.add(flags, SLOT.beat, 1), HEARTBEAT_MS);
 
 function setText(s: string): void {
   const b = Buffer.from(s, 'utf8').subarray(0, text.length);
@@ -226,6 +229,7 @@ parentPort?.on('message', (m: { type: string; message?: string }) => {
     }
   } else if (m.type === 'close') {
     closing = true;
+    clearInterval(heartbeat);
     if (watchdog) clearTimeout(watchdog);
     const finish = () => {
       for (const s of sockets.values()) s.destroy();

@@ -1,7 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import { InputError, RankError } from '../core/errors.js';
 import { startWorker } from '../core/worker.js';
-import { SLOT, STATE, type ControlInit } from './control-proto.js';
+import { HEARTBEAT_MS, SLOT, STATE, type ControlInit } from './control-proto.js';
 
 /**
  * A GPU rank's place in a job started by `ringattn launch` (or torchrun): torchrun's variables,
@@ -43,6 +43,8 @@ export interface ControlOptions {
   timeoutMs?: number;
   /** After an abort, how long the main thread has to stop before the process is ended (default 5 s; 0: never). */
   graceMs?: number;
+  /** A control thread whose heartbeat has not moved for this long has died: the rank fails (ms, default 15 s). */
+  heartbeatTimeoutMs?: number;
 }
 
 export interface Failure {
@@ -59,6 +61,9 @@ export class Control {
   private readonly text: Uint8Array;
   private readonly leftFlags: Int32Array;
   private closed = false;
+  private lastBeat = -1;
+  private beatSeenAt = 0;
+  heartbeatTimeoutMs = 15_000;
 
   private constructor(readonly env: RankEnv, readonly id: Uint8Array, private readonly worker: Worker, flagsBuf: SharedArrayBuffer, textBuf: SharedArrayBuffer, leftBuf: SharedArrayBuffer) {
     this.flags = new Int32Array(flagsBuf);
@@ -79,6 +84,7 @@ export class Control {
       graceMs: opts.graceMs ?? 5000, id: id ? Buffer.from(id).toString('base64') : undefined, flags, text, left,
     };
     const worker = startWorker(new URL('./control-worker.js', import.meta.url), { workerData: init });
+    let ready = false;
     const got = await new Promise<Uint8Array>((resolve, reject) => {
       worker.on('message', (m: { type: string; id?: string; rank?: number; message?: string }) => {
         if (m.type === 'ready' && id) resolve(id);
@@ -90,7 +96,14 @@ export class Control {
     });
     // Past the rendezvous the channel must not keep the process alive.
     worker.unref();
-    return new Control(env, got, worker, flags, text, left);
+    ready = true;
+    const control = new Control(env, got, worker, flags, text, left);
+    if (opts.heartbeatTimeoutMs !== undefined) control.heartbeatTimeoutMs = opts.heartbeatTimeoutMs;
+    // A control thread that ends on its own (not by close) can no longer pass failures on.
+    worker.on('exit', () => {
+      if (ready && !control.closed) control.lost('the control thread ended');
+    });
+    return control;
   }
 
   /** The first failure of any rank (this one included), or null. */
@@ -116,10 +129,34 @@ export class Control {
    * which blocks on the GPU (a free behind a collective that waits for a dead peer) cannot hang it.
    */
   throwIfFailed(): void {
+    this.checkHeartbeat();
     const f = this.failure();
     if (!f) return;
     if (f.rank === this.env.rank) throw new RankError(f.rank, f.message);
     throw new RankError(this.env.rank, `stopped because rank ${f.rank} failed: ${f.message}`, true);
+  }
+
+  /** The control thread is gone: record this rank's failure here (nothing else will). */
+  private lost(why: string): void {
+    if (Atomics.load(this.flags, SLOT.state) >= STATE.aborted) return;
+    const b = Buffer.from(`${why}: failures of other ranks can no longer reach this one`, 'utf8').subarray(0, this.text.length);
+    this.text.set(b);
+    Atomics.store(this.flags, SLOT.textLen, b.length);
+    Atomics.store(this.flags, SLOT.failedRank, this.env.rank);
+    Atomics.store(this.flags, SLOT.state, STATE.aborted);
+  }
+
+  /** Called by every poll: the control thread's heartbeat must move within heartbeatTimeoutMs. */
+  private checkHeartbeat(): void {
+    if (this.closed) return;
+    const beat = Atomics.load(this.flags, SLOT.beat);
+    const now = performance.now();
+    if (beat !== this.lastBeat) {
+      this.lastBeat = beat;
+      this.beatSeenAt = now;
+    } else if (now - this.beatSeenAt > Math.max(this.heartbeatTimeoutMs, 4 * HEARTBEAT_MS)) {
+      this.lost(`the control thread stopped (no heartbeat for ${Math.round(now - this.beatSeenAt)} ms)`);
+    }
   }
 
   /**

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { rankEnv } from '../../src/cuda/control.js';
+import { Control, rankEnv } from '../../src/cuda/control.js';
 import { errorLine, freePort, launch, EXIT_SECONDARY } from '../../src/cuda/launch.js';
 import { InputError } from '../../src/core/errors.js';
 
@@ -199,6 +199,40 @@ test('a rank that ends normally is no failure for a wait on other ranks (a recei
   for (const r of ranks) assert.equal(r.code, 0, `rank ${r.rank}: code ${r.code}\n${r.err}`);
   assert.match(ranks[0].err, /received/, ranks[0].err);
   assert.ok(ranks[0].afterWait >= 2000, `rank 0 waited for rank 1 (${ranks[0].afterWait} ms)`);
+});
+
+test('the control thread is watched: a blocked main thread is no failure; a thread that dies is, by its exit or by its heartbeat', async () => {
+  const start = async () => Control.start({ rank: 0, world: 1, localRank: 0, masterAddr: '127.0.0.1', masterPort: await freePort() }, { makeId: () => new Uint8Array(128), heartbeatTimeoutMs: 1500 });
+  const c = await start();
+  const worker = (c as unknown as { worker: { terminate(): Promise<number>; removeAllListeners(e: string): void } }).worker;
+  try {
+    c.throwIfFailed();
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2000); // the main thread busy for longer than the timeout
+    c.throwIfFailed();
+    assert.equal(c.failure(), null);
+    // The thread dies where the main thread cannot see its exit (blocked in GPU waits): the heartbeat stops.
+    worker.removeAllListeners('exit');
+    await worker.terminate();
+    const t0 = Date.now();
+    let err: unknown = null;
+    while (!err && Date.now() - t0 < 5000) {
+      try {
+        c.throwIfFailed();
+      } catch (e) {
+        err = e;
+      }
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+    }
+    assert.match(String(err), /rank 0: the control thread stopped \(no heartbeat for \d+ ms\): failures of other ranks can no longer reach this one/);
+    assert.ok(Date.now() - t0 >= 1000, 'not before the timeout');
+  } finally {
+    c.acknowledge();
+  }
+  // Its exit, seen by the event loop, fails the rank at once.
+  const d = await start();
+  await (d as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+  await new Promise((r) => setTimeout(r, 50));
+  assert.throws(() => d.throwIfFailed(), /the control thread ended: failures of other ranks can no longer reach this one/);
 });
 
 test('a collective that never completes: RINGATTN_GPU_TIMEOUT ends every rank once, not once per wait', async () => {

@@ -21,12 +21,15 @@
 // softmax per query row. It ends with an fp32 partial per row (O normalised, LSE in log2 units of
 // the scaled logits); decode_merge folds a sequence's partials into the running (o, lse).
 //
-// Measured on an H200 (bf16, H=32, Hk=8, D=128, one token, 1M cache): ~4.2 TB/s; cuDNN SDPA
-// ~4.35-4.6. The cp.async L2::256B prefetch hint cost ~6% of read bandwidth there and is not
-// used, an L2 evict-first policy on the loads changed nothing; reading a head's 256-byte rows at
-// a 2 KB stride costs ~1% against contiguous rows.
+// Measured on an H200 (bf16, H=32, Hk=8, D=128, one token, 1M cache): decode_ldg 4.48-4.59 TB/s,
+// cuDNN SDPA 4.48-4.58 in the same runs; the mma path ~4.2-4.3, the ceiling of its cp.async loads
+// (NOTES.md runs 42-43). The cp.async L2::256B prefetch hint cost ~6% of read bandwidth there and
+// is not used, an L2 evict-first policy on the loads changed nothing; reading a head's 256-byte
+// rows at a 2 KB stride costs ~1% against contiguous rows.
 //
-// Paths: decode_mma_{bf16,f16}_d{64,128}_m{1,2,4,8}: mma.sync m16n8k16; M = query rows in m16
+// Paths: decode_ldg_{bf16,f16}_d128: D=128 with at most 8 query rows a KV head (one token of a
+// GQA group up to 8:1), cache tiles through registers (see decl below). Else
+// decode_mma_{bf16,f16}_d{64,128}_m{1,2,4,8}: mma.sync m16n8k16; M = query rows in m16
 // tiles (m = tiles rounded up to a power of two), the warps beyond the tiles split each 64-key
 // tile (4 warps, or 8 when m = 8). decode_generic_{f32,bf16,f16}: CUDA cores, exact exp2f, any
 // D <= 256 with 16-byte rows; 8 query rows a pass (grid z over row groups).

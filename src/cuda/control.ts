@@ -63,6 +63,9 @@ export class Control {
   private closed = false;
   private lastBeat = -1;
   private beatSeenAt = 0;
+  private checkedAt = 0;
+  /** The control thread is gone (lost()): nothing to tell it, nothing to wait for. */
+  private dead = false;
   heartbeatTimeoutMs = 15_000;
 
   private constructor(readonly env: RankEnv, readonly id: Uint8Array, private readonly worker: Worker, flagsBuf: SharedArrayBuffer, textBuf: SharedArrayBuffer, leftBuf: SharedArrayBuffer) {
@@ -84,7 +87,6 @@ export class Control {
       graceMs: opts.graceMs ?? 5000, id: id ? Buffer.from(id).toString('base64') : undefined, flags, text, left,
     };
     const worker = startWorker(new URL('./control-worker.js', import.meta.url), { workerData: init });
-    let ready = false;
     const got = await new Promise<Uint8Array>((resolve, reject) => {
       worker.on('message', (m: { type: string; id?: string; rank?: number; message?: string }) => {
         if (m.type === 'ready' && id) resolve(id);
@@ -96,12 +98,11 @@ export class Control {
     });
     // Past the rendezvous the channel must not keep the process alive.
     worker.unref();
-    ready = true;
     const control = new Control(env, got, worker, flags, text, left);
     if (opts.heartbeatTimeoutMs !== undefined) control.heartbeatTimeoutMs = opts.heartbeatTimeoutMs;
     // A control thread that ends on its own (not by close) can no longer pass failures on.
     worker.on('exit', () => {
-      if (ready && !control.closed) control.lost('the control thread ended');
+      if (!control.closed) control.lost('the control thread ended');
     });
     return control;
   }
@@ -138,6 +139,7 @@ export class Control {
 
   /** The control thread is gone: record this rank's failure here (nothing else will). */
   private lost(why: string): void {
+    this.dead = true;
     if (Atomics.load(this.flags, SLOT.state) >= STATE.aborted) return;
     const b = Buffer.from(`${why}: failures of other ranks can no longer reach this one`, 'utf8').subarray(0, this.text.length);
     this.text.set(b);
@@ -151,7 +153,11 @@ export class Control {
     if (this.closed) return;
     const beat = Atomics.load(this.flags, SLOT.beat);
     const now = performance.now();
-    if (beat !== this.lastBeat) {
+    // After a gap in this thread's own checks (a busy main thread, or the whole process
+    // suspended: then the beat may not have caught up yet), the watch starts again.
+    const gap = now - this.checkedAt > 4 * HEARTBEAT_MS;
+    this.checkedAt = now;
+    if (beat !== this.lastBeat || gap) {
       this.lastBeat = beat;
       this.beatSeenAt = now;
     } else if (now - this.beatSeenAt > Math.max(this.heartbeatTimeoutMs, 4 * HEARTBEAT_MS)) {
@@ -164,7 +170,7 @@ export class Control {
    * when another rank's failure is what stopped this one.
    */
   fail(message: string, waitMs = 2000): void {
-    if (this.closed) return;
+    if (this.closed || this.dead) return;
     const f = this.failure();
     if (f && f.rank !== this.env.rank) return;
     this.worker.postMessage({ type: 'fail', message });
@@ -185,6 +191,7 @@ export class Control {
     if (this.closed) return;
     this.closed = true;
     Atomics.store(this.flags, SLOT.ack, 1);
+    if (this.dead) return;
     await new Promise<void>((resolve) => {
       const t = setTimeout(resolve, 2000);
       this.worker.once('exit', () => {

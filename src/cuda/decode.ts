@@ -283,7 +283,7 @@ export class CudaDecode {
     this.merge = merge;
   }
 
-  /** Arrival counters for `count` (CTA groups of one launch), zeroed when (re)allocated. */
+  /** Arrival counters for `count` (CTA groups of one launch), zeroed when (re)allocated; plans made before a reallocation are stale, as for the workspace. */
   private countersFor(count: number): number {
     if (!this.counters || this.counters.bytes < count * 4) {
       if (this.counters) this.ctx.sync();
@@ -291,6 +291,7 @@ export class CudaDecode {
       this.counters = undefined;
       this.counters = this.ctx.alloc(Math.max(count * 4, 4096));
       this.ctx.fill32(this.counters, 0, this.counters.bytes / 4);
+      this.generation++;
     }
     return this.counters.ptr;
   }
@@ -405,7 +406,7 @@ export class CudaDecode {
     return {
       info,
       run: () => {
-        if (this.generation !== gen || !this.work) throw new BackendError('decode plan is stale: its workspace was replaced by a larger plan (plan again)');
+        if (this.generation !== gen || !this.work) throw new BackendError('decode plan is stale: its workspace or merge counters were replaced by a larger plan's (plan again)');
         for (const l of launches) {
           if (l.chunks > 0) ctx.launch(fn, name, [l.chunks, Hk, zGroups], threads, smem, [l.params]);
           if (l.chunks > 0 && !fused) ctx.launch(merge, 'decode_merge', [l.rows, 1, 1], 256, 0, [l.params]);

@@ -148,7 +148,8 @@ export class CudaGroup {
    * Enqueue NCCL call(s) on `stream` between two events: `call` makes them (a single call, or a
    * ncclGroupStart ... ncclGroupEnd) with `peers` (default: every rank). A later wait can then
    * tell a collective that has started and waits for a rank that has ended (checkLeft) from work
-   * queued ahead of it.
+   * queued ahead of it. Only the latest call on a stream is marked: one stuck behind it in the
+   * queue is left to RINGATTN_GPU_TIMEOUT.
    */
   collective(what: string, stream: Handle, call: () => void, peers: readonly number[] | null = null): void {
     let mk = this.marks.get(stream);
@@ -188,8 +189,12 @@ export class CudaGroup {
     const query = this.ctx.drv.cuEventQuery!;
     for (const mk of this.marks.values()) {
       if (!mk.pending) continue;
+      // A departed rank proves a mismatch for a collective of all ranks or a transfer with it
+      // alone; a group with several peers (a ring step: send to one, receive from another) may
+      // still wait, rightly, on a live one after the departed peer's part is done.
+      if (mk.peers && mk.peers.length !== 1) continue;
       let gone = -1;
-      if (mk.peers) gone = mk.peers.find((r) => control.hasLeft(r)) ?? -1;
+      if (mk.peers) gone = control.hasLeft(mk.peers[0]) ? mk.peers[0] : -1;
       else for (let r = 0; r < this.world && gone < 0; r++) if (control.hasLeft(r)) gone = r;
       if (gone < 0) continue;
       if (query(mk.after) === 0) {

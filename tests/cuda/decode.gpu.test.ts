@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 import { InputError } from '../../src/core/errors.js';
 import { cudaAvailable } from '../../src/cuda/check.js';
-import { CudaContext } from '../../src/cuda/context.js';
+import { CudaContext, type DeviceBuffer } from '../../src/cuda/context.js';
 import type { CudaDType } from '../../src/cuda/convert.js';
 import { CudaDecode, decodeAttentionCuda, mergeGatheredDevice } from '../../src/cuda/decode.js';
 import { launch } from '../../src/cuda/launch.js';
@@ -289,6 +289,33 @@ test('decode: the fused merge (last CTA of a sequence) and the merge kernel, eac
       d.dispose();
       forced.dispose();
     }
+  }
+});
+
+test('decode: a plan made before the fused merge\'s counters grew is stale (run() says so, as for the workspace)', { skip }, () => {
+  const c = context();
+  const d = new CudaDecode(c, { merge: 'fused', chunkRows: 16 });
+  const bufs: DeviceBuffer[] = [];
+  const alloc = (bytes: number) => {
+    const b = c.alloc(bytes);
+    bufs.push(b);
+    c.fill32(b, 0, b.bytes / 4);
+    return b.ptr;
+  };
+  const args = (B: number, Hk: number, n: number) => ({
+    q: alloc(B * Hk * 128 * 2), qPos: alloc(B * 4), Sq: 1, H: Hk, Hk, D: 128, dtype: 'bfloat16' as const, causal: false, o: alloc(B * Hk * 128 * 4), lse: alloc(B * Hk * 4),
+    caches: Array.from({ length: B }, () => ({ k: alloc(n * Hk * 128 * 2), v: alloc(n * Hk * 128 * 2), pos: alloc(n * 4), n })),
+  });
+  try {
+    d.plan(args(1, 8, 8192)).run(); // a large workspace (512 chunks), 8 counters
+    const small = d.plan(args(1, 8, 16));
+    small.run();
+    d.plan(args(64, 32, 16)).run(); // the workspace is large enough; 2048 counters are not
+    assert.throws(() => small.run(), /decode plan is stale/);
+    c.sync();
+  } finally {
+    d.dispose();
+    for (const b of bufs) c.free(b);
   }
 });
 

@@ -194,7 +194,7 @@ test('a rank that ends normally without a collective the others wait in: they en
   assert.ok(ranks.some((r) => r.code === 1), 'a waiting rank reports it');
 });
 
-test('a rank that ends normally is no failure for a wait on other ranks (a receive from a live, busy rank)', async () => {
+test('a rank that ends normally is no failure for a wait on other ranks (a receive from a live, busy rank; a ring step whose send to it is done)', async () => {
   const ranks = await stuckRanks('other-leaves', 3, { STUCK_LEFT_GRACE_MS: '500' });
   for (const r of ranks) assert.equal(r.code, 0, `rank ${r.rank}: code ${r.code}\n${r.err}`);
   assert.match(ranks[0].err, /received/, ranks[0].err);

@@ -8,8 +8,9 @@
 //              cleanup waits once more (a synchronize in a finally).
 //   peer-leaves: rank 1 ends normally (says goodbye) without calling the collective the others
 //              wait in; they must notice within leftGraceMs (STUCK_LEFT_GRACE_MS), not at the timeout.
-//   other-leaves: rank 2 ends at once; rank 0 waits 2.5 s on a receive from rank 1 (alive, busy):
-//              not a failure, since the departed rank is not a peer of that receive.
+//   other-leaves: rank 2 ends at once; rank 0 waits 1.2 s on a receive from rank 1 (alive, busy),
+//              then 1.2 s on a group sending to rank 2 and receiving from rank 1 (a ring step whose
+//              send is done): neither is a failure (the departed rank is not the one waited for).
 // Every stderr line carries the ms since start ("t=<ms> ...") for the test to read.
 import { writeSync } from 'node:fs';
 import { Control, rankEnv } from '../../src/cuda/control.js';
@@ -41,9 +42,10 @@ if (mode === 'peer-dies' && env.rank === 1) {
   let releaseAt = Infinity;
   const stuck = () => enqueued && !ncclAborted && Date.now() < releaseAt;
   drv.cuStreamQuery = (s: { stream?: string } | null) => (s?.stream === 'comm' && stuck() ? 600 : 0);
-  drv.cuEventCreate = (out: unknown[]) => ((out[0] = { event: true, after: false }), 0);
-  drv.cuEventRecord = (ev: { after: boolean }, s: { stream?: string } | null) => ((ev.after = s?.stream === 'comm' && enqueued), 0);
-  drv.cuEventQuery = (ev: { after: boolean }) => (ev.after && stuck() ? 600 : 0);
+  // An event on the comm stream completes when the collective queued ahead of it does.
+  drv.cuEventCreate = (out: unknown[]) => ((out[0] = { event: true, until: 0 }), 0);
+  drv.cuEventRecord = (ev: { until: number }, s: { stream?: string } | null) => ((ev.until = s?.stream === 'comm' && enqueued ? releaseAt : 0), 0);
+  drv.cuEventQuery = (ev: { until: number }) => (!ncclAborted && Date.now() < ev.until ? 600 : 0);
   const free = drv.cuMemFree_v2 as (p: number) => number;
   drv.cuMemFree_v2 = (p: number) => {
     if (!ncclAborted) {
@@ -76,12 +78,14 @@ if (mode === 'peer-dies' && env.rank === 1) {
     }
     if (mode === 'other-leaves') {
       if (env.rank === 1) {
-        await new Promise((r) => setTimeout(r, 2500));
+        await new Promise((r) => setTimeout(r, 3000));
         log('rank 1 done');
         return;
       }
       log('in allGatherF64'); // (the test's clock starts here)
-      g.ncclOn('ncclRecv(from rank 1)', g.comm, () => ((enqueued = true), (releaseAt = Date.now() + 2500), 0), [1]);
+      g.ncclOn('ncclRecv(from rank 1)', g.comm, () => ((enqueued = true), (releaseAt = Date.now() + 1200), 0), [1]);
+      g.syncStream(g.comm);
+      g.collective('ring step (send to 2, receive from 1)', g.comm, () => { releaseAt = Date.now() + 1200; }, [2, 1]);
       g.syncStream(g.comm);
       log('received');
       return;

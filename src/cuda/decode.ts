@@ -406,7 +406,7 @@ export class CudaDecode {
     return {
       info,
       run: () => {
-        if (this.generation !== gen || !this.work) throw new BackendError('decode plan is stale: its workspace or merge counters were replaced by a larger plan's (plan again)');
+        if (this.generation !== gen || !this.work) throw new BackendError('decode plan is stale: its workspace or merge counters were replaced by a larger plan (plan again)');
         for (const l of launches) {
           if (l.chunks > 0) ctx.launch(fn, name, [l.chunks, Hk, zGroups], threads, smem, [l.params]);
           if (l.chunks > 0 && !fused) ctx.launch(merge, 'decode_merge', [l.rows, 1, 1], 256, 0, [l.params]);

@@ -182,8 +182,9 @@ function choosePath(dtype: CudaDType, D: number, R: number, cc: readonly [number
   // At most 8 query rows a KV head (one token of a GQA group up to 8:1, or a few tokens of a
   // smaller one) at D = 128: the register-staged kernel (decl in decode.cu; 4.46-4.59 TB/s on an
   // H200, 0.97-1.00x cuDNN, where the mma path's cp.async loads stop at ~4.3; NOTES.md run 43).
-  // RINGATTN_DECODE_LDG=0 picks the mma path.
-  if (dtype !== 'float32' && D === 128 && R <= 8 && cc[0] >= 8 && process.env.RINGATTN_DECODE_LDG !== '0') return { kind: 'ldg' };
+  // RINGATTN_DECODE_LDG=0 picks the mma path. Only on sm_90 and later, where it was measured
+  // (at sm_80 it spills a few bytes and is untried).
+  if (dtype !== 'float32' && D === 128 && R <= 8 && cc[0] >= 9 && process.env.RINGATTN_DECODE_LDG !== '0') return { kind: 'ldg' };
   if (dtype !== 'float32' && (D === 64 || D === 128) && cc[0] >= 8) {
     const tiles = Math.ceil(Math.min(R, 128) / 16);
     return { kind: 'mma', mt: tiles <= 1 ? 1 : tiles <= 2 ? 2 : tiles <= 4 ? 4 : 8 };

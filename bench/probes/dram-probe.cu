@@ -28,7 +28,8 @@ template <int N> __device__ __forceinline__ void waitGroup() { asm volatile("cp.
 // Decode's skeleton: STAGES stages of BK-row K and V tiles (rows padded to D + 8 elements), the
 // next tile issued after a wait for the oldest and a barrier; the "compute" reads one 16-byte
 // piece a thread so the copies have a consumer. SPLIT: single K and V buffers loaded alternately
-// (K(t+1) while V(t) is consumed, V(t+1) while K(t+1) is), as run -DDEC_SPLIT does.
+// (K(t+1) while V(t) is consumed, V(t+1) while K(t+1) is), as the rejected -DDEC_SPLIT build did
+// (kernels/NOTES.md run 41).
 template <int STAGES, int BK, int THREADS, bool SPLIT>
 __global__ void __launch_bounds__(THREADS) skeleton(const uint16_t* K, const uint16_t* V, long rows, long rowsPerChunk, unsigned* sink) {
   constexpr int LD = D + 8;

@@ -1,7 +1,7 @@
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { writeSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import { HEARTBEAT_MS, SLOT, STATE, type ControlInit } from './control-proto.js';
+import { HEARTBEAT_MS, recordFailure, SLOT, STATE, type ControlInit } from './control-proto.js';
 
 /**
  * The control channel of a GPU rank, on its own thread (see control.ts): the TCP rendezvous
@@ -32,18 +32,9 @@ let watchdog: NodeJS.Timeout | null = null;
 // rank's failure would reach this one.
 const heartbeat = setInterval(() => Atomics.add(flags, SLOT.beat, 1), HEARTBEAT_MS);
 
-function setText(s: string): void {
-  const b = Buffer.from(s, 'utf8').subarray(0, text.length);
-  text.set(b);
-  Atomics.store(flags, SLOT.textLen, b.length);
-}
-
 /** Record a failure for the main thread (first one wins) and arm the watchdog. */
 function abort(rank: number, message: string, state: number = STATE.aborted): void {
-  if (Atomics.load(flags, SLOT.state) >= STATE.aborted) return;
-  setText(message);
-  Atomics.store(flags, SLOT.failedRank, rank);
-  Atomics.store(flags, SLOT.state, state);
+  if (!recordFailure(flags, text, rank, message, state)) return;
   Atomics.notify(flags, SLOT.state);
   parentPort?.postMessage({ type: 'abort', rank, message });
   if (state === STATE.aborted) armWatchdog(rank, message);
@@ -216,12 +207,7 @@ parentPort?.on('message', (m: { type: string; message?: string }) => {
       Atomics.store(flags, SLOT.sent, 1);
       Atomics.notify(flags, SLOT.sent);
     };
-    if (Atomics.load(flags, SLOT.state) < STATE.aborted) {
-      setText(message);
-      Atomics.store(flags, SLOT.failedRank, init.rank);
-      Atomics.store(flags, SLOT.state, STATE.aborted);
-      armWatchdog(init.rank, message); // its cleanup may block on the GPU too
-    }
+    if (recordFailure(flags, text, init.rank, message, STATE.aborted)) armWatchdog(init.rank, message); // its cleanup may block on the GPU too
     if (init.rank === 0) {
       Promise.all([...sockets.values()].map((s) => send(s, { abort: 0, message }))).then(done, done);
     } else {

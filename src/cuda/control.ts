@@ -1,7 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import { InputError, RankError } from '../core/errors.js';
 import { startWorker } from '../core/worker.js';
-import { HEARTBEAT_MS, SLOT, STATE, type ControlInit } from './control-proto.js';
+import { HEARTBEAT_MS, recordFailure, SLOT, STATE, type ControlInit } from './control-proto.js';
 
 /**
  * A GPU rank's place in a job started by `ringattn launch` (or torchrun): torchrun's variables,
@@ -140,12 +140,7 @@ export class Control {
   /** The control thread is gone: record this rank's failure here (nothing else will). */
   private lost(why: string): void {
     this.dead = true;
-    if (Atomics.load(this.flags, SLOT.state) >= STATE.aborted) return;
-    const b = Buffer.from(`${why}: failures of other ranks can no longer reach this one`, 'utf8').subarray(0, this.text.length);
-    this.text.set(b);
-    Atomics.store(this.flags, SLOT.textLen, b.length);
-    Atomics.store(this.flags, SLOT.failedRank, this.env.rank);
-    Atomics.store(this.flags, SLOT.state, STATE.aborted);
+    recordFailure(this.flags, this.text, this.env.rank, `${why}: failures of other ranks can no longer reach this one`, STATE.aborted);
   }
 
   /** Called by every poll: the control thread's heartbeat must move within heartbeatTimeoutMs. */

@@ -236,17 +236,21 @@ __device__ __forceinline__ void loadTilePos(const SeqView& sv, bool hasSeg, cons
   if (hasSeg) cpAsync4(sp + bk + threadIdx.x, segB + j, ok);
 }
 
-// One chunk partial folded into a running log-sum-exp merge (m, l in log2 units; acc unnormalised).
-__device__ __forceinline__ void foldPartial(float L, float4 x, float& m, float& l, float4& acc) {
+// One more chunk partial, of LSE L, in a running log-sum-exp merge (m, l in log2 units): a is the
+// factor for what was folded so far, w the new partial's weight (fold its O with foldAcc).
+__device__ __forceinline__ void foldWeights(float L, float& m, float& l, float& a, float& w) {
   const float mNew = fmaxf(m, L);  // L = -inf: an empty chunk (its O is 0)
   const float mUse = mNew == NEG_INF ? 0.f : mNew;
-  const float a = exp2f(m - mUse), w = exp2f(L - mUse);
+  a = exp2f(m - mUse);
+  w = exp2f(L - mUse);
   l = l * a + w;
+  m = mNew;
+}
+__device__ __forceinline__ void foldAcc(float4& acc, float a, float w, float4 x) {
   acc.x = acc.x * a + w * x.x;
   acc.y = acc.y * a + w * x.y;
   acc.z = acc.z * a + w * x.z;
   acc.w = acc.w * a + w * x.w;
-  m = mNew;
 }
 
 // Four columns of output row `orow`: the folded partials (max M and weight W in log2 units, sum
@@ -299,7 +303,9 @@ __device__ __forceinline__ void mergeIfLast(const DecodeParams& p, int b, int S,
 #pragma unroll 8
     for (int c = c0; c < c1; c++) {
       const i64 pr = c * stride + base;  // other CTAs wrote these: L2, not this SM's L1
-      foldPartial(__ldcg(p.partL + pr), __ldcg((const float4*)(p.partO + pr * p.D + d)), m, l, acc);
+      float a, w;
+      foldWeights(__ldcg(p.partL + pr), m, l, a, w);
+      foldAcc(acc, a, w, __ldcg((const float4*)(p.partO + pr * p.D + d)));
     }
     mergeOut(p, orow, d, m, l, acc, lseOld, cur, d == 0);
   }
@@ -589,7 +595,7 @@ constexpr int LD = D + 8;                       // shared row stride (elements):
 constexpr int TILE = BK * LD;                   // elements of one K or V tile
 constexpr int PIPE_BYTES = WARPS * 2 * TILE * 2;
 constexpr int EPI_BYTES = WARPS * 8 * D * 4 + 2 * WARPS * 8 * 4;
-constexpr int BYTES = PIPE_BYTES > EPI_BYTES ? PIPE_BYTES : EPI_BYTES;  // host mirror: ldgSmem in decode.ts
+constexpr int BYTES = PIPE_BYTES > EPI_BYTES ? PIPE_BYTES : EPI_BYTES;  // host mirror: LDG_SMEM in decode.ts
 static_assert(BYTES == PIPE_BYTES, "the epilogue fits in the tiles' shared memory");
 
 __device__ __forceinline__ u32 movT(u32 x) {
@@ -627,8 +633,7 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
   const int* segB = p.seg[b];
   u16* sK = (u16*)smem + warp * 2 * TILE;
   u16* sV = sK + TILE;
-  u16* sMine = sK + (lane >> 4) * LD + (lane & 15) * 8;  // this lane's first piece of a tile
-  const int vOff = TILE;
+  u16* sMine = sK + (lane >> 4) * LD + (lane & 15) * 8;  // this lane's first piece of a tile (+ TILE: of V's)
 
   // Rows i * 2 + lane / 16 (i < 8) of tile `tile`, 16 bytes at column (lane % 16) * 8; rows past
   // the visible ones read as zeros (their scores are masked, and 0 * V must not be NaN). A whole
@@ -746,7 +751,7 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
     const u32 pb0 = movT(pack2<T>(sc[0], sc[1])), pb1 = movT(pack2<T>(sc[2], sc[3]));  // P^T, keys 0-7 / 8-15
 
     __syncwarp();
-    store(vOff);  // V(tile)
+    store(TILE);  // V(tile)
     __syncwarp();
     if (tile + WARPS < t1) {
       load(kBase, tile + WARPS);  // K(next) in flight during O^T += V^T P^T
@@ -999,7 +1004,8 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
 
 // ---- merges ---------------------------------------------------------------------------------
 
-using dec::foldPartial;
+using dec::foldAcc;
+using dec::foldWeights;
 using dec::mergeOut;
 
 // Fold sequence b's chunk partials of one output row (b, i, h) into the running (o, lse): one
@@ -1028,21 +1034,22 @@ extern "C" __global__ void __launch_bounds__(256, 1) decode_merge(const __grid_c
     if (d0 < D) old[0] = *(const float4*)(o + d0);
     if (d1 < D) old[1] = *(const float4*)(o + d1);
   }
-  float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+  float m = NEG_INF, l = 0.f;
   float4 acc[2] = {make_float4(0.f, 0.f, 0.f, 0.f), make_float4(0.f, 0.f, 0.f, 0.f)};
 #pragma unroll 4
   for (int c = c0 + warp; c < c1; c += WARPS) {
     const i64 pr = c * stride + base;
-    const float L = p.partL[pr];
     const float* po = p.partO + pr * D;
-    foldPartial(L, d0 < D ? *(const float4*)(po + d0) : make_float4(0.f, 0.f, 0.f, 0.f), m[0], l[0], acc[0]);
-    foldPartial(L, d1 < D ? *(const float4*)(po + d1) : make_float4(0.f, 0.f, 0.f, 0.f), m[1], l[1], acc[1]);
+    float a, w;
+    foldWeights(p.partL[pr], m, l, a, w);
+    if (d0 < D) foldAcc(acc[0], a, w, *(const float4*)(po + d0));
+    if (d1 < D) foldAcc(acc[1], a, w, *(const float4*)(po + d1));
   }
   sAcc[warp][lane] = acc[0];
   sAcc[warp][32 + lane] = acc[1];
   if (lane == 0) {
-    sM[warp] = m[0];
-    sL[warp] = l[0];
+    sM[warp] = m;
+    sL[warp] = l;
   }
   __syncthreads();
   if (warp != 0) return;

@@ -3,13 +3,15 @@
  * time) of the split-KV decode kernel, against the machine's memory bandwidth measured in the same
  * run by STREAM-like loops compiled into the same library.
  *
- *   node dist/bench/decode.js [--big] [--quick] [--threads=1,2] [--dtypes=float32,bfloat16] [--rounds=N]
+ *   node dist/bench/decode.js [--big] [--quick] [--threads=1,2] [--dtypes=float32,bfloat16] [--rounds=N] [--ctx=N,...]
  *
  * H = 32, Hk = 8, D = 128, one query token per sequence at the cache's last position (causal: every
  * cache row is visible and read once). fp32 caches: contexts 32k and 128k at batch 1, 32k at batch
  * 8, and one window row (128k cache, window 4096 + 4 sinks: only the visible rows are read); --big
  * adds 1M at batch 1 and 128k at batch 8 (8 GiB of cache each). bf16 caches (Uint16Array, half the
- * bytes; compute stays fp32): 32k and 128k at batch 1, 32k at batch 8.
+ * bytes; compute stays fp32): 32k and 128k at batch 1, 32k at batch 8. --ctx=1024,32768 replaces
+ * all of these by those contexts at batch 1 for each dtype (small ones run from the caches: the
+ * kernel's compute rate).
  *
  * Which bandwidth to compare with. The issue's target is "at least 70% of the machine's memory
  * bandwidth as measured by a STREAM-like copy in the same run"; we report that, counted as STREAM
@@ -123,13 +125,17 @@ interface Case {
   window?: number;
   sinks?: number;
 }
+const ctxArg = argv.find((a) => a.startsWith('--ctx='))?.slice(6).split(',').map(Number);
+if (ctxArg?.some((n) => !Number.isInteger(n) || n < 1)) throw new Error('--ctx: expected comma-separated positive integers (cache rows)');
 const cases: Case[] = [];
-if (dtypeList.includes('float32')) {
+if (ctxArg) {
+  for (const dtype of dtypeList) for (const n of ctxArg) cases.push({ n, B: 1, dtype });
+} else if (dtypeList.includes('float32')) {
   cases.push({ n: 32 * 1024, B: 1, dtype: 'float32' }, { n: 128 * 1024, B: 1, dtype: 'float32' }, { n: 32 * 1024, B: 8, dtype: 'float32' });
   cases.push({ n: 128 * 1024, B: 1, dtype: 'float32', window: 4096, sinks: 4 });
   if (big) cases.push({ n: 1024 * 1024, B: 1, dtype: 'float32' }, { n: 128 * 1024, B: 8, dtype: 'float32' });
 }
-for (const dtype of dtypeList.filter((d) => d !== 'float32')) {
+for (const dtype of ctxArg ? [] : dtypeList.filter((d) => d !== 'float32')) {
   cases.push({ n: 32 * 1024, B: 1, dtype }, { n: 128 * 1024, B: 1, dtype }, { n: 32 * 1024, B: 8, dtype });
 }
 const rowsOf = (dt: (d: DecodeKvDtype) => boolean) => Math.max(0, ...cases.filter((c) => dt(c.dtype)).map((c) => c.n * c.B));
@@ -187,7 +193,7 @@ for (let round = 0; round < rounds; round++) {
       };
       const ts = times(step, quick ? 3 : 5, quick ? 1 : 3);
       const row: Row = {
-        ctx: c.n >= 1 << 20 ? `${c.n >> 20}M` : `${c.n >> 10}k`, B: c.B, dtype: c.dtype, mask: c.window ? `window ${c.window}+${c.sinks} sinks` : 'causal',
+        ctx: c.n % 1024 ? String(c.n) : c.n >= 1 << 20 ? `${c.n >> 20}M` : `${c.n >> 10}k`, B: c.B, dtype: c.dtype, mask: c.window ? `window ${c.window}+${c.sinks} sinks` : 'causal',
         threads: t, mib: bytes / 2 ** 20, ms: median(ts) * 1e3, best: ts[0] * 1e3, gbs: bytes / median(ts) / 1e9,
       };
       const key = `${ci}/${t}`, prev = best.get(key);

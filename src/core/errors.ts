@@ -25,6 +25,20 @@ export function throwReason(reason: string | null): void {
   }
 }
 
+/**
+ * Extra preprocessor definitions for the kernel compilers from an environment variable (space
+ * separated, each `-DNAME` or `-DNAME=value`): a kernel-development switch, so a benchmark can time
+ * two builds of one kernel; they enter the compile cache key. Anything else is an InputError naming
+ * the variable.
+ */
+export function defineList(name: string, env: string | undefined): string[] {
+  const parts = (env ?? '').split(/\s+/).filter((x) => x !== '');
+  for (const d of parts) {
+    if (!/^-D[A-Za-z_]\w*(=[\w.+-]+)?$/.test(d)) throw new InputError(name, `expected space-separated -DNAME or -DNAME=value, got '${d}'`);
+  }
+  return parts;
+}
+
 /** A rank of the ring failed; `rank` says which, the message carries its error. */
 export class RankError extends RingAttnError {
   override name = 'RankError';

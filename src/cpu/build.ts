@@ -6,6 +6,7 @@ import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { threadId } from 'node:worker_threads';
 import koffi from 'koffi';
+import { defineList } from '../core/errors.js';
 
 /**
  * Builds the native CPU kernels: every `.c` file in `kernels/` beside this module is compiled
@@ -20,6 +21,9 @@ import koffi from 'koffi';
  * RINGATTN_CPU_ISA=avx2 or scalar (x86-64 only) builds a lower instruction set than this CPU's
  * (-mno-avx512f, -mno-avx): the tests run every SIMD path the machine can execute, and users can
  * rule out a miscompiled wide path. Unset or `native`: the CPU's own.
+ *
+ * RINGATTN_CPU_DEFINES: extra -D options (defineList) for kernel experiments, e.g.
+ * `-DPF_SEG_ROWS=8`; part of the library's cache key.
  */
 
 export type Isa = 'avx512' | 'avx2' | 'neon' | 'scalar';
@@ -230,7 +234,7 @@ function build(): NativeLoad {
   if (typeof found === 'string') return { error: found };
   const lower = isaChoice();
   if (typeof lower === 'string') return { error: lower };
-  const flags = [...found, ...lower.flags];
+  const flags = [...found, ...lower.flags, ...defineList('RINGATTN_CPU_DEFINES', process.env.RINGATTN_CPU_DEFINES)];
   const isa = detectIsa(cc, flags);
   if (lower.want && isa !== lower.want) return { error: `RINGATTN_CPU_ISA=${lower.want}: this CPU and compiler give ${isa} (a lower ISA can be chosen, not a higher one)` };
   const parts = ['lib-v1', cc.version, cc.cmd, cc.pre.join(' '), flags.join(' '), cpuIdentity(), process.platform, process.arch];

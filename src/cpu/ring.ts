@@ -53,7 +53,7 @@ export const WARM_MAX_BYTES = 32 * 2 ** 20;
 const idle = new Map<string, { group: CpuGroup; timer: NodeJS.Timeout }>();
 
 function groupKey(ranks: number, kernel: CpuRingOptions['kernel']): string {
-  const env = ['RINGATTN_KERNEL', 'RINGATTN_CPU_ISA', 'RINGATTN_CACHE', 'CC', 'PATH', 'HOME', 'TMPDIR'].map((n) => process.env[n] ?? '');
+  const env = ['RINGATTN_KERNEL', 'RINGATTN_CPU_ISA', 'RINGATTN_CPU_DEFINES', 'RINGATTN_CACHE', 'CC', 'PATH', 'HOME', 'TMPDIR'].map((n) => process.env[n] ?? '');
   return JSON.stringify([ranks, kernel ?? 'auto', ...env]);
 }
 

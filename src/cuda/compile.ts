@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import { BackendError, InputError } from '../core/errors.js';
+import { BackendError, defineList, InputError } from '../core/errors.js';
 import { loadNvrtc, type NvrtcApi } from './bindings/nvrtc.js';
 
 /**
@@ -89,17 +89,9 @@ export function entrySource(text: string, name: string): string | null {
   return lines.map((l) => { const m = entry.exec(l); return m && m[1] !== name ? '' : l; }).join('\n');
 }
 
-/**
- * Extra preprocessor definitions for every kernel compile, from RINGATTN_NVRTC_DEFINES (space
- * separated, each `-DNAME` or `-DNAME=value`): a kernel-development switch, so that a benchmark can
- * time two builds of one kernel (e.g. `-DFWDH_LAZY=1`) in one process. They enter the cache key.
- */
+/** Extra -D options for every kernel compile, from RINGATTN_NVRTC_DEFINES (defineList). */
 export function nvrtcDefines(env: string | undefined = process.env.RINGATTN_NVRTC_DEFINES): string[] {
-  const parts = (env ?? '').split(/\s+/).filter((x) => x !== '');
-  for (const d of parts) {
-    if (!/^-D[A-Za-z_]\w*(=[\w.+-]+)?$/.test(d)) throw new InputError('RINGATTN_NVRTC_DEFINES', `expected space-separated -DNAME or -DNAME=value, got '${d}'`);
-  }
-  return parts;
+  return defineList('RINGATTN_NVRTC_DEFINES', env);
 }
 
 /** Compile `src` (which may #include the `headers` by name) for `arch`; cached on disk. */

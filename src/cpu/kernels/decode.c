@@ -325,14 +325,21 @@ typedef struct {
  *    20%, 6 rows 5-10%; the non-temporal hint at least as fast as T0-T2), so AVX-512 builds use it
  *    for every cache (PF_SEG_FP32).
  */
+#ifndef PF_PAGES
+#define PF_PAGES 1     /* 0: no page-start prefetch (experiments: RINGATTN_CPU_DEFINES) */
+#endif
+#ifndef PF_SEG_HINT
+#define PF_SEG_HINT 0  /* pf_seg's locality hint: 0 non-temporal, 1-3 T2..T0 */
+#endif
 INLINE void pf_pages(const char* p, long n) {
+  if (!PF_PAGES) return;
   __builtin_prefetch(p, 0, 3);
   const uintptr_t a = (uintptr_t)p, e = a + (uintptr_t)n;
   for (uintptr_t x = (a + 4095) & ~(uintptr_t)4095; x < e; x += 4096) __builtin_prefetch((const void*)x, 0, 3);
 }
 
 INLINE void pf_seg(const char* p, long n) {
-  for (long x = 0; x < n; x += 64) __builtin_prefetch(p + x, 0, 0);
+  for (long x = 0; x < n; x += 64) __builtin_prefetch(p + x, 0, PF_SEG_HINT);
 }
 
 /*

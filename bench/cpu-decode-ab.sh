@@ -3,7 +3,8 @@
 # (dist/bench/decode.js, which probes the STREAM bandwidth before every case) for each variant,
 # ROUNDS rounds of all variants so drift hits all alike. A variant is "VAR=x VAR2=y|DEFINES": the
 # environment (e.g. RINGATTN_CPU_ISA=avx2) and the -D options (RINGATTN_CPU_DEFINES, e.g.
-# "-DPF_SEG_HINT=3"); an empty argument is the default build. Runs here or on the GPU machine (with
+# "-DPF_SEG_HINT=3"), optionally "|ARGS" more bench arguments (e.g. --offset=0); an empty argument
+# is the default build. Runs here or on the GPU machine (with
 # .devkit, .devrun and dist carried). Results in $OUT/cpu-decode-ab.log.
 #   bash bench/cpu-decode-ab.sh [threads=1] [ctx=512,32768,131072] [dtypes=float32] VARIANT...
 set -uo pipefail
@@ -19,9 +20,11 @@ for round in $(seq 1 "${ROUNDS:-1}"); do
   for v in "$@"; do
     envs=""
     defs="$v"
+    args=""
     if [[ "$v" == *"|"* ]]; then envs="${v%%|*}"; defs="${v#*|}"; fi
-    echo "== round $round env='$envs' defines='$defs'" | tee -a "$log"
-    env $envs RINGATTN_CPU_DEFINES="$defs" timeout -s KILL 300 $N dist/bench/decode.js --quick --rounds=1 --threads="$THR" --ctx="$CTX" --dtypes="$DT" 2>&1 |
-      grep -E '^\| [0-9]|rror' | tee -a "$log"
+    if [[ "$defs" == *"|"* ]]; then args="${defs#*|}"; defs="${defs%%|*}"; fi
+    echo "== round $round env='$envs' defines='$defs' args='$args'" | tee -a "$log"
+    env $envs RINGATTN_CPU_DEFINES="$defs" timeout -s KILL 300 $N dist/bench/decode.js --quick --rounds=1 --threads="$THR" --ctx="$CTX" --dtypes="$DT" $args 2>&1 |
+      grep -E '^\| [0-9]|rror|caches start' | tee -a "$log"
   done
 done

@@ -3,7 +3,7 @@
  * time) of the split-KV decode kernel, against the machine's memory bandwidth measured in the same
  * run by STREAM-like loops compiled into the same library.
  *
- *   node dist/bench/decode.js [--big] [--quick] [--threads=1,2] [--dtypes=float32,bfloat16] [--rounds=N] [--ctx=N,...]
+ *   node dist/bench/decode.js [--big] [--quick] [--threads=1,2] [--dtypes=float32,bfloat16] [--rounds=N] [--ctx=N,...] [--offset=B]
  *
  * H = 32, Hk = 8, D = 128, one query token per sequence at the cache's last position (causal: every
  * cache row is visible and read once). fp32 caches: contexts 32k and 128k at batch 1, 32k at batch
@@ -144,10 +144,24 @@ const cacheBytes = 2 * ROW * (4 * rows32 + 2 * rows16);
 if (cacheBytes > 12 * GiB) throw new Error(`caches of ${(cacheBytes / GiB).toFixed(1)} GiB exceed the 12 GiB budget`);
 // One K and one V buffer per element size for the largest case; every case takes views of them
 // (sequence b at rows b*n..). Both 16-bit types share the 16-bit buffers (refilled when the type changes).
-const K32 = new Float32Array(rows32 * ROW), V32 = new Float32Array(rows32 * ROW);
+// --offset=B: every cache starts B bytes past a 4 KiB boundary (default: where the allocator put
+// it, which for large typed arrays under glibc is 16: every 64-byte vector load then spans two
+// cache lines, and each 4 KiB fp32 row's last one two pages).
+const addrMod = native.lib.func('int64_t ra_addr_mod(const void* p, int64_t m)') as (p: unknown, m: number) => number | bigint;
+const offArg = argv.find((a) => a.startsWith('--offset='))?.slice(9);
+const offset = offArg === undefined ? undefined : Number(offArg);
+if (offset !== undefined && (!Number.isInteger(offset) || offset < 0 || offset >= 4096 || offset % 4)) throw new Error('--offset: expected a multiple of 4 in [0, 4096)');
+function placed<T extends Float32Array | Uint16Array>(make: (n: number) => T, n: number): T {
+  if (offset === undefined) return make(n);
+  const el = make(0).BYTES_PER_ELEMENT, x = make(n + 4096 / el);
+  const shift = (((offset - Number(addrMod(x, 4096))) % 4096) + 4096) % 4096;
+  return x.subarray(shift / el, shift / el + n) as T;
+}
+const K32 = placed((n) => new Float32Array(n), rows32 * ROW), V32 = placed((n) => new Float32Array(n), rows32 * ROW);
 fill(K32, 3);
 fill(V32, 4);
-const K16 = new Uint16Array(rows16 * ROW), V16 = new Uint16Array(rows16 * ROW);
+const K16 = placed((n) => new Uint16Array(n), rows16 * ROW), V16 = placed((n) => new Uint16Array(n), rows16 * ROW);
+console.log(`caches start ${Number(addrMod(K32.length ? K32 : K16, 4096))} bytes past a 4 KiB boundary${offset === undefined ? ' (as allocated)' : ''}`);
 let filled16: DecodeKvDtype | undefined;
 const posAll = Int32Array.from({ length: Math.max(...cases.map((c) => c.n)) }, (_, i) => i);
 

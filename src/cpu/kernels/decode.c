@@ -794,6 +794,9 @@ RA_API const char* ra_decode_isa(void) { return RA_ISA; }
  * kernels): copy dst <- src and a read-only sum over n floats, split over `threads` OpenMP
  * threads in contiguous slices. Returns the sum (so the read is not optimised away).
  */
+/* p's offset past a multiple of m (a power of two): the bench places caches with it. */
+RA_API int64_t ra_addr_mod(const void* p, int64_t m) { return (int64_t)((uintptr_t)p & (uintptr_t)(m - 1)); }
+
 RA_API double ra_stream_copy(float* dst, const float* src, int64_t n, int threads) {
 #pragma omp parallel for num_threads(threads < 1 ? 1 : threads) schedule(static)
   for (int64_t i = 0; i < n; i++) dst[i] = src[i];

@@ -31,6 +31,7 @@
  * the lowest median, the decode counterpart of STREAM's best of runs. Other processes on the
  * machine slow both down in bursts: compare rows of one run.
  */
+import { spawnSync } from 'node:child_process';
 import os from 'node:os';
 import { loadNative } from '../src/cpu/build.js';
 import { decodeAttention, decodeKernelName, type DecodeCache, type DecodeKvDtype } from '../src/cpu/decode.js';
@@ -100,8 +101,23 @@ function fill16(x: Uint16Array, seed: number, dtype: DecodeKvDtype): void {
   for (let n = n0; n < x.length; n *= 2) x.copyWithin(n, 0, Math.min(n, x.length - n));
 }
 
-// ---- memory bandwidth (arrays far larger than the 32 MiB L3), probed again before every case ----
-const streamN = quick ? 1 << 26 : 1 << 27; // floats per array: 256 or 512 MiB
+// ---- memory bandwidth, probed again before every case ----
+// Arrays of 256 MiB (--quick) or 512 MiB, and at least twice the L3 the system reports (up to
+// 2 GiB): some hosts report hundreds of MiB (the GPU host's Xeon: 300), where a 256 MiB read-only
+// pass would partly hit the cache.
+const l3 = l3Bytes();
+function l3Bytes(): number {
+  try {
+    const r = spawnSync('getconf', ['LEVEL3_CACHE_SIZE'], { encoding: 'utf8' });
+    const n = Number(r.stdout.trim());
+    if (r.status === 0 && Number.isFinite(n) && n > 0) return n;
+  } catch {
+    // no getconf: assume a small L3
+  }
+  return 0;
+}
+let streamN = quick ? 1 << 26 : 1 << 27; // floats per array
+while (streamN * 4 < 2 * l3 && streamN < 1 << 29) streamN *= 2;
 const a = new Float32Array(streamN), b = new Float32Array(streamN);
 fill(a, 1);
 fill(b, 2);
@@ -223,6 +239,7 @@ const short: Record<DecodeKvDtype, string> = { float32: 'fp32', bfloat16: 'bf16'
 const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
 const cpu = os.cpus()[0]?.model ?? 'unknown';
 console.log(`# decode bench: ${cpu}, ${cores} cores, kernel ${decodeKernelName()}, H=${H} Hk=${Hk} D=${D}, Sq=1, ${rounds} rounds, ${new Date().toISOString().slice(0, 10)}`);
+console.log(`# L3 ${l3 ? `${(l3 / 2 ** 20).toFixed(0)} MiB (getconf)` : 'unknown'}; bandwidth arrays ${(streamN * 4) / 2 ** 20} MiB each${l3 ? '; rows whose KV read is under twice that are marked (L3): they may partly run from the cache' : ''}`);
 console.log('');
 console.log('| threads | STREAM copy GB/s (2 x bytes, best of run) | read-only sum GB/s (best of run) |');
 console.log('|---|---|---|');
@@ -232,7 +249,8 @@ console.log('| context | batch | cache | mask | threads | KV read MiB | ms/step 
 console.log('|---|---|---|---|---|---|---|---|---|---|---|');
 for (const r of rows) {
   const w = bw[r.threads];
-  console.log(`| ${r.ctx} | ${r.B} | ${short[r.dtype]} | ${r.mask} | ${r.threads} | ${r.mib.toFixed(0)} | ${r.ms.toFixed(2)} | ${r.best.toFixed(2)} | ${r.gbs.toFixed(1)} | ${pct(r.gbs / w.copy)} | ${pct(r.gbs / w.sum)} |`);
+  const inL3 = l3 > 0 && r.mib * 2 ** 20 < 2 * l3 ? ' (L3)' : '';
+  console.log(`| ${r.ctx}${inL3} | ${r.B} | ${short[r.dtype]} | ${r.mask} | ${r.threads} | ${r.mib.toFixed(0)} | ${r.ms.toFixed(2)} | ${r.best.toFixed(2)} | ${r.gbs.toFixed(1)} | ${pct(r.gbs / w.copy)} | ${pct(r.gbs / w.sum)} |`);
 }
 const tmax = Math.max(...threadList);
 const full = rows.filter((r) => r.mask === 'causal' && r.threads === tmax && r.dtype === 'float32');

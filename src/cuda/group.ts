@@ -28,18 +28,19 @@ export interface GroupOptions extends ControlOptions {
   leftGraceMs?: number;
 }
 
-/** The last NCCL call enqueued on a stream, between two events (see CudaGroup.checkLeft). */
+/** An NCCL call enqueued on a stream, between two events (see CudaGroup.checkLeft). */
 interface CollectiveMark {
   before: Handle;
   after: Handle;
   what: string;
   /** The ranks it exchanges with (null: all). */
   peers: readonly number[] | null;
-  /** Its end not yet seen. */
-  pending: boolean;
   /** When a wait first saw the work ahead of it done (performance.now()), or 0. */
   startedAt: number;
 }
+
+/** Collectives a stream may have marked and not yet seen done; later ones are not marked. */
+const MAX_MARKS = 64;
 
 export class CudaGroup {
   readonly rank: number;
@@ -52,7 +53,10 @@ export class CudaGroup {
   private readonly sleeper = new Int32Array(new SharedArrayBuffer(4));
   private scratch: DeviceBuffer | null = null;
   private readonly waitTimeoutMs: number;
-  private readonly marks = new Map<Handle, CollectiveMark>();
+  /** Per stream, its marked collectives not yet seen done, oldest first. */
+  private readonly marks = new Map<Handle, CollectiveMark[]>();
+  /** Event pairs of marks seen done, for reuse. */
+  private readonly spare: CollectiveMark[] = [];
   /** When a wait first saw that another rank had ended (performance.now()), or 0. */
   private leftSeenAt = 0;
   leftGraceMs = 5000;
@@ -148,26 +152,39 @@ export class CudaGroup {
    * Enqueue NCCL call(s) on `stream` between two events: `call` makes them (a single call, or a
    * ncclGroupStart ... ncclGroupEnd) with `peers` (default: every rank). A later wait can then
    * tell a collective that has started and waits for a rank that has ended (checkLeft) from work
-   * queued ahead of it. Only the latest call on a stream is marked: one stuck behind it in the
-   * queue is left to RINGATTN_GPU_TIMEOUT.
+   * queued ahead of it. Every call on a stream is marked while fewer than MAX_MARKS of its
+   * marked calls are not yet seen done (the stream runs them in order, so only the oldest can be
+   * the one waiting); past that, calls go unmarked and a stuck one is left to RINGATTN_GPU_TIMEOUT.
    */
   collective(what: string, stream: Handle, call: () => void, peers: readonly number[] | null = null): void {
-    let mk = this.marks.get(stream);
-    if (!mk) {
-      const a: [Handle] = [null];
-      const b: [Handle] = [null];
-      this.ctx.check('cuEventCreate', this.ctx.drv.cuEventCreate(a, CU_EVENT_DISABLE_TIMING));
-      this.ctx.check('cuEventCreate', this.ctx.drv.cuEventCreate(b, CU_EVENT_DISABLE_TIMING));
-      mk = { before: a[0], after: b[0], what, peers, pending: false, startedAt: 0 };
-      this.marks.set(stream, mk);
+    let queue = this.marks.get(stream);
+    if (!queue) this.marks.set(stream, (queue = []));
+    this.pruneDone(queue);
+    let mk: CollectiveMark | undefined;
+    if (queue.length < MAX_MARKS) {
+      mk = this.spare.pop();
+      if (!mk) {
+        const a: [Handle] = [null];
+        const b: [Handle] = [null];
+        this.ctx.check('cuEventCreate', this.ctx.drv.cuEventCreate(a, CU_EVENT_DISABLE_TIMING));
+        this.ctx.check('cuEventCreate', this.ctx.drv.cuEventCreate(b, CU_EVENT_DISABLE_TIMING));
+        mk = { before: a[0], after: b[0], what, peers, startedAt: 0 };
+      }
+      this.ctx.check('cuEventRecord', this.ctx.drv.cuEventRecord(mk.before, stream));
     }
-    this.ctx.check('cuEventRecord', this.ctx.drv.cuEventRecord(mk.before, stream));
     call();
-    this.ctx.check('cuEventRecord', this.ctx.drv.cuEventRecord(mk.after, stream));
-    mk.what = what;
-    mk.peers = peers;
-    mk.pending = true;
-    mk.startedAt = 0;
+    if (mk) {
+      this.ctx.check('cuEventRecord', this.ctx.drv.cuEventRecord(mk.after, stream));
+      mk.what = what;
+      mk.peers = peers;
+      mk.startedAt = 0;
+      queue.push(mk);
+    }
+  }
+
+  /** Drop the marks at the head of `queue` whose collective is done (their events are reused). */
+  private pruneDone(queue: CollectiveMark[]): void {
+    while (queue.length > 0 && this.ctx.drv.cuEventQuery!(queue[0].after) === 0) this.spare.push(queue.shift()!);
   }
 
   /** One NCCL call on `stream` (see collective). */
@@ -187,8 +204,11 @@ export class CudaGroup {
     const now = performance.now();
     if (!this.leftSeenAt) this.leftSeenAt = now;
     const query = this.ctx.drv.cuEventQuery!;
-    for (const mk of this.marks.values()) {
-      if (!mk.pending) continue;
+    for (const queue of this.marks.values()) {
+      // Only a stream's oldest unfinished collective can be the one waiting: the rest queue behind it.
+      this.pruneDone(queue);
+      const mk = queue[0];
+      if (!mk) continue;
       // A departed rank proves a mismatch for a collective of all ranks or a transfer with it
       // alone; a group with several peers (a ring step: send to one, receive from another) may
       // still wait, rightly, on a live one after the departed peer's part is done.
@@ -197,10 +217,6 @@ export class CudaGroup {
       if (mk.peers) gone = control.hasLeft(mk.peers[0]) ? mk.peers[0] : -1;
       else for (let r = 0; r < this.world && gone < 0; r++) if (control.hasLeft(r)) gone = r;
       if (gone < 0) continue;
-      if (query(mk.after) === 0) {
-        mk.pending = false;
-        continue;
-      }
       if (!mk.startedAt) {
         if (query(mk.before) !== 0) continue; // the work ahead of it is still running
         mk.startedAt = now;
@@ -327,11 +343,12 @@ export class CudaGroup {
   async close(): Promise<void> {
     if (!this.aborted) {
       this.syncAll();
-      for (const mk of this.marks.values()) {
+      for (const mk of [...[...this.marks.values()].flat(), ...this.spare]) {
         this.ctx.drv.cuEventDestroy_v2(mk.before);
         this.ctx.drv.cuEventDestroy_v2(mk.after);
       }
       this.marks.clear();
+      this.spare.length = 0;
       this.ctx.free(this.scratch ?? undefined);
       this.nccl.ncclCommDestroy(this.ncclComm);
       this.ctx.drv.cuStreamDestroy_v2(this.comm);

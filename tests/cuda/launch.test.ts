@@ -194,6 +194,17 @@ test('a rank that ends normally without a collective the others wait in: they en
   assert.ok(ranks.some((r) => r.code === 1), 'a waiting rank reports it');
 });
 
+test('a rank that ends normally while the others have a second collective queued behind the one it skipped: still found within the grace', async () => {
+  const grace = 1000;
+  const ranks = await stuckRanks('queued-leaves', 3, { STUCK_LEFT_GRACE_MS: String(grace), STUCK_TIMEOUT_MS: '9000' });
+  assert.equal(ranks[1].code, 0, `rank 1 ends normally:\n${ranks[1].err}`);
+  for (const r of [ranks[0], ranks[2]]) {
+    assert.ok(r.code === 1 || r.code === EXIT_SECONDARY, `rank ${r.rank}: code ${r.code} ${r.signal}\n${r.err}`);
+    assert.match(r.err, /rank 1 has ended while this rank's ncclAllGather\(first\) still waits for it 1\.0 s later/, r.err);
+    assert.ok(r.afterWait < grace + 2500, `rank ${r.rank} ended ${r.afterWait} ms after entering the collectives:\n${r.err}`);
+  }
+});
+
 test('a rank that ends normally is no failure for a wait on other ranks (a receive from a live, busy rank; a ring step whose send to it is done)', async () => {
   const ranks = await stuckRanks('other-leaves', 3, { STUCK_LEFT_GRACE_MS: '500' });
   for (const r of ranks) assert.equal(r.code, 0, `rank ${r.rank}: code ${r.code}\n${r.err}`);

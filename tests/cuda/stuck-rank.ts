@@ -8,6 +8,8 @@
 //              cleanup waits once more (a synchronize in a finally).
 //   peer-leaves: rank 1 ends normally (says goodbye) without calling the collective the others
 //              wait in; they must notice within leftGraceMs (STUCK_LEFT_GRACE_MS), not at the timeout.
+//   queued-leaves: as peer-leaves, but the others enqueue a second collective behind the stuck
+//              one before they wait: the stuck one is still found (the oldest unfinished on its stream).
 //   other-leaves: rank 2 ends at once; rank 0 waits 1.2 s on a receive from rank 1 (alive, busy),
 //              then 1.2 s on a group sending to rank 2 and receiving from rank 1 (a ring step whose
 //              send is done): neither is a failure (the departed rank is not the one waited for).
@@ -72,7 +74,7 @@ if (mode === 'peer-dies' && env.rank === 1) {
     return g;
   };
   await rankMain(async (g) => {
-    if ((mode === 'peer-leaves' && env.rank === 1) || (mode === 'other-leaves' && env.rank === 2)) {
+    if (((mode === 'peer-leaves' || mode === 'queued-leaves') && env.rank === 1) || (mode === 'other-leaves' && env.rank === 2)) {
       log('leaving without the collective');
       return;
     }
@@ -91,6 +93,12 @@ if (mode === 'peer-dies' && env.rank === 1) {
       return;
     }
     log('in allGatherF64');
+    if (mode === 'queued-leaves') {
+      g.ncclOn('ncclAllGather(first)', g.comm, () => ((enqueued = true), 0));
+      g.ncclOn('ncclAllReduce(second)', g.comm, () => 0);
+      g.syncStream(g.comm);
+      return;
+    }
     try {
       g.allGatherF64([env.rank]);
     } finally {

@@ -16,6 +16,9 @@ import { HEARTBEAT_MS, recordFailure, SLOT, STATE, type ControlInit } from './co
  *   any     {"bye": r}                      (a close without "bye" is a failure of that rank)
  *   0 -> all {"left": r}                     (rank r said goodbye: a rank still waiting on a
  *                                            collective with it can tell it will not come)
+ * Rank 0 ending normally sends {"left": 0} and stays the hub until every other rank has said
+ * goodbye or gone (Control.close waits for it): the goodbyes and failures of the ranks still
+ * running reach each other as before.
  */
 
 const init = workerData as ControlInit;
@@ -27,6 +30,10 @@ const saidBye = new Set<number>();
 let server: Server | null = null;
 let upstream: Socket | null = null;
 let closing = false;
+/** Rank 0 after its own normal end: the hub's last duty (see the header), then this. */
+let lingerDone: (() => void) | null = null;
+/** Ranks whose connection to rank 0 has closed. */
+const gone = new Set<number>();
 let watchdog: NodeJS.Timeout | null = null;
 // The main thread checks that this thread is alive (Control.throwIfFailed): without it, no other
 // rank's failure would reach this one.
@@ -92,6 +99,15 @@ function relay(rank: number, message: string, except?: number): void {
   for (const [q, s] of sockets) if (q !== except) void send(s, { abort: rank, message });
 }
 
+/** Rank 0, lingering: done once every connected rank has said goodbye or gone. */
+function checkLinger(): void {
+  if (!lingerDone) return;
+  for (const q of sockets.keys()) if (!saidBye.has(q) && !gone.has(q)) return;
+  const done = lingerDone;
+  lingerDone = null;
+  done();
+}
+
 function serve(): void {
   const pending = new Set<number>(Array.from({ length: init.world - 1 }, (_, i) => i + 1));
   const timer = setTimeout(() => {
@@ -125,20 +141,25 @@ function serve(): void {
       } else if (typeof m.fail === 'number') {
         const message = String(m.message ?? 'failed');
         relay(m.fail, message, m.fail);
-        abort(m.fail, message);
+        if (!closing) abort(m.fail, message);
       } else if (typeof m.bye === 'number') {
         saidBye.add(m.bye);
         peerLeft(m.bye);
         for (const [q, c] of sockets) if (q !== m.bye) void send(c, { left: m.bye });
+        checkLinger();
       }
     });
     s.on('error', () => {});
     s.on('close', () => {
-      if (peer < 0 || saidBye.has(peer) || closing) return;
-      sockets.delete(peer);
-      const message = `rank ${peer} exited or lost its connection without a word`;
-      relay(peer, message);
-      abort(peer, message);
+      if (peer < 0) return;
+      gone.add(peer);
+      if (!saidBye.has(peer) && (!closing || lingerDone)) {
+        sockets.delete(peer);
+        const message = `rank ${peer} exited or lost its connection without a word`;
+        relay(peer, message, peer);
+        if (!closing) abort(peer, message);
+      }
+      checkLinger();
     });
   });
   server.on('error', (e) => {
@@ -174,7 +195,8 @@ function connect(): void {
         Atomics.notify(flags, SLOT.state);
       } else if (typeof m.abort === 'number') {
         abort(m.abort, String(m.message ?? 'failed'), gotId ? STATE.aborted : STATE.error);
-      } else if (m.bye === 0) {
+      } else if (m.bye === 0 || m.left === 0) {
+        // rank 0 has ended normally (left: it still relays until the others have ended)
         saidBye.add(0);
         peerLeft(0);
       } else if (typeof m.left === 'number') {
@@ -224,7 +246,13 @@ parentPort?.on('message', (m: { type: string; message?: string }) => {
       parentPort?.postMessage({ type: 'closed' });
       parentPort?.close();
     };
-    const byes = init.rank === 0 ? [...sockets.values()].map((s) => send(s, { bye: 0 })) : [send(upstream, { bye: init.rank })];
+    if (init.rank === 0 && sockets.size > 0) {
+      lingerDone = finish;
+      for (const s of sockets.values()) void send(s, { left: 0 });
+      checkLinger();
+      return;
+    }
+    const byes = init.rank === 0 ? [] : [send(upstream, { bye: init.rank })];
     Promise.all(byes).then(finish, finish);
   }
 });

@@ -45,6 +45,11 @@ export interface ControlOptions {
   graceMs?: number;
   /** A control thread whose heartbeat has not moved for this long has died: the rank fails (ms, default 15 s). */
   heartbeatTimeoutMs?: number;
+  /**
+   * Rank 0: how long close() waits for the other ranks to end, relaying their goodbyes and
+   * failures meanwhile (ms, default RINGATTN_GPU_TIMEOUT or 10 min; they end or fail by then).
+   */
+  lingerMs?: number;
 }
 
 export interface Failure {
@@ -67,6 +72,7 @@ export class Control {
   /** The control thread is gone (lost()): nothing to tell it, nothing to wait for. */
   private dead = false;
   heartbeatTimeoutMs = 15_000;
+  lingerMs = 600_000;
 
   private constructor(readonly env: RankEnv, readonly id: Uint8Array, private readonly worker: Worker, flagsBuf: SharedArrayBuffer, textBuf: SharedArrayBuffer, leftBuf: SharedArrayBuffer) {
     this.flags = new Int32Array(flagsBuf);
@@ -100,6 +106,8 @@ export class Control {
     worker.unref();
     const control = new Control(env, got, worker, flags, text, left);
     if (opts.heartbeatTimeoutMs !== undefined) control.heartbeatTimeoutMs = opts.heartbeatTimeoutMs;
+    const gpuTimeout = Number(process.env.RINGATTN_GPU_TIMEOUT) * 1000;
+    control.lingerMs = opts.lingerMs ?? (Number.isFinite(gpuTimeout) && gpuTimeout > 0 ? gpuTimeout : 600_000);
     // A control thread that ends on its own (not by close) can no longer pass failures on.
     worker.on('exit', () => {
       if (!control.closed) control.lost('the control thread ended');
@@ -181,14 +189,18 @@ export class Control {
     Atomics.store(this.flags, SLOT.ack, 1);
   }
 
-  /** Normal end: say goodbye so that no rank takes the closing socket for a failure. */
+  /**
+   * Normal end: say goodbye so that no rank takes the closing socket for a failure. Rank 0 is the
+   * hub of the others' goodbyes and failures, so it returns once they have all ended (at most
+   * lingerMs).
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     Atomics.store(this.flags, SLOT.ack, 1);
     if (this.dead) return;
     await new Promise<void>((resolve) => {
-      const t = setTimeout(resolve, 2000);
+      const t = setTimeout(resolve, this.env.rank === 0 && this.env.world > 1 ? this.lingerMs : 2000);
       this.worker.once('exit', () => {
         clearTimeout(t);
         resolve();

@@ -205,6 +205,24 @@ test('a rank that ends normally while the others have a second collective queued
   }
 });
 
+test('rank 0 ends first: it stays the hub, so a later goodbye or death of another rank still reaches a rank waiting on it', async () => {
+  const grace = 1000;
+  for (const mode of ['hub-leaves', 'hub-leaves-peer-dies']) {
+    const ranks = await stuckRanks(mode, 3, { STUCK_LEFT_GRACE_MS: String(grace), STUCK_TIMEOUT_MS: '9000' });
+    assert.equal(ranks[0].code, 0, `${mode}: rank 0 ends normally:\n${ranks[0].err}`);
+    const r1 = ranks[1];
+    assert.ok(r1.code === 1 || r1.code === EXIT_SECONDARY, `${mode}: rank 1: code ${r1.code} ${r1.signal}\n${r1.err}`);
+    if (mode === 'hub-leaves') {
+      assert.equal(ranks[2].code, 0, `rank 2 ends normally:\n${ranks[2].err}`);
+      assert.match(r1.err, /rank 2 has ended while this rank's ncclRecv\(from rank 2\) still waits for it 1\.0 s later/, r1.err);
+    } else {
+      assert.equal(ranks[2].signal, 'SIGKILL');
+      assert.match(r1.err, /stopped because rank 2 failed: rank 2 exited or lost its connection without a word/, r1.err);
+    }
+    assert.ok(r1.afterWait < grace + 3000, `${mode}: rank 1 ended ${r1.afterWait} ms after entering the receive:\n${r1.err}`);
+  }
+});
+
 test('a rank that ends normally is no failure for a wait on other ranks (a receive from a live, busy rank; a ring step whose send to it is done)', async () => {
   const ranks = await stuckRanks('other-leaves', 3, { STUCK_LEFT_GRACE_MS: '500' });
   for (const r of ranks) assert.equal(r.code, 0, `rank ${r.rank}: code ${r.code}\n${r.err}`);

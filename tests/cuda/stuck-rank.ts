@@ -13,6 +13,9 @@
 //   other-leaves: rank 2 ends at once; rank 0 waits 1.2 s on a receive from rank 1 (alive, busy),
 //              then 1.2 s on a group sending to rank 2 and receiving from rank 1 (a ring step whose
 //              send is done): neither is a failure (the departed rank is not the one waited for).
+//   hub-leaves / hub-leaves-peer-dies: rank 0 ends at once; rank 1 waits on a receive from rank 2,
+//              which ends normally (or is killed) 500 ms later without sending: rank 0, the hub,
+//              still relays the goodbye (the failure) to rank 1, so rank 1 ends within the grace.
 // Every stderr line carries the ms since start ("t=<ms> ...") for the test to read.
 import { writeSync } from 'node:fs';
 import { Control, rankEnv } from '../../src/cuda/control.js';
@@ -74,6 +77,20 @@ if (mode === 'peer-dies' && env.rank === 1) {
     return g;
   };
   await rankMain(async (g) => {
+    if (mode.startsWith('hub-leaves') && env.rank !== 1) {
+      if (env.rank === 2) {
+        await new Promise((r) => setTimeout(r, 500));
+        if (mode === 'hub-leaves-peer-dies') process.kill(process.pid, 'SIGKILL');
+      }
+      log('leaving without the collective');
+      return;
+    }
+    if (mode.startsWith('hub-leaves')) {
+      log('in allGatherF64');
+      g.ncclOn('ncclRecv(from rank 2)', g.comm, () => ((enqueued = true), 0), [2]);
+      g.syncStream(g.comm);
+      return;
+    }
     if (((mode === 'peer-leaves' || mode === 'queued-leaves') && env.rank === 1) || (mode === 'other-leaves' && env.rank === 2)) {
       log('leaving without the collective');
       return;

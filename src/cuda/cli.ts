@@ -1,4 +1,5 @@
 import { InputError, RingAttnError } from '../core/errors.js';
+import type { InputOptions } from '../core/inputs.js';
 import type { Layout } from '../core/layout.js';
 import type { F32Tensor } from '../core/tensor.js';
 import type { CudaDType } from './convert.js';
@@ -40,17 +41,10 @@ export async function launchSelfIfNeeded(nproc: number): Promise<boolean> {
   return true;
 }
 
-export interface AttendCudaOptions {
+export interface AttendCudaOptions extends InputOptions {
   devices?: number;
   layout: Layout;
   dtype: CudaDType;
-  causal?: boolean;
-  window?: number;
-  sinks?: number;
-  segments?: Int32Array;
-  scale?: number;
-  gradOut?: F32Tensor;
-  allowNonfinite?: boolean;
 }
 
 export interface AttendCudaResult {

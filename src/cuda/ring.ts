@@ -1,5 +1,6 @@
 import type { Tracer } from '../core/device.js';
 import { InputError, RankError } from '../core/errors.js';
+import type { InputOptions } from '../core/inputs.js';
 import { gatherRows, scatterRows, shardPositions, type Layout } from '../core/layout.js';
 import { validateMask, type MaskSpec } from '../core/mask.js';
 import { ringSchedule, type RingSchedule } from '../core/schedule.js';
@@ -218,16 +219,10 @@ export function gatherToRoot(g: CudaGroup, buf: DeviceBuffer, rows: number[], wi
   return out;
 }
 
-export interface WholeOptions {
+export interface WholeOptions extends Omit<InputOptions, 'allowNonfinite'> {
   devices: number;
   layout: Layout;
   dtype?: CudaDType;
-  causal?: boolean;
-  window?: number;
-  sinks?: number;
-  segments?: Int32Array;
-  scale?: number;
-  gradOut?: F32Tensor;
 }
 
 export interface WholeResult {

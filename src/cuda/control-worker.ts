@@ -34,6 +34,10 @@ let closing = false;
 let lingerDone: (() => void) | null = null;
 /** Ranks whose connection to rank 0 has closed. */
 const gone = new Set<number>();
+/** Every connection rank 0 accepted (a stray one that never said hello too: finish ends them all). */
+const accepted = new Set<Socket>();
+/** Rank q > 0: rank 0 has ended normally ({"left": 0}) but still relays; its bye comes last. */
+let hubLeft = false;
 let watchdog: NodeJS.Timeout | null = null;
 // The main thread checks that this thread is alive (Control.throwIfFailed): without it, no other
 // rank's failure would reach this one.
@@ -119,10 +123,16 @@ function serve(): void {
   }, init.timeoutMs);
   server = createServer((s) => {
     s.setNoDelay(true);
+    accepted.add(s);
     let peer = -1;
     onMessages(s, (m) => {
       if (typeof m.hello === 'number') {
         const q = m.hello;
+        if (pending.size === 0) {
+          void send(s, { abort: 0, message: `rendezvous: rank ${q} said hello after every rank had joined` });
+          s.end();
+          return;
+        }
         if (m.world !== init.world || q < 1 || q >= init.world || sockets.has(q)) {
           void send(s, { abort: 0, message: `rendezvous: rank ${q} (world ${String(m.world)}) does not fit world ${init.world} or is taken` });
           s.end();
@@ -151,6 +161,7 @@ function serve(): void {
     });
     s.on('error', () => {});
     s.on('close', () => {
+      accepted.delete(s);
       if (peer < 0) return;
       gone.add(peer);
       if (!saidBye.has(peer) && (!closing || lingerDone)) {
@@ -195,9 +206,11 @@ function connect(): void {
         Atomics.notify(flags, SLOT.state);
       } else if (typeof m.abort === 'number') {
         abort(m.abort, String(m.message ?? 'failed'), gotId ? STATE.aborted : STATE.error);
-      } else if (m.bye === 0 || m.left === 0) {
-        // rank 0 has ended normally (left: it still relays until the others have ended)
+      } else if (m.bye === 0) {
         saidBye.add(0);
+        peerLeft(0);
+      } else if (m.left === 0) {
+        hubLeft = true; // rank 0 has ended normally and relays until the others have ended
         peerLeft(0);
       } else if (typeof m.left === 'number') {
         peerLeft(m.left);
@@ -210,7 +223,9 @@ function connect(): void {
         if (Date.now() < deadline) setTimeout(attempt, 100);
         return;
       }
-      const message = gotId ? 'rank 0 exited or lost its connection without a word' : `rendezvous: rank 0 at ${where} closed the connection`;
+      const message = hubLeft
+        ? 'rank 0 ended normally, then stopped relaying (ended or killed) before this rank ended: failures of other ranks can no longer reach this one'
+        : gotId ? 'rank 0 exited or lost its connection without a word' : `rendezvous: rank 0 at ${where} closed the connection`;
       abort(0, message, gotId ? STATE.aborted : STATE.error);
     });
   };
@@ -240,14 +255,18 @@ parentPort?.on('message', (m: { type: string; message?: string }) => {
     clearInterval(heartbeat);
     if (watchdog) clearTimeout(watchdog);
     const finish = () => {
-      for (const s of sockets.values()) s.destroy();
+      for (const s of [...sockets.values(), ...accepted]) s.destroy();
       upstream?.destroy();
       server?.close();
       parentPort?.postMessage({ type: 'closed' });
       parentPort?.close();
     };
     if (init.rank === 0 && sockets.size > 0) {
-      lingerDone = finish;
+      // (a rank still connected when the others are done hears bye: it ends, not loses the hub)
+      lingerDone = () => {
+        const open = [...sockets].filter(([q]) => !saidBye.has(q) && !gone.has(q)).map(([, c]) => send(c, { bye: 0 }));
+        Promise.all(open).then(finish, finish);
+      };
       for (const s of sockets.values()) void send(s, { left: 0 });
       checkLinger();
       return;

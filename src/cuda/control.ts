@@ -47,7 +47,8 @@ export interface ControlOptions {
   heartbeatTimeoutMs?: number;
   /**
    * Rank 0: how long close() waits for the other ranks to end, relaying their goodbyes and
-   * failures meanwhile (ms, default RINGATTN_GPU_TIMEOUT or 10 min; they end or fail by then).
+   * failures meanwhile (ms, default RINGATTN_GPU_TIMEOUT (or 10 min) + graceMs + 5 s: they end
+   * or fail by then).
    */
   lingerMs?: number;
 }
@@ -106,8 +107,10 @@ export class Control {
     worker.unref();
     const control = new Control(env, got, worker, flags, text, left);
     if (opts.heartbeatTimeoutMs !== undefined) control.heartbeatTimeoutMs = opts.heartbeatTimeoutMs;
+    // the others' GPU waits end by RINGATTN_GPU_TIMEOUT, their stopping by graceMs: linger past both
     const gpuTimeout = Number(process.env.RINGATTN_GPU_TIMEOUT) * 1000;
-    control.lingerMs = opts.lingerMs ?? (Number.isFinite(gpuTimeout) && gpuTimeout > 0 ? gpuTimeout : 600_000);
+    const linger = opts.lingerMs ?? (Number.isFinite(gpuTimeout) && gpuTimeout > 0 ? gpuTimeout : 600_000) + (opts.graceMs ?? 5000) + 5000;
+    control.lingerMs = Math.min(2 ** 31 - 1, Math.max(2000, linger)); // (setTimeout's range)
     // A control thread that ends on its own (not by close) can no longer pass failures on.
     worker.on('exit', () => {
       if (!control.closed) control.lost('the control thread ended');
@@ -192,7 +195,7 @@ export class Control {
   /**
    * Normal end: say goodbye so that no rank takes the closing socket for a failure. Rank 0 is the
    * hub of the others' goodbyes and failures, so it returns once they have all ended (at most
-   * lingerMs).
+   * lingerMs; the control thread says when it is done).
    */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -201,9 +204,13 @@ export class Control {
     if (this.dead) return;
     await new Promise<void>((resolve) => {
       const t = setTimeout(resolve, this.env.rank === 0 && this.env.world > 1 ? this.lingerMs : 2000);
-      this.worker.once('exit', () => {
+      const done = () => {
         clearTimeout(t);
         resolve();
+      };
+      this.worker.once('exit', done);
+      this.worker.on('message', (m: { type?: string }) => {
+        if (m?.type === 'closed') done();
       });
       this.worker.postMessage({ type: 'close' });
     });

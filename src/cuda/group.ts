@@ -172,7 +172,12 @@ export class CudaGroup {
       }
       this.ctx.check('cuEventRecord', this.ctx.drv.cuEventRecord(mk.before, stream));
     }
-    call();
+    try {
+      call();
+    } catch (e) {
+      if (mk) this.spare.push(mk);
+      throw e;
+    }
     if (mk) {
       this.ctx.check('cuEventRecord', this.ctx.drv.cuEventRecord(mk.after, stream));
       mk.what = what;
@@ -184,7 +189,14 @@ export class CudaGroup {
 
   /** Drop the marks at the head of `queue` whose collective is done (their events are reused). */
   private pruneDone(queue: CollectiveMark[]): void {
-    while (queue.length > 0 && this.ctx.drv.cuEventQuery!(queue[0].after) === 0) this.spare.push(queue.shift()!);
+    while (queue.length > 0 && this.eventDone(queue[0].after)) this.spare.push(queue.shift()!);
+  }
+
+  /** Whether the work before `ev` on its stream is done (any answer but done or not-ready is an error). */
+  private eventDone(ev: Handle): boolean {
+    const rc = this.ctx.drv.cuEventQuery!(ev);
+    if (rc !== 0 && rc !== CUDA_ERROR_NOT_READY) this.ctx.check('cuEventQuery', rc);
+    return rc === 0;
   }
 
   /** One NCCL call on `stream` (see collective). */
@@ -203,7 +215,6 @@ export class CudaGroup {
     if (!control || this.marks.size === 0 || control.leftCount() === 0) return;
     const now = performance.now();
     if (!this.leftSeenAt) this.leftSeenAt = now;
-    const query = this.ctx.drv.cuEventQuery!;
     for (const queue of this.marks.values()) {
       // Only a stream's oldest unfinished collective can be the one waiting: the rest queue behind it.
       this.pruneDone(queue);
@@ -218,7 +229,7 @@ export class CudaGroup {
       else for (let r = 0; r < this.world && gone < 0; r++) if (control.hasLeft(r)) gone = r;
       if (gone < 0) continue;
       if (!mk.startedAt) {
-        if (query(mk.before) !== 0) continue; // the work ahead of it is still running
+        if (!this.eventDone(mk.before)) continue; // the work ahead of it is still running
         mk.startedAt = now;
       }
       if (now - Math.max(mk.startedAt, this.leftSeenAt) > this.leftGraceMs) {

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createConnection, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { Control, rankEnv } from '../../src/cuda/control.js';
 import { errorLine, freePort, launch, EXIT_SECONDARY } from '../../src/cuda/launch.js';
@@ -228,6 +229,58 @@ test('a rank that ends normally is no failure for a wait on other ranks (a recei
   for (const r of ranks) assert.equal(r.code, 0, `rank ${r.rank}: code ${r.code}\n${r.err}`);
   assert.match(ranks[0].err, /received/, ranks[0].err);
   assert.ok(ranks[0].afterWait >= 2000, `rank 0 waited for rank 1 (${ranks[0].afterWait} ms)`);
+});
+
+test('rank 0 lingers at close only while other ranks run: a stray connection does not hold it, a rank still running past lingerMs is told the hub is gone, the bound fits setTimeout', async () => {
+  const pair = async (opts: { lingerMs?: number; stray?: boolean }) => {
+    const masterPort = await freePort();
+    const env = (rank: number) => ({ rank, world: 2, localRank: rank, masterAddr: '127.0.0.1', masterPort });
+    const makeId = () => new Uint8Array(128);
+    const first = Control.start(env(0), { makeId, graceMs: 0, lingerMs: opts.lingerMs });
+    let stray: Socket | null = null;
+    if (opts.stray) {
+      await new Promise((r) => setTimeout(r, 200)); // rank 0 listens
+      stray = createConnection({ host: '127.0.0.1', port: masterPort }); // never says hello
+      stray.on('error', () => {});
+    }
+    const [c0, c1] = await Promise.all([first, Control.start(env(1), { makeId, graceMs: 0 })]);
+    return { c0, c1, stray };
+  };
+  // Both end normally, rank 0 first: it returns right after rank 1 does, the stray socket notwithstanding.
+  {
+    const { c0, c1, stray } = await pair({ lingerMs: 8000, stray: true });
+    const t0 = Date.now();
+    const closing0 = c0.close();
+    await new Promise((r) => setTimeout(r, 300));
+    assert.ok(c1.hasLeft(0), 'rank 1 knows rank 0 has ended');
+    await c1.close();
+    await closing0;
+    assert.ok(Date.now() - t0 < 3000, `rank 0's close took ${Date.now() - t0} ms`);
+    assert.equal(c0.failure(), null);
+    assert.equal(c1.failure(), null);
+    stray?.destroy();
+  }
+  // Rank 1 still running when rank 0's linger ends: rank 1 fails (no failure could reach it any more).
+  {
+    const { c0, c1 } = await pair({ lingerMs: 1000 }); // (at least 2 s)
+    const t0 = Date.now();
+    await c0.close();
+    assert.ok(Date.now() - t0 >= 1900, `rank 0 lingered ${Date.now() - t0} ms`);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.match(c1.failure()?.message ?? '', /rank 0 ended normally, then stopped relaying .*failures of other ranks can no longer reach this one/);
+    c1.acknowledge();
+    await c1.close();
+  }
+  const saved = process.env.RINGATTN_GPU_TIMEOUT;
+  process.env.RINGATTN_GPU_TIMEOUT = '3000000'; // "no timeout": past setTimeout's 2^31 - 1 ms
+  try {
+    const c = await Control.start({ rank: 0, world: 1, localRank: 0, masterAddr: '127.0.0.1', masterPort: await freePort() }, { makeId: () => new Uint8Array(128) });
+    assert.equal(c.lingerMs, 2 ** 31 - 1);
+    await c.close();
+  } finally {
+    if (saved === undefined) delete process.env.RINGATTN_GPU_TIMEOUT;
+    else process.env.RINGATTN_GPU_TIMEOUT = saved;
+  }
 });
 
 test('the control thread is watched: a blocked main thread is no failure; a thread that dies is, by its exit or by its heartbeat', async () => {

@@ -239,7 +239,7 @@ const short: Record<DecodeKvDtype, string> = { float32: 'fp32', bfloat16: 'bf16'
 const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
 const cpu = os.cpus()[0]?.model ?? 'unknown';
 console.log(`# decode bench: ${cpu}, ${cores} cores, kernel ${decodeKernelName()}, H=${H} Hk=${Hk} D=${D}, Sq=1, ${rounds} rounds, ${new Date().toISOString().slice(0, 10)}`);
-console.log(`# L3 ${l3 ? `${(l3 / 2 ** 20).toFixed(0)} MiB (getconf)` : 'unknown'}; bandwidth arrays ${(streamN * 4) / 2 ** 20} MiB each${l3 ? '; rows whose KV read is under twice that are marked (L3): they may partly run from the cache' : ''}`);
+console.log(`# L3 ${l3 ? `${(l3 / 2 ** 20).toFixed(0)} MiB (getconf; a VM may report its whole host's)` : 'unknown'}; bandwidth arrays ${(streamN * 4) / 2 ** 20} MiB each${l3 ? '; rows whose KV read is under twice that are marked (L3): they may partly run from the cache' : ''}`);
 console.log('');
 console.log('| threads | STREAM copy GB/s (2 x bytes, best of run) | read-only sum GB/s (best of run) |');
 console.log('|---|---|---|');

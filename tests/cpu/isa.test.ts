@@ -138,3 +138,18 @@ test('RINGATTN_CPU_ISA rejects an unknown value by name', () => {
   const r = spawnSync(process.execPath, ['-e', PROBE], { env: { ...process.env, RINGATTN_CPU_ISA: 'sse9' }, encoding: 'utf8' });
   assert.match(r.stdout, /^RINGATTN_CPU_ISA: expected native, avx2 or scalar, got 'sse9'/);
 });
+
+test('RINGATTN_CPU_DEFINES: -D options build a library of their own (in its cache key); anything else is refused by name', () => {
+  const load = (defs: string | undefined) => {
+    const env = { ...process.env };
+    if (defs === undefined) delete env.RINGATTN_CPU_DEFINES;
+    else env.RINGATTN_CPU_DEFINES = defs;
+    return spawnSync(process.execPath, ['-e', PROBE], { env, encoding: 'utf8' }).stdout.trim();
+  };
+  const plain = load(undefined), hinted = load('-DPF_SEG_HINT=3  -DNK=3');
+  assert.match(plain, /^\w+ \S+/, plain);
+  assert.match(hinted, /^\w+ \S+/, hinted);
+  assert.equal(hinted.split(' ')[0], plain.split(' ')[0], 'same ISA');
+  assert.notEqual(hinted.split(' ')[1], plain.split(' ')[1], 'another library file');
+  assert.match(load('-DPF_SEG_HINT=3 oops'), /^RINGATTN_CPU_DEFINES: expected space-separated -DNAME or -DNAME=value, got 'oops'/);
+});

@@ -18,7 +18,7 @@ import { HEARTBEAT_MS, recordFailure, SLOT, STATE, type ControlInit } from './co
  *                                            collective with it can tell it will not come)
  * Rank 0 ending normally sends {"left": 0} and stays the hub until every other rank has said
  * goodbye or gone (Control.close waits for it): the goodbyes and failures of the ranks still
- * running reach each other as before.
+ * running reach each other as before. (It never says "bye": it closes after all the others.)
  */
 
 const init = workerData as ControlInit;
@@ -36,7 +36,7 @@ let lingerDone: (() => void) | null = null;
 const gone = new Set<number>();
 /** Every connection rank 0 accepted (a stray one that never said hello too: finish ends them all). */
 const accepted = new Set<Socket>();
-/** Rank q > 0: rank 0 has ended normally ({"left": 0}) but still relays; its bye comes last. */
+/** Rank q > 0: rank 0 has ended normally ({"left": 0}) and relays until every rank has ended. */
 let hubLeft = false;
 let watchdog: NodeJS.Timeout | null = null;
 // The main thread checks that this thread is alive (Control.throwIfFailed): without it, no other
@@ -114,7 +114,9 @@ function checkLinger(): void {
 
 function serve(): void {
   const pending = new Set<number>(Array.from({ length: init.world - 1 }, (_, i) => i + 1));
+  let rendezvousOver = init.world === 1; // every rank joined, or the deadline passed
   const timer = setTimeout(() => {
+    rendezvousOver = true;
     const missing = [...pending].join(', ');
     const message = `rendezvous timed out after ${init.timeoutMs} ms: rank(s) ${missing} did not connect to ${where}`;
     relay(0, message);
@@ -128,8 +130,8 @@ function serve(): void {
     onMessages(s, (m) => {
       if (typeof m.hello === 'number') {
         const q = m.hello;
-        if (pending.size === 0) {
-          void send(s, { abort: 0, message: `rendezvous: rank ${q} said hello after every rank had joined` });
+        if (rendezvousOver) {
+          void send(s, { abort: 0, message: `rendezvous: rank ${q} said hello after the rendezvous ended` });
           s.end();
           return;
         }
@@ -142,6 +144,7 @@ function serve(): void {
         sockets.set(q, s);
         pending.delete(q);
         if (pending.size === 0) {
+          rendezvousOver = true;
           clearTimeout(timer);
           for (const c of sockets.values()) void send(c, { id: init.id });
           Atomics.store(flags, SLOT.state, STATE.ready);
@@ -206,9 +209,6 @@ function connect(): void {
         Atomics.notify(flags, SLOT.state);
       } else if (typeof m.abort === 'number') {
         abort(m.abort, String(m.message ?? 'failed'), gotId ? STATE.aborted : STATE.error);
-      } else if (m.bye === 0) {
-        saidBye.add(0);
-        peerLeft(0);
       } else if (m.left === 0) {
         hubLeft = true; // rank 0 has ended normally and relays until the others have ended
         peerLeft(0);
@@ -218,14 +218,18 @@ function connect(): void {
     });
     s.on('error', () => {});
     s.on('close', () => {
-      if (closing || saidBye.has(0)) return;
+      if (closing) return;
       if (!connected) {
         if (Date.now() < deadline) setTimeout(attempt, 100);
         return;
       }
-      const message = hubLeft
-        ? 'rank 0 ended normally, then stopped relaying (ended or killed) before this rank ended: failures of other ranks can no longer reach this one'
-        : gotId ? 'rank 0 exited or lost its connection without a word' : `rendezvous: rank 0 at ${where} closed the connection`;
+      if (hubLeft) {
+        // Rank 0 ended normally, then stopped relaying before this rank ended (it was killed, or
+        // its lingerMs ran out): no failure of this rank, but other ranks' can no longer reach it.
+        writeSync(2, `ringattn: rank ${init.rank}: warning: rank 0 stopped relaying before this rank ended; failures of other ranks can no longer reach this one\n`);
+        return;
+      }
+      const message = gotId ? 'rank 0 exited or lost its connection without a word' : `rendezvous: rank 0 at ${where} closed the connection`;
       abort(0, message, gotId ? STATE.aborted : STATE.error);
     });
   };
@@ -262,17 +266,13 @@ parentPort?.on('message', (m: { type: string; message?: string }) => {
       parentPort?.close();
     };
     if (init.rank === 0 && sockets.size > 0) {
-      // (a rank still connected when the others are done hears bye: it ends, not loses the hub)
-      lingerDone = () => {
-        const open = [...sockets].filter(([q]) => !saidBye.has(q) && !gone.has(q)).map(([, c]) => send(c, { bye: 0 }));
-        Promise.all(open).then(finish, finish);
-      };
+      lingerDone = finish;
       for (const s of sockets.values()) void send(s, { left: 0 });
       checkLinger();
       return;
     }
-    const byes = init.rank === 0 ? [] : [send(upstream, { bye: init.rank })];
-    Promise.all(byes).then(finish, finish);
+    if (init.rank === 0) finish();
+    else send(upstream, { bye: init.rank }).then(finish, finish);
   }
 });
 

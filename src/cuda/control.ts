@@ -46,9 +46,10 @@ export interface ControlOptions {
   /** A control thread whose heartbeat has not moved for this long has died: the rank fails (ms, default 15 s). */
   heartbeatTimeoutMs?: number;
   /**
-   * Rank 0: how long close() waits for the other ranks to end, relaying their goodbyes and
-   * failures meanwhile (ms, default RINGATTN_GPU_TIMEOUT (or 10 min) + graceMs + 5 s: they end
-   * or fail by then).
+   * Rank 0: how long close() waits at most for the other ranks to end, relaying their goodbyes
+   * and failures meanwhile (ms, default Infinity: each of them ends, fails by its own GPU timeout
+   * or watchdog, or dies, which closes its connection). After it, those still running only lose
+   * the relay (each prints a warning).
    */
   lingerMs?: number;
 }
@@ -73,7 +74,7 @@ export class Control {
   /** The control thread is gone (lost()): nothing to tell it, nothing to wait for. */
   private dead = false;
   heartbeatTimeoutMs = 15_000;
-  lingerMs = 600_000;
+  lingerMs = Infinity;
 
   private constructor(readonly env: RankEnv, readonly id: Uint8Array, private readonly worker: Worker, flagsBuf: SharedArrayBuffer, textBuf: SharedArrayBuffer, leftBuf: SharedArrayBuffer) {
     this.flags = new Int32Array(flagsBuf);
@@ -82,6 +83,7 @@ export class Control {
   }
 
   static async start(env: RankEnv, opts: ControlOptions = {}): Promise<Control> {
+    if (opts.lingerMs !== undefined && !(opts.lingerMs >= 0)) throw new InputError('lingerMs', `expected a number of ms >= 0 (Infinity: until the other ranks end), got ${opts.lingerMs}`);
     const envTimeout = Number(process.env.RINGATTN_RENDEZVOUS_TIMEOUT);
     const timeoutMs = opts.timeoutMs ?? (Number.isFinite(envTimeout) && envTimeout > 0 ? envTimeout : 60_000);
     const flags = new SharedArrayBuffer(8 * 4);
@@ -107,10 +109,7 @@ export class Control {
     worker.unref();
     const control = new Control(env, got, worker, flags, text, left);
     if (opts.heartbeatTimeoutMs !== undefined) control.heartbeatTimeoutMs = opts.heartbeatTimeoutMs;
-    // the others' GPU waits end by RINGATTN_GPU_TIMEOUT, their stopping by graceMs: linger past both
-    const gpuTimeout = Number(process.env.RINGATTN_GPU_TIMEOUT) * 1000;
-    const linger = opts.lingerMs ?? (Number.isFinite(gpuTimeout) && gpuTimeout > 0 ? gpuTimeout : 600_000) + (opts.graceMs ?? 5000) + 5000;
-    control.lingerMs = Math.min(2 ** 31 - 1, Math.max(2000, linger)); // (setTimeout's range)
+    if (opts.lingerMs !== undefined) control.lingerMs = opts.lingerMs;
     // A control thread that ends on its own (not by close) can no longer pass failures on.
     worker.on('exit', () => {
       if (!control.closed) control.lost('the control thread ended');
@@ -203,15 +202,17 @@ export class Control {
     Atomics.store(this.flags, SLOT.ack, 1);
     if (this.dead) return;
     await new Promise<void>((resolve) => {
-      const t = setTimeout(resolve, this.env.rank === 0 && this.env.world > 1 ? this.lingerMs : 2000);
+      const limit = this.env.rank === 0 && this.env.world > 1 ? this.lingerMs : 2000;
+      const t = Number.isFinite(limit) ? setTimeout(resolve, Math.min(limit, 2 ** 31 - 1)) : null; // (setTimeout's range)
       const done = () => {
-        clearTimeout(t);
+        if (t) clearTimeout(t);
         resolve();
       };
       this.worker.once('exit', done);
       this.worker.on('message', (m: { type?: string }) => {
         if (m?.type === 'closed') done();
       });
+      this.worker.ref(); // (unreferenced since the rendezvous: the process must live while rank 0 relays)
       this.worker.postMessage({ type: 'close' });
     });
     await this.worker.terminate();

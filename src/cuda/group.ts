@@ -187,6 +187,19 @@ export class CudaGroup {
     }
   }
 
+  /**
+   * A failed GPU query (a sticky error: the context is lost): stop the group like any failure, so
+   * that NCCL is aborted and no free runs on the dead context and hides this error behind its own.
+   */
+  private deviceError(what: string, rc: number): never {
+    try {
+      this.ctx.check(what, rc);
+    } catch (e) {
+      this.stop(e as Error);
+    }
+    this.stop(new BackendError(`${what} failed [CUresult ${rc}]`));
+  }
+
   /** Drop the marks at the head of `queue` whose collective is done (their events are reused). */
   private pruneDone(queue: CollectiveMark[]): void {
     while (queue.length > 0 && this.eventDone(queue[0].after)) this.spare.push(queue.shift()!);
@@ -195,7 +208,7 @@ export class CudaGroup {
   /** Whether the work before `ev` on its stream is done (any answer but done or not-ready is an error). */
   private eventDone(ev: Handle): boolean {
     const rc = this.ctx.drv.cuEventQuery!(ev);
-    if (rc !== 0 && rc !== CUDA_ERROR_NOT_READY) this.ctx.check('cuEventQuery', rc);
+    if (rc !== 0 && rc !== CUDA_ERROR_NOT_READY) this.deviceError('cuEventQuery', rc);
     return rc === 0;
   }
 
@@ -246,7 +259,7 @@ export class CudaGroup {
     for (;;) {
       const rc = query();
       if (rc === 0) return;
-      if (rc !== CUDA_ERROR_NOT_READY) this.ctx.check(what, rc);
+      if (rc !== CUDA_ERROR_NOT_READY) this.deviceError(what, rc);
       this.poll();
       this.checkLeft(what);
       const waited = performance.now() - t0;

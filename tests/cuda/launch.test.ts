@@ -330,3 +330,23 @@ test('a collective that never completes: RINGATTN_GPU_TIMEOUT ends every rank on
   }
   assert.ok(ranks.some((r) => r.code === 1), 'a rank reports its own timeout');
 });
+
+test('a GPU query that fails (a sticky error) stops the group: NCCL aborted, later frees skipped, later waits throw the same error', async () => {
+  const { fakeCuda } = await import('../mock/fakeCuda.js');
+  const { CudaContext } = await import('../../src/cuda/context.js');
+  const { CudaGroup } = await import('../../src/cuda/group.js');
+  const drv = fakeCuda() as unknown as Record<string, unknown>;
+  drv.cuCtxGetStreamPriorityRange = (a: number[], b: number[]) => ((a[0] = 0), (b[0] = -5), 0);
+  drv.cuStreamCreateWithPriority = (out: unknown[]) => ((out[0] = { stream: 'comm' }), 0);
+  drv.cuStreamQuery = (s: { stream?: string } | null) => (s?.stream === 'comm' ? 700 : 0); // CUDA_ERROR_ILLEGAL_ADDRESS
+  let aborted = 0;
+  const nccl = { ncclCommAbort: () => ((aborted += 1), 0), ncclCommGetAsyncError: (_c: unknown, e: number[]) => ((e[0] = 0), 0) };
+  const ctx = CudaContext.open(0, drv as never);
+  const G = CudaGroup as unknown as new (...a: unknown[]) => { syncStream(s: unknown): void; comm: unknown };
+  const g = new G({ rank: 0, world: 1, localRank: 0, masterAddr: '127.0.0.1', masterPort: 1 }, null, ctx, nccl, { comm: true }, 60_000);
+  assert.throws(() => g.syncStream(g.comm), /CUDA_ERROR_ILLEGAL_ADDRESS/);
+  assert.equal(aborted, 1);
+  assert.equal(ctx.abandoned, true, 'no free runs on the lost context');
+  assert.throws(() => g.syncStream(g.comm), /CUDA_ERROR_ILLEGAL_ADDRESS/);
+  assert.equal(aborted, 1, 'aborted once');
+});

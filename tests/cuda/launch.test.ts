@@ -204,6 +204,12 @@ test('a rank that ends normally while the others have a second collective queued
     assert.match(r.err, /rank 1 has ended while this rank's ncclAllGather\(first\) still waits for it 1\.0 s later/, r.err);
     assert.ok(r.afterWait < grace + 2500, `rank ${r.rank} ended ${r.afterWait} ms after entering the collectives:\n${r.err}`);
   }
+  // The first completes, the second (behind it) is the one left waiting: it is named.
+  const later = await stuckRanks('done-then-stuck', 3, { STUCK_LEFT_GRACE_MS: String(grace), STUCK_TIMEOUT_MS: '9000' });
+  for (const r of [later[0], later[2]]) {
+    assert.match(r.err, /rank 1 has ended while this rank's ncclAllReduce\(second\) still waits for it 1\.0 s later/, r.err);
+    assert.ok(r.afterWait < grace + 2800, `rank ${r.rank} ended ${r.afterWait} ms after entering the collectives:\n${r.err}`);
+  }
 });
 
 test('rank 0 ends first: it stays the hub, so a later goodbye or death of another rank still reaches a rank waiting on it', async () => {

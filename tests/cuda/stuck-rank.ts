@@ -10,6 +10,8 @@
 //              wait in; they must notice within leftGraceMs (STUCK_LEFT_GRACE_MS), not at the timeout.
 //   queued-leaves: as peer-leaves, but the others enqueue a second collective behind the stuck
 //              one before they wait: the stuck one is still found (the oldest unfinished on its stream).
+//   done-then-stuck: the others' first collective completes after 300 ms, the second (queued
+//              behind it) never: the first is dropped from the marks and the second is found.
 //   other-leaves: rank 2 ends at once; rank 0 waits 1.2 s on a receive from rank 1 (alive, busy),
 //              then 1.2 s on a group sending to rank 2 and receiving from rank 1 (a ring step whose
 //              send is done): neither is a failure (the departed rank is not the one waited for).
@@ -91,7 +93,7 @@ if (mode === 'peer-dies' && env.rank === 1) {
       g.syncStream(g.comm);
       return;
     }
-    if (((mode === 'peer-leaves' || mode === 'queued-leaves') && env.rank === 1) || (mode === 'other-leaves' && env.rank === 2)) {
+    if (((mode === 'peer-leaves' || mode === 'queued-leaves' || mode === 'done-then-stuck') && env.rank === 1) || (mode === 'other-leaves' && env.rank === 2)) {
       log('leaving without the collective');
       return;
     }
@@ -110,6 +112,12 @@ if (mode === 'peer-dies' && env.rank === 1) {
       return;
     }
     log('in allGatherF64');
+    if (mode === 'done-then-stuck') {
+      g.ncclOn('ncclAllGather(first)', g.comm, () => ((enqueued = true), (releaseAt = Date.now() + 300), 0));
+      g.ncclOn('ncclAllReduce(second)', g.comm, () => ((releaseAt = Infinity), 0));
+      g.syncStream(g.comm);
+      return;
+    }
     if (mode === 'queued-leaves') {
       g.ncclOn('ncclAllGather(first)', g.comm, () => ((enqueued = true), 0));
       g.ncclOn('ncclAllReduce(second)', g.comm, () => 0);

@@ -32,8 +32,6 @@ let upstream: Socket | null = null;
 let closing = false;
 /** Rank 0 after its own normal end: the hub's last duty (see the header), then this. */
 let lingerDone: (() => void) | null = null;
-/** Ranks whose connection to rank 0 has closed. */
-const gone = new Set<number>();
 /** Every connection rank 0 accepted (a stray one that never said hello too: finish ends them all). */
 const accepted = new Set<Socket>();
 /** Rank q > 0: rank 0 has ended normally ({"left": 0}) and relays until every rank has ended. */
@@ -103,10 +101,10 @@ function relay(rank: number, message: string, except?: number): void {
   for (const [q, s] of sockets) if (q !== except) void send(s, { abort: rank, message });
 }
 
-/** Rank 0, lingering: done once every connected rank has said goodbye or gone. */
+/** Rank 0, lingering: done once every connected rank has said goodbye or gone (closing without one removes it). */
 function checkLinger(): void {
   if (!lingerDone) return;
-  for (const q of sockets.keys()) if (!saidBye.has(q) && !gone.has(q)) return;
+  for (const q of sockets.keys()) if (!saidBye.has(q)) return;
   const done = lingerDone;
   lingerDone = null;
   done();
@@ -166,7 +164,6 @@ function serve(): void {
     s.on('close', () => {
       accepted.delete(s);
       if (peer < 0) return;
-      gone.add(peer);
       if (!saidBye.has(peer) && (!closing || lingerDone)) {
         sockets.delete(peer);
         const message = `rank ${peer} exited or lost its connection without a word`;
@@ -259,7 +256,7 @@ parentPort?.on('message', (m: { type: string; message?: string }) => {
     clearInterval(heartbeat);
     if (watchdog) clearTimeout(watchdog);
     const finish = () => {
-      for (const s of [...sockets.values(), ...accepted]) s.destroy();
+      for (const s of accepted) s.destroy(); // (rank 0: every peer's socket is one of them)
       upstream?.destroy();
       server?.close();
       parentPort?.postMessage({ type: 'closed' });

@@ -159,7 +159,8 @@ export class CudaGroup {
   collective(what: string, stream: Handle, call: () => void, peers: readonly number[] | null = null): void {
     let queue = this.marks.get(stream);
     if (!queue) this.marks.set(stream, (queue = []));
-    this.pruneDone(queue);
+    // Only a full queue is pruned here (checkLeft prunes its own): no driver query per NCCL call.
+    if (queue.length >= MAX_MARKS) this.pruneDone(queue);
     let mk: CollectiveMark | undefined;
     if (queue.length < MAX_MARKS) {
       mk = this.spare.pop();

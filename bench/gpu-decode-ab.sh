@@ -4,7 +4,8 @@
 # (an empty argument is the default build), ROUNDS rounds of all variants so drift hits all alike.
 # A variant "VAR=x VAR2=y|DEFINES" also sets those environment variables (e.g.
 # "RINGATTN_DECODE_MERGE=kernel|" is the default build with the separate merge launch).
-# Carry .devkit, .devrun and dist. Results in $OUT/decode-ab.log.
+# D=64 in the environment times head dim 64 (ours and torch's). Carry .devkit, .devrun and dist.
+# Results in $OUT/decode-ab.log.
 #   bash bench/gpu-decode-ab.sh [reps=30] [contexts=131072,1048576] [batches=1,8] VARIANT...
 set -uo pipefail
 source bench/device-env.sh
@@ -14,7 +15,8 @@ BAT=${3:-1,8}
 shift 3
 log="$OUT/decode-ab.log"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$log"
-timeout -s KILL 300 python3 bench/peers/torch_decode.py "$REPS" "$CTX" "$BAT" >"$OUT/torch_decode.log" 2>&1
+HD=${D:-128}
+timeout -s KILL 300 python3 bench/peers/torch_decode.py "$REPS" "$CTX" "$BAT" "$HD" >"$OUT/torch_decode.log" 2>&1
 grep -v '^JSON' "$OUT/torch_decode.log" | tee -a "$log"
 for round in $(seq 1 "${ROUNDS:-2}"); do
   for v in "$@"; do
@@ -22,7 +24,7 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
     defs="$v"
     if [[ "$v" == *"|"* ]]; then envs="${v%%|*}"; defs="${v#*|}"; fi
     echo "== round $round env='$envs' defines='$defs'" | tee -a "$log"
-    env $envs RINGATTN_NVRTC_DEFINES="$defs" timeout -s KILL 200 $N dist/bench/gpu-decode.js --reps="$REPS" --contexts="$CTX" --batches="$BAT" --torch="$OUT/torch_decode.log" 2>&1 |
+    env $envs RINGATTN_NVRTC_DEFINES="$defs" timeout -s KILL 200 $N dist/bench/gpu-decode.js --reps="$REPS" --contexts="$CTX" --batches="$BAT" --d="$HD" --torch="$OUT/torch_decode.log" 2>&1 |
       grep -v '^JSON' | tee -a "$log"
   done
 done

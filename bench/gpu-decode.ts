@@ -7,7 +7,7 @@ import { rankMain, type CudaGroup } from '../src/cuda/group.js';
 
 /**
  * GPU decode benchmark (issue 11): one decode step of B sequences, one query token each, against
- * caches of n tokens; H = 32, Hk = 8, D = 128, bf16 cache; causal with the query at the cache's
+ * caches of n tokens; H = 32, Hk = 8, D = 128 (--d=64), bf16 cache; causal with the query at the cache's
  * end, so every row is visible and read once. Time per step is the median over `reps` blocks of
  * back-to-back steps (CUDA events, after warm-up), effective bandwidth = K and V bytes read / time,
  * against the peak measured in the same run (a read kernel, and cuMemcpyDtoD counted as 2x bytes).
@@ -15,7 +15,7 @@ import { rankMain, type CudaGroup } from '../src/cuda/group.js';
  * same table. A window row shows that only visible rows are read.
  *
  *   node dist/bench/gpu-decode.js [--contexts=32768,131072,1048576] [--batches=1,8] [--reps=30]
- *                                 [--torch=torch_decode.json] [--max-waves=N] [--waves=N]
+ *                                 [--torch=torch_decode.json] [--max-waves=N] [--waves=N] [--d=64]
  *   node dist/bench/gpu-decode.js --devices=2 [--contexts=...] [--batches=...] [--reps=...]
  *     each of 2 ranks (one GPU each) holds half of every cache; a step = the decode of its half
  *     plus decodeCombineRanks (all-gather + merge); speedup against one GPU with the whole cache.
@@ -27,7 +27,8 @@ const args = new Map(process.argv.slice(2).map((a) => {
 }));
 // --h / --hk change the head counts (e.g. --h=4 --hk=1 with 8x the context: the same bytes, each
 // KV head's rows contiguous instead of 256-byte pieces at a 2 KB stride).
-const H = Number(args.get('h') ?? 32), Hk = Number(args.get('hk') ?? 8), D = 128;
+const H = Number(args.get('h') ?? 32), Hk = Number(args.get('hk') ?? 8), D = Number(args.get('d') ?? 128);
+if (D !== 64 && D !== 128) throw new Error(`--d: expected 64 or 128, got ${args.get('d')}`);
 const list = (k: string, d: string) => (args.get(k) ?? d).split(',').filter(Boolean).map(Number);
 const contexts = list('contexts', '32768,131072,1048576');
 const batches = list('batches', '1,8');
@@ -146,7 +147,7 @@ function peaks(ctx: CudaContext): { read: number; copy: number } {
   }
 }
 
-interface TorchRow { backend: string; context: number; batch: number; ms?: number; gqa?: string; error?: string }
+interface TorchRow { backend: string; context: number; batch: number; d?: number; ms?: number; gqa?: string; error?: string }
 
 function torchRows(): TorchRow[] {
   const f = args.get('torch');
@@ -155,7 +156,8 @@ function torchRows(): TorchRow[] {
     console.log(`(no PyTorch results: ${f} does not exist)`);
     return [];
   }
-  return readFileSync(f, 'utf8').split('\n').filter((l) => l.startsWith('JSON ')).map((l) => JSON.parse(l.slice(5)) as TorchRow);
+  const rows = readFileSync(f, 'utf8').split('\n').filter((l) => l.startsWith('JSON ')).map((l) => JSON.parse(l.slice(5)) as TorchRow);
+  return rows.filter((x) => (x.d ?? 128) === D); // (rows written before torch_decode.py took D are D = 128)
 }
 
 function oneGpu(): void {

@@ -8,7 +8,7 @@ expanded to H heads (4x the bytes; skipped when that does not fit) and the row s
 Time per step: median over `reps` blocks of back-to-back calls, CUDA events, after warm-up.
 Bandwidth counts the Hk-head cache bytes (what a GQA-aware kernel must read).
 One "JSON {...}" line per row (bench/gpu-decode.ts --torch=<file> reads them).
-Usage: python3 bench/peers/torch_decode.py [reps=30] [contexts=32768,131072,1048576] [batches=1,8]
+Usage: python3 bench/peers/torch_decode.py [reps=30] [contexts=32768,131072,1048576] [batches=1,8] [D=128]
 With DECODE_PROFILE=<backend> (flash or cudnn), each shape runs that backend once more, after its
 timing, between cudaProfilerStart/Stop (for `ncu --profile-from-start off`).
 """
@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-H, HK, D = 32, 8, 128
+H, HK = 32, 8
+D = int(sys.argv[4]) if len(sys.argv) > 4 else 128
 reps = int(sys.argv[1]) if len(sys.argv) > 1 else 30
 contexts = [int(s) for s in (sys.argv[2] if len(sys.argv) > 2 else "32768,131072,1048576").split(",")]
 batches = [int(s) for s in (sys.argv[3] if len(sys.argv) > 3 else "1,8").split(",")]
@@ -62,7 +63,7 @@ for n in contexts:
         kv_bytes = 2 * B * HK * n * D * 2
         if not fits(kv_bytes + (1 << 30)):
             for name in ("flash", "cudnn"):
-                row = dict(backend=name, context=n, batch=B, error=f"cache of {kv_bytes / 1e9:.1f} GB does not fit")
+                row = dict(backend=name, context=n, batch=B, d=D, error=f"cache of {kv_bytes / 1e9:.1f} GB does not fit")
                 print(f"{name:8} {n:<8} {B:<6} skipped: {row['error']}")
                 print("JSON " + json.dumps(row), flush=True)
             continue
@@ -71,7 +72,7 @@ for n in contexts:
         k = torch.randn(B, HK, n, D, device="cuda", dtype=torch.bfloat16)
         v = torch.randn(B, HK, n, D, device="cuda", dtype=torch.bfloat16)
         for name, backend in [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)]:
-            row = dict(backend=name, context=n, batch=B)
+            row = dict(backend=name, context=n, batch=B, d=D)
             try:
                 with sdpa_kernel([backend]):
                     try:

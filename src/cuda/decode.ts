@@ -180,11 +180,13 @@ function supported(dtype: CudaDType, D: unknown): number {
 
 function choosePath(dtype: CudaDType, D: number, R: number, cc: readonly [number, number]): Path {
   // At most 8 query rows a KV head (one token of a GQA group up to 8:1, or a few tokens of a
-  // smaller one) at D = 128: the register-staged kernel (decl in decode.cu; 4.46-4.59 TB/s on an
+  // smaller one): the register-staged kernel (decl in decode.cu; at D = 128 4.46-4.59 TB/s on an
   // H200, 0.97-1.00x cuDNN, where the mma path's cp.async loads stop at ~4.3; NOTES.md run 43).
-  // RINGATTN_DECODE_LDG=0 picks the mma path. Only on sm_90 and later, where it was measured
-  // (at sm_80 it spills a few bytes and is untried).
-  if (dtype !== 'float32' && D === 128 && R <= 8 && cc[0] >= 9 && process.env.RINGATTN_DECODE_LDG !== '0') return { kind: 'ldg' };
+  // Only on sm_90 and later, where it was measured (at sm_80 it spills a few bytes and is
+  // untried). RINGATTN_DECODE_LDG=0 picks the mma path; =1 takes this kernel at D = 64 too, which
+  // is compiled and tested but not yet timed against the mma path, so it is not the default there.
+  const ldg = process.env.RINGATTN_DECODE_LDG;
+  if (dtype !== 'float32' && (D === 128 || (D === 64 && ldg === '1')) && R <= 8 && cc[0] >= 9 && ldg !== '0') return { kind: 'ldg' };
   if (dtype !== 'float32' && (D === 64 || D === 128) && cc[0] >= 8) {
     const tiles = Math.ceil(Math.min(R, 128) / 16);
     return { kind: 'mma', mt: tiles <= 1 ? 1 : tiles <= 2 ? 2 : tiles <= 4 ? 4 : 8 };
@@ -199,8 +201,10 @@ function mmaSmem(D: number, mt: number): number {
   const epi = warps * 16 * (D + 4) * 4 + 2 * warps * 16 * 4 + 128 * 4 * 4;
   return Math.max(pipe, epi);
 }
-/** Mirrors decl::BYTES: 8 warps' 16-row K and V tiles (the epilogue fits in them). */
-const LDG_SMEM = 8 * 2 * 16 * (128 + 8) * 2;
+/** Mirrors decl::Cfg<D>::BYTES: 8 warps' K and V tiles of 2048 / D rows (the epilogue fits in them). */
+function ldgSmem(D: number): number {
+  return 8 * 2 * (2048 / D) * (D + 8) * 2;
+}
 function genericSmem(D: number, bytes: number): number {
   const BK = 32, stages = 3, RG = 8;
   return stages * (2 * BK * (D * bytes + 16) + 2 * BK * 4) + RG * D * 4;
@@ -338,7 +342,7 @@ export class CudaDecode {
     if (zGroups > 65535) throw new InputError('Sq', `too many query rows (Sq * H / Hk = ${R})`);
     const name = path.kind === 'ldg' ? `decode_ldg_${SUFFIX[dtype]}_d${D}` : path.kind === 'mma' ? `decode_mma_${SUFFIX[dtype]}_d${D}_m${path.mt}` : `decode_generic_${SUFFIX[dtype]}`;
     const threads = path.kind === 'ldg' ? 256 : path.kind === 'mma' ? Math.max(4, path.mt) * 32 : 128;
-    const smem = path.kind === 'ldg' ? LDG_SMEM : path.kind === 'mma' ? mmaSmem(D, path.mt) : genericSmem(D, el);
+    const smem = path.kind === 'ldg' ? ldgSmem(D) : path.kind === 'mma' ? mmaSmem(D, path.mt) : genericSmem(D, el);
     const fn = this.ctx.fn('decode.cu', name, smem);
     const merge = this.ctx.fn('decode.cu', 'decode_merge');
     // CTAs an SM holds: shared memory (228 KB an SM, 1 KB reserved a CTA), registers, threads.

@@ -227,19 +227,22 @@ test('decode: a batch of 70 sequences (two launches) and many sequences of lengt
   check(makeProblem({ lens, Sq: 1, H: 8, Hk: 2, D: 128, mask: { causal: true, window: 200, sinks: 2 } }, 'bfloat16', r), 'bfloat16', `B=70 seed=${seed}`, { r });
 });
 
-test('decode: D=128 with <= 8 query rows a KV head: the register-staged kernel (RINGATTN_DECODE_LDG=1) and the mma path (=0), on every mask', { skip }, () => {
+test('decode: D=128 and 64 with <= 8 query rows a KV head: the register-staged kernel (RINGATTN_DECODE_LDG=1) and the mma path (=0), on every mask', { skip }, () => {
   const seed = freshSeed();
   const r = rng(seed);
   for (const ldg of [true, false]) {
     const saved = process.env.RINGATTN_DECODE_LDG;
     process.env.RINGATTN_DECODE_LDG = ldg ? '1' : '0';
     try {
-      for (const m of MASKS) {
-        for (const [dtype, H, Hk, Sq] of [['bfloat16', 8, 2, 1], ['float16', 4, 4, 4], ['bfloat16', 16, 2, 1], ['float16', 8, 4, 3]] as [CudaDType, number, number, number][]) {
-          const lens = [30 + Math.floor(r() * 100), 0, 700 + Math.floor(r() * 1500)];
-          const p = makeProblem({ lens, Sq, H, Hk, D: 128, mask: m.mask, place: m.place, segs: m.segs, gaps: lens[0] % 2 === 0 }, dtype, r);
-          const tag = check(p, dtype, `${m.name} ${dtype} H=${H} Hk=${Hk} Sq=${Sq} lens=${lens} seed=${seed}`, { r, fresh: lens[2] % 2 === 0 });
-          assert.match(tag, ldg && context().computeCapability[0] >= 9 ? /ldg-d128/ : /mma-d128-m1/, tag); // ldg: sm_90 and later
+      for (const D of [128, 64]) {
+        for (const m of MASKS) {
+          for (const [dtype, H, Hk, Sq] of [['bfloat16', 8, 2, 1], ['float16', 4, 4, 4], ['bfloat16', 16, 2, 1], ['float16', 8, 4, 3]] as [CudaDType, number, number, number][]) {
+            const lens = [30 + Math.floor(r() * 100), 0, 700 + Math.floor(r() * 1500)];
+            const p = makeProblem({ lens, Sq, H, Hk, D, mask: m.mask, place: m.place, segs: m.segs, gaps: lens[0] % 2 === 0 }, dtype, r);
+            const tag = check(p, dtype, `${m.name} ${dtype} D=${D} H=${H} Hk=${Hk} Sq=${Sq} lens=${lens} seed=${seed}`, { r, fresh: lens[2] % 2 === 0 });
+            // ldg: sm_90 and later
+            assert.match(tag, ldg && context().computeCapability[0] >= 9 ? new RegExp(`ldg-d${D}/`) : new RegExp(`mma-d${D}-m1/`), tag);
+          }
         }
       }
     } finally {

@@ -27,8 +27,9 @@
 // is not used, an L2 evict-first policy on the loads changed nothing; reading a head's 256-byte
 // rows at a 2 KB stride costs ~1% against contiguous rows.
 //
-// Paths: decode_ldg_{bf16,f16}_d128: D=128 with at most 8 query rows a KV head (one token of a
-// GQA group up to 8:1), cache tiles through registers (see decl below). Else
+// Paths: decode_ldg_{bf16,f16}_d{64,128}: at most 8 query rows a KV head (one token of a GQA
+// group up to 8:1), cache tiles through registers (see decl below; D=64 only when asked for
+// until it is measured). Else
 // decode_mma_{bf16,f16}_d{64,128}_m{1,2,4,8}: mma.sync m16n8k16; M = query rows in m16
 // tiles (m = tiles rounded up to a power of two), the warps beyond the tiles split each 64-key
 // tile (4 warps, or 8 when m = 8). decode_generic_{f32,bf16,f16}: CUDA cores, exact exp2f, any
@@ -574,7 +575,7 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
 }
 }  // namespace decm
 
-// ---- register-staged path (bf16 / fp16, D = 128, at most 8 query rows a KV head) -----------------
+// ---- register-staged path (bf16 / fp16, D = 64 or 128, at most 8 query rows a KV head) ----------
 //
 // Why (NOTES.md run 42): on an H200 a cp.async read of the cache into shared memory stops at
 // ~4.3 TB/s whatever its stages, tile sizes or bytes in flight, while plain 16-byte loads into
@@ -588,15 +589,26 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
 // accumulator holds only the <= 8 query rows there are (32 registers where the mma path keeps a
 // 16-row tile in 64), P^T's B fragment comes from the scores' C fragment by two movmatrix.trans,
 // and a thread's two query columns are the same in S^T and O^T (the rescale needs no shuffles).
+// A warp tile is 4 KB of K (and as much of V) at either head dim: 16 rows at D = 128, 32 rows at
+// D = 64 (two m16 key tiles in S^T, two k16 steps in O^T), so a thread keeps 8 x 16 bytes in
+// flight at both and an SM the ~64 KB that run 42 found necessary.
 namespace decl {
 constexpr int WARPS = 8, THREADS = WARPS * 32;
-constexpr int D = 128, BK = 16;                 // head dim; cache rows a warp tile
-constexpr int LD = D + 8;                       // shared row stride (elements): no bank conflicts
-constexpr int TILE = BK * LD;                   // elements of one K or V tile
-constexpr int PIPE_BYTES = WARPS * 2 * TILE * 2;
-constexpr int EPI_BYTES = WARPS * 8 * D * 4 + 2 * WARPS * 8 * 4;
-constexpr int BYTES = PIPE_BYTES > EPI_BYTES ? PIPE_BYTES : EPI_BYTES;  // host mirror: LDG_SMEM in decode.ts
-static_assert(BYTES == PIPE_BYTES, "the epilogue fits in the tiles' shared memory");
+template <int D> struct Cfg {
+  static constexpr int BK = 2048 / D;           // cache rows a warp tile (4 KB of 16-bit elements)
+  static constexpr int KT = BK / 16;            // m16 key tiles of S^T = k16 steps of O^T
+  static constexpr int LSH = D == 128 ? 4 : 3;  // log2(lanes a row): 16 bytes a lane
+  static constexpr int RPL = 32 >> LSH;         // rows one warp-wide 16-byte load covers
+  static constexpr int LOADS = BK / RPL;        // 16-byte loads a thread a tile
+  static constexpr int LD = D + 8;              // shared row stride (elements): no bank conflicts
+  static constexpr int TILE = BK * LD;          // elements of one K or V tile
+  static constexpr int PIPE_BYTES = WARPS * 2 * TILE * 2;
+  static constexpr int EPI_BYTES = WARPS * 8 * D * 4 + 2 * WARPS * 8 * 4;
+  static constexpr int BYTES = PIPE_BYTES > EPI_BYTES ? PIPE_BYTES : EPI_BYTES;  // host mirror: ldgSmem in decode.ts
+  static_assert(D == 64 || D == 128, "D = 64 or 128");
+  static_assert(D / 8 == 1 << LSH && LOADS == 8, "a lane loads 16 bytes of a row, 8 times a tile");
+  static_assert(BYTES == PIPE_BYTES, "the epilogue fits in the tiles' shared memory");
+};
 
 __device__ __forceinline__ u32 movT(u32 x) {
   u32 y;
@@ -609,8 +621,10 @@ __device__ __forceinline__ uint4 ldgNc(const void* g) {
   return v;
 }
 
-template <typename T>
+template <typename T, int D>
 __device__ __forceinline__ void run(const DecodeParams& p) {
+  using C = Cfg<D>;
+  constexpr int BK = C::BK, KT = C::KT, LSH = C::LSH, RPL = C::RPL, LD = C::LD, TILE = C::TILE;
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int shInt[4];
   __shared__ int sQpos[2][8];  // query rows' positions and segment ids (the mask reads them; registers are short)
@@ -627,15 +641,16 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
   if (!early) dec::locate<THREADS>(p, b, s, S, BK, shInt, sv, t0, t1, false);
 
   const i64 rowStride = (i64)p.Hk * D;
-  const T* kBase = (const T*)p.k[b] + (i64)kh * D + (lane & 15) * 8;
-  const T* vBase = (const T*)p.v[b] + (i64)kh * D + (lane & 15) * 8;
+  const int col = (lane & ((1 << LSH) - 1)) * 8, rowIn = lane >> LSH;  // this lane's column and row of a load
+  const T* kBase = (const T*)p.k[b] + (i64)kh * D + col;
+  const T* vBase = (const T*)p.v[b] + (i64)kh * D + col;
   const int* posB = p.pos[b];
   const int* segB = p.seg[b];
   u16* sK = (u16*)smem + warp * 2 * TILE;
   u16* sV = sK + TILE;
-  u16* sMine = sK + (lane >> 4) * LD + (lane & 15) * 8;  // this lane's first piece of a tile (+ TILE: of V's)
+  u16* sMine = sK + rowIn * LD + col;  // this lane's first piece of a tile (+ TILE: of V's)
 
-  // Rows i * 2 + lane / 16 (i < 8) of tile `tile`, 16 bytes at column (lane % 16) * 8; rows past
+  // Rows i * RPL + rowIn (i < 8) of tile `tile`, 16 bytes at column `col`; rows past
   // the visible ones read as zeros (their scores are masked, and 0 * V must not be NaN). A whole
   // tile inside one interval of visible rows (all but at most two a sequence) is one pointer and
   // a stride.
@@ -643,32 +658,34 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
   auto load = [&](const T* base, int tile) {
     const int u0 = tile * BK;
     if (u0 + BK <= sv.V && (u0 + BK <= sv.a1 || u0 >= sv.a1)) {
-      const T* g = base + (dec::rowOf(sv, u0) + (lane >> 4)) * rowStride;
+      const T* g = base + (dec::rowOf(sv, u0) + rowIn) * rowStride;
 #pragma unroll
-      for (int i = 0; i < 8; i++) stg[i] = ldgNc(g + i * 2 * rowStride);
+      for (int i = 0; i < 8; i++) stg[i] = ldgNc(g + i * RPL * rowStride);
     } else {
 #pragma unroll
       for (int i = 0; i < 8; i++) {
-        const int u = u0 + i * 2 + (lane >> 4);
+        const int u = u0 + i * RPL + rowIn;
         stg[i] = u < sv.V ? ldgNc(base + dec::rowOf(sv, u) * rowStride) : make_uint4(0u, 0u, 0u, 0u);
       }
     }
   };
   auto store = [&](int off) {
 #pragma unroll
-    for (int i = 0; i < 8; i++) *(uint4*)(sMine + off + i * 2 * LD) = stg[i];
+    for (int i = 0; i < 8; i++) *(uint4*)(sMine + off + i * RPL * LD) = stg[i];
   };
-  // Positions (and segment ids) of this thread's two keys, rows g8 and g8 + 8 of the tile.
-  int kp[2] = {0, 0}, ks[2] = {0, 0};
+  // Positions (and segment ids) of this thread's keys, rows kt * 16 + g8 (+ 8) of the tile.
+  int kp[KT][2] = {}, ks[KT][2] = {};
   auto loadPos = [&](int tile) {
     if (!sv.mask) return;
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const int u = tile * BK + g8 + 8 * h;
-      const i64 j = u < sv.V ? dec::rowOf(sv, u) : 0;
-      kp[h] = posB[j];
-      if (m.hasSeg) ks[h] = segB[j];
-    }
+    for (int kt = 0; kt < KT; kt++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const int u = tile * BK + kt * 16 + g8 + 8 * h;
+        const i64 j = u < sv.V ? dec::rowOf(sv, u) : 0;
+        kp[kt][h] = posB[j];
+        if (m.hasSeg) ks[kt][h] = segB[j];
+      }
   };
 
   int tile = t0 + warp;
@@ -709,29 +726,37 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
     __syncwarp();
     load(vBase, tile);  // V(tile) in flight during S^T and the softmax
 
-    float sc[4] = {0.f, 0.f, 0.f, 0.f};
+    float sc[KT][4] = {};  // S^T, key tile kt: rows (keys) kt * 16 + g8 (+ 8), columns q0, q0 + 1
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-      u32 a[4];
-      ldsm4(a, sK + (lane & 15) * LD + kk * 16 + (lane >> 4) * 8);
-      mma16816<T>(sc, a, qf[kk][0], qf[kk][1]);
-    }
+    for (int kt = 0; kt < KT; kt++)
 #pragma unroll
-    for (int e = 0; e < 4; e++) sc[e] *= scaleLog2;
+      for (int kk = 0; kk < D / 16; kk++) {
+        u32 a[4];
+        ldsm4(a, sK + (kt * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+        mma16816<T>(sc[kt], a, qf[kk][0], qf[kk][1]);
+      }
+#pragma unroll
+    for (int kt = 0; kt < KT; kt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) sc[kt][e] *= scaleLog2;
     const int u0 = tile * BK;
     if (sv.mask || u0 + BK > sv.V) {
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int key = e >> 1, h = e & 1;
-        bool ok = u0 + g8 + 8 * key < sv.V;
-        if (ok && sv.mask) ok = visible(m, sQpos[0][q0 + h], kp[key], sQpos[1][q0 + h], ks[key]);  // kp: loaded with K(tile)
-        if (!ok) sc[e] = NEG_INF;
-      }
+      for (int kt = 0; kt < KT; kt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int key = e >> 1, h = e & 1;
+          bool ok = u0 + kt * 16 + g8 + 8 * key < sv.V;
+          if (ok && sv.mask) ok = visible(m, sQpos[0][q0 + h], kp[kt][key], sQpos[1][q0 + h], ks[kt][key]);  // kp: loaded with K(tile)
+          if (!ok) sc[kt][e] = NEG_INF;
+        }
     }
-    // Online softmax per query column; a column's 16 keys are spread over the 8 lanes of equal lane % 4.
+    // Online softmax per query column; a column's BK keys are spread over the 8 lanes of equal lane % 4.
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-      float mx = fmaxf(sc[h], sc[2 + h]);
+      float mx = fmaxf(sc[0][h], sc[0][2 + h]);
+#pragma unroll
+      for (int kt = 1; kt < KT; kt++) mx = fmaxf(mx, fmaxf(sc[kt][h], sc[kt][2 + h]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
@@ -739,16 +764,26 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
       const float mUse = mNew == NEG_INF ? 0.f : mNew;
       const float corr = exp2Fast(rowMax[h] - mUse);
       rowMax[h] = mNew;
-      sc[h] = exp2Fast(sc[h] - mUse);
-      sc[2 + h] = exp2Fast(sc[2 + h] - mUse);
-      rowSum[h] = rowSum[h] * corr + sc[h] + sc[2 + h];
+      float sum = rowSum[h] * corr;
+#pragma unroll
+      for (int kt = 0; kt < KT; kt++) {
+        sc[kt][h] = exp2Fast(sc[kt][h] - mUse);
+        sc[kt][2 + h] = exp2Fast(sc[kt][2 + h] - mUse);
+        sum = sum + sc[kt][h] + sc[kt][2 + h];
+      }
+      rowSum[h] = sum;
 #pragma unroll
       for (int md = 0; md < D / 16; md++) {
         acc[md][h] *= corr;
         acc[md][2 + h] *= corr;
       }
     }
-    const u32 pb0 = movT(pack2<T>(sc[0], sc[1])), pb1 = movT(pack2<T>(sc[2], sc[3]));  // P^T, keys 0-7 / 8-15
+    u32 pb[KT][2];  // P^T as the B operand of k16 step kt: keys kt * 16 + 0-7 / 8-15
+#pragma unroll
+    for (int kt = 0; kt < KT; kt++) {
+      pb[kt][0] = movT(pack2<T>(sc[kt][0], sc[kt][1]));
+      pb[kt][1] = movT(pack2<T>(sc[kt][2], sc[kt][3]));
+    }
 
     __syncwarp();
     store(TILE);  // V(tile)
@@ -758,12 +793,14 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
       loadPos(tile + WARPS);
     }
 #pragma unroll
-    for (int md = 0; md < D / 16; md++) {
-      u32 a[4];
-      const int j = lane >> 3;
-      ldsm4T(a, sV + ((j >> 1) * 8 + (lane & 7)) * LD + md * 16 + (j & 1) * 8);
-      mma16816<T>(acc[md], a, pb0, pb1);
-    }
+    for (int md = 0; md < D / 16; md++)
+#pragma unroll
+      for (int kt = 0; kt < KT; kt++) {
+        u32 a[4];
+        const int j = lane >> 3;
+        ldsm4T(a, sV + (kt * 16 + (j >> 1) * 8 + (lane & 7)) * LD + md * 16 + (j & 1) * 8);
+        mma16816<T>(acc[md], a, pb[kt][0], pb[kt][1]);
+      }
   }
 
   // Epilogue: the warps' (O^T, max, sum) meet in shared memory; one partial per query row.
@@ -1142,8 +1179,10 @@ DEC_MMA(F16, f16, 128, 1)
 DEC_MMA(F16, f16, 128, 2)
 DEC_MMA(F16, f16, 128, 4)
 DEC_MMA(F16, f16, 128, 8)
-extern "C" __global__ void __launch_bounds__(decl::THREADS, 2) decode_ldg_bf16_d128(const __grid_constant__ DecodeParams p) { decl::run<Bf16>(p); }
-extern "C" __global__ void __launch_bounds__(decl::THREADS, 2) decode_ldg_f16_d128(const __grid_constant__ DecodeParams p) { decl::run<F16>(p); }
+extern "C" __global__ void __launch_bounds__(decl::THREADS, 2) decode_ldg_bf16_d128(const __grid_constant__ DecodeParams p) { decl::run<Bf16, 128>(p); }
+extern "C" __global__ void __launch_bounds__(decl::THREADS, 2) decode_ldg_f16_d128(const __grid_constant__ DecodeParams p) { decl::run<F16, 128>(p); }
+extern "C" __global__ void __launch_bounds__(decl::THREADS, 2) decode_ldg_bf16_d64(const __grid_constant__ DecodeParams p) { decl::run<Bf16, 64>(p); }
+extern "C" __global__ void __launch_bounds__(decl::THREADS, 2) decode_ldg_f16_d64(const __grid_constant__ DecodeParams p) { decl::run<F16, 64>(p); }
 extern "C" __global__ void __launch_bounds__(128) decode_generic_f32(const __grid_constant__ DecodeParams p) { decg::run<float>(p); }
 extern "C" __global__ void __launch_bounds__(128) decode_generic_bf16(const __grid_constant__ DecodeParams p) { decg::run<Bf16>(p); }
 extern "C" __global__ void __launch_bounds__(128) decode_generic_f16(const __grid_constant__ DecodeParams p) { decg::run<F16>(p); }

@@ -580,7 +580,7 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
 // Why (NOTES.md run 42): on an H200 a cp.async read of the cache into shared memory stops at
 // ~4.3 TB/s whatever its stages, tile sizes or bytes in flight, while plain 16-byte loads into
 // registers reach ~4.6 with >= 64 KB in flight an SM spread over >= 512 threads. So: 8 warps a
-// CTA, two CTAs an SM (<= 128 registers a thread); each warp streams its own 16-row tiles (warp w
+// CTA, two CTAs an SM (<= 128 registers a thread); each warp streams its own tiles (warp w
 // takes tiles t0 + w, t0 + w + 8, ...) with no CTA barrier until the epilogue. A tile's K and V
 // arrive in registers (8 x 16 bytes a thread each), are stored to the warp's shared tile and read
 // back by ldmatrix; one is in flight while the other is computed:

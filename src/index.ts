@@ -21,3 +21,6 @@ export type { RingDevice, RingTransport, Tracer, Pending } from './core/device.j
 export type { RunReport, TraceEvent, BlockMap } from './core/trace.js';
 export { renderReport, writeReport } from './report/html.js';
 export * from './io/index.js';
+export { RingModel, type RingModelOptions, type GenerateOptions } from './llm.js';
+export { decodeAttention, decodeKernelName, type DecodeArgs, type DecodeCache, type DecodeResult, type DecodeKvDtype } from './cpu/decode.js';
+// GPU APIs (CUDA driver, NVRTC, NCCL loaded on first use): import from 'ringattn/cuda'.

@@ -17,3 +17,21 @@ test('the public API exports its functions with their documented shapes', async 
   const p: Plan = api.plan({ seq: 1024, heads: 8, kvHeads: 2, headDim: 64, devices: 2 });
   assert.equal(p.tokensPerDevice, 512);
 });
+
+test('the README\'s other library names resolve: RingModel and decodeAttention from the package, the GPU APIs from ringattn/cuda (loading it needs no GPU)', async () => {
+  assert.equal(typeof api.RingModel, 'function');
+  assert.equal(typeof api.RingModel.load, 'function');
+  assert.equal(typeof api.decodeAttention, 'function');
+  const cuda = await import('ringattn/cuda');
+  for (const name of ['CudaDecode', 'decodeAttentionCuda', 'decodeCombineRanks', 'attentionCuda', 'ringAttentionCuda', 'rankMain', 'cudaAvailable'] as const) {
+    assert.equal(typeof cuda[name], 'function', name);
+  }
+  // decodeAttention as documented: one token of 2 heads (1 KV head) against a 3-row cache.
+  const r = api.decodeAttention({
+    q: new Float32Array(2 * 4).fill(0.5), qPos: Int32Array.of(2), H: 2, Hk: 1, D: 4, causal: true,
+    caches: [{ k: new Float32Array(12).fill(0.1), v: Float32Array.from({ length: 12 }, (_, i) => i), pos: Int32Array.of(0, 1, 2) }],
+  });
+  // Equal keys: the output is the mean of the three value rows, (0 + 4 + 8) / 3 + d for column d.
+  for (let h = 0; h < 2; h++) for (let d = 0; d < 4; d++) assert.ok(Math.abs(r.o[h * 4 + d] - (4 + d)) < 1e-5, `o[${h}][${d}]`);
+  assert.ok(Math.abs(r.lse[0] - (Math.log(3) + 0.5 * 0.1 * 4 / 2)) < 1e-5, 'lse');
+});

@@ -87,9 +87,16 @@ function reportedLine(tail: string[]): string | undefined {
   return [...tail].reverse().find((l) => /^ringattn: /.test(l.trim()))?.trim().replace(/^ringattn: /, '');
 }
 
-/** The error line a failed rank left: its last `ringattn:` line, else its last non-empty one. */
+/**
+ * The error line a failed rank left: its last `ringattn:` line, else its last `...Error: ...` /
+ * `...Exception: ...` line (Node prints an uncaught exception's stack and then its version), else
+ * its last non-empty line other than Node's version.
+ */
 export function errorLine(tail: string[]): string {
-  return reportedLine(tail) ?? ([...tail].reverse().find((l) => l.trim() !== '') ?? '').trim();
+  const back = [...tail].reverse().map((l) => l.trim());
+  return reportedLine(tail) ??
+    back.find((l) => /^[\w.$]*(Error|Exception)\b( \[[^\]]*\])?: /.test(l)) ??
+    back.find((l) => l !== '' && !/^Node\.js v\d/.test(l)) ?? '';
 }
 
 export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
@@ -107,7 +114,13 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   const tails: string[][] = Array.from({ length: nproc }, () => []);
   let failedAt = -1;
   const timers: NodeJS.Timeout[] = [];
-  const killAll = (sig: NodeJS.Signals) => children.forEach((c, r) => !exits[r] && c.kill(sig));
+  const signalled = new Set<number>(); // ranks this launcher sent a signal to
+  const killAll = (sig: NodeJS.Signals) =>
+    children.forEach((c, r) => {
+      if (exits[r]) return;
+      signalled.add(r);
+      c.kill(sig);
+    });
   const onSignal = (sig: NodeJS.Signals) => {
     killAll(sig);
     timers.push(setTimeout(() => killAll('SIGKILL'), 2000));
@@ -164,12 +177,16 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   const ranks = exits as RankExit[];
   const failed = ranks.filter((e) => e.code !== 0 || e.signal);
   if (!failed.length) return { code: 0, ranks };
-  // The rank that failed first: not a bystander (EXIT_SECONDARY), and not one we killed.
+  // The rank that failed first: not a bystander (EXIT_SECONDARY) and not one the launcher ended.
+  // Failing that, the first that ended by itself: a program's own exit code 3 (the bystanders'
+  // code, which a rank only gives after another's failure), not the rank we then terminated.
   const byTime = [...failed].sort((a, b) => a.at - b.at);
-  const primary = byTime.find((e) => e.code !== EXIT_SECONDARY && e.signal === null) ?? byTime.find((e) => e.code !== EXIT_SECONDARY) ?? byTime[0];
+  const own = (e: RankExit) => !signalled.has(e.rank);
+  const primary = byTime.find((e) => own(e) && e.code !== EXIT_SECONDARY) ?? byTime.find(own) ?? byTime.find((e) => e.code !== EXIT_SECONDARY) ?? byTime[0];
+  const ownCode = own(primary) && primary.code !== null && primary.code !== 0;
   const why = primary.signal ? `killed by ${primary.signal}` : `exit code ${primary.code}`;
   // A rank killed by a signal says nothing of it: its last line (progress, say) is only context.
   const last = errorLine(primary.tail);
   const message = primary.signal && reportedLine(primary.tail) === undefined ? (last ? `${why} (its last line: ${last})` : why) : last || why;
-  return { code: primary.code && primary.code !== EXIT_SECONDARY ? primary.code : 1, failedRank: primary.rank, message, ranks };
+  return { code: ownCode ? (primary.code as number) : 1, failedRank: primary.rank, message, ranks };
 }

@@ -29,9 +29,32 @@ test('rankEnv reads torchrun variables and names the bad one', () => {
   assert.throws(() => rankEnv({ RANK: 'one', WORLD_SIZE: '2' }), /RANK/);
 });
 
-test('errorLine picks the last ringattn: line', () => {
+test('errorLine picks the last ringattn: line, else an uncaught exception\'s line, never Node\'s version', () => {
   assert.equal(errorLine(['a', 'ringattn: rank 1: boom', 'at x', '']), 'rank 1: boom');
   assert.equal(errorLine(['plain failure', '']), 'plain failure');
+  const uncaught = ['file:///tmp/x.mjs:1', "throw new Error('bad thing')", '^', '', 'Error: bad thing', '    at file:///tmp/x.mjs:1:7', '    at ModuleJob.run (node:internal/modules/esm/module_job:234:25)', '', 'Node.js v20.20.2'];
+  assert.equal(errorLine(uncaught), 'Error: bad thing');
+  assert.equal(errorLine(['TypeError [ERR_INVALID_ARG_TYPE]: The "path" argument must be of type string', '    at x', 'Node.js v22.1.0']), 'TypeError [ERR_INVALID_ARG_TYPE]: The "path" argument must be of type string');
+  assert.equal(errorLine(['some output', '', 'Node.js v20.20.2']), 'some output');
+});
+
+test('launch: a rank dying of an uncaught exception is reported by its Error line', async () => {
+  const c = collect();
+  const script = 'if (process.env.RANK === "1") throw new Error("bad thing"); setTimeout(() => {}, 60000);';
+  const r = await launch({ nproc: 2, command: [process.execPath, '-e', script], stdout: c.stdout, stderr: c.stderr, graceMs: 300 });
+  assert.equal(r.failedRank, 1, JSON.stringify(r));
+  assert.equal(r.code, 1);
+  assert.equal(r.message, 'Error: bad thing');
+});
+
+test('launch: a program\'s own exit code 3 (the bystanders\' code) names that rank, not the one the launcher then ended', async () => {
+  const c = collect();
+  const script = 'if (process.env.RANK === "1") { console.error("my own failure"); process.exit(3); } setTimeout(() => {}, 60000);';
+  const r = await launch({ nproc: 2, command: [process.execPath, '-e', script], stdout: c.stdout, stderr: c.stderr, graceMs: 300 });
+  assert.equal(r.failedRank, 1, JSON.stringify(r));
+  assert.equal(r.code, 3);
+  assert.equal(r.message, 'my own failure');
+  assert.equal(r.ranks[0].signal, 'SIGTERM');
 });
 
 test('launch: 3 ranks rendezvous over TCP and share rank 0\'s id', async () => {

@@ -3,7 +3,8 @@ import { parseNpy, npyToInt32 } from './npy.js';
 import { InputError } from '../core/errors.js';
 
 /**
- * Token ids from a file: a 1-D int32/int64 `.npy`, a JSON array, or whitespace-separated ids.
+ * Token ids from a file: a 1-D int32/int64 `.npy`, a JSON array (or an object whose `ids` or
+ * `input_ids` is one, as tokenizers write), or whitespace-separated ids.
  */
 export function readTokens(path: string, arg = '--tokens'): Int32Array {
   const bytes = readInputFile(path, arg);
@@ -13,19 +14,27 @@ export function readTokens(path: string, arg = '--tokens'): Int32Array {
     return t.data;
   }
   const text = new TextDecoder().decode(bytes).trim();
+  const json = 'expected a JSON array of token ids, or an object with an "ids" or "input_ids" array';
   let values: unknown[];
-  if (text.startsWith('[')) {
+  if (text.startsWith('[') || text.startsWith('{')) {
+    let parsed: unknown;
     try {
-      values = JSON.parse(text) as unknown[];
+      parsed = JSON.parse(text);
     } catch (e) {
-      throw new InputError(arg, `expected a JSON array of token ids (${(e as Error).message})`);
+      throw new InputError(arg, `${json} (${(e as Error).message})`);
     }
-    if (!Array.isArray(values)) throw new InputError(arg, 'expected a JSON array of token ids');
+    const obj = parsed as Record<string, unknown>;
+    const list = Array.isArray(parsed) ? parsed : parsed && typeof parsed === 'object' ? (obj.ids ?? obj.input_ids) : undefined;
+    if (!Array.isArray(list)) throw new InputError(arg, json);
+    values = list;
   } else {
-    values = text.length ? text.split(/\s+/).map(Number) : [];
+    values = text.length ? text.split(/\s+/) : [];
   }
   return Int32Array.from(values, (v, i) => {
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0x7fffffff) throw new InputError(arg, `token ${i} is ${JSON.stringify(v)}; expected a non-negative integer id`);
-    return v;
+    const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > 0x7fffffff) {
+      throw new InputError(arg, `token ${i} is ${typeof v === 'string' ? `'${v}'` : JSON.stringify(v)}; expected a non-negative integer id`);
+    }
+    return n;
   });
 }

@@ -25,9 +25,10 @@ function readJson(path: string): unknown {
   }
 }
 
-export function loadTokenizer(dir: string): TextTokenizer {
+/** `otherwise`: what the caller can do instead, for the error when there is none (e.g. 'or pass token ids with --tokens'). */
+export function loadTokenizer(dir: string, otherwise = ''): TextTokenizer {
   const file = join(dir, 'tokenizer.json');
-  if (!existsSync(file)) throw new InputError('--model', `${dir} has no tokenizer.json; expected one, or pass token ids with --tokens`);
+  if (!existsSync(file)) throw new InputError('--model', `${dir} has no tokenizer.json; expected one${otherwise ? `, ${otherwise}` : ''}`);
   const json = readJson(file) as Record<string, unknown>;
   const cfgFile = join(dir, 'tokenizer_config.json');
   const config = existsSync(cfgFile) ? (readJson(cfgFile) as Record<string, unknown>) : {};

@@ -69,7 +69,12 @@ test('logits, generate and tokenize on a checkpoint directory', async () => {
 test('model commands reject bad input with exit 2 and no output file', () => {
   const { dir } = checkpoint();
   writeFileSync(join(dir, 'bad.json'), '[1, 2, 999]');
+  writeFileSync(join(dir, 'bad.txt'), '1 2 x');
+  writeFileSync(join(dir, 'obj.json'), '{"idx": [1, 2]}');
   const cases: [string[], RegExp][] = [
+    [['logits', '--model', dir, '--tokens', join(dir, 'bad.txt'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: token 2 is 'x'; expected a non-negative integer id$/],
+    [['logits', '--model', dir, '--tokens', join(dir, 'obj.json'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: expected a JSON array of token ids, or an object with an "ids" or "input_ids" array$/],
+    [['generate', '--model', dir, '--tokens', join(dir, 'bad.json'), '--max-new-tokens', '0'], /^ringattn: --max-new-tokens: expected/],
     [['logits', '--model', join(dir, 'nope'), '--tokens', join(dir, 'bad.json'), '--out', join(dir, 'o.npy')], /^ringattn: --model: .*does not exist/],
     [['logits', '--model', dir, '--tokens', join(dir, 'bad.json'), '--out', join(dir, 'o.npy')], /^ringattn: tokens: token 2 is 999; expected an id in \[0, 35\)/],
     [['logits', '--model', dir, '--tokens', join(dir, 'missing.json'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: /],
@@ -78,14 +83,20 @@ test('model commands reject bad input with exit 2 and no output file', () => {
     [['tokenize', '--model', dir], /^ringattn: --text: expected exactly one of --text or --text-file/],
   ];
   mkdirSync(join(dir, 'empty'));
-  cases.push([['tokenize', '--model', join(dir, 'empty'), '--text', 'x'], /^ringattn: --model: .*has no tokenizer.json/]);
+  cases.push([['tokenize', '--model', join(dir, 'empty'), '--text', 'x'], /^ringattn: --model: .*has no tokenizer.json; expected one$/]);
+  cases.push([['generate', '--model', join(dir, 'empty'), '--prompt-file', join(dir, 'bad.txt')], /^ringattn: --model: .*has no tokenizer.json; expected one, or pass token ids with --tokens$/]);
   for (const [args, re] of cases) {
     const r = cli(args);
     assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
     assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
-    assert.match(r.stderr, re);
+    assert.match(r.stderr.trim(), re);
   }
   assert.ok(!existsSync(join(dir, 'o.npy')));
+  // What tokenizers write, {"input_ids": [...]}, is read as the ids.
+  writeFileSync(join(dir, 'ids-obj.json'), '{"input_ids": [1, 2, 3]}');
+  const ok = cli(['logits', '--model', dir, '--tokens', join(dir, 'ids-obj.json'), '--out', join(dir, 'o.npy'), '--devices', '1']);
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.ok(existsSync(join(dir, 'o.npy')));
 });
 
 test('bad checkpoints: exit 2 with one line naming the file or tensor, no output file', async () => {

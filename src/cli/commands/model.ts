@@ -68,7 +68,7 @@ function promptIds(f: { model: string; tokens?: string; promptFile?: string }): 
   if (f.tokens) return readTokens(f.tokens, '--tokens');
   if (f.promptFile) {
     if (!existsSync(f.promptFile)) throw new InputError('--prompt-file', `${f.promptFile} does not exist`);
-    return Int32Array.from(loadTokenizer(f.model).encode(readFileSync(f.promptFile, 'utf8')));
+    return Int32Array.from(loadTokenizer(f.model, 'or pass token ids with --tokens').encode(readFileSync(f.promptFile, 'utf8')));
   }
   throw new InputError('--tokens', 'expected --tokens FILE or --prompt-file FILE');
 }
@@ -86,7 +86,7 @@ export function registerModelCommands(program: Command): void {
     .option('--quiet', 'print only the generated text or ids')
     .action(async (f: ModelFlags & { tokens?: string; promptFile?: string; maxNewTokens: string; temperature: string; topP: string; seed: string; outTokens?: string; plan?: boolean; quiet?: boolean }) => {
       checkBackend(f);
-      const maxNew = intOpt('--max-new-tokens', f.maxNewTokens, { min: 0 })!;
+      const maxNew = intOpt('--max-new-tokens', f.maxNewTokens, { min: 1 })!;
       const temperature = numOpt('--temperature', f.temperature)!;
       if (temperature < 0) throw new InputError('--temperature', `expected >= 0, got ${f.temperature}`);
       const topP = numOpt('--top-p', f.topP)!;

@@ -1,5 +1,5 @@
 import { InputError } from './core/errors.js';
-import { checkInputs, type Dims } from './core/inputs.js';
+import { checkInputs, checkRanks, type Dims } from './core/inputs.js';
 import type { F32Tensor } from './core/tensor.js';
 import type { MaskSpec } from './core/mask.js';
 import { shardPositions, gatherRows, scatterRows, type Layout } from './core/layout.js';
@@ -142,8 +142,7 @@ export async function attention(q: F32Tensor, k: F32Tensor, v: F32Tensor, opts: 
  */
 export async function ringAttention(q: F32Tensor, k: F32Tensor, v: F32Tensor, opts: RingAttentionOptions = {}): Promise<AttentionResult & { stats: RingStats }> {
   const d = checkInputs(q, k, v, opts);
-  const P = opts.devices ?? 4;
-  if (!Number.isInteger(P) || P < 1) throw new InputError('devices', `expected a positive integer, got ${opts.devices}`);
+  const P = checkRanks('devices', opts.devices ?? 4);
   if ((opts.backend ?? 'cpu') !== 'cpu') throw new InputError('backend', `expected 'cpu' here, got '${opts.backend}'`);
   const layout = opts.layout ?? 'zigzag';
   const positions = shardPositions(d.S, P, layout);

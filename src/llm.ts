@@ -7,6 +7,7 @@
  *   const next = await m.generate(ids, { maxNewTokens: 32 });
  */
 import { InputError } from './core/errors.js';
+import { checkRanks } from './core/inputs.js';
 import { shardPositions, gatherRows, scatterRows, type Layout } from './core/layout.js';
 import type { ModelConfig } from './model/config.js';
 import { readHfConfig } from './model/config.js';
@@ -87,8 +88,7 @@ export class RingModel {
   }
 
   static async create(cfg: ModelConfig, weights: ModelWeights, opts: RingModelOptions = {}): Promise<RingModel> {
-    const P = opts.devices ?? 1;
-    if (!Number.isInteger(P) || P < 1) throw new InputError('devices', `expected a positive integer, got ${opts.devices}`);
+    const P = checkRanks('devices', opts.devices ?? 1);
     const backend = opts.backend ?? 'cpu';
     if (backend !== 'cpu' && backend !== 'cuda') throw new InputError('backend', `expected cpu or cuda, got '${backend}'`);
     const program = new URL('./model/program.js', import.meta.url).href;

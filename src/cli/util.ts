@@ -1,4 +1,5 @@
 import { InputError, RingAttnError } from '../core/errors.js';
+import { MAX_RANKS } from '../core/inputs.js';
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 bad input. */
 export const EXIT_OK = 0;
@@ -20,13 +21,20 @@ export function reportError(err: unknown): number {
 }
 
 /** Parse a CLI integer option, naming it in the error. */
-export function intOpt(name: string, v: string | undefined, opts: { min?: number } = {}): number | undefined {
+export function intOpt(name: string, v: string | undefined, opts: { min?: number; max?: number } = {}): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (!Number.isInteger(n) || (opts.min !== undefined && n < opts.min)) {
-    throw new InputError(name, `expected an integer${opts.min !== undefined ? ` >= ${opts.min}` : ''}, got '${v}'`);
+  const { min, max } = opts;
+  if (!Number.isInteger(n) || (min !== undefined && n < min) || (max !== undefined && n > max)) {
+    const range = min !== undefined && max !== undefined ? ` in [${min}, ${max}]` : min !== undefined ? ` >= ${min}` : max !== undefined ? ` <= ${max}` : '';
+    throw new InputError(name, `expected an integer${range}, got '${v}'`);
   }
   return n;
+}
+
+/** --devices: ranks of one ring, 1..MAX_RANKS. */
+export function devicesOpt(v: string | undefined): number | undefined {
+  return intOpt('--devices', v, { min: 1, max: MAX_RANKS });
 }
 
 export function numOpt(name: string, v: string | undefined, opts: { positive?: boolean } = {}): number | undefined {

@@ -1,4 +1,5 @@
 import { RankError } from '../core/errors.js';
+import { checkRanks } from '../core/inputs.js';
 import type { RingSchedule } from '../core/schedule.js';
 import type { MaskSpec } from '../core/mask.js';
 import type { TraceEvent } from '../core/trace.js';
@@ -110,7 +111,7 @@ export async function closeIdleRingWorkers(): Promise<void> {
  */
 export async function runCpuRing(shards: RankShard[], params: AttnParams, mask: MaskSpec, opts: CpuRingOptions = {}): Promise<CpuRingResult> {
   const callStart = performance.timeOrigin + performance.now();
-  const P = shards.length;
+  const P = checkRanks('shards', shards.length);
   const backward = !!opts.backward;
   if (backward && shards.some((s) => !s.dO)) throw new RankError(shards.findIndex((s) => !s.dO), 'backward needs dO on every rank');
   const plan = ringPlan(shards, params, mask, backward);

@@ -119,7 +119,8 @@ test('attend: bad input exits 2 with one line naming the argument, and leaves no
     [[...base(), '--window', '0'], /^ringattn: --window: expected an integer >= 1, got '0'/],
     [[...base(), '--sinks', '2'], /^ringattn: --sinks: expected --window/],
     [[...base(), '--layout', 'spiral'], /^ringattn: --layout: expected one of contiguous, zigzag, striped/],
-    [[...base(), '--devices', '0'], /^ringattn: --devices: expected an integer >= 1/],
+    [[...base(), '--devices', '0'], /^ringattn: --devices: expected an integer in \[1, 256\], got '0'/],
+    [[...base(), '--devices', '513'], /^ringattn: --devices: expected an integer in \[1, 256\], got '513'/], // (513 workers once exhausted 24 GB)
     [[...base(), '--grad-out', s.p('do.npy')], /^ringattn: --grad-out: expected --dq, --dk and --dv/],
     [[...base(), '--out', join(s.dir, 'nodir', 'o.npy')], /^ringattn: --out: /],
   ];

@@ -16,6 +16,8 @@ test('the public API exports its functions with their documented shapes', async 
   assert.deepEqual(res.lse.shape, [5, 2]);
   const p: Plan = api.plan({ seq: 1024, heads: 8, kvHeads: 2, headDim: 64, devices: 2 });
   assert.equal(p.tokensPerDevice, 512);
+  await assert.rejects(api.ringAttention(q, k, k, { devices: 257 }), /devices: expected a positive integer up to 256 \(ranks of one ring\), got 257/);
+  await assert.rejects(api.ringAttention(q, k, k, { devices: 1.5 }), /devices: expected a positive integer up to 256/);
 });
 
 test('the README\'s other library names resolve: RingModel and decodeAttention from the package, the GPU APIs from ringattn/cuda (loading it needs no GPU)', async () => {

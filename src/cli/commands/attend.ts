@@ -5,7 +5,7 @@ import type { F32Tensor } from '../../core/tensor.js';
 import { sampleRows, verifyRows } from '../../core/verify.js';
 import { AtomicOutputs, encodeNpy, readNpyFloat32, readNpyInt32, checkOutputPath } from '../../io/index.js';
 import { attention, ringAttention, maskOf, type AttentionOptions } from '../../attention.js';
-import { backendOpt, intOpt, kernelOpt, numOpt } from '../util.js';
+import { backendOpt, devicesOpt, intOpt, kernelOpt, numOpt } from '../util.js';
 import { progressBar } from '../progress.js';
 
 interface AttendFlags {
@@ -73,7 +73,7 @@ async function attend(f: AttendFlags): Promise<void> {
   // --backend cuda with --devices N: this command runs again as N ranks (one per GPU).
   const cuda = f.backend === 'cuda' ? await import('../../cuda/cli.js') : null;
   const dtype = cuda?.parseDtype(f.dtype);
-  if (cuda && (await cuda.launchSelfIfNeeded(intOpt('--devices', f.devices, { min: 1 }) ?? 1))) return;
+  if (cuda && (await cuda.launchSelfIfNeeded(devicesOpt(f.devices) ?? 1))) return;
   const layout = parseLayout(f.layout, '--layout');
   const kernel = kernelOpt(f.kernel);
   const grads = [f.dq, f.dk, f.dv];
@@ -81,7 +81,7 @@ async function attend(f: AttendFlags): Promise<void> {
   if (!f.gradOut && grads.some((g) => g)) throw new InputError('--dq', 'expected --grad-out (the gradient of the output) with --dq/--dk/--dv');
   for (const [name, p] of [['--out', f.out], ['--lse', f.lse], ['--dq', f.dq], ['--dk', f.dk], ['--dv', f.dv]] as const) if (p) checkOutputPath(p, name);
   const block = intOpt('--block', f.block, { min: 1 });
-  const devices = intOpt('--devices', f.devices, { min: 1 });
+  const devices = devicesOpt(f.devices);
   const verifyRowsN = f.verify === undefined || f.verify === false ? 0 : f.verify === true ? 16 : intOpt('--verify', f.verify, { min: 1 })!;
   const q = readNpyFloat32(f.q, '--q');
   const k = readNpyFloat32(f.k, '--k');

@@ -12,7 +12,7 @@ import { getKernel } from '../../cpu/attention.js';
 import { summarize, blockMapOf } from '../../report/summary.js';
 import { writeReport } from '../../report/html.js';
 import { checkOutputPath } from '../../io/index.js';
-import { backendOpt, intOpt, kernelOpt } from '../util.js';
+import { backendOpt, devicesOpt, intOpt, kernelOpt } from '../util.js';
 import { progressBar } from '../progress.js';
 import { formatTable } from '../table.js';
 
@@ -90,7 +90,7 @@ async function demo(f: DemoFlags): Promise<void> {
     const cuda = await import('../../cuda/demo.js');
     const { parseDtype } = await import('../../cuda/cli.js');
     const report = await cuda.demoCuda({
-      S, H, Hk, D, devices: intOpt('--devices', f.devices, { min: 1 }), layout: parseLayout(f.layout, '--layout'), causal: f.causal,
+      S, H, Hk, D, devices: devicesOpt(f.devices), layout: parseLayout(f.layout, '--layout'), causal: f.causal,
       window: intOpt('--window', f.window, { min: 1 }), sinks: intOpt('--sinks', f.sinks, { min: 0 }), backward: !!f.backward,
       dtype: parseDtype(f.dtype), seed, verifyRows: nVerify,
     });
@@ -100,7 +100,7 @@ async function demo(f: DemoFlags): Promise<void> {
     }
     return;
   }
-  const P = intOpt('--devices', f.devices ?? '4', { min: 1 })!;
+  const P = devicesOpt(f.devices ?? '4')!;
   const layout: Layout = parseLayout(f.layout, '--layout');
   if (H % Hk !== 0) throw new InputError('--kv-heads', `expected a divisor of --heads (${H}), got ${Hk}`);
   const kernelChoice = kernelOpt(f.kernel);

@@ -14,7 +14,7 @@ import { RingModel } from '../../llm.js';
 import { writeReport } from '../../report/html.js';
 import { encodeSafetensors, readSafetensors } from '../../io/safetensors.js';
 import { writeFileAtomic, checkOutputPath } from '../../io/index.js';
-import { backendOpt, intOpt, kernelOpt, modelDtypeOpt, numOpt, printPlanOnce } from '../util.js';
+import { backendOpt, devicesOpt, intOpt, kernelOpt, modelDtypeOpt, numOpt, printPlanOnce } from '../util.js';
 import { formatTable } from '../table.js';
 
 interface TrainFlags {
@@ -175,7 +175,7 @@ export function registerTrain(program: Command): void {
       if (gpu) modelDtypeOpt(f.dtype);
       const seq = intOpt('--seq', f.seq, { min: 64 })!;
       // More CPU workers than cores only time-slice the same cores (4 on 2 cores: 1.8x slower than 2).
-      const devices = intOpt('--devices', f.devices ?? String(gpu ? 4 : Math.min(4, Math.max(2, cpus().length))), { min: 1 })!;
+      const devices = devicesOpt(f.devices ?? String(gpu ? 4 : Math.min(4, Math.max(2, cpus().length))))!;
       const steps = intOpt('--steps', f.steps, { min: 1 })!;
       const lr = numOpt('--lr', f.lr, { positive: true })!;
       const warmup = intOpt('--warmup', f.warmup, { min: 0 })!;

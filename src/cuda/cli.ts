@@ -1,8 +1,9 @@
-import { InputError, RingAttnError } from '../core/errors.js';
+import { BackendError, InputError, RingAttnError } from '../core/errors.js';
 import type { InputOptions } from '../core/inputs.js';
 import type { Layout } from '../core/layout.js';
 import type { F32Tensor } from '../core/tensor.js';
 import type { CudaDType } from './convert.js';
+import { cudaAvailable } from './check.js';
 import { rankEnv } from './control.js';
 import { launch } from './launch.js';
 
@@ -24,6 +25,12 @@ export function verifyTolerance(dtype: CudaDType): { out: number; lse: number } 
   return dtype === 'float32' ? { out: 1e-4, lse: 1e-4 } : dtype === 'float16' ? { out: 1e-2, lse: 1e-2 } : { out: 3e-2, lse: 3e-2 };
 }
 
+/** GPUs the driver sees here (0 without a usable driver). */
+export function localGpus(): number {
+  const cuda = cudaAvailable();
+  return cuda.ok ? cuda.devices : 0;
+}
+
 /** Is this process one rank of a launched job? */
 export function inLaunchedRank(): boolean {
   return rankEnv() !== null;
@@ -35,6 +42,10 @@ export function inLaunchedRank(): boolean {
  */
 export async function launchSelfIfNeeded(nproc: number): Promise<boolean> {
   if (nproc <= 1 || inLaunchedRank()) return false;
+  // One rank a local GPU: say so here rather than from N ranks failing to open theirs.
+  const cuda = cudaAvailable();
+  if (!cuda.ok) throw new BackendError(cuda.reason);
+  if (nproc > cuda.devices) throw new InputError('--devices', `expected at most ${cuda.devices} (the GPUs this machine has; ringattn launch spans machines), got ${nproc}`);
   const command = [process.execPath, ...process.execArgv, process.argv[1], ...process.argv.slice(2)];
   const r = await launch({ nproc, command });
   if (r.code !== 0) throw new RingAttnError(`rank ${r.failedRank} failed: ${(r.message ?? '').replace(/^rank \d+: /, '')}`);

@@ -1,6 +1,7 @@
 import { BackendError, RankError, RingAttnError } from '../core/errors.js';
 import { CUDA_ERROR_NOT_READY, CU_EVENT_DISABLE_TIMING, CU_STREAM_NON_BLOCKING, type Handle } from './bindings/driver.js';
 import { loadNccl, NCCL_DTYPE, NCCL_OP, NCCL_UNIQUE_ID_BYTES, type NcclApi } from './bindings/nccl.js';
+import { cudaAvailable } from './check.js';
 import { CudaContext, type DeviceBuffer } from './context.js';
 import { Control, rankEnv, type ControlOptions, type RankEnv } from './control.js';
 import { EXIT_SECONDARY } from './launch.js';
@@ -79,6 +80,9 @@ export class CudaGroup {
    */
   static async init(opts: GroupOptions = {}): Promise<CudaGroup> {
     const env = opts.env ?? rankEnv() ?? { rank: 0, world: 1, localRank: 0, masterAddr: '127.0.0.1', masterPort: 0 };
+    // The driver first: without one, "NCCL not found" (or its absence) would hide the real cause.
+    const cuda = cudaAvailable();
+    if (!cuda.ok) throw new BackendError(cuda.reason);
     const loaded = loadNccl();
     if ('error' in loaded) throw new BackendError(loaded.error);
     const nccl = loaded;

@@ -11,8 +11,8 @@ import { RingModel } from '../../src/llm.js';
 import { assertClose } from '../helpers/check.js';
 
 const BIN = join(process.cwd(), 'bin', 'ringattn.js');
-const cli = (args: string[]) => {
-  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
+const cli = (args: string[], env?: NodeJS.ProcessEnv) => {
+  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', env: env ? { ...process.env, ...env } : undefined });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 };
 const WORDS = 'the quick brown fox jumps over lazy dog a b c d e f g h i j k l m n o p q r s t u v w x y z'.split(' ');
@@ -127,5 +127,22 @@ test('bad checkpoints: exit 2 with one line naming the file or tensor, no output
     assert.equal(r.stderr.trim().split('\n').length, 1, `${what}: ${r.stderr}`);
     assert.match(r.stderr, re, what);
     assert.ok(!existsSync(join(dir, 'o.npy')), what);
+  }
+});
+
+test('--backend cuda without a usable driver: one line naming the driver (not NCCL), exit 1, no ranks started, no output file', () => {
+  const { dir } = checkpoint();
+  writeFileSync(join(dir, 'ids.json'), '[1, 2, 3]');
+  const noDriver = { RINGATTN_LIBCUDA: '/nonexistent/libcuda.so.1' }; // as on a machine without one, GPU or not
+  for (const args of [
+    ['logits', '--backend', 'cuda', '--model', dir, '--tokens', join(dir, 'ids.json'), '--out', join(dir, 'o.npy')],
+    ['logits', '--backend', 'cuda', '--devices', '2', '--model', dir, '--tokens', join(dir, 'ids.json'), '--out', join(dir, 'o.npy')],
+    ['demo', '--backend', 'cuda', '--devices', '2'],
+  ]) {
+    const r = cli(args, noDriver);
+    assert.equal(r.code, 1, `${args.join(' ')}: ${r.stderr}`);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.match(r.stderr.trim(), /^ringattn: CUDA unavailable: CUDA driver library not found: RINGATTN_LIBCUDA=\/nonexistent\/libcuda\.so\.1 could not be loaded/);
+    assert.ok(!existsSync(join(dir, 'o.npy')));
   }
 });

@@ -175,7 +175,9 @@ export function registerTrain(program: Command): void {
       if (gpu) modelDtypeOpt(f.dtype);
       const seq = intOpt('--seq', f.seq, { min: 64 })!;
       // More CPU workers than cores only time-slice the same cores (4 on 2 cores: 1.8x slower than 2).
-      const devices = devicesOpt(f.devices ?? String(gpu ? 4 : Math.min(4, Math.max(2, cpus().length))))!;
+      // On GPUs: one rank a GPU here, at most 4 (and 1 without any: that rank says why).
+      const gpus = gpu && f.devices === undefined ? Math.max(1, Math.min(4, (await import('../../cuda/cli.js')).localGpus())) : 0;
+      const devices = devicesOpt(f.devices ?? String(gpu ? gpus : Math.min(4, Math.max(2, cpus().length))))!;
       const steps = intOpt('--steps', f.steps, { min: 1 })!;
       const lr = numOpt('--lr', f.lr, { positive: true })!;
       const warmup = intOpt('--warmup', f.warmup, { min: 0 })!;

@@ -61,6 +61,16 @@ test('train: both models, loss curves in the report, checkpoint and resume', () 
   const bad = run(['--resume', join(dir, 'nope')]);
   assert.equal(bad.status, 2);
   assert.match(bad.stderr, /^ringattn: --resume: .*trainer_state.json/);
+  // Nothing left to train, or a model shape the checkpoint does not have: refused, no report.
+  for (const [args, re] of [
+    [['--steps', '6'], /^ringattn: --steps: expected more than the checkpoint's 6 steps \(--steps counts from the start of training\), got 6/],
+    [['--steps', '9', '--hidden', '32'], /^ringattn: --hidden: a resumed run keeps the checkpoint's model/],
+  ] as [string[], RegExp][]) {
+    const r3 = run([...args, '--resume', join(dir, 'ck'), '--report', join(dir, 'r3.html')]);
+    assert.equal(r3.status, 2, r3.stderr);
+    assert.match(r3.stderr, re);
+    assert.ok(!existsSync(join(dir, 'r3.html')));
+  }
 });
 
 test('learning rate: linear warmup, then cosine down to 10% of the peak at the last step (or constant)', () => {

@@ -95,6 +95,19 @@ export function learningRate(step: number, steps: number, peak: number, warmup: 
   return peak * (0.1 + 0.45 * (1 + Math.cos(Math.PI * t)));
 }
 
+/** The step a checkpoint directory was saved at (its trainer_state.json). */
+function savedStep(dir: string): number {
+  const file = join(dir, 'trainer_state.json');
+  let step: unknown;
+  try {
+    step = (JSON.parse(readFileSync(file, 'utf8')) as { step?: unknown }).step;
+  } catch (e) {
+    throw new InputError('--resume', `${file} could not be read (${(e as Error).message})`);
+  }
+  if (typeof step !== 'number' || !Number.isInteger(step) || step < 0) throw new InputError('--resume', `${file}: expected a non-negative integer "step", got ${JSON.stringify(step)}`);
+  return step;
+}
+
 async function trainOne(name: string, cfg: ModelConfig, f: TrainFlags, spec: RecallSpec, o: { steps: number; seq: number; start: number; lr: number; warmup: number; devices: number; seed: number; resume?: string }): Promise<RunResult> {
   const weights = o.resume ? loadWeights(o.resume, cfg) : initWeights(cfg, o.seed, initStd(cfg.hiddenSize));
   const gpu = f.backend === 'cuda';
@@ -105,7 +118,7 @@ async function trainOne(name: string, cfg: ModelConfig, f: TrainFlags, spec: Rec
     const st = readSafetensors(join(o.resume, 'optimizer.safetensors'));
     const state = Object.fromEntries(st.names().map((n) => [n, st.getFloat32(n)]));
     await model.loadOptimizerState(state, o.lr, 0.01);
-    first = (JSON.parse(readFileSync(join(o.resume, 'trainer_state.json'), 'utf8')) as { step: number }).step;
+    first = savedStep(o.resume);
   }
   const rand = rng(o.seed * 7919 + 1);
   const curve: [number, number][] = [];
@@ -169,7 +182,7 @@ export function registerTrain(program: Command): void {
     .option('--resume <dir>', 'continue from a checkpoint saved by --checkpoint')
     .option('--kernel <name>', 'auto, c or ts', 'auto')
     .option('--plan', 'print the planner\'s prediction first')
-    .action(async (f: TrainFlags) => {
+    .action(async (f: TrainFlags, cmd: Command) => {
       kernelOpt(f.kernel);
       const gpu = backendOpt(f.backend) === 'cuda';
       if (gpu) modelDtypeOpt(f.dtype);
@@ -194,11 +207,24 @@ export function registerTrain(program: Command): void {
       checkOutputPath(f.report, '--report');
       if (f.resume && !existsSync(join(f.resume, 'trainer_state.json'))) throw new InputError('--resume', `${f.resume} has no trainer_state.json; expected a directory written by --checkpoint`);
       const spec = DEFAULT_RECALL;
-      const base = {
+      let base = {
         vocab_size: recallVocab(spec), hidden_size: hidden, intermediate_size: 2 * hidden, num_hidden_layers: layers,
         num_attention_heads: heads, num_key_value_heads: heads, rms_norm_eps: 1e-5, rope_theta: ropeTheta, max_position_embeddings: Math.max(seq, 4096), tie_word_embeddings: false,
       };
       const full = f.resume ? readHfConfig(f.resume) : parseHfConfig({ model_type: 'llama', ...base });
+      if (f.resume) {
+        // A resumed run continues the checkpoint's model to --steps in all (the count from the
+        // start of training); its shape comes from the checkpoint, and so does the comparison's.
+        const saved = savedStep(f.resume);
+        if (steps <= saved) throw new InputError('--steps', `expected more than the checkpoint's ${saved} steps (--steps counts from the start of training), got ${steps}`);
+        for (const [opt, flag] of [['hidden', '--hidden'], ['layers', '--layers'], ['heads', '--heads'], ['ropeTheta', '--rope-theta']]) {
+          if (cmd.getOptionValueSource(opt) === 'cli') throw new InputError(flag, `a resumed run keeps the checkpoint's model (${f.resume}/config.json); leave ${flag} out`);
+        }
+        base = {
+          ...base, hidden_size: full.hiddenSize, intermediate_size: full.intermediateSize, num_hidden_layers: full.numLayers,
+          num_attention_heads: full.numHeads, num_key_value_heads: full.numKvHeads, rope_theta: full.rope.theta,
+        };
+      }
       if (f.plan) printPlanOnce(() => formatPlan(plan({ seq, heads, kvHeads: heads, headDim: hidden / heads, devices, dtype: gpu && modelDtypeOpt(f.dtype) === 'bfloat16' ? 'bf16' : 'fp32', device: gpu ? 'h100' : 'cpu', layers, mode: 'train' })));
       if (gpu) {
         // --devices N GPUs outside a launched job: this command runs again as N ranks.

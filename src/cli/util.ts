@@ -1,5 +1,6 @@
 import { InputError, RingAttnError } from '../core/errors.js';
 import { MAX_RANKS } from '../core/inputs.js';
+import { loadNative } from '../cpu/build.js';
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 bad input. */
 export const EXIT_OK = 0;
@@ -78,4 +79,13 @@ export function printPlanOnce(text: () => string): void {
   if ((process.env.RANK ?? '0') !== '0' || process.env.RINGATTN_PLAN_PRINTED) return;
   process.stderr.write(text() + '\n\n');
   process.env.RINGATTN_PLAN_PRINTED = '1';
+}
+
+/**
+ * Build (or find cached) the C kernels now, before a command starts its clock, saying so on stderr
+ * when they compile (the first run on a machine: tens of seconds); `kernel` 'ts' needs none.
+ */
+export function prepareCpuKernels(kernel: string | undefined, quiet = false): void {
+  if (kernel === 'ts') return;
+  loadNative((m) => quiet || process.stderr.write(`ringattn: ${m}\n`));
 }

@@ -216,7 +216,7 @@ function detectIsa(cc: Compiler, flags: string[]): Isa {
   return isa;
 }
 
-function build(): NativeLoad {
+function build(notice?: (message: string) => void): NativeLoad {
   const dir = kernelsDir();
   let sources: string[], headers: string[];
   try {
@@ -242,6 +242,7 @@ function build(): NativeLoad {
   for (const s of [...sources, ...headers]) parts.push(s, readFileSync(join(dir, s), 'utf8'));
   const path = join(cache, `ringattn-${sha256(parts).slice(0, 32)}.${libExt()}`);
   if (!existsSync(path)) {
+    notice?.(`compiling the C kernels for this CPU (${isa}) with ${cc.cmd}, once: the library is cached in ${cache}`);
     const tmp = tmpName(path);
     const r = run(cc.cmd, [...cc.pre, ...flags, '-o', tmp, ...sources.map((s) => join(dir, s)), '-lm']);
     if (!r.ok) {
@@ -269,11 +270,11 @@ let loaded: NativeLoad | undefined;
  * library on disk and just loads it). Never throws: returns the reason when it is unavailable.
  * RINGATTN_KERNEL=ts forces the TypeScript fallback.
  */
-export function loadNative(): NativeLoad {
+export function loadNative(notice?: (message: string) => void): NativeLoad {
   if (process.env.RINGATTN_KERNEL === 'ts') return { error: 'RINGATTN_KERNEL=ts' };
   if (!loaded) {
     try {
-      loaded = build();
+      loaded = build(notice);
     } catch (e) {
       loaded = { error: (e as Error).message };
     }

@@ -5,7 +5,7 @@ import type { F32Tensor } from '../../core/tensor.js';
 import { sampleRows, verifyRows } from '../../core/verify.js';
 import { AtomicOutputs, encodeNpy, readNpyFloat32, readNpyInt32, checkOutputPath } from '../../io/index.js';
 import { attention, ringAttention, maskOf, type AttentionOptions } from '../../attention.js';
-import { backendOpt, devicesOpt, intOpt, kernelOpt, numOpt } from '../util.js';
+import { backendOpt, devicesOpt, intOpt, kernelOpt, numOpt, prepareCpuKernels } from '../util.js';
 import { progressBar } from '../progress.js';
 
 interface AttendFlags {
@@ -107,6 +107,7 @@ async function attend(f: AttendFlags): Promise<void> {
   for (const [name, t] of [['--q', q], ['--k', k], ['--v', v]] as const) {
     if (t.shape.length !== 3 && t.shape.length !== 4) throw new InputError(name, `expected shape [S, H, D] or [B, S, H, D], got [${t.shape.join(', ')}]`);
   }
+  if (!cuda) prepareCpuKernels(opts.kernel, f.quiet);
   const t0 = performance.now();
   let res;
   let info = '';

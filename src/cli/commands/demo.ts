@@ -12,7 +12,7 @@ import { getKernel } from '../../cpu/attention.js';
 import { summarize, blockMapOf } from '../../report/summary.js';
 import { writeReport } from '../../report/html.js';
 import { checkOutputPath } from '../../io/index.js';
-import { backendOpt, devicesOpt, intOpt, kernelOpt } from '../util.js';
+import { backendOpt, devicesOpt, intOpt, kernelOpt, prepareCpuKernels } from '../util.js';
 import { progressBar } from '../progress.js';
 import { formatTable } from '../table.js';
 
@@ -122,6 +122,7 @@ async function demo(f: DemoFlags): Promise<void> {
   const maskDesc = [opts.causal ? 'causal' : 'full', opts.window ? `window ${opts.window}` : '', opts.sinks ? `sinks ${opts.sinks}` : ''].filter(Boolean).join(', ');
   process.stdout.write(`ringattn demo: S=${S} H=${H} Hk=${Hk} D=${D}, ${maskDesc}, ${layout} over ${P} CPU workers${f.backward ? ', forward + backward' : ''}\n`);
 
+  prepareCpuKernels(kernelChoice);
   const bar = progressBar('ring');
   let res;
   try {

@@ -22,5 +22,7 @@ export type { RunReport, TraceEvent, BlockMap } from './core/trace.js';
 export { renderReport, writeReport } from './report/html.js';
 export * from './io/index.js';
 export { RingModel, type RingModelOptions, type GenerateOptions } from './llm.js';
+export type { ModelConfig } from './model/config.js';
+export type { ModelWeights, LayerWeights } from './model/weights.js';
 export { decodeAttention, decodeKernelName, type DecodeArgs, type DecodeCache, type DecodeResult, type DecodeKvDtype } from './cpu/decode.js';
 // GPU APIs (CUDA driver, NVRTC, NCCL loaded on first use): import from 'ringattn/cuda'.

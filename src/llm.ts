@@ -7,7 +7,7 @@
  *   const next = await m.generate(ids, { maxNewTokens: 32 });
  */
 import { InputError } from './core/errors.js';
-import { checkRanks } from './core/inputs.js';
+import { checkInt, checkRanks } from './core/inputs.js';
 import { shardPositions, gatherRows, scatterRows, type Layout } from './core/layout.js';
 import type { ModelConfig } from './model/config.js';
 import { readHfConfig } from './model/config.js';
@@ -88,9 +88,10 @@ export class RingModel {
   }
 
   static async create(cfg: ModelConfig, weights: ModelWeights, opts: RingModelOptions = {}): Promise<RingModel> {
-    const P = checkRanks('devices', opts.devices ?? 1);
     const backend = opts.backend ?? 'cpu';
     if (backend !== 'cpu' && backend !== 'cuda') throw new InputError('backend', `expected cpu or cuda, got '${backend}'`);
+    // CPU ranks are worker threads of this process (at most MAX_RANKS); GPU ranks are processes.
+    const P = backend === 'cpu' ? checkRanks('devices', opts.devices ?? 1) : checkInt('devices', opts.devices ?? 1, 1);
     const program = new URL('./model/program.js', import.meta.url).href;
     let group: ProgramGroup;
     let shared: ModelWeights;

@@ -33,9 +33,9 @@ export function intOpt(name: string, v: string | undefined, opts: { min?: number
   return n;
 }
 
-/** --devices: ranks of one ring, 1..MAX_RANKS. */
-export function devicesOpt(v: string | undefined): number | undefined {
-  return intOpt('--devices', v, { min: 1, max: MAX_RANKS });
+/** --devices: ranks of one ring; on CPUs (worker threads of this process) at most MAX_RANKS. */
+export function devicesOpt(v: string | undefined, gpu = false): number | undefined {
+  return intOpt('--devices', v, gpu ? { min: 1 } : { min: 1, max: MAX_RANKS });
 }
 
 export function numOpt(name: string, v: string | undefined, opts: { positive?: boolean } = {}): number | undefined {

@@ -57,21 +57,21 @@ export function checkInputs(q: F32Tensor, k: F32Tensor, v: F32Tensor, opts: Inpu
 
 const INT32_MAX = 2 ** 31 - 1;
 
-/** `x` as an integer in [min, max]; an InputError naming `name` otherwise. */
 /**
- * Most ranks of one ring on this host: a CPU rank is a worker thread (~25 MB of its own before
- * any data), so 513 of them exhausted a 24 GB machine's memory; GPU rings are far smaller.
+ * Most CPU ranks of one ring: a CPU rank is a worker thread of this process (~25 MB of its own
+ * before any data), so 513 of them exhausted a 24 GB machine's memory. (GPU ranks are processes.)
  */
 export const MAX_RANKS = 256;
 
 /** `devices` (ranks of a ring) as a positive integer up to MAX_RANKS, else an InputError naming `name`. */
 export function checkRanks(name: string, x: unknown): number {
   if (typeof x !== 'number' || !Number.isInteger(x) || x < 1 || x > MAX_RANKS) {
-    throw new InputError(name, `expected a positive integer up to ${MAX_RANKS} (ranks of one ring), got ${String(x)}`);
+    throw new InputError(name, `expected a positive integer up to ${MAX_RANKS} (CPU ranks of one ring), got ${String(x)}`);
   }
   return x;
 }
 
+/** `x` as an integer in [min, max]; an InputError naming `name` otherwise. */
 export function checkInt(name: string, x: unknown, min: number, max = INT32_MAX): number {
   if (typeof x !== 'number' || !Number.isInteger(x) || x < min || x > max) {
     throw new InputError(name, `expected an integer in [${min}, ${max}], got ${String(x)}`);

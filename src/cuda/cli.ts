@@ -25,10 +25,15 @@ export function verifyTolerance(dtype: CudaDType): { out: number; lse: number } 
   return dtype === 'float32' ? { out: 1e-4, lse: 1e-4 } : dtype === 'float16' ? { out: 1e-2, lse: 1e-2 } : { out: 3e-2, lse: 3e-2 };
 }
 
-/** GPUs the driver sees here (0 without a usable driver). */
-export function localGpus(): number {
+/**
+ * Ranks a GPU command takes without --devices: inside a launched job its world size; else one a
+ * GPU of this machine, at most 4 (1 without a usable driver: that rank then says why).
+ */
+export function defaultGpuRanks(): number {
+  const env = rankEnv();
+  if (env) return env.world;
   const cuda = cudaAvailable();
-  return cuda.ok ? cuda.devices : 0;
+  return Math.max(1, Math.min(4, cuda.ok ? cuda.devices : 0));
 }
 
 /** Is this process one rank of a launched job? */
@@ -45,7 +50,7 @@ export async function launchSelfIfNeeded(nproc: number): Promise<boolean> {
   // One rank a local GPU: say so here rather than from N ranks failing to open theirs.
   const cuda = cudaAvailable();
   if (!cuda.ok) throw new BackendError(cuda.reason);
-  if (nproc > cuda.devices) throw new InputError('--devices', `expected at most ${cuda.devices} (the GPUs this machine has; ringattn launch spans machines), got ${nproc}`);
+  if (nproc > cuda.devices) throw new InputError('--devices', `expected at most ${cuda.devices} (the GPUs of this machine; across machines, start one rank a GPU with torchrun), got ${nproc}`);
   const command = [process.execPath, ...process.execArgv, process.argv[1], ...process.argv.slice(2)];
   const r = await launch({ nproc, command });
   if (r.code !== 0) throw new RingAttnError(`rank ${r.failedRank} failed: ${(r.message ?? '').replace(/^rank \d+: /, '')}`);

@@ -10,8 +10,9 @@ export { CudaContext } from './context.js';
 export { cudaKernel, chooseKernel, supported, workspaceBytes } from './attention.js';
 export type { CudaDType } from './convert.js';
 export { CudaDecode, DecodeCombiner, decodeAttentionCuda, decodeCombineRanks, decodeSupported, type CudaDecodeArgs, type CudaDecodeResult, type DeviceDecodeArgs, type DeviceDecodeCache, type DecodeTuning, type DecodePlan } from './decode.js';
-export { ringAttentionCuda, ringAttentionCudaWhole } from './ring.js';
-export { rankMain, type CudaGroup } from './group.js';
+export { ringAttentionCuda, type CudaRingOptions, type CudaRingResult } from './ring.js';
+export type { CudaRankShard } from './device.js';
+export { rankMain, type CudaGroup, type GroupOptions } from './group.js';
 
 /**
  * Single-GPU attention over whole tensors, mirroring `attention()` in src/attention.ts: fp32

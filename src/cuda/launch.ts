@@ -88,15 +88,17 @@ function reportedLine(tail: string[]): string | undefined {
 }
 
 /**
- * The error line a failed rank left: its last `ringattn:` line, else its last `...Error: ...` /
- * `...Exception: ...` line (Node prints an uncaught exception's stack and then its version), else
- * its last non-empty line other than Node's version.
+ * The error line a failed rank left: its last `ringattn:` line; else, when it died of an uncaught
+ * exception (Node prints the stack, then its own version as the last line), that exception's
+ * `...Error: ...` line; else its last non-empty line (Node's version and hint lines skipped).
  */
 export function errorLine(tail: string[]): string {
   const back = [...tail].reverse().map((l) => l.trim());
-  return reportedLine(tail) ??
-    back.find((l) => /^[\w.$]*(Error|Exception)\b( \[[^\]]*\])?: /.test(l)) ??
-    back.find((l) => l !== '' && !/^Node\.js v\d/.test(l)) ?? '';
+  const reported = reportedLine(tail);
+  if (reported !== undefined) return reported;
+  const nodeCrash = /^Node\.js v\d/.test(back.find((l) => l !== '') ?? '');
+  const thrown = nodeCrash ? back.find((l) => /^[\w.$]*(Error|Exception)\b( \[[^\]]*\])?: /.test(l)) : undefined;
+  return thrown ?? back.find((l) => l !== '' && !(nodeCrash && (/^Node\.js v\d/.test(l) || /^\(Use `node --trace/.test(l)))) ?? '';
 }
 
 export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
@@ -117,9 +119,9 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   const signalled = new Set<number>(); // ranks this launcher sent a signal to
   const killAll = (sig: NodeJS.Signals) =>
     children.forEach((c, r) => {
-      if (exits[r]) return;
-      signalled.add(r);
-      c.kill(sig);
+      // (a rank that has exited but whose output is still open, held by a child of its own, is not signalled)
+      if (exits[r] || c.exitCode !== null || c.signalCode !== null) return;
+      if (c.kill(sig)) signalled.add(r);
     });
   const onSignal = (sig: NodeJS.Signals) => {
     killAll(sig);

@@ -16,6 +16,7 @@ export function readTokens(path: string, arg = '--tokens'): Int32Array {
   const text = new TextDecoder().decode(bytes).trim();
   const json = 'expected a JSON array of token ids, or an object with an "ids" or "input_ids" array';
   let values: unknown[];
+  let words = false; // whitespace-separated: each a number's text
   if (text.startsWith('[') || text.startsWith('{')) {
     let parsed: unknown;
     try {
@@ -29,11 +30,13 @@ export function readTokens(path: string, arg = '--tokens'): Int32Array {
     values = list;
   } else {
     values = text.length ? text.split(/\s+/) : [];
+    words = true;
   }
   return Int32Array.from(values, (v, i) => {
-    const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
+    // whitespace-separated ids as numbers (1, 1.0, 1e3: numpy's savetxt writes 1.000000000000000000e+00)
+    const n = words && typeof v === 'string' ? Number(v) : v;
     if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > 0x7fffffff) {
-      throw new InputError(arg, `token ${i} is ${typeof v === 'string' ? `'${v}'` : JSON.stringify(v)}; expected a non-negative integer id`);
+      throw new InputError(arg, `token ${i} is ${words ? `'${v}'` : JSON.stringify(v)}; expected a non-negative integer id`);
     }
     return n;
   });

@@ -71,10 +71,12 @@ test('model commands reject bad input with exit 2 and no output file', () => {
   writeFileSync(join(dir, 'bad.json'), '[1, 2, 999]');
   writeFileSync(join(dir, 'bad.txt'), '1 2 x');
   writeFileSync(join(dir, 'obj.json'), '{"idx": [1, 2]}');
+  writeFileSync(join(dir, 'strs.json'), '["1", "2"]');
   const cases: [string[], RegExp][] = [
     [['logits', '--model', dir, '--tokens', join(dir, 'bad.txt'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: token 2 is 'x'; expected a non-negative integer id$/],
     [['logits', '--model', dir, '--tokens', join(dir, 'obj.json'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: expected a JSON array of token ids, or an object with an "ids" or "input_ids" array$/],
     [['generate', '--model', dir, '--tokens', join(dir, 'bad.json'), '--max-new-tokens', '0'], /^ringattn: --max-new-tokens: expected/],
+    [['logits', '--model', dir, '--tokens', join(dir, 'strs.json'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: token 0 is "1"; expected a non-negative integer id$/],
     [['logits', '--model', join(dir, 'nope'), '--tokens', join(dir, 'bad.json'), '--out', join(dir, 'o.npy')], /^ringattn: --model: .*does not exist/],
     [['logits', '--model', dir, '--tokens', join(dir, 'bad.json'), '--out', join(dir, 'o.npy')], /^ringattn: tokens: token 2 is 999; expected an id in \[0, 35\)/],
     [['logits', '--model', dir, '--tokens', join(dir, 'missing.json'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: /],
@@ -92,11 +94,14 @@ test('model commands reject bad input with exit 2 and no output file', () => {
     assert.match(r.stderr.trim(), re);
   }
   assert.ok(!existsSync(join(dir, 'o.npy')));
-  // What tokenizers write, {"input_ids": [...]}, is read as the ids.
+  // What tokenizers write, {"input_ids": [...]}, and numpy's savetxt (1.000000000000000000e+00) are read as the ids.
   writeFileSync(join(dir, 'ids-obj.json'), '{"input_ids": [1, 2, 3]}');
-  const ok = cli(['logits', '--model', dir, '--tokens', join(dir, 'ids-obj.json'), '--out', join(dir, 'o.npy'), '--devices', '1']);
-  assert.equal(ok.code, 0, ok.stderr);
-  assert.ok(existsSync(join(dir, 'o.npy')));
+  writeFileSync(join(dir, 'ids-savetxt.txt'), '1.000000000000000000e+00\n2.000000000000000000e+00\n3\n');
+  for (const file of ['ids-obj.json', 'ids-savetxt.txt']) {
+    const ok = cli(['logits', '--model', dir, '--tokens', join(dir, file), '--out', join(dir, 'o.npy'), '--devices', '1']);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.deepEqual(readNpy(join(dir, 'o.npy')).shape.slice(0, 1), [3], file);
+  }
 });
 
 test('bad checkpoints: exit 2 with one line naming the file or tensor, no output file', async () => {

@@ -45,7 +45,7 @@ test('curriculum: start length for the first 40%, the full length for the last 1
 test('train: both models, loss curves in the report, checkpoint and resume', () => {
   const dir = mkdtempSync(join(tmpdir(), 'ringattn-train-'));
   const run = (args: string[]) => spawnSync(process.execPath, [BIN, 'train', '--seq', '128', '--devices', '2', '--curriculum', '64', '--eval-seqs', '1', ...args], { encoding: 'utf8' });
-  const r = run(['--steps', '6', '--window', '16', '--report', join(dir, 'r.html'), '--checkpoint', join(dir, 'ck')]);
+  const r = run(['--steps', '6', '--window', '16', '--hidden', '32', '--heads', '4', '--report', join(dir, 'r.html'), '--checkpoint', join(dir, 'ck')]);
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /full attention\s+\d/);
   assert.match(r.stdout, /window 16\s+\d/);
@@ -58,6 +58,7 @@ test('train: both models, loss curves in the report, checkpoint and resume', () 
   assert.equal(again.status, 0, again.stderr);
   const d2 = JSON.parse(readFileSync(join(dir, 'r2.html'), 'utf8').match(/id="ringattn-data">([\s\S]*?)<\/script>/)![1].replace(/\\u003c/g, '<'));
   assert.deepEqual(d2.curves[0].series[0].points.map((p: number[]) => p[0]), [7, 8, 9], 'resumed at step 7');
+  assert.deepEqual([d2.config.hidden, d2.config.heads], [32, 4], 'the report describes the checkpoint\'s model');
   const bad = run(['--resume', join(dir, 'nope')]);
   assert.equal(bad.status, 2);
   assert.match(bad.stderr, /^ringattn: --resume: .*trainer_state.json/);
@@ -65,6 +66,9 @@ test('train: both models, loss curves in the report, checkpoint and resume', () 
   for (const [args, re] of [
     [['--steps', '6'], /^ringattn: --steps: expected more than the checkpoint's 6 steps \(--steps counts from the start of training\), got 6/],
     [['--steps', '9', '--hidden', '32'], /^ringattn: --hidden: a resumed run keeps the checkpoint's model/],
+    [['--steps', '9', '--layers', '2'], /^ringattn: --layers: a resumed run keeps the checkpoint's model/],
+    [['--steps', '9', '--heads', '2'], /^ringattn: --heads: a resumed run keeps the checkpoint's model/],
+    [['--steps', '9', '--rope-theta', '10000'], /^ringattn: --rope-theta: a resumed run keeps the checkpoint's model/],
   ] as [string[], RegExp][]) {
     const r3 = run([...args, '--resume', join(dir, 'ck'), '--report', join(dir, 'r3.html')]);
     assert.equal(r3.status, 2, r3.stderr);

@@ -36,6 +36,10 @@ test('errorLine picks the last ringattn: line, else an uncaught exception\'s lin
   assert.equal(errorLine(uncaught), 'Error: bad thing');
   assert.equal(errorLine(['TypeError [ERR_INVALID_ARG_TYPE]: The "path" argument must be of type string', '    at x', 'Node.js v22.1.0']), 'TypeError [ERR_INVALID_ARG_TYPE]: The "path" argument must be of type string');
   assert.equal(errorLine(['some output', '', 'Node.js v20.20.2']), 'some output');
+  // An Error line from earlier output is not the failure when the rank did not die of an exception.
+  assert.equal(errorLine(['Error: retrying in 1 s', 'gave up after 3 tries']), 'gave up after 3 tries');
+  // throw 'a string': Node's hint line is skipped.
+  assert.equal(errorLine(['        ^', 'a string', '(Use `node --trace-uncaught ...` to show where the exception was thrown)', '', 'Node.js v20.20.2']), 'a string');
 });
 
 test('launch: a rank dying of an uncaught exception is reported by its Error line', async () => {
@@ -45,6 +49,16 @@ test('launch: a rank dying of an uncaught exception is reported by its Error lin
   assert.equal(r.failedRank, 1, JSON.stringify(r));
   assert.equal(r.code, 1);
   assert.equal(r.message, 'Error: bad thing');
+});
+
+test('launch: a rank that exited while a child of its own holds its output open is not counted as ended by the launcher', async () => {
+  const c = collect();
+  // Rank 1 fails (exit 1) leaving a child on its stderr for 2 s; rank 0 then stops as a bystander (exit 3).
+  const script = 'if (process.env.RANK === "1") { require("child_process").spawn("sleep", ["2"], { stdio: "inherit" }); console.error("ringattn: rank 1: first failure"); process.exit(1); } setTimeout(() => process.exit(3), 300);';
+  const r = await launch({ nproc: 2, command: [process.execPath, '-e', script], stdout: c.stdout, stderr: c.stderr, graceMs: 600 });
+  assert.equal(r.failedRank, 1, JSON.stringify(r));
+  assert.equal(r.code, 1);
+  assert.equal(r.message, 'rank 1: first failure');
 });
 
 test('launch: a program\'s own exit code 3 (the bystanders\' code) names that rank, not the one the launcher then ended', async () => {

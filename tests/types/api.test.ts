@@ -16,8 +16,10 @@ test('the public API exports its functions with their documented shapes', async 
   assert.deepEqual(res.lse.shape, [5, 2]);
   const p: Plan = api.plan({ seq: 1024, heads: 8, kvHeads: 2, headDim: 64, devices: 2 });
   assert.equal(p.tokensPerDevice, 512);
-  await assert.rejects(api.ringAttention(q, k, k, { devices: 257 }), /devices: expected a positive integer up to 256 \(ranks of one ring\), got 257/);
+  await assert.rejects(api.ringAttention(q, k, k, { devices: 257 }), /devices: expected a positive integer up to 256 \(CPU ranks of one ring\), got 257/);
   await assert.rejects(api.ringAttention(q, k, k, { devices: 1.5 }), /devices: expected a positive integer up to 256/);
+  await assert.rejects(api.runCpuRing(Array.from({ length: 257 }, () => ({}) as never), {} as never, {} as never), /shards: expected a positive integer up to 256/);
+  await assert.rejects(api.RingModel.create({} as never, {} as never, { devices: 300 }), /devices: expected a positive integer up to 256/);
 });
 
 test('the README\'s other library names resolve: RingModel and decodeAttention from the package, the GPU APIs from ringattn/cuda (loading it needs no GPU)', async () => {
@@ -25,6 +27,14 @@ test('the README\'s other library names resolve: RingModel and decodeAttention f
   assert.equal(typeof api.RingModel.load, 'function');
   assert.equal(typeof api.decodeAttention, 'function');
   const cuda = await import('ringattn/cuda');
+  // Importing it loads no NVIDIA library (a CPU user's process stays clean).
+  if (process.platform === 'linux') {
+    const { spawnSync } = await import('node:child_process');
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', "await import('ringattn/cuda'); process.stdout.write(require('fs').readFileSync('/proc/self/maps', 'utf8'))".replace("require('fs')", "(await import('node:fs'))")], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /node/); // (the maps were read)
+    assert.doesNotMatch(r.stdout, /libcuda|libnccl|libnvrtc/);
+  }
   for (const name of ['CudaDecode', 'decodeAttentionCuda', 'decodeCombineRanks', 'attentionCuda', 'ringAttentionCuda', 'rankMain', 'cudaAvailable'] as const) {
     assert.equal(typeof cuda[name], 'function', name);
   }

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { InputError, RingAttnError } from '../../core/errors.js';
 import { parseLayout } from '../../core/layout.js';
 import type { F32Tensor } from '../../core/tensor.js';
+import { checkInputs } from '../../core/inputs.js';
 import { sampleRows, verifyRows } from '../../core/verify.js';
 import { AtomicOutputs, encodeNpy, readNpyFloat32, readNpyInt32, checkOutputPath } from '../../io/index.js';
 import { attention, ringAttention, maskOf, type AttentionOptions } from '../../attention.js';
@@ -73,7 +74,7 @@ async function attend(f: AttendFlags): Promise<void> {
   // --backend cuda with --devices N: this command runs again as N ranks (one per GPU).
   const cuda = f.backend === 'cuda' ? await import('../../cuda/cli.js') : null;
   const dtype = cuda?.parseDtype(f.dtype);
-  if (cuda && (await cuda.launchSelfIfNeeded(devicesOpt(f.devices) ?? 1))) return;
+  if (cuda && (await cuda.launchSelfIfNeeded(devicesOpt(f.devices, true) ?? 1))) return;
   const layout = parseLayout(f.layout, '--layout');
   const kernel = kernelOpt(f.kernel);
   const grads = [f.dq, f.dk, f.dv];
@@ -81,7 +82,7 @@ async function attend(f: AttendFlags): Promise<void> {
   if (!f.gradOut && grads.some((g) => g)) throw new InputError('--dq', 'expected --grad-out (the gradient of the output) with --dq/--dk/--dv');
   for (const [name, p] of [['--out', f.out], ['--lse', f.lse], ['--dq', f.dq], ['--dk', f.dk], ['--dv', f.dv]] as const) if (p) checkOutputPath(p, name);
   const block = intOpt('--block', f.block, { min: 1 });
-  const devices = devicesOpt(f.devices);
+  const devices = devicesOpt(f.devices, !!cuda);
   const verifyRowsN = f.verify === undefined || f.verify === false ? 0 : f.verify === true ? 16 : intOpt('--verify', f.verify, { min: 1 })!;
   const q = readNpyFloat32(f.q, '--q');
   const k = readNpyFloat32(f.k, '--k');
@@ -107,7 +108,10 @@ async function attend(f: AttendFlags): Promise<void> {
   for (const [name, t] of [['--q', q], ['--k', k], ['--v', v]] as const) {
     if (t.shape.length !== 3 && t.shape.length !== 4) throw new InputError(name, `expected shape [S, H, D] or [B, S, H, D], got [${t.shape.join(', ')}]`);
   }
-  if (!cuda) prepareCpuKernels(opts.kernel, f.quiet);
+  if (!cuda) {
+    checkInputs(q, k, v, opts); // bad input fails at once, before a first-run compile
+    prepareCpuKernels(opts.kernel, f.quiet);
+  }
   const t0 = performance.now();
   let res;
   let info = '';

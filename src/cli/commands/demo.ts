@@ -90,7 +90,7 @@ async function demo(f: DemoFlags): Promise<void> {
     const cuda = await import('../../cuda/demo.js');
     const { parseDtype } = await import('../../cuda/cli.js');
     const report = await cuda.demoCuda({
-      S, H, Hk, D, devices: devicesOpt(f.devices), layout: parseLayout(f.layout, '--layout'), causal: f.causal,
+      S, H, Hk, D, devices: devicesOpt(f.devices, true), layout: parseLayout(f.layout, '--layout'), causal: f.causal,
       window: intOpt('--window', f.window, { min: 1 }), sinks: intOpt('--sinks', f.sinks, { min: 0 }), backward: !!f.backward,
       dtype: parseDtype(f.dtype), seed, verifyRows: nVerify,
     });

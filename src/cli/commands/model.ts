@@ -45,7 +45,7 @@ async function launchedElsewhere(f: ModelFlags): Promise<boolean> {
   if (f.backend !== 'cuda') return false;
   modelDtypeOpt(f.dtype);
   const { launchSelfIfNeeded } = await import('../../cuda/cli.js');
-  return launchSelfIfNeeded(devicesOpt(f.devices) ?? 1);
+  return launchSelfIfNeeded(devicesOpt(f.devices, true) ?? 1);
 }
 
 async function open(f: ModelFlags): Promise<RingModel> {
@@ -53,7 +53,7 @@ async function open(f: ModelFlags): Promise<RingModel> {
   if (!existsSync(f.model)) throw new InputError('--model', `${f.model} does not exist; expected a checkpoint directory`);
   const kernel = kernelOpt(f.kernel);
   return RingModel.load(f.model, {
-    devices: devicesOpt(f.devices),
+    devices: devicesOpt(f.devices, f.backend === 'cuda'),
     layout: parseLayout(f.layout, '--layout'),
     kernel,
     sinks: intOpt('--sinks', f.sinks, { min: 0 }),
@@ -95,7 +95,7 @@ export function registerModelCommands(program: Command): void {
       if (f.outTokens) checkOutputPath(f.outTokens, '--out-tokens');
       const ids = promptIds(f);
       const cfg = readHfConfig(f.model);
-      const P = devicesOpt(f.devices)!;
+      const P = devicesOpt(f.devices, f.backend === 'cuda')!;
       if (f.plan) {
         const gpu = f.backend === 'cuda';
         printPlanOnce(() => formatPlan(plan({ seq: ids.length + maxNew, heads: cfg.numHeads, kvHeads: cfg.numKvHeads, headDim: cfg.headDim, devices: P, dtype: gpu && modelDtypeOpt(f.dtype) === 'bfloat16' ? 'bf16' : 'fp32', device: gpu ? 'h100' : 'cpu', layers: cfg.numLayers, mode: 'prefill', layout: parseLayout(f.layout, '--layout') })));

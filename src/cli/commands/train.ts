@@ -160,7 +160,7 @@ export function registerTrain(program: Command): void {
     .command('train')
     .description('train a small model on key-value recall across a long sequence on a ring of CPU ranks; compare with a sliding-window model')
     .option('--seq <S>', 'final sequence length', '16384')
-    .option('--devices <P>', 'ranks: CPU workers (default: the cores, 2 to 4), or GPUs with --backend cuda (default 4)')
+    .option('--devices <P>', 'ranks: CPU workers (default: the cores, 2 to 4), or GPUs with --backend cuda (default: this machine\'s GPUs, at most 4; in a launched job, its ranks)')
     .option('--backend <name>', 'cpu (worker threads) or cuda (one rank per GPU)', 'cpu')
     .option('--dtype <name>', 'with --backend cuda: fp32 (default) or bf16 (tensor cores)', 'fp32')
     .option('--layout <name>', 'contiguous, zigzag or striped', 'zigzag')
@@ -189,19 +189,19 @@ export function registerTrain(program: Command): void {
       const seq = intOpt('--seq', f.seq, { min: 64 })!;
       // More CPU workers than cores only time-slice the same cores (4 on 2 cores: 1.8x slower than 2).
       // On GPUs: one rank a GPU here, at most 4 (and 1 without any: that rank says why).
-      const gpus = gpu && f.devices === undefined ? Math.max(1, Math.min(4, (await import('../../cuda/cli.js')).localGpus())) : 0;
-      const devices = devicesOpt(f.devices ?? String(gpu ? gpus : Math.min(4, Math.max(2, cpus().length))))!;
+      const gpus = gpu && f.devices === undefined ? (await import('../../cuda/cli.js')).defaultGpuRanks() : 0;
+      const devices = devicesOpt(f.devices ?? String(gpu ? gpus : Math.min(4, Math.max(2, cpus().length))), gpu)!;
       const steps = intOpt('--steps', f.steps, { min: 1 })!;
       const lr = numOpt('--lr', f.lr, { positive: true })!;
       const warmup = intOpt('--warmup', f.warmup, { min: 0 })!;
       if (f.schedule !== 'cosine' && f.schedule !== 'constant') throw new InputError('--schedule', `expected cosine or constant, got '${f.schedule}'`);
-      const hidden = intOpt('--hidden', f.hidden, { min: 8 })!;
-      const layers = intOpt('--layers', f.layers, { min: 1 })!;
-      const heads = intOpt('--heads', f.heads, { min: 1 })!;
+      let hidden = intOpt('--hidden', f.hidden, { min: 8 })!;
+      let layers = intOpt('--layers', f.layers, { min: 1 })!;
+      let heads = intOpt('--heads', f.heads, { min: 1 })!;
       const window = intOpt('--window', f.window, { min: 1 })!;
       const start = Math.min(seq, intOpt('--curriculum', f.curriculum, { min: 48 })!);
       const seed = intOpt('--seed', f.seed, { min: 0 })!;
-      const ropeTheta = numOpt('--rope-theta', f.ropeTheta, { positive: true })!;
+      let ropeTheta = numOpt('--rope-theta', f.ropeTheta, { positive: true })!;
       intOpt('--eval-seqs', f.evalSeqs, { min: 0 });
       if (hidden % heads !== 0 || (hidden / heads) % 2 !== 0) throw new InputError('--heads', `expected a divisor of --hidden (${hidden}) leaving an even head size, got ${heads}`);
       checkOutputPath(f.report, '--report');
@@ -220,6 +220,7 @@ export function registerTrain(program: Command): void {
         for (const [opt, flag] of [['hidden', '--hidden'], ['layers', '--layers'], ['heads', '--heads'], ['ropeTheta', '--rope-theta']]) {
           if (cmd.getOptionValueSource(opt) === 'cli') throw new InputError(flag, `a resumed run keeps the checkpoint's model (${f.resume}/config.json); leave ${flag} out`);
         }
+        [hidden, layers, heads, ropeTheta] = [full.hiddenSize, full.numLayers, full.numHeads, full.rope.theta]; // (for --plan and the report too)
         base = {
           ...base, hidden_size: full.hiddenSize, intermediate_size: full.intermediateSize, num_hidden_layers: full.numLayers,
           num_attention_heads: full.numHeads, num_key_value_heads: full.numKvHeads, rope_theta: full.rope.theta,

@@ -42,34 +42,32 @@ test('errorLine picks the last ringattn: line, else an uncaught exception\'s lin
   assert.equal(errorLine(['        ^', 'a string', '(Use `node --trace-uncaught ...` to show where the exception was thrown)', '', 'Node.js v20.20.2']), 'a string');
 });
 
-test('launch: a rank dying of an uncaught exception is reported by its Error line', async () => {
-  const c = collect();
-  const script = 'if (process.env.RANK === "1") throw new Error("bad thing"); setTimeout(() => {}, 60000);';
-  const r = await launch({ nproc: 2, command: [process.execPath, '-e', script], stdout: c.stdout, stderr: c.stderr, graceMs: 300 });
-  assert.equal(r.failedRank, 1, JSON.stringify(r));
-  assert.equal(r.code, 1);
-  assert.equal(r.message, 'Error: bad thing');
-});
-
-test('launch: a rank that exited while a child of its own holds its output open is not counted as ended by the launcher', async () => {
-  const c = collect();
-  // Rank 1 fails (exit 1) leaving a child on its stderr for 2 s; rank 0 then stops as a bystander (exit 3).
-  const script = 'if (process.env.RANK === "1") { require("child_process").spawn("sleep", ["2"], { stdio: "inherit" }); console.error("ringattn: rank 1: first failure"); process.exit(1); } setTimeout(() => process.exit(3), 300);';
-  const r = await launch({ nproc: 2, command: [process.execPath, '-e', script], stdout: c.stdout, stderr: c.stderr, graceMs: 600 });
-  assert.equal(r.failedRank, 1, JSON.stringify(r));
-  assert.equal(r.code, 1);
-  assert.equal(r.message, 'rank 1: first failure');
-});
-
-test('launch: a program\'s own exit code 3 (the bystanders\' code) names that rank, not the one the launcher then ended', async () => {
-  const c = collect();
-  const script = 'if (process.env.RANK === "1") { console.error("my own failure"); process.exit(3); } setTimeout(() => {}, 60000);';
-  const r = await launch({ nproc: 2, command: [process.execPath, '-e', script], stdout: c.stdout, stderr: c.stderr, graceMs: 300 });
-  assert.equal(r.failedRank, 1, JSON.stringify(r));
-  assert.equal(r.code, 3);
-  assert.equal(r.message, 'my own failure');
-  assert.equal(r.ranks[0].signal, 'SIGTERM');
-});
+// Two ranks of `node -e script` (rank 1 fails); the launch's verdict against what it should name.
+const failureCases: { what: string; script: string; graceMs: number; code: number; message: string }[] = [
+  {
+    what: 'a rank dying of an uncaught exception is reported by its Error line',
+    script: 'if (process.env.RANK === "1") throw new Error("bad thing"); setTimeout(() => {}, 60000);',
+    graceMs: 300, code: 1, message: 'Error: bad thing',
+  },
+  {
+    // Rank 1 fails (exit 1) leaving a child on its stderr for 2 s; rank 0 then stops as a bystander (exit 3).
+    what: 'a rank that exited while a child of its own holds its output open is not counted as ended by the launcher',
+    script: 'if (process.env.RANK === "1") { require("child_process").spawn("sleep", ["2"], { stdio: "inherit" }); console.error("ringattn: rank 1: first failure"); process.exit(1); } setTimeout(() => process.exit(3), 300);',
+    graceMs: 600, code: 1, message: 'rank 1: first failure',
+  },
+  {
+    what: 'a program\'s own exit code 3 (the bystanders\' code) names that rank and code, not the rank the launcher then ended',
+    script: 'if (process.env.RANK === "1") { console.error("my own failure"); process.exit(3); } setTimeout(() => {}, 60000);',
+    graceMs: 300, code: 3, message: 'my own failure',
+  },
+];
+for (const k of failureCases) {
+  test(`launch: ${k.what}`, async () => {
+    const c = collect();
+    const r = await launch({ nproc: 2, command: [process.execPath, '-e', k.script], stdout: c.stdout, stderr: c.stderr, graceMs: k.graceMs });
+    assert.deepEqual({ failedRank: r.failedRank, code: r.code, message: r.message }, { failedRank: 1, code: k.code, message: k.message }, JSON.stringify(r));
+  });
+}
 
 test('launch: 3 ranks rendezvous over TCP and share rank 0\'s id', async () => {
   const c = collect();

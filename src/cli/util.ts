@@ -1,6 +1,7 @@
 import { InputError, RingAttnError } from '../core/errors.js';
 import { MAX_RANKS } from '../core/inputs.js';
 import { loadNative } from '../cpu/build.js';
+import { getKernel, type KernelChoice } from '../cpu/attention.js';
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 bad input. */
 export const EXIT_OK = 0;
@@ -83,9 +84,11 @@ export function printPlanOnce(text: () => string): void {
 
 /**
  * Build (or find cached) the C kernels now, before a command starts its clock, saying so on stderr
- * when they compile (the first run on a machine: tens of seconds); `kernel` 'ts' needs none.
+ * when they compile (the first run on a machine: tens of seconds); `kernel` 'ts' needs none. Where
+ * they are unavailable the fallback's notice is printed here, once, not by every worker.
  */
 export function prepareCpuKernels(kernel: string | undefined, quiet = false): void {
   if (kernel === 'ts') return;
   loadNative((m) => quiet || process.stderr.write(`ringattn: ${m}\n`));
+  getKernel({ kernel: kernel as KernelChoice | undefined });
 }

@@ -48,3 +48,14 @@ test('demo rejects bad options with exit 2', () => {
   assert.equal(r.status, 2);
   assert.match(r.stderr, /^ringattn: --kv-heads: expected a divisor of --heads \(8\), got 3\n$/);
 });
+
+test('demo without the C kernel: the fallback is said once (not once a worker), and the run still verifies', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ringattn-demo-'));
+  const r = spawnSync(process.execPath, [BIN, 'demo', '--seq', '256', '--devices', '3', '--report', join(dir, 'r.html')], {
+    encoding: 'utf8', env: { ...process.env, RINGATTN_CPU_ISA: 'bogus' }, // an invalid choice makes the C kernel unavailable
+  });
+  assert.equal(r.status, 0, r.stderr);
+  const notices = r.stderr.split('\n').filter((l) => /the C kernel is unavailable \(RINGATTN_CPU_ISA: expected native, avx2 or scalar, got 'bogus'\); using the TypeScript kernel/.test(l));
+  assert.equal(notices.length, 1, r.stderr);
+  assert.match(r.stdout, /kernel\s+ts/);
+});

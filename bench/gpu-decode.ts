@@ -1,3 +1,4 @@
+import './gpu-guard.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { launchSelfIfNeeded } from '../src/cuda/cli.js';
 import { CudaContext, type DeviceBuffer } from '../src/cuda/context.js';

@@ -12,6 +12,7 @@
  * random normal inputs; FLOP = 2·M·N·K. Each row also checks its output against the fp32
  * kernel's on a few rows (normwise; bf16 rounding makes ~1e-3 the expected size).
  */
+import './gpu-guard.js';
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';

@@ -11,6 +11,7 @@
  * FLOPs counted: 2 x (parameters outside the embedding) per token, plus causal attention
  * 4 x visible pairs x H x D per layer; the one row of logits is left out.
  */
+import './gpu-guard.js';
 import { RingModel } from '../src/llm.js';
 import { parseHfConfig } from '../src/model/config.js';
 import type { ModelWeights } from '../src/model/weights.js';

@@ -1,3 +1,4 @@
+import './gpu-guard.js';
 import { CudaContext } from '../src/cuda/context.js';
 import { maskBench } from './gpu-masks.js';
 import { ringBench } from './gpu-ring.js';

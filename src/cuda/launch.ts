@@ -93,9 +93,9 @@ function reportedLine(tail: string[]): string | undefined {
  * `...Error: ...` line; else its last non-empty line (Node's version and hint lines skipped).
  */
 export function errorLine(tail: string[]): string {
-  const back = [...tail].reverse().map((l) => l.trim());
   const reported = reportedLine(tail);
   if (reported !== undefined) return reported;
+  const back = [...tail].reverse().map((l) => l.trim());
   const nodeCrash = /^Node\.js v\d/.test(back.find((l) => l !== '') ?? '');
   const thrown = nodeCrash ? back.find((l) => /^[\w.$]*(Error|Exception)\b( \[[^\]]*\])?: /.test(l)) : undefined;
   return thrown ?? back.find((l) => l !== '' && !(nodeCrash && (/^Node\.js v\d/.test(l) || /^\(Use `node --trace/.test(l)))) ?? '';

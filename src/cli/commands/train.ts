@@ -188,9 +188,8 @@ export function registerTrain(program: Command): void {
       if (gpu) modelDtypeOpt(f.dtype);
       const seq = intOpt('--seq', f.seq, { min: 64 })!;
       // More CPU workers than cores only time-slice the same cores (4 on 2 cores: 1.8x slower than 2).
-      // On GPUs: one rank a GPU here, at most 4 (and 1 without any: that rank says why).
-      const gpus = gpu && f.devices === undefined ? (await import('../../cuda/cli.js')).defaultGpuRanks() : 0;
-      const devices = devicesOpt(f.devices ?? String(gpu ? gpus : Math.min(4, Math.max(2, cpus().length))), gpu)!;
+      // On GPUs: one rank a GPU here, at most 4, or the launched job's ranks (defaultGpuRanks).
+      const devices = devicesOpt(f.devices ?? String(gpu ? (await import('../../cuda/cli.js')).defaultGpuRanks() : Math.min(4, Math.max(2, cpus().length))), gpu)!;
       const steps = intOpt('--steps', f.steps, { min: 1 })!;
       const lr = numOpt('--lr', f.lr, { positive: true })!;
       const warmup = intOpt('--warmup', f.warmup, { min: 0 })!;
@@ -207,25 +206,22 @@ export function registerTrain(program: Command): void {
       checkOutputPath(f.report, '--report');
       if (f.resume && !existsSync(join(f.resume, 'trainer_state.json'))) throw new InputError('--resume', `${f.resume} has no trainer_state.json; expected a directory written by --checkpoint`);
       const spec = DEFAULT_RECALL;
-      let base = {
-        vocab_size: recallVocab(spec), hidden_size: hidden, intermediate_size: 2 * hidden, num_hidden_layers: layers,
-        num_attention_heads: heads, num_key_value_heads: heads, rms_norm_eps: 1e-5, rope_theta: ropeTheta, max_position_embeddings: Math.max(seq, 4096), tie_word_embeddings: false,
-      };
-      const full = f.resume ? readHfConfig(f.resume) : parseHfConfig({ model_type: 'llama', ...base });
-      if (f.resume) {
-        // A resumed run continues the checkpoint's model to --steps in all (the count from the
-        // start of training); its shape comes from the checkpoint, and so does the comparison's.
+      // A resumed run continues the checkpoint's model to --steps in all (the count from the start
+      // of training); its shape comes from the checkpoint (for --plan, the report and the comparison too).
+      const resumed = f.resume ? readHfConfig(f.resume) : undefined;
+      if (f.resume && resumed) {
         const saved = savedStep(f.resume);
         if (steps <= saved) throw new InputError('--steps', `expected more than the checkpoint's ${saved} steps (--steps counts from the start of training), got ${steps}`);
         for (const [opt, flag] of [['hidden', '--hidden'], ['layers', '--layers'], ['heads', '--heads'], ['ropeTheta', '--rope-theta']]) {
           if (cmd.getOptionValueSource(opt) === 'cli') throw new InputError(flag, `a resumed run keeps the checkpoint's model (${f.resume}/config.json); leave ${flag} out`);
         }
-        [hidden, layers, heads, ropeTheta] = [full.hiddenSize, full.numLayers, full.numHeads, full.rope.theta]; // (for --plan and the report too)
-        base = {
-          ...base, hidden_size: full.hiddenSize, intermediate_size: full.intermediateSize, num_hidden_layers: full.numLayers,
-          num_attention_heads: full.numHeads, num_key_value_heads: full.numKvHeads, rope_theta: full.rope.theta,
-        };
+        [hidden, layers, heads, ropeTheta] = [resumed.hiddenSize, resumed.numLayers, resumed.numHeads, resumed.rope.theta];
       }
+      const base = {
+        vocab_size: recallVocab(spec), hidden_size: hidden, intermediate_size: resumed?.intermediateSize ?? 2 * hidden, num_hidden_layers: layers,
+        num_attention_heads: heads, num_key_value_heads: resumed?.numKvHeads ?? heads, rms_norm_eps: 1e-5, rope_theta: ropeTheta, max_position_embeddings: Math.max(seq, 4096), tie_word_embeddings: false,
+      };
+      const full = resumed ?? parseHfConfig({ model_type: 'llama', ...base });
       if (f.plan) printPlanOnce(() => formatPlan(plan({ seq, heads, kvHeads: heads, headDim: hidden / heads, devices, dtype: gpu && modelDtypeOpt(f.dtype) === 'bfloat16' ? 'bf16' : 'fp32', device: gpu ? 'h100' : 'cpu', layers, mode: 'train' })));
       if (gpu) {
         // --devices N GPUs outside a launched job: this command runs again as N ranks.

@@ -10,7 +10,7 @@ source bench/device-env.sh
 files=${1:-attention.gpu}
 : > "$OUT/tests.log"
 for f in $files; do
-  limit=150
+  limit=${LIMIT:-150}
   [ "$f" = attention.gpu ] && limit=500
   echo "== $f (limit ${limit} s)" | tee -a "$OUT/tests.log"
   timeout -s KILL "$limit" $N --test --test-reporter=spec "dist/tests/cuda/$f.test.js" > "$OUT/$f.log" 2>&1

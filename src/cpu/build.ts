@@ -114,10 +114,11 @@ function writeMemo(name: string, value: unknown): void {
   }
 }
 
+/** CC when set (and only CC: a compiler asked for by name is not silently replaced by another),
+ *  else the first of cc, gcc and clang that answers --version. */
 function findCompiler(): Compiler | string {
-  const names: string[] = [];
-  if (process.env.CC) names.push(process.env.CC);
-  names.push('cc', 'gcc', 'clang');
+  const asked = process.env.CC?.trim();
+  const names = asked ? [asked] : ['cc', 'gcc', 'clang'];
   for (const name of names) {
     const [cmd, ...pre] = name.trim().split(/\s+/);
     if (!cmd) continue;
@@ -135,7 +136,8 @@ function findCompiler(): Compiler | string {
       return { cmd, pre, version: r.out.trim() };
     }
   }
-  return `tried ${names.join(', ')}`;
+  if (asked) return `CC='${asked}' does not run ('${asked} --version' failed): set CC to a working C compiler, or unset it to use cc, gcc or clang`;
+  return `no C compiler found (tried ${names.join(', ')}): install one, or set CC`;
 }
 
 function cpuIdentity(): string {

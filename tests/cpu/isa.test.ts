@@ -139,6 +139,16 @@ test('RINGATTN_CPU_ISA rejects an unknown value by name', () => {
   assert.match(r.stdout, /^RINGATTN_CPU_ISA: expected native, avx2 or scalar, got 'sse9'/);
 });
 
+test('CC names the compiler: one that does not run is an error naming it, not a silent fallback to cc', () => {
+  const env = { ...process.env, CC: '/nonexistent/cc-ringattn', RINGATTN_CACHE: mkdtempSync(join(os.tmpdir(), 'ringattn-cc-')) };
+  try {
+    const r = spawnSync(process.execPath, ['-e', PROBE], { env, encoding: 'utf8' });
+    assert.match(r.stdout, /^CC='\/nonexistent\/cc-ringattn' does not run .*unset it to use cc, gcc or clang/);
+  } finally {
+    rmSync(env.RINGATTN_CACHE, { recursive: true, force: true });
+  }
+});
+
 test('RINGATTN_CPU_DEFINES: -D options build a library of their own (in its cache key); anything else is refused by name', () => {
   const load = (defs: string | undefined) => {
     const env = { ...process.env };

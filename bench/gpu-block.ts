@@ -18,9 +18,9 @@ export function timeBlock(ctx: CudaContext, kern: CudaAttentionKernel, a: Device
   try {
     const o = alloc(n * 4), lse = alloc(rows * 4), delta = alloc(rows * 4), dq = alloc(n * 4), dk = alloc(nk * 4), dv = alloc(nk * 4);
     const fwd = () => {
-      ctx.fill32(o, 0, n);
-      ctx.fill32(lse, 0xff800000, rows);
+      ctx.fill32(lse, 0xff800000, rows); // (o is not read where lse is -inf)
       kern.forward({ ...a, o: o.ptr, lse: lse.ptr });
+      kern.finishForward(o.ptr, lse.ptr, rows, a.D);
     };
     const bwd = () => {
       ctx.fill32(dq, 0, n);

@@ -68,9 +68,9 @@ for (const dtype of ['bfloat16'] as CudaDType[]) {
       const o = ctx.alloc(n * 4), lse = ctx.alloc(S * H * 4), delta = ctx.alloc(S * H * 4), dq = ctx.alloc(n * 4), dk = ctx.alloc(nk * 4), dv = ctx.alloc(nk * 4);
       const a = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: pos.ptr, kPos: pos.ptr, Sq: S, Sk: S, H, Hk, D, dtype, causal, window: 0, sinks: 0, scale: 1 / Math.sqrt(D) };
       const fwd = () => {
-        ctx.fill32(o, 0, n);
-        ctx.fill32(lse, 0xff800000, S * H);
+        ctx.fill32(lse, 0xff800000, S * H); // (o is not read where lse is -inf)
         kern.forward({ ...a, o: o.ptr, lse: lse.ptr });
+        kern.finishForward(o.ptr, lse.ptr, S * H, D);
       };
       const bwd = () => {
         ctx.fill32(dq, 0, n);

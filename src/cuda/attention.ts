@@ -270,6 +270,12 @@ export interface CudaAttentionKernel {
   backward(a: DeviceBackwardArgs): void;
   /** delta[r] = sum_d dO[r, d] * o[r, d] over rows = Sq * H (dO in `dtype`, o fp32). */
   delta(dO: number, o: number, delta: number, rows: number, D: number, dtype: CudaDType): void;
+  /**
+   * After the last forward into (o, lse): o[r] = 0 for the rows r < rows (= Sq * H) whose lse is
+   * still -inf. A forward reads a row's old o only where its old lse is finite, so (o, lse) start
+   * from lse = -inf alone (o may hold anything) and this makes the rows that saw no key 0.
+   */
+  finishForward(o: number, lse: number, rows: number, D: number): void;
   dispose(): void;
 }
 
@@ -409,6 +415,11 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
     delta(dO, o, delta, rows, D, dtype): void {
       const name = `attn_delta_${SUFFIX[dtype]}`;
       ctx.launch(ctx.fn('attn_bwd.cu', name), name, [Math.ceil(rows / 4), 1, 1], 128, 0, argBuffers([{ ptr: dO }, { ptr: o }, { ptr: delta }, { i32: rows }, { i32: D }]));
+    },
+
+    finishForward(o, lse, rows, D): void {
+      if (rows <= 0) return;
+      ctx.launch(ctx.fn('attn_fwd.cu', 'attn_fwd_finish'), 'attn_fwd_finish', [Math.ceil(rows / 256), 1, 1], 256, 0, argBuffers([{ ptr: o }, { ptr: lse }, { i32: rows }, { i32: D }]));
     },
 
     dispose(): void {

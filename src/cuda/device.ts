@@ -140,6 +140,7 @@ export class CudaRankDevice implements RingDevice<CudaBlock> {
     const block = (rows: number) => new CudaBlock(this.alloc(kvOffsets(rows, this.geom).bytes), withGrads ? this.alloc(2 * rows * this.geom.row * 4) : null, rows);
     this.blocks = [block(cap), block(cap)];
     this.sinks = sinkCap > 0 ? [block(sinkCap), block(sinkCap)] : null;
+    this.ctx.fill32(this.o, 0, n * H * D); // (a download before any forward reads zeros)
     this.resetForward();
   }
 
@@ -190,10 +191,14 @@ export class CudaRankDevice implements RingDevice<CudaBlock> {
     return this.bufs.reduce((n, b) => n + b.bytes, 0);
   }
 
-  /** O = 0, LSE = -inf (before a forward). */
+  /** LSE = -inf before a forward (O is not read where LSE is -inf: finishForward zeroes the rows that stay so). */
   resetForward(): void {
-    this.ctx.fill32(this.o, 0, this.rows * this.p.H * this.p.D);
     this.ctx.fill32(this.lse, 0xff800000, this.rows * this.p.H);
+  }
+
+  /** After a forward's last block: O = 0 on the rows that saw no key. */
+  finishForward(): void {
+    this.kernel.finishForward(this.o.ptr, this.lse.ptr, this.rows * this.p.H, this.p.D);
   }
 
   private d2d(dst: number, src: number, bytes: number): void {

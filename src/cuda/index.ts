@@ -91,10 +91,12 @@ export async function attentionCuda(q: F32Tensor, k: F32Tensor, v: F32Tensor, op
       ctx.upload(kd, encode(slice(k, nk), dtype));
       ctx.upload(vd, encode(slice(v, nk), dtype));
       if (opts.poison) for (const [buf, n] of [[o, nq], [lse, S * H]] as const) ctx.fill32(buf, NAN_BITS, n);
-      ctx.fill32(o, 0, nq);
-      ctx.fill32(lse, NEG_INF_BITS, S * H);
+      ctx.fill32(lse, NEG_INF_BITS, S * H); // o need not be cleared: finishForward zeroes the rows that saw no key
       const blk = { ...base, q: qd.ptr, k: kd.ptr, v: vd.ptr, qPos: pos.ptr, kPos: pos.ptr, qSeg: seg?.ptr, kSeg: seg?.ptr };
-      res.stats.forwardMs += ctx.time(() => kernel.forward({ ...blk, o: o.ptr, lse: lse.ptr }));
+      res.stats.forwardMs += ctx.time(() => {
+        kernel.forward({ ...blk, o: o.ptr, lse: lse.ptr });
+        kernel.finishForward(o.ptr, lse.ptr, S * H, D);
+      });
       ctx.download(slice(res.out, nq), o);
       ctx.download(res.lse.data.subarray(b * S * H, (b + 1) * S * H), lse);
       if (g) {

@@ -145,7 +145,10 @@ export class CudaRing {
   /** The ring forward: (O, LSE) of this rank's rows, on the GPU. */
   forward(): PhaseTiming {
     this.dev.resetForward();
-    const t = this.phase('forward', () => ringForward(this.dev, this.net, this.plan.schedule, this.tracer, 0));
+    const t = this.phase('forward', () => {
+      ringForward(this.dev, this.net, this.plan.schedule, this.tracer, 0);
+      this.dev.finishForward();
+    });
     this.forwardDone = true;
     return t;
   }

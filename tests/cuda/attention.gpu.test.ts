@@ -226,13 +226,15 @@ test('block kernels on global positions: two KV blocks merge into the full resul
       return b.ptr;
     };
     try {
-      const qd = up(q, true), qp = up(qPos, false), o = zeros(Sq * H * D), lse = zeros(Sq * H, 0xff800000);
+      // o stays poisoned: a forward must not read a row's o while its lse is -inf (finishForward zeroes what no key reached)
+      const qd = up(q, true), qp = up(qPos, false), o = zeros(Sq * H * D, 0x7fc00000), lse = zeros(Sq * H, 0xff800000);
       const blocks = [
         { k: up(k.subarray(0, S1 * Hk * D), true), v: up(v.subarray(0, S1 * Hk * D), true), pos: up(kPos.subarray(0, S1), false), n: S1 },
         { k: up(k.subarray(S1 * Hk * D), true), v: up(v.subarray(S1 * Hk * D), true), pos: up(kPos.subarray(S1), false), n: S2 },
       ];
       const base = { q: qd, qPos: qp, Sq, H, Hk, D, dtype, causal, window, sinks, scale };
       for (const b of blocks) kern.forward({ ...base, k: b.k, v: b.v, kPos: b.pos, Sk: b.n, o, lse });
+      kern.finishForward(o, lse, Sq * H, D);
       const out = c.download(new Float32Array(Sq * H * D), o);
       const outLse = c.download(new Float32Array(Sq * H), lse);
       const what = `${kern.name({ dtype, D })} causal=${causal} window=${window} scale=${scale} seed=${seed}`;
@@ -261,13 +263,13 @@ test('block kernels on global positions: two KV blocks merge into the full resul
   kern.dispose();
 });
 
-test('rows that see no key: out 0, lse -inf, gradients 0 (never NaN)', { skip }, () => {
+test('rows that see no key: out 0 (from finishForward, over a NaN-poisoned o), lse -inf, gradients 0 (never NaN)', { skip }, () => {
   const seed = freshSeed();
   const r = rng(seed);
   const c = context();
   const kern = cudaKernel(c);
-  for (const dtype of ['bfloat16', 'float32'] as const) {
-    const H = 2, Hk = 1, D = 64, Sq = 80, Sk = 64;
+  for (const [dtype, D] of [['bfloat16', 64], ['float32', 64], ['float32', 30]] as const) {
+    const H = 2, Hk = 1, Sq = 80, Sk = 64;
     // Causal; keys at positions 50..113 and queries at 0..79: rows 0..49 see nothing.
     const qPos = Int32Array.from({ length: Sq }, (_, i) => i);
     const kPos = Int32Array.from({ length: Sk }, (_, j) => 50 + j);
@@ -278,17 +280,18 @@ test('rows that see no key: out 0, lse -inf, gradients 0 (never NaN)', { skip },
     const init = (n: number, bits: number) => { const b = c.alloc(n * 4); bufs.push(b); c.fill32(b, 0x7fc00000, n); c.fill32(b, bits, n); return b.ptr; };
     try {
       const a = { q: up(encode(q, dtype)), k: up(encode(k, dtype)), v: up(encode(v, dtype)), qPos: up(qPos), kPos: up(kPos), Sq, Sk, H, Hk, D, dtype, causal: true, window: 0, sinks: 0, scale: 0.125 };
-      const o = init(Sq * H * D, 0), lse = init(Sq * H, 0xff800000);
+      const o = init(Sq * H * D, 0x7fc00000), lse = init(Sq * H, 0xff800000);
       kern.forward({ ...a, o, lse });
+      kern.finishForward(o, lse, Sq * H, D);
       const gO = up(encode(dO, dtype)), delta = init(Sq * H, 0), dq = init(Sq * H * D, 0), dk = init(Sk * Hk * D, 0), dv = init(Sk * Hk * D, 0);
       kern.delta(gO, o, delta, Sq * H, D, dtype);
       kern.backward({ ...a, dO: gO, lse, delta, dq, dk, dv });
       const outLse = c.download(new Float32Array(Sq * H), lse);
       const out = c.download(new Float32Array(Sq * H * D), o);
       const gq = c.download(new Float32Array(Sq * H * D), dq);
-      for (let row = 0; row < 50 * H; row++) assert.equal(outLse[row], -Infinity, `lse row ${row} (${dtype}, seed ${seed})`);
+      for (let row = 0; row < 50 * H; row++) assert.equal(outLse[row], -Infinity, `lse row ${row} (${dtype} D=${D}, seed ${seed})`);
       for (let x = 0; x < 50 * H * D; x++) {
-        assert.equal(out[x], 0, `out element ${x} (${dtype})`);
+        assert.equal(out[x], 0, `out element ${x} (${dtype} D=${D})`);
         assert.equal(gq[x], 0, `dq element ${x} (${dtype})`);
       }
       assertClose(out, ref.o, TOL[dtype].fwd, `out ${dtype} seed ${seed}`);

@@ -6,9 +6,24 @@
 //   attn_fwd_generic_{f32,bf16,f16}: one warp per (query row, head), lanes split D (<= 256);
 //     exact expf. Grid (ceil(Sq/4), H), 128 threads. The fp32 path and any other head dim.
 // Both classify 64-key tiles on global positions: empty tiles are skipped, full tiles run
-// without mask arithmetic. A row that sees no key keeps its (o, lse) untouched (0, -inf after
-// the host's initialisation).
+// without mask arithmetic. A row that sees no key keeps its (o, lse) untouched. Every forward
+// reads a row's old o only where its old lse is finite, so a forward starts from lse = -inf
+// alone and o may hold anything; attn_fwd_finish then zeroes the o of the rows whose lse is still
+// -inf (a 4-byte read a row, instead of writing all of o before the first block).
 #include "common.cuh"
+
+// o[r, :] = 0 where lse[r] = -inf (no key seen), for rows r < rows; other rows untouched. A thread
+// a row. Grid ceil(rows/256), 256 threads.
+extern "C" __global__ void attn_fwd_finish(float* o, const float* lse, int rows, int D) {
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= rows || lse[r] != NEG_INF) return;
+  float* row = o + (long long)r * D;
+  if ((D & 3) == 0) {
+    for (int d = 0; d < D; d += 4) *(float4*)(row + d) = make_float4(0.f, 0.f, 0.f, 0.f);
+  } else {
+    for (int d = 0; d < D; d++) row[d] = 0.f;
+  }
+}
 
 // Boxes of tiles of `tile` rows: out[t] = {min pos, max pos, min seg, max seg} over rows
 // [t*tile, min(n, (t+1)*tile)). Grid ceil(ceil(n/tile)/128), 128 threads.

@@ -18,7 +18,7 @@ extern "C" __global__ void attn_fwd_finish(float* o, const float* lse, int rows,
   const int r = blockIdx.x * blockDim.x + threadIdx.x;
   if (r >= rows || lse[r] != NEG_INF) return;
   float* row = o + (long long)r * D;
-  if ((D & 3) == 0) {
+  if ((D & 3) == 0 && (reinterpret_cast<unsigned long long>(o) & 15) == 0) {  // 16-byte rows
     for (int d = 0; d < D; d += 4) *(float4*)(row + d) = make_float4(0.f, 0.f, 0.f, 0.f);
   } else {
     for (int d = 0; d < D; d++) row[d] = 0.f;

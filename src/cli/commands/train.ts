@@ -108,17 +108,17 @@ function savedStep(dir: string): number {
   return step;
 }
 
-async function trainOne(name: string, cfg: ModelConfig, f: TrainFlags, spec: RecallSpec, o: { steps: number; seq: number; start: number; lr: number; warmup: number; devices: number; seed: number; resume?: string }): Promise<RunResult> {
-  const weights = o.resume ? loadWeights(o.resume, cfg) : initWeights(cfg, o.seed, initStd(cfg.hiddenSize));
+async function trainOne(name: string, cfg: ModelConfig, f: TrainFlags, spec: RecallSpec, o: { steps: number; seq: number; start: number; lr: number; warmup: number; devices: number; seed: number; resume?: { dir: string; step: number } }): Promise<RunResult> {
+  const weights = o.resume ? loadWeights(o.resume.dir, cfg) : initWeights(cfg, o.seed, initStd(cfg.hiddenSize));
   const gpu = f.backend === 'cuda';
   const model = await RingModel.create(cfg, weights, { devices: o.devices, layout: parseLayout(f.layout, '--layout'), kernel: kernelOpt(f.kernel), backend: gpu ? 'cuda' : 'cpu', dtype: gpu ? modelDtypeOpt(f.dtype) : undefined });
   const lead = model.rank === 0;
   let first = 0;
   if (o.resume) {
-    const st = readSafetensors(join(o.resume, 'optimizer.safetensors'));
+    const st = readSafetensors(join(o.resume.dir, 'optimizer.safetensors'));
     const state = Object.fromEntries(st.names().map((n) => [n, st.getFloat32(n)]));
     await model.loadOptimizerState(state, o.lr, 0.01);
-    first = savedStep(o.resume);
+    first = o.resume.step;
   }
   const rand = rng(o.seed * 7919 + 1);
   const curve: [number, number][] = [];
@@ -209,8 +209,8 @@ export function registerTrain(program: Command): void {
       // A resumed run continues the checkpoint's model to --steps in all (the count from the start
       // of training); its shape comes from the checkpoint (for --plan, the report and the comparison too).
       const resumed = f.resume ? readHfConfig(f.resume) : undefined;
+      const saved = f.resume ? savedStep(f.resume) : 0;
       if (f.resume && resumed) {
-        const saved = savedStep(f.resume);
         if (steps <= saved) throw new InputError('--steps', `expected more than the checkpoint's ${saved} steps (--steps counts from the start of training), got ${steps}`);
         for (const [opt, flag] of [['hidden', '--hidden'], ['layers', '--layers'], ['heads', '--heads'], ['ropeTheta', '--rope-theta']]) {
           if (cmd.getOptionValueSource(opt) === 'cli') throw new InputError(flag, `a resumed run keeps the checkpoint's model (${f.resume}/config.json); leave ${flag} out`);
@@ -232,7 +232,7 @@ export function registerTrain(program: Command): void {
       if (lead) process.stderr.write(`ringattn train: key-value recall (${spec.pairs} pairs of ${spec.keys} keys x ${spec.values} values, ${spec.queries} queries) at up to ${seq} tokens on ${devices} ${gpu ? 'GPU' : 'CPU'} ranks\n`);
       const runs: RunResult[] = [];
       try {
-        runs.push(await trainOne('full attention', full, f, spec, { steps, seq, start, lr, warmup, devices, seed, resume: f.resume }));
+        runs.push(await trainOne('full attention', full, f, spec, { steps, seq, start, lr, warmup, devices, seed, resume: f.resume ? { dir: f.resume, step: saved } : undefined }));
         if (f.compare) {
           const win = parseHfConfig({ model_type: 'mistral', ...base, sliding_window: window });
           runs.push(await trainOne(`window ${window}`, win, f, spec, { steps, seq, start, lr, warmup, devices, seed }));

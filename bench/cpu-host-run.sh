@@ -9,7 +9,8 @@ set -uo pipefail
 source bench/device-env.sh
 ALL=$(nproc)
 V=("" "||--offset=0" "|-DPF_SEG_HINT=3|--offset=0" "|-DPF_SEG_HINT=2|--offset=0" "|-DPF_SEG_FP32=0|--offset=0" "|-DPF_PAGES=0|--offset=0"
-  "|-DPF_PAGES=0 -DPF_SEG_FP32=0|--offset=0" "|-DNK=4|--offset=0" "RINGATTN_CPU_ISA=avx2||--offset=0")
+  "|-DPF_PAGES=0 -DPF_SEG_FP32=0|--offset=0" "|-DNK32=4|--offset=0" "|-DRA_BF16_EO=0 -DNK16=3 -DPV_NQ16=2|--offset=0"
+  "RINGATTN_CPU_ISA=avx2||--offset=0")
 bash bench/cpu-decode-ab.sh 1 512,4096,32768,131072 float32,bfloat16 "${V[@]}" >/dev/null 2>&1
 mv "$OUT/cpu-decode-ab.log" "$OUT/cpu-host-t1.log"
 bash bench/cpu-decode-ab.sh "$ALL" 131072 float32,bfloat16 "${V[@]}" >/dev/null 2>&1

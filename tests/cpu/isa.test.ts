@@ -156,7 +156,7 @@ test('RINGATTN_CPU_DEFINES: -D options build a library of their own (in its cach
     else env.RINGATTN_CPU_DEFINES = defs;
     return spawnSync(process.execPath, ['-e', PROBE], { env, encoding: 'utf8' }).stdout.trim();
   };
-  const plain = load(undefined), hinted = load('-DPF_SEG_HINT=3  -DNK=3');
+  const plain = load(undefined), hinted = load('-DPF_SEG_HINT=3  -DNK32=3');
   assert.match(plain, /^\w+ \S+/, plain);
   assert.match(hinted, /^\w+ \S+/, hinted);
   assert.equal(hinted.split(' ')[0], plain.split(' ')[0], 'same ISA');

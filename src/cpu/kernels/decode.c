@@ -539,7 +539,7 @@ static inline float s_exp2(float x) {
  *      group and all Sq tokens;
  *  (2) per query row, the mask and one max / exp pass over the tile's TK logits: the online-softmax
  *      correction of O happens once per tile (and only when the max grows), not once per row;
- *  (3) O += P V in blocks of 2 query rows x 4 cache rows, each V byte read from memory once.
+ *  (3) O += P V in blocks of PV_NQ query rows x 4 cache rows, each V byte read from memory once.
  * Nothing is copied: K and V are read in place, so every byte is loaded into a register once.
  * The micro-kernels are inlined (E: cache type, T: a partial last vector of D, both compile-time
  * via CHUNK_DEF): an indirect call per register block made the loads and prefetches issue less

@@ -228,6 +228,9 @@ INLINE void dk_sum8(const vf a[8], float* out) {
 #endif
 #endif
 #define NKMAX (NK16 > NK32 ? NK16 : NK32)
+#if defined(NK) || NK16 < 1 || NK16 > 4 || NK32 < 1 || NK32 > 4
+#error "NK16 and NK32 (keys per logits block) must be 1..4 (NK is no longer read)"
+#endif
 #ifndef PF_BYTES
 #define PF_BYTES 65536     /* page-start prefetch distance (bytes of cache rows ahead) */
 #endif
@@ -450,6 +453,9 @@ INLINE void qk_core(const int E, const int NQ, const int NK, const int TAIL, int
 #endif
 #ifndef PV_NQ32
 #define PV_NQ32 2
+#endif
+#if defined(PV_NQ) || PV_NQ16 < 1 || PV_NQ16 > 4 || PV_NQ32 < 1 || PV_NQ32 > 4
+#error "PV_NQ16 and PV_NQ32 (query rows per V block) must be 1..4 (PV_NQ is no longer read)"
 #endif
 #define PV_NQ (PV_NQ16 > PV_NQ32 ? PV_NQ16 : PV_NQ32)
 INLINE void pv_core(const int E, const int NQ, const int TAIL, int nf, int tail, float* const* accp,
@@ -870,23 +876,18 @@ RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, c
         const float* a = base + (size_t)row * d.Dp;
         for (int x = 0; x < d.Dp; x++) acc[x] += wgt * a[x];
       }
-      if (eo) { /* back to element order */
-        float t[d.Dp];
-        for (int x = 0; x < D; x++) t[x] = acc[eo_index(x)];
-        memcpy(acc, t, sizeof(float) * D);
-      }
       const float blse = (float)((M + log2f(L)) * 0.6931471805599453);
       const float inv = 1.0f / L;
       float* od = o + br * D;
       const float old = lse[br];
       if (old == -INFINITY) {
-        for (int x = 0; x < D; x++) od[x] = acc[x] * inv;
+        for (int x = 0; x < D; x++) od[x] = acc[eo ? eo_index(x) : x] * inv; /* (E = 3: back to element order) */
         lse[br] = blse;
       } else {
         const float mm = old > blse ? old : blse;
         const float ea = expf(old - mm), eb = expf(blse - mm), s = ea + eb;
         const float wa = ea / s, wb = eb / s * inv;
-        for (int x = 0; x < D; x++) od[x] = wa * od[x] + wb * acc[x];
+        for (int x = 0; x < D; x++) od[x] = wa * od[x] + wb * acc[eo ? eo_index(x) : x];
         lse[br] = mm + logf(s);
       }
     }

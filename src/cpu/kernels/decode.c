@@ -697,7 +697,10 @@ INLINE void chunk_t(const int E, const int T, const Dec* d, const Chunk* c, int 
           case 4: pv_core(E, 4, T, nf, tail, acc, p, vr); break;
 #endif
 #if PV_NQ > 2
-          case 3: pv_core(E, 3, T, nf, tail, acc, p, vr); break;
+          case 3: /* (as 2 + 1: one more inlined copy of the kernel doubled the build time) */
+            pv_core(E, 2, T, nf, tail, acc, p, vr);
+            pv_core(E, 1, T, nf, tail, acc + 2, p + 2, vr);
+            break;
 #endif
           case 2: pv_core(E, 2, T, nf, tail, acc, p, vr); break;
           default: pv_core(E, 1, T, nf, tail, acc, p, vr);

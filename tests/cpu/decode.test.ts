@@ -194,12 +194,16 @@ test('decode: D 128 and odd D, P 1-3 merged both ways, threads 1 and 2', () => {
   }
 });
 
-test('decode reads only the window of a long cache, and chunks of it merge exactly', () => {
+test('decode reads only the window of a long cache, and chunks of it (of one or many tiles) merge exactly', () => {
   const seed = freshSeed();
   const p = makeProblem(seed, [5000, 4100], 8, 2, 64, 3, { causal: true, window: 300, sinks: 7 });
   for (const chunk of [16, 64, undefined]) check(p, seed, { P: 2, threads: 2, chunk }, 'long window');
   const q = makeProblem(seed, [3000], 4, 1, 64, 1, { causal: true });
   check(q, seed, { P: 3, threads: 2, chunk: 64 }, 'long causal');
+  // chunks of several whole 256-row tiles, and a last tile cut short (3000 / 2 ranks: 1500 rows)
+  check(q, seed, { P: 2, threads: 1, chunk: 600 }, 'long causal, multi-tile chunks');
+  const b = makeProblem(seed, [3000], 4, 1, 64, 1, { causal: true });
+  check(b, seed, { P: 1, threads: 2, chunk: 700, dtype: 'bfloat16' }, 'long causal bf16, multi-tile chunks');
 });
 
 test('decode with unsorted cache rows: mask fallback (kvSorted false or checked)', () => {

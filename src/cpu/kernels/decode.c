@@ -7,7 +7,7 @@
  *
  *  - Work items are chunks of cache rows of one sequence. A chunk covers all KV heads of its rows,
  *    so its K and V bytes are one contiguous stretch of memory ([rows, Hk, D]). It is processed in
- *    tiles of TK rows, each in three passes (chunk_t): all logits of the tile (K read in place,
+ *    tiles of tk rows (up to 256), each in three passes (chunk_t): all logits of the tile (K read in place,
  *    row after row, each K vector loaded once for the 4 query rows of its register block: GQA
  *    reads each KV head once for all G heads of its group and all Sq tokens), one max / exp pass
  *    per query row over the tile's logits (the online-softmax rescale of O once per tile, only
@@ -211,10 +211,19 @@ INLINE void dk_sum8(const vf a[8], float* out) {
 /* ------------------------------------------------------------------------------------------ */
 /* Problem, visible ranges, chunks.                                                           */
 
-#ifndef TK
-#define TK 32          /* cache rows per tile (a multiple of 4 and of VW) */
+/*
+ * Cache rows per tile (d->tk, chosen per call): 256, or fewer where the tile's logits of all query
+ * rows (Sq x H x tk floats, per thread) would pass 1 MiB: at Sq x H = 32 going from 32 to 256 rows
+ * made two threads read 30-50% faster on a 2-core Zen 5 (the K and V streams switch 8x less
+ * often) and one thread 3-8%; at Sq x H = 2048 a 2 MiB tile was 6-9% slower than 32 rows. The
+ * logits' row stride is tk + 4 (pass 1 writes NK keys at a time). TK fixes it (experiments).
+ */
+#define TK_MAX 256
+#define TK_MIN 32       /* (a multiple of 4 and of VW) */
+#define TK_BYTES (1 << 20)
+#if defined(TK) && (TK < 16 || TK % 16 != 0)
+#error "TK (cache rows per tile) must be a multiple of 16"
 #endif
-#define TKS (TK + 4)   /* stride of a row of logits (pass 1 writes NK keys at a time) */
 /* Cache rows per logits register block (4 x NK accumulators): 3 (12 of AVX2's 16 registers); 4 on
    AVX-512 for 16-bit caches (+11% on bf16, Zen 5; fp32 lost 4% with 4). */
 #ifndef NK32
@@ -263,6 +272,7 @@ typedef struct {
   int causal, window, sinks;
   float cs; /* scale * log2(e) */
   float* qs; /* [B, Sq, H, Dp] queries pre-scaled by cs, zero-padded */
+  int tk, tks; /* cache rows per tile, stride of a row of a tile's logits */
 } Dec;
 
 typedef struct {
@@ -327,8 +337,8 @@ typedef struct {
 
 /* Per-thread scratch of chunk_t. */
 typedef struct {
-  float* S;   /* [Sq*H][TKS] logits of a tile, then its probabilities */
-  float* ok;  /* [TK] 0 or -inf: visibility of the tile's rows for one query (mixed tiles) */
+  float* S;   /* [Sq*H][tks] logits of a tile, then its probabilities */
+  float* ok;  /* [tk] 0 or -inf: visibility of the tile's rows for one query (mixed tiles) */
   int* qrows; /* [Sq*G] rows i*H + g (KV head 0) of the tile's live queries */
   int* prow;  /* [Hk][Sq*G] per KV head, the rows i*H + h that see a key of the tile */
   int* np;    /* [Hk] */
@@ -535,7 +545,7 @@ static inline float s_exp2(float x) {
 }
 
 /*
- * A tile of TK cache rows in three passes. Passes 1 and 3 read the cache in memory order (row
+ * A tile of tk cache rows in three passes. Passes 1 and 3 read the cache in memory order (row
  * after row, every KV head of a row before the next row: NK rows side by side in pass 1, 4 in
  * pass 3), which keeps the hardware prefetchers streaming, helped by pf_pages PF_BYTES ahead and
  * pf_seg PF_SEG_ROWS ahead (what the next passes read: pass 1 ends prefetching the tile's first V
@@ -543,7 +553,7 @@ static inline float s_exp2(float x) {
  *  (1) the logits of all the tile's rows for every live query row, in register blocks of 4 query
  *      rows of one KV group x NK keys: each K byte is read from memory once for all G heads of its
  *      group and all Sq tokens;
- *  (2) per query row, the mask and one max / exp pass over the tile's TK logits: the online-softmax
+ *  (2) per query row, the mask and one max / exp pass over the tile's tk logits: the online-softmax
  *      correction of O happens once per tile (and only when the max grows), not once per row;
  *  (3) O += P V in blocks of PV_NQ query rows x 4 cache rows, each V byte read from memory once.
  * Nothing is copied: K and V are read in place, so every byte is loaded into a register once.
@@ -563,7 +573,7 @@ INLINE void chunk_t(const int E, const int T, const Dec* d, const Chunk* c, int 
   const float* qs = d->qs + (long)b * Sq * H * Dp;
   const char* K = (const char*)d->k[b];
   const char* V = (const char*)d->v[b];
-  const int nrow = Sq * H;
+  const int nrow = Sq * H, tk = d->tk, tks = d->tks;
   long pfr = PF_BYTES / rb, psr = 8192 / rb; /* prefetch distances in rows (psr 0: off) */
   pfr = pfr < 1 ? 1 : pfr > 64 ? 64 : pfr;
   psr = esz == 4 && !PF_SEG_FP32 ? 0 : psr < PF_SEG_ROWS ? PF_SEG_ROWS : psr;
@@ -573,8 +583,8 @@ INLINE void chunk_t(const int E, const int T, const Dec* d, const Chunk* c, int 
   for (int r = 0; r < nrow; r++) pt->m[r] = -INFINITY, pt->l[r] = 0.0f;
   int cls[MAX_SQ];
 
-  for (int64_t t0 = c->r0; t0 < c->r1; t0 += TK) {
-    const int nt = (int)(c->r1 - t0 < TK ? c->r1 - t0 : TK);
+  for (int64_t t0 = c->r0; t0 < c->r1; t0 += tk) {
+    const int nt = (int)(c->r1 - t0 < tk ? c->r1 - t0 : tk);
     int any = 0, nq = 0;
     for (int i = 0; i < Sq; i++) {
       cls[i] = tile_class(&vis[i], t0, t0 + nt, sorted, kseg != NULL);
@@ -608,7 +618,7 @@ INLINE void chunk_t(const int E, const int T, const Dec* d, const Chunk* c, int 
           for (int r = 0; r < R; r++) {
             const int row = sc->qrows[x0 + r] + hoff;
             qr[r] = qs + (long)row * Dp;
-            out[r] = S + (long)row * TKS + t;
+            out[r] = S + (long)row * tks + t;
           }
           switch (R) { /* (R is 4 except for the last block of a row list) */
           case 4: qk_core(E, 4, NK, T, nf, tail, qr, kr, out); break;
@@ -636,19 +646,19 @@ INLINE void chunk_t(const int E, const int T, const Dec* d, const Chunk* c, int 
       }
       for (int h = 0; h < H; h++) {
         const int row = i * H + h;
-        float* s = S + (long)row * TKS;
-        for (int t = nt; t < TK; t++) s[t] = -INFINITY;
+        float* s = S + (long)row * tks;
+        for (int t = nt; t < tk; t++) s[t] = -INFINITY;
         if (cls[i] == 2)
           for (int t = 0; t < nt; t++) s[t] += sc->ok[t];
         vf mx = v_load(s);
-        for (int t = VW; t < TK; t += VW) mx = v_max(mx, v_load(s + t));
+        for (int t = VW; t < tk; t += VW) mx = v_max(mx, v_load(s + t));
         const float tmax = v_hmax(mx);
         if (tmax == -INFINITY) continue; /* no key of this tile is visible to the row */
         const float mold = pt->m[row];
         const float mnew = mold > tmax ? mold : tmax;
         const vf mn = v_set1(mnew);
         vf sum = v_zero();
-        for (int t = 0; t < TK; t += VW) {
+        for (int t = 0; t < tk; t += VW) {
           const vf e = v_exp2(v_sub(v_load(s + t), mn));
           v_store(s + t, e);
           sum = v_add(sum, e);
@@ -690,7 +700,7 @@ INLINE void chunk_t(const int E, const int T, const Dec* d, const Chunk* c, int 
           const float* p[PV_NQ];
           for (int q = 0; q < R; q++) {
             acc[q] = pt->acc + (long)rows[x0 + q] * Dp;
-            p[q] = S + (long)rows[x0 + q] * TKS + t;
+            p[q] = S + (long)rows[x0 + q] * tks + t;
           }
           switch (R) {
 #if PV_NQ > 3
@@ -745,7 +755,7 @@ RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, c
   if (threads < 1) threads = 1;
 
   Dec d = {q, k, v, qpos, qseg, kpos, kseg, len, B, Sq, H, Hk, D, H / Hk, 0, D / VW, D % VW, dtype,
-           causal, window, window > 0 ? sinks : 0, (float)(scale * 1.4426950408889634), NULL};
+           causal, window, window > 0 ? sinks : 0, (float)(scale * 1.4426950408889634), NULL, 0, 0};
   d.Dp = (D + VW - 1) / VW * VW;
   const int nrow = Sq * H;
 
@@ -786,14 +796,25 @@ RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, c
     total += (r[1] - r[0]) + (r[3] - r[2]);
   }
 
-  /* Split-KV: cut the ranges into chunks of about `chunk` rows (a multiple of TK). */
+  /* Tile rows: the largest power of two in [TK_MIN, TK_MAX] whose logits fit TK_BYTES (and no
+     larger than a chunk the caller sets, down to 16). */
+#ifdef TK
+  d.tk = TK;
+#else
+  d.tk = TK_MAX;
+  while (d.tk > TK_MIN && (size_t)nrow * (d.tk + 4) * sizeof(float) > TK_BYTES) d.tk /= 2;
+  while (chunk > 0 && d.tk > 16 && d.tk > chunk) d.tk /= 2; /* a chunk asked for holds whole tiles */
+#endif
+  d.tks = d.tk + 4;
+
+  /* Split-KV: cut the ranges into chunks of about `chunk` rows (a multiple of tk). */
   int64_t cs = chunk;
   if (cs <= 0) {
     cs = (total + threads * 8 - 1) / (threads * 8);
     if (cs < 256) cs = 256;
     if (cs > 8192) cs = 8192;
   }
-  cs = (cs + TK - 1) / TK * TK;
+  cs = (cs + d.tk - 1) / d.tk * d.tk;
   int64_t nchunk = 0;
   for (int b = 0; b < B; b++)
     for (int w = 0; w < 2; w++) {
@@ -825,8 +846,8 @@ RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, c
     for (int x = D; x < d.Dp; x++) dst[x] = 0.0f;
   }
 
-  /* per thread: a tile's logits [Sq * H][TKS], its mask [TK], row lists [Sq * G], [Hk][Sq * G], [Hk] */
-  const size_t sFloats = ((size_t)nrow * TKS + TK + 15) / 16 * 16;
+  /* per thread: a tile's logits [Sq * H][tks], its mask [tk], row lists [Sq * G], [Hk][Sq * G], [Hk] */
+  const size_t sFloats = ((size_t)nrow * d.tks + d.tk + 15) / 16 * 16;
   const size_t sInts = ((size_t)Sq * d.G * (Hk + 1) + Hk + 15) / 16 * 16;
   const size_t scrFloats = sFloats + sInts;
   float* scrMem = (float*)aligned_alloc(64, (scrFloats * threads * sizeof(float) + 63) / 64 * 64);
@@ -847,7 +868,7 @@ RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, c
     float* mem = scrMem;
 #endif
     int* im = (int*)(mem + sFloats);
-    const Scratch sc = {mem, mem + (size_t)nrow * TKS, im, im + Sq * d.G, im + Sq * d.G * (Hk + 1)};
+    const Scratch sc = {mem, mem + (size_t)nrow * d.tks, im, im + Sq * d.G, im + Sq * d.G * (Hk + 1)};
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < nchunk; c++) {
       float* base = parts + (size_t)c * partFloats;

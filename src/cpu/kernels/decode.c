@@ -468,6 +468,12 @@ INLINE void qk_core(const int E, const int NQ, const int NK, const int TAIL, int
 #error "PV_NQ16 and PV_NQ32 (query rows per V block) must be 1..4 (PV_NQ is no longer read)"
 #endif
 #define PV_NQ (PV_NQ16 > PV_NQ32 ? PV_NQ16 : PV_NQ32)
+/* a[0..VW) += sum_{r < 4} p[r] * w[r], in two short FMA chains. */
+INLINE void pv_acc4(float* a, const vf p[4], const vf w[4]) {
+  const vf c1 = v_fma(p[1], w[1], v_fma(p[0], w[0], v_load(a)));
+  const vf c2 = v_fma(p[3], w[3], v_mul(p[2], w[2]));
+  v_store(a, v_add(c1, c2));
+}
 INLINE void pv_core(const int E, const int NQ, const int TAIL, int nf, int tail, float* const* accp,
                     const float* const* p, const void* const* vrp) {
   vf pb[PV_NQ][4];
@@ -493,13 +499,7 @@ INLINE void pv_core(const int E, const int NQ, const int TAIL, int nf, int tail,
 #pragma GCC unroll 4
       for (int q = 0; q < NQ; q++)
 #pragma GCC unroll 2
-        for (int h = 0; h < 2; h++) {
-          const vf* w = h ? vo : ve;
-          float* a = acc[q] + u * VW + h * VW;
-          const vf c1 = v_fma(pb[q][1], w[1], v_fma(pb[q][0], w[0], v_load(a)));
-          const vf c2 = v_fma(pb[q][3], w[3], v_mul(pb[q][2], w[2]));
-          v_store(a, v_add(c1, c2));
-        }
+        for (int h = 0; h < 2; h++) pv_acc4(acc[q] + u * VW + h * VW, pb[q], h ? vo : ve);
     }
   }
   for (int u = 0; E != 3 && u < nf + TAIL; u++) {
@@ -510,11 +510,7 @@ INLINE void pv_core(const int E, const int NQ, const int TAIL, int nf, int tail,
       if (NQ > 1 || E != 0) V_REG(vv[r]);
     }
 #pragma GCC unroll 4
-    for (int q = 0; q < NQ; q++) {
-      const vf c1 = v_fma(pb[q][1], vv[1], v_fma(pb[q][0], vv[0], v_load(acc[q] + u * VW)));
-      const vf c2 = v_fma(pb[q][3], vv[3], v_mul(pb[q][2], vv[2]));
-      v_store(acc[q] + u * VW, v_add(c1, c2));
-    }
+    for (int q = 0; q < NQ; q++) pv_acc4(acc[q] + u * VW, pb[q], vv);
   }
 }
 

@@ -2,33 +2,46 @@ import type { CudaAttentionKernel, DeviceBlockArgs } from '../src/cuda/attention
 import type { CudaContext, DeviceBuffer } from '../src/cuda/context.js';
 
 /**
- * One block's forward and backward on one GPU, timed as the GPU benches time them (bench/gpu-ring.ts
- * oneGpu, bench/gpu-masks.ts): the forward includes resetting (o, lse), the backward zeroing
- * dq/dk/dv and delta = rowsum(dO·O). Warm-up (warmUp) of each, then `reps` event-timed runs of
- * each; returns the median ms of both. Allocates its fp32 outputs and frees them before returning.
+ * One block's forward and backward as the GPU benches time them (bench/gpu.ts, and timeBlock for
+ * bench/gpu-ring.ts oneGpu and bench/gpu-masks.ts): the forward includes resetting lse and
+ * finishForward (o is not read where lse is -inf), the backward zeroing dq/dk/dv and
+ * delta = rowsum(dO·O). Allocates its fp32 outputs (`bufs`: the caller frees them; if an
+ * allocation fails, those made before it are freed here).
  */
-export function timeBlock(ctx: CudaContext, kern: CudaAttentionKernel, a: DeviceBlockArgs, dO: number, reps: number): { f: number; b: number } {
+export function blockCalls(ctx: CudaContext, kern: CudaAttentionKernel, a: DeviceBlockArgs, dO: number): { fwd: () => void; bwd: () => void; bufs: DeviceBuffer[] } {
   const n = a.Sq * a.H * a.D, nk = a.Sk * a.Hk * a.D, rows = a.Sq * a.H;
   const bufs: DeviceBuffer[] = [];
-  const alloc = (bytes: number) => {
-    const b = ctx.alloc(bytes);
-    bufs.push(b);
-    return b;
-  };
   try {
-    const o = alloc(n * 4), lse = alloc(rows * 4), delta = alloc(rows * 4), dq = alloc(n * 4), dk = alloc(nk * 4), dv = alloc(nk * 4);
-    const fwd = () => {
-      ctx.fill32(lse, 0xff800000, rows); // (o is not read where lse is -inf)
+    for (const bytes of [n * 4, rows * 4, rows * 4, n * 4, nk * 4, nk * 4]) bufs.push(ctx.alloc(bytes));
+  } catch (e) {
+    for (const b of bufs) ctx.free(b);
+    throw e;
+  }
+  const [o, lse, delta, dq, dk, dv] = bufs;
+  return {
+    bufs,
+    fwd: () => {
+      ctx.fill32(lse, 0xff800000, rows);
       kern.forward({ ...a, o: o.ptr, lse: lse.ptr });
       kern.finishForward(o.ptr, lse.ptr, rows, a.D);
-    };
-    const bwd = () => {
+    },
+    bwd: () => {
       ctx.fill32(dq, 0, n);
       ctx.fill32(dk, 0, nk);
       ctx.fill32(dv, 0, nk);
       kern.delta(dO, o.ptr, delta.ptr, rows, a.D, a.dtype);
       kern.backward({ ...a, dO, lse: lse.ptr, delta: delta.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr });
-    };
+    },
+  };
+}
+
+/**
+ * One block's forward and backward on one GPU (blockCalls): warm-up (warmUp) of each, then `reps`
+ * event-timed runs of each; returns the median ms of both. Frees its fp32 outputs before returning.
+ */
+export function timeBlock(ctx: CudaContext, kern: CudaAttentionKernel, a: DeviceBlockArgs, dO: number, reps: number): { f: number; b: number } {
+  const { fwd, bwd, bufs } = blockCalls(ctx, kern, a, dO);
+  try {
     warmUp(ctx, () => {
       fwd();
       bwd();

@@ -5,7 +5,7 @@ import { ringBench } from './gpu-ring.js';
 import { cudaKernel } from '../src/cuda/attention.js';
 import { encode, type CudaDType } from '../src/cuda/convert.js';
 import { fill } from './common.js';
-import { timeCalls, warmUp } from './gpu-block.js';
+import { blockCalls, timeCalls, warmUp } from './gpu-block.js';
 
 /**
  * Times the CUDA block kernels on one GPU: forward (with resetting o and lse) and backward (with
@@ -65,20 +65,8 @@ for (const dtype of ['bfloat16'] as CudaDType[]) {
       };
       const q = up(encode(rnd(), dtype)), k = up(encode(rnd(nk), dtype)), v = up(encode(rnd(nk), dtype)), dO = up(encode(rnd(), dtype));
       const pos = up(Int32Array.from({ length: S }, (_, i) => i));
-      const o = ctx.alloc(n * 4), lse = ctx.alloc(S * H * 4), delta = ctx.alloc(S * H * 4), dq = ctx.alloc(n * 4), dk = ctx.alloc(nk * 4), dv = ctx.alloc(nk * 4);
       const a = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: pos.ptr, kPos: pos.ptr, Sq: S, Sk: S, H, Hk, D, dtype, causal, window: 0, sinks: 0, scale: 1 / Math.sqrt(D) };
-      const fwd = () => {
-        ctx.fill32(lse, 0xff800000, S * H); // (o is not read where lse is -inf)
-        kern.forward({ ...a, o: o.ptr, lse: lse.ptr });
-        kern.finishForward(o.ptr, lse.ptr, S * H, D);
-      };
-      const bwd = () => {
-        ctx.fill32(dq, 0, n);
-        ctx.fill32(dk, 0, nk);
-        ctx.fill32(dv, 0, nk);
-        kern.delta(dO.ptr, o.ptr, delta.ptr, S * H, D, dtype);
-        kern.backward({ ...a, dO: dO.ptr, lse: lse.ptr, delta: delta.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr });
-      };
+      const { fwd, bwd, bufs: outs } = blockCalls(ctx, kern, a, dO.ptr);
       warmUp(ctx, () => {
         fwd();
         if (!fwdOnly) bwd();
@@ -88,7 +76,8 @@ for (const dtype of ['bfloat16'] as CudaDType[]) {
       console.log(
         `${kern.name({ dtype, D }).padEnd(30)} ${String(D).padStart(3)}  ${String(causal).padEnd(6)} ${mf.toFixed(3).padStart(7)}  ${(flops / mf / 1e9).toFixed(1).padStart(8)}  ${(fwdOnly ? '-' : mb.toFixed(3)).padStart(7)}  ${(fwdOnly ? '-' : ((2.5 * flops) / mb / 1e9).toFixed(1)).padStart(8)}`,
       );
-      for (const b of [q, k, v, dO, pos, o, lse, delta, dq, dk, dv]) ctx.free(b);
+      ctx.sync();
+      for (const b of [q, k, v, dO, pos, ...outs]) ctx.free(b);
     }
   }
 }

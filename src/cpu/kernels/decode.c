@@ -273,6 +273,7 @@ typedef struct {
   float cs; /* scale * log2(e) */
   float* qs; /* [B, Sq, H, Dp] queries pre-scaled by cs, zero-padded */
   int tk, tks; /* cache rows per tile, stride of a row of a tile's logits */
+  int pft1;    /* the segment prefetch's hint: 1 T1 (Intel), 0 non-temporal */
 } Dec;
 
 typedef struct {
@@ -370,12 +371,29 @@ typedef struct {
  *    there); on a Zen 5 with AVX-512 it gained 25-55% on fp32 as well (4 rows ahead: 2 rows lost
  *    20%, 6 rows 5-10%; the non-temporal hint at least as fast as T0-T2), so AVX-512 builds use it
  *    for every cache (PF_SEG_FP32).
+ * The segment prefetch's hint depends on the vendor. On Intel Xeons `prefetchnta` fills only the
+ * L1 (not the L2, nor the non-inclusive L3), so a segment evicted before its loads comes from
+ * DRAM twice: on a 16-core Xeon (the H100 host) the non-temporal hint read 5.6 GB/s on one thread
+ * and 57 on 16, the T1 hint 15.8 and 121 (fp32, 128k cache; bf16 alike). So Intel CPUs get T1
+ * (found by cpuid at run time) and the others keep the non-temporal hint; -DPF_SEG_HINT=n forces
+ * one hint everywhere (experiments).
  */
 #ifndef PF_PAGES
 #define PF_PAGES 1     /* 0: no page-start prefetch (experiments: RINGATTN_CPU_DEFINES) */
 #endif
-#ifndef PF_SEG_HINT
-#define PF_SEG_HINT 0  /* pf_seg's locality hint: 0 non-temporal, 1-3 T2..T0 */
+/* Is this an Intel CPU (cpuid vendor "GenuineIntel")? Asked once; 0 off x86. */
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+static int cpu_is_intel(void) {
+  static volatile int known = -1; /* (a benign race: every thread writes the same value) */
+  if (known < 0) {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    known = __get_cpuid(0, &a, &b, &c, &d) && b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu;
+  }
+  return known;
+}
+#else
+static int cpu_is_intel(void) { return 0; }
 #endif
 INLINE void pf_pages(const char* p, long n) {
   if (!PF_PAGES) return;
@@ -384,8 +402,17 @@ INLINE void pf_pages(const char* p, long n) {
   for (uintptr_t x = (a + 4095) & ~(uintptr_t)4095; x < e; x += 4096) __builtin_prefetch((const void*)x, 0, 3);
 }
 
-INLINE void pf_seg(const char* p, long n) {
+/* t1: the T1 hint (Intel), else non-temporal; PF_SEG_HINT (0 non-temporal, 1-3 T2..T0) forces one. */
+INLINE void pf_seg(const char* p, long n, int t1) {
+#ifdef PF_SEG_HINT
+  (void)t1;
   for (long x = 0; x < n; x += 64) __builtin_prefetch(p + x, 0, PF_SEG_HINT);
+#else
+  if (t1)
+    for (long x = 0; x < n; x += 64) __builtin_prefetch(p + x, 0, 2);
+  else
+    for (long x = 0; x < n; x += 64) __builtin_prefetch(p + x, 0, 0);
+#endif
 }
 
 /*
@@ -574,6 +601,7 @@ INLINE void chunk_t(const int E, const int T, const Dec* d, const Chunk* c, int 
   pfr = pfr < 1 ? 1 : pfr > 64 ? 64 : pfr;
   psr = esz == 4 && !PF_SEG_FP32 ? 0 : psr < PF_SEG_ROWS ? PF_SEG_ROWS : psr;
   psr = psr > 8 ? 8 : psr; /* 8 KiB ahead (at least PF_SEG_ROWS rows), at most 8 rows */
+  const int pft1 = d->pft1;
   float* S = sc->S;
   memset(pt->acc, 0, sizeof(float) * (size_t)nrow * Dp);
   for (int r = 0; r < nrow; r++) pt->m[r] = -INFINITY, pt->l[r] = 0.0f;
@@ -603,8 +631,8 @@ INLINE void chunk_t(const int E, const int T, const Dec* d, const Chunk* c, int 
         for (int k = 0; k < NK; k++) kr[k] = k0[k] + kh * hb;
         for (int k = 0; k < NK && psr; k++) { /* K rows of this tile, then its first V rows (pass 3 is next) */
           const long j = t + k + psr;
-          if (j < nt) pf_seg(kt + j * rb + kh * hb, hb);
-          else if (j - nt < nt) pf_seg(vt + (j - nt) * rb + kh * hb, hb);
+          if (j < nt) pf_seg(kt + j * rb + kh * hb, hb, pft1);
+          else if (j - nt < nt) pf_seg(vt + (j - nt) * rb + kh * hb, hb, pft1);
         }
         const int hoff = kh * G;
         for (int x0 = 0; x0 < nq; x0 += 4) {
@@ -682,8 +710,8 @@ INLINE void chunk_t(const int E, const int T, const Dec* d, const Chunk* c, int 
       for (int kh = 0; kh < Hk; kh++) {
         for (int r = 0; r < 4 && psr; r++) { /* V rows of this tile, then the next tile's first K rows */
           const long j = t + r + psr;
-          if (j < nt) pf_seg(vt + j * rb + kh * hb, hb);
-          else if (t0 + j < c->r1) pf_seg(kt + j * rb + kh * hb, hb);
+          if (j < nt) pf_seg(vt + j * rb + kh * hb, hb, pft1);
+          else if (t0 + j < c->r1) pf_seg(kt + j * rb + kh * hb, hb, pft1);
         }
         const int n = sc->np[kh];
         const int* rows = sc->prow + kh * Sq * G;
@@ -753,6 +781,7 @@ RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, c
   Dec d = {q, k, v, qpos, qseg, kpos, kseg, len, B, Sq, H, Hk, D, H / Hk, 0, D / VW, D % VW, dtype,
            causal, window, window > 0 ? sinks : 0, (float)(scale * 1.4426950408889634), NULL, 0, 0};
   d.Dp = (D + VW - 1) / VW * VW;
+  d.pft1 = cpu_is_intel();
   const int nrow = Sq * H;
 
   /* Per sequence: sortedness, visible intervals of each query, the (at most two) row ranges read. */

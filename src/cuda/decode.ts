@@ -181,12 +181,12 @@ function supported(dtype: CudaDType, D: unknown): number {
 function choosePath(dtype: CudaDType, D: number, R: number, cc: readonly [number, number]): Path {
   // At most 8 query rows a KV head (one token of a GQA group up to 8:1, or a few tokens of a
   // smaller one): the register-staged kernel (decl in decode.cu; at D = 128 4.46-4.59 TB/s on an
-  // H200, 0.97-1.00x cuDNN, where the mma path's cp.async loads stop at ~4.3; NOTES.md run 43).
-  // Only on sm_90 and later, where it was measured (at sm_80 it spills a few bytes and is
-  // untried). RINGATTN_DECODE_LDG=0 picks the mma path; =1 takes this kernel at D = 64 too, which
-  // is compiled and tested but not yet timed against the mma path, so it is not the default there.
+  // H200, 0.97-1.00x cuDNN, where the mma path's cp.async loads stop at ~4.3; NOTES.md run 43; at
+  // D = 64 on an H100 1.4-3.5% faster than the mma path, 1.06-1.08x cuDNN against 1.08-1.12x;
+  // run 45). Only on sm_90 and later, where it was measured (at sm_80 it spills a few bytes and
+  // is untried). RINGATTN_DECODE_LDG=0 picks the mma path.
   const ldg = process.env.RINGATTN_DECODE_LDG;
-  if (dtype !== 'float32' && (D === 128 || (D === 64 && ldg === '1')) && R <= 8 && cc[0] >= 9 && ldg !== '0') return { kind: 'ldg' };
+  if (dtype !== 'float32' && (D === 64 || D === 128) && R <= 8 && cc[0] >= 9 && ldg !== '0') return { kind: 'ldg' };
   if (dtype !== 'float32' && (D === 64 || D === 128) && cc[0] >= 8) {
     const tiles = Math.ceil(Math.min(R, 128) / 16);
     return { kind: 'mma', mt: tiles <= 1 ? 1 : tiles <= 2 ? 2 : tiles <= 4 ? 4 : 8 };

@@ -6,3 +6,6 @@ mkdir -p "$OUT"
 [ -e node_modules ] || ln -s .devrun/node_modules node_modules
 export RINGATTN_CACHE=${RINGATTN_CACHE:-/tmp/ringattn-cache} RINGATTN_GPU_TIMEOUT=${RINGATTN_GPU_TIMEOUT:-90} PYTHONUNBUFFERED=1
 N="bash .devkit/env.sh node"
+# Unpack node now, once: two commands started together through .devkit/env.sh would both unpack it,
+# and the second fails with "Text file busy" (session 16, run 45).
+bash .devkit/env.sh true

@@ -16,6 +16,7 @@ test('decode kernel choice: the register-staged kernel at D=64 and 128 (<= 8 row
     assert.equal(h100.kernelName('bfloat16', 128, 3, 4), 'cuda-decode/mma-d128-m1/bfloat16'); // 12 rows
     assert.equal(h100.kernelName('bfloat16', 64, 1, 4), 'cuda-decode/ldg-d64/bfloat16');
     assert.equal(h100.kernelName('bfloat16', 64, 1, 8), 'cuda-decode/ldg-d64/bfloat16');
+    assert.equal(h100.kernelName('float16', 128, 1, 8), 'cuda-decode/ldg-d128/float16'); // 8 rows: the most it takes
     assert.equal(h100.kernelName('bfloat16', 64, 1, 16), 'cuda-decode/mma-d64-m1/bfloat16'); // 16 rows
     assert.equal(a100.kernelName('bfloat16', 64, 1, 4), 'cuda-decode/mma-d64-m1/bfloat16'); // sm_80: untried there
     assert.equal(a100.kernelName('bfloat16', 128, 1, 4), 'cuda-decode/mma-d128-m1/bfloat16');

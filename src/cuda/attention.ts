@@ -297,6 +297,23 @@ export function bwdSplit(ctas: number, group: number, smCount: number): number {
   return split;
 }
 
+/**
+ * Heads interleaved per group in the tensor-core kernels' launch order (launchTile in
+ * kernels/common.cuh). Under a mask the tiles of one head differ in work (a causal query tile
+ * sees as many key tiles as precede it) and the kernels start each head's heaviest first; with
+ * heads one after another, the last heads' heavy tiles start last and the SMs wait on them. Groups
+ * of g heads interleaved start g heads' heavy tiles together; g is the fewest heads whose tiles
+ * make two waves (2 x SMs CTAs), so that the CTAs in flight read the K/V of a few heads only.
+ * Unmasked blocks keep one head at a time (every tile the same work). RINGATTN_HEAD_GROUP
+ * overrides it (1: one head at a time).
+ */
+export function headGroup(tiles: number, heads: number, masked: boolean, smCount: number): number {
+  const forced = Number(process.env.RINGATTN_HEAD_GROUP);
+  if (Number.isInteger(forced) && forced >= 1) return Math.min(forced, heads);
+  if (!masked || tiles <= 0) return 1;
+  return Math.max(1, Math.min(heads, Math.ceil((2 * smCount) / tiles)));
+}
+
 export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
   let work: DeviceBuffer | undefined;
   const workspace = (bytes: number): number => {
@@ -315,8 +332,9 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
   };
   const tail = (a: DeviceBlockArgs): Arg[] => [
     { i32: a.Sq }, { i32: a.Sk }, { i32: a.H }, { i32: a.Hk }, { i32: a.D },
-    { i32: a.causal ? 1 : 0 }, { i32: a.window }, { i32: a.window > 0 ? a.sinks : 0 }, { f32: a.scale }, { i32: 0 },
+    { i32: a.causal ? 1 : 0 }, { i32: a.window }, { i32: a.window > 0 ? a.sinks : 0 }, { f32: a.scale },
   ];
+  const masked = (a: DeviceBlockArgs): boolean => a.causal || a.window > 0 || !!(a.qSeg && a.kSeg);
   // The forward's schedule on this device: ht and hw need cuTensorMapEncodeTiled, else hq.
   const forwardSchedule = (tag: KernelTag, scale?: number): WgmmaForward | null => {
     const wg = wgmmaForward(tag, ctx.computeCapability, scale);
@@ -362,7 +380,8 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       const bq = tile[0];
       const params = packStruct([
         { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.qPos }, { ptr: a.kPos }, { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 },
-        { ptr: qTiles }, { ptr: kTiles }, { ptr: a.o }, { ptr: a.lse }, ...tail(a), { ptr: tag !== 'generic' ? spans(a, tile, qTiles, kTiles, spanOut) : 0 },
+        { ptr: qTiles }, { ptr: kTiles }, { ptr: a.o }, { ptr: a.lse }, ...tail(a), { i32: headGroup(Math.ceil(a.Sq / bq), a.H, masked(a), ctx.smCount) },
+        { ptr: tag !== 'generic' ? spans(a, tile, qTiles, kTiles, spanOut) : 0 },
       ]);
       if (tag === 'generic') {
         const name = `attn_fwd_generic_${SUFFIX[a.dtype]}`;
@@ -396,7 +415,8 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       const split = tag === 'generic' ? 1 : bwdSplit(Math.ceil(a.Sk / bk) * a.Hk, a.H / a.Hk, ctx.smCount);
       const params = packStruct([
         { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.dO }, { ptr: a.lse }, { ptr: a.delta }, { ptr: a.qPos }, { ptr: a.kPos },
-        { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 }, { ptr: qTiles }, { ptr: kTiles }, { ptr: a.dq }, { ptr: a.dk }, { ptr: a.dv }, ...tail(a).slice(0, -1), { i32: split },
+        { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 }, { ptr: qTiles }, { ptr: kTiles }, { ptr: a.dq }, { ptr: a.dk }, { ptr: a.dv }, ...tail(a), { i32: split },
+        { i32: headGroup(Math.ceil(a.Sk / bk), a.Hk * split, masked(a), ctx.smCount) },
       ]);
       if (tag === 'generic') {
         const name = `attn_bwd_generic_${SUFFIX[a.dtype]}`;

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import koffi from 'koffi';
-import { bwdTensorMaps, chooseKernel, fwdTensorMaps, misaligned, supported, wgmmaBackward, wgmmaForward } from '../../src/cuda/attention.js';
+import { bwdTensorMaps, chooseKernel, fwdTensorMaps, headGroup, misaligned, supported, wgmmaBackward, wgmmaForward } from '../../src/cuda/attention.js';
 import type { CudaContext } from '../../src/cuda/context.js';
 import { InputError } from '../../src/core/errors.js';
 import { encode, roundTo } from '../../src/cuda/convert.js';
@@ -50,6 +50,23 @@ test('wgmmaForward: the Hopper forward for tensor-core tags on sm_90 by default,
   for (const bad of ['7', '9', 'yes', 'constructor', ' 4']) {
     withEnv(env(bad), () => assert.throws(() => wgmmaForward('mma16-d128', [9, 0]), (e: Error) => e instanceof InputError && /RINGATTN_WGMMA_ATTN/.test(e.message) && e.message.includes(`'${bad}'`)));
   }
+});
+
+test('headGroup: unmasked launches one head at a time; masked ones interleave the fewest heads whose tiles make two waves; RINGATTN_HEAD_GROUP overrides', async () => {
+  await withEnv({ RINGATTN_HEAD_GROUP: undefined }, () => {
+    assert.equal(headGroup(64, 32, false, 132), 1);  // 8k, 128-row tiles, no mask
+    assert.equal(headGroup(64, 32, true, 132), 5);  // ceil(264 / 64)
+    assert.equal(headGroup(43, 8, true, 132), 7);  // hw's 192-row tiles at 8k
+    assert.equal(headGroup(256, 32, true, 132), 2);  // 32k
+    assert.equal(headGroup(512, 32, true, 132), 1);
+    assert.equal(headGroup(3, 4, true, 132), 4);  // never more than the heads
+    assert.equal(headGroup(0, 4, true, 132), 1);
+  });
+  await withEnv({ RINGATTN_HEAD_GROUP: '3' }, () => {
+    assert.equal(headGroup(64, 32, false, 132), 3);
+    assert.equal(headGroup(64, 2, true, 132), 2);
+  });
+  await withEnv({ RINGATTN_HEAD_GROUP: 'x' }, () => assert.equal(headGroup(64, 32, true, 132), 5));
 });
 
 test('misaligned: null for 16-byte-aligned addresses, else the argument named', () => {

@@ -60,8 +60,9 @@ __device__ __forceinline__ void run(const BwdParams& p) {
   int* sKSeg = sKPos + BK;
 
   const int split = p.split > 1 ? p.split : 1;
-  const int kt = blockIdx.x, kh = blockIdx.y / split, group = p.H / p.Hk, k0 = kt * BK;
-  const int hLo = (blockIdx.y % split) * (group / split), hHi = hLo + group / split;
+  const int2 lt = launchTile(p.headGroup);  // the first key tiles are seen by the most queries under a causal mask: x ascending
+  const int kt = lt.x, kh = lt.y / split, group = p.H / p.Hk, k0 = kt * BK;
+  const int hLo = (lt.y % split) * (group / split), hHi = hLo + group / split;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const Mask m = maskOf(p);
   const int4 kBox = p.kTiles[kt];

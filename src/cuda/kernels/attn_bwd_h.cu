@@ -85,8 +85,9 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   u16* const dsPtr = (u16*)(gbase + (sdS - base));
 
   const int split = p.split > 1 ? p.split : 1;
-  const int kt = blockIdx.x, kh = blockIdx.y / split, group = p.H / p.Hk, k0 = kt * BK;
-  const int hLo = kh * group + (blockIdx.y % split) * (group / split), nh = group / split;
+  const int2 lt = launchTile(p.headGroup);  // the first key tiles are seen by the most queries under a causal mask: x ascending
+  const int kt = lt.x, kh = lt.y / split, group = p.H / p.Hk, k0 = kt * BK;
+  const int hLo = kh * group + (lt.y % split) * (group / split), nh = group / split;
   const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, warpId = threadIdx.x >> 5;
   const Mask m = maskOf(p);
   const bool kRagged = k0 + BK > p.Sk;

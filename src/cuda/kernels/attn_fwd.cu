@@ -114,7 +114,8 @@ __device__ __forceinline__ void run(const FwdParams& p) {
   int* sKPos = (int*)(sV + 2 * BK * LD);  // [2][BK]
   int* sKSeg = sKPos + 2 * BK;            // [2][BK]
 
-  const int qt = blockIdx.x, h = blockIdx.y, kh = h / (p.H / p.Hk);
+  const int2 lt = launchTile(p.headGroup);
+  const int qt = gridDim.x - 1 - lt.x, h = lt.y, kh = h / (p.H / p.Hk);  // heaviest (last) query tiles first under a causal mask
   const int q0 = qt * BQ, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int nkt = (p.Sk + BK - 1) / BK;
   const Mask m = maskOf(p);

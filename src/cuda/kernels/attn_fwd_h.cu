@@ -84,8 +84,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   auto empty = [&](int s) { return bars + (STAGES + s) * 8; };
   const u32 qBar = bars + 2 * STAGES * 8;
 
-  const int qt = gridDim.x - 1 - blockIdx.x;  // the last query tiles see the most keys under a causal mask: start them first
-  const int h = blockIdx.y, kh = h / (p.H / p.Hk), q0 = qt * BQ;
+  const int2 lt = launchTile(p.headGroup);
+  const int qt = gridDim.x - 1 - lt.x;  // the last query tiles see the most keys under a causal mask: start them first
+  const int h = lt.y, kh = h / (p.H / p.Hk), q0 = qt * BQ;
   const Mask m = maskOf(p);
   const int4 qBox = p.qTiles[qt];
   // A ragged last tile is never 'full': its missing keys must read as -inf.

@@ -123,7 +123,7 @@ struct FwdParams {
   int Sq, Sk, H, Hk, D;
   int causal, window, sinks;
   float scale;
-  int pad_;
+  int headGroup;       // launch order (launchTile): heads interleaved in groups of this many; 0 or 1: one head at a time
   const int2* qSpans;  // [ceil(Sq / blockQ)] {first, one past the last} key tile a query tile sees
                        // anything of (attn_tile_spans; the tensor-core forwards); null for the generic one
 };
@@ -148,7 +148,25 @@ struct BwdParams {
   int causal, window, sinks;
   float scale;
   int split;           // tensor-core path: CTAs sharing one key tile's query heads (0 or 1: one)
+  int headGroup;       // launch order (launchTile), as in FwdParams
 };
+
+// A CTA's (tile, head) = (x, y) of a 2-D grid whose x tiles run in decreasing order of work under
+// a causal mask (the caller maps x to its heaviest tile first). CTAs start in the order of their
+// linear index; taking blockIdx as (x, y) starts every head's heaviest tile before its lightest,
+// but the heavy tiles of the last heads still start last and run on alone while the other SMs
+// idle. Interleaving the heads in groups of g (linear index -> x major, head minor within a
+// group) starts the g heads' tiles heaviest first together: the tail is then the light tiles of
+// the last group (kernels/NOTES.md run 51). g stays small so that the CTAs in flight read the
+// K/V (or Q/dO) of a few heads, which L2 holds.
+__device__ __forceinline__ int2 launchTile(int g) {
+  const int nx = gridDim.x, ny = gridDim.y;
+  if (g <= 1) return make_int2(blockIdx.x, blockIdx.y);
+  const int L = blockIdx.y * nx + blockIdx.x;
+  const int y0 = L / (g * nx) * g, gs = min(g, ny - y0);  // this group's first head and size
+  const int r = L - y0 * nx;
+  return make_int2(r / gs, y0 + r % gs);
+}
 
 template <typename P> __device__ __forceinline__ Mask maskOf(const P& p) {
   Mask m;

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One device run comparing settings of the attention block kernels that environment variables
+# choose (RINGATTN_HEAD_GROUP, RINGATTN_WGMMA_ATTN, RINGATTN_NVRTC_DEFINES, ...) with bench/gpu.js,
+# forward and backward, beside PyTorch SDPA (flash, cuDNN) at the same shapes. ROUNDS rounds of
+# every shape and variant, so that drift hits all alike. Carry .devkit, .devrun and dist.
+# Results in $OUT/env-ab.log.
+#   bash bench/gpu-env-ab.sh [reps=10] VARIANT...      VARIANT = "label|VAR=x VAR2=y" ("label|": the defaults)
+# SHAPES ("S:H:D ..."; default "8192:32:128 32768:32:128 8192:8:64 32768:8:64"), ROUNDS (2),
+# FWD_ONLY=1 (forward only), SKIP_TORCH=1, TESTS="pattern" (first the attention GPU tests whose
+# names match it).
+set -uo pipefail
+source bench/device-env.sh
+reps=${1:-10}
+shift
+log="$OUT/env-ab.log"
+SHAPES=${SHAPES:-"8192:32:128 32768:32:128 8192:8:64 32768:8:64"}
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader | tee "$log"
+if [ -n "${TESTS:-}" ]; then
+  timeout -s KILL "${TESTS_LIMIT:-300}" $N --test-reporter=spec --test-name-pattern="$TESTS" dist/tests/cuda/attention.gpu.test.js >"$OUT/tests.log" 2>&1
+  echo "attention GPU tests /$TESTS/ exit $?" | tee -a "$log"
+  grep -E "^(✔|✖)|^ℹ (pass|fail|skipped)" "$OUT/tests.log" | tee -a "$log"
+fi
+for round in $(seq 1 "${ROUNDS:-2}"); do
+  for shape in $SHAPES; do
+    IFS=: read -r S H D <<<"$shape"
+    for v in "$@"; do
+      label="${v%%|*}"
+      envs="${v#*|}"
+      echo "== round $round S=$S H=$H D=$D variant '$label' env='$envs'" | tee -a "$log"
+      env $envs timeout -s KILL 120 $N dist/bench/gpu.js "$S" "$H" "$reps" --d="$D" ${FWD_ONLY:+--fwd-only} 2>&1 |
+        grep -v "^device\|NVRTC\|ptxas\|^kernel " | tee -a "$log"
+    done
+  done
+done
+[ -n "${SKIP_TORCH:-}" ] && exit 0
+# One torch run per (H, D), over the shapes' S.
+for hd in $(for s in $SHAPES; do echo "${s#*:}"; done | sort -u); do
+  IFS=: read -r H D <<<"$hd"
+  sizes=$(for s in $SHAPES; do [ "${s#*:}" = "$hd" ] && echo "${s%%:*}"; done | paste -sd,)
+  echo "== torch sdpa H=$H D=$D S=$sizes" | tee -a "$log"
+  SDPA_H=$H SDPA_HK=$H SDPA_D=$D timeout -s KILL 150 python3 bench/peers/torch_sdpa.py 5 "$sizes" 2>&1 | grep -v JSON | tee -a "$log"
+done

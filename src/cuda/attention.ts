@@ -303,15 +303,17 @@ export function bwdSplit(ctas: number, group: number, smCount: number): number {
  * sees as many key tiles as precede it) and the kernels start each head's heaviest first; with
  * heads one after another, the last heads' heavy tiles start last and the SMs wait on them. Groups
  * of g heads interleaved start g heads' heavy tiles together; g is the fewest heads whose tiles
- * make two waves (2 x SMs CTAs), so that the CTAs in flight read the K/V of a few heads only.
- * Unmasked blocks keep one head at a time (every tile the same work). RINGATTN_HEAD_GROUP
- * overrides it (1: one head at a time).
+ * make two waves (2 x SMs CTAs), at most 4: on an H100 at 8k, causal, forward TFLOP/s (medians of
+ * six runs) went 458 (one head at a time) -> 477 (groups of 2 or 4) -> 452 (5) at D=128 H=32,
+ * and 195 -> 202 / 210 -> 179 (7) at D=64 H=8 (kernels/NOTES.md run 51). Unmasked blocks keep one
+ * head at a time (every tile the same work). RINGATTN_HEAD_GROUP overrides it (1: one head at a time).
  */
+const MAX_HEAD_GROUP = 4;
 export function headGroup(tiles: number, heads: number, masked: boolean, smCount: number): number {
   const forced = Number(process.env.RINGATTN_HEAD_GROUP);
   if (Number.isInteger(forced) && forced >= 1) return Math.min(forced, heads);
   if (!masked || tiles <= 0) return 1;
-  return Math.max(1, Math.min(heads, Math.ceil((2 * smCount) / tiles)));
+  return Math.max(1, Math.min(heads, MAX_HEAD_GROUP, Math.ceil((2 * smCount) / tiles)));
 }
 
 export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {

@@ -52,11 +52,13 @@ test('wgmmaForward: the Hopper forward for tensor-core tags on sm_90 by default,
   }
 });
 
-test('headGroup: unmasked launches one head at a time; masked ones interleave the fewest heads whose tiles make two waves; RINGATTN_HEAD_GROUP overrides', async () => {
+test('headGroup: unmasked launches one head at a time; masked ones interleave the fewest heads whose tiles make two waves, at most 4; RINGATTN_HEAD_GROUP overrides', async () => {
   await withEnv({ RINGATTN_HEAD_GROUP: undefined }, () => {
     assert.equal(headGroup(64, 32, false, 132), 1);  // 8k, 128-row tiles, no mask
-    assert.equal(headGroup(64, 32, true, 132), 5);  // ceil(264 / 64)
-    assert.equal(headGroup(43, 8, true, 132), 7);  // hw's 192-row tiles at 8k
+    assert.equal(headGroup(64, 32, true, 132), 4);  // ceil(264 / 64) = 5, capped
+    assert.equal(headGroup(43, 8, true, 132), 4);  // hw's 192-row tiles at 8k
+    assert.equal(headGroup(86, 32, true, 132), 4);  // hw at 16k
+    assert.equal(headGroup(100, 32, true, 132), 3);
     assert.equal(headGroup(256, 32, true, 132), 2);  // 32k
     assert.equal(headGroup(512, 32, true, 132), 1);
     assert.equal(headGroup(3, 4, true, 132), 4);  // never more than the heads
@@ -66,7 +68,8 @@ test('headGroup: unmasked launches one head at a time; masked ones interleave th
     assert.equal(headGroup(64, 32, false, 132), 3);
     assert.equal(headGroup(64, 2, true, 132), 2);
   });
-  await withEnv({ RINGATTN_HEAD_GROUP: 'x' }, () => assert.equal(headGroup(64, 32, true, 132), 5));
+  await withEnv({ RINGATTN_HEAD_GROUP: 'x' }, () => assert.equal(headGroup(64, 32, true, 132), 4));
+  await withEnv({ RINGATTN_HEAD_GROUP: '8' }, () => assert.equal(headGroup(64, 32, true, 132), 8));
 });
 
 test('misaligned: null for 16-byte-aligned addresses, else the argument named', () => {

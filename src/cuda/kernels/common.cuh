@@ -157,8 +157,8 @@ struct BwdParams {
 // but the heavy tiles of the last heads still start last and run on alone while the other SMs
 // idle. Interleaving the heads in groups of g (linear index -> x major, head minor within a
 // group) starts the g heads' tiles heaviest first together: the tail is then the light tiles of
-// the last group (kernels/NOTES.md run 51). g stays small so that the CTAs in flight read the
-// K/V (or Q/dO) of a few heads, which L2 holds.
+// the last group (kernels/NOTES.md run 51). The host keeps g at 4 or less (headGroup in
+// src/cuda/attention.ts): larger groups measured slower.
 __device__ __forceinline__ int2 launchTile(int g) {
   const int nx = gridDim.x, ny = gridDim.y;
   if (g <= 1) return make_int2(blockIdx.x, blockIdx.y);

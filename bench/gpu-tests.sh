@@ -14,10 +14,6 @@ for f in $files; do
   [ "$f" = attention.gpu ] && limit=500
   echo "== $f (limit ${limit} s)" | tee -a "$OUT/tests.log"
   timeout -s KILL "$limit" $N --test --test-reporter=spec "dist/tests/cuda/$f.test.js" > "$OUT/$f.log" 2>&1
-  rc=$?
-  # `node --test` runs the file in a child process, which the kill of the parent at the limit
-  # would leave running on the GPU under the next file.
-  pkill -9 -f "[d]ist/tests/cuda/$f[.]test[.]js" 2>/dev/null
-  echo "   exit $rc" | tee -a "$OUT/tests.log"
+  echo "   exit $?" | tee -a "$OUT/tests.log"
   grep -E "^\s*(✖|ℹ (tests|pass|fail|skipped))|rror" "$OUT/$f.log" | tail -40 | tee -a "$OUT/tests.log"
 done

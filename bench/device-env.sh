@@ -9,3 +9,10 @@ N="bash .devkit/env.sh node"
 # Unpack node now, once: two commands started together through .devkit/env.sh would both unpack it,
 # and the second fails with "Text file busy" (session 16, run 45).
 bash .devkit/env.sh true
+# Every kernel compiled into the cache at once on all CPUs (`ringattn compile`), before test files
+# that would otherwise compile dozens of kernels one at a time (~400 s for attention.gpu on a
+# fresh machine). Output in $OUT/compile.log.
+precompile_kernels() {
+  timeout -s KILL 300 $N bin/ringattn.js compile --verbose "$@" >"$OUT/compile.log" 2>&1
+  echo "ringattn compile: exit $? ($(tail -1 "$OUT/compile.log"))"
+}

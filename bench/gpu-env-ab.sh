@@ -16,9 +16,11 @@ log="$OUT/env-ab.log"
 SHAPES=${SHAPES:-"8192:32:128 32768:32:128 8192:8:64 32768:8:64"}
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader | tee "$log"
 if [ -n "${TESTS:-}" ]; then
-  # In-process (no --test): `node --test` runs the file in a child process, which a timeout's kill
-  # of the parent would leave running on the GPU beside the timings.
-  timeout -s KILL "${TESTS_LIMIT:-300}" $N --test-reporter=spec --test-name-pattern="$TESTS" dist/tests/cuda/attention.gpu.test.js >"$OUT/tests.log" 2>&1
+  precompile_kernels | tee -a "$log"
+  # With --test the file runs in a child process whose results the parent prints as they come, so
+  # a run killed at its limit keeps what passed (in one process they print at the end only:
+  # session 17); timeout kills the whole process group.
+  timeout -s KILL "${TESTS_LIMIT:-300}" $N --test --test-reporter=spec --test-name-pattern="$TESTS" dist/tests/cuda/attention.gpu.test.js >"$OUT/tests.log" 2>&1
   echo "attention GPU tests /$TESTS/ exit $?" | tee -a "$log"
   grep -E "^(✔|✖)|^ℹ (pass|fail|skipped)" "$OUT/tests.log" | tee -a "$log"
 fi

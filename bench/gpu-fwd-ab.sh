@@ -18,7 +18,7 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   i=0
   while IFS= read -r d; do
     i=$((i + 1))
-    RINGATTN_NVRTC_DEFINES="$d" timeout -s KILL 200 $N --test-reporter=spec --test-name-pattern="RINGATTN_WGMMA_ATTN=(5|6)|block kernels" \
+    RINGATTN_NVRTC_DEFINES="$d" timeout -s KILL 200 $N --test --test-reporter=spec --test-name-pattern="RINGATTN_WGMMA_ATTN=(5|6)|block kernels" \
       dist/tests/cuda/attention.gpu.test.js >"$OUT/tests$i.log" 2>&1
     echo "forward tests [defines '$d'] exit $?" | tee -a "$log"
     grep -E "^(✔|✖)|^ℹ (pass|fail)" "$OUT/tests$i.log" | grep -v "^﹣" | tee -a "$log"

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The single-GPU test files, each under its own time limit, each file's whole output in
 # $OUT/<file>.log (written directly: a file killed at its limit keeps what it printed) and a
-# summary in $OUT/tests.log. On a fresh machine attention.gpu compiles every forward and backward
-# variant first and takes ~410 s (session 10), so it runs alone by default; the others together
-# take ~2 minutes. Carry .devkit, .devrun and dist.
+# summary in $OUT/tests.log. Every kernel is compiled first, on all CPUs (precompile_kernels in
+# device-env.sh): attention.gpu compiling its variants one at a time took ~410 s on a fresh machine
+# (session 10). Carry .devkit, .devrun and dist.
 #   bash bench/gpu-tests.sh [files=attention.gpu]      e.g. "decode.gpu model.gpu gemm.gpu"
 set -uo pipefail
 source bench/device-env.sh
 files=${1:-attention.gpu}
 : > "$OUT/tests.log"
+precompile_kernels | tee -a "$OUT/tests.log"
 for f in $files; do
   limit=${LIMIT:-150}
   [ "$f" = attention.gpu ] && limit=500

@@ -83,10 +83,29 @@ export function nvrtcVersion(api: NvrtcApi): string {
  * (the file is compiled whole). Line numbers stay as in the file, for compile errors.
  */
 export function entrySource(text: string, name: string): string | null {
-  const entry = /^[A-Z][A-Z0-9_]*ENTRY[A-Z0-9_]*\(\s*(\w+)\s*,/;
   const lines = text.split('\n');
-  if (!lines.some((l) => entry.exec(l)?.[1] === name)) return null;
-  return lines.map((l) => { const m = entry.exec(l); return m && m[1] !== name ? '' : l; }).join('\n');
+  if (!lines.some((l) => ENTRY_LINE.exec(l)?.[1] === name)) return null;
+  return lines.map((l) => { const m = ENTRY_LINE.exec(l); return m && m[1] !== name ? '' : l; }).join('\n');
+}
+
+const ENTRY_LINE = /^[A-Z][A-Z0-9_]*ENTRY[A-Z0-9_]*\(\s*(\w+)\s*,/;
+
+/** The kernels a source declares by entry-macro lines (entrySource), in file order. */
+export function kernelEntries(text: string): string[] {
+  return text.split('\n').flatMap((l) => ENTRY_LINE.exec(l)?.[1] ?? []);
+}
+
+/**
+ * What is compiled for kernel `name` of `file` (null: the whole file): the entry's source
+ * (entrySource) or the file's, the headers it includes by name, and the key of the module (one a
+ * kernel, or one a file). `read` returns a kernel file's text. CudaContext and `ringattn compile`
+ * both go through here, so that they fill and find the same cache entries.
+ */
+export function moduleSource(file: string, name: string | null, read: (file: string) => string): { key: string; src: Source; headers: Source[] } {
+  const text = read(file);
+  const one = name === null ? null : entrySource(text, name);
+  const headers = [...text.matchAll(/#include\s+"([^"]+)"/g)].map((m) => ({ name: m[1], text: read(m[1]) }));
+  return { key: one === null ? file : `${file}#${name}`, src: { name: file, text: one ?? text }, headers };
 }
 
 /** Extra -D options for every kernel compile, from RINGATTN_NVRTC_DEFINES (defineList). */

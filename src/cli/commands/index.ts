@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { registerAttend } from './attend.js';
+import { registerCompile } from './compile.js';
 import { registerDemo } from './demo.js';
 import { registerPlan } from './plan.js';
 import { registerLaunch } from './launch.js';
@@ -14,4 +15,5 @@ export function registerCommands(program: Command): void {
   registerLaunch(program);
   registerModelCommands(program);
   registerTrain(program);
+  registerCompile(program);
 }

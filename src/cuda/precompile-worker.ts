@@ -1,0 +1,33 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadNvrtc } from './bindings/nvrtc.js';
+import { compileCuda, moduleSource, nvrtcDefines } from './compile.js';
+import { kernelsDir } from './context.js';
+import type { WorkerReply, WorkerRequest } from './precompile.js';
+
+/**
+ * One worker process of precompile(): compiles each job it is sent into the cache, as
+ * CudaContext.module would, and answers with the outcome. Exits when its parent disconnects.
+ */
+
+const nvrtc = loadNvrtc();
+const sources = new Map<string, string>();
+const read = (file: string): string => {
+  let t = sources.get(file);
+  if (t === undefined) sources.set(file, (t = readFileSync(join(kernelsDir(), file), 'utf8')));
+  return t;
+};
+const reply = (m: WorkerReply) => process.send!(m);
+
+process.on('message', (m: WorkerRequest) => {
+  if ('error' in nvrtc) return reply({ ok: false, error: nvrtc.error, fatal: true });
+  const t0 = performance.now();
+  try {
+    const { src, headers } = moduleSource(m.job.file, m.job.name, read);
+    const c = compileCuda(src, headers, m.arch, nvrtcDefines(), nvrtc);
+    reply({ ok: true, cached: c.cached, ms: performance.now() - t0 });
+  } catch (e) {
+    reply({ ok: false, error: (e as Error).message });
+  }
+});
+process.on('disconnect', () => process.exit(0));

@@ -17,9 +17,9 @@ SHAPES=${SHAPES:-"8192:32:128 32768:32:128 8192:8:64 32768:8:64"}
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader | tee "$log"
 if [ -n "${TESTS:-}" ]; then
   precompile_kernels | tee -a "$log"
-  # With --test the file runs in a child process whose results the parent prints as they come, so
-  # a run killed at its limit keeps what passed (in one process they print at the end only:
-  # session 17); timeout kills the whole process group.
+  # A test prints when it ends: in session 17 the first matching tests, compiling their kernels one
+  # at a time, had not ended at the limit and the log stayed empty; precompile_kernels comes first
+  # now. timeout kills the whole process group (node --test's child too).
   timeout -s KILL "${TESTS_LIMIT:-300}" $N --test --test-reporter=spec --test-name-pattern="$TESTS" dist/tests/cuda/attention.gpu.test.js >"$OUT/tests.log" 2>&1
   echo "attention GPU tests /$TESTS/ exit $?" | tee -a "$log"
   grep -E "^(✔|✖)|^ℹ (pass|fail|skipped)" "$OUT/tests.log" | tee -a "$log"

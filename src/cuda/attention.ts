@@ -26,7 +26,7 @@ export function chooseKernel(spec: { dtype: CudaDType; D: number }, computeCapab
 }
 
 /** The Hopper forward's consumer schedules (kernels/attn_fwd_h.cu), by RINGATTN_WGMMA_ATTN value. */
-export const WGMMA_FORWARDS = { '1': 'h', '2': 'hp', '3': 'hs', '4': 'hq', '5': 'ht', '6': 'hw' } as const;
+export const WGMMA_FORWARDS = { '1': 'h', '2': 'hp', '3': 'hs', '4': 'hq', '5': 'ht', '6': 'hw', '7': 'hl' } as const;
 export type WgmmaForward = (typeof WGMMA_FORWARDS)[keyof typeof WGMMA_FORWARDS];
 
 /**
@@ -38,7 +38,9 @@ export type WgmmaForward = (typeof WGMMA_FORWARDS)[keyof typeof WGMMA_FORWARDS];
  * warpgroups: 7-17% faster than ht there, run 26). RINGATTN_WGMMA_ATTN=0 picks mma.sync; 1..6 pick a
  * schedule: 1 h (one tile at a time), 2 hp (pipelined), 3 hs (ping-pong), 4 hq (both), 5 ht (hq
  * loading with TMA; the kernel object runs hq where the driver lacks TMA), 6 hw (ht with three
- * consumer warpgroups and 192-row query tiles; D=64 only, ht at D=128). A scale <= 0 runs
+ * consumer warpgroups and 192-row query tiles; D=64 only, ht at D=128), 7 hl (ht with 176-key
+ * tiles, FlashAttention-3's choice for D=128 without a mask; D=128 only, hw at D=64; not yet
+ * measured against ht: kernels/NOTES.md, session 17). A scale <= 0 runs
  * mma.sync. RINGATTN_NO_WGMMA=1 turns them off with the wgmma GEMM. Read at each call, so tests
  * can run every path on one GPU.
  */
@@ -47,10 +49,11 @@ export function wgmmaForward(tag: KernelTag, computeCapability: readonly [number
   if (tag === 'generic' || !(scale > 0) || computeCapability[0] !== 9 || computeCapability[1] !== 0) return null;
   const v = process.env.RINGATTN_WGMMA_ATTN;
   if (v !== undefined && v !== '' && v !== '0' && !Object.hasOwn(WGMMA_FORWARDS, v)) {
-    throw new InputError('RINGATTN_WGMMA_ATTN', `expected 0 (mma.sync) or 1-6 (h, hp, hs, hq, ht, hw), got '${v}'`);
+    throw new InputError('RINGATTN_WGMMA_ATTN', `expected 0 (mma.sync) or 1-7 (h, hp, hs, hq, ht, hw, hl), got '${v}'`);
   }
   if (process.env.RINGATTN_NO_WGMMA === '1' || v === '0') return null;
-  const wg = v ? WGMMA_FORWARDS[v as keyof typeof WGMMA_FORWARDS] : 'hw';
+  let wg: WgmmaForward = v ? WGMMA_FORWARDS[v as keyof typeof WGMMA_FORWARDS] : 'hw';
+  if (wg === 'hl' && tag !== 'mma16-d128') wg = 'hw';
   return wg === 'hw' && tag !== 'mma16-d64' ? 'ht' : wg;
 }
 
@@ -134,23 +137,24 @@ export function supported(a: Omit<DeviceBlockArgs, 'q' | 'k' | 'v' | 'qPos' | 'k
 }
 
 const BK = 64;
-/** Query and key tiles of each path (the tile boxes are computed at these sizes). */
-function tiles(tag: KernelTag, pass: 'fwd' | 'bwd', wgmma: boolean, wide = false): [number, number] {
+/** Query and key tiles of each path (the tile boxes are computed at these sizes); wg: the Hopper schedule, or null. */
+function tiles(tag: KernelTag, pass: 'fwd' | 'bwd', wg: WgmmaForward | 'bwd' | null): [number, number] {
   if (tag === 'generic') return [64, BK]; // query boxes unused by the generic kernels
-  if (pass === 'fwd') return wgmma ? [wide ? WG_WIDE_BQ : WG_TILE, WG_TILE] : [64, BK];
-  if (wgmma) return [wgBwdBq(tag === 'mma16-d64' ? 64 : 128), WG_TILE];
+  if (pass === 'fwd') return wg ? [wg === 'hw' ? WG_WIDE_BQ : WG_TILE, wg === 'hl' ? WG_LONG_BK : WG_TILE] : [64, BK];
+  if (wg) return [wgBwdBq(tag === 'mma16-d64' ? 64 : 128), WG_TILE];
   return [tag === 'mma16-d64' ? 64 : 32, BK];
 }
 
 /**
- * attn_fwd_h.cu: 128-key tiles, K/V stages by head dim; 128 query rows (two consumer warpgroups,
- * 384 threads), or 192 for hw (three, 512 threads).
+ * attn_fwd_h.cu: 128-key tiles (176 for hl), K/V stages by head dim and key tile (fwdh::Cfg); 128
+ * query rows (two consumer warpgroups, 384 threads), or 192 for hw (three, 512 threads).
  */
 const WG_TILE = 128;
 const WG_WIDE_BQ = 192;
-function wgFwdSmem(D: number, bq: number): number {
-  const stages = D === 64 ? 4 : 3;
-  return 1024 + bq * D * 2 + stages * 2 * WG_TILE * D * 2 + (2 * stages + 1) * 8;
+const WG_LONG_BK = 176;
+function wgFwdSmem(D: number, bq: number, bk = WG_TILE): number {
+  const stages = D === 64 ? 4 : bk === WG_TILE ? 3 : 2;
+  return 1024 + bq * D * 2 + stages * 2 * bk * D * 2 + (2 * stages + 1) * 8;
 }
 
 /** One 3-D TMA map to encode: a [rows, heads, D] tensor, `elem` bytes an element, box 32/64 x 1 x boxRows. */
@@ -204,15 +208,15 @@ function encodeMaps(ctx: CudaContext, D: number, specs: readonly MapSpec[]): Buf
 }
 
 /**
- * TMA descriptors of q [Sq, H, D], k and v [Sk, Hk, D] for the ht and hw forwards (attn_fwd_h.cu's
- * TmaMaps): uint16, boxes of 64 elements x 1 head x 128 rows (q: x `qRows`, the query tile).
- * Null without the driver function: the caller then runs hq.
+ * TMA descriptors of q [Sq, H, D], k and v [Sk, Hk, D] for the ht, hw and hl forwards
+ * (attn_fwd_h.cu's TmaMaps): uint16, boxes of 64 elements x 1 head x `qRows` rows (q, the query
+ * tile) or `kRows` (k and v, the key tile). Null without the driver function: the caller then runs hq.
  */
-export function fwdTensorMaps(ctx: CudaContext, a: DeviceBlockArgs, qRows = WG_TILE): Buffer | null {
+export function fwdTensorMaps(ctx: CudaContext, a: DeviceBlockArgs, qRows = WG_TILE, kRows = WG_TILE): Buffer | null {
   return encodeMaps(ctx, a.D, [
     { what: 'q', ptr: a.q, rows: a.Sq, heads: a.H, boxRows: qRows, elem: 2 },
-    { what: 'k', ptr: a.k, rows: a.Sk, heads: a.Hk, boxRows: WG_TILE, elem: 2 },
-    { what: 'v', ptr: a.v, rows: a.Sk, heads: a.Hk, boxRows: WG_TILE, elem: 2 },
+    { what: 'k', ptr: a.k, rows: a.Sk, heads: a.Hk, boxRows: kRows, elem: 2 },
+    { what: 'v', ptr: a.v, rows: a.Sk, heads: a.Hk, boxRows: kRows, elem: 2 },
   ]);
 }
 
@@ -337,10 +341,10 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
     { i32: a.causal ? 1 : 0 }, { i32: a.window }, { i32: a.window > 0 ? a.sinks : 0 }, { f32: a.scale },
   ];
   const masked = (a: DeviceBlockArgs): boolean => a.causal || a.window > 0 || !!(a.qSeg && a.kSeg);
-  // The forward's schedule on this device: ht and hw need cuTensorMapEncodeTiled, else hq.
+  // The forward's schedule on this device: ht, hw and hl need cuTensorMapEncodeTiled, else hq.
   const forwardSchedule = (tag: KernelTag, scale?: number): WgmmaForward | null => {
     const wg = wgmmaForward(tag, ctx.computeCapability, scale);
-    return (wg === 'ht' || wg === 'hw') && !ctx.drv.cuTensorMapEncodeTiled ? 'hq' : wg;
+    return (wg === 'ht' || wg === 'hw' || wg === 'hl') && !ctx.drv.cuTensorMapEncodeTiled ? 'hq' : wg;
   };
   // The workspace (workspaceBytes): query tiles' boxes, key tiles' boxes, then the query tiles'
   // key-tile spans (written for the tensor-core forwards, by spans()).
@@ -377,9 +381,9 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       const tag = chooseKernel(a, ctx.computeCapability);
       if (tag !== 'generic') throwReason(misaligned({ q: a.q, k: a.k, v: a.v }));
       const wg = forwardSchedule(tag, a.scale);
-      const tile = tiles(tag, 'fwd', wg !== null, wg === 'hw');
+      const tile = tiles(tag, 'fwd', wg);
       const [qTiles, kTiles, spanOut] = boxes(a, tile);
-      const bq = tile[0];
+      const [bq, bk] = tile;
       const params = packStruct([
         { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.qPos }, { ptr: a.kPos }, { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 },
         { ptr: qTiles }, { ptr: kTiles }, { ptr: a.o }, { ptr: a.lse }, ...tail(a), { i32: headGroup(Math.ceil(a.Sq / bq), a.H, masked(a), ctx.smCount) },
@@ -389,9 +393,9 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
         const name = `attn_fwd_generic_${SUFFIX[a.dtype]}`;
         ctx.launch(ctx.fn('attn_fwd.cu', name), name, [Math.ceil(a.Sq / 4), a.H, 1], 128, 0, [params]);
       } else if (wg) {
-        const maps = wg === 'ht' || wg === 'hw' ? fwdTensorMaps(ctx, a, bq) : null;
+        const maps = wg === 'ht' || wg === 'hw' || wg === 'hl' ? fwdTensorMaps(ctx, a, bq, bk) : null;
         const name = `attn_fwd_${wg}_${SUFFIX[a.dtype]}_d${a.D}`;
-        const smem = wgFwdSmem(a.D, bq);
+        const smem = wgFwdSmem(a.D, bq, bk);
         // 64 query rows a consumer warpgroup, and the producer warpgroup.
         ctx.launch(ctx.fn('attn_fwd_h.cu', name, smem), name, [Math.ceil(a.Sq / bq), a.H, 1], 2 * bq + 128, smem, maps ? [params, maps] : [params]);
       } else {
@@ -411,7 +415,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       const wgb = Math.ceil(a.Sq / wgBwdBq(a.D)) <= WG_BWD_MAX_QTILES ? wgmmaBackward(tag, ctx.computeCapability) : null;
       const maps = wgb ? bwdTensorMaps(ctx, a) : null;
       const wg = maps !== null;
-      const tile = tiles(tag, 'bwd', wg);
+      const tile = tiles(tag, 'bwd', wg ? 'bwd' : null);
       const [qTiles, kTiles] = boxes(a, tile);
       const bq = tile[0], bk = tile[1];
       const split = tag === 'generic' ? 1 : bwdSplit(Math.ceil(a.Sk / bk) * a.Hk, a.H / a.Hk, ctx.smCount);

@@ -45,9 +45,14 @@ test('wgmmaForward: the Hopper forward for tensor-core tags on sm_90 by default,
     assert.equal(wgmmaForward('mma16-d64', [9, 0]), 'hw', 'three consumer warpgroups at D=64');
     assert.equal(wgmmaForward('mma16-d128', [9, 0]), 'ht', 'no hw kernel at D=128 (its consumers would need 240 registers)');
   });
+  withEnv(env('7'), () => {
+    assert.equal(wgmmaForward('mma16-d128', [9, 0]), 'hl', '176-key tiles at D=128');
+    assert.equal(wgmmaForward('mma16-d64', [9, 0]), 'hw', 'no hl kernel at D=64: its default');
+    assert.equal(wgmmaForward('mma16-d128', [8, 0]), null);
+  });
   withEnv(env('2', '1'), () => assert.equal(wgmmaForward('mma16-d64', [9, 0]), null));
   withEnv(env(undefined, '1'), () => assert.equal(wgmmaForward('mma16-d128', [9, 0]), null));
-  for (const bad of ['7', '9', 'yes', 'constructor', ' 4']) {
+  for (const bad of ['8', '9', 'yes', 'constructor', ' 4']) {
     withEnv(env(bad), () => assert.throws(() => wgmmaForward('mma16-d128', [9, 0]), (e: Error) => e instanceof InputError && /RINGATTN_WGMMA_ATTN/.test(e.message) && e.message.includes(`'${bad}'`)));
   }
 });
@@ -139,6 +144,10 @@ test('fwdTensorMaps: three 64-byte-aligned 128-byte maps of q [Sq, H, D], k and 
   calls.length = 0;
   fwdTensorMaps(ctx, { ...a, D: 64 }, 192);
   assert.deepEqual(calls.map(({ args }) => u32(args[5])), [[64, 1, 192], [64, 1, 128], [64, 1, 128]]);
+  // hl's 176-row key tiles: k's and v's boxes.
+  calls.length = 0;
+  fwdTensorMaps(ctx, { ...a, k: a.k + 0x1000 }, 128, 176);
+  assert.deepEqual(calls.map(({ args }) => u32(args[5])), [[64, 1, 128], [64, 1, 176], [64, 1, 176]]);
 });
 
 test('fwdTensorMaps: a set of arguments is encoded once and its maps reused (the last 64 sets kept); a driver error is not kept', () => {

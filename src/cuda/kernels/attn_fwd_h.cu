@@ -37,15 +37,18 @@
 
 namespace fwdh {
 using namespace hop;
-constexpr int BK = 128, PRODUCERS = 128;
+constexpr int PRODUCERS = 128;
 
 // WGS consumer warpgroups of 64 query rows each: 2 (BQ = 128, 384 threads), or 3 at D=64 (hw:
-// BQ = 192, 512 threads, 160 registers a consumer thread).
-template <int D, int WGS = 2> struct Cfg {
-  static constexpr int BQ = 64 * WGS, CONSUMERS = 128 * WGS, THREADS = CONSUMERS + PRODUCERS;
+// BQ = 192, 512 threads, 160 registers a consumer thread). Key tiles of BKN rows: 128, or 176 (hl,
+// D=128: S is m64n176, 88 registers, and P 44; two stages).
+template <int D, int WGS = 2, int BKN = 128> struct Cfg {
+  static constexpr int BQ = 64 * WGS, CONSUMERS = 128 * WGS, THREADS = CONSUMERS + PRODUCERS, BK = BKN;
+  static_assert(BK == 128 || (BK == 176 && D == 128 && WGS == 2), "176-key tiles: D=128, two consumer warpgroups");
   static constexpr int Q_BYTES = BQ * D * 2;
   static constexpr int KV_BYTES = BK * D * 2;  // K or V of one stage
-  static constexpr int STAGES = D == 64 ? 4 : 3;  // D=128: 1 KB + 32 KB + 3 x 64 KB, just under 227 KB
+  // D=128: 1 KB + 32 KB + 3 x 64 KB (128 keys) or 2 x 88 KB (176 keys), under 227 KB
+  static constexpr int STAGES = D == 64 ? 4 : BK == 128 ? 3 : 2;
   static constexpr int SMEM = 1024 /* alignment slack */ + Q_BYTES + STAGES * 2 * KV_BYTES + (2 * STAGES + 1) * 8;
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
@@ -59,7 +62,7 @@ template <int WGS>
 __device__ __forceinline__ void turnPass(int wg) { asm volatile("bar.arrive %0, 256;" ::"r"(1 + (wg + 1) % WGS) : "memory"); }
 
 // TMA tensor maps of q [Sq, H, D], k and v [Sk, Hk, D] (16-bit elements as uint16; box 64
-// elements x 1 head x 128 rows, 128-byte swizzle), written by cuTensorMapEncodeTiled on the host
+// elements x 1 head x the query tile's rows (q) or the key tile's (k, v), 128-byte swizzle), written by cuTensorMapEncodeTiled on the host
 // (src/cuda/attention.ts) and passed by value.
 struct TmaMaps {
   alignas(64) unsigned char q[128];
@@ -70,11 +73,12 @@ struct TmaMaps {
 // TMA: the producer is one thread issuing bulk tensor copies (D/64 boxes per tile and operand)
 // that complete on the stage's mbarrier by transaction count; it keeps 24 registers and the
 // consumers get 240. Otherwise 128 producer threads copy with 16-byte cp.async (40 / 232).
-template <typename T, int D, int MODE, bool TMA, int WGS = 2>
+template <typename T, int D, int MODE, bool TMA, int WGS = 2, int BKN = 128>
 __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
-  using C = Cfg<D, WGS>;
-  constexpr int STAGES = C::STAGES, BQ = C::BQ, CONSUMERS = C::CONSUMERS;
+  using C = Cfg<D, WGS, BKN>;
+  constexpr int STAGES = C::STAGES, BQ = C::BQ, BK = C::BK, CONSUMERS = C::CONSUMERS;
   static_assert(WGS == 2 || (WGS == 3 && TMA && MODE == PIPE_PONG && D == 64), "three consumer warpgroups: hw only");
+  static_assert(BK == 128 || (TMA && MODE == PIPE_PONG), "176-key tiles: hl (ht's schedule) only");
   extern __shared__ __align__(1024) unsigned char smemRaw[];
   const u32 sQ = (smemAddr(smemRaw) + 1023) & ~1023u;  // swizzle atoms are 1024-byte aligned
   auto stK = [&](int s) { return sQ + C::Q_BYTES + s * 2 * C::KV_BYTES; };
@@ -180,7 +184,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   for (int x = 0; x < D / 2; x++) o[x] = 0.f;
   float rowMax[2] = {NEG_INF, NEG_INF}, rowSum[2] = {0.f, 0.f};  // max in log2 units
   const u32 qRows = sQ + wg * 64 * 128;
-  float sc[64];    // S of one tile (64 x 128 per warpgroup), then its exponentials
+  float sc[BK / 2];  // S of one tile (64 x BK per warpgroup), then its exponentials
   u32 a[BK / 16][4];  // P of one tile, 16-bit, in the A-fragment layout
   float corr[2];
 
@@ -195,8 +199,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     for (int j = 0; j < D / 16; j++) {
       const u64 dq = dq0 + (((j >> 2) * BQ * 128 + (j & 3) * 32) >> 4);
       const u64 dk = dk0 + (((j >> 2) * BK * 128 + (j & 3) * 32) >> 4);  // 64-wide panel, 16-element step inside it
-      if (j == 0) Wg<T>::template ss128<0, 0, 0>(sc, dq, dk);  // scale-d 0: S starts from this product, no zeroing
-      else Wg<T>::template ss128<0, 0, 1>(sc, dq, dk);
+      if (j == 0) Wg<T>::template ss<BK, 0, 0, 0>(sc, dq, dk);  // scale-d 0: S starts from this product, no zeroing
+      else Wg<T>::template ss<BK, 0, 0, 1>(sc, dq, dk);
     }
     wgmmaCommit();
   };
@@ -207,21 +211,21 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   auto softmax = [&](int t, int cls) {
     if (cls == TILE_PARTIAL) {
 #pragma unroll
-      for (int q = 0; q < 16; q++)
+      for (int q = 0; q < BK / 8; q++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
           const int kj = t * BK + q * 8 + 2 * (lane & 3) + (e & 1), r = e >> 1;
           if (kj >= p.Sk || !visible(m, qPos[r], __ldg(p.kPos + kj), qSeg[r], m.hasSeg ? __ldg(p.kSeg + kj) : 0)) sc[4 * q + e] = NEG_INF;
         }
     }
-    // A row's 128 columns live in the 4 lanes of a quad.
+    // A row's BK columns live in the 4 lanes of a quad.
 #pragma unroll
     for (int r = 0; r < 2; r++) {
       float m4[4];
 #pragma unroll
       for (int c = 0; c < 4; c++) m4[c] = fmaxf(sc[4 * c + 2 * r], sc[4 * c + 2 * r + 1]);
 #pragma unroll
-      for (int q = 4; q < 16; q++) m4[q & 3] = fmaxf(m4[q & 3], fmaxf(sc[4 * q + 2 * r], sc[4 * q + 2 * r + 1]));
+      for (int q = 4; q < BK / 8; q++) m4[q & 3] = fmaxf(m4[q & 3], fmaxf(sc[4 * q + 2 * r], sc[4 * q + 2 * r + 1]));
       float mx = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
@@ -231,7 +235,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       rowMax[r] = mNew;
       float s4[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-      for (int q = 0; q < 16; q++) {
+      for (int q = 0; q < BK / 8; q++) {
         sc[4 * q + 2 * r] = exp2Fast(fmaf(sc[4 * q + 2 * r], scaleLog2, -mUse));
         sc[4 * q + 2 * r + 1] = exp2Fast(fmaf(sc[4 * q + 2 * r + 1], scaleLog2, -mUse));
         s4[q & 3] += sc[4 * q + 2 * r] + sc[4 * q + 2 * r + 1];
@@ -373,9 +377,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 
 #define FWDH_ENTRY(name, T, D, MODE) \
   extern "C" __global__ void __launch_bounds__(fwdh::Cfg<D>::THREADS, 1) name(const FwdParams p) { fwdh::run<T, D, fwdh::MODE, false>(p, nullptr); }
-#define FWDH_TMA_ENTRY(name, T, D, MODE, WGS)                                                                                             \
+#define FWDH_TMA_ENTRY(name, T, D, MODE, WGS, BKN)                                                                                        \
   extern "C" __global__ void __launch_bounds__(fwdh::Cfg<D, WGS>::THREADS, 1) name(const FwdParams p, const __grid_constant__ fwdh::TmaMaps maps) { \
-    fwdh::run<T, D, fwdh::MODE, true, WGS>(p, &maps);                                                                                     \
+    fwdh::run<T, D, fwdh::MODE, true, WGS, BKN>(p, &maps);                                                                                \
   }
 FWDH_ENTRY(attn_fwd_h_bf16_d64, Bf16, 64, ONE_TILE)
 FWDH_ENTRY(attn_fwd_h_f16_d64, F16, 64, ONE_TILE)
@@ -393,10 +397,12 @@ FWDH_ENTRY(attn_fwd_hq_bf16_d64, Bf16, 64, PIPE_PONG)
 FWDH_ENTRY(attn_fwd_hq_f16_d64, F16, 64, PIPE_PONG)
 FWDH_ENTRY(attn_fwd_hq_bf16_d128, Bf16, 128, PIPE_PONG)
 FWDH_ENTRY(attn_fwd_hq_f16_d128, F16, 128, PIPE_PONG)
-FWDH_TMA_ENTRY(attn_fwd_ht_bf16_d64, Bf16, 64, PIPE_PONG, 2)
-FWDH_TMA_ENTRY(attn_fwd_ht_f16_d64, F16, 64, PIPE_PONG, 2)
-FWDH_TMA_ENTRY(attn_fwd_ht_bf16_d128, Bf16, 128, PIPE_PONG, 2)
-FWDH_TMA_ENTRY(attn_fwd_ht_f16_d128, F16, 128, PIPE_PONG, 2)
-FWDH_TMA_ENTRY(attn_fwd_hw_bf16_d64, Bf16, 64, PIPE_PONG, 3)
-FWDH_TMA_ENTRY(attn_fwd_hw_f16_d64, F16, 64, PIPE_PONG, 3)
+FWDH_TMA_ENTRY(attn_fwd_ht_bf16_d64, Bf16, 64, PIPE_PONG, 2, 128)
+FWDH_TMA_ENTRY(attn_fwd_ht_f16_d64, F16, 64, PIPE_PONG, 2, 128)
+FWDH_TMA_ENTRY(attn_fwd_ht_bf16_d128, Bf16, 128, PIPE_PONG, 2, 128)
+FWDH_TMA_ENTRY(attn_fwd_ht_f16_d128, F16, 128, PIPE_PONG, 2, 128)
+FWDH_TMA_ENTRY(attn_fwd_hw_bf16_d64, Bf16, 64, PIPE_PONG, 3, 128)
+FWDH_TMA_ENTRY(attn_fwd_hw_f16_d64, F16, 64, PIPE_PONG, 3, 128)
+FWDH_TMA_ENTRY(attn_fwd_hl_bf16_d128, Bf16, 128, PIPE_PONG, 2, 176)
+FWDH_TMA_ENTRY(attn_fwd_hl_f16_d128, F16, 128, PIPE_PONG, 2, 176)
 #endif  // sm_90a

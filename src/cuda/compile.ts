@@ -108,6 +108,14 @@ export function moduleSource(file: string, name: string | null, read: (file: str
   return { key: one === null ? file : `${file}#${name}`, src: { name: file, text: one ?? text }, headers };
 }
 
+/**
+ * Compile a module (moduleSource's) for `arch` through the cache, as every caller does
+ * (CudaContext.module, `ringattn compile`'s workers): compileCuda with RINGATTN_NVRTC_DEFINES.
+ */
+export function compileModule(mod: { src: Source; headers: Source[] }, arch: string, nvrtc?: NvrtcApi): Compiled {
+  return compileCuda(mod.src, mod.headers, arch, nvrtcDefines(), nvrtc);  // the cache key hashes the text and options
+}
+
 /** Extra -D options for every kernel compile, from RINGATTN_NVRTC_DEFINES (defineList). */
 export function nvrtcDefines(env: string | undefined = process.env.RINGATTN_NVRTC_DEFINES): string[] {
   return defineList('RINGATTN_NVRTC_DEFINES', env);

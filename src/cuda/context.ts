@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { BackendError } from '../core/errors.js';
 import { CU_DEVICE_ATTRIBUTE, CU_EVENT_DEFAULT, CU_FUNC_ATTRIBUTE, loadDriver, type DriverApi, type Handle } from './bindings/driver.js';
 import { check, driverDescribe, type Describe } from './check.js';
-import { archFor, compileCuda, moduleSource, nvrtcDefines } from './compile.js';
+import { archFor, compileModule, moduleSource } from './compile.js';
 import type { NvrtcApi } from './bindings/nvrtc.js';
 
 /**
@@ -182,10 +182,11 @@ export class CudaContext {
    * so a process compiles only the kernels it launches; other files are compiled whole.
    */
   private module(file: string, name: string): Handle {
-    const { key, src, headers } = moduleSource(file, name, (f) => this.source(f));
+    const m = moduleSource(file, name, (f) => this.source(f));
+    const key = m.key;
     let mod = this.modules.get(key);
     if (mod) return mod;
-    const compiled = compileCuda(src, headers, this.arch, nvrtcDefines(), this.nvrtc);  // the cache key hashes the text and options
+    const compiled = compileModule(m, this.arch, this.nvrtc);
     if (compiled.log) this.compileLogs.set(key, compiled.log);
     const out: [Handle] = [null];
     this.check(`cuModuleLoadData(${key}, ${this.arch})`, this.drv.cuModuleLoadData(out, compiled.cubin));

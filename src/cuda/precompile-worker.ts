@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadNvrtc } from './bindings/nvrtc.js';
-import { compileCuda, moduleSource, nvrtcDefines } from './compile.js';
+import { compileModule, moduleSource } from './compile.js';
 import { kernelsDir } from './context.js';
 import type { WorkerReply, WorkerRequest } from './precompile.js';
 
@@ -23,8 +23,7 @@ process.on('message', (m: WorkerRequest) => {
   if ('error' in nvrtc) return reply({ ok: false, error: nvrtc.error, fatal: true });
   const t0 = performance.now();
   try {
-    const { src, headers } = moduleSource(m.job.file, m.job.name, read);
-    const c = compileCuda(src, headers, m.arch, nvrtcDefines(), nvrtc);
+    const c = compileModule(moduleSource(m.job.file, m.job.name, read), m.arch, nvrtc);
     reply({ ok: true, cached: c.cached, ms: performance.now() - t0 });
   } catch (e) {
     reply({ ok: false, error: (e as Error).message });

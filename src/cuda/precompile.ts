@@ -4,7 +4,7 @@ import os from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BackendError, InputError } from '../core/errors.js';
-import { kernelEntries } from './compile.js';
+import { kernelEntries, nvrtcDefines } from './compile.js';
 import { kernelsDir } from './context.js';
 
 /**
@@ -47,7 +47,7 @@ export function compileJobs(files: readonly string[] = kernelFiles()): CompileJo
   const known = new Set(kernelFiles());
   const whole: CompileJob[] = [];
   const entries: CompileJob[] = [];
-  for (const file of files) {
+  for (const file of new Set(files)) {
     if (!known.has(file)) throw new InputError('--kernels', `expected kernel files among ${[...known].join(', ')}, got '${file}'`);
     const names = kernelEntries(readFileSync(join(kernelsDir(), file), 'utf8'));
     if (names.length === 0) whole.push({ file, name: null });
@@ -62,10 +62,19 @@ export function jobLabel(job: CompileJob): string {
 
 const WORKER = join(dirname(fileURLToPath(import.meta.url)), 'precompile-worker.js');
 
+/** The lines of a dead worker's stderr worth quoting: its error lines, else its last lines. */
+function deathNote(stderr: string): string {
+  const lines = stderr.split('\n').map((l) => l.trim()).filter((l) => l.length > 0);
+  const errors = lines.filter((l) => /error|fatal|abort|memory/i.test(l) && !/^at /.test(l));
+  return (errors.length > 0 ? errors.slice(0, 3) : lines.slice(-3)).join(' | ');
+}
+
 /**
  * Runs `jobs` (compileJobs) for `arch` on `workers` processes (default: the CPUs, at most one a
- * job). Resolves with every job's outcome, failed compiles included (their `error` says why);
- * rejects when NVRTC cannot be loaded or a worker dies. `onDone` follows the progress.
+ * job). Resolves with every job's outcome, failed compiles included (their `error` says why; a
+ * worker that dies, the OOM killer's way, fails its job and is replaced); rejects when NVRTC
+ * cannot be loaded (or RINGATTN_NVRTC_DEFINES is malformed: an InputError, before any worker
+ * starts). `onDone` follows the progress.
  */
 export async function precompile(o: {
   arch: string;
@@ -73,8 +82,11 @@ export async function precompile(o: {
   workers?: number;
   onDone?: (done: number, total: number, outcome: CompileOutcome) => void;
 }): Promise<{ outcomes: CompileOutcome[]; workers: number; seconds: number }> {
+  nvrtcDefines();  // every worker would fail every job on a malformed RINGATTN_NVRTC_DEFINES: say it once
   const jobs = o.jobs ?? compileJobs();
-  const workers = Math.max(1, Math.min(o.workers ?? os.availableParallelism(), jobs.length));
+  const asked = o.workers === undefined ? os.availableParallelism() : Math.floor(o.workers);
+  if (!(asked >= 1)) throw new InputError('workers', `expected a positive integer, got ${o.workers}`);
+  const workers = Math.min(asked, jobs.length);
   const t0 = performance.now();
   const outcomes: CompileOutcome[] = [];
   if (jobs.length === 0) return { outcomes, workers: 0, seconds: 0 };
@@ -89,13 +101,17 @@ export async function precompile(o: {
         failed = true;
         reject(e);
       };
+      const record = (outcome: CompileOutcome) => {
+        outcomes.push(outcome);
+        o.onDone?.(outcomes.length, jobs.length, outcome);
+      };
       const start = () => {
         const child = fork(WORKER, [], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'], serialization: 'json' });
         children.push(child);
         live++;
         let current: CompileJob | null = null;
         let stderr = '';
-        child.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-2000)));
+        child.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
         const give = () => {
           if (failed || next >= jobs.length) {
             current = null;
@@ -109,20 +125,36 @@ export async function precompile(o: {
         child.on('message', (m: WorkerReply) => {
           if (!current) return;
           if (!m.ok && m.fatal) return fail(new BackendError(m.error));
-          const outcome: CompileOutcome = m.ok ? { job: current, cached: m.cached, ms: m.ms } : { job: current, cached: false, ms: 0, error: m.error };
-          outcomes.push(outcome);
-          o.onDone?.(outcomes.length, jobs.length, outcome);
+          record(m.ok ? { job: current, cached: m.cached, ms: m.ms } : { job: current, cached: false, ms: 0, error: m.error });
           give();
         });
         child.on('error', (e) => fail(new BackendError(`a compile worker failed to start: ${e.message}`)));
-        child.on('exit', (code, signal) => {
+        const ended = (then: () => void) => {
+          // The child's 'close' event does not come with an IPC channel here (Node 20); wait for its
+          // stderr's end instead (at most 500 ms), so that a death's note has all of it.
+          const err = child.stderr;
+          if (!err || err.destroyed || err.readableEnded) return then();
+          let done = false;
+          const once = () => {
+            if (done) return;
+            done = true;
+            clearTimeout(timer);
+            then();
+          };
+          const timer = setTimeout(once, 500);
+          err.once('close', once);
+        };
+        child.on('exit', (code, signal) => ended(() => {
           live--;
-          if (current) {
+          if (current && !failed) {
             const what = signal ? `signal ${signal}` : `exit code ${code}`;
-            return fail(new BackendError(`the compile worker died (${what}) compiling ${jobLabel(current)}${stderr ? `: ${stderr.trim().split('\n').slice(-3).join(' | ')}` : ''}`));
+            const note = deathNote(stderr);
+            record({ job: current, cached: false, ms: 0, error: `the compiler process died (${what})${note ? `: ${note}` : ''}` });
+            current = null;
+            if (next < jobs.length) start();  // its replacement takes the next job
           }
           if (live === 0 && !failed) resolve();
-        });
+        }));
         give();
       };
       for (let i = 0; i < workers; i++) start();

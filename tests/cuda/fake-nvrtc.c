@@ -3,8 +3,9 @@
  * RINGATTN_LIBNVRTC on machines without CUDA. "Compiling" a program makes a cubin that names
  * the program and a hash of its source and options, after FAKE_NVRTC_MS milliseconds. A source
  * containing the text in FAKE_NVRTC_FAIL fails to compile (with a log); one containing
- * FAKE_NVRTC_CRASH aborts the process.
+ * FAKE_NVRTC_CRASH kills the process (SIGKILL, as the OOM killer would; no core file).
  */
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,7 +48,7 @@ int nvrtcCompileProgram(void* prog, int numOptions, const char** options) {
     nanosleep(&t, NULL);
   }
   const char* crash = getenv("FAKE_NVRTC_CRASH");
-  if (crash && *crash && strstr(p->src, crash)) abort();
+  if (crash && *crash && strstr(p->src, crash)) raise(SIGKILL);
   const char* fail = getenv("FAKE_NVRTC_FAIL");
   if (fail && *fail && strstr(p->src, fail)) {
     snprintf(p->log, sizeof p->log, "%s(1): error: fake compile error", p->name);

@@ -5,7 +5,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { compileCuda, kernelEntries, moduleSource } from '../../src/cuda/compile.js';
+import { compileModule, kernelEntries, moduleSource } from '../../src/cuda/compile.js';
 import { kernelsDir } from '../../src/cuda/context.js';
 import { compileJobs, jobLabel, kernelFiles, precompile } from '../../src/cuda/precompile.js';
 import { loadNvrtc } from '../../src/cuda/bindings/nvrtc.js';
@@ -47,6 +47,7 @@ test('compileJobs: one job a kernel in files of entry macros, one a file otherwi
   assert.equal(jobLabel({ file: 'a.cu', name: null }), 'a.cu');
   assert.equal(jobLabel({ file: 'a.cu', name: 'k' }), 'a.cu#k');
   assert.deepEqual(compileJobs(['ring.cu']), [{ file: 'ring.cu', name: null }]);
+  assert.deepEqual(compileJobs(['ring.cu', 'ring.cu']), [{ file: 'ring.cu', name: null }], 'a file named twice: compiled once');
   assert.throws(() => compileJobs(['nope.cu']), (e: Error) => e instanceof InputError && /--kernels/.test(e.message) && /nope\.cu/.test(e.message));
 });
 
@@ -64,22 +65,22 @@ test('precompile fills the cache that CudaContext reads: every job compiled once
       assert.equal(o.cached, false);
     }
     assert.equal(cubins(cache).length, jobs.length, 'one cubin a job');
-    // The key CudaContext would compute: its compile of one of them is a cache hit holding that kernel.
+    // CudaContext.module's compile of one of them (moduleSource, then compileModule) is a cache hit holding that kernel.
     const api = loadNvrtc();
     assert.ok(!('error' in api));
     const read = (f: string) => readFileSync(join(kernelsDir(), f), 'utf8');
-    const { src, headers } = moduleSource('attn_fwd_h.cu', 'attn_fwd_ht_bf16_d128', read);
-    const hit = compileCuda(src, headers, 'sm_90a', [], api);
+    const mod = moduleSource('attn_fwd_h.cu', 'attn_fwd_ht_bf16_d128', read);
+    const hit = compileModule(mod, 'sm_90a', api);
     assert.equal(hit.cached, true);
     assert.match(hit.cubin.toString(), /^FAKECUBIN attn_fwd_h\.cu [0-9a-f]{16}$/);
     // Again: nothing compiled; another arch or other defines are other entries.
     const again = await precompile({ arch: 'sm_90a', jobs, workers: 2 });
     assert.ok(again.outcomes.every((o) => o.cached && !o.error));
-    assert.equal(compileCuda(src, headers, 'sm_80', [], api).cached, false);
+    assert.equal(compileModule(mod, 'sm_80', api).cached, false);
   });
 });
 
-test('precompile: a kernel that fails to compile is reported with its log and the others still compile; a dead worker or a missing NVRTC rejects', { skip, timeout: 120_000 }, async () => {
+test('precompile: a kernel that fails to compile, or whose compiler process dies, is reported and the others still compile; a missing NVRTC, bad defines or worker counts reject', { skip, timeout: 120_000 }, async () => {
   await withFake({ FAKE_NVRTC_FAIL: 'attn_tile_spans' }, async (cache) => {
     const jobs = compileJobs(['attn_fwd.cu', 'ring.cu', 'attn_bwd_h.cu']);
     const r = await precompile({ arch: 'sm_90a', jobs, workers: 2 });
@@ -89,8 +90,26 @@ test('precompile: a kernel that fails to compile is reported with its log and th
     assert.match(failed[0].error!, /fake compile error/);
     assert.equal(cubins(cache).length, jobs.length - 1);
   });
-  await withFake({ FAKE_NVRTC_CRASH: 'attn_bwd_h_bf16_d128' }, async () => {
-    await assert.rejects(precompile({ arch: 'sm_90a', jobs: compileJobs(['attn_bwd_h.cu']), workers: 2 }), (e: Error) => /worker died/.test(e.message) && /attn_bwd_h\.cu#attn_bwd_h_bf16_d128/.test(e.message));
+  await withFake({ FAKE_NVRTC_CRASH: 'attn_bwd_h_bf16_d128' }, async (cache) => {
+    const jobs = compileJobs(['attn_bwd_h.cu', 'ring.cu']);
+    const r = await precompile({ arch: 'sm_90a', jobs, workers: 2 });
+    assert.equal(r.outcomes.length, jobs.length, 'every job has an outcome');
+    const failed = r.outcomes.filter((o) => o.error);
+    assert.deepEqual(failed.map((o) => jobLabel(o.job)), ['attn_bwd_h.cu#attn_bwd_h_bf16_d128']);
+    assert.match(failed[0].error!, /compiler process died \(signal SIGKILL\)/);
+    assert.equal(cubins(cache).length, jobs.length - 1, 'a replacement worker compiled the rest');
+  });
+  await withFake({ RINGATTN_NVRTC_DEFINES: 'FWDH_LAZY=1' }, async () => {
+    await assert.rejects(precompile({ arch: 'sm_90a', jobs: compileJobs(['ring.cu']) }), (e: Error) => e instanceof InputError && /RINGATTN_NVRTC_DEFINES/.test(e.message));
+  });
+  await withFake({}, async () => {
+    for (const workers of [0, -1, NaN]) {
+      await assert.rejects(precompile({ arch: 'sm_90a', jobs: compileJobs(['ring.cu']), workers }), (e: Error) => e instanceof InputError && /workers/.test(e.message));
+    }
+    const none = await precompile({ arch: 'sm_90a', jobs: [] });
+    assert.deepEqual([none.outcomes.length, none.workers], [0, 0]);
+    const clamped = await precompile({ arch: 'sm_90a', jobs: compileJobs(['ring.cu', 'model.cu']), workers: 9 });
+    assert.equal(clamped.workers, 2, 'never more workers than jobs');
   });
   await withFake({ RINGATTN_LIBNVRTC: join(work, 'missing.so') }, async () => {
     await assert.rejects(precompile({ arch: 'sm_90a', jobs: compileJobs(['ring.cu', 'model.cu']), workers: 2 }), (e: Error) => /NVRTC library not found/.test(e.message));
@@ -99,12 +118,16 @@ test('precompile: a kernel that fails to compile is reported with its log and th
 
 test('ringattn compile: a summary line and exit 0; bad flags exit 2 naming the flag; failed kernels exit 1 naming them', { skip, timeout: 120_000 }, () => {
   const cli = join(root, 'bin', 'ringattn.js');
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('FAKE_NVRTC_') && k !== 'RINGATTN_NVRTC_DEFINES'));
   const run = (args: string[], env: Record<string, string> = {}) =>
-    spawnSync(process.execPath, [cli, 'compile', ...args], { encoding: 'utf8', env: { ...process.env, RINGATTN_LIBNVRTC: fakeLib, RINGATTN_CACHE: join(work, `cli${cacheN++}`), ...env } });
+    spawnSync(process.execPath, [cli, 'compile', ...args], {
+      encoding: 'utf8',
+      env: { ...clean, RINGATTN_LIBNVRTC: fakeLib, RINGATTN_CACHE: join(work, `cli${cacheN++}`), ...env },
+    });
   let r = run(['--arch', 'sm_90a', '--kernels', 'ring.cu,attn_bwd_h.cu', '--jobs', '2']);
   assert.equal(r.status, 0, r.stderr);
   const n = 1 + compileJobs(['attn_bwd_h.cu']).length;
-  assert.match(r.stdout, new RegExp(`^sm_90a: ${n} kernels compiled, 0 already cached, in [\\d.]+ s on 2 processes; cache `));
+  assert.match(r.stdout, new RegExp(`^sm_90a: ${n} of ${n} compiles done, 0 found in the cache, 0 failed; [\\d.]+ s on 2 processes; cache `));
   r = run(['--arch', 'sm_90a', '--kernels', 'ring.cu', '--verbose']);
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /^ring\.cu: [\d.]+ s\n/);
@@ -115,6 +138,9 @@ test('ringattn compile: a summary line and exit 0; bad flags exit 2 naming the f
   }
   r = run(['--arch', 'sm_90a', '--kernels', 'attn_fwd.cu,ring.cu'], { FAKE_NVRTC_FAIL: 'attn_tile_spans' });
   assert.equal(r.status, 1);
-  assert.match(r.stdout, /1 kernels compiled/);
-  assert.match(r.stderr, /1 of 2 kernels failed to compile:\n {2}attn_fwd\.cu: nvrtcCompileProgram/);
+  assert.match(r.stdout, /1 of 2 compiles done, 0 found in the cache, 1 failed/);
+  assert.match(r.stderr, /1 of 2 compiles failed:\n {2}attn_fwd\.cu: nvrtcCompileProgram/);
+  r = run(['--arch', 'sm_90a', '--kernels', 'ring.cu'], { RINGATTN_NVRTC_DEFINES: '-I/tmp' });
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /^ringattn: RINGATTN_NVRTC_DEFINES/);
 });

@@ -27,15 +27,14 @@ export function registerCompile(program: Command): void {
       const jobsN = intOpt('--jobs', f.jobs, { min: 1 });
       const { compileJobs, jobLabel, precompile } = await import('../../cuda/precompile.js');
       const { archFor, cudaCacheDir } = await import('../../cuda/compile.js');
-      let arch = f.arch;
-      if (arch === undefined) {
-        const { cudaAvailable } = await import('../../cuda/check.js');
-        const cuda = cudaAvailable();
-        if (!cuda.ok) throw new InputError('--arch', `no GPU to take it from (${cuda.reason}); name the target, e.g. --arch sm_90a`);
-        arch = archFor(...cuda.computeCapability);
-      } else if (!/^sm_\d{2,3}a?$/.test(arch)) {
-        throw new InputError('--arch', `expected sm_<major><minor>, e.g. sm_90a or sm_80, got '${arch}'`);
-      }
+      if (f.arch !== undefined && !/^sm_\d{2,3}a?$/.test(f.arch)) throw new InputError('--arch', `expected sm_<major><minor>, e.g. sm_90a or sm_80, got '${f.arch}'`);
+      const { cudaAvailable } = await import('../../cuda/check.js');
+      const cuda = cudaAvailable();
+      const here = cuda.ok ? archFor(...cuda.computeCapability) : null;
+      if (f.arch === undefined && here === null) throw new InputError('--arch', `no GPU to take it from (${cuda.ok ? '' : cuda.reason}); name the target, e.g. --arch sm_90a`);
+      const arch = f.arch ?? (here as string);
+      // e.g. sm_90 on an H100, whose kernels are built for sm_90a: entries this machine never reads.
+      if (here !== null && arch !== here) process.stderr.write(`ringattn: note: GPU 0 here (${cuda.ok ? cuda.name : ''}) runs ${here} kernels; the ${arch} ones go to the cache for another GPU\n`);
       const files = f.kernels?.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
       if (files && files.length === 0) throw new InputError('--kernels', 'expected at least one kernel file');
       const jobs = compileJobs(files);
@@ -50,9 +49,10 @@ export function registerCompile(program: Command): void {
       const failed = r.outcomes.filter((o) => o.error);
       const cached = r.outcomes.filter((o) => o.cached).length;
       const compiled = r.outcomes.length - cached - failed.length;
-      process.stdout.write(`${arch}: ${compiled} kernels compiled, ${cached} already cached, in ${r.seconds.toFixed(1)} s on ${r.workers} processes; cache ${cudaCacheDir()}\n`);
+      // A compile is one kernel of a file of entry macros, or a whole file.
+      process.stdout.write(`${arch}: ${compiled} of ${r.outcomes.length} compiles done, ${cached} found in the cache, ${failed.length} failed; ${r.seconds.toFixed(1)} s on ${r.workers} processes; cache ${cudaCacheDir()}\n`);
       if (failed.length > 0) {
-        throw new BackendError(`${failed.length} of ${r.outcomes.length} kernels failed to compile:\n${failed.map((o) => `  ${jobLabel(o.job)}: ${o.error}`).join('\n')}`);
+        throw new BackendError(`${failed.length} of ${r.outcomes.length} compiles failed:\n${failed.map((o) => `  ${jobLabel(o.job)}: ${o.error}`).join('\n')}`);
       }
     });
 }

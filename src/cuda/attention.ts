@@ -35,7 +35,7 @@ export type WgmmaForward = (typeof WGMMA_FORWARDS)[keyof typeof WGMMA_FORWARDS];
  * from one producer thread; software-pipelined inside each consumer warpgroup, ping-pong turns
  * between the two): on an H200, D=128 bf16 H=32, 543-576 TFLOP/s non-causal and 456-535 causal
  * against 172 for mma.sync (kernels/NOTES.md run 12); and hw at D=64 (the same with three consumer
- * warpgroups: 7-17% faster than ht there, run 26). RINGATTN_WGMMA_ATTN=0 picks mma.sync; 1..6 pick a
+ * warpgroups: 7-17% faster than ht there, run 26). RINGATTN_WGMMA_ATTN=0 picks mma.sync; 1..7 pick a
  * schedule: 1 h (one tile at a time), 2 hp (pipelined), 3 hs (ping-pong), 4 hq (both), 5 ht (hq
  * loading with TMA; the kernel object runs hq where the driver lacks TMA), 6 hw (ht with three
  * consumer warpgroups and 192-row query tiles; D=64 only, ht at D=128), 7 hl (ht with 176-key

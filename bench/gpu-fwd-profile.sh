@@ -14,6 +14,7 @@ reps=${1:-5}
 log="$OUT/fwd.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$log"
 if [ -z "${SKIP_TESTS:-}" ]; then
+  precompile_kernels
   timeout -s KILL 280 $N --test dist/tests/cuda/attention.gpu.test.js >"$OUT/tests.log" 2>&1
   echo "attention tests exit $?" | tee -a "$log"
   grep -E "^# (pass|fail|skipped)|^not ok" "$OUT/tests.log" | tee -a "$log"

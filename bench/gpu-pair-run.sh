@@ -10,6 +10,7 @@
 set -uo pipefail
 source bench/device-env.sh
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader | tee "$OUT/env.log"
+precompile_kernels | tee -a "$OUT/env.log"  # every kernel at once, before the tests compile them one at a time
 spec() { # spec LOG LIMIT FILES... : node's test runner, spec reporter, killed at LIMIT seconds
   local log=$1 lim=$2; shift 2
   timeout -s KILL "$lim" $N --test --test-concurrency=1 --test-reporter=spec "$@" >"$log" 2>&1

@@ -19,6 +19,7 @@ echo "== ring smoke"
 timeout 100 $N bin/ringattn.js launch --nproc 2 -- "$(command -v node || echo /tmp/devkit-node/bin/node)" dist/tests/cuda/ring-rank.js cases 1 2>&1 | tee "$OUT/smoke.log" | cut -c1-400 | tail -20
 fi
 echo "== tests"
+timeout -s KILL 300 $N bin/ringattn.js compile >"$OUT/compile.log" 2>&1; tail -1 "$OUT/compile.log"  # every kernel at once first
 timeout 240 $N --test --test-reporter=spec ${TESTS:-dist/tests/cuda/} 2>&1 | tee "$OUT/test.log" | grep -E "^\s*(✔|✖|ℹ (tests|pass|fail|skipped))|not ok|Error|error" | head -80
 [ -n "${SKIP_BENCH:-}" ] || {
 echo "== ring bench"

@@ -17,6 +17,7 @@ probe='import("./dist/src/cuda/bindings/nvrtc.js").then(m=>{const r=m.loadNvrtc(
 bash .devkit/env.sh node -e "$probe" 2>&1 | tee -a "$OUT/env.log"
 echo "== nvcc-check"; bash scripts/nvcc-check.sh sm_90a 2>&1 | tail -3
 echo "== tests"
+timeout -s KILL 300 bash .devkit/env.sh node bin/ringattn.js compile >"$OUT/compile.log" 2>&1; tail -1 "$OUT/compile.log"  # every kernel at once first
 bash .devkit/env.sh node --test --test-reporter=spec dist/tests/cuda/ 2>&1 | tee "$OUT/test.log" | grep -Ev "^\s*$" | tail -60
 echo "== bench"
 bash .devkit/env.sh node dist/bench/gpu.js "${1:-8192}" "${2:-16}" "${3:-10}" 2>&1 | tee "$OUT/bench.log"

@@ -11,6 +11,7 @@ reps=${1:-3}
 log="$OUT/bwd.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$log"
 if [ -z "${SKIP_TESTS:-}" ]; then
+  precompile_kernels --kernels attn_fwd.cu,attn_fwd_h.cu,attn_bwd.cu,attn_bwd_h.cu | tee -a "$log"
   timeout -s KILL 240 $N --test --test-reporter=spec --test-name-pattern="RINGATTN_WGMMA_BWD=" dist/tests/cuda/attention.gpu.test.js >"$OUT/tests.log" 2>&1
   echo "backward tests exit $?" | tee -a "$log"
   grep -E "^(✔|✖)|^ℹ (pass|fail)" "$OUT/tests.log" | grep -v "^﹣" | tee -a "$log"

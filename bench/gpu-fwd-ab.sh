@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device run comparing builds of the Hopper forward (kernels/attn_fwd_h.cu): each variant is
 # "SCHEDULE|DEFINES|DS" (RINGATTN_WGMMA_ATTN, RINGATTN_NVRTC_DEFINES, head dims for --d=), e.g.
-# "5||64,128" "6|-DFWDH_LAZY=1|64". First the forward GPU tests of schedules 5/6 and the block
+# "5||64,128" "6|-DFWDH_LAZY=1|64". First the forward GPU tests of schedules 5-7 and the block
 # merges with each distinct DEFINES (unless SKIP_TESTS=1), then forward-only timings at S 8k and
 # 32k, H=32, for every variant (rounds of all variants, ROUNDS times, so drift hits all alike),
 # then PyTorch SDPA at D 64 and 128 (unless SKIP_TORCH=1). Each step is time-limited. Carry
@@ -18,7 +18,8 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   i=0
   while IFS= read -r d; do
     i=$((i + 1))
-    RINGATTN_NVRTC_DEFINES="$d" timeout -s KILL 200 $N --test --test-reporter=spec --test-name-pattern="RINGATTN_WGMMA_ATTN=(5|6)|block kernels" \
+    RINGATTN_NVRTC_DEFINES="$d" precompile_kernels --kernels attn_fwd.cu,attn_fwd_h.cu,attn_bwd.cu,attn_bwd_h.cu | tee -a "$log"
+    RINGATTN_NVRTC_DEFINES="$d" timeout -s KILL 200 $N --test --test-reporter=spec --test-name-pattern="RINGATTN_WGMMA_ATTN=(5|6|7)|block kernels" \
       dist/tests/cuda/attention.gpu.test.js >"$OUT/tests$i.log" 2>&1
     echo "forward tests [defines '$d'] exit $?" | tee -a "$log"
     grep -E "^(✔|✖)|^ℹ (pass|fail)" "$OUT/tests$i.log" | grep -v "^﹣" | tee -a "$log"

@@ -137,13 +137,22 @@ export function supported(a: Omit<DeviceBlockArgs, 'q' | 'k' | 'v' | 'qPos' | 'k
 }
 
 const BK = 64;
-/** Query and key tiles of each path (the tile boxes are computed at these sizes); wg: the Hopper schedule, or null. */
-function tiles(tag: KernelTag, pass: 'fwd' | 'bwd', wg: WgmmaForward | 'bwd' | null): [number, number] {
+/**
+ * Query and key tiles of each path (the tile boxes are computed at these sizes): the forward's
+ * by its Hopper schedule (null: mma.sync), the backward's by whether it runs attn_bwd_h.cu.
+ */
+function fwdTiles(tag: KernelTag, wg: WgmmaForward | null): [number, number] {
   if (tag === 'generic') return [64, BK]; // query boxes unused by the generic kernels
-  if (pass === 'fwd') return wg ? [wg === 'hw' ? WG_WIDE_BQ : WG_TILE, wg === 'hl' ? WG_LONG_BK : WG_TILE] : [64, BK];
-  if (wg) return [wgBwdBq(tag === 'mma16-d64' ? 64 : 128), WG_TILE];
+  return wg ? [wg === 'hw' ? WG_WIDE_BQ : WG_TILE, wg === 'hl' ? WG_LONG_BK : WG_TILE] : [64, BK];
+}
+function bwdTiles(tag: KernelTag, wgmma: boolean): [number, number] {
+  if (tag === 'generic') return [64, BK];
+  if (wgmma) return [wgBwdBq(tag === 'mma16-d64' ? 64 : 128), WG_TILE];
   return [tag === 'mma16-d64' ? 64 : 32, BK];
 }
+
+/** The Hopper forwards that load by TMA (they take tensor maps; hq runs where the driver has none). */
+const tmaForward = (wg: WgmmaForward | null): boolean => wg === 'ht' || wg === 'hw' || wg === 'hl';
 
 /**
  * attn_fwd_h.cu: 128-key tiles (176 for hl), K/V stages by head dim and key tile (fwdh::Cfg); 128
@@ -344,7 +353,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
   // The forward's schedule on this device: ht, hw and hl need cuTensorMapEncodeTiled, else hq.
   const forwardSchedule = (tag: KernelTag, scale?: number): WgmmaForward | null => {
     const wg = wgmmaForward(tag, ctx.computeCapability, scale);
-    return (wg === 'ht' || wg === 'hw' || wg === 'hl') && !ctx.drv.cuTensorMapEncodeTiled ? 'hq' : wg;
+    return tmaForward(wg) && !ctx.drv.cuTensorMapEncodeTiled ? 'hq' : wg;
   };
   // The workspace (workspaceBytes): query tiles' boxes, key tiles' boxes, then the query tiles'
   // key-tile spans (written for the tensor-core forwards, by spans()).
@@ -381,7 +390,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       const tag = chooseKernel(a, ctx.computeCapability);
       if (tag !== 'generic') throwReason(misaligned({ q: a.q, k: a.k, v: a.v }));
       const wg = forwardSchedule(tag, a.scale);
-      const tile = tiles(tag, 'fwd', wg);
+      const tile = fwdTiles(tag, wg);
       const [qTiles, kTiles, spanOut] = boxes(a, tile);
       const [bq, bk] = tile;
       const params = packStruct([
@@ -393,7 +402,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
         const name = `attn_fwd_generic_${SUFFIX[a.dtype]}`;
         ctx.launch(ctx.fn('attn_fwd.cu', name), name, [Math.ceil(a.Sq / 4), a.H, 1], 128, 0, [params]);
       } else if (wg) {
-        const maps = wg === 'ht' || wg === 'hw' || wg === 'hl' ? fwdTensorMaps(ctx, a, bq, bk) : null;
+        const maps = tmaForward(wg) ? fwdTensorMaps(ctx, a, bq, bk) : null;
         const name = `attn_fwd_${wg}_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = wgFwdSmem(a.D, bq, bk);
         // 64 query rows a consumer warpgroup, and the producer warpgroup.
@@ -415,7 +424,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       const wgb = Math.ceil(a.Sq / wgBwdBq(a.D)) <= WG_BWD_MAX_QTILES ? wgmmaBackward(tag, ctx.computeCapability) : null;
       const maps = wgb ? bwdTensorMaps(ctx, a) : null;
       const wg = maps !== null;
-      const tile = tiles(tag, 'bwd', wg ? 'bwd' : null);
+      const tile = bwdTiles(tag, wg);
       const [qTiles, kTiles] = boxes(a, tile);
       const bq = tile[0], bk = tile[1];
       const split = tag === 'generic' ? 1 : bwdSplit(Math.ceil(a.Sk / bk) * a.Hk, a.H / a.Hk, ctx.smCount);

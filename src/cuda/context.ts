@@ -25,6 +25,17 @@ export function kernelsDir(): string {
   return join(dirname(fileURLToPath(import.meta.url)), 'kernels');
 }
 
+const kernelTexts = new Map<string, string>();
+/** A kernel source file's text (or a header's), read once per process: every kernel of a file looks it up. */
+export function kernelSource(file: string): string {
+  let text = kernelTexts.get(file);
+  if (text === undefined) {
+    text = readFileSync(join(kernelsDir(), file), 'utf8');
+    kernelTexts.set(file, text);
+  }
+  return text;
+}
+
 /** Writes one field at `off`: a device address (an integer below 2^53) as a little-endian u64, or an i32 / f32. */
 function writeArg(buf: Buffer, f: Arg, off: number): void {
   if ('ptr' in f) {
@@ -69,7 +80,6 @@ export class CudaContext {
   readonly maxSharedOptin: number;
   readonly stream: Handle;
   private readonly modules = new Map<string, Handle>();
-  private readonly sources = new Map<string, string>();
   /** NVRTC to compile with (tests pass a fake one); the system's library when unset. */
   private nvrtc?: NvrtcApi;
   private readonly functions = new Map<string, { fn: Handle; smem: number }>();
@@ -182,7 +192,7 @@ export class CudaContext {
    * so a process compiles only the kernels it launches; other files are compiled whole.
    */
   private module(file: string, name: string): Handle {
-    const m = moduleSource(file, name, (f) => this.source(f));
+    const m = moduleSource(file, name, kernelSource);
     const key = m.key;
     let mod = this.modules.get(key);
     if (mod) return mod;
@@ -193,16 +203,6 @@ export class CudaContext {
     mod = out[0];
     this.modules.set(key, mod);
     return mod;
-  }
-
-  /** A kernel source file's text, read once per context (every kernel of a file looks it up). */
-  private source(file: string): string {
-    let text = this.sources.get(file);
-    if (text === undefined) {
-      text = readFileSync(join(kernelsDir(), file), 'utf8');
-      this.sources.set(file, text);
-    }
-    return text;
   }
 
   launch(fn: Handle, name: string, grid: [number, number, number], block: number, smem: number, params: Buffer[]): void {

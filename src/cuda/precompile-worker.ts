@@ -1,8 +1,6 @@
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { loadNvrtc } from './bindings/nvrtc.js';
 import { compileModule, moduleSource } from './compile.js';
-import { kernelsDir } from './context.js';
+import { kernelSource } from './context.js';
 import type { WorkerReply, WorkerRequest } from './precompile.js';
 
 /**
@@ -11,19 +9,13 @@ import type { WorkerReply, WorkerRequest } from './precompile.js';
  */
 
 const nvrtc = loadNvrtc();
-const sources = new Map<string, string>();
-const read = (file: string): string => {
-  let t = sources.get(file);
-  if (t === undefined) sources.set(file, (t = readFileSync(join(kernelsDir(), file), 'utf8')));
-  return t;
-};
 const reply = (m: WorkerReply) => process.send!(m);
 
 process.on('message', (m: WorkerRequest) => {
   if ('error' in nvrtc) return reply({ ok: false, error: nvrtc.error, fatal: true });
   const t0 = performance.now();
   try {
-    const c = compileModule(moduleSource(m.job.file, m.job.name, read), m.arch, nvrtc);
+    const c = compileModule(moduleSource(m.job.file, m.job.name, kernelSource), m.arch, nvrtc);
     reply({ ok: true, cached: c.cached, ms: performance.now() - t0 });
   } catch (e) {
     reply({ ok: false, error: (e as Error).message });

@@ -1,11 +1,12 @@
 import { fork, type ChildProcess } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { once } from 'node:events';
+import { readdirSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BackendError, InputError } from '../core/errors.js';
 import { kernelEntries, nvrtcDefines } from './compile.js';
-import { kernelsDir } from './context.js';
+import { kernelSource, kernelsDir } from './context.js';
 
 /**
  * Every CUDA kernel compiled into the NVRTC cache ahead of use, by several processes at once
@@ -49,7 +50,7 @@ export function compileJobs(files: readonly string[] = kernelFiles()): CompileJo
   const entries: CompileJob[] = [];
   for (const file of new Set(files)) {
     if (!known.has(file)) throw new InputError('--kernels', `expected kernel files among ${[...known].join(', ')}, got '${file}'`);
-    const names = kernelEntries(readFileSync(join(kernelsDir(), file), 'utf8'));
+    const names = kernelEntries(kernelSource(file));
     if (names.length === 0) whole.push({ file, name: null });
     else for (const name of names) entries.push({ file, name });
   }
@@ -129,22 +130,9 @@ export async function precompile(o: {
           give();
         });
         child.on('error', (e) => fail(new BackendError(`a compile worker failed to start: ${e.message}`)));
-        const ended = (then: () => void) => {
-          // The child's 'close' event does not come with an IPC channel here (Node 20); wait for its
-          // stderr's end instead (at most 500 ms), so that a death's note has all of it.
-          const err = child.stderr;
-          if (!err || err.destroyed || err.readableEnded) return then();
-          let done = false;
-          const once = () => {
-            if (done) return;
-            done = true;
-            clearTimeout(timer);
-            then();
-          };
-          const timer = setTimeout(once, 500);
-          err.once('close', once);
-        };
-        child.on('exit', (code, signal) => ended(() => {
+        // The exit and the end of its stderr, so that a death's note has all of it (the child's own
+        // 'close' event does not come with an IPC channel here, Node 20).
+        Promise.all([once(child, 'exit'), child.stderr && once(child.stderr, 'close')]).then(([[code, signal]]) => {
           live--;
           if (current && !failed) {
             const what = signal ? `signal ${signal}` : `exit code ${code}`;
@@ -154,7 +142,7 @@ export async function precompile(o: {
             if (next < jobs.length) start();  // its replacement takes the next job
           }
           if (live === 0 && !failed) resolve();
-        }));
+        }, fail);
         give();
       };
       for (let i = 0; i < workers; i++) start();

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { compileModule, kernelEntries, moduleSource } from '../../src/cuda/compile.js';
-import { kernelsDir } from '../../src/cuda/context.js';
+import { kernelSource, kernelsDir } from '../../src/cuda/context.js';
 import { compileJobs, jobLabel, kernelFiles, precompile } from '../../src/cuda/precompile.js';
 import { loadNvrtc } from '../../src/cuda/bindings/nvrtc.js';
 import { InputError } from '../../src/core/errors.js';
@@ -68,8 +68,7 @@ test('precompile fills the cache that CudaContext reads: every job compiled once
     // CudaContext.module's compile of one of them (moduleSource, then compileModule) is a cache hit holding that kernel.
     const api = loadNvrtc();
     assert.ok(!('error' in api));
-    const read = (f: string) => readFileSync(join(kernelsDir(), f), 'utf8');
-    const mod = moduleSource('attn_fwd_h.cu', 'attn_fwd_ht_bf16_d128', read);
+    const mod = moduleSource('attn_fwd_h.cu', 'attn_fwd_ht_bf16_d128', kernelSource);
     const hit = compileModule(mod, 'sm_90a', api);
     assert.equal(hit.cached, true);
     assert.match(hit.cubin.toString(), /^FAKECUBIN attn_fwd_h\.cu [0-9a-f]{16}$/);

@@ -30,11 +30,11 @@ export function registerCompile(program: Command): void {
       if (f.arch !== undefined && !/^sm_\d{2,3}a?$/.test(f.arch)) throw new InputError('--arch', `expected sm_<major><minor>, e.g. sm_90a or sm_80, got '${f.arch}'`);
       const { cudaAvailable } = await import('../../cuda/check.js');
       const cuda = cudaAvailable();
+      if (f.arch === undefined && !cuda.ok) throw new InputError('--arch', `no GPU to take it from (${cuda.reason}); name the target, e.g. --arch sm_90a`);
       const here = cuda.ok ? archFor(...cuda.computeCapability) : null;
-      if (f.arch === undefined && here === null) throw new InputError('--arch', `no GPU to take it from (${cuda.ok ? '' : cuda.reason}); name the target, e.g. --arch sm_90a`);
-      const arch = f.arch ?? (here as string);
+      const arch = f.arch ?? here!;
       // e.g. sm_90 on an H100, whose kernels are built for sm_90a: entries this machine never reads.
-      if (here !== null && arch !== here) process.stderr.write(`ringattn: note: GPU 0 here (${cuda.ok ? cuda.name : ''}) runs ${here} kernels; the ${arch} ones go to the cache for another GPU\n`);
+      if (cuda.ok && arch !== here) process.stderr.write(`ringattn: note: GPU 0 here (${cuda.name}) runs ${here} kernels; the ${arch} ones go to the cache for another GPU\n`);
       const files = f.kernels?.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
       if (files && files.length === 0) throw new InputError('--kernels', 'expected at least one kernel file');
       const jobs = compileJobs(files);

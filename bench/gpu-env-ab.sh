@@ -17,12 +17,13 @@ SHAPES=${SHAPES:-"8192:32:128 32768:32:128 8192:8:64 32768:8:64"}
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader | tee "$log"
 if [ -n "${TESTS:-}" ]; then
   precompile_kernels | tee -a "$log"
-  # A test prints when it ends: in session 17 the first matching tests, compiling their kernels one
-  # at a time, had not ended at the limit and the log stayed empty; precompile_kernels comes first
-  # now. timeout kills the whole process group (node --test's child too).
-  timeout -s KILL "${TESTS_LIMIT:-300}" $N --test --test-reporter=spec --test-name-pattern="$TESTS" dist/tests/cuda/attention.gpu.test.js >"$OUT/tests.log" 2>&1
+  # In session 17 the first matching tests, compiling their kernels one at a time, had not ended at
+  # the limit and the log stayed empty; precompile_kernels comes first now, and the TAP reporter
+  # prints each test as it ends (spec held everything back). timeout kills the whole process group
+  # (node --test's child too).
+  timeout -s KILL "${TESTS_LIMIT:-300}" $N --test --test-reporter=tap --test-name-pattern="$TESTS" dist/tests/cuda/attention.gpu.test.js >"$OUT/tests.log" 2>&1
   echo "attention GPU tests /$TESTS/ exit $?" | tee -a "$log"
-  grep -E "^(✔|✖)|^ℹ (pass|fail|skipped)" "$OUT/tests.log" | tee -a "$log"
+  grep -E "^(ok|not ok)|^# (pass|fail)|^  (error|actual|expected):" "$OUT/tests.log" | grep -v "# SKIP test name" | tee -a "$log"
 fi
 for round in $(seq 1 "${ROUNDS:-2}"); do
   for shape in $SHAPES; do
@@ -47,7 +48,8 @@ for line in open(sys.argv[1]):
         continue
     f = line.split()
     if cur and len(f) >= 5 and f[2] in ("false", "true"):
-        rows.setdefault((int(cur[0]), int(cur[1]), int(cur[2]), f[2], cur[3]), []).append([float(x) for x in f[4::2]])
+        # fwd (and bwd) TF/s; FWD_ONLY prints '-' for the backward's.
+        rows.setdefault((int(cur[0]), int(cur[1]), int(cur[2]), f[2], cur[3]), []).append([float(x) for x in f[4::2] if x != "-"])
 print("S      H   D    causal  variant          fwd TF/s median [rounds]             bwd TF/s median [rounds]")
 for (S, H, D, causal, label), v in sorted(rows.items()):
     cols = []

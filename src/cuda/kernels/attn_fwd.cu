@@ -13,15 +13,21 @@
 #include "common.cuh"
 
 // o[r, :] = 0 where lse[r] = -inf (no key seen), for rows r < rows; other rows untouched. A thread
-// a row. Grid ceil(rows/256), 256 threads.
+// reads one row's lse; the warp then zeroes its empty rows one after another, all 32 lanes on each
+// row (coalesced: one thread a row writing its own 512 bytes took 0.8 ms for 16k x 32 rows of 128
+// on an H100, session 18). Grid ceil(rows/256), 256 threads.
 extern "C" __global__ void attn_fwd_finish(float* o, const float* lse, int rows, int D) {
-  const int r = blockIdx.x * blockDim.x + threadIdx.x;
-  if (r >= rows || lse[r] != NEG_INF) return;
-  float* row = o + (long long)r * D;
-  if ((D & 3) == 0 && (reinterpret_cast<unsigned long long>(o) & 15) == 0) {  // 16-byte rows
-    for (int d = 0; d < D; d += 4) *(float4*)(row + d) = make_float4(0.f, 0.f, 0.f, 0.f);
-  } else {
-    for (int d = 0; d < D; d++) row[d] = 0.f;
+  const int r = blockIdx.x * blockDim.x + threadIdx.x, lane = threadIdx.x & 31;
+  unsigned empty = __ballot_sync(0xffffffffu, r < rows && lse[r] == NEG_INF);
+  const bool vec = (D & 3) == 0 && (reinterpret_cast<unsigned long long>(o) & 15) == 0;  // 16-byte rows
+  while (empty) {
+    float* row = o + (long long)(r - lane + __ffs(empty) - 1) * D;
+    empty &= empty - 1;
+    if (vec) {
+      for (int d = 4 * lane; d < D; d += 128) *(float4*)(row + d) = make_float4(0.f, 0.f, 0.f, 0.f);
+    } else {
+      for (int d = lane; d < D; d += 32) row[d] = 0.f;
+    }
   }
 }
 

@@ -1,6 +1,7 @@
 import './gpu-guard.js';
 import { CudaContext } from '../src/cuda/context.js';
 import { maskBench } from './gpu-masks.js';
+import { traceBench } from './gpu-trace.js';
 import { ringBench } from './gpu-ring.js';
 import { cudaKernel } from '../src/cuda/attention.js';
 import { encode, type CudaDType } from '../src/cuda/convert.js';
@@ -23,10 +24,17 @@ import { blockCalls, timeCalls, warmUp } from './gpu-block.js';
  *          the ring on `devices` GPUs against one GPU on the same work (bench/gpu-ring.ts)
  *        node dist/bench/gpu.js masks [S=16384] [reps=5]
  *          one block under each mask a ring step gives it, against no mask (bench/gpu-masks.ts)
+ *        node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1] [reps=20]
+ *          the Hopper forward's time CTA by CTA: phases, per-tile and per-CTA cost, gaps, tail (bench/gpu-trace.ts)
  */
 
 if (process.argv[2] === 'masks') {
   maskBench(Number(process.argv[3] ?? 16384), Number(process.argv[4] ?? 5));
+  process.exit(0);
+}
+if (process.argv[2] === 'trace') {
+  const [S, H, D, causal, reps] = [8192, 32, 128, 1, 20].map((d, i) => Number(process.argv[3 + i] ?? d));
+  traceBench(S, H, D, causal !== 0, reps);
   process.exit(0);
 }
 if (process.argv[2] === 'ring') {

@@ -107,6 +107,12 @@ export interface DeviceBlockArgs {
 export interface DeviceForwardArgs extends DeviceBlockArgs {
   o: number;
   lse: number;
+  /**
+   * Instrumentation: a device buffer of 8 u64 per CTA that a Hopper forward built with
+   * RINGATTN_NVRTC_DEFINES=-DFWD_TRACE fills with per-CTA timestamps (bench/gpu-trace.ts).
+   * Ignored by every other build.
+   */
+  trace?: number;
 }
 
 export interface DeviceBackwardArgs extends DeviceBlockArgs {
@@ -292,6 +298,33 @@ export interface CudaAttentionKernel {
   dispose(): void;
 }
 
+// The scalar tail shared by FwdParams and BwdParams (kernels/common.cuh).
+const tailFields = (a: DeviceBlockArgs): Arg[] => [
+  { i32: a.Sq }, { i32: a.Sk }, { i32: a.H }, { i32: a.Hk }, { i32: a.D },
+  { i32: a.causal ? 1 : 0 }, { i32: a.window }, { i32: a.window > 0 ? a.sinks : 0 }, { f32: a.scale },
+];
+
+/**
+ * FwdParams (kernels/common.cuh) field by field, for packStruct: tile boxes, the launch order's
+ * head group and the query tiles' key-tile spans (0 for the generic kernel) as the caller made
+ * them. tests/cuda/layout.test.ts checks the packed bytes against the C struct's offsets.
+ */
+export function fwdParamFields(a: DeviceForwardArgs, qTiles: number, kTiles: number, group: number, spans: number): Arg[] {
+  return [
+    { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.qPos }, { ptr: a.kPos }, { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 },
+    { ptr: qTiles }, { ptr: kTiles }, { ptr: a.o }, { ptr: a.lse }, ...tailFields(a), { i32: group }, { ptr: spans }, { ptr: a.trace ?? 0 },
+  ];
+}
+
+/** BwdParams (kernels/common.cuh) field by field, for packStruct (checked as fwdParamFields is). */
+export function bwdParamFields(a: DeviceBackwardArgs, qTiles: number, kTiles: number, split: number, group: number): Arg[] {
+  return [
+    { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.dO }, { ptr: a.lse }, { ptr: a.delta }, { ptr: a.qPos }, { ptr: a.kPos },
+    { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 }, { ptr: qTiles }, { ptr: kTiles }, { ptr: a.dq }, { ptr: a.dk }, { ptr: a.dv }, ...tailFields(a),
+    { i32: split }, { i32: group },
+  ];
+}
+
 function validate(a: DeviceBlockArgs): void {
   throwReason(supported(a));
   if (!!a.qSeg !== !!a.kSeg) throw new InputError(a.qSeg ? 'kSeg' : 'qSeg', 'segments must be given for both queries and keys');
@@ -345,10 +378,6 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
     const args: Arg[] = [{ ptr: pos }, { ptr: seg }, { i32: n }, { i32: tile }, { ptr: out }];
     ctx.launch(ctx.fn('attn_fwd.cu', 'attn_tile_ranges'), 'attn_tile_ranges', [Math.ceil(tiles / 128), 1, 1], 128, 0, argBuffers(args));
   };
-  const tail = (a: DeviceBlockArgs): Arg[] => [
-    { i32: a.Sq }, { i32: a.Sk }, { i32: a.H }, { i32: a.Hk }, { i32: a.D },
-    { i32: a.causal ? 1 : 0 }, { i32: a.window }, { i32: a.window > 0 ? a.sinks : 0 }, { f32: a.scale },
-  ];
   const masked = (a: DeviceBlockArgs): boolean => a.causal || a.window > 0 || !!(a.qSeg && a.kSeg);
   // The forward's schedule on this device: ht, hw and hl need cuTensorMapEncodeTiled, else hq.
   const forwardSchedule = (tag: KernelTag, scale?: number): WgmmaForward | null => {
@@ -393,11 +422,8 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       const tile = fwdTiles(tag, wg);
       const [qTiles, kTiles, spanOut] = boxes(a, tile);
       const [bq, bk] = tile;
-      const params = packStruct([
-        { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.qPos }, { ptr: a.kPos }, { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 },
-        { ptr: qTiles }, { ptr: kTiles }, { ptr: a.o }, { ptr: a.lse }, ...tail(a), { i32: headGroup(Math.ceil(a.Sq / bq), a.H, masked(a), ctx.smCount) },
-        { ptr: tag !== 'generic' ? spans(a, tile, qTiles, kTiles, spanOut) : 0 },
-      ]);
+      const group = headGroup(Math.ceil(a.Sq / bq), a.H, masked(a), ctx.smCount);
+      const params = packStruct(fwdParamFields(a, qTiles, kTiles, group, tag !== 'generic' ? spans(a, tile, qTiles, kTiles, spanOut) : 0));
       if (tag === 'generic') {
         const name = `attn_fwd_generic_${SUFFIX[a.dtype]}`;
         ctx.launch(ctx.fn('attn_fwd.cu', name), name, [Math.ceil(a.Sq / 4), a.H, 1], 128, 0, [params]);
@@ -428,11 +454,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       const [qTiles, kTiles] = boxes(a, tile);
       const bq = tile[0], bk = tile[1];
       const split = tag === 'generic' ? 1 : bwdSplit(Math.ceil(a.Sk / bk) * a.Hk, a.H / a.Hk, ctx.smCount);
-      const params = packStruct([
-        { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.dO }, { ptr: a.lse }, { ptr: a.delta }, { ptr: a.qPos }, { ptr: a.kPos },
-        { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 }, { ptr: qTiles }, { ptr: kTiles }, { ptr: a.dq }, { ptr: a.dk }, { ptr: a.dv }, ...tail(a), { i32: split },
-        { i32: headGroup(Math.ceil(a.Sk / bk), a.Hk * split, masked(a), ctx.smCount) },
-      ]);
+      const params = packStruct(bwdParamFields(a, qTiles, kTiles, split, headGroup(Math.ceil(a.Sk / bk), a.Hk * split, masked(a), ctx.smCount)));
       if (tag === 'generic') {
         const name = `attn_bwd_generic_${SUFFIX[a.dtype]}`;
         ctx.launch(ctx.fn('attn_bwd.cu', name), name, [Math.ceil(a.Sq / 4), a.H, 1], 128, 0, [params]);

@@ -4,19 +4,14 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { findNvcc } from '../helpers/nvcc.js';
 
 // Every kernel must compile for sm_90a and sm_80 (nvcc, no GPU needed): scripts/nvcc-check.sh.
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const script = join(root, 'scripts', 'nvcc-check.sh');
 
-function nvccPresent(): boolean {
-  if (process.env.NVCC) return true;
-  const r = spawnSync('bash', ['-c', 'command -v nvcc || ls /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc'], { encoding: 'utf8' });
-  return r.status === 0 && r.stdout.trim() !== '';
-}
-
-const skip = !existsSync(script) ? `no ${script}` : nvccPresent() ? false : 'nvcc not found: the CUDA kernels were not compiled (install the CUDA toolkit or set NVCC)';
+const skip = !existsSync(script) ? `no ${script}` : findNvcc() ? false : 'nvcc not found: the CUDA kernels were not compiled (install the CUDA toolkit or set NVCC)';
 
 test('every src/cuda/kernels/*.cu compiles with nvcc (sm_90a, sm_80) without spills in the tensor-core kernels', { skip, timeout: 600_000 }, () => {
   const r = spawnSync('bash', [script], { encoding: 'utf8', maxBuffer: 16 << 20 });

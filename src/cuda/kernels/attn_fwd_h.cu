@@ -39,6 +39,37 @@ namespace fwdh {
 using namespace hop;
 constexpr int PRODUCERS = 128;
 
+// -DFWD_TRACE (bench/gpu-trace.ts): consumer thread 0 of each CTA writes p.trace[cta][0..7] =
+// {smid | visible key tiles << 16 | query tile << 32 | head << 48, clock64 at the CTA's start, when
+// Q has landed, when the first tile's S and softmax are done, when the last P·V is done, when every
+// consumer has stored its epilogue, %globaltimer at the start and at the end}. A CTA that sees
+// nothing writes its start and end only. Off (the default) this compiles to nothing.
+#ifdef FWD_TRACE
+struct Trace {
+  u64 c[4] = {0, 0, 0, 0}, g0 = 0;
+  __device__ void start() {
+    c[0] = clock64();
+    g0 = globalTimer();
+  }
+  __device__ void mark(int i) { c[i] = clock64(); }
+  __device__ void write(const FwdParams& p, int tiles, int qt, int h) {
+    if (!p.trace || threadIdx.x != 0) return;
+    u32 sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    u64* r = p.trace + 8ull * (blockIdx.y * gridDim.x + blockIdx.x);
+    const u64 g1 = globalTimer(), c4 = clock64();
+    r[0] = sm | (u64)tiles << 16 | (u64)qt << 32 | (u64)h << 48;
+    for (int i = 0; i < 4; i++) r[1 + i] = c[i];
+    r[5] = c4;
+    r[6] = g0;
+    r[7] = g1;
+  }
+};
+#define TRACE(x) x
+#else
+#define TRACE(x)
+#endif
+
 // WGS consumer warpgroups of 64 query rows each: 2 (BQ = 128, 384 threads), or 3 at D=64 (hw:
 // BQ = 192, 512 threads, 160 registers a consumer thread). Key tiles of BKN rows: 128, or 176 (hl,
 // D=128: S is m64n176, 88 registers, and P 44; two stages).
@@ -88,6 +119,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   auto empty = [&](int s) { return bars + (STAGES + s) * 8; };
   const u32 qBar = bars + 2 * STAGES * 8;
 
+  TRACE(Trace trace; trace.start());
   const int2 lt = launchTile(p.headGroup);
   const int qt = gridDim.x - 1 - lt.x;  // the last query tiles see the most keys under a causal mask: start them first
   const int h = lt.y, kh = h / (p.H / p.Hk), q0 = qt * BQ;
@@ -106,7 +138,10 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     return t;
   };
   const int first = nextTile(span.x);
-  if (first >= end) return;  // this query tile sees nothing in this block
+  if (first >= end) {  // this query tile sees nothing in this block
+    TRACE(trace.write(p, 0, qt, h));
+    return;
+  }
   // The consumers' form: the next visible tile and its class (read once, before the wait that
   // precedes its softmax, not after).
   auto nextTileC = [&](int t, int& cls) {
@@ -305,6 +340,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   };
 
   mbarWait(qBar, 0);
+  TRACE(trace.mark(1); trace.mark(2));
   if (MODE == PING_PONG) {
     // Per tile, a warpgroup issues P·V of the last tile and S of this one back to back, waits for
     // both, then runs this tile's softmax; the two warpgroups take turns at issuing (named
@@ -350,6 +386,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     // tensor cores do its P·V of tile n. PIPE_PONG adds the ping-pong turns around the issues.
     constexpr bool pong = MODE == PIPE_PONG;
     firstTile(pong);
+    TRACE(trace.mark(2));
     int t = first, i = 0, cls;
     for (int tn = nextTileC(t + 1, cls); tn < end; t = tn, tn = nextTileC(t + 1, cls), i++) {
       waitFull(i + 1);
@@ -369,9 +406,16 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     lastTile(pong, i % STAGES);
   }
 
+  TRACE(trace.mark(3));
   // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32.
 #pragma unroll
   for (int r = 0; r < 2; r++) mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
+#ifdef FWD_TRACE
+  asm volatile("bar.sync 7, %0;" ::"r"(CONSUMERS) : "memory");  // every consumer's epilogue issued
+  int tiles = 0;
+  for (int t = first; t < end; t = nextTile(t + 1)) tiles++;
+  trace.write(p, tiles, qt, h);
+#endif
 }
 }  // namespace fwdh
 

@@ -1,0 +1,177 @@
+import { CudaContext } from '../src/cuda/context.js';
+import { cudaKernel } from '../src/cuda/attention.js';
+import { encode } from '../src/cuda/convert.js';
+import { fill } from './common.js';
+import { median, timeCalls, warmUp } from './gpu-block.js';
+
+/**
+ * Where a Hopper forward's time goes, CTA by CTA: the forward built with -DFWD_TRACE (added to
+ * RINGATTN_NVRTC_DEFINES here) writes, per CTA, its SM, its visible key tiles and the SM clock
+ * at its start, when Q has landed, when its first tile's S and softmax are done, when its last
+ * P·V is done and when its epilogue is stored (kernels/attn_fwd_h.cu, Trace). From those:
+ * each phase's median, a line fitted to a CTA's time against its tiles (the per-tile cost and
+ * the per-CTA cost), the gaps between one CTA's end and the next one's start on an SM, and the
+ * idle tail; each as a share of the SMs' time over the kernel's span.
+ *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1] [reps=20]
+ * One S x S block, bf16, Hk = H, positions 0..S-1 on both sides. The traced build stores 64
+ * bytes a CTA and waits once more at the end: its time is printed beside the phases, to compare
+ * with the untraced rate (bench/gpu.js).
+ */
+
+export interface CtaRecord {
+  sm: number;
+  tiles: number;
+  qt: number;
+  h: number;
+  /** SM clock: start, Q landed, first tile done, last P·V done, epilogue stored. */
+  c: [number, number, number, number, number];
+  /** %globaltimer (ns) at the start and the end. */
+  g0: number;
+  g1: number;
+}
+
+/** The records of up to `ctas` CTAs (8 u64 each; slots no CTA wrote are all zero, left out). */
+export function parseTrace(raw: BigUint64Array, ctas: number): { records: CtaRecord[] } {
+  const records: CtaRecord[] = [];
+  for (let i = 0; i < ctas; i++) {
+    const r = raw.subarray(8 * i, 8 * i + 8);
+    if (r[6] === 0n) continue;
+    const info = r[0];
+    records.push({
+      sm: Number(info & 0xffffn), tiles: Number((info >> 16n) & 0xffffn), qt: Number((info >> 32n) & 0xffffn), h: Number(info >> 48n),
+      c: [Number(r[1]), Number(r[2]), Number(r[3]), Number(r[4]), Number(r[5])], g0: Number(r[6]), g1: Number(r[7]),
+    });
+  }
+  return { records };
+}
+
+export interface Phase {
+  name: string;
+  /** Median, 10th and 90th percentile in microseconds (null: no sample). */
+  med: number | null;
+  p10: number | null;
+  p90: number | null;
+  /** Total over the kernel, as a share of (SMs used x the kernel's span). */
+  share: number;
+}
+
+export interface TraceSummary {
+  ctas: number;
+  working: number;
+  sms: number;
+  /** SM cycles per ns over the working CTAs. */
+  ghz: number;
+  spanUs: number;
+  phases: Phase[];
+  /** CTA time (us) = perCta + perTile x tiles, least squares over the working CTAs. */
+  fit: { perCta: number; perTile: number; r2: number };
+}
+
+const pct = (x: number[], q: number): number | null => {
+  if (x.length === 0) return null;
+  const s = [...x].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
+};
+
+export function summarizeTrace(records: CtaRecord[]): TraceSummary {
+  const working = records.filter((r) => r.tiles > 0);
+  if (records.length === 0) throw new Error('trace: no CTA wrote a record (was the forward built with -DFWD_TRACE?)');
+  let cycles = 0, ns = 0;
+  for (const r of working.length ? working : records) {
+    cycles += r.c[4] - r.c[0];
+    ns += r.g1 - r.g0;
+  }
+  const ghz = ns > 0 ? cycles / ns : 1;
+  const us = (c: number) => c / ghz / 1e3;
+  const t0 = Math.min(...records.map((r) => r.g0)), t1 = Math.max(...records.map((r) => r.g1));
+  const spanUs = (t1 - t0) / 1e3;
+  const bySm = new Map<number, CtaRecord[]>();
+  for (const r of records) bySm.set(r.sm, [...(bySm.get(r.sm) ?? []), r]);
+  const sms = bySm.size;
+  const gaps: number[] = [], lead: number[] = [], tail: number[] = [];
+  for (const list of bySm.values()) {
+    list.sort((a, b) => a.g0 - b.g0);
+    lead.push((list[0].g0 - t0) / 1e3);
+    tail.push((t1 - list[list.length - 1].g1) / 1e3);
+    for (let i = 1; i < list.length; i++) gaps.push(Math.max(0, list[i].g0 - list[i - 1].g1) / 1e3);
+  }
+  const total = sms * spanUs;
+  const sum = (x: number[]) => x.reduce((a, b) => a + b, 0);
+  const phase = (name: string, x: number[], whole = x): Phase => ({ name, med: pct(x, 0.5), p10: pct(x, 0.1), p90: pct(x, 0.9), share: total > 0 ? sum(whole) / total : 0 });
+  const d = (i: number, j: number) => working.map((r) => us(r.c[j] - r.c[i]));
+  const rest = working.filter((r) => r.tiles > 1);
+  const empties = records.filter((r) => r.tiles === 0).map((r) => (r.g1 - r.g0) / 1e3);
+  const phases = [
+    phase('start to Q landed', d(0, 1)),
+    phase('first tile (S, softmax)', d(1, 2)),
+    phase('other tiles, per tile', rest.map((r) => us(r.c[3] - r.c[2]) / (r.tiles - 1)), d(2, 3)),
+    phase('epilogue (o, lse stored)', d(3, 4)),
+    phase('CTAs that see nothing', empties),
+    phase('gap between CTAs on an SM', gaps),
+    phase('idle before the first CTA', lead),
+    phase('idle after the last CTA', tail),
+  ];
+  // Least squares of a working CTA's time on its tile count.
+  const xs = working.map((r) => r.tiles), ys = working.map((r) => us(r.c[4] - r.c[0]));
+  const n = xs.length, mx = sum(xs) / Math.max(n, 1), my = sum(ys) / Math.max(n, 1);
+  let sxy = 0, sxx = 0, syy = 0;
+  for (let i = 0; i < n; i++) {
+    sxy += (xs[i] - mx) * (ys[i] - my);
+    sxx += (xs[i] - mx) ** 2;
+    syy += (ys[i] - my) ** 2;
+  }
+  const perTile = sxx > 0 ? sxy / sxx : n ? my / mx : 0;
+  const fit = { perCta: my - perTile * mx, perTile, r2: sxx > 0 && syy > 0 ? (sxy * sxy) / (sxx * syy) : 1 };
+  return { ctas: records.length, working: working.length, sms, ghz, spanUs, phases, fit };
+}
+
+export function traceBench(S: number, H: number, D: number, causal: boolean, reps: number): void {
+  if (!Number.isInteger(S) || S < 128) throw new Error(`S: expected an integer of at least 128, got ${S}`);
+  if (!Number.isInteger(H) || H < 1) throw new Error(`H: expected a positive integer, got ${H}`);
+  if (D !== 64 && D !== 128) throw new Error(`D: expected 64 or 128, got ${D}`);
+  if (!Number.isInteger(reps) || reps < 1) throw new Error(`reps: expected a positive integer, got ${reps}`);
+  process.env.RINGATTN_NVRTC_DEFINES = [process.env.RINGATTN_NVRTC_DEFINES, '-DFWD_TRACE'].filter(Boolean).join(' ');
+  const ctx = CudaContext.open(0);
+  const kern = cudaKernel(ctx);
+  const name = kern.name({ dtype: 'bfloat16', D });
+  if (!/wgmma-fwd-h/.test(name)) throw new Error(`trace: the forward here is ${name}; the trace is written by the Hopper forwards (sm_90a) only`);
+  const n = S * H * D, rows = S * H;
+  // At least 64 query rows a CTA: room for any schedule's grid.
+  const ctas = Math.ceil(S / 64) * H;
+  const bufs = [encode(fill(n, 1), 'bfloat16'), encode(fill(n, 2), 'bfloat16'), encode(fill(n, 3), 'bfloat16'), Int32Array.from({ length: S }, (_, i) => i)].map((x) => {
+    const b = ctx.alloc(x.byteLength);
+    ctx.upload(b, x);
+    return b;
+  });
+  const [q, k, v, pos] = bufs;
+  const o = ctx.alloc(n * 4), lse = ctx.alloc(rows * 4), trace = ctx.alloc(ctas * 64);
+  try {
+    const args = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: pos.ptr, kPos: pos.ptr, Sq: S, Sk: S, H, Hk: H, D, dtype: 'bfloat16' as const, causal, window: 0, sinks: 0, scale: 1 / Math.sqrt(D), o: o.ptr, lse: lse.ptr, trace: trace.ptr };
+    const call = () => {
+      ctx.fill32(lse, 0xff800000, rows);
+      kern.forward(args);
+    };
+    warmUp(ctx, call);
+    const ms = timeCalls(ctx, call, reps);
+    ctx.fill32(trace, 0, ctas * 16);
+    call();
+    const raw = ctx.download(new BigUint64Array(ctas * 8), trace);
+    ctx.sync();
+    const { records } = parseTrace(raw, ctas);
+    const s = summarizeTrace(records);
+    const flops = (4 * S * S * H * D) / (causal ? 2 : 1);
+    console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); ${name}, -DFWD_TRACE; S=${S} H=${H} D=${D} ${causal ? 'causal' : 'non-causal'}, one S x S block`);
+    console.log(`forward (traced build): ${ms.toFixed(3)} ms, ${(flops / ms / 1e9).toFixed(1)} TFLOP/s (median of ${reps}); kernel span ${(s.spanUs / 1e3).toFixed(3)} ms; SM clock ${s.ghz.toFixed(2)} GHz`);
+    console.log(`CTAs: ${s.ctas} recorded (${s.working} with work), on ${s.sms} SMs`);
+    const f = (x: number | null) => (x === null ? '-' : x.toFixed(2)).padStart(8);
+    console.log('phase                          median us   p10 us   p90 us   share of SM time');
+    for (const p of s.phases) console.log(`${p.name.padEnd(30)} ${f(p.med)} ${f(p.p10)} ${f(p.p90)}   ${(100 * p.share).toFixed(1).padStart(5)}%`);
+    console.log(`fit over the CTAs with work: time = ${s.fit.perCta.toFixed(2)} us + ${s.fit.perTile.toFixed(3)} us x key tiles (r² ${s.fit.r2.toFixed(3)})`);
+    console.log(`JSON ${JSON.stringify({ S, H, D, causal, kernel: name, ms, tflops: flops / ms / 1e9, ...s })}`);
+  } finally {
+    ctx.sync();
+    for (const b of [...bufs, o, lse, trace]) ctx.free(b);
+    kern.dispose();
+    ctx.dispose();
+  }
+}

@@ -5,14 +5,18 @@ import { fill } from './common.js';
 import { median, timeCalls, warmUp } from './gpu-block.js';
 
 /**
- * Where a Hopper forward's time goes, CTA by CTA: the forward built with -DFWD_TRACE (added to
- * RINGATTN_NVRTC_DEFINES here) writes, per CTA, its SM, its visible key tiles and the SM clock
- * at its start, when Q has landed, when its first tile's S and softmax are done, when its last
- * P·V is done and when its epilogue is stored (kernels/attn_fwd_h.cu, Trace). From those:
- * each phase's median, a line fitted to a CTA's time against its tiles (the per-tile cost and
- * the per-CTA cost), the gaps between one CTA's end and the next one's start on an SM, and the
- * idle tail; each as a share of the SMs' time over the kernel's span.
- *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1] [reps=20]
+ * Where a Hopper attention kernel's time goes, CTA by CTA. The forward built with -DFWD_TRACE, or
+ * the backward with -DBWD_TRACE (added to RINGATTN_NVRTC_DEFINES here), writes per CTA its SM,
+ * its work items and the SM clock at its start, at three marks and at its end (hop::Trace in
+ * kernels/hopper.cuh). Forward: a CTA is a query tile of one head, its items the key tiles it sees;
+ * the marks are Q landed, the first tile's S and softmax done, the last P·V done, and the end is
+ * the epilogue stored. Backward: a CTA is a key tile of one KV head, its items the (query head,
+ * query tile) pairs it sees; the marks are the first pair's operands landed, that pair done, the
+ * last pair done, and the end is dK/dV stored. From those: each phase's median, a line fitted to
+ * a CTA's time against its items (the per-item and the per-CTA cost), the gaps between one CTA's
+ * end and the next one's start on an SM, and the idle tail; each as a share of the SMs' time over
+ * the kernel's span.
+ *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1] [reps=20] [fwd|bwd]
  * One S x S block, bf16, Hk = H, positions 0..S-1 on both sides. The traced build stores 64
  * bytes a CTA and waits once more at the end: its time is printed beside the phases, to compare
  * with the untraced rate (bench/gpu.js).
@@ -20,7 +24,9 @@ import { median, timeCalls, warmUp } from './gpu-block.js';
 
 export interface CtaRecord {
   sm: number;
+  /** Work items: key tiles (forward), (head, query tile) pairs (backward). */
   tiles: number;
+  /** The CTA's query tile (forward) or key tile (backward), and its head (KV head, backward). */
   qt: number;
   h: number;
   /** SM clock: start, Q landed, first tile done, last P·V done, epilogue stored. */
@@ -63,7 +69,7 @@ export interface TraceSummary {
   ghz: number;
   spanUs: number;
   phases: Phase[];
-  /** CTA time (us) = perCta + perTile x tiles, least squares over the working CTAs. */
+  /** CTA time (us) = perCta + perTile x items, least squares over the working CTAs. */
   fit: { perCta: number; perTile: number; r2: number };
 }
 
@@ -73,7 +79,13 @@ const pct = (x: number[], q: number): number | null => {
   return s[Math.min(s.length - 1, Math.floor(q * s.length))];
 };
 
-export function summarizeTrace(records: CtaRecord[]): TraceSummary {
+/** What the marks mean in each kernel (rows of the summary). */
+export const PHASES = {
+  fwd: ['start to Q landed', 'first tile (S, softmax)', 'other tiles, per tile', 'epilogue (o, lse stored)', 'CTAs that see nothing'],
+  bwd: ['start to first Q/dO landed', 'first (head, query tile)', 'other pairs, per pair', 'epilogue (dK, dV stored)', 'CTAs that see nothing'],
+} as const;
+
+export function summarizeTrace(records: CtaRecord[], labels: readonly string[] = PHASES.fwd): TraceSummary {
   const working = records.filter((r) => r.tiles > 0);
   if (records.length === 0) throw new Error('trace: no CTA wrote a record (was the forward built with -DFWD_TRACE?)');
   let cycles = 0, ns = 0;
@@ -102,11 +114,11 @@ export function summarizeTrace(records: CtaRecord[]): TraceSummary {
   const rest = working.filter((r) => r.tiles > 1);
   const empties = records.filter((r) => r.tiles === 0).map((r) => (r.g1 - r.g0) / 1e3);
   const phases = [
-    phase('start to Q landed', d(0, 1)),
-    phase('first tile (S, softmax)', d(1, 2)),
-    phase('other tiles, per tile', rest.map((r) => us(r.c[3] - r.c[2]) / (r.tiles - 1)), d(2, 3)),
-    phase('epilogue (o, lse stored)', d(3, 4)),
-    phase('CTAs that see nothing', empties),
+    phase(labels[0], d(0, 1)),
+    phase(labels[1], d(1, 2)),
+    phase(labels[2], rest.map((r) => us(r.c[3] - r.c[2]) / (r.tiles - 1)), d(2, 3)),
+    phase(labels[3], d(3, 4)),
+    phase(labels[4], empties),
     phase('gap between CTAs on an SM', gaps),
     phase('idle before the first CTA', lead),
     phase('idle after the last CTA', tail),
@@ -125,52 +137,68 @@ export function summarizeTrace(records: CtaRecord[]): TraceSummary {
   return { ctas: records.length, working: working.length, sms, ghz, spanUs, phases, fit };
 }
 
-export function traceBench(S: number, H: number, D: number, causal: boolean, reps: number): void {
+export function traceBench(S: number, H: number, D: number, causal: boolean, reps: number, which: 'fwd' | 'bwd'): void {
   if (!Number.isInteger(S) || S < 128) throw new Error(`S: expected an integer of at least 128, got ${S}`);
   if (!Number.isInteger(H) || H < 1) throw new Error(`H: expected a positive integer, got ${H}`);
   if (D !== 64 && D !== 128) throw new Error(`D: expected 64 or 128, got ${D}`);
   if (!Number.isInteger(reps) || reps < 1) throw new Error(`reps: expected a positive integer, got ${reps}`);
-  process.env.RINGATTN_NVRTC_DEFINES = [process.env.RINGATTN_NVRTC_DEFINES, '-DFWD_TRACE'].filter(Boolean).join(' ');
+  if (which !== 'fwd' && which !== 'bwd') throw new Error(`kernel: expected fwd or bwd, got ${which}`);
+  const define = which === 'fwd' ? '-DFWD_TRACE' : '-DBWD_TRACE';
+  process.env.RINGATTN_NVRTC_DEFINES = [process.env.RINGATTN_NVRTC_DEFINES, define].filter(Boolean).join(' ');
   const ctx = CudaContext.open(0);
   const kern = cudaKernel(ctx);
   const name = kern.name({ dtype: 'bfloat16', D });
-  if (!/wgmma-fwd-h/.test(name)) throw new Error(`trace: the forward here is ${name}; the trace is written by the Hopper forwards (sm_90a) only`);
+  const hopper = which === 'fwd' ? /wgmma-fwd-h/ : /wgmma-bwd/;
+  if (!hopper.test(name)) throw new Error(`trace: the kernels here are ${name}; the trace is written by the Hopper ${which === 'fwd' ? 'forwards' : 'backward'} (sm_90a) only`);
   const n = S * H * D, rows = S * H;
-  // At least 64 query rows a CTA: room for any schedule's grid.
+  // Room for any schedule's grid: at least 64 query rows a forward CTA; the backward's are 128-key
+  // tiles of one KV head (with Hk = H its query-head group is 1: no split).
   const ctas = Math.ceil(S / 64) * H;
-  const bufs = [encode(fill(n, 1), 'bfloat16'), encode(fill(n, 2), 'bfloat16'), encode(fill(n, 3), 'bfloat16'), Int32Array.from({ length: S }, (_, i) => i)].map((x) => {
+  const inputs = [encode(fill(n, 1), 'bfloat16'), encode(fill(n, 2), 'bfloat16'), encode(fill(n, 3), 'bfloat16'), encode(fill(n, 4), 'bfloat16'), Int32Array.from({ length: S }, (_, i) => i)];
+  const bufs = inputs.map((x) => {
     const b = ctx.alloc(x.byteLength);
     ctx.upload(b, x);
     return b;
   });
-  const [q, k, v, pos] = bufs;
-  const o = ctx.alloc(n * 4), lse = ctx.alloc(rows * 4), trace = ctx.alloc(ctas * 64);
+  const [q, k, v, dO, pos] = bufs;
+  const outs = [n * 4, rows * 4, rows * 4, n * 4, n * 4, n * 4, ctas * 64].map((bytes) => ctx.alloc(bytes));
+  const [o, lse, delta, dq, dk, dv, trace] = outs;
   try {
-    const args = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: pos.ptr, kPos: pos.ptr, Sq: S, Sk: S, H, Hk: H, D, dtype: 'bfloat16' as const, causal, window: 0, sinks: 0, scale: 1 / Math.sqrt(D), o: o.ptr, lse: lse.ptr, trace: trace.ptr };
-    const call = () => {
+    const a = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: pos.ptr, kPos: pos.ptr, Sq: S, Sk: S, H, Hk: H, D, dtype: 'bfloat16' as const, causal, window: 0, sinks: 0, scale: 1 / Math.sqrt(D) };
+    const forward = (t: number) => {
       ctx.fill32(lse, 0xff800000, rows);
-      kern.forward(args);
+      kern.forward({ ...a, o: o.ptr, lse: lse.ptr, trace: t });
     };
+    const backward = (t: number) => {
+      for (const b of [dq, dk, dv]) ctx.fill32(b, 0, n);
+      kern.backward({ ...a, dO: dO.ptr, lse: lse.ptr, delta: delta.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, trace: t });
+    };
+    if (which === 'bwd') {
+      forward(0);
+      kern.finishForward(o.ptr, lse.ptr, rows, D);
+      kern.delta(dO.ptr, o.ptr, delta.ptr, rows, D, 'bfloat16');
+    }
+    const call = which === 'fwd' ? () => forward(trace.ptr) : () => backward(trace.ptr);
     warmUp(ctx, call);
     const ms = timeCalls(ctx, call, reps);
     ctx.fill32(trace, 0, ctas * 16);
     call();
     const raw = ctx.download(new BigUint64Array(ctas * 8), trace);
     ctx.sync();
-    const { records } = parseTrace(raw, ctas);
-    const s = summarizeTrace(records);
-    const flops = (4 * S * S * H * D) / (causal ? 2 : 1);
-    console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); ${name}, -DFWD_TRACE; S=${S} H=${H} D=${D} ${causal ? 'causal' : 'non-causal'}, one S x S block`);
-    console.log(`forward (traced build): ${ms.toFixed(3)} ms, ${(flops / ms / 1e9).toFixed(1)} TFLOP/s (median of ${reps}); kernel span ${(s.spanUs / 1e3).toFixed(3)} ms; SM clock ${s.ghz.toFixed(2)} GHz`);
+    const s = summarizeTrace(parseTrace(raw, ctas).records, PHASES[which]);
+    const flops = ((which === 'fwd' ? 4 : 10) * S * S * H * D) / (causal ? 2 : 1);
+    const what = which === 'fwd' ? 'forward' : 'backward (dq/dk/dv zeroing included)';
+    console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); ${name}, ${define}; S=${S} H=${H} D=${D} ${causal ? 'causal' : 'non-causal'}, one S x S block`);
+    console.log(`${what}, traced build: ${ms.toFixed(3)} ms, ${(flops / ms / 1e9).toFixed(1)} TFLOP/s (median of ${reps}); kernel span ${(s.spanUs / 1e3).toFixed(3)} ms; SM clock ${s.ghz.toFixed(2)} GHz`);
     console.log(`CTAs: ${s.ctas} recorded (${s.working} with work), on ${s.sms} SMs`);
     const f = (x: number | null) => (x === null ? '-' : x.toFixed(2)).padStart(8);
     console.log('phase                          median us   p10 us   p90 us   share of SM time');
     for (const p of s.phases) console.log(`${p.name.padEnd(30)} ${f(p.med)} ${f(p.p10)} ${f(p.p90)}   ${(100 * p.share).toFixed(1).padStart(5)}%`);
-    console.log(`fit over the CTAs with work: time = ${s.fit.perCta.toFixed(2)} us + ${s.fit.perTile.toFixed(3)} us x key tiles (r² ${s.fit.r2.toFixed(3)})`);
-    console.log(`JSON ${JSON.stringify({ S, H, D, causal, kernel: name, ms, tflops: flops / ms / 1e9, ...s })}`);
+    console.log(`fit over the CTAs with work: time = ${s.fit.perCta.toFixed(2)} us + ${s.fit.perTile.toFixed(3)} us x items (r² ${s.fit.r2.toFixed(3)})`);
+    console.log(`JSON ${JSON.stringify({ which, S, H, D, causal, kernel: name, ms, tflops: flops / ms / 1e9, ...s })}`);
   } finally {
     ctx.sync();
-    for (const b of [...bufs, o, lse, trace]) ctx.free(b);
+    for (const b of [...bufs, ...outs]) ctx.free(b);
     kern.dispose();
     ctx.dispose();
   }

@@ -24,8 +24,8 @@ import { blockCalls, timeCalls, warmUp } from './gpu-block.js';
  *          the ring on `devices` GPUs against one GPU on the same work (bench/gpu-ring.ts)
  *        node dist/bench/gpu.js masks [S=16384] [reps=5]
  *          one block under each mask a ring step gives it, against no mask (bench/gpu-masks.ts)
- *        node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1] [reps=20]
- *          the Hopper forward's time CTA by CTA: phases, per-tile and per-CTA cost, gaps, tail (bench/gpu-trace.ts)
+ *        node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1] [reps=20] [fwd|bwd]
+ *          a Hopper kernel's time CTA by CTA: phases, per-item and per-CTA cost, gaps, tail (bench/gpu-trace.ts)
  */
 
 if (process.argv[2] === 'masks') {
@@ -34,7 +34,7 @@ if (process.argv[2] === 'masks') {
 }
 if (process.argv[2] === 'trace') {
   const [S, H, D, causal, reps] = [8192, 32, 128, 1, 20].map((d, i) => Number(process.argv[3 + i] ?? d));
-  traceBench(S, H, D, causal !== 0, reps);
+  traceBench(S, H, D, causal !== 0, reps, (process.argv[8] ?? 'fwd') as 'fwd' | 'bwd');
   process.exit(0);
 }
 if (process.argv[2] === 'ring') {

@@ -109,7 +109,8 @@ export interface DeviceForwardArgs extends DeviceBlockArgs {
   lse: number;
   /**
    * Instrumentation: a device buffer of 8 u64 per CTA that a Hopper forward built with
-   * RINGATTN_NVRTC_DEFINES=-DFWD_TRACE fills with per-CTA timestamps (bench/gpu-trace.ts).
+   * RINGATTN_NVRTC_DEFINES=-DFWD_TRACE fills with per-CTA timestamps (hop::Trace in
+   * kernels/hopper.cuh; bench/gpu-trace.ts).
    * Ignored by every other build.
    */
   trace?: number;
@@ -122,6 +123,8 @@ export interface DeviceBackwardArgs extends DeviceBlockArgs {
   dq: number;
   dk: number;
   dv: number;
+  /** Instrumentation, as DeviceForwardArgs.trace: filled by a Hopper backward built with -DBWD_TRACE. */
+  trace?: number;
 }
 
 const INT32_MAX = 2 ** 31 - 1;
@@ -321,7 +324,7 @@ export function bwdParamFields(a: DeviceBackwardArgs, qTiles: number, kTiles: nu
   return [
     { ptr: a.q }, { ptr: a.k }, { ptr: a.v }, { ptr: a.dO }, { ptr: a.lse }, { ptr: a.delta }, { ptr: a.qPos }, { ptr: a.kPos },
     { ptr: a.qSeg ?? 0 }, { ptr: a.kSeg ?? 0 }, { ptr: qTiles }, { ptr: kTiles }, { ptr: a.dq }, { ptr: a.dk }, { ptr: a.dv }, ...tailFields(a),
-    { i32: split }, { i32: group },
+    { i32: split }, { i32: group }, { ptr: a.trace ?? 0 },
   ];
 }
 

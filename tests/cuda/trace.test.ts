@@ -1,6 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseTrace, summarizeTrace } from '../../bench/gpu-trace.js';
+import { PHASES, parseTrace, summarizeTrace } from '../../bench/gpu-trace.js';
+import { cudaAvailable } from '../../src/cuda/check.js';
+import { CudaContext, Staging } from '../../src/cuda/context.js';
+import { cudaKernel } from '../../src/cuda/attention.js';
+import { encode, roundTo } from '../../src/cuda/convert.js';
+import { refBackward, refForward } from '../ref/attention64.js';
+import { assertClose, freshSeed, randn, rng } from '../helpers/check.js';
 
 // bench/gpu-trace.ts's reading of the -DFWD_TRACE records (kernels/attn_fwd_h.cu, Trace), on a
 // made-up trace whose answers are known: a 2 GHz SM clock; per working CTA 2 us until Q lands,
@@ -48,4 +54,65 @@ test('the trace summary: phases, the per-tile and per-CTA fit, gaps between CTAs
   const whole = s.phases.reduce((a, p) => a + p.share, 0);
   assert.ok(Math.abs(whole - 1) < 1e-9, `the phases, gaps and idle time add up to the SMs' time: ${whole}`);
   assert.throws(() => summarizeTrace([]), /no CTA wrote a record/);
+});
+
+// On a GPU (sm_90a): the traced builds (-DFWD_TRACE, -DBWD_TRACE) still compute the block as the
+// float64 reference does, and write one record per CTA with the work the mask leaves it: causal
+// over S = 1000, 128-row query tiles in the forward (tile t sees key tiles 0..t), 128-key tiles
+// against 64-query tiles in the backward (key tile t is seen by query tiles 2t..15).
+const avail = cudaAvailable();
+const gpuSkip = avail.ok ? false : `${avail.reason} (GPU tests skipped)`;
+
+test('traced Hopper forward and backward: correct results, one record a CTA with its work, clocks in order (GPU)', { skip: gpuSkip }, (t) => {
+  process.env.RINGATTN_NVRTC_DEFINES = [process.env.RINGATTN_NVRTC_DEFINES, '-DFWD_TRACE -DBWD_TRACE'].filter(Boolean).join(' ');
+  const ctx = CudaContext.open(0);
+  try {
+    const [major, minor] = ctx.computeCapability;
+    if (major !== 9 || minor !== 0) {
+      t.skip(`sm_${major}${minor}: the traces are written by the sm_90a kernels only`);
+      return;
+    }
+    const kern = cudaKernel(ctx);
+    const S = 1000, H = 2, D = 128, n = S * H * D, rows = S * H;
+    const seed = freshSeed(), r = rng(seed);
+    const [q, k, v, dO] = [0, 1, 2, 3].map(() => roundTo(randn(n, r), 'bfloat16'));
+    const dev = new Staging(ctx);
+    const pos = dev.up(Int32Array.from({ length: S }, (_, i) => i));
+    const [o, lse, delta, dq, dk, dv] = [n, rows, rows, n, n, n].map((len) => dev.alloc(len * 4).ptr);
+    const fwdTrace = dev.alloc(8 * 8 * 8 * H), bwdTrace = dev.alloc(8 * 8 * 8 * H);
+    ctx.fill32(fwdTrace, 0, 8 * 8 * 2 * H);
+    ctx.fill32(bwdTrace, 0, 8 * 8 * 2 * H);
+    const a = { q: dev.up(encode(q, 'bfloat16')), k: dev.up(encode(k, 'bfloat16')), v: dev.up(encode(v, 'bfloat16')), qPos: pos, kPos: pos, Sq: S, Sk: S, H, Hk: H, D, dtype: 'bfloat16' as const, causal: true, window: 0, sinks: 0, scale: 1 / Math.sqrt(D) };
+    ctx.fill32(lse, 0xff800000, rows);
+    kern.forward({ ...a, o, lse, trace: fwdTrace.ptr });
+    kern.finishForward(o, lse, rows, D);
+    const dOp = dev.up(encode(dO, 'bfloat16'));
+    kern.delta(dOp, o, delta, rows, D, 'bfloat16');
+    for (const b of [dq, dk, dv]) ctx.fill32(b, 0, n);
+    kern.backward({ ...a, dO: dOp, lse, delta, dq, dk, dv, trace: bwdTrace.ptr });
+    const get = (ptr: number, len: number) => ctx.download(new Float32Array(len), ptr);
+    const [out, gq, gk, gv] = [get(o, n), get(dq, n), get(dk, n), get(dv, n)];
+    const [ft, bt] = [ctx.download(new BigUint64Array(8 * 8 * H), fwdTrace), ctx.download(new BigUint64Array(8 * 8 * H), bwdTrace)];
+    ctx.sync();
+    const f = refForward(q, k, v, S, H, H, D, { causal: true }), g = refBackward(q, k, v, dO, S, H, H, D, { causal: true });
+    assertClose(out, f.o, 1e-2, `traced forward out (seed ${seed})`);
+    assertClose(gq, g.dq, 2e-2, `traced backward dq (seed ${seed})`);
+    assertClose(gk, g.dk, 2e-2, `traced backward dk (seed ${seed})`);
+    assertClose(gv, g.dv, 2e-2, `traced backward dv (seed ${seed})`);
+    for (const [what, raw, work] of [['forward', ft, (t: number) => t + 1], ['backward', bt, (t: number) => 16 - 2 * t]] as const) {
+      const { records } = parseTrace(raw, 8 * H);
+      assert.equal(records.length, 8 * H, `${what}: a record for each of the 8 x ${H} CTAs`);
+      for (const rec of records) {
+        assert.equal(rec.tiles, work(rec.qt), `${what}: CTA of tile ${rec.qt}, head ${rec.h}: work items`);
+        for (let i = 1; i < 5; i++) assert.ok(rec.c[i] >= rec.c[i - 1], `${what}: clocks in order ${rec.c.join(' ')}`);
+        assert.ok(rec.g1 > rec.g0);
+      }
+      const s = summarizeTrace(records, PHASES[what === 'forward' ? 'fwd' : 'bwd']);
+      assert.ok(s.fit.perTile > 0 && s.ghz > 0.5 && s.ghz < 3, `${what}: ${JSON.stringify(s.fit)} at ${s.ghz} GHz`);
+    }
+    dev.free();
+    kern.dispose();
+  } finally {
+    ctx.dispose();
+  }
 });

@@ -27,6 +27,16 @@
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #include "hopper.cuh"
 
+// -DBWD_TRACE (bench/gpu-trace.ts): thread 0 of each CTA writes its hop::Trace record: mark 1 when
+// the first (head, query tile)'s operands have landed (K and V with them), 2 when that pair's
+// products are issued and its dQ reduce sent, 3 after the last pair's, then the end once the dK/dV
+// epilogue is stored by every thread. Off, BTRACE(x) is nothing.
+#ifdef BWD_TRACE
+#define BTRACE(x) x
+#else
+#define BTRACE(x)
+#endif
+
 namespace bwdh {
 using namespace hop;
 constexpr int BK = 128, THREADS = 256, STAGES = 3;  // Q/dO stages: loads run two tiles ahead
@@ -84,6 +94,7 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   auto bar = [&](int st) { return sBar + st * 8; };
   u16* const dsPtr = (u16*)(gbase + (sdS - base));
 
+  BTRACE(Trace trace; trace.start());
   const int split = p.split > 1 ? p.split : 1;
   const int2 lt = launchTile(p.headGroup);  // the first key tiles are seen by the most queries under a causal mask: x ascending
   const int kt = lt.x, kh = lt.y / split, group = p.H / p.Hk, k0 = kt * BK;
@@ -194,11 +205,13 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   // queries) all 64 columns of queries 64w..64w+63.
   const int colPanel = D == 128 ? wg : 0, qLo = D == 128 ? 0 : wg * 64;
 
+  BTRACE(int pairs = 0);
   for (int st = 0, it = 0; qt >= 0; st = st == STAGES - 1 ? 0 : st + 1, it++) {
     cpAsyncWait<STAGES - 2>();  // this tile's copies (and K/V) have landed; the next tile's may be in flight
     if (TMA) mbarWait(bar(st), (it / STAGES) & 1);  // no accumulators in flight here: the wait may trap after 4 s
     fenceAsyncShared();
     __syncthreads();   // ... for every thread; and every warp is done with the last tile's stage and dS^T
+    BTRACE(if (it == 0) trace.mark(1));
     // The pair after next, loaded into the last tile's stage while this one is computed.
     int h2 = h1, q2 = q1;
     advance(h2, q2);
@@ -342,9 +355,11 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
     qt = q1;
     h1 = h2;
     q1 = q2;
+    BTRACE(if (it == 0) trace.mark(2); pairs++);
   }
   cpAsyncWait<0>();  // a CTA that found no visible tile still drains its K/V copies
   if (lane == 0) bulkWait();
+  BTRACE(trace.mark(3));
 
   // dK, dV rows of this warpgroup; without a split this CTA alone owns them: read-add-write.
 #pragma unroll
@@ -374,6 +389,10 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       }
     }
   }
+#ifdef BWD_TRACE
+  __syncthreads();  // every thread's dK/dV stored
+  trace.write(p.trace, pairs, kt, kh);
+#endif
 }
 }  // namespace bwdh
 

@@ -39,32 +39,10 @@ namespace fwdh {
 using namespace hop;
 constexpr int PRODUCERS = 128;
 
-// -DFWD_TRACE (bench/gpu-trace.ts): consumer thread 0 of each CTA writes p.trace[cta][0..7] =
-// {smid | visible key tiles << 16 | query tile << 32 | head << 48, clock64 at the CTA's start, when
-// Q has landed, when the first tile's S and softmax are done, when the last P·V is done, when every
-// consumer has stored its epilogue, %globaltimer at the start and at the end}. A CTA that sees
-// nothing writes its start and end only. Off (the default) this compiles to nothing.
+// -DFWD_TRACE (bench/gpu-trace.ts): consumer thread 0 of each CTA writes its hop::Trace record:
+// marks 1 when Q has landed, 2 when the first tile's S and softmax are done, 3 when the last P·V is
+// done, then the end once every consumer has stored its epilogue. Off, TRACE(x) is nothing.
 #ifdef FWD_TRACE
-struct Trace {
-  u64 c[4] = {0, 0, 0, 0}, g0 = 0;
-  __device__ void start() {
-    c[0] = clock64();
-    g0 = globalTimer();
-  }
-  __device__ void mark(int i) { c[i] = clock64(); }
-  __device__ void write(const FwdParams& p, int tiles, int qt, int h) {
-    if (!p.trace || threadIdx.x != 0) return;
-    u32 sm;
-    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-    u64* r = p.trace + 8ull * (blockIdx.y * gridDim.x + blockIdx.x);
-    const u64 g1 = globalTimer(), c4 = clock64();
-    r[0] = sm | (u64)tiles << 16 | (u64)qt << 32 | (u64)h << 48;
-    for (int i = 0; i < 4; i++) r[1 + i] = c[i];
-    r[5] = c4;
-    r[6] = g0;
-    r[7] = g1;
-  }
-};
 #define TRACE(x) x
 #else
 #define TRACE(x)
@@ -139,7 +117,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   };
   const int first = nextTile(span.x);
   if (first >= end) {  // this query tile sees nothing in this block
-    TRACE(trace.write(p, 0, qt, h));
+    TRACE(trace.write(p.trace, 0, qt, h));
     return;
   }
   // The consumers' form: the next visible tile and its class (read once, before the wait that
@@ -414,7 +392,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   asm volatile("bar.sync 7, %0;" ::"r"(CONSUMERS) : "memory");  // every consumer's epilogue issued
   int tiles = 0;
   for (int t = first; t < end; t = nextTile(t + 1)) tiles++;
-  trace.write(p, tiles, qt, h);
+  trace.write(p.trace, tiles, qt, h);
 #endif
 }
 }  // namespace fwdh

@@ -126,8 +126,8 @@ struct FwdParams {
   int headGroup;       // launch order (launchTile): heads interleaved in groups of this many; 0 or 1: one head at a time
   const int2* qSpans;  // [ceil(Sq / blockQ)] {first, one past the last} key tile a query tile sees
                        // anything of (attn_tile_spans; the tensor-core forwards); null for the generic one
-  u64* trace;          // [CTAs][8] per-CTA timestamps, written only by a Hopper forward built with
-                       // -DFWD_TRACE (bench/gpu-trace.ts); null otherwise
+  u64* trace;          // [CTAs][8] per-CTA timestamps (hop::Trace), written only by a Hopper
+                       // forward built with -DFWD_TRACE (bench/gpu-trace.ts); null otherwise
 };
 
 struct BwdParams {
@@ -151,6 +151,8 @@ struct BwdParams {
   float scale;
   int split;           // tensor-core path: CTAs sharing one key tile's query heads (0 or 1: one)
   int headGroup;       // launch order (launchTile), as in FwdParams
+  u64* trace;          // [CTAs][8] per-CTA timestamps (hop::Trace), written only by the Hopper
+                       // backward built with -DBWD_TRACE (bench/gpu-trace.ts); null otherwise
 };
 
 // A CTA's (tile, head) = (x, y) of a 2-D grid whose x tiles run in decreasing order of work under

@@ -2,7 +2,7 @@ import { CudaContext } from '../src/cuda/context.js';
 import { cudaKernel } from '../src/cuda/attention.js';
 import { encode } from '../src/cuda/convert.js';
 import { fill } from './common.js';
-import { median, timeCalls, warmUp } from './gpu-block.js';
+import { timeCalls, warmUp } from './gpu-block.js';
 
 /**
  * Where a Hopper attention kernel's time goes, CTA by CTA. The forward built with -DFWD_TRACE, or
@@ -29,25 +29,30 @@ export interface CtaRecord {
   /** The CTA's query tile (forward) or key tile (backward), and its head (KV head, backward). */
   qt: number;
   h: number;
-  /** SM clock: start, Q landed, first tile done, last P·V done, epilogue stored. */
+  /** SM clock cycles since the CTA's start: 0, then the marks (forward: Q landed, first tile done, last P·V done; the backward's in PHASES), then the end. */
   c: [number, number, number, number, number];
-  /** %globaltimer (ns) at the start and the end. */
+  /** %globaltimer (ns) at the start and the end, from the earliest CTA's start. */
   g0: number;
   g1: number;
 }
 
-/** The records of up to `ctas` CTAs (8 u64 each; slots no CTA wrote are all zero, left out). */
+/**
+ * The records of up to `ctas` CTAs (8 u64 each; slots no CTA wrote are all zero, left out). Clocks
+ * come back relative to the CTA's start and global times relative to the earliest start, taken as
+ * BigInt before they become Numbers (raw %globaltimer and clock64 values may pass 2^53).
+ */
 export function parseTrace(raw: BigUint64Array, ctas: number): { records: CtaRecord[] } {
-  const records: CtaRecord[] = [];
+  const rows: BigUint64Array[] = [];
   for (let i = 0; i < ctas; i++) {
     const r = raw.subarray(8 * i, 8 * i + 8);
-    if (r[6] === 0n) continue;
-    const info = r[0];
-    records.push({
-      sm: Number(info & 0xffffn), tiles: Number((info >> 16n) & 0xffffn), qt: Number((info >> 32n) & 0xffffn), h: Number(info >> 48n),
-      c: [Number(r[1]), Number(r[2]), Number(r[3]), Number(r[4]), Number(r[5])], g0: Number(r[6]), g1: Number(r[7]),
-    });
+    if (r[6] !== 0n) rows.push(r);
   }
+  const base = rows.reduce((m, r) => (r[6] < m ? r[6] : m), rows.length ? rows[0][6] : 0n);
+  const records = rows.map((r): CtaRecord => {
+    const info = r[0];
+    const c = [1, 2, 3, 4, 5].map((j) => Number(r[j] - r[1])) as CtaRecord['c'];
+    return { sm: Number(info & 0xffffn), tiles: Number((info >> 16n) & 0xffffn), qt: Number((info >> 32n) & 0xffffn), h: Number(info >> 48n), c, g0: Number(r[6] - base), g1: Number(r[7] - base) };
+  });
   return { records };
 }
 
@@ -69,8 +74,8 @@ export interface TraceSummary {
   ghz: number;
   spanUs: number;
   phases: Phase[];
-  /** CTA time (us) = perCta + perTile x items, least squares over the working CTAs. */
-  fit: { perCta: number; perTile: number; r2: number };
+  /** CTA time (us) = perCta + perTile x items, least squares over the working CTAs; null when every CTA has as many items (nothing to fit). */
+  fit: { perCta: number; perTile: number; r2: number } | null;
 }
 
 const pct = (x: number[], q: number): number | null => {
@@ -87,7 +92,7 @@ export const PHASES = {
 
 export function summarizeTrace(records: CtaRecord[], labels: readonly string[] = PHASES.fwd): TraceSummary {
   const working = records.filter((r) => r.tiles > 0);
-  if (records.length === 0) throw new Error('trace: no CTA wrote a record (was the forward built with -DFWD_TRACE?)');
+  if (records.length === 0) throw new Error('trace: no CTA wrote a record (was the kernel built with -DFWD_TRACE / -DBWD_TRACE?)');
   let cycles = 0, ns = 0;
   for (const r of working.length ? working : records) {
     cycles += r.c[4] - r.c[0];
@@ -132,8 +137,8 @@ export function summarizeTrace(records: CtaRecord[], labels: readonly string[] =
     sxx += (xs[i] - mx) ** 2;
     syy += (ys[i] - my) ** 2;
   }
-  const perTile = sxx > 0 ? sxy / sxx : n ? my / mx : 0;
-  const fit = { perCta: my - perTile * mx, perTile, r2: sxx > 0 && syy > 0 ? (sxy * sxy) / (sxx * syy) : 1 };
+  const perTile = sxy / sxx;
+  const fit = sxx > 0 ? { perCta: my - perTile * mx, perTile, r2: syy > 0 ? (sxy * sxy) / (sxx * syy) : 1 } : null;
   return { ctas: records.length, working: working.length, sms, ghz, spanUs, phases, fit };
 }
 
@@ -148,7 +153,7 @@ export function traceBench(S: number, H: number, D: number, causal: boolean, rep
   const ctx = CudaContext.open(0);
   const kern = cudaKernel(ctx);
   const name = kern.name({ dtype: 'bfloat16', D });
-  const hopper = which === 'fwd' ? /wgmma-fwd-h/ : /wgmma-bwd/;
+  const hopper = which === 'fwd' ? /wgmma-fwd-h[a-z]?\+/ : /wgmma-bwd/;
   if (!hopper.test(name)) throw new Error(`trace: the kernels here are ${name}; the trace is written by the Hopper ${which === 'fwd' ? 'forwards' : 'backward'} (sm_90a) only`);
   const n = S * H * D, rows = S * H;
   // Room for any schedule's grid: at least 64 query rows a forward CTA; the backward's are 128-key
@@ -194,7 +199,7 @@ export function traceBench(S: number, H: number, D: number, causal: boolean, rep
     const f = (x: number | null) => (x === null ? '-' : x.toFixed(2)).padStart(8);
     console.log('phase                          median us   p10 us   p90 us   share of SM time');
     for (const p of s.phases) console.log(`${p.name.padEnd(30)} ${f(p.med)} ${f(p.p10)} ${f(p.p90)}   ${(100 * p.share).toFixed(1).padStart(5)}%`);
-    console.log(`fit over the CTAs with work: time = ${s.fit.perCta.toFixed(2)} us + ${s.fit.perTile.toFixed(3)} us x items (r² ${s.fit.r2.toFixed(3)})`);
+    console.log(s.fit ? `fit over the CTAs with work: time = ${s.fit.perCta.toFixed(2)} us + ${s.fit.perTile.toFixed(3)} us x items (r² ${s.fit.r2.toFixed(3)})` : 'fit: n/a (every CTA has as many items; see the phases)');
     console.log(`JSON ${JSON.stringify({ which, S, H, D, causal, kernel: name, ms, tflops: flops / ms / 1e9, ...s })}`);
   } finally {
     ctx.sync();

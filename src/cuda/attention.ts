@@ -108,10 +108,10 @@ export interface DeviceForwardArgs extends DeviceBlockArgs {
   o: number;
   lse: number;
   /**
-   * Instrumentation: a device buffer of 8 u64 per CTA that a Hopper forward built with
+   * Instrumentation: a device buffer of 64 bytes (8 u64) per CTA of the launch (at least
+   * ceil(Sq / 64) x H records covers every Hopper forward's grid) that a Hopper forward built with
    * RINGATTN_NVRTC_DEFINES=-DFWD_TRACE fills with per-CTA timestamps (hop::Trace in
-   * kernels/hopper.cuh; bench/gpu-trace.ts).
-   * Ignored by every other build.
+   * kernels/hopper.cuh; bench/gpu-trace.ts). Ignored by every other build.
    */
   trace?: number;
 }
@@ -123,7 +123,10 @@ export interface DeviceBackwardArgs extends DeviceBlockArgs {
   dq: number;
   dk: number;
   dv: number;
-  /** Instrumentation, as DeviceForwardArgs.trace: filled by a Hopper backward built with -DBWD_TRACE. */
+  /**
+   * Instrumentation, as DeviceForwardArgs.trace: 64 bytes per CTA (ceil(Sk / 128) x Hk x the GQA
+   * split records), filled by a Hopper backward built with -DBWD_TRACE.
+   */
   trace?: number;
 }
 

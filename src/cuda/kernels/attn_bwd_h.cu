@@ -27,10 +27,11 @@
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #include "hopper.cuh"
 
-// -DBWD_TRACE (bench/gpu-trace.ts): thread 0 of each CTA writes its hop::Trace record: mark 1 when
-// the first (head, query tile)'s operands have landed (K and V with them), 2 when that pair's
-// products are issued and its dQ reduce sent, 3 after the last pair's, then the end once the dK/dV
-// epilogue is stored by every thread. Off, BTRACE(x) is nothing.
+// -DBWD_TRACE (bench/gpu-trace.ts): thread 0 of each CTA writes its hop::Trace record (head field:
+// KV head x split + the CTA's part of the group): mark 1 when the first (head, query tile)'s
+// operands have landed (K and V with them), 2 when that pair's products are issued and its dQ
+// reduce sent, 3 after the last pair's, and stops once every thread has stored its dK/dV.
+// Off, BTRACE(x) is nothing.
 #ifdef BWD_TRACE
 #define BTRACE(x) x
 #else
@@ -391,7 +392,8 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   }
 #ifdef BWD_TRACE
   __syncthreads();  // every thread's dK/dV stored
-  trace.write(p.trace, pairs, kt, kh);
+  trace.stop();
+  trace.write(p.trace, pairs, kt, lt.y);  // lt.y: KV head x split + part
 #endif
 }
 }  // namespace bwdh

@@ -40,8 +40,9 @@ using namespace hop;
 constexpr int PRODUCERS = 128;
 
 // -DFWD_TRACE (bench/gpu-trace.ts): consumer thread 0 of each CTA writes its hop::Trace record:
-// marks 1 when Q has landed, 2 when the first tile's S and softmax are done, 3 when the last P·V is
-// done, then the end once every consumer has stored its epilogue. Off, TRACE(x) is nothing.
+// marks 1 when Q has landed, 2 when the first tile is done (its S and softmax in the pipelined and
+// ping-pong schedules; its whole step in h), 3 when the last P·V is done, and stops once every
+// consumer has issued its epilogue stores. Off, TRACE(x) is nothing.
 #ifdef FWD_TRACE
 #define TRACE(x) x
 #else
@@ -117,7 +118,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   };
   const int first = nextTile(span.x);
   if (first >= end) {  // this query tile sees nothing in this block
-    TRACE(trace.write(p.trace, 0, qt, h));
+    TRACE(trace.stop(); trace.write(p.trace, 0, qt, h));
     return;
   }
   // The consumers' form: the next visible tile and its class (read once, before the wait that
@@ -318,7 +319,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   };
 
   mbarWait(qBar, 0);
-  TRACE(trace.mark(1); trace.mark(2));
+  TRACE(trace.mark(1));
   if (MODE == PING_PONG) {
     // Per tile, a warpgroup issues P·V of the last tile and S of this one back to back, waits for
     // both, then runs this tile's softmax; the two warpgroups take turns at issuing (named
@@ -326,6 +327,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     // busy (FlashAttention-3's ping-pong). Both warpgroups see the same tiles, so their turns
     // pair up.
     firstTile(true);
+    TRACE(trace.mark(2));
     int t = first, i = 0, cls;
     for (int tn = nextTileC(t + 1, cls); tn < end; t = tn, tn = nextTileC(t + 1, cls), i++) {
       waitFull(i + 1);
@@ -357,6 +359,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       wgmmaWait<0>();
       fenceRegs(o);
       mbarArrive(empty(i % STAGES));
+      TRACE(if (i == 0) trace.mark(2));
     }
   } else {
     // Software-pipelined (FlashAttention-3's intra-warpgroup overlap): S of the next tile is
@@ -390,7 +393,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   for (int r = 0; r < 2; r++) mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
 #ifdef FWD_TRACE
   asm volatile("bar.sync 7, %0;" ::"r"(CONSUMERS) : "memory");  // every consumer's epilogue issued
-  int tiles = 0;
+  trace.stop();
+  int tiles = 0;  // counted after the clock stopped: a global read a tile
   for (int t = first; t < end; t = nextTile(t + 1)) tiles++;
   trace.write(p.trace, tiles, qt, h);
 #endif

@@ -181,25 +181,31 @@ HOP_WG(Bf16, "bf16")
 HOP_WG(F16, "f16")
 
 // Per-CTA timestamps for bench/gpu-trace.ts, in kernels built with -DFWD_TRACE / -DBWD_TRACE:
-// thread 0 writes 8 u64 at out[8 x linear CTA index] = {smid | work items << 16 | tile << 32 |
-// head << 48, clock64 at the start and at marks 1..3 (each kernel says what they are), clock64 at
-// the end, %globaltimer at the start and at the end}. Unmarked points read as the start's clock.
+// thread 0 writes 8 u64 at out[8 x linear CTA index] = {smid | work items (saturated at 0xffff)
+// << 16 | tile << 32 | head << 48, clock64 at the start, at marks 1..3 (each kernel says what
+// they are) and at stop(), %globaltimer at the start and at stop()}. A mark never reached reads
+// as the previous one's clock (start() sets them all), so a skipped phase takes no time.
 struct Trace {
-  u64 c[4] = {0, 0, 0, 0}, g0 = 0;
+  u64 c[5] = {0, 0, 0, 0, 0}, g0 = 0, g1 = 0;
   __device__ __forceinline__ void start() {
     c[0] = c[1] = c[2] = c[3] = clock64();
     g0 = globalTimer();
   }
-  __device__ __forceinline__ void mark(int i) { c[i] = clock64(); }
-  __device__ __forceinline__ void write(u64* out, int items, int tile, int head) {
+  __device__ __forceinline__ void mark(int i) {
+    c[i] = clock64();
+    for (int j = i + 1; j < 4; j++) c[j] = c[i];
+  }
+  __device__ __forceinline__ void stop() {
+    c[4] = clock64();
+    g1 = globalTimer();
+  }
+  __device__ __forceinline__ void write(u64* out, int items, int tile, int head) const {
     if (!out || threadIdx.x != 0) return;
     u32 sm;
     asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
     u64* r = out + 8ull * (blockIdx.y * gridDim.x + blockIdx.x);
-    const u64 g1 = globalTimer(), c4 = clock64();
-    r[0] = sm | (u64)items << 16 | (u64)tile << 32 | (u64)head << 48;
-    for (int i = 0; i < 4; i++) r[1 + i] = c[i];
-    r[5] = c4;
+    r[0] = sm | (u64)min(items, 0xffff) << 16 | (u64)(tile & 0xffff) << 32 | (u64)(head & 0xffff) << 48;
+    for (int i = 0; i < 5; i++) r[1 + i] = c[i];
     r[6] = g0;
     r[7] = g1;
   }

@@ -31,6 +31,8 @@ export interface CtaRecord {
   h: number;
   /** SM clock cycles since the CTA's start: 0, then the marks (forward: Q landed, first tile done, last P·V done; the backward's in PHASES), then the end. */
   c: [number, number, number, number, number];
+  /** The start on the SM's clock (cycles), from the earliest start on the same SM: clock64 counts per SM. */
+  smStart: number;
   /** %globaltimer (ns) at the start and the end, from the earliest CTA's start. */
   g0: number;
   g1: number;
@@ -48,10 +50,18 @@ export function parseTrace(raw: BigUint64Array, ctas: number): { records: CtaRec
     if (r[6] !== 0n) rows.push(r);
   }
   const base = rows.reduce((m, r) => (r[6] < m ? r[6] : m), rows.length ? rows[0][6] : 0n);
+  const smBase = new Map<bigint, bigint>();  // each SM's earliest start on its own clock
+  for (const r of rows) {
+    const sm = r[0] & 0xffffn, b = smBase.get(sm);
+    if (b === undefined || r[1] < b) smBase.set(sm, r[1]);
+  }
   const records = rows.map((r): CtaRecord => {
     const info = r[0];
     const c = [1, 2, 3, 4, 5].map((j) => Number(r[j] - r[1])) as CtaRecord['c'];
-    return { sm: Number(info & 0xffffn), tiles: Number((info >> 16n) & 0xffffn), qt: Number((info >> 32n) & 0xffffn), h: Number(info >> 48n), c, g0: Number(r[6] - base), g1: Number(r[7] - base) };
+    return {
+      sm: Number(info & 0xffffn), tiles: Number((info >> 16n) & 0xffffn), qt: Number((info >> 32n) & 0xffffn), h: Number(info >> 48n),
+      c, smStart: Number(r[1] - smBase.get(info & 0xffffn)!), g0: Number(r[6] - base), g1: Number(r[7] - base),
+    };
   });
   return { records };
 }
@@ -110,7 +120,8 @@ export function summarizeTrace(records: CtaRecord[], labels: readonly string[] =
     list.sort((a, b) => a.g0 - b.g0);
     lead.push((list[0].g0 - t0) / 1e3);
     tail.push((t1 - list[list.length - 1].g1) / 1e3);
-    for (let i = 1; i < list.length; i++) gaps.push(Math.max(0, list[i].g0 - list[i - 1].g1) / 1e3);
+    // On the SM's own clock: %globaltimer may tick only every microsecond or so.
+    for (let i = 1; i < list.length; i++) gaps.push(us(Math.max(0, list[i].smStart - (list[i - 1].smStart + list[i - 1].c[4]))));
   }
   const total = sms * spanUs;
   const sum = (x: number[]) => x.reduce((a, b) => a + b, 0);

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One device run of the per-CTA traces (bench/gpu-trace.ts): the Hopper forward and backward at
 # the issue's shapes where the 8k causal rows fall short, beside the untraced rates (bench/gpu.js)
-# in the same run. Carry .devkit, .devrun and dist. Results in $OUT/trace.log; ~2 minutes.
+# in the same run; then, where Nsight Compute is installed, the L2 and tensor-pipe load of our 8k
+# forward and of cuDNN's (is the K/V traffic from L2 near its limit? FlashAttention-3 halves it
+# by multicasting K/V over a cluster of 2: kernels/NOTES.md). Carry .devkit, .devrun and dist.
+# Results in $OUT/trace.log; ~3 minutes.
 #   bash bench/gpu-trace-run.sh [reps=20]
 set -uo pipefail
 source bench/device-env.sh
@@ -18,3 +21,21 @@ for shape in "8192 32 --d=128" "32768 32 --d=128" "8192 8 --d=64"; do
   read -r S H d <<<"$shape"
   timeout -s KILL 120 $N dist/bench/gpu.js "$S" "$H" 10 "$d" 2>&1 | grep -v "NVRTC\|ptxas" | tee -a "$log"
 done
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+if [ -n "$NCU" ] && [ -z "${SKIP_NCU:-}" ]; then
+  mkdir -p /tmp/prof
+  sections="--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis"
+  for causal in 0 1; do
+    echo "== ncu: ours, 8k H=32 D=128 causal=$causal" | tee -a "$log"
+    timeout -s KILL 150 "$NCU" --clock-control none --target-processes all -k regex:attn_fwd_h --launch-skip 5 --launch-count 1 $sections \
+      -f -o /tmp/prof/ours$causal $N dist/bench/gpu.js 8192 32 1 --d=128 --fwd-only --causal="$causal" >/tmp/prof/ours$causal.log 2>&1
+    "$NCU" -i /tmp/prof/ours$causal.ncu-rep --page details 2>&1 | grep -E "^  [a-z]|Duration|Throughput|Hit Rate|Tensor|Issue Slots|SM Busy" | head -24 | tee -a "$log"
+    echo "== ncu: cuDNN, 8k H=32 D=128 causal=$causal" | tee -a "$log"
+    timeout -s KILL 150 "$NCU" --clock-control none -k regex:'sdpa|fprop|fmha|flash' --launch-skip 3 --launch-count 1 $sections \
+      -f -o /tmp/prof/cudnn$causal python3 bench/peers/torch_cudnn_loop.py 8192 "$causal" 0.2 >/tmp/prof/cudnn$causal.log 2>&1
+    "$NCU" -i /tmp/prof/cudnn$causal.ncu-rep --page details 2>&1 | grep -E "^  [a-z]|Duration|Throughput|Hit Rate|Tensor|Issue Slots|SM Busy" | head -24 | tee -a "$log"
+  done
+  (cd /tmp/prof && tar czf "$OUT/trace-prof.tar.gz" --exclude='*.cubin' .)
+else
+  echo "ncu: not run (${SKIP_NCU:+SKIP_NCU set}${NCU:-not found})" | tee -a "$log"
+fi

@@ -19,7 +19,7 @@ import { blockCalls, timeCalls, warmUp } from './gpu-block.js';
  * boxes, tensor maps, launches) then overlaps the GPU's work on the last one instead of
  * leaving the GPU idle between a call's small kernels and its main one. K = 1 (the default)
  * times one call alone, host gaps included.
- * Usage: node dist/bench/gpu.js [S=8192] [H=16] [reps=10] [--d=64,128] [--hk=H] [--fwd-only] [--queue=1]
+ * Usage: node dist/bench/gpu.js [S=8192] [H=16] [reps=10] [--d=64,128] [--hk=H] [--fwd-only] [--queue=1] [--causal=0,1]
  *        node dist/bench/gpu.js ring [devices=2] [reps=3] [S,S,...=16384,32768,65536]
  *          the ring on `devices` GPUs against one GPU on the same work (bench/gpu-ring.ts)
  *        node dist/bench/gpu.js masks [S=16384] [reps=5]
@@ -51,7 +51,9 @@ const dList = (flags.find((f) => f.startsWith('--d='))?.slice(4) ?? '64,128').sp
 const fwdOnly = flags.includes('--fwd-only');
 const Hk = Number(flags.find((f) => f.startsWith('--hk='))?.slice(5) ?? H);
 const queue = Number(flags.find((f) => f.startsWith('--queue='))?.slice(8) ?? 1);
-for (const f of flags) if (!f.startsWith('--d=') && !f.startsWith('--hk=') && !f.startsWith('--queue=') && f !== '--fwd-only') throw new Error(`unknown flag ${f}: expected --d=64,128, --hk=N, --queue=K or --fwd-only`);
+const causals = (flags.find((f) => f.startsWith('--causal='))?.slice(9) ?? '0,1').split(',').map((x) => x.trim());
+for (const f of flags) if (!['--d=', '--hk=', '--queue=', '--causal='].some((p) => f.startsWith(p)) && f !== '--fwd-only') throw new Error(`unknown flag ${f}: expected --d=64,128, --hk=N, --queue=K, --causal=0,1 or --fwd-only`);
+if (causals.some((c) => c !== '0' && c !== '1')) throw new Error(`--causal: expected 0 and/or 1, got '${causals.join(',')}'`);
 if (!Number.isInteger(queue) || queue < 1) throw new Error(`--queue: expected a positive integer, got ${queue}`);
 if (!Number.isInteger(Hk) || Hk < 1 || H % Hk !== 0) throw new Error(`--hk: expected a divisor of H = ${H}, got ${Hk}`);
 if (dList.some((d) => d !== 64 && d !== 128)) throw new Error(`--d: expected head dims 64 and/or 128, got '${dList.join(',')}'`);
@@ -62,7 +64,7 @@ console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); S=${S} H=${H
 console.log('kernel                         D  causal  fwd ms   fwd TF/s  bwd ms   bwd TF/s');
 for (const dtype of ['bfloat16'] as CudaDType[]) {
   for (const D of dList) {
-    for (const causal of [false, true]) {
+    for (const causal of causals.map((c) => c === '1')) {
       const n = S * H * D, nk = S * Hk * D;
       let seed = 1;
       const rnd = (len = n) => fill(len, seed++);

@@ -26,7 +26,7 @@ export function chooseKernel(spec: { dtype: CudaDType; D: number }, computeCapab
 }
 
 /** The Hopper forward's consumer schedules (kernels/attn_fwd_h.cu), by RINGATTN_WGMMA_ATTN value. */
-export const WGMMA_FORWARDS = { '1': 'h', '2': 'hp', '3': 'hs', '4': 'hq', '5': 'ht', '6': 'hw', '7': 'hl' } as const;
+export const WGMMA_FORWARDS = { '1': 'h', '2': 'hp', '3': 'hs', '4': 'hq', '5': 'ht', '6': 'hw', '7': 'hl', '8': 'hc' } as const;
 export type WgmmaForward = (typeof WGMMA_FORWARDS)[keyof typeof WGMMA_FORWARDS];
 
 /**
@@ -39,8 +39,9 @@ export type WgmmaForward = (typeof WGMMA_FORWARDS)[keyof typeof WGMMA_FORWARDS];
  * schedule: 1 h (one tile at a time), 2 hp (pipelined), 3 hs (ping-pong), 4 hq (both), 5 ht (hq
  * loading with TMA; the kernel object runs hq where the driver lacks TMA), 6 hw (ht with three
  * consumer warpgroups and 192-row query tiles; D=64 only, ht at D=128), 7 hl (ht with 176-key
- * tiles, FlashAttention-3's choice for D=128 without a mask; D=128 only, hw at D=64; not yet
- * measured against ht: kernels/NOTES.md, session 17). A scale <= 0 runs
+ * tiles, FlashAttention-3's choice for D=128 without a mask; D=128 only, hw at D=64; 5-11% slower
+ * than ht on an H100: kernels/NOTES.md run 54), 8 hc (ht in clusters of two CTAs multicasting K/V,
+ * for blocks without a mask; masked blocks run ht, D=64 hw; not yet run). A scale <= 0 runs
  * mma.sync. RINGATTN_NO_WGMMA=1 turns them off with the wgmma GEMM. Read at each call, so tests
  * can run every path on one GPU.
  */
@@ -49,11 +50,11 @@ export function wgmmaForward(tag: KernelTag, computeCapability: readonly [number
   if (tag === 'generic' || !(scale > 0) || computeCapability[0] !== 9 || computeCapability[1] !== 0) return null;
   const v = process.env.RINGATTN_WGMMA_ATTN;
   if (v !== undefined && v !== '' && v !== '0' && !Object.hasOwn(WGMMA_FORWARDS, v)) {
-    throw new InputError('RINGATTN_WGMMA_ATTN', `expected 0 (mma.sync) or 1-7 (h, hp, hs, hq, ht, hw, hl), got '${v}'`);
+    throw new InputError('RINGATTN_WGMMA_ATTN', `expected 0 (mma.sync) or 1-8 (h, hp, hs, hq, ht, hw, hl, hc), got '${v}'`);
   }
   if (process.env.RINGATTN_NO_WGMMA === '1' || v === '0') return null;
   let wg: WgmmaForward = v ? WGMMA_FORWARDS[v as keyof typeof WGMMA_FORWARDS] : 'hw';
-  if (wg === 'hl' && tag !== 'mma16-d128') wg = 'hw';
+  if ((wg === 'hl' || wg === 'hc') && tag !== 'mma16-d128') wg = 'hw';
   return wg === 'hw' && tag !== 'mma16-d64' ? 'ht' : wg;
 }
 
@@ -164,7 +165,7 @@ function bwdTiles(tag: KernelTag, wgmma: boolean): [number, number] {
 }
 
 /** The Hopper forwards that load by TMA (they take tensor maps; hq runs where the driver has none). */
-const tmaForward = (wg: WgmmaForward | null): boolean => wg === 'ht' || wg === 'hw' || wg === 'hl';
+const tmaForward = (wg: WgmmaForward | null): boolean => wg === 'ht' || wg === 'hw' || wg === 'hl' || wg === 'hc';
 
 /**
  * attn_fwd_h.cu: 128-key tiles (176 for hl), K/V stages by head dim and key tile (fwdh::Cfg); 128
@@ -385,7 +386,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
     ctx.launch(ctx.fn('attn_fwd.cu', 'attn_tile_ranges'), 'attn_tile_ranges', [Math.ceil(tiles / 128), 1, 1], 128, 0, argBuffers(args));
   };
   const masked = (a: DeviceBlockArgs): boolean => a.causal || a.window > 0 || !!(a.qSeg && a.kSeg);
-  // The forward's schedule on this device: ht, hw and hl need cuTensorMapEncodeTiled, else hq.
+  // The forward's schedule on this device: ht, hw, hl and hc need cuTensorMapEncodeTiled, else hq.
   const forwardSchedule = (tag: KernelTag, scale?: number): WgmmaForward | null => {
     const wg = wgmmaForward(tag, ctx.computeCapability, scale);
     return tmaForward(wg) && !ctx.drv.cuTensorMapEncodeTiled ? 'hq' : wg;
@@ -424,7 +425,9 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       if (a.Sq === 0 || a.Sk === 0) return;
       const tag = chooseKernel(a, ctx.computeCapability);
       if (tag !== 'generic') throwReason(misaligned({ q: a.q, k: a.k, v: a.v }));
-      const wg = forwardSchedule(tag, a.scale);
+      const chosen = forwardSchedule(tag, a.scale);
+      // hc's clusters share every key tile: blocks under a mask run ht.
+      const wg = chosen === 'hc' && masked(a) ? 'ht' : chosen;
       const tile = fwdTiles(tag, wg);
       const [qTiles, kTiles, spanOut] = boxes(a, tile);
       const [bq, bk] = tile;
@@ -437,8 +440,10 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
         const maps = tmaForward(wg) ? fwdTensorMaps(ctx, a, bq, bk) : null;
         const name = `attn_fwd_${wg}_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = wgFwdSmem(a.D, bq, bk);
-        // 64 query rows a consumer warpgroup, and the producer warpgroup.
-        ctx.launch(ctx.fn('attn_fwd_h.cu', name, smem), name, [Math.ceil(a.Sq / bq), a.H, 1], 2 * bq + 128, smem, maps ? [params, maps] : [params]);
+        // 64 query rows a consumer warpgroup, and the producer warpgroup; hc's grid in whole
+        // clusters of two query tiles (a last CTA past the tiles stores nothing).
+        const qTileCount = Math.ceil(a.Sq / bq), gx = wg === 'hc' ? 2 * Math.ceil(qTileCount / 2) : qTileCount;
+        ctx.launch(ctx.fn('attn_fwd_h.cu', name, smem), name, [gx, a.H, 1], 2 * bq + 128, smem, maps ? [params, maps] : [params]);
       } else {
         const name = `attn_fwd_mma_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = fwdSmem(a.D);

@@ -121,19 +121,22 @@ for (const dtype of ['bfloat16', 'float16', 'float32'] as const) {
 // The 16-bit forward on every kernel: mma.sync (attn_fwd.cu) and, on Hopper, wgmma
 // (attn_fwd_h.cu on sm_90a: RINGATTN_WGMMA_ATTN=1 one tile at a time, 2 pipelined, 3 ping-pong,
 // 4 both, 5 both loading with TMA (the default), 6 that with three consumer warpgroups at D=64,
-// 7 that with 176-key tiles at D=128; =0 mma.sync), across many
+// 7 that with 176-key tiles at D=128, 8 that in clusters of two multicasting K/V at D=128 (blocks
+// without a mask; odd query-tile counts leave a CTA past the last tile; masked blocks run ht);
+// =0 mma.sync), across many
 // 128-key tiles (the stage ring wraps several times), empty tiles skipped and partial ones
 // masked, and a shard of fewer than 64 queries (the second consumer warpgroup has no live row).
 // One fresh seed for every schedule: the same inputs, so each case's reference is computed once.
 const scheduleSeed = freshSeed();
-for (const wgmma of ['0', '1', '2', '3', '4', '5', '6', '7']) {
+for (const wgmma of ['0', '1', '2', '3', '4', '5', '6', '7', '8']) {
   test(`attentionCuda 16-bit forward with RINGATTN_WGMMA_ATTN=${wgmma} (${wgmma === '0' ? 'mma.sync' : 'wgmma on Hopper, mma.sync elsewhere'}): every mask at D 64/128, then long sequences of many tiles`, { skip }, async () => {
     const seed = scheduleSeed;
     const cc = context().computeCapability;
     // ht must really load with TMA on Hopper, not fall back to hq unseen.
-    if ((wgmma === '5' || wgmma === '6' || wgmma === '7') && cc[0] === 9 && cc[1] === 0) assert.equal(typeof context().drv.cuTensorMapEncodeTiled, 'function', 'cuTensorMapEncodeTiled missing: ht would run hq');
+    if ((wgmma === '5' || wgmma === '6' || wgmma === '7' || wgmma === '8') && cc[0] === 9 && cc[1] === 0) assert.equal(typeof context().drv.cuTensorMapEncodeTiled, 'function', 'cuTensorMapEncodeTiled missing: ht would run hq');
     await withEnv({ RINGATTN_WGMMA_ATTN: wgmma }, async () => {
       if (wgmma === '7' && cc[0] === 9 && cc[1] === 0) assert.match(cudaKernel(context()).name({ dtype: 'bfloat16', D: 128 }), /wgmma-fwd-hl[+/]/, 'hl runs at D=128');
+      if (wgmma === '8' && cc[0] === 9 && cc[1] === 0) assert.match(cudaKernel(context()).name({ dtype: 'bfloat16', D: 128 }), /wgmma-fwd-hc[+/]/, 'hc runs at D=128 (unmasked blocks)');
       await maskSweep(['bfloat16', 'float16'], [64, 128], seed, 200, 200);
       for (const [D, S, name, mask] of [
         [128, 1300, 'causal', { causal: true }],

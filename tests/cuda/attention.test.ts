@@ -50,9 +50,14 @@ test('wgmmaForward: the Hopper forward for tensor-core tags on sm_90 by default,
     assert.equal(wgmmaForward('mma16-d64', [9, 0]), 'hw', 'no hl kernel at D=64: its default');
     assert.equal(wgmmaForward('mma16-d128', [8, 0]), null);
   });
+  withEnv(env('8'), () => {
+    assert.equal(wgmmaForward('mma16-d128', [9, 0]), 'hc', 'clusters of two at D=128 (the kernel object sends masked blocks to ht)');
+    assert.equal(wgmmaForward('mma16-d64', [9, 0]), 'hw', 'no hc kernel at D=64: its default');
+    assert.equal(wgmmaForward('mma16-d128', [8, 0]), null);
+  });
   withEnv(env('2', '1'), () => assert.equal(wgmmaForward('mma16-d64', [9, 0]), null));
   withEnv(env(undefined, '1'), () => assert.equal(wgmmaForward('mma16-d128', [9, 0]), null));
-  for (const bad of ['8', '9', 'yes', 'constructor', ' 4']) {
+  for (const bad of ['9', '10', 'yes', 'constructor', ' 4']) {
     withEnv(env(bad), () => assert.throws(() => wgmmaForward('mma16-d128', [9, 0]), (e: Error) => e instanceof InputError && /RINGATTN_WGMMA_ATTN/.test(e.message) && e.message.includes(`'${bad}'`)));
   }
 });

@@ -83,12 +83,20 @@ struct TmaMaps {
 // TMA: the producer is one thread issuing bulk tensor copies (D/64 boxes per tile and operand)
 // that complete on the stage's mbarrier by transaction count; it keeps 24 registers and the
 // consumers get 240. Otherwise 128 producer threads copy with 16-byte cp.async (40 / 232).
-template <typename T, int D, int MODE, bool TMA, int WGS = 2, int BKN = 128>
+// CLUSTER (hc: ht in clusters of two CTAs, unmasked blocks only; the host sends masked ones to
+// ht): the two CTAs of a cluster are query tiles of one head and read the same key tiles, so each
+// producer loads half of every stage, K (rank 0) or V (rank 1), multicast into both CTAs, halving
+// the K/V traffic from L2 (FlashAttention-3 does this for D=128 without a mask). A stage is free
+// again once the consumer warps of both CTAs have released it (one arrival per warp on each
+// CTA's `empty`). The grid's x is rounded up to even: a CTA past the last query tile loads Q as
+// zeros (TMA's out-of-bounds fill), computes alongside its partner and stores nothing.
+template <typename T, int D, int MODE, bool TMA, int WGS = 2, int BKN = 128, bool CLUSTER = false>
 __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   using C = Cfg<D, WGS, BKN>;
   constexpr int STAGES = C::STAGES, BQ = C::BQ, BK = C::BK, CONSUMERS = C::CONSUMERS;
   static_assert(WGS == 2 || (WGS == 3 && TMA && MODE == PIPE_PONG && D == 64), "three consumer warpgroups: hw only");
   static_assert(BK == 128 || (TMA && MODE == PIPE_PONG), "176-key tiles: hl (ht's schedule) only");
+  static_assert(!CLUSTER || (TMA && MODE == PIPE_PONG && WGS == 2 && BK == 128), "clusters: hc (ht's schedule) only");
   extern __shared__ __align__(1024) unsigned char smemRaw[];
   const u32 sQ = (smemAddr(smemRaw) + 1023) & ~1023u;  // swizzle atoms are 1024-byte aligned
   auto stK = [&](int s) { return sQ + C::Q_BYTES + s * 2 * C::KV_BYTES; };
@@ -99,25 +107,29 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   const u32 qBar = bars + 2 * STAGES * 8;
 
   TRACE(Trace trace; trace.start());
-  const int2 lt = launchTile(p.headGroup);
+  // hc: one head at a time whatever RINGATTN_HEAD_GROUP says, so that a cluster's two CTAs
+  // (blockIdx.x 2c and 2c + 1) are query tiles of one head and share its K/V.
+  const int2 lt = launchTile(CLUSTER ? 1 : p.headGroup);
   const int qt = gridDim.x - 1 - lt.x;  // the last query tiles see the most keys under a causal mask: start them first
   const int h = lt.y, kh = h / (p.H / p.Hk), q0 = qt * BQ;
+  // hc's CTA past the last query tile reads its partner's box and span (the same, unmasked).
+  const int qtIn = CLUSTER ? min(qt, (p.Sq + BQ - 1) / BQ - 1) : qt;
   const Mask m = maskOf(p);
-  const int4 qBox = p.qTiles[qt];
+  const int4 qBox = p.qTiles[qtIn];
   // A ragged last tile is never 'full': its missing keys must read as -inf.
   auto tileClass = [&](int t) {
     const int c = classifyTile(m, qBox, p.kTiles[t]);
     return (c == TILE_FULL && (t + 1) * BK > p.Sk) ? TILE_PARTIAL : c;
   };
   // Key tiles at or past `end` (and before span.x) are empty for this query tile (attn_tile_spans).
-  const int2 span = p.qSpans[qt];
+  const int2 span = p.qSpans[qtIn];
   const int end = span.y;
   auto nextTile = [&](int t) {
     while (t < end && tileClass(t) == TILE_EMPTY) t++;
     return t;
   };
   const int first = nextTile(span.x);
-  if (first >= end) {  // this query tile sees nothing in this block
+  if (first >= end) {  // this query tile sees nothing in this block (in hc neither does its partner: same span)
     TRACE(trace.stop(); trace.write(p.trace, 0, qt, h));
     return;
   }
@@ -135,30 +147,42 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; s++) {
       mbarInit(full(s), ARRIVALS);
-      mbarInit(empty(s), CONSUMERS);  // every consumer thread
+      mbarInit(empty(s), CLUSTER ? 2 * CONSUMERS / 32 : CONSUMERS);  // every consumer thread; hc: every consumer warp of both CTAs
     }
     mbarInit(qBar, ARRIVALS);
     if (TMA) fenceMbarInit();
   }
-  __syncthreads();
+  if (CLUSTER) clusterSync();  // both CTAs' mbarriers initialised before either multicasts or arrives remotely
+  else __syncthreads();
 
   if (TMA && threadIdx.x >= CONSUMERS) {  // the producer warpgroup, one thread of it
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
-    if (threadIdx.x != CONSUMERS) return;
-    mbarExpectTx(qBar, C::Q_BYTES);
+    if (threadIdx.x == CONSUMERS) {
+      mbarExpectTx(qBar, C::Q_BYTES);
 #pragma unroll
-    for (int z = 0; z < D / 64; z++) tmaLoad3d(sQ + z * BQ * 128, maps->q, qBar, z * 64, h, q0);
-    int i = 0;
-    for (int t = first; t < end; t = nextTile(t + 1), i++) {
-      const int s = i % STAGES;
-      mbarWait(empty(s), ((i / STAGES) & 1) ^ 1);  // the first pass finds every stage free
-      mbarExpectTx(full(s), 2 * C::KV_BYTES);
+      for (int z = 0; z < D / 64; z++) tmaLoad3d(sQ + z * BQ * 128, maps->q, qBar, z * 64, h, q0);
+      const u32 rank = CLUSTER ? clusterRank() : 0;
+      int i = 0;
+      for (int t = first; t < end; t = nextTile(t + 1), i++) {
+        const int s = i % STAGES;
+        mbarWait(empty(s), ((i / STAGES) & 1) ^ 1);  // the first pass finds every stage free
+        mbarExpectTx(full(s), 2 * C::KV_BYTES);  // hc: half from this CTA's copy, half from the partner's
 #pragma unroll
-      for (int z = 0; z < D / 64; z++) {
-        tmaLoad3d(stK(s) + z * BK * 128, maps->k, full(s), z * 64, kh, t * BK);
-        tmaLoad3d(stV(s) + z * BK * 128, maps->v, full(s), z * 64, kh, t * BK);
+        for (int z = 0; z < D / 64; z++) {
+          if (!CLUSTER) {
+            tmaLoad3d(stK(s) + z * BK * 128, maps->k, full(s), z * 64, kh, t * BK);
+            tmaLoad3d(stV(s) + z * BK * 128, maps->v, full(s), z * 64, kh, t * BK);
+          } else if (rank == 0) {
+            tmaLoad3dMulticast(stK(s) + z * BK * 128, maps->k, full(s), z * 64, kh, t * BK, 3);
+          } else {
+            tmaLoad3dMulticast(stV(s) + z * BK * 128, maps->v, full(s), z * 64, kh, t * BK, 3);
+          }
+        }
       }
     }
+    // hc: no CTA of the cluster leaves while the other may still write its shared memory or
+    // arrive on its barriers.
+    if (CLUSTER) clusterSync();
     return;
   }
   if (!TMA && threadIdx.x >= CONSUMERS) {  // the producer warpgroup
@@ -287,6 +311,19 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     for (int kk = 0; kk < BK / 16; kk++) Wg<T>::template rs<D, 1>(o, a[kk], dv0 + ((kk * 16 * 128) >> 4));
     wgmmaCommit();
   };
+  // The consumers are done with stage s: every thread arrives on `empty`; in hc one lane a warp
+  // arrives on both CTAs' (their producers multicast into both).
+  auto release = [&](int s) {
+    if (CLUSTER) {
+      __syncwarp();
+      if (lane == 0) {
+        mbarArriveCluster(empty(s), 0);
+        mbarArriveCluster(empty(s), 1);
+      }
+    } else {
+      mbarArrive(empty(s));
+    }
+  };
   auto waitFull = [&](int i) {
     mbarSpin(full(i % STAGES), (i / STAGES) & 1);
     if (!TMA) fenceAsyncShared();  // cp.async wrote through the generic proxy; TMA through the async one
@@ -315,7 +352,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     if (pong && wg != WGS - 1) turnPass<WGS>(wg);
     wgmmaWait<0>();
     fenceRegs(o);
-    mbarArrive(empty(s));
+    release(s);
   };
 
   mbarWait(qBar, 0);
@@ -381,7 +418,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       softmax(tn, cls);
       wgmmaWait<0>();
       fenceRegs(o);
-      mbarArrive(empty(i % STAGES));
+      release(i % STAGES);
       pack();
     }
     lastTile(pong, i % STAGES);
@@ -398,6 +435,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   for (int t = first; t < end; t = nextTile(t + 1)) tiles++;
   trace.write(p.trace, tiles, qt, h);
 #endif
+  if (CLUSTER) clusterSync();  // as the producer warpgroup's, above
 }
 }  // namespace fwdh
 
@@ -431,4 +469,10 @@ FWDH_TMA_ENTRY(attn_fwd_hw_bf16_d64, Bf16, 64, PIPE_PONG, 3, 128)
 FWDH_TMA_ENTRY(attn_fwd_hw_f16_d64, F16, 64, PIPE_PONG, 3, 128)
 FWDH_TMA_ENTRY(attn_fwd_hl_bf16_d128, Bf16, 128, PIPE_PONG, 2, 176)
 FWDH_TMA_ENTRY(attn_fwd_hl_f16_d128, F16, 128, PIPE_PONG, 2, 176)
+#define FWDH_CLUSTER_ENTRY(name, T, D)                                                                                                        \
+  extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(fwdh::Cfg<D>::THREADS, 1) name(const FwdParams p, const __grid_constant__ fwdh::TmaMaps maps) { \
+    fwdh::run<T, D, fwdh::PIPE_PONG, true, 2, 128, true>(p, &maps);                                                                         \
+  }
+FWDH_CLUSTER_ENTRY(attn_fwd_hc_bf16_d128, Bf16, 128)
+FWDH_CLUSTER_ENTRY(attn_fwd_hc_f16_d128, F16, 128)
 #endif  // sm_90a

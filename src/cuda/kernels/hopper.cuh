@@ -60,6 +60,25 @@ __device__ __forceinline__ void tmaLoad3d(u32 dst, const void* map, u32 bar, int
       "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];"
       ::"r"(dst), "l"((u64)map), "r"(bar), "r"(c0), "r"(c1), "r"(c2) : "memory");
 }
+// The same copy multicast to the CTAs of the cluster in `ctaMask` (bit r: CTA rank r): the box
+// lands at `dst` in each of them and its bytes count toward the mbarrier at `bar` in each.
+__device__ __forceinline__ void tmaLoad3dMulticast(u32 dst, const void* map, u32 bar, int c0, int c1, int c2, unsigned short ctaMask) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, %4, %5}], [%2], %6;"
+      ::"r"(dst), "l"((u64)map), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "h"(ctaMask) : "memory");
+}
+// Clusters: this CTA's rank; a barrier of every thread of the cluster that has not exited
+// (release / acquire: shared-memory writes and mbarrier inits before it are seen by the other
+// CTAs after it); an arrival on the mbarrier at offset `bar` of CTA `rank`'s shared memory.
+__device__ __forceinline__ u32 clusterRank() {
+  u32 r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ void clusterSync() { asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory"); }
+__device__ __forceinline__ void mbarArriveCluster(u32 bar, u32 rank) {
+  asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\nmbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}" ::"r"(bar), "r"(rank) : "memory");
+}
 
 // TMA reduce: adds the shared-memory box at `src` (laid out as the map's box and swizzle) into
 // the box at (c0, c1, c2) of the 3-D fp32 tensor map `map` (a __grid_constant__ parameter),

@@ -41,7 +41,8 @@ export type WgmmaForward = (typeof WGMMA_FORWARDS)[keyof typeof WGMMA_FORWARDS];
  * consumer warpgroups and 192-row query tiles; D=64 only, ht at D=128), 7 hl (ht with 176-key
  * tiles, FlashAttention-3's choice for D=128 without a mask; D=128 only, hw at D=64; 5-11% slower
  * than ht on an H100: kernels/NOTES.md run 54), 8 hc (ht in clusters of two CTAs multicasting K/V,
- * for blocks without a mask; masked blocks run ht, D=64 hw; not yet run). A scale <= 0 runs
+ * for blocks without a mask and with an even number of 128-row query tiles; other blocks run ht,
+ * D=64 hw; RINGATTN_HEAD_GROUP does not apply; not yet run). A scale <= 0 runs
  * mma.sync. RINGATTN_NO_WGMMA=1 turns them off with the wgmma GEMM. Read at each call, so tests
  * can run every path on one GPU.
  */
@@ -426,8 +427,9 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       const tag = chooseKernel(a, ctx.computeCapability);
       if (tag !== 'generic') throwReason(misaligned({ q: a.q, k: a.k, v: a.v }));
       const chosen = forwardSchedule(tag, a.scale);
-      // hc's clusters share every key tile: blocks under a mask run ht.
-      const wg = chosen === 'hc' && masked(a) ? 'ht' : chosen;
+      // hc's clusters pair query tiles that read the same key tiles: blocks under a mask, or with
+      // an odd number of query tiles (one would have no partner), run ht.
+      const wg = chosen === 'hc' && (masked(a) || Math.ceil(a.Sq / WG_TILE) % 2 === 1) ? 'ht' : chosen;
       const tile = fwdTiles(tag, wg);
       const [qTiles, kTiles, spanOut] = boxes(a, tile);
       const [bq, bk] = tile;
@@ -440,10 +442,9 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
         const maps = tmaForward(wg) ? fwdTensorMaps(ctx, a, bq, bk) : null;
         const name = `attn_fwd_${wg}_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = wgFwdSmem(a.D, bq, bk);
-        // 64 query rows a consumer warpgroup, and the producer warpgroup; hc's grid in whole
-        // clusters of two query tiles (a last CTA past the tiles stores nothing).
-        const qTileCount = Math.ceil(a.Sq / bq), gx = wg === 'hc' ? 2 * Math.ceil(qTileCount / 2) : qTileCount;
-        ctx.launch(ctx.fn('attn_fwd_h.cu', name, smem), name, [gx, a.H, 1], 2 * bq + 128, smem, maps ? [params, maps] : [params]);
+        // 64 query rows a consumer warpgroup, and the producer warpgroup (hc: an even count of
+        // query tiles, in clusters of two).
+        ctx.launch(ctx.fn('attn_fwd_h.cu', name, smem), name, [Math.ceil(a.Sq / bq), a.H, 1], 2 * bq + 128, smem, maps ? [params, maps] : [params]);
       } else {
         const name = `attn_fwd_mma_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = fwdSmem(a.D);

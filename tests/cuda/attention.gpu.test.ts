@@ -122,8 +122,8 @@ for (const dtype of ['bfloat16', 'float16', 'float32'] as const) {
 // (attn_fwd_h.cu on sm_90a: RINGATTN_WGMMA_ATTN=1 one tile at a time, 2 pipelined, 3 ping-pong,
 // 4 both, 5 both loading with TMA (the default), 6 that with three consumer warpgroups at D=64,
 // 7 that with 176-key tiles at D=128, 8 that in clusters of two multicasting K/V at D=128 (blocks
-// without a mask; odd query-tile counts leave a CTA past the last tile; masked blocks run ht);
-// =0 mma.sync), across many
+// without a mask and with an even number of query tiles, such as S = 129-256 in the sweep and the
+// 1000 below; the others run ht); =0 mma.sync), across many
 // 128-key tiles (the stage ring wraps several times), empty tiles skipped and partial ones
 // masked, and a shard of fewer than 64 queries (the second consumer warpgroup has no live row).
 // One fresh seed for every schedule: the same inputs, so each case's reference is computed once.
@@ -142,6 +142,7 @@ for (const wgmma of ['0', '1', '2', '3', '4', '5', '6', '7', '8']) {
         [128, 1300, 'causal', { causal: true }],
         [64, 1100, 'causal window 300 + 4 sinks', { causal: true, window: 300, sinks: 4 }],
         [128, 777, 'none', {}],
+        [128, 1000, 'none', {}],
         [64, 1500, 'causal', { causal: true }],
         [128, 40, 'causal', { causal: true }],
         [64, 40, 'none', {}],

@@ -83,13 +83,12 @@ struct TmaMaps {
 // TMA: the producer is one thread issuing bulk tensor copies (D/64 boxes per tile and operand)
 // that complete on the stage's mbarrier by transaction count; it keeps 24 registers and the
 // consumers get 240. Otherwise 128 producer threads copy with 16-byte cp.async (40 / 232).
-// CLUSTER (hc: ht in clusters of two CTAs, unmasked blocks only; the host sends masked ones to
-// ht): the two CTAs of a cluster are query tiles of one head and read the same key tiles, so each
-// producer loads half of every stage, K (rank 0) or V (rank 1), multicast into both CTAs, halving
-// the K/V traffic from L2 (FlashAttention-3 does this for D=128 without a mask). A stage is free
-// again once the consumer warps of both CTAs have released it (one arrival per warp on each
-// CTA's `empty`). The grid's x is rounded up to even: a CTA past the last query tile loads Q as
-// zeros (TMA's out-of-bounds fill), computes alongside its partner and stores nothing.
+// CLUSTER (hc: ht in clusters of two CTAs, for unmasked blocks with an even number of query
+// tiles; the host sends the others to ht): the two CTAs of a cluster are query tiles of one head
+// and read the same key tiles, so each producer loads half of every stage, K (rank 0) or V (rank
+// 1), multicast into both CTAs, halving the K/V traffic from L2 (FlashAttention-3 does this for
+// D=128 without a mask). A stage is free again once the consumer warps of both CTAs have released
+// it (one arrival per warp on each CTA's `empty`).
 template <typename T, int D, int MODE, bool TMA, int WGS = 2, int BKN = 128, bool CLUSTER = false>
 __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   using C = Cfg<D, WGS, BKN>;
@@ -107,22 +106,22 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   const u32 qBar = bars + 2 * STAGES * 8;
 
   TRACE(Trace trace; trace.start());
-  // hc: one head at a time whatever RINGATTN_HEAD_GROUP says, so that a cluster's two CTAs
-  // (blockIdx.x 2c and 2c + 1) are query tiles of one head and share its K/V.
+  // hc: one head at a time whatever RINGATTN_HEAD_GROUP says (it is ignored there), so that a
+  // cluster's two CTAs (blockIdx.x 2c and 2c + 1) are query tiles of one head and share its K/V.
   const int2 lt = launchTile(CLUSTER ? 1 : p.headGroup);
   const int qt = gridDim.x - 1 - lt.x;  // the last query tiles see the most keys under a causal mask: start them first
   const int h = lt.y, kh = h / (p.H / p.Hk), q0 = qt * BQ;
-  // hc's CTA past the last query tile reads its partner's box and span (the same, unmasked).
-  const int qtIn = CLUSTER ? min(qt, (p.Sq + BQ - 1) / BQ - 1) : qt;
+  // hc launched without its cluster of two would wait forever for the other half of every stage.
+  if (CLUSTER && clusterSize() != 2) __trap();
   const Mask m = maskOf(p);
-  const int4 qBox = p.qTiles[qtIn];
+  const int4 qBox = p.qTiles[qt];
   // A ragged last tile is never 'full': its missing keys must read as -inf.
   auto tileClass = [&](int t) {
     const int c = classifyTile(m, qBox, p.kTiles[t]);
     return (c == TILE_FULL && (t + 1) * BK > p.Sk) ? TILE_PARTIAL : c;
   };
   // Key tiles at or past `end` (and before span.x) are empty for this query tile (attn_tile_spans).
-  const int2 span = p.qSpans[qtIn];
+  const int2 span = p.qSpans[qt];
   const int end = span.y;
   auto nextTile = [&](int t) {
     while (t < end && tileClass(t) == TILE_EMPTY) t++;
@@ -165,7 +164,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       int i = 0;
       for (int t = first; t < end; t = nextTile(t + 1), i++) {
         const int s = i % STAGES;
-        mbarWait(empty(s), ((i / STAGES) & 1) ^ 1);  // the first pass finds every stage free
+        // The first pass finds every stage free. hc: the partner's consumers release too (cluster scope).
+        mbarWait<CLUSTER>(empty(s), ((i / STAGES) & 1) ^ 1);
         mbarExpectTx(full(s), 2 * C::KV_BYTES);  // hc: half from this CTA's copy, half from the partner's
 #pragma unroll
         for (int z = 0; z < D / 64; z++) {

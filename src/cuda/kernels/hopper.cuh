@@ -11,11 +11,20 @@ struct F16;
 namespace hop {
 __device__ __forceinline__ void mbarInit(u32 bar, u32 count) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count)); }
 __device__ __forceinline__ void mbarArrive(u32 bar) { asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}" ::"r"(bar) : "memory"); }
+// CLUSTER_SCOPE: acquire at cluster scope, for a barrier whose arrivals come from other CTAs of
+// the cluster (release.cluster) and whose completion lets this CTA overwrite their data.
+template <bool CLUSTER_SCOPE = false>
 __device__ __forceinline__ bool mbarTry(u32 bar, u32 parity) {
   u32 done;
-  asm volatile(
-      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}"
-      : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+  if (CLUSTER_SCOPE) {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}"
+        : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}"
+        : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+  }
   return done != 0;
 }
 __device__ __forceinline__ u64 globalTimer() {
@@ -25,10 +34,11 @@ __device__ __forceinline__ u64 globalTimer() {
 }
 // Waits for the phase of parity `parity` to complete. A wait of more than 4 s is a pipeline bug,
 // not a slow GPU: trap (the launch fails with an error) rather than hang the process.
+template <bool CLUSTER_SCOPE = false>
 __device__ __forceinline__ void mbarWait(u32 bar, u32 parity) {
-  if (mbarTry(bar, parity)) return;
+  if (mbarTry<CLUSTER_SCOPE>(bar, parity)) return;
   const u64 t0 = globalTimer();
-  while (!mbarTry(bar, parity)) {
+  while (!mbarTry<CLUSTER_SCOPE>(bar, parity)) {
     if (globalTimer() - t0 > 4000000000ull) __trap();
   }
 }
@@ -74,6 +84,11 @@ __device__ __forceinline__ u32 clusterRank() {
   u32 r;
   asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
   return r;
+}
+__device__ __forceinline__ u32 clusterSize() {
+  u32 n;
+  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
+  return n;
 }
 __device__ __forceinline__ void clusterSync() { asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory"); }
 __device__ __forceinline__ void mbarArriveCluster(u32 bar, u32 rank) {

@@ -2,13 +2,15 @@ import type { CudaAttentionKernel, DeviceBlockArgs } from '../src/cuda/attention
 import type { CudaContext, DeviceBuffer } from '../src/cuda/context.js';
 
 /**
- * One block's forward and backward as the GPU benches time them (bench/gpu.ts, and timeBlock for
- * bench/gpu-ring.ts oneGpu and bench/gpu-masks.ts): the forward includes resetting lse and
- * finishForward (o is not read where lse is -inf), the backward zeroing dq/dk/dv and
- * delta = rowsum(dO·O). Allocates its fp32 outputs (`bufs`: the caller frees them; if an
- * allocation fails, those made before it are freed here).
+ * One block's forward and backward as the GPU benches time them (bench/gpu.ts, bench/gpu-trace.ts,
+ * and timeBlock for bench/gpu-ring.ts oneGpu and bench/gpu-masks.ts): the forward includes
+ * resetting lse and finishForward (o is not read where lse is -inf), the backward zeroing dq/dk/dv
+ * and delta = rowsum(dO·O). `trace`: a per-CTA record buffer for the kernels built with
+ * -DFWD_TRACE / -DBWD_TRACE (bench/gpu-trace.ts), passed to both calls (0: none). Allocates its
+ * fp32 outputs (`bufs`: the caller frees them; if an allocation fails, those made before it are
+ * freed here).
  */
-export function blockCalls(ctx: CudaContext, kern: CudaAttentionKernel, a: DeviceBlockArgs, dO: number): { fwd: () => void; bwd: () => void; bufs: DeviceBuffer[] } {
+export function blockCalls(ctx: CudaContext, kern: CudaAttentionKernel, a: DeviceBlockArgs, dO: number, trace = 0): { fwd: () => void; bwd: () => void; bufs: DeviceBuffer[] } {
   const n = a.Sq * a.H * a.D, nk = a.Sk * a.Hk * a.D, rows = a.Sq * a.H;
   const bufs: DeviceBuffer[] = [];
   try {
@@ -22,7 +24,7 @@ export function blockCalls(ctx: CudaContext, kern: CudaAttentionKernel, a: Devic
     bufs,
     fwd: () => {
       ctx.fill32(lse, 0xff800000, rows);
-      kern.forward({ ...a, o: o.ptr, lse: lse.ptr });
+      kern.forward({ ...a, o: o.ptr, lse: lse.ptr, trace });
       kern.finishForward(o.ptr, lse.ptr, rows, a.D);
     },
     bwd: () => {
@@ -30,7 +32,7 @@ export function blockCalls(ctx: CudaContext, kern: CudaAttentionKernel, a: Devic
       ctx.fill32(dk, 0, nk);
       ctx.fill32(dv, 0, nk);
       kern.delta(dO, o.ptr, delta.ptr, rows, a.D, a.dtype);
-      kern.backward({ ...a, dO, lse: lse.ptr, delta: delta.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr });
+      kern.backward({ ...a, dO, lse: lse.ptr, delta: delta.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, trace });
     },
   };
 }

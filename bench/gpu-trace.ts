@@ -2,7 +2,7 @@ import { CudaContext } from '../src/cuda/context.js';
 import { cudaKernel } from '../src/cuda/attention.js';
 import { encode } from '../src/cuda/convert.js';
 import { fill } from './common.js';
-import { timeCalls, warmUp } from './gpu-block.js';
+import { blockCalls, timeCalls, warmUp } from './gpu-block.js';
 
 /**
  * Where a Hopper attention kernel's time goes, CTA by CTA. The forward built with -DFWD_TRACE, or
@@ -17,9 +17,9 @@ import { timeCalls, warmUp } from './gpu-block.js';
  * end and the next one's start on an SM, and the idle tail; each as a share of the SMs' time over
  * the kernel's span.
  *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1] [reps=20] [fwd|bwd]
- * One S x S block, bf16, Hk = H, positions 0..S-1 on both sides. The traced build stores 64
- * bytes a CTA and waits once more at the end: its time is printed beside the phases, to compare
- * with the untraced rate (bench/gpu.js).
+ * One S x S block, bf16, Hk = H, positions 0..S-1 on both sides, timed as bench/gpu.js times it
+ * (blockCalls). The traced build stores 64 bytes a CTA and waits once more at the end: its time is
+ * printed beside the phases, to compare with the untraced rate (bench/gpu.js).
  */
 
 export interface CtaRecord {
@@ -148,8 +148,11 @@ export function summarizeTrace(records: CtaRecord[], labels: readonly string[] =
     sxx += (xs[i] - mx) ** 2;
     syy += (ys[i] - my) ** 2;
   }
-  const perTile = sxy / sxx;
-  const fit = sxx > 0 ? { perCta: my - perTile * mx, perTile, r2: syy > 0 ? (sxy * sxy) / (sxx * syy) : 1 } : null;
+  let fit: TraceSummary['fit'] = null;
+  if (sxx > 0) {
+    const perTile = sxy / sxx;
+    fit = { perCta: my - perTile * mx, perTile, r2: syy > 0 ? (sxy * sxy) / (sxx * syy) : 1 };
+  }
   return { ctas: records.length, working: working.length, sms, ghz, spanUs, phases, fit };
 }
 
@@ -166,7 +169,7 @@ export function traceBench(S: number, H: number, D: number, causal: boolean, rep
   const name = kern.name({ dtype: 'bfloat16', D });
   const hopper = which === 'fwd' ? /wgmma-fwd-h[a-z]?\+/ : /wgmma-bwd/;
   if (!hopper.test(name)) throw new Error(`trace: the kernels here are ${name}; the trace is written by the Hopper ${which === 'fwd' ? 'forwards' : 'backward'} (sm_90a) only`);
-  const n = S * H * D, rows = S * H;
+  const n = S * H * D;
   // Room for any schedule's grid: at least 64 query rows a forward CTA; the backward's are 128-key
   // tiles of one KV head (with Hk = H its query-head group is 1: no split).
   const ctas = Math.ceil(S / 64) * H;
@@ -177,24 +180,15 @@ export function traceBench(S: number, H: number, D: number, causal: boolean, rep
     return b;
   });
   const [q, k, v, dO, pos] = bufs;
-  const outs = [n * 4, rows * 4, rows * 4, n * 4, n * 4, n * 4, ctas * 64].map((bytes) => ctx.alloc(bytes));
-  const [o, lse, delta, dq, dk, dv, trace] = outs;
   try {
+    const trace = ctx.alloc(ctas * 64);
+    bufs.push(trace);
     const a = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: pos.ptr, kPos: pos.ptr, Sq: S, Sk: S, H, Hk: H, D, dtype: 'bfloat16' as const, causal, window: 0, sinks: 0, scale: 1 / Math.sqrt(D) };
-    const forward = (t: number) => {
-      ctx.fill32(lse, 0xff800000, rows);
-      kern.forward({ ...a, o: o.ptr, lse: lse.ptr, trace: t });
-    };
-    const backward = (t: number) => {
-      for (const b of [dq, dk, dv]) ctx.fill32(b, 0, n);
-      kern.backward({ ...a, dO: dO.ptr, lse: lse.ptr, delta: delta.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, trace: t });
-    };
-    if (which === 'bwd') {
-      forward(0);
-      kern.finishForward(o.ptr, lse.ptr, rows, D);
-      kern.delta(dO.ptr, o.ptr, delta.ptr, rows, D, 'bfloat16');
-    }
-    const call = which === 'fwd' ? () => forward(trace.ptr) : () => backward(trace.ptr);
+    // The calls bench/gpu.js times, the trace buffer passed to both (only the traced kernel writes).
+    const calls = blockCalls(ctx, kern, a, dO.ptr, trace.ptr);
+    bufs.push(...calls.bufs);
+    if (which === 'bwd') calls.fwd();  // o and lse for the backward's delta
+    const call = which === 'fwd' ? calls.fwd : calls.bwd;
     warmUp(ctx, call);
     const ms = timeCalls(ctx, call, reps);
     ctx.fill32(trace, 0, ctas * 16);
@@ -203,7 +197,7 @@ export function traceBench(S: number, H: number, D: number, causal: boolean, rep
     ctx.sync();
     const s = summarizeTrace(parseTrace(raw, ctas).records, PHASES[which]);
     const flops = ((which === 'fwd' ? 4 : 10) * S * S * H * D) / (causal ? 2 : 1);
-    const what = which === 'fwd' ? 'forward' : 'backward (dq/dk/dv zeroing included)';
+    const what = which === 'fwd' ? 'forward (lse reset and finishForward included)' : 'backward (dq/dk/dv zeroing and delta included)';
     console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); ${name}, ${define}; S=${S} H=${H} D=${D} ${causal ? 'causal' : 'non-causal'}, one S x S block`);
     console.log(`${what}, traced build: ${ms.toFixed(3)} ms, ${(flops / ms / 1e9).toFixed(1)} TFLOP/s (median of ${reps}); kernel span ${(s.spanUs / 1e3).toFixed(3)} ms; SM clock ${s.ghz.toFixed(2)} GHz`);
     console.log(`CTAs: ${s.ctas} recorded (${s.working} with work), on ${s.sms} SMs`);
@@ -214,7 +208,7 @@ export function traceBench(S: number, H: number, D: number, causal: boolean, rep
     console.log(`JSON ${JSON.stringify({ which, S, H, D, causal, kernel: name, ms, tflops: flops / ms / 1e9, ...s })}`);
   } finally {
     ctx.sync();
-    for (const b of [...bufs, ...outs]) ctx.free(b);
+    for (const b of bufs) ctx.free(b);
     kern.dispose();
     ctx.dispose();
   }

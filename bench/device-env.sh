@@ -16,3 +16,11 @@ precompile_kernels() {
   timeout -s KILL 300 $N bin/ringattn.js compile --verbose "$@" >"$OUT/compile.log" 2>&1
   echo "ringattn compile: exit $? ($(tail -1 "$OUT/compile.log"))"
 }
+# Nsight Compute, where the machine has it (empty otherwise).
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+# A node --test TAP log's results: each test's ok / not ok line (not those a name pattern
+# skipped), the counts, and each failure's message (TAP's "error:" and the lines under it).
+tap_results() {
+  awk '/# SKIP test name/ { next } /^(not ok|ok|# (tests|pass|fail|skipped|duration))/ { print; next }
+       /^  error:/ { n = 6 } n > 0 { print; n-- }' "$1"
+}

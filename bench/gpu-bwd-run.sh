@@ -29,7 +29,6 @@ for D in 128 64; do
     SDPA_H=32 SDPA_HK=$HK SDPA_D=$D timeout -s KILL 100 python3 bench/peers/torch_sdpa.py "$reps" 8192,32768 2>&1 | grep -v JSON | tee -a "$log"
   done
 done
-NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -n "${PROFILE:-}" ] && [ -n "$NCU" ]; then
   mkdir -p /tmp/prof
   timeout -s KILL 120 "$NCU" --clock-control none --target-processes all -k regex:attn_bwd_h --launch-count 1 --set full --import-source no -f -o /tmp/prof/bwd \

@@ -13,7 +13,6 @@ for w in ${WAVES:-1 2 4}; do
   echo "== ours, --waves=$w"
   timeout -s KILL 120 $N dist/bench/gpu-decode.js --reps=30 --contexts="$CTX" --batches="$BAT" --waves=$w --torch="$OUT/torch_decode.log" 2>&1 | grep -E "^ *[0-9]+[kM] " | tee -a "$OUT/waves.log"
 done
-NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
 [ -n "$NCU" ] || { echo "no ncu"; exit 0; }
 mkdir -p /tmp/prof
 for B in 1 8; do

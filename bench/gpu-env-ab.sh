@@ -23,8 +23,7 @@ if [ -n "${TESTS:-}" ]; then
   # (node --test's child too).
   timeout -s KILL "${TESTS_LIMIT:-300}" $N --test --test-reporter=tap --test-name-pattern="$TESTS" dist/tests/cuda/attention.gpu.test.js >"$OUT/tests.log" 2>&1
   echo "attention GPU tests /$TESTS/ exit $?" | tee -a "$log"
-  awk '/# SKIP test name/ { next } /^(ok|not ok)|^# (pass|fail)/ { print; next }
-       /^  error:/ { n = 6 } n > 0 { print; n-- }' "$OUT/tests.log" | tee -a "$log"
+  tap_results "$OUT/tests.log" | tee -a "$log"
 fi
 for round in $(seq 1 "${ROUNDS:-2}"); do
   for shape in $SHAPES; do

@@ -39,7 +39,6 @@ if command -v cuobjdump >/dev/null; then
   nvcc -arch=sm_90a -cubin -std=c++17 -o /tmp/prof/fwdh.cubin src/cuda/kernels/attn_fwd_h.cu 2>&1 | tail -2
   for k in attn_fwd_ht_bf16_d128 attn_fwd_hq_bf16_d128; do cuobjdump -sass -fun $k /tmp/prof/fwdh.cubin >/tmp/prof/$k.sass; done
 fi
-NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -n "$NCU" ]; then
   for v in ${PROFILE:-5}; do
     RINGATTN_WGMMA_ATTN=$v timeout -s KILL 120 "$NCU" --clock-control none --target-processes all -k regex:attn_fwd_h --launch-count 1 --set full \

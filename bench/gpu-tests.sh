@@ -22,6 +22,5 @@ for f in $files; do
   timeout -s KILL "$limit" $N --test --test-reporter=tap "dist/tests/cuda/$f.test.js" > "$OUT/$f.log" 2>&1
   echo "   exit $?" | tee -a "$OUT/tests.log"
   # Results, and each failure's message (TAP's "error:" line and the indented lines under it).
-  awk '/^(not ok|ok|# (tests|pass|fail|skipped|duration))/ { print; next }
-       /^  error:/ { n = 6 } n > 0 { print; n-- }' "$OUT/$f.log" | tail -60 | tee -a "$OUT/tests.log"
+  tap_results "$OUT/$f.log" | tail -60 | tee -a "$OUT/tests.log"
 done

@@ -21,19 +21,20 @@ for shape in "8192 32 --d=128" "32768 32 --d=128" "8192 8 --d=64"; do
   read -r S H d <<<"$shape"
   timeout -s KILL 120 $N dist/bench/gpu.js "$S" "$H" 10 "$d" 2>&1 | grep -v "NVRTC\|ptxas" | tee -a "$log"
 done
-NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
 if [ -n "$NCU" ] && [ -z "${SKIP_NCU:-}" ]; then
   mkdir -p /tmp/prof
-  sections="--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis"
+  # profile NAME KERNEL-REGEX SKIP COMMAND...: one launch's load, its summary into the log.
+  profile() {
+    local name=$1 kernels=$2 skip=$3
+    shift 3
+    echo "== ncu: $name" | tee -a "$log"
+    timeout -s KILL 150 "$NCU" --clock-control none --target-processes all -k "regex:$kernels" --launch-skip "$skip" --launch-count 1 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis -f -o "/tmp/prof/$name" "$@" >"/tmp/prof/$name.log" 2>&1
+    "$NCU" -i "/tmp/prof/$name.ncu-rep" --page details 2>&1 | grep -E "^  [a-z]|Duration|Throughput|Hit Rate|Tensor|Issue Slots|SM Busy" | head -24 | tee -a "$log"
+  }
   for causal in 0 1; do
-    echo "== ncu: ours, 8k H=32 D=128 causal=$causal" | tee -a "$log"
-    timeout -s KILL 150 "$NCU" --clock-control none --target-processes all -k regex:attn_fwd_h --launch-skip 5 --launch-count 1 $sections \
-      -f -o /tmp/prof/ours$causal $N dist/bench/gpu.js 8192 32 1 --d=128 --fwd-only --causal="$causal" >/tmp/prof/ours$causal.log 2>&1
-    "$NCU" -i /tmp/prof/ours$causal.ncu-rep --page details 2>&1 | grep -E "^  [a-z]|Duration|Throughput|Hit Rate|Tensor|Issue Slots|SM Busy" | head -24 | tee -a "$log"
-    echo "== ncu: cuDNN, 8k H=32 D=128 causal=$causal" | tee -a "$log"
-    timeout -s KILL 150 "$NCU" --clock-control none -k regex:'sdpa|fprop|fmha|flash' --launch-skip 3 --launch-count 1 $sections \
-      -f -o /tmp/prof/cudnn$causal python3 bench/peers/torch_cudnn_loop.py 8192 "$causal" 0.2 >/tmp/prof/cudnn$causal.log 2>&1
-    "$NCU" -i /tmp/prof/cudnn$causal.ncu-rep --page details 2>&1 | grep -E "^  [a-z]|Duration|Throughput|Hit Rate|Tensor|Issue Slots|SM Busy" | head -24 | tee -a "$log"
+    profile "ours-8k-causal$causal" attn_fwd_h 5 $N dist/bench/gpu.js 8192 32 1 --d=128 --fwd-only --causal="$causal"
+    profile "cudnn-8k-causal$causal" 'sdpa|fprop|fmha|flash' 3 python3 bench/peers/torch_cudnn_loop.py 8192 "$causal" 0.2
   done
   (cd /tmp/prof && tar czf "$OUT/trace-prof.tar.gz" --exclude='*.cubin' .)
 else

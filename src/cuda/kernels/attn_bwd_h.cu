@@ -362,7 +362,11 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   if (lane == 0) bulkWait();
   BTRACE(trace.mark(3));
 
-  // dK, dV rows of this warpgroup; without a split this CTA alone owns them: read-add-write.
+  // dK, dV rows of this warpgroup, added into global dk / dv by reductions: nothing is read back,
+  // so no thread waits on memory here. With a split, the CTAs of one key tile meet there; without,
+  // this CTA alone adds to those rows. (A read-add-write waited for each of its 32 loads in turn:
+  // the loads could not move above the stores to the other array. ~14 us a CTA, 5-7% of the
+  // kernel at 8k: kernels/NOTES.md run 58.)
 #pragma unroll
   for (int r = 0; r < 2; r++) {
     const int j = k0 + wg * 64 + warp * 16 + (lane >> 2) + 8 * r;
@@ -370,24 +374,8 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
     const u64 row = ((u64)j * p.Hk + kh) * D + 2 * (lane & 3);
 #pragma unroll
     for (int n = 0; n < D / 8; n++) {
-      const float k0v = dK[4 * n + 2 * r] * p.scale, k1v = dK[4 * n + 2 * r + 1] * p.scale;
-      const float v0v = dV[4 * n + 2 * r], v1v = dV[4 * n + 2 * r + 1];
-      if (split > 1) {
-        atomicAdd(p.dk + row + n * 8, k0v);
-        atomicAdd(p.dk + row + n * 8 + 1, k1v);
-        atomicAdd(p.dv + row + n * 8, v0v);
-        atomicAdd(p.dv + row + n * 8 + 1, v1v);
-      } else {
-        float2* pk = (float2*)(p.dk + row + n * 8);
-        float2* pv = (float2*)(p.dv + row + n * 8);
-        float2 a = *pk, b = *pv;
-        a.x += k0v;
-        a.y += k1v;
-        b.x += v0v;
-        b.y += v1v;
-        *pk = a;
-        *pv = b;
-      }
+      redAdd2(p.dk + row + n * 8, dK[4 * n + 2 * r] * p.scale, dK[4 * n + 2 * r + 1] * p.scale);
+      redAdd2(p.dv + row + n * 8, dV[4 * n + 2 * r], dV[4 * n + 2 * r + 1]);
     }
   }
 #ifdef BWD_TRACE

@@ -303,6 +303,11 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // The pipelined schedules rescale O between issuing the next tile's S and this tile's P·V, while
   // the tensor cores run the first, as FlashAttention-3 does; the others right after the softmax.
   constexpr bool LATE_RESCALE = MODE == PIPELINED || MODE == PIPE_PONG;
+#ifdef FWD_LATE_WAIT
+  constexpr bool LATE_WAIT = LATE_RESCALE;
+#else
+  constexpr bool LATE_WAIT = false;
+#endif
   // O += P V from stage s, issued (not waited for).
   auto issuePV = [&](int s) {
     const u64 dv0 = desc(stV(s), BK * 128, 1024);
@@ -343,6 +348,18 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     fenceRegs(sc);
     softmax(first, cls);
     if (!LATE_RESCALE) rescale();
+    if (!LATE_WAIT) pack();
+  };
+  // LATE_WAIT (the pipelined schedules): wait for the last tile's P·V, free its stage and pack
+  // this tile's P at the top of the next step, after the loop's back edge, not after the softmax.
+  // Placed after the softmax, ptxas moved that wait above the whole softmax (SASS: the
+  // WARPGROUP.DEPBAR.LE gsb0, 0x0 after its first FMNMX), so the softmax never overlapped P·V
+  // (kernels/NOTES.md run 58); across the back edge it cannot be moved. Opt-in (-DFWD_LATE_WAIT
+  // through RINGATTN_NVRTC_DEFINES) until it has run on a GPU.
+  auto finishPV = [&](int i) {
+    wgmmaWait<0>();
+    fenceRegs(o);
+    if (i > 0) release((i - 1) % STAGES);
     pack();
   };
   auto lastTile = [&](bool pong, int s) {
@@ -357,6 +374,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 
   mbarWait(qBar, 0);
   TRACE(trace.mark(1));
+  TRACE(int traced = 0);  // tiles computed, counted in the loops (a count taken after the clock
+                          // stopped, by reading the tile list, held the SM ~0.3 us a tile)
   if (MODE == PING_PONG) {
     // Per tile, a warpgroup issues P·V of the last tile and S of this one back to back, waits for
     // both, then runs this tile's softmax; the two warpgroups take turns at issuing (named
@@ -381,6 +400,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       pack();
     }
     lastTile(true, i % STAGES);
+    TRACE(traced = i + 1);
   } else if (MODE == ONE_TILE) {
     // One tile at a time: the other warpgroup's products overlap this one's softmax.
     int i = 0, cls = tileClass(first);
@@ -398,6 +418,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       mbarArrive(empty(i % STAGES));
       TRACE(if (i == 0) trace.mark(2));
     }
+    TRACE(traced = i);
   } else {
     // Software-pipelined (FlashAttention-3's intra-warpgroup overlap): S of the next tile is
     // issued before P·V of this one, so this warpgroup's softmax of tile n+1 runs while the
@@ -407,6 +428,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     TRACE(trace.mark(2));
     int t = first, i = 0, cls;
     for (int tn = nextTileC(t + 1, cls); tn < end; t = tn, tn = nextTileC(t + 1, cls), i++) {
+      if (LATE_WAIT) finishPV(i);  // P·V of the tile before t (none at i = 0); P of t packed
       waitFull(i + 1);
       if (pong) turnWait(wg);
       issueQK((i + 1) % STAGES);
@@ -416,12 +438,16 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       wgmmaWait<1>();  // S of tile tn (committed first) is done; P·V of tile t may still run
       fenceRegs(sc);
       softmax(tn, cls);
-      wgmmaWait<0>();
-      fenceRegs(o);
-      release(i % STAGES);
-      pack();
+      if (!LATE_WAIT) {
+        wgmmaWait<0>();
+        fenceRegs(o);
+        release(i % STAGES);
+        pack();
+      }
     }
+    if (LATE_WAIT) finishPV(i);
     lastTile(pong, i % STAGES);
+    TRACE(traced = i + 1);
   }
 
   TRACE(trace.mark(3));
@@ -431,9 +457,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 #ifdef FWD_TRACE
   asm volatile("bar.sync 7, %0;" ::"r"(CONSUMERS) : "memory");  // every consumer's epilogue issued
   trace.stop();
-  int tiles = 0;  // counted after the clock stopped: a global read a tile
-  for (int t = first; t < end; t = nextTile(t + 1)) tiles++;
-  trace.write(p.trace, tiles, qt, h);
+  trace.write(p.trace, traced, qt, h);
 #endif
   if (CLUSTER) clusterSync();  // as the producer warpgroup's, above
 }

@@ -106,6 +106,11 @@ __device__ __forceinline__ void bulkCommit() { asm volatile("cp.async.bulk.commi
 // This thread's bulk groups have finished reading shared memory (.read) / have completed.
 __device__ __forceinline__ void bulkWaitRead() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
 __device__ __forceinline__ void bulkWait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
+// Two adjacent fp32 added into global memory without waiting for the old values (a reduction the
+// memory system applies: nothing returns, so the thread goes on at once).
+__device__ __forceinline__ void redAdd2(float* g, float a, float b) {
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(g), "f"(a), "f"(b) : "memory");
+}
 
 // Shared-memory matrix descriptor, 128-byte swizzle: start >> 4, LBO >> 4 (bits 16..29),
 // SBO >> 4 (bits 32..45), swizzle mode 1 (bits 62..63).

@@ -354,7 +354,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // this tile's P at the top of the next step, after the loop's back edge, not after the softmax.
   // Placed after the softmax, ptxas moved that wait above the whole softmax (SASS: the
   // WARPGROUP.DEPBAR.LE gsb0, 0x0 after its first FMNMX), so the softmax never overlapped P·V
-  // (kernels/NOTES.md run 58); across the back edge it cannot be moved. Opt-in (-DFWD_LATE_WAIT
+  // (kernels/NOTES.md run 62); across the back edge it cannot be moved. Opt-in (-DFWD_LATE_WAIT
   // through RINGATTN_NVRTC_DEFINES) until it has run on a GPU.
   auto finishPV = [&](int i) {
     wgmmaWait<0>();

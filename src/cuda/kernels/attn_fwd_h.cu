@@ -329,6 +329,35 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       mbarArrive(empty(s));
     }
   };
+#ifdef FWD_TILE_MASKS
+  // The next visible tile from 32 tiles' classes at once: lane j classifies tile base + j (one
+  // coalesced load of the key boxes), two ballots keep them as bitmasks, and the loop's step reads
+  // bits instead of a global load and ~60 uniform-datapath instructions of classifyTile a tile
+  // (kernels/NOTES.md run 62: that load stalled each step). Opt-in (-DFWD_TILE_MASKS) until it
+  // has run on a GPU.
+  int maskBase = -(1 << 30);  // no tile classified yet
+  u32 visM = 0, partM = 0;
+  auto nextVis = [&](int t, int& cls) {
+    while (t < end) {
+      if ((unsigned)(t - maskBase) >= 32u) {
+        maskBase = t;
+        const int c = t + lane < end ? tileClass(t + lane) : TILE_EMPTY;
+        visM = __ballot_sync(0xffffffffu, c != TILE_EMPTY);
+        partM = __ballot_sync(0xffffffffu, c == TILE_PARTIAL);
+      }
+      const u32 bits = visM >> (t - maskBase);
+      if (bits) {
+        t += __ffs(bits) - 1;
+        cls = (partM >> (t - maskBase)) & 1 ? TILE_PARTIAL : TILE_FULL;
+        return t;
+      }
+      t = maskBase + 32;
+    }
+    return end;
+  };
+#else
+  auto nextVis = nextTileC;
+#endif
   auto waitFull = [&](int i) {
     mbarSpin(full(i % STAGES), (i / STAGES) & 1);
     if (!TMA) fenceAsyncShared();  // cp.async wrote through the generic proxy; TMA through the async one
@@ -385,7 +414,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     firstTile(true);
     TRACE(trace.mark(2));
     int t = first, i = 0, cls;
-    for (int tn = nextTileC(t + 1, cls); tn < end; t = tn, tn = nextTileC(t + 1, cls), i++) {
+    for (int tn = nextVis(t + 1, cls); tn < end; t = tn, tn = nextVis(t + 1, cls), i++) {
       waitFull(i + 1);
       turnWait(wg);
       issuePV(i % STAGES);
@@ -404,7 +433,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   } else if (MODE == ONE_TILE) {
     // One tile at a time: the other warpgroup's products overlap this one's softmax.
     int i = 0, cls = tileClass(first);
-    for (int t = first; t < end; t = nextTileC(t + 1, cls), i++) {
+    for (int t = first; t < end; t = nextVis(t + 1, cls), i++) {
       waitFull(i);
       issueQK(i % STAGES);
       wgmmaWait<0>();
@@ -427,7 +456,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     firstTile(pong);
     TRACE(trace.mark(2));
     int t = first, i = 0, cls;
-    for (int tn = nextTileC(t + 1, cls); tn < end; t = tn, tn = nextTileC(t + 1, cls), i++) {
+    for (int tn = nextVis(t + 1, cls); tn < end; t = tn, tn = nextVis(t + 1, cls), i++) {
       if (LATE_WAIT) finishPV(i);  // P·V of the tile before t (none at i = 0); P of t packed
       waitFull(i + 1);
       if (pong) turnWait(wg);

@@ -208,7 +208,16 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   else asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
   // Consumers. Accumulator layout (m64nN): warp w of the group holds rows 16w + lane/4 (+8);
   // register 4q + e holds column 8q + 2·(lane%4) + (e & 1), row + 8·(e >> 1).
-  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+#ifdef FWD_UNIFORM_WG
+  // The warpgroup index through a shuffle from lane 0: the compiler then knows it is the same in
+  // every lane, so Q's descriptors (they depend on it) live in uniform registers instead of being
+  // rebuilt in vector registers and moved (R2UR) for every S product (kernels/NOTES.md run 62).
+  // Opt-in until it has run on a GPU.
+  const int wg = __shfl_sync(0xffffffffu, (int)(threadIdx.x >> 7), 0);
+#else
+  const int wg = threadIdx.x >> 7;
+#endif
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   const int rowBase = q0 + wg * 64 + warp * 16 + (lane >> 2);
   int qPos[2], qSeg[2];
   for (int r = 0; r < 2; r++) {

@@ -456,7 +456,8 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
       validate(a);
       if (a.Sq === 0 || a.Sk === 0) return;
       const tag = chooseKernel(a, ctx.computeCapability);
-      if (tag !== 'generic') throwReason(misaligned({ q: a.q, k: a.k, v: a.v, dO: a.dO }));
+      // dq is added by TMA reduce, dk/dv by 8-byte vector reductions (attn_bwd_h) or float2 atomics.
+      if (tag !== 'generic') throwReason(misaligned({ q: a.q, k: a.k, v: a.v, dO: a.dO, dq: a.dq, dk: a.dk, dv: a.dv }));
       // attn_bwd_h keeps a bit per query tile in shared memory (longer query blocks go to
       // attn_bwd.cu) and adds dQ by TMA (a driver without tensor maps runs attn_bwd.cu too).
       const wgb = Math.ceil(a.Sq / wgBwdBq(a.D)) <= WG_BWD_MAX_QTILES ? wgmmaBackward(tag, ctx.computeCapability) : null;

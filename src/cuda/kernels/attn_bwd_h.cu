@@ -30,7 +30,8 @@
 // -DBWD_TRACE (bench/gpu-trace.ts): thread 0 of each CTA writes its hop::Trace record (head field:
 // KV head x split + the CTA's part of the group): mark 1 when the first (head, query tile)'s
 // operands have landed (K and V with them), 2 when that pair's products are issued and its dQ
-// reduce sent, 3 after the last pair's, and stops once every thread has stored its dK/dV.
+// reduce sent, 3 after the last pair's, and stops once every thread has issued its dK/dV
+// reductions (issued, not landed: the epilogue's time is the issue's).
 // Off, BTRACE(x) is nothing.
 #ifdef BWD_TRACE
 #define BTRACE(x) x
@@ -364,7 +365,8 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
 
   // dK, dV rows of this warpgroup, added into global dk / dv by reductions: nothing is read back,
   // so no thread waits on memory here. With a split, the CTAs of one key tile meet there; without,
-  // this CTA alone adds to those rows. (A read-add-write waited for each of its 32 loads in turn:
+  // this CTA alone adds to those rows (the same fp32 sum as a read-add-write, except that red's
+  // f32 add flushes subnormals to zero). dk, dv 8-byte aligned (the host checks 16). (A read-add-write waited for each of its 32 loads in turn:
   // the loads could not move above the stores to the other array. ~14 us a CTA, 5-7% of the
   // kernel at 8k: kernels/NOTES.md run 58.)
 #pragma unroll
@@ -379,7 +381,7 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
     }
   }
 #ifdef BWD_TRACE
-  __syncthreads();  // every thread's dK/dV stored
+  __syncthreads();  // every thread's dK/dV reductions issued
   trace.stop();
   trace.write(p.trace, pairs, kt, lt.y);  // lt.y: KV head x split + part
 #endif

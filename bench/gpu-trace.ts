@@ -97,7 +97,7 @@ const pct = (x: number[], q: number): number | null => {
 /** What the marks mean in each kernel (rows of the summary). */
 export const PHASES = {
   fwd: ['start to Q landed', 'first tile (S, softmax)', 'other tiles, per tile', 'epilogue (o, lse stored)', 'CTAs that see nothing'],
-  bwd: ['start to first Q/dO landed', 'first (head, query tile)', 'other pairs, per pair', 'epilogue (dK, dV stored)', 'CTAs that see nothing'],
+  bwd: ['start to first Q/dO landed', 'first (head, query tile)', 'other pairs, per pair', 'epilogue (dK, dV adds issued)', 'CTAs that see nothing'],
 } as const;
 
 export function summarizeTrace(records: CtaRecord[], labels: readonly string[] = PHASES.fwd): TraceSummary {

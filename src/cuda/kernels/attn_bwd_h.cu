@@ -366,9 +366,9 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   // dK, dV rows of this warpgroup, added into global dk / dv by reductions: nothing is read back,
   // so no thread waits on memory here. With a split, the CTAs of one key tile meet there; without,
   // this CTA alone adds to those rows (the same fp32 sum as a read-add-write, except that red's
-  // f32 add flushes subnormals to zero). dk, dv 8-byte aligned (the host checks 16). (A read-add-write waited for each of its 32 loads in turn:
-  // the loads could not move above the stores to the other array. ~14 us a CTA, 5-7% of the
-  // kernel at 8k: kernels/NOTES.md run 58.)
+  // f32 add flushes subnormals to zero). dk, dv 8-byte aligned (the host checks 16). A
+  // read-add-write waited for each of its 32 loads in turn (they could not move above the stores
+  // to the other array): ~14 us a CTA, 5-7% of the kernel at 8k (kernels/NOTES.md run 58).
 #pragma unroll
   for (int r = 0; r < 2; r++) {
     const int j = k0 + wg * 64 + warp * 16 + (lane >> 2) + 8 * r;

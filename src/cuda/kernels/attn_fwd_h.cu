@@ -388,8 +388,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     if (!LATE_RESCALE) rescale();
     if (!LATE_WAIT) pack();
   };
-  // LATE_WAIT (the pipelined schedules): wait for the last tile's P·V, free its stage and pack
-  // this tile's P at the top of the next step, after the loop's back edge, not after the softmax.
+  // The pipelined schedules' step i waits for P·V of tile i - 1, frees its stage and packs the
+  // next P: after the softmax of step i - 1, or with LATE_WAIT at the top of step i, after the
+  // loop's back edge.
   // Placed after the softmax, ptxas moved that wait above the whole softmax (SASS: the
   // WARPGROUP.DEPBAR.LE gsb0, 0x0 after its first FMNMX), so the softmax never overlapped P·V
   // (kernels/NOTES.md run 62); across the back edge it cannot be moved. Opt-in (-DFWD_LATE_WAIT
@@ -432,7 +433,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       wgmmaWait<0>();
       fenceRegs(sc);
       fenceRegs(o);
-      mbarArrive(empty(i % STAGES));
+      release(i % STAGES);
       softmax(tn, cls);
       rescale();
       pack();
@@ -453,7 +454,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       issuePV(i % STAGES);
       wgmmaWait<0>();
       fenceRegs(o);
-      mbarArrive(empty(i % STAGES));
+      release(i % STAGES);
       TRACE(if (i == 0) trace.mark(2));
     }
     TRACE(traced = i);
@@ -466,7 +467,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     TRACE(trace.mark(2));
     int t = first, i = 0, cls;
     for (int tn = nextVis(t + 1, cls); tn < end; t = tn, tn = nextVis(t + 1, cls), i++) {
-      if (LATE_WAIT) finishPV(i);  // P·V of the tile before t (none at i = 0); P of t packed
+      if (LATE_WAIT) finishPV(i);  // P·V of the tile before t (none at i = 0); P of tile t packed
       waitFull(i + 1);
       if (pong) turnWait(wg);
       issueQK((i + 1) % STAGES);
@@ -476,12 +477,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       wgmmaWait<1>();  // S of tile tn (committed first) is done; P·V of tile t may still run
       fenceRegs(sc);
       softmax(tn, cls);
-      if (!LATE_WAIT) {
-        wgmmaWait<0>();
-        fenceRegs(o);
-        release(i % STAGES);
-        pack();
-      }
+      if (!LATE_WAIT) finishPV(i + 1);  // P·V of tile t; P of tile tn packed
     }
     if (LATE_WAIT) finishPV(i);
     lastTile(pong, i % STAGES);

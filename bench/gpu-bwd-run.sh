@@ -4,7 +4,8 @@
 # 64 for =0 (mma.sync), =1 and =2, GQA (Hk=8) on the default, and PyTorch SDPA (flash, cuDNN) at the
 # same shapes in the same run; with PROFILE=1 an Nsight Compute profile of the default at 8k D=128.
 # Each step is time-limited; SKIP_TESTS=1 leaves the tests out; BWDS="2" times only those
-# variants (default "0 1 2"); SDPA_DS="128" runs the peers at D=128 only. Carry .devkit, .devrun and dist. Results in $OUT.
+# variants (default "0 1 2"); SDPA_DS="128" runs the peers at D=128 only. Carry .devkit, .devrun
+# and dist. Results in $OUT.
 #   bash bench/gpu-bwd-run.sh [reps=3]
 set -uo pipefail
 source bench/device-env.sh
@@ -13,9 +14,9 @@ log="$OUT/bwd.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$log"
 if [ -z "${SKIP_TESTS:-}" ]; then
   precompile_kernels --kernels attn_fwd.cu,attn_fwd_h.cu,attn_bwd.cu,attn_bwd_h.cu | tee -a "$log"
-  timeout -s KILL 240 $N --test --test-reporter=spec --test-name-pattern="RINGATTN_WGMMA_BWD=|forward and backward vs float64|block kernels|rows that see no key" dist/tests/cuda/attention.gpu.test.js >"$OUT/tests.log" 2>&1
+  timeout -s KILL 240 $N --test --test-reporter=tap --test-name-pattern="RINGATTN_WGMMA_BWD=|forward and backward vs float64|block kernels|rows that see no key" dist/tests/cuda/attention.gpu.test.js >"$OUT/tests.log" 2>&1
   echo "backward tests exit $?" | tee -a "$log"
-  grep -E "^(✔|✖)|^ℹ (pass|fail)" "$OUT/tests.log" | grep -v "^﹣" | tee -a "$log"
+  tap_results "$OUT/tests.log" | tee -a "$log"
 fi
 for S in 8192 32768; do
   for b in ${BWDS:-0 1 2}; do

@@ -12,10 +12,10 @@ import { blockCalls, timeCalls, warmUp } from './gpu-block.js';
  * the marks are Q landed, the first tile's S and softmax done, the last P·V done, and the end is
  * the epilogue stored. Backward: a CTA is a key tile of one KV head, its items the (query head,
  * query tile) pairs it sees; the marks are the first pair's operands landed, that pair done, the
- * last pair done, and the end is dK/dV stored. From those: each phase's median, a line fitted to
- * a CTA's time against its items (the per-item and the per-CTA cost), the gaps between one CTA's
- * end and the next one's start on an SM, and the idle tail; each as a share of the SMs' time over
- * the kernel's span.
+ * last pair done, and the end is dK/dV's reductions issued. From those: each phase's median, a
+ * line fitted to a CTA's time against its items (the per-item and the per-CTA cost), the gaps
+ * between one CTA's end and the next one's start on an SM, and the idle tail; each as a share of
+ * the SMs' time over the kernel's span.
  *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1] [reps=20] [fwd|bwd]
  * One S x S block, bf16, Hk = H, positions 0..S-1 on both sides, timed as bench/gpu.js times it
  * (blockCalls). The traced build stores 64 bytes a CTA and waits once more at the end: its time is

@@ -35,16 +35,16 @@ export type WgmmaForward = (typeof WGMMA_FORWARDS)[keyof typeof WGMMA_FORWARDS];
  * from one producer thread; software-pipelined inside each consumer warpgroup, ping-pong turns
  * between the two): on an H200, D=128 bf16 H=32, 543-576 TFLOP/s non-causal and 456-535 causal
  * against 172 for mma.sync (kernels/NOTES.md run 12); and hw at D=64 (the same with three consumer
- * warpgroups: 7-17% faster than ht there, run 26). RINGATTN_WGMMA_ATTN=0 picks mma.sync; 1..7 pick a
+ * warpgroups: 7-17% faster than ht there, run 26). RINGATTN_WGMMA_ATTN=0 picks mma.sync; 1..8 pick a
  * schedule: 1 h (one tile at a time), 2 hp (pipelined), 3 hs (ping-pong), 4 hq (both), 5 ht (hq
  * loading with TMA; the kernel object runs hq where the driver lacks TMA), 6 hw (ht with three
  * consumer warpgroups and 192-row query tiles; D=64 only, ht at D=128), 7 hl (ht with 176-key
  * tiles, FlashAttention-3's choice for D=128 without a mask; D=128 only, hw at D=64; 5-11% slower
  * than ht on an H100: kernels/NOTES.md run 54), 8 hc (ht in clusters of two CTAs multicasting K/V,
  * for blocks without a mask and with an even number of 128-row query tiles; other blocks run ht,
- * D=64 hw; RINGATTN_HEAD_GROUP does not apply; not yet run). A scale <= 0 runs
- * mma.sync. RINGATTN_NO_WGMMA=1 turns them off with the wgmma GEMM. Read at each call, so tests
- * can run every path on one GPU.
+ * D=64 hw; RINGATTN_HEAD_GROUP does not apply; 30% slower than ht unmasked on an H100, run 59).
+ * A scale <= 0 runs mma.sync. RINGATTN_NO_WGMMA=1 turns them off with the wgmma GEMM. Read at
+ * each call, so tests can run every path on one GPU.
  */
 export function wgmmaForward(tag: KernelTag, computeCapability: readonly [number, number], scale = 1): WgmmaForward | null {
   // The wgmma kernels fold the scale into the exponent after taking the raw row maximum: scale > 0.

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The order of one kernel's wgmma waits, products, exponentials, packs, named barriers and stage
 # arrivals in its SASS, for every build of it in the kernel cache, run-length encoded:
-# W0 / W1 = WARPGROUP.DEPBAR.LE gsb0 0 / 1, g = HGMMA, e = MUFU.EX2, p = F2FP, B / A = BAR.SYNC /
-# BAR.ARV, R = SYNCS.ARRIVE (a stage released). Where ptxas placed the P·V wait (W0) against the
+# the letters are bench/sass-order.awk's. Where ptxas placed the P·V wait (W0) against the
 # softmax's exponentials is what kernels/NOTES.md run 62 found by it. Needs the toolkit's
 # cuobjdump (the GPU machine's; prints a line and exits 0 without it). Each SASS is also kept,
 # gzipped, in $OUT.
@@ -18,8 +17,5 @@ for f in "$cache/$source"-*.cubin; do
   grep -q HGMMA /tmp/sass-order.txt || continue
   gzip -c /tmp/sass-order.txt >"$OUT/$(basename "$f" .cubin).$kernel.sass.gz"
   echo "== $kernel in $(basename "$f")"
-  awk '/DEPBAR.LE gsb0, 0x0/ { t = "W0" } /DEPBAR.LE gsb0, 0x1/ { t = "W1" } /MUFU.EX2/ { t = "e" } /SYNCS.ARRIVE/ { t = "R" }
-       /BAR.SYNC/ { t = "B" } /BAR.ARV/ { t = "A" } /HGMMA/ { t = "g" } /F2FP/ { t = "p" }
-       t != "" { if (t == last) n++; else { if (last != "") printf "%s%s ", last, (n > 1 ? "x" n : ""); last = t; n = 1 } t = "" }
-       END { printf "%s%s\n", last, (n > 1 ? "x" n : "") }' /tmp/sass-order.txt | fold -w 160
+  awk -f "$(dirname "$0")/sass-order.awk" /tmp/sass-order.txt | fold -w 160
 done

@@ -61,12 +61,38 @@ struct Mask {
 };
 
 // Key at global position kj (segment ks) visible to query qi (segment qs)?
-__device__ __forceinline__ bool visible(const Mask& m, int qi, int kj, int qs, int ks) {
+__host__ __device__ __forceinline__ bool visible(const Mask& m, int qi, int kj, int qs, int ks) {
   if (m.hasSeg && qs != ks) return false;
   if (m.causal && kj > qi) return false;
   if (m.window <= 0) return true;
   if (qi - kj < m.window && (m.causal || kj - qi < m.window)) return true;
   return kj < m.sinks;
+}
+
+// A compile-time flag passed to a generic lambda (C++17 has no template lambdas).
+template <bool B> struct Flag { static constexpr bool value = B; };
+
+// The key positions visible to a query at position qi, segments aside: [lo, hi], and the sinks
+// below sinkEnd. visible(m, qi, kj, s, s) == keyRange(m, qi).has(kj) for every kj >= 0 (compared
+// on the host by tests/cuda/key-range.test.ts). For loops over many keys whose positions are already
+// in registers: two or three compares a key, no branch, where visible()'s early returns become
+// branches around each key (kernels/NOTES.md, session 20).
+struct KeyRange {
+  int lo, hi, sinkEnd;
+  __host__ __device__ __forceinline__ bool has(int kj) const { return (kj >= lo) & (kj <= hi) | (kj < sinkEnd); }
+};
+__host__ __device__ __forceinline__ KeyRange keyRange(const Mask& m, int qi) {
+  const long long BIG = 0x7fffffff, w = m.window;
+  long long lo = -BIG - 1, hi = m.causal ? qi : BIG;
+  if (w > 0) {
+    lo = (long long)qi - w + 1;
+    if (!m.causal) hi = (long long)qi + w - 1;
+  }
+  KeyRange r;
+  r.lo = (int)(lo < -BIG - 1 ? -BIG - 1 : lo);
+  r.hi = (int)(hi > BIG ? BIG : hi);
+  r.sinkEnd = w > 0 ? (m.causal ? (m.sinks < qi + 1 ? m.sinks : qi + 1) : m.sinks) : 0;
+  return r;
 }
 
 enum { TILE_EMPTY = 0, TILE_PARTIAL = 1, TILE_FULL = 2 };

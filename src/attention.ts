@@ -1,5 +1,5 @@
 import { InputError } from './core/errors.js';
-import { checkInputs, checkRanks, type Dims } from './core/inputs.js';
+import { checkInputs, checkInt, checkRanks, type Dims } from './core/inputs.js';
 import type { F32Tensor } from './core/tensor.js';
 import type { MaskSpec } from './core/mask.js';
 import { shardPositions, gatherRows, scatterRows, type Layout } from './core/layout.js';
@@ -20,7 +20,7 @@ export interface AttentionOptions {
   blockK?: number;
   /** 'auto' (C if a compiler is found, else TypeScript), 'c' or 'ts'. */
   kernel?: 'auto' | 'c' | 'ts';
-  /** Threads for single-device attention (default: all cores). */
+  /** Threads for single-device attention (default: all cores; at most MAX_THREADS). */
   threads?: number;
   /** Gradient of the output: computes dq, dk, dv too. */
   gradOut?: F32Tensor;
@@ -63,6 +63,19 @@ export interface RingStats {
 
 export { checkInputs, type Dims } from './core/inputs.js';
 
+/** Most threads one single-device call may start (OpenMP with 100,000 of them crashed the process). */
+export const MAX_THREADS = 1024;
+
+/** The options that say how to run (not what to compute): each checked, naming the option. */
+function checkRunOptions(o: AttentionOptions): void {
+  if (o.kernel !== undefined && o.kernel !== 'auto' && o.kernel !== 'c' && o.kernel !== 'ts') {
+    throw new InputError('kernel', `expected 'auto', 'c' or 'ts', got ${JSON.stringify(o.kernel)}`);
+  }
+  if (o.threads !== undefined) checkInt('threads', o.threads, 1, MAX_THREADS);
+  if (o.blockQ !== undefined) checkInt('blockQ', o.blockQ, 1);
+  if (o.blockK !== undefined) checkInt('blockK', o.blockK, 1);
+}
+
 export function maskOf(o: AttentionOptions): MaskSpec {
   return { causal: !!o.causal, window: o.window, sinks: o.sinks, segments: o.segments };
 }
@@ -87,6 +100,7 @@ async function kernelFor(kind: AttentionOptions['kernel']): Promise<AttentionKer
 /** Single-device blockwise attention on this thread (and, with the C kernel, all cores). */
 export async function attention(q: F32Tensor, k: F32Tensor, v: F32Tensor, opts: AttentionOptions = {}): Promise<AttentionResult> {
   const d = checkInputs(q, k, v, opts);
+  checkRunOptions(opts);
   const kernel = await kernelFor(opts.kernel);
   const { cpus } = await import('node:os');
   const res = outputs(d, !!opts.gradOut);
@@ -142,6 +156,7 @@ export async function attention(q: F32Tensor, k: F32Tensor, v: F32Tensor, opts: 
  */
 export async function ringAttention(q: F32Tensor, k: F32Tensor, v: F32Tensor, opts: RingAttentionOptions = {}): Promise<AttentionResult & { stats: RingStats }> {
   const d = checkInputs(q, k, v, opts);
+  checkRunOptions(opts);
   const P = checkRanks('devices', opts.devices ?? 4);
   if ((opts.backend ?? 'cpu') !== 'cpu') throw new InputError('backend', `expected 'cpu' here, got '${opts.backend}'`);
   const layout = opts.layout ?? 'zigzag';

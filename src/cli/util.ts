@@ -22,10 +22,25 @@ export function reportError(err: unknown): number {
   return EXIT_FAIL;
 }
 
+/**
+ * The library names its arguments (q, gradOut, blockQ); the CLI user typed flags. An InputError
+ * naming an argument that `flags` maps is returned naming the flag instead; anything else as it is.
+ * Use: `catch (e) { throw asFlagError(e, FLAGS); }`.
+ */
+export function asFlagError(err: unknown, flags: Readonly<Record<string, string>>): unknown {
+  if (err instanceof InputError && Object.hasOwn(flags, err.arg)) {
+    return new InputError(flags[err.arg], err.message.slice(err.arg.length + 2));
+  }
+  return err;
+}
+
 /** Parse a CLI integer option, naming it in the error. */
+/** Decimal numbers only ('12', '-0.5', '1e6'): Number() alone also takes '0x10', '0b1', '' and ' '. */
+const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
+
 export function intOpt(name: string, v: string | undefined, opts: { min?: number; max?: number } = {}): number | undefined {
   if (v === undefined) return undefined;
-  const n = Number(v);
+  const n = DECIMAL.test(v.trim()) ? Number(v) : NaN;
   const { min, max } = opts;
   if (!Number.isInteger(n) || (min !== undefined && n < min) || (max !== undefined && n > max)) {
     const range = min !== undefined && max !== undefined ? ` in [${min}, ${max}]` : min !== undefined ? ` >= ${min}` : max !== undefined ? ` <= ${max}` : '';
@@ -41,7 +56,7 @@ export function devicesOpt(v: string | undefined, gpu = false): number | undefin
 
 export function numOpt(name: string, v: string | undefined, opts: { positive?: boolean } = {}): number | undefined {
   if (v === undefined) return undefined;
-  const n = Number(v);
+  const n = DECIMAL.test(v.trim()) ? Number(v) : NaN;
   if (!Number.isFinite(n) || (opts.positive && n <= 0)) {
     throw new InputError(name, `expected a ${opts.positive ? 'positive ' : ''}number, got '${v}'`);
   }

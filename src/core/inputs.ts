@@ -1,6 +1,6 @@
 import { check, InputError } from './errors.js';
 import { validateMask } from './mask.js';
-import { assertFinite, shapeStr, type F32Tensor } from './tensor.js';
+import { assertFinite, numel, shapeStr, type F32Tensor } from './tensor.js';
 
 /** The options every backend checks the same way. */
 export interface InputOptions {
@@ -26,7 +26,7 @@ export interface Dims {
 export function checkInputs(q: F32Tensor, k: F32Tensor, v: F32Tensor, opts: InputOptions): Dims {
   for (const [name, t] of [['q', q], ['k', k], ['v', v]] as const) {
     check(t && t.shape && (t.shape.length === 3 || t.shape.length === 4), name, `expected shape [S, H, D] or [B, S, H, D], got ${t?.shape ? shapeStr(t.shape) : String(t)}`);
-    check(t.data instanceof Float32Array, name, `expected float32 data`);
+    checkData(name, t);
   }
   check(q.shape.length === k.shape.length && k.shape.length === v.shape.length, 'k', `expected the same rank as q ${shapeStr(q.shape)}, got ${shapeStr(k.shape)}`);
   const batched = q.shape.length === 4;
@@ -37,19 +37,34 @@ export function checkInputs(q: F32Tensor, k: F32Tensor, v: F32Tensor, opts: Inpu
   check(D === Dk, 'k', `expected head dim ${D} like q, got ${Dk}`);
   check(Hk >= 1 && H % Hk === 0, 'k', `expected KV heads dividing the ${H} query heads, got ${Hk}`);
   check(v.shape.every((s, i) => s === k.shape[i]), 'v', `expected the shape of k ${shapeStr(k.shape)}, got ${shapeStr(v.shape)}`);
-  check(D >= 1 && S >= 1 && H >= 1, 'q', `expected non-empty dimensions, got ${shapeStr(q.shape)}`);
+  check(B >= 1 && D >= 1 && S >= 1 && H >= 1, 'q', `expected non-empty dimensions, got ${shapeStr(q.shape)}`);
   if (opts.gradOut) {
-    check(opts.gradOut.shape.every((s, i) => s === q.shape[i]) && opts.gradOut.shape.length === q.shape.length, 'gradOut', `expected the shape of q ${shapeStr(q.shape)}, got ${shapeStr(opts.gradOut.shape)}`);
+    check(opts.gradOut.shape?.length === q.shape.length && opts.gradOut.shape.every((s, i) => s === q.shape[i]), 'gradOut', `expected the shape of q ${shapeStr(q.shape)}, got ${opts.gradOut.shape ? shapeStr(opts.gradOut.shape) : String(opts.gradOut.shape)}`);
+    checkData('gradOut', opts.gradOut);
   }
   validateMask({ causal: opts.causal, window: opts.window, sinks: opts.sinks, segments: opts.segments }, S);
   if (opts.scale !== undefined) check(Number.isFinite(opts.scale), 'scale', `expected a finite number, got ${opts.scale}`);
   if (!opts.allowNonfinite) {
-    assertFinite('q', q.data);
-    assertFinite('k', k.data);
+    const qMax = assertFinite('q', q.data);
+    const kMax = assertFinite('k', k.data);
     assertFinite('v', v.data);
     if (opts.gradOut) assertFinite('gradOut', opts.gradOut.data);
+    // Finite inputs whose scores could leave fp32's range would give NaN, or rows that look as if
+    // they saw no key, depending on the kernel: refused, with the bound that says why.
+    const bound = qMax * kMax * D * Math.abs(opts.scale ?? 1 / Math.sqrt(D));
+    check(bound <= MAX_SCORE, opts.scale === undefined ? 'q' : 'scale', `expected scores q·k·scale within ±${MAX_SCORE.toExponential(0)} (fp32 softmax), but max|q| ${qMax.toExponential(2)} x max|k| ${kMax.toExponential(2)} x D ${D} x scale ${Math.abs(opts.scale ?? 1 / Math.sqrt(D)).toExponential(2)} = ${bound.toExponential(2)}; scale the inputs down`);
   }
   return { B, S, H, Hk, D, batched };
+}
+
+/** Largest |score| the checks let through: fp32 holds 3.4e38, and the kernels scale scores by log2(e) and subtract maxima. */
+export const MAX_SCORE = 1e30;
+
+/** A tensor's data: a Float32Array holding exactly the elements its shape says. */
+function checkData(name: string, t: F32Tensor): void {
+  check(t.data instanceof Float32Array, name, `expected float32 data (a Float32Array), got ${t.data?.constructor?.name ?? String(t.data)}`);
+  const n = numel(t.shape);
+  check(t.data.length === n, name, `expected ${n} elements for shape ${shapeStr(t.shape)}, got ${t.data.length}`);
 }
 
 

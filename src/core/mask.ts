@@ -27,6 +27,9 @@ export function validateMask(spec: MaskSpec, seqLen?: number): void {
     // (DESIGN.md: sinks are the keys a sliding window keeps; without a window every key is visible)
     throw new InputError('sinks', `expected together with a window (sinks are the first keys a sliding window keeps visible), got sinks = ${spec.sinks} and no window`);
   }
+  if (spec.segments !== undefined && !(spec.segments instanceof Int32Array)) {
+    throw new InputError('segments', `expected an Int32Array of document ids, got ${(spec.segments as unknown as object)?.constructor?.name ?? String(spec.segments)}`);
+  }
   if (spec.segments !== undefined && seqLen !== undefined && spec.segments.length !== seqLen) {
     throw new InputError('segments', `expected ${seqLen} ids (one per position), got ${spec.segments.length}`);
   }

@@ -308,9 +308,10 @@ function posInt(arg: string, v: unknown): number {
   return v;
 }
 
+/** A hardware rate or size: positive, and within [1e-6, 1e9] of its unit so the model's sums stay finite. */
 function posNum(arg: string, v: unknown): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
-    throw new InputError(arg, `expected a positive number, got ${String(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 1e-6 || v > 1e9) {
+    throw new InputError(arg, `expected a positive number in [1e-6, 1e9], got ${String(v)}`);
   }
   return v;
 }

@@ -42,13 +42,18 @@ export function shapeStr(shape: readonly number[]): string {
   return `[${shape.join(', ')}]`;
 }
 
-/** Throws naming `arg` if any element is NaN or ±Infinity. */
-export function assertFinite(arg: string, data: Float32Array | Float64Array): void {
+/** Throws naming `arg` if any element is NaN or ±Infinity; returns the largest |element| (0 if none). */
+export function assertFinite(arg: string, data: Float32Array | Float64Array): number {
+  let max = 0;
   for (let i = 0; i < data.length; i++) {
-    if (!Number.isFinite(data[i])) {
-      throw new InputError(arg, `element ${i} is ${data[i]}; expected finite values (pass --allow-nonfinite to accept them)`);
+    const x = data[i];
+    if (!Number.isFinite(x)) {
+      throw new InputError(arg, `element ${i} is ${x}; expected finite values (pass --allow-nonfinite to accept them)`);
     }
+    const a = Math.abs(x);
+    if (a > max) max = a;
   }
+  return max;
 }
 
 /** fp32 bit pattern -> bf16 bits, round to nearest even, NaN kept quiet. */

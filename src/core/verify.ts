@@ -87,3 +87,129 @@ export function verifyRows(inp: VerifyInput, rows: number[]): VerifyResult {
   }
   return { rows: rows.length, maxRelErr: den > 0 ? num / den : num, maxLseErr: lseErr, emptyRowsOk: emptyOk };
 }
+
+/**
+ * The gradient dQ of sampled rows, recomputed in float64 from the definition: with p_ij the
+ * softmax of row i (its own float64 max and sum), dP_ij = dO_i · v_j and delta_i = sum_j p_ij dP_ij,
+ * dq_i = scale · sum_j p_ij (dP_ij - delta_i) k_j. Each row needs only its own scores, so a sample
+ * costs rows x S x H x D (dK and dV need every row: callers compare those with a single-device run).
+ * Returns the norm-wise relative error ||dq - ref|| / ||ref|| over the rows: a gradient sums
+ * over every key, so its largest element's error grows with S where the norm's does not.
+ */
+export function verifyGradRows(inp: VerifyInput & { dO: Float32Array; dq: Float32Array }, rows: number[]): { rows: number; normRelErr: number } {
+  const { S, H, Hk, D, scale } = inp;
+  const g = H / Hk;
+  let num = 0;
+  let den = 0;
+  const s = new Float64Array(S);
+  const dp = new Float64Array(S);
+  const ref = new Float64Array(D);
+  for (const i of rows) {
+    for (let h = 0; h < H; h++) {
+      const kh = Math.floor(h / g);
+      const qo = (i * H + h) * D;
+      let mx = -Infinity;
+      for (let j = 0; j < S; j++) {
+        if (!visible(inp.mask, i, j)) {
+          s[j] = -Infinity;
+          continue;
+        }
+        const ko = (j * Hk + kh) * D;
+        let dot = 0;
+        let dpj = 0;
+        for (let d = 0; d < D; d++) {
+          dot += inp.q[qo + d] * inp.k[ko + d];
+          dpj += inp.dO[qo + d] * inp.v[ko + d];
+        }
+        s[j] = dot * scale;
+        dp[j] = dpj;
+        if (s[j] > mx) mx = s[j];
+      }
+      ref.fill(0);
+      if (mx !== -Infinity) {
+        let sum = 0;
+        for (let j = 0; j < S; j++) if (s[j] !== -Infinity) sum += Math.exp(s[j] - mx);
+        let delta = 0;
+        for (let j = 0; j < S; j++) if (s[j] !== -Infinity) delta += (Math.exp(s[j] - mx) / sum) * dp[j];
+        for (let j = 0; j < S; j++) {
+          if (s[j] === -Infinity) continue;
+          const w = (Math.exp(s[j] - mx) / sum) * (dp[j] - delta) * scale;
+          const ko = (j * Hk + kh) * D;
+          for (let d = 0; d < D; d++) ref[d] += w * inp.k[ko + d];
+        }
+      }
+      for (let d = 0; d < D; d++) {
+        num += (inp.dq[qo + d] - ref[d]) ** 2;
+        den += ref[d] ** 2;
+      }
+    }
+  }
+  return { rows: rows.length, normRelErr: den > 0 ? Math.sqrt(num / den) : Math.sqrt(num) };
+}
+
+/** ||a - b|| / ||b|| (||a - b|| where b is all zeros), in float64. */
+export function normRelErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < b.length; i++) {
+    num += (a[i] - b[i]) ** 2;
+    den += b[i] ** 2;
+  }
+  return den > 0 ? Math.sqrt(num / den) : Math.sqrt(num);
+}
+
+/**
+ * The gradients dK and dV of sampled key rows in float64: dv_j = sum over the group's heads h and
+ * every query i of p_ij dO_i, dk_j = scale · sum p_ij (dP_ij - delta_i) q_i. They need every
+ * query's softmax statistics, which float64 would cost S² to recompute: `lseAll` comes from an
+ * independent fp32 forward over all rows (not the run being checked), and delta_i = dO_i · o_i is
+ * summed here in float64 from that forward's `oAll`. Returns the norm-wise relative errors.
+ */
+export function verifyKeyGradRows(
+  inp: Omit<VerifyInput, 'out' | 'lse'> & { dO: Float32Array; dk: Float32Array; dv: Float32Array; oAll: Float32Array; lseAll: Float32Array },
+  keyRows: number[],
+): { rows: number; dkNormRelErr: number; dvNormRelErr: number } {
+  const { S, H, Hk, D, scale } = inp;
+  const g = H / Hk;
+  const delta = new Float64Array(S * H);
+  for (let r = 0; r < S * H; r++) {
+    let x = 0;
+    for (let d = 0; d < D; d++) x += inp.dO[r * D + d] * inp.oAll[r * D + d];
+    delta[r] = x;
+  }
+  let kNum = 0, kDen = 0, vNum = 0, vDen = 0;
+  const dk = new Float64Array(D);
+  const dv = new Float64Array(D);
+  for (const j of keyRows) {
+    for (let kh = 0; kh < Hk; kh++) {
+      dk.fill(0);
+      dv.fill(0);
+      const ko = (j * Hk + kh) * D;
+      for (let h = kh * g; h < (kh + 1) * g; h++) {
+        for (let i = 0; i < S; i++) {
+          const lse = inp.lseAll[i * H + h];
+          if (!visible(inp.mask, i, j) || lse === -Infinity) continue;
+          const qo = (i * H + h) * D;
+          let dot = 0, dp = 0;
+          for (let d = 0; d < D; d++) {
+            dot += inp.q[qo + d] * inp.k[ko + d];
+            dp += inp.dO[qo + d] * inp.v[ko + d];
+          }
+          const p = Math.exp(dot * scale - lse);
+          const w = p * (dp - delta[i * H + h]) * scale;
+          for (let d = 0; d < D; d++) {
+            dv[d] += p * inp.dO[qo + d];
+            dk[d] += w * inp.q[qo + d];
+          }
+        }
+      }
+      for (let d = 0; d < D; d++) {
+        kNum += (inp.dk[ko + d] - dk[d]) ** 2;
+        kDen += dk[d] ** 2;
+        vNum += (inp.dv[ko + d] - dv[d]) ** 2;
+        vDen += dv[d] ** 2;
+      }
+    }
+  }
+  const rel = (n: number, d: number) => (d > 0 ? Math.sqrt(n / d) : Math.sqrt(n));
+  return { rows: keyRows.length, dkNormRelErr: rel(kNum, kDen), dvNormRelErr: rel(vNum, vDen) };
+}

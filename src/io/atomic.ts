@@ -103,6 +103,28 @@ export function checkOutputPath(path: string, arg: string = path): void {
   }
 }
 
+/**
+ * Throw an InputError naming the output flag whose path is the file of one of `inputs` (the same
+ * path, or another name for the same file): writing it would replace an input. Entries whose path
+ * is undefined are skipped.
+ */
+export function checkOutputsNotInputs(outputs: readonly (readonly [string, string | undefined])[], inputs: readonly (readonly [string, string | undefined])[]): void {
+  const id = (p: string): string => {
+    try {
+      const st = statSync(p);
+      return `${st.dev}:${st.ino}`;
+    } catch {
+      return resolve(p);
+    }
+  };
+  const ins = inputs.filter((e): e is readonly [string, string] => e[1] !== undefined).map(([flag, p]) => [flag, id(p)] as const);
+  for (const [flag, p] of outputs) {
+    if (p === undefined) continue;
+    const hit = ins.find(([, i]) => i === id(p));
+    if (hit) throw new InputError(flag, `${p} is the ${hit[0]} input; expected a different file (writing it would replace the input)`);
+  }
+}
+
 /** Temp files not yet renamed or removed; removed on process exit so failures leave no junk. */
 const liveTemps = new Set<string>();
 let exitHookInstalled = false;

@@ -103,15 +103,25 @@ test('attend: bad input exits 2 with one line naming the argument, and leaves no
   nanQ[5] = NaN;
   const nan = bad('nan.npy', { dtype: 'float32', shape: [10, 4, 8], data: nanQ });
   const ints = bad('ints.npy', { dtype: 'int32', shape: [10, 4, 8], data: new Int32Array(320) });
+  const b0q = bad('b0q.npy', { dtype: 'float32', shape: [0, 10, 4, 8], data: new Float32Array(0) });
+  const b0k = bad('b0k.npy', { dtype: 'float32', shape: [0, 10, 2, 8], data: new Float32Array(0) });
+  const batch0 = ['attend', '--q', b0q, '--k', b0k, '--v', b0k, '--out', s.p('out.npy')];
   writeFileSync(s.p('garbage.npy'), 'not a numpy file at all');
   const good = readFileSync(s.p('q.npy'));
   writeFileSync(s.p('trunc.npy'), good.subarray(0, good.length - 10));
   const base = (q = s.p('q.npy'), k = s.p('k.npy')) => ['attend', '--q', q, '--k', k, '--v', s.p('v.npy'), '--out', s.p('out.npy')];
   const cases: [string[], RegExp][] = [
     [base(flat), /^ringattn: --q: .*\[S, H, D\]/],
-    [base(undefined, heads3), /^ringattn: k: expected KV heads dividing the 4 query heads, got 3/],
-    [base(undefined, shortS), /^ringattn: k: expected sequence length 10/],
-    [base(nan), /^ringattn: q: element 5 is NaN/],
+    [base(undefined, heads3), /^ringattn: --k: expected KV heads dividing the 4 query heads, got 3/],
+    [base(undefined, shortS), /^ringattn: --k: expected sequence length 10/],
+    [base(nan), /^ringattn: --q: element 5 is NaN/],
+    [batch0, /^ringattn: --q: expected non-empty dimensions, got \[0, 10, 4, 8\]/],
+    [[...batch0, '--devices', '2'], /^ringattn: --q: expected non-empty dimensions/],
+    [[...base(), '--scale', '1e38'], /^ringattn: --scale: expected scores q·k·scale within/],
+    [[...base(), '--threads', '100000'], /^ringattn: --threads: expected an integer in \[1, 1024\], got '100000'/],
+    [[...base(), '--window', '0x3'], /^ringattn: --window: expected an integer >= 1, got '0x3'/],
+    [[...base(), '--lse', s.p('q.npy')], /^ringattn: --lse: .*q\.npy is the --q input/],
+    [[...base(), '--out', s.p('k.npy')], /^ringattn: --out: .*k\.npy is the --k input/],
     [base(ints), /^ringattn: --q: /],
     [base(s.p('garbage.npy')), /^ringattn: --q: /],
     [base(s.p('trunc.npy')), /^ringattn: --q: .*truncated/],
@@ -133,6 +143,8 @@ test('attend: bad input exits 2 with one line naming the argument, and leaves no
     assert.ok(!/\n\s+at /.test(r.stderr), 'no stack trace');
     assert.ok(!existsSync(s.p('out.npy')), 'no output file');
   }
+  assert.deepEqual(readNpyFloat32(s.p('q.npy')).data, s.q.data, 'the inputs named as outputs are unchanged');
+  assert.deepEqual(readNpyFloat32(s.p('k.npy')).data, s.k.data);
   assert.deepEqual(readdirSync(s.dir).filter((f) => f.includes('.tmp') || f.startsWith('.')), [], 'no temp files left');
   // --allow-nonfinite accepts the NaN input; it reaches only the row of its query (token 0, head 0).
   assert.equal(cli([...base(nan), '--allow-nonfinite']).code, 0);

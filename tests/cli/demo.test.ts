@@ -30,6 +30,8 @@ test('demo runs the ring forward and backward, verifies, and writes a well-forme
   const r = spawnSync(process.execPath, [BIN, 'demo', '--seq', '1500', '--heads', '4', '--kv-heads', '2', '--head-dim', '32', '--devices', '3', '--window', '400', '--sinks', '4', '--backward', '--seed', seed, '--report', report], { encoding: 'utf8' });
   assert.equal(r.status, 0, `seed ${seed}\n` + r.stderr + r.stdout);
   assert.match(r.stdout, /OK: ring result verified/);
+  assert.match(r.stdout, /gradients vs single-device \(all rows\)\s+dQ, dK, dV: relative error \d\.\d+e-\d+/);
+  assert.match(r.stdout, /gradients vs float64 \(sampled rows\)\s+dQ, dK, dV of 8 rows: relative error \d\.\d+e-\d+/);
   assert.match(r.stdout, /GFLOP\/s/);
   for (const rank of [0, 1, 2]) assert.match(r.stdout, new RegExp(`^${rank}\\s+500\\s`, 'm'));
   const html = readFileSync(report, 'utf8');

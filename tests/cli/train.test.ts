@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, existsSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { curriculumLength, initStd, learningRate } from '../../src/cli/commands/train.js';
@@ -75,6 +75,34 @@ test('train: both models, loss curves in the report, checkpoint and resume', () 
     assert.match(r3.stderr, re);
     assert.ok(!existsSync(join(dir, 'r3.html')));
   }
+});
+
+test('train: a resumed run continues exactly (the same weights as one run), and a bad checkpoint ends with an error, not a hang', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ringattn-resume-'));
+  // Every step at 128 tokens (curriculum = seq): the data and learning rates do not depend on --steps.
+  const run = (args: string[]) => spawnSync(process.execPath, [BIN, 'train', '--seq', '128', '--curriculum', '128', '--devices', '2', '--no-compare', '--eval-seqs', '0', '--hidden', '16', '--heads', '2', ...args], { encoding: 'utf8', timeout: 120_000 });
+  const straight = run(['--steps', '4', '--checkpoint', join(dir, 'a4'), '--report', join(dir, 'a.html')]);
+  assert.equal(straight.status, 0, straight.stderr);
+  assert.equal(run(['--steps', '2', '--checkpoint', join(dir, 'b2'), '--report', join(dir, 'b.html')]).status, 0);
+  const resumed = spawnSync(process.execPath, [BIN, 'train', '--seq', '128', '--curriculum', '128', '--devices', '2', '--no-compare', '--eval-seqs', '0', '--steps', '4', '--resume', join(dir, 'b2'), '--checkpoint', join(dir, 'b4'), '--report', join(dir, 'b4.html')], { encoding: 'utf8', timeout: 120_000 });
+  assert.equal(resumed.status, 0, resumed.stderr);
+  for (const f of ['model.safetensors', 'optimizer.safetensors']) {
+    assert.ok(readFileSync(join(dir, 'a4', f)).equals(readFileSync(join(dir, 'b4', f))), `${f}: 2 steps + 2 resumed = 4 steps in one run, bit for bit`);
+  }
+  // A damaged checkpoint: refused with one line naming --resume, promptly (the ranks were closed).
+  mkdirSync(join(dir, 'bad'));
+  for (const f of ['config.json', 'model.safetensors', 'trainer_state.json']) copyFileSync(join(dir, 'b2', f), join(dir, 'bad', f));
+  writeFileSync(join(dir, 'bad', 'optimizer.safetensors'), 'not safetensors');
+  const t0 = Date.now();
+  const bad = spawnSync(process.execPath, [BIN, 'train', '--seq', '128', '--curriculum', '128', '--devices', '2', '--no-compare', '--eval-seqs', '0', '--steps', '4', '--resume', join(dir, 'bad'), '--report', join(dir, 'bad.html')], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(bad.status, 2, `exit ${bad.status} signal ${bad.signal}\n${bad.stderr}`);
+  assert.match(bad.stderr.trim().split('\n').at(-1)!, /^ringattn: --resume: .*optimizer\.safetensors/);
+  assert.ok(Date.now() - t0 < 30_000, 'ended promptly');
+  // --checkpoint naming a file: refused before training.
+  const file = run(['--steps', '2', '--checkpoint', join(dir, 'a.html'), '--report', join(dir, 'c.html')]);
+  assert.equal(file.status, 2, file.stderr);
+  assert.match(file.stderr, /^ringattn: --checkpoint: .*is a file; expected a directory/);
+  assert.ok(!existsSync(join(dir, 'c.html')));
 });
 
 test('learning rate: linear warmup, then cosine down to 10% of the peak at the last step (or constant)', () => {

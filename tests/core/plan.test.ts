@@ -262,6 +262,8 @@ test('validation errors name the argument', () => {
     [{ layout: 'ring' }, 'layout'],
     [{ tflops: 0 }, 'tflops'],
     [{ linkGBps: -3 }, 'linkGBps'],
+    [{ linkGBps: 1e308 }, 'linkGBps'], // (its sums overflowed to NaN in the overlap lines)
+    [{ tflops: 1e-300 }, 'tflops'],
     [{ memoryGB: Number.NaN }, 'memoryGB'],
     [{ causal: 'yes' }, 'causal'],
     [{ mlpHidden: 0 }, 'mlpHidden'],

@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { attention, ringAttention, type AttentionOptions } from '../../src/attention.js';
 import { LAYOUTS } from '../../src/core/layout.js';
 import type { F32Tensor } from '../../src/core/tensor.js';
-import { RankError } from '../../src/core/errors.js';
+import { InputError, RankError } from '../../src/core/errors.js';
 import { refForward, refBackward } from '../ref/attention64.js';
 import { TOL } from '../ref/tolerances.js';
 import { assertClose, assertCloseLse, freshSeed, randn, rng } from '../helpers/check.js';
@@ -264,4 +264,29 @@ test('warm workers never keep a program from ending; Node options (process-wide 
   assert.equal(res.stdout.trim(), 'false true');
   // Referenced idle workers would hold it for IDLE_GROUP_MS after the last run.
   assert.ok(ms < IDLE_GROUP_MS * 0.8, `the program ended ${ms} ms after it started (idle workers are kept for ${IDLE_GROUP_MS} ms)`);
+});
+
+test('attention and ringAttention reject the same malformed arguments, naming them', async () => {
+  const r = rng(freshSeed());
+  const [S, H, D] = [8, 2, 4];
+  const q = t3(S, H, D, r), k = t3(S, H, D, r), v = t3(S, H, D, r), dO = t3(S, H, D, r);
+  const short: F32Tensor = { dtype: 'float32', shape: [S, H, D], data: q.data.subarray(0, 10) };
+  const f64 = { dtype: 'float32', shape: [S, H, D], data: Float64Array.from(dO.data) } as unknown as F32Tensor;
+  const empty = (h: number): F32Tensor => ({ dtype: 'float32', shape: [0, S, h, D], data: new Float32Array(0) });
+  const cases: [string, () => [F32Tensor, F32Tensor, F32Tensor, AttentionOptions], RegExp][] = [
+    ['short q data', () => [short, k, v, {}], /^q: expected 64 elements for shape \[8, 2, 4\], got 10/],
+    ['short gradOut', () => [q, k, v, { gradOut: short }], /^gradOut: expected 64 elements/],
+    ['float64 gradOut', () => [q, k, v, { gradOut: f64 }], /^gradOut: expected float32 data \(a Float32Array\), got Float64Array/],
+    ['batch of 0', () => [empty(H), empty(H), empty(H), {}], /^q: expected non-empty dimensions, got \[0, 8, 2, 4\]/],
+    ['segments as an Array', () => [q, k, v, { segments: [0, 0, 0, 0, 1, 1, 1, 1] as unknown as Int32Array }], /^segments: expected an Int32Array of document ids, got Array/],
+    ['unknown kernel', () => [q, k, v, { kernel: 'bogus' as 'c' }], /^kernel: expected 'auto', 'c' or 'ts', got "bogus"/],
+    ['too many threads', () => [q, k, v, { threads: 100_000 }], /^threads: expected an integer in \[1, 1024\], got 100000/],
+    ['scores past fp32', () => [q, k, v, { scale: 1e38 }], /^scale: expected scores q·k·scale within ±1e\+30/],
+  ];
+  for (const [what, args, re] of cases) {
+    for (const [name, run] of [['attention', attention], ['ringAttention', (a: F32Tensor, b: F32Tensor, c: F32Tensor, o: AttentionOptions) => ringAttention(a, b, c, { ...o, devices: 2 })]] as const) {
+      const [a, b, c, o] = args();
+      await assert.rejects(Promise.resolve().then(() => run(a, b, c, o)), (e: unknown) => e instanceof InputError && re.test(e.message), `${name}: ${what}`);
+    }
+  }
 });

@@ -4,9 +4,9 @@ import { parseLayout } from '../../core/layout.js';
 import type { F32Tensor } from '../../core/tensor.js';
 import { checkInputs } from '../../core/inputs.js';
 import { sampleRows, verifyRows } from '../../core/verify.js';
-import { AtomicOutputs, encodeNpy, readNpyFloat32, readNpyInt32, checkOutputPath } from '../../io/index.js';
-import { attention, ringAttention, maskOf, type AttentionOptions } from '../../attention.js';
-import { backendOpt, devicesOpt, intOpt, kernelOpt, numOpt, prepareCpuKernels } from '../util.js';
+import { AtomicOutputs, encodeNpy, readNpyFloat32, readNpyInt32, checkOutputPath, checkOutputsNotInputs } from '../../io/index.js';
+import { attention, ringAttention, maskOf, MAX_THREADS, type AttentionOptions } from '../../attention.js';
+import { asFlagError, backendOpt, devicesOpt, intOpt, kernelOpt, numOpt, prepareCpuKernels } from '../util.js';
 import { progressBar } from '../progress.js';
 
 interface AttendFlags {
@@ -65,9 +65,19 @@ export function registerAttend(program: Command): void {
     .option('--backend <name>', 'cpu, or cuda (NVIDIA GPUs: one GPU, or a ring of --devices GPUs launched as ranks)', 'cpu')
     .option('--dtype <name>', 'with --backend cuda: bf16, fp16 or fp32 inputs on the GPU (accumulation is fp32)', 'bf16')
     .action(async (f: AttendFlags) => {
-      await attend(f);
+      try {
+        await attend(f);
+      } catch (e) {
+        throw asFlagError(e, FLAGS);
+      }
     });
 }
+
+/** The library's argument names (checkInputs, attention, ringAttention) as this command's flags. */
+const FLAGS = {
+  q: '--q', k: '--k', v: '--v', segments: '--segments', gradOut: '--grad-out', window: '--window', sinks: '--sinks',
+  scale: '--scale', blockQ: '--block', blockK: '--block', threads: '--threads', kernel: '--kernel', devices: '--devices', layout: '--layout',
+} as const;
 
 async function attend(f: AttendFlags): Promise<void> {
   backendOpt(f.backend);
@@ -80,7 +90,9 @@ async function attend(f: AttendFlags): Promise<void> {
   const grads = [f.dq, f.dk, f.dv];
   if (f.gradOut && grads.some((g) => !g)) throw new InputError('--grad-out', 'expected --dq, --dk and --dv output files with it');
   if (!f.gradOut && grads.some((g) => g)) throw new InputError('--dq', 'expected --grad-out (the gradient of the output) with --dq/--dk/--dv');
-  for (const [name, p] of [['--out', f.out], ['--lse', f.lse], ['--dq', f.dq], ['--dk', f.dk], ['--dv', f.dv]] as const) if (p) checkOutputPath(p, name);
+  const outputs = [['--out', f.out], ['--lse', f.lse], ['--dq', f.dq], ['--dk', f.dk], ['--dv', f.dv]] as const;
+  for (const [name, p] of outputs) if (p) checkOutputPath(p, name);
+  checkOutputsNotInputs(outputs, [['--q', f.q], ['--k', f.k], ['--v', f.v], ['--segments', f.segments], ['--grad-out', f.gradOut]]);
   const block = intOpt('--block', f.block, { min: 1 });
   const devices = devicesOpt(f.devices, !!cuda);
   const verifyRowsN = f.verify === undefined || f.verify === false ? 0 : f.verify === true ? 16 : intOpt('--verify', f.verify, { min: 1 })!;
@@ -95,7 +107,7 @@ async function attend(f: AttendFlags): Promise<void> {
     blockQ: block,
     blockK: block,
     kernel,
-    threads: intOpt('--threads', f.threads, { min: 1 }),
+    threads: intOpt('--threads', f.threads, { min: 1, max: MAX_THREADS }),
     allowNonfinite: !!f.allowNonfinite,
   };
   if (opts.sinks !== undefined && opts.window === undefined) throw new InputError('--sinks', 'expected --window with it (without a window every key is visible)');

@@ -5,7 +5,7 @@ import {
   DEVICE_NAMES, PLAN_DTYPES, PLAN_MODES, formatPlan, plan,
   type DevicePresetName, type PlanDtype, type PlanMode, type PlanOptions,
 } from '../../core/plan.js';
-import { intOpt, numOpt } from '../util.js';
+import { asFlagError, intOpt, numOpt } from '../util.js';
 
 interface PlanFlags {
   seq: string;
@@ -97,10 +97,7 @@ function runPlan(f: PlanFlags): void {
   try {
     p = plan(opts);
   } catch (err) {
-    if (err instanceof InputError && FLAG_OF[err.arg]) {
-      throw new InputError(FLAG_OF[err.arg], err.message.slice(err.arg.length + 2));
-    }
-    throw err;
+    throw asFlagError(err, FLAG_OF);
   }
   process.stdout.write(f.json ? JSON.stringify(p, null, 2) + '\n' : formatPlan(p));
 }

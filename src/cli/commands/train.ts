@@ -1,6 +1,6 @@
 import { cpus } from 'node:os';
 import type { Command } from 'commander';
-import { existsSync, readFileSync, mkdirSync } from 'node:fs';
+import { existsSync, readFileSync, mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { InputError } from '../../core/errors.js';
 import { parseLayout } from '../../core/layout.js';
@@ -59,12 +59,14 @@ export function curriculumLength(step: number, steps: number, start: number, end
   return Math.min(end, start * 2 ** stage);
 }
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0 || 0x9e3779b9;
-  return () => {
+/** xorshift32 from `seed`; `state()` is what `rng(state, true)` continues from exactly. */
+function rng(seed: number, isState = false): (() => number) & { state: () => number } {
+  let s = isState ? seed >>> 0 : seed >>> 0 || 0x9e3779b9;
+  const next = () => {
     s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
     return s / 4294967296;
   };
+  return Object.assign(next, { state: () => s });
 }
 
 interface RunResult {
@@ -74,6 +76,8 @@ interface RunResult {
   accuracy: number;
   seconds: number;
   model: RingModel;
+  /** The training data generator's state after the last step (a checkpoint saves it). */
+  dataRng: number;
 }
 
 /**
@@ -95,32 +99,63 @@ export function learningRate(step: number, steps: number, peak: number, warmup: 
   return peak * (0.1 + 0.45 * (1 + Math.cos(Math.PI * t)));
 }
 
-/** The step a checkpoint directory was saved at (its trainer_state.json). */
-function savedStep(dir: string): number {
+/**
+ * Where a checkpoint directory's training stopped (its trainer_state.json): the step, and the
+ * state of the training data's generator after that step's sequence (absent in checkpoints
+ * written before it was saved: the generator is then replayed through the steps done).
+ */
+function savedState(dir: string): { step: number; dataRng?: number } {
   const file = join(dir, 'trainer_state.json');
-  let step: unknown;
+  let st: { step?: unknown; dataRng?: unknown };
   try {
-    step = (JSON.parse(readFileSync(file, 'utf8')) as { step?: unknown }).step;
+    st = JSON.parse(readFileSync(file, 'utf8')) as typeof st;
   } catch (e) {
     throw new InputError('--resume', `${file} could not be read (${(e as Error).message})`);
   }
+  const { step, dataRng } = st;
   if (typeof step !== 'number' || !Number.isInteger(step) || step < 0) throw new InputError('--resume', `${file}: expected a non-negative integer "step", got ${JSON.stringify(step)}`);
-  return step;
+  if (dataRng !== undefined && (typeof dataRng !== 'number' || !Number.isInteger(dataRng) || dataRng < 1 || dataRng >= 2 ** 32)) {
+    throw new InputError('--resume', `${file}: expected "dataRng" to be a generator state (an integer in [1, 2^32)), got ${JSON.stringify(dataRng)}`);
+  }
+  return { step, dataRng: dataRng as number | undefined };
 }
 
-async function trainOne(name: string, cfg: ModelConfig, f: TrainFlags, spec: RecallSpec, o: { steps: number; seq: number; start: number; lr: number; warmup: number; devices: number; seed: number; resume?: { dir: string; step: number } }): Promise<RunResult> {
+type TrainOptions = { steps: number; seq: number; start: number; lr: number; warmup: number; devices: number; seed: number; resume?: { dir: string; step: number; dataRng?: number } };
+
+/** One model's training run. Its ranks are closed if it fails (a caller that got no result could not). */
+async function trainOne(name: string, cfg: ModelConfig, f: TrainFlags, spec: RecallSpec, o: TrainOptions): Promise<RunResult> {
   const weights = o.resume ? loadWeights(o.resume.dir, cfg) : initWeights(cfg, o.seed, initStd(cfg.hiddenSize));
   const gpu = f.backend === 'cuda';
   const model = await RingModel.create(cfg, weights, { devices: o.devices, layout: parseLayout(f.layout, '--layout'), kernel: kernelOpt(f.kernel), backend: gpu ? 'cuda' : 'cpu', dtype: gpu ? modelDtypeOpt(f.dtype) : undefined });
+  try {
+    return await trainModel(name, model, cfg, f, spec, o);
+  } catch (e) {
+    await model.close();
+    throw e;
+  }
+}
+
+async function trainModel(name: string, model: RingModel, cfg: ModelConfig, f: TrainFlags, spec: RecallSpec, o: TrainOptions): Promise<RunResult> {
   const lead = model.rank === 0;
   let first = 0;
+  let rand = rng(o.seed * 7919 + 1);
   if (o.resume) {
-    const st = readSafetensors(join(o.resume.dir, 'optimizer.safetensors'));
-    const state = Object.fromEntries(st.names().map((n) => [n, st.getFloat32(n)]));
+    const file = join(o.resume.dir, 'optimizer.safetensors');
+    let state: Record<string, Float32Array>;
+    try {
+      const st = readSafetensors(file);
+      state = Object.fromEntries(st.names().map((n) => [n, st.getFloat32(n)]));
+    } catch (e) {
+      throw e instanceof InputError ? new InputError('--resume', e.message) : e;
+    }
     await model.loadOptimizerState(state, o.lr, 0.01);
     first = o.resume.step;
+    // The data continue where the checkpoint's run stopped: its generator's saved state, or, for
+    // an older checkpoint, the sequences of the steps done drawn again (the same ones if the
+    // curriculum, that is --seq, --curriculum and --steps, is the same).
+    if (o.resume.dataRng !== undefined) rand = rng(o.resume.dataRng, true);
+    else for (let step = 0; step < first; step++) recallSequence(spec, curriculumLength(step, o.steps, o.start, o.seq), rand);
   }
-  const rand = rng(o.seed * 7919 + 1);
   const curve: [number, number][] = [];
   const t0 = performance.now();
   let avg = NaN;
@@ -138,6 +173,7 @@ async function trainOne(name: string, cfg: ModelConfig, f: TrainFlags, spec: Rec
     else if ((step + 1) % 25 === 0 || step + 1 === o.steps) process.stderr.write(line + '\n');
   }
   if (tty && lead) process.stderr.write('\n');
+  const dataState = rand.state();
   // Recall accuracy at the full length on fresh sequences.
   let right = 0;
   let total = 0;
@@ -152,7 +188,7 @@ async function trainOne(name: string, cfg: ModelConfig, f: TrainFlags, spec: Rec
     }
   }
   const tail = curve.slice(-10);
-  return { name, curve, finalLoss: tail.reduce((a, [, l]) => a + l, 0) / Math.max(1, tail.length), accuracy: total ? right / total : 0, seconds: (performance.now() - t0) / 1000, model };
+  return { name, curve, finalLoss: tail.reduce((a, [, l]) => a + l, 0) / Math.max(1, tail.length), accuracy: total ? right / total : 0, seconds: (performance.now() - t0) / 1000, model, dataRng: dataState };
 }
 
 export function registerTrain(program: Command): void {
@@ -204,14 +240,20 @@ export function registerTrain(program: Command): void {
       intOpt('--eval-seqs', f.evalSeqs, { min: 0 });
       if (hidden % heads !== 0 || (hidden / heads) % 2 !== 0) throw new InputError('--heads', `expected a divisor of --hidden (${hidden}) leaving an even head size, got ${heads}`);
       checkOutputPath(f.report, '--report');
-      if (f.resume && !existsSync(join(f.resume, 'trainer_state.json'))) throw new InputError('--resume', `${f.resume} has no trainer_state.json; expected a directory written by --checkpoint`);
+      if (f.checkpoint && existsSync(f.checkpoint) && !statSync(f.checkpoint).isDirectory()) throw new InputError('--checkpoint', `${f.checkpoint} is a file; expected a directory (made if missing)`);
+      if (f.resume) {
+        for (const file of ['trainer_state.json', 'optimizer.safetensors']) {
+          if (!existsSync(join(f.resume, file))) throw new InputError('--resume', `${f.resume} has no ${file}; expected a directory written by --checkpoint`);
+        }
+      }
       const spec = DEFAULT_RECALL;
       // A resumed run continues the checkpoint's model to --steps in all (the count from the start
       // of training); its shape comes from the checkpoint (for --plan, the report and the comparison too).
       const resumed = f.resume ? readHfConfig(f.resume) : undefined;
-      const saved = f.resume ? savedStep(f.resume) : 0;
+      const saved = f.resume ? savedState(f.resume) : { step: 0 };
       if (f.resume && resumed) {
-        if (steps <= saved) throw new InputError('--steps', `expected more than the checkpoint's ${saved} steps (--steps counts from the start of training), got ${steps}`);
+        if (steps <= saved.step) throw new InputError('--steps', `expected more than the checkpoint's ${saved.step} steps (--steps counts from the start of training), got ${steps}`);
+        if (resumed.vocabSize !== recallVocab(spec)) throw new InputError('--resume', `${f.resume}/config.json has vocab_size ${resumed.vocabSize}; expected ${recallVocab(spec)} (the recall task's tokens): a checkpoint of this command`);
         for (const [opt, flag] of [['hidden', '--hidden'], ['layers', '--layers'], ['heads', '--heads'], ['ropeTheta', '--rope-theta']]) {
           if (cmd.getOptionValueSource(opt) === 'cli') throw new InputError(flag, `a resumed run keeps the checkpoint's model (${f.resume}/config.json); leave ${flag} out`);
         }
@@ -232,7 +274,7 @@ export function registerTrain(program: Command): void {
       if (lead) process.stderr.write(`ringattn train: key-value recall (${spec.pairs} pairs of ${spec.keys} keys x ${spec.values} values, ${spec.queries} queries) at up to ${seq} tokens on ${devices} ${gpu ? 'GPU' : 'CPU'} ranks\n`);
       const runs: RunResult[] = [];
       try {
-        runs.push(await trainOne('full attention', full, f, spec, { steps, seq, start, lr, warmup, devices, seed, resume: f.resume ? { dir: f.resume, step: saved } : undefined }));
+        runs.push(await trainOne('full attention', full, f, spec, { steps, seq, start, lr, warmup, devices, seed, resume: f.resume ? { dir: f.resume, ...saved } : undefined }));
         if (f.compare) {
           const win = parseHfConfig({ model_type: 'mistral', ...base, sliding_window: window });
           runs.push(await trainOne(`window ${window}`, win, f, spec, { steps, seq, start, lr, warmup, devices, seed }));
@@ -243,7 +285,7 @@ export function registerTrain(program: Command): void {
           if (lead) mkdirSync(f.checkpoint, { recursive: true });
           if (lead) saveWeights(f.checkpoint, m.cfg, m.weights);
           if (opt && lead) writeFileAtomic(join(f.checkpoint, 'optimizer.safetensors'), encodeSafetensors(Object.fromEntries(Object.entries(opt.state).map(([k, v]) => [k, { dtype: 'float32', shape: [v.length], data: v }]))), '--checkpoint');
-          if (lead) writeFileAtomic(join(f.checkpoint, 'trainer_state.json'), JSON.stringify({ step: steps, seq, task: spec }, null, 2), '--checkpoint');
+          if (lead) writeFileAtomic(join(f.checkpoint, 'trainer_state.json'), JSON.stringify({ step: steps, seq, task: spec, dataRng: runs[0].dataRng }, null, 2), '--checkpoint');
         }
       } finally {
         for (const r of runs) await r.model.close();

@@ -8,7 +8,7 @@
  */
 import { InputError } from './core/errors.js';
 import { checkInt, checkRanks } from './core/inputs.js';
-import { shardPositions, gatherRows, scatterRows, type Layout } from './core/layout.js';
+import { LAYOUTS, shardPositions, gatherRows, scatterRows, type Layout } from './core/layout.js';
 import type { ModelConfig } from './model/config.js';
 import { readHfConfig } from './model/config.js';
 import { loadWeights, type ModelWeights, type LayerWeights } from './model/weights.js';
@@ -47,6 +47,29 @@ export interface GenerateOptions {
   stop?: number[];
   onToken?: (token: number) => void;
   onPrefill?: () => void;
+}
+
+/** A value as an error message shows it: the type of an object, a string quoted. */
+function describe(x: unknown): string {
+  if (typeof x === 'string') return JSON.stringify(x);
+  if (typeof x === 'object' && x !== null) return x.constructor?.name ?? 'an object';
+  return String(x);
+}
+
+/** RingModel's options, each checked before any rank starts (a bad one found later left them running). */
+function checkModelOptions(cfg: ModelConfig, o: RingModelOptions): void {
+  if (o.backend !== undefined && o.backend !== 'cpu' && o.backend !== 'cuda') throw new InputError('backend', `expected 'cpu' or 'cuda', got ${describe(o.backend)}`);
+  if (o.layout !== undefined && !(LAYOUTS as readonly string[]).includes(o.layout)) throw new InputError('layout', `expected one of ${LAYOUTS.join(', ')}, got ${describe(o.layout)}`);
+  if (o.kernel !== undefined && o.kernel !== 'auto' && o.kernel !== 'c' && o.kernel !== 'ts') throw new InputError('kernel', `expected 'auto', 'c' or 'ts', got ${describe(o.kernel)}`);
+  if (o.dtype !== undefined) {
+    if (o.dtype !== 'float32' && o.dtype !== 'bfloat16') throw new InputError('dtype', `expected 'float32' or 'bfloat16', got ${describe(o.dtype)}`);
+    if (o.dtype === 'bfloat16' && (o.backend ?? 'cpu') === 'cpu') throw new InputError('dtype', `'bfloat16' runs on the cuda backend; the CPU computes in float32`);
+  }
+  if (o.sinks !== undefined) {
+    checkInt('sinks', o.sinks, 0);
+    if (o.sinks > 0 && !cfg.slidingWindow.some((w) => w !== null)) throw new InputError('sinks', `the model has no sliding-window layer (sinks are the first keys a window keeps visible), got ${o.sinks}`);
+  }
+  if (o.threads !== undefined) checkInt('threads', o.threads, 1, 1024);
 }
 
 /** Copy the weights into one SharedArrayBuffer so every rank reads them without a copy each. */
@@ -88,8 +111,8 @@ export class RingModel {
   }
 
   static async create(cfg: ModelConfig, weights: ModelWeights, opts: RingModelOptions = {}): Promise<RingModel> {
+    checkModelOptions(cfg, opts);
     const backend = opts.backend ?? 'cpu';
-    if (backend !== 'cpu' && backend !== 'cuda') throw new InputError('backend', `expected cpu or cuda, got '${backend}'`);
     // CPU ranks are worker threads of this process (at most MAX_RANKS); GPU ranks are processes.
     const P = backend === 'cpu' ? checkRanks('devices', opts.devices ?? 1) : checkInt('devices', opts.devices ?? 1, 1);
     const program = new URL('./model/program.js', import.meta.url).href;
@@ -131,6 +154,7 @@ export class RingModel {
   }
 
   private checkIds(ids: Int32Array, arg: string): void {
+    if (!(ids instanceof Int32Array)) throw new InputError(arg, `expected an Int32Array of token ids, got ${describe(ids)}`);
     if (ids.length === 0) throw new InputError(arg, 'expected at least one token');
     for (let i = 0; i < ids.length; i++) {
       if (!Number.isInteger(ids[i]) || ids[i] < 0 || ids[i] >= this.cfg.vocabSize) throw new InputError(arg, `token ${i} is ${ids[i]}; expected an id in [0, ${this.cfg.vocabSize})`);
@@ -143,6 +167,8 @@ export class RingModel {
    */
   async prefill(ids: Int32Array, which: 'all' | 'last' = 'last', reserve = 0): Promise<Float32Array> {
     this.checkIds(ids, 'tokens');
+    if (which !== 'all' && which !== 'last') throw new InputError('which', `expected 'all' or 'last', got ${describe(which)}`);
+    checkInt('reserve', reserve, 0);
     const S = ids.length;
     const P = this.group.ranks;
     const positions = shardPositions(S, P, this.layout);
@@ -163,7 +189,10 @@ export class RingModel {
    */
   async decode(token: number): Promise<Float32Array> {
     if (this.nextPos === 0) throw new InputError('decode', 'expected a prefill first');
-    this.checkIds(Int32Array.of(token), 'token');
+    // (Int32Array.of would truncate 1.5 to 1 and wrap 2^32 + 1 to 1 before the check saw them)
+    if (typeof token !== 'number' || !Number.isInteger(token) || token < 0 || token >= this.cfg.vocabSize) {
+      throw new InputError('token', `expected an id in [0, ${this.cfg.vocabSize}), got ${describe(token)}`);
+    }
     const owner = this.cachedPerRank.indexOf(Math.min(...this.cachedPerRank));
     const pos = this.nextPos++;
     const res = await this.group.call<{ logits: Float32Array | null; cached: number }>('decode', this.cachedPerRank.map(() => ({ token, pos, owner })));
@@ -191,7 +220,9 @@ export class RingModel {
   }
 
   async generate(ids: Int32Array, o: GenerateOptions): Promise<Int32Array> {
+    if (typeof o !== 'object' || o === null) throw new InputError('options', `expected { maxNewTokens, ... }, got ${describe(o)}`);
     if (!Number.isInteger(o.maxNewTokens) || o.maxNewTokens < 0) throw new InputError('maxNewTokens', `expected a non-negative integer, got ${o.maxNewTokens}`);
+    this.checkIds(ids, 'tokens');
     const temperature = o.temperature ?? 0;
     const topP = o.topP ?? 1;
     if (!(temperature >= 0)) throw new InputError('temperature', `expected >= 0, got ${temperature}`);

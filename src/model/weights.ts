@@ -184,6 +184,11 @@ export function loadWeights(dir: string, cfg: ModelConfig): ModelWeights {
     let data = index.getFloat32(name);
     // float32 data comes back as a view of a private copy; keep it, never a view of a shared buffer.
     if (data.byteOffset !== 0 || data.buffer.byteLength !== data.byteLength) data = data.slice();
+    // A NaN or infinite weight would reach attention as a query or key the kernels cannot rank:
+    // its row reads as one that sees no key (output 0), and the logits come out finite and wrong.
+    for (let i = 0; i < data.length; i++) {
+      if (!Number.isFinite(data[i])) throw new InputError(index.shardOf(name), `tensor '${name}' element ${i} is ${data[i]}; expected finite weights`);
+    }
     assign(weights, cfg, name, data);
   }
   if (cfg.tieWordEmbeddings) weights.lmHead = weights.embed;

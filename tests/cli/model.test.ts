@@ -72,13 +72,21 @@ test('model commands reject bad input with exit 2 and no output file', () => {
   writeFileSync(join(dir, 'bad.txt'), '1 2 x');
   writeFileSync(join(dir, 'obj.json'), '{"idx": [1, 2]}');
   writeFileSync(join(dir, 'strs.json'), '["1", "2"]');
+  writeFileSync(join(dir, 'hex.txt'), '0x5 6');
+  writeFileSync(join(dir, 'ok.json'), '[1, 2, 3]');
   const cases: [string[], RegExp][] = [
     [['logits', '--model', dir, '--tokens', join(dir, 'bad.txt'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: token 2 is 'x'; expected a non-negative integer id$/],
     [['logits', '--model', dir, '--tokens', join(dir, 'obj.json'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: expected a JSON array of token ids, or an object with an "ids" or "input_ids" array$/],
     [['generate', '--model', dir, '--tokens', join(dir, 'bad.json'), '--max-new-tokens', '0'], /^ringattn: --max-new-tokens: expected/],
     [['logits', '--model', dir, '--tokens', join(dir, 'strs.json'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: token 0 is "1"; expected a non-negative integer id$/],
     [['logits', '--model', join(dir, 'nope'), '--tokens', join(dir, 'bad.json'), '--out', join(dir, 'o.npy')], /^ringattn: --model: .*does not exist/],
-    [['logits', '--model', dir, '--tokens', join(dir, 'bad.json'), '--out', join(dir, 'o.npy')], /^ringattn: tokens: token 2 is 999; expected an id in \[0, 35\)/],
+    [['logits', '--model', dir, '--tokens', join(dir, 'bad.json'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: token 2 is 999; expected an id in \[0, 35\) \(the model's vocab_size\)/],
+    [['logits', '--model', dir, '--tokens', join(dir, 'hex.txt'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: token 0 is '0x5'; expected a non-negative integer id$/],
+    [['logits', '--model', dir, '--tokens', join(dir, 'ok.json'), '--out', join(dir, 'ok.json')], /^ringattn: --out: .*ok\.json is the --tokens input/],
+    [['logits', '--model', dir, '--tokens', join(dir, 'ok.json'), '--out', join(dir, 'o.npy'), '--sinks', '2', '--layout', 'spiral'], /^ringattn: --layout: /],
+    [['generate', '--model', dir, '--tokens', join(dir, 'ok.json'), '--dtype', 'bf16'], /^ringattn: --dtype: 'bfloat16' runs on the cuda backend/],
+    [['generate', '--model', dir, '--prompt-file', dir], /^ringattn: --prompt-file: .* is a directory; expected a file to read$/],
+    [['tokenize', '--model', dir, '--text-file', dir], /^ringattn: --text-file: .* is a directory; expected a file to read$/],
     [['logits', '--model', dir, '--tokens', join(dir, 'missing.json'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: /],
     [['generate', '--model', dir, '--tokens', join(dir, 'bad.json'), '--top-p', '0'], /^ringattn: --top-p: expected 0 < p <= 1/],
     [['generate', '--model', dir, '--tokens', join(dir, 'bad.json'), '--out-tokens', join(dir, 'no', 'x.npy')], /^ringattn: --out-tokens: /],
@@ -133,6 +141,16 @@ test('bad checkpoints: exit 2 with one line naming the file or tensor, no output
     assert.match(r.stderr, re, what);
     assert.ok(!existsSync(join(dir, 'o.npy')), what);
   }
+  // A NaN weight: refused at load (attention read its NaN query rows as rows that see nothing,
+  // and the logits came out finite and wrong).
+  const { dir, cfg, weights } = checkpoint();
+  weights.layers[1].inputNorm[3] = Number.NaN;
+  saveWeights(dir, cfg, weights);
+  writeFileSync(join(dir, 'ids.json'), '[1, 2, 3]');
+  const r = cli(['logits', '--model', dir, '--tokens', join(dir, 'ids.json'), '--out', join(dir, 'o.npy')]);
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr.trim(), /^ringattn: .*model\.safetensors: tensor 'model\.layers\.1\.input_layernorm\.weight' element 3 is NaN; expected finite weights$/);
+  assert.ok(!existsSync(join(dir, 'o.npy')));
 });
 
 test('--backend cuda without a usable driver: one line naming the driver (not NCCL), exit 1, no ranks started, no output file', () => {

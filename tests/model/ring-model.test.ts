@@ -99,13 +99,42 @@ test('greedy generation is the same on 1 and 4 ranks', async () => {
   assert.equal(outs[0].length, 6);
 });
 
-test('bad token ids are named', async () => {
+test('bad token ids and arguments are named', async () => {
   const { cfg, weights } = tiny();
   const m = await RingModel.create(cfg, weights, { devices: 2 });
   try {
     await assert.rejects(m.prefill(Int32Array.of(1, 2, 999)), /tokens: token 2 is 999; expected an id in \[0, 61\)/);
     await assert.rejects(m.decode(3), /expected a prefill first/);
+    await assert.rejects(m.prefill([1, 2, 3] as unknown as Int32Array), /^InputError: tokens: expected an Int32Array of token ids, got Array/);
+    await assert.rejects(m.prefill(Int32Array.of(1, 2), 'every' as 'all'), /^InputError: which: expected 'all' or 'last', got "every"/);
+    await assert.rejects(m.generate(Int32Array.of(1, 2), undefined as unknown as { maxNewTokens: number }), /^InputError: options: expected \{ maxNewTokens/);
+    const want = await m.prefill(Int32Array.of(5, 6), 'last');
+    assert.equal(want.length, 61);
+    // Not an id: refused, not truncated (1.5 and 2^32 + 1 had decoded token 1; NaN and null token 0).
+    for (const t of [1.5, 2 ** 32 + 1, Number.NaN, -0.5, null, '1']) {
+      await assert.rejects(m.decode(t as number), (e: unknown) => e instanceof Error && /^token: expected an id in \[0, 61\), got /.test(e.message), String(t));
+    }
   } finally {
     await m.close();
   }
+});
+
+test('RingModel options are checked before any rank starts', async () => {
+  const { cfg, weights } = tiny();
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ layout: 'spiral' }, /^layout: expected one of contiguous, zigzag, striped, got "spiral"/],
+    [{ kernel: 'fast' }, /^kernel: expected 'auto', 'c' or 'ts', got "fast"/],
+    [{ dtype: 'int8' }, /^dtype: expected 'float32' or 'bfloat16', got "int8"/],
+    [{ dtype: 'bfloat16' }, /^dtype: 'bfloat16' runs on the cuda backend/],
+    [{ sinks: 2 }, /^sinks: the model has no sliding-window layer/],
+    [{ threads: 0 }, /^threads: expected an integer in \[1, 1024\], got 0/],
+    [{ backend: 'tpu' }, /^backend: expected 'cpu' or 'cuda', got "tpu"/],
+  ];
+  for (const [opts, re] of cases) {
+    await assert.rejects(RingModel.create(cfg, weights, opts as never), (e: unknown) => e instanceof Error && re.test(e.message), JSON.stringify(opts));
+  }
+  // With a window, sinks are accepted.
+  const w = tiny(8);
+  const m = await RingModel.create(w.cfg, w.weights, { devices: 1, sinks: 2 });
+  await m.close();
 });

@@ -1,14 +1,14 @@
 import type { Command } from 'commander';
-import { readFileSync, existsSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { InputError } from '../../core/errors.js';
 import { parseLayout } from '../../core/layout.js';
 import { plan, formatPlan } from '../../core/plan.js';
 import { formatBytes } from '../../core/plan.js';
-import { encodeNpy, readTokens, writeFileAtomic, checkOutputPath } from '../../io/index.js';
-import { readHfConfig } from '../../model/config.js';
+import { encodeNpy, readInputFile, readTokens, writeFileAtomic, checkOutputPath, checkOutputsNotInputs } from '../../io/index.js';
+import { readHfConfig, type ModelConfig } from '../../model/config.js';
 import { hasTokenizer, loadTokenizer } from '../../model/tokenizer.js';
 import { RingModel } from '../../llm.js';
-import { backendOpt, devicesOpt, intOpt, kernelOpt, modelDtypeOpt, numOpt, printPlanOnce } from '../util.js';
+import { asFlagError, backendOpt, devicesOpt, intOpt, kernelOpt, modelDtypeOpt, numOpt, printPlanOnce } from '../util.js';
 import { progressBar } from '../progress.js';
 
 interface ModelFlags {
@@ -48,9 +48,15 @@ async function launchedElsewhere(f: ModelFlags): Promise<boolean> {
   return launchSelfIfNeeded(devicesOpt(f.devices, true) ?? 1);
 }
 
+/** --model's config.json (the directory must exist). */
+function modelConfig(f: { model: string }): ModelConfig {
+  if (!existsSync(f.model)) throw new InputError('--model', `${f.model} does not exist; expected a checkpoint directory`);
+  return readHfConfig(f.model);
+}
+
 async function open(f: ModelFlags): Promise<RingModel> {
   checkBackend(f);
-  if (!existsSync(f.model)) throw new InputError('--model', `${f.model} does not exist; expected a checkpoint directory`);
+  modelConfig(f);
   const kernel = kernelOpt(f.kernel);
   return RingModel.load(f.model, {
     devices: devicesOpt(f.devices, f.backend === 'cuda'),
@@ -62,15 +68,47 @@ async function open(f: ModelFlags): Promise<RingModel> {
   });
 }
 
+/** A text file's contents (UTF-8); a missing file or a directory is an InputError naming `flag`. */
+function readText(path: string, flag: string): string {
+  return new TextDecoder().decode(readInputFile(path, flag));
+}
+
 /** Prompt ids from --tokens or --prompt-file/--text (through the model's tokenizer). */
 function promptIds(f: { model: string; tokens?: string; promptFile?: string }): Int32Array {
   if (f.tokens && f.promptFile) throw new InputError('--tokens', 'expected either --tokens or --prompt-file, not both');
   if (f.tokens) return readTokens(f.tokens, '--tokens');
-  if (f.promptFile) {
-    if (!existsSync(f.promptFile)) throw new InputError('--prompt-file', `${f.promptFile} does not exist`);
-    return Int32Array.from(loadTokenizer(f.model, 'or pass token ids with --tokens').encode(readFileSync(f.promptFile, 'utf8')));
-  }
+  if (f.promptFile) return Int32Array.from(loadTokenizer(f.model, 'or pass token ids with --tokens').encode(readText(f.promptFile, '--prompt-file')));
   throw new InputError('--tokens', 'expected --tokens FILE or --prompt-file FILE');
+}
+
+/**
+ * The prompt's ids against the model's vocabulary, before any weight is read; and a note when the
+ * sequence runs past the positions the model was trained for (RoPE goes on; quality may not).
+ */
+function checkPrompt(ids: Int32Array, cfg: ModelConfig, flag: string, total: number, quiet?: boolean): void {
+  for (let i = 0; i < ids.length; i++) {
+    if (ids[i] >= cfg.vocabSize) throw new InputError(flag, `token ${i} is ${ids[i]}; expected an id in [0, ${cfg.vocabSize}) (the model's vocab_size)`);
+  }
+  if (!quiet && total > cfg.maxPositionEmbeddings && (process.env.RANK ?? '0') === '0') {
+    process.stderr.write(`note: ${total} positions pass the model's max_position_embeddings (${cfg.maxPositionEmbeddings}); it computes them, but was not trained for them\n`);
+  }
+}
+
+/** The library's argument names (RingModel) as these commands' flags. */
+const FLAGS = {
+  tokens: '--tokens', token: '--tokens', devices: '--devices', layout: '--layout', kernel: '--kernel', backend: '--backend', dtype: '--dtype', sinks: '--sinks',
+  maxNewTokens: '--max-new-tokens', temperature: '--temperature', topP: '--top-p', seed: '--seed',
+} as const;
+
+/** An action whose library errors name this command's flags. */
+function act<F>(body: (f: F) => Promise<void> | void): (f: F) => Promise<void> {
+  return async (f: F) => {
+    try {
+      await body(f);
+    } catch (e) {
+      throw asFlagError(e, FLAGS);
+    }
+  };
 }
 
 export function registerModelCommands(program: Command): void {
@@ -84,7 +122,7 @@ export function registerModelCommands(program: Command): void {
     .option('--out-tokens <file>', 'write the new ids as int32 .npy')
     .option('--plan', 'print the planner\'s prediction first')
     .option('--quiet', 'print only the generated text or ids')
-    .action(async (f: ModelFlags & { tokens?: string; promptFile?: string; maxNewTokens: string; temperature: string; topP: string; seed: string; outTokens?: string; plan?: boolean; quiet?: boolean }) => {
+    .action(act(async (f: ModelFlags & { tokens?: string; promptFile?: string; maxNewTokens: string; temperature: string; topP: string; seed: string; outTokens?: string; plan?: boolean; quiet?: boolean }) => {
       checkBackend(f);
       const maxNew = intOpt('--max-new-tokens', f.maxNewTokens, { min: 1 })!;
       const temperature = numOpt('--temperature', f.temperature)!;
@@ -93,8 +131,10 @@ export function registerModelCommands(program: Command): void {
       if (!(topP > 0 && topP <= 1)) throw new InputError('--top-p', `expected 0 < p <= 1, got ${f.topP}`);
       const seed = intOpt('--seed', f.seed, { min: 0 })!;
       if (f.outTokens) checkOutputPath(f.outTokens, '--out-tokens');
+      checkOutputsNotInputs([['--out-tokens', f.outTokens]], [['--tokens', f.tokens], ['--prompt-file', f.promptFile]]);
       const ids = promptIds(f);
-      const cfg = readHfConfig(f.model);
+      const cfg = modelConfig(f);
+      checkPrompt(ids, cfg, f.tokens ? '--tokens' : '--prompt-file', ids.length + maxNew, f.quiet);
       const P = devicesOpt(f.devices, f.backend === 'cuda')!;
       if (f.plan) {
         const gpu = f.backend === 'cuda';
@@ -157,15 +197,17 @@ export function registerModelCommands(program: Command): void {
       } finally {
         await m.close();
       }
-    });
+    }));
 
   modelOptions(program.command('logits').description('float32 logits [S, vocab] of every position of a token sequence'))
     .requiredOption('--tokens <file>', 'token ids: .npy (int32/int64), JSON array, or whitespace-separated')
     .requiredOption('--out <file>', 'output .npy, float32 [S, vocab]')
-    .action(async (f: ModelFlags & { tokens: string; out: string }) => {
+    .action(act(async (f: ModelFlags & { tokens: string; out: string }) => {
       checkBackend(f);
       checkOutputPath(f.out, '--out');
+      checkOutputsNotInputs([['--out', f.out]], [['--tokens', f.tokens]]);
       const ids = readTokens(f.tokens, '--tokens');
+      checkPrompt(ids, modelConfig(f), '--tokens', ids.length);
       if (await launchedElsewhere(f)) return;
       const m = await open(f);
       try {
@@ -174,7 +216,7 @@ export function registerModelCommands(program: Command): void {
       } finally {
         await m.close();
       }
-    });
+    }));
 
   program
     .command('tokenize')
@@ -184,8 +226,7 @@ export function registerModelCommands(program: Command): void {
     .option('--text-file <file>', 'a file holding the text')
     .action((f: { model: string; text?: string; textFile?: string }) => {
       if ((f.text === undefined) === (f.textFile === undefined)) throw new InputError('--text', 'expected exactly one of --text or --text-file');
-      if (f.textFile && !existsSync(f.textFile)) throw new InputError('--text-file', `${f.textFile} does not exist`);
-      const text = f.text ?? readFileSync(f.textFile!, 'utf8');
+      const text = f.text ?? readText(f.textFile!, '--text-file');
       process.stdout.write(JSON.stringify(loadTokenizer(f.model).encode(text)) + '\n');
     });
 }

@@ -8,7 +8,8 @@ import { fileURLToPath } from 'node:url';
 import { findNvcc } from '../helpers/nvcc.js';
 
 // The Hopper forward's partial tiles (-DFWD_MASK_LOADS) test a key by keyRange(m, qi).has(kj),
-// a query's visible positions as an interval and a sink bound, where the other kernels call
+// a query's visible positions as an interval and a sink bound, and the Hopper backward's
+// (-DBWD_MASK_RANGE) a query by queryRange(m, kj).has(qi), where the other kernels call
 // visible() (kernels/common.cuh). Both are __host__ __device__: here nvcc compiles a host program
 // that compares them over every mask (causal or not, windows and sinks from 0 up to the int
 // range's end) and every pair of positions from a grid of small values and values near 2^31,
@@ -40,10 +41,14 @@ int main() {
         m.hasSeg = 0;
         for (int a = 0; a < n; a++) {
           const KeyRange r = keyRange(m, pos[a]);
+          const QueryRange qr = queryRange(m, pos[a]);
           for (int b = 0; b < n; b++) {
             pairs++;
             if (r.has(pos[b]) != visible(m, pos[a], pos[b], 0, 0) && wrong++ < 10)
-              std::printf("mismatch causal=%d window=%d sinks=%d qi=%d kj=%d visible=%d\\n", causal, w, m.sinks, pos[a], pos[b], (int)visible(m, pos[a], pos[b], 0, 0));
+              std::printf("keyRange mismatch causal=%d window=%d sinks=%d qi=%d kj=%d visible=%d\\n", causal, w, m.sinks, pos[a], pos[b], (int)visible(m, pos[a], pos[b], 0, 0));
+            if (qr.has(pos[b]) != visible(m, pos[b], pos[a], 0, 0) && wrong++ < 10)
+              std::printf("queryRange mismatch causal=%d window=%d sinks=%d kj=%d qi=%d visible=%d\\n", causal, w, m.sinks, pos[a], pos[b], (int)visible(m, pos[b], pos[a], 0, 0));
+            if (noQueries().has(pos[b]) && wrong++ < 10) std::printf("noQueries has %d\\n", pos[b]);
           }
         }
       }
@@ -52,7 +57,7 @@ int main() {
 }
 `;
 
-test('keyRange(m, qi).has(kj) equals visible() for every mask and position pair, overflow included (nvcc, no GPU)', { skip, timeout: 120_000 }, () => {
+test('keyRange(m, qi).has(kj) and queryRange(m, kj).has(qi) equal visible() for every mask and position pair, overflow included (nvcc, no GPU)', { skip, timeout: 120_000 }, () => {
   const dir = mkdtempSync(join(tmpdir(), 'ringattn-keyrange-'));
   try {
     writeFileSync(join(dir, 'key-range.cu'), PROGRAM);

@@ -201,6 +201,17 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   float dK[D / 2], dV[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; i++) dK[i] = dV[i] = 0.f;
+#ifdef BWD_MASK_RANGE
+  // The query positions that see this thread's two keys (rows lane/4 and lane/4 + 8 of its
+  // warp's 16), for the partial tiles' masks; a key past Sk is seen by none.
+  QueryRange qRange[2];
+  int kSegR[2];
+  for (int r = 0; r < 2; r++) {
+    const int j = k0 + wg * 64 + warp * 16 + (lane >> 2) + 8 * r;
+    qRange[r] = j < p.Sk ? queryRange(m, p.kPos[j]) : noQueries();
+    kSegR[r] = j < p.Sk && m.hasSeg ? p.kSeg[j] : 0;
+  }
+#endif
   const u32 kRows = sK + wg * 64 * 128, vRows = sV + wg * 64 * 128;  // this warpgroup's 64 keys
   const u32 stg = sStg + warpId * STG_WARP;                         // this warp's dQ staging rows
   // dQ over all 128 keys: at D=128 warpgroup w takes columns 64w.. of the 64 queries; at D=64 (128
@@ -267,6 +278,23 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
     // 8(e >> 1), query column 8n + 2(lane % 4) + (e & 1). Masked scores become -inf first, so
     // the exponentials below are one branch-free pass (exp2(-inf) = 0).
     if (partial) {
+#ifdef BWD_MASK_RANGE
+      // Each query column's position (and segment) read once, tested against the thread's two
+      // keys' query ranges without a branch. The per-element form below compiles to blocks
+      // branching around visible(), four shared-memory loads each (kernels/NOTES.md, session 20).
+      // Opt-in until it has run on a GPU.
+#pragma unroll
+      for (int c = 0; c < 2 * NQ; c++) {
+        const int col = (c >> 1) * 8 + 2 * (lane & 3) + (c & 1);
+        const int qp = sQPos(st)[col], qs = m.hasSeg ? sQSeg(st)[col] : 0;
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+          const bool ok = qRange[r].has(qp) & (!m.hasSeg | (qs == kSegR[r]));
+          float& v = s[4 * (c >> 1) + 2 * r + (c & 1)];
+          v = ok ? v : NEG_INF;
+        }
+      }
+#else
 #pragma unroll
       for (int n = 0; n < NQ; n++)
 #pragma unroll
@@ -275,6 +303,7 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
           const int kr = wg * 64 + warp * 16 + (lane >> 2) + 8 * (e >> 1);
           if (k0 + kr >= p.Sk || !visible(m, sQPos(st)[col], sKPos[kr], sQSeg(st)[col], sKSeg[kr])) s[4 * n + e] = NEG_INF;
         }
+#endif
     }
 #pragma unroll
     for (int n = 0; n < NQ; n++)

@@ -95,6 +95,28 @@ __host__ __device__ __forceinline__ KeyRange keyRange(const Mask& m, int qi) {
   return r;
 }
 
+// The dual, for kernels that hold a key and test many queries (the backward's S^T): the query
+// positions that see key kj, segments aside: [lo, hi] (a sink is seen by every query from kj on,
+// or by all of them without a causal mask). visible(m, qi, kj, s, s) == queryRange(m, kj).has(qi)
+// for every qi >= 0 (tests/cuda/key-range.test.ts). none() is the empty range of a missing key.
+struct QueryRange {
+  int lo, hi;
+  __host__ __device__ __forceinline__ bool has(int qi) const { return (qi >= lo) & (qi <= hi); }
+};
+__host__ __device__ __forceinline__ QueryRange queryRange(const Mask& m, int kj) {
+  const long long BIG = 0x7fffffff, w = m.window;
+  long long lo = m.causal ? kj : -BIG - 1, hi = BIG;
+  if (w > 0 && kj >= m.sinks) {
+    hi = (long long)kj + w - 1;
+    if (!m.causal) lo = (long long)kj - w + 1;
+  }
+  QueryRange r;
+  r.lo = (int)(lo < -BIG - 1 ? -BIG - 1 : lo);
+  r.hi = (int)(hi > BIG ? BIG : hi);
+  return r;
+}
+__host__ __device__ __forceinline__ QueryRange noQueries() { return QueryRange{1, 0}; }
+
 enum { TILE_EMPTY = 0, TILE_PARTIAL = 1, TILE_FULL = 2 };
 
 // Classify the differences d = i - j in [dLo, dHi] against the allowed interval [aLo, aHi].

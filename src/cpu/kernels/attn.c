@@ -432,6 +432,7 @@ static void fwd_item(const Ctx* c, int t0, int t1, int kh, FwdBuf* b) {
 
 typedef struct {
   float *kt, *kn, *vt, *dka, *dva, *qp, *dop, *p, *ds, *dqa, *lse2, *dlt;
+  float *dkt, *dvt, *dkc, *dvc; /* one query tile's dK/dV, and the running sums' compensations */
 } BwdBuf;
 
 static int bwd_alloc(const Ctx* c, BwdBuf* b) {
@@ -448,12 +449,33 @@ static int bwd_alloc(const Ctx* c, BwdBuf* b) {
   b->dqa = falloc(CH * Dp);
   b->lse2 = falloc(CH);
   b->dlt = falloc(CH);
-  return b->kt && b->vt && b->kn && b->dka && b->dva && b->qp && b->dop && b->p && b->ds && b->dqa && b->lse2 && b->dlt;
+  b->dkt = falloc(nkp * Dp);
+  b->dvt = falloc(nkp * Dp);
+  b->dkc = falloc(nkp * Dp);
+  b->dvc = falloc(nkp * Dp);
+  return b->kt && b->vt && b->kn && b->dka && b->dva && b->qp && b->dop && b->p && b->ds && b->dqa && b->lse2 && b->dlt &&
+         b->dkt && b->dvt && b->dkc && b->dvc;
 }
 
 static void bwd_free(BwdBuf* b) {
   free(b->kt), free(b->vt), free(b->kn), free(b->dka), free(b->dva), free(b->qp);
   free(b->dop), free(b->p), free(b->ds), free(b->dqa), free(b->lse2), free(b->dlt);
+  free(b->dkt), free(b->dvt), free(b->dkc), free(b->dvc);
+}
+
+/*
+ * sum += x with Kahan's compensation kept in comp: dK and dV sum over every query tile of the
+ * block, and a plain fp32 running sum's error grew with their count (the single-device backward
+ * at 16k tokens was 2x further from float64 than a ring of 4 splitting the same sum:
+ * kernels/NOTES.md, session 20). Built without -ffast-math, so the compiler keeps the order.
+ */
+static void kahan_add(float* sum, float* comp, const float* x, long n) {
+  for (long i = 0; i < n; i++) {
+    const float y = x[i] - comp[i];
+    const float t = sum[i] + y;
+    comp[i] = (t - sum[i]) - y;
+    sum[i] = t;
+  }
 }
 
 static void bwd_item(const Ctx* c, int kt, int kh, BwdBuf* b, float* dq) {
@@ -473,6 +495,8 @@ static void bwd_item(const Ctx* c, int kt, int kh, BwdBuf* b, float* dq) {
       pack_n(c->k, c->Hk, D, Dp, kh, k0, nk, b->kn);
       memset(b->dka, 0, sizeof(float) * nkp * Dp);
       memset(b->dva, 0, sizeof(float) * nkp * Dp);
+      memset(b->dkc, 0, sizeof(float) * nkp * Dp);
+      memset(b->dvc, 0, sizeof(float) * nkp * Dp);
       packed = 1;
     }
     const int q0 = qt * c->bq, nq = c->Sq - q0 < c->bq ? c->Sq - q0 : c->bq;
@@ -515,10 +539,12 @@ static void bwd_item(const Ctx* c, int kt, int kh, BwdBuf* b, float* dq) {
         const int row = c0 + r, i = q0 + row / G, g = row % G;
         add_to(dq + ((long)i * H + (long)kh * G + g) * D, b->dqa + (long)r * Dp, D);
       }
-      /* dV += P^T dO, dK += dS^T Q */
-      gemm(nk, Dp / VW, b->dva, Dp, b->p, 1, nkp, b->dop, Dp, n, 1.0f, 1);
-      gemm(nk, Dp / VW, b->dka, Dp, b->ds, 1, nkp, b->qp, Dp, n, 1.0f, 1);
+      /* this query tile's dV (+)= P^T dO, dK (+)= dS^T Q */
+      gemm(nk, Dp / VW, b->dvt, Dp, b->p, 1, nkp, b->dop, Dp, n, 1.0f, c0 > 0);
+      gemm(nk, Dp / VW, b->dkt, Dp, b->ds, 1, nkp, b->qp, Dp, n, 1.0f, c0 > 0);
     }
+    kahan_add(b->dva, b->dvc, b->dvt, (long)nk * Dp);
+    kahan_add(b->dka, b->dkc, b->dkt, (long)nk * Dp);
   }
   if (!packed) return;
   for (int j = 0; j < nk; j++) {

@@ -34,10 +34,10 @@ export function asFlagError(err: unknown, flags: Readonly<Record<string, string>
   return err;
 }
 
-/** Parse a CLI integer option, naming it in the error. */
 /** Decimal numbers only ('12', '-0.5', '1e6'): Number() alone also takes '0x10', '0b1', '' and ' '. */
 const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
 
+/** Parse a CLI integer option, naming it in the error. */
 export function intOpt(name: string, v: string | undefined, opts: { min?: number; max?: number } = {}): number | undefined {
   if (v === undefined) return undefined;
   const n = DECIMAL.test(v.trim()) ? Number(v) : NaN;

@@ -89,6 +89,20 @@ test('train: a resumed run continues exactly (the same weights as one run), and 
   for (const f of ['model.safetensors', 'optimizer.safetensors']) {
     assert.ok(readFileSync(join(dir, 'a4', f)).equals(readFileSync(join(dir, 'b4', f))), `${f}: 2 steps + 2 resumed = 4 steps in one run, bit for bit`);
   }
+  // A checkpoint from before the data generator's state was saved: the steps' data drawn again at
+  // the lengths its run gave them (here a curriculum that depends on --steps: 64 to 256 tokens).
+  const cur = ['train', '--seq', '256', '--curriculum', '64', '--devices', '2', '--no-compare', '--eval-seqs', '0', '--hidden', '16', '--heads', '2'];
+  const go = (args: string[]) => spawnSync(process.execPath, [BIN, ...cur, ...args], { encoding: 'utf8', timeout: 120_000 });
+  assert.equal(go(['--steps', '6', '--checkpoint', join(dir, 'c6'), '--report', join(dir, 'c6.html')]).status, 0);
+  mkdirSync(join(dir, 'old'));
+  for (const f of ['config.json', 'model.safetensors', 'optimizer.safetensors']) copyFileSync(join(dir, 'c6', f), join(dir, 'old', f));
+  const state = JSON.parse(readFileSync(join(dir, 'c6', 'trainer_state.json'), 'utf8'));
+  assert.equal(typeof state.dataRng, 'number');
+  delete state.dataRng;
+  writeFileSync(join(dir, 'old', 'trainer_state.json'), JSON.stringify(state));
+  const resume = (from: string, to: string) => spawnSync(process.execPath, [BIN, 'train', '--seq', '256', '--curriculum', '64', '--devices', '2', '--no-compare', '--eval-seqs', '0', '--steps', '9', '--resume', join(dir, from), '--checkpoint', join(dir, to), '--report', join(dir, `${to}.html`)], { encoding: 'utf8', timeout: 120_000 });
+  for (const [from, to] of [['c6', 'c9'], ['old', 'old9']]) assert.equal(resume(from, to).status, 0, `${from}`);
+  assert.ok(readFileSync(join(dir, 'c9', 'model.safetensors')).equals(readFileSync(join(dir, 'old9', 'model.safetensors'))), 'an old checkpoint resumes on the same data as a new one');
   // A damaged checkpoint: refused with one line naming --resume, promptly (the ranks were closed).
   mkdirSync(join(dir, 'bad'));
   for (const f of ['config.json', 'model.safetensors', 'trainer_state.json']) copyFileSync(join(dir, 'b2', f), join(dir, 'bad', f));

@@ -86,6 +86,7 @@ function promptIds(f: { model: string; tokens?: string; promptFile?: string }): 
  * sequence runs past the positions the model was trained for (RoPE goes on; quality may not).
  */
 function checkPrompt(ids: Int32Array, cfg: ModelConfig, flag: string, total: number, quiet?: boolean): void {
+  if (ids.length === 0) throw new InputError(flag, flag === '--prompt-file' ? 'the text encodes to no token; expected a prompt' : 'expected at least one token');
   for (let i = 0; i < ids.length; i++) {
     if (ids[i] >= cfg.vocabSize) throw new InputError(flag, `token ${i} is ${ids[i]}; expected an id in [0, ${cfg.vocabSize}) (the model's vocab_size)`);
   }

@@ -151,10 +151,10 @@ async function trainModel(name: string, model: RingModel, cfg: ModelConfig, f: T
     await model.loadOptimizerState(state, o.lr, 0.01);
     first = o.resume.step;
     // The data continue where the checkpoint's run stopped: its generator's saved state, or, for
-    // an older checkpoint, the sequences of the steps done drawn again (the same ones if the
-    // curriculum, that is --seq, --curriculum and --steps, is the same).
+    // an older checkpoint, the sequences of the steps done drawn again, at the lengths that run
+    // gave them (its --steps was the checkpoint's step; the same --seq and --curriculum assumed).
     if (o.resume.dataRng !== undefined) rand = rng(o.resume.dataRng, true);
-    else for (let step = 0; step < first; step++) recallSequence(spec, curriculumLength(step, o.steps, o.start, o.seq), rand);
+    else for (let step = 0; step < first; step++) recallSequence(spec, curriculumLength(step, first, o.start, o.seq), rand);
   }
   const curve: [number, number][] = [];
   const t0 = performance.now();

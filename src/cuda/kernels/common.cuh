@@ -91,7 +91,7 @@ __host__ __device__ __forceinline__ KeyRange keyRange(const Mask& m, int qi) {
   KeyRange r;
   r.lo = (int)(lo < -BIG - 1 ? -BIG - 1 : lo);
   r.hi = (int)(hi > BIG ? BIG : hi);
-  r.sinkEnd = w > 0 ? (m.causal ? (m.sinks < qi + 1 ? m.sinks : qi + 1) : m.sinks) : 0;
+  r.sinkEnd = w > 0 ? (m.causal ? (m.sinks <= qi ? m.sinks : qi + 1) : m.sinks) : 0;  // (qi + 1 only below INT_MAX)
   return r;
 }
 

@@ -103,9 +103,9 @@ test('a few thousand tokens (S=2003, prime): causal window sinks and packed docu
 
 /**
  * dK and dV sum over every query tile of a key block: with 8-query tiles, 256 of them at 2048
- * tokens. The C backward keeps that running sum compensated (Kahan), so its error does not grow
- * with the tile count: here ~3.5e-7 of the norm from float64, where the plain fp32 sum it had
- * before measured 1.2-1.3e-6 (kernels/NOTES.md, session 20). Norm-wise errors, fresh inputs.
+ * tokens. The C backward keeps that running sum compensated (Kahan, every 4 tiles), so its error
+ * does not grow with the tile count: here ~3.6e-7 of the norm from float64, where the plain fp32
+ * sum it had before measured 1.2-1.3e-6 (BENCHMARKS.md, session 20). Norm-wise, fresh inputs.
  */
 test('C backward: dK and dV stay within 7e-7 of float64 (norm-wise) over 256 query tiles', async () => {
   const seed = freshSeed();

@@ -464,18 +464,38 @@ static void bwd_free(BwdBuf* b) {
 }
 
 /*
- * sum += x with Kahan's compensation kept in comp: dK and dV sum over every query tile of the
- * block, and a plain fp32 running sum's error grew with their count (the single-device backward
- * at 16k tokens was 2x further from float64 than a ring of 4 splitting the same sum:
- * kernels/NOTES.md, session 20). Built without -ffast-math, so the compiler keeps the order.
+ * dK and dV sum over every query tile of the block, and a plain fp32 running sum's error grew with
+ * their count (at 4096 tokens 2.1e-6 of the norm from float64; a ring of 4, splitting the sum,
+ * half that). So the GEMMs sum KAHAN_TILES query tiles into dkt/dvt, and each group is added to
+ * dka/dva with Kahan's compensation (dkc/dvc): 5.7e-7 at 4096 tokens, and no longer growing with
+ * S. After every tile it was 3.6e-7 but ~10% slower at 64-query tiles (the compensated add moves
+ * five buffers of the tile's size, the GEMMs' own traffic again); every 4 tiles measured within
+ * the noise (BENCHMARKS.md, session 20). Built without -ffast-math, so the compiler keeps the
+ * order of the compensation's operations.
  */
+#define KAHAN_TILES 4
+
+/* sum += x, with Kahan's compensation kept in comp. */
 static void kahan_add(float* sum, float* comp, const float* x, long n) {
-  for (long i = 0; i < n; i++) {
+  long i = 0;
+  for (; i + VW <= n; i += VW) {
+    const vf y = v_sub(v_load(x + i), v_load(comp + i));
+    const vf s = v_load(sum + i), t = v_add(s, y);
+    v_store(comp + i, v_sub(v_sub(t, s), y));
+    v_store(sum + i, t);
+  }
+  for (; i < n; i++) {
     const float y = x[i] - comp[i];
     const float t = sum[i] + y;
     comp[i] = (t - sum[i]) - y;
     sum[i] = t;
   }
+}
+
+/* A group of query tiles' dK and dV (n = rows x Dp) into the compensated sums. */
+static void add_group(BwdBuf* b, long n) {
+  kahan_add(b->dva, b->dvc, b->dvt, n);
+  kahan_add(b->dka, b->dkc, b->dkt, n);
 }
 
 static void bwd_item(const Ctx* c, int kt, int kh, BwdBuf* b, float* dq) {
@@ -484,7 +504,7 @@ static void bwd_item(const Ctx* c, int kt, int kh, BwdBuf* b, float* dq) {
   const int nkp = (int)rup(nk, VW);
   const float cs = (float)(c->scale * LOG2E);
   const vf scv = v_set1(c->scale);
-  int packed = 0;
+  int packed = 0, pending = 0; /* query tiles summed in dkt/dvt, not yet added to dka/dva */
 
   for (int qt = 0; qt < c->nqt; qt++) {
     const int cls = classify(c, &c->qbox[qt], &c->kbox[kt]);
@@ -539,14 +559,14 @@ static void bwd_item(const Ctx* c, int kt, int kh, BwdBuf* b, float* dq) {
         const int row = c0 + r, i = q0 + row / G, g = row % G;
         add_to(dq + ((long)i * H + (long)kh * G + g) * D, b->dqa + (long)r * Dp, D);
       }
-      /* this query tile's dV (+)= P^T dO, dK (+)= dS^T Q */
-      gemm(nk, Dp / VW, b->dvt, Dp, b->p, 1, nkp, b->dop, Dp, n, 1.0f, c0 > 0);
-      gemm(nk, Dp / VW, b->dkt, Dp, b->ds, 1, nkp, b->qp, Dp, n, 1.0f, c0 > 0);
+      /* dV (+)= P^T dO, dK (+)= dS^T Q, into the group's sums */
+      gemm(nk, Dp / VW, b->dvt, Dp, b->p, 1, nkp, b->dop, Dp, n, 1.0f, pending > 0 || c0 > 0);
+      gemm(nk, Dp / VW, b->dkt, Dp, b->ds, 1, nkp, b->qp, Dp, n, 1.0f, pending > 0 || c0 > 0);
     }
-    kahan_add(b->dva, b->dvc, b->dvt, (long)nk * Dp);
-    kahan_add(b->dka, b->dkc, b->dkt, (long)nk * Dp);
+    if (++pending == KAHAN_TILES) add_group(b, (long)nk * Dp), pending = 0;
   }
   if (!packed) return;
+  if (pending > 0) add_group(b, (long)nk * Dp);
   for (int j = 0; j < nk; j++) {
     const long x = ((long)(k0 + j) * c->Hk + kh) * D;
     add_to(c->dk + x, b->dka + (long)j * Dp, D);

@@ -24,6 +24,26 @@ export interface Tensor<T extends DType = DType> {
 
 export type F32Tensor = Tensor<'float32'>;
 
+const ARRAY_OF: Record<DType, { name: string; is: (x: unknown) => boolean }> = {
+  float32: { name: 'Float32Array', is: (x) => x instanceof Float32Array },
+  float64: { name: 'Float64Array', is: (x) => x instanceof Float64Array },
+  float16: { name: 'Uint16Array (float16 bits)', is: (x) => x instanceof Uint16Array },
+  bfloat16: { name: 'Uint16Array (bfloat16 bits)', is: (x) => x instanceof Uint16Array },
+  int32: { name: 'Int32Array', is: (x) => x instanceof Int32Array },
+  int64: { name: 'BigInt64Array', is: (x) => x instanceof BigInt64Array },
+  uint8: { name: 'Uint8Array', is: (x) => x instanceof Uint8Array },
+};
+
+/**
+ * The typed array a tensor of `dtype` must hold (TypedArrayFor), or null for an unknown dtype.
+ * A writer that took the bytes of another array would write a file that reads back wrong.
+ */
+export function arrayMismatch(dtype: DType, data: unknown): string | null {
+  const want = ARRAY_OF[dtype];
+  if (!want || want.is(data)) return null;
+  return `dtype ${dtype} holds a ${want.name}, got ${(data as object)?.constructor?.name ?? String(data)}`;
+}
+
 export function numel(shape: readonly number[]): number {
   let n = 1;
   for (const s of shape) n *= s;

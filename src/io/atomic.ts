@@ -46,6 +46,33 @@ function asInputError(err: unknown, arg: string, path: string, doing: string): u
   }
 }
 
+/** Everything a pipe or device gives until its end, in growing chunks (no size known ahead). */
+function readStream(fd: number, path: string, arg: string): Uint8Array {
+  const parts: Uint8Array[] = [];
+  let total = 0;
+  for (let size = 1 << 16; ; size = Math.min(size * 2, 1 << 26)) {
+    const buf = new Uint8Array(size);
+    let n: number;
+    try {
+      n = readSync(fd, buf, 0, size, null);
+    } catch (err) {
+      if (errCode(err) === 'EAGAIN') continue; // a non-blocking stdin with nothing yet
+      throw err;
+    }
+    if (n === 0) break;
+    total += n;
+    if (total > bufferConstants.MAX_LENGTH) throw new InputError(arg, `${path} gave more than ${bufferConstants.MAX_LENGTH} bytes; expected at most one buffer`);
+    parts.push(buf.subarray(0, n));
+  }
+  const out = new Uint8Array(total);
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}
+
 /**
  * Read a whole file into memory. Reads in chunks so files above the 2 GiB limit of
  * `readFileSync` (model shards) still load, up to the largest buffer Node allows.
@@ -60,6 +87,7 @@ export function readInputFile(path: string, arg: string = path): Uint8Array {
   try {
     const st = fstatSync(fd);
     if (st.isDirectory()) throw new InputError(arg, `${path} is a directory; expected a file to read`);
+    if (!st.isFile()) return readStream(fd, path, arg); // a pipe (<(...), /dev/stdin): its size reads 0
     if (st.size > bufferConstants.MAX_LENGTH) {
       throw new InputError(arg, `${path} is ${st.size} bytes; expected at most ${bufferConstants.MAX_LENGTH} bytes (one buffer)`);
     }

@@ -6,7 +6,7 @@
  * with spaces and ended by '\n' (latin1 for 1.0/2.0, utf8 for 3.0), then the raw data.
  */
 import { InputError } from '../core/errors.js';
-import { type DType, type Tensor, numel, shapeStr } from '../core/tensor.js';
+import { type DType, type Tensor, arrayMismatch, numel, shapeStr } from '../core/tensor.js';
 import { readInputFile, writeFileAtomic } from './atomic.js';
 import { toFloat32 } from './safetensors.js';
 
@@ -54,6 +54,7 @@ class PyDict {
 
 class PyLiteralParser {
   private i = 0;
+  private depth = 0;
   constructor(
     private readonly s: string,
     private readonly arg: string,
@@ -85,6 +86,16 @@ class PyLiteralParser {
   }
 
   private value(): PyValue {
+    // NumPy's headers nest two deep; a malicious one could nest past the call stack.
+    if (++this.depth > 32) this.fail('nested more than 32 deep');
+    try {
+      return this.valueAt();
+    } finally {
+      this.depth--;
+    }
+  }
+
+  private valueAt(): PyValue {
     this.ws();
     const c = this.s[this.i];
     if (c === undefined) this.fail('unexpected end of header');
@@ -351,6 +362,8 @@ function checkTensor(t: Tensor, arg: string): void {
   if (!Array.isArray(t.shape) || t.shape.some((d) => !Number.isSafeInteger(d) || d < 0)) {
     throw new InputError(arg, `shape ${JSON.stringify(t.shape)} is invalid; expected non-negative integers`);
   }
+  const wrong = arrayMismatch(t.dtype, t.data);
+  if (wrong) throw new InputError(arg, `${wrong}; expected the array of its dtype`);
   const n = numel(t.shape);
   if (t.data.length !== n) {
     throw new InputError(arg, `data holds ${t.data.length} elements; expected ${n} for shape ${shapeStr(t.shape)}`);

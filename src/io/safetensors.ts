@@ -5,9 +5,9 @@
  * implementation: offsets must tile the buffer exactly, in order, with no gap or overlap.
  */
 import { existsSync, statSync } from 'node:fs';
-import { isAbsolute, join, relative, resolve } from 'node:path';
+import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { InputError } from '../core/errors.js';
-import { type DType, type Tensor, f16BitsToF32, numel, shapeStr } from '../core/tensor.js';
+import { type DType, type Tensor, arrayMismatch, f16BitsToF32, numel, shapeStr } from '../core/tensor.js';
 import { readInputFile, writeFileAtomic } from './atomic.js';
 
 export type SafetensorsDType = 'F32' | 'F16' | 'BF16' | 'F64' | 'I32' | 'I64' | 'U8' | 'BOOL';
@@ -254,6 +254,8 @@ export function encodeSafetensors(tensors: Record<string, Tensor>, metadata?: Re
     if (!Array.isArray(t.shape) || t.shape.some((d) => !Number.isSafeInteger(d) || d < 0)) {
       throw new InputError(arg, `tensor '${name}': shape ${JSON.stringify(t.shape)} is invalid; expected non-negative integers`);
     }
+    const wrong = arrayMismatch(t.dtype, t.data);
+    if (wrong) throw new InputError(arg, `tensor '${name}': ${wrong}; expected the array of its dtype`);
     if (t.data.length !== numel(t.shape)) {
       throw new InputError(arg, `tensor '${name}': data holds ${t.data.length} elements; expected ${numel(t.shape)} for shape ${shapeStr(t.shape)}`);
     }
@@ -261,7 +263,9 @@ export function encodeSafetensors(tensors: Record<string, Tensor>, metadata?: Re
   });
   items.sort((a, b) => b.size - a.size || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
 
-  const header: Record<string, unknown> = {};
+  // No prototype: a tensor named '__proto__' is an entry like any other (on a plain object the
+  // assignment set the prototype and the tensor vanished from the header).
+  const header: Record<string, unknown> = Object.create(null) as Record<string, unknown>;
   if (metadata !== undefined) {
     for (const [k, v] of Object.entries(metadata)) {
       if (typeof v !== 'string') throw new InputError(arg, `metadata '${k}' is ${JSON.stringify(v)}; expected a string value`);
@@ -389,7 +393,7 @@ export function readSafetensorsIndex(dir: string, arg: string = dir): Safetensor
     if (!shardPaths.has(shard)) {
       const p = resolve(root, shard);
       const rel = relative(root, p);
-      if (isAbsolute(shard) || rel.startsWith('..') || isAbsolute(rel)) {
+      if (isAbsolute(shard) || rel === '..' || rel.startsWith(`..${sep}`) || isAbsolute(rel)) {
         throw new InputError(arg, `${ip}: shard '${shard}' lies outside ${root}; expected a file name inside the model directory`);
       }
       if (!existsSync(p)) throw new InputError(arg, `${ip}: shard file ${p} (holding '${name}') is missing; expected it beside the index`);

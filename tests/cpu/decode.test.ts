@@ -333,4 +333,23 @@ test('decode validates its arguments and names them', () => {
   const c16 = { k: new Uint16Array(4 * 2 * 8), v: new Uint16Array(4 * 2 * 8), pos: c.pos };
   decodeAttention({ ...base, caches: [c16], kvDtype: 'float16' });
   bad({ caches: [c16], kvDtype: 'float32' }, 'caches[0].k');
+  // Options that had been read loosely: 'gpu' ran as 'auto', the string 'false' as causal.
+  bad({ kernel: 'gpu' as 'c' }, 'kernel');
+  bad({ causal: 'false' as unknown as boolean }, 'causal');
+  // A NaN query: its rows had read as rows that see no key (o 0, lse -inf).
+  const nan = new Float32Array(4 * 8);
+  nan[5] = NaN;
+  bad({ q: nan }, 'q');
+});
+
+test('decode: a head dim far past any model (D = 2^19) runs on the C kernel without a crash', () => {
+  // The merge kept a row of D floats on the stack: D = 524,288 ended the process (SIGSEGV).
+  const D = 1 << 19;
+  const q = new Float32Array(D).fill(0.001), k = new Float32Array(2 * D).fill(0.001), v = new Float32Array(2 * D);
+  v.fill(1, 0, D).fill(3, D);
+  const r = decodeAttention({ q, qPos: Int32Array.of(1), caches: [{ k, v, pos: Int32Array.of(0, 1) }], H: 1, Hk: 1, D, causal: true, threads: 2 });
+  // Both keys score the same: o = the mean of the two value rows, lse = score + ln 2.
+  const score = 0.001 * 0.001 * D / Math.sqrt(D);
+  assert.ok(Math.abs(r.o[0] - 2) < 1e-5 && Math.abs(r.o[D - 1] - 2) < 1e-5, `o ${r.o[0]} ${r.o[D - 1]}`);
+  assert.ok(Math.abs(r.lse[0] - (score + Math.LN2)) < 1e-5, `lse ${r.lse[0]}`);
 });

@@ -63,6 +63,22 @@ test('readInputFile: reads files; missing files and directories are InputErrors'
   });
 });
 
+test('readInputFile: a pipe is read to its end (its size reads 0)', () => {
+  const bytes = Buffer.alloc(300_000, 7);
+  bytes[0] = 1;
+  bytes[bytes.length - 1] = 9;
+  const script = `import { readInputFile } from ${JSON.stringify(new URL('../../src/io/atomic.js', import.meta.url).href)};
+    const b = readInputFile('/dev/stdin', '--q'); process.stdout.write(b.length + ' ' + b[0] + ' ' + b[b.length - 1]);\n`;
+  const dir = mkdtempSync(join(tmpdir(), 'ringattn-pipe-'));
+  writeFileSync(join(dir, 'in.bin'), bytes);
+  writeFileSync(join(dir, 'read.mjs'), script);
+  // cat | node: stdin is a pipe (spawnSync's own input would be a socket, which /dev/stdin cannot open)
+  const r = spawnSync('bash', ['-c', 'cat "$1" | "$2" "$3"', 'sh', join(dir, 'in.bin'), process.execPath, join(dir, 'read.mjs')], { encoding: 'utf8' });
+  rmSync(dir, { recursive: true, force: true });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, '300000 1 9');
+});
+
 test('AtomicOutputs: nothing appears before commit, everything after', () => {
   withDir((dir) => {
     const out = new AtomicOutputs();

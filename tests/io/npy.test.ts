@@ -193,6 +193,21 @@ test('npy: rejects bad files with InputErrors naming the arg and the expectation
   rejects(() => parseNpy(badUtf8, 'q.npy'), 'q.npy', 'not valid UTF-8');
 });
 
+test('npy: a header nested past 32 levels, and data of another dtype than declared, are InputErrors', () => {
+  for (const open of ['[', '(', "{'a': "]) {
+    const h = `{'descr': '<f4', 'fortran_order': False, 'shape': ${open.repeat(20000)}}`;
+    const buf = new Uint8Array(12 + h.length);
+    buf.set([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59, 2, 0]);
+    new DataView(buf.buffer).setUint32(8, h.length, true);
+    for (let i = 0; i < h.length; i++) buf[12 + i] = h.charCodeAt(i);
+    assert.throws(() => parseNpy(buf, 'deep.npy'), (e: unknown) => e instanceof InputError && /^deep\.npy: malformed \.npy header: nested more than 32 deep/.test(e.message), open);
+  }
+  // (a Float32Array written as int32 had read back as its bit patterns)
+  for (const [dtype, data] of [['int32', new Float32Array([1.5, 2.5])], ['float32', new Float64Array(2)], ['int64', new Int32Array(2)]] as const) {
+    assert.throws(() => encodeNpy({ dtype, shape: [2], data } as unknown as Tensor, 'out.npy'), (e: unknown) => e instanceof InputError && e.message.startsWith(`out.npy: dtype ${dtype} holds a `), dtype);
+  }
+});
+
 test('npy: file-system errors are InputErrors naming the path', () => {
   const dir = tmp();
   try {

@@ -100,6 +100,26 @@ test('safetensors: getFloat32 converts F16, BF16 and F64; refuses integers', () 
   rejects(() => f.getTensor('nope'), 'w.safetensors', "no tensor named 'nope'", 'the file holds: ');
 });
 
+test('safetensors: a tensor named __proto__ round trips; data of another dtype than declared is refused', () => {
+  // (an object literal's __proto__ would set the prototype: the record is built with it as a key)
+  const rec = Object.create(null) as Record<string, Tensor>;
+  rec['__proto__'] = { dtype: 'float32', shape: [2], data: Float32Array.of(4, 5) };
+  const f = parseSafetensors(encodeSafetensors(rec), 'p.safetensors');
+  assert.deepEqual(f.names(), ['__proto__']);
+  assert.deepEqual([...f.getFloat32('__proto__')], [4, 5]);
+  assert.throws(() => encodeSafetensors({ w: { dtype: 'int64', shape: [2], data: new Int32Array(2) } as unknown as Tensor }, undefined, 'out'), (e: unknown) => e instanceof InputError && /^out: tensor 'w': dtype int64 holds a BigInt64Array, got Int32Array/.test(e.message));
+});
+
+test('safetensors index: a shard whose name starts with two dots is inside the directory', () => {
+  const dir = tmp();
+  writeSafetensors(join(dir, '..shard1.safetensors'), { w: { dtype: 'float32', shape: [2], data: Float32Array.of(1, 2) } });
+  writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: { w: '..shard1.safetensors' } }));
+  assert.deepEqual([...readSafetensorsIndex(dir).getFloat32('w')], [1, 2]);
+  writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: { w: '../x.safetensors' } }));
+  rejects(() => readSafetensorsIndex(dir), 'outside');
+  rmSync(dir, { recursive: true, force: true });
+});
+
 test('safetensors: hand-built file with unsorted header, BOOL and an unpadded header', () => {
   const data = new Uint8Array(4 + 8 + 2);
   data.set(bytesOf(Float32Array.of(2.5)), 0);

@@ -871,10 +871,12 @@ RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, c
     for (int x = D; x < d.Dp; x++) dst[x] = 0.0f;
   }
 
-  /* per thread: a tile's logits [Sq * H][tks], its mask [tk], row lists [Sq * G], [Hk][Sq * G], [Hk] */
+  /* per thread: a tile's logits [Sq * H][tks], its mask [tk], row lists [Sq * G], [Hk][Sq * G], [Hk],
+   * and the merge's accumulator row [Dp] (on the heap: a stack array of D floats crashed the
+   * process at D = 524,288) */
   const size_t sFloats = ((size_t)nrow * d.tks + d.tk + 15) / 16 * 16;
   const size_t sInts = ((size_t)Sq * d.G * (Hk + 1) + Hk + 15) / 16 * 16;
-  const size_t scrFloats = sFloats + sInts;
+  const size_t scrFloats = sFloats + sInts + ((size_t)d.Dp + 15) / 16 * 16;
   float* scrMem = (float*)aligned_alloc(64, (scrFloats * threads * sizeof(float) + 63) / 64 * 64);
   if (!scrMem) {
     free(srt), free(vis), free(rng), free(ch), free(first), free(parts), free(d.qs);
@@ -894,6 +896,7 @@ RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, c
 #endif
     int* im = (int*)(mem + sFloats);
     const Scratch sc = {mem, mem + (size_t)nrow * d.tks, im, im + Sq * d.G, im + Sq * d.G * (Hk + 1)};
+    float* const acc = mem + sFloats + sInts;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < nchunk; c++) {
       float* base = parts + (size_t)c * partFloats;
@@ -914,7 +917,6 @@ RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, c
       }
       if (M == -INFINITY) continue; /* this row saw no key */
       float L = 0.0f;
-      float acc[d.Dp];
       memset(acc, 0, sizeof(float) * d.Dp);
       for (int64_t c = first[b]; c < first[b + 1]; c++) {
         const float* base = parts + (size_t)c * partFloats;

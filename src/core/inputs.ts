@@ -170,7 +170,7 @@ export function checkDecodeHeads(a: DecodeHeadArgs, maxHeads = INT32_MAX, checkD
 
 /**
  * The queries of a decode call on host arrays: qPos an Int32Array [B, Sq] with 1 <= Sq <= maxSq
- * (Sq = 1 when B = 0), q a Float32Array of at least B * Sq * H * D. Returns Sq.
+ * (Sq = 1 when B = 0), q a Float32Array of at least B * Sq * H * D, finite. Returns Sq.
  */
 export function checkDecodeQueries(a: { q: unknown; qPos: unknown }, h: DecodeHeads, maxSq: number): number {
   const { B, H, D } = h;
@@ -181,6 +181,11 @@ export function checkDecodeQueries(a: { q: unknown; qPos: unknown }, h: DecodeHe
     throw new InputError('qPos', `expected [B = ${B}, Sq] with 1 <= Sq <= ${maxSq}, got ${a.qPos.length} elements`);
   }
   checkAtLeast('q', a.q, B * Sq * H * D, `[B = ${B}, Sq = ${Sq}, H = ${H}, D = ${D}]`);
+  // The queries are few: a NaN among them is refused here (its rows would read as rows that see no
+  // key). The caches are the memory-bound part a decode step reads once; they are not scanned.
+  for (let i = 0; i < B * Sq * H * D; i++) {
+    if (!Number.isFinite(a.q[i])) throw new InputError('q', `element ${i} is ${a.q[i]}; expected finite queries`);
+  }
   return Sq;
 }
 

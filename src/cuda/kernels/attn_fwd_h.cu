@@ -258,8 +258,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // position against the row's range, and one of its segment.
   KeyRange range[2];
   for (int r = 0; r < 2; r++) range[r] = keyRange(m, qPos[r]);
-  auto maskTile = [&](auto seg, int t) {
-    constexpr bool SEG = decltype(seg)::value;
+  // (SEG a plain bool, not a generic lambda's template: NVRTC takes an unannotated generic lambda
+  // for a host function; each call below passes a constant, and the lambda is inlined.)
+  auto maskTile = [&](const bool SEG, int t) {
     constexpr int CH = 4;
     const int kb = t * BK + 2 * (lane & 3);
 #pragma unroll
@@ -296,8 +297,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       // compiles to 64 branchy blocks, each waiting on its own load: ~1600 instructions and as
       // many load latencies in turn, against ~450 for a whole full tile (SASS, kernels/NOTES.md
       // session 20). Opt-in until it has run on a GPU.
-      if (m.hasSeg) maskTile(Flag<true>(), t);
-      else maskTile(Flag<false>(), t);
+      if (m.hasSeg) maskTile(true, t);
+      else maskTile(false, t);
 #else
 #pragma unroll
       for (int q = 0; q < BK / 8; q++)

@@ -69,9 +69,6 @@ __host__ __device__ __forceinline__ bool visible(const Mask& m, int qi, int kj, 
   return kj < m.sinks;
 }
 
-// A compile-time flag passed to a generic lambda (C++17 has no template lambdas).
-template <bool B> struct Flag { static constexpr bool value = B; };
-
 // The key positions visible to a query at position qi, segments aside: [lo, hi], and the sinks
 // below sinkEnd. visible(m, qi, kj, s, s) == keyRange(m, qi).has(kj) for every kj >= 0 (compared
 // on the host by tests/cuda/key-range.test.ts). For loops over many keys whose positions are already

@@ -7,10 +7,9 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { findNvcc } from '../helpers/nvcc.js';
 
-// The Hopper forward's partial tiles (-DFWD_MASK_LOADS) test a key by keyRange(m, qi).has(kj),
-// a query's visible positions as an interval and a sink bound, and the Hopper backward's
-// (-DBWD_MASK_RANGE) a query by queryRange(m, kj).has(qi), where the other kernels call
-// visible() (kernels/common.cuh). Both are __host__ __device__: here nvcc compiles a host program
+// The Hopper forward's partial tiles test a key by keyRange(m, qi).has(kj), a query's visible
+// positions as an interval and a sink bound, and the Hopper backward's a query by
+// queryRange(m, kj).has(qi), where the other kernels call visible() (kernels/common.cuh). Both are __host__ __device__: here nvcc compiles a host program
 // that compares them over every mask (causal or not, windows and sinks from 0 up to the int
 // range's end) and every pair of positions from a grid of small values and values near 2^31,
 // where qi + window would overflow an int. No GPU needed.

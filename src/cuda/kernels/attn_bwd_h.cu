@@ -87,8 +87,8 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   auto sDelta = [&](int st) { return sLse(st) + BQ; };
   auto sQPos = [&](int st) { return (int*)(sLse(st) + 2 * BQ); };
   auto sQSeg = [&](int st) { return (int*)(sLse(st) + 3 * BQ); };
-  int* const sKPos = (int*)(rowsBase + STAGES * 4 * BQ);
-  int* const sKSeg = sKPos + BK;
+  // (2 * BK * 4 bytes after the rows held the key tile's positions and segments until the masks
+  // took each thread's two keys' query ranges from global memory: kept, so sStg stays aligned)
   const u32 sStg = sRows + STAGES * C::ROW_BYTES + 2 * BK * 4;  // 1024-aligned (TMA boxes)
   u32* const sVis = (u32*)(gbase + (sStg - base) + C::STG_BYTES);
   u32* const sPart = sVis + MAX_QTILES / 32;
@@ -108,14 +108,9 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   if (nqt > MAX_QTILES) __trap();  // the host sends longer query blocks to attn_bwd.cu
   const float scaleLog2 = p.scale * LOG2E;
 
-  // K, V and their positions, once.
+  // K and V, once.
   loadSwizzled<BK, D, THREADS>(sK, (const u16*)p.k, k0, p.Sk - k0, p.Hk, kh, threadIdx.x);
   loadSwizzled<BK, D, THREADS>(sV, (const u16*)p.v, k0, p.Sk - k0, p.Hk, kh, threadIdx.x);
-  for (int r = threadIdx.x; r < BK; r += THREADS) {
-    const int j = k0 + r;
-    cpAsync4(smemAddr(sKPos + r), p.kPos + (j < p.Sk ? j : 0), j < p.Sk);
-    cpAsync4(smemAddr(sKSeg + r), (m.hasSeg ? p.kSeg : p.kPos) + (j < p.Sk ? j : 0), j < p.Sk && m.hasSeg);
-  }
   cpAsyncCommit();
   if (TMA && threadIdx.x == 0) {  // the stages' barriers, ready after the __syncthreads below
     for (int st = 0; st < STAGES; st++) mbarInit(bar(st), 1);
@@ -201,7 +196,6 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   float dK[D / 2], dV[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; i++) dK[i] = dV[i] = 0.f;
-#ifdef BWD_MASK_RANGE
   // The query positions that see this thread's two keys (rows lane/4 and lane/4 + 8 of its
   // warp's 16), for the partial tiles' masks; a key past Sk is seen by none.
   QueryRange qRange[2];
@@ -211,7 +205,6 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
     qRange[r] = j < p.Sk ? queryRange(m, p.kPos[j]) : noQueries();
     kSegR[r] = j < p.Sk && m.hasSeg ? p.kSeg[j] : 0;
   }
-#endif
   const u32 kRows = sK + wg * 64 * 128, vRows = sV + wg * 64 * 128;  // this warpgroup's 64 keys
   const u32 stg = sStg + warpId * STG_WARP;                         // this warp's dQ staging rows
   // dQ over all 128 keys: at D=128 warpgroup w takes columns 64w.. of the 64 queries; at D=64 (128
@@ -278,11 +271,10 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
     // 8(e >> 1), query column 8n + 2(lane % 4) + (e & 1). Masked scores become -inf first, so
     // the exponentials below are one branch-free pass (exp2(-inf) = 0).
     if (partial) {
-#ifdef BWD_MASK_RANGE
       // Each query column's position (and segment) read once, tested against the thread's two
-      // keys' query ranges without a branch. The per-element form below compiles to blocks
-      // branching around visible(), four shared-memory loads each (kernels/NOTES.md, session 20).
-      // Opt-in until it has run on a GPU.
+      // keys' query ranges without a branch. A per-element visible() compiled to blocks branching
+      // around it, four shared-memory loads each (kernels/NOTES.md, session 20; run 65 on an H100:
+      // the mask tests pass, the timings within their spread).
 #pragma unroll
       for (int c = 0; c < 2 * NQ; c++) {
         const int col = (c >> 1) * 8 + 2 * (lane & 3) + (c & 1);
@@ -294,16 +286,6 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
           v = ok ? v : NEG_INF;
         }
       }
-#else
-#pragma unroll
-      for (int n = 0; n < NQ; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const int col = n * 8 + 2 * (lane & 3) + (e & 1);
-          const int kr = wg * 64 + warp * 16 + (lane >> 2) + 8 * (e >> 1);
-          if (k0 + kr >= p.Sk || !visible(m, sQPos(st)[col], sKPos[kr], sQSeg(st)[col], sKSeg[kr])) s[4 * n + e] = NEG_INF;
-        }
-#endif
     }
 #pragma unroll
     for (int n = 0; n < NQ; n++)

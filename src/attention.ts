@@ -1,5 +1,5 @@
 import { InputError } from './core/errors.js';
-import { checkInputs, checkInt, checkRanks, type Dims } from './core/inputs.js';
+import { checkInputs, checkInt, checkKernelChoice, checkRanks, MAX_THREADS, type Dims } from './core/inputs.js';
 import type { F32Tensor } from './core/tensor.js';
 import type { MaskSpec } from './core/mask.js';
 import { shardPositions, gatherRows, scatterRows, type Layout } from './core/layout.js';
@@ -63,14 +63,11 @@ export interface RingStats {
 
 export { checkInputs, type Dims } from './core/inputs.js';
 
-/** Most threads one single-device call may start (OpenMP with 100,000 of them crashed the process). */
-export const MAX_THREADS = 1024;
+export { MAX_THREADS } from './core/inputs.js';
 
 /** The options that say how to run (not what to compute): each checked, naming the option. */
 function checkRunOptions(o: AttentionOptions): void {
-  if (o.kernel !== undefined && o.kernel !== 'auto' && o.kernel !== 'c' && o.kernel !== 'ts') {
-    throw new InputError('kernel', `expected 'auto', 'c' or 'ts', got ${JSON.stringify(o.kernel)}`);
-  }
+  checkKernelChoice(o.kernel);
   if (o.threads !== undefined) checkInt('threads', o.threads, 1, MAX_THREADS);
   if (o.blockQ !== undefined) checkInt('blockQ', o.blockQ, 1);
   if (o.blockK !== undefined) checkInt('blockK', o.blockK, 1);

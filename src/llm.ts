@@ -6,8 +6,8 @@
  *   const logits = await m.prefill(ids, 'all');      // [S, vocab]
  *   const next = await m.generate(ids, { maxNewTokens: 32 });
  */
-import { InputError } from './core/errors.js';
-import { checkInt, checkRanks } from './core/inputs.js';
+import { describe, InputError } from './core/errors.js';
+import { checkInt, checkKernelChoice, checkRanks, MAX_THREADS } from './core/inputs.js';
 import { LAYOUTS, shardPositions, gatherRows, scatterRows, type Layout } from './core/layout.js';
 import type { ModelConfig } from './model/config.js';
 import { readHfConfig } from './model/config.js';
@@ -49,18 +49,20 @@ export interface GenerateOptions {
   onPrefill?: () => void;
 }
 
-/** A value as an error message shows it: the type of an object, a string quoted. */
-function describe(x: unknown): string {
-  if (typeof x === 'string') return JSON.stringify(x);
-  if (typeof x === 'object' && x !== null) return x.constructor?.name ?? 'an object';
-  return String(x);
+/** Token ids for a model of `vocabSize`: a non-empty Int32Array of ids in [0, vocabSize), else an InputError naming `arg`. */
+export function checkTokenIds(ids: Int32Array, vocabSize: number, arg: string): void {
+  if (!(ids instanceof Int32Array)) throw new InputError(arg, `expected an Int32Array of token ids, got ${describe(ids)}`);
+  if (ids.length === 0) throw new InputError(arg, 'expected at least one token');
+  for (let i = 0; i < ids.length; i++) {
+    if (ids[i] < 0 || ids[i] >= vocabSize) throw new InputError(arg, `token ${i} is ${ids[i]}; expected an id in [0, ${vocabSize}) (the model's vocab_size)`);
+  }
 }
 
 /** RingModel's options, each checked before any rank starts (a bad one found later left them running). */
 function checkModelOptions(cfg: ModelConfig, o: RingModelOptions): void {
   if (o.backend !== undefined && o.backend !== 'cpu' && o.backend !== 'cuda') throw new InputError('backend', `expected 'cpu' or 'cuda', got ${describe(o.backend)}`);
   if (o.layout !== undefined && !(LAYOUTS as readonly string[]).includes(o.layout)) throw new InputError('layout', `expected one of ${LAYOUTS.join(', ')}, got ${describe(o.layout)}`);
-  if (o.kernel !== undefined && o.kernel !== 'auto' && o.kernel !== 'c' && o.kernel !== 'ts') throw new InputError('kernel', `expected 'auto', 'c' or 'ts', got ${describe(o.kernel)}`);
+  checkKernelChoice(o.kernel);
   if (o.dtype !== undefined) {
     if (o.dtype !== 'float32' && o.dtype !== 'bfloat16') throw new InputError('dtype', `expected 'float32' or 'bfloat16', got ${describe(o.dtype)}`);
     if (o.dtype === 'bfloat16' && (o.backend ?? 'cpu') === 'cpu') throw new InputError('dtype', `'bfloat16' runs on the cuda backend; the CPU computes in float32`);
@@ -69,7 +71,7 @@ function checkModelOptions(cfg: ModelConfig, o: RingModelOptions): void {
     checkInt('sinks', o.sinks, 0);
     if (o.sinks > 0 && !cfg.slidingWindow.some((w) => w !== null)) throw new InputError('sinks', `the model has no sliding-window layer (sinks are the first keys a window keeps visible), got ${o.sinks}`);
   }
-  if (o.threads !== undefined) checkInt('threads', o.threads, 1, 1024);
+  if (o.threads !== undefined) checkInt('threads', o.threads, 1, MAX_THREADS);
 }
 
 /** Copy the weights into one SharedArrayBuffer so every rank reads them without a copy each. */
@@ -154,11 +156,7 @@ export class RingModel {
   }
 
   private checkIds(ids: Int32Array, arg: string): void {
-    if (!(ids instanceof Int32Array)) throw new InputError(arg, `expected an Int32Array of token ids, got ${describe(ids)}`);
-    if (ids.length === 0) throw new InputError(arg, 'expected at least one token');
-    for (let i = 0; i < ids.length; i++) {
-      if (!Number.isInteger(ids[i]) || ids[i] < 0 || ids[i] >= this.cfg.vocabSize) throw new InputError(arg, `token ${i} is ${ids[i]}; expected an id in [0, ${this.cfg.vocabSize})`);
-    }
+    checkTokenIds(ids, this.cfg.vocabSize, arg);
   }
 
   /**

@@ -1,5 +1,5 @@
 import { InputError, RingAttnError } from '../core/errors.js';
-import { MAX_RANKS } from '../core/inputs.js';
+import { MAX_RANKS, parseDecimal } from '../core/inputs.js';
 import { loadNative } from '../cpu/build.js';
 import { getKernel, type KernelChoice } from '../cpu/attention.js';
 
@@ -34,13 +34,21 @@ export function asFlagError(err: unknown, flags: Readonly<Record<string, string>
   return err;
 }
 
-/** Decimal numbers only ('12', '-0.5', '1e6'): Number() alone also takes '0x10', '0b1', '' and ' '. */
-const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
+/** A command's action whose library errors name its flags (asFlagError with `flags`). */
+export function withFlagNames<F>(flags: Readonly<Record<string, string>>, body: (f: F) => Promise<void> | void): (f: F) => Promise<void> {
+  return async (f: F) => {
+    try {
+      await body(f);
+    } catch (e) {
+      throw asFlagError(e, flags);
+    }
+  };
+}
 
 /** Parse a CLI integer option, naming it in the error. */
 export function intOpt(name: string, v: string | undefined, opts: { min?: number; max?: number } = {}): number | undefined {
   if (v === undefined) return undefined;
-  const n = DECIMAL.test(v.trim()) ? Number(v) : NaN;
+  const n = parseDecimal(v);
   const { min, max } = opts;
   if (!Number.isInteger(n) || (min !== undefined && n < min) || (max !== undefined && n > max)) {
     const range = min !== undefined && max !== undefined ? ` in [${min}, ${max}]` : min !== undefined ? ` >= ${min}` : max !== undefined ? ` <= ${max}` : '';
@@ -56,7 +64,7 @@ export function devicesOpt(v: string | undefined, gpu = false): number | undefin
 
 export function numOpt(name: string, v: string | undefined, opts: { positive?: boolean } = {}): number | undefined {
   if (v === undefined) return undefined;
-  const n = DECIMAL.test(v.trim()) ? Number(v) : NaN;
+  const n = parseDecimal(v);
   if (!Number.isFinite(n) || (opts.positive && n <= 0)) {
     throw new InputError(name, `expected a ${opts.positive ? 'positive ' : ''}number, got '${v}'`);
   }

@@ -53,6 +53,13 @@ export class BackendError extends RingAttnError {
   override name = 'BackendError';
 }
 
+/** A value as an error message shows it: an object by its type's name, a string quoted. */
+export function describe(x: unknown): string {
+  if (typeof x === 'string') return JSON.stringify(x);
+  if (typeof x === 'object' && x !== null) return x.constructor?.name ?? 'an object';
+  return String(x);
+}
+
 export function check(cond: unknown, arg: string, message: string): asserts cond {
   if (!cond) throw new InputError(arg, message);
 }

@@ -1,4 +1,4 @@
-import { check, InputError } from './errors.js';
+import { check, describe, InputError } from './errors.js';
 import { validateMask } from './mask.js';
 import { assertFinite, numel, shapeStr, type F32Tensor } from './tensor.js';
 
@@ -62,7 +62,7 @@ export const MAX_SCORE = 1e30;
 
 /** A tensor's data: a Float32Array holding exactly the elements its shape says. */
 function checkData(name: string, t: F32Tensor): void {
-  check(t.data instanceof Float32Array, name, `expected float32 data (a Float32Array), got ${t.data?.constructor?.name ?? String(t.data)}`);
+  check(t.data instanceof Float32Array, name, `expected float32 data (a Float32Array), got ${describe(t.data)}`);
   const n = numel(t.shape);
   check(t.data.length === n, name, `expected ${n} elements for shape ${shapeStr(t.shape)}, got ${t.data.length}`);
 }
@@ -84,6 +84,19 @@ export function checkRanks(name: string, x: unknown): number {
     throw new InputError(name, `expected a positive integer up to ${MAX_RANKS} (CPU ranks of one ring), got ${String(x)}`);
   }
   return x;
+}
+
+/** Most threads one CPU kernel call may start (OpenMP with 100,000 of them crashed the process). */
+export const MAX_THREADS = 1024;
+
+/** The CPU kernel choice of an options object: 'auto', 'c' or 'ts' (or absent). */
+export function checkKernelChoice(x: unknown): void {
+  if (x !== undefined && x !== 'auto' && x !== 'c' && x !== 'ts') throw new InputError('kernel', `expected 'auto', 'c' or 'ts', got ${describe(x)}`);
+}
+
+/** A decimal number ('12', '-0.5', '1e6') or NaN: Number() alone also reads '0x10', '0b1', '' and ' '. */
+export function parseDecimal(s: string): number {
+  return /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(s.trim()) ? Number(s) : NaN;
 }
 
 /** `x` as an integer in [min, max]; an InputError naming `name` otherwise. */

@@ -1,4 +1,4 @@
-import { InputError } from './errors.js';
+import { describe, InputError } from './errors.js';
 
 /**
  * The mask contract (DESIGN.md). Key j is visible to query i (global positions) when
@@ -28,7 +28,7 @@ export function validateMask(spec: MaskSpec, seqLen?: number): void {
     throw new InputError('sinks', `expected together with a window (sinks are the first keys a sliding window keeps visible), got sinks = ${spec.sinks} and no window`);
   }
   if (spec.segments !== undefined && !(spec.segments instanceof Int32Array)) {
-    throw new InputError('segments', `expected an Int32Array of document ids, got ${(spec.segments as unknown as object)?.constructor?.name ?? String(spec.segments)}`);
+    throw new InputError('segments', `expected an Int32Array of document ids, got ${describe(spec.segments)}`);
   }
   if (spec.segments !== undefined && seqLen !== undefined && spec.segments.length !== seqLen) {
     throw new InputError('segments', `expected ${seqLen} ids (one per position), got ${spec.segments.length}`);

@@ -1,4 +1,4 @@
-import { InputError } from './errors.js';
+import { describe, InputError } from './errors.js';
 
 /** Element types a tensor may hold in memory. Compute is always fp32 on the CPU. */
 export type DType = 'float32' | 'float64' | 'float16' | 'bfloat16' | 'int32' | 'int64' | 'uint8';
@@ -41,7 +41,7 @@ const ARRAY_OF: Record<DType, { name: string; is: (x: unknown) => boolean }> = {
 export function arrayMismatch(dtype: DType, data: unknown): string | null {
   const want = ARRAY_OF[dtype];
   if (!want || want.is(data)) return null;
-  return `dtype ${dtype} holds a ${want.name}, got ${(data as object)?.constructor?.name ?? String(data)}`;
+  return `dtype ${dtype} holds a ${want.name}, got ${describe(data)}`;
 }
 
 export function numel(shape: readonly number[]): number {

@@ -127,13 +127,14 @@ export function verifyGradRows(inp: VerifyInput & { dO: Float32Array; dq: Float3
       }
       ref.fill(0);
       if (mx !== -Infinity) {
+        // s becomes p_ij (exp(-inf) = 0 for the keys the row does not see).
         let sum = 0;
-        for (let j = 0; j < S; j++) if (s[j] !== -Infinity) sum += Math.exp(s[j] - mx);
+        for (let j = 0; j < S; j++) sum += s[j] = Math.exp(s[j] - mx);
         let delta = 0;
-        for (let j = 0; j < S; j++) if (s[j] !== -Infinity) delta += (Math.exp(s[j] - mx) / sum) * dp[j];
+        for (let j = 0; j < S; j++) delta += (s[j] /= sum) * dp[j];
         for (let j = 0; j < S; j++) {
-          if (s[j] === -Infinity) continue;
-          const w = (Math.exp(s[j] - mx) / sum) * (dp[j] - delta) * scale;
+          if (s[j] === 0) continue;
+          const w = s[j] * (dp[j] - delta) * scale;
           const ko = (j * Hk + kh) * D;
           for (let d = 0; d < D; d++) ref[d] += w * inp.k[ko + d];
         }
@@ -144,7 +145,12 @@ export function verifyGradRows(inp: VerifyInput & { dO: Float32Array; dq: Float3
       }
     }
   }
-  return { rows: rows.length, normRelErr: den > 0 ? Math.sqrt(num / den) : Math.sqrt(num) };
+  return { rows: rows.length, normRelErr: ratio(num, den) };
+}
+
+/** sqrt(num / den) from sums of squares of errors and of references (sqrt(num) where den is 0). */
+function ratio(num: number, den: number): number {
+  return den > 0 ? Math.sqrt(num / den) : Math.sqrt(num);
 }
 
 /** ||a - b|| / ||b|| (||a - b|| where b is all zeros), in float64. */
@@ -154,7 +160,7 @@ export function normRelErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
     num += (a[i] - b[i]) ** 2;
     den += b[i] ** 2;
   }
-  return den > 0 ? Math.sqrt(num / den) : Math.sqrt(num);
+  return ratio(num, den);
 }
 
 /**
@@ -210,6 +216,5 @@ export function verifyKeyGradRows(
       }
     }
   }
-  const rel = (n: number, d: number) => (d > 0 ? Math.sqrt(n / d) : Math.sqrt(n));
-  return { rows: keyRows.length, dkNormRelErr: rel(kNum, kDen), dvNormRelErr: rel(vNum, vDen) };
+  return { rows: keyRows.length, dkNormRelErr: ratio(kNum, kDen), dvNormRelErr: ratio(vNum, vDen) };
 }

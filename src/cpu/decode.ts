@@ -1,5 +1,5 @@
 import { BackendError, InputError } from '../core/errors.js';
-import { checkAtLeast, checkDecodeCacheRows, checkDecodeHeads, checkDecodeOut, checkDecodeQueries, checkInt, type DecodeCallArgs } from '../core/inputs.js';
+import { checkAtLeast, checkDecodeCacheRows, checkDecodeHeads, checkDecodeOut, checkDecodeQueries, checkInt, checkKernelChoice, MAX_THREADS, type DecodeCallArgs } from '../core/inputs.js';
 import { bf16BitsToF32, f16BitsToF32 } from '../core/tensor.js';
 import { loadNative } from './build.js';
 
@@ -92,10 +92,10 @@ interface Checked {
 function validate(a: DecodeArgs): Checked {
   const h = checkDecodeHeads(a);
   const { B, H, D, window, sinks, scale } = h;
-  if (a.kernel !== undefined && a.kernel !== 'auto' && a.kernel !== 'c' && a.kernel !== 'ts') throw new InputError('kernel', `expected 'auto', 'c' or 'ts', got ${JSON.stringify(a.kernel)}`);
+  checkKernelChoice(a.kernel);
   if (typeof a.causal !== 'boolean') throw new InputError('causal', `expected true or false, got ${JSON.stringify(a.causal)}`);
   if (a.chunk !== undefined) checkInt('chunk', a.chunk, 0);
-  if (a.threads !== undefined) checkInt('threads', a.threads, 1, 1024);
+  if (a.threads !== undefined) checkInt('threads', a.threads, 1, MAX_THREADS);
   const Sq = checkDecodeQueries(a, h, MAX_SQ);
   const segs = a.qSeg !== undefined;
   if (segs) checkAtLeast('qSeg', a.qSeg, B * Sq, `[B = ${B}, Sq = ${Sq}]`);

@@ -1,6 +1,7 @@
 import { readInputFile } from './atomic.js';
 import { parseNpy, npyToInt32 } from './npy.js';
 import { InputError } from '../core/errors.js';
+import { parseDecimal } from '../core/inputs.js';
 
 /**
  * Token ids from a file: a 1-D int32/int64 `.npy`, a JSON array (or an object whose `ids` or
@@ -34,13 +35,10 @@ export function readTokens(path: string, arg = '--tokens'): Int32Array {
   }
   return Int32Array.from(values, (v, i) => {
     // whitespace-separated ids as numbers (1, 1.0, 1e3: numpy's savetxt writes 1.000000000000000000e+00)
-    const n = words && typeof v === 'string' ? (DECIMAL.test(v) ? Number(v) : NaN) : v;
+    const n = words && typeof v === 'string' ? parseDecimal(v) : v;
     if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > 0x7fffffff) {
       throw new InputError(arg, `token ${i} is ${words ? `'${v}'` : JSON.stringify(v)}; expected a non-negative integer id`);
     }
     return n;
   });
 }
-
-/** A decimal number as savetxt writes it; Number() alone would also read '0x5' and '0b1'. */
-const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;

@@ -6,7 +6,7 @@ import { checkInputs } from '../../core/inputs.js';
 import { sampleRows, verifyRows } from '../../core/verify.js';
 import { AtomicOutputs, encodeNpy, readNpyFloat32, readNpyInt32, checkOutputPath, checkOutputsNotInputs } from '../../io/index.js';
 import { attention, ringAttention, maskOf, MAX_THREADS, type AttentionOptions } from '../../attention.js';
-import { asFlagError, backendOpt, devicesOpt, intOpt, kernelOpt, numOpt, prepareCpuKernels } from '../util.js';
+import { withFlagNames, backendOpt, devicesOpt, intOpt, kernelOpt, numOpt, prepareCpuKernels } from '../util.js';
 import { progressBar } from '../progress.js';
 
 interface AttendFlags {
@@ -64,13 +64,7 @@ export function registerAttend(program: Command): void {
     .option('--quiet', 'no progress bar or summary')
     .option('--backend <name>', 'cpu, or cuda (NVIDIA GPUs: one GPU, or a ring of --devices GPUs launched as ranks)', 'cpu')
     .option('--dtype <name>', 'with --backend cuda: bf16, fp16 or fp32 inputs on the GPU (accumulation is fp32)', 'bf16')
-    .action(async (f: AttendFlags) => {
-      try {
-        await attend(f);
-      } catch (e) {
-        throw asFlagError(e, FLAGS);
-      }
-    });
+    .action(withFlagNames(FLAGS, attend));
 }
 
 /** The library's argument names (checkInputs, attention, ringAttention) as this command's flags. */

@@ -7,8 +7,8 @@ import { formatBytes } from '../../core/plan.js';
 import { encodeNpy, readInputFile, readTokens, writeFileAtomic, checkOutputPath, checkOutputsNotInputs } from '../../io/index.js';
 import { readHfConfig, type ModelConfig } from '../../model/config.js';
 import { hasTokenizer, loadTokenizer } from '../../model/tokenizer.js';
-import { RingModel } from '../../llm.js';
-import { asFlagError, backendOpt, devicesOpt, intOpt, kernelOpt, modelDtypeOpt, numOpt, printPlanOnce } from '../util.js';
+import { checkTokenIds, RingModel } from '../../llm.js';
+import { withFlagNames, backendOpt, devicesOpt, intOpt, kernelOpt, modelDtypeOpt, numOpt, printPlanOnce } from '../util.js';
 import { progressBar } from '../progress.js';
 
 interface ModelFlags {
@@ -48,15 +48,19 @@ async function launchedElsewhere(f: ModelFlags): Promise<boolean> {
   return launchSelfIfNeeded(devicesOpt(f.devices, true) ?? 1);
 }
 
+function checkModelDir(f: { model: string }): void {
+  if (!existsSync(f.model)) throw new InputError('--model', `${f.model} does not exist; expected a checkpoint directory`);
+}
+
 /** --model's config.json (the directory must exist). */
 function modelConfig(f: { model: string }): ModelConfig {
-  if (!existsSync(f.model)) throw new InputError('--model', `${f.model} does not exist; expected a checkpoint directory`);
+  checkModelDir(f);
   return readHfConfig(f.model);
 }
 
 async function open(f: ModelFlags): Promise<RingModel> {
   checkBackend(f);
-  modelConfig(f);
+  checkModelDir(f);
   const kernel = kernelOpt(f.kernel);
   return RingModel.load(f.model, {
     devices: devicesOpt(f.devices, f.backend === 'cuda'),
@@ -86,10 +90,8 @@ function promptIds(f: { model: string; tokens?: string; promptFile?: string }): 
  * sequence runs past the positions the model was trained for (RoPE goes on; quality may not).
  */
 function checkPrompt(ids: Int32Array, cfg: ModelConfig, flag: string, total: number, quiet?: boolean): void {
-  if (ids.length === 0) throw new InputError(flag, flag === '--prompt-file' ? 'the text encodes to no token; expected a prompt' : 'expected at least one token');
-  for (let i = 0; i < ids.length; i++) {
-    if (ids[i] >= cfg.vocabSize) throw new InputError(flag, `token ${i} is ${ids[i]}; expected an id in [0, ${cfg.vocabSize}) (the model's vocab_size)`);
-  }
+  if (ids.length === 0 && flag === '--prompt-file') throw new InputError(flag, 'the text encodes to no token; expected a prompt');
+  checkTokenIds(ids, cfg.vocabSize, flag);
   if (!quiet && total > cfg.maxPositionEmbeddings && (process.env.RANK ?? '0') === '0') {
     process.stderr.write(`note: ${total} positions pass the model's max_position_embeddings (${cfg.maxPositionEmbeddings}); it computes them, but was not trained for them\n`);
   }
@@ -101,16 +103,6 @@ const FLAGS = {
   maxNewTokens: '--max-new-tokens', temperature: '--temperature', topP: '--top-p', seed: '--seed',
 } as const;
 
-/** An action whose library errors name this command's flags. */
-function act<F>(body: (f: F) => Promise<void> | void): (f: F) => Promise<void> {
-  return async (f: F) => {
-    try {
-      await body(f);
-    } catch (e) {
-      throw asFlagError(e, FLAGS);
-    }
-  };
-}
 
 export function registerModelCommands(program: Command): void {
   modelOptions(program.command('generate').description('prefill a prompt on a ring of CPU ranks, then decode over the sharded KV cache'))
@@ -123,7 +115,7 @@ export function registerModelCommands(program: Command): void {
     .option('--out-tokens <file>', 'write the new ids as int32 .npy')
     .option('--plan', 'print the planner\'s prediction first')
     .option('--quiet', 'print only the generated text or ids')
-    .action(act(async (f: ModelFlags & { tokens?: string; promptFile?: string; maxNewTokens: string; temperature: string; topP: string; seed: string; outTokens?: string; plan?: boolean; quiet?: boolean }) => {
+    .action(withFlagNames(FLAGS, async (f: ModelFlags & { tokens?: string; promptFile?: string; maxNewTokens: string; temperature: string; topP: string; seed: string; outTokens?: string; plan?: boolean; quiet?: boolean }) => {
       checkBackend(f);
       const maxNew = intOpt('--max-new-tokens', f.maxNewTokens, { min: 1 })!;
       const temperature = numOpt('--temperature', f.temperature)!;
@@ -203,7 +195,7 @@ export function registerModelCommands(program: Command): void {
   modelOptions(program.command('logits').description('float32 logits [S, vocab] of every position of a token sequence'))
     .requiredOption('--tokens <file>', 'token ids: .npy (int32/int64), JSON array, or whitespace-separated')
     .requiredOption('--out <file>', 'output .npy, float32 [S, vocab]')
-    .action(act(async (f: ModelFlags & { tokens: string; out: string }) => {
+    .action(withFlagNames(FLAGS, async (f: ModelFlags & { tokens: string; out: string }) => {
       checkBackend(f);
       checkOutputPath(f.out, '--out');
       checkOutputsNotInputs([['--out', f.out]], [['--tokens', f.tokens]]);

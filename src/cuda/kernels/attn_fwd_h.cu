@@ -426,8 +426,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // loop's back edge.
   // Placed after the softmax, ptxas moved that wait above the whole softmax (SASS: the
   // WARPGROUP.DEPBAR.LE gsb0, 0x0 after its first FMNMX), so the softmax never overlapped P·V
-  // (kernels/NOTES.md run 62); across the back edge it cannot be moved. Opt-in (-DFWD_LATE_WAIT
-  // through RINGATTN_NVRTC_DEFINES) until it has run on a GPU.
+  // (kernels/NOTES.md run 62); across the back edge it cannot be moved. Correct, but 4-8% slower
+  // at D=128 on an H100 (run 64: the packs of P then wait for the P·V), so opt-in
+  // (-DFWD_LATE_WAIT through RINGATTN_NVRTC_DEFINES).
   auto finishPV = [&](int i) {
     wgmmaWait<0>();
     fenceRegs(o);

@@ -95,7 +95,7 @@ __host__ __device__ __forceinline__ KeyRange keyRange(const Mask& m, int qi) {
 // The dual, for kernels that hold a key and test many queries (the backward's S^T): the query
 // positions that see key kj, segments aside: [lo, hi] (a sink is seen by every query from kj on,
 // or by all of them without a causal mask). visible(m, qi, kj, s, s) == queryRange(m, kj).has(qi)
-// for every qi >= 0 (tests/cuda/key-range.test.ts). none() is the empty range of a missing key.
+// for every qi >= 0 (tests/cuda/key-range.test.ts). noQueries() is the empty range of a missing key.
 struct QueryRange {
   int lo, hi;
   __host__ __device__ __forceinline__ bool has(int qi) const { return (qi >= lo) & (qi <= hi); }

@@ -16,6 +16,19 @@ precompile_kernels() {
   timeout -s KILL 300 $N bin/ringattn.js compile --verbose "$@" >"$OUT/compile.log" 2>&1
   echo "ringattn compile: exit $? ($(tail -1 "$OUT/compile.log"))"
 }
+# One build of the attention kernels for an A/B script: every attention file compiled with the
+# -D options DEFINES into the kernel cache CACHE, then (unless SKIP_TESTS=1) the attention GPU
+# tests whose names match PATTERN, under TESTS_LIMIT seconds (200), their TAP in TESTLOG and their
+# results, after a line "LABEL exit N", appended to $log (the calling script's).
+#   build_and_test CACHE DEFINES PATTERN TESTLOG LABEL
+build_and_test() {
+  RINGATTN_CACHE=$1 RINGATTN_NVRTC_DEFINES="$2" precompile_kernels --kernels attn_fwd.cu,attn_fwd_h.cu,attn_bwd.cu,attn_bwd_h.cu | tee -a "$log"
+  [ -n "${SKIP_TESTS:-}" ] && return 0
+  RINGATTN_CACHE=$1 RINGATTN_NVRTC_DEFINES="$2" timeout -s KILL "${TESTS_LIMIT:-200}" $N --test --test-reporter=tap \
+    --test-name-pattern="$3" dist/tests/cuda/attention.gpu.test.js >"$4" 2>&1
+  echo "$5 exit $?" | tee -a "$log"
+  tap_results "$4" | tee -a "$log"
+}
 # Nsight Compute, where the machine has it (empty otherwise).
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
 # A node --test TAP log's results: each test's ok / not ok line (not those a name pattern

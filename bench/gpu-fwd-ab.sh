@@ -22,13 +22,7 @@ defs=$(printf '%s\n' "$@" | cut -d'|' -f2 | sort -u)
 # The kernel cache of a DEFINES: its line number in the sorted list.
 cacheOf() { echo "$RINGATTN_CACHE-$(grep -nxF -- "$1" <<<"$defs" | cut -d: -f1)"; }
 while IFS= read -r d; do
-  RINGATTN_CACHE=$(cacheOf "$d") RINGATTN_NVRTC_DEFINES="$d" precompile_kernels --kernels attn_fwd.cu,attn_fwd_h.cu,attn_bwd.cu,attn_bwd_h.cu | tee -a "$log"
-  [ -n "${SKIP_TESTS:-}" ] && continue
-  tests="$OUT/tests$(basename "$(cacheOf "$d")").log"
-  RINGATTN_CACHE=$(cacheOf "$d") RINGATTN_NVRTC_DEFINES="$d" timeout -s KILL "${TESTS_LIMIT:-200}" $N --test --test-reporter=tap \
-    --test-name-pattern="$TESTS" dist/tests/cuda/attention.gpu.test.js >"$tests" 2>&1
-  echo "forward tests [defines '$d'] exit $?" | tee -a "$log"
-  tap_results "$tests" | tee -a "$log"
+  build_and_test "$(cacheOf "$d")" "$d" "$TESTS" "$OUT/tests$(basename "$(cacheOf "$d")").log" "forward tests [defines '$d']"
 done <<<"$defs"
 for round in $(seq 1 "${ROUNDS:-2}"); do
   for S in 8192 32768; do

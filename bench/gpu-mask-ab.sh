@@ -21,12 +21,7 @@ i=0
 for v in "$@"; do
   IFS='|' read -r label def <<<"$v"
   i=$((i + 1))
-  RINGATTN_CACHE=$RINGATTN_CACHE-m$i RINGATTN_NVRTC_DEFINES="$def" precompile_kernels --kernels attn_fwd.cu,attn_fwd_h.cu,attn_bwd.cu,attn_bwd_h.cu | tee -a "$log"
-  [ -n "${SKIP_TESTS:-}" ] && continue
-  RINGATTN_CACHE=$RINGATTN_CACHE-m$i RINGATTN_NVRTC_DEFINES="$def" timeout -s KILL "${TESTS_LIMIT:-200}" $N --test --test-reporter=tap \
-    --test-name-pattern="$TESTS" dist/tests/cuda/attention.gpu.test.js >"$OUT/tests-$label.log" 2>&1
-  echo "mask tests [$label: '$def'] exit $?" | tee -a "$log"
-  tap_results "$OUT/tests-$label.log" | tee -a "$log"
+  build_and_test "$RINGATTN_CACHE-m$i" "$def" "$TESTS" "$OUT/tests-$label.log" "mask tests [$label: '$def']"
 done
 for round in $(seq 1 "${ROUNDS:-2}"); do
   i=0

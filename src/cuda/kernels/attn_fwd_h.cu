@@ -225,6 +225,14 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     qPos[r] = i < p.Sq ? p.qPos[i] : 0;
     qSeg[r] = (i < p.Sq && m.hasSeg) ? p.qSeg[i] : 0;
   }
+#ifdef FWD_LSE_EARLY
+  // The rows' running lse, read now rather than in the epilogue, where each row's read was a
+  // dependent round trip to memory before its stores (two in turn: the second row's load could not
+  // pass the first row's stores, p.o and p.lse may alias). Only this CTA writes these rows.
+  // Opt-in until it has run on a GPU.
+  float lseOld[2];
+  for (int r = 0; r < 2; r++) lseOld[r] = rowBase + 8 * r < p.Sq ? p.lse[(u64)(rowBase + 8 * r) * p.H + h] : NEG_INF;
+#endif
   const float scaleLog2 = p.scale * LOG2E;
   float o[D / 2];
 #pragma unroll
@@ -520,8 +528,18 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 
   TRACE(trace.mark(3));
   // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32.
+#ifdef FWD_LSE_EARLY
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    float l = rowSum[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    if (rowBase + 8 * r < p.Sq && l > 0.f) storeRowOut<D>(p, (u64)(rowBase + 8 * r) * p.H + h, lane, r, rowMax[r], l, lseOld[r], o);
+  }
+#else
 #pragma unroll
   for (int r = 0; r < 2; r++) mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
+#endif
 #ifdef FWD_TRACE
   asm volatile("bar.sync 7, %0;" ::"r"(CONSUMERS) : "memory");  // every consumer's epilogue issued
   trace.stop();

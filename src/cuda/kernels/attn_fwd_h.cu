@@ -341,15 +341,16 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       o[4 * n + 3] *= corr[1];
     }
   };
-  auto pack = [&]() {
+  auto packInto = [&](u32(&ap)[BK / 16][4]) {
 #pragma unroll
     for (int kk = 0; kk < BK / 16; kk++) {
-      a[kk][0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
-      a[kk][1] = pack2<T>(sc[8 * kk + 2], sc[8 * kk + 3]);
-      a[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
-      a[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
+      ap[kk][0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
+      ap[kk][1] = pack2<T>(sc[8 * kk + 2], sc[8 * kk + 3]);
+      ap[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
+      ap[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
     }
   };
+  auto pack = [&]() { packInto(a); };
   // The pipelined schedules rescale O between issuing the next tile's S and this tile's P·V, while
   // the tensor cores run the first, as FlashAttention-3 does; the others right after the softmax.
   constexpr bool LATE_RESCALE = MODE == PIPELINED || MODE == PIPE_PONG;
@@ -358,14 +359,20 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 #else
   constexpr bool LATE_WAIT = false;
 #endif
+#ifdef FWD_P2
+  constexpr bool P2 = LATE_RESCALE && WGS == 2 && BK == 128;  // hw and hl spill with it (160 registers; 88-register S)
+#else
+  constexpr bool P2 = false;
+#endif
   // O += P V from stage s, issued (not waited for).
-  auto issuePV = [&](int s) {
+  auto issuePVFrom = [&](int s, u32(&ap)[BK / 16][4]) {
     const u64 dv0 = desc(stV(s), BK * 128, 1024);
     wgmmaFence();
 #pragma unroll
-    for (int kk = 0; kk < BK / 16; kk++) Wg<T>::template rs<D, 1>(o, a[kk], dv0 + ((kk * 16 * 128) >> 4));
+    for (int kk = 0; kk < BK / 16; kk++) Wg<T>::template rs<D, 1>(o, ap[kk], dv0 + ((kk * 16 * 128) >> 4));
     wgmmaCommit();
   };
+  auto issuePV = [&](int s) { issuePVFrom(s, a); };
   // The consumers are done with stage s: every thread arrives on `empty`; in hc one lane a warp
   // arrives on both CTAs' (their producers multicast into both).
   auto release = [&](int s) {
@@ -500,6 +507,61 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       TRACE(if (i == 0) trace.mark(2));
     }
     TRACE(traced = i);
+  } else if (P2) {
+#ifdef FWD_P2
+    // The pipelined schedules with P in two register sets, alternating (the loop unrolled by two
+    // so that each set is chosen at compile time): tile t's P·V reads one set while the softmax of
+    // tile tn packs into the other, so no wait for that P·V stands between the softmax and the
+    // next turn. The wait for P·V of the tile before (wait_group 1 after the next S is issued:
+    // everything but that S) comes just before O's rescale, which needs it; no wait_group 0 is
+    // left in the loop for ptxas to hoist above the softmax (kernels/NOTES.md runs 62 and 64).
+    // 32 more registers a consumer thread. Opt-in (-DFWD_P2) until it has run on a GPU.
+    constexpr bool pong = MODE == PIPE_PONG;
+    firstTile(pong);  // P of the first tile in a
+    TRACE(trace.mark(2));
+    u32 a2[BK / 16][4];
+    // Step i: S of tile tn issued, P·V of tile i (P in `cur`) issued, the softmax of tn packed into `nxt`.
+    auto step = [&](int i, int tn, int cls, u32(&cur)[BK / 16][4], u32(&nxt)[BK / 16][4]) {
+      waitFull(i + 1);
+      if (pong) turnWait(wg);
+      issueQK((i + 1) % STAGES);
+      wgmmaWait<1>();  // all but this S: P·V of tile i - 1 is done
+      fenceRegs(o);
+      if (i > 0) release((i - 1) % STAGES);
+      rescale();
+      issuePVFrom(i % STAGES, cur);
+      if (pong) turnPass<WGS>(wg);
+      wgmmaWait<1>();  // the S (committed first) is done; P·V of tile i may still run
+      fenceRegs(sc);
+      softmax(tn, cls);
+      packInto(nxt);
+    };
+    int t = first, i = 0, cls;
+    int tn = nextVis(t + 1, cls);
+    while (tn < end) {
+      step(i, tn, cls, a, a2);
+      t = tn, tn = nextVis(t + 1, cls), i++;
+      if (tn >= end) break;
+      step(i, tn, cls, a2, a);
+      t = tn, tn = nextVis(t + 1, cls), i++;
+    }
+    // The last tile's P·V, from the set its P was packed into, after the one before it is done.
+    auto last = [&](u32(&cur)[BK / 16][4]) {
+      if (pong) turnWait(wg);
+      wgmmaWait<0>();
+      fenceRegs(o);
+      if (i > 0) release((i - 1) % STAGES);
+      rescale();
+      issuePVFrom(i % STAGES, cur);
+      if (pong && wg != WGS - 1) turnPass<WGS>(wg);
+      wgmmaWait<0>();
+      fenceRegs(o);
+      release(i % STAGES);
+    };
+    if (i & 1) last(a2);
+    else last(a);
+    TRACE(traced = i + 1);
+#endif
   } else {
     // Software-pipelined (FlashAttention-3's intra-warpgroup overlap): S of the next tile is
     // issued before P·V of this one, so this warpgroup's softmax of tile n+1 runs while the

@@ -360,7 +360,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   constexpr bool LATE_WAIT = false;
 #endif
 #ifdef FWD_P2
-  constexpr bool P2 = LATE_RESCALE && WGS == 2 && BK == 128;  // hw and hl spill with it (160 registers; 88-register S)
+  // hw and hl spill with it (160 registers; 88-register S). Not with LATE_WAIT, whose first tile
+  // leaves P unpacked for its own loop.
+  constexpr bool P2 = LATE_RESCALE && WGS == 2 && BK == 128 && !LATE_WAIT;
 #else
   constexpr bool P2 = false;
 #endif

@@ -595,9 +595,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 #ifdef FWD_LSE_EARLY
 #pragma unroll
   for (int r = 0; r < 2; r++) {
-    float l = rowSum[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const float l = quadSum(rowSum[r]);
     if (rowBase + 8 * r < p.Sq && l > 0.f) storeRowOut<D>(p, (u64)(rowBase + 8 * r) * p.H + h, lane, r, rowMax[r], l, lseOld[r], o);
   }
 #else

@@ -270,6 +270,11 @@ __device__ __forceinline__ float warpSum(float x) {
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
   return x;
 }
+// The sum over the quad of lanes (lane / 4 alike) that share an accumulator row.
+__device__ __forceinline__ float quadSum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
 
 // Merge a block result (oB, lseB) into the running (o, lse) of one row, fp32. Returns the new
 // LSE and writes the weights for o: o = o * wOld + oB * wB. lseB must be finite.
@@ -314,9 +319,7 @@ __device__ __forceinline__ void storeRowOut(const FwdParams& p, u64 row, int lan
 // accumulators in fp32; a row past Sq or that saw no key leaves them untouched.
 template <int D>
 __device__ __forceinline__ void mergeRowOut(const FwdParams& p, int i, int h, int lane, int r, float rowMax, float rowSum, const float* acc) {
-  float l = rowSum;
-  l += __shfl_xor_sync(0xffffffffu, l, 1);
-  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  const float l = quadSum(rowSum);
   const bool live = i < p.Sq && l > 0.f;
   const u64 row = (u64)i * p.H + h;
   const float lseOld = live ? p.lse[row] : 0.f;

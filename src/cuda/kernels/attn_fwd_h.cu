@@ -218,7 +218,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   const int wg = threadIdx.x >> 7;
 #endif
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-  const int rowBase = q0 + wg * 64 + warp * 16 + (lane >> 2);
+  int rowBase = q0 + wg * 64 + warp * 16 + (lane >> 2);
   int qPos[2], qSeg[2];
   for (int r = 0; r < 2; r++) {
     const int i = rowBase + 8 * r;
@@ -592,6 +592,15 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 
   TRACE(trace.mark(3));
   // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32.
+#ifdef FWD_P2
+  {
+    // P2's extra register set leaves no room to keep rowBase through the loop (ptxas spilled it):
+    // rebuilt here from a fresh read of the thread index.
+    u32 tid;
+    asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
+    rowBase = q0 + (int)(tid >> 7) * 64 + (int)((tid >> 5) & 3) * 16 + (int)((tid & 31) >> 2);
+  }
+#endif
 #ifdef FWD_LSE_EARLY
 #pragma unroll
   for (int r = 0; r < 2; r++) {

@@ -218,7 +218,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   const int wg = threadIdx.x >> 7;
 #endif
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-  int rowBase = q0 + wg * 64 + warp * 16 + (lane >> 2);
+  // The first of the thread's two accumulator rows (the other is 8 below).
+  auto firstRow = [&](int wg, int warp, int lane) { return q0 + wg * 64 + warp * 16 + (lane >> 2); };
+  const int rowBase = firstRow(wg, warp, lane);
   int qPos[2], qSeg[2];
   for (int r = 0; r < 2; r++) {
     const int i = rowBase + 8 * r;
@@ -593,23 +595,23 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   TRACE(trace.mark(3));
   // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32.
 #ifdef FWD_P2
-  {
-    // P2's extra register set leaves no room to keep rowBase through the loop (ptxas spilled it):
-    // rebuilt here from a fresh read of the thread index.
-    u32 tid;
-    asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
-    rowBase = q0 + (int)(tid >> 7) * 64 + (int)((tid >> 5) & 3) * 16 + (int)((tid & 31) >> 2);
-  }
+  // P2's extra register set leaves no room to keep rowBase through the loop (ptxas spilled it):
+  // rebuilt here from a fresh read of the thread index.
+  u32 tid;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
+  const int rowOut = firstRow(tid >> 7, (tid >> 5) & 3, tid & 31);
+#else
+  const int rowOut = rowBase;
 #endif
 #ifdef FWD_LSE_EARLY
 #pragma unroll
   for (int r = 0; r < 2; r++) {
     const float l = quadSum(rowSum[r]);
-    if (rowBase + 8 * r < p.Sq && l > 0.f) storeRowOut<D>(p, (u64)(rowBase + 8 * r) * p.H + h, lane, r, rowMax[r], l, lseOld[r], o);
+    if (rowOut + 8 * r < p.Sq && l > 0.f) storeRowOut<D>(p, (u64)(rowOut + 8 * r) * p.H + h, lane, r, rowMax[r], l, lseOld[r], o);
   }
 #else
 #pragma unroll
-  for (int r = 0; r < 2; r++) mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
+  for (int r = 0; r < 2; r++) mergeRowOut<D>(p, rowOut + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
 #endif
 #ifdef FWD_TRACE
   asm volatile("bar.sync 7, %0;" ::"r"(CONSUMERS) : "memory");  // every consumer's epilogue issued

@@ -106,6 +106,16 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   const u32 qBar = bars + 2 * STAGES * 8;
 
   TRACE(Trace trace; trace.start());
+#ifdef FWD_PREFETCH_MAPS
+  // The producer thread fetches the three tensor maps' descriptors while the CTA initialises its
+  // barriers, so that Q's copy does not wait for them (the trace's "start to Q landed": 2.0-2.5 us
+  // a CTA on an H100, kernels/NOTES.md run 62). Opt-in until it has run on a GPU.
+  if (TMA && threadIdx.x == CONSUMERS) {
+    tmaPrefetchMap(maps->q);
+    tmaPrefetchMap(maps->k);
+    tmaPrefetchMap(maps->v);
+  }
+#endif
   // hc: one head at a time whatever RINGATTN_HEAD_GROUP says (it is ignored there), so that a
   // cluster's two CTAs (blockIdx.x 2c and 2c + 1) are query tiles of one head and share its K/V.
   const int2 lt = launchTile(CLUSTER ? 1 : p.headGroup);

@@ -62,12 +62,12 @@ __device__ __forceinline__ void fenceMbarInit() { asm volatile("fence.mbarrier_i
 __device__ __forceinline__ void mbarExpectTx(u32 bar, u32 bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
 }
-// TMA: the box at coordinates (c0, c1, c2) of the 3-D tensor map `map` (a __grid_constant__
-// kernel parameter) into shared memory at `dst`; its bytes count toward `bar`'s transaction
-// count (announced by mbarExpectTx). Elements outside the tensor arrive as zeros (and count).
 // Fetch a tensor map (a __grid_constant__ parameter, by its generic address) into the TMA unit's
 // descriptor cache ahead of its first copy.
 __device__ __forceinline__ void tmaPrefetchMap(const void* map) { asm volatile("prefetch.tensormap [%0];" ::"l"((u64)map) : "memory"); }
+// TMA: the box at coordinates (c0, c1, c2) of the 3-D tensor map `map` (a __grid_constant__
+// kernel parameter) into shared memory at `dst`; its bytes count toward `bar`'s transaction
+// count (announced by mbarExpectTx). Elements outside the tensor arrive as zeros (and count).
 __device__ __forceinline__ void tmaLoad3d(u32 dst, const void* map, u32 bar, int c0, int c1, int c2) {
   asm volatile(
       "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];"

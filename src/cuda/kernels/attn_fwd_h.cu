@@ -106,15 +106,24 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   const u32 qBar = bars + 2 * STAGES * 8;
 
   TRACE(Trace trace; trace.start());
-#ifdef FWD_PREFETCH_MAPS
-  // The producer thread fetches the three tensor maps' descriptors while the CTA initialises its
-  // barriers, so that Q's copy does not wait for them (the trace's "start to Q landed": 2.0-2.5 us
-  // a CTA on an H100, kernels/NOTES.md run 62). Opt-in until it has run on a GPU.
-  if (TMA && threadIdx.x == CONSUMERS) {
+#ifdef FWD_EARLY_START
+  // -DFWD_EARLY_START (TMA kernels but hc; opt-in until it has run on a GPU): Q's copy is issued as early
+  // as the CTA can. The trace put 2.0-2.5 us between a CTA's start and Q's arrival (kernels/NOTES.md
+  // run 62), most of it before the copy was even issued: every thread read the query tile's span,
+  // then the first tile's key box (a second dependent load, classifyTile's), then thread 0 set up
+  // the barriers, then __syncthreads, and only then did the producer issue the copy, whose tensor
+  // map it had not yet fetched. Now the producer thread fetches the three maps' descriptors first,
+  // the first tile is the span's (attn_tile_spans gives the first visible tile: no second load),
+  // and the producer thread sets up the barriers itself and issues Q's copy before the
+  // __syncthreads.
+  constexpr bool EARLY = TMA && !CLUSTER;  // hc (opt-in, slower) spilled 16 bytes with it
+  if (EARLY && threadIdx.x == CONSUMERS) {
     tmaPrefetchMap(maps->q);
     tmaPrefetchMap(maps->k);
     tmaPrefetchMap(maps->v);
   }
+#else
+  constexpr bool EARLY = false;
 #endif
   // hc: one head at a time whatever RINGATTN_HEAD_GROUP says (it is ignored there), so that a
   // cluster's two CTAs (blockIdx.x 2c and 2c + 1) are query tiles of one head and share its K/V.
@@ -137,19 +146,25 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     while (t < end && tileClass(t) == TILE_EMPTY) t++;
     return t;
   };
-  const int first = nextTile(span.x);
+  const int first = EARLY ? span.x : nextTile(span.x);
   if (first >= end) {  // this query tile sees nothing in this block (in hc neither does its partner: same span)
     TRACE(trace.stop(); trace.write(p.trace, 0, qt, h));
     return;
   }
   constexpr u32 ARRIVALS = TMA ? 1 : PRODUCERS;  // one expect_tx arrival, or one cp.async arrival per producer thread
-  if (threadIdx.x == 0) {
+  if (threadIdx.x == (EARLY ? CONSUMERS : 0)) {
     for (int s = 0; s < STAGES; s++) {
       mbarInit(full(s), ARRIVALS);
       mbarInit(empty(s), CLUSTER ? 2 * CONSUMERS / 32 : CONSUMERS);  // every consumer thread; hc: every consumer warp of both CTAs
     }
     mbarInit(qBar, ARRIVALS);
     if (TMA) fenceMbarInit();
+    if (EARLY) {  // the barriers' init made visible to the async proxy, then Q's copy
+      fenceAsyncShared();
+      mbarExpectTx(qBar, C::Q_BYTES);
+#pragma unroll
+      for (int z = 0; z < D / 64; z++) tmaLoad3d(sQ + z * BQ * 128, maps->q, qBar, z * 64, h, q0);
+    }
   }
   if (CLUSTER) clusterSync();  // both CTAs' mbarriers initialised before either multicasts or arrives remotely
   else __syncthreads();
@@ -157,9 +172,11 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   if (TMA && threadIdx.x >= CONSUMERS) {  // the producer warpgroup, one thread of it
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
     if (threadIdx.x == CONSUMERS) {
-      mbarExpectTx(qBar, C::Q_BYTES);
+      if (!EARLY) {
+        mbarExpectTx(qBar, C::Q_BYTES);
 #pragma unroll
-      for (int z = 0; z < D / 64; z++) tmaLoad3d(sQ + z * BQ * 128, maps->q, qBar, z * 64, h, q0);
+        for (int z = 0; z < D / 64; z++) tmaLoad3d(sQ + z * BQ * 128, maps->q, qBar, z * 64, h, q0);
+      }
       const u32 rank = CLUSTER ? clusterRank() : 0;
       int i = 0;
       for (int t = first; t < end; t = nextTile(t + 1), i++) {

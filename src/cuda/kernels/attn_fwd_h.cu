@@ -446,7 +446,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     if (pong) turnWait(wg);
     issueQK(0);
     if (pong) turnPass<WGS>(wg);
-    const int cls = tileClass(first);
+    // EARLY takes the span's first tile unchecked: were it ever empty, a partial tile's mask
+    // (every score -inf) keeps the result right where a full tile's would not.
+    const int c0 = tileClass(first), cls = EARLY && c0 == TILE_EMPTY ? TILE_PARTIAL : c0;
     wgmmaWait<0>();
     fenceRegs(sc);
     softmax(first, cls);

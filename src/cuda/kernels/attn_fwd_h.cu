@@ -107,9 +107,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 
   TRACE(Trace trace; trace.start());
 #ifdef FWD_EARLY_START
-  // -DFWD_EARLY_START (TMA kernels but hc; opt-in until it has run on a GPU): Q's copy is issued as early
-  // as the CTA can. The trace put 2.0-2.5 us between a CTA's start and Q's arrival (kernels/NOTES.md
-  // run 62), most of it before the copy was even issued: every thread read the query tile's span,
+  // -DFWD_EARLY_START (TMA kernels but hc; opt-in until it has run on a GPU): Q's copy is issued
+  // as early as the CTA can. The trace put 2.0-2.5 us between a CTA's start and Q's arrival
+  // (kernels/NOTES.md run 62), most of it before the copy was even issued: every thread read the query tile's span,
   // then the first tile's key box (a second dependent load, classifyTile's), then thread 0 set up
   // the barriers, then __syncthreads, and only then did the producer issue the copy, whose tensor
   // map it had not yet fetched. Now the producer thread fetches the three maps' descriptors first,

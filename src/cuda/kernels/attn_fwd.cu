@@ -52,10 +52,10 @@ extern "C" __global__ void attn_tile_ranges(const int* pos, const int* seg, int 
 
 // For each query tile, the key tiles it sees anything of lie in [lo, hi): out[qt] = {lo, hi}, or
 // {nkt, nkt} when it sees none (the Hopper forward's CTA then returns at once). lo is itself a
-// tile the query tile sees (the Hopper forward under -DFWD_EARLY_START starts there unchecked). Each CTA of the
-// forward used to find these itself, one box read from global memory per key tile, before its
-// first tile and after its last: ~45 us a CTA for a query tile that sees nothing of a 32k block
-// (kernels/NOTES.md run 24). Grid nqt CTAs of 128 threads, the key tiles shared out.
+// tile the query tile sees (the Hopper forward under -DFWD_EARLY_START starts there unchecked).
+// Each CTA of the forward used to find these itself, one box read from global memory per key
+// tile, before its first tile and after its last: ~45 us a CTA for a query tile that sees nothing
+// of a 32k block (kernels/NOTES.md run 24). Grid nqt CTAs of 128 threads, the key tiles shared out.
 extern "C" __global__ void __launch_bounds__(128) attn_tile_spans(const int4* qTiles, const int4* kTiles, int nkt, int causal, int window, int sinks, int hasSeg, int2* out) {
   __shared__ int sLo, sHi;
   if (threadIdx.x == 0) {

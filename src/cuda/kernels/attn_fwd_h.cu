@@ -80,6 +80,15 @@ struct TmaMaps {
   alignas(64) unsigned char v[128];
 };
 
+// Q's tile (C::BQ rows of head h from row q0) by TMA onto mbarrier `bar`, its bytes announced
+// first: the producer thread's first copy (before the CTA's __syncthreads under FWD_EARLY_START).
+template <typename C, int D>
+__device__ __forceinline__ void loadQ(u32 sQ, const TmaMaps* maps, u32 bar, int h, int q0) {
+  mbarExpectTx(bar, C::Q_BYTES);
+#pragma unroll
+  for (int z = 0; z < D / 64; z++) tmaLoad3d(sQ + z * C::BQ * 128, maps->q, bar, z * 64, h, q0);
+}
+
 // TMA: the producer is one thread issuing bulk tensor copies (D/64 boxes per tile and operand)
 // that complete on the stage's mbarrier by transaction count; it keeps 24 registers and the
 // consumers get 240. Otherwise 128 producer threads copy with 16-byte cp.async (40 / 232).
@@ -109,13 +118,13 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 #ifdef FWD_EARLY_START
   // -DFWD_EARLY_START (TMA kernels but hc; opt-in until it has run on a GPU): Q's copy is issued
   // as early as the CTA can. The trace put 2.0-2.5 us between a CTA's start and Q's arrival
-  // (kernels/NOTES.md run 62), most of it before the copy was even issued: every thread read the query tile's span,
-  // then the first tile's key box (a second dependent load, classifyTile's), then thread 0 set up
-  // the barriers, then __syncthreads, and only then did the producer issue the copy, whose tensor
-  // map it had not yet fetched. Now the producer thread fetches the three maps' descriptors first,
-  // the first tile is the span's (attn_tile_spans gives the first visible tile: no second load),
-  // and the producer thread sets up the barriers itself and issues Q's copy before the
-  // __syncthreads.
+  // (kernels/NOTES.md run 62), most of it before the copy was even issued: every thread read the
+  // query tile's span, then the first tile's key box (a second dependent load, classifyTile's),
+  // then thread 0 set up the barriers, then __syncthreads, and only then did the producer issue
+  // the copy, whose tensor map it had not yet fetched. Now the producer thread fetches the three
+  // maps' descriptors first, the first tile is the span's (attn_tile_spans gives the first
+  // visible tile: no second load), and the producer thread sets up the barriers itself and
+  // issues Q's copy before the __syncthreads.
   constexpr bool EARLY = TMA && !CLUSTER;  // hc (opt-in, slower) spilled 16 bytes with it
   if (EARLY && threadIdx.x == CONSUMERS) {
     tmaPrefetchMap(maps->q);
@@ -161,9 +170,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     if (TMA) fenceMbarInit();
     if (EARLY) {  // the barriers' init made visible to the async proxy, then Q's copy
       fenceAsyncShared();
-      mbarExpectTx(qBar, C::Q_BYTES);
-#pragma unroll
-      for (int z = 0; z < D / 64; z++) tmaLoad3d(sQ + z * BQ * 128, maps->q, qBar, z * 64, h, q0);
+      loadQ<C, D>(sQ, maps, qBar, h, q0);
     }
   }
   if (CLUSTER) clusterSync();  // both CTAs' mbarriers initialised before either multicasts or arrives remotely
@@ -172,11 +179,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   if (TMA && threadIdx.x >= CONSUMERS) {  // the producer warpgroup, one thread of it
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
     if (threadIdx.x == CONSUMERS) {
-      if (!EARLY) {
-        mbarExpectTx(qBar, C::Q_BYTES);
-#pragma unroll
-        for (int z = 0; z < D / 64; z++) tmaLoad3d(sQ + z * BQ * 128, maps->q, qBar, z * 64, h, q0);
-      }
+      if (!EARLY) loadQ<C, D>(sQ, maps, qBar, h, q0);
       const u32 rank = CLUSTER ? clusterRank() : 0;
       int i = 0;
       for (int t = first; t < end; t = nextTile(t + 1), i++) {

@@ -31,8 +31,7 @@ test('attend: single device and ring write O, LSE and gradients equal to the flo
   const [S, H, Hk, D] = [67, 4, 2, 16];
   const s = setup(S, H, Hk, D, seed);
   const mask = { causal: true, window: 20, sinks: 2 };
-  const ref = refForward(s.q.data, s.k.data, s.v.data, S, H, Hk, D, mask);
-  const g = refBackward(s.q.data, s.k.data, s.v.data, s.do.data, S, H, Hk, D, mask);
+  const g = refBackward(s.q.data, s.k.data, s.v.data, s.do.data, S, H, Hk, D, mask), ref = g;
   for (const extra of [[], ['--devices', '3', '--layout', 'striped'], ['--kernel', 'ts']]) {
     const r = cli(['attend', '--q', s.p('q.npy'), '--k', s.p('k.npy'), '--v', s.p('v.npy'), '--out', s.p('o.npy'), '--lse', s.p('lse.npy'), '--causal', '--window', '20', '--sinks', '2', '--grad-out', s.p('do.npy'), '--dq', s.p('dq.npy'), '--dk', s.p('dk.npy'), '--dv', s.p('dv.npy'), '--verify', '8', ...extra]);
     assert.equal(r.code, 0, r.stderr);

@@ -22,8 +22,8 @@ const kernels: [string, () => AttentionKernel][] = [
 ];
 
 function check(p: Problem, seed: number, what: string, opts: RunOpts = {}): void {
-  const ref = refForward(p.q, p.k, p.v, p.S, p.H, p.Hk, p.D, p.mask, p.scale);
   const grads = opts.backward === false ? undefined : refBackward(p.q, p.k, p.v, p.dO, p.S, p.H, p.Hk, p.D, p.mask, p.scale);
+  const ref = grads ?? refForward(p.q, p.k, p.v, p.S, p.H, p.Hk, p.D, p.mask, p.scale);
   for (const [name, make] of kernels) {
     if (name === 'c' && forcedTs) continue;
     const kernel = make();

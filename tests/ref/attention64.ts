@@ -22,28 +22,6 @@ export interface RefResult {
   lse: Float64Array; // [S, H]
 }
 
-/**
- * Head `h` of x [S, Hn, D] as contiguous float64 rows [S, D]. The loops below read these rather
- * than the strided inputs (several times faster in V8); each sum runs in the same order either way.
- */
-function headRows(x: ArrayLike<number>, S: number, Hn: number, h: number, D: number): Float64Array {
-  const out = new Float64Array(S * D);
-  for (let i = 0; i < S; i++) for (let d = 0; d < D; d++) out[i * D + d] = x[(i * Hn + h) * D + d];
-  return out;
-}
-
-/** Writes rows [S, D] back as head `h` of out [S, Hn, D]. */
-function putHeadRows(rows: Float64Array, out: Float64Array, S: number, Hn: number, h: number, D: number): void {
-  for (let i = 0; i < S; i++) for (let d = 0; d < D; d++) out[(i * Hn + h) * D + d] = rows[i * D + d];
-}
-
-/** sum_d a[ai + d] * b[bi + d], d ascending. */
-function dot(a: Float64Array, ai: number, b: Float64Array, bi: number, D: number): number {
-  let s = 0;
-  for (let d = 0; d < D; d++) s += a[ai + d] * b[bi + d];
-  return s;
-}
-
 /** q [S,H,D], k/v [Sk,Hk,D] with Sk = S (global positions 0..S-1). */
 export function refForward(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>, S: number, H: number, Hk: number, D: number, m: RefMask, scale = 1 / Math.sqrt(D)): RefResult {
   const o = new Float64Array(S * H * D);
@@ -52,13 +30,13 @@ export function refForward(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayL
   const s = new Float64Array(S);
   for (let h = 0; h < H; h++) {
     const kh = Math.floor(h / g);
-    const qh = headRows(q, S, H, h, D), kr = headRows(k, S, Hk, kh, D), vr = headRows(v, S, Hk, kh, D);
-    const oh = new Float64Array(S * D);
     for (let i = 0; i < S; i++) {
       let mx = -Infinity;
       for (let j = 0; j < S; j++) {
         if (!refVisible(m, i, j)) { s[j] = -Infinity; continue; }
-        s[j] = dot(qh, i * D, kr, j * D, D) * scale;
+        let dot = 0;
+        for (let d = 0; d < D; d++) dot += q[(i * H + h) * D + d] * k[(j * Hk + kh) * D + d];
+        s[j] = dot * scale;
         mx = Math.max(mx, s[j]);
       }
       if (mx === -Infinity) continue;
@@ -68,10 +46,9 @@ export function refForward(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayL
       for (let j = 0; j < S; j++) {
         if (s[j] === -Infinity) continue;
         const p = Math.exp(s[j] - mx) / sum;
-        for (let d = 0; d < D; d++) oh[i * D + d] += p * vr[j * D + d];
+        for (let d = 0; d < D; d++) o[(i * H + h) * D + d] += p * v[(j * Hk + kh) * D + d];
       }
     }
-    putHeadRows(oh, o, S, H, h, D);
   }
   return { o, lse };
 }
@@ -92,33 +69,29 @@ export function refBackward(q: ArrayLike<number>, k: ArrayLike<number>, v: Array
   const dk = new Float64Array(S * Hk * D);
   const dv = new Float64Array(S * Hk * D);
   const g = H / Hk;
-  for (let kh = 0; kh < Hk; kh++) {
-    const kr = headRows(k, S, Hk, kh, D), vr = headRows(v, S, Hk, kh, D);
-    const dkh = new Float64Array(S * D), dvh = new Float64Array(S * D);
-    // the group's query heads in ascending order
-    for (let h = 0; h < H; h++) {
-      if (Math.floor(h / g) !== kh) continue;
-      const qh = headRows(q, S, H, h, D), dOh = headRows(dO, S, H, h, D), oh = headRows(o, S, H, h, D);
-      const dqh = new Float64Array(S * D);
-      for (let i = 0; i < S; i++) {
-        const L = lse[i * H + h];
-        if (L === -Infinity) continue;
-        const delta = dot(dOh, i * D, oh, i * D, D);
-        for (let j = 0; j < S; j++) {
-          if (!refVisible(m, i, j)) continue;
-          const p = Math.exp(dot(qh, i * D, kr, j * D, D) * scale - L);
-          const ds = p * (dot(dOh, i * D, vr, j * D, D) - delta) * scale;
-          for (let d = 0; d < D; d++) {
-            dvh[j * D + d] += p * dOh[i * D + d];
-            dqh[i * D + d] += ds * kr[j * D + d];
-            dkh[j * D + d] += ds * qh[i * D + d];
-          }
+  for (let h = 0; h < H; h++) {
+    const kh = Math.floor(h / g);
+    for (let i = 0; i < S; i++) {
+      const L = lse[i * H + h];
+      if (L === -Infinity) continue;
+      let delta = 0;
+      for (let d = 0; d < D; d++) delta += dO[(i * H + h) * D + d] * o[(i * H + h) * D + d];
+      for (let j = 0; j < S; j++) {
+        if (!refVisible(m, i, j)) continue;
+        let dot = 0, dp = 0;
+        for (let d = 0; d < D; d++) {
+          dot += q[(i * H + h) * D + d] * k[(j * Hk + kh) * D + d];
+          dp += dO[(i * H + h) * D + d] * v[(j * Hk + kh) * D + d];
+        }
+        const p = Math.exp(dot * scale - L);
+        const ds = p * (dp - delta) * scale;
+        for (let d = 0; d < D; d++) {
+          dv[(j * Hk + kh) * D + d] += p * dO[(i * H + h) * D + d];
+          dq[(i * H + h) * D + d] += ds * k[(j * Hk + kh) * D + d];
+          dk[(j * Hk + kh) * D + d] += ds * q[(i * H + h) * D + d];
         }
       }
-      putHeadRows(dqh, dq, S, H, h, D);
     }
-    putHeadRows(dkh, dk, S, Hk, kh, D);
-    putHeadRows(dvh, dv, S, Hk, kh, D);
   }
   return { dq, dk, dv, o, lse };
 }

@@ -194,8 +194,8 @@ export function checkDecodeQueries(a: { q: unknown; qPos: unknown }, h: DecodeHe
     throw new InputError('qPos', `expected [B = ${B}, Sq] with 1 <= Sq <= ${maxSq}, got ${a.qPos.length} elements`);
   }
   checkAtLeast('q', a.q, B * Sq * H * D, `[B = ${B}, Sq = ${Sq}, H = ${H}, D = ${D}]`);
-  // The queries are few: a NaN among them is refused here (its rows would read as rows that see no
-  // key). The caches are the memory-bound part a decode step reads once; they are not scanned.
+  // The queries are few: a NaN among them is refused here. The caches are the memory-bound part a
+  // decode step reads once; they are not scanned (a NaN there makes NaN the rows that see it).
   for (let i = 0; i < B * Sq * H * D; i++) {
     if (!Number.isFinite(a.q[i])) throw new InputError('q', `element ${i} is ${a.q[i]}; expected finite queries`);
   }

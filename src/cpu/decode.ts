@@ -191,7 +191,7 @@ function decodeTs(a: DecodeArgs, c: Checked): void {
           const ko = (j * Hk + kh) * D;
           for (let d = 0; d < D; d++) dot += a.q[qo + d] * cache.k[ko + d];
           s[j] = dot * scale;
-          if (s[j] > mx) mx = s[j];
+          if (s[j] > mx || s[j] !== s[j]) mx = s[j]; // a NaN score (a NaN input) stays: its row is NaN, not empty
         }
         if (mx === -Infinity) continue;
         acc.fill(0);

@@ -268,6 +268,53 @@ test('decode: wide cache rows, many query tokens (Sq 8 and 64), a long causal ca
   check(long, s3, { P: 1, threads: 2, dtype: 'float16' }, 'long causal GQA');
 });
 
+test('a NaN in the key cache makes NaN exactly the rows that see it (never rows that read as seeing nothing), over chunks and ranks, C and TypeScript kernels', () => {
+  // (A NaN query is refused by the argument checks; the caches are not scanned.)
+  const seed = freshSeed();
+  const r = rng(seed);
+  const mask: Mask = { causal: true, window: 40, sinks: 3 };
+  const H = 4, Hk = 2, D = 16, Sq = 3, G = H / Hk;
+  for (const sink of [true, false]) {
+    const p = makeProblem((seed + (sink ? 0 : 1)) >>> 0, [300, 70], H, Hk, D, Sq, mask);
+    const b = Math.floor(r() * 2), T = p.seqs[b].T;
+    const kh = Math.floor(r() * Hk), d0 = Math.floor(r() * D);
+    // a sink (every query sees it) or a key in the window of the last query only
+    const j = sink ? Math.floor(r() * 3) : T - 1;
+    const bad: Problem = { ...p, seqs: p.seqs.map((x, y) => (y === b ? { ...x, k: x.k.slice() } : x)) };
+    bad.seqs[b].k[(j * Hk + kh) * D + d0] = NaN;
+    const sees = (y: number, qi: number, h: number) => {
+      const qp = p.qPos[y * Sq + qi];
+      return y === b && Math.floor(h / G) === kh && j <= qp && (qp - j < mask.window! || j < mask.sinks!);
+    };
+    // the other rows against the reference with the NaN element set to 0 (they never read it)
+    const ref = reference({ ...bad, seqs: bad.seqs.map((x) => ({ ...x, k: x.k.map((y) => (Number.isNaN(y) ? 0 : y)) })) });
+    for (const run of [{ P: 1, threads: 2, chunk: 16 }, { P: 2, threads: 1, chunk: 32, inPlace: true }, { P: 3, threads: 2, kernel: 'ts' as const }, { P: 2, threads: 2, chunk: 16, dtype: 'bfloat16' as const }]) {
+      const got = runDecode(bad, seed, run);
+      const tag = `NaN in k (sequence ${b}, position ${j}, KV head ${kh}) ${JSON.stringify(run)} seed=${seed}`;
+      const gotO: number[] = [], refO: number[] = [], gotL: number[] = [], refL: number[] = [];
+      let n = 0;
+      for (let y = 0; y < 2; y++) {
+        for (let qi = 0; qi < Sq; qi++) {
+          for (let h = 0; h < H; h++) {
+            const row = (y * Sq + qi) * H + h, o = got.o.subarray(row * D, (row + 1) * D);
+            if (sees(y, qi, h)) {
+              n++;
+              assert.ok(o.every(Number.isNaN) && Number.isNaN(got.lse[row]), `${tag}: row (${y}, ${qi}, ${h}) sees the NaN, o = ${o.slice(0, 3)}, lse ${got.lse[row]}`);
+            } else {
+              gotO.push(...o), refO.push(...ref.o.subarray(row * D, (row + 1) * D));
+              gotL.push(got.lse[row]), refL.push(ref.lse[row]);
+            }
+          }
+        }
+      }
+      assert.ok(n > 0 && gotL.length > 0, `${tag}: the case needs rows on both sides`);
+      const tol = run.dtype ? TOL.bf16Forward : TOL.fp32Forward; // (bf16: the cache's rounding against the fp32 reference)
+      assertClose(gotO, refO, tol, `${tag}: o of the rows that do not see it`);
+      assertCloseLse(gotL, refL, tol, `${tag}: lse of the rows that do not see it`);
+    }
+  }
+});
+
 test('TypeScript fallback equals the reference', () => {
   for (const [name, mask] of [masks[1], masks[3], masks[4], masks[6]]) {
     const seed = freshSeed();

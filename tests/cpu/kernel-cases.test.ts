@@ -6,7 +6,7 @@ import { getKernel, supported } from '../../src/cpu/attention.js';
 import { assertClose, assertCloseLse, freshSeed, randn, relErr, rng, withEnv } from '../helpers/check.js';
 import { refBackward, refForward, refVisible, type RefMask } from '../ref/attention64.js';
 import { TOL } from '../ref/tolerances.js';
-import { gather, makeProblem, range, runKernel } from './kernel-harness.js';
+import { gather, makeProblem, range, runKernel, type MaskOpts } from './kernel-harness.js';
 
 /** Edge cases of both block kernels: rows that see no key, huge logits, finite differences, bad input. */
 
@@ -158,6 +158,60 @@ test('logits scaled by 1e3: no overflow, forward exact, gradients finite and clo
     for (const [name, x, y, t] of [['dq', got.dq, grads.dq, terms.dq], ['dk', got.dk, grads.dk, terms.dk]] as const) {
       const e = relErr(x, y, t);
       assert.ok(e <= 2e-3, `${tag}: ${name}: error ${e.toExponential(3)} (relative to its terms' size ${t.toExponential(3)}) > 2e-3`);
+    }
+  }
+});
+
+test('a NaN input (allowed by --allow-nonfinite) makes NaN exactly the rows it reaches, on every mask, merged over key blocks', () => {
+  const seed = freshSeed();
+  const r = rng(seed);
+  const S = 45, H = 4, Hk = 2, D = 16, G = H / Hk;
+  const kBlocks = [range(0, 13), range(13, 45)];
+  for (const m of [{}, { causal: true }, { causal: true, window: 9, sinks: 2 }, { causal: true, docs: 3 }] as MaskOpts[]) {
+    const p = makeProblem((seed + S * Object.keys(m).length) >>> 0, S, H, Hk, D, m);
+    const at = Math.floor(r() * S), head = Math.floor(r() * H), d0 = Math.floor(r() * D);
+    for (const which of ['q', 'k', 'v'] as const) {
+      const kh = which === 'q' ? Math.floor(head / G) : head % Hk;
+      const bad = { ...p, [which]: p[which].slice() };
+      bad[which][((at * (which === 'q' ? H : Hk)) + (which === 'q' ? head : kh)) * D + d0] = NaN;
+      // Rows reached: q's own row, or every row of the KV head's group that sees key `at`.
+      const reached = (i: number, h: number) => (which === 'q' ? i === at && h === head : Math.floor(h / G) === kh && refVisible(p.mask, i, at));
+      // The other rows against the reference with the NaN element set to 0 (they never read it).
+      const clean = { ...p, [which]: bad[which].map((x) => (Number.isNaN(x) ? 0 : x)) };
+      const ref = refForward(clean.q, clean.k, clean.v, S, H, Hk, D, p.mask, p.scale);
+      const tag = `NaN in ${which} at (${at}, head ${which === 'q' ? head : kh}) mask ${JSON.stringify(m)} seed=${seed}`;
+      for (const kernel of kernels) {
+        const got = runKernel(kernel, bad, { blockQ: 16, blockK: 8, kBlocks, backward: false });
+        let n = 0;
+        const gotO: number[] = [], refO: number[] = [], gotL: number[] = [], refL: number[] = [];
+        for (let i = 0; i < S; i++) {
+          for (let h = 0; h < H; h++) {
+            const row = i * H + h, o = got.o.subarray(row * D, (row + 1) * D);
+            if (reached(i, h)) {
+              n++;
+              // a NaN query or key element makes the row's scores NaN: all of o and the LSE; a NaN
+              // value element leaves the weights alone and reaches o's element d0 alone
+              if (which === 'v') {
+                assert.ok(o.every((x, d) => Number.isNaN(x) === (d === d0)), `${kernel.name} ${tag}: row (${i}, ${h}) reaches the NaN in element ${d0} alone, o = ${o}`);
+                gotO.push(...o.filter((_, d) => d !== d0)), refO.push(...ref.o.subarray(row * D, (row + 1) * D).filter((_, d) => d !== d0));
+                gotL.push(got.lse[row]), refL.push(ref.lse[row]);
+              } else {
+                assert.ok(o.every(Number.isNaN), `${kernel.name} ${tag}: row (${i}, ${h}) reaches the NaN, o = ${o.slice(0, 3)}`);
+                assert.ok(Number.isNaN(got.lse[row]), `${kernel.name} ${tag}: lse of row (${i}, ${h}) is ${got.lse[row]}`);
+              }
+            } else {
+              // (a value's NaN also reaches, as 0 * NaN, element d0 of rows that share its key tile
+              // without seeing the key: the tile's P·V product multiplies the whole tile)
+              const keep = (x: number, d: number) => !(which === 'v' && d === d0 && Number.isNaN(x));
+              gotO.push(...o.filter(keep)), refO.push(...ref.o.subarray(row * D, (row + 1) * D).filter((_, d) => keep(o[d], d)));
+              gotL.push(got.lse[row]), refL.push(ref.lse[row]);
+            }
+          }
+        }
+        assert.ok(n > 0, `${tag}: no row reaches the NaN`);
+        assertClose(gotO, refO, TOL.fp32Forward, `${kernel.name} ${tag}: o of the rows it does not reach`);
+        assertCloseLse(gotL, refL, TOL.fp32Forward, `${kernel.name} ${tag}: lse of the rows it does not reach`);
+      }
     }
   }
 });

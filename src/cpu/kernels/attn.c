@@ -80,10 +80,11 @@ INLINE vi vi_set1(int x) { return x; }
 INLINE vi vi_shl23(vi a) { return (vi)((uint32_t)a << 23); }
 #endif
 
-/* 2^x, relative error about 1e-7; exactly 0 for x <= -127 (so -inf -> 0). */
+/* 2^x, relative error about 1e-7; exactly 0 for x <= -127 (so -inf -> 0); NaN stays NaN (the
+   clamp's operand order: see v_max). */
 INLINE vf v_exp2(vf x) {
   const vf magic = v_set1(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
-  x = v_min(v_max(x, v_set1(-127.0f)), v_set1(127.0f));
+  x = v_min(v_set1(127.0f), v_max(v_set1(-127.0f), x));
   vf t = v_add(x, magic);
   vi n = vi_sub(v_asi(t), v_asi(magic));
   vf f = v_sub(x, v_sub(t, magic)); /* in [-1/2, 1/2] */
@@ -333,10 +334,14 @@ static void fwd_rows(const Ctx* c, FwdBuf* b, int qa, int x0, int R, int k0, int
     if (partial || nk < nkp) mask_row(c, s, qa + x / G, k0, nk, nkp, partial);
     vf mx = v_set1(-INFINITY);
     for (int j = 0; j < nkp; j += VW) mx = v_max(mx, v_load(s + j));
-    const float tmax = v_hmax(mx);
+    float tmax = v_hmax(mx);
     if (tmax == -INFINITY) {
-      memset(s, 0, sizeof(float) * nkp);
-      continue;
+      /* the max passes NaN over; a row whose visible scores are all NaN is NaN, not empty */
+      if (!any_nan(s, nkp)) {
+        memset(s, 0, sizeof(float) * nkp);
+        continue;
+      }
+      tmax = NAN;
     }
     const float mold = b->m[x];
     const float mnew = mold > tmax ? mold : tmax;

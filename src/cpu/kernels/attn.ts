@@ -81,7 +81,7 @@ function forward(a: ForwardArgs): void {
             for (let d = 0; d < D; d++) dot += a.q[qo + d] * a.k[ko + d];
             const v = dot * scale;
             s[j - k0] = v;
-            if (v > mx) mx = v;
+            if (v > mx || v !== v) mx = v; // a NaN score (a NaN input) stays: its row is NaN, not empty
           }
           if (mx === -Infinity) continue;
           const mNew = Math.max(m[r], mx);

@@ -181,9 +181,9 @@ INLINE vf ldn_e(const int E, const void* p, long i, int n) {
 }
 
 /* 2^x, relative error about 1e-7: 2^round(x) * 2^frac; exactly 0 for x <= -127 (so a masked
-   logit, -inf, gives 0). */
+   logit, -inf, gives 0); NaN stays NaN (the clamp's operand order: simd.h). */
 INLINE vf v_exp2(vf x) {
-  x = v_min(v_max(x, v_set1(-127.0f)), v_set1(127.0f));
+  x = v_min(v_set1(127.0f), v_max(v_set1(-127.0f), x));
   const vf n = v_round(x);
   const vf f = v_sub(x, n); /* [-1/2, 1/2] */
   const vf p = v_exp2_frac(f);
@@ -672,12 +672,15 @@ INLINE void chunk_t(const int E, const int T, const Dec* d, const Chunk* c, int 
         const int row = i * H + h;
         float* s = S + (long)row * tks;
         for (int t = nt; t < tk; t++) s[t] = -INFINITY;
-        if (cls[i] == 2)
-          for (int t = 0; t < nt; t++) s[t] += sc->ok[t];
+        if (cls[i] == 2) /* a select, not s + ok: a NaN score (a NaN key) the row does not see stays out */
+          for (int t = 0; t < nt; t++) s[t] = sc->ok[t] == 0.0f ? s[t] : -INFINITY;
         vf mx = v_load(s);
         for (int t = VW; t < tk; t += VW) mx = v_max(mx, v_load(s + t));
-        const float tmax = v_hmax(mx);
-        if (tmax == -INFINITY) continue; /* no key of this tile is visible to the row */
+        float tmax = v_hmax(mx);
+        if (tmax == -INFINITY) {
+          if (!any_nan(s, tk)) continue; /* no key of this tile is visible to the row */
+          tmax = NAN; /* its visible scores are all NaN (the max passes NaN over): NaN, not empty */
+        }
         const float mold = pt->m[row];
         const float mnew = mold > tmax ? mold : tmax;
         const vf mn = v_set1(mnew);
@@ -910,10 +913,12 @@ RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, c
       float M = -INFINITY;
       for (int64_t c = first[b]; c < first[b + 1]; c++) {
         const float* base = parts + (size_t)c * partFloats + (size_t)nrow * d.Dp;
-        if (base[nrow + row] > 0.0f) {
-          const float mc = base[row];
-          if (mc > M) M = mc;
+        const float lc = base[nrow + row], mc = base[row];
+        if (lc != lc) { /* a NaN input reached this chunk's sum: the row is NaN */
+          M = NAN;
+          break;
         }
+        if (lc > 0.0f && mc > M) M = mc;
       }
       if (M == -INFINITY) continue; /* this row saw no key */
       float L = 0.0f;
@@ -921,7 +926,7 @@ RA_API int ra_decode(const float* q, const int32_t* qpos, const int32_t* qseg, c
       for (int64_t c = first[b]; c < first[b + 1]; c++) {
         const float* base = parts + (size_t)c * partFloats;
         const float lc = base[(size_t)nrow * d.Dp + nrow + row];
-        if (!(lc > 0.0f)) continue;
+        if (!(lc > 0.0f) && lc == lc) continue;
         const float wgt = exp2f(base[(size_t)nrow * d.Dp + row] - M);
         L += lc * wgt;
         const float* a = base + (size_t)row * d.Dp;

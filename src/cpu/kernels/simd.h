@@ -16,6 +16,13 @@
 #ifndef RA_SIMD_H
 #define RA_SIMD_H
 
+/*
+ * NaN: v_max(a, b) and v_min(a, b) give b where either lane is NaN on x86 and in the scalar
+ * build, and NaN on NEON; so v_max(constant, x) keeps a NaN x on every ISA, while a running max
+ * v_max(m, x) may pass a NaN over (any_nan below finds it). With --allow-nonfinite a NaN input
+ * must make its rows NaN, never read as a masked (-inf) score.
+ */
+
 #define RA_API __attribute__((visibility("default")))
 #define INLINE static inline __attribute__((always_inline))
 
@@ -97,12 +104,19 @@ INLINE vf v_fma(vf a, vf b, vf c) { return a * b + c; }
 INLINE vf v_mul(vf a, vf b) { return a * b; }
 INLINE vf v_add(vf a, vf b) { return a + b; }
 INLINE vf v_sub(vf a, vf b) { return a - b; }
-/* NaN-free inputs only (masked logits are -inf, never NaN). */
+/* Like x86's max/min: b where either is NaN. */
 INLINE vf v_max(vf a, vf b) { return a > b ? a : b; }
 INLINE vf v_min(vf a, vf b) { return a < b ? a : b; }
 INLINE float v_hmax(vf a) { return a; }
 INLINE float v_hsum(vf a) { return a; }
 #endif
+
+/* 1 if any of s[0..n) is NaN. */
+INLINE int any_nan(const float* s, int n) {
+  for (int j = 0; j < n; j++)
+    if (s[j] != s[j]) return 1;
+  return 0;
+}
 
 /*
  * 2^f for f in [-1/2, 1/2]: the degree-6 polynomial of both kernels' exp2 (relative error about

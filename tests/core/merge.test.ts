@@ -16,9 +16,17 @@ function partial(q: Float32Array, k: Float32Array, v: Float32Array, D: number, a
   const m = Math.max(...s);
   const w = s.map((x) => Math.exp(x - m));
   const sum = w.reduce((x, y) => x + y, 0);
-  const o = new Float32Array(D);
+  const o = new Float64Array(D);
   for (let j = a; j < b; j++) for (let d = 0; d < D; d++) o[d] += (w[j - a] / sum) * v[j * D + d];
-  return { o, lse: m + Math.log(sum) };
+  return { o: Float32Array.from(o), lse: m + Math.log(sum) };
+}
+
+/** The LSE rule in float64 on the values the merge is given (fp32 o and LSE). */
+function merge64(oa: Float32Array, la: number, ob: Float32Array, lb: number): { o: Float64Array; lse: number } {
+  if (lb === -Infinity) return { o: Float64Array.from(oa), lse: la };
+  if (la === -Infinity) return { o: Float64Array.from(ob), lse: lb };
+  const m = Math.max(la, lb), wa = Math.exp(la - m), wb = Math.exp(lb - m);
+  return { o: Float64Array.from(oa, (x, d) => (wa * x + wb * ob[d]) / (wa + wb)), lse: m + Math.log(wa + wb) };
 }
 
 test('merging two partials over disjoint keys equals attention over all keys', () => {
@@ -36,9 +44,20 @@ test('merging two partials over disjoint keys equals attention over all keys', (
     const whole = partial(q, k, v, D, 0, S);
     const o = left.o.slice();
     const lse = new Float32Array([left.lse]);
-    mergePartial(o, lse, right.o, new Float32Array([right.lse]), D);
-    assertClose(o, whole.o, TOL.fp32Forward, `seed ${seed} O`);
-    assertClose(lse, [whole.lse], TOL.fp32Forward, `seed ${seed} LSE`);
+    const rightLse = new Float32Array([right.lse]);
+    mergePartial(o, lse, right.o, rightLse, D);
+    // The merge's own arithmetic: the rule in float64 on the same fp32 inputs, to fp32 rounding.
+    const want = merge64(left.o, Math.fround(left.lse), right.o, rightLse[0]);
+    assertClose(o, want.o, 1e-6, `seed ${seed} trial ${trial} O against the rule on its inputs`);
+    assertClose(lse, [want.lse], 1e-6, `seed ${seed} trial ${trial} LSE against the rule on its inputs`);
+    // Against attention over all keys: the partial LSEs stored in fp32 are off by up to
+    // |lse| 2^-24 each, which moves the weights by as much and o by that times |o_l - o_r|
+    // (|lse| reaches ~140 with q x 30, where a fixed 1e-5 had a margin of 2): allowed
+    // 2 LSEs x 2 max|o| x 2 of margin on top of the fp32 tolerance.
+    const L = Math.max(...[left.lse, right.lse].filter(Number.isFinite).map(Math.abs));
+    const tol = TOL.fp32Forward + 8 * 2 ** -24 * L;
+    assertClose(o, whole.o, tol, `seed ${seed} trial ${trial} O`);
+    assertClose(lse, [whole.lse], TOL.fp32Forward, `seed ${seed} trial ${trial} LSE`);
   }
 });
 

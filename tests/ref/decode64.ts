@@ -89,3 +89,15 @@ export function refDecode(p: RefDecodeProblem, o0?: ArrayLike<number>, lse0?: Ar
   }
   return { o, lse };
 }
+
+/**
+ * The size of the outputs' terms before they cancel: max over every (row, d) of
+ * sum_j p_j |v_jd| merged with |o0| (refDecode on |v| and |o0|; the weights do not change). An
+ * output averaged over many keys is small against its terms, and a 16-bit cache's rounding (or a
+ * GPU's 16-bit P) errs in proportion to the terms, so tolerances on o are relative to this.
+ */
+export function refDecodeTermScale(p: RefDecodeProblem, o0?: ArrayLike<number>, lse0?: ArrayLike<number>): number {
+  const abs = (x: ArrayLike<number>) => Float64Array.from(x, Math.abs);
+  const { o } = refDecode({ ...p, caches: p.caches.map((c) => ({ ...c, v: abs(c.v) })) }, o0 && abs(o0), lse0);
+  return o.reduce((a, x) => Math.max(a, x), 0);
+}

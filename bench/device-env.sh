@@ -21,10 +21,16 @@ precompile_kernels() {
 # tests whose names match PATTERN, under TESTS_LIMIT seconds (200), their TAP in TESTLOG and their
 # results, after a line "LABEL exit N", appended to $log (the calling script's).
 #   build_and_test CACHE DEFINES PATTERN TESTLOG LABEL
+# Every build's tests share one seed (AB_SEED, printed) and the float64 references on disk
+# (tests/helpers/ref-cache.ts): the builds are checked on the same fresh inputs, and the ~20 s of
+# JavaScript reference a run is paid by the first build alone.
+AB_SEED=${RINGATTN_SEED:-$(( (RANDOM << 15) | RANDOM ))}
+AB_REFS=$(mktemp -d /tmp/ringattn-refs.XXXXXX)
 build_and_test() {
   RINGATTN_CACHE=$1 RINGATTN_NVRTC_DEFINES="$2" precompile_kernels --kernels attn_fwd.cu,attn_fwd_h.cu,attn_bwd.cu,attn_bwd_h.cu | tee -a "$log"
   [ -n "${SKIP_TESTS:-}" ] && return 0
-  RINGATTN_CACHE=$1 RINGATTN_NVRTC_DEFINES="$2" timeout -s KILL "${TESTS_LIMIT:-200}" $N --test --test-reporter=tap \
+  echo "tests with RINGATTN_SEED=$AB_SEED" | tee -a "$log"
+  RINGATTN_SEED=$AB_SEED RINGATTN_REF_CACHE=$AB_REFS RINGATTN_CACHE=$1 RINGATTN_NVRTC_DEFINES="$2" timeout -s KILL "${TESTS_LIMIT:-200}" $N --test --test-reporter=tap \
     --test-name-pattern="$3" dist/tests/cuda/attention.gpu.test.js >"$4" 2>&1
   echo "$5 exit $?" | tee -a "$log"
   tap_results "$4" | tee -a "$log"

@@ -8,6 +8,7 @@ import { encode, roundTo, type CudaDType } from '../../src/cuda/convert.js';
 import { refBackward, type RefMask } from '../ref/attention64.js';
 import { refBlock } from './ref64.js';
 import { assertClose, freshSeed, randn, rng, withEnv } from '../helpers/check.js';
+import { RefCache } from '../helpers/ref-cache.js';
 
 // The CUDA kernels against the float64 reference, on a GPU; skipped with the reason elsewhere.
 // Inputs are fresh random draws (seed printed on failure); the reference runs on the inputs
@@ -56,12 +57,9 @@ const HEADS: [number, number][] = [[4, 2], [4, 1], [2, 2], [6, 3]];
 // The float64 reference of a case, computed once per file run: the kernel variants (schedules,
 // launch orders, backward kernels) are checked on the same fresh inputs, and the reference in
 // JavaScript, not the GPU, is what takes this file's time.
-const refs = new Map<string, ReturnType<typeof refBackward>>();
-function reference(key: string, compute: () => ReturnType<typeof refBackward>) {
-  let r = refs.get(key);
-  if (!r) refs.set(key, (r = compute()));
-  return r;
-}
+// With RINGATTN_REF_CACHE, also on disk across the runs of an A/B script (RefCache).
+const refs = new RefCache<ReturnType<typeof refBackward>>();
+const reference = (key: string, compute: () => ReturnType<typeof refBackward>) => refs.get(key, compute);
 const maskKey = (m: RefMask) => JSON.stringify({ ...m, segments: m.segments ? Array.from(m.segments).join(',') : undefined });
 
 async function checkCase(dtype: CudaDType, D: number, H: number, Hk: number, S: number, c: Case, seed: number, B = 1): Promise<string> {

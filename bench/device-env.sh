@@ -25,8 +25,8 @@ precompile_kernels() {
 # (tests/helpers/ref-cache.ts): the builds are checked on the same fresh inputs, and the ~20 s of
 # JavaScript reference a run is paid by the first build alone.
 AB_SEED=${RINGATTN_SEED:-$(( (RANDOM << 15) | RANDOM ))}
-AB_REFS=$(mktemp -d /tmp/ringattn-refs.XXXXXX)
 build_and_test() {
+  : "${AB_REFS:=$(mktemp -d /tmp/ringattn-refs.XXXXXX)}"
   RINGATTN_CACHE=$1 RINGATTN_NVRTC_DEFINES="$2" precompile_kernels --kernels attn_fwd.cu,attn_fwd_h.cu,attn_bwd.cu,attn_bwd_h.cu | tee -a "$log"
   [ -n "${SKIP_TESTS:-}" ] && return 0
   echo "tests with RINGATTN_SEED=$AB_SEED" | tee -a "$log"

@@ -61,7 +61,7 @@ export function verifyRows(inp: VerifyInput, rows: number[]): VerifyResult {
         let dot = 0;
         for (let d = 0; d < D; d++) dot += inp.q[(i * H + h) * D + d] * inp.k[(j * Hk + kh) * D + d];
         s[j] = dot * scale;
-        if (s[j] > mx) mx = s[j];
+        if (s[j] > mx || s[j] !== s[j]) mx = s[j]; // a NaN score (allowed non-finite input): the row is NaN
       }
       const o = (i * H + h) * D;
       if (mx === -Infinity) {
@@ -79,10 +79,10 @@ export function verifyRows(inp: VerifyInput, rows: number[]): VerifyResult {
       }
       for (let d = 0; d < D; d++) {
         const r = ref[d] / sum;
-        num = Math.max(num, Math.abs(inp.out[o + d] - r));
-        den = Math.max(den, Math.abs(r));
+        num = Math.max(num, errAt(inp.out[o + d], r));
+        if (Number.isFinite(r)) den = Math.max(den, Math.abs(r));
       }
-      lseErr = Math.max(lseErr, Math.abs(inp.lse[i * H + h] - (mx + Math.log(sum))));
+      lseErr = Math.max(lseErr, errAt(inp.lse[i * H + h], mx + Math.log(sum)));
     }
   }
   return { rows: rows.length, maxRelErr: den > 0 ? num / den : num, maxLseErr: lseErr, emptyRowsOk: emptyOk };
@@ -123,7 +123,7 @@ export function verifyGradRows(inp: VerifyInput & { dO: Float32Array; dq: Float3
         }
         s[j] = dot * scale;
         dp[j] = dpj;
-        if (s[j] > mx) mx = s[j];
+        if (s[j] > mx || s[j] !== s[j]) mx = s[j];
       }
       ref.fill(0);
       if (mx !== -Infinity) {
@@ -140,12 +140,22 @@ export function verifyGradRows(inp: VerifyInput & { dO: Float32Array; dq: Float3
         }
       }
       for (let d = 0; d < D; d++) {
-        num += (inp.dq[qo + d] - ref[d]) ** 2;
-        den += ref[d] ** 2;
+        num += errAt(inp.dq[qo + d], ref[d]) ** 2;
+        if (Number.isFinite(ref[d])) den += ref[d] ** 2;
       }
     }
   }
   return { rows: rows.length, normRelErr: ratio(num, den) };
+}
+
+/**
+ * |got - want|, where NaN against NaN agrees (0) and NaN against a number does not (Infinity):
+ * with non-finite inputs allowed, a row that reads a NaN is NaN in the reference as in the result.
+ */
+function errAt(got: number, want: number): number {
+  if (got === want) return 0; // (infinities included)
+  if (Number.isNaN(want) || Number.isNaN(got)) return Number.isNaN(want) && Number.isNaN(got) ? 0 : Infinity;
+  return Math.abs(got - want);
 }
 
 /** sqrt(num / den) from sums of squares of errors and of references (sqrt(num) where den is 0). */
@@ -209,10 +219,10 @@ export function verifyKeyGradRows(
         }
       }
       for (let d = 0; d < D; d++) {
-        kNum += (inp.dk[ko + d] - dk[d]) ** 2;
-        kDen += dk[d] ** 2;
-        vNum += (inp.dv[ko + d] - dv[d]) ** 2;
-        vDen += dv[d] ** 2;
+        kNum += errAt(inp.dk[ko + d], dk[d]) ** 2;
+        if (Number.isFinite(dk[d])) kDen += dk[d] ** 2;
+        vNum += errAt(inp.dv[ko + d], dv[d]) ** 2;
+        if (Number.isFinite(dv[d])) vDen += dv[d] ** 2;
       }
     }
   }

@@ -146,7 +146,9 @@ test('attend: bad input exits 2 with one line naming the argument, and leaves no
   assert.deepEqual(readNpyFloat32(s.p('k.npy')).data, s.k.data);
   assert.deepEqual(readdirSync(s.dir).filter((f) => f.includes('.tmp') || f.startsWith('.')), [], 'no temp files left');
   // --allow-nonfinite accepts the NaN input; it reaches only the row of its query (token 0, head 0).
-  assert.equal(cli([...base(nan), '--allow-nonfinite']).code, 0);
+  // --verify samples row 0 (the NaN one) too: NaN in the result against NaN in its float64 check agrees
+  const nanRun = cli([...base(nan), '--allow-nonfinite', '--verify', '4']);
+  assert.equal(nanRun.code, 0, nanRun.stderr + nanRun.stdout);
   const o = readNpyFloat32(s.p('out.npy')).data;
   assert.ok(o.subarray(0, 8).some(Number.isNaN), 'the NaN query row is NaN');
   assert.ok(o.subarray(8).every(Number.isFinite), 'every other row is finite');

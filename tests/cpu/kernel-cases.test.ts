@@ -153,11 +153,12 @@ test('logits scaled by 1e3: no overflow, forward exact, gradients finite and clo
     // dv's terms (p dO) do not cancel to nothing: worst over 100 seeds 1.2e-4 of max|dv|. dq's
     // and dk's are judged against their terms' size (gradTermScale), which max|dq| is 0.04-0.33
     // of over those seeds, but ~1e-3 of where no row has a tie (seed 719553915: relative to
-    // max|dq| the error was 0.48, ordinary against the terms); worst seen 3.2e-5 (dq), 7.3e-6 (dk).
+    // max|dq| the error was 0.48, ordinary against the terms); worst seen 3.2e-5 (dq), 7.3e-6 (dk),
+    // so 5e-4 of the terms (about 1% of max|dq| where a row has a tie).
     assertClose(got.dv, grads.dv, 1e-2, `${tag}: dv`);
     for (const [name, x, y, t] of [['dq', got.dq, grads.dq, terms.dq], ['dk', got.dk, grads.dk, terms.dk]] as const) {
       const e = relErr(x, y, t);
-      assert.ok(e <= 2e-3, `${tag}: ${name}: error ${e.toExponential(3)} (relative to its terms' size ${t.toExponential(3)}) > 2e-3`);
+      assert.ok(e <= 5e-4, `${tag}: ${name}: error ${e.toExponential(3)} (relative to its terms' size ${t.toExponential(3)}) > 5e-4`);
     }
   }
 });

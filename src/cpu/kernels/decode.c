@@ -105,7 +105,8 @@ INLINE vf v_ld_f16(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16
 INLINE vf v_ldn(const float* p, int n) { return n > 0 ? *p : 0.0f; }
 INLINE vf v_round(vf a) { return nearbyintf(a); }
 INLINE vf v_pow2i(vf n) {
-  int32_t e = ((int32_t)n + 127) << 23;
+  /* (n is NaN where a NaN input reached the logits: converted as 0, the caller's product is NaN) */
+  const uint32_t e = (uint32_t)((n == n ? (int32_t)n : 0) + 127) << 23;
   float r;
   memcpy(&r, &e, 4);
   return r;

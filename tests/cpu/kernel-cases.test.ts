@@ -163,7 +163,7 @@ test('logits scaled by 1e3: no overflow, forward exact, gradients finite and clo
   }
 });
 
-test('a NaN input (allowed by --allow-nonfinite) makes NaN exactly the rows it reaches, on every mask, merged over key blocks', () => {
+test('a NaN input (allowed by --allow-nonfinite) makes NaN exactly the rows it reaches, on every mask, merged over key blocks; a NaN query row\'s gradients', () => {
   const seed = freshSeed();
   const r = rng(seed);
   const S = 45, H = 4, Hk = 2, D = 16, G = H / Hk;
@@ -212,6 +212,34 @@ test('a NaN input (allowed by --allow-nonfinite) makes NaN exactly the rows it r
         assert.ok(n > 0, `${tag}: no row reaches the NaN`);
         assertClose(gotO, refO, TOL.fp32Forward, `${kernel.name} ${tag}: o of the rows it does not reach`);
         assertCloseLse(gotL, refL, TOL.fp32Forward, `${kernel.name} ${tag}: lse of the rows it does not reach`);
+        if (which !== 'q') continue;
+        // The backward of a NaN query row: NaN in its dq and in dk, dv of the keys it sees; every
+        // other gradient is what the clean problem gives (the row's own terms touch only those
+        // keys), except that the C kernel's dK product may carry the NaN query, as 0 * NaN, into
+        // dk of keys in its tile that it does not see.
+        const gb = runKernel(kernel, bad, { blockQ: 16, blockK: 8, kBlocks });
+        const refB = refBackward(clean.q, clean.k, clean.v, p.dO, S, H, Hk, D, p.mask, p.scale);
+        const [gq, rq] = [[] as number[], [] as number[]];
+        for (let x = 0; x < S * H; x++) {
+          const row = gb.dq.subarray(x * D, (x + 1) * D);
+          if (x === at * H + head) assert.ok(row.every(Number.isNaN), `${kernel.name} ${tag}: dq of the NaN row`);
+          else gq.push(...row), rq.push(...refB.dq.subarray(x * D, (x + 1) * D));
+        }
+        assertClose(gq, rq, TOL.fp32Grad, `${kernel.name} ${tag}: dq of the other rows`);
+        for (const [name, gotG, refG] of [['dk', gb.dk, refB.dk], ['dv', gb.dv, refB.dv]] as const) {
+          const [g1, r1] = [[] as number[], [] as number[]];
+          for (let j = 0; j < S; j++) {
+            for (let h2 = 0; h2 < Hk; h2++) {
+              const key = gotG.subarray((j * Hk + h2) * D, (j * Hk + h2 + 1) * D);
+              if (h2 === kh && refVisible(p.mask, at, j)) assert.ok(key.every(Number.isNaN), `${kernel.name} ${tag}: ${name} of key ${j}, seen by the NaN row`);
+              else if (!(name === 'dk' && h2 === kh && kernel.name !== 'ts' && key.some(Number.isNaN))) {
+                assert.ok(key.every(Number.isFinite), `${kernel.name} ${tag}: ${name} of key ${j} (KV head ${h2}) is not finite`);
+                g1.push(...key), r1.push(...refG.subarray((j * Hk + h2) * D, (j * Hk + h2 + 1) * D));
+              }
+            }
+          }
+          assertClose(g1, r1, TOL.fp32Grad, `${kernel.name} ${tag}: ${name} of the keys the NaN row does not see`);
+        }
       }
     }
   }

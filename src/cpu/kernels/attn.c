@@ -547,6 +547,12 @@ static void bwd_item(const Ctx* c, int kt, int kh, BwdBuf* b, float* dq) {
       for (int r = 0; r < n; r++) {
         float* s = b->p + (long)r * nkp;
         if (cls == T_PARTIAL || nk < nkp) mask_row(c, s, q0 + (c0 + r) / G, k0, nk, nkp, cls == T_PARTIAL);
+        if (b->lse2[r] != b->lse2[r]) {
+          /* a NaN row (a NaN input reached its scores): NaN on the keys it sees, 0 on the others
+             (exp2(-inf - NaN) would spread it to keys the row does not see) */
+          for (int j = 0; j < nkp; j++) s[j] = s[j] == -INFINITY ? 0.0f : NAN;
+          continue;
+        }
         const vf L = v_set1(b->lse2[r]);
         for (int j = 0; j < nkp; j += VW) v_store(s + j, v_exp2(v_sub(v_load(s + j), L)));
       }
@@ -555,6 +561,11 @@ static void bwd_item(const Ctx* c, int kt, int kh, BwdBuf* b, float* dq) {
       for (int r = 0; r < n; r++) {
         float* ds = b->ds + (long)r * nkp;
         const float* p = b->p + (long)r * nkp;
+        if (b->lse2[r] != b->lse2[r] || b->dlt[r] != b->dlt[r]) {
+          /* a NaN row (its LSE, or its delta through a NaN in o): where P is 0, so is dS */
+          for (int j = 0; j < nkp; j++) ds[j] = p[j] == 0.0f ? 0.0f : NAN;
+          continue;
+        }
         const vf dl = v_set1(b->dlt[r]);
         for (int j = 0; j < nkp; j += VW) v_store(ds + j, v_mul(v_mul(v_load(p + j), v_sub(v_load(ds + j), dl)), scv));
       }

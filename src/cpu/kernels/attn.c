@@ -327,16 +327,17 @@ static void fwd_free(FwdBuf* b) {
 }
 
 /*
- * Rows x0..x0+R of the item (x = (i - qa) * G + g) against the packed key tile k0..k0+nk:
- * S = Q Kt scaled to log2 units, mask, online softmax, O += P V.
+ * Rows x0..x0+R of the item (x = (i - qa) * G + g) against the first nk keys k0..k0+nk of the
+ * packed key tile (row stride ld of Kt and S): S = Q Kt scaled to log2 units, mask, online
+ * softmax, O += P V.
  */
-static void fwd_rows(const Ctx* c, FwdBuf* b, int qa, int x0, int R, int k0, int nk, int nkp, int partial, float cs) {
-  const int G = c->G, D = c->D, Dp = c->Dp;
+static void fwd_rows(const Ctx* c, FwdBuf* b, int qa, int x0, int R, int k0, int nk, int ld, int partial, float cs) {
+  const int G = c->G, D = c->D, Dp = c->Dp, nkp = (int)rup(nk, VW);
   float* S = b->s;
-  gemm(R, nkp / VW, S, nkp, b->qp + (long)x0 * D, D, 1, b->kt, nkp, D, cs, 0);
+  gemm(R, nkp / VW, S, ld, b->qp + (long)x0 * D, D, 1, b->kt, ld, D, cs, 0);
   for (int r = 0; r < R; r++) {
     const int x = x0 + r;
-    float* s = S + (long)r * nkp;
+    float* s = S + (long)r * ld;
     if (partial || nk < nkp) mask_row(c, s, qa + x / G, k0, nk, nkp, partial);
     vf mx = v_set1(-INFINITY);
     for (int j = 0; j < nkp; j += VW) mx = v_max(mx, v_load(s + j));
@@ -367,7 +368,7 @@ static void fwd_rows(const Ctx* c, FwdBuf* b, int qa, int x0, int R, int k0, int
       for (int d = 0; d < Dp; d += VW) v_store(a + d, v_mul(v_load(a + d), cv));
     }
   }
-  gemm(R, Dp / VW, b->acc + (long)x0 * Dp, Dp, S, nkp, 1, b->vn, Dp, nk, 1.0f, 1);
+  gemm(R, Dp / VW, b->acc + (long)x0 * Dp, Dp, S, ld, 1, b->vn, Dp, nk, 1.0f, 1);
 }
 
 /* Query tiles t0..t1 (exclusive) against every key tile, for KV head kh. */
@@ -399,15 +400,19 @@ static void fwd_item(const Ctx* c, int t0, int t1, int kh, FwdBuf* b) {
       const int i0 = t * c->bq, i1 = i0 + c->bq < c->Sq ? i0 + c->bq : c->Sq;
       for (int x0 = (i0 - qa) * G, xe = (i1 - qa) * G; x0 < xe; x0 += MR) {
         const int R = xe - x0 < MR ? xe - x0 : MR;
-        int sub = cls;
+        int sub = cls, nkr = nk;
         if (cls == T_PARTIAL) {
           /* a register block of a partial tile may itself be empty or full */
           Box rb;
           box_of(c->qpos, c->qseg, qa + x0 / G, qa + (x0 + R - 1) / G + 1, &rb);
           sub = classify(c, &rb, &c->kbox[kt]);
           if (sub == T_EMPTY) continue;
+          /* causal: keys past the last one at or before the block's latest query are masked for
+             every row of it, so the products stop there (about half of a diagonal tile) */
+          if (sub == T_PARTIAL && c->causal)
+            while (nkr > 0 && c->kpos[k0 + nkr - 1] > rb.hi) nkr--;
         }
-        fwd_rows(c, b, qa, x0, R, k0, nk, nkp, sub == T_PARTIAL, cs);
+        fwd_rows(c, b, qa, x0, R, k0, nkr, nkp, sub == T_PARTIAL, cs);
       }
     }
   }

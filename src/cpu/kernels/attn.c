@@ -244,7 +244,7 @@ static void box_of(const int32_t* pos, const int32_t* seg, int a, int b, Box* ou
  * visible when its segment is the query's, !causal || kj <= qi, and with a window
  * (qi - kj < window && (causal || kj - qi < window)) || kj < sinks (DESIGN.md), written without
  * branches so that the compiler vectorizes it (one key at a time, with branches, a partial tile's
- * mask had cost ~8% of a causal forward at S = 1024, D = 64).
+ * mask had cost ~10% of a causal forward at S = 1024, D = 64).
  */
 static void mask_row(const Ctx* c, float* s, int i, int k0, int nk, int nkp, int partial) {
   if (partial) {

@@ -59,7 +59,6 @@ const HEADS: [number, number][] = [[4, 2], [4, 1], [2, 2], [6, 3]];
 // JavaScript, not the GPU, is what takes this file's time.
 // With RINGATTN_REF_CACHE, also on disk across the runs of an A/B script (RefCache).
 const refs = new RefCache<ReturnType<typeof refBackward>>();
-const reference = (key: string, compute: () => ReturnType<typeof refBackward>) => refs.get(key, compute);
 const maskKey = (m: RefMask) => JSON.stringify({ ...m, segments: m.segments ? Array.from(m.segments).join(',') : undefined });
 
 async function checkCase(dtype: CudaDType, D: number, H: number, Hk: number, S: number, c: Case, seed: number, B = 1): Promise<string> {
@@ -77,11 +76,11 @@ async function checkCase(dtype: CudaDType, D: number, H: number, Hk: number, S: 
   const nq = S * H * D, nk = S * Hk * D;
   for (let b = 0; b < B; b++) {
     const sl = (x: Float32Array, n: number) => x.subarray(b * n, (b + 1) * n);
-    const g = reference(`${dtype} D=${D} H=${H} Hk=${Hk} S=${S} B=${B}/${b} seed=${seed} ${maskKey(m)}`, () =>
+    // refBackward returns the forward (o, lse) it computed as well
+    const g = refs.get(`${dtype} D=${D} H=${H} Hk=${Hk} S=${S} B=${B}/${b} seed=${seed} ${maskKey(m)}`, () =>
       refBackward(sl(rq, nq), sl(rk, nk), sl(rv, nk), sl(rdO, nq), S, H, Hk, D, m));
-    const f = g; // the backward's forward: refForward's result exactly
-    assertClose(sl(res.out.data, nq), f.o, tol.fwd, `out ${what}`);
-    assertClose(sl(res.lse.data, S * H), f.lse, tol.fwd, `lse ${what}`);
+    assertClose(sl(res.out.data, nq), g.o, tol.fwd, `out ${what}`);
+    assertClose(sl(res.lse.data, S * H), g.lse, tol.fwd, `lse ${what}`);
     assertClose(sl(res.dq!.data, nq), g.dq, tol.grad, `dq ${what}`);
     assertClose(sl(res.dk!.data, nk), g.dk, tol.grad, `dk ${what}`);
     assertClose(sl(res.dv!.data, nk), g.dv, tol.grad, `dv ${what}`);

@@ -5,7 +5,7 @@ import { CudaContext, type DeviceBuffer } from '../../src/cuda/context.js';
 import { cudaKernel } from '../../src/cuda/attention.js';
 import { attentionCuda } from '../../src/cuda/index.js';
 import { encode, roundTo, type CudaDType } from '../../src/cuda/convert.js';
-import { refBackward, type RefMask } from '../ref/attention64.js';
+import { refBackward, refVisible, type RefMask } from '../ref/attention64.js';
 import { refBlock } from './ref64.js';
 import { assertClose, freshSeed, randn, rng, withEnv } from '../helpers/check.js';
 import { RefCache } from '../helpers/ref-cache.js';
@@ -336,6 +336,216 @@ test('rows that see no key: out 0 (from finishForward, over a NaN-poisoned o), l
       c.sync();
       for (const b of bufs) c.free(b);
     }
+  }
+  kern.dispose();
+});
+
+// ---- non-finite inputs (allowNonfinite) --------------------------------------------------------
+// README "Inputs and errors": a NaN in a query or key makes NaN, output and LSE, every row that
+// sees it (never 0 with LSE -inf, which reads as a row that saw no key); a NaN in a value reaches
+// that element of the output (also, as 0·NaN in a tile's P·V, rows that share its key tile
+// without seeing it). The CPU kernels' test of the same contract: tests/cpu/kernel-cases.test.ts.
+
+// The kernel variants the NaN test runs, each on the same inputs (one reference a case): the
+// defaults (on Hopper the wgmma forward hw at D=64 and ht at D=128, and the TMA backward ht),
+// mma.sync forward and backward, the wgmma forward h (one tile at a time) with the cp.async
+// backward h, and hl (176-key tiles, D=128 only: at D=64 it runs hw). Elsewhere than Hopper the
+// wgmma variants run mma.sync; float32 runs the generic kernels, whatever the variables say.
+const NAN_VARIANTS: { name: string; env: Record<string, string | undefined> }[] = [
+  { name: 'default kernels', env: {} },
+  { name: 'mma.sync', env: { RINGATTN_WGMMA_ATTN: '0', RINGATTN_WGMMA_BWD: '0' } },
+  { name: 'wgmma h forward, h backward', env: { RINGATTN_WGMMA_ATTN: '1', RINGATTN_WGMMA_BWD: '1' } },
+  { name: 'wgmma hl forward', env: { RINGATTN_WGMMA_ATTN: '7' } },
+];
+
+test('allowNonfinite: a NaN in q, k or v makes NaN exactly the rows it reaches (q, k: all of o and the LSE, never 0 / -inf; v: element d0 alone), the other rows equal float64, on every mask; a NaN query row\'s dq, dk, dv; bf16 D=128 and 64 on every kernel family, fp32 generic', { skip }, async () => {
+  const seed = freshSeed();
+  const r = rng(seed);
+  const H = 4, Hk = 2, G = H / Hk;
+  for (const [dtype, D] of [['bfloat16', 128], ['bfloat16', 64], ['float32', 64]] as const) {
+    // Ragged S (257..316, no multiple of 64): three 128-row or five 64-row query tiles, key tiles
+    // of 64, 128 and 176, the last of each partial.
+    const S = 257 + Math.floor(r() * 60);
+    const tol = TOL[dtype];
+    const variants = dtype === 'float32' ? NAN_VARIANTS.slice(0, 1) : NAN_VARIANTS.filter((x) => D === 128 || x.env.RINGATTN_WGMMA_ATTN !== '7');
+    const [q, k, v, dO] = [S * H * D, S * Hk * D, S * Hk * D, S * H * D].map((n) => roundTo(randn(n, r), dtype));
+    const ms = masks(S, r);
+    const segments = ms.find((x) => x.name === 'segments')!.mask.segments;
+    const cases: Case[] = [
+      { name: 'none', mask: {} },
+      { name: 'causal', mask: { causal: true } },
+      { name: 'causal window 20 + 2 sinks', mask: { causal: true, window: 20, sinks: 2 } },
+      { name: 'segments causal', mask: { segments, causal: true } },
+    ];
+    const tensorOf = (data: Float32Array, heads: number) => ({ dtype: 'float32' as const, shape: [S, heads, D], data });
+    for (const c of cases) {
+      const m = c.mask;
+      // One NaN place in each of q, k, v. The reference runs once, on the inputs with all three
+      // places 0: each case's input holds 0 at the other two places, so it serves the three.
+      const place = (which: 'q' | 'k' | 'v') => {
+        const at = Math.floor(r() * S), d0 = Math.floor(r() * D);
+        const head = Math.floor(r() * (which === 'q' ? H : Hk)); // q: a query head; k, v: a KV head
+        return { which, at, head, d0, idx: (at * (which === 'q' ? H : Hk) + head) * D + d0 };
+      };
+      const places = [place('q'), place('k'), place('v')];
+      const clean = { q: q.slice(), k: k.slice(), v: v.slice() };
+      for (const x of places) clean[x.which][x.idx] = 0;
+      const ref = refs.get(`NaN places ${places.map((x) => x.idx).join(',')} ${dtype} D=${D} H=${H} Hk=${Hk} S=${S} seed=${seed} ${maskKey(m)}`, () =>
+        refBackward(clean.q, clean.k, clean.v, dO, S, H, Hk, D, m));
+      for (const { which, at, head, d0, idx } of places) {
+        const kh = which === 'q' ? Math.floor(head / G) : head;
+        const bad = { ...clean, [which]: clean[which].slice() };
+        bad[which][idx] = NaN;
+        // Rows reached: q's own row; for k and v every row of the KV head's group that sees key `at`.
+        const reached = (i: number, h: number) => (which === 'q' ? i === at && h === head : Math.floor(h / G) === kh && refVisible(m, i, at));
+        const where = `NaN in ${which} at (${which === 'q' ? `row ${at}, head ${head}` : `key ${at}, KV head ${kh}`}, element ${d0}) ${dtype} D=${D} S=${S} mask=${c.name} seed=${seed}`;
+        for (const variant of variants) {
+          await withEnv(variant.env, async () => {
+            // poison: o is NaN before the forward, so an o the kernel never wrote would pass as NaN
+            // here; the LSE is -inf after the poison (NaN only if the kernel wrote it), a v NaN's
+            // rows must be finite beside element d0, and the block test below starts o finite.
+            const res = await attentionCuda(tensorOf(bad.q, H), tensorOf(bad.k, Hk), tensorOf(bad.v, Hk), {
+              dtype, causal: m.causal, window: m.window, sinks: m.sinks, segments: m.segments as Int32Array | undefined, allowNonfinite: true,
+              gradOut: which === 'q' ? tensorOf(dO, H) : undefined, context: context(), poison: true,
+            });
+            const tag = `${res.stats.kernel} (${variant.name}) ${where}`;
+            const o = res.out.data, lse = res.lse.data;
+            let n = 0;
+            const gotO: number[] = [], refO: number[] = [], gotL: number[] = [], refL: number[] = [];
+            for (let i = 0; i < S; i++) {
+              for (let h = 0; h < H; h++) {
+                const row = i * H + h, got = o.subarray(row * D, (row + 1) * D), want = ref.o.subarray(row * D, (row + 1) * D);
+                if (reached(i, h)) {
+                  n++;
+                  if (which === 'v') {
+                    // the weights are untouched: element d0 alone is NaN, the rest and the LSE are right
+                    assert.ok(got.every((x, d) => Number.isNaN(x) === (d === d0)), `${tag}: row (${i}, ${h}) reaches the NaN in element ${d0} alone, o = ${Array.from(got.subarray(0, 4))}..., o[${d0}] = ${got[d0]}`);
+                    for (let d = 0; d < D; d++) if (d !== d0) gotO.push(got[d]), refO.push(want[d]);
+                    gotL.push(lse[row]), refL.push(ref.lse[row]);
+                  } else {
+                    assert.ok(Number.isNaN(lse[row]), `${tag}: lse of row (${i}, ${h}) is ${lse[row]}, expected NaN (${lse[row] === -Infinity ? 'read as a row that saw no key' : 'the NaN was dropped'})`);
+                    assert.ok(got.every(Number.isNaN), `${tag}: row (${i}, ${h}) reaches the NaN, o = ${Array.from(got.subarray(0, 4))}...`);
+                  }
+                } else {
+                  // (a value's NaN may reach element d0 of rows that share its key tile without
+                  // seeing the key, as 0·NaN in the tile's P·V: those elements are left out)
+                  for (let d = 0; d < D; d++) if (!(which === 'v' && d === d0 && Number.isNaN(got[d]))) gotO.push(got[d]), refO.push(want[d]);
+                  gotL.push(lse[row]), refL.push(ref.lse[row]);
+                }
+              }
+            }
+            assert.ok(n > 0, `${tag}: no row reaches the NaN`);
+            assertClose(gotO, refO, tol.fwd, `${tag}: o of the rows it does not reach`);
+            assertClose(gotL, refL, tol.fwd, `${tag}: lse of the rows it does not reach`);
+            if (which !== 'q') return;
+            // The backward of a NaN query row: NaN in its dq and in dk, dv of the keys it sees;
+            // every other gradient is the clean problem's (the row's own terms touch only those
+            // keys), except that the tile's dK product (dSᵀ·Q) may carry the NaN query, as 0·NaN,
+            // into dk of keys of its KV head that it does not see (on the GPU, whole key tiles):
+            // such keys are left out. dv of those keys (Pᵀ·dO, P = 0 where the row does not see)
+            // stays finite.
+            const dq = res.dq!.data, dk = res.dk!.data, dv = res.dv!.data;
+            const gq: number[] = [], rq: number[] = [];
+            for (let x = 0; x < S * H; x++) {
+              const got = dq.subarray(x * D, (x + 1) * D);
+              if (x === at * H + head) assert.ok(got.every(Number.isNaN), `${tag}: dq of the NaN row is ${Array.from(got.subarray(0, 4))}...`);
+              else gq.push(...got), rq.push(...ref.dq.subarray(x * D, (x + 1) * D));
+            }
+            assertClose(gq, rq, tol.grad, `${tag}: dq of the other rows`);
+            for (const [name, gotG, refG] of [['dk', dk, ref.dk], ['dv', dv, ref.dv]] as const) {
+              const g1: number[] = [], r1: number[] = [];
+              for (let j = 0; j < S; j++) {
+                for (let h2 = 0; h2 < Hk; h2++) {
+                  const x = (j * Hk + h2) * D, got = gotG.subarray(x, x + D);
+                  if (h2 === kh && refVisible(m, at, j)) {
+                    assert.ok(got.every(Number.isNaN), `${tag}: ${name} of key ${j} (KV head ${h2}), seen by the NaN row, is ${Array.from(got.subarray(0, 4))}...`);
+                  } else if (!(name === 'dk' && h2 === kh && got.some(Number.isNaN))) {
+                    assert.ok(got.every(Number.isFinite), `${tag}: ${name} of key ${j} (KV head ${h2}), not seen by the NaN row, is not finite: ${Array.from(got.subarray(0, 4))}...`);
+                    g1.push(...got), r1.push(...refG.subarray(x, x + D));
+                  }
+                }
+              }
+              assertClose(g1, r1, tol.grad, `${tag}: ${name} of the keys the NaN row does not see`);
+            }
+          });
+        }
+      }
+    }
+  }
+});
+
+test('allowNonfinite, block kernels: a NaN query row or key, merged over two KV blocks (NaN block first or second), makes NaN exactly the rows that see it (o written from a finite or NaN start, lse NaN); the other rows equal float64', { skip }, async () => {
+  const seed = freshSeed();
+  const r = rng(seed);
+  const c = context();
+  const kern = cudaKernel(c);
+  // Queries at positions 60..149 (a shard); keys 0..150 in two blocks, block 0 at 81..150 first,
+  // block 1 at 0..80; causal, window 40: rows at 81..119 see keys of both blocks.
+  const H = 4, Hk = 2, G = H / Hk, Sq = 90, S1 = 70, S2 = 81, Sk = S1 + S2, window = 40;
+  const m = { causal: true, window };
+  const qPos = Int32Array.from({ length: Sq }, (_, i) => 60 + i);
+  const kPos = Int32Array.from({ length: Sk }, (_, j) => (j < S1 ? S2 + j : j - S1));
+  for (const [dtype, D, wgmma] of [['bfloat16', 128, '0'], ['bfloat16', 128, undefined], ['bfloat16', 64, undefined], ['float32', 64, undefined]] as const) {
+    await withEnv({ RINGATTN_WGMMA_ATTN: wgmma }, async () => {
+      const q = roundTo(randn(Sq * H * D, r), dtype), k = roundTo(randn(Sk * Hk * D, r), dtype), v = roundTo(randn(Sk * Hk * D, r), dtype);
+      const scale = 1 / Math.sqrt(D);
+      // q: a row at position 81..119 (it sees keys of both blocks, NaN from each); k: a key of
+      // block 0 at 81..110 (NaN first, then block 1's finite result merges into it) or of block 1
+      // at 45..80 (a finite result first, then NaN); each seen by some rows of its group, not all.
+      const cases = [
+        { which: 'q' as const, at: 21 + Math.floor(r() * 39), head: Math.floor(r() * H) },
+        { which: 'k' as const, at: Math.floor(r() * 30), head: Math.floor(r() * Hk) },
+        { which: 'k' as const, at: S1 + 45 + Math.floor(r() * 36), head: Math.floor(r() * Hk) },
+      ];
+      for (const { which, at, head } of cases) {
+        const d0 = Math.floor(r() * D), kh = which === 'q' ? Math.floor(head / G) : head;
+        const idx = (at * (which === 'q' ? H : Hk) + head) * D + d0;
+        const clean = { q: q.slice(), k: k.slice() };
+        clean[which][idx] = 0;
+        const bad = { ...clean, [which]: clean[which].slice() };
+        bad[which][idx] = NaN;
+        const ref = refBlock({ q: clean.q, k: clean.k, v, qPos, kPos, Sq, Sk, H, Hk, D, scale }, m);
+        const reached = (i: number, h: number) => (which === 'q' ? i === at && h === head : Math.floor(h / G) === kh && refVisible(m, qPos[i], kPos[at]));
+        for (const oStart of [0x7fc00000, 0x3f800000]) { // o NaN (never read while lse is -inf) or 1.0 (the NaN must be written)
+          const bufs: DeviceBuffer[] = [];
+          const up = (x: ArrayBufferView) => { const b = c.alloc(x.byteLength); bufs.push(b); c.upload(b, x); return b.ptr; };
+          const init = (n: number, bits: number) => { const b = c.alloc(n * 4); bufs.push(b); c.fill32(b, 0x7fc00000, n); c.fill32(b, bits, n); return b.ptr; };
+          try {
+            const o = init(Sq * H * D, oStart), lse = init(Sq * H, 0xff800000);
+            const blocks = [
+              { k: up(encode(bad.k.subarray(0, S1 * Hk * D), dtype)), v: up(encode(v.subarray(0, S1 * Hk * D), dtype)), pos: up(kPos.subarray(0, S1)), n: S1 },
+              { k: up(encode(bad.k.subarray(S1 * Hk * D), dtype)), v: up(encode(v.subarray(S1 * Hk * D), dtype)), pos: up(kPos.subarray(S1)), n: S2 },
+            ];
+            const base = { q: up(encode(bad.q, dtype)), qPos: up(qPos), Sq, H, Hk, D, dtype, causal: true, window, sinks: 0, scale };
+            for (const b of blocks) kern.forward({ ...base, k: b.k, v: b.v, kPos: b.pos, Sk: b.n, o, lse });
+            kern.finishForward(o, lse, Sq * H, D);
+            const out = c.download(new Float32Array(Sq * H * D), o), outLse = c.download(new Float32Array(Sq * H), lse);
+            const tag = `${kern.name({ dtype, D })} NaN in ${which} at (${which === 'q' ? `row ${at}, head ${head}` : `key ${at} (block ${at < S1 ? 0 : 1}, position ${kPos[at]}), KV head ${kh}`}, element ${d0}) o from 0x${oStart.toString(16)} seed=${seed}`;
+            let n = 0;
+            const gotO: number[] = [], refO: number[] = [], gotL: number[] = [], refL: number[] = [];
+            for (let i = 0; i < Sq; i++) {
+              for (let h = 0; h < H; h++) {
+                const row = i * H + h, got = out.subarray(row * D, (row + 1) * D);
+                if (reached(i, h)) {
+                  n++;
+                  assert.ok(Number.isNaN(outLse[row]), `${tag}: lse of row (${i}, ${h}) is ${outLse[row]}, expected NaN`);
+                  assert.ok(got.every(Number.isNaN), `${tag}: row (${i}, ${h}) reaches the NaN, o = ${Array.from(got.subarray(0, 4))}...`);
+                } else {
+                  gotO.push(...got), refO.push(...ref.o.subarray(row * D, (row + 1) * D));
+                  gotL.push(outLse[row]), refL.push(ref.lse[row]);
+                }
+              }
+            }
+            assert.ok(n > 0 && gotL.length > 0, `${tag}: the case needs rows on both sides (${n} reached)`);
+            assertClose(gotO, refO, TOL[dtype].fwd, `${tag}: merged o of the rows it does not reach`);
+            assertClose(gotL, refL, TOL[dtype].fwd, `${tag}: merged lse of the rows it does not reach`);
+          } finally {
+            c.sync();
+            for (const b of bufs) c.free(b);
+          }
+        }
+      }
+    });
   }
   kern.dispose();
 });

@@ -9,6 +9,7 @@ import { CudaDecode, decodeAttentionCuda, mergeGatheredDevice } from '../../src/
 import { launch } from '../../src/cuda/launch.js';
 import { loadNccl } from '../../src/cuda/bindings/nccl.js';
 import { assertClose, freshSeed, relErr, rng } from '../helpers/check.js';
+import { refVisible } from '../ref/attention64.js';
 import { refDecode, refDecodeTermScale } from '../ref/decode64.js';
 import { makeProblem, running, type Mask, type Problem, type QueryPlace } from './decode-problems.js';
 
@@ -323,6 +324,129 @@ test('decode: a plan made before the fused merge\'s counters grew is stale (run(
   } finally {
     d.dispose();
     for (const b of bufs) c.free(b);
+  }
+});
+
+// ---- non-finite caches ---------------------------------------------------------------------------
+
+// The CPU decode's test of the same contract: tests/cpu/decode.test.ts. A NaN query is refused by
+// the argument checks (checkDecodeQueries); the caches are not scanned, and a NaN in a key makes
+// NaN the rows that see it. The 2-GPU combine (DecodeCombiner.combine: an all-gather, then the
+// decode_merge_ranks kernel) needs two GPUs; its merge kernel runs here on one GPU, on partials
+// laid out as the all-gather leaves them (mergeGatheredDevice), as the shard test above does.
+test('decode: a NaN in the key cache makes NaN exactly the rows that see it (o in every element, lse NaN; never rows that read as seeing nothing), the other rows equal float64: planned and 16-row chunks (empty ones merged; merge kernel and fused), unsorted, shards (the NaN key alone in one) merged by decode_merge_ranks and in place; bf16 (ldg, mma) and fp32 (generic)', { skip }, () => {
+  const seed = freshSeed();
+  const r = rng(seed);
+  const c = context();
+  const chunked = new CudaDecode(c, { chunkRows: 16, merge: 'kernel' });
+  const fused = new CudaDecode(c, { chunkRows: 16, merge: 'fused' });
+  const decoders: [string, CudaDecode][] = [['planned', dec()], ['16-row chunks, merge kernel', chunked], ['16-row chunks, fused merge', fused]];
+  try {
+    // D=128 with one query (4 rows a KV head: decode_ldg on sm_90+, else mma), D=128 and 64 with
+    // four (16 rows: mma), fp32 (generic).
+    for (const [dtype, D, Sq, H] of [['bfloat16', 128, 1, 8], ['bfloat16', 128, 4, 8], ['bfloat16', 64, 4, 8], ['float32', 64, 2, 4]] as [CudaDType, number, number, number][]) {
+      const Hk = 2, G = H / Hk;
+      for (const [mname, mask] of [['none', { causal: false }], ['causal window 40 + 3 sinks', { causal: true, window: 40, sinks: 3 }]] as [string, Mask][]) {
+        // The NaN key: an early one (a sink under the window), the last but one (seen by the last
+        // queries only, causally), or, under the window, one no query sees (the unsorted run
+        // reads it and must mask it; no row is NaN).
+        for (const where of mask.window ? ['a sink', 'the last but one', 'outside every window'] : ['an early key', 'the last but one']) {
+          // Queries at the cache's end (positions n - Sq .. n - 1); sequence 2 has an empty cache.
+          const p = makeProblem({ lens: [250 + Math.floor(r() * 250), 90, 0], Sq, H, Hk, D, mask }, dtype, r);
+          const b = Math.floor(r() * 2), n = p.caches[b].pos.length;
+          const kh = Math.floor(r() * Hk), d0 = Math.floor(r() * D);
+          const j = where === 'the last but one' ? n - 2 : where === 'outside every window' ? 3 + Math.floor(r() * (n - Sq - 42)) : Math.floor(r() * 3);
+          const bad: Problem = { ...p, caches: p.caches.map((x, y) => (y === b ? { ...x, k: x.k.slice() } : x)) };
+          bad.caches[b].k[(j * Hk + kh) * D + d0] = NaN;
+          // the other rows against the reference with the NaN element set to 0 (they never read it)
+          const clean: Problem = { ...bad, caches: bad.caches.map((x, y) => (y === b ? { ...x, k: x.k.map((z) => (Number.isNaN(z) ? 0 : z)) } : x)) };
+          const rm = { causal: mask.causal, window: mask.window || undefined, sinks: mask.sinks };
+          const sees = (y: number, qi: number, h: number) => y === b && Math.floor(h / G) === kh && refVisible(rm, p.qPos[y * Sq + qi], p.caches[b].pos[j]);
+          const what = `NaN in k (sequence ${b}, row ${j} of ${n}: ${where}; KV head ${kh}, element ${d0}) ${dtype} D=${D} Sq=${Sq} H=${H} Hk=${Hk} mask=${mname} seed=${seed}`;
+          const judge = (got: { o: Float32Array; lse: Float32Array }, init: { o: Float32Array; lse: Float32Array }, tag: string) => {
+            const ref = refDecode(clean, init.o, init.lse);
+            let reached = 0;
+            const gotO: number[] = [], refO: number[] = [], gotL: number[] = [], refL: number[] = [];
+            for (let y = 0; y < p.B; y++) {
+              for (let qi = 0; qi < Sq; qi++) {
+                for (let h = 0; h < H; h++) {
+                  const row = (y * Sq + qi) * H + h, o = got.o.subarray(row * D, (row + 1) * D);
+                  if (sees(y, qi, h)) {
+                    reached++;
+                    assert.ok(Number.isNaN(got.lse[row]), `${tag}: lse of row (${y}, ${qi}, ${h}), which sees the NaN, is ${got.lse[row]}${got.lse[row] === init.lse[row] ? ' (unchanged: read as a row that saw nothing)' : ''}`);
+                    assert.ok(o.every(Number.isNaN), `${tag}: row (${y}, ${qi}, ${h}) sees the NaN, o = ${Array.from(o.subarray(0, 4))}...`);
+                  } else {
+                    gotO.push(...o), refO.push(...ref.o.subarray(row * D, (row + 1) * D));
+                    gotL.push(got.lse[row]), refL.push(ref.lse[row]);
+                  }
+                }
+              }
+            }
+            assert.ok(where === 'outside every window' ? reached === 0 : reached > 0, `${tag}: ${reached} rows see the NaN`);
+            // o relative to its terms' size for 16-bit caches, as check() judges it
+            const e = relErr(gotO, refO, dtype === 'float32' ? 0 : refDecodeTermScale(clean, init.o, init.lse));
+            assert.ok(e <= TOL[dtype], `${tag}: o of the rows that do not see it: error ${e.toExponential(3)} > ${TOL[dtype]}`);
+            assertClose(gotL, refL, TOL[dtype], `${tag}: lse of the rows that do not see it`);
+          };
+          const runOn = (pp: Problem, o: Float32Array, lse: Float32Array, decoder: CudaDecode, kvSorted?: boolean) => decodeAttentionCuda({
+            q: pp.q, qPos: pp.qPos, caches: pp.caches, H, Hk, D, causal: mask.causal, window: mask.window, sinks: mask.sinks,
+            scale: pp.scale, o, lse, kvSorted, dtype, context: c, decoder, poison: true,
+          });
+          // The whole caches, into fresh (0, -inf) or a running (o, lse) (some rows -inf, the others finite).
+          decoders.forEach(([name, d], t) => {
+            const init = running(p, t !== 1, r);
+            const res = runOn(bad, init.o.slice(), init.lse.slice(), d);
+            judge(res, init, `${res.info.kernel} chunks=${res.info.chunks} ${name} ${what}`);
+          });
+          // Unsorted (kvSorted false): every row is read and masked, the NaN key too where a row does not see it.
+          {
+            const init = running(p, false, r);
+            const res = runOn(bad, init.o.slice(), init.lse.slice(), chunked, false);
+            judge(res, init, `${res.info.kernel} chunks=${res.info.chunks} unsorted ${what}`);
+          }
+          // Shards of each cache, as ranks hold them: sequence b's rows before the NaN key, the NaN
+          // key alone, the rows after it (possibly none); the other caches in thirds. (a) Fresh
+          // partials merged by decode_merge_ranks in rank order (a finite partial into a NaN one,
+          // then the NaN one into a finite one); (b) each shard merged in place into one running (o, lse).
+          const w = Hk * D;
+          const shards = [0, 1, 2].map((s): Problem => ({
+            ...bad,
+            caches: bad.caches.map((x, y) => {
+              const len = x.pos.length;
+              const [lo, hi] = y === b ? [[0, j], [j, j + 1], [j + 1, len]][s] : [Math.floor((len * s) / 3), Math.floor((len * (s + 1)) / 3)];
+              return { k: x.k.slice(lo * w, hi * w), v: x.v.slice(lo * w, hi * w), pos: x.pos.slice(lo, hi) };
+            }),
+          }));
+          const rows = p.B * Sq * H;
+          const gathered = new Float32Array(3 * rows * (D + 1));
+          shards.forEach((sp, s) => {
+            const f = running(p, true, r);
+            const res = runOn(sp, f.o, f.lse, s === 1 ? dec() : chunked);
+            gathered.set(res.o, s * rows * (D + 1));
+            gathered.set(res.lse, s * rows * (D + 1) + rows * D);
+          });
+          const g = c.alloc(gathered.byteLength), o = c.alloc(rows * D * 4), l = c.alloc(rows * 4);
+          try {
+            c.upload(g, gathered);
+            c.fill32(o, 0, rows * D);
+            c.fill32(l, 0xff800000, rows);
+            mergeGatheredDevice(c, g.ptr, 3, rows, D, o.ptr, l.ptr);
+            judge({ o: c.download(new Float32Array(rows * D), o), lse: c.download(new Float32Array(rows), l) }, running(p, true, r), `decode_merge_ranks of 3 shards ${what}`);
+          } finally {
+            c.free(g);
+            c.free(o);
+            c.free(l);
+          }
+          const init = running(p, false, r);
+          const acc = { o: init.o.slice(), lse: init.lse.slice() };
+          shards.forEach((sp, s) => runOn(sp, acc.o, acc.lse, s === 1 ? dec() : fused));
+          judge(acc, init, `3 shards merged in place ${what}`);
+        }
+      }
+    }
+  } finally {
+    chunked.dispose();
+    fused.dispose();
   }
 });
 

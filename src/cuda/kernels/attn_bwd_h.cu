@@ -268,8 +268,20 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
     fenceRegs(dp);
 
     // P^T (into s) and dS^T (into dp). Register 4n + e: key row (CTA) 64wg + 16warp + lane/4 +
-    // 8(e >> 1), query column 8n + 2(lane % 4) + (e & 1). Masked scores become -inf first, so
-    // the exponentials below are one branch-free pass (exp2(-inf) = 0).
+    // 8(e >> 1), query column 8n + 2(lane % 4) + (e & 1). The exponentials are one branch-free
+    // pass over every tile; in a partial tile P and dS then become 0 where the query does not see
+    // the key. (A score masked to -inf before the exponential would give P = exp2(-inf - L), NaN
+    // for a row whose LSE is NaN, one that saw a NaN under allowNonfinite: that row's NaN would
+    // reach dV of keys it does not see. Masked after, such keys get P = dS = 0, as on the CPU.)
+#pragma unroll
+    for (int n = 0; n < NQ; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int c = 2 * n + (e & 1);
+        const float pv = exp2Fast(s[4 * n + e] * scaleLog2 - (BQ == 64 ? lseC[c % NC] : lseOf(c)));
+        s[4 * n + e] = pv;
+        dp[4 * n + e] = pv * (dp[4 * n + e] - (BQ == 64 ? dlC[c % NC] : deltaOf(c)));
+      }
     if (partial) {
       // Each query column's position (and segment) read once, tested against the thread's two
       // keys' query ranges without a branch. A per-element visible() compiled to blocks branching
@@ -282,20 +294,12 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
 #pragma unroll
         for (int r = 0; r < 2; r++) {
           const bool ok = qRange[r].has(qp) & (!m.hasSeg | (qs == kSegR[r]));
-          float& v = s[4 * (c >> 1) + 2 * r + (c & 1)];
-          v = ok ? v : NEG_INF;
+          const int x = 4 * (c >> 1) + 2 * r + (c & 1);
+          s[x] = ok ? s[x] : 0.f;
+          dp[x] = ok ? dp[x] : 0.f;
         }
       }
     }
-#pragma unroll
-    for (int n = 0; n < NQ; n++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int c = 2 * n + (e & 1);
-        const float pv = exp2Fast(s[4 * n + e] * scaleLog2 - (BQ == 64 ? lseC[c % NC] : lseOf(c)));
-        s[4 * n + e] = pv;
-        dp[4 * n + e] = pv * (dp[4 * n + e] - (BQ == 64 ? dlC[c % NC] : deltaOf(c)));
-      }
     // 16-bit A fragments (queries 16kk..16kk+15 are registers 8kk..8kk+7), and dS^T to shared
     // memory for dQ: panels of 64 queries, each [128 keys][128 B] in the 128-byte swizzle.
     u32 ap[BQ / 16][4], ad[BQ / 16][4];

@@ -627,7 +627,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 #pragma unroll
   for (int r = 0; r < 2; r++) {
     const float l = quadSum(rowSum[r]);
-    if (rowOut + 8 * r < p.Sq && l > 0.f) storeRowOut<D>(p, (u64)(rowOut + 8 * r) * p.H + h, lane, r, rowMax[r], l, lseOld[r], o);
+    if (rowOut + 8 * r < p.Sq && rowLive(l)) storeRowOut<D>(p, (u64)(rowOut + 8 * r) * p.H + h, lane, r, rowMax[r], l, lseOld[r], o);
   }
 #else
 #pragma unroll

@@ -316,11 +316,15 @@ __device__ __forceinline__ void storeRowOut(const FwdParams& p, u64 row, int lan
 // columns 8n + 2·(lane%4) (+1) this thread holds in acc[4n + 2r] (+1) for n < D/8 (the m16n8 /
 // wgmma accumulator layout), with its block statistics (rowMax in log2 units; rowSum partial
 // over the quad of lanes sharing the row). The block's (o, lse) merge into the running
-// accumulators in fp32; a row past Sq or that saw no key leaves them untouched.
+// accumulators in fp32; a row past Sq or that saw no key (l = 0) leaves them untouched. A row
+// whose sum is NaN (it saw a NaN score, under allowNonfinite) is live: it stores NaN (o and lse),
+// never reads as a row that saw nothing. The row max (fmaxf) passes NaN scores over, but their
+// exponentials are NaN and so is the sum.
+__device__ __forceinline__ bool rowLive(float l) { return !(l <= 0.f); }
 template <int D>
 __device__ __forceinline__ void mergeRowOut(const FwdParams& p, int i, int h, int lane, int r, float rowMax, float rowSum, const float* acc) {
   const float l = quadSum(rowSum);
-  const bool live = i < p.Sq && l > 0.f;
+  const bool live = i < p.Sq && rowLive(l);
   const u64 row = (u64)i * p.H + h;
   const float lseOld = live ? p.lse[row] : 0.f;
   __syncwarp();  // all four lanes read lse before lane 0 of the quad writes it

@@ -256,9 +256,11 @@ __device__ __forceinline__ void foldAcc(float4& acc, float a, float w, float4 x)
 
 // Four columns of output row `orow`: the folded partials (max M and weight W in log2 units, sum
 // the W-weighted normalised outputs) merged into the running (o, lse) read before (cur, lseOld).
-// A row whose partials saw nothing (M = -inf) keeps its (o, lse). `lse` is written by writeLse.
+// A row whose partials saw nothing (W = 0) keeps its (o, lse). A NaN partial (a chunk that saw a
+// NaN key under allowNonfinite) leaves W NaN, with M possibly -inf (fmaxf passes NaN over): the
+// row becomes NaN, never one that saw nothing. `lse` is written by writeLse.
 __device__ __forceinline__ void mergeOut(const DecodeParams& p, i64 orow, int d, float M, float W, float4 sum, float lseOld, float4 cur, bool writeLse) {
-  if (M == NEG_INF) return;
+  if (W == 0.f) return;
   const float lseB = (M + log2f(W)) * LN2;  // natural log
   float wOld, wB;
   const float lseNew = mergeWeights(lseOld, lseB, wOld, wB);
@@ -552,8 +554,8 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
       L += w[sl] * sL[wr];
     }
 #pragma unroll
-    for (int sl = 0; sl < SLICES; sl++) sW[rr * 4 + sl] = L > 0.f ? w[sl] / L : 0.f;
-    p.partL[part + rr] = L > 0.f ? M + log2f(L) : NEG_INF;
+    for (int sl = 0; sl < SLICES; sl++) sW[rr * 4 + sl] = rowLive(L) ? w[sl] / L : 0.f;  // L NaN: a NaN key seen
+    p.partL[part + rr] = rowLive(L) ? M + log2f(L) : NEG_INF;
   }
   __syncthreads();
   for (int e = threadIdx.x; e < Rz * (D / 4); e += THREADS) {
@@ -839,8 +841,8 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
       L += wt * sL[w * 8 + r];
       o += wt * sAcc[(w * 8 + r) * D + d];
     }
-    p.partO[(part + r) * D + d] = L > 0.f ? o / L : 0.f;
-    if (d == 0) p.partL[part + r] = L > 0.f ? M + log2f(L) : NEG_INF;
+    p.partO[(part + r) * D + d] = rowLive(L) ? o / L : 0.f;  // L NaN: a NaN key seen
+    if (d == 0) p.partL[part + r] = rowLive(L) ? M + log2f(L) : NEG_INF;
   }
   dec::mergeIfLast(p, b, S, kh, 0, R, &shInt[3]);
 }
@@ -1022,7 +1024,7 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
   const i64 part = ((i64)c * p.Hk + kh) * R + r0;
   if (threadIdx.x < Rz) {
     const float l = sStat[threadIdx.x][1];
-    p.partL[part + threadIdx.x] = l > 0.f ? sStat[threadIdx.x][0] + log2f(l) : NEG_INF;
+    p.partL[part + threadIdx.x] = rowLive(l) ? sStat[threadIdx.x][0] + log2f(l) : NEG_INF;  // l NaN: a NaN key seen
   }
 #pragma unroll
   for (int x = 0; x < 2; x++) {
@@ -1032,7 +1034,7 @@ __device__ __forceinline__ void run(const DecodeParams& p) {
     for (int rr = 0; rr < RG; rr++) {
       if (rr >= Rz) break;
       const float l = sStat[rr][1];
-      p.partO[(part + rr) * D + d] = l > 0.f ? acc[rr][x] / l : 0.f;
+      p.partO[(part + rr) * D + d] = rowLive(l) ? acc[rr][x] / l : 0.f;
     }
   }
   dec::mergeIfLast(p, b, S, kh, r0, Rz, &shInt[3]);
@@ -1115,15 +1117,22 @@ extern "C" __global__ void __launch_bounds__(256, 1) decode_merge(const __grid_c
 
 // The multi-rank combine: `gathered` holds P ranks' [rows * D outputs | rows LSEs] (fp32, natural
 // log, an all-gather's layout). Every rank computes the same merge, in rank order, into (o, lse);
-// a row no rank saw keeps its (o, lse). One warp per row, lanes over D. Grid ceil(rows / 4), 128.
+// a row no rank saw keeps its (o, lse), and one whose LSE is NaN on some rank (it saw a NaN key
+// there) becomes NaN. One warp per row, lanes over D. Grid ceil(rows / 4), 128.
 extern "C" __global__ void __launch_bounds__(128) decode_merge_ranks(const float* gathered, int P, int rows, int D, float* o, float* lse) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int row = blockIdx.x * 4 + warp;
   if (row >= rows) return;
   const i64 per = (i64)rows * (D + 1);
   float M = NEG_INF;
-  for (int r = 0; r < P; r++) M = fmaxf(M, gathered[r * per + (i64)rows * D + row]);
-  if (M == NEG_INF) return;
+  bool nan = false;
+  for (int r = 0; r < P; r++) {
+    const float l = gathered[r * per + (i64)rows * D + row];
+    M = fmaxf(M, l);  // passes a NaN over: kept aside
+    nan |= l != l;
+  }
+  if (nan) M = __int_as_float(0x7fc00000);  // every weight expf(l - M) NaN: o and lse NaN
+  else if (M == NEG_INF) return;
   float W = 0.f;
   for (int r = 0; r < P; r++) W += expf(gathered[r * per + (i64)rows * D + row] - M);
   for (int d = lane; d < D; d += 32) {

@@ -59,7 +59,7 @@ template <int D, int WGS = 2, int BKN = 128> struct Cfg {
   static constexpr int KV_BYTES = BK * D * 2;  // K or V of one stage
   // D=128: 1 KB + 32 KB + 3 x 64 KB (128 keys) or 2 x 88 KB (176 keys), under 227 KB
   static constexpr int STAGES = D == 64 ? 4 : BK == 128 ? 3 : 2;
-  static constexpr int SMEM = 1024 /* alignment slack */ + Q_BYTES + STAGES * 2 * KV_BYTES + (2 * STAGES + 1) * 8;
+  static constexpr int SMEM = 1024 /* alignment slack */ + Q_BYTES + STAGES * 2 * KV_BYTES + (2 * STAGES + 2) * 8;  // full, empty, Q's, Q free
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
 // Consumer schedules: ONE_TILE (attn_fwd_h), PIPELINED (attn_fwd_hp), PING_PONG (attn_fwd_hs: P·V
@@ -70,6 +70,20 @@ enum Mode { ONE_TILE, PIPELINED, PING_PONG, PIPE_PONG };
 __device__ __forceinline__ void turnWait(int wg) { asm volatile("bar.sync %0, 256;" ::"r"(1 + wg) : "memory"); }
 template <int WGS>
 __device__ __forceinline__ void turnPass(int wg) { asm volatile("bar.arrive %0, 256;" ::"r"(1 + (wg + 1) % WGS) : "memory"); }
+
+#ifdef FWD_PERSIST
+#if defined(FWD_EARLY_START) || defined(FWD_P2) || defined(FWD_LATE_WAIT) || defined(FWD_TRACE) || defined(FWD_LSE_EARLY)
+#error "-DFWD_PERSIST is built alone (not with FWD_EARLY_START, FWD_P2, FWD_LATE_WAIT, FWD_TRACE or FWD_LSE_EARLY)"
+#endif
+// launchTile's (tile, head) for the linear index L of an nx x ny grid (PERSIST: the items of a
+// persistent grid, in launchTile's order).
+__device__ __forceinline__ int2 tileOf(int L, int g, int nx, int ny) {
+  if (g <= 1) return make_int2(L % nx, L / nx);
+  const int y0 = L / (g * nx) * g, gs = min(g, ny - y0);
+  const int r = L - y0 * nx;
+  return make_int2(r / gs, y0 + r % gs);
+}
+#endif
 
 // TMA tensor maps of q [Sq, H, D], k and v [Sk, Hk, D] (16-bit elements as uint16; box 64
 // elements x 1 head x the query tile's rows (q) or the key tile's (k, v), 128-byte swizzle), written by cuTensorMapEncodeTiled on the host
@@ -113,6 +127,21 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   auto full = [&](int s) { return bars + s * 8; };
   auto empty = [&](int s) { return bars + (STAGES + s) * 8; };
   const u32 qBar = bars + 2 * STAGES * 8;
+#ifdef FWD_PERSIST
+  // -DFWD_PERSIST (ht; opt-in until measured): a persistent grid (src/cuda/attention.ts
+  // launches min(items, SMs) CTAs) in which each CTA computes items (query tile, head) in turn, in
+  // launchTile's order, round k taking item k·G + c or, on odd rounds, k·G + G - 1 - c (G CTAs,
+  // c this one: heaviest first, the rounds snaking so that under a causal mask no CTA takes the
+  // heaviest of every round). The stage ring and its phases run on across items, so the producer
+  // loads the next item's first K/V tiles as the consumers free the stages of this one's last,
+  // and Q of the next item once the consumers have waited for their last S (qFree), while they
+  // finish the last P·V and the epilogue: a CTA's start, first tile and epilogue (5-11% of an 8k
+  // forward in the per-CTA trace, BENCHMARKS "Where the forward's time goes") overlap the work
+  // around them. Launched with a full grid it computes one item a CTA, as without the define.
+  // (hw and hl spilled in their main loops with it: ht only.)
+  constexpr bool PERSIST = TMA && !CLUSTER && WGS == 2 && BK == 128;
+  const u32 qFree = qBar + 8;
+#endif
 
   TRACE(Trace trace; trace.start());
 #ifdef FWD_EARLY_START
@@ -134,6 +163,50 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 #else
   constexpr bool EARLY = false;
 #endif
+#ifdef FWD_PERSIST
+  if (CLUSTER && clusterSize() != 2) __trap();
+  const Mask m = maskOf(p);
+  const int nx = PERSIST ? (p.Sq + BQ - 1) / BQ : gridDim.x;  // query tiles
+  const int nItems = PERSIST ? nx * p.H : 1;
+  int qt = 0, h = 0, kh = 0, q0 = 0, end = 0, first = 0;
+  int4 qBox = make_int4(0, 0, 0, 0);
+  // A ragged last tile is never 'full': its missing keys must read as -inf.
+  auto tileClass = [&](int t) {
+    const int c = classifyTile(m, qBox, p.kTiles[t]);
+    return (c == TILE_FULL && (t + 1) * BK > p.Sk) ? TILE_PARTIAL : c;
+  };
+  // Key tiles at or past `end` (and before span.x) are empty for this query tile (attn_tile_spans).
+  auto nextTile = [&](int t) {
+    while (t < end && tileClass(t) == TILE_EMPTY) t++;
+    return t;
+  };
+  // Item k of this CTA into (qt, h, kh, q0, qBox, end, first): 0 past its last item, 1 an item
+  // that sees nothing in this block (skipped), 2 one to compute. Every thread computes the same.
+  auto item = [&](int k) {
+    int2 lt;
+    if (PERSIST) {
+      const int G = gridDim.x, c = blockIdx.x;
+      if (k * G >= nItems) return 0;
+      const int L = k * G + ((k & 1) ? G - 1 - c : c);
+      if (L >= nItems) return 1;
+      lt = tileOf(L, p.headGroup, nx, p.H);
+    } else {
+      if (k > 0) return 0;
+      // hc: one head at a time whatever RINGATTN_HEAD_GROUP says (it is ignored there), so that a
+      // cluster's two CTAs (blockIdx.x 2c and 2c + 1) are query tiles of one head and share its K/V.
+      lt = launchTile(CLUSTER ? 1 : p.headGroup);
+    }
+    qt = nx - 1 - lt.x;  // the last query tiles see the most keys under a causal mask: start them first
+    h = lt.y, kh = h / (p.H / p.Hk), q0 = qt * BQ;
+    qBox = p.qTiles[qt];
+    const int2 span = p.qSpans[qt];
+    end = span.y;
+    first = nextTile(span.x);
+    return first < end ? 2 : 1;
+  };
+  int kItem = 0, state = item(0);
+  if (!PERSIST && state != 2) return;  // this query tile sees nothing in this block (in hc neither does its partner)
+#else
   // hc: one head at a time whatever RINGATTN_HEAD_GROUP says (it is ignored there), so that a
   // cluster's two CTAs (blockIdx.x 2c and 2c + 1) are query tiles of one head and share its K/V.
   const int2 lt = launchTile(CLUSTER ? 1 : p.headGroup);
@@ -160,6 +233,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     TRACE(trace.stop(); trace.write(p.trace, 0, qt, h));
     return;
   }
+#endif
   constexpr u32 ARRIVALS = TMA ? 1 : PRODUCERS;  // one expect_tx arrival, or one cp.async arrival per producer thread
   if (threadIdx.x == (EARLY ? CONSUMERS : 0)) {
     for (int s = 0; s < STAGES; s++) {
@@ -167,6 +241,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       mbarInit(empty(s), CLUSTER ? 2 * CONSUMERS / 32 : CONSUMERS);  // every consumer thread; hc: every consumer warp of both CTAs
     }
     mbarInit(qBar, ARRIVALS);
+#ifdef FWD_PERSIST
+    if (PERSIST) mbarInit(qFree, CONSUMERS);
+#endif
     if (TMA) fenceMbarInit();
     if (EARLY) {  // the barriers' init made visible to the async proxy, then Q's copy
       fenceAsyncShared();
@@ -179,9 +256,20 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   if (TMA && threadIdx.x >= CONSUMERS) {  // the producer warpgroup, one thread of it
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
     if (threadIdx.x == CONSUMERS) {
+#ifdef FWD_PERSIST
+      const u32 rank = CLUSTER ? clusterRank() : 0;
+      int i = 0;  // tiles loaded so far, over the CTA's items
+      for (int nq = 0; state != 0; state = item(++kItem)) {
+        if (state == 1) continue;
+        if (nq > 0) mbarWait(qFree, (nq - 1) & 1);  // PERSIST: the consumers are done with the last item's Q
+        nq++;
+        loadQ<C, D>(sQ, maps, qBar, h, q0);
+#else
       if (!EARLY) loadQ<C, D>(sQ, maps, qBar, h, q0);
       const u32 rank = CLUSTER ? clusterRank() : 0;
       int i = 0;
+      {
+#endif
       for (int t = first; t < end; t = nextTile(t + 1), i++) {
         const int s = i % STAGES;
         // The first pass finds every stage free. hc: the partner's consumers release too (cluster scope).
@@ -198,6 +286,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
             tmaLoad3dMulticast(stV(s) + z * BK * 128, maps->v, full(s), z * 64, kh, t * BK, 3);
           }
         }
+      }
       }
     }
     // hc: no CTA of the cluster leaves while the other may still write its shared memory or
@@ -240,13 +329,23 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   // The first of the thread's two accumulator rows (the other is 8 below).
   auto firstRow = [&](int wg, int warp, int lane) { return q0 + wg * 64 + warp * 16 + (lane >> 2); };
+  // The thread's rows: their positions, segments and key ranges are the item's (PERSIST: set at
+  // the top of each item, with O and the row statistics, below).
+  auto rowsOf = [&](int rowBase, int (&qPos)[2], int (&qSeg)[2]) {
+    for (int r = 0; r < 2; r++) {
+      const int i = rowBase + 8 * r;
+      qPos[r] = i < p.Sq ? p.qPos[i] : 0;
+      qSeg[r] = (i < p.Sq && m.hasSeg) ? p.qSeg[i] : 0;
+    }
+  };
+#ifdef FWD_PERSIST
+  int rowBase = 0;
+  int qPos[2], qSeg[2];
+#else
   const int rowBase = firstRow(wg, warp, lane);
   int qPos[2], qSeg[2];
-  for (int r = 0; r < 2; r++) {
-    const int i = rowBase + 8 * r;
-    qPos[r] = i < p.Sq ? p.qPos[i] : 0;
-    qSeg[r] = (i < p.Sq && m.hasSeg) ? p.qSeg[i] : 0;
-  }
+  rowsOf(rowBase, qPos, qSeg);
+#endif
 #ifdef FWD_LSE_EARLY
   // The rows' running lse, read now rather than in the epilogue, where each row's read was a
   // dependent round trip to memory before its stores (two in turn: the second row's load could not
@@ -257,13 +356,20 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 #endif
   const float scaleLog2 = p.scale * LOG2E;
   float o[D / 2];
+#ifndef FWD_PERSIST
 #pragma unroll
   for (int x = 0; x < D / 2; x++) o[x] = 0.f;
+#endif
   float rowMax[2] = {NEG_INF, NEG_INF}, rowSum[2] = {0.f, 0.f};  // max in log2 units
   const u32 qRows = sQ + wg * 64 * 128;
   float sc[BK / 2];  // S of one tile (64 x BK per warpgroup), then its exponentials
   u32 a[BK / 16][4];  // P of one tile, 16-bit, in the A-fragment layout
   float corr[2];
+#ifdef FWD_PERSIST
+  int ib = 0;  // tiles the CTA's consumers took from the stage ring for earlier items
+#else
+  constexpr int ib = 0;
+#endif
 
   // Descriptors step by adding the byte offset >> 4 to the start-address field (bits 0..13): every
   // address stays inside shared memory, so the field cannot carry into the next.
@@ -286,7 +392,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // registers), the index clamped into the block; each key costs two or three compares of its
   // position against the row's range, and one of its segment.
   KeyRange range[2];
+#ifndef FWD_PERSIST
   for (int r = 0; r < 2; r++) range[r] = keyRange(m, qPos[r]);
+#endif
   // (SEG a plain bool, not a generic lambda's template: NVRTC takes an unannotated generic lambda
   // for a host function; each call below passes a constant, and the lambda is inlined.)
   auto maskTile = [&](const bool SEG, int t) {
@@ -435,8 +543,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     }
     return end;
   };
-  auto waitFull = [&](int i) {
-    mbarSpin(full(i % STAGES), (i / STAGES) & 1);
+  auto waitFull = [&](int i) {  // i counts this item's tiles; ib those of the CTA's items before it
+    mbarSpin(full((ib + i) % STAGES), ((ib + i) / STAGES) & 1);
     if (!TMA) fenceAsyncShared();  // cp.async wrote through the generic proxy; TMA through the async one
   };
 
@@ -447,7 +555,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     if (pong && wg == WGS - 1) turnPass<WGS>(wg);
     waitFull(0);
     if (pong) turnWait(wg);
-    issueQK(0);
+    issueQK(ib % STAGES);
     if (pong) turnPass<WGS>(wg);
     // EARLY takes the span's first tile unchecked: were it ever empty, a partial tile's mask
     // (every score -inf) keeps the result right where a full tile's would not.
@@ -469,7 +577,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   auto finishPV = [&](int i) {
     wgmmaWait<0>();
     fenceRegs(o);
-    if (i > 0) release((i - 1) % STAGES);
+    if (i > 0) release((ib + i - 1) % STAGES);
     pack();
   };
   auto lastTile = [&](bool pong, int s) {
@@ -482,7 +590,20 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     release(s);
   };
 
+#ifdef FWD_PERSIST
+  for (int nq = 0; state != 0; state = item(++kItem)) {
+    if (state == 1) continue;
+    rowBase = firstRow(wg, warp, lane);
+    rowsOf(rowBase, qPos, qSeg);
+    for (int r = 0; r < 2; r++) range[r] = keyRange(m, qPos[r]);
+#pragma unroll
+    for (int x = 0; x < D / 2; x++) o[x] = 0.f;
+    for (int r = 0; r < 2; r++) rowMax[r] = NEG_INF, rowSum[r] = 0.f;
+    maskBase = -(1 << 30), visM = 0, partM = 0;
+    mbarWait(qBar, nq++ & 1);
+#else
   mbarWait(qBar, 0);
+#endif
   TRACE(trace.mark(1));
   TRACE(int traced = 0);  // tiles computed, counted in the loops (a count taken after the clock
                           // stopped, by reading the tile list, held the SM ~0.3 us a tile)
@@ -498,34 +619,34 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     for (int tn = nextVis(t + 1, cls); tn < end; t = tn, tn = nextVis(t + 1, cls), i++) {
       waitFull(i + 1);
       turnWait(wg);
-      issuePV(i % STAGES);
-      issueQK((i + 1) % STAGES);
+      issuePV((ib + i) % STAGES);
+      issueQK((ib + i + 1) % STAGES);
       turnPass<WGS>(wg);
       wgmmaWait<0>();
       fenceRegs(sc);
       fenceRegs(o);
-      release(i % STAGES);
+      release((ib + i) % STAGES);
       softmax(tn, cls);
       rescale();
       pack();
     }
-    lastTile(true, i % STAGES);
+    lastTile(true, (ib + i) % STAGES);
     TRACE(traced = i + 1);
   } else if (MODE == ONE_TILE) {
     // One tile at a time: the other warpgroup's products overlap this one's softmax.
     int i = 0, cls = tileClass(first);
     for (int t = first; t < end; t = nextVis(t + 1, cls), i++) {
       waitFull(i);
-      issueQK(i % STAGES);
+      issueQK((ib + i) % STAGES);
       wgmmaWait<0>();
       fenceRegs(sc);
       softmax(t, cls);
       rescale();
       pack();
-      issuePV(i % STAGES);
+      issuePV((ib + i) % STAGES);
       wgmmaWait<0>();
       fenceRegs(o);
-      release(i % STAGES);
+      release((ib + i) % STAGES);
       TRACE(if (i == 0) trace.mark(2));
     }
     TRACE(traced = i);
@@ -548,12 +669,12 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     auto step = [&](int i, int tn, int cls, u32(&cur)[BK / 16][4], u32(&nxt)[BK / 16][4]) {
       waitFull(i + 1);
       if (pong) turnWait(wg);
-      issueQK((i + 1) % STAGES);
+      issueQK((ib + i + 1) % STAGES);
       wgmmaWait<1>();  // all but this S: P·V of tile i - 1 is done
       fenceRegs(o);
-      if (i > 0) release((i - 1) % STAGES);
+      if (i > 0) release((ib + i - 1) % STAGES);
       rescale();
-      issuePVFrom(i % STAGES, cur);
+      issuePVFrom((ib + i) % STAGES, cur);
       if (pong) turnPass<WGS>(wg);
       wgmmaWait<1>();  // the S (committed first) is done; P·V of tile i may still run
       fenceRegs(sc);
@@ -574,13 +695,13 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       if (pong) turnWait(wg);
       wgmmaWait<0>();
       fenceRegs(o);
-      if (i > 0) release((i - 1) % STAGES);
+      if (i > 0) release((ib + i - 1) % STAGES);
       rescale();
-      issuePVFrom(i % STAGES, cur);
+      issuePVFrom((ib + i) % STAGES, cur);
       if (pong && wg != WGS - 1) turnPass<WGS>(wg);
       wgmmaWait<0>();
       fenceRegs(o);
-      release(i % STAGES);
+      release((ib + i) % STAGES);
     };
     if (i & 1) last(a2);
     else last(a);
@@ -598,9 +719,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       if (LATE_WAIT) finishPV(i);  // P·V of the tile before t (none at i = 0); P of tile t packed
       waitFull(i + 1);
       if (pong) turnWait(wg);
-      issueQK((i + 1) % STAGES);
+      issueQK((ib + i + 1) % STAGES);
       rescale();  // by tile t's factors, before its P·V
-      issuePV(i % STAGES);
+      issuePV((ib + i) % STAGES);
       if (pong) turnPass<WGS>(wg);
       wgmmaWait<1>();  // S of tile tn (committed first) is done; P·V of tile t may still run
       fenceRegs(sc);
@@ -608,8 +729,14 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       if (!LATE_WAIT) finishPV(i + 1);  // P·V of tile t; P of tile tn packed
     }
     if (LATE_WAIT) finishPV(i);
-    lastTile(pong, i % STAGES);
+#ifdef FWD_PERSIST
+    if (PERSIST) mbarArrive(qFree);  // every S product of this item waited for: its Q may go
+#endif
+    lastTile(pong, (ib + i) % STAGES);
     TRACE(traced = i + 1);
+#ifdef FWD_PERSIST
+    ib += i + 1;
+#endif
   }
 
   TRACE(trace.mark(3));
@@ -637,6 +764,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   asm volatile("bar.sync 7, %0;" ::"r"(CONSUMERS) : "memory");  // every consumer's epilogue issued
   trace.stop();
   trace.write(p.trace, traced, qt, h);
+#endif
+#ifdef FWD_PERSIST
+  }
 #endif
   if (CLUSTER) clusterSync();  // as the producer warpgroup's, above
 }

@@ -183,9 +183,9 @@ function wgFwdSmem(D: number, bq: number, bk = WG_TILE): number {
 
 /**
  * The Hopper forward's grid: one CTA a (query tile, head), or, for ht built with -DFWD_PERSIST
- * (RINGATTN_NVRTC_DEFINES; opt-in until it has been measured), a persistent grid of one CTA an
- * SM that computes the items in turn (kernels/attn_fwd_h.cu). RINGATTN_FWD_CTAS caps that grid
- * (the tests use it to give each CTA many items on a small problem).
+ * (RINGATTN_NVRTC_DEFINES; opt-in: slower under a causal mask, kernels/NOTES.md runs 79-80), a
+ * persistent grid of one CTA an SM that computes the items in turn (kernels/attn_fwd_h.cu).
+ * RINGATTN_FWD_CTAS caps that grid (the tests use it to give each CTA many items on a small problem).
  */
 export function wgFwdGrid(wg: WgmmaForward, tiles: number, heads: number, smCount: number): [number, number, number] {
   if (wg !== 'ht' || !nvrtcDefines().includes('-DFWD_PERSIST')) return [tiles, heads, 1];

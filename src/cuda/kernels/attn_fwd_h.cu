@@ -138,15 +138,20 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // finish the last P·V and the epilogue: a CTA's start, first tile and epilogue (5-11% of an 8k
   // forward in the per-CTA trace, BENCHMARKS "Where the forward's time goes") overlap the work
   // around them. Launched with a full grid it computes one item a CTA, as without the define.
-  // (hw and hl spilled in their main loops with it: ht only.)
+  // (hw and hl spilled in their main loops with it: ht only.) Measured on an H100 (kernels/NOTES.md
+  // runs 79-80): correct (the forward tests with 7 CTAs), but 29% slower at 8k causal, where the
+  // hardware's dynamic CTA scheduling balances the unequal items and these fixed rounds do not
+  // (9-12% slower still with every head interleaved, RINGATTN_HEAD_GROUP=32), and not measurably
+  // faster anywhere else: opt-in. A dynamic item counter would be the next step.
   constexpr bool PERSIST = TMA && !CLUSTER && WGS == 2 && BK == 128;
   const u32 qFree = qBar + 8;
 #endif
 
   TRACE(Trace trace; trace.start());
 #ifdef FWD_EARLY_START
-  // -DFWD_EARLY_START (TMA kernels but hc; opt-in until it has run on a GPU): Q's copy is issued
-  // as early as the CTA can. The trace put 2.0-2.5 us between a CTA's start and Q's arrival
+  // -DFWD_EARLY_START (TMA kernels but hc; opt-in: timed on an H100 in kernels/NOTES.md run 72,
+  // +6% at 8k causal D=128 but -4% at 8k unmasked and -3% at 32k causal, no clear gain; its tests
+  // not run): Q's copy is issued as early as the CTA can. The trace put 2.0-2.5 us between a CTA's start and Q's arrival
   // (kernels/NOTES.md run 62), most of it before the copy was even issued: every thread read the
   // query tile's span, then the first tile's key box (a second dependent load, classifyTile's),
   // then thread 0 set up the barriers, then __syncthreads, and only then did the producer issue
@@ -321,7 +326,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // The warpgroup index through a shuffle from lane 0: the compiler then knows it is the same in
   // every lane, so Q's descriptors (they depend on it) live in uniform registers instead of being
   // rebuilt in vector registers and moved (R2UR) for every S product (kernels/NOTES.md run 62).
-  // Opt-in until it has run on a GPU.
+  // Opt-in: timed on an H100 (run 72), +1-3% at 32k D=128 but -4% at 8k and -1-3% at D=64.
   const int wg = __shfl_sync(0xffffffffu, (int)(threadIdx.x >> 7), 0);
 #else
   const int wg = threadIdx.x >> 7;
@@ -350,7 +355,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // The rows' running lse, read now rather than in the epilogue, where each row's read was a
   // dependent round trip to memory before its stores (two in turn: the second row's load could not
   // pass the first row's stores, p.o and p.lse may alias). Only this CTA writes these rows.
-  // Opt-in until it has run on a GPU.
+  // Opt-in: timed on an H100 (run 72), 1-7% slower at 8k, level at 32k.
   float lseOld[2];
   for (int r = 0; r < 2; r++) lseOld[r] = rowBase + 8 * r < p.Sq ? p.lse[(u64)(rowBase + 8 * r) * p.H + h] : NEG_INF;
 #endif

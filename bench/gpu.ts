@@ -7,6 +7,7 @@ import { cudaKernel } from '../src/cuda/attention.js';
 import { encode, type CudaDType } from '../src/cuda/convert.js';
 import { fill } from './common.js';
 import { blockCalls, timeCalls, warmUp } from './gpu-block.js';
+import { comparisonTable, measurePeers, type OursRow } from './gpu-peers.js';
 
 /**
  * Times the CUDA block kernels on one GPU: forward (with resetting o and lse) and backward (with
@@ -19,7 +20,11 @@ import { blockCalls, timeCalls, warmUp } from './gpu-block.js';
  * boxes, tensor maps, launches) then overlaps the GPU's work on the last one instead of
  * leaving the GPU idle between a call's small kernels and its main one. K = 1 (the default)
  * times one call alone, host gaps included.
- * Usage: node dist/bench/gpu.js [S=8192] [H=16] [reps=10] [--d=64,128] [--hk=H] [--fwd-only] [--queue=1] [--causal=0,1]
+ * With --peers (npm run bench:gpu passes it) PyTorch SDPA's flash and cuDNN backends at the same
+ * shapes and a cuBLAS bf16 matmul (the measured peak) run first, in their own processes
+ * (bench/gpu-peers.ts), and a last table sets our rows beside them: forward / cuDNN, backward /
+ * flash and / cuDNN, and each as a fraction of the peak. --python=PATH picks the interpreter.
+ * Usage: node dist/bench/gpu.js [S=8192] [H=16] [reps=10] [--d=64,128] [--hk=H] [--fwd-only] [--queue=1] [--causal=0,1] [--peers] [--python=python3]
  *        node dist/bench/gpu.js ring [devices=2] [reps=3] [S,S,...=16384,32768,65536]
  *          the ring on `devices` GPUs against one GPU on the same work (bench/gpu-ring.ts)
  *        node dist/bench/gpu.js masks [S=16384] [reps=5]
@@ -52,12 +57,17 @@ const fwdOnly = flags.includes('--fwd-only');
 const Hk = Number(flags.find((f) => f.startsWith('--hk='))?.slice(5) ?? H);
 const queue = Number(flags.find((f) => f.startsWith('--queue='))?.slice(8) ?? 1);
 const causals = (flags.find((f) => f.startsWith('--causal='))?.slice(9) ?? '0,1').split(',').map((x) => x.trim());
-for (const f of flags) if (!['--d=', '--hk=', '--queue=', '--causal='].some((p) => f.startsWith(p)) && f !== '--fwd-only') throw new Error(`unknown flag ${f}: expected --d=64,128, --hk=N, --queue=K, --causal=0,1 or --fwd-only`);
+const withPeers = flags.includes('--peers');
+const python = flags.find((f) => f.startsWith('--python='))?.slice(9);
+for (const f of flags) if (!['--d=', '--hk=', '--queue=', '--causal=', '--python='].some((p) => f.startsWith(p)) && f !== '--fwd-only' && f !== '--peers') throw new Error(`unknown flag ${f}: expected --d=64,128, --hk=N, --queue=K, --causal=0,1, --fwd-only, --peers or --python=PATH`);
 if (causals.some((c) => c !== '0' && c !== '1')) throw new Error(`--causal: expected 0 and/or 1, got '${causals.join(',')}'`);
 if (!Number.isInteger(queue) || queue < 1) throw new Error(`--queue: expected a positive integer, got ${queue}`);
 if (!Number.isInteger(Hk) || Hk < 1 || H % Hk !== 0) throw new Error(`--hk: expected a divisor of H = ${H}, got ${Hk}`);
 if (dList.some((d) => d !== 64 && d !== 128)) throw new Error(`--d: expected head dims 64 and/or 128, got '${dList.join(',')}'`);
 
+// The peers first: their processes free the GPU's memory before ours allocates.
+const peers = withPeers ? measurePeers(S, H, Hk, dList, reps, queue, python) : undefined;
+const ours: OursRow[] = [];
 const ctx = CudaContext.open(0);
 const kern = cudaKernel(ctx);
 console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); S=${S} H=${H} Hk=${Hk} reps=${reps} queue=${queue}`);
@@ -83,6 +93,7 @@ for (const dtype of ['bfloat16'] as CudaDType[]) {
       });
       const flops = (4 * S * S * H * D) / (causal ? 2 : 1);
       const mf = timeCalls(ctx, fwd, reps, queue), mb = fwdOnly ? NaN : timeCalls(ctx, bwd, reps, queue);
+      ours.push({ D, causal, fwd: flops / mf / 1e9, bwd: (2.5 * flops) / mb / 1e9 });
       console.log(
         `${kern.name({ dtype, D }).padEnd(30)} ${String(D).padStart(3)}  ${String(causal).padEnd(6)} ${mf.toFixed(3).padStart(7)}  ${(flops / mf / 1e9).toFixed(1).padStart(8)}  ${(fwdOnly ? '-' : mb.toFixed(3)).padStart(7)}  ${(fwdOnly ? '-' : ((2.5 * flops) / mb / 1e9).toFixed(1)).padStart(8)}`,
       );
@@ -91,6 +102,7 @@ for (const dtype of ['bfloat16'] as CudaDType[]) {
     }
   }
 }
+if (peers) console.log(`\nbeside the peers, same run (TFLOP/s; FLOPs as above for every row):\n${comparisonTable(S, H, Hk, ours, peers)}`);
 for (const [file, log] of ctx.compileLogs) console.log(`--- NVRTC log ${file} (first lines)\n${log.split('\n').filter((l) => /mma|Used|spill/.test(l)).slice(0, 12).join('\n')}`);
 kern.dispose();
 ctx.dispose();

@@ -1,0 +1,68 @@
+/**
+ * The peers of `node dist/bench/gpu.js` (npm run bench:gpu), measured in the same run: PyTorch
+ * SDPA's flash (FlashAttention-2) and cuDNN backends (bench/peers/torch_sdpa.py) at the same S, H,
+ * Hk and D, and a dense bf16 matmul through cuBLAS (bench/peers/torch_matmul.py) as the GPU's
+ * measured peak. Each runs in its own process before ours allocates anything, and a missing torch
+ * or GPU leaves a note instead of failing the benchmark. comparisonTable lays our rows beside them.
+ */
+import { spawnSync } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** One of our rows: TFLOP/s forward and backward (NaN when not timed). */
+export interface OursRow { D: number; causal: boolean; fwd: number; bwd: number }
+/** One SDPA row (torch_sdpa.py's JSON): TFLOP/s by the same FLOP count as ours. */
+export interface SdpaRow { backend: string; D: number; S: number; causal: boolean; fwdTflops?: number; bwdTflops?: number; error?: string }
+export interface Peers { sdpa: SdpaRow[]; peak?: number; notes: string[] }
+
+const peerScript = (name: string) => join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bench', 'peers', name);
+
+/** JSON rows printed by a peer script ("JSON {...}" lines), or the reason there are none. */
+function runPeer(py: string, script: string, args: string[], env: Record<string, string>): { rows: Record<string, unknown>[]; error?: string } {
+  const res = spawnSync(py, [peerScript(script), ...args], { encoding: 'utf8', timeout: 900_000, maxBuffer: 1 << 24, env: { ...process.env, ...env } });
+  if (res.error || res.status !== 0) {
+    const tail = (res.stderr ?? '').trim().split('\n').slice(-2).join(' | ');
+    return { rows: [], error: `${script}: ${res.error?.message ?? `exit ${res.status}`}${tail ? ` (${tail})` : ''}` };
+  }
+  const rows = res.stdout.split('\n').filter((l) => l.startsWith('JSON ')).map((l) => JSON.parse(l.slice(5)) as Record<string, unknown>);
+  const err = rows.find((r) => r.error !== undefined && r.M === undefined && r.backend === undefined);
+  return err ? { rows: [], error: `${script}: ${String(err.error)}` } : { rows };
+}
+
+/** SDPA at (S, H, Hk) for each D, and the cuBLAS bf16 peak (an 8192³ matmul), in subprocesses. */
+export function measurePeers(S: number, H: number, Hk: number, Ds: number[], reps: number, queue: number, py = process.env.PYTHON ?? 'python3'): Peers {
+  const peers: Peers = { sdpa: [], notes: [] };
+  for (const D of Ds) {
+    const r = runPeer(py, 'torch_sdpa.py', [String(reps), String(S)], { SDPA_H: String(H), SDPA_HK: String(Hk), SDPA_D: String(D), SDPA_QUEUE: String(queue) });
+    if (r.error) peers.notes.push(r.error);
+    for (const row of r.rows) peers.sdpa.push({ ...(row as unknown as SdpaRow), D });
+  }
+  const m = runPeer(py, 'torch_matmul.py', ['--shapes', '8192x8192x8192', '--reps', String(reps), '--dtypes', 'bf16'], {});
+  if (m.error) peers.notes.push(m.error);
+  const peak = m.rows.find((r) => typeof r.tflops === 'number');
+  if (peak) peers.peak = peak.tflops as number;
+  return peers;
+}
+
+const fmt = (x: number | undefined, d = 1) => (x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(d));
+const ratio = (a: number, b: number | undefined) => (b === undefined || !Number.isFinite(a) || !(b > 0) ? '-' : (a / b).toFixed(2));
+
+/**
+ * Our rows beside the peers of the same (D, causal): forward against cuDNN (issue 5's forward
+ * target), backward against flash (its backward target) and cuDNN, each as a ratio, and both as
+ * a fraction of the measured bf16 matmul peak. A peer that did not run shows '-'.
+ */
+export function comparisonTable(S: number, H: number, Hk: number, ours: OursRow[], peers: Peers): string {
+  const find = (backend: string, D: number, causal: boolean) => peers.sdpa.find((r) => r.backend === backend && r.D === D && r.S === S && r.causal === causal && r.error === undefined);
+  const pct = (x: number) => (peers.peak && Number.isFinite(x) ? `${((100 * x) / peers.peak).toFixed(0)}%` : '-');
+  const head = ['S', 'H', 'Hk', 'D', 'causal', 'fwd TF/s', 'flash', 'cuDNN', 'fwd/cuDNN', 'fwd/peak', 'bwd TF/s', 'flash', 'cuDNN', 'bwd/flash', 'bwd/cuDNN', 'bwd/peak'];
+  const lines = ours.map((o) => {
+    const fl = find('flash', o.D, o.causal), cu = find('cudnn', o.D, o.causal);
+    return [String(S), String(H), String(Hk), String(o.D), String(o.causal), fmt(o.fwd), fmt(fl?.fwdTflops, 0), fmt(cu?.fwdTflops, 0), ratio(o.fwd, cu?.fwdTflops), pct(o.fwd),
+      fmt(o.bwd), fmt(fl?.bwdTflops, 0), fmt(cu?.bwdTflops, 0), ratio(o.bwd, fl?.bwdTflops), ratio(o.bwd, cu?.bwdTflops), pct(o.bwd)];
+  });
+  const width = head.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
+  const row = (cells: string[]) => cells.map((c, i) => c.padStart(width[i])).join('  ');
+  const peak = peers.peak ? `peak: cuBLAS bf16 8192x8192x8192 matmul ${peers.peak.toFixed(0)} TFLOP/s (same run)` : 'peak: not measured';
+  return [row(head), ...lines.map(row), peak, ...peers.notes.map((n) => `peer unavailable: ${n}`)].join('\n');
+}

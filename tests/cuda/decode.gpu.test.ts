@@ -41,6 +41,32 @@ function runGpu(p: Problem, dtype: CudaDType, o: Float32Array, lse: Float32Array
   });
 }
 
+/**
+ * Ranks' partials (each a fresh (o, lse) over its shard) merged by decode_merge_ranks from an
+ * all-gather's layout ([o | lse] a rank, in rank order), as DecodeCombiner.combine merges after
+ * its all-gather, into a fresh (0, -inf).
+ */
+function mergeRanksOnDevice(parts: { o: Float32Array; lse: Float32Array }[], rows: number, D: number): { o: Float32Array; lse: Float32Array } {
+  const c = context();
+  const gathered = new Float32Array(parts.length * rows * (D + 1));
+  parts.forEach((x, s) => {
+    gathered.set(x.o, s * rows * (D + 1));
+    gathered.set(x.lse, s * rows * (D + 1) + rows * D);
+  });
+  const g = c.alloc(gathered.byteLength), o = c.alloc(rows * D * 4), l = c.alloc(rows * 4);
+  try {
+    c.upload(g, gathered);
+    c.fill32(o, 0, rows * D);
+    c.fill32(l, 0xff800000, rows);
+    mergeGatheredDevice(c, g.ptr, parts.length, rows, D, o.ptr, l.ptr);
+    return { o: c.download(new Float32Array(rows * D), o), lse: c.download(new Float32Array(rows), l) };
+  } finally {
+    c.free(g);
+    c.free(o);
+    c.free(l);
+  }
+}
+
 function check(p: Problem, dtype: CudaDType, what: string, opts: { fresh?: boolean; kvSorted?: boolean; r: () => number }): string {
   const init = running(p, opts.fresh ?? true, opts.r);
   const ref = refDecode(p, init.o, init.lse);
@@ -149,27 +175,13 @@ test('decode: one cache in P = 2 and 3 shards; partials merged (merge kernel, an
     }));
     const rows = p.B * p.Sq * p.H, D = p.D;
     // (a) fresh partials per shard, merged by the rank-merge kernel from an all-gather layout.
-    const gathered = new Float32Array(P * rows * (D + 1));
-    shards.forEach((sp, s) => {
+    const merged = mergeRanksOnDevice(shards.map((sp) => {
       const f = running(sp, true, r);
-      const res = runGpu(sp, dtype, f.o, f.lse);
-      gathered.set(res.o, s * rows * (D + 1));
-      gathered.set(res.lse, s * rows * (D + 1) + rows * D);
-    });
-    const g = c.alloc(gathered.byteLength), o = c.alloc(rows * D * 4), l = c.alloc(rows * 4);
-    try {
-      c.upload(g, gathered);
-      c.fill32(o, 0, rows * D);
-      c.fill32(l, 0xff800000, rows);
-      mergeGatheredDevice(c, g.ptr, P, rows, D, o.ptr, l.ptr);
-      const what = `P=${P} ${dtype} ${JSON.stringify(mask)} seed=${seed}`;
-      assertClose(c.download(new Float32Array(rows * D), o), whole.o, TOL[dtype], `merge kernel o ${what}`);
-      assertClose(c.download(new Float32Array(rows), l), whole.lse, TOL[dtype], `merge kernel lse ${what}`);
-    } finally {
-      c.free(g);
-      c.free(o);
-      c.free(l);
-    }
+      return runGpu(sp, dtype, f.o, f.lse);
+    }), rows, D);
+    const what = `P=${P} ${dtype} ${JSON.stringify(mask)} seed=${seed}`;
+    assertClose(merged.o, whole.o, TOL[dtype], `merge kernel o ${what}`);
+    assertClose(merged.lse, whole.lse, TOL[dtype], `merge kernel lse ${what}`);
     // (b) each shard merged in place into the same running (o, lse).
     const run = running(p, true, r);
     for (const sp of shards) runGpu(sp, dtype, run.o, run.lse);
@@ -417,26 +429,11 @@ test('decode: a NaN in the key cache makes NaN exactly the rows that see it (o i
               return { k: x.k.slice(lo * w, hi * w), v: x.v.slice(lo * w, hi * w), pos: x.pos.slice(lo, hi) };
             }),
           }));
-          const rows = p.B * Sq * H;
-          const gathered = new Float32Array(3 * rows * (D + 1));
-          shards.forEach((sp, s) => {
+          const parts = shards.map((sp, s) => {
             const f = running(p, true, r);
-            const res = runOn(sp, f.o, f.lse, s === 1 ? dec() : chunked);
-            gathered.set(res.o, s * rows * (D + 1));
-            gathered.set(res.lse, s * rows * (D + 1) + rows * D);
+            return runOn(sp, f.o, f.lse, s === 1 ? dec() : chunked);
           });
-          const g = c.alloc(gathered.byteLength), o = c.alloc(rows * D * 4), l = c.alloc(rows * 4);
-          try {
-            c.upload(g, gathered);
-            c.fill32(o, 0, rows * D);
-            c.fill32(l, 0xff800000, rows);
-            mergeGatheredDevice(c, g.ptr, 3, rows, D, o.ptr, l.ptr);
-            judge({ o: c.download(new Float32Array(rows * D), o), lse: c.download(new Float32Array(rows), l) }, running(p, true, r), `decode_merge_ranks of 3 shards ${what}`);
-          } finally {
-            c.free(g);
-            c.free(o);
-            c.free(l);
-          }
+          judge(mergeRanksOnDevice(parts, p.B * Sq * H, D), running(p, true, r), `decode_merge_ranks of 3 shards ${what}`);
           const init = running(p, false, r);
           const acc = { o: init.o.slice(), lse: init.lse.slice() };
           shards.forEach((sp, s) => runOn(sp, acc.o, acc.lse, s === 1 ? dec() : fused));

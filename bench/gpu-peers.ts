@@ -17,16 +17,35 @@ export interface Peers { sdpa: SdpaRow[]; peak?: number; notes: string[] }
 
 const peerScript = (name: string) => join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bench', 'peers', name);
 
-/** JSON rows printed by a peer script ("JSON {...}" lines), or the reason there are none. */
-function runPeer(py: string, script: string, args: string[], env: Record<string, string>): { rows: Record<string, unknown>[]; error?: string } {
-  const res = spawnSync(py, [peerScript(script), ...args], { encoding: 'utf8', timeout: 900_000, maxBuffer: 1 << 24, env: { ...process.env, ...env } });
-  if (res.error || res.status !== 0) {
-    const tail = (res.stderr ?? '').trim().split('\n').slice(-2).join(' | ');
-    return { rows: [], error: `${script}: ${res.error?.message ?? `exit ${res.status}`}${tail ? ` (${tail})` : ''}` };
+/**
+ * The JSON rows a peer script printed ("JSON {...}" lines; those before a failure are kept), and
+ * a note for each thing that went wrong: the script's exit or a line that does not parse. A row
+ * that carries an error is kept (the table shows '-') and named in a note too.
+ */
+export function peerRows(script: string, stdout: string, failure?: string): { rows: Record<string, unknown>[]; notes: string[] } {
+  const rows: Record<string, unknown>[] = [], notes: string[] = [];
+  for (const line of stdout.split('\n')) {
+    if (!line.startsWith('JSON ')) continue;
+    try {
+      rows.push(JSON.parse(line.slice(5)) as Record<string, unknown>);
+    } catch {
+      notes.push(`${script}: unreadable line '${line.slice(5, 85)}'`);
+    }
   }
-  const rows = res.stdout.split('\n').filter((l) => l.startsWith('JSON ')).map((l) => JSON.parse(l.slice(5)) as Record<string, unknown>);
-  const err = rows.find((r) => r.error !== undefined && r.M === undefined && r.backend === undefined);
-  return err ? { rows: [], error: `${script}: ${String(err.error)}` } : { rows };
+  for (const r of rows) {
+    if (r.error === undefined) continue;
+    const what = r.backend !== undefined ? `${String(r.backend)} S=${String(r.S)} causal=${String(r.causal)}: ` : r.M !== undefined ? `${String(r.M)}x${String(r.N)}x${String(r.K)}: ` : '';
+    notes.push(`${script}: ${what}${String(r.error)}`);
+  }
+  if (failure) notes.push(`${script}: ${failure}`);
+  return { rows, notes };
+}
+
+function runPeer(py: string, script: string, args: string[], env: Record<string, string>): { rows: Record<string, unknown>[]; notes: string[] } {
+  const res = spawnSync(py, [peerScript(script), ...args], { encoding: 'utf8', timeout: 900_000, maxBuffer: 1 << 24, env: { ...process.env, ...env } });
+  const tail = (res.stderr ?? '').trim().split('\n').slice(-2).join(' | ');
+  const failure = res.error || res.status !== 0 ? `${res.error?.message ?? `exit ${res.status}`}${tail ? ` (${tail})` : ''}` : undefined;
+  return peerRows(script, res.stdout ?? '', failure);
 }
 
 /** SDPA at (S, H, Hk) for each D, and the cuBLAS bf16 peak (an 8192³ matmul), in subprocesses. */
@@ -34,12 +53,12 @@ export function measurePeers(S: number, H: number, Hk: number, Ds: number[], rep
   const peers: Peers = { sdpa: [], notes: [] };
   for (const D of Ds) {
     const r = runPeer(py, 'torch_sdpa.py', [String(reps), String(S)], { SDPA_H: String(H), SDPA_HK: String(Hk), SDPA_D: String(D), SDPA_QUEUE: String(queue) });
-    if (r.error) peers.notes.push(r.error);
+    peers.notes.push(...r.notes.map((n) => `D=${D}: ${n}`));
     for (const row of r.rows) peers.sdpa.push({ ...(row as unknown as SdpaRow), D });
   }
   const m = runPeer(py, 'torch_matmul.py', ['--shapes', '8192x8192x8192', '--reps', String(reps), '--dtypes', 'bf16'], {});
-  if (m.error) peers.notes.push(m.error);
-  const peak = m.rows.find((r) => typeof r.tflops === 'number');
+  peers.notes.push(...m.notes);
+  const peak = m.rows.find((r) => typeof r.tflops === 'number' && Number.isFinite(r.tflops));
   if (peak) peers.peak = peak.tflops as number;
   return peers;
 }

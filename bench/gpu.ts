@@ -33,22 +33,24 @@ import { comparisonTable, measurePeers, type OursRow } from './gpu-peers.js';
  *          a Hopper kernel's time CTA by CTA: phases, per-item and per-CTA cost, gaps, tail (bench/gpu-trace.ts)
  */
 
-if (process.argv[2] === 'masks') {
-  maskBench(Number(process.argv[3] ?? 16384), Number(process.argv[4] ?? 5));
+// Subcommands by the first argument that is not a flag (npm run bench:gpu passes --peers first;
+// the subcommands take no flags).
+const flags = process.argv.slice(2).filter((x) => x.startsWith('--'));
+const pos = process.argv.slice(2).filter((x) => !x.startsWith('--'));
+if (pos[0] === 'masks') {
+  maskBench(Number(pos[1] ?? 16384), Number(pos[2] ?? 5));
   process.exit(0);
 }
-if (process.argv[2] === 'trace') {
-  const [S, H, D, causal, reps] = [8192, 32, 128, 1, 20].map((d, i) => Number(process.argv[3 + i] ?? d));
-  traceBench(S, H, D, causal !== 0, reps, (process.argv[8] ?? 'fwd') as 'fwd' | 'bwd');
+if (pos[0] === 'trace') {
+  const [S, H, D, causal, reps] = [8192, 32, 128, 1, 20].map((d, i) => Number(pos[1 + i] ?? d));
+  traceBench(S, H, D, causal !== 0, reps, (pos[6] ?? 'fwd') as 'fwd' | 'bwd');
   process.exit(0);
 }
-if (process.argv[2] === 'ring') {
-  await ringBench(Number(process.argv[3] ?? 2), Number(process.argv[4] ?? 3), (process.argv[5] ?? '16384,32768,65536').split(',').map(Number));
+if (pos[0] === 'ring') {
+  await ringBench(Number(pos[1] ?? 2), Number(pos[2] ?? 3), (pos[3] ?? '16384,32768,65536').split(',').map(Number));
   process.exit(0);
 }
 
-const flags = process.argv.slice(2).filter((x) => x.startsWith('--'));
-const pos = process.argv.slice(2).filter((x) => !x.startsWith('--'));
 const S = Number(pos[0] ?? 8192);
 const H = Number(pos[1] ?? 16);
 const reps = Number(pos[2] ?? 10);

@@ -183,15 +183,18 @@ function wgFwdSmem(D: number, bq: number, bk = WG_TILE): number {
 
 /**
  * The Hopper forward's grid: one CTA a (query tile, head), or, for ht built with -DFWD_PERSIST
- * (RINGATTN_NVRTC_DEFINES; opt-in: slower under a causal mask, kernels/NOTES.md runs 79-80), a
- * persistent grid of one CTA an SM that computes the items in turn (kernels/attn_fwd_h.cu).
- * RINGATTN_FWD_CTAS caps that grid (the tests use it to give each CTA many items on a small problem).
+ * (RINGATTN_NVRTC_DEFINES, with or without a value: #ifdef sees either; opt-in: slower under a
+ * causal mask, kernels/NOTES.md runs 79-80), a persistent grid of one CTA an SM that computes the
+ * items in turn (kernels/attn_fwd_h.cu, which traps on any other grid shape). RINGATTN_FWD_CTAS
+ * caps that grid (the tests use it to give each CTA many items on a small problem). Like every
+ * define, RINGATTN_NVRTC_DEFINES is meant to be set for a whole process: a context keeps the
+ * modules it loaded, so changing it midway would pair a kernel with the other build's grid.
  */
 export function wgFwdGrid(wg: WgmmaForward, tiles: number, heads: number, smCount: number): [number, number, number] {
-  if (wg !== 'ht' || !nvrtcDefines().includes('-DFWD_PERSIST')) return [tiles, heads, 1];
+  if (wg !== 'ht' || !nvrtcDefines().some((d) => d === '-DFWD_PERSIST' || d.startsWith('-DFWD_PERSIST='))) return [tiles, heads, 1];
   const v = process.env.RINGATTN_FWD_CTAS;
+  if (v !== undefined && v !== '' && !/^[1-9][0-9]*$/.test(v)) throw new InputError('RINGATTN_FWD_CTAS', `expected a positive integer (the persistent forward's CTAs at most), got '${v}'`);
   const cap = v === undefined || v === '' ? Infinity : Number(v);
-  if (!(Number.isInteger(cap) || cap === Infinity) || cap < 1) throw new InputError('RINGATTN_FWD_CTAS', `expected a positive integer (the persistent forward's CTAs at most), got '${v}'`);
   return [Math.min(tiles * heads, smCount, cap), 1, 1];
 }
 

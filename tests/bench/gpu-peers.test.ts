@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { comparisonTable, measurePeers, type Peers } from '../../bench/gpu-peers.js';
+import { comparisonTable, measurePeers, peerRows, type Peers } from '../../bench/gpu-peers.js';
 
 // The GPU benchmark's peer table (bench/gpu-peers.ts), without a GPU: the layout and ratios from
 // given rows, and a peer that cannot run (no such interpreter) leaving notes, not an exception.
@@ -38,6 +38,26 @@ test('measurePeers: an interpreter that cannot run gives a note for each peer sc
   assert.equal(p.sdpa.length, 0);
   assert.equal(p.peak, undefined);
   assert.equal(p.notes.length, 3);
-  assert.ok(p.notes.slice(0, 2).every((n) => n.startsWith('torch_sdpa.py: ')), p.notes.join(' | '));
+  assert.ok(p.notes[0].startsWith('D=64: torch_sdpa.py: ') && p.notes[1].startsWith('D=128: torch_sdpa.py: '), p.notes.join(' | '));
   assert.ok(p.notes[2].startsWith('torch_matmul.py: '), p.notes[2]);
+});
+
+test('peerRows: rows printed before a failure are kept; an unreadable line, a row carrying an error and the failure each become a note', () => {
+  const out = [
+    'torch 2.11, H100',
+    'JSON {"backend": "flash", "S": 8192, "causal": false, "fwdTflops": 350, "bwdTflops": 300}',
+    'JSON {"backend": "cudnn", "S": 8192, "causal": true, "error": "no kernel"}',
+    'JSON {"M": 8192, "N": 8192, "K": 8192, "dtype": "bf16", "ms": NaN',
+    'JSON {"M": 8192, "N": 8192, "K": 8192, "dtype": "bf16", "error": "out of memory"}',
+  ].join('\n');
+  const r = peerRows('peer.py', out, 'exit 1 (killed)');
+  assert.equal(r.rows.length, 3);
+  assert.equal(r.rows[0].fwdTflops, 350);
+  assert.deepEqual(r.notes, [
+    `peer.py: unreadable line '{"M": 8192, "N": 8192, "K": 8192, "dtype": "bf16", "ms": NaN'`,
+    'peer.py: cudnn S=8192 causal=true: no kernel',
+    'peer.py: 8192x8192x8192: out of memory',
+    'peer.py: exit 1 (killed)',
+  ]);
+  assert.deepEqual(peerRows('peer.py', 'JSON {"info": "torch"}\n'), { rows: [{ info: 'torch' }], notes: [] });
 });

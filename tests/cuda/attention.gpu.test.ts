@@ -358,7 +358,7 @@ const NAN_VARIANTS: { name: string; env: Record<string, string | undefined> }[] 
   { name: 'wgmma hl forward', env: { RINGATTN_WGMMA_ATTN: '7' } },
 ];
 
-test('allowNonfinite: a NaN in q, k or v makes NaN exactly the rows it reaches (q, k: all of o and the LSE, never 0 / -inf; v: element d0 alone), the other rows equal float64, on every mask; a NaN query row\'s dq, dk, dv; bf16 D=128 and 64 on every kernel family, fp32 generic', { skip }, async () => {
+test('allowNonfinite: a NaN in q, k or v makes NaN exactly the rows it reaches (q, k: all of o and the LSE, never 0 / -inf; v: element d0 alone), the other rows equal float64, on four masks (none, causal, causal window + sinks, causal packed documents); a NaN query row\'s dq, dk, dv; bf16 D=128 and 64 on the default, mma.sync, h and hl kernels, fp32 on the generic ones', { skip }, async () => {
   const seed = freshSeed();
   const r = rng(seed);
   const H = 4, Hk = 2, G = H / Hk;

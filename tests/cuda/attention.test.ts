@@ -94,7 +94,12 @@ test('wgFwdGrid: one CTA a (query tile, head); with -DFWD_PERSIST, ht alone on a
   await withEnv({ RINGATTN_NVRTC_DEFINES: '-DFWD_PERSIST', RINGATTN_FWD_CTAS: '7' }, () => {
     assert.deepEqual(wgFwdGrid('ht', 64, 32, 132), [7, 1, 1]);
   });
-  for (const bad of ['0', '-2', '1.5', 'x']) {
+  // a value does not matter to #ifdef: persistent all the same
+  for (const d of ['-DFWD_PERSIST=1', '-DFWD_PERSIST=0', '-DOTHER_FLAG -DFWD_PERSIST']) {
+    await withEnv({ RINGATTN_NVRTC_DEFINES: d, RINGATTN_FWD_CTAS: undefined }, () => assert.deepEqual(wgFwdGrid('ht', 64, 32, 132), [132, 1, 1], d));
+  }
+  await withEnv({ RINGATTN_NVRTC_DEFINES: '-DFWD_PERSISTENT', RINGATTN_FWD_CTAS: undefined }, () => assert.deepEqual(wgFwdGrid('ht', 64, 32, 132), [64, 32, 1]));
+  for (const bad of ['0', '-2', '1.5', 'x', 'Infinity', '1e3']) {
     await withEnv({ RINGATTN_NVRTC_DEFINES: '-DFWD_PERSIST', RINGATTN_FWD_CTAS: bad }, () => {
       assert.throws(() => wgFwdGrid('ht', 64, 32, 132), (e: unknown) => e instanceof InputError && /RINGATTN_FWD_CTAS/.test(e.message), bad);
     });

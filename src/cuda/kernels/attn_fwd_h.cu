@@ -143,8 +143,12 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // hardware's dynamic CTA scheduling balances the unequal items and these fixed rounds do not
   // (9-12% slower still with every head interleaved, RINGATTN_HEAD_GROUP=32), and not measurably
   // faster anywhere else: opt-in. A dynamic item counter would be the next step.
+  // (Under the define hw and hc, not persistent, spill 16 bytes too: time only ht against it.)
   constexpr bool PERSIST = TMA && !CLUSTER && WGS == 2 && BK == 128;
   const u32 qFree = qBar + 8;
+  // A persistent kernel on the full 2-D grid would compute each item once per head: an error, not
+  // a wrong result (the host chooses the grid from RINGATTN_NVRTC_DEFINES: src/cuda/attention.ts).
+  if (PERSIST && (gridDim.y != 1 || gridDim.z != 1)) __trap();
 #endif
 
   TRACE(Trace trace; trace.start());

@@ -297,6 +297,36 @@ test('block kernels on global positions: two KV blocks merge into the full resul
   kern.dispose();
 });
 
+/**
+ * A case's device buffers: up(x) uploads host data, init(n, bits) fills n 32-bit words with `bits`
+ * after a NaN poison; free() waits for the stream and frees them all.
+ */
+function caseBuffers(c: CudaContext) {
+  const bufs: DeviceBuffer[] = [];
+  const alloc = (bytes: number) => {
+    const b = c.alloc(bytes);
+    bufs.push(b);
+    return b;
+  };
+  return {
+    up: (x: ArrayBufferView) => {
+      const b = alloc(x.byteLength);
+      c.upload(b, x);
+      return b.ptr;
+    },
+    init: (n: number, bits: number) => {
+      const b = alloc(n * 4);
+      c.fill32(b, 0x7fc00000, n);
+      c.fill32(b, bits, n);
+      return b.ptr;
+    },
+    free: () => {
+      c.sync();
+      for (const b of bufs) c.free(b);
+    },
+  };
+}
+
 test('rows that see no key: out 0 (from finishForward, over a NaN-poisoned o), lse -inf, gradients 0 (never NaN)', { skip }, () => {
   const seed = freshSeed();
   const r = rng(seed);
@@ -309,9 +339,7 @@ test('rows that see no key: out 0 (from finishForward, over a NaN-poisoned o), l
     const kPos = Int32Array.from({ length: Sk }, (_, j) => 50 + j);
     const q = roundTo(randn(Sq * H * D, r), dtype), k = roundTo(randn(Sk * Hk * D, r), dtype), v = roundTo(randn(Sk * Hk * D, r), dtype), dO = roundTo(randn(Sq * H * D, r), dtype);
     const ref = refBlock({ q, k, v, qPos, kPos, Sq, Sk, H, Hk, D, scale: 0.125 }, { causal: true }, dO);
-    const bufs: DeviceBuffer[] = [];
-    const up = (x: ArrayBufferView) => { const b = c.alloc(x.byteLength); bufs.push(b); c.upload(b, x); return b.ptr; };
-    const init = (n: number, bits: number) => { const b = c.alloc(n * 4); bufs.push(b); c.fill32(b, 0x7fc00000, n); c.fill32(b, bits, n); return b.ptr; };
+    const { up, init, free } = caseBuffers(c);
     try {
       const a = { q: up(encode(q, dtype)), k: up(encode(k, dtype)), v: up(encode(v, dtype)), qPos: up(qPos), kPos: up(kPos), Sq, Sk, H, Hk, D, dtype, causal: true, window: 0, sinks: 0, scale: 0.125 };
       const o = init(Sq * H * D, 0x7fc00000), lse = init(Sq * H, 0xff800000);
@@ -333,8 +361,7 @@ test('rows that see no key: out 0 (from finishForward, over a NaN-poisoned o), l
       assertClose(c.download(new Float32Array(Sk * Hk * D), dk), ref.dk, TOL[dtype].grad, `dk ${dtype} seed ${seed}`);
       assertClose(c.download(new Float32Array(Sk * Hk * D), dv), ref.dv, TOL[dtype].grad, `dv ${dtype} seed ${seed}`);
     } finally {
-      c.sync();
-      for (const b of bufs) c.free(b);
+      free();
     }
   }
   kern.dispose();
@@ -507,9 +534,7 @@ test('allowNonfinite, block kernels: a NaN query row or key, merged over two KV 
         const ref = refBlock({ q: clean.q, k: clean.k, v, qPos, kPos, Sq, Sk, H, Hk, D, scale }, m);
         const reached = (i: number, h: number) => (which === 'q' ? i === at && h === head : Math.floor(h / G) === kh && refVisible(m, qPos[i], kPos[at]));
         for (const oStart of [0x7fc00000, 0x3f800000]) { // o NaN (never read while lse is -inf) or 1.0 (the NaN must be written)
-          const bufs: DeviceBuffer[] = [];
-          const up = (x: ArrayBufferView) => { const b = c.alloc(x.byteLength); bufs.push(b); c.upload(b, x); return b.ptr; };
-          const init = (n: number, bits: number) => { const b = c.alloc(n * 4); bufs.push(b); c.fill32(b, 0x7fc00000, n); c.fill32(b, bits, n); return b.ptr; };
+          const { up, init, free } = caseBuffers(c);
           try {
             const o = init(Sq * H * D, oStart), lse = init(Sq * H, 0xff800000);
             const blocks = [
@@ -540,8 +565,7 @@ test('allowNonfinite, block kernels: a NaN query row or key, merged over two KV 
             assertClose(gotO, refO, TOL[dtype].fwd, `${tag}: merged o of the rows it does not reach`);
             assertClose(gotL, refL, TOL[dtype].fwd, `${tag}: merged lse of the rows it does not reach`);
           } finally {
-            c.sync();
-            for (const b of bufs) c.free(b);
+            free();
           }
         }
       }

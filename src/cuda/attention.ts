@@ -2,7 +2,6 @@ import koffi from 'koffi';
 import { InputError, throwReason } from '../core/errors.js';
 import type { CudaContext, DeviceBuffer, Arg } from './context.js';
 import { argBuffers, packStruct } from './context.js';
-import { nvrtcDefines } from './compile.js';
 import type { CudaDType } from './convert.js';
 
 /**
@@ -178,24 +177,7 @@ const WG_WIDE_BQ = 192;
 const WG_LONG_BK = 176;
 function wgFwdSmem(D: number, bq: number, bk = WG_TILE): number {
   const stages = D === 64 ? 4 : bk === WG_TILE ? 3 : 2;
-  return 1024 + bq * D * 2 + stages * 2 * bk * D * 2 + (2 * stages + 2) * 8;
-}
-
-/**
- * The Hopper forward's grid: one CTA a (query tile, head), or, for ht built with -DFWD_PERSIST
- * (RINGATTN_NVRTC_DEFINES, with or without a value: #ifdef sees either; opt-in: slower under a
- * causal mask, kernels/NOTES.md runs 79-80), a persistent grid of one CTA an SM that computes the
- * items in turn (kernels/attn_fwd_h.cu, which traps on any other grid shape). RINGATTN_FWD_CTAS
- * caps that grid (the tests use it to give each CTA many items on a small problem). Like every
- * define, RINGATTN_NVRTC_DEFINES is meant to be set for a whole process: a context keeps the
- * modules it loaded, so changing it midway would pair a kernel with the other build's grid.
- */
-export function wgFwdGrid(wg: WgmmaForward, tiles: number, heads: number, smCount: number): [number, number, number] {
-  if (wg !== 'ht' || !nvrtcDefines().some((d) => d === '-DFWD_PERSIST' || d.startsWith('-DFWD_PERSIST='))) return [tiles, heads, 1];
-  const v = process.env.RINGATTN_FWD_CTAS;
-  if (v !== undefined && v !== '' && !/^[1-9][0-9]*$/.test(v)) throw new InputError('RINGATTN_FWD_CTAS', `expected a positive integer (the persistent forward's CTAs at most), got '${v}'`);
-  const cap = v === undefined || v === '' ? Infinity : Number(v);
-  return [Math.min(tiles * heads, smCount, cap), 1, 1];
+  return 1024 + bq * D * 2 + stages * 2 * bk * D * 2 + (2 * stages + 1) * 8;
 }
 
 /** One 3-D TMA map to encode: a [rows, heads, D] tensor, `elem` bytes an element, box 32/64 x 1 x boxRows. */
@@ -462,7 +444,7 @@ export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {
         const smem = wgFwdSmem(a.D, bq, bk);
         // 64 query rows a consumer warpgroup, and the producer warpgroup (hc: an even count of
         // query tiles, in clusters of two).
-        ctx.launch(ctx.fn('attn_fwd_h.cu', name, smem), name, wgFwdGrid(wg, Math.ceil(a.Sq / bq), a.H, ctx.smCount), 2 * bq + 128, smem, maps ? [params, maps] : [params]);
+        ctx.launch(ctx.fn('attn_fwd_h.cu', name, smem), name, [Math.ceil(a.Sq / bq), a.H, 1], 2 * bq + 128, smem, maps ? [params, maps] : [params]);
       } else {
         const name = `attn_fwd_mma_${SUFFIX[a.dtype]}_d${a.D}`;
         const smem = fwdSmem(a.D);

@@ -28,6 +28,10 @@
 // D=128 while its softmax is not, so two warpgroups could not keep the tensor cores fed; hw is
 // 7-17% faster than ht there and the default at D=64 (NOTES.md run 26). At D=128 a consumer needs
 // 240 registers: two warpgroups only.
+// Timed on H100s or H200s, slower or no faster than this default, and removed in session 26
+// (kernels/NOTES.md has the designs and numbers): a persistent grid (runs 79-80), P in two register
+// sets (68-70), the P·V wait across the loop's back edge (64), the warpgroup index through a
+// shuffle for uniform Q descriptors and the rows' old lse read before the loop (72).
 // Launch: grid (ceil(Sq / BQ), H), 2 BQ + 128 threads, dynamic shared memory fwdh::Cfg<D, WGS>::SMEM
 // (src/cuda/attention.ts); tile boxes at BQ rows for queries and 128 for keys; ht and hw take the
 // tensor maps as a second parameter.
@@ -59,7 +63,7 @@ template <int D, int WGS = 2, int BKN = 128> struct Cfg {
   static constexpr int KV_BYTES = BK * D * 2;  // K or V of one stage
   // D=128: 1 KB + 32 KB + 3 x 64 KB (128 keys) or 2 x 88 KB (176 keys), under 227 KB
   static constexpr int STAGES = D == 64 ? 4 : BK == 128 ? 3 : 2;
-  static constexpr int SMEM = 1024 /* alignment slack */ + Q_BYTES + STAGES * 2 * KV_BYTES + (2 * STAGES + 2) * 8;  // full, empty, Q's, Q free
+  static constexpr int SMEM = 1024 /* alignment slack */ + Q_BYTES + STAGES * 2 * KV_BYTES + (2 * STAGES + 1) * 8;  // full, empty, Q's
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
 // Consumer schedules: ONE_TILE (attn_fwd_h), PIPELINED (attn_fwd_hp), PING_PONG (attn_fwd_hs: P·V
@@ -71,19 +75,6 @@ __device__ __forceinline__ void turnWait(int wg) { asm volatile("bar.sync %0, 25
 template <int WGS>
 __device__ __forceinline__ void turnPass(int wg) { asm volatile("bar.arrive %0, 256;" ::"r"(1 + (wg + 1) % WGS) : "memory"); }
 
-#ifdef FWD_PERSIST
-#if defined(FWD_EARLY_START) || defined(FWD_P2) || defined(FWD_LATE_WAIT) || defined(FWD_TRACE) || defined(FWD_LSE_EARLY)
-#error "-DFWD_PERSIST is built alone (not with FWD_EARLY_START, FWD_P2, FWD_LATE_WAIT, FWD_TRACE or FWD_LSE_EARLY)"
-#endif
-// launchTile's (tile, head) for the linear index L of an nx x ny grid (PERSIST: the items of a
-// persistent grid, in launchTile's order).
-__device__ __forceinline__ int2 tileOf(int L, int g, int nx, int ny) {
-  if (g <= 1) return make_int2(L % nx, L / nx);
-  const int y0 = L / (g * nx) * g, gs = min(g, ny - y0);
-  const int r = L - y0 * nx;
-  return make_int2(r / gs, y0 + r % gs);
-}
-#endif
 
 // TMA tensor maps of q [Sq, H, D], k and v [Sk, Hk, D] (16-bit elements as uint16; box 64
 // elements x 1 head x the query tile's rows (q) or the key tile's (k, v), 128-byte swizzle), written by cuTensorMapEncodeTiled on the host
@@ -127,29 +118,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   auto full = [&](int s) { return bars + s * 8; };
   auto empty = [&](int s) { return bars + (STAGES + s) * 8; };
   const u32 qBar = bars + 2 * STAGES * 8;
-#ifdef FWD_PERSIST
-  // -DFWD_PERSIST (ht; opt-in until measured): a persistent grid (src/cuda/attention.ts
-  // launches min(items, SMs) CTAs) in which each CTA computes items (query tile, head) in turn, in
-  // launchTile's order, round k taking item k·G + c or, on odd rounds, k·G + G - 1 - c (G CTAs,
-  // c this one: heaviest first, the rounds snaking so that under a causal mask no CTA takes the
-  // heaviest of every round). The stage ring and its phases run on across items, so the producer
-  // loads the next item's first K/V tiles as the consumers free the stages of this one's last,
-  // and Q of the next item once the consumers have waited for their last S (qFree), while they
-  // finish the last P·V and the epilogue: a CTA's start, first tile and epilogue (5-11% of an 8k
-  // forward in the per-CTA trace, BENCHMARKS "Where the forward's time goes") overlap the work
-  // around them. Launched with a full grid it computes one item a CTA, as without the define.
-  // (hw and hl spilled in their main loops with it: ht only.) Measured on an H100 (kernels/NOTES.md
-  // runs 79-80): correct (the forward tests with 7 CTAs), but 29% slower at 8k causal, where the
-  // hardware's dynamic CTA scheduling balances the unequal items and these fixed rounds do not
-  // (9-12% slower still with every head interleaved, RINGATTN_HEAD_GROUP=32), and not measurably
-  // faster anywhere else: opt-in. A dynamic item counter would be the next step.
-  // (Under the define hw and hc, not persistent, spill 16 bytes too: time only ht against it.)
-  constexpr bool PERSIST = TMA && !CLUSTER && WGS == 2 && BK == 128;
-  const u32 qFree = qBar + 8;
-  // A persistent kernel on the full 2-D grid would compute each item once per head: an error, not
-  // a wrong result (the host chooses the grid from RINGATTN_NVRTC_DEFINES: src/cuda/attention.ts).
-  if (PERSIST && (gridDim.y != 1 || gridDim.z != 1)) __trap();
-#endif
 
   TRACE(Trace trace; trace.start());
 #ifdef FWD_EARLY_START
@@ -172,50 +140,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 #else
   constexpr bool EARLY = false;
 #endif
-#ifdef FWD_PERSIST
-  if (CLUSTER && clusterSize() != 2) __trap();
-  const Mask m = maskOf(p);
-  const int nx = PERSIST ? (p.Sq + BQ - 1) / BQ : gridDim.x;  // query tiles
-  const int nItems = PERSIST ? nx * p.H : 1;
-  int qt = 0, h = 0, kh = 0, q0 = 0, end = 0, first = 0;
-  int4 qBox = make_int4(0, 0, 0, 0);
-  // A ragged last tile is never 'full': its missing keys must read as -inf.
-  auto tileClass = [&](int t) {
-    const int c = classifyTile(m, qBox, p.kTiles[t]);
-    return (c == TILE_FULL && (t + 1) * BK > p.Sk) ? TILE_PARTIAL : c;
-  };
-  // Key tiles at or past `end` (and before span.x) are empty for this query tile (attn_tile_spans).
-  auto nextTile = [&](int t) {
-    while (t < end && tileClass(t) == TILE_EMPTY) t++;
-    return t;
-  };
-  // Item k of this CTA into (qt, h, kh, q0, qBox, end, first): 0 past its last item, 1 an item
-  // that sees nothing in this block (skipped), 2 one to compute. Every thread computes the same.
-  auto item = [&](int k) {
-    int2 lt;
-    if (PERSIST) {
-      const int G = gridDim.x, c = blockIdx.x;
-      if (k * G >= nItems) return 0;
-      const int L = k * G + ((k & 1) ? G - 1 - c : c);
-      if (L >= nItems) return 1;
-      lt = tileOf(L, p.headGroup, nx, p.H);
-    } else {
-      if (k > 0) return 0;
-      // hc: one head at a time whatever RINGATTN_HEAD_GROUP says (it is ignored there), so that a
-      // cluster's two CTAs (blockIdx.x 2c and 2c + 1) are query tiles of one head and share its K/V.
-      lt = launchTile(CLUSTER ? 1 : p.headGroup);
-    }
-    qt = nx - 1 - lt.x;  // the last query tiles see the most keys under a causal mask: start them first
-    h = lt.y, kh = h / (p.H / p.Hk), q0 = qt * BQ;
-    qBox = p.qTiles[qt];
-    const int2 span = p.qSpans[qt];
-    end = span.y;
-    first = nextTile(span.x);
-    return first < end ? 2 : 1;
-  };
-  int kItem = 0, state = item(0);
-  if (!PERSIST && state != 2) return;  // this query tile sees nothing in this block (in hc neither does its partner)
-#else
   // hc: one head at a time whatever RINGATTN_HEAD_GROUP says (it is ignored there), so that a
   // cluster's two CTAs (blockIdx.x 2c and 2c + 1) are query tiles of one head and share its K/V.
   const int2 lt = launchTile(CLUSTER ? 1 : p.headGroup);
@@ -242,7 +166,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     TRACE(trace.stop(); trace.write(p.trace, 0, qt, h));
     return;
   }
-#endif
   constexpr u32 ARRIVALS = TMA ? 1 : PRODUCERS;  // one expect_tx arrival, or one cp.async arrival per producer thread
   if (threadIdx.x == (EARLY ? CONSUMERS : 0)) {
     for (int s = 0; s < STAGES; s++) {
@@ -250,9 +173,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       mbarInit(empty(s), CLUSTER ? 2 * CONSUMERS / 32 : CONSUMERS);  // every consumer thread; hc: every consumer warp of both CTAs
     }
     mbarInit(qBar, ARRIVALS);
-#ifdef FWD_PERSIST
-    if (PERSIST) mbarInit(qFree, CONSUMERS);
-#endif
     if (TMA) fenceMbarInit();
     if (EARLY) {  // the barriers' init made visible to the async proxy, then Q's copy
       fenceAsyncShared();
@@ -265,20 +185,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   if (TMA && threadIdx.x >= CONSUMERS) {  // the producer warpgroup, one thread of it
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
     if (threadIdx.x == CONSUMERS) {
-#ifdef FWD_PERSIST
-      const u32 rank = CLUSTER ? clusterRank() : 0;
-      int i = 0;  // tiles loaded so far, over the CTA's items
-      for (int nq = 0; state != 0; state = item(++kItem)) {
-        if (state == 1) continue;
-        if (nq > 0) mbarWait(qFree, (nq - 1) & 1);  // PERSIST: the consumers are done with the last item's Q
-        nq++;
-        loadQ<C, D>(sQ, maps, qBar, h, q0);
-#else
       if (!EARLY) loadQ<C, D>(sQ, maps, qBar, h, q0);
       const u32 rank = CLUSTER ? clusterRank() : 0;
       int i = 0;
-      {
-#endif
       for (int t = first; t < end; t = nextTile(t + 1), i++) {
         const int s = i % STAGES;
         // The first pass finds every stage free. hc: the partner's consumers release too (cluster scope).
@@ -295,7 +204,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
             tmaLoad3dMulticast(stV(s) + z * BK * 128, maps->v, full(s), z * 64, kh, t * BK, 3);
           }
         }
-      }
       }
     }
     // hc: no CTA of the cluster leaves while the other may still write its shared memory or
@@ -326,20 +234,12 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   else asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
   // Consumers. Accumulator layout (m64nN): warp w of the group holds rows 16w + lane/4 (+8);
   // register 4q + e holds column 8q + 2·(lane%4) + (e & 1), row + 8·(e >> 1).
-#ifdef FWD_UNIFORM_WG
-  // The warpgroup index through a shuffle from lane 0: the compiler then knows it is the same in
-  // every lane, so Q's descriptors (they depend on it) live in uniform registers instead of being
-  // rebuilt in vector registers and moved (R2UR) for every S product (kernels/NOTES.md run 62).
-  // Opt-in: timed on an H100 (run 72), +1-3% at 32k D=128 but -4% at 8k and -1-3% at D=64.
-  const int wg = __shfl_sync(0xffffffffu, (int)(threadIdx.x >> 7), 0);
-#else
   const int wg = threadIdx.x >> 7;
-#endif
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-  // The first of the thread's two accumulator rows (the other is 8 below).
+  // The first of the thread's two accumulator rows (the other is 8 below), and their positions and
+  // segments. (Written inline instead of as these two lambdas, ptxas allocates registers a little
+  // differently in every forward kernel: kept as they are, the SASS the GPU tests ran.)
   auto firstRow = [&](int wg, int warp, int lane) { return q0 + wg * 64 + warp * 16 + (lane >> 2); };
-  // The thread's rows: their positions, segments and key ranges are the item's (PERSIST: set at
-  // the top of each item, with O and the row statistics, below).
   auto rowsOf = [&](int rowBase, int (&qPos)[2], int (&qSeg)[2]) {
     for (int r = 0; r < 2; r++) {
       const int i = rowBase + 8 * r;
@@ -347,38 +247,18 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       qSeg[r] = (i < p.Sq && m.hasSeg) ? p.qSeg[i] : 0;
     }
   };
-#ifdef FWD_PERSIST
-  int rowBase = 0;
-  int qPos[2], qSeg[2];
-#else
   const int rowBase = firstRow(wg, warp, lane);
   int qPos[2], qSeg[2];
   rowsOf(rowBase, qPos, qSeg);
-#endif
-#ifdef FWD_LSE_EARLY
-  // The rows' running lse, read now rather than in the epilogue, where each row's read was a
-  // dependent round trip to memory before its stores (two in turn: the second row's load could not
-  // pass the first row's stores, p.o and p.lse may alias). Only this CTA writes these rows.
-  // Opt-in: timed on an H100 (run 72), 1-7% slower at 8k, level at 32k.
-  float lseOld[2];
-  for (int r = 0; r < 2; r++) lseOld[r] = rowBase + 8 * r < p.Sq ? p.lse[(u64)(rowBase + 8 * r) * p.H + h] : NEG_INF;
-#endif
   const float scaleLog2 = p.scale * LOG2E;
   float o[D / 2];
-#ifndef FWD_PERSIST
 #pragma unroll
   for (int x = 0; x < D / 2; x++) o[x] = 0.f;
-#endif
   float rowMax[2] = {NEG_INF, NEG_INF}, rowSum[2] = {0.f, 0.f};  // max in log2 units
   const u32 qRows = sQ + wg * 64 * 128;
   float sc[BK / 2];  // S of one tile (64 x BK per warpgroup), then its exponentials
   u32 a[BK / 16][4];  // P of one tile, 16-bit, in the A-fragment layout
   float corr[2];
-#ifdef FWD_PERSIST
-  int ib = 0;  // tiles the CTA's consumers took from the stage ring for earlier items
-#else
-  constexpr int ib = 0;
-#endif
 
   // Descriptors step by adding the byte offset >> 4 to the start-address field (bits 0..13): every
   // address stays inside shared memory, so the field cannot carry into the next.
@@ -401,9 +281,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // registers), the index clamped into the block; each key costs two or three compares of its
   // position against the row's range, and one of its segment.
   KeyRange range[2];
-#ifndef FWD_PERSIST
   for (int r = 0; r < 2; r++) range[r] = keyRange(m, qPos[r]);
-#endif
   // (SEG a plain bool, not a generic lambda's template: NVRTC takes an unannotated generic lambda
   // for a host function; each call below passes a constant, and the lambda is inlined.)
   auto maskTile = [&](const bool SEG, int t) {
@@ -480,40 +358,26 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       o[4 * n + 3] *= corr[1];
     }
   };
-  auto packInto = [&](u32(&ap)[BK / 16][4]) {
+  auto pack = [&]() {
 #pragma unroll
     for (int kk = 0; kk < BK / 16; kk++) {
-      ap[kk][0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
-      ap[kk][1] = pack2<T>(sc[8 * kk + 2], sc[8 * kk + 3]);
-      ap[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
-      ap[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
+      a[kk][0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
+      a[kk][1] = pack2<T>(sc[8 * kk + 2], sc[8 * kk + 3]);
+      a[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
+      a[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
     }
   };
-  auto pack = [&]() { packInto(a); };
   // The pipelined schedules rescale O between issuing the next tile's S and this tile's P·V, while
   // the tensor cores run the first, as FlashAttention-3 does; the others right after the softmax.
   constexpr bool LATE_RESCALE = MODE == PIPELINED || MODE == PIPE_PONG;
-#ifdef FWD_LATE_WAIT
-  constexpr bool LATE_WAIT = LATE_RESCALE;
-#else
-  constexpr bool LATE_WAIT = false;
-#endif
-#ifdef FWD_P2
-  // hw and hl spill with it (160 registers; 88-register S). Not with LATE_WAIT, whose first tile
-  // leaves P unpacked for its own loop.
-  constexpr bool P2 = LATE_RESCALE && WGS == 2 && BK == 128 && !LATE_WAIT;
-#else
-  constexpr bool P2 = false;
-#endif
   // O += P V from stage s, issued (not waited for).
-  auto issuePVFrom = [&](int s, u32(&ap)[BK / 16][4]) {
+  auto issuePV = [&](int s) {
     const u64 dv0 = desc(stV(s), BK * 128, 1024);
     wgmmaFence();
 #pragma unroll
-    for (int kk = 0; kk < BK / 16; kk++) Wg<T>::template rs<D, 1>(o, ap[kk], dv0 + ((kk * 16 * 128) >> 4));
+    for (int kk = 0; kk < BK / 16; kk++) Wg<T>::template rs<D, 1>(o, a[kk], dv0 + ((kk * 16 * 128) >> 4));
     wgmmaCommit();
   };
-  auto issuePV = [&](int s) { issuePVFrom(s, a); };
   // The consumers are done with stage s: every thread arrives on `empty`; in hc one lane a warp
   // arrives on both CTAs' (their producers multicast into both).
   auto release = [&](int s) {
@@ -552,8 +416,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     }
     return end;
   };
-  auto waitFull = [&](int i) {  // i counts this item's tiles; ib those of the CTA's items before it
-    mbarSpin(full((ib + i) % STAGES), ((ib + i) / STAGES) & 1);
+  auto waitFull = [&](int i) {  // i counts the tiles
+    mbarSpin(full(i % STAGES), (i / STAGES) & 1);
     if (!TMA) fenceAsyncShared();  // cp.async wrote through the generic proxy; TMA through the async one
   };
 
@@ -564,7 +428,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     if (pong && wg == WGS - 1) turnPass<WGS>(wg);
     waitFull(0);
     if (pong) turnWait(wg);
-    issueQK(ib % STAGES);
+    issueQK(0);
     if (pong) turnPass<WGS>(wg);
     // EARLY takes the span's first tile unchecked: were it ever empty, a partial tile's mask
     // (every score -inf) keeps the result right where a full tile's would not.
@@ -573,20 +437,18 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     fenceRegs(sc);
     softmax(first, cls);
     if (!LATE_RESCALE) rescale();
-    if (!LATE_WAIT) pack();
+    pack();
   };
   // The pipelined schedules' step i waits for P·V of tile i - 1, frees its stage and packs the
-  // next P: after the softmax of step i - 1, or with LATE_WAIT at the top of step i, after the
-  // loop's back edge.
-  // Placed after the softmax, ptxas moved that wait above the whole softmax (SASS: the
-  // WARPGROUP.DEPBAR.LE gsb0, 0x0 after its first FMNMX), so the softmax never overlapped P·V
-  // (kernels/NOTES.md run 62); across the back edge it cannot be moved. Correct, but 4-8% slower
-  // at D=128 on an H100 (run 64: the packs of P then wait for the P·V), so opt-in
-  // (-DFWD_LATE_WAIT through RINGATTN_NVRTC_DEFINES).
+  // next P, after the softmax of step i - 1. (ptxas moves that wait above the whole softmax, SASS:
+  // the WARPGROUP.DEPBAR.LE gsb0, 0x0 after its first FMNMX, so the softmax does not overlap P·V,
+  // kernels/NOTES.md run 62. Waiting across the loop's back edge instead, where it cannot be
+  // moved, was 4-8% slower on an H100, run 64; two P register sets, 3-12% faster than the schedule
+  // of its day but no faster than the tile masks, runs 68-70. Both were removed in session 26.)
   auto finishPV = [&](int i) {
     wgmmaWait<0>();
     fenceRegs(o);
-    if (i > 0) release((ib + i - 1) % STAGES);
+    if (i > 0) release((i - 1) % STAGES);
     pack();
   };
   auto lastTile = [&](bool pong, int s) {
@@ -599,20 +461,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     release(s);
   };
 
-#ifdef FWD_PERSIST
-  for (int nq = 0; state != 0; state = item(++kItem)) {
-    if (state == 1) continue;
-    rowBase = firstRow(wg, warp, lane);
-    rowsOf(rowBase, qPos, qSeg);
-    for (int r = 0; r < 2; r++) range[r] = keyRange(m, qPos[r]);
-#pragma unroll
-    for (int x = 0; x < D / 2; x++) o[x] = 0.f;
-    for (int r = 0; r < 2; r++) rowMax[r] = NEG_INF, rowSum[r] = 0.f;
-    maskBase = -(1 << 30), visM = 0, partM = 0;
-    mbarWait(qBar, nq++ & 1);
-#else
   mbarWait(qBar, 0);
-#endif
   TRACE(trace.mark(1));
   TRACE(int traced = 0);  // tiles computed, counted in the loops (a count taken after the clock
                           // stopped, by reading the tile list, held the SM ~0.3 us a tile)
@@ -628,94 +477,37 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     for (int tn = nextVis(t + 1, cls); tn < end; t = tn, tn = nextVis(t + 1, cls), i++) {
       waitFull(i + 1);
       turnWait(wg);
-      issuePV((ib + i) % STAGES);
-      issueQK((ib + i + 1) % STAGES);
+      issuePV(i % STAGES);
+      issueQK((i + 1) % STAGES);
       turnPass<WGS>(wg);
       wgmmaWait<0>();
       fenceRegs(sc);
       fenceRegs(o);
-      release((ib + i) % STAGES);
+      release(i % STAGES);
       softmax(tn, cls);
       rescale();
       pack();
     }
-    lastTile(true, (ib + i) % STAGES);
+    lastTile(true, i % STAGES);
     TRACE(traced = i + 1);
   } else if (MODE == ONE_TILE) {
     // One tile at a time: the other warpgroup's products overlap this one's softmax.
     int i = 0, cls = tileClass(first);
     for (int t = first; t < end; t = nextVis(t + 1, cls), i++) {
       waitFull(i);
-      issueQK((ib + i) % STAGES);
+      issueQK(i % STAGES);
       wgmmaWait<0>();
       fenceRegs(sc);
       softmax(t, cls);
       rescale();
       pack();
-      issuePV((ib + i) % STAGES);
+      issuePV(i % STAGES);
       wgmmaWait<0>();
       fenceRegs(o);
-      release((ib + i) % STAGES);
+      release(i % STAGES);
       TRACE(if (i == 0) trace.mark(2));
     }
     TRACE(traced = i);
-  } else if (P2) {
-#ifdef FWD_P2
-    // The pipelined schedules with P in two register sets, alternating (the loop unrolled by two
-    // so that each set is chosen at compile time): tile t's P·V reads one set while the softmax of
-    // tile tn packs into the other, so no wait for that P·V stands between the softmax and the
-    // next turn. The wait for P·V of the tile before (wait_group 1 after the next S is issued:
-    // everything but that S) comes just before O's rescale, which needs it; no wait_group 0 is
-    // left in the loop for ptxas to hoist above the softmax (kernels/NOTES.md runs 62 and 64).
-    // 32 more registers a consumer thread. Opt-in (-DFWD_P2): on an H200 it passed the forward
-    // tests and ran 3-12% faster than the old default at D=128, but not faster than the tile
-    // masks alone, and with them ht and hc spill 8 bytes (kernels/NOTES.md runs 68-70).
-    constexpr bool pong = MODE == PIPE_PONG;
-    firstTile(pong);  // P of the first tile in a
-    TRACE(trace.mark(2));
-    u32 a2[BK / 16][4];
-    // Step i: S of tile tn issued, P·V of tile i (P in `cur`) issued, the softmax of tn packed into `nxt`.
-    auto step = [&](int i, int tn, int cls, u32(&cur)[BK / 16][4], u32(&nxt)[BK / 16][4]) {
-      waitFull(i + 1);
-      if (pong) turnWait(wg);
-      issueQK((ib + i + 1) % STAGES);
-      wgmmaWait<1>();  // all but this S: P·V of tile i - 1 is done
-      fenceRegs(o);
-      if (i > 0) release((ib + i - 1) % STAGES);
-      rescale();
-      issuePVFrom((ib + i) % STAGES, cur);
-      if (pong) turnPass<WGS>(wg);
-      wgmmaWait<1>();  // the S (committed first) is done; P·V of tile i may still run
-      fenceRegs(sc);
-      softmax(tn, cls);
-      packInto(nxt);
-    };
-    int t = first, i = 0, cls;
-    int tn = nextVis(t + 1, cls);
-    while (tn < end) {
-      step(i, tn, cls, a, a2);
-      t = tn, tn = nextVis(t + 1, cls), i++;
-      if (tn >= end) break;
-      step(i, tn, cls, a2, a);
-      t = tn, tn = nextVis(t + 1, cls), i++;
-    }
-    // The last tile's P·V, from the set its P was packed into, after the one before it is done.
-    auto last = [&](u32(&cur)[BK / 16][4]) {
-      if (pong) turnWait(wg);
-      wgmmaWait<0>();
-      fenceRegs(o);
-      if (i > 0) release((ib + i - 1) % STAGES);
-      rescale();
-      issuePVFrom((ib + i) % STAGES, cur);
-      if (pong && wg != WGS - 1) turnPass<WGS>(wg);
-      wgmmaWait<0>();
-      fenceRegs(o);
-      release((ib + i) % STAGES);
-    };
-    if (i & 1) last(a2);
-    else last(a);
-    TRACE(traced = i + 1);
-#endif
   } else {
     // Software-pipelined (FlashAttention-3's intra-warpgroup overlap): S of the next tile is
     // issued before P·V of this one, so this warpgroup's softmax of tile n+1 runs while the
@@ -725,57 +517,29 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     TRACE(trace.mark(2));
     int t = first, i = 0, cls;
     for (int tn = nextVis(t + 1, cls); tn < end; t = tn, tn = nextVis(t + 1, cls), i++) {
-      if (LATE_WAIT) finishPV(i);  // P·V of the tile before t (none at i = 0); P of tile t packed
       waitFull(i + 1);
       if (pong) turnWait(wg);
-      issueQK((ib + i + 1) % STAGES);
+      issueQK((i + 1) % STAGES);
       rescale();  // by tile t's factors, before its P·V
-      issuePV((ib + i) % STAGES);
+      issuePV(i % STAGES);
       if (pong) turnPass<WGS>(wg);
       wgmmaWait<1>();  // S of tile tn (committed first) is done; P·V of tile t may still run
       fenceRegs(sc);
       softmax(tn, cls);
-      if (!LATE_WAIT) finishPV(i + 1);  // P·V of tile t; P of tile tn packed
+      finishPV(i + 1);  // P·V of tile t; P of tile tn packed
     }
-    if (LATE_WAIT) finishPV(i);
-#ifdef FWD_PERSIST
-    if (PERSIST) mbarArrive(qFree);  // every S product of this item waited for: its Q may go
-#endif
-    lastTile(pong, (ib + i) % STAGES);
+    lastTile(pong, i % STAGES);
     TRACE(traced = i + 1);
-#ifdef FWD_PERSIST
-    ib += i + 1;
-#endif
   }
 
   TRACE(trace.mark(3));
   // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32.
-#ifdef FWD_P2
-  // P2's extra register set leaves no room to keep rowBase through the loop (ptxas spilled it):
-  // rebuilt here from a fresh read of the thread index.
-  u32 tid;
-  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
-  const int rowOut = firstRow(tid >> 7, (tid >> 5) & 3, tid & 31);
-#else
-  const int rowOut = rowBase;
-#endif
-#ifdef FWD_LSE_EARLY
 #pragma unroll
-  for (int r = 0; r < 2; r++) {
-    const float l = quadSum(rowSum[r]);
-    if (rowOut + 8 * r < p.Sq && rowLive(l)) storeRowOut<D>(p, (u64)(rowOut + 8 * r) * p.H + h, lane, r, rowMax[r], l, lseOld[r], o);
-  }
-#else
-#pragma unroll
-  for (int r = 0; r < 2; r++) mergeRowOut<D>(p, rowOut + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
-#endif
+  for (int r = 0; r < 2; r++) mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
 #ifdef FWD_TRACE
   asm volatile("bar.sync 7, %0;" ::"r"(CONSUMERS) : "memory");  // every consumer's epilogue issued
   trace.stop();
   trace.write(p.trace, traced, qt, h);
-#endif
-#ifdef FWD_PERSIST
-  }
 #endif
   if (CLUSTER) clusterSync();  // as the producer warpgroup's, above
 }

@@ -293,7 +293,7 @@ __device__ __forceinline__ float mergeWeights(float lseOld, float lseB, float& w
 }
 
 // The merge and stores of mergeRowOut for a live row (l > 0: the quad's whole sum), given the
-// row's old lse (read by the caller: mergeRowOut below, or the Hopper forward's FWD_LSE_EARLY).
+// row's old lse (read by the caller, mergeRowOut below).
 template <int D>
 __device__ __forceinline__ void storeRowOut(const FwdParams& p, u64 row, int lane, int r, float rowMax, float l, float lseOld, const float* acc) {
   const float lseB = (rowMax + log2f(l)) * LN2;

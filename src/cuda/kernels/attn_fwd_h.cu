@@ -63,7 +63,7 @@ template <int D, int WGS = 2, int BKN = 128> struct Cfg {
   static constexpr int KV_BYTES = BK * D * 2;  // K or V of one stage
   // D=128: 1 KB + 32 KB + 3 x 64 KB (128 keys) or 2 x 88 KB (176 keys), under 227 KB
   static constexpr int STAGES = D == 64 ? 4 : BK == 128 ? 3 : 2;
-  static constexpr int SMEM = 1024 /* alignment slack */ + Q_BYTES + STAGES * 2 * KV_BYTES + (2 * STAGES + 1) * 8;  // full, empty, Q's
+  static constexpr int SMEM = 1024 /* alignment slack */ + Q_BYTES + STAGES * 2 * KV_BYTES + (2 * STAGES + 1) * 8 + 64;  // full, empty, Q's; DYN's qFree and item slot
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
 // Consumer schedules: ONE_TILE (attn_fwd_h), PIPELINED (attn_fwd_hp), PING_PONG (attn_fwd_hs: P·V
@@ -75,6 +75,26 @@ __device__ __forceinline__ void turnWait(int wg) { asm volatile("bar.sync %0, 25
 template <int WGS>
 __device__ __forceinline__ void turnPass(int wg) { asm volatile("bar.arrive %0, 256;" ::"r"(1 + (wg + 1) % WGS) : "memory"); }
 
+
+#ifdef FWD_DYN
+#if defined(FWD_EARLY_START) || defined(FWD_TRACE)
+#error "-DFWD_DYN is built alone (not with FWD_EARLY_START or FWD_TRACE)"
+#endif
+// launchTile's (tile, head) for item L of nx query tiles and ny heads (DYN: the items in the order
+// a full grid would launch them, heaviest first).
+__device__ __forceinline__ int2 tileOf(int L, int g, int nx, int ny) {
+  if (g <= 1) return make_int2(L % nx, L / nx);
+  const int y0 = L / (g * nx) * g, gs = min(g, ny - y0);
+  const int r = L - y0 * nx;
+  return make_int2(r / gs, y0 + r % gs);
+}
+__device__ __forceinline__ void stShared(u32 addr, int v) { asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(v) : "memory"); }
+__device__ __forceinline__ int ldShared(u32 addr) {
+  int v;
+  asm volatile("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(addr) : "memory");
+  return v;
+}
+#endif
 
 // TMA tensor maps of q [Sq, H, D], k and v [Sk, Hk, D] (16-bit elements as uint16; box 64
 // elements x 1 head x the query tile's rows (q) or the key tile's (k, v), 128-byte swizzle), written by cuTensorMapEncodeTiled on the host
@@ -118,6 +138,24 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   auto full = [&](int s) { return bars + s * 8; };
   auto empty = [&](int s) { return bars + (STAGES + s) * 8; };
   const u32 qBar = bars + 2 * STAGES * 8;
+#ifdef FWD_DYN
+  // -DFWD_DYN (ht; opt-in until measured): a persistent grid of one CTA an SM (the host launches
+  // min(items, SMs) CTAs) whose CTAs take items (query tile, head) from a global counter, in the
+  // order a full grid launches them (heaviest first under a causal mask), so the items balance as
+  // the hardware's CTA scheduling balances them (the static rounds of session 25's persistent
+  // kernel lost 29% at 8k causal for want of it: kernels/NOTES.md runs 79-80). The producer thread
+  // takes the next item once it has issued the last loads of the current one, skips items that see
+  // nothing in this block, and once the consumers have waited for their last S (qFree) passes the
+  // item through shared memory (`slot`, ordered by Q's mbarrier) and loads its Q; the stage ring
+  // runs on across items. What this hides is a CTA's fixed cost: its start, Q's and the first
+  // tiles' loads, the gap between CTAs (9.9 us a CTA against 1.65 us a tile at 8k causal in the
+  // session-19 trace). The counter sits just past the query tiles' spans; attn_tile_spans zeroes
+  // it before each launch.
+  constexpr bool DYN = TMA && !CLUSTER && WGS == 2 && BK == 128 && MODE == PIPE_PONG;
+  const u32 qFree = qBar + 8, slot = qBar + 16;
+  const int nx = (p.Sq + BQ - 1) / BQ, nItems = nx * p.H;
+  if (DYN && gridDim.y != 1) __trap();  // the host's grid for another build: each item would run once per head
+#endif
 
   TRACE(Trace trace; trace.start());
 #ifdef FWD_EARLY_START
@@ -140,6 +178,40 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 #else
   constexpr bool EARLY = false;
 #endif
+#ifdef FWD_DYN
+  // hc launched without its cluster of two would wait forever for the other half of every stage.
+  if (CLUSTER && clusterSize() != 2) __trap();
+  const Mask m = maskOf(p);
+  // The CTA's item: query tile qt of head h (one item a CTA, or under DYN one after another).
+  int qt, h, kh, q0, end, first;
+  int4 qBox;
+  // A ragged last tile is never 'full': its missing keys must read as -inf.
+  auto tileClass = [&](int t) {
+    const int c = classifyTile(m, qBox, p.kTiles[t]);
+    return (c == TILE_FULL && (t + 1) * BK > p.Sk) ? TILE_PARTIAL : c;
+  };
+  // Key tiles at or past `end` (and before the span's first) are empty for this query tile (attn_tile_spans).
+  auto nextTile = [&](int t) {
+    while (t < end && tileClass(t) == TILE_EMPTY) t++;
+    return t;
+  };
+  // The item of launch tile lt (launchTile) of nx query tiles; false if it sees nothing in this block.
+  auto setItem = [&](int2 lt, int nx) {
+    qt = nx - 1 - lt.x;  // the last query tiles see the most keys under a causal mask: start them first
+    h = lt.y, kh = h / (p.H / p.Hk), q0 = qt * BQ;
+    qBox = p.qTiles[qt];
+    const int2 span = p.qSpans[qt];
+    end = span.y;
+    first = EARLY ? span.x : nextTile(span.x);
+    return first < end;
+  };
+  // hc: one head at a time whatever RINGATTN_HEAD_GROUP says (it is ignored there), so that a
+  // cluster's two CTAs (blockIdx.x 2c and 2c + 1) are query tiles of one head and share its K/V.
+  if (!DYN && !setItem(launchTile(CLUSTER ? 1 : p.headGroup), gridDim.x)) {  // nothing seen (in hc neither by its partner: same span)
+    TRACE(trace.stop(); trace.write(p.trace, 0, qt, h));
+    return;
+  }
+#else
   // hc: one head at a time whatever RINGATTN_HEAD_GROUP says (it is ignored there), so that a
   // cluster's two CTAs (blockIdx.x 2c and 2c + 1) are query tiles of one head and share its K/V.
   const int2 lt = launchTile(CLUSTER ? 1 : p.headGroup);
@@ -166,6 +238,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     TRACE(trace.stop(); trace.write(p.trace, 0, qt, h));
     return;
   }
+#endif
   constexpr u32 ARRIVALS = TMA ? 1 : PRODUCERS;  // one expect_tx arrival, or one cp.async arrival per producer thread
   if (threadIdx.x == (EARLY ? CONSUMERS : 0)) {
     for (int s = 0; s < STAGES; s++) {
@@ -173,6 +246,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       mbarInit(empty(s), CLUSTER ? 2 * CONSUMERS / 32 : CONSUMERS);  // every consumer thread; hc: every consumer warp of both CTAs
     }
     mbarInit(qBar, ARRIVALS);
+#ifdef FWD_DYN
+    if (DYN) mbarInit(qFree, CONSUMERS);
+#endif
     if (TMA) fenceMbarInit();
     if (EARLY) {  // the barriers' init made visible to the async proxy, then Q's copy
       fenceAsyncShared();
@@ -185,10 +261,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   if (TMA && threadIdx.x >= CONSUMERS) {  // the producer warpgroup, one thread of it
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
     if (threadIdx.x == CONSUMERS) {
-      if (!EARLY) loadQ<C, D>(sQ, maps, qBar, h, q0);
       const u32 rank = CLUSTER ? clusterRank() : 0;
-      int i = 0;
-      for (int t = first; t < end; t = nextTile(t + 1), i++) {
+      // Key tile t into stage i % STAGES (i counts the tiles the CTA has loaded).
+      auto loadKV = [&](int t, int i) {
         const int s = i % STAGES;
         // The first pass finds every stage free. hc: the partner's consumers release too (cluster scope).
         mbarWait<CLUSTER>(empty(s), ((i / STAGES) & 1) ^ 1);
@@ -204,6 +279,39 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
             tmaLoad3dMulticast(stV(s) + z * BK * 128, maps->v, full(s), z * 64, kh, t * BK, 3);
           }
         }
+      };
+#ifdef FWD_DYN
+      if (DYN) {
+        int* const counter = (int*)(p.qSpans + nx);
+        int i = 0;
+        for (int n = 0;; n++) {
+          int L = atomicAdd(counter, 1);
+          while (L < nItems && !setItem(tileOf(L, p.headGroup, nx, p.H), nx)) L = atomicAdd(counter, 1);
+          if (n > 0) mbarWait(qFree, (n - 1) & 1);  // the consumers are done with the last item's Q (and its slot)
+          stShared(slot, L < nItems ? 1 : -1);
+          if (L < nItems) {  // the item as the consumers need it (they then keep no item index of their own)
+            stShared(slot + 4, qt);
+            stShared(slot + 8, h);
+            stShared(slot + 12, end);
+            stShared(slot + 16, first);
+            stShared(slot + 20, qBox.x);
+            stShared(slot + 24, qBox.y);
+            stShared(slot + 28, qBox.z);
+            stShared(slot + 32, qBox.w);
+          }
+          if (L >= nItems) {  // no item left: the consumers read -1 and stop
+            mbarArrive(qBar);
+            break;
+          }
+          loadQ<C, D>(sQ, maps, qBar, h, q0);
+          for (int t = first; t < end; t = nextTile(t + 1), i++) loadKV(t, i);
+        }
+      } else
+#endif
+      {
+        if (!EARLY) loadQ<C, D>(sQ, maps, qBar, h, q0);
+        int i = 0;
+        for (int t = first; t < end; t = nextTile(t + 1), i++) loadKV(t, i);
       }
     }
     // hc: no CTA of the cluster leaves while the other may still write its shared memory or
@@ -247,18 +355,30 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       qSeg[r] = (i < p.Sq && m.hasSeg) ? p.qSeg[i] : 0;
     }
   };
+#ifdef FWD_DYN
+  int rowBase = 0;  // set at the top of each item, as are the rows' positions and ranges, O and the statistics
+  int qPos[2], qSeg[2];
+#else
   const int rowBase = firstRow(wg, warp, lane);
   int qPos[2], qSeg[2];
   rowsOf(rowBase, qPos, qSeg);
+#endif
   const float scaleLog2 = p.scale * LOG2E;
   float o[D / 2];
+#ifndef FWD_DYN
 #pragma unroll
   for (int x = 0; x < D / 2; x++) o[x] = 0.f;
+#endif
   float rowMax[2] = {NEG_INF, NEG_INF}, rowSum[2] = {0.f, 0.f};  // max in log2 units
   const u32 qRows = sQ + wg * 64 * 128;
   float sc[BK / 2];  // S of one tile (64 x BK per warpgroup), then its exponentials
   u32 a[BK / 16][4];  // P of one tile, 16-bit, in the A-fragment layout
   float corr[2];
+#ifdef FWD_DYN
+  int ib = 0;  // DYN: tiles the consumers took from the stage ring for the CTA's earlier items
+#else
+  constexpr int ib = 0;
+#endif
 
   // Descriptors step by adding the byte offset >> 4 to the start-address field (bits 0..13): every
   // address stays inside shared memory, so the field cannot carry into the next.
@@ -281,7 +401,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // registers), the index clamped into the block; each key costs two or three compares of its
   // position against the row's range, and one of its segment.
   KeyRange range[2];
+#ifndef FWD_DYN
   for (int r = 0; r < 2; r++) range[r] = keyRange(m, qPos[r]);
+#endif
   // (SEG a plain bool, not a generic lambda's template: NVRTC takes an unannotated generic lambda
   // for a host function; each call below passes a constant, and the lambda is inlined.)
   auto maskTile = [&](const bool SEG, int t) {
@@ -308,6 +430,20 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       }
     }
   };
+#ifdef FWD_LAZY_RESCALE
+  // -DFWD_LAZY_RESCALE (opt-in until timed): a row keeps its running max until a tile's exceeds it
+  // by more than LAZY_SLACK (log2 units), so after the first tiles the max rarely moves, corr is 1
+  // and a warp whose rows all kept theirs skips O's rescale (64 FMULs a thread at D=128; the
+  // scheme FlashAttention-4 uses on Blackwell). Exact all the same: O, the sum and the lse are taken
+  // against the one max the row holds; the exponentials grow to at most 2^LAZY_SLACK = 256 (P in
+  // bf16 or fp16 keeps its relative precision, fp16's range is 65504; the fp32 sum of 2^20 keys
+  // stays under 2^28).
+  constexpr bool LAZY = true;
+  constexpr float LAZY_SLACK = 8.f;
+#else
+  constexpr bool LAZY = false;
+  constexpr float LAZY_SLACK = 0.f;
+#endif
   // Mask (partial tiles), online softmax statistics and exponentials of tile t in sc; corr[r]
   // is the factor the running O of row r must take. The scale is folded into the exponent (one
   // FFMA a score: exp2(s·scale·log2e − max)); the host sends only scale > 0 here, so the raw
@@ -334,7 +470,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       float mx = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float mNew = fmaxf(rowMax[r], mx * scaleLog2);
+      const float mNew = LAZY ? (mx * scaleLog2 > rowMax[r] + LAZY_SLACK ? mx * scaleLog2 : rowMax[r]) : fmaxf(rowMax[r], mx * scaleLog2);
       const float mUse = mNew == NEG_INF ? 0.f : mNew;  // a row with nothing visible yet: exponents of -inf give 0
       corr[r] = exp2Fast(rowMax[r] - mUse);
       rowMax[r] = mNew;
@@ -350,6 +486,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   };
   // Rescale O; P to 16 bits (keys 16kk..16kk+15 are S columns q = 2kk, 2kk + 1).
   auto rescale = [&]() {
+    if (LAZY && __all_sync(0xffffffffu, corr[0] == 1.f && corr[1] == 1.f)) return;  // no row of the warp moved its max
 #pragma unroll
     for (int n = 0; n < D / 8; n++) {
       o[4 * n] *= corr[0];
@@ -416,8 +553,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     }
     return end;
   };
-  auto waitFull = [&](int i) {  // i counts the tiles
-    mbarSpin(full(i % STAGES), (i / STAGES) & 1);
+  auto waitFull = [&](int i) {  // i counts the item's tiles (ib those of the CTA's items before it)
+    mbarSpin(full((ib + i) % STAGES), ((ib + i) / STAGES) & 1);
     if (!TMA) fenceAsyncShared();  // cp.async wrote through the generic proxy; TMA through the async one
   };
 
@@ -428,7 +565,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     if (pong && wg == WGS - 1) turnPass<WGS>(wg);
     waitFull(0);
     if (pong) turnWait(wg);
-    issueQK(0);
+    issueQK(ib % STAGES);
     if (pong) turnPass<WGS>(wg);
     // EARLY takes the span's first tile unchecked: were it ever empty, a partial tile's mask
     // (every score -inf) keeps the result right where a full tile's would not.
@@ -448,7 +585,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   auto finishPV = [&](int i) {
     wgmmaWait<0>();
     fenceRegs(o);
-    if (i > 0) release((i - 1) % STAGES);
+    if (i > 0) release((ib + i - 1) % STAGES);
     pack();
   };
   auto lastTile = [&](bool pong, int s) {
@@ -461,7 +598,31 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     release(s);
   };
 
+#ifdef FWD_DYN
+  // DYN: waits for item n's Q and reads the item from the slot; false once no item is left. (The
+  // wait and read at the loop's back edge rather than at its top: with them at the top and a
+  // break, ptxas spilled P inside the tile loop.)
+  auto nextItem = [&](int n) {
+    mbarWait(qBar, n & 1);
+    if (ldShared(slot) < 0) return false;  // the slot is written before the producer's arrival on qBar
+    qt = ldShared(slot + 4), h = ldShared(slot + 8), end = ldShared(slot + 12), first = ldShared(slot + 16);
+    kh = h / (p.H / p.Hk), q0 = qt * BQ;
+    qBox = make_int4(ldShared(slot + 20), ldShared(slot + 24), ldShared(slot + 28), ldShared(slot + 32));
+    return true;
+  };
+  if (!DYN) mbarWait(qBar, 0);
+  int n = 0;  // items taken
+  for (bool more = DYN ? nextItem(0) : true; more; more = DYN && nextItem(++n)) {
+    rowBase = firstRow(wg, warp, lane);
+    rowsOf(rowBase, qPos, qSeg);
+    for (int r = 0; r < 2; r++) range[r] = keyRange(m, qPos[r]);
+#pragma unroll
+    for (int x = 0; x < D / 2; x++) o[x] = 0.f;
+    for (int r = 0; r < 2; r++) rowMax[r] = NEG_INF, rowSum[r] = 0.f;
+    maskBase = -(1 << 30), visM = 0, partM = 0;
+#else
   mbarWait(qBar, 0);
+#endif
   TRACE(trace.mark(1));
   TRACE(int traced = 0);  // tiles computed, counted in the loops (a count taken after the clock
                           // stopped, by reading the tile list, held the SM ~0.3 us a tile)
@@ -477,34 +638,34 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     for (int tn = nextVis(t + 1, cls); tn < end; t = tn, tn = nextVis(t + 1, cls), i++) {
       waitFull(i + 1);
       turnWait(wg);
-      issuePV(i % STAGES);
-      issueQK((i + 1) % STAGES);
+      issuePV((ib + i) % STAGES);
+      issueQK((ib + i + 1) % STAGES);
       turnPass<WGS>(wg);
       wgmmaWait<0>();
       fenceRegs(sc);
       fenceRegs(o);
-      release(i % STAGES);
+      release((ib + i) % STAGES);
       softmax(tn, cls);
       rescale();
       pack();
     }
-    lastTile(true, i % STAGES);
+    lastTile(true, (ib + i) % STAGES);
     TRACE(traced = i + 1);
   } else if (MODE == ONE_TILE) {
     // One tile at a time: the other warpgroup's products overlap this one's softmax.
     int i = 0, cls = tileClass(first);
     for (int t = first; t < end; t = nextVis(t + 1, cls), i++) {
       waitFull(i);
-      issueQK(i % STAGES);
+      issueQK((ib + i) % STAGES);
       wgmmaWait<0>();
       fenceRegs(sc);
       softmax(t, cls);
       rescale();
       pack();
-      issuePV(i % STAGES);
+      issuePV((ib + i) % STAGES);
       wgmmaWait<0>();
       fenceRegs(o);
-      release(i % STAGES);
+      release((ib + i) % STAGES);
       TRACE(if (i == 0) trace.mark(2));
     }
     TRACE(traced = i);
@@ -519,17 +680,23 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     for (int tn = nextVis(t + 1, cls); tn < end; t = tn, tn = nextVis(t + 1, cls), i++) {
       waitFull(i + 1);
       if (pong) turnWait(wg);
-      issueQK((i + 1) % STAGES);
+      issueQK((ib + i + 1) % STAGES);
       rescale();  // by tile t's factors, before its P·V
-      issuePV(i % STAGES);
+      issuePV((ib + i) % STAGES);
       if (pong) turnPass<WGS>(wg);
       wgmmaWait<1>();  // S of tile tn (committed first) is done; P·V of tile t may still run
       fenceRegs(sc);
       softmax(tn, cls);
       finishPV(i + 1);  // P·V of tile t; P of tile tn packed
     }
-    lastTile(pong, i % STAGES);
+#ifdef FWD_DYN
+    if (DYN) mbarArrive(qFree);  // every S product of this item waited for: its Q may go
+#endif
+    lastTile(pong, (ib + i) % STAGES);
     TRACE(traced = i + 1);
+#ifdef FWD_DYN
+    ib += i + 1;
+#endif
   }
 
   TRACE(trace.mark(3));
@@ -540,6 +707,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   asm volatile("bar.sync 7, %0;" ::"r"(CONSUMERS) : "memory");  // every consumer's epilogue issued
   trace.stop();
   trace.write(p.trace, traced, qt, h);
+#endif
+#ifdef FWD_DYN
+  }
 #endif
   if (CLUSTER) clusterSync();  // as the producer warpgroup's, above
 }

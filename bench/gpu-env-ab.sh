@@ -5,6 +5,8 @@
 # every shape and variant, so that drift hits all alike. Carry .devkit, .devrun and dist.
 # Results in $OUT/env-ab.log.
 #   bash bench/gpu-env-ab.sh [reps=10] VARIANT...      VARIANT = "label|VAR=x VAR2=y" ("label|": the defaults)
+# A variant's DIST=path runs that build's bench/gpu.js instead of dist's (an older build copied
+# into an ignored folder and carried, e.g. "old|DIST=.cache/dist0": A/B of two commits in one run).
 # SHAPES ("S:H:D ..."; default "8192:32:128 32768:32:128 8192:8:64 32768:8:64"), ROUNDS (2),
 # FWD_ONLY=1 (forward only), SKIP_TORCH=1, TESTS="pattern" (first the attention GPU tests whose
 # names match it).
@@ -32,7 +34,9 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
       label="${v%%|*}"
       envs="${v#*|}"
       echo "== round $round S=$S H=$H D=$D variant '$label' env='$envs'" | tee -a "$log"
-      env $envs timeout -s KILL 120 $N dist/bench/gpu.js "$S" "$H" "$reps" --d="$D" ${FWD_ONLY:+--fwd-only} 2>&1 |
+      d=dist  # DIST=path in a variant's settings: another build's dist (carried, e.g. .cache/dist0)
+      for e in $envs; do case $e in DIST=*) d=${e#DIST=} ;; esac; done
+      env $envs timeout -s KILL 120 $N "$d/bench/gpu.js" "$S" "$H" "$reps" --d="$D" ${FWD_ONLY:+--fwd-only} 2>&1 |
         grep -v "^device\|NVRTC\|ptxas\|^kernel " | tee -a "$log"
     done
   done

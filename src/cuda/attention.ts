@@ -178,20 +178,20 @@ const WG_WIDE_BQ = 192;
 const WG_LONG_BK = 176;
 function wgFwdSmem(D: number, bq: number, bk = WG_TILE): number {
   const stages = D === 64 ? 4 : bk === WG_TILE ? 3 : 2;
-  return 1024 + bq * D * 2 + stages * 2 * bk * D * 2 + (2 * stages + 1) * 8 + 64;  // + 64: -DFWD_DYN's qFree barrier and item slot
+  return 1024 + bq * D * 2 + stages * 2 * bk * D * 2 + (2 * stages + 1) * 8 + 64;  // + 64: ht's qFree barrier and item slot
 }
 
 /**
- * The Hopper forward's grid: one CTA a (query tile, head), or, for ht built with -DFWD_DYN
- * (RINGATTN_NVRTC_DEFINES, with or without a value: #ifdef sees either; opt-in until measured), a
- * persistent grid of one CTA an SM whose CTAs take items from a counter (kernels/attn_fwd_h.cu,
- * which traps on a 2-D grid). RINGATTN_FWD_CTAS
- * caps that grid (the tests use it to give each CTA many items on a small problem). Like every
- * define, RINGATTN_NVRTC_DEFINES is meant to be set for a whole process: a context keeps the
- * modules it loaded, so changing it midway would pair a kernel with the other build's grid.
+ * The Hopper forward's grid: for ht (the default at D=128) a persistent grid of min(items, SMs)
+ * CTAs that take (query tile, head) items from a counter (kernels/attn_fwd_h.cu, which traps on a
+ * 2-D grid); for the others, and for ht in the trace build (-DFWD_TRACE in RINGATTN_NVRTC_DEFINES,
+ * with or without a value: #ifdef sees either), one CTA a (query tile, head). RINGATTN_FWD_CTAS
+ * caps the persistent grid (the tests use it to give each CTA many items on a small problem).
+ * Like every define, RINGATTN_NVRTC_DEFINES is meant to be set for a whole process: a context
+ * keeps the modules it loaded, so changing it midway would pair a kernel with the other build's grid.
  */
 export function wgFwdGrid(wg: WgmmaForward, tiles: number, heads: number, smCount: number): [number, number, number] {
-  if (wg !== 'ht' || !nvrtcDefines().some((d) => d === '-DFWD_DYN' || d.startsWith('-DFWD_DYN='))) return [tiles, heads, 1];
+  if (wg !== 'ht' || nvrtcDefines().some((d) => d === '-DFWD_TRACE' || d.startsWith('-DFWD_TRACE='))) return [tiles, heads, 1];
   const v = process.env.RINGATTN_FWD_CTAS;
   if (v !== undefined && v !== '' && !/^[1-9][0-9]*$/.test(v)) throw new InputError('RINGATTN_FWD_CTAS', `expected a positive integer (the persistent forward's CTAs at most), got '${v}'`);
   const cap = v === undefined || v === '' ? Infinity : Number(v);
@@ -302,7 +302,7 @@ function bwdSmem(D: number, BQ: number): number {
 
 /** Device workspace for one call: tile boxes (16 bytes a tile), then query tiles' key-tile spans (8). */
 export function workspaceBytes(Sq: number, Sk: number): number {
-  return (Math.ceil(Sq / 32) + Math.ceil(Sk / BK)) * 16 + (Math.ceil(Sq / 32) + 1) * 8;  // + 1: -DFWD_DYN's item counter past the spans
+  return (Math.ceil(Sq / 32) + Math.ceil(Sk / BK)) * 16 + (Math.ceil(Sq / 32) + 1) * 8;  // + 1: ht's item counter past the spans
 }
 
 const SUFFIX: Record<CudaDType, string> = { bfloat16: 'bf16', float16: 'f16', float32: 'f32' };

@@ -82,25 +82,23 @@ test('headGroup: unmasked launches one head at a time; masked ones interleave th
   await withEnv({ RINGATTN_HEAD_GROUP: '8' }, () => assert.equal(headGroup(64, 32, true, 132), 8));
 });
 
-test('wgFwdGrid: one CTA a (query tile, head); with -DFWD_DYN, ht alone on a persistent grid of min(items, SMs, RINGATTN_FWD_CTAS) CTAs; a bad cap is an InputError naming the variable', async () => {
-  await withEnv({ RINGATTN_NVRTC_DEFINES: undefined, RINGATTN_FWD_CTAS: '3' }, () => {
-    assert.deepEqual(wgFwdGrid('ht', 64, 32, 132), [64, 32, 1]);
-  });
-  await withEnv({ RINGATTN_NVRTC_DEFINES: '-DFWD_DYN', RINGATTN_FWD_CTAS: undefined }, () => {
+test('wgFwdGrid: ht on a persistent grid of min(items, SMs, RINGATTN_FWD_CTAS) CTAs, the others (and ht in the -DFWD_TRACE build) one CTA a (query tile, head); a bad cap is an InputError naming the variable', async () => {
+  await withEnv({ RINGATTN_NVRTC_DEFINES: undefined, RINGATTN_FWD_CTAS: undefined }, () => {
     assert.deepEqual(wgFwdGrid('ht', 64, 32, 132), [132, 1, 1]);
     assert.deepEqual(wgFwdGrid('ht', 3, 4, 132), [12, 1, 1]);
-    for (const wg of ['hw', 'hl', 'hc', 'hq'] as const) assert.deepEqual(wgFwdGrid(wg, 64, 32, 132), [64, 32, 1], wg);
+    for (const wg of ['hw', 'hl', 'hc', 'hq', 'h'] as const) assert.deepEqual(wgFwdGrid(wg, 64, 32, 132), [64, 32, 1], wg);
   });
-  await withEnv({ RINGATTN_NVRTC_DEFINES: '-DFWD_DYN', RINGATTN_FWD_CTAS: '7' }, () => {
+  await withEnv({ RINGATTN_NVRTC_DEFINES: undefined, RINGATTN_FWD_CTAS: '7' }, () => {
     assert.deepEqual(wgFwdGrid('ht', 64, 32, 132), [7, 1, 1]);
+    assert.deepEqual(wgFwdGrid('hw', 64, 32, 132), [64, 32, 1]);
   });
-  // a value does not matter to #ifdef: persistent all the same
-  for (const d of ['-DFWD_DYN=1', '-DFWD_DYN=0', '-DOTHER_FLAG -DFWD_DYN']) {
-    await withEnv({ RINGATTN_NVRTC_DEFINES: d, RINGATTN_FWD_CTAS: undefined }, () => assert.deepEqual(wgFwdGrid('ht', 64, 32, 132), [132, 1, 1], d));
+  // a value does not matter to #ifdef: the trace build all the same
+  for (const d of ['-DFWD_TRACE', '-DFWD_TRACE=1', '-DFWD_TRACE=0', '-DOTHER_FLAG -DFWD_TRACE']) {
+    await withEnv({ RINGATTN_NVRTC_DEFINES: d, RINGATTN_FWD_CTAS: '7' }, () => assert.deepEqual(wgFwdGrid('ht', 64, 32, 132), [64, 32, 1], d));
   }
-  await withEnv({ RINGATTN_NVRTC_DEFINES: '-DFWD_DYNAMIC', RINGATTN_FWD_CTAS: undefined }, () => assert.deepEqual(wgFwdGrid('ht', 64, 32, 132), [64, 32, 1]));
+  await withEnv({ RINGATTN_NVRTC_DEFINES: '-DFWD_TRACES', RINGATTN_FWD_CTAS: undefined }, () => assert.deepEqual(wgFwdGrid('ht', 64, 32, 132), [132, 1, 1]));
   for (const bad of ['0', '-2', '1.5', 'x', 'Infinity', '1e3']) {
-    await withEnv({ RINGATTN_NVRTC_DEFINES: '-DFWD_DYN', RINGATTN_FWD_CTAS: bad }, () => {
+    await withEnv({ RINGATTN_NVRTC_DEFINES: undefined, RINGATTN_FWD_CTAS: bad }, () => {
       assert.throws(() => wgFwdGrid('ht', 64, 32, 132), (e: unknown) => e instanceof InputError && /RINGATTN_FWD_CTAS/.test(e.message), bad);
     });
   }

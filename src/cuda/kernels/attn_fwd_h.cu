@@ -63,7 +63,7 @@ template <int D, int WGS = 2, int BKN = 128> struct Cfg {
   static constexpr int KV_BYTES = BK * D * 2;  // K or V of one stage
   // D=128: 1 KB + 32 KB + 3 x 64 KB (128 keys) or 2 x 88 KB (176 keys), under 227 KB
   static constexpr int STAGES = D == 64 ? 4 : BK == 128 ? 3 : 2;
-  static constexpr int SMEM = 1024 /* alignment slack */ + Q_BYTES + STAGES * 2 * KV_BYTES + (2 * STAGES + 1) * 8 + 64;  // full, empty, Q's; DYN's qFree and item slot
+  static constexpr int SMEM = 1024 /* alignment slack */ + Q_BYTES + STAGES * 2 * KV_BYTES + (2 * STAGES + 1) * 8 + 64;  // full, empty, Q's; ht's qFree and item slot
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
 // Consumer schedules: ONE_TILE (attn_fwd_h), PIPELINED (attn_fwd_hp), PING_PONG (attn_fwd_hs: P·V
@@ -75,13 +75,15 @@ __device__ __forceinline__ void turnWait(int wg) { asm volatile("bar.sync %0, 25
 template <int WGS>
 __device__ __forceinline__ void turnPass(int wg) { asm volatile("bar.arrive %0, 256;" ::"r"(1 + (wg + 1) % WGS) : "memory"); }
 
-
-#ifdef FWD_DYN
-#if defined(FWD_EARLY_START) || defined(FWD_TRACE)
-#error "-DFWD_DYN is built alone (not with FWD_EARLY_START or FWD_TRACE)"
+// The trace build (-DFWD_TRACE) times CTAs, one item each: ht then runs on the full grid, as the
+// host's wgFwdGrid knows.
+#ifdef FWD_TRACE
+constexpr bool TRACED = true;
+#else
+constexpr bool TRACED = false;
 #endif
-// launchTile's (tile, head) for item L of nx query tiles and ny heads (DYN: the items in the order
-// a full grid would launch them, heaviest first).
+// launchTile's (tile, head) for item L of nx query tiles and ny heads (ht's persistent grid: the
+// items in the order a full grid would launch them, heaviest first).
 __device__ __forceinline__ int2 tileOf(int L, int g, int nx, int ny) {
   if (g <= 1) return make_int2(L % nx, L / nx);
   const int y0 = L / (g * nx) * g, gs = min(g, ny - y0);
@@ -94,7 +96,6 @@ __device__ __forceinline__ int ldShared(u32 addr) {
   asm volatile("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(addr) : "memory");
   return v;
 }
-#endif
 
 // TMA tensor maps of q [Sq, H, D], k and v [Sk, Hk, D] (16-bit elements as uint16; box 64
 // elements x 1 head x the query tile's rows (q) or the key tile's (k, v), 128-byte swizzle), written by cuTensorMapEncodeTiled on the host
@@ -106,7 +107,7 @@ struct TmaMaps {
 };
 
 // Q's tile (C::BQ rows of head h from row q0) by TMA onto mbarrier `bar`, its bytes announced
-// first: the producer thread's first copy (before the CTA's __syncthreads under FWD_EARLY_START).
+// first.
 template <typename C, int D>
 __device__ __forceinline__ void loadQ(u32 sQ, const TmaMaps* maps, u32 bar, int h, int q0) {
   mbarExpectTx(bar, C::Q_BYTES);
@@ -138,51 +139,29 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   auto full = [&](int s) { return bars + s * 8; };
   auto empty = [&](int s) { return bars + (STAGES + s) * 8; };
   const u32 qBar = bars + 2 * STAGES * 8;
-#ifdef FWD_DYN
-  // -DFWD_DYN (ht; opt-in until measured): a persistent grid of one CTA an SM (the host launches
-  // min(items, SMs) CTAs) whose CTAs take items (query tile, head) from a global counter, in the
-  // order a full grid launches them (heaviest first under a causal mask), so the items balance as
-  // the hardware's CTA scheduling balances them (the static rounds of session 25's persistent
-  // kernel lost 29% at 8k causal for want of it: kernels/NOTES.md runs 79-80). The producer thread
-  // takes the next item once it has issued the last loads of the current one, skips items that see
-  // nothing in this block, and once the consumers have waited for their last S (qFree) passes the
-  // item through shared memory (`slot`, ordered by Q's mbarrier) and loads its Q; the stage ring
-  // runs on across items. What this hides is a CTA's fixed cost: its start, Q's and the first
-  // tiles' loads, the gap between CTAs (9.9 us a CTA against 1.65 us a tile at 8k causal in the
-  // session-19 trace). The counter sits just past the query tiles' spans; attn_tile_spans zeroes
-  // it before each launch.
-  constexpr bool DYN = TMA && !CLUSTER && WGS == 2 && BK == 128 && MODE == PIPE_PONG;
+  // DYN (ht, the default at D=128): a persistent grid of one CTA an SM (the host launches
+  // min(items, SMs) CTAs, wgFwdGrid) whose CTAs take items (query tile, head) from a global
+  // counter, in the order a full grid launches them (heaviest first under a causal mask), so the
+  // items balance as the hardware's CTA scheduling balances them (the static rounds of session
+  // 25's persistent kernel lost 29% at 8k causal for want of it: kernels/NOTES.md runs 79-80). The
+  // producer thread takes the next item once it has issued the last loads of the current one,
+  // skips items that see nothing in this block, and once the consumers have waited for their last
+  // S (qFree) passes the item through shared memory (`slot`, ordered by Q's mbarrier) and loads its
+  // Q; the stage ring runs on across items. What this hides is a CTA's fixed cost: its start, Q's
+  // and the first tiles' loads, the gap between CTAs (9.9 us a CTA against 1.65 us a tile at 8k
+  // causal in the session-19 trace). On an H100, +5% at 32k causal and +1-2% at 8k, -1% at 32k
+  // unmasked (NOTES.md runs 84-85). The counter sits just past the query tiles' spans;
+  // attn_tile_spans zeroes it before each launch.
+  constexpr bool DYN = TMA && !CLUSTER && WGS == 2 && BK == 128 && MODE == PIPE_PONG && !TRACED;
   const u32 qFree = qBar + 8, slot = qBar + 16;
   const int nx = (p.Sq + BQ - 1) / BQ, nItems = nx * p.H;
-  if (DYN && gridDim.y != 1) __trap();  // the host's grid for another build: each item would run once per head
-#endif
+  if (DYN && gridDim.y != 1) __trap();  // a full grid (the trace build's): each item would run once per head
 
   TRACE(Trace trace; trace.start());
-#ifdef FWD_EARLY_START
-  // -DFWD_EARLY_START (TMA kernels but hc; opt-in: timed on an H100 in kernels/NOTES.md run 72,
-  // +6% at 8k causal D=128 but -4% at 8k unmasked and -3% at 32k causal, no clear gain; its tests
-  // not run): Q's copy is issued as early as the CTA can. The trace put 2.0-2.5 us between a CTA's start and Q's arrival
-  // (kernels/NOTES.md run 62), most of it before the copy was even issued: every thread read the
-  // query tile's span, then the first tile's key box (a second dependent load, classifyTile's),
-  // then thread 0 set up the barriers, then __syncthreads, and only then did the producer issue
-  // the copy, whose tensor map it had not yet fetched. Now the producer thread fetches the three
-  // maps' descriptors first, the first tile is the span's (attn_tile_spans gives the first
-  // visible tile: no second load), and the producer thread sets up the barriers itself and
-  // issues Q's copy before the __syncthreads.
-  constexpr bool EARLY = TMA && !CLUSTER;  // hc (opt-in, slower) spilled 16 bytes with it
-  if (EARLY && threadIdx.x == CONSUMERS) {
-    tmaPrefetchMap(maps->q);
-    tmaPrefetchMap(maps->k);
-    tmaPrefetchMap(maps->v);
-  }
-#else
-  constexpr bool EARLY = false;
-#endif
-#ifdef FWD_DYN
   // hc launched without its cluster of two would wait forever for the other half of every stage.
   if (CLUSTER && clusterSize() != 2) __trap();
   const Mask m = maskOf(p);
-  // The CTA's item: query tile qt of head h (one item a CTA, or under DYN one after another).
+  // The CTA's item: query tile qt of head h (one item a CTA, or in ht one after another).
   int qt, h, kh, q0, end, first;
   int4 qBox;
   // A ragged last tile is never 'full': its missing keys must read as -inf.
@@ -202,7 +181,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     qBox = p.qTiles[qt];
     const int2 span = p.qSpans[qt];
     end = span.y;
-    first = EARLY ? span.x : nextTile(span.x);
+    first = nextTile(span.x);
     return first < end;
   };
   // hc: one head at a time whatever RINGATTN_HEAD_GROUP says (it is ignored there), so that a
@@ -211,49 +190,15 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     TRACE(trace.stop(); trace.write(p.trace, 0, qt, h));
     return;
   }
-#else
-  // hc: one head at a time whatever RINGATTN_HEAD_GROUP says (it is ignored there), so that a
-  // cluster's two CTAs (blockIdx.x 2c and 2c + 1) are query tiles of one head and share its K/V.
-  const int2 lt = launchTile(CLUSTER ? 1 : p.headGroup);
-  const int qt = gridDim.x - 1 - lt.x;  // the last query tiles see the most keys under a causal mask: start them first
-  const int h = lt.y, kh = h / (p.H / p.Hk), q0 = qt * BQ;
-  // hc launched without its cluster of two would wait forever for the other half of every stage.
-  if (CLUSTER && clusterSize() != 2) __trap();
-  const Mask m = maskOf(p);
-  const int4 qBox = p.qTiles[qt];
-  // A ragged last tile is never 'full': its missing keys must read as -inf.
-  auto tileClass = [&](int t) {
-    const int c = classifyTile(m, qBox, p.kTiles[t]);
-    return (c == TILE_FULL && (t + 1) * BK > p.Sk) ? TILE_PARTIAL : c;
-  };
-  // Key tiles at or past `end` (and before span.x) are empty for this query tile (attn_tile_spans).
-  const int2 span = p.qSpans[qt];
-  const int end = span.y;
-  auto nextTile = [&](int t) {
-    while (t < end && tileClass(t) == TILE_EMPTY) t++;
-    return t;
-  };
-  const int first = EARLY ? span.x : nextTile(span.x);
-  if (first >= end) {  // this query tile sees nothing in this block (in hc neither does its partner: same span)
-    TRACE(trace.stop(); trace.write(p.trace, 0, qt, h));
-    return;
-  }
-#endif
   constexpr u32 ARRIVALS = TMA ? 1 : PRODUCERS;  // one expect_tx arrival, or one cp.async arrival per producer thread
-  if (threadIdx.x == (EARLY ? CONSUMERS : 0)) {
+  if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; s++) {
       mbarInit(full(s), ARRIVALS);
       mbarInit(empty(s), CLUSTER ? 2 * CONSUMERS / 32 : CONSUMERS);  // every consumer thread; hc: every consumer warp of both CTAs
     }
     mbarInit(qBar, ARRIVALS);
-#ifdef FWD_DYN
     if (DYN) mbarInit(qFree, CONSUMERS);
-#endif
     if (TMA) fenceMbarInit();
-    if (EARLY) {  // the barriers' init made visible to the async proxy, then Q's copy
-      fenceAsyncShared();
-      loadQ<C, D>(sQ, maps, qBar, h, q0);
-    }
   }
   if (CLUSTER) clusterSync();  // both CTAs' mbarriers initialised before either multicasts or arrives remotely
   else __syncthreads();
@@ -280,7 +225,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
           }
         }
       };
-#ifdef FWD_DYN
       if (DYN) {
         int* const counter = (int*)(p.qSpans + nx);
         int i = 0;
@@ -307,9 +251,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
           for (int t = first; t < end; t = nextTile(t + 1), i++) loadKV(t, i);
         }
       } else
-#endif
       {
-        if (!EARLY) loadQ<C, D>(sQ, maps, qBar, h, q0);
+        loadQ<C, D>(sQ, maps, qBar, h, q0);
         int i = 0;
         for (int t = first; t < end; t = nextTile(t + 1), i++) loadKV(t, i);
       }
@@ -355,30 +298,16 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       qSeg[r] = (i < p.Sq && m.hasSeg) ? p.qSeg[i] : 0;
     }
   };
-#ifdef FWD_DYN
   int rowBase = 0;  // set at the top of each item, as are the rows' positions and ranges, O and the statistics
   int qPos[2], qSeg[2];
-#else
-  const int rowBase = firstRow(wg, warp, lane);
-  int qPos[2], qSeg[2];
-  rowsOf(rowBase, qPos, qSeg);
-#endif
   const float scaleLog2 = p.scale * LOG2E;
   float o[D / 2];
-#ifndef FWD_DYN
-#pragma unroll
-  for (int x = 0; x < D / 2; x++) o[x] = 0.f;
-#endif
   float rowMax[2] = {NEG_INF, NEG_INF}, rowSum[2] = {0.f, 0.f};  // max in log2 units
   const u32 qRows = sQ + wg * 64 * 128;
   float sc[BK / 2];  // S of one tile (64 x BK per warpgroup), then its exponentials
   u32 a[BK / 16][4];  // P of one tile, 16-bit, in the A-fragment layout
   float corr[2];
-#ifdef FWD_DYN
-  int ib = 0;  // DYN: tiles the consumers took from the stage ring for the CTA's earlier items
-#else
-  constexpr int ib = 0;
-#endif
+  int ib = 0;  // tiles the consumers took from the stage ring for the CTA's earlier items (ht)
 
   // Descriptors step by adding the byte offset >> 4 to the start-address field (bits 0..13): every
   // address stays inside shared memory, so the field cannot carry into the next.
@@ -401,9 +330,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // registers), the index clamped into the block; each key costs two or three compares of its
   // position against the row's range, and one of its segment.
   KeyRange range[2];
-#ifndef FWD_DYN
-  for (int r = 0; r < 2; r++) range[r] = keyRange(m, qPos[r]);
-#endif
   // (SEG a plain bool, not a generic lambda's template: NVRTC takes an unannotated generic lambda
   // for a host function; each call below passes a constant, and the lambda is inlined.)
   auto maskTile = [&](const bool SEG, int t) {
@@ -563,9 +489,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     if (pong) turnWait(wg);
     issueQK(ib % STAGES);
     if (pong) turnPass<WGS>(wg);
-    // EARLY takes the span's first tile unchecked: were it ever empty, a partial tile's mask
-    // (every score -inf) keeps the result right where a full tile's would not.
-    const int c0 = tileClass(first), cls = EARLY && c0 == TILE_EMPTY ? TILE_PARTIAL : c0;
+    const int cls = tileClass(first);
     wgmmaWait<0>();
     fenceRegs(sc);
     softmax(first, cls);
@@ -594,8 +518,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     release(s);
   };
 
-#ifdef FWD_DYN
-  // DYN: waits for item n's Q and reads the item from the slot; false once no item is left. (The
+  // ht: waits for item n's Q and reads the item from the slot; false once no item is left. (The
   // wait and read at the loop's back edge rather than at its top: with them at the top and a
   // break, ptxas spilled P inside the tile loop.)
   auto nextItem = [&](int n) {
@@ -616,9 +539,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     for (int x = 0; x < D / 2; x++) o[x] = 0.f;
     for (int r = 0; r < 2; r++) rowMax[r] = NEG_INF, rowSum[r] = 0.f;
     maskBase = -(1 << 30), visM = 0, partM = 0;
-#else
-  mbarWait(qBar, 0);
-#endif
   TRACE(trace.mark(1));
   TRACE(int traced = 0);  // tiles computed, counted in the loops (a count taken after the clock
                           // stopped, by reading the tile list, held the SM ~0.3 us a tile)
@@ -685,14 +605,10 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       softmax(tn, cls);
       finishPV(i + 1);  // P·V of tile t; P of tile tn packed
     }
-#ifdef FWD_DYN
     if (DYN) mbarArrive(qFree);  // every S product of this item waited for: its Q may go
-#endif
     lastTile(pong, (ib + i) % STAGES);
     TRACE(traced = i + 1);
-#ifdef FWD_DYN
     ib += i + 1;
-#endif
   }
 
   TRACE(trace.mark(3));
@@ -704,9 +620,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   trace.stop();
   trace.write(p.trace, traced, qt, h);
 #endif
-#ifdef FWD_DYN
   }
-#endif
   if (CLUSTER) clusterSync();  // as the producer warpgroup's, above
 }
 }  // namespace fwdh

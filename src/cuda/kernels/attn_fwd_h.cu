@@ -22,7 +22,8 @@
 // independently; hp software-pipelined inside each warpgroup (S of tile n+1 issued before P·V of
 // tile n, so the softmax of n+1 overlaps that P·V, as FlashAttention-3 does); hs ping-pong turns
 // between the warpgroups (named barriers), each issuing P·V of one tile and S of the next back to
-// back; hq and ht both (ht loading with TMA, the default at D=128: kernels/NOTES.md runs 9-12).
+// back; hq and ht both (ht loading with TMA, the default at D=128: kernels/NOTES.md runs 9-12;
+// ht alone runs on a persistent grid whose CTAs take items from a counter, runs 82-85).
 // hw is ht with three consumer warpgroups (192 query rows, 512 threads, 160 registers a consumer
 // thread, the turns passed round robin): at D=64 a warpgroup's products are half as long as at
 // D=128 while its softmax is not, so two warpgroups could not keep the tensor cores fed; hw is
@@ -32,7 +33,8 @@
 // (kernels/NOTES.md has the designs and numbers): a persistent grid (runs 79-80), P in two register
 // sets (68-70), the P·V wait across the loop's back edge (64), the warpgroup index through a
 // shuffle for uniform Q descriptors and the rows' old lse read before the loop (72).
-// Launch: grid (ceil(Sq / BQ), H), 2 BQ + 128 threads, dynamic shared memory fwdh::Cfg<D, WGS>::SMEM
+// Launch: grid (ceil(Sq / BQ), H), or for ht (persistent) min(items, SMs) CTAs (wgFwdGrid),
+// 2 BQ + 128 threads, dynamic shared memory fwdh::Cfg<D, WGS>::SMEM
 // (src/cuda/attention.ts); tile boxes at BQ rows for queries and 128 for keys; ht and hw take the
 // tensor maps as a second parameter.
 #include "common.cuh"

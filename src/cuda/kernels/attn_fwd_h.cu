@@ -531,9 +531,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     qBox = make_int4(ldShared(slot + 20), ldShared(slot + 24), ldShared(slot + 28), ldShared(slot + 32));
     return true;
   };
-  if (!DYN) mbarWait(qBar, 0);
-  int n = 0;  // items taken
-  for (bool more = DYN ? nextItem(0) : true; more; more = DYN && nextItem(++n)) {
+  // The item's rows (positions, segments, key ranges), O and the statistics from zero.
+  auto startItem = [&]() {
     rowBase = firstRow(wg, warp, lane);
     rowsOf(rowBase, qPos, qSeg);
     for (int r = 0; r < 2; r++) range[r] = keyRange(m, qPos[r]);
@@ -541,6 +540,14 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     for (int x = 0; x < D / 2; x++) o[x] = 0.f;
     for (int r = 0; r < 2; r++) rowMax[r] = NEG_INF, rowSum[r] = 0.f;
     maskBase = -(1 << 30), visM = 0, partM = 0;
+  };
+  if (!DYN) {  // one item: its rows' loads are issued before the wait for Q, and overlap it
+    startItem();
+    mbarWait(qBar, 0);
+  }
+  int n = 0;  // items taken
+  for (bool more = DYN ? nextItem(0) : true; more; more = DYN && nextItem(++n)) {
+    if (DYN) startItem();
   TRACE(trace.mark(1));
   TRACE(int traced = 0);  // tiles computed, counted in the loops (a count taken after the clock
                           // stopped, by reading the tile list, held the SM ~0.3 us a tile)

@@ -170,7 +170,8 @@ struct FwdParams {
   float scale;
   int headGroup;       // launch order (launchTile): heads interleaved in groups of this many; 0 or 1: one head at a time
   const int2* qSpans;  // [ceil(Sq / blockQ)] {first, one past the last} key tile a query tile sees
-                       // anything of (attn_tile_spans; the tensor-core forwards); null for the generic one
+                       // anything of (attn_tile_spans; the tensor-core forwards); null for the generic one.
+                       // One int2 more after them: the persistent ht's item counter (zeroed by attn_tile_spans)
   u64* trace;          // [CTAs][8] per-CTA timestamps (hop::Trace), written only by a Hopper
                        // forward built with -DFWD_TRACE (bench/gpu-trace.ts); null otherwise
 };

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device run comparing builds of the Hopper forward (kernels/attn_fwd_h.cu): each variant is
 # "SCHEDULE|DEFINES|DS" (RINGATTN_WGMMA_ATTN, empty for the dispatcher's choice; RINGATTN_NVRTC_DEFINES;
-# head dims for --d=), e.g. "|-DFWD_EARLY_START|64,128" "6|-DFWD_TRACE|64". Each distinct DEFINES
+# head dims for --d=), e.g. "||64,128" "|-DFWD_MY_CHANGE|64,128" "6||64". Each distinct DEFINES
 # compiles into a kernel cache of its own; first its forward GPU tests (TESTS, a test-name pattern:
 # by default the schedules the dispatcher picks, 5 and 6, and 7-8, and the block merges; unless
 # SKIP_TESTS=1), then forward-only timings at S 8k and 32k, H=32, for every variant (rounds of all

@@ -19,7 +19,10 @@ import { blockCalls, timeCalls, warmUp } from './gpu-block.js';
  *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1] [reps=20] [fwd|bwd]
  * One S x S block, bf16, Hk = H, positions 0..S-1 on both sides, timed as bench/gpu.js times it
  * (blockCalls). The traced build stores 64 bytes a CTA and waits once more at the end: its time is
- * printed beside the phases, to compare with the untraced rate (bench/gpu.js).
+ * printed beside the phases, to compare with the untraced rate (bench/gpu.js). The default D=128
+ * forward (ht) runs on a persistent grid, one CTA an SM taking items in turn; the traced build
+ * runs it on the full grid, one item a CTA, so that each record is one item's: its per-CTA costs
+ * are those the persistent grid hides (kernels/attn_fwd_h.cu).
  */
 
 export interface CtaRecord {

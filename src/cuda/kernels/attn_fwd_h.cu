@@ -141,7 +141,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   auto full = [&](int s) { return bars + s * 8; };
   auto empty = [&](int s) { return bars + (STAGES + s) * 8; };
   const u32 qBar = bars + 2 * STAGES * 8;
-  // DYN (ht, the default at D=128): a persistent grid of one CTA an SM (the host launches
+  // PERSIST (ht, the default at D=128): a persistent grid of one CTA an SM (the host launches
   // min(items, SMs) CTAs, wgFwdGrid) whose CTAs take items (query tile, head) from a global
   // counter, in the order a full grid launches them (heaviest first under a causal mask), so the
   // items balance as the hardware's CTA scheduling balances them (the static rounds of session
@@ -154,10 +154,10 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // causal in the session-19 trace). On an H100, +2-5% at 32k causal, level to +2% elsewhere
   // (NOTES.md runs 84-85). The counter sits just past the query tiles' spans;
   // attn_tile_spans zeroes it before each launch.
-  constexpr bool DYN = TMA && !CLUSTER && WGS == 2 && BK == 128 && MODE == PIPE_PONG && !TRACED;
+  constexpr bool PERSIST = TMA && !CLUSTER && WGS == 2 && BK == 128 && MODE == PIPE_PONG && !TRACED;
   const u32 qFree = qBar + 8, slot = qBar + 16;
   const int nx = (p.Sq + BQ - 1) / BQ, nItems = nx * p.H;
-  if (DYN && gridDim.y != 1) __trap();  // a full grid (the trace build's): each item would run once per head
+  if (PERSIST && gridDim.y != 1) __trap();  // a full grid (the trace build's): each item would run once per head
 
   TRACE(Trace trace; trace.start());
   // hc launched without its cluster of two would wait forever for the other half of every stage.
@@ -188,7 +188,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   };
   // hc: one head at a time whatever RINGATTN_HEAD_GROUP says (it is ignored there), so that a
   // cluster's two CTAs (blockIdx.x 2c and 2c + 1) are query tiles of one head and share its K/V.
-  if (!DYN && !setItem(launchTile(CLUSTER ? 1 : p.headGroup), gridDim.x)) {  // nothing seen (in hc neither by its partner: same span)
+  if (!PERSIST && !setItem(launchTile(CLUSTER ? 1 : p.headGroup), gridDim.x)) {  // nothing seen (in hc neither by its partner: same span)
     TRACE(trace.stop(); trace.write(p.trace, 0, qt, h));
     return;
   }
@@ -199,7 +199,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       mbarInit(empty(s), CLUSTER ? 2 * CONSUMERS / 32 : CONSUMERS);  // every consumer thread; hc: every consumer warp of both CTAs
     }
     mbarInit(qBar, ARRIVALS);
-    if (DYN) mbarInit(qFree, CONSUMERS);
+    if (PERSIST) mbarInit(qFree, CONSUMERS);
     if (TMA) fenceMbarInit();
   }
   if (CLUSTER) clusterSync();  // both CTAs' mbarriers initialised before either multicasts or arrives remotely
@@ -227,7 +227,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
           }
         }
       };
-      if (DYN) {
+      if (PERSIST) {
         int* const counter = (int*)(p.qSpans + nx);
         int i = 0;
         for (int n = 0;; n++) {
@@ -541,13 +541,13 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     for (int r = 0; r < 2; r++) rowMax[r] = NEG_INF, rowSum[r] = 0.f;
     maskBase = -(1 << 30), visM = 0, partM = 0;
   };
-  if (!DYN) {  // one item: its rows' loads are issued before the wait for Q, and overlap it
+  if (!PERSIST) {  // one item: its rows' loads are issued before the wait for Q, and overlap it
     startItem();
     mbarWait(qBar, 0);
   }
   int n = 0;  // items taken
-  for (bool more = DYN ? nextItem(0) : true; more; more = DYN && nextItem(++n)) {
-    if (DYN) startItem();
+  for (bool more = PERSIST ? nextItem(0) : true; more; more = PERSIST && nextItem(++n)) {
+    if (PERSIST) startItem();
   TRACE(trace.mark(1));
   TRACE(int traced = 0);  // tiles computed, counted in the loops (a count taken after the clock
                           // stopped, by reading the tile list, held the SM ~0.3 us a tile)
@@ -614,7 +614,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       softmax(tn, cls);
       finishPV(i + 1);  // P·V of tile t; P of tile tn packed
     }
-    if (DYN) mbarArrive(qFree);  // every S product of this item waited for: its Q may go
+    if (PERSIST) mbarArrive(qFree);  // every S product of this item waited for: its Q may go
     lastTile(pong, (ib + i) % STAGES);
     TRACE(traced = i + 1);
     ib += i + 1;

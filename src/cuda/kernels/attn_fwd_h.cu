@@ -234,21 +234,21 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
           int L = atomicAdd(counter, 1);
           while (L < nItems && !setItem(tileOf(L, p.headGroup, nx, p.H), nx)) L = atomicAdd(counter, 1);
           if (n > 0) mbarWait(qFree, (n - 1) & 1);  // the consumers are done with the last item's Q (and its slot)
-          stShared(slot, L < nItems ? 1 : -1);
-          if (L < nItems) {  // the item as the consumers need it (they then keep no item index of their own)
-            stShared(slot + 4, qt);
-            stShared(slot + 8, h);
-            stShared(slot + 12, end);
-            stShared(slot + 16, first);
-            stShared(slot + 20, qBox.x);
-            stShared(slot + 24, qBox.y);
-            stShared(slot + 28, qBox.z);
-            stShared(slot + 32, qBox.w);
-          }
           if (L >= nItems) {  // no item left: the consumers read -1 and stop
+            stShared(slot, -1);
             mbarArrive(qBar);
             break;
           }
+          // The item as the consumers need it (they then keep no item index of their own).
+          stShared(slot, 1);
+          stShared(slot + 4, qt);
+          stShared(slot + 8, h);
+          stShared(slot + 12, end);
+          stShared(slot + 16, first);
+          stShared(slot + 20, qBox.x);
+          stShared(slot + 24, qBox.y);
+          stShared(slot + 28, qBox.z);
+          stShared(slot + 32, qBox.w);
           loadQ<C, D>(sQ, maps, qBar, h, q0);
           for (int t = first; t < end; t = nextTile(t + 1), i++) loadKV(t, i);
         }
@@ -290,8 +290,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   const int wg = threadIdx.x >> 7;
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   // The first of the thread's two accumulator rows (the other is 8 below), and their positions and
-  // segments. (Written inline instead of as these two lambdas, ptxas allocates registers a little
-  // differently in every forward kernel: kept as they are, the SASS the GPU tests ran.)
+  // segments (startItem, below, sets them for each item).
   auto firstRow = [&](int wg, int warp, int lane) { return q0 + wg * 64 + warp * 16 + (lane >> 2); };
   auto rowsOf = [&](int rowBase, int (&qPos)[2], int (&qSeg)[2]) {
     for (int r = 0; r < 2; r++) {
@@ -546,6 +545,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     mbarWait(qBar, 0);
   }
   int n = 0;  // items taken
+  // The loop over items (one, but in ht) spans the schedules and the epilogue, left unindented.
   for (bool more = PERSIST ? nextItem(0) : true; more; more = PERSIST && nextItem(++n)) {
     if (PERSIST) startItem();
   TRACE(trace.mark(1));
@@ -629,7 +629,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   trace.stop();
   trace.write(p.trace, traced, qt, h);
 #endif
-  }
+  }  // the items (one, but in ht)
   if (CLUSTER) clusterSync();  // as the producer warpgroup's, above
 }
 }  // namespace fwdh

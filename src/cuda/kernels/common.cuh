@@ -293,26 +293,6 @@ __device__ __forceinline__ float mergeWeights(float lseOld, float lseB, float& w
   return mx + logf(sum);
 }
 
-// The merge and stores of mergeRowOut for a live row (l > 0: the quad's whole sum), given the
-// row's old lse (read by the caller, mergeRowOut below).
-template <int D>
-__device__ __forceinline__ void storeRowOut(const FwdParams& p, u64 row, int lane, int r, float rowMax, float l, float lseOld, const float* acc) {
-  const float lseB = (rowMax + log2f(l)) * LN2;
-  float wOld, wB;
-  const float lseNew = mergeWeights(lseOld, lseB, wOld, wB);
-  const float inv = wB / l;
-  float* out = p.o + row * D;
-#pragma unroll
-  for (int n = 0; n < D / 8; n++) {
-    const int col = n * 8 + 2 * (lane & 3);
-    float2 cur = wOld == 0.f ? make_float2(0.f, 0.f) : *(float2*)(out + col);
-    cur.x = cur.x * wOld + acc[4 * n + 2 * r] * inv;
-    cur.y = cur.y * wOld + acc[4 * n + 2 * r + 1] * inv;
-    *(float2*)(out + col) = cur;
-  }
-  if ((lane & 3) == 0) p.lse[row] = lseNew;
-}
-
 // The forward kernels' epilogue for one of a thread's two rows: query row i of head h, whose
 // columns 8n + 2·(lane%4) (+1) this thread holds in acc[4n + 2r] (+1) for n < D/8 (the m16n8 /
 // wgmma accumulator layout), with its block statistics (rowMax in log2 units; rowSum partial
@@ -330,5 +310,18 @@ __device__ __forceinline__ void mergeRowOut(const FwdParams& p, int i, int h, in
   const float lseOld = live ? p.lse[row] : 0.f;
   __syncwarp();  // all four lanes read lse before lane 0 of the quad writes it
   if (!live) return;
-  storeRowOut<D>(p, row, lane, r, rowMax, l, lseOld, acc);
+  const float lseB = (rowMax + log2f(l)) * LN2;
+  float wOld, wB;
+  const float lseNew = mergeWeights(lseOld, lseB, wOld, wB);
+  const float inv = wB / l;
+  float* out = p.o + row * D;
+#pragma unroll
+  for (int n = 0; n < D / 8; n++) {
+    const int col = n * 8 + 2 * (lane & 3);
+    float2 cur = wOld == 0.f ? make_float2(0.f, 0.f) : *(float2*)(out + col);
+    cur.x = cur.x * wOld + acc[4 * n + 2 * r] * inv;
+    cur.y = cur.y * wOld + acc[4 * n + 2 * r + 1] * inv;
+    *(float2*)(out + col) = cur;
+  }
+  if ((lane & 3) == 0) p.lse[row] = lseNew;
 }

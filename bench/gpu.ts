@@ -95,9 +95,10 @@ for (const dtype of ['bfloat16'] as CudaDType[]) {
       });
       const flops = (4 * S * S * H * D) / (causal ? 2 : 1);
       const mf = timeCalls(ctx, fwd, reps, queue), mb = fwdOnly ? NaN : timeCalls(ctx, bwd, reps, queue);
-      ours.push({ D, causal, fwd: flops / mf / 1e9, bwd: (2.5 * flops) / mb / 1e9 });
+      const row: OursRow = { D, causal, fwd: flops / mf / 1e9, bwd: (2.5 * flops) / mb / 1e9 };
+      ours.push(row);
       console.log(
-        `${kern.name({ dtype, D }).padEnd(30)} ${String(D).padStart(3)}  ${String(causal).padEnd(6)} ${mf.toFixed(3).padStart(7)}  ${(flops / mf / 1e9).toFixed(1).padStart(8)}  ${(fwdOnly ? '-' : mb.toFixed(3)).padStart(7)}  ${(fwdOnly ? '-' : ((2.5 * flops) / mb / 1e9).toFixed(1)).padStart(8)}`,
+        `${kern.name({ dtype, D }).padEnd(30)} ${String(D).padStart(3)}  ${String(causal).padEnd(6)} ${mf.toFixed(3).padStart(7)}  ${row.fwd.toFixed(1).padStart(8)}  ${(fwdOnly ? '-' : mb.toFixed(3)).padStart(7)}  ${(fwdOnly ? '-' : row.bwd.toFixed(1)).padStart(8)}`,
       );
       ctx.sync();
       for (const b of [q, k, v, dO, pos, ...outs]) ctx.free(b);

@@ -294,21 +294,9 @@ test('block kernels on global positions: two KV blocks merge into the full resul
     const scale = scaleGiven ?? 1 / Math.sqrt(D);
     const m = { causal, window: window || undefined, sinks };
     const ref = refBlock({ q, k, v, qPos, kPos, Sq, Sk, H, Hk, D, scale }, m, dO);
-    const bufs: DeviceBuffer[] = [];
-    const up = (x: Float32Array | Int32Array, asDtype: boolean) => {
-      const data = asDtype ? encode(x as Float32Array, dtype) : x;
-      const b = c.alloc(data.byteLength);
-      bufs.push(b);
-      c.upload(b, data);
-      return b.ptr;
-    };
-    const zeros = (n: number, bits = 0) => {
-      const b = c.alloc(n * 4);
-      bufs.push(b);
-      c.fill32(b, 0x7fc00000, n); // poison, then the initial value
-      c.fill32(b, bits, n);
-      return b.ptr;
-    };
+    const { up: upRaw, init, free } = caseBuffers(c);
+    const up = (x: Float32Array | Int32Array, asDtype: boolean) => upRaw(asDtype ? encode(x as Float32Array, dtype) : x);
+    const zeros = (n: number, bits = 0) => init(n, bits); // NaN-poisoned first, then the initial value
     try {
       // o stays poisoned: a forward must not read a row's o while its lse is -inf (finishForward zeroes what no key reached)
       const qd = up(q, true), qp = up(qPos, false), o = zeros(Sq * H * D, 0x7fc00000), lse = zeros(Sq * H, 0xff800000);
@@ -340,8 +328,7 @@ test('block kernels on global positions: two KV blocks merge into the full resul
       assertClose(dk, ref.dk, TOL[dtype].grad, `dk ${what}`);
       assertClose(dv, ref.dv, TOL[dtype].grad, `dv ${what}`);
     } finally {
-      c.sync();
-      for (const b of bufs) c.free(b);
+      free();
     }
   });
   kern.dispose();

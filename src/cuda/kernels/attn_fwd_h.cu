@@ -176,8 +176,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     while (t < end && tileClass(t) == TILE_EMPTY) t++;
     return t;
   };
-  // The item of launch tile lt (launchTile) of nx query tiles; false if it sees nothing in this block.
-  auto setItem = [&](int2 lt, int nx) {
+  // The item of launch tile lt (launchTile, tileOf) of the nx query tiles; false if it sees nothing
+  // in this block. (A full grid's x extent is nx.)
+  auto setItem = [&](int2 lt) {
     qt = nx - 1 - lt.x;  // the last query tiles see the most keys under a causal mask: start them first
     h = lt.y, kh = h / (p.H / p.Hk), q0 = qt * BQ;
     qBox = p.qTiles[qt];
@@ -188,7 +189,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   };
   // hc: one head at a time whatever RINGATTN_HEAD_GROUP says (it is ignored there), so that a
   // cluster's two CTAs (blockIdx.x 2c and 2c + 1) are query tiles of one head and share its K/V.
-  if (!PERSIST && !setItem(launchTile(CLUSTER ? 1 : p.headGroup), gridDim.x)) {  // nothing seen (in hc neither by its partner: same span)
+  if (!PERSIST && !setItem(launchTile(CLUSTER ? 1 : p.headGroup))) {  // nothing seen (in hc neither by its partner: same span)
     TRACE(trace.stop(); trace.write(p.trace, 0, qt, h));
     return;
   }
@@ -232,7 +233,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
         int i = 0;
         for (int n = 0;; n++) {
           int L = atomicAdd(counter, 1);
-          while (L < nItems && !setItem(tileOf(L, p.headGroup, nx, p.H), nx)) L = atomicAdd(counter, 1);
+          while (L < nItems && !setItem(tileOf(L, p.headGroup, nx, p.H))) L = atomicAdd(counter, 1);
           if (n > 0) mbarWait(qFree, (n - 1) & 1);  // the consumers are done with the last item's Q (and its slot)
           if (L >= nItems) {  // no item left: the consumers read -1 and stop
             stShared(slot, -1);

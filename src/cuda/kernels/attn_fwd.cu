@@ -255,7 +255,8 @@ __device__ __forceinline__ void run(const FwdParams& p) {
   }
 
   // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32.
-  mergeRowsOut<D>(p, q0 + warp * 16 + (lane >> 2), h, lane, rowMax, rowSum, &acc[0][0]);
+#pragma unroll
+  for (int r = 0; r < 2; r++) mergeRowOut<D>(p, q0 + warp * 16 + (lane >> 2) + 8 * r, h, lane, r, rowMax[r], rowSum[r], &acc[0][0]);
 }
 }  // namespace fwd
 

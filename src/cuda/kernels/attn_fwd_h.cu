@@ -482,31 +482,15 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     if (!TMA) fenceAsyncShared();  // cp.async wrote through the generic proxy; TMA through the async one
   };
 
-  // The rows' key ranges, from the positions startItem loaded: computed once the item's first S is
-  // issued, so that the loads' latency does not stall the issue.
-  auto setRanges = [&]() {
-    for (int r = 0; r < 2; r++) range[r] = keyRange(m, qPos[r]);
-  };
   // The two-product schedules' first tile (its S alone, then its softmax) and last (its P·V
   // alone). With turns, warpgroup 1 hands warpgroup 0 the first turn and skips its last pass, so
-  // that every bar.sync of one warpgroup meets one bar.arrive of the other. CARRY (-DFWD_TURN_CARRY,
-  // ht's persistent grid): the turns run on across items instead: warpgroup 1 passes its last
-  // turn (once its last P·V is done), so that warpgroup 0 issues the next item's first S while
-  // warpgroup 1 is still in its epilogue, and only the first item starts with the hand-over (warpgroup 0 takes the pass
-  // left over after the last item before it leaves).
-#ifdef FWD_TURN_CARRY
-  constexpr bool CARRY = PERSIST;
-#else
-  constexpr bool CARRY = false;
-#endif
-  int n = 0;  // items taken
+  // that every bar.sync of one warpgroup meets one bar.arrive of the other.
   auto firstTile = [&](bool pong) {
-    if (pong && wg == WGS - 1 && (!CARRY || n == 0)) turnPass<WGS>(wg);
+    if (pong && wg == WGS - 1) turnPass<WGS>(wg);
     waitFull(0);
     if (pong) turnWait(wg);
     issueQK(ib % STAGES);
     if (pong) turnPass<WGS>(wg);
-    setRanges();
     const int cls = tileClass(first);
     wgmmaWait<0>();
     fenceRegs(sc);
@@ -541,19 +525,17 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // break, ptxas spilled P inside the tile loop.)
   auto nextItem = [&](int n) {
     mbarWait(qBar, n & 1);
-    if (ldShared(slot) < 0) {  // the slot is written before the producer's arrival on qBar
-      if (CARRY && wg == 0 && n > 0) turnWait(wg);  // warpgroup 1's pass after the last item
-      return false;
-    }
+    if (ldShared(slot) < 0) return false;  // the slot is written before the producer's arrival on qBar
     qt = ldShared(slot + 4), h = ldShared(slot + 8), end = ldShared(slot + 12), first = ldShared(slot + 16);
     kh = h / (p.H / p.Hk), q0 = qt * BQ;
     qBox = make_int4(ldShared(slot + 20), ldShared(slot + 24), ldShared(slot + 28), ldShared(slot + 32));
     return true;
   };
-  // The item's rows (positions, segments; their key ranges by setRanges), O and the statistics from zero.
+  // The item's rows (positions, segments, key ranges), O and the statistics from zero.
   auto startItem = [&]() {
     rowBase = firstRow(wg, warp, lane);
-    rowsOf(rowBase, qPos, qSeg);  // their loads in flight while the first S is issued (setRanges)
+    rowsOf(rowBase, qPos, qSeg);
+    for (int r = 0; r < 2; r++) range[r] = keyRange(m, qPos[r]);
 #pragma unroll
     for (int x = 0; x < D / 2; x++) o[x] = 0.f;
     for (int r = 0; r < 2; r++) rowMax[r] = NEG_INF, rowSum[r] = 0.f;
@@ -563,6 +545,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     startItem();
     mbarWait(qBar, 0);
   }
+  int n = 0;  // items taken
   // The loop over items (one, but in ht) spans the schedules and the epilogue, left unindented.
   for (bool more = PERSIST ? nextItem(0) : true; more; more = PERSIST && nextItem(++n)) {
     if (PERSIST) startItem();
@@ -596,7 +579,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     TRACE(traced = i + 1);
   } else if (MODE == ONE_TILE) {
     // One tile at a time: the other warpgroup's products overlap this one's softmax.
-    setRanges();
     int i = 0, cls = tileClass(first);
     for (int t = first; t < end; t = nextVis(t + 1, cls), i++) {
       waitFull(i);
@@ -635,14 +617,14 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     }
     if (PERSIST) mbarArrive(qFree);  // every S product of this item waited for: its Q may go
     lastTile(pong, (ib + i) % STAGES);
-    if (CARRY && wg == WGS - 1) turnPass<WGS>(wg);  // the next item's first turn, before this epilogue
     TRACE(traced = i + 1);
     ib += i + 1;
   }
 
   TRACE(trace.mark(3));
   // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32.
-  mergeRowsOut<D>(p, rowBase, h, lane, rowMax, rowSum, o);
+#pragma unroll
+  for (int r = 0; r < 2; r++) mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
 #ifdef FWD_TRACE
   asm volatile("bar.sync 7, %0;" ::"r"(CONSUMERS) : "memory");  // every consumer's epilogue issued
   trace.stop();

@@ -293,54 +293,35 @@ __device__ __forceinline__ float mergeWeights(float lseOld, float lseB, float& w
   return mx + logf(sum);
 }
 
-// The forward kernels' epilogue for a thread's two rows: query rows i0 and i0 + 8 of head h, whose
+// The forward kernels' epilogue for one of a thread's two rows: query row i of head h, whose
 // columns 8n + 2·(lane%4) (+1) this thread holds in acc[4n + 2r] (+1) for n < D/8 (the m16n8 /
-// wgmma accumulator layout), with their block statistics (rowMax in log2 units; rowSum partial
+// wgmma accumulator layout), with its block statistics (rowMax in log2 units; rowSum partial
 // over the quad of lanes sharing the row). The block's (o, lse) merge into the running
 // accumulators in fp32; a row past Sq or that saw no key (l = 0) leaves them untouched. A row
 // whose sum is NaN (it saw a NaN score, under allowNonfinite) is live: it stores NaN (o and lse),
 // never reads as a row that saw nothing. The row max (fmaxf) passes NaN scores over, but their
-// exponentials are NaN and so is the sum. Every load (both rows' lse, then the running o of the
-// rows that have one) is issued before the first store: o and lse may alias for the compiler, so
-// a row at a time would wait for a round trip to memory twice over.
+// exponentials are NaN and so is the sum.
 __device__ __forceinline__ bool rowLive(float l) { return !(l <= 0.f); }
 template <int D>
-__device__ __forceinline__ void mergeRowsOut(const FwdParams& p, int i0, int h, int lane, const float (&rowMax)[2], const float (&rowSum)[2], const float* acc) {
-  float l[2], lseOld[2], wOld[2], inv[2], lseNew[2];
-  bool live[2];
-  u64 row[2];
-  float* out[2];
-#pragma unroll
-  for (int r = 0; r < 2; r++) {
-    l[r] = quadSum(rowSum[r]);
-    live[r] = i0 + 8 * r < p.Sq && rowLive(l[r]);
-    row[r] = (u64)(i0 + 8 * r) * p.H + h;
-    out[r] = p.o + row[r] * D;
-    lseOld[r] = live[r] ? p.lse[row[r]] : 0.f;
-  }
+__device__ __forceinline__ void mergeRowOut(const FwdParams& p, int i, int h, int lane, int r, float rowMax, float rowSum, const float* acc) {
+  const float l = quadSum(rowSum);
+  const bool live = i < p.Sq && rowLive(l);
+  const u64 row = (u64)i * p.H + h;
+  const float lseOld = live ? p.lse[row] : 0.f;
   __syncwarp();  // all four lanes read lse before lane 0 of the quad writes it
+  if (!live) return;
+  const float lseB = (rowMax + log2f(l)) * LN2;
+  float wOld, wB;
+  const float lseNew = mergeWeights(lseOld, lseB, wOld, wB);
+  const float inv = wB / l;
+  float* out = p.o + row * D;
 #pragma unroll
-  for (int r = 0; r < 2; r++) {
-    float wB = 0.f;
-    lseNew[r] = mergeWeights(lseOld[r], (rowMax[r] + log2f(l[r])) * LN2, wOld[r], wB);
-    inv[r] = wB / l[r];
-    wOld[r] = live[r] ? wOld[r] : 0.f;
+  for (int n = 0; n < D / 8; n++) {
+    const int col = n * 8 + 2 * (lane & 3);
+    float2 cur = wOld == 0.f ? make_float2(0.f, 0.f) : *(float2*)(out + col);
+    cur.x = cur.x * wOld + acc[4 * n + 2 * r] * inv;
+    cur.y = cur.y * wOld + acc[4 * n + 2 * r + 1] * inv;
+    *(float2*)(out + col) = cur;
   }
-  float2 cur[2][D / 8];
-#pragma unroll
-  for (int r = 0; r < 2; r++)
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) cur[r][n] = wOld[r] == 0.f ? make_float2(0.f, 0.f) : *(const float2*)(out[r] + n * 8 + 2 * (lane & 3));
-#pragma unroll
-  for (int r = 0; r < 2; r++) {
-    if (!live[r]) continue;
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) {
-      float2 c = cur[r][n];
-      c.x = c.x * wOld[r] + acc[4 * n + 2 * r] * inv[r];
-      c.y = c.y * wOld[r] + acc[4 * n + 2 * r + 1] * inv[r];
-      *(float2*)(out[r] + n * 8 + 2 * (lane & 3)) = c;
-    }
-    if ((lane & 3) == 0) p.lse[row[r]] = lseNew[r];
-  }
+  if ((lane & 3) == 0) p.lse[row] = lseNew;
 }

@@ -43,3 +43,16 @@ tap_results() {
   awk '/# SKIP test name/ { next } /^(not ok|ok|# (tests|pass|fail|skipped|duration))/ { print; next }
        /^  error:/ { n = 6 } n > 0 { print; n-- }' "$1"
 }
+# An A/B round's variants in the order they run, in the array `order`: as given on odd rounds,
+# reversed on even ones. With one fixed order the same variant always ran first in a round, on the
+# coolest GPU, and drift over a round read as a difference between variants (kernels/NOTES.md
+# run 92 could not tell the two apart).   round_order ROUND VARIANT...
+round_order() {
+  local r=$1 j
+  shift
+  order=("$@")
+  if (( r % 2 == 0 )); then
+    order=()
+    for ((j = $#; j >= 1; j--)); do order+=("${!j}"); done
+  fi
+}

@@ -2,7 +2,7 @@
 # One device run comparing settings of the attention block kernels that environment variables
 # choose (RINGATTN_HEAD_GROUP, RINGATTN_WGMMA_ATTN, RINGATTN_NVRTC_DEFINES, ...) with bench/gpu.js,
 # forward and backward, beside PyTorch SDPA (flash, cuDNN) at the same shapes. ROUNDS rounds of
-# every shape and variant, so that drift hits all alike. Carry .devkit, .devrun and dist.
+# every shape and variant, so that drift hits all alike (even rounds in reverse order). Carry .devkit, .devrun and dist.
 # Results in $OUT/env-ab.log.
 #   bash bench/gpu-env-ab.sh [reps=10] VARIANT...      VARIANT = "label|VAR=x VAR2=y" ("label|": the defaults)
 # A variant's DIST=path runs that build's bench/gpu.js instead of dist's (an older build copied
@@ -28,9 +28,10 @@ if [ -n "${TESTS:-}" ]; then
   tap_results "$OUT/tests.log" | tee -a "$log"
 fi
 for round in $(seq 1 "${ROUNDS:-2}"); do
+  round_order "$round" "$@"
   for shape in $SHAPES; do
     IFS=: read -r S H D <<<"$shape"
-    for v in "$@"; do
+    for v in "${order[@]}"; do
       label="${v%%|*}"
       envs="${v#*|}"
       echo "== round $round S=$S H=$H D=$D variant '$label' env='$envs'" | tee -a "$log"

@@ -5,7 +5,7 @@
 # compiles into a kernel cache of its own; first its forward GPU tests (TESTS, a test-name pattern:
 # by default the schedules the dispatcher picks, 5 and 6, and 7-8, and the block merges; unless
 # SKIP_TESTS=1), then forward-only timings at S 8k and 32k, H=32, for every variant (rounds of all
-# variants, ROUNDS times, so drift hits all alike) with bench/ab-summary.py's table, then where the
+# variants, ROUNDS times, so drift hits all alike; even rounds in reverse order) with bench/ab-summary.py's table, then where the
 # machine has cuobjdump the order of ht's waits, exponentials and products in each build's SASS
 # (bench/sass-order.sh: where ptxas put the P·V wait, kernels/NOTES.md run 62), then PyTorch SDPA at
 # D 64 and 128 (unless SKIP_TORCH=1). Each step is time-limited. Carry .devkit, .devrun and dist.
@@ -25,8 +25,9 @@ while IFS= read -r d; do
   build_and_test "$(cacheOf "$d")" "$d" "$TESTS" "$OUT/tests$(basename "$(cacheOf "$d")").log" "forward tests [defines '$d']"
 done <<<"$defs"
 for round in $(seq 1 "${ROUNDS:-2}"); do
+  round_order "$round" "$@"
   for S in 8192 32768; do
-    for v in "$@"; do
+    for v in "${order[@]}"; do
       IFS='|' read -r sched def ds <<<"$v"
       echo "== round $round S=$S H=32 variant '${sched:-default}${def:+ $def}'" | tee -a "$log"
       RINGATTN_CACHE=$(cacheOf "$def") RINGATTN_WGMMA_ATTN=$sched RINGATTN_NVRTC_DEFINES="$def" timeout -s KILL 90 \

@@ -63,6 +63,11 @@ export function measurePeers(S: number, H: number, Hk: number, Ds: number[], rep
   return peers;
 }
 
+/** The SDPA row of a backend at (S, D, causal) that ran without an error, if any. */
+function peerRow(peers: Peers, backend: string, S: number, D: number, causal: boolean): SdpaRow | undefined {
+  return peers.sdpa.find((r) => r.backend === backend && r.D === D && r.S === S && r.causal === causal && r.error === undefined);
+}
+
 const fmt = (x: number | undefined, d = 1) => (x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(d));
 const ratio = (a: number, b: number | undefined) => (b === undefined || !Number.isFinite(a) || !(b > 0) ? '-' : (a / b).toFixed(2));
 
@@ -72,7 +77,7 @@ const ratio = (a: number, b: number | undefined) => (b === undefined || !Number.
  * a fraction of the measured bf16 matmul peak. A peer that did not run shows '-'.
  */
 export function comparisonTable(S: number, H: number, Hk: number, ours: OursRow[], peers: Peers): string {
-  const find = (backend: string, D: number, causal: boolean) => peers.sdpa.find((r) => r.backend === backend && r.D === D && r.S === S && r.causal === causal && r.error === undefined);
+  const find = (backend: string, D: number, causal: boolean) => peerRow(peers, backend, S, D, causal);
   const pct = (x: number) => (peers.peak && Number.isFinite(x) ? `${((100 * x) / peers.peak).toFixed(0)}%` : '-');
   const head = ['S', 'H', 'Hk', 'D', 'causal', 'fwd TF/s', 'flash', 'cuDNN', 'fwd/cuDNN', 'fwd/peak', 'bwd TF/s', 'flash', 'cuDNN', 'bwd/flash', 'bwd/cuDNN', 'bwd/peak'];
   const lines = ours.map((o) => {
@@ -84,4 +89,32 @@ export function comparisonTable(S: number, H: number, Hk: number, ours: OursRow[
   const row = (cells: string[]) => cells.map((c, i) => c.padStart(width[i])).join('  ');
   const peak = peers.peak ? `peak: cuBLAS bf16 8192x8192x8192 matmul ${peers.peak.toFixed(0)} TFLOP/s (same run)` : 'peak: not measured';
   return [row(head), ...lines.map(row), peak, ...peers.notes.map((n) => `peer unavailable: ${n}`)].join('\n');
+}
+
+/**
+ * The ratios of several rounds of one benchmark (`gpu.js --rounds=R`: our rows and the peers
+ * measured again in each round, in alternating order), row by row: forward / cuDNN and backward /
+ * flash as the median over the rounds and each round's, so that a table shows how far one run's
+ * ratio can be trusted (session 27: 0.86 and 0.94 from two identical runs). A round whose peer
+ * did not run is left out of that row's ratios.
+ */
+export function roundsSummary(S: number, rounds: { ours: OursRow[]; peers: Peers }[]): string {
+  const median = (x: number[]) => {
+    const s = [...x].sort((a, b) => a - b);
+    return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+  };
+  const cell = (x: number[]) => (x.length === 0 ? '-' : `${median(x).toFixed(2)} [${x.map((v) => v.toFixed(2)).join(' ')}]`);
+  const lines = [`rounds: ${rounds.length}; median [each round] of the per-round ratio`, 'D  causal  fwd/cuDNN  bwd/flash'];
+  for (const o of rounds[0]?.ours ?? []) {
+    const fwd: number[] = [], bwd: number[] = [];
+    for (const r of rounds) {
+      const ours = r.ours.find((x) => x.D === o.D && x.causal === o.causal);
+      if (!ours) continue;
+      const cu = peerRow(r.peers, 'cudnn', S, o.D, o.causal)?.fwdTflops, fl = peerRow(r.peers, 'flash', S, o.D, o.causal)?.bwdTflops;
+      if (cu !== undefined && cu > 0 && Number.isFinite(ours.fwd)) fwd.push(ours.fwd / cu);
+      if (fl !== undefined && fl > 0 && Number.isFinite(ours.bwd)) bwd.push(ours.bwd / fl);
+    }
+    lines.push(`${o.D}  ${o.causal}  ${cell(fwd)}  ${cell(bwd)}`);
+  }
+  return lines.join('\n');
 }

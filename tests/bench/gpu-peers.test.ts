@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { comparisonTable, measurePeers, peerRows, type Peers } from '../../bench/gpu-peers.js';
+import { comparisonTable, measurePeers, peerRows, roundsSummary, type Peers } from '../../bench/gpu-peers.js';
 
 // The GPU benchmark's peer table (bench/gpu-peers.ts), without a GPU: the layout and ratios from
 // given rows, and a peer that cannot run (no such interpreter) leaving notes, not an exception.
@@ -60,4 +60,27 @@ test('peerRows: rows printed before a failure are kept; an unreadable line, a ro
     'peer.py: exit 1 (killed)',
   ]);
   assert.deepEqual(peerRows('peer.py', 'JSON {"info": "torch"}\n'), { rows: [{ info: 'torch' }], notes: [] });
+});
+
+test('roundsSummary: per row, forward / cuDNN and backward / flash of each round and their median; a round whose peer is missing is left out of that ratio', () => {
+  const peers = (cudnnFwd: number, flashBwd?: number): Peers => ({
+    sdpa: [
+      { backend: 'cudnn', D: 128, S: 8192, causal: false, fwdTflops: cudnnFwd, bwdTflops: 500 },
+      ...(flashBwd === undefined ? [] : [{ backend: 'flash', D: 128, S: 8192, causal: false, fwdTflops: 350, bwdTflops: flashBwd }]),
+      { backend: 'cudnn', D: 128, S: 8192, causal: true, error: 'unavailable' },
+    ],
+    notes: [],
+  });
+  const ours = (fwd: number, bwd: number) => [{ D: 128, causal: false, fwd, bwd }, { D: 128, causal: true, fwd: 500, bwd: 400 }];
+  const t = roundsSummary(8192, [
+    { ours: ours(600, 390), peers: peers(640, 300) },
+    { ours: ours(620, 400), peers: peers(620) }, // no flash row this round
+    { ours: ours(580, 380), peers: peers(600, 290) },
+  ]).split('\n');
+  assert.equal(t[0], 'rounds: 3; median [each round] of the per-round ratio');
+  const cells = (line: string) => line.trim().split(/\s+/);
+  // fwd/cuDNN: 600/640 = 0.9375, 620/620 = 1, 580/600 = 0.9667 -> median 0.9667; bwd/flash: 1.30, 1.3103 -> median 1.3052
+  assert.deepEqual(cells(t[2]), ['128', 'false', '0.97', '[0.94', '1.00', '0.97]', '1.31', '[1.30', '1.31]']);
+  // causal: cuDNN errored and flash never ran in any round
+  assert.deepEqual(cells(t[3]), ['128', 'true', '-', '-']);
 });

@@ -67,6 +67,22 @@ template <int D> struct Cfg {
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
 
+// -DBWD_EARLY_P's dS^T store (the default path keeps its own loop, the same stores, written inline:
+// moved into this function its SASS changed). dS^T (16-bit, in the A-fragment registers ad: BQ/8
+// column groups of the thread's two key rows) to shared memory for dQ: panels of 64 queries, each
+// [128 keys][128 B] in the 128-byte swizzle. kr0: the thread's first key row in the CTA (the
+// other is 8 below).
+template <int BQ>
+__device__ __forceinline__ void storeDsT(u16* dsPtr, const u32 (&ad)[BQ / 16][4], int kr0, int lane) {
+#pragma unroll
+  for (int n = 0; n < BQ / 8; n++)
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      const int kr = kr0 + 8 * r;
+      *(u32*)((unsigned char*)dsPtr + (n >> 3) * BK * 128 + kr * 128 + (((n & 7) ^ (kr & 7)) << 4) + 4 * (lane & 3)) = ad[n >> 1][(n & 1) * 2 + r];
+    }
+}
+
 // TMA: Q and dO tiles come by TMA from one thread, completing the stage's mbarrier (attn_bwd_ht_*,
 // the default); otherwise by 16-byte cp.async from every thread (attn_bwd_h_*).
 template <typename T, int D, bool TMA>
@@ -239,12 +255,23 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       }
     };
     wgmmaFence();
+#ifdef BWD_EARLY_P
+    // S^T and dP^T committed as two groups: P^T is formed while dP^T runs (below).
+#pragma unroll
+    for (int j = 0; j < D / 16; j++)
+      ssQ(s, desc(kRows + (j >> 2) * BK * 128 + (j & 3) * 32, 16, 1024), desc(sQ(st) + (j >> 2) * BQ * 128 + (j & 3) * 32, 16, 1024), j == 0);
+    wgmmaCommit();
+#pragma unroll
+    for (int j = 0; j < D / 16; j++)
+      ssQ(dp, desc(vRows + (j >> 2) * BK * 128 + (j & 3) * 32, 16, 1024), desc(sdO(st) + (j >> 2) * BQ * 128 + (j & 3) * 32, 16, 1024), j == 0);
+#else
 #pragma unroll
     for (int j = 0; j < D / 16; j++) {
       const u32 off = (j >> 2) * BK * 128 + (j & 3) * 32, offQ = (j >> 2) * BQ * 128 + (j & 3) * 32;
       ssQ(s, desc(kRows + off, 16, 1024), desc(sQ(st) + offQ, 16, 1024), j == 0);
       ssQ(dp, desc(vRows + off, 16, 1024), desc(sdO(st) + offQ, 16, 1024), j == 0);
     }
+#endif
     wgmmaCommit();
     // This thread's query columns' LSE (log2 units; +inf for a row that saw nothing, so its P is
     // 0) and delta: at BQ = 64 read into registers while the MMAs run; at 128 (64 more registers
@@ -263,6 +290,65 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
         dlC[c] = deltaOf(c);
       }
     }
+#ifdef BWD_EARLY_P
+    // -DBWD_EARLY_P (opt-in, kernels/NOTES.md session 27; not yet run on a GPU): the order of
+    // FlashAttention-3's step. S^T landed (dP^T may still run): P^T, masked on a partial tile (the
+    // mask kept as one bit an element for dS^T), packed, and dV += P^T dO issued; then dS^T once
+    // dP^T lands, while dV runs; then dK. The masking and its reasons as in the default path below,
+    // whose code this repeats: the default is kept as it was (its SASS byte-identical) until this
+    // opt-in is timed, and one of the two goes then.
+    u32 ap[BQ / 16][4], ad[BQ / 16][4];
+    wgmmaWait<1>();
+    fenceRegs(s);
+#pragma unroll
+    for (int n = 0; n < NQ; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int c = 2 * n + (e & 1);
+        s[4 * n + e] = exp2Fast(s[4 * n + e] * scaleLog2 - (BQ == 64 ? lseC[c % NC] : lseOf(c)));
+      }
+    u64 okBits = ~0ull;
+    if (partial) {
+#pragma unroll
+      for (int c = 0; c < 2 * NQ; c++) {
+        const int col = (c >> 1) * 8 + 2 * (lane & 3) + (c & 1);
+        const int qp = sQPos(st)[col], qs = m.hasSeg ? sQSeg(st)[col] : 0;
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+          const bool ok = qRange[r].has(qp) & (!m.hasSeg | (qs == kSegR[r]));
+          const int x = 4 * (c >> 1) + 2 * r + (c & 1);
+          s[x] = ok ? s[x] : 0.f;
+          okBits &= ok ? ~0ull : ~(1ull << x);
+        }
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; kk++)
+#pragma unroll
+      for (int c = 0; c < 4; c++) ap[kk][c] = pack2<T>(s[8 * kk + 2 * c], s[8 * kk + 2 * c + 1]);
+    wgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; kk++) M::template rs<D, 1>(dV, ap[kk], desc(sdO(st) + kk * 16 * 128, BQ * 128, 1024));
+    wgmmaCommit();
+    wgmmaWait<1>();  // dP^T landed; dV may still run
+    fenceRegs(dp);
+#pragma unroll
+    for (int n = 0; n < NQ; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int c = 2 * n + (e & 1), x = 4 * n + e;
+        const float d = s[x] * (dp[x] - (BQ == 64 ? dlC[c % NC] : deltaOf(c)));
+        dp[x] = (okBits >> x) & 1 ? d : 0.f;
+      }
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; kk++)
+#pragma unroll
+      for (int c = 0; c < 4; c++) ad[kk][c] = pack2<T>(dp[8 * kk + 2 * c], dp[8 * kk + 2 * c + 1]);
+    storeDsT<BQ>(dsPtr, ad, wg * 64 + warp * 16 + (lane >> 2), lane);
+    wgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; kk++) M::template rs<D, 1>(dK, ad[kk], desc(sQ(st) + kk * 16 * 128, BQ * 128, 1024));
+#else
     wgmmaWait<0>();
     fenceRegs(s);
     fenceRegs(dp);
@@ -326,6 +412,7 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       M::template rs<D, 1>(dV, ap[kk], desc(sdO(st) + kk * 16 * 128, BQ * 128, 1024));
       M::template rs<D, 1>(dK, ad[kk], desc(sQ(st) + kk * 16 * 128, BQ * 128, 1024));
     }
+#endif
     wgmmaCommit();
     fenceAsyncShared();  // dS^T was written through the generic proxy; wgmma reads it through the async one
     __syncthreads();     // both warpgroups' dS^T

@@ -255,6 +255,9 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       }
     };
     wgmmaFence();
+#if defined(BWD_DQ_FIRST) && !defined(BWD_EARLY_P)
+#error "-DBWD_DQ_FIRST needs -DBWD_EARLY_P"
+#endif
 #ifdef BWD_EARLY_P
     // S^T and dP^T committed as two groups: P^T is formed while dP^T runs (below).
 #pragma unroll
@@ -338,16 +341,19 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       for (int e = 0; e < 4; e++) {
         const int c = 2 * n + (e & 1), x = 4 * n + e;
         const float d = s[x] * (dp[x] - (BQ == 64 ? dlC[c % NC] : deltaOf(c)));
-        dp[x] = (okBits >> x) & 1 ? d : 0.f;
+        dp[x] = (okBits >> x) & 1 ? d : 0.f;  // (unconditional: a separate loop for partial tiles alone cost ht d64 8-12 bytes of spill)
       }
 #pragma unroll
     for (int kk = 0; kk < BQ / 16; kk++)
 #pragma unroll
       for (int c = 0; c < 4; c++) ad[kk][c] = pack2<T>(dp[8 * kk + 2 * c], dp[8 * kk + 2 * c + 1]);
     storeDsT<BQ>(dsPtr, ad, wg * 64 + warp * 16 + (lane >> 2), lane);
+#ifndef BWD_DQ_FIRST
     wgmmaFence();
 #pragma unroll
     for (int kk = 0; kk < BQ / 16; kk++) M::template rs<D, 1>(dK, ad[kk], desc(sQ(st) + kk * 16 * 128, BQ * 128, 1024));
+    wgmmaCommit();
+#endif
 #else
     wgmmaWait<0>();
     fenceRegs(s);
@@ -412,8 +418,8 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       M::template rs<D, 1>(dV, ap[kk], desc(sdO(st) + kk * 16 * 128, BQ * 128, 1024));
       M::template rs<D, 1>(dK, ad[kk], desc(sQ(st) + kk * 16 * 128, BQ * 128, 1024));
     }
-#endif
     wgmmaCommit();
+#endif
     fenceAsyncShared();  // dS^T was written through the generic proxy; wgmma reads it through the async one
     __syncthreads();     // both warpgroups' dS^T
 
@@ -429,12 +435,23 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       else M::template ss64<1, 1, 1>(dq, da, db);
     }
     wgmmaCommit();
+#ifdef BWD_DQ_FIRST
+    // dK after dQ (FlashAttention-3's order): dQ's staging and reduce below run under dK's product.
+    wgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; kk++) M::template rs<D, 1>(dK, ad[kk], desc(sQ(st) + kk * 16 * 128, BQ * 128, 1024));
+    wgmmaCommit();
+#endif
     // This warp's staging rows are free once its last TMA reduce has read them.
     if (lane == 0) bulkWaitRead();
     __syncwarp();
+#ifdef BWD_DQ_FIRST
+    wgmmaWait<1>();  // dV and dQ landed; dK may still run (waited for at the step's end)
+#else
     wgmmaWait<0>();
-    fenceRegs(dq);
     fenceRegs(dK);
+#endif
+    fenceRegs(dq);
     fenceRegs(dV);
     // dQ (scaled) to this warp's staging (two boxes of 16 rows x 32 columns, 128-byte rows,
     // 128-byte swizzle: the float2 stores are conflict-free), then two TMA reduce-adds into
@@ -455,6 +472,10 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       tmaReduceAdd3d(maps.dq, stg + 2048, colPanel * 64 + 32, h, q0 + qLo + warp * 16);
       bulkCommit();
     }
+#ifdef BWD_DQ_FIRST
+    wgmmaWait<0>();  // dK: its A registers and this stage's Q are free again before the next step
+    fenceRegs(dK);
+#endif
     hi = h1;
     qt = q1;
     h1 = h2;

@@ -27,6 +27,12 @@
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #include "hopper.cuh"
 
+// -DBWD_EARLY_P and -DBWD_DQ_FIRST: opt-in step orders (below; kernels/NOTES.md session 27).
+// DQ_FIRST builds on EARLY_P and turns it on.
+#if defined(BWD_DQ_FIRST) && !defined(BWD_EARLY_P)
+#define BWD_EARLY_P
+#endif
+
 // -DBWD_TRACE (bench/gpu-trace.ts): thread 0 of each CTA writes its hop::Trace record (head field:
 // KV head x split + the CTA's part of the group): mark 1 when the first (head, query tile)'s
 // operands have landed (K and V with them), 2 when that pair's products are issued and its dQ
@@ -255,9 +261,6 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       }
     };
     wgmmaFence();
-#if defined(BWD_DQ_FIRST) && !defined(BWD_EARLY_P)
-#error "-DBWD_DQ_FIRST needs -DBWD_EARLY_P"
-#endif
 #ifdef BWD_EARLY_P
     // S^T and dP^T committed as two groups: P^T is formed while dP^T runs (below).
 #pragma unroll

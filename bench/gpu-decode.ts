@@ -1,10 +1,12 @@
-import './gpu-guard.js';
+import { requireGpu } from './gpu-guard.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { launchSelfIfNeeded } from '../src/cuda/cli.js';
 import { CudaContext, type DeviceBuffer } from '../src/cuda/context.js';
 import { toBf16 } from '../src/cuda/convert.js';
 import { CudaDecode, DecodeCombiner, readProbe, type DecodePlan, type DeviceDecodeCache } from '../src/cuda/decode.js';
 import { rankMain, type CudaGroup } from '../src/cuda/group.js';
+
+requireGpu();
 
 /**
  * GPU decode benchmark (issue 11): one decode step of B sequences, one query token each, against

@@ -12,13 +12,15 @@
  * random normal inputs; FLOP = 2·M·N·K. Each row also checks its output against the fp32
  * kernel's on a few rows (normwise; bf16 rounding makes ~1e-3 the expected size).
  */
-import './gpu-guard.js';
+import { requireGpu } from './gpu-guard.js';
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CudaContext, type DeviceBuffer } from '../src/cuda/context.js';
 import { chooseTile, gemm, gemmFlops, tileRuns, type DeviceGemmArgs, type GemmTile } from '../src/cuda/gemm.js';
 import { convertDevice } from '../src/cuda/model-ops.js';
+
+requireGpu();
 
 const arg = (name: string): string | undefined => process.argv.find((x) => x.startsWith(`--${name}=`))?.slice(name.length + 3);
 const flag = (name: string) => process.argv.includes(`--${name}`);

@@ -11,7 +11,7 @@
  * FLOPs counted: 2 x (parameters outside the embedding) per token, plus causal attention
  * 4 x visible pairs x H x D per layer; the one row of logits is left out.
  */
-import './gpu-guard.js';
+import { requireGpu } from './gpu-guard.js';
 import { RingModel } from '../src/llm.js';
 import { parseHfConfig } from '../src/model/config.js';
 import type { ModelWeights } from '../src/model/weights.js';
@@ -19,6 +19,8 @@ import { countParams, expectedTensors } from '../src/model/weights.js';
 import { attentionFlops, visiblePairs } from '../src/core/flops.js';
 import { formatTable } from '../src/cli/table.js';
 import { fill } from './common.js';
+
+requireGpu();
 
 const PEAK = 989e12;
 const sizes = process.argv.slice(2).map(Number).filter((n) => n > 0);

@@ -1,4 +1,4 @@
-import './gpu-guard.js';
+import { requireGpu } from './gpu-guard.js';
 import { CudaContext } from '../src/cuda/context.js';
 import { maskBench } from './gpu-masks.js';
 import { traceBench } from './gpu-trace.js';
@@ -42,6 +42,7 @@ import { comparisonTable, measurePeers, roundsSummary, type OursRow, type Peers 
 // the subcommands take no flags).
 const flags = process.argv.slice(2).filter((x) => x.startsWith('--'));
 const pos = process.argv.slice(2).filter((x) => !x.startsWith('--'));
+if (pos[0] === 'masks' || pos[0] === 'trace' || pos[0] === 'ring') requireGpu();
 if (pos[0] === 'masks') {
   maskBench(Number(pos[1] ?? 16384), Number(pos[2] ?? 5));
   process.exit(0);
@@ -73,6 +74,7 @@ if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds: expected
 if (!Number.isInteger(queue) || queue < 1) throw new Error(`--queue: expected a positive integer, got ${queue}`);
 if (!Number.isInteger(Hk) || Hk < 1 || H % Hk !== 0) throw new Error(`--hk: expected a divisor of H = ${H}, got ${Hk}`);
 if (dList.some((d) => d !== 64 && d !== 128)) throw new Error(`--d: expected head dims 64 and/or 128, got '${dList.join(',')}'`);
+requireGpu();
 
 // Our rows, one per (D, causal), each printed as it is measured. The context opens on the first
 // call: the first round's peers run before it, so their processes free the GPU's memory before

@@ -440,7 +440,7 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
     wgmmaCommit();
 #ifdef BWD_DQ_FIRST
     // dK after dQ (FlashAttention-3's order): dQ's staging and reduce below run under dK's product.
-    wgmmaFence();
+    // (No wgmma.fence: nothing touched ad or dK since the one before dQ.)
 #pragma unroll
     for (int kk = 0; kk < BQ / 16; kk++) M::template rs<D, 1>(dK, ad[kk], desc(sQ(st) + kk * 16 * 128, BQ * 128, 1024));
     wgmmaCommit();

@@ -84,14 +84,6 @@ constexpr bool TRACED = true;
 #else
 constexpr bool TRACED = false;
 #endif
-// launchTile's (tile, head) for item L of nx query tiles and ny heads (ht's persistent grid: the
-// items in the order a full grid would launch them, heaviest first).
-__device__ __forceinline__ int2 tileOf(int L, int g, int nx, int ny) {
-  if (g <= 1) return make_int2(L % nx, L / nx);
-  const int y0 = L / (g * nx) * g, gs = min(g, ny - y0);
-  const int r = L - y0 * nx;
-  return make_int2(r / gs, y0 + r % gs);
-}
 __device__ __forceinline__ void stShared(u32 addr, int v) { asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(v) : "memory"); }
 __device__ __forceinline__ int ldShared(u32 addr) {
   int v;
@@ -176,7 +168,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     while (t < end && tileClass(t) == TILE_EMPTY) t++;
     return t;
   };
-  // The item of launch tile lt (launchTile, tileOf) of the nx query tiles; false if it sees nothing
+  // The item of launch tile lt (launchTile, orderTile) of the nx query tiles; false if it sees nothing
   // in this block. (A full grid's x extent is nx.)
   auto setItem = [&](int2 lt) {
     qt = nx - 1 - lt.x;  // the last query tiles see the most keys under a causal mask: start them first
@@ -233,7 +225,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
         int i = 0;
         for (int n = 0;; n++) {
           int L = atomicAdd(counter, 1);
-          while (L < nItems && !setItem(tileOf(L, p.headGroup, nx, p.H))) L = atomicAdd(counter, 1);
+          while (L < nItems && !setItem(orderTile(L, p.headGroup, nx, p.H))) L = atomicAdd(counter, 1);
           if (n > 0) mbarWait(qFree, (n - 1) & 1);  // the consumers are done with the last item's Q (and its slot)
           if (L >= nItems) {  // no item left: the consumers read -1 and stop
             stShared(slot, -1);

@@ -209,13 +209,17 @@ struct BwdParams {
 // group) starts the g heads' tiles heaviest first together: the tail is then the light tiles of
 // the last group (kernels/NOTES.md run 51). The host keeps g at 4 or less (headGroup in
 // src/cuda/attention.ts): larger groups measured slower.
-__device__ __forceinline__ int2 launchTile(int g) {
-  const int nx = gridDim.x, ny = gridDim.y;
-  if (g <= 1) return make_int2(blockIdx.x, blockIdx.y);
-  const int L = blockIdx.y * nx + blockIdx.x;
+// orderTile: the (tile, head) of linear index L of nx tiles and ny heads in that order; also the
+// item order of the Hopper forward's persistent grid (attn_fwd_h.cu).
+__device__ __forceinline__ int2 orderTile(int L, int g, int nx, int ny) {
+  if (g <= 1) return make_int2(L % nx, L / nx);
   const int y0 = L / (g * nx) * g, gs = min(g, ny - y0);  // this group's first head and size
   const int r = L - y0 * nx;
   return make_int2(r / gs, y0 + r % gs);
+}
+__device__ __forceinline__ int2 launchTile(int g) {
+  if (g <= 1) return make_int2(blockIdx.x, blockIdx.y);
+  return orderTile(blockIdx.y * gridDim.x + blockIdx.x, g, gridDim.x, gridDim.y);
 }
 
 template <typename P> __device__ __forceinline__ Mask maskOf(const P& p) {

@@ -6,6 +6,7 @@
  * or GPU leaves a note instead of failing the benchmark. comparisonTable lays our rows beside them.
  */
 import { spawnSync } from 'node:child_process';
+import { median } from './gpu-block.js';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -94,15 +95,11 @@ export function comparisonTable(S: number, H: number, Hk: number, ours: OursRow[
 /**
  * The ratios of several rounds of one benchmark (`gpu.js --rounds=R`: our rows and the peers
  * measured again in each round, in alternating order), row by row: forward / cuDNN and backward /
- * flash as the median over the rounds and each round's, so that a table shows how far one run's
- * ratio can be trusted (session 27: 0.86 and 0.94 from two identical runs). A round whose peer
- * did not run is left out of that row's ratios.
+ * flash as the median over the rounds (gpu-block.ts's `median`, the upper of two middles) and each
+ * round's, so that a table shows how far one run's ratio can be trusted (session 27: 0.86 and
+ * 0.94 from two identical runs). A round whose peer did not run is left out of that row's ratios.
  */
 export function roundsSummary(S: number, rounds: { ours: OursRow[]; peers: Peers }[]): string {
-  const median = (x: number[]) => {
-    const s = [...x].sort((a, b) => a - b);
-    return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-  };
   const cell = (x: number[]) => (x.length === 0 ? '-' : `${median(x).toFixed(2)} [${x.map((v) => v.toFixed(2)).join(' ')}]`);
   const lines = [`rounds: ${rounds.length}; median [each round] of the per-round ratio`, 'D  causal  fwd/cuDNN  bwd/flash'];
   for (const o of rounds[0]?.ours ?? []) {

@@ -79,7 +79,7 @@ test('roundsSummary: per row, forward / cuDNN and backward / flash of each round
   ]).split('\n');
   assert.equal(t[0], 'rounds: 3; median [each round] of the per-round ratio');
   const cells = (line: string) => line.trim().split(/\s+/);
-  // fwd/cuDNN: 600/640 = 0.9375, 620/620 = 1, 580/600 = 0.9667 -> median 0.9667; bwd/flash: 1.30, 1.3103 -> median 1.3052
+  // fwd/cuDNN: 600/640 = 0.9375, 620/620 = 1, 580/600 = 0.9667 -> median 0.9667; bwd/flash: 1.30, 1.3103 -> median 1.3103 (the upper of two)
   assert.deepEqual(cells(t[2]), ['128', 'false', '0.97', '[0.94', '1.00', '0.97]', '1.31', '[1.30', '1.31]']);
   // causal: cuDNN errored and flash never ran in any round
   assert.deepEqual(cells(t[3]), ['128', 'true', '-', '-']);

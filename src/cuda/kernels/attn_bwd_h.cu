@@ -27,12 +27,6 @@
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #include "hopper.cuh"
 
-// -DBWD_EARLY_P and -DBWD_DQ_FIRST: opt-in step orders (below; kernels/NOTES.md session 27).
-// DQ_FIRST builds on EARLY_P and turns it on.
-#if defined(BWD_DQ_FIRST) && !defined(BWD_EARLY_P)
-#define BWD_EARLY_P
-#endif
-
 // -DBWD_TRACE (bench/gpu-trace.ts): thread 0 of each CTA writes its hop::Trace record (head field:
 // KV head x split + the CTA's part of the group): mark 1 when the first (head, query tile)'s
 // operands have landed (K and V with them), 2 when that pair's products are issued and its dQ
@@ -72,22 +66,6 @@ template <int D> struct Cfg {
   static constexpr int SMEM = 1024 + 2 * KV_BYTES + STAGES * 2 * Q_BYTES + DS_BYTES + STAGES * ROW_BYTES + 2 * BK * 4 + STG_BYTES + BITS_BYTES + STAGES * 8;
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
-
-// -DBWD_EARLY_P's dS^T store (the default path keeps its own loop, the same stores, written inline:
-// moved into this function its SASS changed). dS^T (16-bit, in the A-fragment registers ad: BQ/8
-// column groups of the thread's two key rows) to shared memory for dQ: panels of 64 queries, each
-// [128 keys][128 B] in the 128-byte swizzle. kr0: the thread's first key row in the CTA (the
-// other is 8 below).
-template <int BQ>
-__device__ __forceinline__ void storeDsT(u16* dsPtr, const u32 (&ad)[BQ / 16][4], int kr0, int lane) {
-#pragma unroll
-  for (int n = 0; n < BQ / 8; n++)
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-      const int kr = kr0 + 8 * r;
-      *(u32*)((unsigned char*)dsPtr + (n >> 3) * BK * 128 + kr * 128 + (((n & 7) ^ (kr & 7)) << 4) + 4 * (lane & 3)) = ad[n >> 1][(n & 1) * 2 + r];
-    }
-}
 
 // TMA: Q and dO tiles come by TMA from one thread, completing the stage's mbarrier (attn_bwd_ht_*,
 // the default); otherwise by 16-byte cp.async from every thread (attn_bwd_h_*).
@@ -261,23 +239,12 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       }
     };
     wgmmaFence();
-#ifdef BWD_EARLY_P
-    // S^T and dP^T committed as two groups: P^T is formed while dP^T runs (below).
-#pragma unroll
-    for (int j = 0; j < D / 16; j++)
-      ssQ(s, desc(kRows + (j >> 2) * BK * 128 + (j & 3) * 32, 16, 1024), desc(sQ(st) + (j >> 2) * BQ * 128 + (j & 3) * 32, 16, 1024), j == 0);
-    wgmmaCommit();
-#pragma unroll
-    for (int j = 0; j < D / 16; j++)
-      ssQ(dp, desc(vRows + (j >> 2) * BK * 128 + (j & 3) * 32, 16, 1024), desc(sdO(st) + (j >> 2) * BQ * 128 + (j & 3) * 32, 16, 1024), j == 0);
-#else
 #pragma unroll
     for (int j = 0; j < D / 16; j++) {
       const u32 off = (j >> 2) * BK * 128 + (j & 3) * 32, offQ = (j >> 2) * BQ * 128 + (j & 3) * 32;
       ssQ(s, desc(kRows + off, 16, 1024), desc(sQ(st) + offQ, 16, 1024), j == 0);
       ssQ(dp, desc(vRows + off, 16, 1024), desc(sdO(st) + offQ, 16, 1024), j == 0);
     }
-#endif
     wgmmaCommit();
     // This thread's query columns' LSE (log2 units; +inf for a row that saw nothing, so its P is
     // 0) and delta: at BQ = 64 read into registers while the MMAs run; at 128 (64 more registers
@@ -296,68 +263,6 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
         dlC[c] = deltaOf(c);
       }
     }
-#ifdef BWD_EARLY_P
-    // -DBWD_EARLY_P (opt-in, kernels/NOTES.md session 27; not yet run on a GPU): the order of
-    // FlashAttention-3's step. S^T landed (dP^T may still run): P^T, masked on a partial tile (the
-    // mask kept as one bit an element for dS^T), packed, and dV += P^T dO issued; then dS^T once
-    // dP^T lands, while dV runs; then dK. The masking and its reasons as in the default path below,
-    // whose code this repeats: the default is kept as it was (its SASS byte-identical) until this
-    // opt-in is timed, and one of the two goes then.
-    u32 ap[BQ / 16][4], ad[BQ / 16][4];
-    wgmmaWait<1>();
-    fenceRegs(s);
-#pragma unroll
-    for (int n = 0; n < NQ; n++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int c = 2 * n + (e & 1);
-        s[4 * n + e] = exp2Fast(s[4 * n + e] * scaleLog2 - (BQ == 64 ? lseC[c % NC] : lseOf(c)));
-      }
-    u64 okBits = ~0ull;
-    if (partial) {
-#pragma unroll
-      for (int c = 0; c < 2 * NQ; c++) {
-        const int col = (c >> 1) * 8 + 2 * (lane & 3) + (c & 1);
-        const int qp = sQPos(st)[col], qs = m.hasSeg ? sQSeg(st)[col] : 0;
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-          const bool ok = qRange[r].has(qp) & (!m.hasSeg | (qs == kSegR[r]));
-          const int x = 4 * (c >> 1) + 2 * r + (c & 1);
-          s[x] = ok ? s[x] : 0.f;
-          okBits &= ok ? ~0ull : ~(1ull << x);
-        }
-      }
-    }
-#pragma unroll
-    for (int kk = 0; kk < BQ / 16; kk++)
-#pragma unroll
-      for (int c = 0; c < 4; c++) ap[kk][c] = pack2<T>(s[8 * kk + 2 * c], s[8 * kk + 2 * c + 1]);
-    wgmmaFence();
-#pragma unroll
-    for (int kk = 0; kk < BQ / 16; kk++) M::template rs<D, 1>(dV, ap[kk], desc(sdO(st) + kk * 16 * 128, BQ * 128, 1024));
-    wgmmaCommit();
-    wgmmaWait<1>();  // dP^T landed; dV may still run
-    fenceRegs(dp);
-#pragma unroll
-    for (int n = 0; n < NQ; n++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int c = 2 * n + (e & 1), x = 4 * n + e;
-        const float d = s[x] * (dp[x] - (BQ == 64 ? dlC[c % NC] : deltaOf(c)));
-        dp[x] = (okBits >> x) & 1 ? d : 0.f;  // (unconditional: a separate loop for partial tiles alone cost ht d64 8-12 bytes of spill)
-      }
-#pragma unroll
-    for (int kk = 0; kk < BQ / 16; kk++)
-#pragma unroll
-      for (int c = 0; c < 4; c++) ad[kk][c] = pack2<T>(dp[8 * kk + 2 * c], dp[8 * kk + 2 * c + 1]);
-    storeDsT<BQ>(dsPtr, ad, wg * 64 + warp * 16 + (lane >> 2), lane);
-#ifndef BWD_DQ_FIRST
-    wgmmaFence();
-#pragma unroll
-    for (int kk = 0; kk < BQ / 16; kk++) M::template rs<D, 1>(dK, ad[kk], desc(sQ(st) + kk * 16 * 128, BQ * 128, 1024));
-    wgmmaCommit();
-#endif
-#else
     wgmmaWait<0>();
     fenceRegs(s);
     fenceRegs(dp);
@@ -422,7 +327,6 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       M::template rs<D, 1>(dK, ad[kk], desc(sQ(st) + kk * 16 * 128, BQ * 128, 1024));
     }
     wgmmaCommit();
-#endif
     fenceAsyncShared();  // dS^T was written through the generic proxy; wgmma reads it through the async one
     __syncthreads();     // both warpgroups' dS^T
 
@@ -438,22 +342,11 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       else M::template ss64<1, 1, 1>(dq, da, db);
     }
     wgmmaCommit();
-#ifdef BWD_DQ_FIRST
-    // dK after dQ (FlashAttention-3's order): dQ's staging and reduce below run under dK's product.
-    // (No wgmma.fence: nothing touched ad or dK since the one before dQ.)
-#pragma unroll
-    for (int kk = 0; kk < BQ / 16; kk++) M::template rs<D, 1>(dK, ad[kk], desc(sQ(st) + kk * 16 * 128, BQ * 128, 1024));
-    wgmmaCommit();
-#endif
     // This warp's staging rows are free once its last TMA reduce has read them.
     if (lane == 0) bulkWaitRead();
     __syncwarp();
-#ifdef BWD_DQ_FIRST
-    wgmmaWait<1>();  // dV and dQ landed; dK may still run (waited for at the step's end)
-#else
     wgmmaWait<0>();
     fenceRegs(dK);
-#endif
     fenceRegs(dq);
     fenceRegs(dV);
     // dQ (scaled) to this warp's staging (two boxes of 16 rows x 32 columns, 128-byte rows,
@@ -475,10 +368,6 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       tmaReduceAdd3d(maps.dq, stg + 2048, colPanel * 64 + 32, h, q0 + qLo + warp * 16);
       bulkCommit();
     }
-#ifdef BWD_DQ_FIRST
-    wgmmaWait<0>();  // dK: its A registers and this stage's Q are free again before the next step
-    fenceRegs(dK);
-#endif
     hi = h1;
     qt = q1;
     h1 = h2;

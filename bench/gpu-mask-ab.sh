@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device run comparing builds of the Hopper attention kernels on the mask path: each variant is
-# "LABEL|DEFINES" (RINGATTN_NVRTC_DEFINES), e.g. "default|" "tiles|-DFWD_TILE_MASKS" (session 20 compared
-# the range masks with it, then made them the default: kernels/NOTES.md run 65).
+# "LABEL|DEFINES" (RINGATTN_NVRTC_DEFINES), e.g. "default|" "new|-DNAME" (session 20 compared the
+# range masks with the per-tile masks of an opt-in since removed: kernels/NOTES.md run 65).
 # Each DEFINES compiles into a kernel cache of its own; then its GPU tests of every mask, forward
 # and backward (bf16 and fp16 sweeps at D 64/128 on the kernels the dispatcher picks, the ht
 # backward's sweep, block merges, rows that see nothing; TESTS overrides the name pattern, unless

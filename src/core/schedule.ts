@@ -1,3 +1,4 @@
+import { InputError } from './errors.js';
 import { classifyBlock, type BlockBox, type BlockClass, type MaskSpec } from './mask.js';
 
 /**
@@ -79,13 +80,21 @@ export function classifyShards(spec: MaskSpec, qBoxes: BlockBox[], kBoxes: Block
   return seen ?? 'empty';
 }
 
-export function ringSchedule(positions: Int32Array[], spec: MaskSpec): RingSchedule {
-  const P = positions.length;
-  const bx = positions.map((p) => boxes(p, spec.segments));
+/**
+ * The schedule of a ring whose shards hold `queryPositions` (each rank's rows) and whose travelling
+ * blocks hold `keyPositions` (the same, unless sink keys stay out of the ring: then each shard's
+ * rows past its sink prefix, sinkRows). A rank's queries are all its rows: a sink query sees the
+ * keys after it inside a window that is not causal, on whichever block holds them.
+ */
+export function ringSchedule(keyPositions: Int32Array[], spec: MaskSpec, queryPositions: Int32Array[] = keyPositions): RingSchedule {
+  const P = keyPositions.length;
+  if (queryPositions.length !== P) throw new Error(`ringSchedule: ${queryPositions.length} query shards for ${P} key shards`);
+  const kb = keyPositions.map((p) => boxes(p, spec.segments));
+  const qb = queryPositions === keyPositions ? kb : queryPositions.map((p) => boxes(p, spec.segments));
   const compute: BlockClass[][] = [];
   for (let r = 0; r < P; r++) {
     compute.push([]);
-    for (let s = 0; s < P; s++) compute[r].push(classifyShards(spec, bx[r], bx[blockAt(r, s, P)]));
+    for (let s = 0; s < P; s++) compute[r].push(classifyShards(spec, qb[r], kb[blockAt(r, s, P)]));
   }
   const lastStep = Array.from({ length: P }, (_, b) => {
     let last = -1;
@@ -104,4 +113,18 @@ export function transfers(s: RingSchedule): number {
 
 export function finalHolder(s: RingSchedule, block: number): number {
   return (block + Math.max(0, s.lastStep[block])) % s.ranks;
+}
+
+/**
+ * Rows of each shard at positions below sinkPos: a prefix, since positions must ascend on every
+ * rank (checked here; `arg` names them in the error). Sink keys (window + sinks) go to every rank
+ * once; the ring carries each shard's other rows.
+ */
+export function sinkRows(positions: Int32Array[], sinkPos: number, arg: string): number[] {
+  return positions.map((p, r) => {
+    for (let i = 1; i < p.length; i++) if (p[i] <= p[i - 1]) throw new InputError(arg, `expected ascending positions on rank ${r}`);
+    let n = 0;
+    while (n < p.length && p[n] < sinkPos) n++;
+    return n;
+  });
 }

@@ -1,6 +1,6 @@
 import { InputError } from '../core/errors.js';
 import type { MaskSpec } from '../core/mask.js';
-import { ringSchedule, type RingSchedule } from '../core/schedule.js';
+import { ringSchedule, sinkRows, type RingSchedule } from '../core/schedule.js';
 import type { BlockLayout } from './block.js';
 import type { AttnParams, RankShard } from './device.js';
 
@@ -29,25 +29,19 @@ function globalSegments(pos: Int32Array[], seg: (Int32Array | undefined)[]): Int
 export function ringPlan(shards: Pick<RankShard, 'pos' | 'seg'>[], params: AttnParams, mask: MaskSpec, backward: boolean): RingPlan {
   const pos = shards.map((s) => s.pos);
   const segments = globalSegments(pos, shards.map((s) => s.seg));
-  // Sink keys (window + sinks) go to every rank once; the ring carries the rest.
-  const sinkPos = params.window > 0 ? params.sinks : 0;
-  const sinkRows = pos.map((p, r) => {
-    let n = 0;
-    while (n < p.length && p[n] < sinkPos) n++;
-    for (let i = 1; i < p.length; i++) if (p[i] <= p[i - 1]) throw new InputError('pos', `expected ascending positions on rank ${r}`);
-    return n;
-  });
-  const sinkTotal = sinkRows.reduce((a, b) => a + b, 0);
+  const sinkCounts = sinkRows(pos, params.window > 0 ? params.sinks : 0, 'pos');
+  const sinkTotal = sinkCounts.reduce((a, b) => a + b, 0);
   const schedule = ringSchedule(
-    pos.map((p, r) => p.subarray(sinkRows[r])),
+    pos.map((p, r) => p.subarray(sinkCounts[r])),
     { ...mask, segments },
+    pos,
   );
-  const counts = pos.map((p, r) => p.length - sinkRows[r]);
+  const counts = pos.map((p, r) => p.length - sinkCounts[r]);
   const row = params.Hk * params.D;
   return {
     schedule,
     counts,
-    sinkRows,
+    sinkRows: sinkCounts,
     layout: { cap: Math.max(1, ...counts), row, grads: backward },
     sinkLayout: sinkTotal > 0 ? { cap: sinkTotal, row, grads: backward } : null,
     segments: !!segments,

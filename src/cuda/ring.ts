@@ -3,7 +3,7 @@ import { InputError, RankError } from '../core/errors.js';
 import type { InputOptions } from '../core/inputs.js';
 import { gatherRows, scatterRows, shardPositions, type Layout } from '../core/layout.js';
 import { validateMask, type MaskSpec } from '../core/mask.js';
-import { ringSchedule, type RingSchedule } from '../core/schedule.js';
+import { ringSchedule, sinkRows, type RingSchedule } from '../core/schedule.js';
 import { shapeStr, type F32Tensor } from '../core/tensor.js';
 import type { TraceEvent } from '../core/trace.js';
 import { ringBackward } from '../ring/backward.js';
@@ -52,16 +52,9 @@ export interface CudaRingPlan {
 }
 
 export function cudaRingPlan(positions: Int32Array[], mask: MaskSpec): CudaRingPlan {
-  const sinkPos = mask.window !== undefined && mask.window > 0 ? (mask.sinks ?? 0) : 0;
-  const sinkRows = positions.map((p, r) => {
-    for (let i = 1; i < p.length; i++) if (p[i] <= p[i - 1]) throw new InputError('positions', `expected ascending positions on rank ${r}`);
-    let n = 0;
-    while (n < p.length && p[n] < sinkPos) n++;
-    return n;
-  });
-  // Sink keys (window + sinks) go to every rank once; the ring carries the rest.
-  const schedule = ringSchedule(positions.map((p, r) => p.subarray(sinkRows[r])), mask);
-  return { schedule, counts: positions.map((p, r) => p.length - sinkRows[r]), sinkRows };
+  const sinkCounts = sinkRows(positions, mask.window !== undefined && mask.window > 0 ? (mask.sinks ?? 0) : 0, 'positions');
+  const schedule = ringSchedule(positions.map((p, r) => p.subarray(sinkCounts[r])), mask, positions);
+  return { schedule, counts: positions.map((p, r) => p.length - sinkCounts[r]), sinkRows: sinkCounts };
 }
 
 export interface PhaseTiming {

@@ -125,3 +125,27 @@ test('C backward: dK and dV stay within 7e-7 of float64 (norm-wise) over 256 que
     assert.ok(e < 7e-7, `seed ${seed} ${name}: ${e.toExponential(2)} of the norm from float64`);
   }
 });
+
+test('an empty side (Sq = 0 or Sk = 0, its arrays empty, segments on one side only) is nothing to do for both kernels: the other side is left as it was', () => {
+  // An empty typed array reaches C as NULL; the C kernel took that for a bad argument (a ring
+  // rank with no rows met it in the sink keys' step).
+  const seed = freshSeed();
+  const r = rng(seed);
+  const [S, H, Hk, D] = [9, 2, 1, 8];
+  const none = new Float32Array(0), noPos = new Int32Array(0);
+  const q = randn(S * H * D, r), k = randn(S * Hk * D, r), v = randn(S * Hk * D, r), pos = Int32Array.from({ length: S }, (_, i) => i);
+  const mask = { causal: true, window: 4, sinks: 2, scale: 0.3, threads: 2 };
+  for (const [name, make] of kernels) {
+    if (name === 'c' && forcedTs) continue;
+    const kern = make();
+    const o = randn(S * H * D, r), lse = randn(S * H, r), o0 = o.slice(), lse0 = lse.slice();
+    // No keys: the running (o, lse) stay; no queries: nothing is written.
+    kern.forward({ q, k: none, v: none, qPos: pos, kPos: noPos, qSeg: pos, kSeg: noPos, Sq: S, Sk: 0, H, Hk, D, ...mask, window: 4, o, lse });
+    kern.forward({ q: none, k, v, qPos: noPos, kPos: pos, Sq: 0, Sk: S, H, Hk, D, ...mask, o: none, lse: none });
+    assert.deepEqual([o, lse], [o0, lse0], `${name} forward, seed ${seed}`);
+    const dq = randn(S * H * D, r), dk = randn(S * Hk * D, r), dv = randn(S * Hk * D, r), before = [dq.slice(), dk.slice(), dv.slice()];
+    kern.backward({ q, k: none, v: none, dO: q, lse, delta: lse, qPos: pos, kPos: noPos, Sq: S, Sk: 0, H, Hk, D, ...mask, dq, dk: none, dv: none });
+    kern.backward({ q: none, k, v, dO: none, lse: none, delta: none, qPos: noPos, kPos: pos, Sq: 0, Sk: S, H, Hk, D, ...mask, dq: none, dk, dv });
+    assert.deepEqual([dq, dk, dv], before, `${name} backward, seed ${seed}`);
+  }
+});

@@ -19,6 +19,10 @@ const MASKS: [string, (S: number) => AttentionOptions][] = [
   ['causal window', () => ({ causal: true, window: 23 })],
   ['window (bidirectional)', () => ({ window: 17 })],
   ['causal window sinks', () => ({ causal: true, window: 19, sinks: 4 })],
+  // Sink queries see the keys after them inside the window: on a ring their rank must still
+  // compute the blocks holding those keys, also where every row of the rank is a sink (here the
+  // first third of the sequence: whole shards at P >= 3).
+  ['window sinks (bidirectional)', (S) => ({ window: 13, sinks: Math.ceil(S / 3) })],
   ['causal segments', (S) => ({ causal: true, segments: segmentsOf(S) })],
   ['segments window', (S) => ({ window: 11, segments: segmentsOf(S) })],
 ];
@@ -57,6 +61,10 @@ test('ring with GQA/MQA, head dims 64 and 128, ragged shards', async () => {
   await compare(131, 8, 1, 64, 3, 'zigzag', { causal: true }, seed, true);
   await compare(61, 6, 3, 128, 4, 'striped', { causal: true, window: 9, sinks: 2 }, seed + 1, true);
   await compare(5, 2, 2, 16, 7, 'zigzag', { causal: true }, seed + 2, true); // ranks with no tokens
+  // Ranks with no tokens still take part in the sink keys' gather and compute on them (no rows).
+  await compare(3, 2, 1, 8, 4, 'contiguous', { causal: true, window: 2, sinks: 1 }, seed + 3, true);
+  await compare(5, 2, 2, 16, 7, 'zigzag', { window: 2, sinks: 2 }, seed + 4, true);
+  await compare(5, 2, 2, 16, 7, 'contiguous', { window: 3, sinks: 2, segments: Int32Array.of(0, 0, 0, 1, 1) }, seed + 5, true);
 });
 
 /** Random document boundaries: 1-4 segments of random lengths (some possibly a single token). */

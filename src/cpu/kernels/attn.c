@@ -607,7 +607,7 @@ static void bwd_item(const Ctx* c, int kt, int kh, BwdBuf* b, float* dq) {
 static int setup(Ctx* c, int Sq, int Sk, int H, int Hk, int D, int causal, int window, int sinks, float scale, int blockQ,
                  int blockK, int defaultK) {
   if (Sq < 0 || Sk < 0 || H <= 0 || Hk <= 0 || D <= 0 || H % Hk != 0 || window < 0 || sinks < 0) return 1;
-  if ((c->qseg == NULL) != (c->kseg == NULL)) return 1;
+  if (Sq > 0 && Sk > 0 && (c->qseg == NULL) != (c->kseg == NULL)) return 1;
   if (!isfinite(scale)) return 1;
   c->Sq = Sq, c->Sk = Sk, c->H = H, c->Hk = Hk, c->D = D, c->G = H / Hk, c->Dp = (int)rup(D, VW);
   c->causal = causal != 0, c->window = window, c->sinks = sinks, c->scale = scale;
@@ -644,7 +644,8 @@ static void teardown(Ctx* c) {
 RA_API int ra_forward(const float* q, const float* k, const float* v, const int32_t* qpos, const int32_t* kpos,
                       const int32_t* qseg, const int32_t* kseg, int Sq, int Sk, int H, int Hk, int D, int causal,
                       int window, int sinks, float scale, int blockQ, int blockK, int threads, float* o, float* lse) {
-  if (!q || !k || !v || !qpos || !kpos || !o || !lse) return 1;
+  /* An empty side may come as NULL (an empty typed array through koffi): there is nothing to do. */
+  if ((Sq > 0 && (!q || !qpos || !o || !lse)) || (Sk > 0 && (!k || !v || !kpos))) return 1;
   Ctx c;
   memset(&c, 0, sizeof c);
   c.q = q, c.k = k, c.v = v, c.qpos = qpos, c.kpos = kpos, c.qseg = qseg, c.kseg = kseg, c.o = o, c.lseo = lse;
@@ -702,7 +703,7 @@ RA_API int ra_backward(const float* q, const float* k, const float* v, const flo
                        const float* delta, const int32_t* qpos, const int32_t* kpos, const int32_t* qseg,
                        const int32_t* kseg, int Sq, int Sk, int H, int Hk, int D, int causal, int window, int sinks,
                        float scale, int blockQ, int blockK, int threads, float* dq, float* dk, float* dv) {
-  if (!q || !k || !v || !dO || !lse || !delta || !qpos || !kpos || !dq || !dk || !dv) return 1;
+  if ((Sq > 0 && (!q || !dO || !lse || !delta || !qpos || !dq)) || (Sk > 0 && (!k || !v || !kpos || !dk || !dv))) return 1;
   Ctx c;
   memset(&c, 0, sizeof c);
   c.q = q, c.k = k, c.v = v, c.dO = dO, c.lse = lse, c.delta = delta, c.qpos = qpos, c.kpos = kpos, c.qseg = qseg,

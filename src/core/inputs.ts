@@ -1,4 +1,4 @@
-import { check, describe, InputError } from './errors.js';
+import { check, describe, InputError, INT32_MAX } from './errors.js';
 import { validateMask } from './mask.js';
 import { assertFinite, numel, shapeStr, type F32Tensor } from './tensor.js';
 
@@ -69,8 +69,6 @@ function checkData(name: string, t: F32Tensor): void {
 
 
 // ---- decode arguments (src/cpu/decode.ts, src/cuda/decode.ts) -----------------------------------
-
-const INT32_MAX = 2 ** 31 - 1;
 
 /**
  * Most CPU ranks of one ring: a CPU rank is a worker thread of this process (~25 MB of its own

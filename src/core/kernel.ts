@@ -1,3 +1,5 @@
+import { INT32_MAX } from './errors.js';
+
 /**
  * The block attention kernel contract, shared by the C kernel, the TypeScript fallback and
  * (with device buffers) the CUDA kernels. Shapes (row-major):
@@ -57,7 +59,6 @@ export interface AttentionKernel {
   backward(a: BackwardArgs): void;
 }
 
-const INT32_MAX = 2 ** 31 - 1;
 
 /**
  * Why these block-kernel arguments cannot run (null when they can): names the argument and the

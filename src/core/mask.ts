@@ -1,4 +1,4 @@
-import { describe, InputError } from './errors.js';
+import { describe, InputError, INT32_MAX } from './errors.js';
 
 /**
  * The mask contract (DESIGN.md). Key j is visible to query i (global positions) when
@@ -17,11 +17,13 @@ export interface MaskSpec {
 }
 
 export function validateMask(spec: MaskSpec, seqLen?: number): void {
-  if (spec.window !== undefined && (!Number.isInteger(spec.window) || spec.window <= 0)) {
-    throw new InputError('window', `expected a positive integer, got ${spec.window}`);
+  // Positions are int32 and the kernels take window and sinks as int32: larger values are refused
+  // here, before any worker starts (a window that reaches past the sequence is no window).
+  if (spec.window !== undefined && (!Number.isInteger(spec.window) || spec.window <= 0 || spec.window > INT32_MAX)) {
+    throw new InputError('window', `expected a positive integer at most ${INT32_MAX}, got ${spec.window}`);
   }
-  if (spec.sinks !== undefined && (!Number.isInteger(spec.sinks) || spec.sinks < 0)) {
-    throw new InputError('sinks', `expected a non-negative integer, got ${spec.sinks}`);
+  if (spec.sinks !== undefined && (!Number.isInteger(spec.sinks) || spec.sinks < 0 || spec.sinks > INT32_MAX)) {
+    throw new InputError('sinks', `expected a non-negative integer at most ${INT32_MAX}, got ${spec.sinks}`);
   }
   if (spec.sinks !== undefined && spec.sinks > 0 && spec.window === undefined) {
     // (DESIGN.md: sinks are the keys a sliding window keeps; without a window every key is visible)

@@ -1,4 +1,4 @@
-import { BackendError, InputError } from '../core/errors.js';
+import { BackendError, InputError, INT32_MAX } from '../core/errors.js';
 import { shapeStr, type F32Tensor } from '../core/tensor.js';
 import { loadNative } from './build.js';
 
@@ -80,8 +80,6 @@ function resolve(choice: GemmKernelChoice): Bound | null {
 export function gemmKernelName(kernel: GemmKernelChoice = 'auto'): string {
   return resolve(kernel)?.name ?? 'ts';
 }
-
-const INT32_MAX = 2 ** 31 - 1;
 
 function checkInt(name: string, x: unknown, min: number): number {
   if (typeof x !== 'number' || !Number.isInteger(x) || x < min || x > INT32_MAX) {

@@ -1,5 +1,5 @@
 import koffi from 'koffi';
-import { InputError, throwReason } from '../core/errors.js';
+import { InputError, INT32_MAX, throwReason } from '../core/errors.js';
 import type { CudaContext, DeviceBuffer, Arg } from './context.js';
 import { argBuffers, packStruct } from './context.js';
 import { nvrtcDefines } from './compile.js';
@@ -133,7 +133,6 @@ export interface DeviceBackwardArgs extends DeviceBlockArgs {
   trace?: number;
 }
 
-const INT32_MAX = 2 ** 31 - 1;
 export const MAX_D = 256;
 
 /** Why these arguments cannot run on the GPU kernels (null when they can). */

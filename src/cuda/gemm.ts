@@ -1,4 +1,4 @@
-import { InputError } from '../core/errors.js';
+import { InputError, INT32_MAX } from '../core/errors.js';
 import type { Gemm, Linear } from '../core/group.js';
 import type { CudaContext, DeviceBuffer } from './context.js';
 import { packStruct, Staging } from './context.js';
@@ -81,8 +81,6 @@ const TILES: Record<GemmTile, TileInfo> = {
 };
 
 export const GEMM_TILES = Object.keys(TILES) as GemmTile[];
-
-const INT32_MAX = 2 ** 31 - 1;
 
 function dims(a: Pick<DeviceGemmArgs, 'M' | 'N' | 'K'>): void {
   for (const [name, x] of [['M', a.M], ['N', a.N], ['K', a.K]] as const) {

@@ -1,4 +1,4 @@
-import { InputError } from '../core/errors.js';
+import { InputError, INT32_MAX } from '../core/errors.js';
 import type { Rope } from '../model/rope.js';
 import type { Arg, CudaContext, DeviceBuffer } from './context.js';
 import { argBuffers, Staging } from './context.js';
@@ -15,7 +15,6 @@ import { toBf16 } from './convert.js';
 export type OpDType = 'float32' | 'bfloat16';
 
 const FILE = 'model.cu';
-const INT32_MAX = 2 ** 31 - 1;
 /** Elements per launch of the flat kernels (they index with int32 counts). */
 const CHUNK = 2 ** 30;
 

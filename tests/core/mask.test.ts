@@ -75,6 +75,10 @@ test('classifyBlock examples', () => {
 test('validateMask names the bad argument', () => {
   assert.throws(() => validateMask({ window: 0 }), (e: unknown) => e instanceof InputError && e.arg === 'window' && /positive integer/.test(e.message));
   assert.throws(() => validateMask({ sinks: -1 }), (e: unknown) => e instanceof InputError && e.arg === 'sinks');
+  // int32 in the kernels: refused here, not by a worker after the ring has started.
+  assert.throws(() => validateMask({ window: 2 ** 31 }), (e: unknown) => e instanceof InputError && e.arg === 'window' && /at most 2147483647/.test(e.message));
+  assert.throws(() => validateMask({ window: 8, sinks: 2 ** 31 }), (e: unknown) => e instanceof InputError && e.arg === 'sinks' && /at most 2147483647/.test(e.message));
+  validateMask({ window: 2 ** 31 - 1, sinks: 2 ** 31 - 1 });
   assert.throws(() => validateMask({ causal: true, sinks: 4 }), (e: unknown) => e instanceof InputError && e.arg === 'sinks' && /window/.test(e.message));
   validateMask({ causal: true, sinks: 0 });
   validateMask({ window: 8, sinks: 4 });

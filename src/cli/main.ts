@@ -14,6 +14,7 @@ export function buildProgram(): Command {
     .description('Ring Attention: exact attention over long sequences on a ring of CPU workers or GPUs')
     .version(version(), '-V, --version')
     .exitOverride()
+    .allowExcessArguments(false) // (copied to every command: a stray word is an error, not ignored)
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
   registerCommands(program);
   return program;

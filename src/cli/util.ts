@@ -1,4 +1,4 @@
-import { InputError, RingAttnError } from '../core/errors.js';
+import { InputError, INT32_MAX, RingAttnError } from '../core/errors.js';
 import { MAX_RANKS, parseDecimal } from '../core/inputs.js';
 import { loadNative } from '../cpu/build.js';
 import { getKernel, type KernelChoice } from '../cpu/attention.js';
@@ -18,8 +18,25 @@ export function reportError(err: unknown): number {
     process.stderr.write(`ringattn: ${err.message}\n`);
     return EXIT_FAIL;
   }
+  // The machine said no (a path, a host name, memory): one line, no stack; these are not our bugs.
+  const sys = systemFailure(err);
+  if (sys) {
+    process.stderr.write(`ringattn: ${sys}\n`);
+    return EXIT_FAIL;
+  }
   process.stderr.write(`ringattn: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   return EXIT_FAIL;
+}
+
+/** An error raised by the system rather than by a bug: its one-line description, else undefined. */
+export function systemFailure(err: unknown): string | undefined {
+  if (!(err instanceof Error)) return undefined;
+  const code = (err as NodeJS.ErrnoException).code;
+  if (typeof code === 'string' && /^(E[A-Z]+|EAI_[A-Z]+)$/.test(code) && code !== 'ERR_ASSERTION') return err.message;
+  if (err instanceof RangeError && /allocation failed|Invalid (typed )?array length|Array buffer/i.test(err.message)) {
+    return `out of memory: ${err.message} (the sizes asked for do not fit this machine's memory or a JavaScript array)`;
+  }
+  return undefined;
 }
 
 /**
@@ -45,14 +62,17 @@ export function withFlagNames<F>(flags: Readonly<Record<string, string>>, body: 
   };
 }
 
-/** Parse a CLI integer option, naming it in the error. */
+/**
+ * Parse a CLI integer option, naming it in the error. Every integer flag is an int32 at most
+ * (the kernels' sizes and mask arguments are), unless `max` says less: 1e20 is refused here, naming
+ * the flag, not later inside a worker.
+ */
 export function intOpt(name: string, v: string | undefined, opts: { min?: number; max?: number } = {}): number | undefined {
   if (v === undefined) return undefined;
   const n = parseDecimal(v);
-  const { min, max } = opts;
-  if (!Number.isInteger(n) || (min !== undefined && n < min) || (max !== undefined && n > max)) {
-    const range = min !== undefined && max !== undefined ? ` in [${min}, ${max}]` : min !== undefined ? ` >= ${min}` : max !== undefined ? ` <= ${max}` : '';
-    throw new InputError(name, `expected an integer${range}, got '${v}'`);
+  const { min } = opts, max = opts.max ?? INT32_MAX;
+  if (!Number.isInteger(n) || (min !== undefined && n < min) || n > max) {
+    throw new InputError(name, `expected an integer ${min !== undefined ? `in [${min}, ${max}]` : `<= ${max}`}, got '${v}'`);
   }
   return n;
 }

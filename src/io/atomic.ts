@@ -109,9 +109,13 @@ export function readInputFile(path: string, arg: string = path): Uint8Array {
 
 /**
  * Throw an InputError naming `arg` unless `path` can be an output file: its directory must
- * exist and be a directory, and the path itself must not be a directory.
+ * exist, be a directory and take a new file (probed, so that a long run does not end in EACCES),
+ * and the path itself must be absent or a regular file. A pipe, a device or a link to one
+ * (/dev/stdout) is refused: the output goes to a temp file renamed over the path, which would
+ * replace the pipe or link and send nothing through it.
  */
 export function checkOutputPath(path: string, arg: string = path): void {
+  if (typeof path !== 'string' || path === '') throw new InputError(arg, 'expected a non-empty file path');
   const dir = dirname(resolve(path));
   let st;
   try {
@@ -124,11 +128,20 @@ export function checkOutputPath(path: string, arg: string = path): void {
   }
   if (!st.isDirectory()) throw new InputError(arg, `${dir} is not a directory; expected an existing directory for the output file`);
   try {
-    if (statSync(path).isDirectory()) throw new InputError(arg, `${path} is a directory; expected a file path to write`);
+    const target = statSync(path);
+    if (target.isDirectory()) throw new InputError(arg, `${path} is a directory; expected a file path to write`);
+    if (!target.isFile()) throw new InputError(arg, `${path} is not a regular file (a pipe, device or link to one); expected a file path (outputs are written to a temp file, then renamed over it)`);
   } catch (err) {
     if (err instanceof InputError) throw err;
     if (errCode(err) !== 'ENOENT') throw asInputError(err, arg, path, 'write');
   }
+  const probe = tempPathFor(path);
+  try {
+    closeSync(openSync(probe, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o666));
+  } catch (err) {
+    throw asInputError(err, arg, dir, 'write into');
+  }
+  removeQuietly(probe);
 }
 
 /**
@@ -153,9 +166,21 @@ export function checkOutputsNotInputs(outputs: readonly (readonly [string, strin
   }
 }
 
-/** Temp files not yet renamed or removed; removed on process exit so failures leave no junk. */
+/**
+ * Temp files not yet renamed or removed; removed on process exit so failures leave no junk, and on
+ * SIGINT, SIGTERM and SIGHUP (which end a process without its 'exit' event: an interrupted run
+ * left a partial temp file). The handler removes them, then raises the signal again with itself
+ * gone, so the process ends as the signal says.
+ */
 const liveTemps = new Set<string>();
 let exitHookInstalled = false;
+const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+function onSignal(sig: NodeJS.Signals): void {
+  for (const t of [...liveTemps]) removeQuietly(t);
+  for (const s of SIGNALS) process.removeListener(s, onSignal);
+  process.kill(process.pid, sig);
+}
 
 function trackTemp(p: string): void {
   liveTemps.add(p);
@@ -164,6 +189,7 @@ function trackTemp(p: string): void {
     process.on('exit', () => {
       for (const t of liveTemps) removeQuietly(t);
     });
+    for (const s of SIGNALS) process.on(s, onSignal);
   }
 }
 

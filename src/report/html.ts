@@ -3,9 +3,8 @@
  * run, so it opens offline and reads without JavaScript (tooltips are SVG <title>s). The
  * report's JSON rides along in a <script type="application/json"> for tools to re-read.
  */
-import { renameSync, unlinkSync, writeFileSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
 import { InputError } from '../core/errors.js';
+import { writeFileAtomic } from '../io/atomic.js';
 import type { BlockMap, RunReport, TraceEvent } from '../core/trace.js';
 import { escapeHtml, formatBytes, formatInt, formatMs, formatNum, lineChart, niceTicks, r2, rankColor } from './svg.js';
 
@@ -73,24 +72,13 @@ export function renderReport(report: RunReport): string {
 }
 
 /**
- * Write the page to `path` atomically: a temp file in the same directory, then a rename, so a
- * reader (or a crash half way) never sees a partial report.
+ * Write the page to `path` atomically (writeFileAtomic: a temp file in the same directory, then a
+ * rename), so that a reader, a crash or an interrupt half way never leaves a partial report.
+ * Errors name `arg` (the CLI's flag).
  */
-export function writeReport(path: string, report: RunReport): void {
-  if (typeof path !== 'string' || path.length === 0) throw new InputError('path', 'expected a non-empty file path');
-  const html = renderReport(report);
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}.tmp`);
-  try {
-    writeFileSync(tmp, html, 'utf8');
-    renameSync(tmp, path);
-  } catch (err) {
-    try {
-      unlinkSync(tmp);
-    } catch {
-      // the temp file was never created, or is already gone
-    }
-    throw err;
-  }
+export function writeReport(path: string, report: RunReport, arg = 'path'): void {
+  if (typeof path !== 'string' || path.length === 0) throw new InputError(arg, 'expected a non-empty file path');
+  writeFileAtomic(path, renderReport(report), arg);
 }
 
 /** JSON safe inside a <script> element: no `</script>`, no `<!--`, no line separators. */

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { InputError } from '../../src/core/errors.js';
@@ -49,6 +49,11 @@ test('writeFileAtomic: bad destinations are InputErrors naming the arg; nothing 
     mkdirSync(join(dir, 'sub'));
     rejects(() => writeFileAtomic(join(dir, 'sub'), 'x', '--out'), '--out', 'is a directory', 'expected a file path');
     rejects(() => checkOutputPath(join(dir, 'missing', 'x')), join(dir, 'missing', 'x'), 'does not exist');
+    rejects(() => checkOutputPath('', '--report'), '--report', 'non-empty');
+    // A link to a device (as /dev/stdout is) would be replaced by the rename, and nothing sent through it.
+    symlinkSync('/dev/null', join(dir, 'devlink'));
+    rejects(() => writeFileAtomic(join(dir, 'devlink'), 'x', '--out'), '--out', 'not a regular file');
+    rmSync(join(dir, 'devlink'));
     assert.deepEqual(readdirSync(dir).sort(), ['file', 'sub']);
     assert.deepEqual(readdirSync(join(dir, 'sub')), []);
   });
@@ -152,4 +157,29 @@ test('AtomicOutputs: temps still staged when the process exits are removed', () 
     assert.equal(r.status, 3, r.stderr);
     assert.deepEqual(readdirSync(dir), []);
   });
+});
+
+test('AtomicOutputs: temps staged when SIGINT, SIGTERM or SIGHUP arrives are removed, and the process still ends by that signal', () => {
+  // Those signals end a process without its 'exit' event: an interrupted CLI run left a partial temp file.
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    withDir((dir) => {
+      const mod = new URL('../../src/io/atomic.js', import.meta.url).href;
+      const code = `
+        const { AtomicOutputs } = await import(${JSON.stringify(mod)});
+        const out = new AtomicOutputs();
+        out.stage(${JSON.stringify(join(dir, 'a'))}, 'A');
+        process.kill(process.pid, '${sig}');
+        setTimeout(() => process.exit(7), 5000);`;
+      const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { encoding: 'utf8', timeout: 20_000 });
+      assert.equal(r.signal, sig, `${sig}: status ${r.status}, signal ${r.signal}\n${r.stderr}`);
+      assert.deepEqual(readdirSync(dir), [], sig);
+    });
+  }
+});
+
+test('checkOutputPath: a directory that refuses new files is named before any work (probed)', { skip: process.getuid?.() === 0 && !existsSync('/sys') ? 'running as root without /sys: no directory here refuses new files' : false }, () => {
+  // /sys refuses new files even to root; elsewhere a directory without write permission does.
+  const target = process.getuid?.() === 0 ? '/sys/ringattn-probe.html' : '/ringattn-probe.html';
+  rejects(() => checkOutputPath(target, '--report'), '--report');
+  assert.ok(!existsSync(target));
 });

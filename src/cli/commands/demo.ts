@@ -96,7 +96,7 @@ async function demo(f: DemoFlags): Promise<void> {
       dtype: parseDtype(f.dtype), seed, verifyRows: nVerify,
     });
     if (report) {
-      writeReport(f.report, report);
+      writeReport(f.report, report, '--report');
       process.stdout.write(`\nreport: ${f.report}\n`);
     }
     return;
@@ -238,7 +238,7 @@ async function demo(f: DemoFlags): Promise<void> {
       ['time per layer (preset CPU rate)', formatSeconds(pl.timePerLayerS), formatSeconds(sec)],
     ].map(([label, predicted, measured]) => ({ label, predicted, measured })),
   };
-  writeReport(f.report, report);
+  writeReport(f.report, report, '--report');
   process.stdout.write(`\nreport: ${f.report}\n`);
   if (!ok) {
     const g = grads ? `; gradients ${grads.vsSingle.toExponential(2)} vs single-device (limit 1e-4), ${grads.f64.toExponential(2)} vs float64 (limit 2e-5), norm-wise` : '';

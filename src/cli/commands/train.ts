@@ -307,7 +307,7 @@ export function registerTrain(program: Command): void {
         ]).concat([{ label: 'chance level', value: `loss ${chance.toFixed(3)}, accuracy ${(100 / spec.values).toFixed(0)}%` }]),
         curves: [{ title: 'training loss', xLabel: 'step', yLabel: 'cross-entropy', series: runs.map((r) => ({ name: r.name, points: r.curve })) }],
       };
-      writeReport(f.report, report);
+      writeReport(f.report, report, '--report');
       process.stdout.write(`report: ${f.report}\n`);
       if (runs[0].finalLoss > 0.5 * chance) process.stderr.write(`note: the full-attention model is still far from zero loss (${runs[0].finalLoss.toFixed(3)}); more --steps help\n`);
     });

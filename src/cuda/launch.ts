@@ -117,11 +117,21 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   let failedAt = -1;
   const timers: NodeJS.Timeout[] = [];
   const signalled = new Set<number>(); // ranks this launcher sent a signal to
+  // Each rank leads a process group of its own (spawned detached), and the signal goes to the
+  // whole group: a rank that is a shell running its program as a child (`bash -c '...'`) ends
+  // with that child. Signalling the shell alone left the child holding the rank's output open,
+  // and the launcher waited on it (a review found a 1000 s hang). A rank is counted as one the
+  // launcher ended only if it was still running itself.
   const killAll = (sig: NodeJS.Signals) =>
     children.forEach((c, r) => {
-      // (a rank that has exited but whose output is still open, held by a child of its own, is not signalled)
-      if (exits[r] || c.exitCode !== null || c.signalCode !== null) return;
-      if (c.kill(sig)) signalled.add(r);
+      if (exits[r] || c.pid === undefined) return; // closed: nothing of it holds its output
+      const running = c.exitCode === null && c.signalCode === null;
+      try {
+        process.kill(-c.pid, sig);
+        if (running) signalled.add(r);
+      } catch {
+        // the group is gone already
+      }
     });
   const onSignal = (sig: NodeJS.Signals) => {
     killAll(sig);
@@ -150,7 +160,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
         RANK: String(r), WORLD_SIZE: String(nproc), LOCAL_RANK: String(r), LOCAL_WORLD_SIZE: String(nproc),
         MASTER_ADDR: masterAddr, MASTER_PORT: String(masterPort),
       };
-      const child = spawn(command[0], command.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(command[0], command.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
       children.push(child);
       const prefix = `[rank ${r}] `;
       const streams = Promise.all([

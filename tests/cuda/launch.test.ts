@@ -129,6 +129,17 @@ test('launch: the launcher ends ranks that do not stop by themselves', async () 
   assert.ok(Date.now() - t0 < 5000);
 });
 
+test('launch: a rank that is a shell running its program as a child is ended with that child (its process group), not waited for', { timeout: 30_000 }, async () => {
+  const c = collect();
+  const t0 = Date.now();
+  // bash forks sleep (not the last command, so no exec): signalling bash alone left sleep holding the output.
+  const script = 'if [ "$RANK" = 0 ]; then echo "ringattn: boom" >&2; exit 1; else sleep 1000; true; fi';
+  const r = await launch({ nproc: 2, command: ['bash', '-c', script], stdout: c.stdout, stderr: c.stderr, graceMs: 300 });
+  assert.equal(r.failedRank, 0, JSON.stringify(r));
+  assert.equal(r.message, 'boom');
+  assert.ok(Date.now() - t0 < 10_000, `took ${Date.now() - t0} ms`);
+});
+
 test('launch: a rank killed by a signal is reported as killed, its last line as context', async () => {
   const c = collect();
   const script = 'if (process.env.RANK === "1") { console.error("loading shard 1 of 1"); setTimeout(() => process.kill(process.pid, "SIGKILL"), 50); setInterval(() => {}, 1000); }';

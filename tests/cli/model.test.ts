@@ -83,6 +83,9 @@ test('model commands reject bad input with exit 2 and no output file', () => {
     [['logits', '--model', dir, '--tokens', join(dir, 'bad.json'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: token 2 is 999; expected an id in \[0, 35\) \(the model's vocab_size\)/],
     [['logits', '--model', dir, '--tokens', join(dir, 'hex.txt'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: token 0 is '0x5'; expected a non-negative integer id$/],
     [['logits', '--model', dir, '--tokens', join(dir, 'ok.json'), '--out', join(dir, 'ok.json')], /^ringattn: --out: .*ok\.json is the --tokens input/],
+    // Outputs over the checkpoint's own files would destroy it.
+    [['logits', '--model', dir, '--tokens', join(dir, 'ok.json'), '--out', join(dir, 'model.safetensors')], /^ringattn: --out: .*model\.safetensors is the --model input/],
+    [['generate', '--model', dir, '--tokens', join(dir, 'ok.json'), '--out-tokens', join(dir, 'config.json')], /^ringattn: --out-tokens: .*config\.json is the --model input/],
     [['logits', '--model', dir, '--tokens', join(dir, 'ok.json'), '--out', join(dir, 'o.npy'), '--sinks', '2', '--layout', 'spiral'], /^ringattn: --layout: /],
     [['generate', '--model', dir, '--tokens', join(dir, 'ok.json'), '--dtype', 'bf16'], /^ringattn: --dtype: 'bfloat16' runs on the cuda backend/],
     [['generate', '--model', dir, '--prompt-file', dir], /^ringattn: --prompt-file: .* is a directory; expected a file to read$/],

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { InputError } from '../../core/errors.js';
 import { parseLayout } from '../../core/layout.js';
 import { plan, formatPlan } from '../../core/plan.js';
@@ -10,6 +11,21 @@ import { hasTokenizer, loadTokenizer } from '../../model/tokenizer.js';
 import { checkTokenIds, RingModel } from '../../llm.js';
 import { withFlagNames, backendOpt, devicesOpt, intOpt, kernelOpt, modelDtypeOpt, numOpt, printPlanOnce } from '../util.js';
 import { progressBar } from '../progress.js';
+
+/** The files a checkpoint directory is made of (weights, their index, configs, tokenizer). */
+const CHECKPOINT_FILE = /(\.safetensors|\.safetensors\.index\.json|^(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|trainer_state)\.json)$/;
+
+/**
+ * The --model directory's checkpoint files, as inputs no output may replace: an output written
+ * over model.safetensors or config.json would destroy the checkpoint it was read from.
+ */
+function modelFiles(f: { model: string }): [string, string][] {
+  try {
+    return readdirSync(f.model).filter((name) => CHECKPOINT_FILE.test(name)).map((name) => ['--model', join(f.model, name)]);
+  } catch {
+    return []; // not a readable directory: the checkpoint loader names the problem
+  }
+}
 
 interface ModelFlags {
   model: string;
@@ -124,7 +140,7 @@ export function registerModelCommands(program: Command): void {
       if (!(topP > 0 && topP <= 1)) throw new InputError('--top-p', `expected 0 < p <= 1, got ${f.topP}`);
       const seed = intOpt('--seed', f.seed, { min: 0 })!;
       if (f.outTokens) checkOutputPath(f.outTokens, '--out-tokens');
-      checkOutputsNotInputs([['--out-tokens', f.outTokens]], [['--tokens', f.tokens], ['--prompt-file', f.promptFile]]);
+      checkOutputsNotInputs([['--out-tokens', f.outTokens]], [['--tokens', f.tokens], ['--prompt-file', f.promptFile], ...modelFiles(f)]);
       const ids = promptIds(f);
       const cfg = modelConfig(f);
       checkPrompt(ids, cfg, f.tokens ? '--tokens' : '--prompt-file', ids.length + maxNew, f.quiet);
@@ -198,7 +214,7 @@ export function registerModelCommands(program: Command): void {
     .action(withFlagNames(FLAGS, async (f: ModelFlags & { tokens: string; out: string }) => {
       checkBackend(f);
       checkOutputPath(f.out, '--out');
-      checkOutputsNotInputs([['--out', f.out]], [['--tokens', f.tokens]]);
+      checkOutputsNotInputs([['--out', f.out]], [['--tokens', f.tokens], ...modelFiles(f)]);
       const ids = readTokens(f.tokens, '--tokens');
       checkPrompt(ids, modelConfig(f), '--tokens', ids.length);
       if (await launchedElsewhere(f)) return;

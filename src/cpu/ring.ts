@@ -122,6 +122,7 @@ export async function runCpuRing(shards: RankShard[], params: AttnParams, mask: 
     const total = (plan.schedule.compute.flat().filter((c) => c !== 'empty').length + P * sinkSteps) * (backward ? 2 : 1);
     let done = 0;
     group.onProgress = () => opts.onProgress?.(++done, total);
+    opts.onProgress?.(0, total); // (a bar starts, and its clock, when the work does: not after the first step)
     const zero = callStart - group.runStart;
     const args: AttendArg[] = shards.map((s) => ({ plan, params, shard: backward ? s : { ...s, dO: undefined }, zero }));
     const transfer = opts.moveShards ? shards.map((s) => uniqueBuffers([s.q, s.k, s.v, s.dO, s.pos, s.seg])) : undefined;

@@ -145,6 +145,31 @@ export function checkOutputPath(path: string, arg: string = path): void {
 }
 
 /**
+ * Throw an InputError naming `arg` unless `dir` can be an output directory, made if missing: the
+ * path must be a directory or absent, and its nearest existing ancestor a directory that takes
+ * new files (checked before the work that ends in writing there, not after it).
+ */
+export function checkOutputDir(dir: string, arg: string = dir): void {
+  if (typeof dir !== 'string' || dir === '') throw new InputError(arg, 'expected a non-empty directory path');
+  let p = resolve(dir);
+  for (;;) {
+    let st;
+    try {
+      st = statSync(p);
+    } catch (err) {
+      const code = errCode(err);
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw asInputError(err, arg, p, 'write into');
+      if (code === 'ENOTDIR' || dirname(p) === p) throw new InputError(arg, `${dir}: a parent of this path is not a directory`);
+      p = dirname(p);
+      continue;
+    }
+    if (!st.isDirectory()) throw new InputError(arg, p === resolve(dir) ? `${dir} is a file; expected a directory (made if missing)` : `${dir}: ${p} is a file; expected a directory (made if missing)`);
+    checkOutputPath(join(p, '.ringattn-probe'), arg);
+    return;
+  }
+}
+
+/**
  * Throw an InputError naming the output flag whose path is the file of one of `inputs` (the same
  * path, or another name for the same file): writing it would replace an input. Entries whose path
  * is undefined are skipped.

@@ -1,6 +1,6 @@
 /** The io layer: `.npy` and safetensors readers/writers, atomic output files. */
 export { readTokens } from './tokens.js';
-export { AtomicOutputs, checkOutputPath, checkOutputsNotInputs, readInputFile, writeFileAtomic } from './atomic.js';
+export { AtomicOutputs, checkOutputDir, checkOutputPath, checkOutputsNotInputs, readInputFile, writeFileAtomic } from './atomic.js';
 export {
   type NpyDType,
   encodeNpy,

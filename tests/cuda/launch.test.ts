@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createConnection, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { Control, rankEnv } from '../../src/cuda/control.js';
@@ -138,6 +138,23 @@ test('launch: a rank that is a shell running its program as a child is ended wit
   assert.equal(r.failedRank, 0, JSON.stringify(r));
   assert.equal(r.message, 'boom');
   assert.ok(Date.now() - t0 < 10_000, `took ${Date.now() - t0} ms`);
+});
+
+test('ringattn launch: bad --nproc, --master-port and --master-addr are one line each, exit 2 (the flag named) or 1 (an unknown host), no stack', () => {
+  const run = (...args: string[]) => spawnSync(process.execPath, [cliJs, 'launch', ...args, '--', 'true'], { encoding: 'utf8', timeout: 60_000 });
+  for (const [args, re] of [
+    [['--nproc', '2000'], /^ringattn: --nproc: expected an integer in \[1, 1024\], got '2000'$/],
+    [['--nproc', '1e20'], /^ringattn: --nproc: expected an integer in \[1, 1024\]/],
+    [['--nproc', '1', '--master-port', '70000'], /^ringattn: --master-port: expected an integer in \[1, 65535\]/],
+  ] as const) {
+    const r = run(...args);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr.trim(), re);
+  }
+  const host = run('--nproc', '1', '--master-addr', '999.1.1.1');
+  assert.equal(host.status, 1, host.stderr);
+  assert.equal(host.stderr.trim().split('\n').length, 1, host.stderr);
+  assert.match(host.stderr, /^ringattn: .*999\.1\.1\.1/);
 });
 
 test('launch: a rank killed by a signal is reported as killed, its last line as context', async () => {

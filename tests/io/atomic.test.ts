@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { InputError } from '../../src/core/errors.js';
-import { AtomicOutputs, checkOutputPath, readInputFile, writeFileAtomic } from '../../src/io/atomic.js';
+import { AtomicOutputs, checkOutputDir, checkOutputPath, readInputFile, writeFileAtomic } from '../../src/io/atomic.js';
 
 function rejects(fn: () => unknown, ...fragments: string[]): void {
   assert.throws(fn, (err: unknown) => {
@@ -182,4 +182,16 @@ test('checkOutputPath: a directory that refuses new files is named before any wo
   const target = process.getuid?.() === 0 ? '/sys/ringattn-probe.html' : '/ringattn-probe.html';
   rejects(() => checkOutputPath(target, '--report'), '--report');
   assert.ok(!existsSync(target));
+});
+
+test('checkOutputDir: absent (made later) or a directory passes; a file, or a file on the way, is named up front; nothing is left', () => {
+  withDir((dir) => {
+    checkOutputDir(join(dir, 'new', 'deeper'), '--checkpoint');
+    checkOutputDir(dir, '--checkpoint');
+    writeFileSync(join(dir, 'file'), 'x');
+    rejects(() => checkOutputDir(join(dir, 'file'), '--checkpoint'), '--checkpoint', 'is a file; expected a directory');
+    rejects(() => checkOutputDir(join(dir, 'file', 'ck'), '--checkpoint'), '--checkpoint', 'a parent of this path is not a directory');
+    rejects(() => checkOutputDir('', '--checkpoint'), '--checkpoint', 'non-empty');
+    assert.deepEqual(readdirSync(dir), ['file']);
+  });
 });

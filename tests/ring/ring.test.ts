@@ -114,6 +114,19 @@ test('ring results equal the float64 reference: random masks, scales, segment bo
   }
 });
 
+test('onProgress: (0, total) when the ring starts, then one call a computed step up to (total, total)', async () => {
+  const r = rng(freshSeed());
+  const q = t3(40, 2, 8, r), k = t3(40, 1, 8, r), v = t3(40, 1, 8, r);
+  for (const gradOut of [undefined, t3(40, 2, 8, r)]) {
+    const calls: [number, number][] = [];
+    await ringAttention(q, k, v, { causal: true, devices: 3, layout: 'zigzag', gradOut, onProgress: (d, t) => calls.push([d, t]) });
+    const total = calls[0][1];
+    assert.deepEqual(calls[0], [0, total], 'the first call, before any step');
+    assert.deepEqual(calls.map(([d]) => d), Array.from({ length: total + 1 }, (_, i) => i), 'one call a step, in order');
+    assert.ok(calls.every(([, t]) => t === total));
+  }
+});
+
 test('transfers follow the schedule: window reach, causal contiguous, bytes per step', async () => {
   const r = rng(freshSeed());
   const [S, H, Hk, D, P] = [400, 2, 2, 16, 8];

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { InputError, RingAttnError } from '../../core/errors.js';
+import { RingAttnError } from '../../core/errors.js';
 import { intOpt } from '../util.js';
 
 interface LaunchFlags {
@@ -24,9 +24,9 @@ export function registerLaunch(program: Command): void {
     .argument('<command...>', 'the program and its arguments (use -- before it if it has options)')
     .allowUnknownOption()
     .action(async (command: string[], f: LaunchFlags) => {
-      const nproc = intOpt('--nproc', f.nproc, { min: 1 })!;
-      const port = intOpt('--master-port', f.masterPort, { min: 1 });
-      if (port !== undefined && port > 65535) throw new InputError('--master-port', `expected a port in 1..65535, got ${port}`);
+      // Ranks of one host: a process each (one a GPU, in the usual job); 1024 is far past any host.
+      const nproc = intOpt('--nproc', f.nproc, { min: 1, max: 1024 })!;
+      const port = intOpt('--master-port', f.masterPort, { min: 1, max: 65535 });
       const { launch } = await import('../../cuda/launch.js');
       const r = await launch({ nproc, command, masterAddr: f.masterAddr, masterPort: port, graceMs: intOpt('--grace', f.grace, { min: 0 }) });
       if (r.code !== 0) throw new RingAttnError(`launch: rank ${r.failedRank} failed (${r.ranks.map((e) => `rank ${e.rank}: ${e.signal ?? `exit ${e.code}`}`).join(', ')}): ${(r.message ?? '').replace(/^rank \d+: /, '')}`);

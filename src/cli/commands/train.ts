@@ -1,6 +1,6 @@
 import { cpus } from 'node:os';
 import type { Command } from 'commander';
-import { existsSync, readFileSync, mkdirSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { InputError } from '../../core/errors.js';
 import { parseLayout } from '../../core/layout.js';
@@ -13,7 +13,7 @@ import { recallSequence, recallVocab, DEFAULT_RECALL, type RecallSpec } from '..
 import { RingModel } from '../../llm.js';
 import { writeReport } from '../../report/html.js';
 import { encodeSafetensors, readSafetensors } from '../../io/safetensors.js';
-import { writeFileAtomic, checkOutputPath } from '../../io/index.js';
+import { writeFileAtomic, checkOutputDir, checkOutputPath } from '../../io/index.js';
 import { backendOpt, devicesOpt, intOpt, kernelOpt, modelDtypeOpt, numOpt, printPlanOnce } from '../util.js';
 import { formatTable } from '../table.js';
 
@@ -159,12 +159,15 @@ async function trainModel(name: string, model: RingModel, cfg: ModelConfig, f: T
   const curve: [number, number][] = [];
   const t0 = performance.now();
   let avg = NaN;
+  let diverged = false;
   const tty = process.stderr.isTTY;
   for (let step = first; step < o.steps; step++) {
     const S = curriculumLength(step, o.steps, o.start, o.seq);
     const { ids, targets } = recallSequence(spec, S, rand);
     const lr = learningRate(step, o.steps, o.lr, o.warmup, f.schedule === 'cosine');
     const r = await model.trainStep(ids, targets, { lr, clip: 1, weightDecay: 0.01 });
+    if (!Number.isFinite(r.loss) && !diverged && lead) process.stderr.write(`\nnote: ${name}: the loss is ${r.loss} at step ${step + 1}: training diverged (a lower --lr than ${o.lr} helps)\n`);
+    diverged ||= !Number.isFinite(r.loss);
     avg = Number.isNaN(avg) ? r.loss : 0.9 * avg + 0.1 * r.loss;
     curve.push([step + 1, r.loss]);
     const line = `${name}: step ${step + 1}/${o.steps}  seq ${S}  loss ${r.loss.toFixed(4)} (avg ${avg.toFixed(4)})  ${((performance.now() - t0) / 1000).toFixed(1)} s`;
@@ -184,7 +187,9 @@ async function trainModel(name: string, model: RingModel, cfg: ModelConfig, f: T
     for (let t = 0; t < ids.length; t++) {
       if (targets[t] < 0) continue;
       total++;
-      if (argmax(logits.subarray(t * cfg.vocabSize, (t + 1) * cfg.vocabSize)) === targets[t]) right++;
+      const row = logits.subarray(t * cfg.vocabSize, (t + 1) * cfg.vocabSize);
+      if (row.every(Number.isNaN)) continue; // a diverged model (noted above) recalls nothing
+      if (argmax(row) === targets[t]) right++;
     }
   }
   const tail = curve.slice(-10);
@@ -240,7 +245,7 @@ export function registerTrain(program: Command): void {
       intOpt('--eval-seqs', f.evalSeqs, { min: 0 });
       if (hidden % heads !== 0 || (hidden / heads) % 2 !== 0) throw new InputError('--heads', `expected a divisor of --hidden (${hidden}) leaving an even head size, got ${heads}`);
       checkOutputPath(f.report, '--report');
-      if (f.checkpoint && existsSync(f.checkpoint) && !statSync(f.checkpoint).isDirectory()) throw new InputError('--checkpoint', `${f.checkpoint} is a file; expected a directory (made if missing)`);
+      if (f.checkpoint) checkOutputDir(f.checkpoint, '--checkpoint');
       if (f.resume) {
         for (const file of ['trainer_state.json', 'optimizer.safetensors']) {
           if (!existsSync(join(f.resume, file))) throw new InputError('--resume', `${f.resume} has no ${file}; expected a directory written by --checkpoint`);

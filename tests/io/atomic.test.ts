@@ -144,17 +144,21 @@ test('AtomicOutputs: a commit whose destination turned bad renames nothing and c
   });
 });
 
+/** A child process that stages `files` (each holding its name) in `dir`, then runs `then`. */
+function stageInChild(dir: string, files: string[], then: string): ReturnType<typeof spawnSync> {
+  const mod = new URL('../../src/io/atomic.js', import.meta.url).href;
+  const code = `
+    const { AtomicOutputs } = await import(${JSON.stringify(mod)});
+    const out = new AtomicOutputs();
+    for (const f of ${JSON.stringify(files)}) out.stage(${JSON.stringify(dir)} + '/' + f, f);
+    ${then}`;
+  return spawnSync(process.execPath, ['--input-type=module', '-e', code], { encoding: 'utf8', timeout: 20_000 });
+}
+
 test('AtomicOutputs: temps still staged when the process exits are removed', () => {
   withDir((dir) => {
-    const mod = new URL('../../src/io/atomic.js', import.meta.url).href;
-    const code = `
-      const { AtomicOutputs } = await import(${JSON.stringify(mod)});
-      const out = new AtomicOutputs();
-      out.stage(${JSON.stringify(join(dir, 'a'))}, 'A');
-      out.stage(${JSON.stringify(join(dir, 'b'))}, 'B');
-      process.exit(3);`;
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { encoding: 'utf8' });
-    assert.equal(r.status, 3, r.stderr);
+    const r = stageInChild(dir, ['a', 'b'], 'process.exit(3);');
+    assert.equal(r.status, 3, String(r.stderr));
     assert.deepEqual(readdirSync(dir), []);
   });
 });
@@ -163,15 +167,8 @@ test('AtomicOutputs: temps staged when SIGINT, SIGTERM or SIGHUP arrives are rem
   // Those signals end a process without its 'exit' event: an interrupted CLI run left a partial temp file.
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     withDir((dir) => {
-      const mod = new URL('../../src/io/atomic.js', import.meta.url).href;
-      const code = `
-        const { AtomicOutputs } = await import(${JSON.stringify(mod)});
-        const out = new AtomicOutputs();
-        out.stage(${JSON.stringify(join(dir, 'a'))}, 'A');
-        process.kill(process.pid, '${sig}');
-        setTimeout(() => process.exit(7), 5000);`;
-      const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { encoding: 'utf8', timeout: 20_000 });
-      assert.equal(r.signal, sig, `${sig}: status ${r.status}, signal ${r.signal}\n${r.stderr}`);
+      const r = stageInChild(dir, ['a'], `process.kill(process.pid, '${sig}'); setTimeout(() => process.exit(7), 5000);`);
+      assert.equal(r.signal, sig, `${sig}: status ${r.status}, signal ${r.signal}\n${String(r.stderr)}`);
       assert.deepEqual(readdirSync(dir), [], sig);
     });
   }

@@ -78,6 +78,7 @@ test('model commands reject bad input with exit 2 and no output file', () => {
     [['logits', '--model', dir, '--tokens', join(dir, 'bad.txt'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: token 2 is 'x'; expected a non-negative integer id$/],
     [['logits', '--model', dir, '--tokens', join(dir, 'obj.json'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: expected a JSON array of token ids, or an object with an "ids" or "input_ids" array$/],
     [['generate', '--model', dir, '--tokens', join(dir, 'bad.json'), '--max-new-tokens', '0'], /^ringattn: --max-new-tokens: expected/],
+    [['generate', '--model', dir, '--tokens', join(dir, 'ok.json'), '--max-new-tokens', '2000000000', '--devices', '2', '--quiet'], /^ringattn: --max-new-tokens: expected a KV cache of at most 2\^32 values a layer/],
     [['logits', '--model', dir, '--tokens', join(dir, 'strs.json'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: token 0 is "1"; expected a non-negative integer id$/],
     [['logits', '--model', join(dir, 'nope'), '--tokens', join(dir, 'bad.json'), '--out', join(dir, 'o.npy')], /^ringattn: --model: .*does not exist/],
     [['logits', '--model', dir, '--tokens', join(dir, 'bad.json'), '--out', join(dir, 'o.npy')], /^ringattn: --tokens: token 2 is 999; expected an id in \[0, 35\) \(the model's vocab_size\)/],

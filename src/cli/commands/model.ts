@@ -116,9 +116,8 @@ function checkPrompt(ids: Int32Array, cfg: ModelConfig, flag: string, total: num
 /** The library's argument names (RingModel) as these commands' flags. */
 const FLAGS = {
   tokens: '--tokens', token: '--tokens', devices: '--devices', layout: '--layout', kernel: '--kernel', backend: '--backend', dtype: '--dtype', sinks: '--sinks',
-  maxNewTokens: '--max-new-tokens', temperature: '--temperature', topP: '--top-p', seed: '--seed',
+  maxNewTokens: '--max-new-tokens', temperature: '--temperature', topP: '--top-p', seed: '--seed', reserve: '--max-new-tokens',
 } as const;
-
 
 export function registerModelCommands(program: Command): void {
   modelOptions(program.command('generate').description('prefill a prompt on a ring of CPU ranks, then decode over the sharded KV cache'))

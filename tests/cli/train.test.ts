@@ -62,6 +62,19 @@ test('train: both models, loss curves in the report, checkpoint and resume', () 
   const bad = run(['--resume', join(dir, 'nope')]);
   assert.equal(bad.status, 2);
   assert.match(bad.stderr, /^ringattn: --resume: .*trainer_state.json/);
+  // Named up front, before any training: sizes past the bounds, a checkpoint path through a file.
+  for (const [args, re] of [
+    [['--layers', '1e9'], /^ringattn: --layers: expected an integer in \[1, 1024\]/],
+    [['--hidden', '1e9'], /^ringattn: --hidden: expected an integer in \[8, 65536\]/],
+    [['--window', '1e20'], /^ringattn: --window: expected an integer in \[1, 2147483647\]/],
+    [['--checkpoint', join(dir, 'r.html', 'ck')], /^ringattn: --checkpoint: .*a parent of this path is not a directory/],
+    [['--checkpoint', join(dir, 'r.html')], /^ringattn: --checkpoint: .*is a file; expected a directory/],
+  ] as [string[], RegExp][]) {
+    const r4 = run(['--steps', '2', ...args, '--report', join(dir, 'r4.html')]);
+    assert.equal(r4.status, 2, r4.stderr);
+    assert.match(r4.stderr, re);
+    assert.ok(!existsSync(join(dir, 'r4.html')));
+  }
   // Nothing left to train, or a model shape the checkpoint does not have: refused, no report.
   for (const [args, re] of [
     [['--steps', '6'], /^ringattn: --steps: expected more than the checkpoint's 6 steps \(--steps counts from the start of training\), got 6/],

@@ -235,8 +235,9 @@ export function registerTrain(program: Command): void {
       const lr = numOpt('--lr', f.lr, { positive: true })!;
       const warmup = intOpt('--warmup', f.warmup, { min: 0 })!;
       if (f.schedule !== 'cosine' && f.schedule !== 'constant') throw new InputError('--schedule', `expected cosine or constant, got '${f.schedule}'`);
-      let hidden = intOpt('--hidden', f.hidden, { min: 8 })!;
-      let layers = intOpt('--layers', f.layers, { min: 1 })!;
+      // (A toy model trained from scratch: bounds far past it, so that a typo is named, not a V8 abort.)
+      let hidden = intOpt('--hidden', f.hidden, { min: 8, max: 65536 })!;
+      let layers = intOpt('--layers', f.layers, { min: 1, max: 1024 })!;
       let heads = intOpt('--heads', f.heads, { min: 1 })!;
       const window = intOpt('--window', f.window, { min: 1 })!;
       const start = Math.min(seq, intOpt('--curriculum', f.curriculum, { min: 48 })!);

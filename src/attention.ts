@@ -26,14 +26,23 @@ export interface AttentionOptions {
   gradOut?: F32Tensor;
   /** Accept NaN/Infinity in inputs. */
   allowNonfinite?: boolean;
+  /** Progress: (0, total) at the start, then (done, total) as the work goes (ring steps; query chunks on one device). */
+  onProgress?: (done: number, total: number) => void;
 }
+
+/**
+ * Single-device attention runs the kernel on QUERY_CHUNK query rows at a time (a fixed size, so the
+ * result never depends on whether anyone watches), reporting progress between chunks: one call
+ * over a long sequence gave no sign of life for minutes. Each chunk sees every key; the backward
+ * adds each chunk's dK, dV into the same arrays.
+ */
+export const QUERY_CHUNK = 4096;
 
 export interface RingAttentionOptions extends AttentionOptions {
   /** Number of ranks in the ring (worker threads on the CPU). */
   devices?: number;
   layout?: Layout;
   backend?: 'cpu';
-  onProgress?: (done: number, total: number) => void;
   /** Test hook: make one rank fail. */
   fail?: InjectedFailure;
 }
@@ -105,16 +114,16 @@ export async function attention(q: F32Tensor, k: F32Tensor, v: F32Tensor, opts: 
   const n = d.S * d.H * d.D;
   const nk = d.S * d.Hk * d.D;
   res.lse.data.fill(-Infinity);
+  const chunks = Math.ceil(d.S / QUERY_CHUNK);
+  const total = d.B * chunks * (opts.gradOut ? 2 : 1);
+  let done = 0;
+  opts.onProgress?.(0, total);
   for (let b = 0; b < d.B; b++) {
     const args = {
-      q: q.data.subarray(b * n, (b + 1) * n),
       k: k.data.subarray(b * nk, (b + 1) * nk),
       v: v.data.subarray(b * nk, (b + 1) * nk),
-      qPos: pos,
       kPos: pos,
-      qSeg: opts.segments,
       kSeg: opts.segments,
-      Sq: d.S,
       Sk: d.S,
       H: d.H,
       Hk: d.Hk,
@@ -127,20 +136,31 @@ export async function attention(q: F32Tensor, k: F32Tensor, v: F32Tensor, opts: 
       blockK: opts.blockK,
       threads: opts.threads ?? cpus().length,
     };
-    const o = res.out.data.subarray(b * n, (b + 1) * n);
-    const lse = res.lse.data.subarray(b * d.S * d.H, (b + 1) * d.S * d.H);
-    kernel.forward({ ...args, o, lse });
-    if (opts.gradOut) {
-      const dO = opts.gradOut.data.subarray(b * n, (b + 1) * n);
+    // Query rows [a, e) of sequence b: their slices of every per-query array.
+    const rowsOf = (a: number, e: number) => {
+      const qs = (x: Float32Array) => x.subarray(b * n + a * d.H * d.D, b * n + e * d.H * d.D);
+      const rs = (x: Float32Array) => x.subarray((b * d.S + a) * d.H, (b * d.S + e) * d.H);
+      return { qs, rs, rows: { ...args, q: qs(q.data), qPos: pos.subarray(a, e), qSeg: opts.segments?.subarray(a, e), Sq: e - a } };
+    };
+    for (let a = 0; a < d.S; a += QUERY_CHUNK) {
+      const { qs, rs, rows } = rowsOf(a, Math.min(d.S, a + QUERY_CHUNK));
+      kernel.forward({ ...rows, o: qs(res.out.data), lse: rs(res.lse.data) });
+      opts.onProgress?.(++done, total);
+    }
+    if (!opts.gradOut) continue;
+    for (let a = 0; a < d.S; a += QUERY_CHUNK) {
+      const { qs, rs, rows } = rowsOf(a, Math.min(d.S, a + QUERY_CHUNK));
+      const o = qs(res.out.data), dO = qs(opts.gradOut.data);
       kernel.backward({
-        ...args,
+        ...rows,
         dO,
-        lse,
-        delta: computeDelta(o, dO, d.S * d.H, d.D),
-        dq: res.dq!.data.subarray(b * n, (b + 1) * n),
+        lse: rs(res.lse.data),
+        delta: computeDelta(o, dO, rows.Sq * d.H, d.D),
+        dq: qs(res.dq!.data),
         dk: res.dk!.data.subarray(b * nk, (b + 1) * nk),
         dv: res.dv!.data.subarray(b * nk, (b + 1) * nk),
       });
+      opts.onProgress?.(++done, total);
     }
   }
   return res;

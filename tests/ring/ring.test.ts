@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { attention, ringAttention, type AttentionOptions } from '../../src/attention.js';
+import { attention, ringAttention, QUERY_CHUNK, type AttentionOptions } from '../../src/attention.js';
 import { LAYOUTS } from '../../src/core/layout.js';
 import type { F32Tensor } from '../../src/core/tensor.js';
 import { InputError, RankError } from '../../src/core/errors.js';
@@ -124,6 +124,29 @@ test('onProgress: (0, total) when the ring starts, then one call a computed step
     assert.deepEqual(calls[0], [0, total], 'the first call, before any step');
     assert.deepEqual(calls.map(([d]) => d), Array.from({ length: total + 1 }, (_, i) => i), 'one call a step, in order');
     assert.ok(calls.every(([, t]) => t === total));
+  }
+});
+
+test('single-device attention in query chunks (S past QUERY_CHUNK): a batch of two, packed documents, causal window + sinks, forward and backward vs float64; progress a chunk at a time', async () => {
+  const seed = freshSeed();
+  const r = rng(seed);
+  const S = QUERY_CHUNK + 701, H = 2, Hk = 1, D = 8;
+  const mk = (h: number): F32Tensor => ({ dtype: 'float32', shape: [2, S, h, D], data: randn(2 * S * h * D, r) });
+  const q = mk(H), k = mk(Hk), v = mk(Hk), dO = mk(H);
+  const segments = randomSegments(S, r);
+  const mask = { causal: true, window: 900, sinks: 3, segments };
+  const calls: number[] = [];
+  const res = await attention(q, k, v, { ...mask, gradOut: dO, onProgress: (d, t) => calls.push(d / t) });
+  assert.deepEqual(calls, [0, 1, 2, 3, 4, 5, 6, 7, 8].map((i) => i / 8), 'two sequences x two chunks x forward and backward');
+  const at = (x: Float32Array, b: number, h: number) => x.subarray(b * S * h * D, (b + 1) * S * h * D);
+  for (let b = 0; b < 2; b++) {
+    const g = refBackward(at(q.data, b, H), at(k.data, b, Hk), at(v.data, b, Hk), at(dO.data, b, H), S, H, Hk, D, mask, 1 / Math.sqrt(D));
+    const w = `seed ${seed} batch ${b}`;
+    assertClose(at(res.out.data, b, H), g.o, TOL.fp32Forward, `${w} out`);
+    assertCloseLse(res.lse.data.subarray(b * S * H, (b + 1) * S * H), g.lse, TOL.fp32Forward, `${w} lse`);
+    assertClose(at(res.dq!.data, b, H), g.dq, TOL.fp32Grad, `${w} dq`);
+    assertClose(at(res.dk!.data, b, Hk), g.dk, TOL.fp32Grad, `${w} dk`);
+    assertClose(at(res.dv!.data, b, Hk), g.dv, TOL.fp32Grad, `${w} dv`);
   }
 });
 

@@ -135,7 +135,12 @@ async function attend(f: AttendFlags): Promise<void> {
     }
     info = `ring of ${devices} CPU workers, ${layout}, kernel ${res.stats.kernel}`;
   } else {
-    res = await attention(q, k, v, opts);
+    const bar = f.quiet ? null : progressBar('attention', 'query chunks');
+    try {
+      res = await attention(q, k, v, { ...opts, onProgress: bar ? (d, t) => bar.update(d, t) : undefined });
+    } finally {
+      bar?.stop();
+    }
     info = 'single device';
   }
   const ms = performance.now() - t0;

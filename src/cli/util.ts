@@ -32,7 +32,7 @@ export function reportError(err: unknown): number {
 export function systemFailure(err: unknown): string | undefined {
   if (!(err instanceof Error)) return undefined;
   const code = (err as NodeJS.ErrnoException).code;
-  if (typeof code === 'string' && /^(E[A-Z]+|EAI_[A-Z]+)$/.test(code) && code !== 'ERR_ASSERTION') return err.message;
+  if (typeof code === 'string' && /^(E[A-Z]+|EAI_[A-Z]+)$/.test(code)) return err.message; // (errno codes; Node's own ERR_* are bugs)
   if (err instanceof RangeError && /allocation failed|Invalid (typed )?array length|Array buffer/i.test(err.message)) {
     return `out of memory: ${err.message} (the sizes asked for do not fit this machine's memory or a JavaScript array)`;
   }

@@ -4,7 +4,7 @@
  *   import { ringAttention } from 'ringattn';
  *   const { out, lse } = await ringAttention(q, k, v, { devices: 4, layout: 'zigzag', causal: true });
  */
-export { attention, ringAttention, type AttentionOptions, type RingAttentionOptions, type AttentionResult, type RingStats } from './attention.js';
+export { attention, ringAttention, QUERY_CHUNK, type AttentionOptions, type RingAttentionOptions, type AttentionResult, type RingStats } from './attention.js';
 export { closeIdleRingWorkers, IDLE_GROUP_MS, runCpuRing, WARM_MAX_BYTES, type CpuRingOptions, type CpuRingResult, type RankResult } from './cpu/ring.js';
 export type { RankShard, AttnParams } from './cpu/device.js';
 export { getKernel } from './cpu/attention.js';

@@ -171,7 +171,7 @@ export class RingModel {
     const P = this.group.ranks;
     // Each rank keeps a layer's keys (and values) in one Float32Array: past 2^32 values V8 refuses it.
     const cap = (Math.ceil(S / P) + Math.ceil(reserve / P) + 1) * this.cfg.numKvHeads * this.cfg.headDim;
-    if (cap > 2 ** 32) throw new InputError('reserve', `expected a KV cache of at most 2^32 values a layer on each of the ${P} ranks; ${S} prompt tokens + ${reserve} reserved need ${cap}`);
+    if (cap > 2 ** 32) throw new InputError(reserve > 0 ? 'reserve' : 'tokens', `expected a KV cache of at most 2^32 values a layer on each of the ${P} ranks; ${S} prompt tokens + ${reserve} reserved need ${cap}`);
     const positions = shardPositions(S, P, this.layout);
     const args: PrefillArg[] = positions.map((pos) => ({ ids: gatherRows(ids, 1, pos), pos, positions, reserve: Math.ceil(reserve / P) + 1, logits: which, lastPos: S - 1 }));
     const res = await this.group.call<{ logits: Float32Array | null; cached: number }>('prefill', args);

@@ -33,7 +33,8 @@ export function systemFailure(err: unknown): string | undefined {
   if (!(err instanceof Error)) return undefined;
   const code = (err as NodeJS.ErrnoException).code;
   if (typeof code === 'string' && /^(E[A-Z]+|EAI_[A-Z]+)$/.test(code)) return err.message; // (errno codes; Node's own ERR_* are bugs)
-  if (err instanceof RangeError && /allocation failed|Invalid (typed )?array length|Array buffer/i.test(err.message)) {
+  // (a negative length is a bug, not memory: only allocation failures and lengths past the limits)
+  if (err instanceof RangeError && /allocation failed|Invalid (typed )?array length: \d|Invalid array buffer length/i.test(err.message)) {
     return `out of memory: ${err.message} (the sizes asked for do not fit this machine's memory or a JavaScript array)`;
   }
   return undefined;
@@ -76,6 +77,11 @@ export function intOpt(name: string, v: string | undefined, opts: { min?: number
   }
   return n;
 }
+
+/** Seeds are used as uint32 (`seed >>> 0`). */
+export const SEED_MAX = 2 ** 32 - 1;
+/** `plan` only does arithmetic: its sizes may pass int32 (a 2^32-token sequence over 1024 GPUs). */
+export const PLAN_MAX = Number.MAX_SAFE_INTEGER;
 
 /** --devices: ranks of one ring; on CPUs (worker threads of this process) at most MAX_RANKS. */
 export function devicesOpt(v: string | undefined, gpu = false): number | undefined {

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { InputError } from '../core/errors.js';
 
@@ -101,6 +102,38 @@ export function errorLine(tail: string[]): string {
   return thrown ?? back.find((l) => l !== '' && !(nodeCrash && (/^Node\.js v\d/.test(l) || /^\(Use `node --trace/.test(l)))) ?? '';
 }
 
+/** The pids of every descendant of `pid`, from /proc's ppid fields (Linux; none where /proc is absent). */
+export function descendants(pid: number): number[] {
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return [];
+  }
+  const kids = new Map<number, number[]>();
+  for (const e of entries) {
+    if (!/^\d+$/.test(e)) continue;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+    } catch {
+      continue; // ended while we looked
+    }
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so read after the last ')'.
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    kids.set(ppid, [...(kids.get(ppid) ?? []), Number(e)]);
+  }
+  const out: number[] = [];
+  const todo = [pid];
+  while (todo.length) {
+    for (const c of kids.get(todo.pop()!) ?? []) {
+      out.push(c);
+      todo.push(c);
+    }
+  }
+  return out;
+}
+
 export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   const { nproc, command } = opts;
   if (!Number.isInteger(nproc) || nproc < 1) throw new InputError('--nproc', `expected a positive integer, got ${nproc}`);
@@ -117,20 +150,23 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   let failedAt = -1;
   const timers: NodeJS.Timeout[] = [];
   const signalled = new Set<number>(); // ranks this launcher sent a signal to
-  // Each rank leads a process group of its own (spawned detached), and the signal goes to the
-  // whole group: a rank that is a shell running its program as a child (`bash -c '...'`) ends
-  // with that child. Signalling the shell alone left the child holding the rank's output open,
-  // and the launcher waited on it (a review found a 1000 s hang). A rank is counted as one the
-  // launcher ended only if it was still running itself.
+  // A rank's own children are signalled with it (found in /proc when it is signalled): a rank that
+  // is a shell running its program as a child (`bash -c '...'`) ends with that child. Signalling
+  // the shell alone left the child holding the rank's output open, and the launcher waited on it
+  // (a review found a 1000 s hang). The ranks stay in the launcher's process group, so a signal
+  // to the whole job (Ctrl-C, a SIGKILL from timeout) still reaches every one of them.
   const killAll = (sig: NodeJS.Signals) =>
     children.forEach((c, r) => {
-      if (exits[r] || c.pid === undefined) return; // closed: nothing of it holds its output
-      const running = c.exitCode === null && c.signalCode === null;
-      try {
-        process.kill(-c.pid, sig);
-        if (running) signalled.add(r);
-      } catch {
-        // the group is gone already
+      // (a rank that has exited but whose output is still open, held by a child of its own, is not signalled)
+      if (exits[r] || c.exitCode !== null || c.signalCode !== null || c.pid === undefined) return;
+      const below = descendants(c.pid);
+      if (c.kill(sig)) signalled.add(r);
+      for (const pid of below) {
+        try {
+          process.kill(pid, sig);
+        } catch {
+          // ended already
+        }
       }
     });
   const onSignal = (sig: NodeJS.Signals) => {
@@ -160,7 +196,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
         RANK: String(r), WORLD_SIZE: String(nproc), LOCAL_RANK: String(r), LOCAL_WORLD_SIZE: String(nproc),
         MASTER_ADDR: masterAddr, MASTER_PORT: String(masterPort),
       };
-      const child = spawn(command[0], command.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+      const child = spawn(command[0], command.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'] });
       children.push(child);
       const prefix = `[rank ${r}] `;
       const streams = Promise.all([

@@ -194,8 +194,10 @@ export function checkOutputsNotInputs(outputs: readonly (readonly [string, strin
 /**
  * Temp files not yet renamed or removed; removed on process exit so failures leave no junk, and on
  * SIGINT, SIGTERM and SIGHUP (which end a process without its 'exit' event: an interrupted run
- * left a partial temp file). The handler removes them, then raises the signal again with itself
- * gone, so the process ends as the signal says.
+ * left a partial temp file). The handler removes them. If it is the signal's only listener it
+ * then raises the signal again with itself gone, so the process ends as the signal says; where
+ * the program listens too, what the signal does is the program's to decide (raised again, the
+ * program's listener would run twice).
  */
 const liveTemps = new Set<string>();
 let exitHookInstalled = false;
@@ -203,6 +205,7 @@ const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
 function onSignal(sig: NodeJS.Signals): void {
   for (const t of [...liveTemps]) removeQuietly(t);
+  if (process.listenerCount(sig) > 1) return;
   for (const s of SIGNALS) process.removeListener(s, onSignal);
   process.kill(process.pid, sig);
 }

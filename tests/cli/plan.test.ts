@@ -42,6 +42,12 @@ test('ringattn plan --mode decode reports the KV cache of 1M tokens', () => {
   assert.match(r.stdout, /least devices to fit\s+4/);
 });
 
+test('plan takes sizes past int32 (it only does arithmetic): 2^32 tokens over 1024 GPUs', () => {
+  const r = ringattn('plan', '--seq', '4294967296', '--heads', '32', '--kv-heads', '8', '--head-dim', '128', '--devices', '1024', '--json');
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(JSON.parse(r.stdout).options.seq, 4294967296);
+});
+
 test('bad input: exit code 2 and one line naming the flag', () => {
   const r = ringattn('plan', '--seq', '1024', '--heads', '0', '--kv-heads', '1', '--head-dim', '64', '--devices', '2');
   assert.equal(r.code, 2);

@@ -129,7 +129,7 @@ test('launch: the launcher ends ranks that do not stop by themselves', async () 
   assert.ok(Date.now() - t0 < 5000);
 });
 
-test('launch: a rank that is a shell running its program as a child is ended with that child (its process group), not waited for', { timeout: 30_000 }, async () => {
+test('launch: a rank that is a shell running its program as a child is ended with that child (its descendants are signalled with it), not waited for', { timeout: 30_000 }, async () => {
   const c = collect();
   const t0 = Date.now();
   // bash forks sleep (not the last command, so no exec): signalling bash alone left sleep holding the output.

@@ -174,6 +174,19 @@ test('AtomicOutputs: temps staged when SIGINT, SIGTERM or SIGHUP arrives are rem
   }
 });
 
+test('AtomicOutputs: where the program listens to the signal too, the temps go and the program decides (its listener runs once, the process is not ended for it)', () => {
+  withDir((dir) => {
+    const then = `let n = 0;
+      process.on('SIGTERM', () => { n++; setTimeout(() => { console.log('calls ' + n); process.exit(5); }, 300); });
+      process.kill(process.pid, 'SIGTERM');
+      setTimeout(() => process.exit(7), 5000);`;
+    const r = stageInChild(dir, ['a'], then);
+    assert.equal(r.status, 5, String(r.stderr));
+    assert.equal(String(r.stdout).trim(), 'calls 1');
+    assert.deepEqual(readdirSync(dir), []);
+  });
+});
+
 test('checkOutputPath: a directory that refuses new files is named before any work (probed)', { skip: process.getuid?.() === 0 && !existsSync('/sys') ? 'running as root without /sys: no directory here refuses new files' : false }, () => {
   // /sys refuses new files even to root; elsewhere a directory without write permission does.
   const target = process.getuid?.() === 0 ? '/sys/ringattn-probe.html' : '/ringattn-probe.html';

@@ -13,7 +13,7 @@ import { getKernel } from '../../cpu/attention.js';
 import { summarize, blockMapOf } from '../../report/summary.js';
 import { writeReport } from '../../report/html.js';
 import { checkOutputPath } from '../../io/index.js';
-import { backendOpt, devicesOpt, intOpt, kernelOpt, prepareCpuKernels } from '../util.js';
+import { backendOpt, devicesOpt, intOpt, kernelOpt, prepareCpuKernels, SEED_MAX } from '../util.js';
 import { progressBar } from '../progress.js';
 import { formatTable } from '../table.js';
 
@@ -83,7 +83,7 @@ async function demo(f: DemoFlags): Promise<void> {
   const H = intOpt('--heads', f.heads ?? (gpu ? '32' : '8'), { min: 1 })!;
   const Hk = intOpt('--kv-heads', f.kvHeads ?? (gpu ? '8' : '2'), { min: 1 })!;
   const D = intOpt('--head-dim', f.headDim ?? (gpu ? '128' : '64'), { min: 1 })!;
-  const seed = intOpt('--seed', f.seed, { min: 0 })!;
+  const seed = intOpt('--seed', f.seed, { min: 0, max: SEED_MAX })!;
   const nVerify = intOpt('--verify-rows', f.verifyRows ?? (gpu ? '8' : '32'), { min: 1 })!;
   if (gpu) {
     if (H % Hk !== 0) throw new InputError('--kv-heads', `expected a divisor of --heads (${H}), got ${Hk}`);

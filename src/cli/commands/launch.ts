@@ -28,7 +28,7 @@ export function registerLaunch(program: Command): void {
       const nproc = intOpt('--nproc', f.nproc, { min: 1, max: 1024 })!;
       const port = intOpt('--master-port', f.masterPort, { min: 1, max: 65535 });
       const { launch } = await import('../../cuda/launch.js');
-      const r = await launch({ nproc, command, masterAddr: f.masterAddr, masterPort: port, graceMs: intOpt('--grace', f.grace, { min: 0 }) });
+      const r = await launch({ nproc, command, masterAddr: f.masterAddr, masterPort: port, graceMs: intOpt('--grace', f.grace, { min: 0, max: 2 ** 31 - 1 - 2000 }) /* (+2 s for the SIGKILL timer: a setTimeout's range) */ });
       if (r.code !== 0) throw new RingAttnError(`launch: rank ${r.failedRank} failed (${r.ranks.map((e) => `rank ${e.rank}: ${e.signal ?? `exit ${e.code}`}`).join(', ')}): ${(r.message ?? '').replace(/^rank \d+: /, '')}`);
     });
 }

@@ -9,7 +9,7 @@ import { encodeNpy, readInputFile, readTokens, writeFileAtomic, checkOutputPath,
 import { readHfConfig, type ModelConfig } from '../../model/config.js';
 import { hasTokenizer, loadTokenizer } from '../../model/tokenizer.js';
 import { checkTokenIds, RingModel } from '../../llm.js';
-import { withFlagNames, backendOpt, devicesOpt, intOpt, kernelOpt, modelDtypeOpt, numOpt, printPlanOnce } from '../util.js';
+import { withFlagNames, backendOpt, devicesOpt, intOpt, kernelOpt, modelDtypeOpt, numOpt, printPlanOnce, SEED_MAX } from '../util.js';
 import { progressBar } from '../progress.js';
 
 /** The files a checkpoint directory is made of (weights, their index, configs, tokenizer). */
@@ -137,7 +137,7 @@ export function registerModelCommands(program: Command): void {
       if (temperature < 0) throw new InputError('--temperature', `expected >= 0, got ${f.temperature}`);
       const topP = numOpt('--top-p', f.topP)!;
       if (!(topP > 0 && topP <= 1)) throw new InputError('--top-p', `expected 0 < p <= 1, got ${f.topP}`);
-      const seed = intOpt('--seed', f.seed, { min: 0 })!;
+      const seed = intOpt('--seed', f.seed, { min: 0, max: SEED_MAX })!;
       if (f.outTokens) checkOutputPath(f.outTokens, '--out-tokens');
       checkOutputsNotInputs([['--out-tokens', f.outTokens]], [['--tokens', f.tokens], ['--prompt-file', f.promptFile], ...modelFiles(f)]);
       const ids = promptIds(f);

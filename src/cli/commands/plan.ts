@@ -5,7 +5,7 @@ import {
   DEVICE_NAMES, PLAN_DTYPES, PLAN_MODES, formatPlan, plan,
   type DevicePresetName, type PlanDtype, type PlanMode, type PlanOptions,
 } from '../../core/plan.js';
-import { asFlagError, intOpt, numOpt } from '../util.js';
+import { asFlagError, intOpt, numOpt, PLAN_MAX } from '../util.js';
 
 interface PlanFlags {
   seq: string;
@@ -72,16 +72,16 @@ export function registerPlan(program: Command): void {
 }
 
 function runPlan(f: PlanFlags): void {
-  const heads = intOpt('--heads', f.heads, { min: 1 })!;
+  const heads = intOpt('--heads', f.heads, { min: 1, max: PLAN_MAX })!;
   const opts: PlanOptions = {
-    seq: intOpt('--seq', f.seq, { min: 1 })!,
+    seq: intOpt('--seq', f.seq, { min: 1, max: PLAN_MAX })!,
     heads,
-    kvHeads: intOpt('--kv-heads', f.kvHeads, { min: 1 }) ?? heads,
-    headDim: intOpt('--head-dim', f.headDim, { min: 1 })!,
-    devices: intOpt('--devices', f.devices, { min: 1 })!,
+    kvHeads: intOpt('--kv-heads', f.kvHeads, { min: 1, max: PLAN_MAX }) ?? heads,
+    headDim: intOpt('--head-dim', f.headDim, { min: 1, max: PLAN_MAX })!,
+    devices: intOpt('--devices', f.devices, { min: 1, max: PLAN_MAX })!,
     dtype: f.dtype === undefined ? undefined : choice<PlanDtype>('--dtype', f.dtype, PLAN_DTYPES),
-    layers: intOpt('--layers', f.layers, { min: 1 }),
-    batch: intOpt('--batch', f.batch, { min: 1 }),
+    layers: intOpt('--layers', f.layers, { min: 1, max: PLAN_MAX }),
+    batch: intOpt('--batch', f.batch, { min: 1, max: PLAN_MAX }),
     mode: choice<PlanMode>('--mode', f.mode, PLAN_MODES),
     device: choice<DevicePresetName>('--device', f.device, DEVICE_NAMES),
     tflops: numOpt('--tflops', f.tflops, { positive: true }),
@@ -90,8 +90,8 @@ function runPlan(f: PlanFlags): void {
     hbmGBps: numOpt('--hbm-gbps', f.hbmGbps, { positive: true }),
     causal: f.causal,
     layout: parseLayout(f.layout, '--layout'),
-    hiddenSize: intOpt('--hidden-size', f.hiddenSize, { min: 1 }),
-    mlpHidden: intOpt('--mlp-hidden', f.mlpHidden, { min: 1 }),
+    hiddenSize: intOpt('--hidden-size', f.hiddenSize, { min: 1, max: PLAN_MAX }),
+    mlpHidden: intOpt('--mlp-hidden', f.mlpHidden, { min: 1, max: PLAN_MAX }),
   };
   let p;
   try {

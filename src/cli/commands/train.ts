@@ -14,7 +14,7 @@ import { RingModel } from '../../llm.js';
 import { writeReport } from '../../report/html.js';
 import { encodeSafetensors, readSafetensors } from '../../io/safetensors.js';
 import { writeFileAtomic, checkOutputDir, checkOutputPath } from '../../io/index.js';
-import { backendOpt, devicesOpt, intOpt, kernelOpt, modelDtypeOpt, numOpt, printPlanOnce } from '../util.js';
+import { backendOpt, devicesOpt, intOpt, kernelOpt, modelDtypeOpt, numOpt, printPlanOnce, SEED_MAX } from '../util.js';
 import { formatTable } from '../table.js';
 
 interface TrainFlags {
@@ -241,7 +241,7 @@ export function registerTrain(program: Command): void {
       let heads = intOpt('--heads', f.heads, { min: 1 })!;
       const window = intOpt('--window', f.window, { min: 1 })!;
       const start = Math.min(seq, intOpt('--curriculum', f.curriculum, { min: 48 })!);
-      const seed = intOpt('--seed', f.seed, { min: 0 })!;
+      const seed = intOpt('--seed', f.seed, { min: 0, max: SEED_MAX })!;
       let ropeTheta = numOpt('--rope-theta', f.ropeTheta, { positive: true })!;
       intOpt('--eval-seqs', f.evalSeqs, { min: 0 });
       if (hidden % heads !== 0 || (hidden / heads) % 2 !== 0) throw new InputError('--heads', `expected a divisor of --hidden (${hidden}) leaving an even head size, got ${heads}`);

@@ -7,8 +7,10 @@
 import {
   closeSync,
   constants as fsConstants,
+  existsSync,
   fstatSync,
   fsyncSync,
+  lstatSync,
   openSync,
   readSync,
   renameSync,
@@ -151,6 +153,13 @@ export function checkOutputPath(path: string, arg: string = path): void {
  */
 export function checkOutputDir(dir: string, arg: string = dir): void {
   if (typeof dir !== 'string' || dir === '') throw new InputError(arg, 'expected a non-empty directory path');
+  let link = false;
+  try {
+    link = lstatSync(dir).isSymbolicLink();
+  } catch {
+    // absent: made later
+  }
+  if (link && !existsSync(dir)) throw new InputError(arg, `${dir} is a link to nothing; expected a directory (made if missing) or a link to one`);
   let p = resolve(dir);
   for (;;) {
     let st;

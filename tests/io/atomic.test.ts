@@ -202,6 +202,9 @@ test('checkOutputDir: absent (made later) or a directory passes; a file, or a fi
     rejects(() => checkOutputDir(join(dir, 'file'), '--checkpoint'), '--checkpoint', 'is a file; expected a directory');
     rejects(() => checkOutputDir(join(dir, 'file', 'ck'), '--checkpoint'), '--checkpoint', 'a parent of this path is not a directory');
     rejects(() => checkOutputDir('', '--checkpoint'), '--checkpoint', 'non-empty');
+    symlinkSync(join(dir, 'nowhere'), join(dir, 'dangling'));
+    rejects(() => checkOutputDir(join(dir, 'dangling'), '--checkpoint'), '--checkpoint', 'a link to nothing');
+    rmSync(join(dir, 'dangling'));
     assert.deepEqual(readdirSync(dir), ['file']);
   });
 });

@@ -136,20 +136,21 @@ export async function attention(q: F32Tensor, k: F32Tensor, v: F32Tensor, opts: 
       blockK: opts.blockK,
       threads: opts.threads ?? cpus().length,
     };
-    // Query rows [a, e) of sequence b: their slices of every per-query array.
-    const rowsOf = (a: number, e: number) => {
+    // The query chunk from row a of sequence b: its slices of every per-query array.
+    const rowsOf = (a: number) => {
+      const e = Math.min(d.S, a + QUERY_CHUNK);
       const qs = (x: Float32Array) => x.subarray(b * n + a * d.H * d.D, b * n + e * d.H * d.D);
       const rs = (x: Float32Array) => x.subarray((b * d.S + a) * d.H, (b * d.S + e) * d.H);
       return { qs, rs, rows: { ...args, q: qs(q.data), qPos: pos.subarray(a, e), qSeg: opts.segments?.subarray(a, e), Sq: e - a } };
     };
     for (let a = 0; a < d.S; a += QUERY_CHUNK) {
-      const { qs, rs, rows } = rowsOf(a, Math.min(d.S, a + QUERY_CHUNK));
+      const { qs, rs, rows } = rowsOf(a);
       kernel.forward({ ...rows, o: qs(res.out.data), lse: rs(res.lse.data) });
       opts.onProgress?.(++done, total);
     }
     if (!opts.gradOut) continue;
     for (let a = 0; a < d.S; a += QUERY_CHUNK) {
-      const { qs, rs, rows } = rowsOf(a, Math.min(d.S, a + QUERY_CHUNK));
+      const { qs, rs, rows } = rowsOf(a);
       const o = qs(res.out.data), dO = qs(opts.gradOut.data);
       kernel.backward({
         ...rows,

@@ -53,10 +53,10 @@ export class BackendError extends RingAttnError {
   override name = 'BackendError';
 }
 
-/** A value as an error message shows it: an object by its type's name, a string quoted. */
 /** The largest value an int32 argument of the kernels takes. */
 export const INT32_MAX = 2 ** 31 - 1;
 
+/** A value as an error message shows it: an object by its type's name, a string quoted. */
 export function describe(x: unknown): string {
   if (typeof x === 'string') return JSON.stringify(x);
   if (typeof x === 'object' && x !== null) return x.constructor?.name ?? 'an object';

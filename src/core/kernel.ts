@@ -59,7 +59,6 @@ export interface AttentionKernel {
   backward(a: BackwardArgs): void;
 }
 
-
 /**
  * Why these block-kernel arguments cannot run (null when they can): names the argument and the
  * expected shape. Every CPU kernel (C and TypeScript) checks its arguments with it.

@@ -1,4 +1,3 @@
-import { InputError } from '../core/errors.js';
 import type { MaskSpec } from '../core/mask.js';
 import { ringSchedule, sinkRows, type RingSchedule } from '../core/schedule.js';
 import type { BlockLayout } from './block.js';

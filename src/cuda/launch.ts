@@ -102,15 +102,15 @@ export function errorLine(tail: string[]): string {
   return thrown ?? back.find((l) => l !== '' && !(nodeCrash && (/^Node\.js v\d/.test(l) || /^\(Use `node --trace/.test(l)))) ?? '';
 }
 
-/** The pids of every descendant of `pid`, from /proc's ppid fields (Linux; none where /proc is absent). */
-export function descendants(pid: number): number[] {
+/** Every process's children, from /proc's ppid fields (Linux; empty where /proc is absent). */
+export function processChildren(): Map<number, number[]> {
+  const kids = new Map<number, number[]>();
   let entries: string[];
   try {
     entries = readdirSync('/proc');
   } catch {
-    return [];
+    return kids;
   }
-  const kids = new Map<number, number[]>();
   for (const e of entries) {
     if (!/^\d+$/.test(e)) continue;
     let stat: string;
@@ -121,8 +121,15 @@ export function descendants(pid: number): number[] {
     }
     // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so read after the last ')'.
     const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-    kids.set(ppid, [...(kids.get(ppid) ?? []), Number(e)]);
+    const list = kids.get(ppid);
+    if (list) list.push(Number(e));
+    else kids.set(ppid, [Number(e)]);
   }
+  return kids;
+}
+
+/** The pids of every descendant of `pid` in `kids` (processChildren). */
+export function descendants(pid: number, kids: Map<number, number[]>): number[] {
   const out: number[] = [];
   const todo = [pid];
   while (todo.length) {
@@ -155,11 +162,12 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   // the shell alone left the child holding the rank's output open, and the launcher waited on it
   // (a review found a 1000 s hang). The ranks stay in the launcher's process group, so a signal
   // to the whole job (Ctrl-C, a SIGKILL from timeout) still reaches every one of them.
-  const killAll = (sig: NodeJS.Signals) =>
+  const killAll = (sig: NodeJS.Signals) => {
+    const kids = processChildren(); // one read of /proc for every rank
     children.forEach((c, r) => {
       // (a rank that has exited but whose output is still open, held by a child of its own, is not signalled)
       if (exits[r] || c.exitCode !== null || c.signalCode !== null || c.pid === undefined) return;
-      const below = descendants(c.pid);
+      const below = descendants(c.pid, kids);
       if (c.kill(sig)) signalled.add(r);
       for (const pid of below) {
         try {
@@ -169,6 +177,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
         }
       }
     });
+  };
   const onSignal = (sig: NodeJS.Signals) => {
     killAll(sig);
     timers.push(setTimeout(() => killAll('SIGKILL'), 2000));

@@ -212,6 +212,52 @@ test('ht persistent grid: 1, 3 and 7 CTAs taking many items each, every mask, he
   kern.dispose();
 });
 
+// ht's last wave (tailSplit, kernels/attn_fwd_h.cu): on an unmasked block whose items do not fill
+// the last round of the grid, the counter hands out the last G + r items' key tiles in G equal
+// units, so that items are split in two and their parts merged in a fixed order. 30 items (6 query
+// tiles, the last ragged, x 5 heads of one KV head) on 4, 7, 13 and 29 CTAs split items at
+// different tiles (29: every item in the tail; 30: none); one block (8 key tiles, the last ragged)
+// and two blocks merged, the second's parts merging into a running (o, lse); run twice, the same bits.
+test('ht persistent grid, last wave split over the CTAs: unmasked blocks, items split in two at any key tile, one block and two merged, bit-identical reruns, vs float64', { skip }, async () => {
+  const seed = freshSeed();
+  const r = rng(seed);
+  const c = context();
+  const kern = cudaKernel(c);
+  const H = 5, Hk = 1, Sq = 700, S1 = 1000, S2 = 300, Sk = S1 + S2, scale = 0.09;
+  for (const [dtype, D] of [['bfloat16', 128], ['float16', 64]] as const) {
+    const q = roundTo(randn(Sq * H * D, r), dtype), k = roundTo(randn(Sk * Hk * D, r), dtype), v = roundTo(randn(Sk * Hk * D, r), dtype);
+    const qPos = Int32Array.from({ length: Sq }, (_, i) => i), kPos = Int32Array.from({ length: Sk }, (_, j) => j);
+    const one = refBlock({ q, k: k.subarray(0, S1 * Hk * D), v: v.subarray(0, S1 * Hk * D), qPos, kPos: kPos.subarray(0, S1), Sq, Sk: S1, H, Hk, D, scale }, { causal: false });
+    const both = refBlock({ q, k, v, qPos, kPos, Sq, Sk, H, Hk, D, scale }, { causal: false });
+    for (const ctas of ['4', '7', '13', '29', '30']) {
+      await withEnv({ RINGATTN_WGMMA_ATTN: '5', RINGATTN_FWD_CTAS: ctas }, () => {
+        const runs: Float32Array[] = [];
+        for (const [nBlocks, ref] of [[1, one], [2, both], [2, both]] as const) {
+          const b = caseBuffers(c);
+          try {
+            const o = b.init(Sq * H * D, 0x7fc00000), lse = b.init(Sq * H, 0xff800000);
+            const base = { q: b.up(encode(q, dtype)), qPos: b.up(qPos), Sq, H, Hk, D, dtype, causal: false, window: 0, sinks: 0, scale, o, lse };
+            for (const [j0, n] of [[0, S1], [S1, S2]].slice(0, nBlocks)) {
+              const kv = (x: Float32Array) => b.up(encode(x.subarray(j0 * Hk * D, (j0 + n) * Hk * D), dtype));
+              kern.forward({ ...base, k: kv(k), v: kv(v), kPos: b.up(kPos.subarray(j0, j0 + n)), Sk: n });
+            }
+            kern.finishForward(o, lse, Sq * H, D);
+            const what = `${kern.name({ dtype, D })}, ${nBlocks} block(s), ${ctas} CTAs, seed ${seed}`;
+            const out = c.download(new Float32Array(Sq * H * D), o);
+            assertClose(out, ref.o, TOL[dtype].fwd, `out ${what}`);
+            assertClose(c.download(new Float32Array(Sq * H), lse), ref.lse, TOL[dtype].fwd, `lse ${what}`);
+            if (nBlocks === 2) runs.push(out);
+          } finally {
+            b.free();
+          }
+        }
+        assert.ok(Buffer.from(runs[0].buffer).equals(Buffer.from(runs[1].buffer)), `two runs of ${dtype} D=${D} on ${ctas} CTAs differ (the merge order must be fixed)`);
+      });
+    }
+  }
+  kern.dispose();
+});
+
 test('attentionCuda: other head dims (generic path), a batch, several 64-key tiles with empty ones skipped', { skip }, async () => {
   const seed = freshSeed();
   await checkCase('bfloat16', 32, 2, 1, 77, { name: 'causal', mask: { causal: true } }, seed);

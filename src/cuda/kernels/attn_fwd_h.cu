@@ -208,8 +208,18 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   };
   // The item of launch tile lt (launchTile, orderTile) of the nx query tiles; false if it sees nothing
   // in this block. (A full grid's x extent is nx.)
+  // The heaviest query tiles start first: under a causal mask the last see the most keys, at a
+  // window's edge (keys a block behind the queries: a ring step's) the first do. The lengths of the
+  // two end tiles' spans tell which way this block runs (-DFWD_FIXED_ORDER: always the last first,
+  // the order before, for the A/B).
+#ifdef FWD_FIXED_ORDER
+  const bool lastFirst = true;
+#else
+  const int2 s0 = p.qSpans[0], s1 = p.qSpans[nx - 1];
+  const bool lastFirst = s1.y - s1.x >= s0.y - s0.x;
+#endif
   auto setItem = [&](int2 lt) {
-    qt = nx - 1 - lt.x;  // the last query tiles see the most keys under a causal mask: start them first
+    qt = lastFirst ? nx - 1 - lt.x : lt.x;
     h = lt.y, kh = h / (p.H / p.Hk), q0 = qt * BQ;
     qBox = p.qTiles[qt];
     const int2 span = p.qSpans[qt];

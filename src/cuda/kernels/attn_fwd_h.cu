@@ -218,10 +218,13 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   const int2 s0 = p.qSpans[0], s1 = p.qSpans[nx - 1];
   const bool lastFirst = s1.y - s1.x >= s0.y - s0.x;
 #endif
-  auto setItem = [&](int2 lt) {
+  auto setTile = [&](int2 lt) {
     qt = lastFirst ? nx - 1 - lt.x : lt.x;
     h = lt.y, kh = h / (p.H / p.Hk), q0 = qt * BQ;
     qBox = p.qTiles[qt];
+  };
+  auto setItem = [&](int2 lt) {
+    setTile(lt);
     const int2 span = p.qSpans[qt];
     end = span.y;
     first = nextTile(span.x);
@@ -273,26 +276,32 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
         // The last wave split evenly (tailSplit, above): units j = 0..G-1 of the counter past the
         // whole items, unit j the tail's key tiles [j T / G, (j + 1) T / G) (item x's are
         // [x nk, (x + 1) nk)), handed on as pieces from the unit's last item to its first.
-        const int G = gridDim.x, nk = (p.Sk + BK - 1) / BK;
-        const int nWhole = tailSplit(m, nItems, G), units = nWhole < nItems ? G : 0;
-        const int tailTiles = (nItems - nWhole) * nk;
+        // (The plan's two numbers wait in shared memory, past the slot's item fields: held in
+        // registers, the 24-register thread spilled them and more.)
+        const int nk = (p.Sk + BK - 1) / BK;
+        {
+          const int nWhole = tailSplit(m, nItems, gridDim.x);
+          stShared(slot + 44, nWhole);
+          stShared(slot + 48, (nItems - nWhole) * nk);
+        }
         int pos = 0, stop = 0;  // the unit's tiles not yet handed on
         int i = 0;
         for (int n = 0;; n++) {
           bool done = false;
           if (stop <= pos) {
+            const int nWhole = ldShared(slot + 44);
             int L = atomicAdd(counter, 1);
             while (L < nWhole && !setItem(orderTile(L, p.headGroup, nx, p.H))) L = atomicAdd(counter, 1);
             if (L >= nWhole) {  // past the whole items: a unit of the tail, or nothing left
-              const long long j = L - nWhole;
-              if (j < units) pos = (int)(j * tailTiles / G), stop = (int)((j + 1) * tailTiles / G);
+              const long long j = L - nWhole, tailTiles = ldShared(slot + 48), G = gridDim.x;
+              if (tailTiles > 0 && j < G) pos = (int)(j * tailTiles / G), stop = (int)((j + 1) * tailTiles / G);
               else done = true;
             }
           }
           int split = 0;  // 0: the item whole; 1 | x << 2: tail item x's first part (merges, then lets its second); 2 | x << 2: its second
           if (!done && stop > pos) {  // the unit's last piece not yet handed on: tiles [first, end) of tail item x
             const int x = (stop - 1) / nk, x0 = x * nk;
-            setItem(orderTile(nWhole + x, p.headGroup, nx, p.H));  // every item sees every key tile (tailSplit)
+            setTile(orderTile(ldShared(slot + 44) + x, p.headGroup, nx, p.H));  // every item sees every key tile (tailSplit)
             first = max(pos, x0) - x0, end = stop - x0;
             split = end < nk ? 1 | x << 2 : first > 0 ? 2 | x << 2 : 0;
             stop = x0 + first;

@@ -182,15 +182,17 @@ test('ht persistent grid: 1, 3 and 7 CTAs taking many items each, every mask, he
       }
     });
   }
-  // Queries at positions 0..399: four query tiles of 128, launched last tile first. Causal, keys at
-  // 300..555: query tiles 0 and 1 (positions 0..255) see nothing of the block, so the last items
-  // are skipped; tile 2 sees keys 300..383. Causal window 128, keys at 0..255: tile 3 (384..399)
-  // sees nothing and is the first item, skipped before tile 2 (keys from 129) is computed.
+  // Queries at positions 0..399: four query tiles of 128, the heavier end tile first (lastFirst in
+  // attn_fwd_h.cu; the last on a tie). Causal, keys at 300..555: query tiles 0 and 1 (positions
+  // 0..255) see nothing of the block and are the last items, skipped; tile 2 sees keys 300..383.
+  // Causal window 128, keys at 0..255: tile 3 (384..399) sees nothing, tile 0 the most, so tile 3
+  // is the last item. Causal window 1, keys at 128..383 (each query in them sees its own position):
+  // neither end tile sees anything, so tile 3 is the first item, skipped before tiles 2 and 1.
   const r = rng(seed);
   const H = 3, Hk = 1, D = 128, Sq = 400, Sk = 256, dtype = 'bfloat16' as const;
   const qPos = Int32Array.from({ length: Sq }, (_, i) => i);
   const q = roundTo(randn(Sq * H * D, r), dtype), k = roundTo(randn(Sk * Hk * D, r), dtype), v = roundTo(randn(Sk * Hk * D, r), dtype);
-  for (const [k0, window] of [[300, 0], [0, 128]] as const) {
+  for (const [k0, window] of [[300, 0], [0, 128], [128, 1]] as const) {
     const kPos = Int32Array.from({ length: Sk }, (_, j) => k0 + j);
     const ref = refBlock({ q, k, v, qPos, kPos, Sq, Sk, H, Hk, D, scale: 0.1 }, { causal: true, window: window || undefined });
     for (const ctas of ['1', '2', '']) {
@@ -212,25 +214,27 @@ test('ht persistent grid: 1, 3 and 7 CTAs taking many items each, every mask, he
   kern.dispose();
 });
 
-// ht's last wave (tailSplit, kernels/attn_fwd_h.cu): on an unmasked block whose items do not fill
-// the last round of the grid, the counter hands out the last G + r items' key tiles in G equal
-// units, so that items are split in two and their parts merged in a fixed order. 30 items (6 query
-// tiles, the last ragged, x 5 heads of one KV head) on 4, 7, 13 and 29 CTAs split items at
-// different tiles (29: every item in the tail; 30: none); one block (8 key tiles, the last ragged)
-// and two blocks merged, the second's parts merging into a running (o, lse); run twice, the same bits.
+// ht's last wave (tailSplit, kernels/attn_fwd_h.cu): on an unmasked block of 4 key tiles or more
+// whose items do not fill the last round of the grid, the counter hands out the last G + r items'
+// key tiles in G equal units, so that items are split in two and their parts merged in a fixed
+// order. 36 items (6 query tiles, the last ragged, x 6 heads over 2 KV heads) on 5, 7, 11 and 23
+// CTAs split 4, 6, 9 and 20 items at different tiles of the first block (8 key tiles, the last
+// ragged; 23 CTAs: every item in the tail), 3 to 17 of the second's (5 tiles), whose parts merge
+// into the running (o, lse) the first left; 36 CTAs split none. Run twice, the same bits.
 test('ht persistent grid, last wave split over the CTAs: unmasked blocks, items split in two at any key tile, one block and two merged, bit-identical reruns, vs float64', { skip }, async () => {
   const seed = freshSeed();
   const r = rng(seed);
   const c = context();
   const kern = cudaKernel(c);
-  const H = 5, Hk = 1, Sq = 700, S1 = 1000, S2 = 300, Sk = S1 + S2, scale = 0.09;
+  const H = 6, Hk = 2, Sq = 700, S1 = 1000, S2 = 520, Sk = S1 + S2, scale = 0.09;
   for (const [dtype, D] of [['bfloat16', 128], ['float16', 64]] as const) {
     const q = roundTo(randn(Sq * H * D, r), dtype), k = roundTo(randn(Sk * Hk * D, r), dtype), v = roundTo(randn(Sk * Hk * D, r), dtype);
     const qPos = Int32Array.from({ length: Sq }, (_, i) => i), kPos = Int32Array.from({ length: Sk }, (_, j) => j);
     const one = refBlock({ q, k: k.subarray(0, S1 * Hk * D), v: v.subarray(0, S1 * Hk * D), qPos, kPos: kPos.subarray(0, S1), Sq, Sk: S1, H, Hk, D, scale }, { causal: false });
     const both = refBlock({ q, k, v, qPos, kPos, Sq, Sk, H, Hk, D, scale }, { causal: false });
-    for (const ctas of ['4', '7', '13', '29', '30']) {
+    for (const ctas of ['5', '7', '11', '23', '36']) {
       await withEnv({ RINGATTN_WGMMA_ATTN: '5', RINGATTN_FWD_CTAS: ctas }, () => {
+        if (c.computeCapability[0] === 9 && c.computeCapability[1] === 0) assert.match(kern.name({ dtype, D }), /wgmma-fwd-ht[+/]/, 'ht runs');
         const runs: Float32Array[] = [];
         for (const [nBlocks, ref] of [[1, one], [2, both], [2, both]] as const) {
           const b = caseBuffers(c);

@@ -100,12 +100,14 @@ __device__ __forceinline__ int ldShared(u32 addr) {
 // an item's first part runs first in its unit and its second last in the next, and the parts merge
 // in that order (deterministic) with the wait almost always over before it starts. Returns the
 // items handed out whole: nItems where nothing is split.
-__device__ __forceinline__ int tailSplit(const Mask& m, int nItems, int G) {
+// Blocks of fewer than 4 key tiles are not split: a piece costs about what an item's transition
+// does (Q's load, the epilogue), a tile or two of work.
+__device__ __forceinline__ int tailSplit(const Mask& m, int nItems, int G, int nk) {
 #ifdef FWD_WHOLE_ITEMS  // the A/B build: every item whole, as before the split
   return nItems;
 #endif
   const int r = nItems % G;
-  if (m.causal || m.window > 0 || m.hasSeg || r == 0 || G + r > FWD_TURNS) return nItems;
+  if (m.causal || m.window > 0 || m.hasSeg || r == 0 || nk < 4 || G + r > FWD_TURNS || (long long)(G + r) * nk > 0x7fffffff) return nItems;
   return nItems - G - r;
 }
 // A split item's merge turn (FWD_TURNS ints past ht's counter, zeroed by attn_tile_spans): its
@@ -280,7 +282,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
         // registers, the 24-register thread spilled them and more.)
         const int nk = (p.Sk + BK - 1) / BK;
         {
-          const int nWhole = tailSplit(m, nItems, gridDim.x);
+          const int nWhole = tailSplit(m, nItems, gridDim.x, nk);
           stShared(slot + 44, nWhole);
           stShared(slot + 48, (nItems - nWhole) * nk);
         }

@@ -39,9 +39,9 @@ jobs=$(nproc 2>/dev/null || echo 2)
 order=()
 for heavy in gemm.cu attn_fwd_h.cu decode.cu; do for f in "${files[@]}"; do [ "$(basename "$f")" = "$heavy" ] && order+=("$f"); done; done
 for f in "${files[@]}"; do case " ${order[*]} " in *" $f "*) ;; *) order+=("$f") ;; esac; done
-# Opt-in builds (FILE:DEFINE) kept for a GPU A/B (kernels/NOTES.md), checked at sm_90a: the
-# forward before session 29's last-wave split and before its item order.
-OPTINS=(attn_fwd_h.cu:-DFWD_WHOLE_ITEMS attn_fwd_h.cu:-DFWD_FIXED_ORDER)
+# Opt-in builds (FILE:DEFINE) not yet run on a GPU (kernels/NOTES.md), checked at sm_90a: session
+# 29's last-wave split and its heaviest-end-first item order.
+OPTINS=(attn_fwd_h.cu:-DFWD_TAIL_SPLIT attn_fwd_h.cu:-DFWD_HEAVY_FIRST)
 builds=()  # file, arch, define (empty: the default build)
 for f in "${order[@]}"; do for arch in "${archs[@]}"; do builds+=("$f" "$arch" ""); done; done
 for o in "${OPTINS[@]}"; do builds+=("$root/src/cuda/kernels/${o%%:*}" sm_90a "${o#*:}"); done

@@ -182,12 +182,13 @@ test('ht persistent grid: 1, 3 and 7 CTAs taking many items each, every mask, he
       }
     });
   }
-  // Queries at positions 0..399: four query tiles of 128, the heavier end tile first (lastFirst in
-  // attn_fwd_h.cu; the last on a tie). Causal, keys at 300..555: query tiles 0 and 1 (positions
-  // 0..255) see nothing of the block and are the last items, skipped; tile 2 sees keys 300..383.
-  // Causal window 128, keys at 0..255: tile 3 (384..399) sees nothing, tile 0 the most, so tile 3
-  // is the last item. Causal window 1, keys at 128..383 (each query in them sees its own position):
-  // neither end tile sees anything, so tile 3 is the first item, skipped before tiles 2 and 1.
+  // Queries at positions 0..399: four query tiles of 128, the last first (with -DFWD_HEAVY_FIRST,
+  // lastFirst in attn_fwd_h.cu, the heavier end tile first, the last on a tie). Causal, keys at
+  // 300..555: query tiles 0 and 1 (positions 0..255) see nothing of the block and are the last
+  // items, skipped; tile 2 sees keys 300..383. Causal window 128, keys at 0..255: tile 3 (384..399)
+  // sees nothing, tile 0 the most (with FWD_HEAVY_FIRST tile 3 is then the last item). Causal
+  // window 1, keys at 128..383 (each query there sees its own position): neither end tile sees
+  // anything, so tile 3 is the first item in either order, skipped before tiles 2 and 1.
   const r = rng(seed);
   const H = 3, Hk = 1, D = 128, Sq = 400, Sk = 256, dtype = 'bfloat16' as const;
   const qPos = Int32Array.from({ length: Sq }, (_, i) => i);
@@ -217,7 +218,9 @@ test('ht persistent grid: 1, 3 and 7 CTAs taking many items each, every mask, he
 // ht's last wave (tailSplit, kernels/attn_fwd_h.cu): on an unmasked block of 4 key tiles or more
 // whose items do not fill the last round of the grid, the counter hands out the last G + r items'
 // key tiles in G equal units, so that items are split in two and their parts merged in a fixed
-// order. 36 items (6 query tiles, the last ragged, x 6 heads over 2 KV heads) on 5, 7, 11 and 23
+// order (opt-in until timed on a GPU: a build with -DFWD_TAIL_SPLIT in RINGATTN_NVRTC_DEFINES; the
+// default build runs every item whole, and this checks it on the same shapes). 36 items (6 query
+// tiles, the last ragged, x 6 heads over 2 KV heads) on 5, 7, 11 and 23
 // CTAs split 4, 6, 9 and 20 items at different tiles of the first block (8 key tiles, the last
 // ragged; 23 CTAs: every item in the tail), 3 to 17 of the second's (5 tiles), whose parts merge
 // into the running (o, lse) the first left; 36 CTAs split none. Run twice, the same bits.

@@ -103,7 +103,7 @@ __device__ __forceinline__ int ldShared(u32 addr) {
 // Blocks of fewer than 4 key tiles are not split: a piece costs about what an item's transition
 // does (Q's load, the epilogue), a tile or two of work.
 __device__ __forceinline__ int tailSplit(const Mask& m, int nItems, int G, int nk) {
-#ifdef FWD_WHOLE_ITEMS  // the A/B build: every item whole, as before the split
+#ifndef FWD_TAIL_SPLIT  // opt-in until timed on a GPU (kernels/NOTES.md session 29): every item whole
   return nItems;
 #endif
   const int r = nItems % G;
@@ -212,9 +212,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // in this block. (A full grid's x extent is nx.)
   // The heaviest query tiles start first: under a causal mask the last see the most keys, at a
   // window's edge (keys a block behind the queries: a ring step's) the first do. The lengths of the
-  // two end tiles' spans tell which way this block runs (-DFWD_FIXED_ORDER: always the last first,
-  // the order before, for the A/B).
-#ifdef FWD_FIXED_ORDER
+  // two end tiles' spans tell which way this block runs. Opt-in (-DFWD_HEAVY_FIRST) until timed on
+  // a GPU (kernels/NOTES.md session 29); without it the last tiles always start first.
+#ifndef FWD_HEAVY_FIRST
   const bool lastFirst = true;
 #else
   const int2 s0 = p.qSpans[0], s1 = p.qSpans[nx - 1];

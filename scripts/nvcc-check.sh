@@ -39,9 +39,9 @@ jobs=$(nproc 2>/dev/null || echo 2)
 order=()
 for heavy in gemm.cu attn_fwd_h.cu decode.cu; do for f in "${files[@]}"; do [ "$(basename "$f")" = "$heavy" ] && order+=("$f"); done; done
 for f in "${files[@]}"; do case " ${order[*]} " in *" $f "*) ;; *) order+=("$f") ;; esac; done
-# Opt-in builds (FILE:DEFINE) not yet run on a GPU (kernels/NOTES.md), checked at sm_90a: session
-# 29's last-wave split and its heaviest-end-first item order.
-OPTINS=(attn_fwd_h.cu:-DFWD_TAIL_SPLIT attn_fwd_h.cu:-DFWD_HEAVY_FIRST)
+# Opt-in builds (FILE:DEFINE) not yet timed on a GPU (kernels/NOTES.md), checked at sm_90a. None
+# now: the last two (attn_bwd_h.cu -DBWD_EARLY_P, -DBWD_DQ_FIRST) were timed in session 28 and removed.
+OPTINS=()
 builds=()  # file, arch, define (empty: the default build)
 for f in "${order[@]}"; do for arch in "${archs[@]}"; do builds+=("$f" "$arch" ""); done; done
 for o in "${OPTINS[@]}"; do builds+=("$root/src/cuda/kernels/${o%%:*}" sm_90a "${o#*:}"); done

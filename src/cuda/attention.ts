@@ -299,15 +299,9 @@ function bwdSmem(D: number, BQ: number): number {
   return (2 * BK * LD + 2 * BQ * LD + BK * (BQ + 8)) * 2 + 4 * BQ * 4 + 2 * BK * 4;
 }
 
-/** Merge turns of the persistent ht's split items (FWD_TURNS in kernels/common.cuh). */
-const FWD_TURNS = 1024;
-
-/**
- * Device workspace for one call: tile boxes (16 bytes a tile), then query tiles' key-tile spans (8),
- * ht's item counter (8) and its split items' merge turns (4 each).
- */
+/** Device workspace for one call: tile boxes (16 bytes a tile), then query tiles' key-tile spans (8). */
 export function workspaceBytes(Sq: number, Sk: number): number {
-  return (Math.ceil(Sq / 32) + Math.ceil(Sk / BK)) * 16 + (Math.ceil(Sq / 32) + 1) * 8 + FWD_TURNS * 4;
+  return (Math.ceil(Sq / 32) + Math.ceil(Sk / BK)) * 16 + (Math.ceil(Sq / 32) + 1) * 8;  // + 1: ht's item counter past the spans
 }
 
 const SUFFIX: Record<CudaDType, string> = { bfloat16: 'bf16', float16: 'f16', float32: 'f32' };

@@ -56,8 +56,8 @@ extern "C" __global__ void attn_tile_ranges(const int* pos, const int* seg, int 
 // Each CTA of the forward used to find these itself, one box read from global memory per key
 // tile, before its first tile and after its last: ~45 us a CTA for a query tile that sees nothing
 // of a 32k block (kernels/NOTES.md run 24). Grid nqt CTAs of 128 threads, the key tiles shared out.
-// out[nqt] and the FWD_TURNS ints after it (room for them in the host's workspace) are zeroed: the
-// item counter of attn_fwd_h.cu's persistent ht and its split items' merge turns.
+// out[nqt] (room for it in the host's workspace) is zeroed: the item counter of attn_fwd_h.cu's
+// persistent ht.
 extern "C" __global__ void __launch_bounds__(128) attn_tile_spans(const int4* qTiles, const int4* kTiles, int nkt, int causal, int window, int sinks, int hasSeg, int2* out) {
   __shared__ int sLo, sHi;
   if (threadIdx.x == 0) {
@@ -80,10 +80,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_tile_spans(const int4* qT
   }
   __syncthreads();
   if (threadIdx.x == 0) out[blockIdx.x] = sHi >= 0 ? make_int2(sLo, sHi + 1) : make_int2(nkt, nkt);
-  if (blockIdx.x == 0) {  // ht's item counter and its split items' merge turns (attn_fwd_h.cu)
-    if (threadIdx.x == 0) out[gridDim.x] = make_int2(0, 0);
-    for (int i = threadIdx.x; i < FWD_TURNS; i += blockDim.x) ((int*)(out + gridDim.x + 1))[i] = 0;
-  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) out[gridDim.x] = make_int2(0, 0);  // ht's item counter (attn_fwd_h.cu)
 }
 
 // ---- tensor-core path ----------------------------------------------------------------------

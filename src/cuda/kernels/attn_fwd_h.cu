@@ -91,45 +91,6 @@ __device__ __forceinline__ int ldShared(u32 addr) {
   return v;
 }
 
-// The persistent ht's last wave (kernels/NOTES.md "The 8k forward's last wave"): nItems = F G + r
-// items of equal work on G CTAs take F + 1 rounds, the last with r CTAs busy (8k, H=32 on 132
-// SMs: 2048 items, 15.5 rounds run as 16, 3% idle). Where every item sees every key tile (no
-// mask), the counter hands out the first (F - 1) G items whole, then the key tiles of the last
-// G + r items in G equal units (Stream-K's last wave). A unit holds at least one item's tiles, so
-// an item is split in two at most; each unit is handed on from its last item to its first, so that
-// an item's first part runs first in its unit and its second last in the next, and the parts merge
-// in that order (deterministic) with the wait almost always over before it starts. Returns the
-// items handed out whole: nItems where nothing is split.
-// Blocks of fewer than 4 key tiles are not split: a piece costs about what an item's transition
-// does (Q's load, the epilogue), a tile or two of work.
-__device__ __forceinline__ int tailSplit(const Mask& m, int nItems, int G, int nk) {
-#ifndef FWD_TAIL_SPLIT  // opt-in until timed on a GPU (kernels/NOTES.md session 29): every item whole
-  return nItems;
-#endif
-  const int r = nItems % G;
-  if (m.causal || m.window > 0 || m.hasSeg || r == 0 || nk < 4 || G + r > FWD_TURNS || (long long)(G + r) * nk > 0x7fffffff) return nItems;
-  return nItems - G - r;
-}
-// A split item's merge turn (FWD_TURNS ints past ht's counter, zeroed by attn_tile_spans): its
-// second part waits for the first's (acquire; a trap after 4 s, as mbarWait), and the first passes
-// it once all of its consumers have merged (the named barrier, then release).
-__device__ __forceinline__ void waitTurn(const int* turn) {
-  const u64 t0 = globalTimer();
-  for (;;) {
-    int v;
-    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(turn) : "memory");
-    if (v != 0) return;
-    if (globalTimer() - t0 > 4000000000ull) __trap();
-    __nanosleep(100);
-  }
-}
-__device__ __forceinline__ void passTurn(int* turn) {
-  __threadfence();
-  asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(turn), "r"(1) : "memory");
-}
-// Every consumer thread of ht's two warpgroups (named barrier 5; 1..3 are the turns, 7 the trace's).
-__device__ __forceinline__ void consumersSync() { asm volatile("bar.sync 5, 256;" ::: "memory"); }
-
 // TMA tensor maps of q [Sq, H, D], k and v [Sk, Hk, D] (16-bit elements as uint16; box 64
 // elements x 1 head x the query tile's rows (q) or the key tile's (k, v), 128-byte swizzle), written by cuTensorMapEncodeTiled on the host
 // (src/cuda/attention.ts) and passed by value.
@@ -194,9 +155,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // hc launched without its cluster of two would wait forever for the other half of every stage.
   if (CLUSTER && clusterSize() != 2) __trap();
   const Mask m = maskOf(p);
-  // The CTA's item: query tile qt of head h (one item a CTA, or in ht one after another), and in ht
-  // how it was split (the producer's `split`, below).
-  int qt, h, kh, q0, end, first, split = 0;
+  // The CTA's item: query tile qt of head h (one item a CTA, or in ht one after another).
+  int qt, h, kh, q0, end, first;
   int4 qBox;
   // A ragged last tile is never 'full': its missing keys must read as -inf.
   auto tileClass = [&](int t) {
@@ -210,23 +170,10 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   };
   // The item of launch tile lt (launchTile, orderTile) of the nx query tiles; false if it sees nothing
   // in this block. (A full grid's x extent is nx.)
-  // The heaviest query tiles start first: under a causal mask the last see the most keys, at a
-  // window's edge (keys a block behind the queries: a ring step's) the first do. The lengths of the
-  // two end tiles' spans tell which way this block runs. Opt-in (-DFWD_HEAVY_FIRST) until timed on
-  // a GPU (kernels/NOTES.md session 29); without it the last tiles always start first.
-#ifndef FWD_HEAVY_FIRST
-  const bool lastFirst = true;
-#else
-  const int2 s0 = p.qSpans[0], s1 = p.qSpans[nx - 1];
-  const bool lastFirst = s1.y - s1.x >= s0.y - s0.x;
-#endif
-  auto setTile = [&](int2 lt) {
-    qt = lastFirst ? nx - 1 - lt.x : lt.x;
+  auto setItem = [&](int2 lt) {
+    qt = nx - 1 - lt.x;  // the last query tiles see the most keys under a causal mask: start them first
     h = lt.y, kh = h / (p.H / p.Hk), q0 = qt * BQ;
     qBox = p.qTiles[qt];
-  };
-  auto setItem = [&](int2 lt) {
-    setTile(lt);
     const int2 span = p.qSpans[qt];
     end = span.y;
     first = nextTile(span.x);
@@ -275,41 +222,12 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       };
       if (PERSIST) {
         int* const counter = (int*)(p.qSpans + nx);
-        // The last wave split evenly (tailSplit, above): units j = 0..G-1 of the counter past the
-        // whole items, unit j the tail's key tiles [j T / G, (j + 1) T / G) (item x's are
-        // [x nk, (x + 1) nk)), handed on as pieces from the unit's last item to its first.
-        // (The plan's two numbers wait in shared memory, past the slot's item fields: held in
-        // registers, the 24-register thread spilled them and more.)
-        const int nk = (p.Sk + BK - 1) / BK;
-        {
-          const int nWhole = tailSplit(m, nItems, gridDim.x, nk);
-          stShared(slot + 44, nWhole);
-          stShared(slot + 48, (nItems - nWhole) * nk);
-        }
-        int pos = 0, stop = 0;  // the unit's tiles not yet handed on
         int i = 0;
         for (int n = 0;; n++) {
-          bool done = false;
-          if (stop <= pos) {
-            const int nWhole = ldShared(slot + 44);
-            int L = atomicAdd(counter, 1);
-            while (L < nWhole && !setItem(orderTile(L, p.headGroup, nx, p.H))) L = atomicAdd(counter, 1);
-            if (L >= nWhole) {  // past the whole items: a unit of the tail, or nothing left
-              const long long j = L - nWhole, tailTiles = ldShared(slot + 48), G = gridDim.x;
-              if (tailTiles > 0 && j < G) pos = (int)(j * tailTiles / G), stop = (int)((j + 1) * tailTiles / G);
-              else done = true;
-            }
-          }
-          int split = 0;  // 0: the item whole; 1 | x << 2: tail item x's first part (merges, then lets its second); 2 | x << 2: its second
-          if (!done && stop > pos) {  // the unit's last piece not yet handed on: tiles [first, end) of tail item x
-            const int x = (stop - 1) / nk, x0 = x * nk;
-            setTile(orderTile(ldShared(slot + 44) + x, p.headGroup, nx, p.H));  // every item sees every key tile (tailSplit)
-            first = max(pos, x0) - x0, end = stop - x0;
-            split = end < nk ? 1 | x << 2 : first > 0 ? 2 | x << 2 : 0;
-            stop = x0 + first;
-          }
+          int L = atomicAdd(counter, 1);
+          while (L < nItems && !setItem(orderTile(L, p.headGroup, nx, p.H))) L = atomicAdd(counter, 1);
           if (n > 0) mbarWait(qFree, (n - 1) & 1);  // the consumers are done with the last item's Q (and its slot)
-          if (done) {  // no item left: the consumers read -1 and stop
+          if (L >= nItems) {  // no item left: the consumers read -1 and stop
             stShared(slot, -1);
             mbarArrive(qBar);
             break;
@@ -324,7 +242,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
           stShared(slot + 24, qBox.y);
           stShared(slot + 28, qBox.z);
           stShared(slot + 32, qBox.w);
-          stShared(slot + 36, split);
           loadQ<C, D>(sQ, maps, qBar, h, q0);
           for (int t = first; t < end; t = nextTile(t + 1), i++) loadKV(t, i);
         }
@@ -604,7 +521,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     qt = ldShared(slot + 4), h = ldShared(slot + 8), end = ldShared(slot + 12), first = ldShared(slot + 16);
     kh = h / (p.H / p.Hk), q0 = qt * BQ;
     qBox = make_int4(ldShared(slot + 20), ldShared(slot + 24), ldShared(slot + 28), ldShared(slot + 32));
-    split = ldShared(slot + 36);
     return true;
   };
   // The item's rows (positions, segments, key ranges), O and the statistics from zero.
@@ -698,20 +614,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   }
 
   TRACE(trace.mark(3));
-  // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32. A tail item
-  // split in two (tailSplit) merges its first part, then its second: the second's consumers wait
-  // for the turn the first's set once every consumer thread had merged.
-  int* const turn = (int*)(p.qSpans + nx + 1) + (split >> 2);
-  if (PERSIST && (split & 3) == 2) {
-    if (threadIdx.x == 0) waitTurn(turn);
-    consumersSync();
-  }
+  // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32.
 #pragma unroll
   for (int r = 0; r < 2; r++) mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
-  if (PERSIST && (split & 3) == 1) {
-    consumersSync();
-    if (threadIdx.x == 0) passTurn(turn);
-  }
 #ifdef FWD_TRACE
   asm volatile("bar.sync 7, %0;" ::"r"(CONSUMERS) : "memory");  // every consumer's epilogue issued
   trace.stop();

@@ -153,9 +153,6 @@ __device__ __forceinline__ int classifyTile(const Mask& m, int4 q, int4 k) {
 
 // ---- kernel parameter blocks (packed by src/cuda/attention.ts: pointers first, then 4-byte fields)
 
-// Merge turns of the persistent ht's split items (attn_fwd_h.cu tailSplit): at most this many items
-// are split, past the counter in the workspace (src/cuda/attention.ts workspaceBytes: FWD_TURNS).
-constexpr int FWD_TURNS = 1024;
 struct FwdParams {
   const void* q;       // [Sq, H, D]  T
   const void* k;       // [Sk, Hk, D] T
@@ -174,8 +171,7 @@ struct FwdParams {
   int headGroup;       // launch order (launchTile): heads interleaved in groups of this many; 0 or 1: one head at a time
   const int2* qSpans;  // [ceil(Sq / blockQ)] {first, one past the last} key tile a query tile sees
                        // anything of (attn_tile_spans; the tensor-core forwards); null for the generic one.
-                       // One int2 more after them: the persistent ht's item counter, then FWD_TURNS ints: its
-                       // split items' merge turns (all zeroed by attn_tile_spans)
+                       // One int2 more after them: the persistent ht's item counter (zeroed by attn_tile_spans)
   u64* trace;          // [CTAs][8] per-CTA timestamps (hop::Trace), written only by a Hopper
                        // forward built with -DFWD_TRACE (bench/gpu-trace.ts); null otherwise
 };
@@ -315,7 +311,7 @@ __device__ __forceinline__ void mergeRowOut(const FwdParams& p, int i, int h, in
   const float l = quadSum(rowSum);
   const bool live = i < p.Sq && rowLive(l);
   const u64 row = (u64)i * p.H + h;
-  const float lseOld = live ? __ldcg(p.lse + row) : 0.f;  // (L2: a split item's first part was merged by another SM)
+  const float lseOld = live ? p.lse[row] : 0.f;
   __syncwarp();  // all four lanes read lse before lane 0 of the quad writes it
   if (!live) return;
   const float lseB = (rowMax + log2f(l)) * LN2;
@@ -326,7 +322,7 @@ __device__ __forceinline__ void mergeRowOut(const FwdParams& p, int i, int h, in
 #pragma unroll
   for (int n = 0; n < D / 8; n++) {
     const int col = n * 8 + 2 * (lane & 3);
-    float2 cur = wOld == 0.f ? make_float2(0.f, 0.f) : __ldcg((const float2*)(out + col));
+    float2 cur = wOld == 0.f ? make_float2(0.f, 0.f) : *(float2*)(out + col);
     cur.x = cur.x * wOld + acc[4 * n + 2 * r] * inv;
     cur.y = cur.y * wOld + acc[4 * n + 2 * r + 1] * inv;
     *(float2*)(out + col) = cur;

@@ -25,7 +25,7 @@ const H = 32, Hk = 8, D = 128;
 const range = (a: number, n: number) => Array.from({ length: n }, (_, i) => a + i);
 
 /** Keys (sorted positions) that query position x sees: k <= x and x - k < window (0 = none). */
-function seen(kPos: Int32Array, x: number, window: number): number {
+export function seen(kPos: Int32Array, x: number, window: number): number {
   const upTo = (v: number) => { // keys with position <= v
     let lo = 0, hi = kPos.length;
     while (lo < hi) {

@@ -3,6 +3,7 @@ import { cudaKernel } from '../src/cuda/attention.js';
 import { encode } from '../src/cuda/convert.js';
 import { fill } from './common.js';
 import { blockCalls, timeCalls, warmUp } from './gpu-block.js';
+import { seen } from './gpu-masks.js';
 
 /**
  * Where a Hopper attention kernel's time goes, CTA by CTA. The forward built with -DFWD_TRACE, or
@@ -16,8 +17,9 @@ import { blockCalls, timeCalls, warmUp } from './gpu-block.js';
  * line fitted to a CTA's time against its items (the per-item and the per-CTA cost), the gaps
  * between one CTA's end and the next one's start on an SM, and the idle tail; each as a share of
  * the SMs' time over the kernel's span.
- *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1] [reps=20] [fwd|bwd]
- * One S x S block, bf16, Hk = H, positions 0..S-1 on both sides, timed as bench/gpu.js times it
+ *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|bwd]
+ * One S x S block, bf16, Hk = H, positions 0..S-1 on both sides (edge: bench/gpu-masks.ts's window
+ * edge, queries at S..2S-1 under a causal window of S/2; TFLOP/s over the visible pairs), timed as bench/gpu.js times it
  * (blockCalls). The traced build stores 64 bytes a CTA and waits once more at the end: its time is
  * printed beside the phases, to compare with the untraced rate (bench/gpu.js). The default D=128
  * forward (ht) runs on a persistent grid, one CTA an SM taking items in turn; the traced build
@@ -159,12 +161,14 @@ export function summarizeTrace(records: CtaRecord[], labels: readonly string[] =
   return { ctas: records.length, working: working.length, sms, ghz, spanUs, phases, fit };
 }
 
-export function traceBench(S: number, H: number, D: number, causal: boolean, reps: number, which: 'fwd' | 'bwd'): void {
+export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'none' | 'edge', reps: number, which: 'fwd' | 'bwd'): void {
   if (!Number.isInteger(S) || S < 128) throw new Error(`S: expected an integer of at least 128, got ${S}`);
   if (!Number.isInteger(H) || H < 1) throw new Error(`H: expected a positive integer, got ${H}`);
   if (D !== 64 && D !== 128) throw new Error(`D: expected 64 or 128, got ${D}`);
   if (!Number.isInteger(reps) || reps < 1) throw new Error(`reps: expected a positive integer, got ${reps}`);
   if (which !== 'fwd' && which !== 'bwd') throw new Error(`kernel: expected fwd or bwd, got ${which}`);
+  if (mask === 'edge' && S % 2 !== 0) throw new Error(`S: the window edge takes an even S, got ${S}`);
+  const causal = mask !== 'none', window = mask === 'edge' ? S / 2 : 0;
   const define = which === 'fwd' ? '-DFWD_TRACE' : '-DBWD_TRACE';
   process.env.RINGATTN_NVRTC_DEFINES = [process.env.RINGATTN_NVRTC_DEFINES, define].filter(Boolean).join(' ');
   const ctx = CudaContext.open(0);
@@ -176,17 +180,18 @@ export function traceBench(S: number, H: number, D: number, causal: boolean, rep
   // Room for any schedule's grid: at least 64 query rows a forward CTA; the backward's are 128-key
   // tiles of one KV head (with Hk = H its query-head group is 1: no split).
   const ctas = Math.ceil(S / 64) * H;
-  const inputs = [encode(fill(n, 1), 'bfloat16'), encode(fill(n, 2), 'bfloat16'), encode(fill(n, 3), 'bfloat16'), encode(fill(n, 4), 'bfloat16'), Int32Array.from({ length: S }, (_, i) => i)];
+  const kPos = Int32Array.from({ length: S }, (_, i) => i), qPos = Int32Array.from({ length: S }, (_, i) => (mask === 'edge' ? S : 0) + i);
+  const inputs = [encode(fill(n, 1), 'bfloat16'), encode(fill(n, 2), 'bfloat16'), encode(fill(n, 3), 'bfloat16'), encode(fill(n, 4), 'bfloat16'), kPos, qPos];
   const bufs = inputs.map((x) => {
     const b = ctx.alloc(x.byteLength);
     ctx.upload(b, x);
     return b;
   });
-  const [q, k, v, dO, pos] = bufs;
+  const [q, k, v, dO, kp, qp] = bufs;
   try {
     const trace = ctx.alloc(ctas * 64);
     bufs.push(trace);
-    const a = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: pos.ptr, kPos: pos.ptr, Sq: S, Sk: S, H, Hk: H, D, dtype: 'bfloat16' as const, causal, window: 0, sinks: 0, scale: 1 / Math.sqrt(D) };
+    const a = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: qp.ptr, kPos: kp.ptr, Sq: S, Sk: S, H, Hk: H, D, dtype: 'bfloat16' as const, causal, window, sinks: 0, scale: 1 / Math.sqrt(D) };
     // The calls bench/gpu.js times, the trace buffer passed to both (only the traced kernel writes).
     const calls = blockCalls(ctx, kern, a, dO.ptr, trace.ptr);
     bufs.push(...calls.bufs);
@@ -199,16 +204,21 @@ export function traceBench(S: number, H: number, D: number, causal: boolean, rep
     const raw = ctx.download(new BigUint64Array(ctas * 8), trace);
     ctx.sync();
     const s = summarizeTrace(parseTrace(raw, ctas).records, PHASES[which]);
-    const flops = ((which === 'fwd' ? 4 : 10) * S * S * H * D) / (causal ? 2 : 1);
+    let pairs = S * S / (causal ? 2 : 1);
+    if (mask === 'edge') {
+      pairs = 0;
+      for (const x of qPos) pairs += seen(kPos, x, window);
+    }
+    const flops = (which === 'fwd' ? 4 : 10) * pairs * H * D;
     const what = which === 'fwd' ? 'forward (lse reset and finishForward included)' : 'backward (dq/dk/dv zeroing and delta included)';
-    console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); ${name}, ${define}; S=${S} H=${H} D=${D} ${causal ? 'causal' : 'non-causal'}, one S x S block`);
+    console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); ${name}, ${define}; S=${S} H=${H} D=${D} ${mask === 'edge' ? `window edge (causal window ${window}, keys a block behind)` : causal ? 'causal' : 'non-causal'}, one S x S block`);
     console.log(`${what}, traced build: ${ms.toFixed(3)} ms, ${(flops / ms / 1e9).toFixed(1)} TFLOP/s (median of ${reps}); kernel span ${(s.spanUs / 1e3).toFixed(3)} ms; SM clock ${s.ghz.toFixed(2)} GHz`);
     console.log(`CTAs: ${s.ctas} recorded (${s.working} with work), on ${s.sms} SMs`);
     const f = (x: number | null) => (x === null ? '-' : x.toFixed(2)).padStart(8);
     console.log('phase                          median us   p10 us   p90 us   share of SM time');
     for (const p of s.phases) console.log(`${p.name.padEnd(30)} ${f(p.med)} ${f(p.p10)} ${f(p.p90)}   ${(100 * p.share).toFixed(1).padStart(5)}%`);
     console.log(s.fit ? `fit over the CTAs with work: time = ${s.fit.perCta.toFixed(2)} us + ${s.fit.perTile.toFixed(3)} us x items (r² ${s.fit.r2.toFixed(3)})` : 'fit: n/a (every CTA has as many items; see the phases)');
-    console.log(`JSON ${JSON.stringify({ which, S, H, D, causal, kernel: name, ms, tflops: flops / ms / 1e9, ...s })}`);
+    console.log(`JSON ${JSON.stringify({ which, S, H, D, causal, mask, kernel: name, ms, tflops: flops / ms / 1e9, ...s })}`);
   } finally {
     ctx.sync();
     for (const b of bufs) ctx.free(b);

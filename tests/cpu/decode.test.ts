@@ -298,12 +298,16 @@ test('a NaN in the key cache makes NaN exactly the rows that see it (never rows 
       const qp = p.qPos[y * Sq + qi];
       return y === b && Math.floor(h / G) === kh && j <= qp && (qp - j < mask.window! || j < mask.sinks!);
     };
-    // the other rows against the reference with the NaN element set to 0 (they never read it)
-    const ref = reference({ ...bad, seqs: bad.seqs.map((x) => ({ ...x, k: x.k.map((y) => (Number.isNaN(y) ? 0 : y)) })) });
+    // the other rows against the reference with the NaN element set to 0 (they never read it), on
+    // the cache as the run holds it (rounded to bf16 for the bf16 run), at the fp32 tolerance: the
+    // bf16 rounding against the fp32 cache erred by 1.13e-2 at seed 666039891 (CI, session 29)
+    const zeroed: Problem = { ...bad, seqs: bad.seqs.map((x) => ({ ...x, k: x.k.map((y) => (Number.isNaN(y) ? 0 : y)) })) };
+    const refs = { float32: reference(zeroed), bfloat16: reference(rounded(zeroed, 'bfloat16')) };
     for (const run of [{ P: 1, threads: 2, chunk: 16 }, { P: 2, threads: 1, chunk: 32, inPlace: true }, { P: 3, threads: 2, kernel: 'ts' as const }, { P: 2, threads: 2, chunk: 16, dtype: 'bfloat16' as const }]) {
       const got = runDecode(bad, seed, run);
       const tag = `NaN in k (sequence ${b}, position ${j}, KV head ${kh}) ${JSON.stringify(run)} seed=${seed}`;
       const gotO: number[] = [], refO: number[] = [], gotL: number[] = [], refL: number[] = [];
+      const ref = refs[run.dtype ?? 'float32'];
       let n = 0;
       for (let y = 0; y < 2; y++) {
         for (let qi = 0; qi < Sq; qi++) {
@@ -320,9 +324,8 @@ test('a NaN in the key cache makes NaN exactly the rows that see it (never rows 
         }
       }
       assert.ok(n > 0 && gotL.length > 0, `${tag}: the case needs rows on both sides`);
-      const tol = run.dtype ? TOL.bf16Forward : TOL.fp32Forward; // (bf16: the cache's rounding against the fp32 reference)
-      assertClose(gotO, refO, tol, `${tag}: o of the rows that do not see it`);
-      assertCloseLse(gotL, refL, tol, `${tag}: lse of the rows that do not see it`);
+      assertClose(gotO, refO, TOL.fp32Forward, `${tag}: o of the rows that do not see it`);
+      assertCloseLse(gotL, refL, TOL.fp32Forward, `${tag}: lse of the rows that do not see it`);
     }
   }
 });

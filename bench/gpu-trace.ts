@@ -19,8 +19,8 @@ import { seen } from './gpu-masks.js';
  * the SMs' time over the kernel's span.
  *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|bwd]
  * One S x S block, bf16, Hk = H, positions 0..S-1 on both sides (edge: bench/gpu-masks.ts's window
- * edge, queries at S..2S-1 under a causal window of S/2; TFLOP/s over the visible pairs), timed as bench/gpu.js times it
- * (blockCalls). The traced build stores 64 bytes a CTA and waits once more at the end: its time is
+ * edge, queries at S..2S-1 under a causal window of S/2; TFLOP/s over the visible pairs), timed as
+ * bench/gpu.js times it (blockCalls). The traced build stores 64 bytes a CTA and waits once more at the end: its time is
  * printed beside the phases, to compare with the untraced rate (bench/gpu.js). The default D=128
  * forward (ht) runs on a persistent grid, one CTA an SM taking items in turn; the traced build
  * runs it on the full grid, one item a CTA, so that each record is one item's: its per-CTA costs

@@ -48,8 +48,8 @@ if (pos[0] === 'masks') {
   process.exit(0);
 }
 if (pos[0] === 'trace') {
-  const [S, H, D, , reps] = [8192, 32, 128, 1, 20].map((d, i) => Number(pos[1 + i] ?? d));
-  const m = pos[4] ?? '1';
+  const [S, H, D] = [8192, 32, 128].map((d, i) => Number(pos[1 + i] ?? d));
+  const m = pos[4] ?? '1', reps = Number(pos[5] ?? 20);
   if (m !== '0' && m !== '1' && m !== 'edge') throw new Error(`trace: the mask is 1 (causal), 0 (none) or edge (a sliding window's edge), got ${m}`);
   traceBench(S, H, D, m === 'edge' ? 'edge' : m === '1' ? 'causal' : 'none', reps, (pos[6] ?? 'fwd') as 'fwd' | 'bwd');
   process.exit(0);

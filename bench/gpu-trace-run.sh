@@ -6,7 +6,7 @@
 # by multicasting K/V over a cluster of 2: kernels/NOTES.md). Carry .devkit, .devrun and dist.
 # Results in $OUT/trace.log; ~3 minutes. SPECS="S H D causal fwd|bwd, ..." traces only those
 # (causal: 1, 0, or edge for a sliding window's edge block);
-# SKIP_NCU=1 leaves Nsight Compute out; SOL_CAUSAL="" skips the speed-of-light profiles; STALLS=1
+# SKIP_NCU=1 leaves Nsight Compute out; SKIP_UNTRACED=1 the untraced rates; SOL_CAUSAL="" skips the speed-of-light profiles; STALLS=1
 # adds its warp-state (stall) sections and the per-instruction SASS table of our 8k unmasked
 # forward ($OUT/fwd-sass.csv.gz).
 #   bash bench/gpu-trace-run.sh [reps=20]
@@ -21,8 +21,9 @@ for spec in "${specs[@]}"; do
   echo "== trace S=$S H=$H D=$D causal=$causal $which" | tee -a "$log"
   timeout -s KILL 120 $N dist/bench/gpu.js trace "$S" "$H" "$D" "$causal" "$reps" "$which" 2>&1 | grep -v "NVRTC\|ptxas" | tee -a "$log"
 done
-echo "== untraced, same run" | tee -a "$log"
+[ -n "${SKIP_UNTRACED:-}" ] || echo "== untraced, same run" | tee -a "$log"
 for shape in "8192 32 --d=128" "32768 32 --d=128" "8192 8 --d=64"; do
+  [ -n "${SKIP_UNTRACED:-}" ] && break
   read -r S H d <<<"$shape"
   timeout -s KILL 120 $N dist/bench/gpu.js "$S" "$H" 10 "$d" 2>&1 | grep -v "NVRTC\|ptxas" | tee -a "$log"
 done

@@ -17,7 +17,9 @@ import { seen } from './gpu-masks.js';
  * line fitted to a CTA's time against its items (the per-item and the per-CTA cost), the gaps
  * between one CTA's end and the next one's start on an SM, and the idle tail; each as a share of
  * the SMs' time over the kernel's span.
- *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|bwd]
+ *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|items|bwd]
+ * items: the persistent ht as it runs by default (-DFWD_TRACE_ITEMS), one record an item, its clock
+ * started at the top of the item: the gaps between records on an SM are the persistent loop's own.
  * One S x S block, bf16, Hk = H, positions 0..S-1 on both sides (edge: bench/gpu-masks.ts's window
  * edge, queries at S..2S-1 under a causal window of S/2; TFLOP/s over the visible pairs), timed as
  * bench/gpu.js times it (blockCalls). The traced build stores 64 bytes a CTA and waits once more at the end: its time is
@@ -102,6 +104,9 @@ const pct = (x: number[], q: number): number | null => {
 /** What the marks mean in each kernel (rows of the summary). */
 export const PHASES = {
   fwd: ['start to Q landed', 'first tile (S, softmax)', 'other tiles, per tile', 'epilogue (o, lse stored)', 'CTAs that see nothing'],
+  // The persistent ht, one record an item (-DFWD_TRACE_ITEMS): an item's clock starts once its Q
+  // has landed, so the "gap between CTAs" is the wait for the next item's Q after an epilogue.
+  items: ["the item's rows and ranges set", 'first tile (S, softmax)', 'other tiles, per tile', 'epilogue (o, lse stored)', 'items that see nothing'],
   bwd: ['start to first Q/dO landed', 'first (head, query tile)', 'other pairs, per pair', 'epilogue (dK, dV adds issued)', 'CTAs that see nothing'],
 } as const;
 
@@ -161,21 +166,23 @@ export function summarizeTrace(records: CtaRecord[], labels: readonly string[] =
   return { ctas: records.length, working: working.length, sms, ghz, spanUs, phases, fit };
 }
 
-export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'none' | 'edge', reps: number, which: 'fwd' | 'bwd'): void {
+export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'none' | 'edge', reps: number, which: 'fwd' | 'bwd' | 'items'): void {
   if (!Number.isInteger(S) || S < 128) throw new Error(`S: expected an integer of at least 128, got ${S}`);
   if (!Number.isInteger(H) || H < 1) throw new Error(`H: expected a positive integer, got ${H}`);
   if (D !== 64 && D !== 128) throw new Error(`D: expected 64 or 128, got ${D}`);
   if (!Number.isInteger(reps) || reps < 1) throw new Error(`reps: expected a positive integer, got ${reps}`);
-  if (which !== 'fwd' && which !== 'bwd') throw new Error(`kernel: expected fwd or bwd, got ${which}`);
+  if (which !== 'fwd' && which !== 'bwd' && which !== 'items') throw new Error(`kernel: expected fwd, items (the persistent forward, a record an item) or bwd, got ${which}`);
+  const fwd = which !== 'bwd';
   if (mask === 'edge' && S % 2 !== 0) throw new Error(`S: the window edge takes an even S, got ${S}`);
   const causal = mask !== 'none', window = mask === 'edge' ? S / 2 : 0;
-  const define = which === 'fwd' ? '-DFWD_TRACE' : '-DBWD_TRACE';
+  const define = which === 'fwd' ? '-DFWD_TRACE' : which === 'items' ? '-DFWD_TRACE -DFWD_TRACE_ITEMS' : '-DBWD_TRACE';
   process.env.RINGATTN_NVRTC_DEFINES = [process.env.RINGATTN_NVRTC_DEFINES, define].filter(Boolean).join(' ');
   const ctx = CudaContext.open(0);
   const kern = cudaKernel(ctx);
   const name = kern.name({ dtype: 'bfloat16', D });
-  const hopper = which === 'fwd' ? /wgmma-fwd-h[a-z]?\+/ : /wgmma-bwd/;
-  if (!hopper.test(name)) throw new Error(`trace: the kernels here are ${name}; the trace is written by the Hopper ${which === 'fwd' ? 'forwards' : 'backward'} (sm_90a) only`);
+  const hopper = fwd ? /wgmma-fwd-h[a-z]?\+/ : /wgmma-bwd/;
+  if (!hopper.test(name)) throw new Error(`trace: the kernels here are ${name}; the trace is written by the Hopper ${fwd ? 'forwards' : 'backward'} (sm_90a) only`);
+  if (which === 'items' && !/wgmma-fwd-ht\b/.test(name)) throw new Error(`trace: items traces the persistent forward (ht, D=128), but the kernels here are ${name}`);
   const n = S * H * D;
   // Room for any schedule's grid: at least 64 query rows a forward CTA; the backward's are 128-key
   // tiles of one KV head (with Hk = H its query-head group is 1: no split).
@@ -196,7 +203,7 @@ export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'no
     const calls = blockCalls(ctx, kern, a, dO.ptr, trace.ptr);
     bufs.push(...calls.bufs);
     if (which === 'bwd') calls.fwd();  // o and lse for the backward's delta
-    const call = which === 'fwd' ? calls.fwd : calls.bwd;
+    const call = fwd ? calls.fwd : calls.bwd;
     warmUp(ctx, call);
     const ms = timeCalls(ctx, call, reps);
     ctx.fill32(trace, 0, ctas * 16);
@@ -209,8 +216,8 @@ export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'no
       pairs = 0;
       for (const x of qPos) pairs += seen(kPos, x, window);
     }
-    const flops = (which === 'fwd' ? 4 : 10) * pairs * H * D;
-    const what = which === 'fwd' ? 'forward (lse reset and finishForward included)' : 'backward (dq/dk/dv zeroing and delta included)';
+    const flops = (fwd ? 4 : 10) * pairs * H * D;
+    const what = fwd ? 'forward (lse reset and finishForward included)' : 'backward (dq/dk/dv zeroing and delta included)';
     console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); ${name}, ${define}; S=${S} H=${H} D=${D} ${mask === 'edge' ? `window edge (causal window ${window}, keys a block behind)` : causal ? 'causal' : 'non-causal'}, one S x S block`);
     console.log(`${what}, traced build: ${ms.toFixed(3)} ms, ${(flops / ms / 1e9).toFixed(1)} TFLOP/s (median of ${reps}); kernel span ${(s.spanUs / 1e3).toFixed(3)} ms; SM clock ${s.ghz.toFixed(2)} GHz`);
     console.log(`CTAs: ${s.ctas} recorded (${s.working} with work), on ${s.sms} SMs`);

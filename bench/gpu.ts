@@ -34,7 +34,7 @@ import { comparisonTable, measurePeers, roundsSummary, type OursRow, type Peers 
  *          the ring on `devices` GPUs against one GPU on the same work (bench/gpu-ring.ts)
  *        node dist/bench/gpu.js masks [S=16384] [reps=5]
  *          one block under each mask a ring step gives it, against no mask (bench/gpu-masks.ts)
- *        node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|bwd]
+ *        node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|items|bwd]
  *          a Hopper kernel's time CTA by CTA: phases, per-item and per-CTA cost, gaps, tail (bench/gpu-trace.ts)
  */
 
@@ -51,7 +51,7 @@ if (pos[0] === 'trace') {
   const [S, H, D] = [8192, 32, 128].map((d, i) => Number(pos[1 + i] ?? d));
   const m = pos[4] ?? '1', reps = Number(pos[5] ?? 20);
   if (m !== '0' && m !== '1' && m !== 'edge') throw new Error(`trace: the mask is 1 (causal), 0 (none) or edge (a sliding window's edge), got ${m}`);
-  traceBench(S, H, D, m === 'edge' ? 'edge' : m === '1' ? 'causal' : 'none', reps, (pos[6] ?? 'fwd') as 'fwd' | 'bwd');
+  traceBench(S, H, D, m === 'edge' ? 'edge' : m === '1' ? 'causal' : 'none', reps, (pos[6] ?? 'fwd') as 'fwd' | 'bwd' | 'items');
   process.exit(0);
 }
 if (pos[0] === 'ring') {

@@ -184,13 +184,15 @@ function wgFwdSmem(D: number, bq: number, bk = WG_TILE): number {
  * The Hopper forward's grid: for ht (the default at D=128) a persistent grid of min(items, SMs)
  * CTAs that take (query tile, head) items from a counter (kernels/attn_fwd_h.cu, which traps on a
  * 2-D grid); for the others, and for ht in the trace build (-DFWD_TRACE in RINGATTN_NVRTC_DEFINES,
- * with or without a value: #ifdef sees either), one CTA a (query tile, head). RINGATTN_FWD_CTAS
+ * with or without a value: #ifdef sees either) unless -DFWD_TRACE_ITEMS keeps it persistent, one
+ * CTA a (query tile, head). RINGATTN_FWD_CTAS
  * caps the persistent grid (the tests use it to give each CTA many items on a small problem).
  * Like every define, RINGATTN_NVRTC_DEFINES is meant to be set for a whole process: a context
  * keeps the modules it loaded, so changing it midway would pair a kernel with the other build's grid.
  */
 export function wgFwdGrid(wg: WgmmaForward, tiles: number, heads: number, smCount: number): [number, number, number] {
-  if (wg !== 'ht' || nvrtcDefines().some((d) => d === '-DFWD_TRACE' || d.startsWith('-DFWD_TRACE='))) return [tiles, heads, 1];
+  const defined = (name: string) => nvrtcDefines().some((d) => d === `-D${name}` || d.startsWith(`-D${name}=`));
+  if (wg !== 'ht' || (defined('FWD_TRACE') && !defined('FWD_TRACE_ITEMS'))) return [tiles, heads, 1];
   const v = process.env.RINGATTN_FWD_CTAS;
   if (v !== undefined && v !== '' && !/^[1-9][0-9]*$/.test(v)) throw new InputError('RINGATTN_FWD_CTAS', `expected a positive integer (the persistent forward's CTAs at most), got '${v}'`);
   const cap = v === undefined || v === '' ? Infinity : Number(v);

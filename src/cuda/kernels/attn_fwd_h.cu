@@ -78,11 +78,19 @@ template <int WGS>
 __device__ __forceinline__ void turnPass(int wg) { asm volatile("bar.arrive %0, 256;" ::"r"(1 + (wg + 1) % WGS) : "memory"); }
 
 // The trace build (-DFWD_TRACE) times CTAs, one item each: ht then runs on the full grid, as the
-// host's wgFwdGrid knows.
+// host's wgFwdGrid knows. With -DFWD_TRACE_ITEMS as well, ht keeps its persistent grid and writes
+// one record an item (at index h nx + qt), its clock started at the top of the item: the gap
+// between one item's end and the next one's start on an SM is then the persistent loop's own
+// (the wait for the next Q), and the rest of an item's fixed cost shows in its phases.
 #ifdef FWD_TRACE
 constexpr bool TRACED = true;
 #else
 constexpr bool TRACED = false;
+#endif
+#ifdef FWD_TRACE_ITEMS
+constexpr bool TRACE_ITEMS = true;
+#else
+constexpr bool TRACE_ITEMS = false;
 #endif
 __device__ __forceinline__ void stShared(u32 addr, int v) { asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(v) : "memory"); }
 __device__ __forceinline__ int ldShared(u32 addr) {
@@ -146,7 +154,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // causal in the session-19 trace). On an H100, +2-5% at 32k causal, level to +2% elsewhere
   // (NOTES.md runs 84-85). The counter sits just past the query tiles' spans;
   // attn_tile_spans zeroes it before each launch.
-  constexpr bool PERSIST = TMA && !CLUSTER && WGS == 2 && BK == 128 && MODE == PIPE_PONG && !TRACED;
+  constexpr bool PERSIST = TMA && !CLUSTER && WGS == 2 && BK == 128 && MODE == PIPE_PONG && (!TRACED || TRACE_ITEMS);
   const u32 qFree = qBar + 8, slot = qBar + 16;
   const int nx = (p.Sq + BQ - 1) / BQ, nItems = nx * p.H;
   if (PERSIST && gridDim.y != 1) __trap();  // a full grid (the trace build's): each item would run once per head
@@ -540,7 +548,10 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   int n = 0;  // items taken
   // The loop over items (one, but in ht) spans the schedules and the epilogue, left unindented.
   for (bool more = PERSIST ? nextItem(0) : true; more; more = PERSIST && nextItem(++n)) {
-    if (PERSIST) startItem();
+    if (PERSIST) {
+      TRACE(trace.start());
+      startItem();
+    }
   TRACE(trace.mark(1));
   TRACE(int traced = 0);  // tiles computed, counted in the loops (a count taken after the clock
                           // stopped, by reading the tile list, held the SM ~0.3 us a tile)
@@ -620,7 +631,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 #ifdef FWD_TRACE
   asm volatile("bar.sync 7, %0;" ::"r"(CONSUMERS) : "memory");  // every consumer's epilogue issued
   trace.stop();
-  trace.write(p.trace, traced, qt, h);
+  trace.write(p.trace, traced, qt, h, PERSIST ? h * nx + qt : -1);
 #endif
   }  // the items (one, but in ht)
   if (CLUSTER) clusterSync();  // as the producer warpgroup's, above

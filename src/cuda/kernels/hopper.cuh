@@ -241,11 +241,12 @@ struct Trace {
     c[4] = clock64();
     g1 = globalTimer();
   }
-  __device__ __forceinline__ void write(u64* out, int items, int tile, int head) const {
+  // The record's slot: `at`, or where at < 0 the CTA's linear index.
+  __device__ __forceinline__ void write(u64* out, int items, int tile, int head, int at = -1) const {
     if (!out || threadIdx.x != 0) return;
     u32 sm;
     asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-    u64* r = out + 8ull * (blockIdx.y * gridDim.x + blockIdx.x);
+    u64* r = out + 8ull * (at >= 0 ? at : blockIdx.y * gridDim.x + blockIdx.x);
     r[0] = sm | (u64)min(items, 0xffff) << 16 | (u64)(tile & 0xffff) << 32 | (u64)(head & 0xffff) << 48;
     for (int i = 0; i < 5; i++) r[1 + i] = c[i];
     r[6] = g0;

@@ -30,3 +30,7 @@ traces "${CTA_SPECS:-16384 32 128 edge fwd,16384 32 128 1 fwd,16384 32 128 0 fwd
 echo "== masks" | tee -a "$log"
 timeout -s KILL 150 $N dist/bench/gpu.js masks 16384 5 2>&1 | grep -v "NVRTC\|ptxas" | tee -a "$log"
 [ -n "${SKIP_PEERS:-}" ] || sweep --peers
+echo "== tests: trace.test.js (the traced builds, per CTA and per item)" | tee -a "$log"
+timeout -s KILL 150 $N --test --test-reporter=tap dist/tests/cuda/trace.test.js >"$OUT/trace-test.tap" 2>&1
+echo "trace.test exit $?" | tee -a "$log"
+tap_results "$OUT/trace-test.tap" | tee -a "$log"

@@ -82,7 +82,7 @@ test('headGroup: unmasked launches one head at a time; masked ones interleave th
   await withEnv({ RINGATTN_HEAD_GROUP: '8' }, () => assert.equal(headGroup(64, 32, true, 132), 8));
 });
 
-test('wgFwdGrid: ht on a persistent grid of min(items, SMs, RINGATTN_FWD_CTAS) CTAs, the others (and ht in the -DFWD_TRACE build) one CTA a (query tile, head); a bad cap is an InputError naming the variable', async () => {
+test('wgFwdGrid: ht on a persistent grid of min(items, SMs, RINGATTN_FWD_CTAS) CTAs, the others (and ht in the -DFWD_TRACE build without -DFWD_TRACE_ITEMS) one CTA a (query tile, head); a bad cap is an InputError naming the variable', async () => {
   await withEnv({ RINGATTN_NVRTC_DEFINES: undefined, RINGATTN_FWD_CTAS: undefined }, () => {
     assert.deepEqual(wgFwdGrid('ht', 64, 32, 132), [132, 1, 1]);
     assert.deepEqual(wgFwdGrid('ht', 3, 4, 132), [12, 1, 1]);
@@ -97,6 +97,10 @@ test('wgFwdGrid: ht on a persistent grid of min(items, SMs, RINGATTN_FWD_CTAS) C
     await withEnv({ RINGATTN_NVRTC_DEFINES: d, RINGATTN_FWD_CTAS: '7' }, () => assert.deepEqual(wgFwdGrid('ht', 64, 32, 132), [64, 32, 1], d));
   }
   await withEnv({ RINGATTN_NVRTC_DEFINES: '-DFWD_TRACES', RINGATTN_FWD_CTAS: undefined }, () => assert.deepEqual(wgFwdGrid('ht', 64, 32, 132), [132, 1, 1]));
+  // the per-item trace (-DFWD_TRACE_ITEMS) keeps ht persistent, as it runs untraced
+  for (const d of ['-DFWD_TRACE -DFWD_TRACE_ITEMS', '-DFWD_TRACE_ITEMS=1 -DFWD_TRACE']) {
+    await withEnv({ RINGATTN_NVRTC_DEFINES: d, RINGATTN_FWD_CTAS: '7' }, () => assert.deepEqual(wgFwdGrid('ht', 64, 32, 132), [7, 1, 1], d));
+  }
   for (const bad of ['0', '-2', '1.5', 'x', 'Infinity', '1e3']) {
     await withEnv({ RINGATTN_NVRTC_DEFINES: undefined, RINGATTN_FWD_CTAS: bad }, () => {
       assert.throws(() => wgFwdGrid('ht', 64, 32, 132), (e: unknown) => e instanceof InputError && /RINGATTN_FWD_CTAS/.test(e.message), bad);

@@ -129,3 +129,59 @@ test('traced Hopper forward and backward: correct results, one record a CTA with
     ctx.dispose();
   }
 }));
+
+// The per-item trace of the persistent ht (-DFWD_TRACE_ITEMS, `gpu.js trace ... items`): three CTAs
+// take the 8 x H causal items of S = 1000 from the counter, so each runs several; each item writes
+// one record at h nx + qt with its own key tiles (t + 1), and the items one CTA ran follow one
+// another on its SM's clock without overlapping.
+test('per-item trace of the persistent forward: correct results, one record an item at h nx + qt, items in turn on each SM (GPU)', { skip: gpuSkip }, (t) => withEnv({
+  ...DEFAULT_KERNELS, RINGATTN_FWD_CTAS: '3',
+  RINGATTN_NVRTC_DEFINES: [process.env.RINGATTN_NVRTC_DEFINES, '-DFWD_TRACE -DFWD_TRACE_ITEMS'].filter(Boolean).join(' '),
+}, () => {
+  const ctx = CudaContext.open(0);
+  try {
+    const [major, minor] = ctx.computeCapability;
+    if (major !== 9 || minor !== 0) {
+      t.skip(`sm_${major}${minor}: the traces are written by the sm_90a kernels only`);
+      return;
+    }
+    const kern = cudaKernel(ctx);
+    assert.match(kern.name({ dtype: 'bfloat16', D: 128 }), /wgmma-fwd-ht\b/, 'the persistent ht is the kernel traced');
+    const S = 1000, H = 2, D = 128, n = S * H * D, rows = S * H, nx = 8;
+    const seed = freshSeed(), r = rng(seed);
+    const [q, k, v] = [0, 1, 2].map(() => roundTo(randn(n, r), 'bfloat16'));
+    const dev = new Staging(ctx);
+    const pos = dev.up(Int32Array.from({ length: S }, (_, i) => i));
+    const [o, lse] = [n, rows].map((len) => dev.alloc(len * 4).ptr);
+    const trace = dev.alloc(8 * 8 * nx * H);
+    ctx.fill32(trace, 0, 16 * nx * H);
+    ctx.fill32(lse, 0xff800000, rows);
+    kern.forward({ q: dev.up(encode(q, 'bfloat16')), k: dev.up(encode(k, 'bfloat16')), v: dev.up(encode(v, 'bfloat16')), qPos: pos, kPos: pos, Sq: S, Sk: S, H, Hk: H, D, dtype: 'bfloat16', causal: true, window: 0, sinks: 0, scale: 1 / Math.sqrt(D), o, lse, trace: trace.ptr });
+    kern.finishForward(o, lse, rows, D);
+    const out = ctx.download(new Float32Array(n), o);
+    const raw = ctx.download(new BigUint64Array(8 * nx * H), trace);
+    ctx.sync();
+    const g = refBackward(q, k, v, q, S, H, H, D, { causal: true });
+    assertClose(out, g.o, 1e-2, `traced persistent forward out (seed ${seed})`);
+    const { records } = parseTrace(raw, nx * H);
+    assert.equal(records.length, nx * H, `a record for each of the ${nx} x ${H} items`);
+    for (let i = 0; i < nx * H; i++) {
+      const rec = parseTrace(raw.subarray(8 * i, 8 * i + 8), 1).records[0];
+      assert.deepEqual([rec.qt, rec.h, rec.tiles], [i % nx, Math.floor(i / nx), (i % nx) + 1], `record ${i}: (query tile, head, key tiles)`);
+      for (let j = 1; j < 5; j++) assert.ok(rec.c[j] >= rec.c[j - 1], `record ${i}: clocks in order ${rec.c.join(' ')}`);
+    }
+    const bySm = new Map<number, typeof records>();
+    for (const rec of records) bySm.set(rec.sm, [...(bySm.get(rec.sm) ?? []), rec]);
+    assert.ok(bySm.size <= 3, `at most the 3 CTAs' SMs, got ${bySm.size}`);
+    for (const [sm, list] of bySm) {
+      list.sort((a, b) => a.smStart - b.smStart);
+      for (let i = 1; i < list.length; i++) assert.ok(list[i].smStart >= list[i - 1].smStart + list[i - 1].c[4], `SM ${sm}: item ${i} starts before the one before it ends`);
+    }
+    const s = summarizeTrace(records, PHASES.items);
+    assert.ok(s.fit && s.fit.perTile > 0, `per-item fit ${JSON.stringify(s.fit)}`);
+    dev.free();
+    kern.dispose();
+  } finally {
+    ctx.dispose();
+  }
+}));

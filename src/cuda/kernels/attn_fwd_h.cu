@@ -87,6 +87,11 @@ constexpr bool TRACED = true;
 #else
 constexpr bool TRACED = false;
 #endif
+#ifdef FWD_KV_FIRST
+constexpr bool KV_FIRST = true;
+#else
+constexpr bool KV_FIRST = false;
+#endif
 #ifdef FWD_TRACE_ITEMS
 constexpr bool TRACE_ITEMS = true;
 #else
@@ -234,12 +239,20 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
         for (int n = 0;; n++) {
           int L = atomicAdd(counter, 1);
           while (L < nItems && !setItem(orderTile(L, p.headGroup, nx, p.H))) L = atomicAdd(counter, 1);
-          if (n > 0) mbarWait(qFree, (n - 1) & 1);  // the consumers are done with the last item's Q (and its slot)
           if (L >= nItems) {  // no item left: the consumers read -1 and stop
+            if (n > 0) mbarWait(qFree, (n - 1) & 1);
             stShared(slot, -1);
             mbarArrive(qBar);
             break;
           }
+          // -DFWD_KV_FIRST: the item's first STAGES - 1 key tiles go into the stages that the last
+          // item's consumers free before they let its Q go (every tile of an item but its last is
+          // released before qFree), so that they land during that item's last tiles instead of
+          // after its qFree. No deadlock: those releases need nothing more from this thread.
+          int t = first;
+          if (KV_FIRST && n > 0)
+            for (int j = 0; j < STAGES - 1 && t < end; j++, t = nextTile(t + 1), i++) loadKV(t, i);
+          if (n > 0) mbarWait(qFree, (n - 1) & 1);  // the consumers are done with the last item's Q (and its slot)
           // The item as the consumers need it (they then keep no item index of their own).
           stShared(slot, 1);
           stShared(slot + 4, qt);
@@ -251,7 +264,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
           stShared(slot + 28, qBox.z);
           stShared(slot + 32, qBox.w);
           loadQ<C, D>(sQ, maps, qBar, h, q0);
-          for (int t = first; t < end; t = nextTile(t + 1), i++) loadKV(t, i);
+          for (; t < end; t = nextTile(t + 1), i++) loadKV(t, i);
         }
       } else
       {

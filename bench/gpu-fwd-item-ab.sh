@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Builds of the Hopper forward compared on its per-item costs, in one device run. Each variant is
+# "LABEL|DEFINES" (RINGATTN_NVRTC_DEFINES). Every build (and its per-item trace build) is compiled
+# first, in parallel, into one kernel cache (keys hash the options); then ROUNDS rounds, variants
+# in round_order (reversed on even rounds), of `gpu.js masks 16384 5` and of the 8k and 16k
+# unmasked forward (H=32, D=128, --queue=4); then the per-item traces of the window edge and 8k
+# (`gpu.js trace ... items`) of the first and last variants; then the GPU tests of every mask
+# (bf16 / fp16 at D 64/128, the persistent grid, block merges, rows that see nothing, non-finite
+# inputs: TESTS overrides) on the last variant's build, unless SKIP_TESTS=1. Carry .devkit,
+# .devrun and dist. Results in $OUT/fwd-item-ab.log.
+#   bash bench/gpu-fwd-item-ab.sh [reps=10] VARIANT...
+set -uo pipefail
+source bench/device-env.sh
+reps=${1:-10}
+shift
+log="$OUT/fwd-item-ab.log"
+TESTS=${TESTS:-"(bfloat16|float16) D=(64|128): every mask|ht persistent grid|block kernels|rows that see no key|allowNonfinite"}
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader | tee "$log"
+defs=()
+for v in "$@"; do IFS='|' read -r label def <<<"$v"; defs+=("$def"); done
+for d in "${defs[@]}"; do
+  for t in "" "-DFWD_TRACE -DFWD_TRACE_ITEMS"; do
+    RINGATTN_NVRTC_DEFINES=$(echo "$d $t" | xargs) timeout -s KILL 240 $N bin/ringattn.js compile --jobs 2 \
+      --kernels attn_fwd_h.cu,attn_fwd.cu,attn_bwd_h.cu,attn_bwd.cu >>"$OUT/compile.log" 2>&1 &
+  done
+done
+wait
+grep -c "compiles done" "$OUT/compile.log" | sed 's/^/builds compiled: /' | tee -a "$log"
+for round in $(seq 1 "${ROUNDS:-2}"); do
+  round_order "$round" "$@"
+  for v in "${order[@]}"; do
+    IFS='|' read -r label def <<<"$v"
+    echo "== round $round masks 16384 [$label]" | tee -a "$log"
+    RINGATTN_NVRTC_DEFINES="$def" timeout -s KILL 120 $N dist/bench/gpu.js masks 16384 5 2>&1 | grep -v "NVRTC\|ptxas\|^JSON" | tee -a "$log"
+    for S in 8192 16384; do
+      echo "== round $round $S H=32 D=128 unmasked, queue 4 [$label]" | tee -a "$log"
+      RINGATTN_NVRTC_DEFINES="$def" timeout -s KILL 90 $N dist/bench/gpu.js "$S" 32 "$reps" --d=128 --fwd-only --causal=0 --queue=4 2>&1 | grep "^cuda" | tee -a "$log"
+    done
+  done
+done
+for v in "$1" "${!#}"; do
+  IFS='|' read -r label def <<<"$v"
+  for spec in "16384 32 128 edge" "8192 32 128 0"; do
+    echo "== items trace $spec [$label]" | tee -a "$log"
+    RINGATTN_NVRTC_DEFINES="$def" timeout -s KILL 120 $N dist/bench/gpu.js trace $spec 20 items 2>&1 | grep -v "NVRTC\|ptxas\|^JSON\|^device" | tee -a "$log"
+  done
+done
+if [ -z "${SKIP_TESTS:-}" ]; then
+  IFS='|' read -r label def <<<"${!#}"
+  echo "tests [$label: '$def'] with RINGATTN_SEED=$AB_SEED" | tee -a "$log"
+  RINGATTN_SEED=$AB_SEED RINGATTN_NVRTC_DEFINES="$def" timeout -s KILL "${TESTS_LIMIT:-240}" $N --test --test-reporter=tap \
+    --test-name-pattern="$TESTS" dist/tests/cuda/attention.gpu.test.js >"$OUT/tests.tap" 2>&1
+  echo "tests exit $?" | tee -a "$log"
+  tap_results "$OUT/tests.tap" | tee -a "$log"
+fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The Hopper forward's cost per work item (query tile x head), and a build that may cut it
-# (-DFWD_KV_FIRST, or the opt-in named by ALT), in one device run:
+# The Hopper forward's cost per work item (query tile x head), and (ALT="-DNAME ...") a build that
+# may cut it, in one device run (kernels/NOTES.md run 102):
 # 1. `gpu.js trace ... items`: the persistent ht traced item by item (window edge, no mask at 16k
 #    and 8k, the causal diagonal), then the window edge and 8k with ALT;
 # 2. the sweep: equal FLOPs (S² H fixed, D=128, no mask) cut into items of 256, 128, 64 and 32 key
@@ -13,11 +13,15 @@
 set -uo pipefail
 source bench/device-env.sh
 reps=${1:-10}
-ALT=${ALT:--DFWD_KV_FIRST}
+ALT=${ALT:-}
 log="$OUT/item-cost.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader | tee "$log"
 # The builds: their kernels compiled at once (each `ringattn compile` one process a file).
-for d in "" "$ALT" "-DFWD_TRACE -DFWD_TRACE_ITEMS" "$ALT -DFWD_TRACE -DFWD_TRACE_ITEMS" "-DFWD_TRACE" "-DFWD_TRACE -DBWD_TRACE"; do
+builds=("" "-DFWD_TRACE -DFWD_TRACE_ITEMS" "-DFWD_TRACE" "-DFWD_TRACE -DBWD_TRACE")
+[ -n "$ALT" ] && builds+=("$ALT" "$ALT -DFWD_TRACE -DFWD_TRACE_ITEMS")
+variants=("")
+[ -n "$ALT" ] && variants+=("$ALT")
+for d in "${builds[@]}"; do
   RINGATTN_NVRTC_DEFINES="$d" timeout -s KILL 240 $N bin/ringattn.js compile --jobs 3 --kernels attn_fwd_h.cu,attn_fwd.cu,attn_bwd_h.cu,attn_bwd.cu >"$OUT/compile-${d// /_}.log" 2>&1 &
 done
 wait
@@ -29,15 +33,15 @@ traces() {  # SPECS [defines]
   cat "$OUT/trace.log" >>"$OUT/traces-full.log"
 }
 traces "16384 32 128 edge items,16384 32 128 0 items,8192 32 128 0 items,16384 32 128 1 items"
-traces "16384 32 128 edge items,8192 32 128 0 items" "$ALT"
+[ -n "$ALT" ] && traces "16384 32 128 edge items,8192 32 128 0 items" "$ALT"
 for shape in "32768 8" "16384 32" "8192 128" "4096 512"; do
   read -r S H <<<"$shape"
-  for d in "" "$ALT"; do
+  for d in "${variants[@]}"; do
     echo "== S=$S H=$H ($((S / 128)) key tiles an item, $((S / 128 * H)) items) ${d:-default}" | tee -a "$log"
     RINGATTN_NVRTC_DEFINES="$d" timeout -s KILL 150 $N dist/bench/gpu.js "$S" "$H" "$reps" --d=128 --fwd-only --causal=0 --queue=4 2>&1 | grep -v "NVRTC\|ptxas" | tee -a "$log"
   done
 done
-for d in "" "$ALT"; do
+for d in "${variants[@]}"; do
   echo "== masks ${d:-default}" | tee -a "$log"
   RINGATTN_NVRTC_DEFINES="$d" timeout -s KILL 150 $N dist/bench/gpu.js masks 16384 5 2>&1 | grep -v "NVRTC\|ptxas" | tee -a "$log"
 done

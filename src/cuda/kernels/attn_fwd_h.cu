@@ -87,11 +87,6 @@ constexpr bool TRACED = true;
 #else
 constexpr bool TRACED = false;
 #endif
-#ifdef FWD_KV_FIRST
-constexpr bool KV_FIRST = true;
-#else
-constexpr bool KV_FIRST = false;
-#endif
 // Opt-ins until timed on a GPU (kernels/NOTES.md session 30): FWD_HEAVY_FIRST, the query tiles
 // in the order of the heavier end (below); FWD_EPI_ROWS2, the epilogue by mergeRowsOut
 // (common.cuh); FWD_FIRST_PREFETCH, the first tile's key positions and box prefetched into L1 at
@@ -272,13 +267,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
             mbarArrive(qBar);
             break;
           }
-          // -DFWD_KV_FIRST: the item's first STAGES - 1 key tiles go into the stages that the last
-          // item's consumers free before they let its Q go (every tile of an item but its last is
-          // released before qFree), so that they land during that item's last tiles instead of
-          // after its qFree. No deadlock: those releases need nothing more from this thread.
-          int t = first;
-          if (KV_FIRST && n > 0)
-            for (int j = 0; j < STAGES - 1 && t < end; j++, t = nextTile(t + 1), i++) loadKV(t, i);
           if (n > 0) mbarWait(qFree, (n - 1) & 1);  // the consumers are done with the last item's Q (and its slot)
           // The item as the consumers need it (they then keep no item index of their own).
           stShared(slot, 1);
@@ -291,7 +279,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
           stShared(slot + 28, qBox.z);
           stShared(slot + 32, qBox.w);
           loadQ<C, D>(sQ, maps, qBar, h, q0);
-          for (; t < end; t = nextTile(t + 1), i++) loadKV(t, i);
+          for (int t = first; t < end; t = nextTile(t + 1), i++) loadKV(t, i);
         }
       } else
       {

@@ -3,7 +3,7 @@
 # "LABEL|DEFINES" (RINGATTN_NVRTC_DEFINES). Every build (and its per-item trace build) is compiled
 # first, in parallel, into one kernel cache (keys hash the options); then ROUNDS rounds, variants
 # in round_order (reversed on even rounds), of `gpu.js masks 16384 5` and of the 8k and 16k
-# unmasked forward (H=32, D=128, --queue=4); then the per-item traces of the window edge and 8k
+# unmasked forward (H=32, D=128, --queue=4; SIZES="8192" for one size); then the per-item traces of the window edge and 8k
 # (`gpu.js trace ... items`) of the first and last variants; then the GPU tests of every mask
 # (bf16 / fp16 at D 64/128, the persistent grid, block merges, rows that see nothing, non-finite
 # inputs: TESTS overrides) on the last variant's build, unless SKIP_TESTS=1. Carry .devkit,
@@ -32,7 +32,7 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
     IFS='|' read -r label def <<<"$v"
     echo "== round $round masks 16384 [$label]" | tee -a "$log"
     RINGATTN_NVRTC_DEFINES="$def" timeout -s KILL 120 $N dist/bench/gpu.js masks 16384 5 2>&1 | grep -v "NVRTC\|ptxas\|^JSON" | tee -a "$log"
-    for S in 8192 16384; do
+    for S in ${SIZES:-8192 16384}; do
       echo "== round $round $S H=32 D=128 unmasked, queue 4 [$label]" | tee -a "$log"
       RINGATTN_NVRTC_DEFINES="$def" timeout -s KILL 90 $N dist/bench/gpu.js "$S" 32 "$reps" --d=128 --fwd-only --causal=0 --queue=4 2>&1 | grep "^cuda" | tee -a "$log"
     done

@@ -40,7 +40,8 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
 done
 for v in "$1" "${!#}"; do
   IFS='|' read -r label def <<<"$v"
-  for spec in "16384 32 128 edge" "8192 32 128 0"; do
+  IFS=, read -ra specs <<<"${TRACE_SPECS:-16384 32 128 edge,8192 32 128 0}"
+  for spec in "${specs[@]}"; do
     echo "== items trace $spec [$label]" | tee -a "$log"
     RINGATTN_NVRTC_DEFINES="$def" timeout -s KILL 120 $N dist/bench/gpu.js trace $spec 20 items 2>&1 | grep -v "NVRTC\|ptxas\|^JSON\|^device" | tee -a "$log"
   done

@@ -87,25 +87,6 @@ constexpr bool TRACED = true;
 #else
 constexpr bool TRACED = false;
 #endif
-// Opt-ins until timed on a GPU (kernels/NOTES.md session 30): FWD_HEAVY_FIRST, the query tiles
-// in the order of the heavier end (below); FWD_EPI_ROWS2, the epilogue by mergeRowsOut
-// (common.cuh); FWD_FIRST_PREFETCH, the first tile's key positions and box prefetched into L1 at
-// the item's start (a window's edge has its partial tile first, its mask outside the overlap).
-#ifdef FWD_HEAVY_FIRST
-constexpr bool HEAVY_FIRST = true;
-#else
-constexpr bool HEAVY_FIRST = false;
-#endif
-#ifdef FWD_EPI_ROWS2
-constexpr bool EPI_ROWS2 = true;
-#else
-constexpr bool EPI_ROWS2 = false;
-#endif
-#ifdef FWD_FIRST_PREFETCH
-constexpr bool FIRST_PREFETCH = true;
-#else
-constexpr bool FIRST_PREFETCH = false;
-#endif
 #ifdef FWD_TRACE_ITEMS
 constexpr bool TRACE_ITEMS = true;
 #else
@@ -197,16 +178,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   };
   // The item of launch tile lt (launchTile, orderTile) of the nx query tiles; false if it sees nothing
   // in this block. (A full grid's x extent is nx.)
-  // The heaviest query tiles start first: under a causal mask the last see the most keys (the
-  // default order); with FWD_HEAVY_FIRST, at a window's edge (keys a block behind the queries) the
-  // first do, and the lengths of the two end tiles' spans tell which way this block runs.
-  bool lastFirst = true;
-  if (HEAVY_FIRST) {
-    const int2 s0 = p.qSpans[0], s1 = p.qSpans[nx - 1];
-    lastFirst = s1.y - s1.x >= s0.y - s0.x;
-  }
   auto setItem = [&](int2 lt) {
-    qt = lastFirst ? nx - 1 - lt.x : lt.x;
+    qt = nx - 1 - lt.x;  // the last query tiles see the most keys under a causal mask: start them first
     h = lt.y, kh = h / (p.H / p.Hk), q0 = qt * BQ;
     qBox = p.qTiles[qt];
     const int2 span = p.qSpans[qt];
@@ -261,13 +234,12 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
         for (int n = 0;; n++) {
           int L = atomicAdd(counter, 1);
           while (L < nItems && !setItem(orderTile(L, p.headGroup, nx, p.H))) L = atomicAdd(counter, 1);
+          if (n > 0) mbarWait(qFree, (n - 1) & 1);  // the consumers are done with the last item's Q (and its slot)
           if (L >= nItems) {  // no item left: the consumers read -1 and stop
-            if (n > 0) mbarWait(qFree, (n - 1) & 1);
             stShared(slot, -1);
             mbarArrive(qBar);
             break;
           }
-          if (n > 0) mbarWait(qFree, (n - 1) & 1);  // the consumers are done with the last item's Q (and its slot)
           // The item as the consumers need it (they then keep no item index of their own).
           stShared(slot, 1);
           stShared(slot + 4, qt);
@@ -561,12 +533,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   };
   // The item's rows (positions, segments, key ranges), O and the statistics from zero.
   auto startItem = [&]() {
-    if (FIRST_PREFETCH && warp == 0) {  // the first tile's positions (and segments): BK / 32 lines of 128 B each; its box
-      constexpr int LINES = BK / 32;
-      const int* const pos = lane < LINES || !m.hasSeg ? p.kPos : p.kSeg;
-      const void* at = lane < 2 * LINES ? (const void*)(pos + min(first * BK + (lane % LINES) * 32, p.Sk - 1)) : (const void*)(p.kTiles + first);
-      if (lane <= 2 * LINES) asm volatile("prefetch.global.L1 [%0];" ::"l"(at));
-    }
     rowBase = firstRow(wg, warp, lane);
     rowsOf(rowBase, qPos, qSeg);
     for (int r = 0; r < 2; r++) range[r] = keyRange(m, qPos[r]);
@@ -660,10 +626,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 
   TRACE(trace.mark(3));
   // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32.
-  if (EPI_ROWS2) mergeRowsOut<D>(p, rowBase, h, lane, rowMax, rowSum, o);
-  else
 #pragma unroll
-    for (int r = 0; r < 2; r++) mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
+  for (int r = 0; r < 2; r++) mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
 #ifdef FWD_TRACE
   asm volatile("bar.sync 7, %0;" ::"r"(CONSUMERS) : "memory");  // every consumer's epilogue issued
   trace.stop();

@@ -41,7 +41,7 @@ for heavy in gemm.cu attn_fwd_h.cu decode.cu; do for f in "${files[@]}"; do [ "$
 for f in "${files[@]}"; do case " ${order[*]} " in *" $f "*) ;; *) order+=("$f") ;; esac; done
 # Opt-in builds (FILE:DEFINE) not yet timed on a GPU (kernels/NOTES.md), checked at sm_90a. None
 # now: the last two (attn_bwd_h.cu -DBWD_EARLY_P, -DBWD_DQ_FIRST) were timed in session 28 and removed.
-OPTINS=()
+OPTINS=("attn_fwd_h.cu:-DFWD_Q2")  # file:define, one -D each (kernels/NOTES.md session 30)
 builds=()  # file, arch, define (empty: the default build)
 for f in "${order[@]}"; do for arch in "${archs[@]}"; do builds+=("$f" "$arch" ""); done; done
 for o in "${OPTINS[@]}"; do builds+=("$root/src/cuda/kernels/${o%%:*}" sm_90a "${o#*:}"); done

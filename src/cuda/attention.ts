@@ -175,9 +175,17 @@ const tmaForward = (wg: WgmmaForward | null): boolean => wg === 'ht' || wg === '
 const WG_TILE = 128;
 const WG_WIDE_BQ = 192;
 const WG_LONG_BK = 176;
-function wgFwdSmem(D: number, bq: number, bk = WG_TILE): number {
-  const stages = D === 64 ? 4 : bk === WG_TILE ? 3 : 2;
-  return 1024 + bq * D * 2 + stages * 2 * bk * D * 2 + (2 * stages + 1) * 8 + 64;  // + 64: ht's qFree barrier and item slot
+export function wgFwdSmem(D: number, bq: number, bk = WG_TILE): number {
+  // -DFWD_Q2 (an opt-in): two Q buffers and two stages at D=128 with 128-key, 128-row tiles
+  const q2 = nvrtcDefined('FWD_Q2') && D === 128 && bk === WG_TILE && bq === WG_TILE;
+  const stages = D === 64 ? 4 : bk === WG_TILE ? (q2 ? 2 : 3) : 2;
+  // past the stages' barriers: Q's barrier, ht's qFree and item slot, 64 bytes a Q buffer with two (72 with one)
+  return 1024 + (q2 ? 2 : 1) * bq * D * 2 + stages * 2 * bk * D * 2 + 2 * stages * 8 + (q2 ? 128 : 72);
+}
+
+/** Whether RINGATTN_NVRTC_DEFINES defines NAME (with or without a value: #ifdef sees either). */
+function nvrtcDefined(name: string): boolean {
+  return nvrtcDefines().some((d) => d === `-D${name}` || d.startsWith(`-D${name}=`));
 }
 
 /**
@@ -191,8 +199,7 @@ function wgFwdSmem(D: number, bq: number, bk = WG_TILE): number {
  * keeps the modules it loaded, so changing it midway would pair a kernel with the other build's grid.
  */
 export function wgFwdGrid(wg: WgmmaForward, tiles: number, heads: number, smCount: number): [number, number, number] {
-  const defined = (name: string) => nvrtcDefines().some((d) => d === `-D${name}` || d.startsWith(`-D${name}=`));
-  if (wg !== 'ht' || (defined('FWD_TRACE') && !defined('FWD_TRACE_ITEMS'))) return [tiles, heads, 1];
+  if (wg !== 'ht' || (nvrtcDefined('FWD_TRACE') && !nvrtcDefined('FWD_TRACE_ITEMS'))) return [tiles, heads, 1];
   const v = process.env.RINGATTN_FWD_CTAS;
   if (v !== undefined && v !== '' && !/^[1-9][0-9]*$/.test(v)) throw new InputError('RINGATTN_FWD_CTAS', `expected a positive integer (the persistent forward's CTAs at most), got '${v}'`);
   const cap = v === undefined || v === '' ? Infinity : Number(v);

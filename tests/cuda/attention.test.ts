@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import koffi from 'koffi';
-import { bwdTensorMaps, chooseKernel, fwdTensorMaps, headGroup, misaligned, supported, wgFwdGrid, wgmmaBackward, wgmmaForward } from '../../src/cuda/attention.js';
+import { bwdTensorMaps, chooseKernel, fwdTensorMaps, headGroup, misaligned, supported, wgFwdGrid, wgFwdSmem, wgmmaBackward, wgmmaForward } from '../../src/cuda/attention.js';
 import type { CudaContext } from '../../src/cuda/context.js';
 import { InputError } from '../../src/core/errors.js';
 import { encode, roundTo } from '../../src/cuda/convert.js';
@@ -106,6 +106,21 @@ test('wgFwdGrid: ht on a persistent grid of min(items, SMs, RINGATTN_FWD_CTAS) C
       assert.throws(() => wgFwdGrid('ht', 64, 32, 132), (e: unknown) => e instanceof InputError && /RINGATTN_FWD_CTAS/.test(e.message), bad);
     });
   }
+});
+
+test('wgFwdSmem: the Hopper forwards\' shared memory as fwdh::Cfg lays it out (attn_fwd_h.cu), with one Q buffer and three stages at D=128, or two and two under -DFWD_Q2', async () => {
+  await withEnv({ RINGATTN_NVRTC_DEFINES: undefined }, () => {
+    // slack + Q + stages x (K + V) + the stages' full and empty barriers + Q's barrier, qFree and slot
+    assert.equal(wgFwdSmem(128, 128), 1024 + 128 * 128 * 2 + 3 * 2 * 128 * 128 * 2 + 2 * 3 * 8 + 72);
+    assert.equal(wgFwdSmem(64, 192), 1024 + 192 * 64 * 2 + 4 * 2 * 128 * 64 * 2 + 2 * 4 * 8 + 72);
+    assert.equal(wgFwdSmem(128, 128, 176), 1024 + 128 * 128 * 2 + 2 * 2 * 176 * 128 * 2 + 2 * 2 * 8 + 72);
+  });
+  await withEnv({ RINGATTN_NVRTC_DEFINES: '-DFWD_Q2' }, () => {
+    assert.equal(wgFwdSmem(128, 128), 1024 + 2 * 128 * 128 * 2 + 2 * 2 * 128 * 128 * 2 + 2 * 2 * 8 + 2 * 64);
+    assert.equal(wgFwdSmem(64, 128), 1024 + 128 * 64 * 2 + 4 * 2 * 128 * 64 * 2 + 2 * 4 * 8 + 72, 'D=64: unchanged');
+    assert.equal(wgFwdSmem(128, 128, 176), 1024 + 128 * 128 * 2 + 2 * 2 * 176 * 128 * 2 + 2 * 2 * 8 + 72, 'hl: unchanged');
+  });
+  for (const bytes of [wgFwdSmem(128, 128), wgFwdSmem(64, 192), wgFwdSmem(128, 128, 176)]) assert.ok(bytes <= 227 * 1024);
 });
 
 test('misaligned: null for 16-byte-aligned addresses, else the argument named', () => {

@@ -58,14 +58,28 @@ constexpr int PRODUCERS = 128;
 // WGS consumer warpgroups of 64 query rows each: 2 (BQ = 128, 384 threads), or 3 at D=64 (hw:
 // BQ = 192, 512 threads, 160 registers a consumer thread). Key tiles of BKN rows: 128, or 176 (hl,
 // D=128: S is m64n176, 88 registers, and P 44; two stages).
+// -DFWD_Q2 (an opt-in until timed on a GPU, kernels/NOTES.md session 30): at D=128 with 128-key
+// tiles and two consumer warpgroups, two Q buffers and two K/V stages instead of one and three, so
+// that the persistent ht loads the next item's Q while the current one runs (its consumers then
+// no longer wait for Q after each epilogue: 0.5-1.2 us an item in run 102's traces).
+#ifdef FWD_Q2
+constexpr bool Q2_BUILD = true;
+#else
+constexpr bool Q2_BUILD = false;
+#endif
 template <int D, int WGS = 2, int BKN = 128> struct Cfg {
   static constexpr int BQ = 64 * WGS, CONSUMERS = 128 * WGS, THREADS = CONSUMERS + PRODUCERS, BK = BKN;
   static_assert(BK == 128 || (BK == 176 && D == 128 && WGS == 2), "176-key tiles: D=128, two consumer warpgroups");
   static constexpr int Q_BYTES = BQ * D * 2;
   static constexpr int KV_BYTES = BK * D * 2;  // K or V of one stage
-  // D=128: 1 KB + 32 KB + 3 x 64 KB (128 keys) or 2 x 88 KB (176 keys), under 227 KB
-  static constexpr int STAGES = D == 64 ? 4 : BK == 128 ? 3 : 2;
-  static constexpr int SMEM = 1024 /* alignment slack */ + Q_BYTES + STAGES * 2 * KV_BYTES + (2 * STAGES + 1) * 8 + 64;  // full, empty, Q's; ht's qFree and item slot
+  static constexpr int Q_BUFS = Q2_BUILD && D == 128 && BK == 128 && WGS == 2 ? 2 : 1;
+  // D=128: 1 KB + 32 KB + 3 x 64 KB (128 keys) or 2 x 88 KB (176 keys), under 227 KB; FWD_Q2:
+  // 1 KB + 2 x 32 KB + 2 x 64 KB
+  static constexpr int STAGES = D == 64 ? 4 : BK == 128 ? (Q_BUFS == 2 ? 2 : 3) : 2;
+  // Past the stages' full and empty barriers, for each Q buffer: its barrier, ht's qFree and item
+  // slot (36 bytes), in 64 bytes a buffer where there are two (72 bytes where there is one).
+  static constexpr int QREGION = 64;
+  static constexpr int SMEM = 1024 /* alignment slack */ + Q_BUFS * Q_BYTES + STAGES * 2 * KV_BYTES + 2 * STAGES * 8 + (Q_BUFS == 2 ? 2 * QREGION : 72);
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
 // Consumer schedules: ONE_TILE (attn_fwd_h), PIPELINED (attn_fwd_hp), PING_PONG (attn_fwd_hs: P·V
@@ -135,12 +149,14 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   static_assert(!CLUSTER || (TMA && MODE == PIPE_PONG && WGS == 2 && BK == 128), "clusters: hc (ht's schedule) only");
   extern __shared__ __align__(1024) unsigned char smemRaw[];
   const u32 sQ = (smemAddr(smemRaw) + 1023) & ~1023u;  // swizzle atoms are 1024-byte aligned
-  auto stK = [&](int s) { return sQ + C::Q_BYTES + s * 2 * C::KV_BYTES; };
+  auto stK = [&](int s) { return sQ + C::Q_BUFS * C::Q_BYTES + s * 2 * C::KV_BYTES; };
   auto stV = [&](int s) { return stK(s) + C::KV_BYTES; };
-  const u32 bars = sQ + C::Q_BYTES + STAGES * 2 * C::KV_BYTES;
+  const u32 bars = sQ + C::Q_BUFS * C::Q_BYTES + STAGES * 2 * C::KV_BYTES;
   auto full = [&](int s) { return bars + s * 8; };
   auto empty = [&](int s) { return bars + (STAGES + s) * 8; };
   const u32 qBar = bars + 2 * STAGES * 8;
+  // Q buffer b's barrier (b = 0: qBar; ht's qFree and slot follow each, below).
+  auto qBarOf = [&](int b) { return qBar + b * C::QREGION; };
   // PERSIST (ht, the default at D=128): a persistent grid of one CTA an SM (the host launches
   // min(items, SMs) CTAs, wgFwdGrid) whose CTAs take items (query tile, head) from a global
   // counter, in the order a full grid launches them (heaviest first under a causal mask), so the
@@ -155,7 +171,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // (NOTES.md runs 84-85). The counter sits just past the query tiles' spans;
   // attn_tile_spans zeroes it before each launch.
   constexpr bool PERSIST = TMA && !CLUSTER && WGS == 2 && BK == 128 && MODE == PIPE_PONG && (!TRACED || TRACE_ITEMS);
-  const u32 qFree = qBar + 8, slot = qBar + 16;
+  // FWD_Q2: item n's Q in buffer n % 2, its barriers completing once every two items.
+  constexpr bool Q2 = PERSIST && C::Q_BUFS == 2;
   const int nx = (p.Sq + BQ - 1) / BQ, nItems = nx * p.H;
   if (PERSIST && gridDim.y != 1) __trap();  // a full grid (the trace build's): each item would run once per head
 
@@ -199,8 +216,10 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       mbarInit(full(s), ARRIVALS);
       mbarInit(empty(s), CLUSTER ? 2 * CONSUMERS / 32 : CONSUMERS);  // every consumer thread; hc: every consumer warp of both CTAs
     }
-    mbarInit(qBar, ARRIVALS);
-    if (PERSIST) mbarInit(qFree, CONSUMERS);
+    for (int b = 0; b < C::Q_BUFS; b++) {
+      mbarInit(qBarOf(b), ARRIVALS);
+      if (PERSIST) mbarInit(qBarOf(b) + 8, CONSUMERS);  // qFree of buffer b
+    }
     if (TMA) fenceMbarInit();
   }
   if (CLUSTER) clusterSync();  // both CTAs' mbarriers initialised before either multicasts or arrives remotely
@@ -234,23 +253,27 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
         for (int n = 0;; n++) {
           int L = atomicAdd(counter, 1);
           while (L < nItems && !setItem(orderTile(L, p.headGroup, nx, p.H))) L = atomicAdd(counter, 1);
-          if (n > 0) mbarWait(qFree, (n - 1) & 1);  // the consumers are done with the last item's Q (and its slot)
+          // The consumers are done with the Q (and slot) of the item that last used this buffer:
+          // the last one, or with FWD_Q2 the one before it.
+          const int b = Q2 ? n & 1 : 0;
+          const u32 qb = qBarOf(b), sl = qb + 16;
+          if (Q2 ? n >= 2 : n > 0) mbarWait(qb + 8, Q2 ? ((n - 2) >> 1) & 1 : (n - 1) & 1);
           if (L >= nItems) {  // no item left: the consumers read -1 and stop
-            stShared(slot, -1);
-            mbarArrive(qBar);
+            stShared(sl, -1);
+            mbarArrive(qb);
             break;
           }
           // The item as the consumers need it (they then keep no item index of their own).
-          stShared(slot, 1);
-          stShared(slot + 4, qt);
-          stShared(slot + 8, h);
-          stShared(slot + 12, end);
-          stShared(slot + 16, first);
-          stShared(slot + 20, qBox.x);
-          stShared(slot + 24, qBox.y);
-          stShared(slot + 28, qBox.z);
-          stShared(slot + 32, qBox.w);
-          loadQ<C, D>(sQ, maps, qBar, h, q0);
+          stShared(sl, 1);
+          stShared(sl + 4, qt);
+          stShared(sl + 8, h);
+          stShared(sl + 12, end);
+          stShared(sl + 16, first);
+          stShared(sl + 20, qBox.x);
+          stShared(sl + 24, qBox.y);
+          stShared(sl + 28, qBox.z);
+          stShared(sl + 32, qBox.w);
+          loadQ<C, D>(sQ + b * C::Q_BYTES, maps, qb, h, q0);
           for (int t = first; t < end; t = nextTile(t + 1), i++) loadKV(t, i);
         }
       } else
@@ -313,7 +336,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 
   // Descriptors step by adding the byte offset >> 4 to the start-address field (bits 0..13): every
   // address stays inside shared memory, so the field cannot carry into the next.
-  const u64 dq0 = desc(qRows, 16, 1024);
+  u64 dq0 = desc(qRows, 16, 1024);  // FWD_Q2: set for each item's buffer (nextItem)
+  int qbuf = 0;  // the current item's Q buffer
   // S = Q K^T from stage s, issued (not waited for).
   auto issueQK = [&](int s) {
     const u64 dk0 = desc(stK(s), 16, 1024);
@@ -524,11 +548,14 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // wait and read at the loop's back edge rather than at its top: with them at the top and a
   // break, ptxas spilled P inside the tile loop.)
   auto nextItem = [&](int n) {
-    mbarWait(qBar, n & 1);
-    if (ldShared(slot) < 0) return false;  // the slot is written before the producer's arrival on qBar
-    qt = ldShared(slot + 4), h = ldShared(slot + 8), end = ldShared(slot + 12), first = ldShared(slot + 16);
+    qbuf = Q2 ? n & 1 : 0;
+    const u32 sl = qBarOf(qbuf) + 16;
+    mbarWait(qBarOf(qbuf), Q2 ? (n >> 1) & 1 : n & 1);
+    if (ldShared(sl) < 0) return false;  // the slot is written before the producer's arrival on qBar
+    qt = ldShared(sl + 4), h = ldShared(sl + 8), end = ldShared(sl + 12), first = ldShared(sl + 16);
     kh = h / (p.H / p.Hk), q0 = qt * BQ;
-    qBox = make_int4(ldShared(slot + 20), ldShared(slot + 24), ldShared(slot + 28), ldShared(slot + 32));
+    qBox = make_int4(ldShared(sl + 20), ldShared(sl + 24), ldShared(sl + 28), ldShared(sl + 32));
+    if (Q2) dq0 = desc(qRows + qbuf * C::Q_BYTES, 16, 1024);
     return true;
   };
   // The item's rows (positions, segments, key ranges), O and the statistics from zero.
@@ -618,7 +645,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       softmax(tn, cls);
       finishPV(i + 1);  // P·V of tile t; P of tile tn packed
     }
-    if (PERSIST) mbarArrive(qFree);  // every S product of this item waited for: its Q may go
+    if (PERSIST) mbarArrive(qBarOf(qbuf) + 8);  // qFree: every S product of this item waited for, its Q may go
     lastTile(pong, (ib + i) % STAGES);
     TRACE(traced = i + 1);
     ib += i + 1;

@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { PHASES, parseTrace, summarizeTrace } from '../../bench/gpu-trace.js';
 import { cudaAvailable } from '../../src/cuda/check.js';
@@ -75,113 +75,109 @@ const gpuSkip = avail.ok ? false : `${avail.reason} (GPU tests skipped)`;
 // the work counts below are theirs.
 const DEFAULT_KERNELS = { RINGATTN_WGMMA_ATTN: undefined, RINGATTN_WGMMA_BWD: undefined, RINGATTN_NO_WGMMA: undefined, RINGATTN_BWD_SPLIT: undefined };
 
-test('traced Hopper forward and backward: correct results, one record a CTA with its work, clocks in order (GPU)', { skip: gpuSkip }, (t) => withEnv({
-  ...DEFAULT_KERNELS, RINGATTN_NVRTC_DEFINES: [process.env.RINGATTN_NVRTC_DEFINES, '-DFWD_TRACE -DBWD_TRACE'].filter(Boolean).join(' '),
-}, () => {
-  const ctx = CudaContext.open(0);
-  try {
-    const [major, minor] = ctx.computeCapability;
-    if (major !== 9 || minor !== 0) {
-      t.skip(`sm_${major}${minor}: the traces are written by the sm_90a kernels only`);
-      return;
-    }
-    const kern = cudaKernel(ctx);
-    const S = 1000, H = 2, D = 128, n = S * H * D, rows = S * H;
-    const seed = freshSeed(), r = rng(seed);
-    const [q, k, v, dO] = [0, 1, 2, 3].map(() => roundTo(randn(n, r), 'bfloat16'));
-    const dev = new Staging(ctx);
-    const pos = dev.up(Int32Array.from({ length: S }, (_, i) => i));
-    const [o, lse, delta, dq, dk, dv] = [n, rows, rows, n, n, n].map((len) => dev.alloc(len * 4).ptr);
-    const fwdTrace = dev.alloc(8 * 8 * 8 * H), bwdTrace = dev.alloc(8 * 8 * 8 * H);
-    ctx.fill32(fwdTrace, 0, 8 * 8 * 2 * H);
-    ctx.fill32(bwdTrace, 0, 8 * 8 * 2 * H);
-    const a = { q: dev.up(encode(q, 'bfloat16')), k: dev.up(encode(k, 'bfloat16')), v: dev.up(encode(v, 'bfloat16')), qPos: pos, kPos: pos, Sq: S, Sk: S, H, Hk: H, D, dtype: 'bfloat16' as const, causal: true, window: 0, sinks: 0, scale: 1 / Math.sqrt(D) };
-    ctx.fill32(lse, 0xff800000, rows);
-    kern.forward({ ...a, o, lse, trace: fwdTrace.ptr });
-    kern.finishForward(o, lse, rows, D);
-    const dOp = dev.up(encode(dO, 'bfloat16'));
-    kern.delta(dOp, o, delta, rows, D, 'bfloat16');
-    for (const b of [dq, dk, dv]) ctx.fill32(b, 0, n);
-    kern.backward({ ...a, dO: dOp, lse, delta, dq, dk, dv, trace: bwdTrace.ptr });
-    const get = (ptr: number, len: number) => ctx.download(new Float32Array(len), ptr);
-    const [out, gq, gk, gv] = [get(o, n), get(dq, n), get(dk, n), get(dv, n)];
-    const [ft, bt] = [ctx.download(new BigUint64Array(8 * 8 * H), fwdTrace), ctx.download(new BigUint64Array(8 * 8 * H), bwdTrace)];
-    ctx.sync();
-    const g = refBackward(q, k, v, dO, S, H, H, D, { causal: true }); // with the forward (o, lse)
-    assertClose(out, g.o, 1e-2, `traced forward out (seed ${seed})`);
-    assertClose(gq, g.dq, 2e-2, `traced backward dq (seed ${seed})`);
-    assertClose(gk, g.dk, 2e-2, `traced backward dk (seed ${seed})`);
-    assertClose(gv, g.dv, 2e-2, `traced backward dv (seed ${seed})`);
-    for (const [what, raw, work] of [['forward', ft, (t: number) => t + 1], ['backward', bt, (t: number) => 16 - 2 * t]] as const) {
-      const { records } = parseTrace(raw, 8 * H);
-      assert.equal(records.length, 8 * H, `${what}: a record for each of the 8 x ${H} CTAs`);
-      for (const rec of records) {
-        assert.equal(rec.tiles, work(rec.qt), `${what}: CTA of tile ${rec.qt}, head ${rec.h}: work items`);
-        for (let i = 1; i < 5; i++) assert.ok(rec.c[i] >= rec.c[i - 1], `${what}: clocks in order ${rec.c.join(' ')}`);
-        assert.ok(rec.g1 > rec.g0);
+/**
+ * body(ctx) on the default kernels built with the given trace defines (added to any in the
+ * environment) and further environment settings; skipped off sm_90 (the traces are written by
+ * the sm_90a kernels only).
+ */
+function onHopperTraced(t: TestContext, defines: string, env: Record<string, string | undefined>, body: (ctx: CudaContext) => void): void {
+  return withEnv({ ...DEFAULT_KERNELS, ...env, RINGATTN_NVRTC_DEFINES: [process.env.RINGATTN_NVRTC_DEFINES, defines].filter(Boolean).join(' ') }, () => {
+    const ctx = CudaContext.open(0);
+    try {
+      const [major, minor] = ctx.computeCapability;
+      if (major !== 9 || minor !== 0) {
+        t.skip(`sm_${major}${minor}: the traces are written by the sm_90a kernels only`);
+        return;
       }
-      const s = summarizeTrace(records, PHASES[what === 'forward' ? 'fwd' : 'bwd']);
-      assert.ok(s.fit && s.fit.perTile > 0 && s.ghz > 0.5 && s.ghz < 3, `${what}: ${JSON.stringify(s.fit)} at ${s.ghz} GHz`);
+      body(ctx);
+    } finally {
+      ctx.dispose();
     }
-    dev.free();
-    kern.dispose();
-  } finally {
-    ctx.dispose();
+  });
+}
+
+test('traced Hopper forward and backward: correct results, one record a CTA with its work, clocks in order (GPU)', { skip: gpuSkip }, (t) => onHopperTraced(t, '-DFWD_TRACE -DBWD_TRACE', {}, (ctx) => {
+  const kern = cudaKernel(ctx);
+  const S = 1000, H = 2, D = 128, n = S * H * D, rows = S * H;
+  const seed = freshSeed(), r = rng(seed);
+  const [q, k, v, dO] = [0, 1, 2, 3].map(() => roundTo(randn(n, r), 'bfloat16'));
+  const dev = new Staging(ctx);
+  const pos = dev.up(Int32Array.from({ length: S }, (_, i) => i));
+  const [o, lse, delta, dq, dk, dv] = [n, rows, rows, n, n, n].map((len) => dev.alloc(len * 4).ptr);
+  const fwdTrace = dev.alloc(8 * 8 * 8 * H), bwdTrace = dev.alloc(8 * 8 * 8 * H);
+  ctx.fill32(fwdTrace, 0, 8 * 8 * 2 * H);
+  ctx.fill32(bwdTrace, 0, 8 * 8 * 2 * H);
+  const a = { q: dev.up(encode(q, 'bfloat16')), k: dev.up(encode(k, 'bfloat16')), v: dev.up(encode(v, 'bfloat16')), qPos: pos, kPos: pos, Sq: S, Sk: S, H, Hk: H, D, dtype: 'bfloat16' as const, causal: true, window: 0, sinks: 0, scale: 1 / Math.sqrt(D) };
+  ctx.fill32(lse, 0xff800000, rows);
+  kern.forward({ ...a, o, lse, trace: fwdTrace.ptr });
+  kern.finishForward(o, lse, rows, D);
+  const dOp = dev.up(encode(dO, 'bfloat16'));
+  kern.delta(dOp, o, delta, rows, D, 'bfloat16');
+  for (const b of [dq, dk, dv]) ctx.fill32(b, 0, n);
+  kern.backward({ ...a, dO: dOp, lse, delta, dq, dk, dv, trace: bwdTrace.ptr });
+  const get = (ptr: number, len: number) => ctx.download(new Float32Array(len), ptr);
+  const [out, gq, gk, gv] = [get(o, n), get(dq, n), get(dk, n), get(dv, n)];
+  const [ft, bt] = [ctx.download(new BigUint64Array(8 * 8 * H), fwdTrace), ctx.download(new BigUint64Array(8 * 8 * H), bwdTrace)];
+  ctx.sync();
+  const g = refBackward(q, k, v, dO, S, H, H, D, { causal: true }); // with the forward (o, lse)
+  assertClose(out, g.o, 1e-2, `traced forward out (seed ${seed})`);
+  assertClose(gq, g.dq, 2e-2, `traced backward dq (seed ${seed})`);
+  assertClose(gk, g.dk, 2e-2, `traced backward dk (seed ${seed})`);
+  assertClose(gv, g.dv, 2e-2, `traced backward dv (seed ${seed})`);
+  for (const [what, raw, work] of [['forward', ft, (t: number) => t + 1], ['backward', bt, (t: number) => 16 - 2 * t]] as const) {
+    const { records } = parseTrace(raw, 8 * H);
+    assert.equal(records.length, 8 * H, `${what}: a record for each of the 8 x ${H} CTAs`);
+    for (const rec of records) {
+      assert.equal(rec.tiles, work(rec.qt), `${what}: CTA of tile ${rec.qt}, head ${rec.h}: work items`);
+      for (let i = 1; i < 5; i++) assert.ok(rec.c[i] >= rec.c[i - 1], `${what}: clocks in order ${rec.c.join(' ')}`);
+      assert.ok(rec.g1 > rec.g0);
+    }
+    const s = summarizeTrace(records, PHASES[what === 'forward' ? 'fwd' : 'bwd']);
+    assert.ok(s.fit && s.fit.perTile > 0 && s.ghz > 0.5 && s.ghz < 3, `${what}: ${JSON.stringify(s.fit)} at ${s.ghz} GHz`);
   }
+  dev.free();
+  kern.dispose();
 }));
 
 // The per-item trace of the persistent ht (-DFWD_TRACE_ITEMS, `gpu.js trace ... items`): three CTAs
 // take the 8 x H causal items of S = 1000 from the counter, so each runs several; each item writes
 // one record at h nx + qt with its own key tiles (t + 1), and the items one CTA ran follow one
 // another on its SM's clock without overlapping.
-test('per-item trace of the persistent forward: correct results, one record an item at h nx + qt, items in turn on each SM (GPU)', { skip: gpuSkip }, (t) => withEnv({
-  ...DEFAULT_KERNELS, RINGATTN_FWD_CTAS: '3',
-  RINGATTN_NVRTC_DEFINES: [process.env.RINGATTN_NVRTC_DEFINES, '-DFWD_TRACE -DFWD_TRACE_ITEMS'].filter(Boolean).join(' '),
-}, () => {
-  const ctx = CudaContext.open(0);
-  try {
-    const [major, minor] = ctx.computeCapability;
-    if (major !== 9 || minor !== 0) {
-      t.skip(`sm_${major}${minor}: the traces are written by the sm_90a kernels only`);
-      return;
-    }
-    const kern = cudaKernel(ctx);
-    assert.match(kern.name({ dtype: 'bfloat16', D: 128 }), /wgmma-fwd-ht\b/, 'the persistent ht is the kernel traced');
-    const S = 1000, H = 2, D = 128, n = S * H * D, rows = S * H, nx = 8;
-    const seed = freshSeed(), r = rng(seed);
-    const [q, k, v] = [0, 1, 2].map(() => roundTo(randn(n, r), 'bfloat16'));
-    const dev = new Staging(ctx);
-    const pos = dev.up(Int32Array.from({ length: S }, (_, i) => i));
-    const [o, lse] = [n, rows].map((len) => dev.alloc(len * 4).ptr);
-    const trace = dev.alloc(8 * 8 * nx * H);
-    ctx.fill32(trace, 0, 16 * nx * H);
-    ctx.fill32(lse, 0xff800000, rows);
-    kern.forward({ q: dev.up(encode(q, 'bfloat16')), k: dev.up(encode(k, 'bfloat16')), v: dev.up(encode(v, 'bfloat16')), qPos: pos, kPos: pos, Sq: S, Sk: S, H, Hk: H, D, dtype: 'bfloat16', causal: true, window: 0, sinks: 0, scale: 1 / Math.sqrt(D), o, lse, trace: trace.ptr });
-    kern.finishForward(o, lse, rows, D);
-    const out = ctx.download(new Float32Array(n), o);
-    const raw = ctx.download(new BigUint64Array(8 * nx * H), trace);
-    ctx.sync();
-    const g = refBackward(q, k, v, q, S, H, H, D, { causal: true });
-    assertClose(out, g.o, 1e-2, `traced persistent forward out (seed ${seed})`);
-    const { records } = parseTrace(raw, nx * H);
-    assert.equal(records.length, nx * H, `a record for each of the ${nx} x ${H} items`);
-    for (let i = 0; i < nx * H; i++) {
-      const rec = parseTrace(raw.subarray(8 * i, 8 * i + 8), 1).records[0];
-      assert.deepEqual([rec.qt, rec.h, rec.tiles], [i % nx, Math.floor(i / nx), (i % nx) + 1], `record ${i}: (query tile, head, key tiles)`);
-      for (let j = 1; j < 5; j++) assert.ok(rec.c[j] >= rec.c[j - 1], `record ${i}: clocks in order ${rec.c.join(' ')}`);
-    }
-    const bySm = new Map<number, typeof records>();
-    for (const rec of records) bySm.set(rec.sm, [...(bySm.get(rec.sm) ?? []), rec]);
-    assert.ok(bySm.size <= 3, `at most the 3 CTAs' SMs, got ${bySm.size}`);
-    for (const [sm, list] of bySm) {
-      list.sort((a, b) => a.smStart - b.smStart);
-      for (let i = 1; i < list.length; i++) assert.ok(list[i].smStart >= list[i - 1].smStart + list[i - 1].c[4], `SM ${sm}: item ${i} starts before the one before it ends`);
-    }
-    const s = summarizeTrace(records, PHASES.items);
-    assert.ok(s.fit && s.fit.perTile > 0, `per-item fit ${JSON.stringify(s.fit)}`);
-    dev.free();
-    kern.dispose();
-  } finally {
-    ctx.dispose();
+test('per-item trace of the persistent forward: correct results, one record an item at h nx + qt, items in turn on each SM (GPU)', { skip: gpuSkip }, (t) => onHopperTraced(t, '-DFWD_TRACE -DFWD_TRACE_ITEMS', { RINGATTN_FWD_CTAS: '3' }, (ctx) => {
+  const kern = cudaKernel(ctx);
+  assert.match(kern.name({ dtype: 'bfloat16', D: 128 }), /wgmma-fwd-ht\b/, 'the persistent ht is the kernel traced');
+  const S = 1000, H = 2, D = 128, n = S * H * D, rows = S * H, nx = 8;
+  const seed = freshSeed(), r = rng(seed);
+  const [q, k, v] = [0, 1, 2].map(() => roundTo(randn(n, r), 'bfloat16'));
+  const dev = new Staging(ctx);
+  const pos = dev.up(Int32Array.from({ length: S }, (_, i) => i));
+  const [o, lse] = [n, rows].map((len) => dev.alloc(len * 4).ptr);
+  const trace = dev.alloc(8 * 8 * nx * H);
+  ctx.fill32(trace, 0, 16 * nx * H);
+  ctx.fill32(lse, 0xff800000, rows);
+  kern.forward({ q: dev.up(encode(q, 'bfloat16')), k: dev.up(encode(k, 'bfloat16')), v: dev.up(encode(v, 'bfloat16')), qPos: pos, kPos: pos, Sq: S, Sk: S, H, Hk: H, D, dtype: 'bfloat16', causal: true, window: 0, sinks: 0, scale: 1 / Math.sqrt(D), o, lse, trace: trace.ptr });
+  kern.finishForward(o, lse, rows, D);
+  const out = ctx.download(new Float32Array(n), o);
+  const raw = ctx.download(new BigUint64Array(8 * nx * H), trace);
+  ctx.sync();
+  const g = refBackward(q, k, v, q, S, H, H, D, { causal: true });
+  assertClose(out, g.o, 1e-2, `traced persistent forward out (seed ${seed})`);
+  const { records } = parseTrace(raw, nx * H);
+  assert.equal(records.length, nx * H, `a record for each of the ${nx} x ${H} items`);
+  for (let i = 0; i < nx * H; i++) {
+    const rec = parseTrace(raw.subarray(8 * i, 8 * i + 8), 1).records[0];
+    assert.deepEqual([rec.qt, rec.h, rec.tiles], [i % nx, Math.floor(i / nx), (i % nx) + 1], `record ${i}: (query tile, head, key tiles)`);
+    for (let j = 1; j < 5; j++) assert.ok(rec.c[j] >= rec.c[j - 1], `record ${i}: clocks in order ${rec.c.join(' ')}`);
   }
+  const bySm = new Map<number, typeof records>();
+  for (const rec of records) bySm.set(rec.sm, [...(bySm.get(rec.sm) ?? []), rec]);
+  assert.ok(bySm.size <= 3, `at most the 3 CTAs' SMs, got ${bySm.size}`);
+  for (const [sm, list] of bySm) {
+    list.sort((a, b) => a.smStart - b.smStart);
+    for (let i = 1; i < list.length; i++) assert.ok(list[i].smStart >= list[i - 1].smStart + list[i - 1].c[4], `SM ${sm}: item ${i} starts before the one before it ends`);
+  }
+  const s = summarizeTrace(records, PHASES.items);
+  assert.ok(s.fit && s.fit.perTile > 0, `per-item fit ${JSON.stringify(s.fit)}`);
+  dev.free();
+  kern.dispose();
 }));

@@ -39,9 +39,9 @@ jobs=$(nproc 2>/dev/null || echo 2)
 order=()
 for heavy in gemm.cu attn_fwd_h.cu decode.cu; do for f in "${files[@]}"; do [ "$(basename "$f")" = "$heavy" ] && order+=("$f"); done; done
 for f in "${files[@]}"; do case " ${order[*]} " in *" $f "*) ;; *) order+=("$f") ;; esac; done
-# Opt-in builds (FILE:DEFINE) not yet timed on a GPU (kernels/NOTES.md), checked at sm_90a. None
-# now: the last two (attn_bwd_h.cu -DBWD_EARLY_P, -DBWD_DQ_FIRST) were timed in session 28 and removed.
-OPTINS=("attn_fwd_h.cu:-DFWD_Q2")  # file:define, one -D each (kernels/NOTES.md session 30)
+# Opt-in builds (FILE:DEFINE, one -D each) not yet timed on a GPU (kernels/NOTES.md), checked at
+# sm_90a: -DFWD_Q2, two Q buffers for the persistent forward (session 30).
+OPTINS=("attn_fwd_h.cu:-DFWD_Q2")
 builds=()  # file, arch, define (empty: the default build)
 for f in "${order[@]}"; do for arch in "${archs[@]}"; do builds+=("$f" "$arch" ""); done; done
 for o in "${OPTINS[@]}"; do builds+=("$root/src/cuda/kernels/${o%%:*}" sm_90a "${o#*:}"); done

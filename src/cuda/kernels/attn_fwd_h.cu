@@ -61,7 +61,8 @@ constexpr int PRODUCERS = 128;
 // -DFWD_Q2 (an opt-in until timed on a GPU, kernels/NOTES.md session 30): at D=128 with 128-key
 // tiles and two consumer warpgroups, two Q buffers and two K/V stages instead of one and three, so
 // that the persistent ht loads the next item's Q while the current one runs (its consumers then
-// no longer wait for Q after each epilogue: 0.5-1.2 us an item in run 102's traces).
+// no longer wait for Q after each epilogue: 0.5-1.2 us an item in runs 102 and 104's traces). The
+// other D=128 schedules (hq, hc, ...) share the layout in that build, with one stage fewer.
 #ifdef FWD_Q2
 constexpr bool Q2_BUILD = true;
 #else
@@ -336,7 +337,13 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 
   // Descriptors step by adding the byte offset >> 4 to the start-address field (bits 0..13): every
   // address stays inside shared memory, so the field cannot carry into the next.
-  u64 dq0 = desc(qRows, 16, 1024);  // FWD_Q2: set for each item's buffer (nextItem)
+  const u64 dq0 = desc(qRows, 16, 1024);
+  // FWD_Q2: the item's Q buffer changes only the descriptor's low word (the start address; the
+  // high word is the same for both), set for each item in nextItem: one 32-bit add a product, where
+  // a 64-bit descriptor variable cost two (the helper review of session 30: 27 -> 51 instructions
+  // from the first HGMMA of a step to its last).
+  u32 dqLo = (u32)dq0;
+  const u32 dqHi = (u32)(dq0 >> 32);
   int qbuf = 0;  // the current item's Q buffer
   // S = Q K^T from stage s, issued (not waited for).
   auto issueQK = [&](int s) {
@@ -344,7 +351,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     wgmmaFence();
 #pragma unroll
     for (int j = 0; j < D / 16; j++) {
-      const u64 dq = dq0 + (((j >> 2) * BQ * 128 + (j & 3) * 32) >> 4);
+      const u32 dqOff = ((j >> 2) * BQ * 128 + (j & 3) * 32) >> 4;
+      const u64 dq = Q2 ? (u64)dqHi << 32 | (dqLo + dqOff) : dq0 + dqOff;
       const u64 dk = dk0 + (((j >> 2) * BK * 128 + (j & 3) * 32) >> 4);  // 64-wide panel, 16-element step inside it
       if (j == 0) Wg<T>::template ss<BK, 0, 0, 0>(sc, dq, dk);  // scale-d 0: S starts from this product, no zeroing
       else Wg<T>::template ss<BK, 0, 0, 1>(sc, dq, dk);
@@ -555,7 +563,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     qt = ldShared(sl + 4), h = ldShared(sl + 8), end = ldShared(sl + 12), first = ldShared(sl + 16);
     kh = h / (p.H / p.Hk), q0 = qt * BQ;
     qBox = make_int4(ldShared(sl + 20), ldShared(sl + 24), ldShared(sl + 28), ldShared(sl + 32));
-    if (Q2) dq0 = desc(qRows + qbuf * C::Q_BYTES, 16, 1024);
+    if (Q2) dqLo = (u32)desc(qRows + qbuf * C::Q_BYTES, 16, 1024);
     return true;
   };
   // The item's rows (positions, segments, key ranges), O and the statistics from zero.

@@ -4,11 +4,11 @@
 # in the same run; then, where Nsight Compute is installed, the L2 and tensor-pipe load of our 8k
 # forward and of cuDNN's (is the K/V traffic from L2 near its limit? FlashAttention-3 halves it
 # by multicasting K/V over a cluster of 2: kernels/NOTES.md). Carry .devkit, .devrun and dist.
-# Results in $OUT/trace.log; ~3 minutes. SPECS="S H D causal fwd|bwd, ..." traces only those
+# Results in $OUT/trace.log; ~3 minutes. SPECS="S H D causal fwd|items|bwd, ..." traces only those
 # (causal: 1, 0, or edge for a sliding window's edge block);
-# SKIP_NCU=1 leaves Nsight Compute out; SKIP_UNTRACED=1 the untraced rates; SOL_CAUSAL="" skips the speed-of-light profiles; STALLS=1
-# adds its warp-state (stall) sections and the per-instruction SASS table of our 8k unmasked
-# forward ($OUT/fwd-sass.csv.gz).
+# SKIP_NCU=1 leaves Nsight Compute out; SKIP_UNTRACED=1 the untraced rates; SOL_CAUSAL="" skips
+# the speed-of-light profiles; STALLS=1 adds its warp-state (stall) sections and the
+# per-instruction SASS table of our 8k unmasked forward ($OUT/fwd-sass.csv.gz).
 #   bash bench/gpu-trace-run.sh [reps=20]
 set -uo pipefail
 source bench/device-env.sh

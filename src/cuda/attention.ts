@@ -193,8 +193,8 @@ function nvrtcDefined(name: string): boolean {
  * CTAs that take (query tile, head) items from a counter (kernels/attn_fwd_h.cu, which traps on a
  * 2-D grid); for the others, and for ht in the trace build (-DFWD_TRACE in RINGATTN_NVRTC_DEFINES,
  * with or without a value: #ifdef sees either) unless -DFWD_TRACE_ITEMS keeps it persistent, one
- * CTA a (query tile, head). RINGATTN_FWD_CTAS
- * caps the persistent grid (the tests use it to give each CTA many items on a small problem).
+ * CTA a (query tile, head). RINGATTN_FWD_CTAS caps the persistent grid (the tests use it to give
+ * each CTA many items on a small problem).
  * Like every define, RINGATTN_NVRTC_DEFINES is meant to be set for a whole process: a context
  * keeps the modules it loaded, so changing it midway would pair a kernel with the other build's grid.
  */

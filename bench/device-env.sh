@@ -16,6 +16,20 @@ precompile_kernels() {
   timeout -s KILL 300 $N bin/ringattn.js compile --verbose "$@" >"$OUT/compile.log" 2>&1
   echo "ringattn compile: exit $? ($(tail -1 "$OUT/compile.log"))"
 }
+# Several builds of the attention kernels compiled at once (A/B scripts): one `ringattn compile`
+# a build (JOBS processes each, 2 by default), each DEFINES string its RINGATTN_NVRTC_DEFINES, into
+# the one kernel cache (its keys hash the options); their logs appended to $OUT/compile.log, then a
+# line "builds compiled: N" (the builds whose compile finished) on stdout.
+#   compile_builds DEFINES...
+compile_builds() {
+  local d
+  for d in "$@"; do
+    RINGATTN_NVRTC_DEFINES="$d" timeout -s KILL 240 $N bin/ringattn.js compile --jobs "${JOBS:-2}" \
+      --kernels attn_fwd_h.cu,attn_fwd.cu,attn_bwd_h.cu,attn_bwd.cu >>"$OUT/compile.log" 2>&1 &
+  done
+  wait
+  echo "builds compiled: $(grep -c "compiles done" "$OUT/compile.log") of $#"
+}
 # One build of the attention kernels for an A/B script: every attention file compiled with the
 # -D options DEFINES into the kernel cache CACHE, then (unless SKIP_TESTS=1) the attention GPU
 # tests whose names match PATTERN, under TESTS_LIMIT seconds (200), their TAP in TESTLOG and their

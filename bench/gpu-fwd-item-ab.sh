@@ -16,16 +16,12 @@ shift
 log="$OUT/fwd-item-ab.log"
 TESTS=${TESTS:-"(bfloat16|float16) D=(64|128): every mask|ht persistent grid|block kernels|rows that see no key|allowNonfinite"}
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader | tee "$log"
-defs=()
-for v in "$@"; do IFS='|' read -r label def <<<"$v"; defs+=("$def"); done
-for d in "${defs[@]}"; do
-  for t in "" "-DFWD_TRACE -DFWD_TRACE_ITEMS"; do
-    RINGATTN_NVRTC_DEFINES=$(echo "$d $t" | xargs) timeout -s KILL 240 $N bin/ringattn.js compile --jobs 2 \
-      --kernels attn_fwd_h.cu,attn_fwd.cu,attn_bwd_h.cu,attn_bwd.cu >>"$OUT/compile.log" 2>&1 &
-  done
+builds=()  # each variant's build and its per-item trace build
+for v in "$@"; do
+  IFS='|' read -r label def <<<"$v"
+  builds+=("$def" "$(echo "$def -DFWD_TRACE -DFWD_TRACE_ITEMS" | xargs)")
 done
-wait
-grep -c "compiles done" "$OUT/compile.log" | sed 's/^/builds compiled: /' | tee -a "$log"
+compile_builds "${builds[@]}" | tee -a "$log"
 for round in $(seq 1 "${ROUNDS:-2}"); do
   round_order "$round" "$@"
   for v in "${order[@]}"; do

@@ -16,16 +16,11 @@ reps=${1:-10}
 ALT=${ALT:-}
 log="$OUT/item-cost.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader | tee "$log"
-# The builds: their kernels compiled at once (each `ringattn compile` one process a file).
 builds=("" "-DFWD_TRACE -DFWD_TRACE_ITEMS" "-DFWD_TRACE" "-DFWD_TRACE -DBWD_TRACE")
 [ -n "$ALT" ] && builds+=("$ALT" "$ALT -DFWD_TRACE -DFWD_TRACE_ITEMS")
 variants=("")
 [ -n "$ALT" ] && variants+=("$ALT")
-for d in "${builds[@]}"; do
-  RINGATTN_NVRTC_DEFINES="$d" timeout -s KILL 240 $N bin/ringattn.js compile --jobs 3 --kernels attn_fwd_h.cu,attn_fwd.cu,attn_bwd_h.cu,attn_bwd.cu >"$OUT/compile-${d// /_}.log" 2>&1 &
-done
-wait
-echo "compiled: $(cat "$OUT"/compile-*.log | tail -n 6 | tr '\n' ' ')" | tee -a "$log"
+JOBS=3 compile_builds "${builds[@]}" | tee -a "$log"
 traces() {  # SPECS [defines]
   RINGATTN_NVRTC_DEFINES="${2:-}" SPECS="$1" SKIP_NCU=1 SKIP_UNTRACED=1 timeout -s KILL 300 bash bench/gpu-trace-run.sh 20 >/dev/null 2>&1
   echo "== traces${2:+ with $2}" | tee -a "$log"

@@ -156,8 +156,10 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   auto full = [&](int s) { return bars + s * 8; };
   auto empty = [&](int s) { return bars + (STAGES + s) * 8; };
   const u32 qBar = bars + 2 * STAGES * 8;
-  // Q buffer b's barrier (b = 0: qBar; ht's qFree and slot follow each, below).
+  // Q buffer b's barrier (b = 0: qBar), and ht's qFree barrier and item slot for it (below).
   auto qBarOf = [&](int b) { return qBar + b * C::QREGION; };
+  auto qFreeOf = [&](int b) { return qBarOf(b) + 8; };
+  auto slotOf = [&](int b) { return qBarOf(b) + 16; };
   // PERSIST (ht, the default at D=128): a persistent grid of one CTA an SM (the host launches
   // min(items, SMs) CTAs, wgFwdGrid) whose CTAs take items (query tile, head) from a global
   // counter, in the order a full grid launches them (heaviest first under a causal mask), so the
@@ -219,7 +221,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     }
     for (int b = 0; b < C::Q_BUFS; b++) {
       mbarInit(qBarOf(b), ARRIVALS);
-      if (PERSIST) mbarInit(qBarOf(b) + 8, CONSUMERS);  // qFree of buffer b
+      if (PERSIST) mbarInit(qFreeOf(b), CONSUMERS);
     }
     if (TMA) fenceMbarInit();
   }
@@ -257,8 +259,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
           // The consumers are done with the Q (and slot) of the item that last used this buffer:
           // the last one, or with FWD_Q2 the one before it.
           const int b = Q2 ? n & 1 : 0;
-          const u32 qb = qBarOf(b), sl = qb + 16;
-          if (Q2 ? n >= 2 : n > 0) mbarWait(qb + 8, Q2 ? ((n - 2) >> 1) & 1 : (n - 1) & 1);
+          const u32 qb = qBarOf(b), sl = slotOf(b);
+          if (Q2 ? n >= 2 : n > 0) mbarWait(qFreeOf(b), Q2 ? ((n - 2) >> 1) & 1 : (n - 1) & 1);
           if (L >= nItems) {  // no item left: the consumers read -1 and stop
             stShared(sl, -1);
             mbarArrive(qb);
@@ -557,7 +559,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // break, ptxas spilled P inside the tile loop.)
   auto nextItem = [&](int n) {
     qbuf = Q2 ? n & 1 : 0;
-    const u32 sl = qBarOf(qbuf) + 16;
+    const u32 sl = slotOf(qbuf);
     mbarWait(qBarOf(qbuf), Q2 ? (n >> 1) & 1 : n & 1);
     if (ldShared(sl) < 0) return false;  // the slot is written before the producer's arrival on qBar
     qt = ldShared(sl + 4), h = ldShared(sl + 8), end = ldShared(sl + 12), first = ldShared(sl + 16);
@@ -653,7 +655,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       softmax(tn, cls);
       finishPV(i + 1);  // P·V of tile t; P of tile tn packed
     }
-    if (PERSIST) mbarArrive(qBarOf(qbuf) + 8);  // qFree: every S product of this item waited for, its Q may go
+    if (PERSIST) mbarArrive(qFreeOf(qbuf));  // every S product of this item waited for: its Q may go
     lastTile(pong, (ib + i) % STAGES);
     TRACE(traced = i + 1);
     ib += i + 1;

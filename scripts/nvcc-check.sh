@@ -41,7 +41,7 @@ for heavy in gemm.cu attn_fwd_h.cu decode.cu; do for f in "${files[@]}"; do [ "$
 for f in "${files[@]}"; do case " ${order[*]} " in *" $f "*) ;; *) order+=("$f") ;; esac; done
 # Opt-in builds (FILE:DEFINE, one -D each) not yet timed on a GPU (kernels/NOTES.md), checked at
 # sm_90a: -DFWD_Q2, two Q buffers for the persistent forward (session 30).
-OPTINS=("attn_fwd_h.cu:-DFWD_Q2")
+OPTINS=("attn_fwd_h.cu:-DFWD_Q2" "attn_fwd_h.cu:-DFWD_KV_SPLIT")
 builds=()  # file, arch, define (empty: the default build)
 for f in "${order[@]}"; do for arch in "${archs[@]}"; do builds+=("$f" "$arch" ""); done; done
 for o in "${OPTINS[@]}"; do builds+=("$root/src/cuda/kernels/${o%%:*}" sm_90a "${o#*:}"); done

@@ -68,6 +68,17 @@ constexpr bool Q2_BUILD = true;
 #else
 constexpr bool Q2_BUILD = false;
 #endif
+// -DFWD_KV_SPLIT (an opt-in until timed on a GPU, kernels/NOTES.md session 31): in ht, K and V of
+// a stage complete and are released on barriers of their own. K's half of a stage is released
+// once both warpgroups' S of its tile is done (a step before their P·V releases V's), so the
+// producer loads the key tile of stage s a step earlier than with one barrier pair a stage.
+// Run 105 measured what a stage fewer costs with one pair (FWD_Q2: 1.55 -> 1.92 us a tile);
+// split, two stages leave K as much time to land as three do now.
+#ifdef FWD_KV_SPLIT
+constexpr bool KV_SPLIT_BUILD = true;
+#else
+constexpr bool KV_SPLIT_BUILD = false;
+#endif
 template <int D, int WGS = 2, int BKN = 128> struct Cfg {
   static constexpr int BQ = 64 * WGS, CONSUMERS = 128 * WGS, THREADS = CONSUMERS + PRODUCERS, BK = BKN;
   static_assert(BK == 128 || (BK == 176 && D == 128 && WGS == 2), "176-key tiles: D=128, two consumer warpgroups");
@@ -80,7 +91,9 @@ template <int D, int WGS = 2, int BKN = 128> struct Cfg {
   // Past the stages' full and empty barriers, for each Q buffer: its barrier, ht's qFree and item
   // slot (36 bytes), in 64 bytes a buffer where there are two (72 bytes where there is one).
   static constexpr int QREGION = 64;
-  static constexpr int SMEM = 1024 /* alignment slack */ + Q_BUFS * Q_BYTES + STAGES * 2 * KV_BYTES + 2 * STAGES * 8 + (Q_BUFS == 2 ? 2 * QREGION : 72);
+  // The stages' barriers: full and empty, and with FWD_KV_SPLIT a second pair for V.
+  static constexpr int STAGE_BARS = (KV_SPLIT_BUILD ? 4 : 2) * STAGES * 8;
+  static constexpr int SMEM = 1024 /* alignment slack */ + Q_BUFS * Q_BYTES + STAGES * 2 * KV_BYTES + STAGE_BARS + (Q_BUFS == 2 ? 2 * QREGION : 72);
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
 // Consumer schedules: ONE_TILE (attn_fwd_h), PIPELINED (attn_fwd_hp), PING_PONG (attn_fwd_hs: P·V
@@ -155,7 +168,10 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   const u32 bars = sQ + C::Q_BUFS * C::Q_BYTES + STAGES * 2 * C::KV_BYTES;
   auto full = [&](int s) { return bars + s * 8; };
   auto empty = [&](int s) { return bars + (STAGES + s) * 8; };
-  const u32 qBar = bars + 2 * STAGES * 8;
+  // FWD_KV_SPLIT (ht): full and empty then stand for K's half of the stage, these for V's.
+  auto fullV = [&](int s) { return bars + (2 * STAGES + s) * 8; };
+  auto emptyV = [&](int s) { return bars + (3 * STAGES + s) * 8; };
+  const u32 qBar = bars + C::STAGE_BARS;
   // Q buffer b's barrier (b = 0: qBar), and ht's qFree barrier and item slot for it (below).
   auto qBarOf = [&](int b) { return qBar + b * C::QREGION; };
   auto qFreeOf = [&](int b) { return qBarOf(b) + 8; };
@@ -176,6 +192,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   constexpr bool PERSIST = TMA && !CLUSTER && WGS == 2 && BK == 128 && MODE == PIPE_PONG && (!TRACED || TRACE_ITEMS);
   // FWD_Q2: item n's Q in buffer n % 2, its barriers completing once every two items.
   constexpr bool Q2 = PERSIST && C::Q_BUFS == 2;
+  // FWD_KV_SPLIT: K and V of a stage on barriers of their own (ht only).
+  constexpr bool SPLIT = PERSIST && KV_SPLIT_BUILD;
   const int nx = (p.Sq + BQ - 1) / BQ, nItems = nx * p.H;
   if (PERSIST && gridDim.y != 1) __trap();  // a full grid (the trace build's): each item would run once per head
 
@@ -218,6 +236,10 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     for (int s = 0; s < STAGES; s++) {
       mbarInit(full(s), ARRIVALS);
       mbarInit(empty(s), CLUSTER ? 2 * CONSUMERS / 32 : CONSUMERS);  // every consumer thread; hc: every consumer warp of both CTAs
+      if (SPLIT) {
+        mbarInit(fullV(s), ARRIVALS);
+        mbarInit(emptyV(s), CONSUMERS);
+      }
     }
     for (int b = 0; b < C::Q_BUFS; b++) {
       mbarInit(qBarOf(b), ARRIVALS);
@@ -235,6 +257,18 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       // Key tile t into stage i % STAGES (i counts the tiles the CTA has loaded).
       auto loadKV = [&](int t, int i) {
         const int s = i % STAGES;
+        if (SPLIT) {  // K on full(s) once empty(s) lets it, then V on fullV(s) once emptyV(s) does
+          const u32 par = ((i / STAGES) & 1) ^ 1;
+          mbarWait(empty(s), par);
+          mbarExpectTx(full(s), C::KV_BYTES);
+#pragma unroll
+          for (int z = 0; z < D / 64; z++) tmaLoad3d(stK(s) + z * BK * 128, maps->k, full(s), z * 64, kh, t * BK);
+          mbarWait(emptyV(s), par);
+          mbarExpectTx(fullV(s), C::KV_BYTES);
+#pragma unroll
+          for (int z = 0; z < D / 64; z++) tmaLoad3d(stV(s) + z * BK * 128, maps->v, fullV(s), z * 64, kh, t * BK);
+          return;
+        }
         // The first pass finds every stage free. hc: the partner's consumers release too (cluster scope).
         mbarWait<CLUSTER>(empty(s), ((i / STAGES) & 1) ^ 1);
         mbarExpectTx(full(s), 2 * C::KV_BYTES);  // hc: half from this CTA's copy, half from the partner's
@@ -476,7 +510,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // The consumers are done with stage s: every thread arrives on `empty`; in hc one lane a warp
   // arrives on both CTAs' (their producers multicast into both).
   auto release = [&](int s) {
-    if (CLUSTER) {
+    if (SPLIT) {  // V's half (K's went after the tile's S: releaseK)
+      mbarArrive(emptyV(s));
+    } else if (CLUSTER) {
       __syncwarp();
       if (lane == 0) {
         mbarArriveCluster(empty(s), 0);
@@ -511,9 +547,17 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     }
     return end;
   };
-  auto waitFull = [&](int i) {  // i counts the item's tiles (ib those of the CTA's items before it)
+  auto waitFull = [&](int i) {  // i counts the item's tiles (ib those of the CTA's items before it); FWD_KV_SPLIT: K only
     mbarSpin(full((ib + i) % STAGES), ((ib + i) / STAGES) & 1);
     if (!TMA) fenceAsyncShared();  // cp.async wrote through the generic proxy; TMA through the async one
+  };
+  // FWD_KV_SPLIT: V of the item's tile i landed (before its P·V), and K of stage s released once
+  // the warpgroup's S from it is done. Without the split, waitFull covers V and release frees both.
+  auto waitV = [&](int i) {
+    if (SPLIT) mbarSpin(fullV((ib + i) % STAGES), ((ib + i) / STAGES) & 1);
+  };
+  auto releaseK = [&](int s) {
+    if (SPLIT) mbarArrive(empty(s));
   };
 
   // The two-product schedules' first tile (its S alone, then its softmax) and last (its P·V
@@ -528,6 +572,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     const int cls = tileClass(first);
     wgmmaWait<0>();
     fenceRegs(sc);
+    releaseK(ib % STAGES);
     softmax(first, cls);
     if (!LATE_RESCALE) rescale();
     pack();
@@ -644,6 +689,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     TRACE(trace.mark(2));
     int t = first, i = 0, cls;
     for (int tn = nextVis(t + 1, cls); tn < end; t = tn, tn = nextVis(t + 1, cls), i++) {
+      waitV(i);  // (V of tile t was loaded before K of tile tn)
       waitFull(i + 1);
       if (pong) turnWait(wg);
       issueQK((ib + i + 1) % STAGES);
@@ -652,10 +698,12 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       if (pong) turnPass<WGS>(wg);
       wgmmaWait<1>();  // S of tile tn (committed first) is done; P·V of tile t may still run
       fenceRegs(sc);
+      releaseK((ib + i + 1) % STAGES);
       softmax(tn, cls);
       finishPV(i + 1);  // P·V of tile t; P of tile tn packed
     }
     if (PERSIST) mbarArrive(qFreeOf(qbuf));  // every S product of this item waited for: its Q may go
+    waitV(i);
     lastTile(pong, (ib + i) % STAGES);
     TRACE(traced = i + 1);
     ib += i + 1;

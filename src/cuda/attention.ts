@@ -387,15 +387,27 @@ export function bwdSplit(ctas: number, group: number, smCount: number): number {
  * of g heads interleaved start g heads' heavy tiles together; g is the fewest heads whose tiles
  * make two waves (2 x SMs CTAs), at most 4: on an H100 at 8k, causal, forward TFLOP/s (medians of
  * six runs) went 458 (one head at a time) -> 477 (groups of 2 or 4) -> 452 (5) at D=128 H=32,
- * and 195 -> 202 / 210 -> 179 (7) at D=64 H=8 (kernels/NOTES.md run 51). Unmasked blocks keep one
- * head at a time (every tile the same work). RINGATTN_HEAD_GROUP overrides it (1: one head at a time).
+ * and 195 -> 202 / 210 -> 179 (7) at D=64 H=8 (kernels/NOTES.md run 51). g divides the heads: a
+ * short last group (32 heads in groups of 3: the last of 2) starts its heavy tiles late with too
+ * few light ones left to fill in beside them; a list-scheduling model of 132 SMs put 16k causal at
+ * H=16 from a 4.9% idle tail (g = 3) to 0.8% (g = 4), and a window's edge at H=32 from 4.6% to
+ * 1.1% (kernels/NOTES.md session 31). So g is the smallest divisor of the heads, at most 4, that
+ * makes the two waves, else the largest divisor at most 4. Unmasked blocks keep one head at a
+ * time (every tile the same work). RINGATTN_HEAD_GROUP overrides it (1: one head at a time).
  */
 const MAX_HEAD_GROUP = 4;
 export function headGroup(tiles: number, heads: number, masked: boolean, smCount: number): number {
   const forced = Number(process.env.RINGATTN_HEAD_GROUP);
   if (Number.isInteger(forced) && forced >= 1) return Math.min(forced, heads);
   if (!masked || tiles <= 0) return 1;
-  return Math.max(1, Math.min(heads, MAX_HEAD_GROUP, Math.ceil((2 * smCount) / tiles)));
+  const want = Math.ceil((2 * smCount) / tiles);
+  let g = 1;
+  for (let d = 1; d <= Math.min(heads, MAX_HEAD_GROUP); d++) {
+    if (heads % d !== 0) continue;
+    g = d;
+    if (d >= want) break;
+  }
+  return g;
 }
 
 export function cudaKernel(ctx: CudaContext): CudaAttentionKernel {

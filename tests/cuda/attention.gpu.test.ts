@@ -334,6 +334,53 @@ test('block kernels on global positions: two KV blocks merge into the full resul
   kern.dispose();
 });
 
+// The kernels take the heavier end of a block first (lastQueriesHeavier / firstKeysHeavier in
+// kernels/common.cuh): at a window's edge, keys a block behind the queries, that is the first
+// query tiles (the forwards) and the last key tiles (the backwards), the reverse of the causal
+// diagonal's order. Queries at 700..1399 against keys 0..699 under a causal window of 350: query
+// i sees keys 351 + i..699, so the first query tiles see the most and those past 349 nothing;
+// key tiles before 351 are seen by nobody. On the default kernels, ht on 3 CTAs (many items
+// each, in the reversed order), hw at D=64, mma.sync, and the first wgmma backward.
+test('the heavier end first: a window\'s edge (keys a block behind the queries) runs its tiles in reverse order, forward and backward vs float64', { skip }, async () => {
+  const seed = freshSeed();
+  const r = rng(seed);
+  const c = context();
+  const kern = cudaKernel(c);
+  const H = 4, Hk = 2, Sq = 700, Sk = 700, window = 350;
+  const qPos = Int32Array.from({ length: Sq }, (_, i) => 700 + i);
+  const kPos = Int32Array.from({ length: Sk }, (_, j) => j);
+  const variants = [{}, { RINGATTN_WGMMA_ATTN: '5', RINGATTN_FWD_CTAS: '3' }, { RINGATTN_WGMMA_ATTN: '6' }, { RINGATTN_WGMMA_ATTN: '0', RINGATTN_WGMMA_BWD: '0' }, { RINGATTN_WGMMA_BWD: '1' }];
+  for (const env of variants) {
+    for (const [dtype, D] of [['bfloat16', 128], ['float16', 64]] as const) {
+      await withEnv(env, () => {
+        const q = roundTo(randn(Sq * H * D, r), dtype), k = roundTo(randn(Sk * Hk * D, r), dtype), v = roundTo(randn(Sk * Hk * D, r), dtype);
+        const dO = roundTo(randn(Sq * H * D, r), dtype);
+        const scale = 1 / Math.sqrt(D);
+        const ref = refBlock({ q, k, v, qPos, kPos, Sq, Sk, H, Hk, D, scale }, { causal: true, window }, dO);
+        const b = caseBuffers(c);
+        try {
+          const base = { q: b.up(encode(q, dtype)), k: b.up(encode(k, dtype)), v: b.up(encode(v, dtype)), qPos: b.up(qPos), kPos: b.up(kPos), Sq, Sk, H, Hk, D, dtype, causal: true, window, sinks: 0, scale };
+          const o = b.init(Sq * H * D, 0x7fc00000), lse = b.init(Sq * H, 0xff800000);
+          kern.forward({ ...base, o, lse });
+          kern.finishForward(o, lse, Sq * H, D);
+          const what = `${kern.name({ dtype, D })} ${JSON.stringify(env)} seed=${seed}`;
+          assertClose(c.download(new Float32Array(Sq * H * D), o), ref.o, TOL[dtype].fwd, `out ${what}`);
+          assertClose(c.download(new Float32Array(Sq * H), lse), ref.lse, TOL[dtype].fwd, `lse ${what}`);
+          const gO = b.up(encode(dO, dtype)), delta = b.init(Sq * H, 0), dq = b.init(Sq * H * D, 0), dk = b.init(Sk * Hk * D, 0), dv = b.init(Sk * Hk * D, 0);
+          kern.delta(gO, o, delta, Sq * H, D, dtype);
+          kern.backward({ ...base, dO: gO, lse, delta, dq, dk, dv });
+          assertClose(c.download(new Float32Array(Sq * H * D), dq), ref.dq, TOL[dtype].grad, `dq ${what}`);
+          assertClose(c.download(new Float32Array(Sk * Hk * D), dk), ref.dk, TOL[dtype].grad, `dk ${what}`);
+          assertClose(c.download(new Float32Array(Sk * Hk * D), dv), ref.dv, TOL[dtype].grad, `dv ${what}`);
+        } finally {
+          b.free();
+        }
+      });
+    }
+  }
+  kern.dispose();
+});
+
 /**
  * A case's device buffers: up(x) uploads host data, init(n, bits) fills n 32-bit words with `bits`
  * after a NaN poison; free() waits for the stream and frees them all.

@@ -62,13 +62,18 @@ test('wgmmaForward: the Hopper forward for tensor-core tags on sm_90 by default,
   }
 });
 
-test('headGroup: unmasked launches one head at a time; masked ones interleave the fewest heads whose tiles make two waves, at most 4; RINGATTN_HEAD_GROUP overrides', async () => {
+test('headGroup: unmasked launches one head at a time; masked ones interleave the fewest heads whose tiles make two waves, at most 4, in groups that divide the heads; RINGATTN_HEAD_GROUP overrides', async () => {
   await withEnv({ RINGATTN_HEAD_GROUP: undefined }, () => {
     assert.equal(headGroup(64, 32, false, 132), 1);  // 8k, 128-row tiles, no mask
     assert.equal(headGroup(64, 32, true, 132), 4);  // ceil(264 / 64) = 5, capped
     assert.equal(headGroup(43, 8, true, 132), 4);  // hw's 192-row tiles at 8k
     assert.equal(headGroup(86, 32, true, 132), 4);  // hw at 16k
-    assert.equal(headGroup(100, 32, true, 132), 3);
+    assert.equal(headGroup(100, 32, true, 132), 4);  // ceil(264 / 100) = 3 does not divide 32
+    assert.equal(headGroup(128, 32, true, 132), 4);  // 16k: likewise
+    assert.equal(headGroup(128, 24, true, 132), 3);
+    assert.equal(headGroup(128, 6, true, 132), 3);
+    assert.equal(headGroup(64, 6, true, 132), 3);  // 5 wanted: no divisor of 6 from 5 to 4, so the largest under it
+    assert.equal(headGroup(64, 5, true, 132), 1);  // 5 heads: groups of 1 (no short last group)
     assert.equal(headGroup(256, 32, true, 132), 2);  // 32k
     assert.equal(headGroup(512, 32, true, 132), 1);
     assert.equal(headGroup(3, 4, true, 132), 4);  // never more than the heads

@@ -60,14 +60,16 @@ __device__ __forceinline__ void run(const BwdParams& p) {
   int* sKSeg = sKPos + BK;
 
   const int split = p.split > 1 ? p.split : 1;
-  const int2 lt = launchTile(p.headGroup);  // the first key tiles are seen by the most queries under a causal mask: x ascending
-  const int kt = lt.x, kh = lt.y / split, group = p.H / p.Hk, k0 = kt * BK;
+  const Mask m = maskOf(p);
+  const int nqt = (p.Sq + BQ - 1) / BQ;
+  const int2 lt = launchTile(p.headGroup);
+  // the heavier end's key tiles first (common.cuh): the first under a causal mask
+  const int kt = firstKeysHeavier(m, p.qTiles, nqt, p.kTiles, gridDim.x) ? lt.x : gridDim.x - 1 - lt.x;
+  const int kh = lt.y / split, group = p.H / p.Hk, k0 = kt * BK;
   const int hLo = (lt.y % split) * (group / split), hHi = hLo + group / split;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const Mask m = maskOf(p);
   const int4 kBox = p.kTiles[kt];
   const bool kRagged = k0 + BK > p.Sk;
-  const int nqt = (p.Sq + BQ - 1) / BQ;
   const float scaleLog2 = p.scale * LOG2E;
   const T* q = (const T*)p.q;
   const T* dO = (const T*)p.dO;

@@ -98,13 +98,15 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
 
   BTRACE(Trace trace; trace.start());
   const int split = p.split > 1 ? p.split : 1;
-  const int2 lt = launchTile(p.headGroup);  // the first key tiles are seen by the most queries under a causal mask: x ascending
-  const int kt = lt.x, kh = lt.y / split, group = p.H / p.Hk, k0 = kt * BK;
+  const Mask m = maskOf(p);
+  const int nqt = (p.Sq + BQ - 1) / BQ, nw = (nqt + 31) >> 5;
+  const int2 lt = launchTile(p.headGroup);
+  // the heavier end's key tiles first (common.cuh): the first under a causal mask
+  const int kt = firstKeysHeavier(m, p.qTiles, nqt, p.kTiles, gridDim.x) ? lt.x : gridDim.x - 1 - lt.x;
+  const int kh = lt.y / split, group = p.H / p.Hk, k0 = kt * BK;
   const int hLo = kh * group + (lt.y % split) * (group / split), nh = group / split;
   const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, warpId = threadIdx.x >> 5;
-  const Mask m = maskOf(p);
   const bool kRagged = k0 + BK > p.Sk;
-  const int nqt = (p.Sq + BQ - 1) / BQ, nw = (nqt + 31) >> 5;
   if (nqt > MAX_QTILES) __trap();  // the host sends longer query blocks to attn_bwd.cu
   const float scaleLog2 = p.scale * LOG2E;
 

@@ -124,11 +124,12 @@ __device__ __forceinline__ void run(const FwdParams& p) {
   int* sKPos = (int*)(sV + 2 * BK * LD);  // [2][BK]
   int* sKSeg = sKPos + 2 * BK;            // [2][BK]
 
+  const Mask m = maskOf(p);
   const int2 lt = launchTile(p.headGroup);
-  const int qt = gridDim.x - 1 - lt.x, h = lt.y, kh = h / (p.H / p.Hk);  // heaviest (last) query tiles first under a causal mask
+  // the heavier end's query tiles first (common.cuh): the last under a causal mask
+  const int qt = lastQueriesHeavier(m, p.qSpans, gridDim.x) ? gridDim.x - 1 - lt.x : lt.x, h = lt.y, kh = h / (p.H / p.Hk);
   const int q0 = qt * BQ, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int nkt = (p.Sk + BK - 1) / BK;
-  const Mask m = maskOf(p);
   const int4 qBox = p.qTiles[qt];
   // A ragged last tile is never 'full': its missing keys must read as -inf.
   auto tileClass = [&](int t) {

@@ -216,8 +216,10 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   };
   // The item of launch tile lt (launchTile, orderTile) of the nx query tiles; false if it sees nothing
   // in this block. (A full grid's x extent is nx.)
+  // The heavier end's query tiles first: the last under a causal mask, the first at a window's edge.
+  const bool lastHeavy = lastQueriesHeavier(m, p.qSpans, nx);
   auto setItem = [&](int2 lt) {
-    qt = nx - 1 - lt.x;  // the last query tiles see the most keys under a causal mask: start them first
+    qt = lastHeavy ? nx - 1 - lt.x : lt.x;
     h = lt.y, kh = h / (p.H / p.Hk), q0 = qt * BQ;
     qBox = p.qTiles[qt];
     const int2 span = p.qSpans[qt];

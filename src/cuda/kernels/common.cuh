@@ -222,6 +222,30 @@ __device__ __forceinline__ int2 launchTile(int g) {
   return orderTile(blockIdx.y * gridDim.x + blockIdx.x, g, gridDim.x, gridDim.y);
 }
 
+// Which end of a block is the heavier, so that the kernels take it first (the tail is then the
+// light tiles: kernels/NOTES.md session 31). Under a causal mask the last query tiles see the
+// most key tiles and the first key tiles are seen by the most query tiles; at a window's edge
+// (keys a block behind the queries) it is the other way round, and taking the light end first
+// left the heaviest items to run on alone at the end (6.6% of the SMs' time idle, run 105's
+// trace). The forwards judge by the spans of the two end query tiles (attn_tile_spans), the
+// backwards by which of the end query tiles see the two end key tiles; exact for the monotone
+// masks (causal, window, sinks). Unmasked blocks and ties keep the causal order. Every CTA
+// reads the same values, so all take the same order. firstKeysHeavier is not inlined: its four
+// classifyTile calls, inlined at the top of attn_bwd_h's D=64 kernels (255 registers), made ptxas
+// spill 60-80 bytes there; called, they cost a 16-byte stack frame and no spill.
+__device__ __forceinline__ bool lastQueriesHeavier(const Mask& m, const int2* qSpans, int nqt) {
+  if (!qSpans || !(m.causal || m.window > 0 || m.hasSeg)) return true;
+  const int2 a = qSpans[0], b = qSpans[nqt - 1];
+  return b.y - b.x >= a.y - a.x;
+}
+__device__ __noinline__ bool firstKeysHeavier(const Mask& m, const int4* qTiles, int nqt, const int4* kTiles, int nkt) {
+  if (!(m.causal || m.window > 0 || m.hasSeg)) return true;
+  const int4 qa = qTiles[0], qb = qTiles[nqt - 1], ka = kTiles[0], kb = kTiles[nkt - 1];
+  const int first = (classifyTile(m, qa, ka) != TILE_EMPTY) + (classifyTile(m, qb, ka) != TILE_EMPTY);
+  const int last = (classifyTile(m, qa, kb) != TILE_EMPTY) + (classifyTile(m, qb, kb) != TILE_EMPTY);
+  return first >= last;
+}
+
 template <typename P> __device__ __forceinline__ Mask maskOf(const P& p) {
   Mask m;
   m.causal = p.causal;

@@ -176,13 +176,9 @@ const WG_TILE = 128;
 const WG_WIDE_BQ = 192;
 const WG_LONG_BK = 176;
 export function wgFwdSmem(D: number, bq: number, bk = WG_TILE): number {
-  // -DFWD_Q2 (an opt-in): two Q buffers and two stages at D=128 with 128-key, 128-row tiles
-  const q2 = nvrtcDefined('FWD_Q2') && D === 128 && bk === WG_TILE && bq === WG_TILE;
-  const stages = D === 64 ? 4 : bk === WG_TILE ? (q2 ? 2 : 3) : 2;
-  // the stages' full and empty barriers, and under -DFWD_KV_SPLIT (an opt-in) a second pair for V
-  const stageBars = (nvrtcDefined('FWD_KV_SPLIT') ? 4 : 2) * stages * 8;
-  // past them: Q's barrier, ht's qFree and item slot, 64 bytes a Q buffer with two (72 with one)
-  return 1024 + (q2 ? 2 : 1) * bq * D * 2 + stages * 2 * bk * D * 2 + stageBars + (q2 ? 128 : 72);
+  const stages = D === 64 ? 4 : bk === WG_TILE ? 3 : 2;
+  // alignment slack, Q, the stages' K and V, their full and empty barriers, then Q's barrier and ht's qFree and item slot
+  return 1024 + bq * D * 2 + stages * 2 * bk * D * 2 + 2 * stages * 8 + 72;
 }
 
 /** Whether RINGATTN_NVRTC_DEFINES defines NAME (with or without a value: #ifdef sees either). */

@@ -113,27 +113,11 @@ test('wgFwdGrid: ht on a persistent grid of min(items, SMs, RINGATTN_FWD_CTAS) C
   }
 });
 
-test('wgFwdSmem: the Hopper forwards\' shared memory as fwdh::Cfg lays it out (attn_fwd_h.cu), with one Q buffer and three stages at D=128, or two and two under -DFWD_Q2; and a second barrier pair a stage under -DFWD_KV_SPLIT', async () => {
-  await withEnv({ RINGATTN_NVRTC_DEFINES: undefined }, () => {
-    // slack + Q + stages x (K + V) + the stages' full and empty barriers + Q's barrier, qFree and slot
-    assert.equal(wgFwdSmem(128, 128), 1024 + 128 * 128 * 2 + 3 * 2 * 128 * 128 * 2 + 2 * 3 * 8 + 72);
-    assert.equal(wgFwdSmem(64, 192), 1024 + 192 * 64 * 2 + 4 * 2 * 128 * 64 * 2 + 2 * 4 * 8 + 72);
-    assert.equal(wgFwdSmem(128, 128, 176), 1024 + 128 * 128 * 2 + 2 * 2 * 176 * 128 * 2 + 2 * 2 * 8 + 72);
-  });
-  await withEnv({ RINGATTN_NVRTC_DEFINES: '-DFWD_Q2' }, () => {
-    assert.equal(wgFwdSmem(128, 128), 1024 + 2 * 128 * 128 * 2 + 2 * 2 * 128 * 128 * 2 + 2 * 2 * 8 + 2 * 64);
-    assert.equal(wgFwdSmem(64, 128), 1024 + 128 * 64 * 2 + 4 * 2 * 128 * 64 * 2 + 2 * 4 * 8 + 72, 'D=64: unchanged');
-    assert.equal(wgFwdSmem(128, 128, 176), 1024 + 128 * 128 * 2 + 2 * 2 * 176 * 128 * 2 + 2 * 2 * 8 + 72, 'hl: unchanged');
-  });
-  // -DFWD_KV_SPLIT: a second full / empty pair a stage (V's), in every Hopper forward's layout
-  await withEnv({ RINGATTN_NVRTC_DEFINES: '-DFWD_KV_SPLIT' }, () => {
-    assert.equal(wgFwdSmem(128, 128), 1024 + 128 * 128 * 2 + 3 * 2 * 128 * 128 * 2 + 4 * 3 * 8 + 72);
-    assert.equal(wgFwdSmem(64, 192), 1024 + 192 * 64 * 2 + 4 * 2 * 128 * 64 * 2 + 4 * 4 * 8 + 72);
-  });
-  await withEnv({ RINGATTN_NVRTC_DEFINES: '-DFWD_Q2 -DFWD_KV_SPLIT' }, () => {
-    assert.equal(wgFwdSmem(128, 128), 1024 + 2 * 128 * 128 * 2 + 2 * 2 * 128 * 128 * 2 + 4 * 2 * 8 + 2 * 64);
-    assert.ok(wgFwdSmem(128, 128) <= 227 * 1024);
-  });
+test('wgFwdSmem: the Hopper forwards\' shared memory as fwdh::Cfg lays it out (attn_fwd_h.cu): one Q buffer, three stages at D=128 with 128-key tiles, two with 176, four at D=64', () => {
+  // slack + Q + stages x (K + V) + the stages' full and empty barriers + Q's barrier, qFree and slot
+  assert.equal(wgFwdSmem(128, 128), 1024 + 128 * 128 * 2 + 3 * 2 * 128 * 128 * 2 + 2 * 3 * 8 + 72);
+  assert.equal(wgFwdSmem(64, 192), 1024 + 192 * 64 * 2 + 4 * 2 * 128 * 64 * 2 + 2 * 4 * 8 + 72);
+  assert.equal(wgFwdSmem(128, 128, 176), 1024 + 128 * 128 * 2 + 2 * 2 * 176 * 128 * 2 + 2 * 2 * 8 + 72);
   for (const bytes of [wgFwdSmem(128, 128), wgFwdSmem(64, 192), wgFwdSmem(128, 128, 176)]) assert.ok(bytes <= 227 * 1024);
 });
 

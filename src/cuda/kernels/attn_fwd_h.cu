@@ -58,42 +58,14 @@ constexpr int PRODUCERS = 128;
 // WGS consumer warpgroups of 64 query rows each: 2 (BQ = 128, 384 threads), or 3 at D=64 (hw:
 // BQ = 192, 512 threads, 160 registers a consumer thread). Key tiles of BKN rows: 128, or 176 (hl,
 // D=128: S is m64n176, 88 registers, and P 44; two stages).
-// -DFWD_Q2 (an opt-in until timed on a GPU, kernels/NOTES.md session 30): at D=128 with 128-key
-// tiles and two consumer warpgroups, two Q buffers and two K/V stages instead of one and three, so
-// that the persistent ht loads the next item's Q while the current one runs (its consumers then
-// no longer wait for Q after each epilogue: 0.5-1.2 us an item in runs 102 and 104's traces). The
-// other D=128 schedules (hq, hc, ...) share the layout in that build, with one stage fewer.
-#ifdef FWD_Q2
-constexpr bool Q2_BUILD = true;
-#else
-constexpr bool Q2_BUILD = false;
-#endif
-// -DFWD_KV_SPLIT (an opt-in until timed on a GPU, kernels/NOTES.md session 31): in ht, K and V of
-// a stage complete and are released on barriers of their own. K's half of a stage is released
-// once both warpgroups' S of its tile is done (a step before their P·V releases V's), so the
-// producer loads the key tile of stage s a step earlier than with one barrier pair a stage.
-// Run 105 measured what a stage fewer costs with one pair (FWD_Q2: 1.55 -> 1.92 us a tile);
-// split, two stages leave K as much time to land as three do now.
-#ifdef FWD_KV_SPLIT
-constexpr bool KV_SPLIT_BUILD = true;
-#else
-constexpr bool KV_SPLIT_BUILD = false;
-#endif
 template <int D, int WGS = 2, int BKN = 128> struct Cfg {
   static constexpr int BQ = 64 * WGS, CONSUMERS = 128 * WGS, THREADS = CONSUMERS + PRODUCERS, BK = BKN;
   static_assert(BK == 128 || (BK == 176 && D == 128 && WGS == 2), "176-key tiles: D=128, two consumer warpgroups");
   static constexpr int Q_BYTES = BQ * D * 2;
   static constexpr int KV_BYTES = BK * D * 2;  // K or V of one stage
-  static constexpr int Q_BUFS = Q2_BUILD && D == 128 && BK == 128 && WGS == 2 ? 2 : 1;
-  // D=128: 1 KB + 32 KB + 3 x 64 KB (128 keys) or 2 x 88 KB (176 keys), under 227 KB; FWD_Q2:
-  // 1 KB + 2 x 32 KB + 2 x 64 KB
-  static constexpr int STAGES = D == 64 ? 4 : BK == 128 ? (Q_BUFS == 2 ? 2 : 3) : 2;
-  // Past the stages' full and empty barriers, for each Q buffer: its barrier, ht's qFree and item
-  // slot (36 bytes), in 64 bytes a buffer where there are two (72 bytes where there is one).
-  static constexpr int QREGION = 64;
-  // The stages' barriers: full and empty, and with FWD_KV_SPLIT a second pair for V.
-  static constexpr int STAGE_BARS = (KV_SPLIT_BUILD ? 4 : 2) * STAGES * 8;
-  static constexpr int SMEM = 1024 /* alignment slack */ + Q_BUFS * Q_BYTES + STAGES * 2 * KV_BYTES + STAGE_BARS + (Q_BUFS == 2 ? 2 * QREGION : 72);
+  // D=128: 1 KB + 32 KB + 3 x 64 KB (128 keys) or 2 x 88 KB (176 keys), under 227 KB
+  static constexpr int STAGES = D == 64 ? 4 : BK == 128 ? 3 : 2;
+  static constexpr int SMEM = 1024 /* alignment slack */ + Q_BYTES + STAGES * 2 * KV_BYTES + (2 * STAGES + 1) * 8 + 64;  // full, empty, Q's; ht's qFree and item slot
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
 // Consumer schedules: ONE_TILE (attn_fwd_h), PIPELINED (attn_fwd_hp), PING_PONG (attn_fwd_hs: P·V
@@ -163,19 +135,12 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   static_assert(!CLUSTER || (TMA && MODE == PIPE_PONG && WGS == 2 && BK == 128), "clusters: hc (ht's schedule) only");
   extern __shared__ __align__(1024) unsigned char smemRaw[];
   const u32 sQ = (smemAddr(smemRaw) + 1023) & ~1023u;  // swizzle atoms are 1024-byte aligned
-  auto stK = [&](int s) { return sQ + C::Q_BUFS * C::Q_BYTES + s * 2 * C::KV_BYTES; };
+  auto stK = [&](int s) { return sQ + C::Q_BYTES + s * 2 * C::KV_BYTES; };
   auto stV = [&](int s) { return stK(s) + C::KV_BYTES; };
-  const u32 bars = sQ + C::Q_BUFS * C::Q_BYTES + STAGES * 2 * C::KV_BYTES;
+  const u32 bars = sQ + C::Q_BYTES + STAGES * 2 * C::KV_BYTES;
   auto full = [&](int s) { return bars + s * 8; };
   auto empty = [&](int s) { return bars + (STAGES + s) * 8; };
-  // FWD_KV_SPLIT (ht): full and empty then stand for K's half of the stage, these for V's.
-  auto fullV = [&](int s) { return bars + (2 * STAGES + s) * 8; };
-  auto emptyV = [&](int s) { return bars + (3 * STAGES + s) * 8; };
-  const u32 qBar = bars + C::STAGE_BARS;
-  // Q buffer b's barrier (b = 0: qBar), and ht's qFree barrier and item slot for it (below).
-  auto qBarOf = [&](int b) { return qBar + b * C::QREGION; };
-  auto qFreeOf = [&](int b) { return qBarOf(b) + 8; };
-  auto slotOf = [&](int b) { return qBarOf(b) + 16; };
+  const u32 qBar = bars + 2 * STAGES * 8;
   // PERSIST (ht, the default at D=128): a persistent grid of one CTA an SM (the host launches
   // min(items, SMs) CTAs, wgFwdGrid) whose CTAs take items (query tile, head) from a global
   // counter, in the order a full grid launches them (heaviest first under a causal mask), so the
@@ -190,10 +155,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // (NOTES.md runs 84-85). The counter sits just past the query tiles' spans;
   // attn_tile_spans zeroes it before each launch.
   constexpr bool PERSIST = TMA && !CLUSTER && WGS == 2 && BK == 128 && MODE == PIPE_PONG && (!TRACED || TRACE_ITEMS);
-  // FWD_Q2: item n's Q in buffer n % 2, its barriers completing once every two items.
-  constexpr bool Q2 = PERSIST && C::Q_BUFS == 2;
-  // FWD_KV_SPLIT: K and V of a stage on barriers of their own (ht only).
-  constexpr bool SPLIT = PERSIST && KV_SPLIT_BUILD;
+  const u32 qFree = qBar + 8, slot = qBar + 16;
   const int nx = (p.Sq + BQ - 1) / BQ, nItems = nx * p.H;
   if (PERSIST && gridDim.y != 1) __trap();  // a full grid (the trace build's): each item would run once per head
 
@@ -238,15 +200,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     for (int s = 0; s < STAGES; s++) {
       mbarInit(full(s), ARRIVALS);
       mbarInit(empty(s), CLUSTER ? 2 * CONSUMERS / 32 : CONSUMERS);  // every consumer thread; hc: every consumer warp of both CTAs
-      if (SPLIT) {
-        mbarInit(fullV(s), ARRIVALS);
-        mbarInit(emptyV(s), CONSUMERS);
-      }
     }
-    for (int b = 0; b < C::Q_BUFS; b++) {
-      mbarInit(qBarOf(b), ARRIVALS);
-      if (PERSIST) mbarInit(qFreeOf(b), CONSUMERS);
-    }
+    mbarInit(qBar, ARRIVALS);
+    if (PERSIST) mbarInit(qFree, CONSUMERS);
     if (TMA) fenceMbarInit();
   }
   if (CLUSTER) clusterSync();  // both CTAs' mbarriers initialised before either multicasts or arrives remotely
@@ -259,18 +215,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       // Key tile t into stage i % STAGES (i counts the tiles the CTA has loaded).
       auto loadKV = [&](int t, int i) {
         const int s = i % STAGES;
-        if (SPLIT) {  // K on full(s) once empty(s) lets it, then V on fullV(s) once emptyV(s) does
-          const u32 par = ((i / STAGES) & 1) ^ 1;
-          mbarWait(empty(s), par);
-          mbarExpectTx(full(s), C::KV_BYTES);
-#pragma unroll
-          for (int z = 0; z < D / 64; z++) tmaLoad3d(stK(s) + z * BK * 128, maps->k, full(s), z * 64, kh, t * BK);
-          mbarWait(emptyV(s), par);
-          mbarExpectTx(fullV(s), C::KV_BYTES);
-#pragma unroll
-          for (int z = 0; z < D / 64; z++) tmaLoad3d(stV(s) + z * BK * 128, maps->v, fullV(s), z * 64, kh, t * BK);
-          return;
-        }
         // The first pass finds every stage free. hc: the partner's consumers release too (cluster scope).
         mbarWait<CLUSTER>(empty(s), ((i / STAGES) & 1) ^ 1);
         mbarExpectTx(full(s), 2 * C::KV_BYTES);  // hc: half from this CTA's copy, half from the partner's
@@ -292,27 +236,23 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
         for (int n = 0;; n++) {
           int L = atomicAdd(counter, 1);
           while (L < nItems && !setItem(orderTile(L, p.headGroup, nx, p.H))) L = atomicAdd(counter, 1);
-          // The consumers are done with the Q (and slot) of the item that last used this buffer:
-          // the last one, or with FWD_Q2 the one before it.
-          const int b = Q2 ? n & 1 : 0;
-          const u32 qb = qBarOf(b), sl = slotOf(b);
-          if (Q2 ? n >= 2 : n > 0) mbarWait(qFreeOf(b), Q2 ? ((n - 2) >> 1) & 1 : (n - 1) & 1);
+          if (n > 0) mbarWait(qFree, (n - 1) & 1);  // the consumers are done with the last item's Q (and its slot)
           if (L >= nItems) {  // no item left: the consumers read -1 and stop
-            stShared(sl, -1);
-            mbarArrive(qb);
+            stShared(slot, -1);
+            mbarArrive(qBar);
             break;
           }
           // The item as the consumers need it (they then keep no item index of their own).
-          stShared(sl, 1);
-          stShared(sl + 4, qt);
-          stShared(sl + 8, h);
-          stShared(sl + 12, end);
-          stShared(sl + 16, first);
-          stShared(sl + 20, qBox.x);
-          stShared(sl + 24, qBox.y);
-          stShared(sl + 28, qBox.z);
-          stShared(sl + 32, qBox.w);
-          loadQ<C, D>(sQ + b * C::Q_BYTES, maps, qb, h, q0);
+          stShared(slot, 1);
+          stShared(slot + 4, qt);
+          stShared(slot + 8, h);
+          stShared(slot + 12, end);
+          stShared(slot + 16, first);
+          stShared(slot + 20, qBox.x);
+          stShared(slot + 24, qBox.y);
+          stShared(slot + 28, qBox.z);
+          stShared(slot + 32, qBox.w);
+          loadQ<C, D>(sQ, maps, qBar, h, q0);
           for (int t = first; t < end; t = nextTile(t + 1), i++) loadKV(t, i);
         }
       } else
@@ -376,21 +316,13 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // Descriptors step by adding the byte offset >> 4 to the start-address field (bits 0..13): every
   // address stays inside shared memory, so the field cannot carry into the next.
   const u64 dq0 = desc(qRows, 16, 1024);
-  // FWD_Q2: the item's Q buffer changes only the descriptor's low word (the start address; the
-  // high word is the same for both), set for each item in nextItem: one 32-bit add a product, where
-  // a 64-bit descriptor variable cost two (the helper review of session 30: 27 -> 51 instructions
-  // from the first HGMMA of a step to its last).
-  u32 dqLo = (u32)dq0;
-  const u32 dqHi = (u32)(dq0 >> 32);
-  int qbuf = 0;  // the current item's Q buffer
   // S = Q K^T from stage s, issued (not waited for).
   auto issueQK = [&](int s) {
     const u64 dk0 = desc(stK(s), 16, 1024);
     wgmmaFence();
 #pragma unroll
     for (int j = 0; j < D / 16; j++) {
-      const u32 dqOff = ((j >> 2) * BQ * 128 + (j & 3) * 32) >> 4;
-      const u64 dq = Q2 ? (u64)dqHi << 32 | (dqLo + dqOff) : dq0 + dqOff;
+      const u64 dq = dq0 + (((j >> 2) * BQ * 128 + (j & 3) * 32) >> 4);
       const u64 dk = dk0 + (((j >> 2) * BK * 128 + (j & 3) * 32) >> 4);  // 64-wide panel, 16-element step inside it
       if (j == 0) Wg<T>::template ss<BK, 0, 0, 0>(sc, dq, dk);  // scale-d 0: S starts from this product, no zeroing
       else Wg<T>::template ss<BK, 0, 0, 1>(sc, dq, dk);
@@ -512,9 +444,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // The consumers are done with stage s: every thread arrives on `empty`; in hc one lane a warp
   // arrives on both CTAs' (their producers multicast into both).
   auto release = [&](int s) {
-    if (SPLIT) {  // V's half (K's went after the tile's S: releaseK)
-      mbarArrive(emptyV(s));
-    } else if (CLUSTER) {
+    if (CLUSTER) {
       __syncwarp();
       if (lane == 0) {
         mbarArriveCluster(empty(s), 0);
@@ -549,17 +479,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     }
     return end;
   };
-  auto waitFull = [&](int i) {  // i counts the item's tiles (ib those of the CTA's items before it); FWD_KV_SPLIT: K only
+  auto waitFull = [&](int i) {  // i counts the item's tiles (ib those of the CTA's items before it)
     mbarSpin(full((ib + i) % STAGES), ((ib + i) / STAGES) & 1);
     if (!TMA) fenceAsyncShared();  // cp.async wrote through the generic proxy; TMA through the async one
-  };
-  // FWD_KV_SPLIT: V of the item's tile i landed (before its P·V), and K of stage s released once
-  // the warpgroup's S from it is done. Without the split, waitFull covers V and release frees both.
-  auto waitV = [&](int i) {
-    if (SPLIT) mbarSpin(fullV((ib + i) % STAGES), ((ib + i) / STAGES) & 1);
-  };
-  auto releaseK = [&](int s) {
-    if (SPLIT) mbarArrive(empty(s));
   };
 
   // The two-product schedules' first tile (its S alone, then its softmax) and last (its P·V
@@ -574,7 +496,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     const int cls = tileClass(first);
     wgmmaWait<0>();
     fenceRegs(sc);
-    releaseK(ib % STAGES);
     softmax(first, cls);
     if (!LATE_RESCALE) rescale();
     pack();
@@ -605,14 +526,11 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // wait and read at the loop's back edge rather than at its top: with them at the top and a
   // break, ptxas spilled P inside the tile loop.)
   auto nextItem = [&](int n) {
-    qbuf = Q2 ? n & 1 : 0;
-    const u32 sl = slotOf(qbuf);
-    mbarWait(qBarOf(qbuf), Q2 ? (n >> 1) & 1 : n & 1);
-    if (ldShared(sl) < 0) return false;  // the slot is written before the producer's arrival on qBar
-    qt = ldShared(sl + 4), h = ldShared(sl + 8), end = ldShared(sl + 12), first = ldShared(sl + 16);
+    mbarWait(qBar, n & 1);
+    if (ldShared(slot) < 0) return false;  // the slot is written before the producer's arrival on qBar
+    qt = ldShared(slot + 4), h = ldShared(slot + 8), end = ldShared(slot + 12), first = ldShared(slot + 16);
     kh = h / (p.H / p.Hk), q0 = qt * BQ;
-    qBox = make_int4(ldShared(sl + 20), ldShared(sl + 24), ldShared(sl + 28), ldShared(sl + 32));
-    if (Q2) dqLo = (u32)desc(qRows + qbuf * C::Q_BYTES, 16, 1024);
+    qBox = make_int4(ldShared(slot + 20), ldShared(slot + 24), ldShared(slot + 28), ldShared(slot + 32));
     return true;
   };
   // The item's rows (positions, segments, key ranges), O and the statistics from zero.
@@ -691,7 +609,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     TRACE(trace.mark(2));
     int t = first, i = 0, cls;
     for (int tn = nextVis(t + 1, cls); tn < end; t = tn, tn = nextVis(t + 1, cls), i++) {
-      waitV(i);  // (V of tile t was loaded before K of tile tn)
       waitFull(i + 1);
       if (pong) turnWait(wg);
       issueQK((ib + i + 1) % STAGES);
@@ -700,12 +617,10 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       if (pong) turnPass<WGS>(wg);
       wgmmaWait<1>();  // S of tile tn (committed first) is done; P·V of tile t may still run
       fenceRegs(sc);
-      releaseK((ib + i + 1) % STAGES);
       softmax(tn, cls);
       finishPV(i + 1);  // P·V of tile t; P of tile tn packed
     }
-    if (PERSIST) mbarArrive(qFreeOf(qbuf));  // every S product of this item waited for: its Q may go
-    waitV(i);
+    if (PERSIST) mbarArrive(qFree);  // every S product of this item waited for: its Q may go
     lastTile(pong, (ib + i) % STAGES);
     TRACE(traced = i + 1);
     ib += i + 1;

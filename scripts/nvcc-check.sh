@@ -40,8 +40,9 @@ order=()
 for heavy in gemm.cu attn_fwd_h.cu decode.cu; do for f in "${files[@]}"; do [ "$(basename "$f")" = "$heavy" ] && order+=("$f"); done; done
 for f in "${files[@]}"; do case " ${order[*]} " in *" $f "*) ;; *) order+=("$f") ;; esac; done
 # Opt-in builds (FILE:DEFINE, one -D each) not yet timed on a GPU (kernels/NOTES.md), checked at
-# sm_90a. None now: -DFWD_Q2 and -DFWD_KV_SPLIT were timed in session 31 (runs 105-106) and removed.
-OPTINS=()
+# sm_90a: -DFWD_Q_REGS, S's A operand from registers in ht (session 31). (-DFWD_Q2 and
+# -DFWD_KV_SPLIT were timed in session 31, runs 105-106, and removed.)
+OPTINS=("attn_fwd_h.cu:-DFWD_Q_REGS")
 builds=()  # file, arch, define (empty: the default build)
 for f in "${order[@]}"; do for arch in "${archs[@]}"; do builds+=("$f" "$arch" ""); done; done
 for o in "${OPTINS[@]}"; do builds+=("$root/src/cuda/kernels/${o%%:*}" sm_90a "${o#*:}"); done

@@ -87,6 +87,17 @@ constexpr bool TRACED = true;
 #else
 constexpr bool TRACED = false;
 #endif
+// -DFWD_Q_REGS (an opt-in, not yet run on a GPU; kernels/NOTES.md session 31): ht at D=128 reads
+// each item's Q from shared memory into registers once (ldmatrix, the A-fragment layout: 32
+// registers a consumer thread) and issues S = Q K^T with A from registers, so that S's products
+// read only K from shared memory (while S runs, its operands' 96 B a clock and TMA's K/V writes
+// come to about all of shared memory's 128); and Q's buffer is free (qFree) as soon as it is read,
+// so the next item's Q loads while this one runs.
+#ifdef FWD_Q_REGS
+constexpr bool Q_REGS_BUILD = true;
+#else
+constexpr bool Q_REGS_BUILD = false;
+#endif
 #ifdef FWD_TRACE_ITEMS
 constexpr bool TRACE_ITEMS = true;
 #else
@@ -156,6 +167,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // attn_tile_spans zeroes it before each launch.
   constexpr bool PERSIST = TMA && !CLUSTER && WGS == 2 && BK == 128 && MODE == PIPE_PONG && (!TRACED || TRACE_ITEMS);
   const u32 qFree = qBar + 8, slot = qBar + 16;
+  // FWD_Q_REGS: S's A operand from registers, read from Q's buffer once an item.
+  constexpr bool QREGS = PERSIST && Q_REGS_BUILD && D == 128;
   const int nx = (p.Sq + BQ - 1) / BQ, nItems = nx * p.H;
   if (PERSIST && gridDim.y != 1) __trap();  // a full grid (the trace build's): each item would run once per head
 
@@ -316,16 +329,22 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // Descriptors step by adding the byte offset >> 4 to the start-address field (bits 0..13): every
   // address stays inside shared memory, so the field cannot carry into the next.
   const u64 dq0 = desc(qRows, 16, 1024);
+  u32 qa[QREGS ? D / 16 : 1][4];  // FWD_Q_REGS: Q's A fragments, k step j of 16 columns in qa[j]
   // S = Q K^T from stage s, issued (not waited for).
   auto issueQK = [&](int s) {
     const u64 dk0 = desc(stK(s), 16, 1024);
     wgmmaFence();
 #pragma unroll
     for (int j = 0; j < D / 16; j++) {
-      const u64 dq = dq0 + (((j >> 2) * BQ * 128 + (j & 3) * 32) >> 4);
       const u64 dk = dk0 + (((j >> 2) * BK * 128 + (j & 3) * 32) >> 4);  // 64-wide panel, 16-element step inside it
-      if (j == 0) Wg<T>::template ss<BK, 0, 0, 0>(sc, dq, dk);  // scale-d 0: S starts from this product, no zeroing
-      else Wg<T>::template ss<BK, 0, 0, 1>(sc, dq, dk);
+      if constexpr (QREGS) {
+        if (j == 0) Wg<T>::template rs128s<0, 0>(sc, qa[j], dk);
+        else Wg<T>::template rs128s<0, 1>(sc, qa[j], dk);
+      } else {
+        const u64 dq = dq0 + (((j >> 2) * BQ * 128 + (j & 3) * 32) >> 4);
+        if (j == 0) Wg<T>::template ss<BK, 0, 0, 0>(sc, dq, dk);  // scale-d 0: S starts from this product, no zeroing
+        else Wg<T>::template ss<BK, 0, 0, 1>(sc, dq, dk);
+      }
     }
     wgmmaCommit();
   };
@@ -553,6 +572,22 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     if (PERSIST) {
       TRACE(trace.start());
       startItem();
+      if constexpr (QREGS) {
+        // ldmatrix x4 per 16 columns: lanes 0-7 address rows 0-7 of the warp's 16, lanes 8-15 rows
+        // 8-15 (columns k..k+7), lanes 16-31 the same rows at columns k+8..k+15; r0..r3 are then
+        // the m16n8k16 A fragment. Q is [D/64 panels][BQ rows][128 B] with the 128-byte swizzle:
+        // 16-byte chunk c of row r sits at chunk c ^ (r % 8) (the buffer is 1024-byte aligned).
+        const int r = warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+#pragma unroll
+        for (int j = 0; j < D / 16; j++) {
+          const int k0 = 16 * j + 8 * (lane >> 4), c = (k0 & 63) >> 3;
+          const u32 at = qRows + (k0 >> 6) * BQ * 128 + r * 128 + ((c ^ (r & 7)) << 4);
+          asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                       : "=r"(qa[j][0]), "=r"(qa[j][1]), "=r"(qa[j][2]), "=r"(qa[j][3]) : "r"(at) : "memory");
+        }
+        fenceAsyncShared();  // these generic reads before the producer's next TMA write of the buffer
+        mbarArrive(qFree);   // the item's Q is in registers: its buffer may take the next item's
+      }
     }
   TRACE(trace.mark(1));
   TRACE(int traced = 0);  // tiles computed, counted in the loops (a count taken after the clock
@@ -620,7 +655,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       softmax(tn, cls);
       finishPV(i + 1);  // P·V of tile t; P of tile tn packed
     }
-    if (PERSIST) mbarArrive(qFree);  // every S product of this item waited for: its Q may go
+    if (PERSIST && !QREGS) mbarArrive(qFree);  // every S product of this item waited for: its Q may go
     lastTile(pong, (ib + i) % STAGES);
     TRACE(traced = i + 1);
     ib += i + 1;

@@ -181,7 +181,8 @@ template <int TA, int TB> __device__ __forceinline__ void ssBf16N256(float (&d)[
 //     the operand is MN-major; SD = 0 ignores d's old value (the first k step of a product,
 //     without zeroing d first); ss<N> picks ss128 or ss176;
 //   rs<N, TB> (rs128 / rs64): d[64xN] += A[64x16] · B[16xN], A from registers (the m16n8k16
-//     A-fragment layout per warp), B from shared memory; TB: B is MN-major.
+//     A-fragment layout per warp), B from shared memory; TB: B is MN-major; rs128s<TB, SD>: rs128
+//     with SD as ss's (0: d's old value ignored).
 template <typename T> struct Wg;
 #define HOP_WG(T, TY)                                                                                                   \
   template <> struct Wg<T> {                                                                                            \
@@ -208,6 +209,11 @@ template <typename T> struct Wg;
       asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " HOP_ACC64 ", {%64, %65, %66, %67}, %68, 1, 1, 1, %69;" \
                    : HOP_D64(d)                                                                                         \
                    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TB));                                    \
+    }                                                                                                                   \
+    template <int TB, int SD> __device__ __forceinline__ static void rs128s(float (&d)[64], const u32 (&a)[4], u64 db) { \
+      asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " HOP_ACC64 ", {%64, %65, %66, %67}, %68, %70, 1, 1, %69;" \
+                   : HOP_D64(d)                                                                                         \
+                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TB), "n"(SD));                           \
     }                                                                                                                   \
     template <int TB> __device__ __forceinline__ static void rs64(float (&d)[32], const u32 (&a)[4], u64 db) {          \
       asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " HOP_ACC32 ", {%32, %33, %34, %35}, %36, 1, 1, 1, %37;" \

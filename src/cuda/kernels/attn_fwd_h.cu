@@ -154,13 +154,13 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   const u32 qBar = bars + 2 * STAGES * 8;
   // PERSIST (ht, the default at D=128): a persistent grid of one CTA an SM (the host launches
   // min(items, SMs) CTAs, wgFwdGrid) whose CTAs take items (query tile, head) from a global
-  // counter, in the order a full grid launches them (heaviest first under a causal mask), so the
+  // counter, in the order a full grid launches them (the heavier end's query tiles first), so the
   // items balance as the hardware's CTA scheduling balances them (the static rounds of session
   // 25's persistent kernel lost 29% at 8k causal for want of it: kernels/NOTES.md runs 79-80). The
   // producer thread takes the next item once it has issued the last loads of the current one,
   // skips items that see nothing in this block, and once the consumers have waited for their last
-  // S (qFree) passes the item through shared memory (`slot`, ordered by Q's mbarrier) and loads its
-  // Q; the stage ring runs on across items. What this hides is a CTA's fixed cost: its start, Q's
+  // S (qFree; with FWD_Q_REGS once they have read Q into registers) passes the item through shared
+  // memory (`slot`, ordered by Q's mbarrier) and loads its Q; the stage ring runs on across items. What this hides is a CTA's fixed cost: its start, Q's
   // and the first tiles' loads, the gap between CTAs (9.9 us a CTA against 1.65 us a tile at 8k
   // causal in the session-19 trace). On an H100, +2-5% at 32k causal, level to +2% elsewhere
   // (NOTES.md runs 84-85). The counter sits just past the query tiles' spans;

@@ -160,9 +160,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // producer thread takes the next item once it has issued the last loads of the current one,
   // skips items that see nothing in this block, and once the consumers have waited for their last
   // S (qFree; with FWD_Q_REGS once they have read Q into registers) passes the item through shared
-  // memory (`slot`, ordered by Q's mbarrier) and loads its Q; the stage ring runs on across items. What this hides is a CTA's fixed cost: its start, Q's
-  // and the first tiles' loads, the gap between CTAs (9.9 us a CTA against 1.65 us a tile at 8k
-  // causal in the session-19 trace). On an H100, +2-5% at 32k causal, level to +2% elsewhere
+  // memory (`slot`, ordered by Q's mbarrier) and loads its Q; the stage ring runs on across items.
+  // What this hides is a CTA's fixed cost: its start, Q's and the first tiles' loads, the gap
+  // between CTAs (9.9 us a CTA against 1.65 us a tile at 8k causal in the session-19 trace). On an H100, +2-5% at 32k causal, level to +2% elsewhere
   // (NOTES.md runs 84-85). The counter sits just past the query tiles' spans;
   // attn_tile_spans zeroes it before each launch.
   constexpr bool PERSIST = TMA && !CLUSTER && WGS == 2 && BK == 128 && MODE == PIPE_PONG && (!TRACED || TRACE_ITEMS);
@@ -581,9 +581,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 #pragma unroll
         for (int j = 0; j < D / 16; j++) {
           const int k0 = 16 * j + 8 * (lane >> 4), c = (k0 & 63) >> 3;
-          const u32 at = qRows + (k0 >> 6) * BQ * 128 + r * 128 + ((c ^ (r & 7)) << 4);
-          asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                       : "=r"(qa[j][0]), "=r"(qa[j][1]), "=r"(qa[j][2]), "=r"(qa[j][3]) : "r"(at) : "memory");
+          ldsm4(qa[j], qRows + (k0 >> 6) * BQ * 128 + r * 128 + ((c ^ (r & 7)) << 4));
         }
         fenceAsyncShared();  // these generic reads before the producer's next TMA write of the buffer
         mbarArrive(qFree);   // the item's Q is in registers: its buffer may take the next item's

@@ -233,13 +233,14 @@ __device__ __forceinline__ int2 launchTile(int g) {
 // reads the same values, so all take the same order. firstKeysHeavier is not inlined: its four
 // classifyTile calls, inlined at the top of attn_bwd_h's D=64 kernels (255 registers), made ptxas
 // spill 60-80 bytes there; called, they cost a 16-byte stack frame and no spill.
+__device__ __forceinline__ bool anyMask(const Mask& m) { return m.causal || m.window > 0 || m.hasSeg; }
 __device__ __forceinline__ bool lastQueriesHeavier(const Mask& m, const int2* qSpans, int nqt) {
-  if (!qSpans || !(m.causal || m.window > 0 || m.hasSeg)) return true;
+  if (!qSpans || !anyMask(m)) return true;
   const int2 a = qSpans[0], b = qSpans[nqt - 1];
   return b.y - b.x >= a.y - a.x;
 }
 __device__ __noinline__ bool firstKeysHeavier(const Mask& m, const int4* qTiles, int nqt, const int4* kTiles, int nkt) {
-  if (!(m.causal || m.window > 0 || m.hasSeg)) return true;
+  if (!anyMask(m)) return true;
   const int4 qa = qTiles[0], qb = qTiles[nqt - 1], ka = kTiles[0], kb = kTiles[nkt - 1];
   const int first = (classifyTile(m, qa, ka) != TILE_EMPTY) + (classifyTile(m, qb, ka) != TILE_EMPTY);
   const int last = (classifyTile(m, qa, kb) != TILE_EMPTY) + (classifyTile(m, qb, kb) != TILE_EMPTY);
@@ -259,11 +260,13 @@ template <typename P> __device__ __forceinline__ Mask maskOf(const P& p) {
 
 __device__ __forceinline__ u32 smemAddr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 
-// Four 8x8 b16 matrices; lane l supplies the row address of matrix l / 8.
-__device__ __forceinline__ void ldsm4(u32 r[4], const void* p) {
+// Four 8x8 b16 matrices; lane l supplies the row address of matrix l / 8 (a shared-memory
+// address, or a generic pointer into shared memory).
+__device__ __forceinline__ void ldsm4(u32 r[4], u32 addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smemAddr(p)));
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
+__device__ __forceinline__ void ldsm4(u32 r[4], const void* p) { ldsm4(r, smemAddr(p)); }
 __device__ __forceinline__ void ldsm4T(u32 r[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smemAddr(p)));

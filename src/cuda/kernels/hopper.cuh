@@ -205,15 +205,13 @@ template <typename T> struct Wg;
                    : HOP_D32(d)                                                                                         \
                    : "l"(da), "l"(db), "n"(TA), "n"(TB), "n"(SD));                                                      \
     }                                                                                                                   \
-    template <int TB> __device__ __forceinline__ static void rs128(float (&d)[64], const u32 (&a)[4], u64 db) {         \
-      asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " HOP_ACC64 ", {%64, %65, %66, %67}, %68, 1, 1, 1, %69;" \
-                   : HOP_D64(d)                                                                                         \
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TB));                                    \
-    }                                                                                                                   \
     template <int TB, int SD> __device__ __forceinline__ static void rs128s(float (&d)[64], const u32 (&a)[4], u64 db) { \
       asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " HOP_ACC64 ", {%64, %65, %66, %67}, %68, %70, 1, 1, %69;" \
                    : HOP_D64(d)                                                                                         \
                    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TB), "n"(SD));                           \
+    }                                                                                                                   \
+    template <int TB> __device__ __forceinline__ static void rs128(float (&d)[64], const u32 (&a)[4], u64 db) {         \
+      rs128s<TB, 1>(d, a, db);                                                                                          \
     }                                                                                                                   \
     template <int TB> __device__ __forceinline__ static void rs64(float (&d)[32], const u32 (&a)[4], u64 db) {          \
       asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " HOP_ACC32 ", {%32, %33, %34, %35}, %36, 1, 1, 1, %37;" \

@@ -49,6 +49,17 @@ build_and_test() {
   echo "$5 exit $?" | tee -a "$log"
   tap_results "$4" | tee -a "$log"
 }
+# The attention GPU tests whose names match PATTERN on the build DEFINES (RINGATTN_NVRTC_DEFINES),
+# seeded with AB_SEED, under TESTS_LIMIT seconds (240): their TAP in $OUT/tests.tap, a line "tests
+# exit N" and their results appended to $log (the calling script's).
+#   attention_tests PATTERN DEFINES LABEL
+attention_tests() {
+  echo "tests [$3: '$2'] with RINGATTN_SEED=$AB_SEED" | tee -a "$log"
+  RINGATTN_SEED=$AB_SEED RINGATTN_NVRTC_DEFINES="$2" timeout -s KILL "${TESTS_LIMIT:-240}" $N --test --test-reporter=tap \
+    --test-name-pattern="$1" dist/tests/cuda/attention.gpu.test.js >"$OUT/tests.tap" 2>&1
+  echo "tests exit $?" | tee -a "$log"
+  tap_results "$OUT/tests.tap" | tee -a "$log"
+}
 # Nsight Compute, where the machine has it (empty otherwise).
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
 # A node --test TAP log's results: each test's ok / not ok line (not those a name pattern

@@ -34,9 +34,5 @@ done
 if [ -z "${SKIP_TESTS:-}" ]; then
   d=${1#*|}
   [ "$d" = dist ] || { echo "gpu-dist-ab: the tests run dist's files; the first variant is '$1'" | tee -a "$log"; exit 0; }
-  echo "tests [${1%%|*}] with RINGATTN_SEED=$AB_SEED" | tee -a "$log"
-  RINGATTN_SEED=$AB_SEED timeout -s KILL "${TESTS_LIMIT:-240}" $N --test --test-reporter=tap \
-    --test-name-pattern="$TESTS" dist/tests/cuda/attention.gpu.test.js >"$OUT/tests.tap" 2>&1
-  echo "tests exit $?" | tee -a "$log"
-  tap_results "$OUT/tests.tap" | tee -a "$log"
+  attention_tests "$TESTS" "${RINGATTN_NVRTC_DEFINES:-}" "${1%%|*}"
 fi

@@ -44,9 +44,5 @@ for v in "$1" "${!#}"; do
 done
 if [ -z "${SKIP_TESTS:-}" ]; then
   IFS='|' read -r label def <<<"${!#}"
-  echo "tests [$label: '$def'] with RINGATTN_SEED=$AB_SEED" | tee -a "$log"
-  RINGATTN_SEED=$AB_SEED RINGATTN_NVRTC_DEFINES="$def" timeout -s KILL "${TESTS_LIMIT:-240}" $N --test --test-reporter=tap \
-    --test-name-pattern="$TESTS" dist/tests/cuda/attention.gpu.test.js >"$OUT/tests.tap" 2>&1
-  echo "tests exit $?" | tee -a "$log"
-  tap_results "$OUT/tests.tap" | tee -a "$log"
+  attention_tests "$TESTS" "$def" "$label"
 fi

@@ -2,8 +2,8 @@
 # Compiles every src/cuda/kernels/*.cu with nvcc to a cubin (sm_90a and sm_80) so that a kernel
 # that does not compile cannot land, even on machines without a GPU or NVRTC. Prints registers,
 # spills and shared memory per entry; exits non-zero on a compile error; exits 0 with a skip
-# message when nvcc is absent. The opt-in builds waiting for a GPU A/B (OPTINS below) are compiled
-# too, at sm_90a, so that they keep compiling until they are timed and kept or removed.
+# message when nvcc is absent. The other builds kept for A/B runs (OPTINS below: opt-ins waiting
+# for a GPU, or a former default) are compiled too, at sm_90a, so that they keep compiling.
 #   Usage: scripts/nvcc-check.sh [arch ...]   (default: sm_90a sm_80)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,10 +39,9 @@ jobs=$(nproc 2>/dev/null || echo 2)
 order=()
 for heavy in gemm.cu attn_fwd_h.cu decode.cu; do for f in "${files[@]}"; do [ "$(basename "$f")" = "$heavy" ] && order+=("$f"); done; done
 for f in "${files[@]}"; do case " ${order[*]} " in *" $f "*) ;; *) order+=("$f") ;; esac; done
-# Opt-in builds (FILE:DEFINE, one -D each) not yet timed on a GPU (kernels/NOTES.md), checked at
-# sm_90a: -DFWD_Q_REGS, S's A operand from registers in ht (session 31). (-DFWD_Q2 and
-# -DFWD_KV_SPLIT were timed in session 31, runs 105-106, and removed.)
-OPTINS=("attn_fwd_h.cu:-DFWD_Q_REGS")
+# Other builds kept for A/B runs (FILE:DEFINE, one -D each), checked at sm_90a: -DFWD_Q_SMEM,
+# ht's S with Q from shared memory, the default before session 32 (kernels/NOTES.md run 113).
+OPTINS=("attn_fwd_h.cu:-DFWD_Q_SMEM")
 builds=()  # file, arch, define (empty: the default build)
 for f in "${order[@]}"; do for arch in "${archs[@]}"; do builds+=("$f" "$arch" ""); done; done
 for o in "${OPTINS[@]}"; do builds+=("$root/src/cuda/kernels/${o%%:*}" sm_90a "${o#*:}"); done

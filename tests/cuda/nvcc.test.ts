@@ -7,15 +7,15 @@ import { fileURLToPath } from 'node:url';
 import { findNvcc } from '../helpers/nvcc.js';
 
 // Every kernel must compile for sm_90a and sm_80 (nvcc, no GPU needed): scripts/nvcc-check.sh, which
-// also compiles any opt-in builds waiting for a GPU A/B (its OPTINS; none since session 28) at sm_90a, held to the same
-// spill rules.
+// also compiles the other builds kept for A/B runs (its OPTINS: -DFWD_Q_SMEM since session 32) at sm_90a, held to
+// the same spill rules.
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const script = join(root, 'scripts', 'nvcc-check.sh');
 
 const skip = !existsSync(script) ? `no ${script}` : findNvcc() ? false : 'nvcc not found: the CUDA kernels were not compiled (install the CUDA toolkit or set NVCC)';
 
-test('every src/cuda/kernels/*.cu compiles with nvcc (sm_90a, sm_80; any opt-in builds in its OPTINS at sm_90a) without spills in the tensor-core kernels (ht: its producer thread only)', { skip, timeout: 600_000 }, () => {
+test('every src/cuda/kernels/*.cu compiles with nvcc (sm_90a, sm_80; the A/B builds in its OPTINS at sm_90a) without spills in the tensor-core kernels (ht: its producer thread only)', { skip, timeout: 600_000 }, () => {
   const r = spawnSync('bash', [script], { encoding: 'utf8', maxBuffer: 16 << 20 });
   const out = `${r.stdout}${r.stderr}`;
   assert.equal(r.status, 0, out);

@@ -87,16 +87,17 @@ constexpr bool TRACED = true;
 #else
 constexpr bool TRACED = false;
 #endif
-// -DFWD_Q_REGS (an opt-in, not yet run on a GPU; kernels/NOTES.md session 31): ht at D=128 reads
-// each item's Q from shared memory into registers once (ldmatrix, the A-fragment layout: 32
-// registers a consumer thread) and issues S = Q K^T with A from registers, so that S's products
-// read only K from shared memory (while S runs, its operands' 96 B a clock and TMA's K/V writes
-// come to about all of shared memory's 128); and Q's buffer is free (qFree) as soon as it is read,
-// so the next item's Q loads while this one runs.
-#ifdef FWD_Q_REGS
-constexpr bool Q_REGS_BUILD = true;
-#else
+// Q in registers (the default since session 32; -DFWD_Q_SMEM builds the earlier form, for A/B
+// runs): ht at D=128 reads each item's Q from shared memory into registers once (ldmatrix, the
+// A-fragment layout: 32 registers a consumer thread) and issues S = Q K^T with A from registers,
+// so that S's products read only K from shared memory (while S runs, its operands' 96 B a clock
+// and TMA's K/V writes come to about all of shared memory's 128); and Q's buffer is free (qFree)
+// as soon as it is read, so the next item's Q loads while this one runs. On an H200 (kernels/NOTES.md
+// run 113) a tile took 1.69 us against 1.76 at 8k, and the 16k forward gained 2-5%.
+#ifdef FWD_Q_SMEM
 constexpr bool Q_REGS_BUILD = false;
+#else
+constexpr bool Q_REGS_BUILD = true;
 #endif
 #ifdef FWD_TRACE_ITEMS
 constexpr bool TRACE_ITEMS = true;
@@ -159,7 +160,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // 25's persistent kernel lost 29% at 8k causal for want of it: kernels/NOTES.md runs 79-80). The
   // producer thread takes the next item once it has issued the last loads of the current one,
   // skips items that see nothing in this block, and once the consumers have waited for their last
-  // S (qFree; with FWD_Q_REGS once they have read Q into registers) passes the item through shared
+  // S (qFree; with QREGS once they have read Q into registers) passes the item through shared
   // memory (`slot`, ordered by Q's mbarrier) and loads its Q; the stage ring runs on across items.
   // What this hides is a CTA's fixed cost: its start, Q's and the first tiles' loads, the gap
   // between CTAs (9.9 us a CTA against 1.65 us a tile at 8k causal in the session-19 trace). On an H100, +2-5% at 32k causal, level to +2% elsewhere
@@ -167,7 +168,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // attn_tile_spans zeroes it before each launch.
   constexpr bool PERSIST = TMA && !CLUSTER && WGS == 2 && BK == 128 && MODE == PIPE_PONG && (!TRACED || TRACE_ITEMS);
   const u32 qFree = qBar + 8, slot = qBar + 16;
-  // FWD_Q_REGS: S's A operand from registers, read from Q's buffer once an item.
+  // QREGS: S's A operand from registers, read from Q's buffer once an item.
   constexpr bool QREGS = PERSIST && Q_REGS_BUILD && D == 128;
   const int nx = (p.Sq + BQ - 1) / BQ, nItems = nx * p.H;
   if (PERSIST && gridDim.y != 1) __trap();  // a full grid (the trace build's): each item would run once per head
@@ -329,7 +330,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // Descriptors step by adding the byte offset >> 4 to the start-address field (bits 0..13): every
   // address stays inside shared memory, so the field cannot carry into the next.
   const u64 dq0 = desc(qRows, 16, 1024);
-  u32 qa[QREGS ? D / 16 : 1][4];  // FWD_Q_REGS: Q's A fragments, k step j of 16 columns in qa[j]
+  u32 qa[QREGS ? D / 16 : 1][4];  // QREGS: Q's A fragments, k step j of 16 columns in qa[j]
   // S = Q K^T from stage s, issued (not waited for).
   auto issueQK = [&](int s) {
     const u64 dk0 = desc(stK(s), 16, 1024);

@@ -19,7 +19,9 @@ import { comparisonTable, measurePeers, roundsSummary, type OursRow, type Peers 
  * a call's share), as a ring's steps follow one another: the host's work for a call (tile
  * boxes, tensor maps, launches) then overlaps the GPU's work on the last one instead of
  * leaving the GPU idle between a call's small kernels and its main one. K = 1 (the default)
- * times one call alone, host gaps included.
+ * times one call alone, host gaps included. --fwd-only / --bwd-only time one pass alone (the
+ * forward still runs in the warm-up, for the backward's o and lse): a clock sampler beside the
+ * run (bench/gpu-clocks.sh) then sees that pass's clocks and power only.
  * With --peers (npm run bench:gpu passes it) PyTorch SDPA's flash and cuDNN backends at the same
  * shapes and a cuBLAS bf16 matmul (the measured peak) run first, in their own processes
  * (bench/gpu-peers.ts), and a last table sets our rows beside them: forward / cuDNN, backward /
@@ -29,7 +31,7 @@ import { comparisonTable, measurePeers, roundsSummary, type OursRow, type Peers 
  * then every row's forward / cuDNN and backward / flash as the median over the rounds and each
  * round's: at 8k one run's ratio moved by up to 8% between identical commands (BENCHMARKS.md,
  * session 27), and the spread says how far a ratio can be trusted.
- * Usage: node dist/bench/gpu.js [S=8192] [H=16] [reps=10] [--d=64,128] [--hk=H] [--fwd-only] [--queue=1] [--causal=0,1] [--peers] [--rounds=1] [--python=python3]
+ * Usage: node dist/bench/gpu.js [S=8192] [H=16] [reps=10] [--d=64,128] [--hk=H] [--fwd-only | --bwd-only] [--queue=1] [--causal=0,1] [--peers] [--rounds=1] [--python=python3]
  *        node dist/bench/gpu.js ring [devices=2] [reps=3] [S,S,...=16384,32768,65536]
  *          the ring on `devices` GPUs against one GPU on the same work (bench/gpu-ring.ts)
  *        node dist/bench/gpu.js masks [S=16384] [reps=5]
@@ -63,14 +65,15 @@ const S = Number(pos[0] ?? 8192);
 const H = Number(pos[1] ?? 16);
 const reps = Number(pos[2] ?? 10);
 const dList = (flags.find((f) => f.startsWith('--d='))?.slice(4) ?? '64,128').split(',').map(Number);
-const fwdOnly = flags.includes('--fwd-only');
+const fwdOnly = flags.includes('--fwd-only'), bwdOnly = flags.includes('--bwd-only');
 const Hk = Number(flags.find((f) => f.startsWith('--hk='))?.slice(5) ?? H);
 const queue = Number(flags.find((f) => f.startsWith('--queue='))?.slice(8) ?? 1);
 const causals = (flags.find((f) => f.startsWith('--causal='))?.slice(9) ?? '0,1').split(',').map((x) => x.trim());
 const withPeers = flags.includes('--peers');
 const python = flags.find((f) => f.startsWith('--python='))?.slice(9);
 const rounds = Number(flags.find((f) => f.startsWith('--rounds='))?.slice(9) ?? 1);
-for (const f of flags) if (!['--d=', '--hk=', '--queue=', '--causal=', '--python=', '--rounds='].some((p) => f.startsWith(p)) && f !== '--fwd-only' && f !== '--peers') throw new Error(`unknown flag ${f}: expected --d=64,128, --hk=N, --queue=K, --causal=0,1, --rounds=R, --fwd-only, --peers or --python=PATH`);
+for (const f of flags) if (!['--d=', '--hk=', '--queue=', '--causal=', '--python=', '--rounds='].some((p) => f.startsWith(p)) && f !== '--fwd-only' && f !== '--bwd-only' && f !== '--peers') throw new Error(`unknown flag ${f}: expected --d=64,128, --hk=N, --queue=K, --causal=0,1, --rounds=R, --fwd-only, --bwd-only, --peers or --python=PATH`);
+if (fwdOnly && bwdOnly) throw new Error('--fwd-only and --bwd-only: expected at most one of them');
 if (causals.some((c) => c !== '0' && c !== '1')) throw new Error(`--causal: expected 0 and/or 1, got '${causals.join(',')}'`);
 if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds: expected a positive integer, got ${rounds}`);
 if (!Number.isInteger(queue) || queue < 1) throw new Error(`--queue: expected a positive integer, got ${queue}`);
@@ -112,11 +115,11 @@ function measureOurs(): OursRow[] {
           if (!fwdOnly) bwd();
         });
         const flops = (4 * S * S * H * D) / (causal ? 2 : 1);
-        const mf = timeCalls(c, fwd, reps, queue), mb = fwdOnly ? NaN : timeCalls(c, bwd, reps, queue);
+        const mf = bwdOnly ? NaN : timeCalls(c, fwd, reps, queue), mb = fwdOnly ? NaN : timeCalls(c, bwd, reps, queue);
         const row: OursRow = { D, causal, fwd: flops / mf / 1e9, bwd: (2.5 * flops) / mb / 1e9 };
         ours.push(row);
         console.log(
-          `${k.name({ dtype, D }).padEnd(30)} ${String(D).padStart(3)}  ${String(causal).padEnd(6)} ${mf.toFixed(3).padStart(7)}  ${row.fwd.toFixed(1).padStart(8)}  ${(fwdOnly ? '-' : mb.toFixed(3)).padStart(7)}  ${(fwdOnly ? '-' : row.bwd.toFixed(1)).padStart(8)}`,
+          `${k.name({ dtype, D }).padEnd(30)} ${String(D).padStart(3)}  ${String(causal).padEnd(6)} ${(bwdOnly ? '-' : mf.toFixed(3)).padStart(7)}  ${(bwdOnly ? '-' : row.fwd.toFixed(1)).padStart(8)}  ${(fwdOnly ? '-' : mb.toFixed(3)).padStart(7)}  ${(fwdOnly ? '-' : row.bwd.toFixed(1)).padStart(8)}`,
         );
         c.sync();
         for (const b of [q, kb, v, dO, pos, ...outs]) c.free(b);

@@ -1,7 +1,7 @@
 """PyTorch SDPA (bf16, H=32, D=128, one sequence) called back to back for a few seconds: the
 peer's side of bench/gpu-clocks.sh. The cuDNN backend's forward by default; flash (FlashAttention-2)
 with backend=flash; pass=bwd repeats the backward alone (one forward, its graph kept, then
-backward after backward: the gradients add up, which changes no kernel's work). Prints TFLOP/s
+torch.autograd.grad after torch.autograd.grad: nothing accumulates). Prints TFLOP/s
 of the whole loop (backward counted as 2.5x the forward's FLOPs, as bench/gpu.ts counts).
    python3 bench/peers/torch_cudnn_loop.py [S=32768] [causal=0] [seconds=5] [backend=cudnn|flash] [pass=fwd|bwd]"""
 import sys
@@ -28,7 +28,7 @@ with sdpa_kernel([backends[backend]]):
     if which == "bwd":
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         dO = torch.randn_like(out)
-        call = lambda: out.backward(dO, retain_graph=True)
+        call = lambda: torch.autograd.grad(out, (q, k, v), dO, retain_graph=True)
     else:
         call = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     for _ in range(3):

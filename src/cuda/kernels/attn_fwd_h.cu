@@ -163,9 +163,9 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // S (qFree; with QREGS once they have read Q into registers) passes the item through shared
   // memory (`slot`, ordered by Q's mbarrier) and loads its Q; the stage ring runs on across items.
   // What this hides is a CTA's fixed cost: its start, Q's and the first tiles' loads, the gap
-  // between CTAs (9.9 us a CTA against 1.65 us a tile at 8k causal in the session-19 trace). On an H100, +2-5% at 32k causal, level to +2% elsewhere
-  // (NOTES.md runs 84-85). The counter sits just past the query tiles' spans;
-  // attn_tile_spans zeroes it before each launch.
+  // between CTAs (9.9 us a CTA against 1.65 us a tile at 8k causal in the session-19 trace). On
+  // an H100, +2-5% at 32k causal, level to +2% elsewhere (NOTES.md runs 84-85). The counter sits
+  // just past the query tiles' spans; attn_tile_spans zeroes it before each launch.
   constexpr bool PERSIST = TMA && !CLUSTER && WGS == 2 && BK == 128 && MODE == PIPE_PONG && (!TRACED || TRACE_ITEMS);
   const u32 qFree = qBar + 8, slot = qBar + 16;
   // QREGS: S's A operand from registers, read from Q's buffer once an item.

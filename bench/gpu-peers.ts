@@ -69,7 +69,8 @@ function peerRow(peers: Peers, backend: string, S: number, D: number, causal: bo
   return peers.sdpa.find((r) => r.backend === backend && r.D === D && r.S === S && r.causal === causal && r.error === undefined);
 }
 
-const fmt = (x: number | undefined, d = 1) => (x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(d));
+/** x to d decimals, or '-' where it is missing or not finite (a pass not timed). */
+export const fmt = (x: number | undefined, d = 1) => (x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(d));
 const ratio = (a: number, b: number | undefined) => (b === undefined || !Number.isFinite(a) || !(b > 0) ? '-' : (a / b).toFixed(2));
 
 /**

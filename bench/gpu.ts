@@ -7,7 +7,7 @@ import { cudaKernel } from '../src/cuda/attention.js';
 import { encode, type CudaDType } from '../src/cuda/convert.js';
 import { fill } from './common.js';
 import { blockCalls, timeCalls, warmUp } from './gpu-block.js';
-import { comparisonTable, measurePeers, roundsSummary, type OursRow, type Peers } from './gpu-peers.js';
+import { comparisonTable, fmt, measurePeers, roundsSummary, type OursRow, type Peers } from './gpu-peers.js';
 
 /**
  * Times the CUDA block kernels on one GPU: forward (with resetting o and lse) and backward (with
@@ -119,7 +119,7 @@ function measureOurs(): OursRow[] {
         const row: OursRow = { D, causal, fwd: flops / mf / 1e9, bwd: (2.5 * flops) / mb / 1e9 };
         ours.push(row);
         console.log(
-          `${k.name({ dtype, D }).padEnd(30)} ${String(D).padStart(3)}  ${String(causal).padEnd(6)} ${(bwdOnly ? '-' : mf.toFixed(3)).padStart(7)}  ${(bwdOnly ? '-' : row.fwd.toFixed(1)).padStart(8)}  ${(fwdOnly ? '-' : mb.toFixed(3)).padStart(7)}  ${(fwdOnly ? '-' : row.bwd.toFixed(1)).padStart(8)}`,
+          `${k.name({ dtype, D }).padEnd(30)} ${String(D).padStart(3)}  ${String(causal).padEnd(6)} ${fmt(mf, 3).padStart(7)}  ${fmt(row.fwd).padStart(8)}  ${fmt(mb, 3).padStart(7)}  ${fmt(row.bwd).padStart(8)}`,
         );
         c.sync();
         for (const b of [q, kb, v, dO, pos, ...outs]) c.free(b);

@@ -73,12 +73,42 @@ export function warmUp(ctx: CudaContext, fn: () => void, calls = 50, ms = 3000):
 }
 
 /**
+ * How long each timed pass first runs untimed, back to back: RINGATTN_BENCH_SETTLE_MS, default
+ * 2000 (0: not at all); bench/peers/torch_common.py reads the same variable, so both sides of a
+ * comparison settle alike. An H100 or H200 under these kernels runs at its power cap (700 W,
+ * throttle reason 0x4), and its clock takes about a second from the start of a heavy pass to
+ * reach that pass's steady value, dipping on the way (1515 MHz at 660 W before 1745 MHz at
+ * 700 W): a pass timed over its first 150 ms after a warm-up of other work read 11% slow (16k
+ * causal backward: 369-371 TFLOP/s within gpu.js --peers, 410-413 over 300 calls back to back,
+ * kernels/NOTES.md run 115). A long training or prefill run sees the steady clock.
+ */
+export function settleMs(): number {
+  const raw = process.env.RINGATTN_BENCH_SETTLE_MS;
+  const ms = raw === undefined || raw === '' ? 2000 : Number(raw);
+  if (!Number.isFinite(ms) || ms < 0) throw new Error(`RINGATTN_BENCH_SETTLE_MS: expected milliseconds >= 0, got '${raw}'`);
+  return ms;
+}
+
+/** Runs `fn` back to back for settleMs() of wall time (at least once), the queue kept short. */
+function settle(ctx: CudaContext, fn: () => void): void {
+  const ms = settleMs();
+  if (ms === 0) return;
+  const t0 = performance.now();
+  for (let i = 0; i === 0 || performance.now() - t0 < ms; i++) {
+    fn();
+    if (i % 4 === 3) ctx.sync();
+  }
+  ctx.sync();
+}
+
+/**
  * Median ms a call of `fn` takes over `reps` event-timed intervals of `queue` calls enqueued back to
- * back (the interval's time / queue). queue = 1 times a call alone (the host's gaps before its
- * launches included, as a peer's single call is timed); queue > 1 as a ring's steps follow one
- * another, the host preparing one call while the GPU runs the last.
+ * back (the interval's time / queue), after settling (settleMs). queue = 1 times a call alone (the
+ * host's gaps before its launches included, as a peer's single call is timed); queue > 1 as a
+ * ring's steps follow one another, the host preparing one call while the GPU runs the last.
  */
 export function timeCalls(ctx: CudaContext, fn: () => void, reps: number, queue = 1): number {
+  settle(ctx, fn);
   const t: number[] = [];
   for (let r = 0; r < reps; r++) {
     t.push(

@@ -3,7 +3,7 @@
 # bf16): is a gap between them in the kernels or in the clocks they get? Samples every 100 ms
 # into $OUT/clocks-*.csv; a summary per run in $OUT/clocks.log. PASS=fwd (default: ours against
 # cuDNN's forward) or bwd (ours against flash's backward, each pass timed alone: gpu.js
-# --bwd-only, torch_cudnn_loop.py's pass=bwd); S (32768), CAUSAL (0 or 1, default 0). Carry
+# --bwd-only, torch_sdpa_loop.py's pass=bwd); S (32768), CAUSAL (0 or 1, default 0). Carry
 # .devkit, .devrun, dist.
 #   [PASS=fwd|bwd S=32768 CAUSAL=0] bash bench/gpu-clocks.sh [reps=40]
 set -uo pipefail
@@ -36,6 +36,6 @@ for round in 1 2; do
   kill "$pid"; sleep 0.3; summ "$OUT/clocks-ours-$round.csv" | tee -a "$log"
   echo "== $peer $pass (torch), round $round" | tee -a "$log"
   pid=$(sample "$OUT/clocks-torch-$round.csv")
-  timeout -s KILL 60 python3 bench/peers/torch_cudnn_loop.py "$S" "$causal" 8 "$peer" "$pass" 2>&1 | tail -2 | tee -a "$log"
+  timeout -s KILL 60 python3 bench/peers/torch_sdpa_loop.py "$S" "$causal" 8 "$peer" "$pass" 2>&1 | tail -2 | tee -a "$log"
   kill "$pid"; sleep 0.3; summ "$OUT/clocks-torch-$round.csv" | tee -a "$log"
 done

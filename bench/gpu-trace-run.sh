@@ -40,7 +40,7 @@ if [ -n "$NCU" ] && [ -z "${SKIP_NCU:-}" ]; then
   }
   for causal in ${SOL_CAUSAL-0 1}; do
     profile "ours-8k-causal$causal" attn_fwd_h 5 $N dist/bench/gpu.js 8192 32 1 --d=128 --fwd-only --causal="$causal"
-    profile "cudnn-8k-causal$causal" 'sdpa|fprop|fmha|flash' 3 python3 bench/peers/torch_cudnn_loop.py 8192 "$causal" 0.2
+    profile "cudnn-8k-causal$causal" 'sdpa|fprop|fmha|flash' 3 python3 bench/peers/torch_sdpa_loop.py 8192 "$causal" 0.2
   done
   if [ -n "${STALLS:-}" ]; then
     echo "== ncu: warp states of ours, 8k unmasked" | tee -a "$log"

@@ -3,7 +3,7 @@ peer's side of bench/gpu-clocks.sh. The cuDNN backend's forward by default; flas
 with backend=flash; pass=bwd repeats the backward alone (one forward, its graph kept, then
 torch.autograd.grad after torch.autograd.grad: nothing accumulates). Prints TFLOP/s
 of the whole loop (backward counted as 2.5x the forward's FLOPs, as bench/gpu.ts counts).
-   python3 bench/peers/torch_cudnn_loop.py [S=32768] [causal=0] [seconds=5] [backend=cudnn|flash] [pass=fwd|bwd]"""
+   python3 bench/peers/torch_sdpa_loop.py [S=32768] [causal=0] [seconds=5] [backend=cudnn|flash] [pass=fwd|bwd]"""
 import sys
 import time
 

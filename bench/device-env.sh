@@ -81,3 +81,9 @@ round_order() {
     for ((j = $#; j >= 1; j--)); do order+=("${!j}"); done
   fi
 }
+# The GPU a run measured (name, driver, top SM clock, power limit), the first line of a run's log:
+# the clock's ceiling and the power cap decide what a pass sustains (kernels/NOTES.md run 115).
+#   gpu_header LOG [append: -a]
+gpu_header() {
+  nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader | tee ${2:-} "$1"
+}

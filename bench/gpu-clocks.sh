@@ -28,7 +28,7 @@ why = collections.Counter(b[2] for b in busy)
 print(f"   busy samples {len(busy)}: SM clock median {statistics.median(c):.0f} MHz (min {min(c):.0f}), power median {statistics.median(p):.0f} W (max {max(p):.0f}); throttle reasons: " + ", ".join(f"{k} x{v}" for k, v in why.items()))
 PY
 }
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader | tee -a "$log"
+gpu_header "$log" -a
 for round in 1 2; do
   echo "== ours, round $round" | tee -a "$log"
   pid=$(sample "$OUT/clocks-ours-$round.csv")

@@ -13,7 +13,7 @@ source bench/device-env.sh
 log="$OUT/dist-ab.log"
 CMDS=${CMDS:-"masks 16384 5;masks 8192 5;16384 16 10 --d=128 --causal=1"}
 TESTS=${TESTS:-"heavier end|(bfloat16|float16) D=(64|128): every mask|launch orders|ht persistent grid|RINGATTN_WGMMA_BWD=2|mma.sync backward|block kernels"}
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader | tee "$log"
+gpu_header "$log"
 for v in "$@"; do
   d=${v#*|}
   [ -f "$d/bench/gpu.js" ] || { echo "gpu-dist-ab: no $d/bench/gpu.js (variant '$v')" | tee -a "$log"; exit 2; }

@@ -16,7 +16,7 @@ reps=${1:-10}
 shift
 log="$OUT/env-ab.log"
 SHAPES=${SHAPES:-"8192:32:128 32768:32:128 8192:8:64 32768:8:64"}
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader | tee "$log"
+gpu_header "$log"
 if [ -n "${TESTS:-}" ]; then
   precompile_kernels | tee -a "$log"
   # In session 17 the first matching tests, compiling their kernels one at a time, had not ended at

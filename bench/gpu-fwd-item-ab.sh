@@ -15,7 +15,7 @@ reps=${1:-10}
 shift
 log="$OUT/fwd-item-ab.log"
 TESTS=${TESTS:-"(bfloat16|float16) D=(64|128): every mask|ht persistent grid|block kernels|rows that see no key|allowNonfinite"}
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader | tee "$log"
+gpu_header "$log"
 builds=()  # each variant's build and its per-item trace build
 for v in "$@"; do
   IFS='|' read -r label def <<<"$v"

@@ -15,7 +15,7 @@ source bench/device-env.sh
 reps=${1:-10}
 ALT=${ALT:-}
 log="$OUT/item-cost.log"
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader | tee "$log"
+gpu_header "$log"
 builds=("" "-DFWD_TRACE -DFWD_TRACE_ITEMS" "-DFWD_TRACE" "-DFWD_TRACE -DBWD_TRACE")
 [ -n "$ALT" ] && builds+=("$ALT" "$ALT -DFWD_TRACE -DFWD_TRACE_ITEMS")
 variants=("")

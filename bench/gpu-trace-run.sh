@@ -14,7 +14,7 @@ set -uo pipefail
 source bench/device-env.sh
 reps=${1:-20}
 log="$OUT/trace.log"
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv,noheader | tee "$log"
+gpu_header "$log"
 IFS=, read -ra specs <<<"${SPECS:-8192 32 128 1 fwd,8192 32 128 0 fwd,32768 32 128 1 fwd,8192 8 64 1 fwd,8192 32 128 1 bwd,8192 32 128 0 bwd}"
 for spec in "${specs[@]}"; do
   read -r S H D causal which <<<"$spec"

@@ -64,10 +64,19 @@ export function timeBlock(ctx: CudaContext, kern: CudaAttentionKernel, a: Device
  * call, as these benches made before, left 8k-token blocks (1-2 ms) timed 5-12% slow.
  */
 export function warmUp(ctx: CudaContext, fn: () => void, calls = 50, ms = 3000): void {
+  repeat(ctx, fn, 3, calls, ms);
+}
+
+/**
+ * Calls `fn` back to back, at least `minCalls` times, then until `maxCalls` calls or `ms` of wall
+ * time, and waits for the GPU. A sync every 4 calls keeps the queue short, so that the wall
+ * clock tracks the GPU's work and a pass of seconds overruns `ms` by at most 4 calls.
+ */
+function repeat(ctx: CudaContext, fn: () => void, minCalls: number, maxCalls: number, ms: number): void {
   const t0 = performance.now();
-  for (let i = 0; i < calls && (i < 3 || performance.now() - t0 < ms); i++) {
+  for (let i = 0; i < maxCalls && (i < minCalls || performance.now() - t0 < ms); i++) {
     fn();
-    if (i % 8 === 7) ctx.sync();  // keep the queue short
+    if (i % 4 === 3) ctx.sync();
   }
   ctx.sync();
 }
@@ -89,16 +98,10 @@ export function settleMs(): number {
   return ms;
 }
 
-/** Runs `fn` back to back for settleMs() of wall time (at least once), the queue kept short. */
+/** Runs `fn` back to back for settleMs() of wall time (at least once; not at all for 0). */
 function settle(ctx: CudaContext, fn: () => void): void {
   const ms = settleMs();
-  if (ms === 0) return;
-  const t0 = performance.now();
-  for (let i = 0; i === 0 || performance.now() - t0 < ms; i++) {
-    fn();
-    if (i % 4 === 3) ctx.sync();
-  }
-  ctx.sync();
+  if (ms > 0) repeat(ctx, fn, 1, Infinity, ms);
 }
 
 /**

@@ -1,4 +1,5 @@
 """Shared by the PyTorch peers: CUDA-event timing (the peers are ours)."""
+import math
 import os
 import sys
 import time
@@ -14,8 +15,8 @@ def settle_seconds():
     try:
         ms = 2000.0 if raw == "" else float(raw)
     except ValueError:
-        ms = -1.0
-    if not ms >= 0 or ms == float("inf"):
+        ms = math.nan
+    if not (math.isfinite(ms) and ms >= 0):
         sys.exit(f"RINGATTN_BENCH_SETTLE_MS: expected milliseconds >= 0, got '{raw}'")
     return ms / 1000
 

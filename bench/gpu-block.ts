@@ -3,14 +3,22 @@ import type { CudaContext, DeviceBuffer } from '../src/cuda/context.js';
 
 /**
  * One block's forward and backward as the GPU benches time them (bench/gpu.ts, bench/gpu-trace.ts,
- * and timeBlock for bench/gpu-ring.ts oneGpu and bench/gpu-masks.ts): the forward includes
- * resetting lse and finishForward (o is not read where lse is -inf), the backward zeroing dq/dk/dv
- * and delta = rowsum(dO·O). `trace`: a per-CTA record buffer for the kernels built with
+ * and timeBlock for bench/gpu-ring.ts oneGpu): a whole pass over one block, as a caller of the
+ * library's one-block attention runs it. The forward includes resetting lse and finishForward (o
+ * is not read where lse is -inf; finish zeroes the o of rows that saw no key), the backward zeroing
+ * dq/dk/dv and delta = rowsum(dO·O). With `step` (timeStep, for bench/gpu-masks.ts) the calls are
+ * what a ring step runs for its block instead: the forward alone, merging into the running (o, lse)
+ * left by the calls before it (every step after a ring's first merges: o is read where lse is
+ * finite), and the backward alone, adding into dq/dk/dv, with delta taken once beforehand. The
+ * per-pass work (the resets, finish, delta) is a ring's once, not each step's: a window's edge
+ * leaves half its rows unseen, and finish's zeroing of their o (128 MB at 16k, H=32) with the
+ * backward's 384 MB of zeroed gradients and delta's reads made 5-8% of that block's call
+ * (kernels/NOTES.md session 34). `trace`: a per-CTA record buffer for the kernels built with
  * -DFWD_TRACE / -DBWD_TRACE (bench/gpu-trace.ts), passed to both calls (0: none). Allocates its
  * fp32 outputs (`bufs`: the caller frees them; if an allocation fails, those made before it are
  * freed here).
  */
-export function blockCalls(ctx: CudaContext, kern: CudaAttentionKernel, a: DeviceBlockArgs, dO: number, trace = 0): { fwd: () => void; bwd: () => void; bufs: DeviceBuffer[] } {
+export function blockCalls(ctx: CudaContext, kern: CudaAttentionKernel, a: DeviceBlockArgs, dO: number, trace = 0, step = false): { fwd: () => void; bwd: () => void; bufs: DeviceBuffer[] } {
   const n = a.Sq * a.H * a.D, nk = a.Sk * a.Hk * a.D, rows = a.Sq * a.H;
   const bufs: DeviceBuffer[] = [];
   try {
@@ -20,11 +28,12 @@ export function blockCalls(ctx: CudaContext, kern: CudaAttentionKernel, a: Devic
     throw e;
   }
   const [o, lse, delta, dq, dk, dv] = bufs;
-  return {
-    bufs,
+  const forward = () => kern.forward({ ...a, o: o.ptr, lse: lse.ptr, trace });
+  const backward = () => kern.backward({ ...a, dO, lse: lse.ptr, delta: delta.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, trace });
+  const pass = {
     fwd: () => {
       ctx.fill32(lse, 0xff800000, rows);
-      kern.forward({ ...a, o: o.ptr, lse: lse.ptr, trace });
+      forward();
       kern.finishForward(o.ptr, lse.ptr, rows, a.D);
     },
     bwd: () => {
@@ -32,23 +41,30 @@ export function blockCalls(ctx: CudaContext, kern: CudaAttentionKernel, a: Devic
       ctx.fill32(dk, 0, nk);
       ctx.fill32(dv, 0, nk);
       kern.delta(dO, o.ptr, delta.ptr, rows, a.D, a.dtype);
-      kern.backward({ ...a, dO, lse: lse.ptr, delta: delta.ptr, dq: dq.ptr, dk: dk.ptr, dv: dv.ptr, trace });
+      backward();
     },
   };
+  if (!step) return { bufs, ...pass };
+  // A first pass leaves (o, lse) and delta as a ring's later steps find them.
+  pass.fwd();
+  pass.bwd();
+  return { bufs, fwd: forward, bwd: backward };
 }
 
 /**
- * One block's forward and backward on one GPU (blockCalls): warm-up (warmUp) of each, then `reps`
- * event-timed runs of each; returns the median ms of both. Frees its fp32 outputs before returning.
+ * One block's forward and backward on one GPU (blockCalls; with `step`, the calls a ring step runs,
+ * `queue` of them enqueued back to back in each timed interval as a ring's steps follow one
+ * another): warm-up (warmUp) of each, then `reps` event-timed runs of each; returns the median ms of
+ * both. Frees its fp32 outputs before returning.
  */
-export function timeBlock(ctx: CudaContext, kern: CudaAttentionKernel, a: DeviceBlockArgs, dO: number, reps: number): { f: number; b: number } {
-  const { fwd, bwd, bufs } = blockCalls(ctx, kern, a, dO);
+export function timeBlock(ctx: CudaContext, kern: CudaAttentionKernel, a: DeviceBlockArgs, dO: number, reps: number, step = false, queue = 1): { f: number; b: number } {
+  const { fwd, bwd, bufs } = blockCalls(ctx, kern, a, dO, 0, step);
   try {
     warmUp(ctx, () => {
       fwd();
       bwd();
     });
-    return { f: timeCalls(ctx, fwd, reps), b: timeCalls(ctx, bwd, reps) };
+    return { f: timeCalls(ctx, fwd, reps, queue), b: timeCalls(ctx, bwd, reps, queue) };
   } finally {
     ctx.sync();
     for (const b of bufs) ctx.free(b);

@@ -17,7 +17,14 @@ import { timeBlock } from './gpu-block.js';
  * Visible pairs are counted on the host; TFLOP/s = 4·pairs·H·D / time (backward 2.5x), and "of
  * none" is that rate over the unmasked block's: 1.00 means the mask path costs nothing beyond the
  * work it leaves out.
- *   node dist/bench/gpu.js masks [S=16384] [reps=5]
+ * What is timed (bench/gpu-block.ts blockCalls): `step` (the default) what a ring step runs for
+ * the block, the forward merging into a running (o, lse) and the backward adding into the
+ * gradients, 4 calls queued an interval as a ring's steps follow one another; `pass` a whole
+ * one-block pass as sessions before 34 timed it (the resets, finishForward and delta included, one
+ * call an interval). The per-pass work costs the same whatever the mask, so it weighs on the light
+ * blocks: at 16k the window edge's pass zeroes the o of its 8k rows that see nothing (128 MB) and
+ * its backward's 384 MB of gradients, against ~1 ms and ~3.7 ms of kernel.
+ *   node dist/bench/gpu.js masks [S=16384] [reps=5] [step|pass]
  */
 
 const H = 32, Hk = 8, D = 128;
@@ -38,9 +45,11 @@ export function seen(kPos: Int32Array, x: number, window: number): number {
   return upTo(x) - (window > 0 ? upTo(x - window) : 0);
 }
 
-export function maskBench(S: number, reps: number): void {
+export function maskBench(S: number, reps: number, mode = 'step'): void {
   if (!Number.isInteger(S) || S < 256 || S % 4 !== 0) throw new Error(`S: expected a multiple of 4 of at least 256, got ${S}`);
   if (!Number.isInteger(reps) || reps < 1) throw new Error(`reps: expected a positive integer, got ${reps}`);
+  if (mode !== 'step' && mode !== 'pass') throw new Error(`masks: the timing is step (a ring step's calls) or pass (a whole one-block pass), got '${mode}'`);
+  const step = mode === 'step', queue = step ? 4 : 1;
   const ctx = CudaContext.open(0);
   const kern = cudaKernel(ctx);
   const q4 = S / 4;
@@ -60,7 +69,7 @@ export function maskBench(S: number, reps: number): void {
   };
   const q = up(encode(fill(n, 1), 'bfloat16')), k = up(encode(fill(nk, 2), 'bfloat16')), v = up(encode(fill(nk, 3), 'bfloat16')), dO = up(encode(fill(n, 4), 'bfloat16'));
   const qp = ctx.alloc(S * 4), kp = ctx.alloc(S * 4);
-  console.log(`device: ${ctx.name} (${ctx.arch}); one ${S} x ${S} block, bf16 H=${H} Hk=${Hk} D=${D}; ${kern.name({ dtype: 'bfloat16', D })}; median of ${reps}`);
+  console.log(`device: ${ctx.name} (${ctx.arch}); one ${S} x ${S} block, bf16 H=${H} Hk=${Hk} D=${D}; ${kern.name({ dtype: 'bfloat16', D })}; median of ${reps}; ${step ? `a ring step's calls, ${queue} queued` : 'a whole pass a call'}`);
   console.log('case                visible  | fwd ms   TF/s  of none | bwd ms   TF/s  of none');
   let ref = { f: 0, b: 0 };
   for (const c of cases) {
@@ -70,7 +79,7 @@ export function maskBench(S: number, reps: number): void {
     let pairs = 0;
     for (const x of qPos) pairs += c.causal ? seen(kPos, x, c.window) : S;
     const a = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: qp.ptr, kPos: kp.ptr, Sq: S, Sk: S, H, Hk, D, dtype: 'bfloat16' as const, causal: c.causal, window: c.window, sinks: 0, scale: 1 / Math.sqrt(D) };
-    const { f, b } = timeBlock(ctx, kern, a, dO.ptr, reps);
+    const { f, b } = timeBlock(ctx, kern, a, dO.ptr, reps, step, queue);
     const flops = 4 * pairs * H * D;
     const rf = flops / f / 1e9, rb = (2.5 * flops) / b / 1e9;
     if (c.name === 'none') ref = { f: rf, b: rb };
@@ -78,7 +87,7 @@ export function maskBench(S: number, reps: number): void {
     console.log(
       `${c.name.padEnd(18)} ${(pairs / (S * S)).toFixed(3).padStart(7)}  | ${f.toFixed(3).padStart(7)} ${rf.toFixed(0).padStart(5)} ${share(rf, ref.f).padStart(8)} | ${b.toFixed(3).padStart(7)} ${rb.toFixed(0).padStart(5)} ${share(rb, ref.b).padStart(8)}`,
     );
-    console.log(`JSON ${JSON.stringify({ case: c.name, S, visible: pairs / (S * S), fwdMs: f, fwdTflops: rf, bwdMs: b, bwdTflops: rb, fwdOfNone: rf / ref.f, bwdOfNone: rb / ref.b })}`);
+    console.log(`JSON ${JSON.stringify({ case: c.name, S, timing: mode, visible: pairs / (S * S), fwdMs: f, fwdTflops: rf, bwdMs: b, bwdTflops: rb, fwdOfNone: rf / ref.f, bwdOfNone: rb / ref.b })}`);
   }
   for (const x of [q, k, v, dO, qp, kp]) ctx.free(x);
   kern.dispose();

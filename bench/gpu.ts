@@ -34,8 +34,9 @@ import { comparisonTable, fmt, measurePeers, roundsSummary, type OursRow, type P
  * Usage: node dist/bench/gpu.js [S=8192] [H=16] [reps=10] [--d=64,128] [--hk=H] [--fwd-only | --bwd-only] [--queue=1] [--causal=0,1] [--peers] [--rounds=1] [--python=python3]
  *        node dist/bench/gpu.js ring [devices=2] [reps=3] [S,S,...=16384,32768,65536]
  *          the ring on `devices` GPUs against one GPU on the same work (bench/gpu-ring.ts)
- *        node dist/bench/gpu.js masks [S=16384] [reps=5]
- *          one block under each mask a ring step gives it, against no mask (bench/gpu-masks.ts)
+ *        node dist/bench/gpu.js masks [S=16384] [reps=5] [step|pass]
+ *          one block under each mask a ring step gives it, against no mask (bench/gpu-masks.ts):
+ *          a ring step's calls (step) or a whole one-block pass (pass)
  *        node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|items|bwd]
  *          a Hopper kernel's time CTA by CTA: phases, per-item and per-CTA cost, gaps, tail (bench/gpu-trace.ts)
  */
@@ -46,7 +47,7 @@ const flags = process.argv.slice(2).filter((x) => x.startsWith('--'));
 const pos = process.argv.slice(2).filter((x) => !x.startsWith('--'));
 if (pos[0] === 'masks' || pos[0] === 'trace' || pos[0] === 'ring') requireGpu();
 if (pos[0] === 'masks') {
-  maskBench(Number(pos[1] ?? 16384), Number(pos[2] ?? 5));
+  maskBench(Number(pos[1] ?? 16384), Number(pos[2] ?? 5), pos[3] ?? 'step');
   process.exit(0);
 }
 if (pos[0] === 'trace') {

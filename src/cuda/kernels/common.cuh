@@ -356,3 +356,51 @@ __device__ __forceinline__ void mergeRowOut(const FwdParams& p, int i, int h, in
   }
   if ((lane & 3) == 0) p.lse[row] = lseNew;
 }
+
+#ifdef FWD_EPI2
+// mergeRowOut for both of a thread's rows (i0 and i0 + 8) at once (the Hopper forward's ht with
+// -DFWD_EPI2, an opt-in until timed): both rows' old lse, then both rows' old o, are read before
+// anything is stored, so that the epilogue waits on two trips to memory instead of four (a row's
+// loads cannot pass the other row's stores: o and lse may alias as far as the compiler knows).
+// Results as mergeRowOut's, row by row.
+template <int D>
+__device__ __forceinline__ void mergeRowsOut(const FwdParams& p, int i0, int h, int lane, const float (&rowMax)[2], const float (&rowSum)[2], const float* acc) {
+  float l[2], lseOld[2];
+  bool live[2];
+  u64 row[2];
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    l[r] = quadSum(rowSum[r]);
+    live[r] = i0 + 8 * r < p.Sq && rowLive(l[r]);
+    row[r] = (u64)(i0 + 8 * r) * p.H + h;
+    lseOld[r] = live[r] ? p.lse[row[r]] : 0.f;
+  }
+  __syncwarp();  // all four lanes read lse before lane 0 of the quad writes it
+  float wOld[2], inv[2], lseNew[2];
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    float wB;
+    lseNew[r] = live[r] ? mergeWeights(lseOld[r], (rowMax[r] + log2f(l[r])) * LN2, wOld[r], wB) : 0.f;
+    if (!live[r]) wOld[r] = 0.f, wB = 0.f;
+    inv[r] = live[r] ? wB / l[r] : 0.f;
+  }
+  float2 cur[2][D / 8];
+#pragma unroll
+  for (int r = 0; r < 2; r++)
+#pragma unroll
+    for (int n = 0; n < D / 8; n++)
+      cur[r][n] = live[r] && wOld[r] != 0.f ? *(const float2*)(p.o + row[r] * D + n * 8 + 2 * (lane & 3)) : make_float2(0.f, 0.f);
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    if (!live[r]) continue;
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+      float2 c = cur[r][n];
+      c.x = c.x * wOld[r] + acc[4 * n + 2 * r] * inv[r];
+      c.y = c.y * wOld[r] + acc[4 * n + 2 * r + 1] * inv[r];
+      *(float2*)(p.o + row[r] * D + n * 8 + 2 * (lane & 3)) = c;
+    }
+    if ((lane & 3) == 0) p.lse[row[r]] = lseNew[r];
+  }
+}
+#endif

@@ -6,14 +6,15 @@ import type { CudaContext, DeviceBuffer } from '../src/cuda/context.js';
  * and timeBlock for bench/gpu-ring.ts oneGpu): a whole pass over one block, as a caller of the
  * library's one-block attention runs it. The forward includes resetting lse and finishForward (o
  * is not read where lse is -inf; finish zeroes the o of rows that saw no key), the backward zeroing
- * dq/dk/dv and delta = rowsum(dO·O). With `step` (timeStep, for bench/gpu-masks.ts) the calls are
- * what a ring step runs for its block instead: the forward alone, merging into the running (o, lse)
- * left by the calls before it (every step after a ring's first merges: o is read where lse is
- * finite), and the backward alone, adding into dq/dk/dv, with delta taken once beforehand. The
- * per-pass work (the resets, finish, delta) is a ring's once, not each step's: a window's edge
- * leaves half its rows unseen, and finish's zeroing of their o (128 MB at 16k, H=32) with the
- * backward's 384 MB of zeroed gradients and delta's reads made 5-8% of that block's call
- * (kernels/NOTES.md session 34). `trace`: a per-CTA record buffer for the kernels built with
+ * dq/dk/dv and delta = rowsum(dO·O). With `step` (for bench/gpu-masks.ts) the calls are what a
+ * ring step runs for its block instead: the forward alone, merging into the running (o, lse) left
+ * by the calls before it (every step after a ring's first merges: o is read where lse is finite),
+ * and the backward alone, adding into dq/dk/dv, with delta taken once beforehand. The per-pass work
+ * (the resets, finish, delta) is a ring's once, not each step's. The two differ most on light
+ * blocks: at 16k (H=32, Hk=8) a window's edge's backward was 7% faster as a step (no 384 MB of
+ * zeroed gradients, no delta), its forward 12% slower (the merge reads o, which a pass's first and
+ * only forward skips), the unmasked forward 5% slower (kernels/NOTES.md run 118). `trace`: a
+ * per-CTA record buffer for the kernels built with
  * -DFWD_TRACE / -DBWD_TRACE (bench/gpu-trace.ts), passed to both calls (0: none). Allocates its
  * fp32 outputs (`bufs`: the caller frees them; if an allocation fails, those made before it are
  * freed here).

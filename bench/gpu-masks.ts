@@ -21,9 +21,10 @@ import { timeBlock } from './gpu-block.js';
  * the block, the forward merging into a running (o, lse) and the backward adding into the
  * gradients, 4 calls queued an interval as a ring's steps follow one another; `pass` a whole
  * one-block pass as sessions before 34 timed it (the resets, finishForward and delta included, one
- * call an interval). The per-pass work costs the same whatever the mask, so it weighs on the light
- * blocks: at 16k the window edge's pass zeroes the o of its 8k rows that see nothing (128 MB) and
- * its backward's 384 MB of gradients, against ~1 ms and ~3.7 ms of kernel.
+ * call an interval; the forward reads no old o). The per-pass work costs the same whatever the mask,
+ * so it weighs on the light blocks: at 16k the window edge's pass zeroes the o of its 8k rows that
+ * see nothing (128 MB) and its backward's 384 MB of gradients, against ~1 ms and ~3.7 ms of kernel;
+ * a step's forward reads the old o of the rows it merges (kernels/NOTES.md run 118).
  *   node dist/bench/gpu.js masks [S=16384] [reps=5] [step|pass]
  */
 

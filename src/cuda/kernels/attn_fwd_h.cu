@@ -99,28 +99,6 @@ constexpr bool Q_REGS_BUILD = false;
 #else
 constexpr bool Q_REGS_BUILD = true;
 #endif
-// -DFWD_REV (opt-in, for A/B runs): an item whose first visible key tile is partial and whose last
-// is full (a sliding window's lower edge: keys a block behind the queries) takes its tiles from
-// the last to the first, so that its one partial tile comes last, inside the ping-pong loop where
-// the other warpgroup's products cover its mask loads and compares, as in the causal diagonal,
-// whose partial tile is its last. Taken first, the partial tile ran with no products beside it:
-// 2.7-3.0 us against 1.3-1.5 for a full first tile (kernels/NOTES.md runs 102-113), once an item,
-// and the window edge's items average 32 tiles. The tiles are walked by a virtual index u in
-// [lo, end), tile lo + end - 1 - u when reversed; the producer and the consumers map it alike.
-// ht only (the persistent schedule, D=128's default).
-// Without it the code is that of the build before (the same PTX: KEY_TILE(u) is u).
-#ifdef FWD_REV
-#define KEY_TILE(u) keyTile(u)
-#else
-#define KEY_TILE(u) (u)
-#endif
-// -DFWD_EPI2 (opt-in, for A/B runs; ht): the epilogue reads both rows' old lse, then both rows'
-// old o, before it stores anything (mergeRowsOut, common.cuh): two trips to memory, not four. And
-// once the producer has issued an item's last K/V loads (about three tiles before its epilogue) it
-// prefetches the item's rows of o into L2 (a bulk prefetch a row), so that a ring step after the
-// first, which reads o (256 MB at 16k, H=32: from DRAM), finds them there. Session 30's form
-// (-DFWD_EPI_ROWS2, run 104) shortened the epilogue 0.56 us, but the time moved into the wait for
-// the next item's Q, which with Q in registers (session 32) now loads while the item runs.
 #ifdef FWD_TRACE_ITEMS
 constexpr bool TRACE_ITEMS = true;
 #else
@@ -202,15 +180,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // The CTA's item: query tile qt of head h (one item a CTA, or in ht one after another).
   int qt, h, kh, q0, end, first;
   int4 qBox;
-#ifdef FWD_REV
-  // Tiles are indexed by u in [lo, end): key tile keyTile(u), lo + end - 1 - u when reversed.
-  int lo = 0;
-  bool rev = false;
-  auto keyTile = [&](int u) { return rev ? lo + end - 1 - u : u; };
-#endif
   // A ragged last tile is never 'full': its missing keys must read as -inf.
-  auto tileClass = [&](int u) {
-    const int t = KEY_TILE(u);
+  auto tileClass = [&](int t) {
     const int c = classifyTile(m, qBox, p.kTiles[t]);
     return (c == TILE_FULL && (t + 1) * BK > p.Sk) ? TILE_PARTIAL : c;
   };
@@ -229,16 +200,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     qBox = p.qTiles[qt];
     const int2 span = p.qSpans[qt];
     end = span.y;
-#ifdef FWD_REV
-    lo = span.x;
-    rev = false;
-    first = nextTile(lo);
-    // attn_tile_spans: lo and end - 1 are tiles the query tile sees, so first = lo either way.
-    // (ht only: in hw, hl and hc the two more registers spilled in the consumers.)
-    if (PERSIST && first < end - 1) rev = tileClass(first) == TILE_PARTIAL && tileClass(end - 1) == TILE_FULL;
-#else
     first = nextTile(span.x);
-#endif
     return first < end;
   };
   // hc: one head at a time whatever RINGATTN_HEAD_GROUP says (it is ignored there), so that a
@@ -304,22 +266,14 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
           stShared(slot + 24, qBox.y);
           stShared(slot + 28, qBox.z);
           stShared(slot + 32, qBox.w);
-#ifdef FWD_REV
-          stShared(slot + 36, lo);
-          stShared(slot + 40, rev);
-#endif
           loadQ<C, D>(sQ, maps, qBar, h, q0);
-          for (int t = first; t < end; t = nextTile(t + 1), i++) loadKV(KEY_TILE(t), i);
-#ifdef FWD_EPI2
-          if (((u64)p.o & 15) == 0)  // (the bulk prefetch's alignment; the epilogue's float2 stores need 8 bytes)
-            for (int r = 0, n = min(BQ, p.Sq - q0); r < n; r++) prefetchL2(p.o + ((u64)(q0 + r) * p.H + h) * D, D * 4);
-#endif
+          for (int t = first; t < end; t = nextTile(t + 1), i++) loadKV(t, i);
         }
       } else
       {
         loadQ<C, D>(sQ, maps, qBar, h, q0);
         int i = 0;
-        for (int t = first; t < end; t = nextTile(t + 1), i++) loadKV(KEY_TILE(t), i);
+        for (int t = first; t < end; t = nextTile(t + 1), i++) loadKV(t, i);
       }
     }
     // hc: no CTA of the cluster leaves while the other may still write its shared memory or
@@ -333,8 +287,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     loadSwizzled<BQ, D, PRODUCERS>(sQ, (const u16*)p.q, q0, p.Sq - q0, p.H, h, lane);
     cpAsyncArrive(qBar);
     int i = 0;
-    for (int u = first; u < end; u = nextTile(u + 1), i++) {
-      const int s = i % STAGES, t = KEY_TILE(u);
+    for (int t = first; t < end; t = nextTile(t + 1), i++) {
+      const int s = i % STAGES;
       mbarWait(empty(s), ((i / STAGES) & 1) ^ 1);  // the first pass finds every stage free
       loadSwizzled<BK, D, PRODUCERS>(stK(s), (const u16*)p.k, t * BK, p.Sk - t * BK, p.Hk, kh, lane);
       loadSwizzled<BK, D, PRODUCERS>(stV(s), (const u16*)p.v, t * BK, p.Sk - t * BK, p.Hk, kh, lane);
@@ -562,7 +516,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     const int cls = tileClass(first);
     wgmmaWait<0>();
     fenceRegs(sc);
-    softmax(KEY_TILE(first), cls);
+    softmax(first, cls);
     if (!LATE_RESCALE) rescale();
     pack();
   };
@@ -597,9 +551,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     qt = ldShared(slot + 4), h = ldShared(slot + 8), end = ldShared(slot + 12), first = ldShared(slot + 16);
     kh = h / (p.H / p.Hk), q0 = qt * BQ;
     qBox = make_int4(ldShared(slot + 20), ldShared(slot + 24), ldShared(slot + 28), ldShared(slot + 32));
-#ifdef FWD_REV
-    lo = ldShared(slot + 36), rev = ldShared(slot + 40);
-#endif
     return true;
   };
   // The item's rows (positions, segments, key ranges), O and the statistics from zero.
@@ -659,7 +610,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       fenceRegs(sc);
       fenceRegs(o);
       release((ib + i) % STAGES);
-      softmax(KEY_TILE(tn), cls);
+      softmax(tn, cls);
       rescale();
       pack();
     }
@@ -673,7 +624,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       issueQK((ib + i) % STAGES);
       wgmmaWait<0>();
       fenceRegs(sc);
-      softmax(KEY_TILE(t), cls);
+      softmax(t, cls);
       rescale();
       pack();
       issuePV((ib + i) % STAGES);
@@ -700,7 +651,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
       if (pong) turnPass<WGS>(wg);
       wgmmaWait<1>();  // S of tile tn (committed first) is done; P·V of tile t may still run
       fenceRegs(sc);
-      softmax(KEY_TILE(tn), cls);
+      softmax(tn, cls);
       finishPV(i + 1);  // P·V of tile t; P of tile tn packed
     }
     if (PERSIST && !QREGS) mbarArrive(qFree);  // every S product of this item waited for: its Q may go
@@ -712,10 +663,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   TRACE(trace.mark(3));
   // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32.
 #pragma unroll
-#ifdef FWD_EPI2
-  if (PERSIST) mergeRowsOut<D>(p, rowBase, h, lane, rowMax, rowSum, o);
-  else
-#endif
   for (int r = 0; r < 2; r++) mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
 #ifdef FWD_TRACE
   asm volatile("bar.sync 7, %0;" ::"r"(CONSUMERS) : "memory");  // every consumer's epilogue issued

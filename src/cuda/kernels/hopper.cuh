@@ -65,10 +65,6 @@ __device__ __forceinline__ void mbarExpectTx(u32 bar, u32 bytes) {
 // Fetch a tensor map (a __grid_constant__ parameter, by its generic address) into the TMA unit's
 // descriptor cache ahead of its first copy.
 __device__ __forceinline__ void tmaPrefetchMap(const void* map) { asm volatile("prefetch.tensormap [%0];" ::"l"((u64)map) : "memory"); }
-// A bulk prefetch of `bytes` (a multiple of 16, from a 16-byte-aligned address) into L2.
-__device__ __forceinline__ void prefetchL2(const void* src, u32 bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
-}
 // TMA: the box at coordinates (c0, c1, c2) of the 3-D tensor map `map` (a __grid_constant__
 // kernel parameter) into shared memory at `dst`; its bytes count toward `bar`'s transaction
 // count (announced by mbarExpectTx). Elements outside the tensor arrive as zeros (and count).

@@ -17,12 +17,14 @@ import { seen } from './gpu-masks.js';
  * line fitted to a CTA's time against its items (the per-item and the per-CTA cost), the gaps
  * between one CTA's end and the next one's start on an SM, and the idle tail; each as a share of
  * the SMs' time over the kernel's span.
- *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|items|bwd]
+ *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|items|bwd] [pass|step]
  * items: the persistent ht as it runs by default (-DFWD_TRACE_ITEMS), one record an item, its clock
  * started at the top of the item: the gaps between records on an SM are the persistent loop's own.
  * One S x S block, bf16, Hk = H, positions 0..S-1 on both sides (edge: bench/gpu-masks.ts's window
  * edge, queries at S..2S-1 under a causal window of S/2; TFLOP/s over the visible pairs), timed as
- * bench/gpu.js times it (blockCalls). The traced build stores 64 bytes a CTA and waits once more at the end: its time is
+ * bench/gpu.js times it (blockCalls: a whole pass, the default) or, with `step`, as a ring step
+ * after the first runs it (the forward merging into the running (o, lse), so that its epilogue
+ * reads the old o; the backward without the per-pass zeroing and delta: bench/gpu-masks.ts's default). The traced build stores 64 bytes a CTA and waits once more at the end: its time is
  * printed beside the phases, to compare with the untraced rate (bench/gpu.js). The default D=128
  * forward (ht) runs on a persistent grid, one CTA an SM taking items in turn; the traced build
  * runs it on the full grid, one item a CTA, so that each record is one item's: its per-CTA costs
@@ -166,13 +168,14 @@ export function summarizeTrace(records: CtaRecord[], labels: readonly string[] =
   return { ctas: records.length, working: working.length, sms, ghz, spanUs, phases, fit };
 }
 
-export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'none' | 'edge', reps: number, which: 'fwd' | 'bwd' | 'items'): void {
+export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'none' | 'edge', reps: number, which: 'fwd' | 'bwd' | 'items', timing = 'pass'): void {
   if (!Number.isInteger(S) || S < 128) throw new Error(`S: expected an integer of at least 128, got ${S}`);
   if (!Number.isInteger(H) || H < 1) throw new Error(`H: expected a positive integer, got ${H}`);
   if (D !== 64 && D !== 128) throw new Error(`D: expected 64 or 128, got ${D}`);
   if (!Number.isInteger(reps) || reps < 1) throw new Error(`reps: expected a positive integer, got ${reps}`);
   if (which !== 'fwd' && which !== 'bwd' && which !== 'items') throw new Error(`kernel: expected fwd, items (the persistent forward, a record an item) or bwd, got ${which}`);
-  const fwd = which !== 'bwd';
+  if (timing !== 'pass' && timing !== 'step') throw new Error(`trace: the timing is pass (a whole one-block pass) or step (a ring step's calls), got '${timing}'`);
+  const fwd = which !== 'bwd', step = timing === 'step';
   if (mask === 'edge' && S % 2 !== 0) throw new Error(`S: the window edge takes an even S, got ${S}`);
   const causal = mask !== 'none', window = mask === 'edge' ? S / 2 : 0;
   const define = which === 'fwd' ? '-DFWD_TRACE' : which === 'items' ? '-DFWD_TRACE -DFWD_TRACE_ITEMS' : '-DBWD_TRACE';
@@ -199,10 +202,10 @@ export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'no
     const trace = ctx.alloc(ctas * 64);
     bufs.push(trace);
     const a = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: qp.ptr, kPos: kp.ptr, Sq: S, Sk: S, H, Hk: H, D, dtype: 'bfloat16' as const, causal, window, sinks: 0, scale: 1 / Math.sqrt(D) };
-    // The calls bench/gpu.js times, the trace buffer passed to both (only the traced kernel writes).
-    const calls = blockCalls(ctx, kern, a, dO.ptr, trace.ptr);
+    // The calls bench/gpu.js times (or a ring step's), the trace buffer passed to both (only the traced kernel writes).
+    const calls = blockCalls(ctx, kern, a, dO.ptr, trace.ptr, step);
     bufs.push(...calls.bufs);
-    if (which === 'bwd') calls.fwd();  // o and lse for the backward's delta
+    if (which === 'bwd' && !step) calls.fwd();  // o and lse for the backward's delta (a step's calls have them)
     const call = fwd ? calls.fwd : calls.bwd;
     warmUp(ctx, call);
     const ms = timeCalls(ctx, call, reps);
@@ -217,7 +220,7 @@ export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'no
       for (const x of qPos) pairs += seen(kPos, x, window);
     }
     const flops = (fwd ? 4 : 10) * pairs * H * D;
-    const what = fwd ? 'forward (lse reset and finishForward included)' : 'backward (dq/dk/dv zeroing and delta included)';
+    const what = step ? `${fwd ? 'forward' : 'backward'} as a ring step (${fwd ? 'merging into the running o and lse' : 'adding into the gradients'})` : fwd ? 'forward (lse reset and finishForward included)' : 'backward (dq/dk/dv zeroing and delta included)';
     console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); ${name}, ${define}; S=${S} H=${H} D=${D} ${mask === 'edge' ? `window edge (causal window ${window}, keys a block behind)` : causal ? 'causal' : 'non-causal'}, one S x S block`);
     console.log(`${what}, traced build: ${ms.toFixed(3)} ms, ${(flops / ms / 1e9).toFixed(1)} TFLOP/s (median of ${reps}); kernel span ${(s.spanUs / 1e3).toFixed(3)} ms; SM clock ${s.ghz.toFixed(2)} GHz`);
     console.log(`CTAs: ${s.ctas} recorded (${s.working} with work), on ${s.sms} SMs`);
@@ -225,7 +228,7 @@ export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'no
     console.log('phase                          median us   p10 us   p90 us   share of SM time');
     for (const p of s.phases) console.log(`${p.name.padEnd(30)} ${f(p.med)} ${f(p.p10)} ${f(p.p90)}   ${(100 * p.share).toFixed(1).padStart(5)}%`);
     console.log(s.fit ? `fit over the CTAs with work: time = ${s.fit.perCta.toFixed(2)} us + ${s.fit.perTile.toFixed(3)} us x items (r² ${s.fit.r2.toFixed(3)})` : 'fit: n/a (every CTA has as many items; see the phases)');
-    console.log(`JSON ${JSON.stringify({ which, S, H, D, causal, mask, kernel: name, ms, tflops: flops / ms / 1e9, ...s })}`);
+    console.log(`JSON ${JSON.stringify({ which, timing, S, H, D, causal, mask, kernel: name, ms, tflops: flops / ms / 1e9, ...s })}`);
   } finally {
     ctx.sync();
     for (const b of bufs) ctx.free(b);

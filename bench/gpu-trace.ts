@@ -24,7 +24,8 @@ import { seen } from './gpu-masks.js';
  * edge, queries at S..2S-1 under a causal window of S/2; TFLOP/s over the visible pairs), timed as
  * bench/gpu.js times it (blockCalls: a whole pass, the default) or, with `step`, as a ring step
  * after the first runs it (the forward merging into the running (o, lse), so that its epilogue
- * reads the old o; the backward without the per-pass zeroing and delta: bench/gpu-masks.ts's default). The traced build stores 64 bytes a CTA and waits once more at the end: its time is
+ * reads the old o; the backward without the per-pass zeroing and delta: bench/gpu-masks.ts's
+ * default). The traced build stores 64 bytes a CTA and waits once more at the end: its time is
  * printed beside the phases, to compare with the untraced rate (bench/gpu.js). The default D=128
  * forward (ht) runs on a persistent grid, one CTA an SM taking items in turn; the traced build
  * runs it on the full grid, one item a CTA, so that each record is one item's: its per-CTA costs

@@ -346,6 +346,26 @@ __device__ __forceinline__ void mergeRowOut(const FwdParams& p, int i, int h, in
   const float lseNew = mergeWeights(lseOld, lseB, wOld, wB);
   const float inv = wB / l;
   float* out = p.o + row * D;
+#ifdef FWD_O_LOADS_FIRST
+  // -DFWD_O_LOADS_FIRST (opt-in until run on a GPU): the row's old o read in one batch before any
+  // store. The form below compiles (SASS of ht at D=128) to a branch, a load and its store for
+  // each of the 16 pieces in turn: a merging step (every ring step after the first) waits on 16
+  // trips to DRAM a row, 32 an item, about the ~12 us an item by which run 118's merging step
+  // outlasted a first one (kernels/NOTES.md session 34). Batched: one trip a row.
+  float2 cur[D / 8];
+#pragma unroll
+  for (int n = 0; n < D / 8; n++) cur[n] = make_float2(0.f, 0.f);
+  if (wOld != 0.f) {
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) cur[n] = *(const float2*)(out + n * 8 + 2 * (lane & 3));
+  }
+#pragma unroll
+  for (int n = 0; n < D / 8; n++) {
+    cur[n].x = cur[n].x * wOld + acc[4 * n + 2 * r] * inv;
+    cur[n].y = cur[n].y * wOld + acc[4 * n + 2 * r + 1] * inv;
+    *(float2*)(out + n * 8 + 2 * (lane & 3)) = cur[n];
+  }
+#else
 #pragma unroll
   for (int n = 0; n < D / 8; n++) {
     const int col = n * 8 + 2 * (lane & 3);
@@ -354,5 +374,6 @@ __device__ __forceinline__ void mergeRowOut(const FwdParams& p, int i, int h, in
     cur.y = cur.y * wOld + acc[4 * n + 2 * r + 1] * inv;
     *(float2*)(out + col) = cur;
   }
+#endif
   if ((lane & 3) == 0) p.lse[row] = lseNew;
 }

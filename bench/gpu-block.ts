@@ -53,6 +53,15 @@ export function blockCalls(ctx: CudaContext, kern: CudaAttentionKernel, a: Devic
 }
 
 /**
+ * A bench's timing argument (blockCalls' `step`): true for 'step', false for 'pass'; anything else
+ * is an error naming the bench `who`.
+ */
+export function stepTiming(who: string, mode: string): boolean {
+  if (mode !== 'step' && mode !== 'pass') throw new Error(`${who}: the timing is step (a ring step's calls) or pass (a whole one-block pass), got '${mode}'`);
+  return mode === 'step';
+}
+
+/**
  * One block's forward and backward on one GPU (blockCalls; with `step`, the calls a ring step runs,
  * `queue` of them enqueued back to back in each timed interval as a ring's steps follow one
  * another): warm-up (warmUp) of each, then `reps` event-timed runs of each; returns the median ms of

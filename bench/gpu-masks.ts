@@ -2,7 +2,7 @@ import { cudaKernel } from '../src/cuda/attention.js';
 import { CudaContext } from '../src/cuda/context.js';
 import { encode } from '../src/cuda/convert.js';
 import { fill } from './common.js';
-import { timeBlock } from './gpu-block.js';
+import { stepTiming, timeBlock } from './gpu-block.js';
 
 /**
  * The mask path of the block kernels on one GPU (issue 5: full blocks inside a ring step lose
@@ -49,8 +49,7 @@ export function seen(kPos: Int32Array, x: number, window: number): number {
 export function maskBench(S: number, reps: number, mode = 'step'): void {
   if (!Number.isInteger(S) || S < 256 || S % 4 !== 0) throw new Error(`S: expected a multiple of 4 of at least 256, got ${S}`);
   if (!Number.isInteger(reps) || reps < 1) throw new Error(`reps: expected a positive integer, got ${reps}`);
-  if (mode !== 'step' && mode !== 'pass') throw new Error(`masks: the timing is step (a ring step's calls) or pass (a whole one-block pass), got '${mode}'`);
-  const step = mode === 'step', queue = step ? 4 : 1;
+  const step = stepTiming('masks', mode), queue = step ? 4 : 1;
   const ctx = CudaContext.open(0);
   const kern = cudaKernel(ctx);
   const q4 = S / 4;

@@ -2,7 +2,7 @@ import { CudaContext } from '../src/cuda/context.js';
 import { cudaKernel } from '../src/cuda/attention.js';
 import { encode } from '../src/cuda/convert.js';
 import { fill } from './common.js';
-import { blockCalls, timeCalls, warmUp } from './gpu-block.js';
+import { blockCalls, stepTiming, timeCalls, warmUp } from './gpu-block.js';
 import { seen } from './gpu-masks.js';
 
 /**
@@ -175,8 +175,7 @@ export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'no
   if (D !== 64 && D !== 128) throw new Error(`D: expected 64 or 128, got ${D}`);
   if (!Number.isInteger(reps) || reps < 1) throw new Error(`reps: expected a positive integer, got ${reps}`);
   if (which !== 'fwd' && which !== 'bwd' && which !== 'items') throw new Error(`kernel: expected fwd, items (the persistent forward, a record an item) or bwd, got ${which}`);
-  if (timing !== 'pass' && timing !== 'step') throw new Error(`trace: the timing is pass (a whole one-block pass) or step (a ring step's calls), got '${timing}'`);
-  const fwd = which !== 'bwd', step = timing === 'step';
+  const fwd = which !== 'bwd', step = stepTiming('trace', timing);
   if (mask === 'edge' && S % 2 !== 0) throw new Error(`S: the window edge takes an even S, got ${S}`);
   const causal = mask !== 'none', window = mask === 'edge' ? S / 2 : 0;
   const define = which === 'fwd' ? '-DFWD_TRACE' : which === 'items' ? '-DFWD_TRACE -DFWD_TRACE_ITEMS' : '-DBWD_TRACE';

@@ -27,6 +27,6 @@ test('maskBench: a bad size, count or timing mode is an error naming it, before 
 });
 
 test('traceBench: a bad timing mode or kernel is an error naming it, before any GPU is opened', () => {
-  assert.throws(() => traceBench(8192, 32, 128, 'none', 20, 'fwd', 'kernel'), /trace: the timing is pass .* or step .*, got 'kernel'/);
+  assert.throws(() => traceBench(8192, 32, 128, 'none', 20, 'fwd', 'kernel'), /trace: the timing is step .* or pass .*, got 'kernel'/);
   assert.throws(() => traceBench(8192, 32, 128, 'none', 20, 'both' as 'fwd'), /kernel: expected fwd, items .* or bwd, got both/);
 });

@@ -4,7 +4,7 @@
 # first, in parallel, into one kernel cache (keys hash the options); then ROUNDS rounds, variants
 # in round_order (reversed on even rounds), of `gpu.js masks 16384 5` and of the 8k and 16k
 # unmasked forward (H=32, D=128, --queue=4; SIZES="8192" for one size); then the per-item traces of the window edge and 8k
-# (`gpu.js trace ... items`) of the first and last variants; then the GPU tests of every mask
+# (`gpu.js trace ... items`, timed as TRACE_TIMING says: pass or step, the trace's default when unset) of the first and last variants; then the GPU tests of every mask
 # (bf16 / fp16 at D 64/128, the persistent grid, block merges, rows that see nothing, non-finite
 # inputs: TESTS overrides) on the last variant's build, unless SKIP_TESTS=1. Carry .devkit,
 # .devrun and dist. Results in $OUT/fwd-item-ab.log.
@@ -39,7 +39,7 @@ for v in "$1" "${!#}"; do
   IFS=, read -ra specs <<<"${TRACE_SPECS:-16384 32 128 edge,8192 32 128 0}"
   for spec in "${specs[@]}"; do
     echo "== items trace $spec [$label]" | tee -a "$log"
-    RINGATTN_NVRTC_DEFINES="$def" timeout -s KILL 120 $N dist/bench/gpu.js trace $spec 20 items 2>&1 | grep -v "NVRTC\|ptxas\|^JSON\|^device" | tee -a "$log"
+    RINGATTN_NVRTC_DEFINES="$def" timeout -s KILL 120 $N dist/bench/gpu.js trace $spec 20 items ${TRACE_TIMING:-} 2>&1 | grep -v "NVRTC\|ptxas\|^JSON\|^device" | tee -a "$log"
   done
 done
 if [ -z "${SKIP_TESTS:-}" ]; then

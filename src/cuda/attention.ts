@@ -284,7 +284,7 @@ export function bwdTensorMaps(ctx: CudaContext, a: { dq: number; q: number; dO: 
 /**
  * attn_bwd_h.cu: 128 keys a CTA (256 threads), query tiles of wgBwdBq(D) rows in 3 stages, dS^T,
  * row arrays, dQ staging (16 rows of 256 bytes a warp), two bits a query tile (at most
- * WG_BWD_MAX_QTILES) and three mbarriers.
+ * WG_BWD_MAX_QTILES), the stages' three mbarriers and three more (-DBWD_PP's `empty` ones).
  */
 const WG_BWD_MAX_QTILES = 16384;
 /** attn_bwd_h.cu's query tile: 128 rows at D=64 (kernels/NOTES.md run 29), 64 at D=128. */
@@ -293,7 +293,7 @@ export function wgBwdBq(D: number): number {
 }
 function wgBwdSmem(D: number): number {
   const bq = wgBwdBq(D);
-  return 1024 + 2 * WG_TILE * D * 2 + 3 * 2 * bq * D * 2 + WG_TILE * bq * 2 + 3 * 4 * bq * 4 + 2 * WG_TILE * 4 + 8 * 16 * 256 + (2 * WG_BWD_MAX_QTILES) / 8 + 3 * 8;
+  return 1024 + 2 * WG_TILE * D * 2 + 3 * 2 * bq * D * 2 + WG_TILE * bq * 2 + 3 * 4 * bq * 4 + 2 * WG_TILE * 4 + 8 * 16 * 256 + (2 * WG_BWD_MAX_QTILES) / 8 + 6 * 8;
 }
 
 function fwdSmem(D: number): number {

@@ -41,6 +41,26 @@
 
 namespace bwdh {
 using namespace hop;
+// -DBWD_PP (attn_bwd_ht_* only): the two warpgroups take turns at the tensor cores instead of
+// meeting at two CTA barriers a query tile. Each warpgroup issues its products in three groups, S^T
+// and dP^T (A), dV and dK (B), dQ (C), and the turns go A0 A1 B0 B1 C0 C1 (named barriers 1 and 2,
+// as the forward's ping-pong): warpgroup 0's exponentials and dS^T run under warpgroup 1's A,
+// warpgroup 1's under warpgroup 0's B. Warpgroup 1's C turn comes after warpgroup 0 wrote dS^T and
+// passed its B turn, and warpgroup 0's C after warpgroup 1's B, so the turns also order dS^T's
+// stores before both dQ products. Stages: warpgroup 1 loads them (thread 128 the TMA boxes, its 128
+// threads the rows with cp.async that arrive on the stage's mbarrier), once warpgroup 0's warps
+// have released the stage (an `empty` mbarrier a stage); warpgroup 0 writes the next dS^T only
+// after warpgroup 1's dQ has read the last (named barrier 3). kernels/NOTES.md, session 35.
+#ifdef BWD_PP
+constexpr bool PP_ON = true;
+#else
+constexpr bool PP_ON = false;
+#endif
+// The ping-pong's turns: warpgroup wg waits for its turn on barrier 1 + wg and passes the turn to
+// the other on 1 + (1 - wg); every bar.sync of one warpgroup meets one bar.arrive of the other.
+__device__ __forceinline__ void ppWait(int wg) { asm volatile("bar.sync %0, 256;" ::"r"(1 + wg) : "memory"); }
+__device__ __forceinline__ void ppPass(int wg) { asm volatile("bar.arrive %0, 256;" ::"r"(2 - wg) : "memory"); }
+
 constexpr int BK = 128, THREADS = 256, STAGES = 3;  // Q/dO stages: loads run two tiles ahead
 constexpr int MAX_QTILES = 16384;        // query tiles a call may have (1M queries at D=128); the host checks
 constexpr int STG_WARP = 2 * 16 * 128;   // a warp's dQ staging: 16 rows x 64 fp32 as two TMA boxes of 32 columns
@@ -63,7 +83,7 @@ template <int D> struct Cfg {
   static constexpr int ROW_BYTES = 4 * BQ * 4;  // LSE, delta, qPos, qSeg of one stage
   static constexpr int STG_BYTES = 8 * STG_WARP;  // dQ staging, a region per warp
   static constexpr int BITS_BYTES = 2 * MAX_QTILES / 8;  // visible / partial bit per query tile
-  static constexpr int SMEM = 1024 + 2 * KV_BYTES + STAGES * 2 * Q_BYTES + DS_BYTES + STAGES * ROW_BYTES + 2 * BK * 4 + STG_BYTES + BITS_BYTES + STAGES * 8;
+  static constexpr int SMEM = 1024 + 2 * KV_BYTES + STAGES * 2 * Q_BYTES + DS_BYTES + STAGES * ROW_BYTES + 2 * BK * 4 + STG_BYTES + BITS_BYTES + 2 * STAGES * 8;
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
 
@@ -74,6 +94,8 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   using C = Cfg<D>;
   using M = Wg<T>;
   constexpr int BQ = C::BQ, NQ = BQ / 8;  // NQ: S^T accumulator column groups a thread holds
+  constexpr bool PP = TMA && PP_ON;       // -DBWD_PP: warpgroup 1 loads the stages
+  constexpr int LOADERS = PP ? 128 : THREADS;
   extern __shared__ __align__(1024) unsigned char smemRaw[];
   const u32 base = (smemAddr(smemRaw) + 1023) & ~1023u;
   unsigned char* const gbase = smemRaw + (base - smemAddr(smemRaw));
@@ -94,6 +116,7 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   u32* const sPart = sVis + MAX_QTILES / 32;
   const u32 sBar = sStg + C::STG_BYTES + C::BITS_BYTES;  // STAGES mbarriers (TMA: Q and dO of a stage landed)
   auto bar = [&](int st) { return sBar + st * 8; };
+  auto emptyBar = [&](int st) { return sBar + (STAGES + st) * 8; };  // -DBWD_PP: warpgroup 0 is done with the stage
   u16* const dsPtr = (u16*)(gbase + (sdS - base));
 
   BTRACE(Trace trace; trace.start());
@@ -115,7 +138,10 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   loadSwizzled<BK, D, THREADS>(sV, (const u16*)p.v, k0, p.Sk - k0, p.Hk, kh, threadIdx.x);
   cpAsyncCommit();
   if (TMA && threadIdx.x == 0) {  // the stages' barriers, ready after the __syncthreads below
-    for (int st = 0; st < STAGES; st++) mbarInit(bar(st), 1);
+    for (int st = 0; st < STAGES; st++) {
+      mbarInit(bar(st), PP ? 1 + LOADERS : 1);  // PP: the TMA thread's expect_tx and each loader's cp.async arrival
+      if (PP) mbarInit(emptyBar(st), 4);         // one arrival a warp of warpgroup 0
+    }
     fenceMbarInit();
   }
   // Every query tile's class against this key tile, as two bits per tile (visible, partial), so
@@ -153,8 +179,9 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   // mbarrier.
   auto loadPair = [&](int hi, int qt, int st) {
     const int h = hLo + hi, q0 = qt * BQ;
+    const int t = PP ? threadIdx.x - 128 : threadIdx.x;  // this thread among the loaders
     if (TMA) {
-      if (threadIdx.x == 0) {
+      if (t == 0) {
         mbarExpectTx(bar(st), 2 * C::Q_BYTES);
 #pragma unroll
         for (int z = 0; z < D / 64; z++) {
@@ -167,8 +194,8 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       loadSwizzled<BQ, D, THREADS>(sdO(st), (const u16*)p.dO, q0, p.Sq - q0, p.H, h, threadIdx.x);
     }
 #pragma unroll
-    for (int x = 0; x < 4 * BQ / THREADS; x++) {
-      const unsigned e = threadIdx.x + x * THREADS;
+    for (int x = 0; x < 4 * BQ / LOADERS; x++) {
+      const unsigned e = t + x * LOADERS;
       const int a = e / BQ, r = e % BQ, i = q0 + r;
       const bool ok = i < p.Sq;
       const int ic = ok ? i : 0;
@@ -178,6 +205,7 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
                              : (const void*)((m.hasSeg ? p.qSeg : p.qPos) + ic);
       cpAsync4(sRows + st * C::ROW_BYTES + e * 4, g, ok && (a != 3 || m.hasSeg));
     }
+    if (PP) cpAsyncArrive(bar(st));
   };
 
   // The (head, query tile) pair after (h, q) in the loop's order, or q = -1 at the end.
@@ -188,12 +216,18 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
     if (q < 0 && ++h < nh) q = firstQt;
   };
   int hi = 0, qt = firstQt;  // this tile
-  if (qt >= 0) loadPair(hi, qt, 0);
+  if (qt >= 0 && (!PP || wg == 1)) loadPair(hi, qt, 0);
   cpAsyncCommit();
   int h1 = hi, q1 = qt;      // the next one
   advance(h1, q1);
-  if (q1 >= 0) loadPair(h1, q1, 1);
+  if (q1 >= 0 && (!PP || wg == 1)) loadPair(h1, q1, 1);
   cpAsyncCommit();
+  if constexpr (PP) {
+    cpAsyncWait<0>();  // K and V, for every warp (the stages' rows arrive on their mbarriers)
+    fenceAsyncShared();
+    __syncthreads();
+    if (wg == 1 && qt >= 0) ppPass(1);  // warpgroup 0 takes the first turn
+  }
 
   float dK[D / 2], dV[D / 2];
 #pragma unroll
@@ -215,16 +249,30 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
 
   BTRACE(int pairs = 0);
   for (int st = 0, it = 0; qt >= 0; st = st == STAGES - 1 ? 0 : st + 1, it++) {
+    int h2 = h1, q2 = q1;
+    const bool last = q1 < 0;  // PP: this warpgroup's last tile
+    if constexpr (PP) {
+      mbarWait(bar(st), (it / STAGES) & 1);  // Q, dO and the rows (no accumulators in flight: may trap)
+      BTRACE(if (it == 0) trace.mark(1));
+      advance(h2, q2);
+      if (wg == 1 && q2 >= 0) {  // the pair after next, into the stage warpgroup 0 released last
+        const int nt = it + 2, ns = st == 0 ? STAGES - 1 : st - 1;
+        if (nt >= STAGES) mbarWait(emptyBar(ns), (nt / STAGES - 1) & 1);
+        loadPair(h2, q2, ns);
+        cpAsyncCommit();
+      }
+      ppWait(wg);
+    } else {
     cpAsyncWait<STAGES - 2>();  // this tile's copies (and K/V) have landed; the next tile's may be in flight
     if (TMA) mbarWait(bar(st), (it / STAGES) & 1);  // no accumulators in flight here: the wait may trap after 4 s
     fenceAsyncShared();
     __syncthreads();   // ... for every thread; and every warp is done with the last tile's stage and dS^T
     BTRACE(if (it == 0) trace.mark(1));
     // The pair after next, loaded into the last tile's stage while this one is computed.
-    int h2 = h1, q2 = q1;
     advance(h2, q2);
     if (q2 >= 0) loadPair(h2, q2, st == 0 ? STAGES - 1 : st - 1);
     cpAsyncCommit();
+    }
 
     const int h = hLo + hi, q0 = qt * BQ;
     const bool partial = (sPart[qt >> 5] >> (qt & 31)) & 1;
@@ -248,6 +296,7 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       ssQ(dp, desc(vRows + off, 16, 1024), desc(sdO(st) + offQ, 16, 1024), j == 0);
     }
     wgmmaCommit();
+    if (PP) ppPass(wg);
     // This thread's query columns' LSE (log2 units; +inf for a row that saw nothing, so its P is
     // 0) and delta: at BQ = 64 read into registers while the MMAs run; at 128 (64 more registers
     // beside S^T and dP^T's 128) read from shared memory where they are used.
@@ -302,6 +351,8 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
         }
       }
     }
+    // PP: warpgroup 1's dQ of the last tile has read dS^T (warpgroup 1 is ordered by the turns).
+    if (PP && wg == 0 && it > 0) asm volatile("bar.sync 3, 256;" ::: "memory");
     // 16-bit A fragments (queries 16kk..16kk+15 are registers 8kk..8kk+7), and dS^T to shared
     // memory for dQ: panels of 64 queries, each [128 keys][128 B] in the 128-byte swizzle.
     u32 ap[BQ / 16][4], ad[BQ / 16][4];
@@ -322,6 +373,10 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
         *(u32*)((unsigned char*)dsPtr + (n >> 3) * BK * 128 + kr * 128 + (((n & 7) ^ (kr & 7)) << 4) + 4 * (lane & 3)) = v2;
       }
     // dV += P^T dO, dK += dS^T Q: A from registers, B (dO, Q: [query][d]) read MN-major.
+    if constexpr (PP) {
+      fenceAsyncShared();  // dS^T for the other warpgroup's dQ (wgmma reads through the async proxy)
+      ppWait(wg);
+    }
     wgmmaFence();
 #pragma unroll
     for (int kk = 0; kk < BQ / 16; kk++) {
@@ -329,8 +384,13 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       M::template rs<D, 1>(dK, ad[kk], desc(sQ(st) + kk * 16 * 128, BQ * 128, 1024));
     }
     wgmmaCommit();
+    if constexpr (PP) {
+      ppPass(wg);
+      ppWait(wg);  // the other warpgroup's dS^T is stored: it passed its dV/dK turn
+    } else {
     fenceAsyncShared();  // dS^T was written through the generic proxy; wgmma reads it through the async one
     __syncthreads();     // both warpgroups' dS^T
+    }
 
     // dQ = dS K (A = dS^T [key][query] read MN-major, B = K [key][d] read MN-major).
     float dq[32];
@@ -344,6 +404,7 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       else M::template ss64<1, 1, 1>(dq, da, db);
     }
     wgmmaCommit();
+    if (PP && !(wg == 1 && last)) ppPass(wg);  // the last turn of all is not passed
     // This warp's staging rows are free once its last TMA reduce has read them.
     if (lane == 0) bulkWaitRead();
     __syncwarp();
@@ -351,6 +412,14 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
     fenceRegs(dK);
     fenceRegs(dq);
     fenceRegs(dV);
+    if constexpr (PP) {
+      if (wg == 0) {  // this warp is done with the stage (dV/dK read dO and Q)
+        __syncwarp();
+        if (lane == 0) mbarArrive(emptyBar(st));
+      } else if (!last) {
+        asm volatile("bar.arrive 3, 256;" ::: "memory");  // this warpgroup's dQ has read dS^T
+      }
+    }
     // dQ (scaled) to this warp's staging (two boxes of 16 rows x 32 columns, 128-byte rows,
     // 128-byte swizzle: the float2 stores are conflict-free), then two TMA reduce-adds into
     // global dq (rows past Sq are skipped by the hardware). 32 atomics a thread in v1, 16 bulk

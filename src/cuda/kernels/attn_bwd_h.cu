@@ -48,8 +48,8 @@ using namespace hop;
 // warpgroup 1's under warpgroup 0's B. Warpgroup 1's C turn comes after warpgroup 0 wrote dS^T and
 // passed its B turn, and warpgroup 0's C after warpgroup 1's B, so the turns also order dS^T's
 // stores before both dQ products. Stages: warpgroup 1 loads them (thread 128 the TMA boxes, its 128
-// threads the rows with cp.async that arrive on the stage's mbarrier), once warpgroup 0's warps
-// have released the stage (an `empty` mbarrier a stage); warpgroup 0 writes the next dS^T only
+// threads the rows with cp.async that arrive on the stage's mbarrier), once all eight warps have
+// released the stage (an `empty` mbarrier a stage); warpgroup 0 writes the next dS^T only
 // after warpgroup 1's dQ has read the last (named barrier 3). kernels/NOTES.md, session 35.
 #ifdef BWD_PP
 constexpr bool PP_ON = true;
@@ -58,8 +58,14 @@ constexpr bool PP_ON = false;
 #endif
 // The ping-pong's turns: warpgroup wg waits for its turn on barrier 1 + wg and passes the turn to
 // the other on 1 + (1 - wg); every bar.sync of one warpgroup meets one bar.arrive of the other.
-__device__ __forceinline__ void ppWait(int wg) { asm volatile("bar.sync %0, 256;" ::"r"(1 + wg) : "memory"); }
-__device__ __forceinline__ void ppPass(int wg) { asm volatile("bar.arrive %0, 256;" ::"r"(2 - wg) : "memory"); }
+__device__ __forceinline__ void ppWait(int wg) {
+  if (wg == 0) asm volatile("bar.sync 1, 256;" ::: "memory");
+  else asm volatile("bar.sync 2, 256;" ::: "memory");
+}
+__device__ __forceinline__ void ppPass(int wg) {
+  if (wg == 0) asm volatile("bar.arrive 2, 256;" ::: "memory");
+  else asm volatile("bar.arrive 1, 256;" ::: "memory");
+}
 
 constexpr int BK = 128, THREADS = 256, STAGES = 3;  // Q/dO stages: loads run two tiles ahead
 constexpr int MAX_QTILES = 16384;        // query tiles a call may have (1M queries at D=128); the host checks
@@ -140,7 +146,7 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   if (TMA && threadIdx.x == 0) {  // the stages' barriers, ready after the __syncthreads below
     for (int st = 0; st < STAGES; st++) {
       mbarInit(bar(st), PP ? 1 + LOADERS : 1);  // PP: the TMA thread's expect_tx and each loader's cp.async arrival
-      if (PP) mbarInit(emptyBar(st), 4);         // one arrival a warp of warpgroup 0
+      if (PP) mbarInit(emptyBar(st), 8);         // one arrival a warp
     }
     fenceMbarInit();
   }
@@ -255,7 +261,7 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       mbarWait(bar(st), (it / STAGES) & 1);  // Q, dO and the rows (no accumulators in flight: may trap)
       BTRACE(if (it == 0) trace.mark(1));
       advance(h2, q2);
-      if (wg == 1 && q2 >= 0) {  // the pair after next, into the stage warpgroup 0 released last
+      if (wg == 1 && q2 >= 0) {  // the pair after next, into the stage every warp released last
         const int nt = it + 2, ns = st == 0 ? STAGES - 1 : st - 1;
         if (nt >= STAGES) mbarWait(emptyBar(ns), (nt / STAGES - 1) & 1);
         loadPair(h2, q2, ns);
@@ -413,12 +419,11 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
     fenceRegs(dq);
     fenceRegs(dV);
     if constexpr (PP) {
-      if (wg == 0) {  // this warp is done with the stage (dV/dK read dO and Q)
-        __syncwarp();
-        if (lane == 0) mbarArrive(emptyBar(st));
-      } else if (!last) {
-        asm volatile("bar.arrive 3, 256;" ::: "memory");  // this warpgroup's dQ has read dS^T
-      }
+      // This warp is done with the stage (dV/dK read dO and Q): every warp's, warpgroup 1's too,
+      // since wgmma's wait covers only the waiting warp's own products.
+      __syncwarp();
+      if (lane == 0) mbarArrive(emptyBar(st));
+      if (wg == 1 && !last) asm volatile("bar.arrive 3, 256;" ::: "memory");  // this warpgroup's dQ has read dS^T
     }
     // dQ (scaled) to this warp's staging (two boxes of 16 rows x 32 columns, 128-byte rows,
     // 128-byte swizzle: the float2 stores are conflict-free), then two TMA reduce-adds into

@@ -40,9 +40,8 @@ order=()
 for heavy in gemm.cu attn_fwd_h.cu decode.cu; do for f in "${files[@]}"; do [ "$(basename "$f")" = "$heavy" ] && order+=("$f"); done; done
 for f in "${files[@]}"; do case " ${order[*]} " in *" $f "*) ;; *) order+=("$f") ;; esac; done
 # Other builds kept for A/B runs (FILE:DEFINE, one -D each), checked at sm_90a: -DFWD_Q_SMEM,
-# ht's S with Q from shared memory, the default before session 32 (kernels/NOTES.md run 113);
-# -DFWD_O_LOADS_FIRST, a merging forward's old o read in one batch (session 34, waiting for a GPU).
-OPTINS=("attn_fwd_h.cu:-DFWD_Q_SMEM" "attn_fwd_h.cu:-DFWD_O_LOADS_FIRST" "attn_bwd_h.cu:-DBWD_PP")
+# ht's S with Q from shared memory, the default before session 32 (kernels/NOTES.md run 113).
+OPTINS=("attn_fwd_h.cu:-DFWD_Q_SMEM")
 builds=()  # file, arch, define (empty: the default build)
 for f in "${order[@]}"; do for arch in "${archs[@]}"; do builds+=("$f" "$arch" ""); done; done
 for o in "${OPTINS[@]}"; do builds+=("$root/src/cuda/kernels/${o%%:*}" sm_90a "${o#*:}"); done

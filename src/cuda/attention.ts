@@ -284,7 +284,7 @@ export function bwdTensorMaps(ctx: CudaContext, a: { dq: number; q: number; dO: 
 /**
  * attn_bwd_h.cu: 128 keys a CTA (256 threads), query tiles of wgBwdBq(D) rows in 3 stages, dS^T,
  * row arrays, dQ staging (16 rows of 256 bytes a warp), two bits a query tile (at most
- * WG_BWD_MAX_QTILES), the stages' three mbarriers and three more (-DBWD_PP's `empty` ones).
+ * WG_BWD_MAX_QTILES), the stages' three mbarriers and ht's three `empty` ones.
  */
 const WG_BWD_MAX_QTILES = 16384;
 /** attn_bwd_h.cu's query tile: 128 rows at D=64 (kernels/NOTES.md run 29), 64 at D=128. */

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { findNvcc } from '../helpers/nvcc.js';
 
 // Every kernel must compile for sm_90a and sm_80 (nvcc, no GPU needed): scripts/nvcc-check.sh, which
-// also compiles the other builds kept for A/B runs (its OPTINS: -DFWD_Q_SMEM since session 32, -DFWD_O_LOADS_FIRST since 34, -DBWD_PP since 35) at sm_90a, held to
+// also compiles the other builds kept for A/B runs (its OPTINS: -DFWD_Q_SMEM since session 32) at sm_90a, held to
 // the same spill rules.
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');

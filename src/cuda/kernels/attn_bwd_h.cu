@@ -19,10 +19,10 @@
 //     64w..64w+63 over all 128 keys, at D=64 its own 64 keys over all columns; each warp stages
 //     its 16 dQ rows (scaled, fp32) in shared memory and adds them to global dq with one bulk
 //     reduce (cp.reduce.async.bulk .add.f32) a row, 32 atomics a thread before (NOTES.md run 14).
-// attn_bwd_ht_* load the Q/dO tiles by TMA from thread 0 onto a per-stage mbarrier instead (the
-// other threads' cp.async then carry only the LSE/delta/position rows): 5-9% faster, the default
-// backward on sm_90a since kernels/NOTES.md run 19 (src/cuda/attention.ts; RINGATTN_WGMMA_BWD=1
-// selects attn_bwd_h_*, =0 the mma.sync kernel of attn_bwd.cu).
+// attn_bwd_ht_* load the Q/dO tiles by TMA onto a per-stage mbarrier instead (5-9% faster, run 19),
+// and their warpgroups take turns at the tensor cores in place of the two barriers a tile (session
+// 35, described at PP below): the default backward on sm_90a (src/cuda/attention.ts;
+// RINGATTN_WGMMA_BWD=1 selects attn_bwd_h_*, =0 the mma.sync kernel of attn_bwd.cu).
 #include "common.cuh"
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #include "hopper.cuh"
@@ -41,7 +41,7 @@
 
 namespace bwdh {
 using namespace hop;
-// -DBWD_PP (attn_bwd_ht_* only): the two warpgroups take turns at the tensor cores instead of
+// attn_bwd_ht_* (PP below): the two warpgroups take turns at the tensor cores instead of
 // meeting at two CTA barriers a query tile. Each warpgroup issues its products in three groups, S^T
 // and dP^T (A), dV and dK (B), dQ (C), and the turns go A0 A1 B0 B1 C0 C1 (named barriers 1 and 2,
 // as the forward's ping-pong): warpgroup 0's exponentials and dS^T run under warpgroup 1's A,
@@ -50,12 +50,8 @@ using namespace hop;
 // stores before both dQ products. Stages: warpgroup 1 loads them (thread 128 the TMA boxes, its 128
 // threads the rows with cp.async that arrive on the stage's mbarrier), once all eight warps have
 // released the stage (an `empty` mbarrier a stage); warpgroup 0 writes the next dS^T only
-// after warpgroup 1's dQ has read the last (named barrier 3). kernels/NOTES.md, session 35.
-#ifdef BWD_PP
-constexpr bool PP_ON = true;
-#else
-constexpr bool PP_ON = false;
-#endif
+// after warpgroup 1's dQ has read the last (named barrier 3). +6-14% at D=64 and +1-2% at D=128
+// over the two barriers, which attn_bwd_h_* keep (kernels/NOTES.md, session 35).
 // The ping-pong's turns: warpgroup wg waits for its turn on barrier 1 + wg and passes the turn to
 // the other on 1 + (1 - wg); every bar.sync of one warpgroup meets one bar.arrive of the other.
 __device__ __forceinline__ void ppWait(int wg) {
@@ -100,7 +96,7 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   using C = Cfg<D>;
   using M = Wg<T>;
   constexpr int BQ = C::BQ, NQ = BQ / 8;  // NQ: S^T accumulator column groups a thread holds
-  constexpr bool PP = TMA && PP_ON;       // -DBWD_PP: warpgroup 1 loads the stages
+  constexpr bool PP = TMA;                // the warpgroups' turns (above); warpgroup 1 loads the stages
   constexpr int LOADERS = PP ? 128 : THREADS;
   extern __shared__ __align__(1024) unsigned char smemRaw[];
   const u32 base = (smemAddr(smemRaw) + 1023) & ~1023u;
@@ -122,7 +118,7 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   u32* const sPart = sVis + MAX_QTILES / 32;
   const u32 sBar = sStg + C::STG_BYTES + C::BITS_BYTES;  // STAGES mbarriers (TMA: Q and dO of a stage landed)
   auto bar = [&](int st) { return sBar + st * 8; };
-  auto emptyBar = [&](int st) { return sBar + (STAGES + st) * 8; };  // -DBWD_PP: warpgroup 0 is done with the stage
+  auto emptyBar = [&](int st) { return sBar + (STAGES + st) * 8; };  // PP: every warp is done with the stage
   u16* const dsPtr = (u16*)(gbase + (sdS - base));
 
   BTRACE(Trace trace; trace.start());

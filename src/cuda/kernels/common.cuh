@@ -346,12 +346,11 @@ __device__ __forceinline__ void mergeRowOut(const FwdParams& p, int i, int h, in
   const float lseNew = mergeWeights(lseOld, lseB, wOld, wB);
   const float inv = wB / l;
   float* out = p.o + row * D;
-#ifdef FWD_O_LOADS_FIRST
-  // -DFWD_O_LOADS_FIRST (opt-in until run on a GPU): the row's old o read in one batch before any
-  // store. The form below compiles (SASS of ht at D=128) to a branch, a load and its store for
-  // each of the 16 pieces in turn: a merging step (every ring step after the first) waits on 16
-  // trips to DRAM a row, 32 an item, about the ~12 us an item by which run 118's merging step
-  // outlasted a first one (kernels/NOTES.md session 34). Batched: one trip a row.
+  // The row's old o read in one batch before any store. A load and store a piece (a branch, a
+  // load, its store, 16 times) compiled to 16 trips to DRAM a row in a merging step (every ring
+  // step after the first): a merging step's forward ran 5% (none) to 12% (a window's edge)
+  // slower than a first one. Batched: 0.83 -> 0.90 of none at the edge (kernels/NOTES.md
+  // session 34, run 121).
   float2 cur[D / 8];
 #pragma unroll
   for (int n = 0; n < D / 8; n++) cur[n] = make_float2(0.f, 0.f);
@@ -365,15 +364,5 @@ __device__ __forceinline__ void mergeRowOut(const FwdParams& p, int i, int h, in
     cur[n].y = cur[n].y * wOld + acc[4 * n + 2 * r + 1] * inv;
     *(float2*)(out + n * 8 + 2 * (lane & 3)) = cur[n];
   }
-#else
-#pragma unroll
-  for (int n = 0; n < D / 8; n++) {
-    const int col = n * 8 + 2 * (lane & 3);
-    float2 cur = wOld == 0.f ? make_float2(0.f, 0.f) : *(float2*)(out + col);
-    cur.x = cur.x * wOld + acc[4 * n + 2 * r] * inv;
-    cur.y = cur.y * wOld + acc[4 * n + 2 * r + 1] * inv;
-    *(float2*)(out + col) = cur;
-  }
-#endif
   if ((lane & 3) == 0) p.lse[row] = lseNew;
 }

@@ -96,7 +96,7 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   using C = Cfg<D>;
   using M = Wg<T>;
   constexpr int BQ = C::BQ, NQ = BQ / 8;  // NQ: S^T accumulator column groups a thread holds
-  constexpr bool PP = TMA;                // the warpgroups' turns (above); warpgroup 1 loads the stages
+  constexpr bool PP = TMA;                // ht: the warpgroups' turns (above); warpgroup 1 loads the stages
   constexpr int LOADERS = PP ? 128 : THREADS;
   extern __shared__ __align__(1024) unsigned char smemRaw[];
   const u32 base = (smemAddr(smemRaw) + 1023) & ~1023u;
@@ -116,7 +116,7 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   const u32 sStg = sRows + STAGES * C::ROW_BYTES + 2 * BK * 4;  // 1024-aligned (TMA boxes)
   u32* const sVis = (u32*)(gbase + (sStg - base) + C::STG_BYTES);
   u32* const sPart = sVis + MAX_QTILES / 32;
-  const u32 sBar = sStg + C::STG_BYTES + C::BITS_BYTES;  // STAGES mbarriers (TMA: Q and dO of a stage landed)
+  const u32 sBar = sStg + C::STG_BYTES + C::BITS_BYTES;  // ht: STAGES mbarriers (a stage landed), then STAGES more
   auto bar = [&](int st) { return sBar + st * 8; };
   auto emptyBar = [&](int st) { return sBar + (STAGES + st) * 8; };  // PP: every warp is done with the stage
   u16* const dsPtr = (u16*)(gbase + (sdS - base));
@@ -141,8 +141,8 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
   cpAsyncCommit();
   if (TMA && threadIdx.x == 0) {  // the stages' barriers, ready after the __syncthreads below
     for (int st = 0; st < STAGES; st++) {
-      mbarInit(bar(st), PP ? 1 + LOADERS : 1);  // PP: the TMA thread's expect_tx and each loader's cp.async arrival
-      if (PP) mbarInit(emptyBar(st), 8);         // one arrival a warp
+      mbarInit(bar(st), 1 + LOADERS);  // the TMA thread's expect_tx and each loader's cp.async arrival
+      mbarInit(emptyBar(st), 8);       // one arrival a warp
     }
     fenceMbarInit();
   }
@@ -265,15 +265,14 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       }
       ppWait(wg);
     } else {
-    cpAsyncWait<STAGES - 2>();  // this tile's copies (and K/V) have landed; the next tile's may be in flight
-    if (TMA) mbarWait(bar(st), (it / STAGES) & 1);  // no accumulators in flight here: the wait may trap after 4 s
-    fenceAsyncShared();
-    __syncthreads();   // ... for every thread; and every warp is done with the last tile's stage and dS^T
-    BTRACE(if (it == 0) trace.mark(1));
-    // The pair after next, loaded into the last tile's stage while this one is computed.
-    advance(h2, q2);
-    if (q2 >= 0) loadPair(h2, q2, st == 0 ? STAGES - 1 : st - 1);
-    cpAsyncCommit();
+      cpAsyncWait<STAGES - 2>();  // this tile's copies (and K/V) have landed; the next tile's may be in flight
+      fenceAsyncShared();
+      __syncthreads();   // ... for every thread; and every warp is done with the last tile's stage and dS^T
+      BTRACE(if (it == 0) trace.mark(1));
+      // The pair after next, loaded into the last tile's stage while this one is computed.
+      advance(h2, q2);
+      if (q2 >= 0) loadPair(h2, q2, st == 0 ? STAGES - 1 : st - 1);
+      cpAsyncCommit();
     }
 
     const int h = hLo + hi, q0 = qt * BQ;
@@ -390,8 +389,8 @@ __device__ __forceinline__ void run(const BwdParams& p, const BwdMaps& maps) {
       ppPass(wg);
       ppWait(wg);  // the other warpgroup's dS^T is stored: it passed its dV/dK turn
     } else {
-    fenceAsyncShared();  // dS^T was written through the generic proxy; wgmma reads it through the async one
-    __syncthreads();     // both warpgroups' dS^T
+      fenceAsyncShared();  // dS^T was written through the generic proxy; wgmma reads it through the async one
+      __syncthreads();     // both warpgroups' dS^T
     }
 
     // dQ = dS K (A = dS^T [key][query] read MN-major, B = K [key][d] read MN-major).

@@ -123,7 +123,11 @@ __device__ __forceinline__ void mergeRowsOut(const FwdParams& p, int i0, int h, 
 #pragma unroll
   for (int r = 0; r < 2; r++) {
     out[r] = p.o + ((u64)(i0 + 8 * r) * p.H + h) * D + 2 * (lane & 3);
+#if FWD_EPI_DIAG == 1 || FWD_EPI_DIAG == 4 || FWD_EPI_DIAG == 5 || FWD_EPI_DIAG == 6
+    const bool old = false;  // diagnostic: no old o read (wrong results)
+#else
     const bool old = i0 + 8 * r < p.Sq && lseOld[r] != NEG_INF;
+#endif
 #pragma unroll
     for (int n = 0; n < D / 8; n++) cur[r][n] = old ? *(const float2*)(out[r] + n * 8) : make_float2(0.f, 0.f);
   }
@@ -132,11 +136,18 @@ __device__ __forceinline__ void mergeRowsOut(const FwdParams& p, int i0, int h, 
     const float l = quadSum(rowSum[r]);
     if (!(i0 + 8 * r < p.Sq && rowLive(l))) continue;
     float wOld, wB;
+#if FWD_EPI_DIAG == 3
+    const float lseNew = mergeWeights(NEG_INF, (rowMax[r] + log2f(l)) * LN2, wOld, wB);  // diagnostic: a pass's weights
+#else
     const float lseNew = mergeWeights(lseOld[r], (rowMax[r] + log2f(l)) * LN2, wOld, wB);
+#endif
     const float inv = wB / l;
 #pragma unroll
     for (int n = 0; n < D / 8; n++) {
       const float2 c = wOld != 0.f ? cur[r][n] : make_float2(0.f, 0.f);
+#if FWD_EPI_DIAG == 2 || FWD_EPI_DIAG == 4 || FWD_EPI_DIAG == 5
+      if (c.x == 12345.f)  // diagnostic: o not stored (wrong results)
+#endif
       *(float2*)(out[r] + n * 8) = make_float2(c.x * wOld + acc[4 * n + 2 * r] * inv, c.y * wOld + acc[4 * n + 2 * r + 1] * inv);
     }
     if ((lane & 3) == 0) p.lse[(u64)(i0 + 8 * r) * p.H + h] = lseNew;
@@ -564,7 +575,11 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     softmax(first, cls);
     if (!LATE_RESCALE) rescale();
     pack();
+#if FWD_EPI_DIAG == 5 || FWD_EPI_DIAG == 6
+    if constexpr (false) {
+#else
     if constexpr (EPI3) {  // the old lse has landed: prefetch the old o of the rows that will merge
+#endif
 #pragma unroll
       for (int r = 0; r < 2; r++)
         if (rowBase + 8 * r < p.Sq && lseOld[r] != NEG_INF) prefetchLineL2(p.o + ((u64)(rowBase + 8 * r) * p.H + h) * D + (lane & 3) * (D / 4));

@@ -99,60 +99,6 @@ constexpr bool Q_REGS_BUILD = false;
 #else
 constexpr bool Q_REGS_BUILD = true;
 #endif
-// -DFWD_EPI3 (opt-in, for A/B runs; ht): each consumer thread reads its two rows' old lse when the
-// item starts and keeps them; after the first tile, where a row has merged before (old lse not
-// -inf: every ring step after the first), it prefetches its quarter of the row's old o into L2;
-// the epilogue then reads both rows' o in one batch (L2 hits) before any store. A merging step's
-// epilogue waited on four trips to DRAM (lse, o of row 0, then of row 1: 4.43 us an item at a
-// window's edge against 2.34 in a pass that reads no o, kernels/NOTES.md run 126); now on one
-// trip to L2, and a pass on none.
-#ifdef FWD_EPI3
-constexpr bool EPI3_BUILD = true;
-#else
-constexpr bool EPI3_BUILD = false;
-#endif
-__device__ __forceinline__ void prefetchLineL2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
-// mergeRowOut (common.cuh) for both of a thread's rows (i0 and i0 + 8) with their old lse already
-// read (lseOld; rows at or past Sq: anything). The old o of every row that has merged before (old
-// lse not -inf) is loaded first, both rows in one batch, and the weights computed while the loads
-// are in flight; a piece whose weight is 0 reads as 0, as in mergeRowOut, so the bits are its.
-template <int D>
-__device__ __forceinline__ void mergeRowsOut(const FwdParams& p, int i0, int h, int lane, const float (&lseOld)[2], const float (&rowMax)[2], const float (&rowSum)[2], const float* acc) {
-  float* out[2];
-  float2 cur[2][D / 8];
-#pragma unroll
-  for (int r = 0; r < 2; r++) {
-    out[r] = p.o + ((u64)(i0 + 8 * r) * p.H + h) * D + 2 * (lane & 3);
-#if FWD_EPI_DIAG == 1 || FWD_EPI_DIAG == 4 || FWD_EPI_DIAG == 5 || FWD_EPI_DIAG == 6
-    const bool old = false;  // diagnostic: no old o read (wrong results)
-#else
-    const bool old = i0 + 8 * r < p.Sq && lseOld[r] != NEG_INF;
-#endif
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) cur[r][n] = old ? *(const float2*)(out[r] + n * 8) : make_float2(0.f, 0.f);
-  }
-#pragma unroll
-  for (int r = 0; r < 2; r++) {
-    const float l = quadSum(rowSum[r]);
-    if (!(i0 + 8 * r < p.Sq && rowLive(l))) continue;
-    float wOld, wB;
-#if FWD_EPI_DIAG == 3
-    const float lseNew = mergeWeights(NEG_INF, (rowMax[r] + log2f(l)) * LN2, wOld, wB);  // diagnostic: a pass's weights
-#else
-    const float lseNew = mergeWeights(lseOld[r], (rowMax[r] + log2f(l)) * LN2, wOld, wB);
-#endif
-    const float inv = wB / l;
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) {
-      const float2 c = wOld != 0.f ? cur[r][n] : make_float2(0.f, 0.f);
-#if FWD_EPI_DIAG == 2 || FWD_EPI_DIAG == 4 || FWD_EPI_DIAG == 5
-      if (c.x == 12345.f)  // diagnostic: o not stored (wrong results)
-#endif
-      *(float2*)(out[r] + n * 8) = make_float2(c.x * wOld + acc[4 * n + 2 * r] * inv, c.y * wOld + acc[4 * n + 2 * r + 1] * inv);
-    }
-    if ((lane & 3) == 0) p.lse[(u64)(i0 + 8 * r) * p.H + h] = lseNew;
-  }
-}
 #ifdef FWD_TRACE_ITEMS
 constexpr bool TRACE_ITEMS = true;
 #else
@@ -224,7 +170,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   const u32 qFree = qBar + 8, slot = qBar + 16;
   // QREGS: S's A operand from registers, read from Q's buffer once an item.
   constexpr bool QREGS = PERSIST && Q_REGS_BUILD && D == 128;
-  constexpr bool EPI3 = PERSIST && EPI3_BUILD;
   const int nx = (p.Sq + BQ - 1) / BQ, nItems = nx * p.H;
   if (PERSIST && gridDim.y != 1) __trap();  // a full grid (the trace build's): each item would run once per head
 
@@ -376,7 +321,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   const float scaleLog2 = p.scale * LOG2E;
   float o[D / 2];
   float rowMax[2] = {NEG_INF, NEG_INF}, rowSum[2] = {0.f, 0.f};  // max in log2 units
-  float lseOld[2] = {0.f, 0.f};  // EPI3: the rows' old lse, read when the item starts
   const u32 qRows = sQ + wg * 64 * 128;
   float sc[BK / 2];  // S of one tile (64 x BK per warpgroup), then its exponentials
   u32 a[BK / 16][4];  // P of one tile, 16-bit, in the A-fragment layout
@@ -575,15 +519,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     softmax(first, cls);
     if (!LATE_RESCALE) rescale();
     pack();
-#if FWD_EPI_DIAG == 5 || FWD_EPI_DIAG == 6
-    if constexpr (false) {
-#else
-    if constexpr (EPI3) {  // the old lse has landed: prefetch the old o of the rows that will merge
-#endif
-#pragma unroll
-      for (int r = 0; r < 2; r++)
-        if (rowBase + 8 * r < p.Sq && lseOld[r] != NEG_INF) prefetchLineL2(p.o + ((u64)(rowBase + 8 * r) * p.H + h) * D + (lane & 3) * (D / 4));
-    }
   };
   // The pipelined schedules' step i waits for P·V of tile i - 1, frees its stage and packs the
   // next P, after the softmax of step i - 1. (ptxas moves that wait above the whole softmax, SASS:
@@ -622,10 +557,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   auto startItem = [&]() {
     rowBase = firstRow(wg, warp, lane);
     rowsOf(rowBase, qPos, qSeg);
-    if constexpr (EPI3) {
-#pragma unroll
-      for (int r = 0; r < 2; r++) lseOld[r] = rowBase + 8 * r < p.Sq ? p.lse[(u64)(rowBase + 8 * r) * p.H + h] : NEG_INF;
-    }
     for (int r = 0; r < 2; r++) range[r] = keyRange(m, qPos[r]);
 #pragma unroll
     for (int x = 0; x < D / 2; x++) o[x] = 0.f;
@@ -731,12 +662,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 
   TRACE(trace.mark(3));
   // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32.
-  if constexpr (EPI3) {
-    mergeRowsOut<D>(p, rowBase, h, lane, lseOld, rowMax, rowSum, o);
-  } else {
 #pragma unroll
-    for (int r = 0; r < 2; r++) mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
-  }
+  for (int r = 0; r < 2; r++) mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
 #ifdef FWD_TRACE
   asm volatile("bar.sync 7, %0;" ::"r"(CONSUMERS) : "memory");  // every consumer's epilogue issued
   trace.stop();

@@ -13,13 +13,19 @@ import type { CudaContext, DeviceBuffer } from '../src/cuda/context.js';
  * (the resets, finish, delta) is a ring's once, not each step's. The two differ most on light
  * blocks: at 16k (H=32, Hk=8) a window's edge's backward was 7% faster as a step (no 384 MB of
  * zeroed gradients, no delta), its forward 12% slower (the merge reads o, which a pass's first and
- * only forward skips), the unmasked forward 5% slower (kernels/NOTES.md run 118). `trace`: a
+ * only forward skips), the unmasked forward 5% slower (kernels/NOTES.md run 118). `fresh`: a
+ * step's calls, but lse reset to -inf before each forward (a ring's first step: nothing merged, no
+ * finishForward), to tell what finite (o, lse) cost a step from what the pass's other calls cost
+ * (kernels/NOTES.md runs 128-130: the edge's epilogue phase 4.4 us as a step, 2.3 as a pass, in a
+ * build that neither reads nor stores o). `trace`: a
  * per-CTA record buffer for the kernels built with
  * -DFWD_TRACE / -DBWD_TRACE (bench/gpu-trace.ts), passed to both calls (0: none). Allocates its
  * fp32 outputs (`bufs`: the caller frees them; if an allocation fails, those made before it are
  * freed here).
  */
-export function blockCalls(ctx: CudaContext, kern: CudaAttentionKernel, a: DeviceBlockArgs, dO: number, trace = 0, step = false): { fwd: () => void; bwd: () => void; bufs: DeviceBuffer[] } {
+export type Timing = 'pass' | 'step' | 'fresh';
+
+export function blockCalls(ctx: CudaContext, kern: CudaAttentionKernel, a: DeviceBlockArgs, dO: number, trace = 0, timing: Timing = 'pass'): { fwd: () => void; bwd: () => void; bufs: DeviceBuffer[] } {
   const n = a.Sq * a.H * a.D, nk = a.Sk * a.Hk * a.D, rows = a.Sq * a.H;
   const bufs: DeviceBuffer[] = [];
   try {
@@ -45,30 +51,35 @@ export function blockCalls(ctx: CudaContext, kern: CudaAttentionKernel, a: Devic
       backward();
     },
   };
-  if (!step) return { bufs, ...pass };
+  if (timing === 'pass') return { bufs, ...pass };
   // A first pass leaves (o, lse) and delta as a ring's later steps find them.
   pass.fwd();
   pass.bwd();
-  return { bufs, fwd: forward, bwd: backward };
+  const fresh = () => {
+    ctx.fill32(lse, 0xff800000, rows);
+    forward();
+  };
+  return { bufs, fwd: timing === 'fresh' ? fresh : forward, bwd: backward };
 }
 
 /**
- * A bench's timing argument (blockCalls' `step`): true for 'step', false for 'pass'; anything else
- * is an error naming the bench `who`.
+ * A bench's timing argument (blockCalls' `timing`): 'step', 'pass' or 'fresh'; anything else is an
+ * error naming the bench `who`.
  */
-export function stepTiming(who: string, mode: string): boolean {
-  if (mode !== 'step' && mode !== 'pass') throw new Error(`${who}: the timing is step (a ring step's calls) or pass (a whole one-block pass), got '${mode}'`);
-  return mode === 'step';
+export function parseTiming(who: string, mode: string): Timing {
+  if (mode !== 'step' && mode !== 'pass' && mode !== 'fresh')
+    throw new Error(`${who}: the timing is step (a ring step's calls), pass (a whole one-block pass) or fresh (a step's calls on lse reset to -inf), got '${mode}'`);
+  return mode;
 }
 
 /**
- * One block's forward and backward on one GPU (blockCalls; with `step`, the calls a ring step runs,
+ * One block's forward and backward on one GPU (blockCalls; with `step` or `fresh`, the calls a ring step runs,
  * `queue` of them enqueued back to back in each timed interval as a ring's steps follow one
  * another): warm-up (warmUp) of each, then `reps` event-timed runs of each; returns the median ms of
  * both. Frees its fp32 outputs before returning.
  */
-export function timeBlock(ctx: CudaContext, kern: CudaAttentionKernel, a: DeviceBlockArgs, dO: number, reps: number, step = false, queue = 1): { f: number; b: number } {
-  const { fwd, bwd, bufs } = blockCalls(ctx, kern, a, dO, 0, step);
+export function timeBlock(ctx: CudaContext, kern: CudaAttentionKernel, a: DeviceBlockArgs, dO: number, reps: number, timing: Timing = 'pass', queue = 1): { f: number; b: number } {
+  const { fwd, bwd, bufs } = blockCalls(ctx, kern, a, dO, 0, timing);
   try {
     warmUp(ctx, () => {
       fwd();

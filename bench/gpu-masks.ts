@@ -2,7 +2,7 @@ import { cudaKernel } from '../src/cuda/attention.js';
 import { CudaContext } from '../src/cuda/context.js';
 import { encode } from '../src/cuda/convert.js';
 import { fill } from './common.js';
-import { stepTiming, timeBlock } from './gpu-block.js';
+import { parseTiming, timeBlock } from './gpu-block.js';
 
 /**
  * The mask path of the block kernels on one GPU (issue 5: full blocks inside a ring step lose
@@ -24,8 +24,9 @@ import { stepTiming, timeBlock } from './gpu-block.js';
  * call an interval; the forward reads no old o). The per-pass work costs the same whatever the mask,
  * so it weighs on the light blocks: at 16k the window edge's pass zeroes the o of its 8k rows that
  * see nothing (128 MB) and its backward's 384 MB of gradients, against ~1 ms and ~3.7 ms of kernel;
- * a step's forward reads the old o of the rows it merges (kernels/NOTES.md run 118).
- *   node dist/bench/gpu.js masks [S=16384] [reps=5] [step|pass]
+ * a step's forward reads the old o of the rows it merges (kernels/NOTES.md run 118); `fresh` a step's
+ * calls with lse reset to -inf before each forward (nothing merged, no finishForward).
+ *   node dist/bench/gpu.js masks [S=16384] [reps=5] [step|pass|fresh]
  */
 
 const H = 32, Hk = 8, D = 128;
@@ -49,7 +50,7 @@ export function seen(kPos: Int32Array, x: number, window: number): number {
 export function maskBench(S: number, reps: number, mode = 'step'): void {
   if (!Number.isInteger(S) || S < 256 || S % 4 !== 0) throw new Error(`S: expected a multiple of 4 of at least 256, got ${S}`);
   if (!Number.isInteger(reps) || reps < 1) throw new Error(`reps: expected a positive integer, got ${reps}`);
-  const step = stepTiming('masks', mode), queue = step ? 4 : 1;
+  const timing = parseTiming('masks', mode), queue = timing === 'pass' ? 1 : 4;
   const ctx = CudaContext.open(0);
   const kern = cudaKernel(ctx);
   const q4 = S / 4;
@@ -69,7 +70,7 @@ export function maskBench(S: number, reps: number, mode = 'step'): void {
   };
   const q = up(encode(fill(n, 1), 'bfloat16')), k = up(encode(fill(nk, 2), 'bfloat16')), v = up(encode(fill(nk, 3), 'bfloat16')), dO = up(encode(fill(n, 4), 'bfloat16'));
   const qp = ctx.alloc(S * 4), kp = ctx.alloc(S * 4);
-  console.log(`device: ${ctx.name} (${ctx.arch}); one ${S} x ${S} block, bf16 H=${H} Hk=${Hk} D=${D}; ${kern.name({ dtype: 'bfloat16', D })}; median of ${reps}; ${step ? `a ring step's calls, ${queue} queued` : 'a whole pass a call'}`);
+  console.log(`device: ${ctx.name} (${ctx.arch}); one ${S} x ${S} block, bf16 H=${H} Hk=${Hk} D=${D}; ${kern.name({ dtype: 'bfloat16', D })}; median of ${reps}; ${timing === 'pass' ? 'a whole pass a call' : `a ring step's calls${timing === 'fresh' ? ' on lse reset to -inf (nothing merged)' : ''}, ${queue} queued`}`);
   console.log('case                visible  | fwd ms   TF/s  of none | bwd ms   TF/s  of none');
   let ref = { f: 0, b: 0 };
   for (const c of cases) {
@@ -79,7 +80,7 @@ export function maskBench(S: number, reps: number, mode = 'step'): void {
     let pairs = 0;
     for (const x of qPos) pairs += c.causal ? seen(kPos, x, c.window) : S;
     const a = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: qp.ptr, kPos: kp.ptr, Sq: S, Sk: S, H, Hk, D, dtype: 'bfloat16' as const, causal: c.causal, window: c.window, sinks: 0, scale: 1 / Math.sqrt(D) };
-    const { f, b } = timeBlock(ctx, kern, a, dO.ptr, reps, step, queue);
+    const { f, b } = timeBlock(ctx, kern, a, dO.ptr, reps, timing, queue);
     const flops = 4 * pairs * H * D;
     const rf = flops / f / 1e9, rb = (2.5 * flops) / b / 1e9;
     if (c.name === 'none') ref = { f: rf, b: rb };

@@ -2,7 +2,7 @@ import { CudaContext } from '../src/cuda/context.js';
 import { cudaKernel } from '../src/cuda/attention.js';
 import { encode } from '../src/cuda/convert.js';
 import { fill } from './common.js';
-import { blockCalls, stepTiming, timeCalls, warmUp } from './gpu-block.js';
+import { blockCalls, parseTiming, timeCalls, warmUp } from './gpu-block.js';
 import { seen } from './gpu-masks.js';
 
 /**
@@ -17,7 +17,7 @@ import { seen } from './gpu-masks.js';
  * line fitted to a CTA's time against its items (the per-item and the per-CTA cost), the gaps
  * between one CTA's end and the next one's start on an SM, and the idle tail; each as a share of
  * the SMs' time over the kernel's span.
- *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|items|bwd] [pass|step]
+ *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|items|bwd] [pass|step|fresh]
  * items: the persistent ht as it runs by default (-DFWD_TRACE_ITEMS), one record an item, its clock
  * started at the top of the item: the gaps between records on an SM are the persistent loop's own.
  * One S x S block, bf16, Hk = H, positions 0..S-1 on both sides (edge: bench/gpu-masks.ts's window
@@ -25,7 +25,8 @@ import { seen } from './gpu-masks.js';
  * bench/gpu.js times it (blockCalls: a whole pass, the default) or, with `step`, as a ring step
  * after the first runs it (the forward merging into the running (o, lse), so that its epilogue
  * reads the old o; the backward without the per-pass zeroing and delta: bench/gpu-masks.ts's
- * default). The traced build stores 64 bytes a CTA and waits once more at the end: its time is
+ * default), or with `fresh` as a ring's first step (a step's calls, lse reset to -inf before each
+ * forward). The traced build stores 64 bytes a CTA and waits once more at the end: its time is
  * printed beside the phases, to compare with the untraced rate (bench/gpu.js). The default D=128
  * forward (ht) runs on a persistent grid, one CTA an SM taking items in turn; the traced build
  * runs it on the full grid, one item a CTA, so that each record is one item's: its per-CTA costs
@@ -175,7 +176,7 @@ export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'no
   if (D !== 64 && D !== 128) throw new Error(`D: expected 64 or 128, got ${D}`);
   if (!Number.isInteger(reps) || reps < 1) throw new Error(`reps: expected a positive integer, got ${reps}`);
   if (which !== 'fwd' && which !== 'bwd' && which !== 'items') throw new Error(`kernel: expected fwd, items (the persistent forward, a record an item) or bwd, got ${which}`);
-  const fwd = which !== 'bwd', step = stepTiming('trace', timing);
+  const fwd = which !== 'bwd', mode = parseTiming('trace', timing), step = mode !== 'pass';
   if (mask === 'edge' && S % 2 !== 0) throw new Error(`S: the window edge takes an even S, got ${S}`);
   const causal = mask !== 'none', window = mask === 'edge' ? S / 2 : 0;
   const define = which === 'fwd' ? '-DFWD_TRACE' : which === 'items' ? '-DFWD_TRACE -DFWD_TRACE_ITEMS' : '-DBWD_TRACE';
@@ -203,7 +204,7 @@ export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'no
     bufs.push(trace);
     const a = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: qp.ptr, kPos: kp.ptr, Sq: S, Sk: S, H, Hk: H, D, dtype: 'bfloat16' as const, causal, window, sinks: 0, scale: 1 / Math.sqrt(D) };
     // The calls bench/gpu.js times (or a ring step's), the trace buffer passed to both (only the traced kernel writes).
-    const calls = blockCalls(ctx, kern, a, dO.ptr, trace.ptr, step);
+    const calls = blockCalls(ctx, kern, a, dO.ptr, trace.ptr, mode);
     bufs.push(...calls.bufs);
     if (which === 'bwd' && !step) calls.fwd();  // o and lse for the backward's delta (a step's calls have them)
     const call = fwd ? calls.fwd : calls.bwd;
@@ -220,7 +221,7 @@ export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'no
       for (const x of qPos) pairs += seen(kPos, x, window);
     }
     const flops = (fwd ? 4 : 10) * pairs * H * D;
-    const what = step ? `${fwd ? 'forward' : 'backward'} as a ring step (${fwd ? 'merging into the running o and lse' : 'adding into the gradients'})` : fwd ? 'forward (lse reset and finishForward included)' : 'backward (dq/dk/dv zeroing and delta included)';
+    const what = step ? `${fwd ? 'forward' : 'backward'} as a ring step (${fwd ? (mode === 'fresh' ? 'lse reset to -inf first: nothing merged' : 'merging into the running o and lse') : 'adding into the gradients'})` : fwd ? 'forward (lse reset and finishForward included)' : 'backward (dq/dk/dv zeroing and delta included)';
     console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); ${name}, ${define}; S=${S} H=${H} D=${D} ${mask === 'edge' ? `window edge (causal window ${window}, keys a block behind)` : causal ? 'causal' : 'non-causal'}, one S x S block`);
     console.log(`${what}, traced build: ${ms.toFixed(3)} ms, ${(flops / ms / 1e9).toFixed(1)} TFLOP/s (median of ${reps}); kernel span ${(s.spanUs / 1e3).toFixed(3)} ms; SM clock ${s.ghz.toFixed(2)} GHz`);
     console.log(`CTAs: ${s.ctas} recorded (${s.working} with work), on ${s.sms} SMs`);

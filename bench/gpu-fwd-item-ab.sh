@@ -4,7 +4,8 @@
 # first, in parallel, into one kernel cache (keys hash the options); then ROUNDS rounds, variants
 # in round_order (reversed on even rounds), of `gpu.js masks 16384 5` and of the 8k and 16k
 # unmasked forward (H=32, D=128, --queue=4; SIZES="8192" for one size); then the per-item traces of the window edge and 8k
-# (`gpu.js trace ... items`, timed as TRACE_TIMING says: pass or step, the trace's default when unset) of the first and last variants; then the GPU tests of every mask
+# (`gpu.js trace ... items`, timed as TRACE_TIMING says: pass, step or fresh, the trace's default when unset) of the first and last variants (SKIP_TRACES=1: neither the
+# trace builds nor the traces, for changes a trace cannot show); then the GPU tests of every mask
 # (bf16 / fp16 at D 64/128, the persistent grid, block merges, rows that see nothing, non-finite
 # inputs: TESTS overrides) on the last variant's build, unless SKIP_TESTS=1. Carry .devkit,
 # .devrun and dist. Results in $OUT/fwd-item-ab.log.
@@ -19,7 +20,8 @@ gpu_header "$log"
 builds=()  # each variant's build and its per-item trace build
 for v in "$@"; do
   IFS='|' read -r label def <<<"$v"
-  builds+=("$def" "$(echo "$def -DFWD_TRACE -DFWD_TRACE_ITEMS" | xargs)")
+  builds+=("$def")
+  [ -z "${SKIP_TRACES:-}" ] && builds+=("$(echo "$def -DFWD_TRACE -DFWD_TRACE_ITEMS" | xargs)")
 done
 compile_builds "${builds[@]}" | tee -a "$log"
 for round in $(seq 1 "${ROUNDS:-2}"); do
@@ -35,6 +37,7 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
   done
 done
 for v in "$1" "${!#}"; do
+  [ -n "${SKIP_TRACES:-}" ] && break
   IFS='|' read -r label def <<<"$v"
   IFS=, read -ra specs <<<"${TRACE_SPECS:-16384 32 128 edge,8192 32 128 0}"
   for spec in "${specs[@]}"; do

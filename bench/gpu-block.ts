@@ -12,8 +12,10 @@ import type { CudaContext, DeviceBuffer } from '../src/cuda/context.js';
  * and the backward alone, adding into dq/dk/dv, with delta taken once beforehand. The per-pass work
  * (the resets, finish, delta) is a ring's once, not each step's. The two differ most on light
  * blocks: at 16k (H=32, Hk=8) a window's edge's backward was 7% faster as a step (no 384 MB of
- * zeroed gradients, no delta), its forward 12% slower (the merge reads o, which a pass's first and
- * only forward skips), the unmasked forward 5% slower (kernels/NOTES.md run 118). `fresh`: a
+ * zeroed gradients, no delta), its forward 12% slower (read then as the merge reading o, which a
+ * pass's first and only forward skips: batching those reads took the edge's step from 1.16 to 1.03
+ * ms, but what a step still costs over a pass is not o's traffic, runs 128-130), the unmasked
+ * forward 5% slower (kernels/NOTES.md run 118). `fresh`: a
  * step's calls, but lse reset to -inf before each forward (a ring's first step: nothing merged, no
  * finishForward), to tell what finite (o, lse) cost a step from what the pass's other calls cost
  * (kernels/NOTES.md runs 128-130: the edge's epilogue phase 4.4 us as a step, 2.3 as a pass, in a

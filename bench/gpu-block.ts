@@ -19,13 +19,17 @@ import type { CudaContext, DeviceBuffer } from '../src/cuda/context.js';
  * step's calls, but lse reset to -inf before each forward (a ring's first step: nothing merged, no
  * finishForward), to tell what finite (o, lse) cost a step from what the pass's other calls cost
  * (kernels/NOTES.md runs 128-130: the edge's epilogue phase 4.4 us as a step, 2.3 as a pass, in a
- * build that neither reads nor stores o). `trace`: a
+ * build that neither reads nor stores o; run 131: 2.3 fresh). Two more to split what a fresh step
+ * changes: `finite`, lse set to 0 before each forward (finite: every row merges, as in a step, but
+ * lse just written), and `spaced`, a step's calls with an unrelated fill of the same size (delta's
+ * buffer, which the forward does not touch) before each forward (lse and o as a step leaves them).
+ * `trace`: a
  * per-CTA record buffer for the kernels built with
  * -DFWD_TRACE / -DBWD_TRACE (bench/gpu-trace.ts), passed to both calls (0: none). Allocates its
  * fp32 outputs (`bufs`: the caller frees them; if an allocation fails, those made before it are
  * freed here).
  */
-export type Timing = 'pass' | 'step' | 'fresh';
+export type Timing = 'pass' | 'step' | 'fresh' | 'finite' | 'spaced';
 
 export function blockCalls(ctx: CudaContext, kern: CudaAttentionKernel, a: DeviceBlockArgs, dO: number, trace = 0, timing: Timing = 'pass'): { fwd: () => void; bwd: () => void; bufs: DeviceBuffer[] } {
   const n = a.Sq * a.H * a.D, nk = a.Sk * a.Hk * a.D, rows = a.Sq * a.H;
@@ -57,21 +61,34 @@ export function blockCalls(ctx: CudaContext, kern: CudaAttentionKernel, a: Devic
   // A first pass leaves (o, lse) and delta as a ring's later steps find them.
   pass.fwd();
   pass.bwd();
-  const fresh = () => {
-    ctx.fill32(lse, 0xff800000, rows);
+  // Before each forward: fresh resets lse to -inf, finite sets it to 0, spaced fills delta.
+  const before = { fresh: [lse, 0xff800000], finite: [lse, 0], spaced: [delta, 0] } as const;
+  if (timing === 'step') return { bufs, fwd: forward, bwd: backward };
+  const [buf, bits] = before[timing];
+  const fwd = () => {
+    ctx.fill32(buf, bits, rows);
     forward();
   };
-  return { bufs, fwd: timing === 'fresh' ? fresh : forward, bwd: backward };
+  return { bufs, fwd, bwd: backward };
 }
 
+/** What a forward call of each step-like timing runs, as the benches' headers say it. */
+export const STEP_FORWARD: Record<Exclude<Timing, 'pass'>, string> = {
+  step: 'merging into the running o and lse',
+  fresh: 'lse reset to -inf first: nothing merged',
+  finite: 'lse set to 0 first: every row merges',
+  spaced: 'merging, a fill of another buffer first',
+};
+
 /**
- * A bench's timing argument (blockCalls' `timing`): 'step', 'pass' or 'fresh'; anything else is an
- * error naming the bench `who`.
+ * A bench's timing argument (blockCalls' `timing`): one of TIMINGS; anything else is an error
+ * naming the bench `who`.
  */
+const TIMINGS: readonly Timing[] = ['pass', 'step', 'fresh', 'finite', 'spaced'];
 export function parseTiming(who: string, mode: string): Timing {
-  if (mode !== 'step' && mode !== 'pass' && mode !== 'fresh')
-    throw new Error(`${who}: the timing is step (a ring step's calls), pass (a whole one-block pass) or fresh (a step's calls on lse reset to -inf), got '${mode}'`);
-  return mode;
+  if (!(TIMINGS as readonly string[]).includes(mode))
+    throw new Error(`${who}: the timing is step (a ring step's calls), pass (a whole one-block pass), fresh (a step's calls on lse reset to -inf), finite (on lse set to 0) or spaced (a step's calls with a fill between), got '${mode}'`);
+  return mode as Timing;
 }
 
 /**

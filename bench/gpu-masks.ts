@@ -2,7 +2,7 @@ import { cudaKernel } from '../src/cuda/attention.js';
 import { CudaContext } from '../src/cuda/context.js';
 import { encode } from '../src/cuda/convert.js';
 import { fill } from './common.js';
-import { parseTiming, timeBlock } from './gpu-block.js';
+import { parseTiming, STEP_FORWARD, timeBlock } from './gpu-block.js';
 
 /**
  * The mask path of the block kernels on one GPU (issue 5: full blocks inside a ring step lose
@@ -25,8 +25,9 @@ import { parseTiming, timeBlock } from './gpu-block.js';
  * so it weighs on the light blocks: at 16k the window edge's pass zeroes the o of its 8k rows that
  * see nothing (128 MB) and its backward's 384 MB of gradients, against ~1 ms and ~3.7 ms of kernel;
  * a step's forward reads the old o of the rows it merges (kernels/NOTES.md run 118); `fresh` a step's
- * calls with lse reset to -inf before each forward (nothing merged, no finishForward).
- *   node dist/bench/gpu.js masks [S=16384] [reps=5] [step|pass|fresh]
+ * calls with lse reset to -inf before each forward (nothing merged, no finishForward); `finite` and
+ * `spaced` as bench/gpu-block.ts says.
+ *   node dist/bench/gpu.js masks [S=16384] [reps=5] [step|pass|fresh|finite|spaced]
  */
 
 const H = 32, Hk = 8, D = 128;
@@ -70,7 +71,7 @@ export function maskBench(S: number, reps: number, mode = 'step'): void {
   };
   const q = up(encode(fill(n, 1), 'bfloat16')), k = up(encode(fill(nk, 2), 'bfloat16')), v = up(encode(fill(nk, 3), 'bfloat16')), dO = up(encode(fill(n, 4), 'bfloat16'));
   const qp = ctx.alloc(S * 4), kp = ctx.alloc(S * 4);
-  console.log(`device: ${ctx.name} (${ctx.arch}); one ${S} x ${S} block, bf16 H=${H} Hk=${Hk} D=${D}; ${kern.name({ dtype: 'bfloat16', D })}; median of ${reps}; ${timing === 'pass' ? 'a whole pass a call' : `a ring step's calls${timing === 'fresh' ? ' on lse reset to -inf (nothing merged)' : ''}, ${queue} queued`}`);
+  console.log(`device: ${ctx.name} (${ctx.arch}); one ${S} x ${S} block, bf16 H=${H} Hk=${Hk} D=${D}; ${kern.name({ dtype: 'bfloat16', D })}; median of ${reps}; ${timing === 'pass' ? 'a whole pass a call' : `a ring step's calls (${STEP_FORWARD[timing]}), ${queue} queued`}`);
   console.log('case                visible  | fwd ms   TF/s  of none | bwd ms   TF/s  of none');
   let ref = { f: 0, b: 0 };
   for (const c of cases) {

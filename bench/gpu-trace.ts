@@ -2,7 +2,7 @@ import { CudaContext } from '../src/cuda/context.js';
 import { cudaKernel } from '../src/cuda/attention.js';
 import { encode } from '../src/cuda/convert.js';
 import { fill } from './common.js';
-import { blockCalls, parseTiming, timeCalls, warmUp } from './gpu-block.js';
+import { blockCalls, parseTiming, STEP_FORWARD, timeCalls, warmUp } from './gpu-block.js';
 import { seen } from './gpu-masks.js';
 
 /**
@@ -17,7 +17,7 @@ import { seen } from './gpu-masks.js';
  * line fitted to a CTA's time against its items (the per-item and the per-CTA cost), the gaps
  * between one CTA's end and the next one's start on an SM, and the idle tail; each as a share of
  * the SMs' time over the kernel's span.
- *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|items|bwd] [pass|step|fresh]
+ *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|items|bwd] [pass|step|fresh|finite|spaced]
  * items: the persistent ht as it runs by default (-DFWD_TRACE_ITEMS), one record an item, its clock
  * started at the top of the item: the gaps between records on an SM are the persistent loop's own.
  * One S x S block, bf16, Hk = H, positions 0..S-1 on both sides (edge: bench/gpu-masks.ts's window
@@ -26,7 +26,7 @@ import { seen } from './gpu-masks.js';
  * after the first runs it (the forward merging into the running (o, lse), so that its epilogue
  * reads the old o; the backward without the per-pass zeroing and delta: bench/gpu-masks.ts's
  * default), or with `fresh` as a ring's first step (a step's calls, lse reset to -inf before each
- * forward). The traced build stores 64 bytes a CTA and waits once more at the end: its time is
+ * forward; `finite` and `spaced`: bench/gpu-block.ts). The traced build stores 64 bytes a CTA and waits once more at the end: its time is
  * printed beside the phases, to compare with the untraced rate (bench/gpu.js). The default D=128
  * forward (ht) runs on a persistent grid, one CTA an SM taking items in turn; the traced build
  * runs it on the full grid, one item a CTA, so that each record is one item's: its per-CTA costs
@@ -221,7 +221,7 @@ export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'no
       for (const x of qPos) pairs += seen(kPos, x, window);
     }
     const flops = (fwd ? 4 : 10) * pairs * H * D;
-    const what = step ? `${fwd ? 'forward' : 'backward'} as a ring step (${fwd ? (mode === 'fresh' ? 'lse reset to -inf first: nothing merged' : 'merging into the running o and lse') : 'adding into the gradients'})` : fwd ? 'forward (lse reset and finishForward included)' : 'backward (dq/dk/dv zeroing and delta included)';
+    const what = mode !== 'pass' ? `${fwd ? 'forward' : 'backward'} as a ring step (${fwd ? STEP_FORWARD[mode] : 'adding into the gradients'})` : fwd ? 'forward (lse reset and finishForward included)' : 'backward (dq/dk/dv zeroing and delta included)';
     console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); ${name}, ${define}; S=${S} H=${H} D=${D} ${mask === 'edge' ? `window edge (causal window ${window}, keys a block behind)` : causal ? 'causal' : 'non-causal'}, one S x S block`);
     console.log(`${what}, traced build: ${ms.toFixed(3)} ms, ${(flops / ms / 1e9).toFixed(1)} TFLOP/s (median of ${reps}); kernel span ${(s.spanUs / 1e3).toFixed(3)} ms; SM clock ${s.ghz.toFixed(2)} GHz`);
     console.log(`CTAs: ${s.ctas} recorded (${s.working} with work), on ${s.sms} SMs`);

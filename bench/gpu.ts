@@ -34,10 +34,10 @@ import { comparisonTable, fmt, measurePeers, roundsSummary, type OursRow, type P
  * Usage: node dist/bench/gpu.js [S=8192] [H=16] [reps=10] [--d=64,128] [--hk=H] [--fwd-only | --bwd-only] [--queue=1] [--causal=0,1] [--peers] [--rounds=1] [--python=python3]
  *        node dist/bench/gpu.js ring [devices=2] [reps=3] [S,S,...=16384,32768,65536]
  *          the ring on `devices` GPUs against one GPU on the same work (bench/gpu-ring.ts)
- *        node dist/bench/gpu.js masks [S=16384] [reps=5] [step|pass|fresh]
+ *        node dist/bench/gpu.js masks [S=16384] [reps=5] [step|pass|fresh|finite|spaced]
  *          one block under each mask a ring step gives it, against no mask (bench/gpu-masks.ts):
- *          a ring step's calls (step), a whole one-block pass (pass), or a step's calls on lse reset (fresh)
- *        node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|items|bwd] [pass|step|fresh]
+ *          a ring step's calls (step), a whole one-block pass (pass), a step's calls on lse reset (fresh), on lse set to 0 (finite), or with another fill between (spaced)
+ *        node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|items|bwd] [pass|step|fresh|finite|spaced]
  *          a Hopper kernel's time CTA by CTA: phases, per-item and per-CTA cost, gaps, tail (bench/gpu-trace.ts)
  */
 

@@ -23,10 +23,10 @@ test('seen: the keys a query position sees (causal, with and without a window) e
 test('maskBench: a bad size, count or timing mode is an error naming it, before any GPU is opened', () => {
   assert.throws(() => maskBench(100, 5), /S: expected a multiple of 4 of at least 256, got 100/);
   assert.throws(() => maskBench(16384, 0), /reps: expected a positive integer, got 0/);
-  assert.throws(() => maskBench(16384, 5, 'kernel'), /masks: the timing is step .*, pass .* or fresh .*, got 'kernel'/);
+  assert.throws(() => maskBench(16384, 5, 'kernel'), /masks: the timing is step .*, pass .*, fresh .*, finite .* or spaced .*, got 'kernel'/);
 });
 
 test('traceBench: a bad timing mode or kernel is an error naming it, before any GPU is opened', () => {
-  assert.throws(() => traceBench(8192, 32, 128, 'none', 20, 'fwd', 'kernel'), /trace: the timing is step .*, pass .* or fresh .*, got 'kernel'/);
+  assert.throws(() => traceBench(8192, 32, 128, 'none', 20, 'fwd', 'kernel'), /trace: the timing is step .*, pass .*, fresh .*, finite .* or spaced .*, got 'kernel'/);
   assert.throws(() => traceBench(8192, 32, 128, 'none', 20, 'both' as 'fwd'), /kernel: expected fwd, items .* or bwd, got both/);
 });

@@ -54,6 +54,12 @@ constexpr int PRODUCERS = 128;
 #else
 #define TRACE(x)
 #endif
+// -DFWD_TRACE_WG=1 (with -DFWD_TRACE_ITEMS): the record is warpgroup 1's (its thread 0's marks),
+// to set its last P·V and epilogue beside warpgroup 0's (a trace's epilogue phase runs from the
+// owner's last P·V to the end of every consumer's epilogue).
+#ifndef FWD_TRACE_WG
+#define FWD_TRACE_WG 0
+#endif
 
 // WGS consumer warpgroups of 64 query rows each: 2 (BQ = 128, 384 threads), or 3 at D=64 (hw:
 // BQ = 192, 512 threads, 160 registers a consumer thread). Key tiles of BKN rows: 128, or 176 (hl,
@@ -691,7 +697,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 #ifdef FWD_TRACE
   asm volatile("bar.sync 7, %0;" ::"r"(CONSUMERS) : "memory");  // every consumer's epilogue issued
   trace.stop();
-  trace.write(p.trace, traced, qt, h, PERSIST ? h * nx + qt : -1);
+  trace.write(p.trace, traced, qt, h, PERSIST ? h * nx + qt : -1, PERSIST ? 128 * FWD_TRACE_WG : 0);
 #endif
   }  // the items (one, but in ht)
   if (CLUSTER) clusterSync();  // as the producer warpgroup's, above

@@ -245,9 +245,10 @@ struct Trace {
     c[4] = clock64();
     g1 = globalTimer();
   }
-  // The record's slot: `at`, or where at < 0 the CTA's linear index.
-  __device__ __forceinline__ void write(u64* out, int items, int tile, int head, int at = -1) const {
-    if (!out || threadIdx.x != 0) return;
+  // The record's slot: `at`, or where at < 0 the CTA's linear index. Written by thread `owner`,
+  // whose clocks it holds.
+  __device__ __forceinline__ void write(u64* out, int items, int tile, int head, int at = -1, int owner = 0) const {
+    if (!out || threadIdx.x != owner) return;
     u32 sm;
     asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
     u64* r = out + 8ull * (at >= 0 ? at : blockIdx.y * gridDim.x + blockIdx.x);

@@ -105,20 +105,6 @@ constexpr bool Q_REGS_BUILD = false;
 #else
 constexpr bool Q_REGS_BUILD = true;
 #endif
-// -DFWD_HANDOFF (opt-in, for A/B runs; ht): warpgroup 1 hands warpgroup 0 the next item's first
-// turn at the end of its last tile, before its epilogue, instead of at the top of the next item.
-// Without it warpgroup 0's first S of item n + 1 waits for warpgroup 1's whole epilogue (which
-// starts a turn after warpgroup 0's), so the tensor cores idle through it; with it that S and its
-// softmax run under warpgroup 1's epilogue. The turns still pair: warpgroup 1 passes once before
-// the first item and once at the end of each item (not at the top of each), and warpgroup 0 takes
-// the last item's pass where nextItem finds no item left (that wait after the loop instead made
-// ptxas spill 600 bytes and serialize the wgmmas). The trace build (bar.sync 7 after each
-// epilogue) keeps the warpgroups together and so cannot show it: time it untraced.
-#ifdef FWD_HANDOFF
-constexpr bool HANDOFF_BUILD = true;
-#else
-constexpr bool HANDOFF_BUILD = false;
-#endif
 #ifdef FWD_TRACE_ITEMS
 constexpr bool TRACE_ITEMS = true;
 #else
@@ -190,7 +176,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   const u32 qFree = qBar + 8, slot = qBar + 16;
   // QREGS: S's A operand from registers, read from Q's buffer once an item.
   constexpr bool QREGS = PERSIST && Q_REGS_BUILD && D == 128;
-  constexpr bool HANDOFF = PERSIST && HANDOFF_BUILD;
   const int nx = (p.Sq + BQ - 1) / BQ, nItems = nx * p.H;
   if (PERSIST && gridDim.y != 1) __trap();  // a full grid (the trace build's): each item would run once per head
 
@@ -528,8 +513,8 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // The two-product schedules' first tile (its S alone, then its softmax) and last (its P·V
   // alone). With turns, warpgroup 1 hands warpgroup 0 the first turn and skips its last pass, so
   // that every bar.sync of one warpgroup meets one bar.arrive of the other.
-  auto firstTile = [&](bool pong, bool handedOff = false) {  // handedOff (HANDOFF): warpgroup 1 passed the first turn at the last item's end
-    if (pong && wg == WGS - 1 && !handedOff) turnPass<WGS>(wg);
+  auto firstTile = [&](bool pong) {
+    if (pong && wg == WGS - 1) turnPass<WGS>(wg);
     waitFull(0);
     if (pong) turnWait(wg);
     issueQK(ib % STAGES);
@@ -568,10 +553,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   // break, ptxas spilled P inside the tile loop.)
   auto nextItem = [&](int n) {
     mbarWait(qBar, n & 1);
-    if (ldShared(slot) < 0) {  // the slot is written before the producer's arrival on qBar
-      if (HANDOFF && wg == 0) turnWait(wg);  // warpgroup 1's pass after the last item (or before none)
-      return false;
-    }
+    if (ldShared(slot) < 0) return false;  // the slot is written before the producer's arrival on qBar
     qt = ldShared(slot + 4), h = ldShared(slot + 8), end = ldShared(slot + 12), first = ldShared(slot + 16);
     kh = h / (p.H / p.Hk), q0 = qt * BQ;
     qBox = make_int4(ldShared(slot + 20), ldShared(slot + 24), ldShared(slot + 28), ldShared(slot + 32));
@@ -592,9 +574,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     mbarWait(qBar, 0);
   }
   int n = 0;  // items taken
-  if constexpr (HANDOFF) {
-    if (wg == WGS - 1) turnPass<WGS>(wg);  // the first item's first turn
-  }
   // The loop over items (one, but in ht) spans the schedules and the epilogue, left unindented.
   for (bool more = PERSIST ? nextItem(0) : true; more; more = PERSIST && nextItem(++n)) {
     if (PERSIST) {
@@ -666,7 +645,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     // issued before P·V of this one, so this warpgroup's softmax of tile n+1 runs while the
     // tensor cores do its P·V of tile n. PIPE_PONG adds the ping-pong turns around the issues.
     constexpr bool pong = MODE == PIPE_PONG;
-    firstTile(pong, HANDOFF);
+    firstTile(pong);
     TRACE(trace.mark(2));
     int t = first, i = 0, cls;
     for (int tn = nextVis(t + 1, cls); tn < end; t = tn, tn = nextVis(t + 1, cls), i++) {
@@ -683,9 +662,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     }
     if (PERSIST && !QREGS) mbarArrive(qFree);  // every S product of this item waited for: its Q may go
     lastTile(pong, (ib + i) % STAGES);
-    if constexpr (HANDOFF) {
-      if (wg == WGS - 1) turnPass<WGS>(wg);  // the next item's first turn (after the last item, taken below)
-    }
     TRACE(traced = i + 1);
     ib += i + 1;
   }

@@ -323,36 +323,6 @@ __device__ __forceinline__ float mergeWeights(float lseOld, float lseB, float& w
   wB = eb / sum;
   return mx + logf(sum);
 }
-// -DFWD_FAST_MERGE (opt-in, for A/B runs): the forward epilogue's merge on the special-function
-// unit, one exponential, one reciprocal and one logarithm (the larger lse keeps weight 1 / (1 + e),
-// e = exp(-|lseB - lseOld|) in (0, 1]; the smaller e / (1 + e)), and the block's lse and 1 / l the
-// same way, instead of expf, logf, log2f and three IEEE divisions: a serial chain of ~80
-// instructions a row, each row merging (kernels/NOTES.md run 132). Relative error ~1e-7.
-#ifdef FWD_FAST_MERGE
-__device__ __forceinline__ float lg2Fast(float x) {
-  float y;
-  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ float rcpFast(float x) {
-  float y;
-  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ float mergeWeightsFast(float lseOld, float lseB, float& wOld, float& wB) {
-  if (lseOld == NEG_INF) {
-    wOld = 0.f;
-    wB = 1.f;
-    return lseB;
-  }
-  const float d = lseB - lseOld;  // NaN (a NaN lse) makes both weights and the lse NaN
-  const float e = exp2Fast(-fabsf(d) * LOG2E);
-  const float big = rcpFast(1.f + e), small = e * big;
-  wOld = d > 0.f ? small : big;
-  wB = d > 0.f ? big : small;
-  return (d > 0.f ? lseB : lseOld) + lg2Fast(1.f + e) * LN2;
-}
-#endif
 
 // The forward kernels' epilogue for one of a thread's two rows: query row i of head h, whose
 // columns 8n + 2·(lane%4) (+1) this thread holds in acc[4n + 2r] (+1) for n < D/8 (the m16n8 /
@@ -371,17 +341,10 @@ __device__ __forceinline__ void mergeRowOut(const FwdParams& p, int i, int h, in
   const float lseOld = live ? p.lse[row] : 0.f;
   __syncwarp();  // all four lanes read lse before lane 0 of the quad writes it
   if (!live) return;
-#ifdef FWD_FAST_MERGE
-  const float lseB = (rowMax + lg2Fast(l)) * LN2;
-  float wOld, wB;
-  const float lseNew = mergeWeightsFast(lseOld, lseB, wOld, wB);
-  const float inv = wB * rcpFast(l);
-#else
   const float lseB = (rowMax + log2f(l)) * LN2;
   float wOld, wB;
   const float lseNew = mergeWeights(lseOld, lseB, wOld, wB);
   const float inv = wB / l;
-#endif
   float* out = p.o + row * D;
   // The row's old o read in one batch before any store. A load and store a piece (a branch, a
   // load, its store, 16 times) compiled to 16 trips to DRAM a row in a merging step (every ring

@@ -17,9 +17,11 @@ import { seen } from './gpu-masks.js';
  * line fitted to a CTA's time against its items (the per-item and the per-CTA cost), the gaps
  * between one CTA's end and the next one's start on an SM, and the idle tail; each as a share of
  * the SMs' time over the kernel's span.
- *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|items|bwd] [pass|step|fresh|finite|spaced]
+ *   node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|items|epi|bwd] [pass|step|fresh|finite|spaced]
  * items: the persistent ht as it runs by default (-DFWD_TRACE_ITEMS), one record an item, its clock
  * started at the top of the item: the gaps between records on an SM are the persistent loop's own.
+ * epi: the same kernel's epilogues (-DFWD_TRACE_EPI), a record a warpgroup an item: each row's
+ * merge and the wait at the consumers' bar.sync (summarizeEpilogue).
  * One S x S block, bf16, Hk = H, positions 0..S-1 on both sides (edge: bench/gpu-masks.ts's window
  * edge, queries at S..2S-1 under a causal window of S/2; TFLOP/s over the visible pairs), timed as
  * bench/gpu.js times it (blockCalls: a whole pass, the default) or, with `step`, as a ring step
@@ -170,23 +172,48 @@ export function summarizeTrace(records: CtaRecord[], labels: readonly string[] =
   return { ctas: records.length, working: working.length, sms, ghz, spanUs, phases, fit };
 }
 
-export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'none' | 'edge', reps: number, which: 'fwd' | 'bwd' | 'items', timing = 'pass'): void {
+/**
+ * The epilogue records of -DFWD_TRACE_EPI (`epi`): two an item, one a warpgroup (its number in the
+ * record's count field), clocks from the warpgroup's last P·V: row 0 merged, row 1 merged, the
+ * consumers' bar.sync passed. Phases per warpgroup in microseconds at the records' mean clock.
+ */
+export function summarizeEpilogue(records: CtaRecord[]): { ghz: number; spanUs: number; phases: Phase[] } {
+  if (records.length === 0) throw new Error('trace: no warpgroup wrote an epilogue record (was the kernel built with -DFWD_TRACE_EPI?)');
+  let cycles = 0, ns = 0;
+  for (const r of records) {
+    cycles += r.c[4] - r.c[0];
+    ns += r.g1 - r.g0;
+  }
+  const ghz = ns > 0 ? cycles / ns : 1;
+  const phases: Phase[] = [];
+  for (const wg of [0, 1]) {
+    const mine = records.filter((r) => r.tiles === wg);
+    for (const [name, i, j] of [['row 0 merged (lse, o read, o stored)', 0, 1], ['row 1 merged', 1, 2], ["the other consumers' bar.sync", 2, 3], ['the whole epilogue', 0, 3]] as const) {
+      const x = mine.map((r) => (r.c[j] - r.c[i]) / ghz / 1e3);
+      phases.push({ name: `warpgroup ${wg}: ${name}`, med: pct(x, 0.5), p10: pct(x, 0.1), p90: pct(x, 0.9), share: 0 });
+    }
+  }
+  const spanUs = (Math.max(...records.map((r) => r.g1)) - Math.min(...records.map((r) => r.g0))) / 1e3;  // the first epilogue's start to the last's end
+  return { ghz, spanUs, phases };
+}
+
+export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'none' | 'edge', reps: number, which: 'fwd' | 'bwd' | 'items' | 'epi', timing = 'pass'): void {
   if (!Number.isInteger(S) || S < 128) throw new Error(`S: expected an integer of at least 128, got ${S}`);
   if (!Number.isInteger(H) || H < 1) throw new Error(`H: expected a positive integer, got ${H}`);
   if (D !== 64 && D !== 128) throw new Error(`D: expected 64 or 128, got ${D}`);
   if (!Number.isInteger(reps) || reps < 1) throw new Error(`reps: expected a positive integer, got ${reps}`);
-  if (which !== 'fwd' && which !== 'bwd' && which !== 'items') throw new Error(`kernel: expected fwd, items (the persistent forward, a record an item) or bwd, got ${which}`);
+  if (which !== 'fwd' && which !== 'bwd' && which !== 'items' && which !== 'epi') throw new Error(`kernel: expected fwd, items (the persistent forward, a record an item), epi (its epilogues, a record a warpgroup) or bwd, got ${which}`);
   const fwd = which !== 'bwd', mode = parseTiming('trace', timing), step = mode !== 'pass';
   if (mask === 'edge' && S % 2 !== 0) throw new Error(`S: the window edge takes an even S, got ${S}`);
   const causal = mask !== 'none', window = mask === 'edge' ? S / 2 : 0;
-  const define = which === 'fwd' ? '-DFWD_TRACE' : which === 'items' ? '-DFWD_TRACE -DFWD_TRACE_ITEMS' : '-DBWD_TRACE';
+  const define = { fwd: '-DFWD_TRACE', items: '-DFWD_TRACE -DFWD_TRACE_ITEMS', epi: '-DFWD_TRACE -DFWD_TRACE_ITEMS -DFWD_TRACE_EPI', bwd: '-DBWD_TRACE' }[which];
   process.env.RINGATTN_NVRTC_DEFINES = [process.env.RINGATTN_NVRTC_DEFINES, define].filter(Boolean).join(' ');
   const ctx = CudaContext.open(0);
   const kern = cudaKernel(ctx);
   const name = kern.name({ dtype: 'bfloat16', D });
   const hopper = fwd ? /wgmma-fwd-h[a-z]?\+/ : /wgmma-bwd/;
   if (!hopper.test(name)) throw new Error(`trace: the kernels here are ${name}; the trace is written by the Hopper ${fwd ? 'forwards' : 'backward'} (sm_90a) only`);
-  if (which === 'items' && !/wgmma-fwd-ht\b/.test(name)) throw new Error(`trace: items traces the persistent forward (ht, D=128), but the kernels here are ${name}`);
+  if ((which === 'items' || which === 'epi') && !/wgmma-fwd-ht\b/.test(name)) throw new Error(`trace: ${which} traces the persistent forward (ht, D=128), but the kernels here are ${name}`);
   const n = S * H * D;
   // Room for any schedule's grid: at least 64 query rows a forward CTA; the backward's are 128-key
   // tiles of one KV head (with Hk = H its query-head group is 1: no split).
@@ -214,7 +241,8 @@ export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'no
     call();
     const raw = ctx.download(new BigUint64Array(ctas * 8), trace);
     ctx.sync();
-    const s = summarizeTrace(parseTrace(raw, ctas).records, PHASES[which]);
+    const records = parseTrace(raw, ctas).records;
+    const s = which === 'epi' ? { ...summarizeEpilogue(records), ctas: records.length, working: records.length, sms: 0, fit: null } : summarizeTrace(records, PHASES[which]);
     let pairs = S * S / (causal ? 2 : 1);
     if (mask === 'edge') {
       pairs = 0;
@@ -224,11 +252,11 @@ export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'no
     const what = mode !== 'pass' ? `${fwd ? 'forward' : 'backward'} as a ring step (${fwd ? STEP_FORWARD[mode] : 'adding into the gradients'})` : fwd ? 'forward (lse reset and finishForward included)' : 'backward (dq/dk/dv zeroing and delta included)';
     console.log(`device: ${ctx.name} (${ctx.arch}, ${ctx.smCount} SMs); ${name}, ${define}; S=${S} H=${H} D=${D} ${mask === 'edge' ? `window edge (causal window ${window}, keys a block behind)` : causal ? 'causal' : 'non-causal'}, one S x S block`);
     console.log(`${what}, traced build: ${ms.toFixed(3)} ms, ${(flops / ms / 1e9).toFixed(1)} TFLOP/s (median of ${reps}); kernel span ${(s.spanUs / 1e3).toFixed(3)} ms; SM clock ${s.ghz.toFixed(2)} GHz`);
-    console.log(`CTAs: ${s.ctas} recorded (${s.working} with work), on ${s.sms} SMs`);
+    console.log(which === 'epi' ? `epilogue records: ${s.ctas} (two an item, one a warpgroup)` : `CTAs: ${s.ctas} recorded (${s.working} with work), on ${s.sms} SMs`);
     const f = (x: number | null) => (x === null ? '-' : x.toFixed(2)).padStart(8);
     console.log('phase                          median us   p10 us   p90 us   share of SM time');
-    for (const p of s.phases) console.log(`${p.name.padEnd(30)} ${f(p.med)} ${f(p.p10)} ${f(p.p90)}   ${(100 * p.share).toFixed(1).padStart(5)}%`);
-    console.log(s.fit ? `fit over the CTAs with work: time = ${s.fit.perCta.toFixed(2)} us + ${s.fit.perTile.toFixed(3)} us x items (r² ${s.fit.r2.toFixed(3)})` : 'fit: n/a (every CTA has as many items; see the phases)');
+    for (const p of s.phases) console.log(`${p.name.padEnd(which === 'epi' ? 52 : 30)} ${f(p.med)} ${f(p.p10)} ${f(p.p90)}   ${which === 'epi' ? '    -' : (100 * p.share).toFixed(1).padStart(5)}%`);
+    if (which !== 'epi') console.log(s.fit ? `fit over the CTAs with work: time = ${s.fit.perCta.toFixed(2)} us + ${s.fit.perTile.toFixed(3)} us x items (r² ${s.fit.r2.toFixed(3)})` : 'fit: n/a (every CTA has as many items; see the phases)');
     console.log(`JSON ${JSON.stringify({ which, timing, S, H, D, causal, mask, kernel: name, ms, tflops: flops / ms / 1e9, ...s })}`);
   } finally {
     ctx.sync();

@@ -37,7 +37,7 @@ import { comparisonTable, fmt, measurePeers, roundsSummary, type OursRow, type P
  *        node dist/bench/gpu.js masks [S=16384] [reps=5] [step|pass|fresh|finite|spaced]
  *          one block under each mask a ring step gives it, against no mask (bench/gpu-masks.ts):
  *          a ring step's calls (step), a whole one-block pass (pass), a step's calls on lse reset (fresh), on lse set to 0 (finite), or with another fill between (spaced)
- *        node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|items|bwd] [pass|step|fresh|finite|spaced]
+ *        node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|items|epi|bwd] [pass|step|fresh|finite|spaced]
  *          a Hopper kernel's time CTA by CTA: phases, per-item and per-CTA cost, gaps, tail (bench/gpu-trace.ts)
  */
 
@@ -54,7 +54,7 @@ if (pos[0] === 'trace') {
   const [S, H, D] = [8192, 32, 128].map((d, i) => Number(pos[1 + i] ?? d));
   const m = pos[4] ?? '1', reps = Number(pos[5] ?? 20);
   if (m !== '0' && m !== '1' && m !== 'edge') throw new Error(`trace: the mask is 1 (causal), 0 (none) or edge (a sliding window's edge), got ${m}`);
-  traceBench(S, H, D, m === 'edge' ? 'edge' : m === '1' ? 'causal' : 'none', reps, (pos[6] ?? 'fwd') as 'fwd' | 'bwd' | 'items', pos[7] ?? 'pass');
+  traceBench(S, H, D, m === 'edge' ? 'edge' : m === '1' ? 'causal' : 'none', reps, (pos[6] ?? 'fwd') as 'fwd' | 'bwd' | 'items' | 'epi', pos[7] ?? 'pass');
   process.exit(0);
 }
 if (pos[0] === 'ring') {

@@ -1,6 +1,6 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { PHASES, parseTrace, summarizeTrace } from '../../bench/gpu-trace.js';
+import { PHASES, parseTrace, summarizeEpilogue, summarizeTrace } from '../../bench/gpu-trace.js';
 import { cudaAvailable } from '../../src/cuda/check.js';
 import { CudaContext, Staging } from '../../src/cuda/context.js';
 import { cudaKernel } from '../../src/cuda/attention.js';
@@ -62,6 +62,32 @@ test('the trace summary: phases, the per-tile and per-CTA fit, gaps between CTAs
   even.set(record(0, 8, 0, 0, start), 0);
   even.set(record(1, 8, 1, 0, start + 100), 8);
   assert.equal(summarizeTrace(parseTrace(even, 2).records).fit, null);
+});
+
+// The epilogue records (-DFWD_TRACE_EPI): a warpgroup's number in the count field, clocks from its
+// last P·V; at 2 GHz warpgroup 0 merges row 0 in 1 us and row 1 in 0.5 us, then waits 1 us at the
+// consumers' bar.sync; warpgroup 1 takes 1.5 + 1.5 us and waits 0.
+function epiRecord(wg: number, startNs: number, [r0, r1, wait]: number[]): bigint[] {
+  const marks = [0, r0, r0 + r1, r0 + r1 + wait, r0 + r1 + wait];
+  const c = marks.map((ns) => CLOCK0 + BigInt(2 * (startNs + ns)));
+  return [BigInt(3) | (BigInt(wg) << 16n), ...c, TIME0 + BigInt(startNs), TIME0 + BigInt(startNs + marks[4])];
+}
+
+test('the epilogue summary: each warpgroup\'s rows and its wait at the bar.sync', () => {
+  const raw = new BigUint64Array(8 * 4);
+  [epiRecord(0, 1001, [1000, 500, 1000]), epiRecord(1, 2001, [1500, 1500, 0]), epiRecord(0, 9001, [1000, 500, 1000]), epiRecord(1, 9501, [1500, 1500, 0])].forEach((r, i) => raw.set(r, 8 * i));
+  const s = summarizeEpilogue(parseTrace(raw, 4).records);
+  assert.ok(Math.abs(s.ghz - 2) < 1e-12, `clock ${s.ghz}`);
+  assert.ok(Math.abs(s.spanUs - 11.5) < 1e-9, `span ${s.spanUs}`);  // 1001 ns to 12501 ns
+  const med = Object.fromEntries(s.phases.map((p) => [p.name, p.med]));
+  assert.equal(med['warpgroup 0: row 0 merged (lse, o read, o stored)'], 1);
+  assert.equal(med['warpgroup 0: row 1 merged'], 0.5);
+  assert.equal(med["warpgroup 0: the other consumers' bar.sync"], 1);
+  assert.equal(med['warpgroup 0: the whole epilogue'], 2.5);
+  assert.equal(med['warpgroup 1: row 1 merged'], 1.5);
+  assert.equal(med["warpgroup 1: the other consumers' bar.sync"], 0);
+  assert.equal(med['warpgroup 1: the whole epilogue'], 3);
+  assert.throws(() => summarizeEpilogue([]), /no warpgroup wrote an epilogue record/);
 });
 
 // On a GPU (sm_90a): the traced builds (-DFWD_TRACE, -DBWD_TRACE) still compute the block as the
@@ -143,25 +169,41 @@ test('traced Hopper forward and backward: correct results, one record a CTA with
 // take the 8 x H causal items of S = 1000 from the counter, so each runs several; each item writes
 // one record at h nx + qt with its own key tiles (t + 1), and the items one CTA ran follow one
 // another on its SM's clock without overlapping.
-test('per-item trace of the persistent forward: correct results, one record an item at h nx + qt, items in turn on each SM (GPU)', { skip: gpuSkip }, (t) => onHopperTraced(t, '-DFWD_TRACE -DFWD_TRACE_ITEMS', { RINGATTN_FWD_CTAS: '3' }, (ctx) => {
+/**
+ * The persistent ht's causal forward over S = 1000 (H = 2, D = 128: 8 query tiles of 128 rows, tile t
+ * seeing key tiles 0..t) with a trace buffer of `slots` records, checked against float64; returns
+ * the raw records.
+ */
+function persistentTraced(ctx: CudaContext, slots: number): BigUint64Array {
   const kern = cudaKernel(ctx);
   assert.match(kern.name({ dtype: 'bfloat16', D: 128 }), /wgmma-fwd-ht\b/, 'the persistent ht is the kernel traced');
-  const S = 1000, H = 2, D = 128, n = S * H * D, rows = S * H, nx = 8;
+  const S = 1000, H = 2, D = 128, n = S * H * D, rows = S * H;
   const seed = freshSeed(), r = rng(seed);
   const [q, k, v] = [0, 1, 2].map(() => roundTo(randn(n, r), 'bfloat16'));
   const dev = new Staging(ctx);
-  const pos = dev.up(Int32Array.from({ length: S }, (_, i) => i));
-  const [o, lse] = [n, rows].map((len) => dev.alloc(len * 4).ptr);
-  const trace = dev.alloc(8 * 8 * nx * H);
-  ctx.fill32(trace, 0, 16 * nx * H);
-  ctx.fill32(lse, 0xff800000, rows);
-  kern.forward({ q: dev.up(encode(q, 'bfloat16')), k: dev.up(encode(k, 'bfloat16')), v: dev.up(encode(v, 'bfloat16')), qPos: pos, kPos: pos, Sq: S, Sk: S, H, Hk: H, D, dtype: 'bfloat16', causal: true, window: 0, sinks: 0, scale: 1 / Math.sqrt(D), o, lse, trace: trace.ptr });
-  kern.finishForward(o, lse, rows, D);
-  const out = ctx.download(new Float32Array(n), o);
-  const raw = ctx.download(new BigUint64Array(8 * nx * H), trace);
-  ctx.sync();
-  const g = refBackward(q, k, v, q, S, H, H, D, { causal: true });
-  assertClose(out, g.o, 1e-2, `traced persistent forward out (seed ${seed})`);
+  try {
+    const pos = dev.up(Int32Array.from({ length: S }, (_, i) => i));
+    const [o, lse] = [n, rows].map((len) => dev.alloc(len * 4).ptr);
+    const trace = dev.alloc(8 * 8 * slots);
+    ctx.fill32(trace, 0, 16 * slots);
+    ctx.fill32(lse, 0xff800000, rows);
+    kern.forward({ q: dev.up(encode(q, 'bfloat16')), k: dev.up(encode(k, 'bfloat16')), v: dev.up(encode(v, 'bfloat16')), qPos: pos, kPos: pos, Sq: S, Sk: S, H, Hk: H, D, dtype: 'bfloat16', causal: true, window: 0, sinks: 0, scale: 1 / Math.sqrt(D), o, lse, trace: trace.ptr });
+    kern.finishForward(o, lse, rows, D);
+    const out = ctx.download(new Float32Array(n), o);
+    const raw = ctx.download(new BigUint64Array(8 * slots), trace);
+    ctx.sync();
+    const g = refBackward(q, k, v, q, S, H, H, D, { causal: true });
+    assertClose(out, g.o, 1e-2, `traced persistent forward out (seed ${seed})`);
+    return raw;
+  } finally {
+    dev.free();
+    kern.dispose();
+  }
+}
+
+test('per-item trace of the persistent forward: correct results, one record an item at h nx + qt, items in turn on each SM (GPU)', { skip: gpuSkip }, (t) => onHopperTraced(t, '-DFWD_TRACE -DFWD_TRACE_ITEMS', { RINGATTN_FWD_CTAS: '3' }, (ctx) => {
+  const H = 2, nx = 8;
+  const raw = persistentTraced(ctx, nx * H);
   const { records } = parseTrace(raw, nx * H);
   assert.equal(records.length, nx * H, `a record for each of the ${nx} x ${H} items`);
   for (let i = 0; i < nx * H; i++) {
@@ -178,6 +220,17 @@ test('per-item trace of the persistent forward: correct results, one record an i
   }
   const s = summarizeTrace(records, PHASES.items);
   assert.ok(s.fit && s.fit.perTile > 0, `per-item fit ${JSON.stringify(s.fit)}`);
-  dev.free();
-  kern.dispose();
+}));
+
+test('epilogue trace of the persistent forward: correct results, a record a warpgroup an item at 2 (h nx + qt) + warpgroup, clocks in order (GPU)', { skip: gpuSkip }, (t) => onHopperTraced(t, '-DFWD_TRACE -DFWD_TRACE_ITEMS -DFWD_TRACE_EPI', { RINGATTN_FWD_CTAS: '3' }, (ctx) => {
+  const H = 2, nx = 8;
+  const raw = persistentTraced(ctx, 2 * nx * H);
+  for (let i = 0; i < 2 * nx * H; i++) {
+    const item = i >> 1, rec = parseTrace(raw.subarray(8 * i, 8 * i + 8), 1).records[0];
+    assert.ok(rec, `record ${i} written`);
+    assert.deepEqual([rec.qt, rec.h, rec.tiles], [item % nx, Math.floor(item / nx), i & 1], `record ${i}: (query tile, head, warpgroup)`);
+    for (let j = 1; j < 5; j++) assert.ok(rec.c[j] >= rec.c[j - 1], `record ${i}: clocks in order ${rec.c.join(' ')}`);
+  }
+  const s = summarizeEpilogue(parseTrace(raw, 2 * nx * H).records);
+  assert.ok(s.phases.every((p) => p.med !== null && p.med >= 0), JSON.stringify(s.phases));
 }));

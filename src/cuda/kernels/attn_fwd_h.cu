@@ -60,6 +60,15 @@ constexpr int PRODUCERS = 128;
 #ifndef FWD_TRACE_WG
 #define FWD_TRACE_WG 0
 #endif
+// -DFWD_TRACE_EPI (with -DFWD_TRACE -DFWD_TRACE_ITEMS; `gpu.js trace ... epi`): each warpgroup's
+// thread 0 records its epilogue instead: the clock starts after its last P·V, marks 1 and 2 follow
+// row 0's and row 1's merge (their stores issued, so their loads landed), mark 3 the consumers'
+// bar.sync; two records an item (slot 2 x item + warpgroup, the warpgroup in the count field).
+#ifdef FWD_TRACE_EPI
+#define TRACE_EPI(x) x
+#else
+#define TRACE_EPI(x)
+#endif
 
 // WGS consumer warpgroups of 64 query rows each: 2 (BQ = 128, 384 threads), or 3 at D=64 (hw:
 // BQ = 192, 512 threads, 160 registers a consumer thread). Key tiles of BKN rows: 128, or 176 (hl,
@@ -668,12 +677,21 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
 
   TRACE(trace.mark(3));
   // Epilogue: block (o, lse) per row, merged into the running accumulators in fp32.
+  TRACE_EPI(trace.start());
 #pragma unroll
-  for (int r = 0; r < 2; r++) mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
+  for (int r = 0; r < 2; r++) {
+    mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
+    TRACE_EPI(trace.mark(1 + r));
+  }
 #ifdef FWD_TRACE
   asm volatile("bar.sync 7, %0;" ::"r"(CONSUMERS) : "memory");  // every consumer's epilogue issued
+  TRACE_EPI(trace.mark(3));
   trace.stop();
+#ifdef FWD_TRACE_EPI
+  trace.write(p.trace, wg, qt, h, 2 * (h * nx + qt) + wg, 128 * wg);
+#else
   trace.write(p.trace, traced, qt, h, PERSIST ? h * nx + qt : -1, PERSIST ? 128 * FWD_TRACE_WG : 0);
+#endif
 #endif
   }  // the items (one, but in ht)
   if (CLUSTER) clusterSync();  // as the producer warpgroup's, above

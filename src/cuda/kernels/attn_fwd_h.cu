@@ -114,35 +114,6 @@ constexpr bool Q_REGS_BUILD = false;
 #else
 constexpr bool Q_REGS_BUILD = true;
 #endif
-// -DFWD_O_EARLY (opt-in, for A/B runs; ht): each consumer thread reads its two rows' old lse when
-// the item starts, and issues the loads of the old o of the rows that merge (old lse finite) when
-// its last tile starts, before its turn, its last P·V and that wait; the epilogue (mergeRowEarly)
-// then finds them in registers (sc's, free after the last softmax). A merging step's epilogue took
-// ~1.1 us more a row than one with nothing to merge (4.3-4.5 against 2.2-2.4 us an item, both
-// warpgroups, kernels/NOTES.md run 135): the old o's trip to DRAM on each row's critical path.
-#ifdef FWD_O_EARLY
-constexpr bool O_EARLY_BUILD = true;
-#else
-constexpr bool O_EARLY_BUILD = false;
-#endif
-// mergeRowOut (common.cuh) with the row's old lse and old o already read (cur: its pieces, read
-// where lseOld is finite; anything elsewhere). A piece whose weight is 0 reads as 0, as there.
-template <int D>
-__device__ __forceinline__ void mergeRowEarly(const FwdParams& p, int i, int h, int lane, int r, float rowMax, float rowSum, const float* acc, float lseOld, const float2* cur) {
-  const float l = quadSum(rowSum);
-  if (!(i < p.Sq && rowLive(l))) return;
-  const u64 row = (u64)i * p.H + h;
-  float wOld, wB;
-  const float lseNew = mergeWeights(lseOld, (rowMax + log2f(l)) * LN2, wOld, wB);
-  const float inv = wB / l;
-  float* out = p.o + row * D + 2 * (lane & 3);
-#pragma unroll
-  for (int n = 0; n < D / 8; n++) {
-    const float2 c = wOld != 0.f ? cur[n] : make_float2(0.f, 0.f);
-    *(float2*)(out + n * 8) = make_float2(c.x * wOld + acc[4 * n + 2 * r] * inv, c.y * wOld + acc[4 * n + 2 * r + 1] * inv);
-  }
-  if ((lane & 3) == 0) p.lse[row] = lseNew;
-}
 #ifdef FWD_TRACE_ITEMS
 constexpr bool TRACE_ITEMS = true;
 #else
@@ -214,7 +185,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   const u32 qFree = qBar + 8, slot = qBar + 16;
   // QREGS: S's A operand from registers, read from Q's buffer once an item.
   constexpr bool QREGS = PERSIST && Q_REGS_BUILD && D == 128;
-  constexpr bool O_EARLY = PERSIST && O_EARLY_BUILD;
   const int nx = (p.Sq + BQ - 1) / BQ, nItems = nx * p.H;
   if (PERSIST && gridDim.y != 1) __trap();  // a full grid (the trace build's): each item would run once per head
 
@@ -577,18 +547,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     if (i > 0) release((ib + i - 1) % STAGES);
     pack();
   };
-  float lseOld[2] = {NEG_INF, NEG_INF};  // O_EARLY: the rows' old lse, read when the item starts
-  float2 oldO[2][D / 8];                 // O_EARLY: the old o of the rows that merge
   auto lastTile = [&](bool pong, int s) {
-    if constexpr (O_EARLY) {
-#pragma unroll
-      for (int r = 0; r < 2; r++) {
-        const float* src = p.o + ((u64)(rowBase + 8 * r) * p.H + h) * D + 2 * (lane & 3);
-        const bool merges = lseOld[r] != NEG_INF;  // rows at or past Sq hold -inf
-#pragma unroll
-        for (int n = 0; n < D / 8; n++) oldO[r][n] = merges ? *(const float2*)(src + n * 8) : make_float2(0.f, 0.f);
-      }
-    }
     if (pong) turnWait(wg);
     if (LATE_RESCALE) rescale();
     issuePV(s);
@@ -614,9 +573,6 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
     rowBase = firstRow(wg, warp, lane);
     rowsOf(rowBase, qPos, qSeg);
     for (int r = 0; r < 2; r++) range[r] = keyRange(m, qPos[r]);
-    if constexpr (O_EARLY) {
-      for (int r = 0; r < 2; r++) lseOld[r] = rowBase + 8 * r < p.Sq ? p.lse[(u64)(rowBase + 8 * r) * p.H + h] : NEG_INF;
-    }
 #pragma unroll
     for (int x = 0; x < D / 2; x++) o[x] = 0.f;
     for (int r = 0; r < 2; r++) rowMax[r] = NEG_INF, rowSum[r] = 0.f;
@@ -724,8 +680,7 @@ __device__ __forceinline__ void run(const FwdParams& p, const TmaMaps* maps) {
   TRACE_EPI(trace.start());
 #pragma unroll
   for (int r = 0; r < 2; r++) {
-    if constexpr (O_EARLY) mergeRowEarly<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o, lseOld[r], oldO[r]);
-    else mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
+    mergeRowOut<D>(p, rowBase + 8 * r, h, lane, r, rowMax[r], rowSum[r], o);
     TRACE_EPI(trace.mark(1 + r));
   }
 #ifdef FWD_TRACE

@@ -116,17 +116,27 @@ export const PHASES = {
   bwd: ['start to first Q/dO landed', 'first (head, query tile)', 'other pairs, per pair', 'epilogue (dK, dV adds issued)', 'CTAs that see nothing'],
 } as const;
 
-export function summarizeTrace(records: CtaRecord[], labels: readonly string[] = PHASES.fwd): TraceSummary {
-  const working = records.filter((r) => r.tiles > 0);
-  if (records.length === 0) throw new Error('trace: no CTA wrote a record (was the kernel built with -DFWD_TRACE / -DBWD_TRACE?)');
+/** The SM clock over some records (GHz): their clock64 cycles over their %globaltimer ns, summed (1 without time). */
+function smGhz(records: CtaRecord[]): number {
   let cycles = 0, ns = 0;
-  for (const r of working.length ? working : records) {
+  for (const r of records) {
     cycles += r.c[4] - r.c[0];
     ns += r.g1 - r.g0;
   }
-  const ghz = ns > 0 ? cycles / ns : 1;
+  return ns > 0 ? cycles / ns : 1;
+}
+
+/** The earliest start and the latest end (%globaltimer ns) of some records. */
+function timeSpan(records: CtaRecord[]): [number, number] {
+  return [Math.min(...records.map((r) => r.g0)), Math.max(...records.map((r) => r.g1))];
+}
+
+export function summarizeTrace(records: CtaRecord[], labels: readonly string[] = PHASES.fwd): TraceSummary {
+  const working = records.filter((r) => r.tiles > 0);
+  if (records.length === 0) throw new Error('trace: no CTA wrote a record (was the kernel built with -DFWD_TRACE / -DBWD_TRACE?)');
+  const ghz = smGhz(working.length ? working : records);
   const us = (c: number) => c / ghz / 1e3;
-  const t0 = Math.min(...records.map((r) => r.g0)), t1 = Math.max(...records.map((r) => r.g1));
+  const [t0, t1] = timeSpan(records);
   const spanUs = (t1 - t0) / 1e3;
   const bySm = new Map<number, CtaRecord[]>();
   for (const r of records) bySm.set(r.sm, [...(bySm.get(r.sm) ?? []), r]);
@@ -179,12 +189,7 @@ export function summarizeTrace(records: CtaRecord[], labels: readonly string[] =
  */
 export function summarizeEpilogue(records: CtaRecord[]): { ghz: number; spanUs: number; phases: Phase[] } {
   if (records.length === 0) throw new Error('trace: no warpgroup wrote an epilogue record (was the kernel built with -DFWD_TRACE_EPI?)');
-  let cycles = 0, ns = 0;
-  for (const r of records) {
-    cycles += r.c[4] - r.c[0];
-    ns += r.g1 - r.g0;
-  }
-  const ghz = ns > 0 ? cycles / ns : 1;
+  const ghz = smGhz(records);
   const phases: Phase[] = [];
   for (const wg of [0, 1]) {
     const mine = records.filter((r) => r.tiles === wg);
@@ -193,8 +198,8 @@ export function summarizeEpilogue(records: CtaRecord[]): { ghz: number; spanUs: 
       phases.push({ name: `warpgroup ${wg}: ${name}`, med: pct(x, 0.5), p10: pct(x, 0.1), p90: pct(x, 0.9), share: 0 });
     }
   }
-  const spanUs = (Math.max(...records.map((r) => r.g1)) - Math.min(...records.map((r) => r.g0))) / 1e3;  // the first epilogue's start to the last's end
-  return { ghz, spanUs, phases };
+  const [t0, t1] = timeSpan(records);  // the first epilogue's start to the last's end
+  return { ghz, spanUs: (t1 - t0) / 1e3, phases };
 }
 
 export function traceBench(S: number, H: number, D: number, mask: 'causal' | 'none' | 'edge', reps: number, which: 'fwd' | 'bwd' | 'items' | 'epi', timing = 'pass'): void {

@@ -95,16 +95,24 @@ export function parseTiming(who: string, mode: string): Timing {
  * One block's forward and backward on one GPU (blockCalls; with `step` or `fresh`, the calls a ring step runs,
  * `queue` of them enqueued back to back in each timed interval as a ring's steps follow one
  * another): warm-up (warmUp) of each, then `reps` event-timed runs of each; returns the median ms of
- * both. Frees its fp32 outputs before returning.
+ * both, and the wall-clock span (epoch ms, settling included) over which each pass ran back to
+ * back, for a clock and power sampler beside the run (bench/gpu-clocks.sh's masks mode). Frees
+ * its fp32 outputs before returning.
  */
-export function timeBlock(ctx: CudaContext, kern: CudaAttentionKernel, a: DeviceBlockArgs, dO: number, reps: number, timing: Timing = 'pass', queue = 1): { f: number; b: number } {
+export function timeBlock(ctx: CudaContext, kern: CudaAttentionKernel, a: DeviceBlockArgs, dO: number, reps: number, timing: Timing = 'pass', queue = 1): { f: number; b: number; fAt: [number, number]; bAt: [number, number] } {
   const { fwd, bwd, bufs } = blockCalls(ctx, kern, a, dO, 0, timing);
+  const spanned = (fn: () => void): [number, [number, number]] => {
+    const t0 = Date.now();
+    const ms = timeCalls(ctx, fn, reps, queue);
+    return [ms, [t0, Date.now()]];
+  };
   try {
     warmUp(ctx, () => {
       fwd();
       bwd();
     });
-    return { f: timeCalls(ctx, fwd, reps, queue), b: timeCalls(ctx, bwd, reps, queue) };
+    const [f, fAt] = spanned(fwd), [b, bAt] = spanned(bwd);
+    return { f, b, fAt, bAt };
   } finally {
     ctx.sync();
     for (const b of bufs) ctx.free(b);

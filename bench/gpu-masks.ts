@@ -2,6 +2,7 @@ import { cudaKernel } from '../src/cuda/attention.js';
 import { CudaContext } from '../src/cuda/context.js';
 import { encode } from '../src/cuda/convert.js';
 import { fill } from './common.js';
+import { fmt, runPeer } from './gpu-peers.js';
 import { parseTiming, STEP_FORWARD, timeBlock } from './gpu-block.js';
 
 /**
@@ -27,7 +28,11 @@ import { parseTiming, STEP_FORWARD, timeBlock } from './gpu-block.js';
  * a step's forward reads the old o of the rows it merges (kernels/NOTES.md run 118); `fresh` a step's
  * calls with lse reset to -inf before each forward (nothing merged, no finishForward); `finite` and
  * `spaced` as bench/gpu-block.ts says.
- *   node dist/bench/gpu.js masks [S=16384] [reps=5] [step|pass|fresh|finite|spaced]
+ * `cases` picks some of them by key (MASK_CASES: none, all, diagonal, zigzag, edge, unseen). With
+ * --peers, PyTorch's FlexAttention runs the same cases first (flexPeer) and a second table sets
+ * its "of none" beside ours. Each case's JSON line carries the wall-clock spans of its two timed
+ * passes (fwdAt, bwdAt: epoch ms), which bench/gpu-clocks.sh's masks mode matches to its samples.
+ *   node dist/bench/gpu.js masks [S=16384] [reps=5] [step|pass|fresh|finite|spaced] [cases=all-cases] [--peers] [--python=PATH]
  */
 
 const H = 32, Hk = 8, D = 128;
@@ -48,21 +53,50 @@ export function seen(kPos: Int32Array, x: number, window: number): number {
   return upTo(x) - (window > 0 ? upTo(x - window) : 0);
 }
 
-export function maskBench(S: number, reps: number, mode = 'step'): void {
+/**
+ * The cases, each by a key for the `cases` argument (in this order; bench/peers/torch_flex_masks.py
+ * builds the same positions): qPos / kPos the query and key positions of one S x S block.
+ */
+export const MASK_CASES: readonly { key: string; name: string; causal: boolean; window: (S: number) => number; qPos: (S: number) => number[]; kPos: (S: number) => number[] }[] = [
+  { key: 'none', name: 'none', causal: false, window: () => 0, qPos: (S) => range(0, S), kPos: (S) => range(0, S) },
+  { key: 'all', name: 'causal, all seen', causal: true, window: () => 0, qPos: (S) => range(S, S), kPos: (S) => range(0, S) },
+  { key: 'diagonal', name: 'causal, diagonal', causal: true, window: () => 0, qPos: (S) => range(0, S), kPos: (S) => range(0, S) },
+  { key: 'zigzag', name: 'zigzag step', causal: true, window: () => 0, qPos: (S) => [...range(0, S / 2), ...range((3 * S) / 2, S / 2)], kPos: (S) => range(S / 2, S) },
+  { key: 'edge', name: 'window edge', causal: true, window: (S) => S / 2, qPos: (S) => range(S, S), kPos: (S) => range(0, S) },
+  { key: 'unseen', name: 'causal, none seen', causal: true, window: () => 0, qPos: (S) => range(0, S), kPos: (S) => range(S, S) },
+];
+
+/** The `cases` argument: a comma-separated list of MASK_CASES keys (undefined or 'all-cases': every one). */
+export function parseCases(list: string | undefined): string[] {
+  const keys = MASK_CASES.map((c) => c.key);
+  if (list === undefined || list === 'all-cases') return keys;
+  const want = list.split(',').map((x) => x.trim());
+  const bad = want.filter((x) => !keys.includes(x));
+  if (bad.length > 0 || want.length === 0) throw new Error(`masks: the cases are a comma-separated list of ${keys.join(', ')} (or all-cases), got '${list}'`);
+  return keys.filter((k) => want.includes(k));
+}
+
+/** A FlexAttention row (bench/peers/torch_flex_masks.py's JSON). */
+interface FlexRow { case: string; fwdMs?: number; fwdTflops?: number; bwdMs?: number; bwdTflops?: number; error?: string }
+
+/**
+ * PyTorch's FlexAttention (torch.compile, its block mask skipping the empty tiles and its mask
+ * function only on the partial ones) on the same cases, shape and FLOP count, in its own process
+ * before ours opens the GPU: the peer of "of none" (issue 5: partial blocks cost at most their share).
+ */
+function flexPeer(S: number, reps: number, keys: string[], py: string): { rows: FlexRow[]; notes: string[] } {
+  const r = runPeer(py, 'torch_flex_masks.py', [String(S), String(reps), keys.join(',')], { FLEX_H: String(H), FLEX_HK: String(Hk), FLEX_D: String(D) });
+  return { rows: r.rows as unknown as FlexRow[], notes: r.notes };
+}
+
+export function maskBench(S: number, reps: number, mode = 'step', cases?: string, peers?: { python?: string }): void {
   if (!Number.isInteger(S) || S < 256 || S % 4 !== 0) throw new Error(`S: expected a multiple of 4 of at least 256, got ${S}`);
   if (!Number.isInteger(reps) || reps < 1) throw new Error(`reps: expected a positive integer, got ${reps}`);
   const timing = parseTiming('masks', mode), queue = timing === 'pass' ? 1 : 4;
+  const keys = parseCases(cases);
+  const flex = peers ? flexPeer(S, reps, keys, peers.python ?? process.env.PYTHON ?? 'python3') : undefined;
   const ctx = CudaContext.open(0);
   const kern = cudaKernel(ctx);
-  const q4 = S / 4;
-  const cases: { name: string; causal: boolean; window: number; qPos: number[]; kPos: number[] }[] = [
-    { name: 'none', causal: false, window: 0, qPos: range(0, S), kPos: range(0, S) },
-    { name: 'causal, all seen', causal: true, window: 0, qPos: range(S, S), kPos: range(0, S) },
-    { name: 'causal, diagonal', causal: true, window: 0, qPos: range(0, S), kPos: range(0, S) },
-    { name: 'zigzag step', causal: true, window: 0, qPos: [...range(0, 2 * q4), ...range(6 * q4, 2 * q4)], kPos: range(2 * q4, 4 * q4) },
-    { name: 'window edge', causal: true, window: S / 2, qPos: range(S, S), kPos: range(0, S) },
-    { name: 'causal, none seen', causal: true, window: 0, qPos: range(0, S), kPos: range(S, S) },
-  ];
   const n = S * H * D, nk = S * Hk * D;
   const up = (x: ArrayBufferView) => {
     const b = ctx.alloc(x.byteLength);
@@ -73,25 +107,46 @@ export function maskBench(S: number, reps: number, mode = 'step'): void {
   const qp = ctx.alloc(S * 4), kp = ctx.alloc(S * 4);
   console.log(`device: ${ctx.name} (${ctx.arch}); one ${S} x ${S} block, bf16 H=${H} Hk=${Hk} D=${D}; ${kern.name({ dtype: 'bfloat16', D })}; median of ${reps}; ${timing === 'pass' ? 'a whole pass a call' : `a ring step's calls (${STEP_FORWARD[timing]}), ${queue} queued`}`);
   console.log('case                visible  | fwd ms   TF/s  of none | bwd ms   TF/s  of none');
-  let ref = { f: 0, b: 0 };
-  for (const c of cases) {
-    const kPos = Int32Array.from(c.kPos), qPos = Int32Array.from(c.qPos);
+  let ref = { f: NaN, b: NaN };
+  const ours: { name: string; key: string; f: number; b: number; rf: number; rb: number; pairs: number }[] = [];
+  const share = (x: number, r: number, pairs: number) => (pairs > 0 && r > 0 ? (x / r).toFixed(2) : '-');
+  for (const c of MASK_CASES.filter((m) => keys.includes(m.key))) {
+    const kPos = Int32Array.from(c.kPos(S)), qPos = Int32Array.from(c.qPos(S)), window = c.window(S);
     ctx.upload(qp, qPos);
     ctx.upload(kp, kPos);
     let pairs = 0;
-    for (const x of qPos) pairs += c.causal ? seen(kPos, x, c.window) : S;
-    const a = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: qp.ptr, kPos: kp.ptr, Sq: S, Sk: S, H, Hk, D, dtype: 'bfloat16' as const, causal: c.causal, window: c.window, sinks: 0, scale: 1 / Math.sqrt(D) };
-    const { f, b } = timeBlock(ctx, kern, a, dO.ptr, reps, timing, queue);
+    for (const x of qPos) pairs += c.causal ? seen(kPos, x, window) : S;
+    const a = { q: q.ptr, k: k.ptr, v: v.ptr, qPos: qp.ptr, kPos: kp.ptr, Sq: S, Sk: S, H, Hk, D, dtype: 'bfloat16' as const, causal: c.causal, window, sinks: 0, scale: 1 / Math.sqrt(D) };
+    const { f, b, fAt, bAt } = timeBlock(ctx, kern, a, dO.ptr, reps, timing, queue);
     const flops = 4 * pairs * H * D;
     const rf = flops / f / 1e9, rb = (2.5 * flops) / b / 1e9;
-    if (c.name === 'none') ref = { f: rf, b: rb };
-    const share = (x: number, r: number) => (pairs > 0 ? (x / r).toFixed(2) : '-');
+    if (c.key === 'none') ref = { f: rf, b: rb };
+    ours.push({ name: c.name, key: c.key, f, b, rf, rb, pairs });
     console.log(
-      `${c.name.padEnd(18)} ${(pairs / (S * S)).toFixed(3).padStart(7)}  | ${f.toFixed(3).padStart(7)} ${rf.toFixed(0).padStart(5)} ${share(rf, ref.f).padStart(8)} | ${b.toFixed(3).padStart(7)} ${rb.toFixed(0).padStart(5)} ${share(rb, ref.b).padStart(8)}`,
+      `${c.name.padEnd(18)} ${(pairs / (S * S)).toFixed(3).padStart(7)}  | ${f.toFixed(3).padStart(7)} ${rf.toFixed(0).padStart(5)} ${share(rf, ref.f, pairs).padStart(8)} | ${b.toFixed(3).padStart(7)} ${rb.toFixed(0).padStart(5)} ${share(rb, ref.b, pairs).padStart(8)}`,
     );
-    console.log(`JSON ${JSON.stringify({ case: c.name, S, timing: mode, visible: pairs / (S * S), fwdMs: f, fwdTflops: rf, bwdMs: b, bwdTflops: rb, fwdOfNone: rf / ref.f, bwdOfNone: rb / ref.b })}`);
+    console.log(`JSON ${JSON.stringify({ case: c.name, key: c.key, S, timing: mode, visible: pairs / (S * S), fwdMs: f, fwdTflops: rf, bwdMs: b, bwdTflops: rb, fwdOfNone: rf / ref.f, bwdOfNone: rb / ref.b, fwdAt: fAt, bwdAt: bAt })}`);
   }
+  if (flex) console.log(flexTable(ours, flex));
   for (const x of [q, k, v, dO, qp, kp]) ctx.free(x);
   kern.dispose();
   ctx.dispose();
+}
+
+/**
+ * FlexAttention's rows beside ours: each side's time and its rate as a fraction of its own unmasked
+ * rate ("of none"), and ours over flex's in time (above 1: ours faster). Flex's ms are a whole
+ * call (its forward writes a fresh o, its backward returns fresh gradients), ours as `timing` says.
+ */
+export function flexTable(ours: { name: string; key: string; f: number; b: number; rf: number; rb: number; pairs: number }[], flex: { rows: FlexRow[]; notes: string[] }): string {
+  const noneF = flex.rows.find((r) => r.case === 'none' && r.error === undefined);
+  const of = (x: number | undefined, r: number | undefined) => (x !== undefined && r !== undefined && r > 0 ? (x / r).toFixed(2) : '-');
+  const lines = ['FlexAttention (PyTorch, torch.compile) in the same run; of none = each side against its own unmasked rate',
+    'case                 flex fwd ms  TF/s  of none | flex bwd ms  TF/s  of none | fwd flex/ours  bwd flex/ours'];
+  for (const o of ours) {
+    const r = flex.rows.find((x) => x.case === o.key && x.error === undefined);
+    const speed = (a: number | undefined, b: number) => (a !== undefined && b > 0 && o.pairs > 0 ? (a / b).toFixed(2) : '-');
+    lines.push(`${o.name.padEnd(18)} ${fmt(r?.fwdMs, 3).padStart(13)} ${fmt(r?.fwdTflops, 0).padStart(5)} ${(o.pairs > 0 ? of(r?.fwdTflops, noneF?.fwdTflops) : '-').padStart(8)} | ${fmt(r?.bwdMs, 3).padStart(11)} ${fmt(r?.bwdTflops, 0).padStart(5)} ${(o.pairs > 0 ? of(r?.bwdTflops, noneF?.bwdTflops) : '-').padStart(8)} | ${speed(r?.fwdMs, o.f).padStart(13)} ${speed(r?.bwdMs, o.b).padStart(14)}`);
+  }
+  return [...lines, ...flex.notes.map((n) => `peer unavailable: ${n}`)].join('\n');
 }

@@ -42,7 +42,7 @@ export function peerRows(script: string, stdout: string, failure?: string): { ro
   return { rows, notes };
 }
 
-function runPeer(py: string, script: string, args: string[], env: Record<string, string>): { rows: Record<string, unknown>[]; notes: string[] } {
+export function runPeer(py: string, script: string, args: string[], env: Record<string, string>): { rows: Record<string, unknown>[]; notes: string[] } {
   const res = spawnSync(py, [peerScript(script), ...args], { encoding: 'utf8', timeout: 900_000, maxBuffer: 1 << 24, env: { ...process.env, ...env } });
   const tail = (res.stderr ?? '').trim().split('\n').slice(-2).join(' | ');
   const failure = res.error || res.status !== 0 ? `${res.error?.message ?? `exit ${res.status}`}${tail ? ` (${tail})` : ''}` : undefined;

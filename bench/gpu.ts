@@ -34,20 +34,22 @@ import { comparisonTable, fmt, measurePeers, roundsSummary, type OursRow, type P
  * Usage: node dist/bench/gpu.js [S=8192] [H=16] [reps=10] [--d=64,128] [--hk=H] [--fwd-only | --bwd-only] [--queue=1] [--causal=0,1] [--peers] [--rounds=1] [--python=python3]
  *        node dist/bench/gpu.js ring [devices=2] [reps=3] [S,S,...=16384,32768,65536]
  *          the ring on `devices` GPUs against one GPU on the same work (bench/gpu-ring.ts)
- *        node dist/bench/gpu.js masks [S=16384] [reps=5] [step|pass|fresh|finite|spaced]
- *          one block under each mask a ring step gives it, against no mask (bench/gpu-masks.ts):
+ *        node dist/bench/gpu.js masks [S=16384] [reps=5] [step|pass|fresh|finite|spaced] [cases=all-cases] [--peers] [--python=PATH]
+ *          one block under each mask a ring step gives it, against no mask (bench/gpu-masks.ts; with --peers FlexAttention's beside it):
  *          a ring step's calls (step), a whole one-block pass (pass), a step's calls on lse reset (fresh), on lse set to 0 (finite), or with another fill between (spaced)
  *        node dist/bench/gpu.js trace [S=8192] [H=32] [D=128] [causal=1|0|edge] [reps=20] [fwd|items|epi|bwd] [pass|step|fresh|finite|spaced]
  *          a Hopper kernel's time CTA by CTA: phases, per-item and per-CTA cost, gaps, tail (bench/gpu-trace.ts)
  */
 
 // Subcommands by the first argument that is not a flag (npm run bench:gpu passes --peers first;
-// the subcommands take no flags).
+// of the subcommands only masks takes flags: --peers and --python).
 const flags = process.argv.slice(2).filter((x) => x.startsWith('--'));
 const pos = process.argv.slice(2).filter((x) => !x.startsWith('--'));
 if (pos[0] === 'masks' || pos[0] === 'trace' || pos[0] === 'ring') requireGpu();
 if (pos[0] === 'masks') {
-  maskBench(Number(pos[1] ?? 16384), Number(pos[2] ?? 5), pos[3] ?? 'step');
+  for (const f of flags) if (f !== '--peers' && !f.startsWith('--python=')) throw new Error(`masks: unknown flag ${f}: expected --peers or --python=PATH`);
+  const py = flags.find((f) => f.startsWith('--python='))?.slice(9);
+  maskBench(Number(pos[1] ?? 16384), Number(pos[2] ?? 5), pos[3] ?? 'step', pos[4], flags.includes('--peers') ? { python: py } : undefined);
   process.exit(0);
 }
 if (pos[0] === 'trace') {

@@ -81,6 +81,19 @@ round_order() {
     for ((j = $#; j >= 1; j--)); do order+=("${!j}"); done
   fi
 }
+# FN ROUND LABEL DEFINES called for each build variant ("LABEL|DEFINES") of each of ROUNDS rounds
+# (2), the variants in round_order.   ab_rounds FN VARIANT...
+ab_rounds() {
+  local fn=$1 round v label def
+  shift
+  for round in $(seq 1 "${ROUNDS:-2}"); do
+    round_order "$round" "$@"
+    for v in "${order[@]}"; do
+      IFS='|' read -r label def <<<"$v"
+      "$fn" "$round" "$label" "$def"
+    done
+  done
+}
 # The GPU a run measured (name, driver, top SM clock, power limit), the first line of a run's log:
 # the clock's ceiling and the power cap decide what a pass sustains (kernels/NOTES.md run 115).
 #   gpu_header LOG [append: -a]

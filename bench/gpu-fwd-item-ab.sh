@@ -24,18 +24,17 @@ for v in "$@"; do
   [ -z "${SKIP_TRACES:-}" ] && builds+=("$(echo "$def -DFWD_TRACE -DFWD_TRACE_ITEMS" | xargs)")
 done
 compile_builds "${builds[@]}" | tee -a "$log"
-for round in $(seq 1 "${ROUNDS:-2}"); do
-  round_order "$round" "$@"
-  for v in "${order[@]}"; do
-    IFS='|' read -r label def <<<"$v"
-    echo "== round $round masks 16384 [$label]" | tee -a "$log"
-    RINGATTN_NVRTC_DEFINES="$def" timeout -s KILL 120 $N dist/bench/gpu.js masks 16384 5 2>&1 | grep -v "NVRTC\|ptxas\|^JSON" | tee -a "$log"
-    for S in ${SIZES:-8192 16384}; do
-      echo "== round $round $S H=32 D=128 unmasked, queue 4 [$label]" | tee -a "$log"
-      RINGATTN_NVRTC_DEFINES="$def" timeout -s KILL 90 $N dist/bench/gpu.js "$S" 32 "$reps" --d=128 --fwd-only --causal=0 --queue=4 2>&1 | grep "^cuda" | tee -a "$log"
-    done
+# One variant's round: the masks, then the unmasked forward at each size.
+item_round() {
+  local round=$1 label=$2 def=$3 S
+  echo "== round $round masks 16384 [$label]" | tee -a "$log"
+  RINGATTN_NVRTC_DEFINES="$def" timeout -s KILL 120 $N dist/bench/gpu.js masks 16384 5 2>&1 | grep -v "NVRTC\|ptxas\|^JSON" | tee -a "$log"
+  for S in ${SIZES:-8192 16384}; do
+    echo "== round $round $S H=32 D=128 unmasked, queue 4 [$label]" | tee -a "$log"
+    RINGATTN_NVRTC_DEFINES="$def" timeout -s KILL 90 $N dist/bench/gpu.js "$S" 32 "$reps" --d=128 --fwd-only --causal=0 --queue=4 2>&1 | grep "^cuda" | tee -a "$log"
   done
-done
+}
+ab_rounds item_round "$@"
 for v in "$1" "${!#}"; do
   [ -n "${SKIP_TRACES:-}" ] && break
   IFS='|' read -r label def <<<"$v"

@@ -21,17 +21,16 @@ echo "sampled: $fields; settle ${RINGATTN_BENCH_SETTLE_MS} ms a pass, the first 
 defs=()
 for v in "$@"; do defs+=("${v#*|}"); done
 compile_builds "${defs[@]}" | tee -a "$log"
-for round in $(seq 1 "${ROUNDS:-2}"); do
-  round_order "$round" "$@"
-  for v in "${order[@]}"; do
-    IFS='|' read -r label def <<<"$v"
-    echo "== round $round masks $S $reps step $cases [$label]" | tee -a "$log"
-    nvidia-smi --query-gpu="$fields" --format=csv,noheader -lms 50 >"$OUT/clocks-masks.csv" &
-    pid=$!
-    RINGATTN_NVRTC_DEFINES="$def" timeout -s KILL 200 $N dist/bench/gpu.js masks "$S" "$reps" step "$cases" >"$OUT/masks-run.log" 2>&1
-    echo "exit $?" >>"$OUT/masks-run.log"
-    kill "$pid"; wait "$pid" 2>/dev/null
-    grep -v "NVRTC\|ptxas\|^JSON" "$OUT/masks-run.log" | tee -a "$log"
-    python3 bench/clock-spans.py "$OUT/clocks-masks.csv" "$OUT/masks-run.log" "$label" | tee -a "$log"
-  done
-done
+# One variant's round: the bench with the sampler beside it, then each pass's clock and energy.
+masks_round() {
+  local round=$1 label=$2 def=$3 pid
+  echo "== round $round masks $S $reps step $cases [$label]" | tee -a "$log"
+  nvidia-smi --query-gpu="$fields" --format=csv,noheader -lms 50 >"$OUT/clocks-masks.csv" &
+  pid=$!
+  RINGATTN_NVRTC_DEFINES="$def" timeout -s KILL 200 $N dist/bench/gpu.js masks "$S" "$reps" step "$cases" >"$OUT/masks-run.log" 2>&1
+  echo "exit $?" >>"$OUT/masks-run.log"
+  kill "$pid"; wait "$pid" 2>/dev/null
+  grep -v "NVRTC\|ptxas\|^JSON" "$OUT/masks-run.log" | tee -a "$log"
+  python3 bench/clock-spans.py "$OUT/clocks-masks.csv" "$OUT/masks-run.log" "$label" | tee -a "$log"
+}
+ab_rounds masks_round "$@"

@@ -1,4 +1,4 @@
-"""Clock and power over each timed pass of a masks bench run (bench/gpu-clocks.sh's masks mode).
+"""Clock and power over each timed pass of a masks bench run (bench/gpu-masks-clocks.sh).
 
 Reads an nvidia-smi sample file (--query-gpu=timestamp,clocks.sm,power.draw[,power.draw.instant]
 --format=csv,noheader, local time stamps) and the bench's output (its JSON lines carry each

@@ -96,7 +96,7 @@ export function parseTiming(who: string, mode: string): Timing {
  * `queue` of them enqueued back to back in each timed interval as a ring's steps follow one
  * another): warm-up (warmUp) of each, then `reps` event-timed runs of each; returns the median ms of
  * both, and the wall-clock span (epoch ms, settling included) over which each pass ran back to
- * back, for a clock and power sampler beside the run (bench/gpu-clocks.sh's masks mode). Frees
+ * back, for a clock and power sampler beside the run (bench/gpu-masks-clocks.sh). Frees
  * its fp32 outputs before returning.
  */
 export function timeBlock(ctx: CudaContext, kern: CudaAttentionKernel, a: DeviceBlockArgs, dO: number, reps: number, timing: Timing = 'pass', queue = 1): { f: number; b: number; fAt: [number, number]; bAt: [number, number] } {

@@ -31,7 +31,7 @@ import { parseTiming, STEP_FORWARD, timeBlock } from './gpu-block.js';
  * `cases` picks some of them by key (MASK_CASES: none, all, diagonal, zigzag, edge, unseen). With
  * --peers, PyTorch's FlexAttention runs the same cases first (flexPeer) and a second table sets
  * its "of none" beside ours. Each case's JSON line carries the wall-clock spans of its two timed
- * passes (fwdAt, bwdAt: epoch ms), which bench/gpu-clocks.sh's masks mode matches to its samples.
+ * passes (fwdAt, bwdAt: epoch ms), which bench/gpu-masks-clocks.sh matches to its samples.
  *   node dist/bench/gpu.js masks [S=16384] [reps=5] [step|pass|fresh|finite|spaced] [cases=all-cases] [--peers] [--python=PATH]
  */
 
@@ -135,7 +135,7 @@ export function maskBench(S: number, reps: number, mode = 'step', cases?: string
 
 /**
  * FlexAttention's rows beside ours: each side's time and its rate as a fraction of its own unmasked
- * rate ("of none"), and ours over flex's in time (above 1: ours faster). Flex's ms are a whole
+ * rate ("of none"), and flex's time over ours (above 1: ours faster). Flex's ms are a whole
  * call (its forward writes a fresh o, its backward returns fresh gradients), ours as `timing` says.
  */
 export function flexTable(ours: { name: string; key: string; f: number; b: number; rf: number; rb: number; pairs: number }[], flex: { rows: FlexRow[]; notes: string[] }): string {

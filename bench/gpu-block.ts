@@ -61,9 +61,9 @@ export function blockCalls(ctx: CudaContext, kern: CudaAttentionKernel, a: Devic
   // A first pass leaves (o, lse) and delta as a ring's later steps find them.
   pass.fwd();
   pass.bwd();
+  if (timing === 'step') return { bufs, fwd: forward, bwd: backward };
   // Before each forward: fresh resets lse to -inf, finite sets it to 0, spaced fills delta.
   const before = { fresh: [lse, 0xff800000], finite: [lse, 0], spaced: [delta, 0] } as const;
-  if (timing === 'step') return { bufs, fwd: forward, bwd: backward };
   const [buf, bits] = before[timing];
   const fwd = () => {
     ctx.fill32(buf, bits, rows);

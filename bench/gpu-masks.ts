@@ -76,6 +76,9 @@ export function parseCases(list: string | undefined): string[] {
   return keys.filter((k) => want.includes(k));
 }
 
+/** One of our cases as timed: ms and TFLOP/s forward (f, rf) and backward (b, rb), and its visible pairs. */
+export interface MaskRow { name: string; key: string; f: number; b: number; rf: number; rb: number; pairs: number }
+
 /** A FlexAttention row (bench/peers/torch_flex_masks.py's JSON). */
 interface FlexRow { case: string; fwdMs?: number; fwdTflops?: number; bwdMs?: number; bwdTflops?: number; error?: string }
 
@@ -108,7 +111,7 @@ export function maskBench(S: number, reps: number, mode = 'step', cases?: string
   console.log(`device: ${ctx.name} (${ctx.arch}); one ${S} x ${S} block, bf16 H=${H} Hk=${Hk} D=${D}; ${kern.name({ dtype: 'bfloat16', D })}; median of ${reps}; ${timing === 'pass' ? 'a whole pass a call' : `a ring step's calls (${STEP_FORWARD[timing]}), ${queue} queued`}`);
   console.log('case                visible  | fwd ms   TF/s  of none | bwd ms   TF/s  of none');
   let ref = { f: NaN, b: NaN };
-  const ours: { name: string; key: string; f: number; b: number; rf: number; rb: number; pairs: number }[] = [];
+  const ours: MaskRow[] = [];
   const share = (x: number, r: number, pairs: number) => (pairs > 0 && r > 0 ? (x / r).toFixed(2) : '-');
   for (const c of MASK_CASES.filter((m) => keys.includes(m.key))) {
     const kPos = Int32Array.from(c.kPos(S)), qPos = Int32Array.from(c.qPos(S)), window = c.window(S);
@@ -138,7 +141,7 @@ export function maskBench(S: number, reps: number, mode = 'step', cases?: string
  * rate ("of none"), and flex's time over ours (above 1: ours faster). Flex's ms are a whole
  * call (its forward writes a fresh o, its backward returns fresh gradients), ours as `timing` says.
  */
-export function flexTable(ours: { name: string; key: string; f: number; b: number; rf: number; rb: number; pairs: number }[], flex: { rows: FlexRow[]; notes: string[] }): string {
+export function flexTable(ours: MaskRow[], flex: { rows: FlexRow[]; notes: string[] }): string {
   const noneF = flex.rows.find((r) => r.case === 'none' && r.error === undefined);
   const of = (x: number | undefined, r: number | undefined) => (x !== undefined && r !== undefined && r > 0 ? (x / r).toFixed(2) : '-');
   const lines = ['FlexAttention (PyTorch, torch.compile) in the same run; of none = each side against its own unmasked rate',
